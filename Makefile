@@ -1,0 +1,34 @@
+# dis2 — every target sets itself up (idempotent): torch venv in a cache outside the clone, GDAL, build.
+
+DIS2_CACHE ?= $(HOME)/.cache/dis2
+TORCH_VERSION ?= 2.13.0
+DIS2_VENV ?= $(DIS2_CACHE)/torch-$(TORCH_VERSION)
+
+# torch-sys finds libtorch inside the venv's torch package.
+export DIS2_VENV TORCH_VERSION
+export LIBTORCH_USE_PYTORCH := 1
+export VIRTUAL_ENV := $(DIS2_VENV)
+export PATH := $(DIS2_VENV)/bin:$(PATH)
+
+CARGO ?= cargo
+BIN := $(or $(CARGO_TARGET_DIR),target)/release/dis2
+
+.PHONY: setup build test demo clean bench-step
+
+setup:
+	@bash scripts/setup.sh
+	@$(MAKE) --no-print-directory build
+
+build:
+	$(CARGO) build --release --locked
+
+test: setup
+	$(CARGO) test --release --locked
+	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) fmt --check
+
+demo: setup
+	$(BIN) info
+
+clean:
+	$(CARGO) clean

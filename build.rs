@@ -1,0 +1,77 @@
+//! Links libtorch so that the binary runs from a plain shell and really sees CUDA.
+//!
+//! `torch-sys` finds libtorch (here: the `torch` Python wheel through `LIBTORCH_USE_PYTORCH=1`) but
+//! leaves two gaps that this script closes:
+//! - no run path: without one the binary only starts with `LD_LIBRARY_PATH` set, so the torch `lib`
+//!   directory is embedded with `-rpath`;
+//! - `--as-needed` drops `libtorch_cuda.so` (nothing references its symbols directly), and CUDA then
+//!   silently reports "unavailable"; it is linked again with `--no-as-needed`.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn main() {
+    println!("cargo:rerun-if-changed=build.rs");
+    for var in ["LIBTORCH", "LIBTORCH_USE_PYTORCH", "VIRTUAL_ENV"] {
+        println!("cargo:rerun-if-env-changed={var}");
+    }
+    let (lib_dir, version) = match torch_lib_dir() {
+        Ok(found) => found,
+        Err(msg) => {
+            println!("cargo:warning=dis2: {msg}; the binary will need LD_LIBRARY_PATH to start");
+            return;
+        }
+    };
+    println!("cargo:rustc-env=DIS2_LIBTORCH_VERSION={version}");
+    println!("cargo:rustc-env=DIS2_LIBTORCH_LIB={}", lib_dir.display());
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    let cuda = lib_dir.join("libtorch_cuda.so");
+    if cuda.exists() {
+        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,{},--as-needed", cuda.display());
+    }
+    if let Some(v) = locked_version("tch") {
+        println!("cargo:rustc-env=DIS2_TCH_VERSION={v}");
+    }
+    if let Some(v) = locked_version("gdal") {
+        println!("cargo:rustc-env=DIS2_GDAL_CRATE_VERSION={v}");
+    }
+}
+
+/// The torch `lib` directory and the libtorch version, the same way `torch-sys` finds them.
+fn torch_lib_dir() -> Result<(PathBuf, String), String> {
+    if let Ok(root) = std::env::var("LIBTORCH") {
+        let root = PathBuf::from(root);
+        let version = std::fs::read_to_string(root.join("build-version"))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        return Ok((root.join("lib"), version));
+    }
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_none() {
+        return Err("neither LIBTORCH nor LIBTORCH_USE_PYTORCH is set".into());
+    }
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+    let script = "import os, torch; print(torch.__version__.split('+')[0]); \
+                  print(os.path.join(os.path.dirname(torch.__file__), 'lib'))";
+    let out = Command::new(python)
+        .args(["-c", script])
+        .output()
+        .map_err(|e| format!("cannot run {python}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{python} cannot import torch: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let version = lines.next().unwrap_or("unknown").to_string();
+    let lib = lines.next().ok_or("torch printed no lib directory")?;
+    Ok((PathBuf::from(lib), version))
+}
+
+/// A dependency's version as resolved in `Cargo.lock`, for `dis2 info`.
+fn locked_version(name: &str) -> Option<String> {
+    let lock = std::fs::read_to_string("Cargo.lock").ok()?;
+    println!("cargo:rerun-if-changed=Cargo.lock");
+    let needle = format!("name = \"{name}\"\nversion = \"");
+    let start = lock.find(&needle)? + needle.len();
+    let len = lock[start..].find('"')?;
+    Some(lock[start..start + len].to_string())
+}

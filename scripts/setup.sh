@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# One-time set-up for dis2, safe to run again: a Python venv with the torch wheel (libtorch for tch)
+# in a cache directory outside the clone, and Debian's GDAL development files.
+set -euo pipefail
+
+TORCH_VERSION="${TORCH_VERSION:-2.13.0}"
+VENV="${DIS2_VENV:?DIS2_VENV must name the venv directory}"
+
+log() { printf 'setup: %s\n' "$*" >&2; }
+
+# --- libtorch, from the torch wheel -----------------------------------------------------------
+if [ -x "$VENV/bin/python" ] && [ -f "$VENV/.dis2-torch-$TORCH_VERSION" ]; then
+    log "torch $TORCH_VERSION already in $VENV"
+else
+    log "creating $VENV with torch==$TORCH_VERSION (downloads about 5 GB once)"
+    mkdir -p "$(dirname "$VENV")"
+    python3 -m venv "$VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
+    got=$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+    if [ "$got" != "$TORCH_VERSION" ]; then
+        log "expected torch $TORCH_VERSION in $VENV, found $got"; exit 1
+    fi
+    touch "$VENV/.dis2-torch-$TORCH_VERSION"
+fi
+
+# --- GDAL -------------------------------------------------------------------------------------
+if pkg-config --exists gdal 2>/dev/null; then
+    log "GDAL $(pkg-config --modversion gdal) development files present"
+else
+    packages="libgdal-dev gdal-bin pkg-config"
+    if [ "$(id -u)" -ne 0 ]; then
+        if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; else
+            log "GDAL development files are missing and this user cannot install them."
+            log "Run as root: apt-get install -y $packages"; exit 1
+        fi
+    else SUDO=""; fi
+    if ! command -v apt-get >/dev/null; then
+        log "GDAL development files are missing and there is no apt-get here; install GDAL >= 3.4 with pkg-config support"
+        exit 1
+    fi
+    log "installing $packages"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $packages >/dev/null
+fi

@@ -1,0 +1,57 @@
+//! Command-line arguments (clap derive) and the dispatch to the work. Argument structs live here;
+//! the work lives in the modules they call.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::device::DeviceChoice;
+
+#[derive(Debug, Parser)]
+#[command(name = "dis2", version, about = "Remote-sensing segmentation robust to missing modalities (DIS2)")]
+pub struct Cli {
+    /// Threads for libtorch and for parallel loading (default: all cores).
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print versions (dis2, tch, libtorch, GDAL), CUDA and cuDNN availability, and threads.
+    Info(InfoArgs),
+}
+
+/// `--device`, shared by every subcommand that computes.
+#[derive(Debug, Clone, Args)]
+pub struct DeviceArgs {
+    /// auto (CUDA when present), cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: DeviceChoice,
+}
+
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// Runs one parsed command line.
+pub fn run(cli: Cli) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        set_threads(threads)?;
+    }
+    match cli.command {
+        Command::Info(args) => crate::info::print_info(args.device.device),
+    }
+}
+
+fn set_threads(threads: usize) -> Result<()> {
+    anyhow::ensure!(threads >= 1, "--threads must be at least 1");
+    tch::set_num_threads(i32::try_from(threads)?);
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("--threads {threads}: {e}"))
+}

@@ -1,0 +1,1 @@
+//! Rasters, dataset layouts, sampling and the synthetic benchmark.

@@ -1,0 +1,16 @@
+//! dis2: remote-sensing semantic segmentation that stays accurate when a sensor is missing.
+//!
+//! An implementation of DIS2 (Kieu et al., arXiv 2601.13502): hierarchical hybrid fusion (HF), the
+//! class-wise feature learning module (CFLM) and disentangled knowledge distillation (DLKD).
+//!
+//! Layout: `cli` parses arguments and dispatches; `config` reads experiment YAML files; `device`
+//! picks CPU or CUDA; `model` holds the network; `data` the rasters and datasets; `fsutil` the
+//! write-then-rename helpers every output goes through.
+
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod device;
+pub mod fsutil;
+pub mod info;
+pub mod model;

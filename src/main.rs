@@ -1,0 +1,14 @@
+//! `dis2` command-line entry point: parse arguments, run the command, print errors as a chain.
+
+use clap::Parser;
+
+fn main() {
+    let cli = dis2::cli::Cli::parse();
+    if let Err(err) = dis2::cli::run(cli) {
+        eprintln!("error: {err}");
+        for cause in err.chain().skip(1) {
+            eprintln!("  caused by: {cause}");
+        }
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,99 @@
+//! The model configuration: widths, classes, crop size, transformer size and the modalities.
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+
+/// One input sensor: a name used on the command line (`--missing sar`) and its band count.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModalitySpec {
+    pub name: String,
+    pub channels: i64,
+}
+
+/// Sizes of the DIS2 network. The positional embeddings of the level-4 transformer (HF) tie a
+/// model to one crop size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Base width: level widths are 1, 2, 4 and 8 times this (the reference's `gf_dim`, 32).
+    #[serde(default = "default_base_width")]
+    pub base_width: i64,
+    /// Number of classes K.
+    pub num_classes: i64,
+    /// Crop size as [height, width]; both divisible by 16.
+    pub crop: [i64; 2],
+    /// Attention heads of the level-4 transformer.
+    #[serde(default = "default_heads")]
+    pub heads: i64,
+    /// Feed-forward size of the level-4 transformer.
+    #[serde(default = "default_ffn_dim")]
+    pub ffn_dim: i64,
+    /// Number of transformer layers.
+    #[serde(default = "default_depth")]
+    pub depth: i64,
+    /// The sensors, in input order (at least two).
+    pub modalities: Vec<ModalitySpec>,
+}
+
+fn default_base_width() -> i64 {
+    32
+}
+fn default_heads() -> i64 {
+    8
+}
+fn default_ffn_dim() -> i64 {
+    256
+}
+fn default_depth() -> i64 {
+    2
+}
+
+impl ModelConfig {
+    /// Checks everything the network cannot take, with messages that name the key.
+    pub fn validate(&self) -> Result<()> {
+        if self.modalities.len() < 2 {
+            bail!("modalities: need at least two, found {}", self.modalities.len());
+        }
+        for (i, m) in self.modalities.iter().enumerate() {
+            if m.name.is_empty() || m.name.contains(',') {
+                bail!("modalities[{i}].name: {:?} must be non-empty without commas", m.name);
+            }
+            if m.channels < 1 {
+                bail!("modalities[{i}].channels: must be at least 1, found {}", m.channels);
+            }
+            if self.modalities[..i].iter().any(|o| o.name == m.name) {
+                bail!("modalities[{i}].name: {:?} appears twice", m.name);
+            }
+        }
+        let [h, w] = self.crop;
+        if h < 16 || w < 16 || h % 16 != 0 || w % 16 != 0 {
+            bail!("crop: [{h}, {w}] cannot be taken; both sides must be positive multiples of 16");
+        }
+        if self.num_classes < 2 {
+            bail!("num_classes: must be at least 2, found {}", self.num_classes);
+        }
+        if self.base_width < 1 {
+            bail!("base_width: must be at least 1, found {}", self.base_width);
+        }
+        let token_dim = self.base_width * 8;
+        if self.heads < 1 || token_dim % self.heads != 0 {
+            bail!(
+                "heads: {} must divide the level-4 width 8 x base_width = {token_dim}",
+                self.heads
+            );
+        }
+        if self.ffn_dim < 1 || self.depth < 1 {
+            bail!("ffn_dim and depth must be at least 1");
+        }
+        Ok(())
+    }
+
+    /// The index of a modality by name, or an error listing the known names.
+    pub fn modality_index(&self, name: &str) -> Result<usize> {
+        self.modalities.iter().position(|m| m.name == name).ok_or_else(|| {
+            let known: Vec<&str> = self.modalities.iter().map(|m| m.name.as_str()).collect();
+            anyhow::anyhow!("unknown modality {name:?}; this model has {}", known.join(", "))
+        })
+    }
+}
