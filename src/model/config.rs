@@ -1,6 +1,8 @@
 //! The model configuration: widths, classes, crop size, transformer size and the modalities.
 
 use anyhow::{bail, Result};
+
+use super::scenario::Scenario;
 use serde::{Deserialize, Serialize};
 
 /// One input sensor: a name used on the command line (`--missing sar`) and its band count.
@@ -34,6 +36,11 @@ pub struct ModelConfig {
     pub depth: i64,
     /// The sensors, in input order (at least two).
     pub modalities: Vec<ModalitySpec>,
+    /// The missing-modality scenarios the model has a student branch for, each a list of the
+    /// missing modalities' names. Absent: every non-empty proper subset (for two modalities the
+    /// reference's two scenarios).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scenarios: Option<Vec<Vec<String>>>,
 }
 
 fn default_base_width() -> i64 {
@@ -53,14 +60,23 @@ impl ModelConfig {
     /// Checks everything the network cannot take, with messages that name the key.
     pub fn validate(&self) -> Result<()> {
         if self.modalities.len() < 2 {
-            bail!("modalities: need at least two, found {}", self.modalities.len());
+            bail!(
+                "modalities: need at least two, found {}",
+                self.modalities.len()
+            );
         }
         for (i, m) in self.modalities.iter().enumerate() {
             if m.name.is_empty() || m.name.contains(',') {
-                bail!("modalities[{i}].name: {:?} must be non-empty without commas", m.name);
+                bail!(
+                    "modalities[{i}].name: {:?} must be non-empty without commas",
+                    m.name
+                );
             }
             if m.channels < 1 {
-                bail!("modalities[{i}].channels: must be at least 1, found {}", m.channels);
+                bail!(
+                    "modalities[{i}].channels: must be at least 1, found {}",
+                    m.channels
+                );
             }
             if self.modalities[..i].iter().any(|o| o.name == m.name) {
                 bail!("modalities[{i}].name: {:?} appears twice", m.name);
@@ -71,10 +87,14 @@ impl ModelConfig {
             bail!("crop: [{h}, {w}] cannot be taken; both sides must be positive multiples of 16");
         }
         if self.num_classes < 2 {
-            bail!("num_classes: must be at least 2, found {}", self.num_classes);
+            bail!(
+                "num_classes: must be at least 2, found {}",
+                self.num_classes
+            );
         }
-        if self.base_width < 1 {
-            bail!("base_width: must be at least 1, found {}", self.base_width);
+        if self.base_width < 8 {
+            // The class-wise decoder's per-class maps have base_width / 8 channels.
+            bail!("base_width: must be at least 8, found {}", self.base_width);
         }
         let token_dim = self.base_width * 8;
         if self.heads < 1 || token_dim % self.heads != 0 {
@@ -86,14 +106,41 @@ impl ModelConfig {
         if self.ffn_dim < 1 || self.depth < 1 {
             bail!("ffn_dim and depth must be at least 1");
         }
+        self.scenario_list()?;
         Ok(())
+    }
+
+    /// The scenarios of `scenarios:`, or all of them when the key is absent. Errors name the key.
+    pub fn scenario_list(&self) -> Result<Vec<Scenario>> {
+        let Some(lists) = &self.scenarios else {
+            return Ok(Scenario::all(self.modalities.len()));
+        };
+        if lists.is_empty() {
+            bail!("scenarios: must list at least one scenario (or be left out for all of them)");
+        }
+        let mut out: Vec<Scenario> = Vec::with_capacity(lists.len());
+        for (i, names) in lists.iter().enumerate() {
+            let s = Scenario::from_names(names, self)
+                .map_err(|e| anyhow::anyhow!("scenarios[{i}]: {e}"))?;
+            if out.contains(&s) {
+                bail!("scenarios[{i}]: [{}] appears twice", names.join(", "));
+            }
+            out.push(s);
+        }
+        Ok(out)
     }
 
     /// The index of a modality by name, or an error listing the known names.
     pub fn modality_index(&self, name: &str) -> Result<usize> {
-        self.modalities.iter().position(|m| m.name == name).ok_or_else(|| {
-            let known: Vec<&str> = self.modalities.iter().map(|m| m.name.as_str()).collect();
-            anyhow::anyhow!("unknown modality {name:?}; this model has {}", known.join(", "))
-        })
+        self.modalities
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.modalities.iter().map(|m| m.name.as_str()).collect();
+                anyhow::anyhow!(
+                    "unknown modality {name:?}; this model has {}",
+                    known.join(", ")
+                )
+            })
     }
 }

@@ -1,0 +1,171 @@
+//! Class-wise feature learning module, CFLM, part 2: the class-wise decoder with deep-supervision
+//! heads (the reference's `ClassWiseDecoder`).
+//!
+//! Every class runs the same decoder path (shared weights) from its class-wise level-4 features
+//! up through levels 3, 2, 1 with U-Net skips from the fused levels, each level emitting a
+//! one-channel class map from a per-class 1x1 head (deep supervision at 1/16, 1/8, 1/4, 1/2).
+//! The K per-class maps at full resolution are concatenated and combined by two convolutions into
+//! the penultimate features, and a 1x1 convolution gives the logits.
+//!
+//! The reference runs the K class paths one after another; here they run as one batched
+//! computation with the classes folded into the batch dimension (`[B·K, C, h, w]`), and the K
+//! per-class heads of a level are one grouped 1x1 convolution. The numbers are the same.
+
+use tch::nn;
+use tch::Tensor;
+
+use super::encoder::Features;
+use super::layers::{resize_aligned, up2, PreNormConv};
+
+/// Per-class 1x1 heads of one level, variables `{k}.weight` `[1, C, 1, 1]` and `{k}.bias` `[1]`.
+#[derive(Debug)]
+struct ClassHeads {
+    weights: Vec<Tensor>,
+    biases: Vec<Tensor>,
+}
+
+impl ClassHeads {
+    fn new(p: &nn::Path, channels: i64, classes: i64) -> Self {
+        let bound = 1.0 / (channels as f64).sqrt();
+        let init = nn::Init::Uniform {
+            lo: -bound,
+            up: bound,
+        };
+        let (weights, biases) = (0..classes)
+            .map(|k| {
+                let q = p / k;
+                (
+                    q.var("weight", &[1, channels, 1, 1], init),
+                    q.var("bias", &[1], init),
+                )
+            })
+            .unzip();
+        ClassHeads { weights, biases }
+    }
+
+    /// `x`: `[B·K, C, h, w]` (class-major inside each sample) to `[B, K, h, w]`.
+    fn forward(&self, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let k = self.weights.len() as i64;
+        let x = x.view([s[0] / k, k * s[1], s[2], s[3]]);
+        let w = Tensor::cat(&self.weights, 0);
+        let b = Tensor::cat(&self.biases, 0);
+        x.conv2d(&w, Some(&b), [1, 1], [0, 0], [1, 1], k)
+    }
+}
+
+/// What the class-wise decoder gives.
+#[derive(Debug)]
+pub struct DecoderOutputs {
+    /// Softmax probabilities `[B, K, H, W]`.
+    pub pred: Tensor,
+    /// Logits `[B, K, H, W]`.
+    pub logits: Tensor,
+    /// Penultimate features `[B, w, H, W]` (the output of `class_combine_conv`).
+    pub penultimate: Tensor,
+    /// Deep-supervision predictions from 1/16, 1/8, 1/4, 1/2 resolution, upsampled to `[H, W]`
+    /// (align_corners) and softmaxed; empty unless asked for.
+    pub scale_preds: Vec<Tensor>,
+}
+
+/// Variables: `seg_d{4,3,2,1}_layers.{k}.*`, `e4_conv_up`, `e3_conv`, `e3_conv_up`, `e2_conv`,
+/// `e2_conv_up`, `e1_conv` (each `conv.*`), `class_combine_conv.{0,1}.conv.*`, `final_conv.*`.
+#[derive(Debug)]
+pub struct ClassWiseDecoder {
+    heads: [ClassHeads; 4],
+    e4_conv_up: PreNormConv,
+    e3_conv: PreNormConv,
+    e3_conv_up: PreNormConv,
+    e2_conv: PreNormConv,
+    e2_conv_up: PreNormConv,
+    e1_conv: PreNormConv,
+    combine: [PreNormConv; 2],
+    final_conv: nn::Conv2D,
+    classes: i64,
+    out_size: [i64; 2],
+}
+
+impl ClassWiseDecoder {
+    /// `width`: base width w (levels w, 2w, 4w, 8w); `out_size`: the crop `[H, W]`.
+    pub fn new(p: &nn::Path, width: i64, classes: i64, out_size: [i64; 2]) -> Self {
+        let w = width;
+        let c1 = w / 8;
+        ClassWiseDecoder {
+            heads: [
+                ClassHeads::new(&(p / "seg_d4_layers"), 8 * w, classes),
+                ClassHeads::new(&(p / "seg_d3_layers"), 4 * w, classes),
+                ClassHeads::new(&(p / "seg_d2_layers"), 2 * w, classes),
+                ClassHeads::new(&(p / "seg_d1_layers"), c1, classes),
+            ],
+            e4_conv_up: PreNormConv::k3(&(p / "e4_conv_up"), 8 * w, 4 * w, true),
+            e3_conv: PreNormConv::k3(&(p / "e3_conv"), 8 * w, 4 * w, true),
+            e3_conv_up: PreNormConv::k3(&(p / "e3_conv_up"), 4 * w, 2 * w, true),
+            e2_conv: PreNormConv::k3(&(p / "e2_conv"), 4 * w, 2 * w, true),
+            e2_conv_up: PreNormConv::k3(&(p / "e2_conv_up"), 2 * w, w, true),
+            e1_conv: PreNormConv::k3(&(p / "e1_conv"), 2 * w, c1, true),
+            combine: [
+                PreNormConv::k3(&(p / "class_combine_conv" / "0"), c1 * classes, 2 * w, true),
+                PreNormConv::k3(&(p / "class_combine_conv" / "1"), 2 * w, w, true),
+            ],
+            final_conv: nn::conv2d(p / "final_conv", w, classes, 1, Default::default()),
+            classes,
+            out_size,
+        }
+    }
+
+    /// `fused`: the fused levels (1..3 are read); `classwise`: `[B, K, 8w, h, w]` from
+    /// [`super::cflm::ClassWiseAttention`]. `scales`: also compute the deep-supervision maps.
+    pub fn forward(&self, fused: &Features, classwise: &Tensor, scales: bool) -> DecoderOutputs {
+        let s = classwise.size();
+        let (b, k) = (s[0], self.classes);
+        let x4 = classwise.reshape([b * k, s[2], s[3], s[4]]);
+        let per_class = |e: &Tensor| {
+            let t = e.size();
+            e.unsqueeze(1)
+                .expand([b, k, t[1], t[2], t[3]], false)
+                .reshape([b * k, t[1], t[2], t[3]])
+        };
+        let e4_up = self.e4_conv_up.forward(&up2(&x4));
+        let d3 = self
+            .e3_conv
+            .forward(&Tensor::cat(&[per_class(&fused[2]), e4_up], 1));
+        let e3_up = self.e3_conv_up.forward(&up2(&d3));
+        let d2 = self
+            .e2_conv
+            .forward(&Tensor::cat(&[per_class(&fused[1]), e3_up], 1));
+        let e2_up = self.e2_conv_up.forward(&up2(&d2));
+        let d1 = self
+            .e1_conv
+            .forward(&Tensor::cat(&[per_class(&fused[0]), e2_up], 1));
+
+        let mut full = up2(&d1);
+        let fs = full.size();
+        if [fs[2], fs[3]] != self.out_size {
+            full = full.upsample_bilinear2d(self.out_size, false, None, None);
+        }
+        // [B·K, c1, H, W] is [B, K·c1, H, W] with the class blocks in order: the concatenation.
+        let [oh, ow] = self.out_size;
+        let unified = full.view([b, k * fs[1], oh, ow]);
+        let penultimate = self.combine[1].forward(&self.combine[0].forward(&unified));
+        let logits = penultimate.apply(&self.final_conv);
+        let pred = logits.softmax(1, logits.kind());
+
+        let scale_preds = if scales {
+            [(&x4, 0), (&d3, 1), (&d2, 2), (&d1, 3)]
+                .into_iter()
+                .map(|(x, i)| {
+                    let m = self.heads[i].forward(x);
+                    resize_aligned(&m, self.out_size).softmax(1, m.kind())
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        DecoderOutputs {
+            pred,
+            logits,
+            penultimate,
+            scale_preds,
+        }
+    }
+}

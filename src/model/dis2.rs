@@ -1,0 +1,454 @@
+//! The DIS2 network for M >= 2 modalities: a teacher (full-modality) branch plus one student
+//! branch per missing-modality scenario.
+//!
+//! ```text
+//!  x_1 ... x_M                      (one tensor per modality, [B, C_i, H, W])
+//!   |       |
+//!  Enc_1 .. Enc_M  --aux decoders--> single-modality predictions (training only)
+//!   |       |
+//!   +---+---+--------------------------------+  teacher: all M slots from Enc_i
+//!       |                                    |
+//!       |   scenario S (missing set):        |
+//!       |   slot i = Enc_i(x_i)      if i available
+//!       |   slot i = Comp_{S,i}(concat of available x)   if i missing
+//!       v                                    v
+//!   HF_S (levels 1-3 conv, level 4 transformer)   HF_T
+//!   CFLM_S (class-wise attention + decoder)       CFLM_T
+//!       |                                    |
+//!   student prediction  <--- DLKD (pooled levels 1-3, fusion token,
+//!                                  penultimate map, T² KL on logits) --- teacher prediction
+//! ```
+//!
+//! With two modalities this is exactly the reference `DLKD_ver4` (modality 0 is its "rgb",
+//! modality 1 its "ndsm").
+//!
+//! API (inputs are one tensor per modality, `&[Option<&Tensor>]` of length M, in
+//! `ModelConfig::modalities` order; a missing modality may be `None` and is never read):
+//! - [`Dis2Net::new`]`(&vs.root(), &cfg)` builds the model for `cfg.scenario_list()`.
+//! - [`Dis2Net::forward_teacher`]`(&inputs, train)` and
+//!   [`Dis2Net::forward_student`]`(&scenario, &inputs, train)` give softmax probabilities
+//!   `[B, K, H, W]`; [`Dis2Net::forward`] picks one by the set of present inputs' scenario.
+//! - [`Dis2Net::forward_train`]`(&scenario, &inputs, train)` runs teacher and student together as
+//!   the reference training does and returns [`TrainOutputs`], which
+//!   [`super::losses::training_loss`] turns into the objective.
+//!
+//! Variable names: `encoders.{i}`, `teacher.{fuse,attention,decoder,fuse_pool}`,
+//! `students.{key}.{comp.{i},comp_pool.{i},dist_pool.{a},fuse,attention,decoder,fuse_pool}` with
+//! `key` from [`Scenario::key`].
+
+use anyhow::{bail, Context, Result};
+use tch::{nn, Kind, Tensor};
+
+use super::cflm::ClassWiseAttention;
+use super::config::ModelConfig;
+use super::decoder::{ClassWiseDecoder, DecoderOutputs};
+use super::encoder::{Encoder, Features};
+use super::fusion::{Fused, HierarchicalFusion};
+use super::losses::{kd_logits_loss, l2_kd_loss, orthogonality_loss};
+use super::pool::LevelPools;
+use super::scenario::Scenario;
+
+/// HF + CFLM of one branch.
+#[derive(Debug)]
+struct Branch {
+    fuse: HierarchicalFusion,
+    attention: ClassWiseAttention,
+    decoder: ClassWiseDecoder,
+    /// Attention pools of the fused levels 1..3 for DLKD.
+    fuse_pool: LevelPools,
+}
+
+impl Branch {
+    fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
+        let w = cfg.base_width;
+        let [h, wd] = cfg.crop;
+        Branch {
+            fuse: HierarchicalFusion::new(
+                &(p / "fuse"),
+                w,
+                cfg.modalities.len(),
+                [h / 16, wd / 16],
+                cfg.heads,
+                cfg.ffn_dim,
+                cfg.depth,
+            ),
+            attention: ClassWiseAttention::new(&(p / "attention"), 8 * w, cfg.num_classes),
+            decoder: ClassWiseDecoder::new(&(p / "decoder"), w, cfg.num_classes, cfg.crop),
+            fuse_pool: LevelPools::new(&(p / "fuse_pool"), w),
+        }
+    }
+
+    fn forward(&self, slots: &[&Features], train: bool, scales: bool) -> (Fused, DecoderOutputs) {
+        let fused = self.fuse.forward_t(slots, train);
+        let classwise = self.attention.forward(&fused.levels[3]);
+        let out = self.decoder.forward(&fused.levels, &classwise, scales);
+        (fused, out)
+    }
+}
+
+/// The student of one scenario.
+#[derive(Debug)]
+struct Student {
+    scenario: Scenario,
+    /// One compensation encoder per missing modality (order of `scenario.missing()`), reading
+    /// the available modalities concatenated along channels.
+    comps: Vec<Encoder>,
+    /// Pools of the compensation features (orthogonality loss), same order.
+    comp_pools: Vec<LevelPools>,
+    /// Pools of the available modalities' encoder features (orthogonality loss), in the order of
+    /// `scenario.available(M)`.
+    dist_pools: Vec<LevelPools>,
+    branch: Branch,
+}
+
+/// One branch's outputs in the training forward.
+#[derive(Debug)]
+pub struct BranchOutputs {
+    /// Softmax probabilities `[B, K, H, W]`.
+    pub pred: Tensor,
+    /// Deep-supervision probabilities from 1/16, 1/8, 1/4, 1/2, each `[B, K, H, W]`.
+    pub scale_preds: Vec<Tensor>,
+    /// Logits `[B, K, H, W]`.
+    pub logits: Tensor,
+    /// Penultimate features `[B, w, H, W]`.
+    pub penultimate: Tensor,
+}
+
+/// Everything the training objective needs (reference `dict_results`).
+#[derive(Debug)]
+pub struct TrainOutputs {
+    /// Auxiliary single-modality predictions, one per modality (softmax).
+    pub aux_preds: Vec<Tensor>,
+    /// Teacher (full-modality) branch.
+    pub teacher: BranchOutputs,
+    /// Student branch of the scenario.
+    pub student: BranchOutputs,
+    /// DLKD distillation loss (the reference's `kl_loss`).
+    pub kd_loss: Tensor,
+    /// Orthogonality loss (the reference's `diversity_loss`), summed over levels 1..3 and over
+    /// every (missing, available) modality pair.
+    pub orth_loss: Tensor,
+}
+
+/// The DIS2 network. See the module documentation.
+#[derive(Debug)]
+pub struct Dis2Net {
+    cfg: ModelConfig,
+    scenarios: Vec<Scenario>,
+    encoders: Vec<Encoder>,
+    teacher: Branch,
+    students: Vec<Student>,
+}
+
+impl Dis2Net {
+    /// Builds the model for `cfg` (validated here) with a student for every scenario of
+    /// `cfg.scenario_list()`.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Result<Self> {
+        cfg.validate()?;
+        let scenarios = cfg.scenario_list()?;
+        let w = cfg.base_width;
+        let k = cfg.num_classes;
+        let m = cfg.modalities.len();
+        let encoders = cfg
+            .modalities
+            .iter()
+            .enumerate()
+            .map(|(i, spec)| Encoder::new(&(p / "encoders" / i), spec.channels, w, Some(k)))
+            .collect();
+        let teacher = Branch::new(&(p / "teacher"), cfg);
+        let students = scenarios
+            .iter()
+            .map(|s| {
+                let sp = p / "students" / s.key();
+                let avail = s.available(m);
+                let c_in: i64 = avail.iter().map(|&a| cfg.modalities[a].channels).sum();
+                Student {
+                    scenario: s.clone(),
+                    comps: s
+                        .missing()
+                        .iter()
+                        .map(|&i| Encoder::new(&(&sp / "comp" / i), c_in, w, None))
+                        .collect(),
+                    comp_pools: s
+                        .missing()
+                        .iter()
+                        .map(|&i| LevelPools::new(&(&sp / "comp_pool" / i), w))
+                        .collect(),
+                    dist_pools: avail
+                        .iter()
+                        .map(|&a| LevelPools::new(&(&sp / "dist_pool" / a), w))
+                        .collect(),
+                    branch: Branch::new(&sp, cfg),
+                }
+            })
+            .collect();
+        Ok(Dis2Net {
+            cfg: cfg.clone(),
+            scenarios,
+            encoders,
+            teacher,
+            students,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.cfg
+    }
+
+    /// The scenarios this model has students for.
+    pub fn scenarios(&self) -> &[Scenario] {
+        &self.scenarios
+    }
+
+    /// Splits a stacked input `[B, ΣC_i, H, W]` into one tensor per modality.
+    pub fn split_input(&self, x: &Tensor) -> Result<Vec<Tensor>> {
+        let total: i64 = self.cfg.modalities.iter().map(|m| m.channels).sum();
+        let s = x.size();
+        if s.len() != 4 || s[1] != total {
+            bail!("input: expected [B, {total}, H, W] (all modalities stacked), got {s:?}");
+        }
+        let sizes: Vec<i64> = self.cfg.modalities.iter().map(|m| m.channels).collect();
+        Ok(x.split_with_sizes(sizes.as_slice(), 1))
+    }
+
+    /// Checks that the modalities in `need` are given with the right shapes; returns nothing on
+    /// success. Errors name the modality, the expected and the given shape.
+    fn check_inputs(&self, inputs: &[Option<&Tensor>], need: &[usize]) -> Result<()> {
+        let m = self.cfg.modalities.len();
+        if inputs.len() != m {
+            bail!(
+                "inputs: expected {m} entries (one per modality), got {}",
+                inputs.len()
+            );
+        }
+        let [h, w] = self.cfg.crop;
+        let mut batch = None;
+        for &i in need {
+            let spec = &self.cfg.modalities[i];
+            let Some(x) = inputs[i] else {
+                bail!(
+                    "input {:?}: required in this scenario but not given",
+                    spec.name
+                );
+            };
+            let s = x.size();
+            if s.len() != 4 || s[1] != spec.channels {
+                bail!(
+                    "input {:?}: expected [B, {}, H, W], got {s:?}",
+                    spec.name,
+                    spec.channels
+                );
+            }
+            if s[2] != h || s[3] != w {
+                bail!(
+                    "input {:?}: expected size {h}x{w} (the crop the model's positional \
+                     embeddings were made for), got {}x{}",
+                    spec.name,
+                    s[2],
+                    s[3]
+                );
+            }
+            if x.kind() != Kind::Float {
+                bail!(
+                    "input {:?}: expected float32, got {:?}",
+                    spec.name,
+                    x.kind()
+                );
+            }
+            match batch {
+                None => batch = Some(s[0]),
+                Some(b) if b != s[0] => {
+                    bail!("input {:?}: batch {} differs from {b}", spec.name, s[0])
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    fn student(&self, scenario: &Scenario) -> Result<&Student> {
+        self.students
+            .iter()
+            .find(|s| &s.scenario == scenario)
+            .with_context(|| {
+                let have: Vec<String> = self
+                    .scenarios
+                    .iter()
+                    .map(|s| format!("[{}]", s.names(&self.cfg).join(", ")))
+                    .collect();
+                format!(
+                    "this model has no student for scenario [{}]; it has {}",
+                    scenario.names(&self.cfg).join(", "),
+                    have.join(", ")
+                )
+            })
+    }
+
+    /// Features of the compensation encoders of a student (reading the available inputs).
+    fn compensation(&self, st: &Student, inputs: &[Option<&Tensor>], train: bool) -> Vec<Features> {
+        let avail: Vec<Tensor> = st
+            .scenario
+            .available(self.cfg.modalities.len())
+            .iter()
+            .filter_map(|&a| inputs[a].map(|t| t.shallow_clone()))
+            .collect();
+        let x = if avail.len() == 1 {
+            avail[0].shallow_clone()
+        } else {
+            Tensor::cat(&avail, 1)
+        };
+        st.comps.iter().map(|c| c.features(&x, train)).collect()
+    }
+
+    /// The M slot features of a student: encoder features where available, compensation
+    /// features where missing.
+    fn slots<'a>(
+        &self,
+        st: &Student,
+        enc: &'a [Option<Features>],
+        comp: &'a [Features],
+    ) -> Result<Vec<&'a Features>> {
+        (0..self.cfg.modalities.len())
+            .map(
+                |i| match st.scenario.missing().iter().position(|&j| j == i) {
+                    Some(c) => Ok(&comp[c]),
+                    None => enc[i].as_ref().with_context(|| {
+                        format!("input {:?}: not given", self.cfg.modalities[i].name)
+                    }),
+                },
+            )
+            .collect()
+    }
+
+    /// Teacher (all modalities present) prediction: softmax `[B, K, H, W]`.
+    pub fn forward_teacher(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
+        let all: Vec<usize> = (0..self.cfg.modalities.len()).collect();
+        self.check_inputs(inputs, &all)?;
+        let feats: Vec<Features> = self
+            .encoders
+            .iter()
+            .zip(inputs)
+            .filter_map(|(e, x)| x.map(|x| e.features(x, train)))
+            .collect();
+        let slots: Vec<&Features> = feats.iter().collect();
+        Ok(self.teacher.forward(&slots, train, false).1.pred)
+    }
+
+    /// Student prediction for `scenario`: softmax `[B, K, H, W]`. Inputs of missing modalities
+    /// are never read (they may be `None`).
+    pub fn forward_student(
+        &self,
+        scenario: &Scenario,
+        inputs: &[Option<&Tensor>],
+        train: bool,
+    ) -> Result<Tensor> {
+        let st = self.student(scenario)?;
+        let m = self.cfg.modalities.len();
+        self.check_inputs(inputs, &scenario.available(m))?;
+        let enc: Vec<Option<Features>> = (0..m)
+            .map(|i| {
+                if scenario.is_missing(i) {
+                    None
+                } else {
+                    inputs[i].map(|x| self.encoders[i].features(x, train))
+                }
+            })
+            .collect();
+        let comp = self.compensation(st, inputs, train);
+        let slots = self.slots(st, &enc, &comp)?;
+        Ok(st.branch.forward(&slots, train, false).1.pred)
+    }
+
+    /// The teacher when every input is given, otherwise the student of the scenario whose
+    /// missing modalities are the `None` entries.
+    pub fn forward(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
+        let missing: Vec<usize> = inputs
+            .iter()
+            .enumerate()
+            .filter(|(_, x)| x.is_none())
+            .map(|(i, _)| i)
+            .collect();
+        if missing.is_empty() {
+            return self.forward_teacher(inputs, train);
+        }
+        let scenario = Scenario::new(missing, self.cfg.modalities.len())?;
+        self.forward_student(&scenario, inputs, train)
+    }
+
+    /// The training forward of the reference (`is_training = True`): every encoder with its
+    /// auxiliary decoder, the teacher, the student of `scenario`, the DLKD loss and the
+    /// orthogonality loss. Needs every input. `train` switches BatchNorm batch statistics and
+    /// dropout.
+    pub fn forward_train(
+        &self,
+        scenario: &Scenario,
+        inputs: &[Option<&Tensor>],
+        train: bool,
+    ) -> Result<TrainOutputs> {
+        let st = self.student(scenario)?;
+        let m = self.cfg.modalities.len();
+        let all: Vec<usize> = (0..m).collect();
+        self.check_inputs(inputs, &all)?;
+        let enc: Vec<Option<Features>> = self
+            .encoders
+            .iter()
+            .zip(inputs)
+            .map(|(e, x)| x.map(|x| e.features(x, train)))
+            .collect();
+        let aux_preds: Vec<Tensor> = self
+            .encoders
+            .iter()
+            .zip(&enc)
+            .filter_map(|(e, f)| f.as_ref().and_then(|f| e.aux_prediction(f, train)))
+            .collect();
+
+        let teacher_slots: Vec<&Features> = enc.iter().flatten().collect();
+        let (t_fused, t_out) = self.teacher.forward(&teacher_slots, train, true);
+
+        let comp = self.compensation(st, inputs, train);
+        let slots = self.slots(st, &enc, &comp)?;
+        let (s_fused, s_out) = st.branch.forward(&slots, train, true);
+
+        // DLKD: the teacher side is detached, so its pools need no graph.
+        let t_pooled = tch::no_grad(|| self.teacher.fuse_pool.forward(&t_fused.levels));
+        let s_pooled = st.branch.fuse_pool.forward(&s_fused.levels);
+        let mut kd = l2_kd_loss(&s_fused.global, &t_fused.global.detach());
+        for (s, t) in s_pooled.iter().zip(&t_pooled) {
+            kd = kd + l2_kd_loss(s, t);
+        }
+        kd = kd + l2_kd_loss(&s_out.penultimate, &t_out.penultimate.detach());
+        kd = kd + kd_logits_loss(&s_out.logits, &t_out.logits);
+
+        // Orthogonality between each compensation encoder and each available encoder.
+        let mut orth = Tensor::zeros([], (Kind::Float, t_out.pred.device()));
+        let avail = scenario.available(m);
+        let dist: Vec<Vec<Tensor>> = st
+            .dist_pools
+            .iter()
+            .zip(&avail)
+            .filter_map(|(pool, &a)| enc[a].as_ref().map(|f| pool.forward(f)))
+            .collect();
+        for (pool, feats) in st.comp_pools.iter().zip(&comp) {
+            let c = pool.forward(feats);
+            for d in &dist {
+                for (x, y) in c.iter().zip(d) {
+                    orth = orth + orthogonality_loss(x, y);
+                }
+            }
+        }
+
+        let branch = |o: DecoderOutputs| BranchOutputs {
+            pred: o.pred,
+            scale_preds: o.scale_preds,
+            logits: o.logits,
+            penultimate: o.penultimate,
+        };
+        Ok(TrainOutputs {
+            aux_preds,
+            teacher: branch(t_out),
+            student: branch(s_out),
+            kd_loss: kd,
+            orth_loss: orth,
+        })
+    }
+}

@@ -1,0 +1,191 @@
+//! Hierarchical hybrid fusion, HF (the reference's `HiererchicalFusion`).
+//!
+//! Levels 1..3 are convolutional: the M slot features of a level are concatenated along channels
+//! and fused by pre-norm convolutions; a residual path down-samples the fused level below
+//! (`conv_res1`, `conv_res2`, 4x4 stride-2 convolutions with BatchNorm) and adds it.
+//! Level 4 is a transformer over the token sequence
+//! `[fusion token, slot-1 tokens + pos_1, ..., slot-M tokens + pos_M, pooled level-3 token]`;
+//! the output tokens of each slot are folded back to maps, concatenated and unified by a 1x1
+//! convolution, and the output fusion token is the global fused feature used by DLKD.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::encoder::Features;
+use super::layers::{linear, DownBlock, FusionConv};
+use super::pool::AttnPool;
+
+/// LayerNorm epsilon of the transformer.
+const LN_EPS: f64 = 1e-5;
+/// Dropout of the transformer layers (training only).
+const DROPOUT: f64 = 0.1;
+
+/// One post-norm transformer encoder layer (PyTorch `nn.TransformerEncoderLayer`, ReLU,
+/// `batch_first`). Variables as in PyTorch: `self_attn.in_proj_weight`, `self_attn.in_proj_bias`,
+/// `self_attn.out_proj.*`, `linear1.*`, `linear2.*`, `norm1.*`, `norm2.*`.
+#[derive(Debug)]
+pub struct TransformerLayer {
+    in_proj_w: Tensor,
+    in_proj_b: Tensor,
+    out_proj: nn::Linear,
+    linear1: nn::Linear,
+    linear2: nn::Linear,
+    norm1: nn::LayerNorm,
+    norm2: nn::LayerNorm,
+    heads: i64,
+}
+
+impl TransformerLayer {
+    pub fn new(p: &nn::Path, dim: i64, heads: i64, ffn: i64) -> Self {
+        let a = p / "self_attn";
+        let ln = nn::LayerNormConfig {
+            eps: LN_EPS,
+            ..Default::default()
+        };
+        let bound = (6.0 / (dim + 3 * dim) as f64).sqrt();
+        TransformerLayer {
+            in_proj_w: a.var(
+                "in_proj_weight",
+                &[3 * dim, dim],
+                nn::Init::Uniform {
+                    lo: -bound,
+                    up: bound,
+                },
+            ),
+            in_proj_b: a.zeros("in_proj_bias", &[3 * dim]),
+            out_proj: linear(&(&a / "out_proj"), dim, dim),
+            linear1: linear(&(p / "linear1"), dim, ffn),
+            linear2: linear(&(p / "linear2"), ffn, dim),
+            norm1: nn::layer_norm(p / "norm1", vec![dim], ln),
+            norm2: nn::layer_norm(p / "norm2", vec![dim], ln),
+            heads,
+        }
+    }
+
+    /// `x`: `[B, L, E]`.
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let s = x.size();
+        let (b, l, e) = (s[0], s[1], s[2]);
+        let d = e / self.heads;
+        let qkv = x.linear(&self.in_proj_w, Some(&self.in_proj_b));
+        let qkv = qkv.view([b, l, 3, self.heads, d]).permute([2, 0, 3, 1, 4]); // [3, B, H, L, d]
+        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+        let p = if train { DROPOUT } else { 0.0 };
+        let att =
+            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p, false, None, false);
+        let att = att.transpose(1, 2).reshape([b, l, e]).apply(&self.out_proj);
+        let x = (x + att.dropout(DROPOUT, train)).apply(&self.norm1);
+        let ff = x
+            .apply(&self.linear1)
+            .relu()
+            .dropout(DROPOUT, train)
+            .apply(&self.linear2);
+        (&x + ff.dropout(DROPOUT, train)).apply(&self.norm2)
+    }
+}
+
+/// What HF gives the class-wise module and DLKD.
+#[derive(Debug)]
+pub struct Fused {
+    /// Fused levels 1..3 and the unified level 4: `[B, w·2^i, H/2^(i+1), W/2^(i+1)]`.
+    pub levels: Features,
+    /// The output fusion token `[B, 8w]` (global fused feature).
+    pub global: Tensor,
+}
+
+/// HF over M slots. Variables: `conv_fusion_e{1,2,3}.*`, `conv_res{1,2}.*`, `pool_e3.*`,
+/// `fusion_token`, `pos_{i}` (one per slot), `transformer.layers.{j}.*`, `unify.*`.
+#[derive(Debug)]
+pub struct HierarchicalFusion {
+    fuse: [FusionConv; 3],
+    res1: DownBlock,
+    res2: DownBlock,
+    pool_e3: AttnPool,
+    fusion_token: Tensor,
+    pos: Vec<Tensor>,
+    layers: Vec<TransformerLayer>,
+    unify: nn::Conv2D,
+    grid: [i64; 2],
+}
+
+impl HierarchicalFusion {
+    /// `grid`: the level-4 size `[H/16, W/16]` the positional embeddings are made for.
+    pub fn new(
+        p: &nn::Path,
+        width: i64,
+        slots: usize,
+        grid: [i64; 2],
+        heads: i64,
+        ffn: i64,
+        depth: i64,
+    ) -> Self {
+        let w = width;
+        let m = slots as i64;
+        let d = 8 * w;
+        let n = grid[0] * grid[1];
+        let t = p / "transformer" / "layers";
+        HierarchicalFusion {
+            fuse: [
+                FusionConv::new(&(p / "conv_fusion_e1"), w, m),
+                FusionConv::new(&(p / "conv_fusion_e2"), 2 * w, m),
+                FusionConv::new(&(p / "conv_fusion_e3"), 4 * w, m),
+            ],
+            res1: DownBlock::new(&(p / "conv_res1"), w, 2 * w, true),
+            res2: DownBlock::new(&(p / "conv_res2"), 2 * w, 4 * w, true),
+            pool_e3: AttnPool::new(&(p / "pool_e3"), 4 * w, Some(d)),
+            fusion_token: p.zeros("fusion_token", &[1, 1, d]),
+            pos: (0..slots)
+                .map(|i| p.zeros(&format!("pos_{i}"), &[1, n, d]))
+                .collect(),
+            layers: (0..depth)
+                .map(|j| TransformerLayer::new(&(&t / j), d, heads, ffn))
+                .collect(),
+            unify: nn::conv2d(p / "unify", m * d, d, 1, Default::default()),
+            grid,
+        }
+    }
+
+    /// Fuses the features of the M slots (in modality order).
+    pub fn forward_t(&self, slots: &[&Features], train: bool) -> Fused {
+        let level = |i: usize| {
+            Tensor::cat(
+                &slots
+                    .iter()
+                    .map(|f| f[i].shallow_clone())
+                    .collect::<Vec<_>>(),
+                1,
+            )
+        };
+        let f1 = self.fuse[0].forward(&level(0));
+        let f2 = self.fuse[1].forward(&level(1)) + self.res1.forward_t(&f1, train);
+        let f3 = self.fuse[2].forward(&level(2)) + self.res2.forward_t(&f2, train);
+        let pooled = self.pool_e3.forward(&f3).unsqueeze(1); // [B, 1, D]
+
+        let b = f3.size()[0];
+        let d = self.fusion_token.size()[2];
+        let n = self.grid[0] * self.grid[1];
+        let mut seq = Vec::with_capacity(slots.len() + 2);
+        seq.push(self.fusion_token.expand([b, 1, d], false));
+        for (f, pos) in slots.iter().zip(&self.pos) {
+            seq.push(f[3].flatten(2, -1).transpose(1, 2) + pos);
+        }
+        seq.push(pooled);
+        let mut out = Tensor::cat(&seq, 1);
+        for layer in &self.layers {
+            out = layer.forward_t(&out, train);
+        }
+        let global = out.select(1, 0);
+        let m = slots.len() as i64;
+        // Slot tokens [B, M·N, D] to maps [B, M·D, h, w], slot-major along channels.
+        let maps = out
+            .narrow(1, 1, m * n)
+            .view([b, m, self.grid[0], self.grid[1], d])
+            .permute([0, 1, 4, 2, 3])
+            .reshape([b, m * d, self.grid[0], self.grid[1]]);
+        let f4 = self.unify.forward(&maps);
+        Fused {
+            levels: [f1, f2, f3, f4],
+            global,
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Building blocks shared by every part of the network: the reference's `cnn_block`,
+//! `tcnn_block` and `general_conv2d_prenorm`, plus the resampling helpers.
+
+use tch::nn;
+use tch::Tensor;
+
+/// Slope of every LeakyReLU in DIS2.
+pub const LEAKY_SLOPE: f64 = 0.2;
+/// Epsilon of the per-image normalisation inside the pre-norm convolutions.
+const NORM_EPS: f64 = 1e-5;
+
+/// LeakyReLU with slope 0.2 (tch's `leaky_relu` has the fixed slope 0.01, so this is a PReLU
+/// with a constant slope: one fused kernel, exact, and nothing trainable).
+pub fn leaky(x: &Tensor) -> Tensor {
+    let slope = Tensor::from_slice(&[LEAKY_SLOPE])
+        .to_kind(x.kind())
+        .to_device(x.device());
+    x.prelu(&slope)
+}
+
+/// Normalises every image of a batch over all of (C, H, W), without affine parameters.
+///
+/// The reference applies `nn.InstanceNorm3d` to 4-D tensors, which PyTorch reads as one unbatched
+/// 3-D sample: each image is normalised over channels and pixels together. That is `group_norm`
+/// with a single group and no weight.
+pub fn image_norm(x: &Tensor) -> Tensor {
+    x.group_norm(1, None::<Tensor>, None::<Tensor>, NORM_EPS, false)
+}
+
+/// Bilinear resize to `[h, w]` with `align_corners = true` (the reference's `nn.Upsample`).
+pub fn resize_aligned(x: &Tensor, size: [i64; 2]) -> Tensor {
+    x.upsample_bilinear2d(size, true, None, None)
+}
+
+/// Doubles height and width, bilinear with `align_corners = true` (the reference's `up2`).
+pub fn up2(x: &Tensor) -> Tensor {
+    let (h, w) = (x.size()[2], x.size()[3]);
+    resize_aligned(x, [2 * h, 2 * w])
+}
+
+fn bn(p: &nn::Path, dim: i64) -> nn::BatchNorm {
+    let cfg = nn::BatchNormConfig {
+        momentum: 0.1,
+        eps: 1e-5,
+        ws_init: nn::Init::Const(1.0),
+        ..Default::default()
+    };
+    nn::batch_norm2d(p, dim, cfg)
+}
+
+/// Reference `cnn_block`: a 4x4 stride-2 convolution (padding 1), followed by BatchNorm unless
+/// it is a "first layer". Variables: `0.weight`, `0.bias`, `1.{weight,bias,running_mean,running_var}`
+/// with BatchNorm, or `weight`, `bias` without.
+#[derive(Debug)]
+pub struct DownBlock {
+    conv: nn::Conv2D,
+    bn: Option<nn::BatchNorm>,
+}
+
+impl DownBlock {
+    pub fn new(p: &nn::Path, c_in: i64, c_out: i64, with_bn: bool) -> Self {
+        let cfg = nn::ConvConfig {
+            stride: 2,
+            padding: 1,
+            ..Default::default()
+        };
+        if with_bn {
+            let conv = nn::conv2d(p / "0", c_in, c_out, 4, cfg);
+            DownBlock {
+                conv,
+                bn: Some(bn(&(p / "1"), c_out)),
+            }
+        } else {
+            DownBlock {
+                conv: nn::conv2d(p, c_in, c_out, 4, cfg),
+                bn: None,
+            }
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = x.apply(&self.conv);
+        match &self.bn {
+            Some(bn) => y.apply_t(bn, train),
+            None => y,
+        }
+    }
+}
+
+/// Reference `tcnn_block`: a 4x4 stride-2 transposed convolution (padding 1), followed by
+/// BatchNorm unless it is a "first layer".
+#[derive(Debug)]
+pub struct UpBlock {
+    conv: nn::ConvTranspose2D,
+    bn: Option<nn::BatchNorm>,
+}
+
+impl UpBlock {
+    pub fn new(p: &nn::Path, c_in: i64, c_out: i64, with_bn: bool) -> Self {
+        let cfg = nn::ConvTransposeConfig {
+            stride: 2,
+            padding: 1,
+            ..Default::default()
+        };
+        if with_bn {
+            let conv = nn::conv_transpose2d(p / "0", c_in, c_out, 4, cfg);
+            UpBlock {
+                conv,
+                bn: Some(bn(&(p / "1"), c_out)),
+            }
+        } else {
+            UpBlock {
+                conv: nn::conv_transpose2d(p, c_in, c_out, 4, cfg),
+                bn: None,
+            }
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = x.apply(&self.conv);
+        match &self.bn {
+            Some(bn) => y.apply_t(bn, train),
+            None => y,
+        }
+    }
+}
+
+/// Reference `general_conv2d_prenorm`: per-image normalisation, LeakyReLU(0.2), then a
+/// convolution (3x3 with padding 1, or 1x1). Variables: `conv.weight`, `conv.bias`.
+#[derive(Debug)]
+pub struct PreNormConv {
+    conv: nn::Conv2D,
+}
+
+impl PreNormConv {
+    /// A 3x3 convolution; `reflect` selects reflect padding instead of zeros.
+    pub fn k3(p: &nn::Path, c_in: i64, c_out: i64, reflect: bool) -> Self {
+        let padding_mode = if reflect {
+            nn::PaddingMode::Reflect
+        } else {
+            nn::PaddingMode::Zeros
+        };
+        let cfg = nn::ConvConfig {
+            padding: 1,
+            padding_mode,
+            ..Default::default()
+        };
+        PreNormConv {
+            conv: nn::conv2d(p / "conv", c_in, c_out, 3, cfg),
+        }
+    }
+
+    /// A 1x1 convolution.
+    pub fn k1(p: &nn::Path, c_in: i64, c_out: i64) -> Self {
+        PreNormConv {
+            conv: nn::conv2d(p / "conv", c_in, c_out, 1, Default::default()),
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        leaky(&image_norm(x)).apply(&self.conv)
+    }
+}
+
+/// Reference `fusion_prenorm_2d`: pre-norm 1x1 (M·C to C), 3x3 and 1x1 convolutions that fuse the
+/// channel-concatenated features of M modality slots. Variables: `fusion_layer.{0,1,2}.conv.*`.
+#[derive(Debug)]
+pub struct FusionConv {
+    layers: [PreNormConv; 3],
+}
+
+impl FusionConv {
+    pub fn new(p: &nn::Path, channels: i64, slots: i64) -> Self {
+        let p = p / "fusion_layer";
+        FusionConv {
+            layers: [
+                PreNormConv::k1(&(&p / "0"), channels * slots, channels),
+                PreNormConv::k3(&(&p / "1"), channels, channels, false),
+                PreNormConv::k1(&(&p / "2"), channels, channels),
+            ],
+        }
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.layers
+            .iter()
+            .fold(x.shallow_clone(), |x, l| l.forward(&x))
+    }
+}
+
+/// A linear layer whose variables are `weight` and `bias` (PyTorch layout).
+pub fn linear(p: &nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
+    nn::linear(p, c_in, c_out, Default::default())
+}

@@ -1,0 +1,156 @@
+//! Losses: the reference's segmentation losses (`softmax_weighted_loss`, `dice_loss`), the DLKD
+//! distillation terms, the orthogonality loss (reference `diversity_loss`), and the full
+//! training objective of the reference's `run_experiment_35.py`.
+//!
+//! Segmentation losses take probabilities `[B, K, H, W]` and a one-hot target of the same shape
+//! (see [`one_hot`]).
+
+use anyhow::{bail, Result};
+use tch::{Kind, Reduction, Tensor};
+
+use super::dis2::TrainOutputs;
+
+/// Temperature of the logit distillation.
+pub const KD_TEMPERATURE: f64 = 2.0;
+
+/// Class ids `[B, H, W]` (int64) to a float one-hot `[B, K, H, W]`. Ids outside `0..K` are an
+/// error.
+pub fn one_hot(labels: &Tensor, classes: i64) -> Result<Tensor> {
+    if labels.dim() != 3 {
+        bail!(
+            "labels: expected [B, H, W] class ids, got shape {:?}",
+            labels.size()
+        );
+    }
+    let labels = labels.to_kind(Kind::Int64);
+    if labels.numel() > 0 {
+        let lo = labels.min().int64_value(&[]);
+        let hi = labels.max().int64_value(&[]);
+        if lo < 0 || hi >= classes {
+            bail!("labels: class ids must lie in 0..{classes}, found {lo}..={hi}");
+        }
+    }
+    Ok(labels
+        .one_hot(classes)
+        .permute([0, 3, 1, 2])
+        .to_kind(Kind::Float))
+}
+
+/// Weighted cross-entropy (reference `softmax_weighted_loss`): per image and class the weight
+/// `1 - pixels_of_class / pixels`, `-mean(weight · target · log(clamp(p, 0.005, 1)))`.
+pub fn softmax_weighted_loss(pred: &Tensor, target: &Tensor) -> Tensor {
+    let counts = target.sum_dim_intlist([2i64, 3].as_slice(), true, Kind::Float); // [B, K, 1, 1]
+    let total = counts.sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
+    let weights = 1.0 - counts / (total + 1e-7);
+    let log_p = pred.clamp(0.005, 1.0).log();
+    let loss: Tensor = weights * target * log_p;
+    -loss.mean(Kind::Float)
+}
+
+/// Dice loss (reference `dice_loss`): `1 - mean_k(2·Σ p·t / (Σ p + Σ t + 1e-7))`, sums over
+/// batch and pixels.
+pub fn dice_loss(pred: &Tensor, target: &Tensor) -> Tensor {
+    let dims = [0i64, 2, 3];
+    let inter = (pred * target).sum_dim_intlist(dims.as_slice(), false, Kind::Float);
+    let card = pred.sum_dim_intlist(dims.as_slice(), false, Kind::Float)
+        + target.sum_dim_intlist(dims.as_slice(), false, Kind::Float);
+    1.0 - (inter * 2.0 / (card + 1e-7)).mean(Kind::Float)
+}
+
+/// Weighted cross-entropy plus Dice.
+pub fn seg_loss(pred: &Tensor, target: &Tensor) -> Tensor {
+    softmax_weighted_loss(pred, target) + dice_loss(pred, target)
+}
+
+fn l2_normalize(x: &Tensor) -> Tensor {
+    let norm = x
+        .norm_scalaropt_dim(2, [1i64].as_slice(), true)
+        .clamp_min(1e-6);
+    x / norm
+}
+
+/// Reference `l2_kd_loss`: L2-normalise both along dim 1 (eps 1e-6) and take the mean squared
+/// difference (over all elements; for maps `[B, C, H, W]` that is the reference's `spatial`
+/// variant).
+pub fn l2_kd_loss(student: &Tensor, teacher: &Tensor) -> Tensor {
+    (l2_normalize(student) - l2_normalize(teacher))
+        .square()
+        .mean(Kind::Float)
+}
+
+/// Reference `orthogonality_loss`: mean over the batch of the squared cosine between `a` and
+/// `b` (`[B, D]`).
+pub fn orthogonality_loss(a: &Tensor, b: &Tensor) -> Tensor {
+    let n = |x: &Tensor| {
+        x / x
+            .norm_scalaropt_dim(2, [-1i64].as_slice(), true)
+            .clamp_min(1e-12)
+    };
+    (n(a) * n(b))
+        .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+        .square()
+        .mean(Kind::Float)
+}
+
+/// `T² · KL(softmax(teacher/T) || softmax(student/T))` with PyTorch `reduction='mean'` (mean over
+/// every element), T = 2. The teacher logits are detached.
+pub fn kd_logits_loss(student_logits: &Tensor, teacher_logits: &Tensor) -> Tensor {
+    let t = KD_TEMPERATURE;
+    let p = (teacher_logits.detach() / t).softmax(1, Kind::Float);
+    let log_q = (student_logits / t).log_softmax(1, Kind::Float);
+    log_q.kl_div(&p, Reduction::Mean, false) * (t * t)
+}
+
+/// The terms of the training objective, each a scalar tensor (the total keeps its graph).
+#[derive(Debug)]
+pub struct LossTerms {
+    pub total: Tensor,
+    /// Teacher (full-modality) prediction: WCE + Dice.
+    pub teacher: Tensor,
+    /// Student (scenario) prediction: WCE + Dice.
+    pub student: Tensor,
+    /// Auxiliary single-modality predictions, one per modality.
+    pub aux: Vec<Tensor>,
+    /// Deep-supervision maps of the teacher, summed over the four scales.
+    pub teacher_scales: Tensor,
+    /// Deep-supervision maps of the student, summed over the four scales.
+    pub student_scales: Tensor,
+    /// DLKD distillation loss (unweighted).
+    pub kd: Tensor,
+    /// Orthogonality loss.
+    pub orth: Tensor,
+}
+
+/// The reference objective (`cal_train_loss`): teacher + student + every auxiliary loss +
+/// `kd_weight · kd` + orth + both deep-supervision sums. The reference uses `kd_weight` 5 after
+/// epoch 5 and 0 before. `target`: one-hot `[B, K, H, W]`.
+pub fn training_loss(out: &TrainOutputs, target: &Tensor, kd_weight: f64) -> LossTerms {
+    let teacher = seg_loss(&out.teacher.pred, target);
+    let student = seg_loss(&out.student.pred, target);
+    let aux: Vec<Tensor> = out.aux_preds.iter().map(|p| seg_loss(p, target)).collect();
+    let scales = |preds: &[Tensor]| {
+        preds.iter().fold(
+            Tensor::zeros([], (Kind::Float, target.device())),
+            |acc, p| acc + seg_loss(p, target),
+        )
+    };
+    let teacher_scales = scales(&out.teacher.scale_preds);
+    let student_scales = scales(&out.student.scale_preds);
+    let mut total = &teacher + &student + &out.orth_loss + &teacher_scales + &student_scales;
+    for a in &aux {
+        total = total + a;
+    }
+    if kd_weight != 0.0 {
+        total = total + &out.kd_loss * kd_weight;
+    }
+    LossTerms {
+        total,
+        teacher,
+        student,
+        aux,
+        teacher_scales,
+        student_scales,
+        kd: out.kd_loss.detach(),
+        orth: out.orth_loss.detach(),
+    }
+}

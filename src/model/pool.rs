@@ -1,0 +1,69 @@
+//! Attention pooling of a feature map to one token (the reference's `AttnPoolToToken` and
+//! `HierarchicalAttnPool`). Used by HF to summarise level 3 for the level-4 transformer, and by
+//! DLKD to compare teacher and student features (distillation) and compensation and available
+//! features (orthogonality) at levels 1..3.
+
+use tch::nn::{self, Module};
+use tch::Tensor;
+
+use super::layers::linear;
+
+/// Hidden width of the scoring MLP.
+const HIDDEN: i64 = 128;
+
+/// Scores every pixel with a two-layer MLP, softmaxes the scores over the pixels and returns the
+/// weighted mean feature `[B, C]`, optionally projected to another width.
+/// Variables: `mlp.0.*`, `mlp.2.*`, and `proj.*` when projected.
+#[derive(Debug)]
+pub struct AttnPool {
+    fc1: nn::Linear,
+    fc2: nn::Linear,
+    proj: Option<nn::Linear>,
+}
+
+impl AttnPool {
+    pub fn new(p: &nn::Path, channels: i64, out: Option<i64>) -> Self {
+        AttnPool {
+            fc1: linear(&(p / "mlp" / "0"), channels, HIDDEN),
+            fc2: linear(&(p / "mlp" / "2"), HIDDEN, 1),
+            proj: out.map(|o| linear(&(p / "proj"), channels, o)),
+        }
+    }
+
+    /// `x`: `[B, C, H, W]` to `[B, C]` (or `[B, out]`).
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let flat = x.flatten(2, -1).transpose(1, 2); // [B, N, C]
+        let scores = flat.apply(&self.fc1).relu().apply(&self.fc2); // [B, N, 1]
+        let weights = scores.softmax(1, scores.kind()); // [B, N, 1]
+        let pooled = weights.transpose(1, 2).bmm(&flat).squeeze_dim(1); // [B, C]
+        match &self.proj {
+            Some(proj) => proj.forward(&pooled),
+            None => pooled,
+        }
+    }
+}
+
+/// One attention pool per level 1..3 (widths w, 2w, 4w). Variables: `attn_pools.{0,1,2}.*`.
+#[derive(Debug)]
+pub struct LevelPools {
+    pools: Vec<AttnPool>,
+}
+
+impl LevelPools {
+    pub fn new(p: &nn::Path, width: i64) -> Self {
+        let p = p / "attn_pools";
+        let pools = (0..3)
+            .map(|i| AttnPool::new(&(&p / i), width << i, None))
+            .collect();
+        LevelPools { pools }
+    }
+
+    /// Pools levels 1..3 of `feats` (a fourth level, if given, is not read).
+    pub fn forward(&self, feats: &[Tensor]) -> Vec<Tensor> {
+        self.pools
+            .iter()
+            .zip(feats)
+            .map(|(pool, f)| pool.forward(f))
+            .collect()
+    }
+}

@@ -1,0 +1,138 @@
+//! Missing-modality scenarios: which modality slots are absent at inference.
+
+use anyhow::{bail, Result};
+
+use super::config::ModelConfig;
+
+/// A non-empty set of missing modalities (by index in `ModelConfig::modalities`) that leaves at
+/// least one modality available. The teacher (full-modality branch) is not a scenario.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scenario {
+    missing: Vec<usize>,
+}
+
+impl Scenario {
+    /// A scenario of `num_modalities` slots with the given missing indices (any order, no
+    /// repeats).
+    pub fn new(mut missing: Vec<usize>, num_modalities: usize) -> Result<Self> {
+        missing.sort_unstable();
+        if missing.is_empty() {
+            bail!("a scenario needs at least one missing modality (the full set is the teacher)");
+        }
+        if missing.windows(2).any(|w| w[0] == w[1]) {
+            bail!("a scenario names modality {} twice", missing[0]);
+        }
+        if let Some(&i) = missing.iter().find(|&&i| i >= num_modalities) {
+            bail!("modality index {i} out of range: the model has {num_modalities} modalities");
+        }
+        if missing.len() == num_modalities {
+            bail!("a scenario must leave at least one modality available");
+        }
+        Ok(Scenario { missing })
+    }
+
+    /// The scenario whose missing modalities have these names.
+    pub fn from_names<S: AsRef<str>>(names: &[S], cfg: &ModelConfig) -> Result<Self> {
+        let idx = names
+            .iter()
+            .map(|n| cfg.modality_index(n.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let listed: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
+        Self::new(idx, cfg.modalities.len())
+            .map_err(|e| anyhow::anyhow!("scenario [{}]: {e}", listed.join(", ")))
+    }
+
+    /// Every scenario of M modalities: all non-empty proper subsets, fewer missing first.
+    pub fn all(num_modalities: usize) -> Vec<Scenario> {
+        let mut out: Vec<Scenario> = (1u64..(1u64 << num_modalities) - 1)
+            .map(|mask| Scenario {
+                missing: (0..num_modalities)
+                    .filter(|i| mask & (1 << i) != 0)
+                    .collect(),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            a.missing
+                .len()
+                .cmp(&b.missing.len())
+                .then(a.missing.cmp(&b.missing))
+        });
+        out
+    }
+
+    /// Missing modality indices, ascending.
+    pub fn missing(&self) -> &[usize] {
+        &self.missing
+    }
+
+    pub fn is_missing(&self, i: usize) -> bool {
+        self.missing.binary_search(&i).is_ok()
+    }
+
+    /// Available modality indices of a model with `num_modalities` slots, ascending.
+    pub fn available(&self, num_modalities: usize) -> Vec<usize> {
+        (0..num_modalities)
+            .filter(|&i| !self.is_missing(i))
+            .collect()
+    }
+
+    /// The variable-store key of this scenario's student: `m` and the missing indices joined by
+    /// `_`, e.g. `m1` or `m0_2`.
+    pub fn key(&self) -> String {
+        let idx: Vec<String> = self.missing.iter().map(|i| i.to_string()).collect();
+        format!("m{}", idx.join("_"))
+    }
+
+    /// The missing modalities by name.
+    pub fn names(&self, cfg: &ModelConfig) -> Vec<String> {
+        self.missing
+            .iter()
+            .map(|&i| cfg.modalities[i].name.clone())
+            .collect()
+    }
+
+    /// `missing: a, b`, for messages.
+    pub fn describe(&self, cfg: &ModelConfig) -> String {
+        format!("missing: {}", self.names(cfg).join(", "))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_scenarios_of_two_and_three() {
+        let two = Scenario::all(2);
+        assert_eq!(
+            two.iter().map(|s| s.key()).collect::<Vec<_>>(),
+            ["m0", "m1"]
+        );
+        let three = Scenario::all(3);
+        let keys: Vec<String> = three.iter().map(|s| s.key()).collect();
+        assert_eq!(keys, ["m0", "m1", "m2", "m0_1", "m0_2", "m1_2"]);
+    }
+
+    #[test]
+    fn rejects_bad_scenarios() {
+        assert!(Scenario::new(vec![], 2)
+            .unwrap_err()
+            .to_string()
+            .contains("at least one missing"));
+        assert!(Scenario::new(vec![0, 1], 2)
+            .unwrap_err()
+            .to_string()
+            .contains("available"));
+        assert!(Scenario::new(vec![1, 1], 3)
+            .unwrap_err()
+            .to_string()
+            .contains("twice"));
+        assert!(Scenario::new(vec![3], 3)
+            .unwrap_err()
+            .to_string()
+            .contains("out of range"));
+        let s = Scenario::new(vec![2, 0], 3).unwrap();
+        assert_eq!(s.missing(), [0, 2]);
+        assert_eq!(s.available(3), [1]);
+    }
+}

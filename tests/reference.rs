@@ -1,0 +1,112 @@
+//! The Rust model against the authors' PyTorch reference (`../shared/reference`): same weights
+//! in, the same probabilities (1e-4 absolute) and losses (1e-4 relative) out.
+
+mod common;
+
+use common::*;
+use dis2::model::import::load_reference_state_dict;
+use dis2::model::losses::{dice_loss, one_hot, softmax_weighted_loss};
+use dis2::model::{Dis2Net, Scenario};
+use tch::{nn, Device, Tensor};
+
+const PROB_TOL: f64 = 1e-4;
+const LOSS_TOL: f64 = 1e-4;
+
+fn check_reference(name: &str) {
+    let Some(dir) = reference_dir() else { return };
+    let weights = dir.join(format!("{name}.weights.safetensors"));
+    let cfg = reference_config(&weights);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = Dis2Net::new(&vs.root(), &cfg).unwrap();
+    let state = Tensor::read_safetensors(&weights).unwrap();
+    load_reference_state_dict(&vs, &state, &weights.display().to_string()).unwrap();
+
+    let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
+    let parts = net.split_input(&io["input"]).unwrap();
+    let (rgb, ndsm) = (&parts[0], &parts[1]);
+    let target = one_hot(&io["labels"], cfg.num_classes).unwrap();
+    let miss_ndsm = Scenario::new(vec![1], 2).unwrap();
+    let miss_rgb = Scenario::new(vec![0], 2).unwrap();
+
+    let mut worst_prob = 0.0f64;
+    let mut worst_loss = 0.0f64;
+    let mut prob = |key: &str, got: &Tensor| {
+        let d = max_abs_diff(got, &io[key]);
+        println!("{name} {key}: max abs diff {d:.3e}");
+        assert!(d < PROB_TOL, "{name} {key}: max abs diff {d:e}");
+        worst_prob = worst_prob.max(d);
+    };
+    tch::no_grad(|| {
+        prob(
+            "eval.full.seg_pred",
+            &net.forward_teacher(&[Some(rgb), Some(ndsm)], false)
+                .unwrap(),
+        );
+        prob(
+            "eval.miss_ndsm.seg_pred",
+            &net.forward_student(&miss_ndsm, &[Some(rgb), None], false)
+                .unwrap(),
+        );
+        prob(
+            "eval.miss_rgb.seg_pred",
+            &net.forward_student(&miss_rgb, &[None, Some(ndsm)], false)
+                .unwrap(),
+        );
+    });
+    let mut losses = Vec::new();
+    for (sname, scenario) in [("miss_ndsm", &miss_ndsm), ("miss_rgb", &miss_rgb)] {
+        let out = tch::no_grad(|| {
+            net.forward_train(scenario, &[Some(rgb), Some(ndsm)], false)
+                .unwrap()
+        });
+        let p = format!("train.{sname}");
+        prob(&format!("{p}.rgb_pred"), &out.aux_preds[0]);
+        prob(&format!("{p}.ndsm_pred"), &out.aux_preds[1]);
+        prob(&format!("{p}.full_pred"), &out.teacher.pred);
+        prob(&format!("{p}.missing_pred"), &out.student.pred);
+        assert_eq!(out.teacher.scale_preds.len(), 4);
+        for i in 0..4 {
+            prob(
+                &format!("{p}.full_scale_preds.{i}"),
+                &out.teacher.scale_preds[i],
+            );
+            prob(
+                &format!("{p}.missing_scale_preds.{i}"),
+                &out.student.scale_preds[i],
+            );
+        }
+        losses.push((format!("{p}.kd_loss"), out.kd_loss.shallow_clone()));
+        losses.push((format!("{p}.orth_loss"), out.orth_loss.shallow_clone()));
+        losses.push((
+            format!("{p}.wce.missing_pred"),
+            softmax_weighted_loss(&out.student.pred, &target),
+        ));
+        losses.push((
+            format!("{p}.dice.missing_pred"),
+            dice_loss(&out.student.pred, &target),
+        ));
+    }
+    for (key, got) in &losses {
+        let r = rel_diff(got, &io[key.as_str()]);
+        println!(
+            "{name} {key}: {} vs {}: rel diff {r:.3e}",
+            got.double_value(&[]),
+            io[key.as_str()].double_value(&[0])
+        );
+        assert!(r < LOSS_TOL, "{name} {key}: rel diff {r:e}");
+        worst_loss = worst_loss.max(r);
+    }
+    println!(
+        "{name}: worst probability diff {worst_prob:.3e}, worst loss rel diff {worst_loss:.3e}"
+    );
+}
+
+#[test]
+fn small_reference_every_tensor() {
+    check_reference("small");
+}
+
+#[test]
+fn wide_reference_every_tensor() {
+    check_reference("wide");
+}
