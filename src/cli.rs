@@ -3,6 +3,7 @@
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
 
 use crate::device::DeviceChoice;
 
@@ -25,6 +26,8 @@ pub struct Cli {
 pub enum Command {
     /// Print versions (dis2, tch, libtorch, GDAL), CUDA and cuDNN availability, and threads.
     Info(InfoArgs),
+    /// Convert a state_dict of the authors' PyTorch DIS2 (safetensors) into a dis2 checkpoint.
+    ImportTorch(ImportTorchArgs),
 }
 
 /// `--device`, shared by every subcommand that computes.
@@ -41,6 +44,19 @@ pub struct InfoArgs {
     pub device: DeviceArgs,
 }
 
+#[derive(Debug, Args)]
+pub struct ImportTorchArgs {
+    /// The reference model's state_dict saved as safetensors (names as in `DLKD_ver4`).
+    #[arg(long, value_name = "FILE.safetensors")]
+    pub weights: PathBuf,
+    /// YAML with the model configuration: a model-only file, or a file whose `model:` key is read.
+    #[arg(long, value_name = "CONFIG.yaml")]
+    pub config: PathBuf,
+    /// Checkpoint to write: CHECKPOINT.safetensors and CHECKPOINT.yaml.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub out: PathBuf,
+}
+
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
@@ -48,6 +64,9 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Info(args) => crate::info::print_info(args.device.device),
+        Command::ImportTorch(args) => {
+            crate::import_torch::import_torch(&args.weights, &args.config, &args.out)
+        }
     }
 }
 

@@ -5,12 +5,15 @@
 //!
 //! Layout: `cli` parses arguments and dispatches; `config` reads experiment YAML files; `device`
 //! picks CPU or CUDA; `model` holds the network; `data` the rasters and datasets; `fsutil` the
-//! write-then-rename helpers every output goes through.
+//! write-then-rename helpers every output goes through; `checkpoint` saves and loads models;
+//! `import_torch` converts the authors' PyTorch weights.
 
+pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
 pub mod fsutil;
+pub mod import_torch;
 pub mod info;
 pub mod model;

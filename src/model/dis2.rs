@@ -44,7 +44,7 @@ use super::config::ModelConfig;
 use super::decoder::{ClassWiseDecoder, DecoderOutputs};
 use super::encoder::{Encoder, Features};
 use super::fusion::{Fused, HierarchicalFusion};
-use super::losses::{kd_logits_loss, l2_kd_loss, orthogonality_loss};
+use super::losses::{kd_logits_loss, l2_kd_loss, orthogonality_loss, sum_scalars};
 use super::pool::LevelPools;
 use super::scenario::Scenario;
 
@@ -412,15 +412,18 @@ impl Dis2Net {
         // DLKD: the teacher side is detached, so its pools need no graph.
         let t_pooled = tch::no_grad(|| self.teacher.fuse_pool.forward(&t_fused.levels));
         let s_pooled = st.branch.fuse_pool.forward(&s_fused.levels);
-        let mut kd = l2_kd_loss(&s_fused.global, &t_fused.global.detach());
-        for (s, t) in s_pooled.iter().zip(&t_pooled) {
-            kd = kd + l2_kd_loss(s, t);
-        }
-        kd = kd + l2_kd_loss(&s_out.penultimate, &t_out.penultimate.detach());
-        kd = kd + kd_logits_loss(&s_out.logits, &t_out.logits);
+        let mut kd_terms = vec![l2_kd_loss(&s_fused.global, &t_fused.global.detach())];
+        kd_terms.extend(
+            s_pooled
+                .iter()
+                .zip(&t_pooled)
+                .map(|(s, t)| l2_kd_loss(s, t)),
+        );
+        kd_terms.push(l2_kd_loss(&s_out.penultimate, &t_out.penultimate.detach()));
+        kd_terms.push(kd_logits_loss(&s_out.logits, &t_out.logits));
+        let kd = sum_scalars(&kd_terms);
 
         // Orthogonality between each compensation encoder and each available encoder.
-        let mut orth = Tensor::zeros([], (Kind::Float, t_out.pred.device()));
         let avail = scenario.available(m);
         let dist: Vec<Vec<Tensor>> = st
             .dist_pools
@@ -428,14 +431,14 @@ impl Dis2Net {
             .zip(&avail)
             .filter_map(|(pool, &a)| enc[a].as_ref().map(|f| pool.forward(f)))
             .collect();
+        let mut orth_terms = Vec::new();
         for (pool, feats) in st.comp_pools.iter().zip(&comp) {
             let c = pool.forward(feats);
             for d in &dist {
-                for (x, y) in c.iter().zip(d) {
-                    orth = orth + orthogonality_loss(x, y);
-                }
+                orth_terms.extend(c.iter().zip(d).map(|(x, y)| orthogonality_loss(x, y)));
             }
         }
+        let orth = sum_scalars(&orth_terms);
 
         let branch = |o: DecoderOutputs| BranchOutputs {
             pred: o.pred,

@@ -101,6 +101,15 @@ pub fn kd_logits_loss(student_logits: &Tensor, teacher_logits: &Tensor) -> Tenso
     log_q.kl_div(&p, Reduction::Mean, false) * (t * t)
 }
 
+/// The sum of scalar tensors (0 for none), keeping the graph.
+pub fn sum_scalars(terms: &[Tensor]) -> Tensor {
+    match terms {
+        [] => Tensor::zeros([], (Kind::Float, tch::Device::Cpu)),
+        [one] => one.shallow_clone(),
+        many => Tensor::stack(many, 0).sum(Kind::Float),
+    }
+}
+
 /// The terms of the training objective, each a scalar tensor (the total keeps its graph).
 #[derive(Debug)]
 pub struct LossTerms {
@@ -136,13 +145,20 @@ pub fn training_loss(out: &TrainOutputs, target: &Tensor, kd_weight: f64) -> Los
     };
     let teacher_scales = scales(&out.teacher.scale_preds);
     let student_scales = scales(&out.student.scale_preds);
-    let mut total = &teacher + &student + &out.orth_loss + &teacher_scales + &student_scales;
-    for a in &aux {
-        total = total + a;
-    }
+    let mut terms = vec![
+        teacher.shallow_clone(),
+        student.shallow_clone(),
+        out.orth_loss.shallow_clone(),
+    ];
+    terms.extend([
+        teacher_scales.shallow_clone(),
+        student_scales.shallow_clone(),
+    ]);
+    terms.extend(aux.iter().map(|a| a.shallow_clone()));
     if kd_weight != 0.0 {
-        total = total + &out.kd_loss * kd_weight;
+        terms.push(&out.kd_loss * kd_weight);
     }
+    let total = sum_scalars(&terms);
     LossTerms {
         total,
         teacher,

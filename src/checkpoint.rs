@@ -1,0 +1,280 @@
+//! Checkpoints: the model's variables as safetensors (BatchNorm running statistics included) plus
+//! a YAML sidecar describing the model, so that a checkpoint can be loaded without its
+//! experiment file.
+//!
+//! A checkpoint named `DIR/NAME` is two files: `DIR/NAME.safetensors` (every variable of the
+//! variable store under its dis2 name) and `DIR/NAME.yaml`:
+//!
+//! ```yaml
+//! format: dis2-checkpoint
+//! version: 1
+//! model: { base_width: 8, num_classes: 5, crop: [64, 64], ..., modalities: [...],
+//!          scenarios: [[ndsm], [rgb]] }     # always written out in full
+//! class_names: [...]                          # optional
+//! metadata: { source: import-torch, ... }     # free-form: step, metrics, ...
+//! ```
+//!
+//! Both files are written through a temporary file and a rename, weights first. The name may be
+//! given with or without `.safetensors` / `.yaml`.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Tensor};
+
+use crate::fsutil::{write_atomic, write_atomic_with};
+use crate::model::config::ModelConfig;
+use crate::model::Dis2Net;
+
+/// Value of the sidecar's `format` key.
+pub const FORMAT: &str = "dis2-checkpoint";
+/// Current sidecar version.
+pub const VERSION: u32 = 1;
+
+/// The YAML sidecar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointInfo {
+    pub format: String,
+    pub version: u32,
+    /// The model, with `scenarios` listed explicitly.
+    pub model: ModelConfig,
+    /// Class names, when known (K entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_names: Option<Vec<String>>,
+    /// Free-form information for later tools (training step, metrics, source).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, serde_yaml::Value>,
+}
+
+impl CheckpointInfo {
+    /// A sidecar for `cfg`, with its scenario list written out.
+    pub fn new(cfg: &ModelConfig) -> Result<Self> {
+        let mut model = cfg.clone();
+        let scenarios = cfg.scenario_list()?;
+        model.scenarios = Some(scenarios.iter().map(|s| s.names(cfg)).collect());
+        Ok(CheckpointInfo {
+            format: FORMAT.to_string(),
+            version: VERSION,
+            model,
+            class_names: None,
+            metadata: BTreeMap::new(),
+        })
+    }
+}
+
+/// The two files of a checkpoint named `path` (with or without extension).
+pub fn checkpoint_files(path: &Path) -> (PathBuf, PathBuf) {
+    let base = match path.extension().and_then(|e| e.to_str()) {
+        Some("safetensors") | Some("yaml") => path.with_extension(""),
+        _ => path.to_path_buf(),
+    };
+    let name = base
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (
+        base.with_file_name(format!("{name}.safetensors")),
+        base.with_file_name(format!("{name}.yaml")),
+    )
+}
+
+/// Saves every variable of `vs` and the sidecar.
+pub fn save(path: &Path, vs: &nn::VarStore, info: &CheckpointInfo) -> Result<()> {
+    if let Some(names) = &info.class_names {
+        if names.len() as i64 != info.model.num_classes {
+            bail!(
+                "class_names: {} names for {} classes",
+                names.len(),
+                info.model.num_classes
+            );
+        }
+    }
+    let (weights, sidecar) = checkpoint_files(path);
+    let mut named: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let named: Vec<(String, Tensor)> = named
+        .into_iter()
+        .map(|(n, t)| (n, t.detach().contiguous()))
+        .collect();
+    write_atomic_with(&weights, |tmp| {
+        Tensor::write_safetensors(&named, tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))
+    })?;
+    let text = serde_yaml::to_string(info).context("cannot serialise the checkpoint sidecar")?;
+    write_atomic(&sidecar, text.as_bytes())
+}
+
+/// Reads and checks a sidecar.
+pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
+    let (_, sidecar) = checkpoint_files(path);
+    let text = std::fs::read_to_string(&sidecar)
+        .with_context(|| format!("cannot read checkpoint sidecar {}", sidecar.display()))?;
+    let info: CheckpointInfo = crate::config::from_yaml_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", sidecar.display()))?;
+    if info.format != FORMAT {
+        bail!(
+            "{}: format: expected {FORMAT:?}, found {:?}",
+            sidecar.display(),
+            info.format
+        );
+    }
+    if info.version != VERSION {
+        bail!(
+            "{}: version: this dis2 reads version {VERSION}, found {}",
+            sidecar.display(),
+            info.version
+        );
+    }
+    info.model
+        .validate()
+        .with_context(|| format!("{}: key `model`", sidecar.display()))?;
+    Ok(info)
+}
+
+/// How two model configurations differ, one line per key (empty when they are the same model).
+pub fn config_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cmp = |key: &str, a: String, b: String| {
+        if a != b {
+            out.push(format!("{key}: checkpoint has {a}, configuration has {b}"));
+        }
+    };
+    cmp(
+        "base_width",
+        checkpoint.base_width.to_string(),
+        wanted.base_width.to_string(),
+    );
+    cmp(
+        "num_classes",
+        checkpoint.num_classes.to_string(),
+        wanted.num_classes.to_string(),
+    );
+    cmp(
+        "crop",
+        format!("{:?}", checkpoint.crop),
+        format!("{:?}", wanted.crop),
+    );
+    cmp(
+        "heads",
+        checkpoint.heads.to_string(),
+        wanted.heads.to_string(),
+    );
+    cmp(
+        "ffn_dim",
+        checkpoint.ffn_dim.to_string(),
+        wanted.ffn_dim.to_string(),
+    );
+    cmp(
+        "depth",
+        checkpoint.depth.to_string(),
+        wanted.depth.to_string(),
+    );
+    let mods = |c: &ModelConfig| {
+        c.modalities
+            .iter()
+            .map(|m| format!("{}({})", m.name, m.channels))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    cmp(
+        "modalities",
+        format!("[{}]", mods(checkpoint)),
+        format!("[{}]", mods(wanted)),
+    );
+    let scen = |c: &ModelConfig| match c.scenario_list() {
+        Ok(list) => list
+            .iter()
+            .map(|s| format!("[{}]", s.names(c).join(", ")))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => format!("invalid ({e})"),
+    };
+    cmp("scenarios", scen(checkpoint), scen(wanted));
+    out
+}
+
+/// Loads the safetensors weights of a checkpoint into `vs`. Every variable must be present with
+/// its shape and nothing else may be in the file; otherwise the error lists what differs by name
+/// and `vs` is unchanged.
+pub fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    let (weights, _) = checkpoint_files(path);
+    let tensors = Tensor::read_safetensors(&weights)
+        .with_context(|| format!("cannot read checkpoint weights {}", weights.display()))?;
+    let file: HashMap<String, Tensor> = tensors.into_iter().collect();
+    let vars = vs.variables();
+    let mut missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
+    let mut unexpected: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
+    let mut misshaped: Vec<String> = vars
+        .iter()
+        .filter_map(|(k, v)| {
+            let t = file.get(k)?;
+            (t.size() != v.size())
+                .then(|| format!("{k}: file {:?}, model {:?}", t.size(), v.size()))
+        })
+        .collect();
+    missing.sort();
+    unexpected.sort();
+    misshaped.sort();
+    if !(missing.is_empty() && unexpected.is_empty() && misshaped.is_empty()) {
+        let mut msg = format!("{} does not fit the model:", weights.display());
+        let lists: [(&str, Vec<String>); 3] = [
+            ("missing", missing.iter().map(|s| s.to_string()).collect()),
+            (
+                "unexpected",
+                unexpected.iter().map(|s| s.to_string()).collect(),
+            ),
+            ("wrong shape", misshaped),
+        ];
+        for (what, list) in lists {
+            if !list.is_empty() {
+                msg.push_str(&format!("\n  {what} ({}):", list.len()));
+                for item in list {
+                    msg.push_str(&format!("\n    {item}"));
+                }
+            }
+        }
+        bail!(msg);
+    }
+    tch::no_grad(|| {
+        for (k, v) in &vars {
+            if let Some(t) = file.get(k) {
+                let mut v = v.shallow_clone();
+                v.copy_(&t.to_kind(v.kind()).to_device(v.device()));
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A loaded checkpoint: the variable store, the model on it and the sidecar.
+pub struct Loaded {
+    pub vs: nn::VarStore,
+    pub net: Dis2Net,
+    pub info: CheckpointInfo,
+}
+
+/// Loads a checkpoint, building the model its sidecar describes.
+pub fn load(path: &Path, device: Device) -> Result<Loaded> {
+    let info = read_info(path)?;
+    let vs = nn::VarStore::new(device);
+    let net = Dis2Net::new(&vs.root(), &info.model)?;
+    load_weights(&vs, path)?;
+    Ok(Loaded { vs, net, info })
+}
+
+/// Loads a checkpoint that must be the model `wanted` describes; a different model is an error
+/// naming every key that differs.
+pub fn load_as(path: &Path, wanted: &ModelConfig, device: Device) -> Result<Loaded> {
+    let info = read_info(path)?;
+    let diffs = config_differences(&info.model, wanted);
+    if !diffs.is_empty() {
+        bail!(
+            "checkpoint {} was made for another model:\n  {}",
+            checkpoint_files(path).1.display(),
+            diffs.join("\n  ")
+        );
+    }
+    load(path, device)
+}

@@ -1,0 +1,245 @@
+//! A three-modality model (4 + 1 + 1 bands): every scenario runs, missing inputs are never read,
+//! gradients reach exactly the parameters a scenario uses, and bad inputs are clear errors.
+
+mod common;
+
+use common::*;
+use dis2::model::losses::{one_hot, training_loss};
+use dis2::model::{Dis2Net, Scenario};
+use tch::{nn, Device, Kind, Tensor};
+
+const B: i64 = 2;
+
+fn inputs(channels: &[i64]) -> Vec<Tensor> {
+    channels
+        .iter()
+        .map(|&c| Tensor::randn([B, c, 64, 64], (Kind::Float, Device::Cpu)))
+        .collect()
+}
+
+fn build(channels: &[i64]) -> (nn::VarStore, Dis2Net) {
+    tch::manual_seed(0);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = Dis2Net::new(&vs.root(), &small_config(channels, 5)).unwrap();
+    (vs, net)
+}
+
+/// Names of the trainable variables that backward reached.
+fn reached(vs: &nn::VarStore) -> (Vec<String>, Vec<String>) {
+    let mut yes = Vec::new();
+    let mut no = Vec::new();
+    for (name, t) in vs.variables() {
+        if t.requires_grad() {
+            if t.grad().defined() {
+                yes.push(name)
+            } else {
+                no.push(name)
+            }
+        }
+    }
+    yes.sort();
+    no.sort();
+    (yes, no)
+}
+
+#[test]
+fn three_modalities_every_scenario_runs_with_right_shapes() {
+    let ch = [4, 1, 1];
+    let (_vs, net) = build(&ch);
+    assert_eq!(net.scenarios().len(), 6);
+    let x = inputs(&ch);
+    let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
+    let labels = Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu));
+    let target = one_hot(&labels, 5).unwrap();
+    tch::no_grad(|| {
+        let t = net.forward_teacher(&all, false).unwrap();
+        assert_eq!(t.size(), [B, 5, 64, 64]);
+        let sums = t.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+        assert!((sums - 1.0).abs().max().double_value(&[]) < 1e-5);
+        for s in net.scenarios() {
+            let given: Vec<Option<&Tensor>> = (0..3)
+                .map(|i| if s.is_missing(i) { None } else { Some(&x[i]) })
+                .collect();
+            let p = net.forward_student(s, &given, false).unwrap();
+            assert_eq!(p.size(), [B, 5, 64, 64], "{s:?}");
+            assert_eq!(max_abs_diff(&p, &net.forward(&given, false).unwrap()), 0.0);
+            let out = net.forward_train(s, &all, false).unwrap();
+            assert_eq!(out.aux_preds.len(), 3);
+            for p in out
+                .aux_preds
+                .iter()
+                .chain(&out.student.scale_preds)
+                .chain([&out.teacher.pred, &out.student.pred])
+            {
+                assert_eq!(p.size(), [B, 5, 64, 64]);
+            }
+            assert_eq!(out.student.penultimate.size(), [B, 8, 64, 64]);
+            assert_eq!(out.student.logits.size(), [B, 5, 64, 64]);
+            let terms = training_loss(&out, &target, 5.0);
+            assert_eq!(terms.aux.len(), 3);
+            let total = terms.total.double_value(&[]);
+            assert!(total.is_finite() && total > 0.0, "{s:?}: {total}");
+            assert!(out.orth_loss.double_value(&[]) >= 0.0 && out.kd_loss.double_value(&[]) > 0.0);
+        }
+    });
+}
+
+#[test]
+fn missing_modalities_are_never_read() {
+    let ch = [4, 1, 1];
+    let (_vs, net) = build(&ch);
+    let x = inputs(&ch);
+    let nan: Vec<Tensor> = ch
+        .iter()
+        .map(|&c| Tensor::full([B, c, 64, 64], f64::NAN, (Kind::Float, Device::Cpu)))
+        .collect();
+    tch::no_grad(|| {
+        for s in net.scenarios() {
+            let absent: Vec<Option<&Tensor>> = (0..3)
+                .map(|i| if s.is_missing(i) { None } else { Some(&x[i]) })
+                .collect();
+            let poisoned: Vec<Option<&Tensor>> = (0..3)
+                .map(|i| {
+                    if s.is_missing(i) {
+                        Some(&nan[i])
+                    } else {
+                        Some(&x[i])
+                    }
+                })
+                .collect();
+            let a = net.forward_student(s, &absent, false).unwrap();
+            let b = net.forward_student(s, &poisoned, false).unwrap();
+            assert!(
+                b.isfinite().all().int64_value(&[]) == 1,
+                "{s:?}: NaN leaked into the output"
+            );
+            assert_eq!(max_abs_diff(&a, &b), 0.0, "{s:?}");
+        }
+    });
+}
+
+#[test]
+fn student_inference_gradients_reach_only_its_parameters() {
+    let ch = [4, 1, 1];
+    let x = inputs(&ch);
+    for s in [
+        Scenario::new(vec![1], 3).unwrap(),
+        Scenario::new(vec![0, 2], 3).unwrap(),
+    ] {
+        let (vs, net) = build(&ch);
+        let given: Vec<Option<&Tensor>> = (0..3)
+            .map(|i| if s.is_missing(i) { None } else { Some(&x[i]) })
+            .collect();
+        let p = net.forward_student(&s, &given, false).unwrap();
+        (p * Tensor::randn([B, 5, 64, 64], (Kind::Float, Device::Cpu)))
+            .sum(Kind::Float)
+            .backward();
+        let (yes, no) = reached(&vs);
+        let key = format!("students.{}.", s.key());
+        let expected = |n: &str| {
+            let enc = (0..3).any(|i| {
+                !s.is_missing(i)
+                    && ["e1.", "e2.", "e3.", "e4."]
+                        .iter()
+                        .any(|l| n.starts_with(&format!("encoders.{i}.{l}")))
+            });
+            let student = n.starts_with(&key)
+                && ["comp.", "fuse.", "attention.", "decoder."]
+                    .iter()
+                    .any(|part| n.starts_with(&format!("{key}{part}")))
+                && !n.contains(".seg_d");
+            enc || student
+        };
+        let wrong: Vec<&String> = yes.iter().filter(|n| !expected(n)).collect();
+        let unreached: Vec<&String> = no.iter().filter(|n| expected(n)).collect();
+        assert!(wrong.is_empty(), "{s:?}: gradient reached {wrong:?}");
+        assert!(
+            unreached.is_empty(),
+            "{s:?}: gradient did not reach {unreached:?}"
+        );
+        assert!(yes.iter().any(|n| n.starts_with(&format!("{key}comp."))));
+    }
+}
+
+#[test]
+fn training_gradients_reach_teacher_and_this_student_only() {
+    let ch = [4, 1, 1];
+    let x = inputs(&ch);
+    let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
+    let target = one_hot(
+        &Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu)),
+        5,
+    )
+    .unwrap();
+    let s = Scenario::new(vec![2], 3).unwrap();
+    let (vs, net) = build(&ch);
+    let out = net.forward_train(&s, &all, true).unwrap();
+    training_loss(&out, &target, 5.0).total.backward();
+    let (yes, no) = reached(&vs);
+    let key = format!("students.{}.", s.key());
+    // The teacher's DLKD pools only ever see detached features: nothing trains them.
+    let expected = |n: &str| {
+        !n.starts_with("teacher.fuse_pool.") && (!n.starts_with("students.") || n.starts_with(&key))
+    };
+    let wrong: Vec<&String> = yes.iter().filter(|n| !expected(n)).collect();
+    let unreached: Vec<&String> = no.iter().filter(|n| expected(n)).collect();
+    assert!(wrong.is_empty(), "gradient reached {wrong:?}");
+    assert!(unreached.is_empty(), "gradient did not reach {unreached:?}");
+}
+
+#[test]
+fn bad_inputs_and_configurations_are_clear_errors() {
+    let ch = [3, 1];
+    let (_vs, net) = build(&ch);
+    let x = inputs(&ch);
+    let big = Tensor::randn([B, 3, 128, 64], (Kind::Float, Device::Cpu));
+    let err = net
+        .forward_teacher(&[Some(&big), Some(&x[1])], false)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("expected size 64x64") && err.contains("got 128x64") && err.contains("rgb"),
+        "{err}"
+    );
+    let err = net
+        .forward_teacher(&[Some(&x[1]), Some(&x[1])], false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"rgb\": expected [B, 3, H, W]"), "{err}");
+    let err = net
+        .forward_student(
+            &Scenario::new(vec![1], 2).unwrap(),
+            &[None, Some(&x[1])],
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"rgb\": required"), "{err}");
+    let err = net.forward(&[None, None], false).unwrap_err().to_string();
+    assert!(err.contains("at least one modality available"), "{err}");
+
+    let mut cfg = small_config(&ch, 5);
+    cfg.scenarios = Some(vec![vec!["ndsm".into()]]);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let only = Dis2Net::new(&vs.root(), &cfg).unwrap();
+    let err = only
+        .forward_student(
+            &Scenario::new(vec![0], 2).unwrap(),
+            &[None, Some(&x[1])],
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no student for scenario [rgb]") && err.contains("[ndsm]"),
+        "{err}"
+    );
+
+    for (crop, key) in [([72, 64], "crop"), ([64, 8], "crop")] {
+        let mut cfg = small_config(&ch, 5);
+        cfg.crop = crop;
+        let vs = nn::VarStore::new(Device::Cpu);
+        let err = Dis2Net::new(&vs.root(), &cfg).unwrap_err().to_string();
+        assert!(err.starts_with(key), "{err}");
+    }
+}
