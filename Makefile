@@ -27,6 +27,9 @@ test: setup
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 	$(CARGO) fmt --check
 
+bench-step: setup
+	$(CARGO) bench --locked --bench step
+
 demo: setup
 	$(BIN) info
 

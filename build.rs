@@ -25,6 +25,7 @@ fn main() {
     println!("cargo:rustc-env=DIS2_LIBTORCH_VERSION={version}");
     println!("cargo:rustc-env=DIS2_LIBTORCH_LIB={}", lib_dir.display());
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    compile_native_ops(&lib_dir);
     let cuda = lib_dir.join("libtorch_cuda.so");
     if cuda.exists() {
         println!(
@@ -74,6 +75,27 @@ fn torch_lib_dir() -> Result<(PathBuf, String), String> {
     let version = lines.next().unwrap_or("unknown").to_string();
     let lib = lines.next().ok_or("torch printed no lib directory")?;
     Ok((PathBuf::from(lib), version))
+}
+
+/// Compiles `csrc/ops.cpp` (native ops tch does not expose, see `src/model/native.rs`) against
+/// the libtorch headers next to `lib_dir`; libtorch itself is linked by `torch-sys`.
+fn compile_native_ops(lib_dir: &std::path::Path) {
+    println!("cargo:rerun-if-changed=csrc/ops.cpp");
+    let include = lib_dir
+        .parent()
+        .map(|p| p.join("include"))
+        .unwrap_or_default();
+    // The C++ ABI must match libtorch's, as torch-sys's own wrapper does.
+    let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/ops.cpp")
+        .include(&include)
+        .flag("-std=c++17")
+        .flag_if_supported("-w")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .opt_level(2)
+        .compile("dis2_ops");
 }
 
 /// A dependency's version as resolved in `Cargo.lock`, for `dis2 info`.

@@ -8,6 +8,7 @@
 //! write-then-rename helpers every output goes through; `checkpoint` saves and loads models;
 //! `import_torch` converts the authors' PyTorch weights.
 
+pub mod alloc;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;

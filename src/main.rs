@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    dis2::alloc::tune_allocator();
     let cli = dis2::cli::Cli::parse();
     if let Err(err) = dis2::cli::run(cli) {
         eprintln!("error: {err}");

@@ -33,7 +33,7 @@ impl ClassWiseAttention {
     pub fn forward(&self, feat: &Tensor) -> Tensor {
         let s = feat.size();
         let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
-        let flat = feat.view([b, c, h * w]); // [B, C, N]
+        let flat = feat.reshape([b, c, h * w]); // [B, C, N]
         let scores = self.queries.matmul(&flat) / (c as f64).sqrt(); // [B, K, N]
         let attn = scores.softmax(-1, scores.kind());
         let k = self.queries.size()[0];

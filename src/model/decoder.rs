@@ -15,7 +15,7 @@ use tch::nn;
 use tch::Tensor;
 
 use super::encoder::Features;
-use super::layers::{resize_aligned, up2, PreNormConv};
+use super::layers::{channels_last, resize_aligned, up2, PreNormConv};
 
 /// Per-class 1x1 heads of one level, variables `{k}.weight` `[1, C, 1, 1]` and `{k}.bias` `[1]`.
 #[derive(Debug)]
@@ -43,14 +43,16 @@ impl ClassHeads {
         ClassHeads { weights, biases }
     }
 
-    /// `x`: `[B·K, C, h, w]` (class-major inside each sample) to `[B, K, h, w]`.
+    /// `x`: `[B·K, C, h, w]` (class-major inside each sample) to `[B, K, h, w]`: class k's map
+    /// from class k's head.
     fn forward(&self, x: &Tensor) -> Tensor {
         let s = x.size();
         let k = self.weights.len() as i64;
-        let x = x.view([s[0] / k, k * s[1], s[2], s[3]]);
-        let w = Tensor::cat(&self.weights, 0);
-        let b = Tensor::cat(&self.biases, 0);
-        x.conv2d(&w, Some(&b), [1, 1], [0, 0], [1, 1], k)
+        let (b, c, h, w) = (s[0] / k, s[1], s[2], s[3]);
+        let tokens = x.permute([0, 2, 3, 1]).reshape([b, k, h * w, c]);
+        let weight = Tensor::cat(&self.weights, 0).reshape([k, c, 1]);
+        let bias = Tensor::cat(&self.biases, 0).reshape([1, k, 1, 1]);
+        tokens.matmul(&weight).reshape([b, k, h, w]) + bias
     }
 }
 
@@ -118,12 +120,15 @@ impl ClassWiseDecoder {
     pub fn forward(&self, fused: &Features, classwise: &Tensor, scales: bool) -> DecoderOutputs {
         let s = classwise.size();
         let (b, k) = (s[0], self.classes);
-        let x4 = classwise.reshape([b * k, s[2], s[3], s[4]]);
+        let x4 = channels_last(&classwise.reshape([b * k, s[2], s[3], s[4]]));
+        // A skip feature repeated for every class, laid out channels-last: [B·K, C, h, w].
         let per_class = |e: &Tensor| {
             let t = e.size();
-            e.unsqueeze(1)
-                .expand([b, k, t[1], t[2], t[3]], false)
-                .reshape([b * k, t[1], t[2], t[3]])
+            e.permute([0, 2, 3, 1])
+                .unsqueeze(1)
+                .expand([b, k, t[2], t[3], t[1]], false)
+                .reshape([b * k, t[2], t[3], t[1]])
+                .permute([0, 3, 1, 2])
         };
         let e4_up = self.e4_conv_up.forward(&up2(&x4));
         let d3 = self
@@ -143,9 +148,15 @@ impl ClassWiseDecoder {
         if [fs[2], fs[3]] != self.out_size {
             full = full.upsample_bilinear2d(self.out_size, false, None, None);
         }
-        // [B·K, c1, H, W] is [B, K·c1, H, W] with the class blocks in order: the concatenation.
+        // [B·K, c1, H, W] to [B, K·c1, H, W] with the class blocks in order (the reference's
+        // concatenation), channels-last.
         let [oh, ow] = self.out_size;
-        let unified = full.view([b, k * fs[1], oh, ow]);
+        let unified = full
+            .permute([0, 2, 3, 1])
+            .reshape([b, k, oh, ow, fs[1]])
+            .permute([0, 2, 3, 1, 4])
+            .reshape([b, oh, ow, k * fs[1]])
+            .permute([0, 3, 1, 2]);
         let penultimate = self.combine[1].forward(&self.combine[0].forward(&unified));
         let logits = penultimate.apply(&self.final_conv);
         let pred = logits.softmax(1, logits.kind());

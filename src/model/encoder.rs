@@ -10,7 +10,7 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::layers::{leaky, DownBlock, UpBlock};
+use super::layers::{channels_last, leaky, DownBlock, UpBlock};
 
 /// The four feature maps of an encoder, at 1/2, 1/4, 1/8 and 1/16 of the input size.
 pub type Features = [Tensor; 4];
@@ -55,7 +55,7 @@ impl Encoder {
 
     /// The four pre-activation feature maps.
     pub fn features(&self, x: &Tensor, train: bool) -> Features {
-        let e1 = self.e1.forward_t(x, train);
+        let e1 = self.e1.forward_t(&channels_last(x), train);
         let e2 = self.e2.forward_t(&leaky(&e1), train);
         let e3 = self.e3.forward_t(&leaky(&e2), train);
         let e4 = self.e4.forward_t(&leaky(&e3), train);

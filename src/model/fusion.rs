@@ -12,7 +12,7 @@ use tch::nn::{self, Module};
 use tch::Tensor;
 
 use super::encoder::Features;
-use super::layers::{linear, DownBlock, FusionConv};
+use super::layers::{linear, to_tokens, DownBlock, FusionConv};
 use super::pool::AttnPool;
 
 /// LayerNorm epsilon of the transformer.
@@ -167,7 +167,7 @@ impl HierarchicalFusion {
         let mut seq = Vec::with_capacity(slots.len() + 2);
         seq.push(self.fusion_token.expand([b, 1, d], false));
         for (f, pos) in slots.iter().zip(&self.pos) {
-            seq.push(f[3].flatten(2, -1).transpose(1, 2) + pos);
+            seq.push(to_tokens(&f[3]) + pos);
         }
         seq.push(pooled);
         let mut out = Tensor::cat(&seq, 1);
@@ -176,12 +176,15 @@ impl HierarchicalFusion {
         }
         let global = out.select(1, 0);
         let m = slots.len() as i64;
-        // Slot tokens [B, M·N, D] to maps [B, M·D, h, w], slot-major along channels.
+        // Slot tokens [B, M·N, D] to maps [B, M·D, h, w], slot-major along channels, stored
+        // channels-last.
+        let [gh, gw] = self.grid;
         let maps = out
             .narrow(1, 1, m * n)
-            .view([b, m, self.grid[0], self.grid[1], d])
-            .permute([0, 1, 4, 2, 3])
-            .reshape([b, m * d, self.grid[0], self.grid[1]]);
+            .reshape([b, m, gh, gw, d])
+            .permute([0, 2, 3, 1, 4])
+            .reshape([b, gh, gw, m * d])
+            .permute([0, 3, 1, 2]);
         let f4 = self.unify.forward(&maps);
         Fused {
             levels: [f1, f2, f3, f4],

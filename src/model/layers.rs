@@ -9,13 +9,9 @@ pub const LEAKY_SLOPE: f64 = 0.2;
 /// Epsilon of the per-image normalisation inside the pre-norm convolutions.
 const NORM_EPS: f64 = 1e-5;
 
-/// LeakyReLU with slope 0.2 (tch's `leaky_relu` has the fixed slope 0.01, so this is a PReLU
-/// with a constant slope: one fused kernel, exact, and nothing trainable).
+/// LeakyReLU with slope 0.2.
 pub fn leaky(x: &Tensor) -> Tensor {
-    let slope = Tensor::from_slice(&[LEAKY_SLOPE])
-        .to_kind(x.kind())
-        .to_device(x.device());
-    x.prelu(&slope)
+    super::native::leaky_relu(x, LEAKY_SLOPE)
 }
 
 /// Normalises every image of a batch over all of (C, H, W), without affine parameters.
@@ -25,6 +21,19 @@ pub fn leaky(x: &Tensor) -> Tensor {
 /// with a single group and no weight.
 pub fn image_norm(x: &Tensor) -> Tensor {
     x.group_norm(1, None::<Tensor>, None::<Tensor>, NORM_EPS, false)
+}
+
+/// The same tensor `[N, C, H, W]` stored channels-last (NHWC strides). Convolutions, norms and
+/// resampling on CPU (oneDNN) and GPU are markedly faster in that layout, and every op keeps it,
+/// so the network converts its inputs once. Numbers are unchanged up to summation order.
+pub fn channels_last(x: &Tensor) -> Tensor {
+    x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
+}
+
+/// `[N, C, H, W]` to tokens `[N, H·W, C]` (a view when `x` is channels-last).
+pub fn to_tokens(x: &Tensor) -> Tensor {
+    let s = x.size();
+    x.permute([0, 2, 3, 1]).reshape([s[0], s[2] * s[3], s[1]])
 }
 
 /// Bilinear resize to `[h, w]` with `align_corners = true` (the reference's `nn.Upsample`).

@@ -10,6 +10,7 @@ pub mod fusion;
 pub mod import;
 pub mod layers;
 pub mod losses;
+pub mod native;
 pub mod pool;
 pub mod scenario;
 

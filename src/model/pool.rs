@@ -6,7 +6,7 @@
 use tch::nn::{self, Module};
 use tch::Tensor;
 
-use super::layers::linear;
+use super::layers::{linear, to_tokens};
 
 /// Hidden width of the scoring MLP.
 const HIDDEN: i64 = 128;
@@ -32,7 +32,7 @@ impl AttnPool {
 
     /// `x`: `[B, C, H, W]` to `[B, C]` (or `[B, out]`).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let flat = x.flatten(2, -1).transpose(1, 2); // [B, N, C]
+        let flat = to_tokens(x); // [B, N, C]
         let scores = flat.apply(&self.fc1).relu().apply(&self.fc2); // [B, N, 1]
         let weights = scores.softmax(1, scores.kind()); // [B, N, 1]
         let pooled = weights.transpose(1, 2).bmm(&flat).squeeze_dim(1); // [B, C]

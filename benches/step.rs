@@ -1,0 +1,141 @@
+//! `make bench-step`: milliseconds per training step on the CPU, as the reference
+//! `run_experiment_35.py` trains: teacher and student together, the full objective (KD weight
+//! 5), backward, SGD (momentum 0.99, Nesterov). Two settings: base width 32, 128x128, batch 4;
+//! and base width 8, 64x64, batch 8; 5 classes, modalities 3 + 1 bands.
+//!
+//! GFLOP/s uses the given figure of about 152 GFLOP per width-32 step (128x128, batch 4), scaled
+//! for the other setting by width², pixels and batch (convolutions dominate), not a count.
+
+use std::time::Instant;
+
+use anyhow::Result;
+use dis2::model::config::{ModalitySpec, ModelConfig};
+use dis2::model::losses::{one_hot, training_loss};
+use dis2::model::{Dis2Net, Scenario};
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+/// GFLOP of one width-32, 128x128, batch-4 training step.
+const GFLOP_W32: f64 = 152.0;
+
+struct Setting {
+    width: i64,
+    size: i64,
+    batch: i64,
+    warmup: usize,
+    steps: usize,
+    /// Seconds per step of the reference PyTorch code on 2 cores (given).
+    reference_s: f64,
+}
+
+fn run(s: &Setting) -> Result<()> {
+    tch::manual_seed(0);
+    let cfg = ModelConfig {
+        base_width: s.width,
+        num_classes: 5,
+        crop: [s.size, s.size],
+        heads: 8,
+        ffn_dim: 256,
+        depth: 2,
+        modalities: vec![
+            ModalitySpec {
+                name: "rgb".into(),
+                channels: 3,
+            },
+            ModalitySpec {
+                name: "ndsm".into(),
+                channels: 1,
+            },
+        ],
+        scenarios: None,
+    };
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = Dis2Net::new(&vs.root(), &cfg)?;
+    let mut opt = nn::Sgd {
+        momentum: 0.99,
+        dampening: 0.0,
+        wd: 0.0,
+        nesterov: true,
+    }
+    .build(&vs, 1e-3)?;
+    let opts = (Kind::Float, Device::Cpu);
+    let rgb = Tensor::randn([s.batch, 3, s.size, s.size], opts);
+    let ndsm = Tensor::randn([s.batch, 1, s.size, s.size], opts);
+    let target = one_hot(
+        &Tensor::randint(5, [s.batch, s.size, s.size], (Kind::Int64, Device::Cpu)),
+        5,
+    )?;
+    let scenarios = [Scenario::new(vec![0], 2)?, Scenario::new(vec![1], 2)?];
+
+    let mut step = |i: usize| -> Result<f64> {
+        let out = net.forward_train(&scenarios[i % 2], &[Some(&rgb), Some(&ndsm)], true)?;
+        let loss = training_loss(&out, &target, 5.0);
+        opt.zero_grad();
+        loss.total.backward();
+        opt.step();
+        Ok(loss.total.double_value(&[]))
+    };
+    for i in 0..s.warmup {
+        step(i)?;
+    }
+    let mut times = Vec::with_capacity(s.steps);
+    let mut last = 0.0;
+    for i in 0..s.steps {
+        let start = Instant::now();
+        last = step(i)?;
+        times.push(start.elapsed().as_secs_f64());
+    }
+    times.sort_by(f64::total_cmp);
+    // The median step: robust to a neighbour's burst on a shared machine.
+    let per_step = times[times.len() / 2];
+    let fastest = times[0];
+    let scale = (s.width as f64 / 32.0).powi(2) * (s.size * s.size) as f64 / (128.0 * 128.0)
+        * s.batch as f64
+        / 4.0;
+    let gflop = GFLOP_W32 * scale;
+    println!(
+        "width {:2}, {}x{}, batch {}: {:7.1} ms/step (median of {}, fastest {:.1}), {:6.2} samples/s, \
+         {:5.1} GFLOP/s ({:.1} GFLOP/step, scaled figure); reference {:.0} ms/step -> {:.2}x its \
+         throughput  [loss {last:.3}]",
+        s.width,
+        s.size,
+        s.size,
+        s.batch,
+        per_step * 1e3,
+        s.steps,
+        fastest * 1e3,
+        s.batch as f64 / per_step,
+        gflop / per_step,
+        gflop,
+        s.reference_s * 1e3,
+        s.reference_s / per_step,
+    );
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    dis2::alloc::tune_allocator();
+    println!("dis2 bench-step: CPU, {} threads, libtorch training step (forward, full loss, backward, SGD)", tch::get_num_threads());
+    let settings = [
+        Setting {
+            width: 32,
+            size: 128,
+            batch: 4,
+            warmup: 2,
+            steps: 9,
+            reference_s: 1.89,
+        },
+        Setting {
+            width: 8,
+            size: 64,
+            batch: 8,
+            warmup: 3,
+            steps: 31,
+            reference_s: 0.31,
+        },
+    ];
+    for s in &settings {
+        run(s)?;
+    }
+    Ok(())
+}

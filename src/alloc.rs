@@ -1,0 +1,21 @@
+//! Memory allocator settings for tensor work.
+//!
+//! libtorch allocates CPU tensors with the C allocator. With glibc's defaults, the large buffers
+//! of a training step are returned to the operating system when freed and faulted in again, page
+//! by page, in the next step; on a 2-core machine that costs more than the arithmetic (measured:
+//! a width-32 training step went from about 1 s, with large swings, to about 0.65 s).
+//! [`tune_allocator`] keeps them in the process instead.
+
+/// Raises glibc's mmap and trim thresholds so freed tensor buffers are reused rather than
+/// unmapped. Call once at start-up, before threads allocate; a no-op on other C libraries.
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only changes allocator parameters; invalid values are rejected with 0.
+    unsafe {
+        // Buffers up to 32 MiB (glibc's maximum) come from the heap, not from fresh mappings.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        // Never shrink the heap on free; grow it in 64 MiB steps.
+        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
+    }
+}
