@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use dis2::model::losses::{one_hot, training_loss};
+use dis2::model::losses::{one_hot, seg_loss, training_loss};
 use dis2::model::{Dis2Net, Scenario};
 use tch::{nn, Device, Kind, Tensor};
 
@@ -77,6 +77,31 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
             assert_eq!(out.student.logits.size(), [B, 5, 64, 64]);
             let terms = training_loss(&out, &target, 5.0);
             assert_eq!(terms.aux.len(), 3);
+            // The batched losses equal the losses one by one, and the total is their sum.
+            let close = |a: &Tensor, b: &Tensor| (a - b).abs().double_value(&[]) < 1e-5;
+            assert!(close(&terms.teacher, &seg_loss(&out.teacher.pred, &target)));
+            assert!(close(&terms.student, &seg_loss(&out.student.pred, &target)));
+            assert!(close(&terms.aux[2], &seg_loss(&out.aux_preds[2], &target)));
+            let scales: f64 = out
+                .student
+                .scale_preds
+                .iter()
+                .map(|p| seg_loss(p, &target).double_value(&[]))
+                .sum();
+            assert!((terms.student_scales.double_value(&[]) - scales).abs() < 1e-5);
+            let parts = [
+                &terms.teacher,
+                &terms.student,
+                &terms.teacher_scales,
+                &terms.student_scales,
+                &terms.orth,
+            ]
+            .iter()
+            .map(|t| t.double_value(&[]))
+            .sum::<f64>()
+                + terms.aux.iter().map(|t| t.double_value(&[])).sum::<f64>()
+                + 5.0 * terms.kd.double_value(&[]);
+            assert!((terms.total.double_value(&[]) - parts).abs() < 1e-4);
             let total = terms.total.double_value(&[]);
             assert!(total.is_finite() && total > 0.0, "{s:?}: {total}");
             assert!(out.orth_loss.double_value(&[]) >= 0.0 && out.kd_loss.double_value(&[]) > 0.0);

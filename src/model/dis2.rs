@@ -32,6 +32,9 @@
 //!   the reference training does and returns [`TrainOutputs`], which
 //!   [`super::losses::training_loss`] turns into the objective.
 //!
+//! Inference outputs are contiguous; the training outputs may be stored channels-last (the
+//! network computes in that layout), so reshape them rather than `view`.
+//!
 //! Variable names: `encoders.{i}`, `teacher.{fuse,attention,decoder,fuse_pool}`,
 //! `students.{key}.{comp.{i},comp_pool.{i},dist_pool.{a},fuse,attention,decoder,fuse_pool}` with
 //! `key` from [`Scenario::key`].
@@ -331,7 +334,12 @@ impl Dis2Net {
             .filter_map(|(e, x)| x.map(|x| e.features(x, train)))
             .collect();
         let slots: Vec<&Features> = feats.iter().collect();
-        Ok(self.teacher.forward(&slots, train, false).1.pred)
+        Ok(self
+            .teacher
+            .forward(&slots, train, false)
+            .1
+            .pred
+            .contiguous())
     }
 
     /// Student prediction for `scenario`: softmax `[B, K, H, W]`. Inputs of missing modalities
@@ -356,7 +364,7 @@ impl Dis2Net {
             .collect();
         let comp = self.compensation(st, inputs, train);
         let slots = self.slots(st, &enc, &comp)?;
-        Ok(st.branch.forward(&slots, train, false).1.pred)
+        Ok(st.branch.forward(&slots, train, false).1.pred.contiguous())
     }
 
     /// The teacher when every input is given, otherwise the student of the scenario whose

@@ -62,6 +62,24 @@ pub fn seg_loss(pred: &Tensor, target: &Tensor) -> Tensor {
     softmax_weighted_loss(pred, target) + dice_loss(pred, target)
 }
 
+/// [`seg_loss`] of several predictions against one target as one batched computation: the
+/// result is `[N]`, entry i the loss of `preds[i]` (all of the target's shape).
+pub fn seg_losses(preds: &[&Tensor], target: &Tensor) -> Tensor {
+    let p = Tensor::stack(preds, 0); // [N, B, K, H, W]
+    let counts = target.sum_dim_intlist([2i64, 3].as_slice(), true, Kind::Float);
+    let total = counts.sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
+    let weighted_target = (1.0 - counts / (total + 1e-7)) * target;
+    let log_p = p.clamp(0.005, 1.0).log();
+    let weighted: Tensor = log_p * weighted_target;
+    let wce = -weighted.mean_dim([1i64, 2, 3, 4].as_slice(), false, Kind::Float);
+    let dims = [1i64, 3, 4];
+    let inter = (&p * target).sum_dim_intlist(dims.as_slice(), false, Kind::Float); // [N, K]
+    let card = p.sum_dim_intlist(dims.as_slice(), false, Kind::Float)
+        + target.sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Float);
+    let dice = 1.0 - (inter * 2.0 / (card + 1e-7)).mean_dim([1i64].as_slice(), false, Kind::Float);
+    wce + dice
+}
+
 fn l2_normalize(x: &Tensor) -> Tensor {
     let norm = x
         .norm_scalaropt_dim(2, [1i64].as_slice(), true)
@@ -110,7 +128,7 @@ pub fn sum_scalars(terms: &[Tensor]) -> Tensor {
     }
 }
 
-/// The terms of the training objective, each a scalar tensor (the total keeps its graph).
+/// The terms of the training objective, each a scalar tensor; only `total` keeps the graph.
 #[derive(Debug)]
 pub struct LossTerms {
     pub total: Tensor,
@@ -134,31 +152,28 @@ pub struct LossTerms {
 /// `kd_weight · kd` + orth + both deep-supervision sums. The reference uses `kd_weight` 5 after
 /// epoch 5 and 0 before. `target`: one-hot `[B, K, H, W]`.
 pub fn training_loss(out: &TrainOutputs, target: &Tensor, kd_weight: f64) -> LossTerms {
-    let teacher = seg_loss(&out.teacher.pred, target);
-    let student = seg_loss(&out.student.pred, target);
-    let aux: Vec<Tensor> = out.aux_preds.iter().map(|p| seg_loss(p, target)).collect();
-    let scales = |preds: &[Tensor]| {
-        preds.iter().fold(
-            Tensor::zeros([], (Kind::Float, target.device())),
-            |acc, p| acc + seg_loss(p, target),
-        )
-    };
-    let teacher_scales = scales(&out.teacher.scale_preds);
-    let student_scales = scales(&out.student.scale_preds);
-    let mut terms = vec![
-        teacher.shallow_clone(),
-        student.shallow_clone(),
-        out.orth_loss.shallow_clone(),
-    ];
-    terms.extend([
-        teacher_scales.shallow_clone(),
-        student_scales.shallow_clone(),
-    ]);
-    terms.extend(aux.iter().map(|a| a.shallow_clone()));
+    // Every segmentation loss in one batched computation: teacher, student, auxiliaries, then
+    // the teacher's and the student's four scales.
+    let m = out.aux_preds.len() as i64;
+    let ts = out.teacher.scale_preds.len() as i64;
+    let ss = out.student.scale_preds.len() as i64;
+    let mut preds: Vec<&Tensor> = vec![&out.teacher.pred, &out.student.pred];
+    preds.extend(out.aux_preds.iter());
+    preds.extend(out.teacher.scale_preds.iter());
+    preds.extend(out.student.scale_preds.iter());
+    let losses = seg_losses(&preds, target);
+    let mut terms = vec![losses.sum(Kind::Float), out.orth_loss.shallow_clone()];
     if kd_weight != 0.0 {
         terms.push(&out.kd_loss * kd_weight);
     }
     let total = sum_scalars(&terms);
+    let losses = losses.detach();
+    let part = |start: i64, len: i64| losses.narrow(0, start, len).sum(Kind::Float);
+    let teacher = losses.get(0);
+    let student = losses.get(1);
+    let aux = (0..m).map(|i| losses.get(2 + i)).collect();
+    let teacher_scales = part(2 + m, ts);
+    let student_scales = part(2 + m + ts, ss);
     LossTerms {
         total,
         teacher,
