@@ -137,6 +137,7 @@ pub struct TrainOutputs {
 #[derive(Debug)]
 pub struct Dis2Net {
     cfg: ModelConfig,
+    device: tch::Device,
     scenarios: Vec<Scenario>,
     encoders: Vec<Encoder>,
     teacher: Branch,
@@ -187,6 +188,7 @@ impl Dis2Net {
             .collect();
         Ok(Dis2Net {
             cfg: cfg.clone(),
+            device: p.device(),
             scenarios,
             encoders,
             teacher,
