@@ -260,6 +260,14 @@ impl Dis2Net {
                     x.kind()
                 );
             }
+            if x.device() != self.device {
+                bail!(
+                    "input {:?}: on {:?}, the model is on {:?}",
+                    spec.name,
+                    x.device(),
+                    self.device
+                );
+            }
             match batch {
                 None => batch = Some(s[0]),
                 Some(b) if b != s[0] => {
