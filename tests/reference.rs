@@ -110,3 +110,75 @@ fn small_reference_every_tensor() {
 fn wide_reference_every_tensor() {
     check_reference("wide");
 }
+
+/// Layer by layer against `small.trace.safetensors` (inference path, teacher and the student with
+/// "ndsm" missing): the first layer that differs is the one named in the failure.
+#[test]
+fn small_reference_layer_by_layer() {
+    let Some(dir) = reference_dir() else { return };
+    let weights = dir.join("small.weights.safetensors");
+    let cfg = reference_config(&weights);
+    let vs = nn::VarStore::new(Device::Cpu);
+    let net = Dis2Net::new(&vs.root(), &cfg).unwrap();
+    load_reference_state_dict(&vs, &Tensor::read_safetensors(&weights).unwrap(), "small").unwrap();
+    let io = read_tensors(&dir.join("small.io.safetensors"));
+    let trace = read_tensors(&dir.join("small.trace.safetensors"));
+    let parts = net.split_input(&io["input"]).unwrap();
+    let miss_ndsm = Scenario::new(vec![1], 2).unwrap();
+    let ours: std::collections::HashMap<String, Tensor> = net
+        .trace(None, &[Some(&parts[0]), Some(&parts[1])])
+        .unwrap()
+        .into_iter()
+        .chain(
+            net.trace(Some(&miss_ndsm), &[Some(&parts[0]), None])
+                .unwrap(),
+        )
+        .collect();
+    let mut pairs: Vec<(String, String)> = Vec::new();
+    for (m, name) in [(0, "rgb"), (1, "ndsm")] {
+        for l in 0..4 {
+            pairs.push((
+                format!("{name}_encoder.{l}"),
+                format!("encoders.{m}.e{}", l + 1),
+            ));
+        }
+        pairs.push((format!("{name}_encoder.4"), format!("encoders.{m}.aux")));
+    }
+    for l in 0..4 {
+        pairs.push((
+            format!("rgb_else.{l}"),
+            format!("students.m1.comp.1.e{}", l + 1),
+        ));
+    }
+    for (r, d) in [("full", "teacher"), ("miss_ndsm", "students.m1")] {
+        for l in 0..4 {
+            pairs.push((format!("{r}_fuse.{l}"), format!("{d}.fuse.e{}", l + 1)));
+        }
+        pairs.push((format!("{r}_fuse.4"), format!("{d}.fuse.global")));
+        pairs.push((format!("{r}_classwise_attention"), format!("{d}.attention")));
+        pairs.push((
+            format!("{r}_classwise_decoder.class_combine_conv"),
+            format!("{d}.decoder.penultimate"),
+        ));
+        pairs.push((
+            format!("{r}_classwise_decoder.final_conv"),
+            format!("{d}.decoder.logits"),
+        ));
+    }
+    for (r, d) in &pairs {
+        let want = &trace[r.as_str()];
+        let mut got = ours[d.as_str()].shallow_clone();
+        if d.ends_with(".attention") {
+            got = got.permute([0, 1, 3, 4, 2]); // ours [B, K, C, h, w], reference [B, K, h, w, C]
+        }
+        let scale = want.abs().max().double_value(&[]).max(1.0);
+        let diff = max_abs_diff(&got, want) / scale;
+        println!("{r} ~ {d}: max diff {diff:.3e} (relative to max |value| {scale:.2})");
+        assert!(diff < 1e-4, "{r} (ours {d}) differs: {diff:e}");
+    }
+    let missing: Vec<&String> = trace
+        .keys()
+        .filter(|k| !pairs.iter().any(|(r, _)| r == *k))
+        .collect();
+    println!("trace tensors inside HF, not compared: {missing:?}");
+}

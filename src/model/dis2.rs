@@ -377,6 +377,73 @@ impl Dis2Net {
         Ok(st.branch.forward(&slots, train, false).1.pred.contiguous())
     }
 
+    /// Intermediate activations of the inference path (module in inference mode, no graph), for
+    /// comparing a port layer by layer: the teacher's when `scenario` is `None`, else that
+    /// student's. Names: `encoders.{i}.e{1..4}`, `encoders.{i}.aux` (auxiliary prediction),
+    /// `{branch}.comp.{i}.e{1..4}`, `{branch}.fuse.e{1..4}` (e4 unified), `{branch}.fuse.global`,
+    /// `{branch}.attention` (`[B, K, C, h, w]`), `{branch}.decoder.penultimate`,
+    /// `{branch}.decoder.logits`, `{branch}.pred`, where `{branch}` is `teacher` or
+    /// `students.{key}`.
+    pub fn trace(
+        &self,
+        scenario: Option<&Scenario>,
+        inputs: &[Option<&Tensor>],
+    ) -> Result<Vec<(String, Tensor)>> {
+        tch::no_grad(|| {
+            let m = self.cfg.modalities.len();
+            let st = scenario.map(|s| self.student(s)).transpose()?;
+            let avail = scenario
+                .map(|s| s.available(m))
+                .unwrap_or_else(|| (0..m).collect());
+            self.check_inputs(inputs, &avail)?;
+            let mut out = Vec::new();
+            let mut push_levels = |prefix: &str, f: &Features, out: &mut Vec<(String, Tensor)>| {
+                for (l, t) in f.iter().enumerate() {
+                    out.push((format!("{prefix}.e{}", l + 1), t.contiguous()));
+                }
+            };
+            let mut enc: Vec<Option<Features>> = (0..m).map(|_| None).collect();
+            for &i in &avail {
+                if let Some(x) = inputs[i] {
+                    let f = self.encoders[i].features(x, false);
+                    push_levels(&format!("encoders.{i}"), &f, &mut out);
+                    if let Some(p) = self.encoders[i].aux_prediction(&f, false) {
+                        out.push((format!("encoders.{i}.aux"), p.contiguous()));
+                    }
+                    enc[i] = Some(f);
+                }
+            }
+            let (prefix, branch, comp) = match st {
+                None => ("teacher".to_string(), &self.teacher, Vec::new()),
+                Some(st) => {
+                    let prefix = format!("students.{}", st.scenario.key());
+                    let comp = self.compensation(st, inputs, false);
+                    for (&i, f) in st.scenario.missing().iter().zip(&comp) {
+                        push_levels(&format!("{prefix}.comp.{i}"), f, &mut out);
+                    }
+                    (prefix, &st.branch, comp)
+                }
+            };
+            let slots: Vec<&Features> = match st {
+                None => enc.iter().flatten().collect(),
+                Some(st) => self.slots(st, &enc, &comp)?,
+            };
+            let fused = branch.fuse.forward_t(&slots, false);
+            push_levels(&format!("{prefix}.fuse"), &fused.levels, &mut out);
+            out.push((format!("{prefix}.fuse.global"), fused.global.contiguous()));
+            let classwise = branch.attention.forward(&fused.levels[3]);
+            let dec = branch.decoder.forward(&fused.levels, &classwise, false);
+            out.push((format!("{prefix}.attention"), classwise));
+            out.push((
+                format!("{prefix}.decoder.penultimate"),
+                dec.penultimate.contiguous(),
+            ));
+            out.push((format!("{prefix}.decoder.logits"), dec.logits.contiguous()));
+            out.push((format!("{prefix}.pred"), dec.pred.contiguous()));
+            Ok(out)
+        })
+    }
+
     /// The teacher when every input is given, otherwise the student of the scenario whose
     /// missing modalities are the `None` entries.
     pub fn forward(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
