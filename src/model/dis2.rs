@@ -397,7 +397,7 @@ impl Dis2Net {
                 .unwrap_or_else(|| (0..m).collect());
             self.check_inputs(inputs, &avail)?;
             let mut out = Vec::new();
-            let mut push_levels = |prefix: &str, f: &Features, out: &mut Vec<(String, Tensor)>| {
+            let push_levels = |prefix: &str, f: &Features, out: &mut Vec<(String, Tensor)>| {
                 for (l, t) in f.iter().enumerate() {
                     out.push((format!("{prefix}.e{}", l + 1), t.contiguous()));
                 }
