@@ -81,8 +81,12 @@ pub fn seg_losses(preds: &[&Tensor], target: &Tensor) -> Tensor {
 }
 
 fn l2_normalize(x: &Tensor) -> Tensor {
+    // sqrt of the sum of squares: the same value as `norm(2, dim=1)`, and much faster than the
+    // norm kernel on maps stored channels-first.
     let norm = x
-        .norm_scalaropt_dim(2, [1i64].as_slice(), true)
+        .square()
+        .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+        .sqrt()
         .clamp_min(1e-6);
     x / norm
 }
