@@ -231,6 +231,23 @@ fn bad_inputs_and_configurations_are_clear_errors() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("\"rgb\": expected [B, 3, H, W]"), "{err}");
+    let empty = Tensor::zeros([0, 3, 64, 64], (Kind::Float, Device::Cpu));
+    let err = net
+        .forward_teacher(&[Some(&empty), Some(&x[1])], false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("B >= 1"), "{err}");
+    let ints = Tensor::zeros([B, 1, 64, 64], (Kind::Int64, Device::Cpu));
+    let err = net
+        .forward_teacher(&[Some(&x[0]), Some(&ints)], false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("\"ndsm\": expected float32"), "{err}");
+    let err = net
+        .forward_teacher(&[Some(&x[0])], false)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("expected 2 entries"), "{err}");
     let err = net
         .forward_student(
             &Scenario::new(vec![1], 2).unwrap(),

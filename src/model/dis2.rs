@@ -237,9 +237,9 @@ impl Dis2Net {
                 );
             };
             let s = x.size();
-            if s.len() != 4 || s[1] != spec.channels {
+            if s.len() != 4 || s[1] != spec.channels || s[0] < 1 {
                 bail!(
-                    "input {:?}: expected [B, {}, H, W], got {s:?}",
+                    "input {:?}: expected [B, {}, H, W] with B >= 1, got {s:?}",
                     spec.name,
                     spec.channels
                 );
