@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 use std::path::Path;
 
+use crate::data::config::DataConfig;
 use crate::model::config::ModelConfig;
 
 /// One experiment: everything a run needs to be repeated.
@@ -23,6 +24,9 @@ pub struct Experiment {
     pub seed: u64,
     /// The network.
     pub model: ModelConfig,
+    /// The dataset, normalisation and sampling (default: the synthetic benchmark).
+    #[serde(default)]
+    pub data: DataConfig,
 }
 
 fn default_seed() -> u64 {
@@ -37,6 +41,10 @@ impl Experiment {
             .model
             .validate()
             .with_context(|| format!("{}: key `model`", path.display()))?;
+        experiment
+            .data
+            .validate(&experiment.model)
+            .with_context(|| format!("{}: key `data`", path.display()))?;
         Ok(experiment)
     }
 

@@ -6,5 +6,11 @@
 //! windows and augmentations; [`loader`] reads batches in parallel into tensors; [`synth`]
 //! writes the synthetic benchmark; [`stats`] computes normalisation statistics.
 
+pub mod config;
+pub mod dataset;
+pub mod labels;
+pub mod layouts;
+pub mod loader;
 pub mod raster;
 pub mod rng;
+pub mod sampling;
