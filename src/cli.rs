@@ -25,6 +25,11 @@ pub struct Cli {
 pub enum Command {
     /// Print versions (dis2, tch, libtorch, GDAL), CUDA and cuDNN availability, and threads.
     Info(InfoArgs),
+    /// Write the synthetic multimodal benchmark (GeoTIFFs and an experiment YAML).
+    Synth(crate::data::cli::SynthArgs),
+    /// Compute per-modality normalisation (and class weights) of the train split; write them
+    /// into the experiment YAML.
+    Stats(crate::data::cli::StatsArgs),
 }
 
 /// `--device`, shared by every subcommand that computes.
@@ -48,6 +53,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Info(args) => crate::info::print_info(args.device.device),
+        Command::Synth(args) => crate::data::cli::synth(&args),
+        Command::Stats(args) => crate::data::cli::stats(&args),
     }
 }
 

@@ -123,13 +123,62 @@ impl Default for SamplingConfig {
 
 /// One dataset layout, written as a one-key map: `dataset: {potsdam: {root: ...}}`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "DatasetSection", into = "DatasetSection")]
 pub enum DatasetConfig {
     Synthetic(SyntheticConfig),
     Potsdam(PotsdamConfig),
     Vaihingen(VaihingenConfig),
     WhuOptSar(WhuOptSarConfig),
     Generic(GenericConfig),
+}
+
+/// The YAML form of [`DatasetConfig`]: exactly one of its keys is set. (serde_yaml writes enums
+/// as `!tag` values; a one-key map reads more naturally and keeps the line numbers of errors.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub potsdam: Option<PotsdamConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vaihingen: Option<VaihingenConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whu_opt_sar: Option<WhuOptSarConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generic: Option<GenericConfig>,
+}
+
+impl TryFrom<DatasetSection> for DatasetConfig {
+    type Error = String;
+    fn try_from(s: DatasetSection) -> Result<Self, String> {
+        let mut found: Vec<DatasetConfig> = Vec::new();
+        found.extend(s.synthetic.map(Self::Synthetic));
+        found.extend(s.potsdam.map(Self::Potsdam));
+        found.extend(s.vaihingen.map(Self::Vaihingen));
+        found.extend(s.whu_opt_sar.map(Self::WhuOptSar));
+        found.extend(s.generic.map(Self::Generic));
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            k => Err(format!(
+                "name exactly one layout (synthetic, potsdam, vaihingen, whu_opt_sar or generic), found {k}"
+            )),
+        }
+    }
+}
+
+impl From<DatasetConfig> for DatasetSection {
+    fn from(c: DatasetConfig) -> Self {
+        let mut s = DatasetSection::default();
+        match c {
+            DatasetConfig::Synthetic(x) => s.synthetic = Some(x),
+            DatasetConfig::Potsdam(x) => s.potsdam = Some(x),
+            DatasetConfig::Vaihingen(x) => s.vaihingen = Some(x),
+            DatasetConfig::WhuOptSar(x) => s.whu_opt_sar = Some(x),
+            DatasetConfig::Generic(x) => s.generic = Some(x),
+        }
+        s
+    }
 }
 
 impl Default for DatasetConfig {

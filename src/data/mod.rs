@@ -6,6 +6,7 @@
 //! windows and augmentations; [`loader`] reads batches in parallel into tensors; [`synth`]
 //! writes the synthetic benchmark; [`stats`] computes normalisation statistics.
 
+pub mod cli;
 pub mod config;
 pub mod dataset;
 pub mod labels;
@@ -14,3 +15,5 @@ pub mod loader;
 pub mod raster;
 pub mod rng;
 pub mod sampling;
+pub mod stats;
+pub mod synth;
