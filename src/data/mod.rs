@@ -17,3 +17,6 @@ pub mod rng;
 pub mod sampling;
 pub mod stats;
 pub mod synth;
+
+#[cfg(test)]
+mod tests;
