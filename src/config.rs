@@ -191,6 +191,86 @@ mod tests {
     }
 
     #[test]
+    fn data_section_defaults_to_the_synthetic_benchmark() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = Experiment::load(&write(dir.path(), GOOD), &[]).unwrap();
+        assert_eq!(exp.data, DataConfig::default());
+        assert_eq!(
+            exp.data.dataset,
+            crate::data::config::DatasetConfig::Synthetic(crate::data::config::SyntheticConfig {
+                root: "data/synthetic".into()
+            })
+        );
+    }
+
+    #[test]
+    fn data_section_errors_name_file_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let potsdam =
+            format!("{GOOD}data:\n  dataset:\n    potsdam: {{root: /d, erroded_labels: true}}\n");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &potsdam), &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("exp.yaml") && err.contains("data.dataset.potsdam.erroded_labels"),
+            "{err}"
+        );
+        assert!(err.contains("line 12"), "{err}");
+        let two = format!("{GOOD}data:\n  dataset:\n    synthetic: {{root: a}}\n    generic: {{train: {{modalities: {{}}}}}}\n");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &two), &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("data.dataset") && err.contains("name exactly one layout"),
+            "{err}"
+        );
+        let product = format!(
+            "{GOOD}data:\n  dataset:\n    potsdam: {{root: /d, modalities: {{optical: rgbn}}}}\n"
+        );
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &product), &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("data.dataset.potsdam.modalities.optical") && err.contains("rgbn"),
+            "{err}"
+        );
+        let norm =
+            format!("{GOOD}data:\n  normalisation:\n    optical: {{mean: [1, 2], std: [1, 1]}}\n");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &norm), &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("exp.yaml: key `data`")
+                && err.contains("normalisation.optical.mean: 2 value(s), expected 3"),
+            "{err}"
+        );
+        let ignore = format!("{GOOD}data:\n  ignore_index: 4\n");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &ignore), &[]).unwrap_err()
+        );
+        assert!(err.contains("ignore_index: 4 is a class id"), "{err}");
+        let path = write(dir.path(), GOOD);
+        let err = format!(
+            "{:#}",
+            Experiment::load(&path, &["data.sampling.scale=[2, 1]".into()]).unwrap_err()
+        );
+        assert!(err.contains("sampling.scale: [2, 1]"), "{err}");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&path, &["data.class_weights=[1, 1]".into()]).unwrap_err()
+        );
+        assert!(
+            err.contains("class_weights: 2 value(s), expected 5"),
+            "{err}"
+        );
+    }
+
+    #[test]
     fn effective_config_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let exp = Experiment::load(&write(dir.path(), GOOD), &["seed=9".into()]).unwrap();

@@ -892,41 +892,30 @@ fn synthetic_modalities_complement_each_other() {
         let n = s.size * s.size;
         for p in 0..n {
             let bright = (0..3).map(|b| f64::from(s.optical[b * n + p])).sum::<f64>() / 3.0;
-            let green = f64::from(s.optical[n + p]);
             let nir = f64::from(s.optical[3 * n + p]);
+            let red = f64::from(s.optical[p]);
+            let ndvi = (nir - red) / (nir + red + 1.0);
             let (h, sar) = (f64::from(s.dsm[p]), f64::from(s.sar[p]));
             if sar == f64::from(synth::SAR_NODATA) {
                 continue;
             }
-            let mut push = |k: &'static str, v: f64| f.entry(k).or_default().push(v);
-            match s.label[p] {
-                BUILDING => (
-                    push("bld_bright", bright),
-                    push("bld_h", h),
-                    push("bld_sar", sar),
-                ),
-                IMPERVIOUS => (
-                    push("imp_bright", bright),
-                    push("imp_h", h),
-                    push("imp_sar", sar),
-                ),
-                TREE => (
-                    push("tree_green", green + nir),
-                    push("tree_h", h),
-                    push("tree_sar", sar),
-                ),
-                LOW_VEGETATION => (
-                    push("low_green", green + nir),
-                    push("low_h", h),
-                    push("low_sar", sar),
-                ),
-                WATER => (
-                    push("water_bright", bright),
-                    push("water_h", h),
-                    push("water_sar", sar),
-                ),
-                _ => ((), (), ()),
+            let features: Vec<(&str, f64)> = match s.label[p] {
+                BUILDING => vec![("bld_bright", bright), ("bld_h", h), ("bld_sar", sar)],
+                IMPERVIOUS => vec![
+                    ("imp_ndvi", ndvi),
+                    ("imp_bright", bright),
+                    ("imp_h", h),
+                    ("imp_sar", sar),
+                ],
+                TREE => vec![("tree_ndvi", ndvi), ("tree_h", h), ("tree_sar", sar)],
+                LOW_VEGETATION => vec![("low_ndvi", ndvi), ("low_h", h), ("low_sar", sar)],
+                WATER => vec![("water_bright", bright), ("water_h", h), ("water_sar", sar)],
+                _ => vec![],
             };
+            let mut push = |k: &'static str, v: f64| f.entry(k).or_default().push(v);
+            for (k, v) in features {
+                push(k, v);
+            }
             if s.label[p] == IMPERVIOUS && s.shadow[p] {
                 push("shimp_bright", bright);
                 push("shimp_sar", sar);
@@ -947,7 +936,7 @@ fn synthetic_modalities_complement_each_other() {
     );
     // Tree vs low vegetation: the same green/NIR; height and SAR volume scattering separate.
     let (opt, dsm, sar) = (
-        sep("tree_green", "low_green"),
+        sep("tree_ndvi", "low_ndvi"),
         sep("tree_h", "low_h"),
         sep("tree_sar", "low_sar"),
     );
@@ -955,6 +944,17 @@ fn synthetic_modalities_complement_each_other() {
     assert!(
         opt < 0.7 && dsm > 0.97 && sar > 0.75,
         "tree/low vegetation: optical {opt:.3} dsm {dsm:.3} sar {sar:.3}"
+    );
+    // Impervious vs low vegetation: neither height nor SAR tells them apart; optical does.
+    let (opt, dsm, sar) = (
+        sep("imp_ndvi", "low_ndvi"),
+        sep("imp_h", "low_h"),
+        sep("imp_sar", "low_sar"),
+    );
+    println!("impervious/low vegetation: optical {opt:.3} dsm {dsm:.3} sar {sar:.3}");
+    assert!(
+        opt > 0.9 && dsm < 0.7 && sar < 0.7,
+        "impervious/low vegetation: optical {opt:.3} dsm {dsm:.3} sar {sar:.3}"
     );
     // Water vs shadowed impervious: both dark in optical, water very dark in SAR.
     let (opt, sar) = (
