@@ -121,6 +121,9 @@ impl SceneDataset {
                 self.scenes.len()
             )
         })?;
+        if window.width == 0 || window.height == 0 {
+            bail!("scene {}: cannot read an empty window {window:?}", scene.id);
+        }
         let modalities = scene
             .modalities
             .iter()

@@ -127,6 +127,22 @@ fn check_exist(key: &str, files: &[SceneFiles]) -> Result<()> {
     Ok(())
 }
 
+/// The product of each model modality, in model order.
+fn products_of<P: Copy>(
+    key: &str,
+    map: &BTreeMap<String, P>,
+    modalities: &[String],
+) -> Result<Vec<P>> {
+    modalities
+        .iter()
+        .map(|m| {
+            map.get(m).copied().ok_or_else(|| {
+                anyhow!("data.dataset.{key}.modalities: no product for model modality {m:?}")
+            })
+        })
+        .collect()
+}
+
 /// `root/dir/name`, or `root/dir/dir/name` when the archive was unpacked into a nested folder
 /// of the same name (a common way the ISPRS zips end up on disk).
 fn product_path(root: &Path, dir: &str, name: &str) -> PathBuf {
@@ -215,13 +231,14 @@ impl Layout for PotsdamConfig {
         self.modalities.keys().cloned().collect()
     }
     fn scenes(&self, split: Split, modalities: &[String]) -> Result<Vec<SceneFiles>> {
+        let products = products_of(self.key(), &self.modalities, modalities)?;
         let files: Vec<SceneFiles> = self
             .tiles(split)?
             .into_iter()
             .map(|tile| SceneFiles {
-                modalities: modalities
+                modalities: products
                     .iter()
-                    .map(|m| self.product_file(self.modalities[m], &tile))
+                    .map(|&p| self.product_file(p, &tile))
                     .collect(),
                 label: Some(self.label_file(&tile)),
                 id: tile,
@@ -306,14 +323,15 @@ impl Layout for VaihingenConfig {
         self.modalities.keys().cloned().collect()
     }
     fn scenes(&self, split: Split, modalities: &[String]) -> Result<Vec<SceneFiles>> {
+        let products = products_of(self.key(), &self.modalities, modalities)?;
         let files: Vec<SceneFiles> = self
             .areas(split)?
             .into_iter()
             .map(|area| SceneFiles {
                 id: format!("area{area}"),
-                modalities: modalities
+                modalities: products
                     .iter()
-                    .map(|m| self.product_file(self.modalities[m], area))
+                    .map(|&p| self.product_file(p, area))
                     .collect(),
                 label: Some(self.label_file(area)),
             })

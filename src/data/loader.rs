@@ -90,7 +90,13 @@ pub fn load_sample(dataset: &SceneDataset, spec: &SampleSpec, norm: &Normaliser)
     for (m, px) in raw.modalities.iter().enumerate() {
         let px = resize_pixels(px, pw, ph);
         let mask = augment_plane(&px.valid, pw, ph, spec.augment);
-        let (mean, std) = (&norm.mean[m], &norm.std[m]);
+        let (Some(mean), Some(std)) = (norm.mean.get(m), norm.std.get(m)) else {
+            bail!(
+                "the normalisation covers {} modalities, the dataset has {}",
+                norm.mean.len(),
+                raw.modalities.len()
+            );
+        };
         if mean.len() != px.bands || std.len() != px.bands {
             bail!(
                 "normalisation of modality {m} has {} values for {} bands",
@@ -159,11 +165,19 @@ impl Batch {
             first.width as i64,
             first.height as i64,
         );
-        if samples
-            .iter()
-            .any(|s| (s.width, s.height) != (first.width, first.height))
-        {
-            bail!("samples of one batch must have the same size");
+        let shape = |s: &Sample| {
+            let inputs: Vec<usize> = s.inputs.iter().map(Vec::len).collect();
+            (
+                s.width,
+                s.height,
+                inputs,
+                s.masks.len(),
+                s.labels.len(),
+                s.valid.len(),
+            )
+        };
+        if samples.iter().any(|s| shape(s) != shape(first)) {
+            bail!("samples of one batch must have the same size and modalities");
         }
         let mut inputs = Vec::new();
         let mut masks = Vec::new();
