@@ -81,3 +81,66 @@ pub fn stats(args: &StatsArgs) -> Result<()> {
     println!("updated {}", args.config.display());
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn synth_and_stats_parse_and_bad_values_name_the_flag() {
+        let cli = Cli::try_parse_from([
+            "dis2", "synth", "--out", "x", "--scenes", "5", "--size", "64", "--seed", "3",
+        ])
+        .unwrap();
+        let Command::Synth(args) = cli.command else {
+            panic!("not synth")
+        };
+        assert_eq!((args.scenes, args.size, args.seed), (5, 64, 3));
+        let dir = tempfile::tempdir().unwrap();
+        let err = crate::cli::run(
+            Cli::try_parse_from(["dis2", "synth", "--out", "x", "--scenes", "2"]).unwrap(),
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("--scenes: need at least 3"));
+        let err = crate::cli::run(
+            Cli::try_parse_from(["dis2", "synth", "--out", "x", "--size", "8"]).unwrap(),
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("--size: must be between 32 and 8192"));
+        let missing = dir.path().join("none.yaml");
+        let cli =
+            Cli::try_parse_from(["dis2", "stats", "--config", missing.to_str().unwrap()]).unwrap();
+        let err = format!("{:#}", crate::cli::run(cli).unwrap_err());
+        assert!(
+            err.contains("cannot read configuration file") && err.contains("none.yaml"),
+            "{err}"
+        );
+        assert!(
+            Cli::try_parse_from(["dis2", "stats"]).is_err(),
+            "--config is required"
+        );
+    }
+
+    #[test]
+    fn stats_on_a_config_without_data_names_the_synth_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("e.yaml");
+        let root = dir.path().join("nothing");
+        let text = format!(
+            "name: t\nmodel:\n  num_classes: 6\n  crop: [32, 32]\n  modalities:\n    - {{name: optical, channels: 4}}\n    - {{name: sar, channels: 1}}\ndata:\n  dataset:\n    synthetic: {{root: {}}}\n",
+            root.display()
+        );
+        std::fs::write(&yaml, &text).unwrap();
+        let cli =
+            Cli::try_parse_from(["dis2", "stats", "--config", yaml.to_str().unwrap()]).unwrap();
+        let err = format!("{:#}", crate::cli::run(cli).unwrap_err());
+        assert!(
+            err.contains("has no train/ folder") && err.contains("dis2 synth --out"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&yaml).unwrap(),
+            text,
+            "the file is left alone on error"
+        );
+    }
+}

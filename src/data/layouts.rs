@@ -69,6 +69,11 @@ pub trait Layout {
     fn scenes(&self, split: Split, modalities: &[String]) -> Result<Vec<SceneFiles>>;
     /// How the label rasters are decoded.
     fn label_decoder(&self) -> LabelDecoder;
+    /// Whether the model may use only some of the modalities (layouts with fixed products);
+    /// layouts whose modalities are named in the configuration must match the model exactly.
+    fn allows_subset(&self) -> bool {
+        false
+    }
 }
 
 /// The layout named in the configuration.
@@ -82,11 +87,16 @@ pub fn layout_of(config: &DatasetConfig) -> &dyn Layout {
     }
 }
 
-/// Checks that a layout provides exactly the model's modalities.
+/// Checks that a layout provides the model's modalities (exactly, unless it allows a subset).
 pub fn check_modality_names(layout: &dyn Layout, model: &[String]) -> Result<()> {
     let provided: BTreeSet<String> = layout.modality_names().into_iter().collect();
     let wanted: BTreeSet<String> = model.iter().cloned().collect();
-    if provided != wanted {
+    let fits = if layout.allows_subset() {
+        wanted.is_subset(&provided)
+    } else {
+        provided == wanted
+    };
+    if !fits {
         let p: Vec<&str> = provided.iter().map(String::as_str).collect();
         let w: Vec<&str> = wanted.iter().map(String::as_str).collect();
         bail!(
@@ -514,6 +524,9 @@ impl Layout for SyntheticConfig {
     fn key(&self) -> &'static str {
         "synthetic"
     }
+    fn allows_subset(&self) -> bool {
+        true
+    }
     fn modality_names(&self) -> Vec<String> {
         ["dsm", "optical", "sar"].map(String::from).to_vec()
     }
@@ -551,6 +564,9 @@ impl WhuOptSarConfig {
 impl Layout for WhuOptSarConfig {
     fn key(&self) -> &'static str {
         "whu_opt_sar"
+    }
+    fn allows_subset(&self) -> bool {
+        true
     }
     fn modality_names(&self) -> Vec<String> {
         ["optical", "sar"].map(String::from).to_vec()

@@ -429,6 +429,31 @@ fn write_geotiff_now<T: GdalType + Copy>(
         .with_context(|| format!("GDAL cannot finish {}", tmp.display()))
 }
 
+/// Writes a class map (one byte per pixel) with a colour table (`colours[i]` for class `i`) and
+/// `nodata` for unclassified pixels, e.g. 255.
+pub fn write_class_map(
+    path: &Path,
+    classes: &[u8],
+    width: usize,
+    height: usize,
+    georef: &GeoRef,
+    colours: &[[u8; 3]],
+    nodata: Option<u8>,
+) -> Result<()> {
+    let raster = RasterData {
+        width,
+        height,
+        bands: 1,
+        data: classes,
+    };
+    let options = WriteOptions {
+        nodata: nodata.map(f64::from),
+        colour_table: Some(colours.to_vec()),
+        band_names: vec!["class".to_string()],
+    };
+    write_geotiff(path, &raster, georef, &options)
+}
+
 /// GeoTIFF tiles must be multiples of 16; 256 for large rasters, smaller for small ones.
 fn tile_size(side: usize) -> usize {
     side.div_ceil(16).clamp(1, 16) * 16
@@ -556,6 +581,22 @@ mod tests {
             err.contains("CRS EPSG:32631 vs EPSG:32632") && err.contains("utm32.tif"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn class_maps_carry_a_colour_table_and_nodata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("classes.tif");
+        let colours = [[255, 255, 255], [0, 0, 255]];
+        write_class_map(&path, &[0, 1, 255, 1], 2, 2, &georef(), &colours, Some(255)).unwrap();
+        let ds = open(&path).unwrap();
+        let band = ds.rasterband(1).unwrap();
+        let table = band.color_table().unwrap();
+        let blue = table.entry_as_rgb(1).unwrap();
+        assert_eq!((blue.r, blue.g, blue.b), (0, 0, 255));
+        assert_eq!(band.no_data_value(), Some(255.0));
+        let px = read_window(&ds, &path, Window::new(0, 0, 2, 2)).unwrap();
+        assert_eq!(px.valid, vec![true, true, false, true]);
     }
 
     #[test]
