@@ -62,6 +62,13 @@ impl Normaliser {
     }
 }
 
+/// `data.class_weights` as a float tensor of `num_classes` values, for a weighted loss.
+pub fn class_weights(data: &DataConfig) -> Option<Tensor> {
+    data.class_weights
+        .as_ref()
+        .map(|w| Tensor::from_slice(&w.iter().map(|&v| v as f32).collect::<Vec<_>>()))
+}
+
 /// One prepared sample on the host.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sample {

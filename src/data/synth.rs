@@ -109,7 +109,40 @@ pub fn generate(options: &SynthOptions) -> Result<Vec<PathBuf>> {
             write_scene(&dir, &format!("scene_{i:04}"), &scene)
         })
         .collect::<Result<_>>()?;
-    Ok(written.into_iter().flatten().collect())
+    let written: Vec<PathBuf> = written.into_iter().flatten().collect();
+    remove_stale_scenes(&options.out, &written)?;
+    Ok(written)
+}
+
+/// Removes `scene_NNNN.tif` files of an earlier run (more scenes, another split) from the
+/// benchmark's own folders, so that the folder holds exactly this run. Nothing else is touched.
+fn remove_stale_scenes(out: &Path, written: &[PathBuf]) -> Result<()> {
+    for split in Split::ALL {
+        for modality in ["optical", "dsm", "sar", "label"] {
+            let dir = out.join(split.as_str()).join(modality);
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries {
+                let path = entry
+                    .with_context(|| format!("cannot list {}", dir.display()))?
+                    .path();
+                if is_scene_file(&path) && !written.contains(&path) {
+                    std::fs::remove_file(&path)
+                        .with_context(|| format!("cannot remove stale scene {}", path.display()))?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `scene_` followed by digits and `.tif`: the names `dis2 synth` writes.
+fn is_scene_file(path: &Path) -> bool {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+    name.strip_prefix("scene_")
+        .and_then(|rest| rest.strip_suffix(".tif"))
+        .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Writes the four rasters of a scene under `dir/{optical,dsm,sar,label}/STEM.tif`.

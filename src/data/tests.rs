@@ -830,6 +830,33 @@ fn synth_same_seed_same_bytes_and_a_different_seed_differs() {
 }
 
 #[test]
+fn synth_rerun_with_fewer_scenes_leaves_only_its_own_files() {
+    let dir = tempfile::tempdir().unwrap();
+    synth::generate(&SynthOptions {
+        out: dir.path().to_path_buf(),
+        scenes: 7,
+        size: 32,
+        seed: 1,
+    })
+    .unwrap();
+    let keep = dir.path().join("train/optical/notes.txt");
+    std::fs::write(&keep, "mine").unwrap();
+    assert_eq!(files_under(dir.path()).len(), 7 * 4 + 1);
+    let written = synth::generate(&SynthOptions {
+        out: dir.path().to_path_buf(),
+        scenes: 3,
+        size: 32,
+        seed: 1,
+    })
+    .unwrap();
+    let mut expected = written.clone();
+    expected.push(keep);
+    expected.sort();
+    assert_eq!(files_under(dir.path()), expected);
+    assert!(dir.path().join("test/sar/scene_0002.tif").is_file());
+}
+
+#[test]
 fn synth_output_opens_in_gdalinfo_with_crs_geotransform_and_colour_table() {
     let dir = tempfile::tempdir().unwrap();
     synth_into(dir.path(), 3, 64);
@@ -1135,6 +1162,12 @@ fn stats_write_back_matches_a_direct_computation_and_keeps_the_file() {
     );
     let exp = Experiment::load(&yaml, &[]).unwrap();
     assert_eq!(exp.data.class_weights.as_ref().map(Vec::len), Some(6));
+    let weights = super::loader::class_weights(&exp.data).unwrap();
+    assert_eq!(weights.size(), vec![6]);
+    assert_eq!(
+        weights.double_value(&[0]) as f32,
+        stats.class_weights()[0] as f32
+    );
     // Mean of the DSM over the train scenes, computed directly.
     let mut values = Vec::new();
     for f in files_under(&dir.path().join("train/dsm")) {
