@@ -27,7 +27,10 @@ fn main() {
     println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
     let cuda = lib_dir.join("libtorch_cuda.so");
     if cuda.exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed,{},--as-needed", cuda.display());
+        println!(
+            "cargo:rustc-link-arg=-Wl,--no-as-needed,{},--as-needed",
+            cuda.display()
+        );
     }
     if let Some(v) = locked_version("tch") {
         println!("cargo:rustc-env=DIS2_TCH_VERSION={v}");
@@ -49,7 +52,11 @@ fn torch_lib_dir() -> Result<(PathBuf, String), String> {
     if std::env::var_os("LIBTORCH_USE_PYTORCH").is_none() {
         return Err("neither LIBTORCH nor LIBTORCH_USE_PYTORCH is set".into());
     }
-    let python = if std::env::var_os("VIRTUAL_ENV").is_some() { "python" } else { "python3" };
+    let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
+        "python"
+    } else {
+        "python3"
+    };
     let script = "import os, torch; print(torch.__version__.split('+')[0]); \
                   print(os.path.join(os.path.dirname(torch.__file__), 'lib'))";
     let out = Command::new(python)
@@ -57,7 +64,10 @@ fn torch_lib_dir() -> Result<(PathBuf, String), String> {
         .output()
         .map_err(|e| format!("cannot run {python}: {e}"))?;
     if !out.status.success() {
-        return Err(format!("{python} cannot import torch: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "{python} cannot import torch: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
     let text = String::from_utf8_lossy(&out.stdout);
     let mut lines = text.lines();

@@ -17,7 +17,7 @@ else
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
-    got=$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+    got=$("$VENV/bin/python" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])')
     if [ "$got" != "$TORCH_VERSION" ]; then
         log "expected torch $TORCH_VERSION in $VENV, found $got"; exit 1
     fi

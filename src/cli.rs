@@ -7,7 +7,11 @@ use clap::{Args, Parser, Subcommand};
 use crate::device::DeviceChoice;
 
 #[derive(Debug, Parser)]
-#[command(name = "dis2", version, about = "Remote-sensing segmentation robust to missing modalities (DIS2)")]
+#[command(
+    name = "dis2",
+    version,
+    about = "Remote-sensing segmentation robust to missing modalities (DIS2)"
+)]
 pub struct Cli {
     /// Threads for libtorch and for parallel loading (default: all cores).
     #[arg(long, global = true, value_name = "N")]

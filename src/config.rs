@@ -55,14 +55,18 @@ pub fn load_yaml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Resu
     if overrides.is_empty() {
         return Ok(parsed);
     }
-    let mut value: Value = serde_yaml::from_str(&text)
-        .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let mut value: Value =
+        serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     for item in overrides {
         apply_override(&mut value, item).with_context(|| format!("--set {item}"))?;
     }
     serde_path_to_error::deserialize(value).map_err(|e| {
         let key = e.path().to_string();
-        anyhow!("{} with --set overrides: key `{key}`: {}", path.display(), e.into_inner())
+        anyhow!(
+            "{} with --set overrides: key `{key}`: {}",
+            path.display(),
+            e.into_inner()
+        )
     })
 }
 
@@ -78,7 +82,11 @@ pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, String> {
         };
         // serde_yaml repeats the location at the end of its message; keep one copy.
         let message = inner.to_string();
-        let message = message.split(" at line ").next().unwrap_or(&message).to_string();
+        let message = message
+            .split(" at line ")
+            .next()
+            .unwrap_or(&message)
+            .to_string();
         format!("key `{key}`{place}: {message}")
     })
 }
@@ -99,9 +107,14 @@ pub fn apply_override(root: &mut Value, item: &str) -> Result<()> {
             *node = Value::Mapping(Mapping::new());
         }
         let map = node.as_mapping_mut().ok_or_else(|| {
-            anyhow!("`{}` is not a section, cannot set a key below it", parts[..depth].join("."))
+            anyhow!(
+                "`{}` is not a section, cannot set a key below it",
+                parts[..depth].join(".")
+            )
         })?;
-        let entry = map.entry(Value::String(part.to_string())).or_insert(Value::Null);
+        let entry = map
+            .entry(Value::String(part.to_string()))
+            .or_insert(Value::Null);
         if depth + 1 == parts.len() {
             *entry = value;
             return Ok(());
@@ -146,13 +159,26 @@ mod tests {
     fn overrides_replace_values_and_unknown_keys_fail() {
         let dir = tempfile::tempdir().unwrap();
         let path = write(dir.path(), GOOD);
-        let exp = Experiment::load(&path, &["model.base_width=16".into(), "seed=7".into()]).unwrap();
+        let exp =
+            Experiment::load(&path, &["model.base_width=16".into(), "seed=7".into()]).unwrap();
         assert_eq!((exp.model.base_width, exp.seed), (16, 7));
-        let err = format!("{:#}", Experiment::load(&path, &["model.widht=3".into()]).unwrap_err());
-        assert!(err.contains("model.widht") && err.contains("--set"), "{err}");
-        let err = format!("{:#}", Experiment::load(&path, &["seed".into()]).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Experiment::load(&path, &["model.widht=3".into()]).unwrap_err()
+        );
+        assert!(
+            err.contains("model.widht") && err.contains("--set"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            Experiment::load(&path, &["seed".into()]).unwrap_err()
+        );
         assert!(err.contains("KEY.PATH=VALUE"), "{err}");
-        let err = format!("{:#}", Experiment::load(&path, &["name.x=1".into()]).unwrap_err());
+        let err = format!(
+            "{:#}",
+            Experiment::load(&path, &["name.x=1".into()]).unwrap_err()
+        );
         assert!(err.contains("`name` is not a section"), "{err}");
     }
 

@@ -60,7 +60,10 @@ impl DeviceChoice {
                     );
                 }
                 if index >= count {
-                    bail!("--device {self}: only {count} CUDA device(s), numbered 0 to {}", count - 1);
+                    bail!(
+                        "--device {self}: only {count} CUDA device(s), numbered 0 to {}",
+                        count - 1
+                    );
                 }
                 Ok(Device::Cuda(index))
             }
@@ -93,8 +96,14 @@ mod tests {
         assert_eq!("CPU".parse::<DeviceChoice>(), Ok(DeviceChoice::Cpu));
         assert_eq!("cuda".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(0)));
         assert_eq!("cuda:3".parse::<DeviceChoice>(), Ok(DeviceChoice::Cuda(3)));
-        assert!("cuda:x".parse::<DeviceChoice>().unwrap_err().contains("bad CUDA index"));
-        assert!("gpu".parse::<DeviceChoice>().unwrap_err().contains("expected auto, cpu"));
+        assert!("cuda:x"
+            .parse::<DeviceChoice>()
+            .unwrap_err()
+            .contains("bad CUDA index"));
+        assert!("gpu"
+            .parse::<DeviceChoice>()
+            .unwrap_err()
+            .contains("expected auto, cpu"));
     }
 
     #[test]

@@ -10,14 +10,34 @@ pub fn report(device: DeviceChoice) -> Result<Vec<(&'static str, String)>> {
     let cuda_count = cuda_device_count();
     Ok(vec![
         ("dis2", env!("CARGO_PKG_VERSION").to_string()),
-        ("tch", option_env!("DIS2_TCH_VERSION").unwrap_or("unknown").to_string()),
-        ("libtorch", option_env!("DIS2_LIBTORCH_VERSION").unwrap_or("unknown").to_string()),
-        ("libtorch lib", option_env!("DIS2_LIBTORCH_LIB").unwrap_or("unknown").to_string()),
+        (
+            "tch",
+            option_env!("DIS2_TCH_VERSION")
+                .unwrap_or("unknown")
+                .to_string(),
+        ),
+        (
+            "libtorch",
+            option_env!("DIS2_LIBTORCH_VERSION")
+                .unwrap_or("unknown")
+                .to_string(),
+        ),
+        (
+            "libtorch lib",
+            option_env!("DIS2_LIBTORCH_LIB")
+                .unwrap_or("unknown")
+                .to_string(),
+        ),
         ("CUDA available", yes_no(cuda_count > 0)),
         ("CUDA devices", cuda_count.to_string()),
         ("cuDNN available", yes_no(tch::Cuda::cudnn_is_available())),
         ("GDAL", gdal::version::version_info("RELEASE_NAME")),
-        ("gdal crate", option_env!("DIS2_GDAL_CRATE_VERSION").unwrap_or("unknown").to_string()),
+        (
+            "gdal crate",
+            option_env!("DIS2_GDAL_CRATE_VERSION")
+                .unwrap_or("unknown")
+                .to_string(),
+        ),
         ("torch threads", tch::get_num_threads().to_string()),
         ("rayon threads", rayon::current_num_threads().to_string()),
         ("device", format!("{device} -> {resolved:?}")),

@@ -53,14 +53,23 @@ impl ModelConfig {
     /// Checks everything the network cannot take, with messages that name the key.
     pub fn validate(&self) -> Result<()> {
         if self.modalities.len() < 2 {
-            bail!("modalities: need at least two, found {}", self.modalities.len());
+            bail!(
+                "modalities: need at least two, found {}",
+                self.modalities.len()
+            );
         }
         for (i, m) in self.modalities.iter().enumerate() {
             if m.name.is_empty() || m.name.contains(',') {
-                bail!("modalities[{i}].name: {:?} must be non-empty without commas", m.name);
+                bail!(
+                    "modalities[{i}].name: {:?} must be non-empty without commas",
+                    m.name
+                );
             }
             if m.channels < 1 {
-                bail!("modalities[{i}].channels: must be at least 1, found {}", m.channels);
+                bail!(
+                    "modalities[{i}].channels: must be at least 1, found {}",
+                    m.channels
+                );
             }
             if self.modalities[..i].iter().any(|o| o.name == m.name) {
                 bail!("modalities[{i}].name: {:?} appears twice", m.name);
@@ -71,7 +80,10 @@ impl ModelConfig {
             bail!("crop: [{h}, {w}] cannot be taken; both sides must be positive multiples of 16");
         }
         if self.num_classes < 2 {
-            bail!("num_classes: must be at least 2, found {}", self.num_classes);
+            bail!(
+                "num_classes: must be at least 2, found {}",
+                self.num_classes
+            );
         }
         if self.base_width < 1 {
             bail!("base_width: must be at least 1, found {}", self.base_width);
@@ -91,9 +103,15 @@ impl ModelConfig {
 
     /// The index of a modality by name, or an error listing the known names.
     pub fn modality_index(&self, name: &str) -> Result<usize> {
-        self.modalities.iter().position(|m| m.name == name).ok_or_else(|| {
-            let known: Vec<&str> = self.modalities.iter().map(|m| m.name.as_str()).collect();
-            anyhow::anyhow!("unknown modality {name:?}; this model has {}", known.join(", "))
-        })
+        self.modalities
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| {
+                let known: Vec<&str> = self.modalities.iter().map(|m| m.name.as_str()).collect();
+                anyhow::anyhow!(
+                    "unknown modality {name:?}; this model has {}",
+                    known.join(", ")
+                )
+            })
     }
 }
