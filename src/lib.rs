@@ -14,3 +14,4 @@ pub mod device;
 pub mod fsutil;
 pub mod info;
 pub mod model;
+pub mod train;

@@ -1,0 +1,6 @@
+//! Training machinery: optimisers with checkpointable state, learning-rate schedules and
+//! TensorBoard logging.
+
+pub mod optim;
+pub mod schedule;
+pub mod tensorboard;
