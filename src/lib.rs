@@ -13,5 +13,6 @@ pub mod data;
 pub mod device;
 pub mod fsutil;
 pub mod info;
+pub mod metrics;
 pub mod model;
 pub mod train;
