@@ -15,4 +15,5 @@ pub mod fsutil;
 pub mod info;
 pub mod metrics;
 pub mod model;
+pub mod tiling;
 pub mod train;
