@@ -2,5 +2,6 @@
 //! TensorBoard logging.
 
 pub mod optim;
+pub mod progress;
 pub mod schedule;
 pub mod tensorboard;
