@@ -15,5 +15,6 @@ pub mod fsutil;
 pub mod info;
 pub mod metrics;
 pub mod model;
+pub mod report;
 pub mod tiling;
 pub mod train;
