@@ -13,4 +13,8 @@ pub mod data;
 pub mod device;
 pub mod fsutil;
 pub mod info;
+pub mod metrics;
 pub mod model;
+pub mod report;
+pub mod tiling;
+pub mod train;
