@@ -262,6 +262,14 @@ mod tests {
         assert!(err.contains("sampling.scale: [2, 1]"), "{err}");
         let err = format!(
             "{:#}",
+            Experiment::load(&path, &["data.sampling.batch_size=600".into()]).unwrap_err()
+        );
+        assert!(
+            err.contains("samples_per_epoch: 512 is less than one batch (batch_size 600)"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
             Experiment::load(&path, &["data.class_weights=[1, 1]".into()]).unwrap_err()
         );
         assert!(

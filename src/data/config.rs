@@ -390,6 +390,13 @@ impl SamplingConfig {
         if self.batch_size == 0 || self.samples_per_epoch == 0 || self.prefetch == 0 {
             bail!("sampling: batch_size, samples_per_epoch and prefetch must be at least 1");
         }
+        if self.samples_per_epoch < self.batch_size {
+            bail!(
+                "sampling.samples_per_epoch: {} is less than one batch (batch_size {})",
+                self.samples_per_epoch,
+                self.batch_size
+            );
+        }
         let [lo, hi] = self.scale;
         if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 8.0) {
             bail!("sampling.scale: [{lo}, {hi}] must satisfy 0 < low <= high <= 8");

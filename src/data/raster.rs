@@ -247,12 +247,21 @@ pub fn read_window(ds: &Dataset, path: &Path, window: Window) -> Result<Pixels> 
                 b + 1
             )
         })?;
+        // Compare in the band's own precision, as GDAL does: a Float32 band declaring
+        // -3.40282346639e+38 holds f32::MIN, which is not that double. (The GTiff driver already
+        // adjusts such values when it reads them; other drivers may not.)
+        let float32 = matches!(band.band_type(), GdalDataType::Float32);
         let nodata = band.no_data_value();
+        let is_nodata = |v: f64| match nodata {
+            Some(nd) if float32 => (v as f32) == (nd as f32),
+            Some(nd) => v == nd,
+            None => false,
+        };
         let dst = &mut out.data[b * plane..(b + 1) * plane];
         for r in 0..ch {
             for c in 0..cw {
                 let v = buf[r * cw + c];
-                let bad = !v.is_finite() || nodata.is_some_and(|nd| v == nd);
+                let bad = !v.is_finite() || is_nodata(v);
                 if bad {
                     inside[r * cw + c] = false;
                 } else {
@@ -535,6 +544,19 @@ mod tests {
         assert_eq!(px.data, vec![0.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
         let far = read_window_at(&path, Window::new(10, 10, 2, 2)).unwrap();
         assert!(far.valid.iter().all(|&v| !v));
+    }
+
+    #[test]
+    fn float32_nodata_is_compared_in_single_precision() {
+        // An in-memory band keeps the declared double as it is (GTiff would round it).
+        let mem = DriverManager::get_driver_by_name("MEM").unwrap();
+        let ds = mem.create_with_band_type::<f32, _>("", 2, 1, 1).unwrap();
+        let mut band = ds.rasterband(1).unwrap();
+        band.set_no_data_value(Some(-3.40282346639e+38)).unwrap();
+        let mut buf = gdal::raster::Buffer::new((2, 1), vec![f32::MIN, 1.0]);
+        band.write((0, 0), (2, 1), &mut buf).unwrap();
+        let px = read_window(&ds, Path::new("mem"), Window::new(0, 0, 2, 1)).unwrap();
+        assert_eq!(px.valid, vec![false, true]);
     }
 
     #[test]
