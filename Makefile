@@ -35,3 +35,13 @@ demo: setup
 
 clean:
 	$(CARGO) clean
+
+.PHONY: bench-loader synth
+
+# Loader throughput on the synthetic benchmark (written to target/bench-synthetic when absent).
+bench-loader: setup
+	$(CARGO) run --release --locked --example bench_loader
+
+# The synthetic benchmark with its experiment YAML, in data/synthetic.
+synth: setup
+	$(BIN) synth --out data/synthetic

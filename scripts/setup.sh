@@ -17,26 +17,26 @@ else
     python3 -m venv "$VENV"
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade pip
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==$TORCH_VERSION"
-    got=$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0])')
+    got=$("$VENV/bin/python" -W ignore -c 'import torch; print(torch.__version__.split("+")[0])')
     if [ "$got" != "$TORCH_VERSION" ]; then
         log "expected torch $TORCH_VERSION in $VENV, found $got"; exit 1
     fi
     touch "$VENV/.dis2-torch-$TORCH_VERSION"
 fi
 
-# --- GDAL -------------------------------------------------------------------------------------
-if pkg-config --exists gdal 2>/dev/null; then
-    log "GDAL $(pkg-config --modversion gdal) development files present"
+# --- GDAL, and fontconfig with a font for the figures -------------------------------------------
+if pkg-config --exists gdal fontconfig 2>/dev/null && fc-list 2>/dev/null | grep -q .; then
+    log "GDAL $(pkg-config --modversion gdal) and fontconfig development files present"
 else
-    packages="libgdal-dev gdal-bin pkg-config"
+    packages="libgdal-dev gdal-bin pkg-config libfontconfig1-dev fonts-dejavu-core"
     if [ "$(id -u)" -ne 0 ]; then
         if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then SUDO=sudo; else
-            log "GDAL development files are missing and this user cannot install them."
+            log "GDAL or fontconfig development files are missing and this user cannot install them."
             log "Run as root: apt-get install -y $packages"; exit 1
         fi
     else SUDO=""; fi
     if ! command -v apt-get >/dev/null; then
-        log "GDAL development files are missing and there is no apt-get here; install GDAL >= 3.4 with pkg-config support"
+        log "GDAL or fontconfig development files are missing and there is no apt-get here; install GDAL >= 3.4 and fontconfig with pkg-config support, and one TrueType font"
         exit 1
     fi
     log "installing $packages"

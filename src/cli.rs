@@ -26,6 +26,11 @@ pub struct Cli {
 pub enum Command {
     /// Print versions (dis2, tch, libtorch, GDAL), CUDA and cuDNN availability, and threads.
     Info(InfoArgs),
+    /// Write the synthetic multimodal benchmark (GeoTIFFs and an experiment YAML).
+    Synth(crate::data::cli::SynthArgs),
+    /// Compute per-modality normalisation (and class weights) of the train split; write them
+    /// into the experiment YAML.
+    Stats(crate::data::cli::StatsArgs),
     /// Convert a state_dict of the authors' PyTorch DIS2 (safetensors) into a dis2 checkpoint.
     ImportTorch(ImportTorchArgs),
 }
@@ -64,6 +69,8 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     match cli.command {
         Command::Info(args) => crate::info::print_info(args.device.device),
+        Command::Synth(args) => crate::data::cli::synth(&args),
+        Command::Stats(args) => crate::data::cli::stats(&args),
         Command::ImportTorch(args) => {
             crate::import_torch::import_torch(&args.weights, &args.config, &args.out)
         }

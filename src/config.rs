@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 use std::path::Path;
 
+use crate::data::config::DataConfig;
 use crate::model::config::ModelConfig;
 
 /// One experiment: everything a run needs to be repeated.
@@ -23,6 +24,9 @@ pub struct Experiment {
     pub seed: u64,
     /// The network.
     pub model: ModelConfig,
+    /// The dataset, normalisation and sampling (default: the synthetic benchmark).
+    #[serde(default)]
+    pub data: DataConfig,
 }
 
 fn default_seed() -> u64 {
@@ -37,6 +41,10 @@ impl Experiment {
             .model
             .validate()
             .with_context(|| format!("{}: key `model`", path.display()))?;
+        experiment
+            .data
+            .validate(&experiment.model)
+            .with_context(|| format!("{}: key `data`", path.display()))?;
         Ok(experiment)
     }
 
@@ -180,6 +188,94 @@ mod tests {
             Experiment::load(&path, &["name.x=1".into()]).unwrap_err()
         );
         assert!(err.contains("`name` is not a section"), "{err}");
+    }
+
+    #[test]
+    fn data_section_defaults_to_the_synthetic_benchmark() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = Experiment::load(&write(dir.path(), GOOD), &[]).unwrap();
+        assert_eq!(exp.data, DataConfig::default());
+        assert_eq!(
+            exp.data.dataset,
+            crate::data::config::DatasetConfig::Synthetic(crate::data::config::SyntheticConfig {
+                root: "data/synthetic".into()
+            })
+        );
+    }
+
+    #[test]
+    fn data_section_errors_name_file_key_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let potsdam =
+            format!("{GOOD}data:\n  dataset:\n    potsdam: {{root: /d, erroded_labels: true}}\n");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &potsdam), &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("exp.yaml") && err.contains("data.dataset.potsdam.erroded_labels"),
+            "{err}"
+        );
+        assert!(err.contains("line 12"), "{err}");
+        let two = format!("{GOOD}data:\n  dataset:\n    synthetic: {{root: a}}\n    generic: {{train: {{modalities: {{}}}}}}\n");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &two), &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("data.dataset") && err.contains("name exactly one layout"),
+            "{err}"
+        );
+        let product = format!(
+            "{GOOD}data:\n  dataset:\n    potsdam: {{root: /d, modalities: {{optical: rgbn}}}}\n"
+        );
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &product), &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("data.dataset.potsdam.modalities.optical") && err.contains("rgbn"),
+            "{err}"
+        );
+        let norm =
+            format!("{GOOD}data:\n  normalisation:\n    optical: {{mean: [1, 2], std: [1, 1]}}\n");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &norm), &[]).unwrap_err()
+        );
+        assert!(
+            err.contains("exp.yaml: key `data`")
+                && err.contains("normalisation.optical.mean: 2 value(s), expected 3"),
+            "{err}"
+        );
+        let ignore = format!("{GOOD}data:\n  ignore_index: 4\n");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&write(dir.path(), &ignore), &[]).unwrap_err()
+        );
+        assert!(err.contains("ignore_index: 4 is a class id"), "{err}");
+        let path = write(dir.path(), GOOD);
+        let err = format!(
+            "{:#}",
+            Experiment::load(&path, &["data.sampling.scale=[2, 1]".into()]).unwrap_err()
+        );
+        assert!(err.contains("sampling.scale: [2, 1]"), "{err}");
+        let err = format!(
+            "{:#}",
+            Experiment::load(&path, &["data.sampling.batch_size=600".into()]).unwrap_err()
+        );
+        assert!(
+            err.contains("samples_per_epoch: 512 is less than one batch (batch_size 600)"),
+            "{err}"
+        );
+        let err = format!(
+            "{:#}",
+            Experiment::load(&path, &["data.class_weights=[1, 1]".into()]).unwrap_err()
+        );
+        assert!(
+            err.contains("class_weights: 2 value(s), expected 5"),
+            "{err}"
+        );
     }
 
     #[test]

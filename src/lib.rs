@@ -17,4 +17,8 @@ pub mod device;
 pub mod fsutil;
 pub mod import_torch;
 pub mod info;
+pub mod metrics;
 pub mod model;
+pub mod report;
+pub mod tiling;
+pub mod train;

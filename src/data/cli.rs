@@ -1,0 +1,146 @@
+//! The data subcommands: `dis2 synth` and `dis2 stats` (argument structs and their work).
+
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+use super::synth::{self, SynthOptions};
+
+/// `dis2 synth`.
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    /// Output folder (gets train/, val/, test/ and experiment.yaml).
+    #[arg(long, default_value = "data/synthetic", value_name = "DIR")]
+    pub out: PathBuf,
+    /// Number of scenes (about 70 % train, 15 % val, 15 % test).
+    #[arg(long, default_value_t = 40, value_name = "N")]
+    pub scenes: usize,
+    /// Side of each square scene in pixels (0.5 m each).
+    #[arg(long, default_value_t = 256, value_name = "PIXELS")]
+    pub size: usize,
+    /// Seed: the same seed writes the same bytes.
+    #[arg(long, default_value_t = 42, value_name = "K")]
+    pub seed: u64,
+}
+
+/// `dis2 stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// The experiment YAML; its `data.normalisation` is rewritten in place.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Also write median-frequency `data.class_weights`.
+    #[arg(long)]
+    pub class_weights: bool,
+}
+
+/// Writes the benchmark and its experiment YAML, and says where.
+pub fn synth(args: &SynthArgs) -> Result<()> {
+    let options = SynthOptions {
+        out: args.out.clone(),
+        scenes: args.scenes,
+        size: args.size,
+        seed: args.seed,
+    };
+    let files = synth::generate(&options)?;
+    let yaml = synth::write_experiment(&options)?;
+    println!(
+        "wrote {} rasters of {} scenes ({}x{} px, 0.5 m, EPSG:{}) under {}",
+        files.len(),
+        args.scenes,
+        args.size,
+        args.size,
+        synth::EPSG,
+        args.out.display()
+    );
+    println!("experiment: {}", yaml.display());
+    Ok(())
+}
+
+/// Computes the statistics, writes them back and prints them.
+pub fn stats(args: &StatsArgs) -> Result<()> {
+    let stats = super::stats::update_experiment(&args.config, args.class_weights)?;
+    let exp = crate::config::Experiment::load(&args.config, &[])?;
+    for (m, norm) in exp.model.modalities.iter().zip(stats.normalisation()) {
+        println!(
+            "{:<10} mean {:?}\n{:<10} std  {:?}",
+            m.name, norm.mean, "", norm.std
+        );
+    }
+    let total: u64 = stats.class_counts.iter().sum();
+    for (c, count) in stats.class_counts.iter().enumerate() {
+        println!(
+            "class {c}: {:.2} % of labelled pixels",
+            100.0 * *count as f64 / total.max(1) as f64
+        );
+    }
+    println!("ignored pixels: {}", stats.ignored);
+    if args.class_weights {
+        println!("class weights: {:?}", stats.class_weights());
+    }
+    println!("updated {}", args.config.display());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::cli::{Cli, Command};
+    use clap::Parser;
+
+    #[test]
+    fn synth_and_stats_parse_and_bad_values_name_the_flag() {
+        let cli = Cli::try_parse_from([
+            "dis2", "synth", "--out", "x", "--scenes", "5", "--size", "64", "--seed", "3",
+        ])
+        .unwrap();
+        let Command::Synth(args) = cli.command else {
+            panic!("not synth")
+        };
+        assert_eq!((args.scenes, args.size, args.seed), (5, 64, 3));
+        let dir = tempfile::tempdir().unwrap();
+        let err = crate::cli::run(
+            Cli::try_parse_from(["dis2", "synth", "--out", "x", "--scenes", "2"]).unwrap(),
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("--scenes: need at least 3"));
+        let err = crate::cli::run(
+            Cli::try_parse_from(["dis2", "synth", "--out", "x", "--size", "8"]).unwrap(),
+        );
+        assert!(format!("{:#}", err.unwrap_err()).contains("--size: must be between 32 and 8192"));
+        let missing = dir.path().join("none.yaml");
+        let cli =
+            Cli::try_parse_from(["dis2", "stats", "--config", missing.to_str().unwrap()]).unwrap();
+        let err = format!("{:#}", crate::cli::run(cli).unwrap_err());
+        assert!(
+            err.contains("cannot read configuration file") && err.contains("none.yaml"),
+            "{err}"
+        );
+        assert!(
+            Cli::try_parse_from(["dis2", "stats"]).is_err(),
+            "--config is required"
+        );
+    }
+
+    #[test]
+    fn stats_on_a_config_without_data_names_the_synth_command() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = dir.path().join("e.yaml");
+        let root = dir.path().join("nothing");
+        let text = format!(
+            "name: t\nmodel:\n  num_classes: 6\n  crop: [32, 32]\n  modalities:\n    - {{name: optical, channels: 4}}\n    - {{name: sar, channels: 1}}\ndata:\n  dataset:\n    synthetic: {{root: {}}}\n",
+            root.display()
+        );
+        std::fs::write(&yaml, &text).unwrap();
+        let cli =
+            Cli::try_parse_from(["dis2", "stats", "--config", yaml.to_str().unwrap()]).unwrap();
+        let err = format!("{:#}", crate::cli::run(cli).unwrap_err());
+        assert!(
+            err.contains("has no train/ folder") && err.contains("dis2 synth --out"),
+            "{err}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(&yaml).unwrap(),
+            text,
+            "the file is left alone on error"
+        );
+    }
+}

@@ -1,0 +1,409 @@
+//! The `data:` section of an experiment: which dataset layout, normalisation, class weights and
+//! sampling. Every struct refuses unknown keys.
+//!
+//! ```yaml
+//! data:
+//!   dataset:
+//!     synthetic: {root: data/synthetic}
+//!   ignore_index: 255
+//!   normalisation:
+//!     optical: {mean: [110.0, 115.0, 100.0, 120.0], std: [40.0, 35.0, 35.0, 50.0]}
+//!   class_weights: [1.0, 1.0, 1.0, 1.0, 2.0, 1.0]
+//!   sampling: {batch_size: 8, samples_per_epoch: 512, scale: [0.75, 1.25]}
+//! ```
+
+use anyhow::{bail, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use crate::model::config::ModelConfig;
+
+/// Where the samples come from and how they are prepared.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// The dataset layout and its options (default: the synthetic benchmark in data/synthetic).
+    #[serde(default)]
+    pub dataset: DatasetConfig,
+    /// Label value of pixels left out of the loss and the metrics (must not be a class id).
+    #[serde(default = "default_ignore_index")]
+    pub ignore_index: i64,
+    /// Per-modality, per-band mean and standard deviation (written by `dis2 stats`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub normalisation: BTreeMap<String, Normalisation>,
+    /// Optional weight of each class in the loss (`dis2 stats --class-weights` computes them).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_weights: Option<Vec<f64>>,
+    /// Crops, augmentation and batching.
+    #[serde(default)]
+    pub sampling: SamplingConfig,
+}
+
+fn default_ignore_index() -> i64 {
+    255
+}
+
+impl Default for DataConfig {
+    fn default() -> Self {
+        Self {
+            dataset: DatasetConfig::default(),
+            ignore_index: default_ignore_index(),
+            normalisation: BTreeMap::new(),
+            class_weights: None,
+            sampling: SamplingConfig::default(),
+        }
+    }
+}
+
+/// Mean and standard deviation of each band of one modality.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Normalisation {
+    pub mean: Vec<f64>,
+    pub std: Vec<f64>,
+}
+
+/// Random crops for training, a grid of windows for validation, and batching.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingConfig {
+    /// Samples per batch.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// Random crops drawn per training epoch.
+    #[serde(default = "default_samples_per_epoch")]
+    pub samples_per_epoch: usize,
+    /// Random horizontal and vertical flips.
+    #[serde(default = "yes")]
+    pub flips: bool,
+    /// Random 90-degree rotations.
+    #[serde(default = "yes")]
+    pub rotations: bool,
+    /// Range of the random scale: a crop reads `crop x s` source pixels, resampled to `crop`.
+    #[serde(default = "default_scale")]
+    pub scale: [f64; 2],
+    /// Stride of the validation grid in pixels (default: the crop size, no overlap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_stride: Option<usize>,
+    /// Batches prepared ahead while the model trains.
+    #[serde(default = "default_prefetch")]
+    pub prefetch: usize,
+}
+
+fn default_batch_size() -> usize {
+    8
+}
+fn default_samples_per_epoch() -> usize {
+    512
+}
+fn yes() -> bool {
+    true
+}
+fn default_scale() -> [f64; 2] {
+    [0.75, 1.25]
+}
+fn default_prefetch() -> usize {
+    2
+}
+
+impl Default for SamplingConfig {
+    fn default() -> Self {
+        Self {
+            batch_size: default_batch_size(),
+            samples_per_epoch: default_samples_per_epoch(),
+            flips: true,
+            rotations: true,
+            scale: default_scale(),
+            val_stride: None,
+            prefetch: default_prefetch(),
+        }
+    }
+}
+
+/// One dataset layout, written as a one-key map: `dataset: {potsdam: {root: ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "DatasetSection", into = "DatasetSection")]
+pub enum DatasetConfig {
+    Synthetic(SyntheticConfig),
+    Potsdam(PotsdamConfig),
+    Vaihingen(VaihingenConfig),
+    WhuOptSar(WhuOptSarConfig),
+    Generic(GenericConfig),
+}
+
+/// The YAML form of [`DatasetConfig`]: exactly one of its keys is set. (serde_yaml writes enums
+/// as `!tag` values; a one-key map reads more naturally and keeps the line numbers of errors.)
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetSection {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<SyntheticConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub potsdam: Option<PotsdamConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vaihingen: Option<VaihingenConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub whu_opt_sar: Option<WhuOptSarConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generic: Option<GenericConfig>,
+}
+
+impl TryFrom<DatasetSection> for DatasetConfig {
+    type Error = String;
+    fn try_from(s: DatasetSection) -> Result<Self, String> {
+        let mut found: Vec<DatasetConfig> = Vec::new();
+        found.extend(s.synthetic.map(Self::Synthetic));
+        found.extend(s.potsdam.map(Self::Potsdam));
+        found.extend(s.vaihingen.map(Self::Vaihingen));
+        found.extend(s.whu_opt_sar.map(Self::WhuOptSar));
+        found.extend(s.generic.map(Self::Generic));
+        match found.len() {
+            1 => Ok(found.remove(0)),
+            k => Err(format!(
+                "name exactly one layout (synthetic, potsdam, vaihingen, whu_opt_sar or generic), found {k}"
+            )),
+        }
+    }
+}
+
+impl From<DatasetConfig> for DatasetSection {
+    fn from(c: DatasetConfig) -> Self {
+        let mut s = DatasetSection::default();
+        match c {
+            DatasetConfig::Synthetic(x) => s.synthetic = Some(x),
+            DatasetConfig::Potsdam(x) => s.potsdam = Some(x),
+            DatasetConfig::Vaihingen(x) => s.vaihingen = Some(x),
+            DatasetConfig::WhuOptSar(x) => s.whu_opt_sar = Some(x),
+            DatasetConfig::Generic(x) => s.generic = Some(x),
+        }
+        s
+    }
+}
+
+impl Default for DatasetConfig {
+    fn default() -> Self {
+        Self::Synthetic(SyntheticConfig {
+            root: PathBuf::from("data/synthetic"),
+        })
+    }
+}
+
+/// The synthetic benchmark written by `dis2 synth`: `ROOT/{train,val,test}/{optical,dsm,sar,label}/`.
+/// The model's modality names pick among `optical`, `dsm` and `sar`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticConfig {
+    pub root: PathBuf,
+}
+
+/// ISPRS Potsdam as distributed (`2_Ortho_RGB`, `3_Ortho_IRRG`, `4_Ortho_RGBIR`, `1_DSM`,
+/// `1_DSM_normalisation`, `5_Labels_all`, `5_Labels_all_noBoundary` under `root`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PotsdamConfig {
+    pub root: PathBuf,
+    /// Model modality name -> product (default `{optical: rgbir, dsm: ndsm}`).
+    #[serde(default = "default_potsdam_modalities")]
+    pub modalities: BTreeMap<String, PotsdamProduct>,
+    /// Use the eroded labels (`5_Labels_all_noBoundary`; black boundaries are ignored).
+    #[serde(default)]
+    pub eroded_labels: bool,
+    /// Training tiles (e.g. `"6_9"`) held out for validation; when empty, validation uses the
+    /// 14 test tiles.
+    #[serde(default)]
+    pub val_tiles: Vec<String>,
+    /// Largest per-channel difference at which a label colour still matches (default 0: exact).
+    #[serde(default)]
+    pub colour_tolerance: u8,
+}
+
+/// The Potsdam products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PotsdamProduct {
+    Rgb,
+    Irrg,
+    Rgbir,
+    Dsm,
+    Ndsm,
+}
+
+fn default_potsdam_modalities() -> BTreeMap<String, PotsdamProduct> {
+    BTreeMap::from([
+        ("optical".into(), PotsdamProduct::Rgbir),
+        ("dsm".into(), PotsdamProduct::Ndsm),
+    ])
+}
+
+/// ISPRS Vaihingen as distributed (`top/`, `dsm/`, `gts_for_participants/`,
+/// `gts_eroded_for_participants/` under `root`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaihingenConfig {
+    pub root: PathBuf,
+    /// Model modality name -> product (default `{optical: irrg, dsm: dsm}`).
+    #[serde(default = "default_vaihingen_modalities")]
+    pub modalities: BTreeMap<String, VaihingenProduct>,
+    /// Use the eroded labels (`gts_eroded_for_participants`; black boundaries are ignored).
+    #[serde(default)]
+    pub eroded_labels: bool,
+    /// Training areas held out for validation; when empty, validation uses the 17 test areas.
+    #[serde(default)]
+    pub val_areas: Vec<u32>,
+    /// Largest per-channel difference at which a label colour still matches (default 0: exact).
+    #[serde(default)]
+    pub colour_tolerance: u8,
+}
+
+/// The Vaihingen products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VaihingenProduct {
+    Irrg,
+    Dsm,
+}
+
+fn default_vaihingen_modalities() -> BTreeMap<String, VaihingenProduct> {
+    BTreeMap::from([
+        ("optical".into(), VaihingenProduct::Irrg),
+        ("dsm".into(), VaihingenProduct::Dsm),
+    ])
+}
+
+/// WHU-OPT-SAR: `optical/` (4 bands), `sar/` (1 band) and `lbl/` (class codes) under `root`,
+/// matched by file stem. The model's modality names pick among `optical` and `sar`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WhuOptSarConfig {
+    pub root: PathBuf,
+    /// Label code -> class id, e.g. `{10: 0, 20: 1, ...}`.
+    pub class_codes: BTreeMap<i64, i64>,
+    /// Label codes left out of the loss (e.g. `[0]`).
+    #[serde(default)]
+    pub ignore_codes: Vec<i64>,
+    /// Stems of the validation images.
+    #[serde(default)]
+    pub val: Vec<String>,
+    /// Stems of the test images; every other image is for training.
+    #[serde(default)]
+    pub test: Vec<String>,
+}
+
+/// Any set of aligned rasters: per split, a folder or glob per modality and one for the labels,
+/// matched by file stem.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericConfig {
+    pub train: GenericSplit,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val: Option<GenericSplit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<GenericSplit>,
+    /// Label code -> class id; without it, label values are class ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_codes: Option<BTreeMap<i64, i64>>,
+    /// Label codes left out of the loss (with `class_codes`).
+    #[serde(default)]
+    pub ignore_codes: Vec<i64>,
+}
+
+/// One split of a generic dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenericSplit {
+    /// Model modality name -> folder, or glob whose last component holds `*` or `?`.
+    pub modalities: BTreeMap<String, String>,
+    /// Folder or glob of the label rasters (optional for unlabelled prediction).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<String>,
+}
+
+impl DataConfig {
+    /// Checks the section against the model; messages name the key below `data`.
+    pub fn validate(&self, model: &ModelConfig) -> Result<()> {
+        if (0..model.num_classes).contains(&self.ignore_index) {
+            bail!(
+                "ignore_index: {} is a class id (model.num_classes is {}); use e.g. 255",
+                self.ignore_index,
+                model.num_classes
+            );
+        }
+        for (name, norm) in &self.normalisation {
+            let channels = model
+                .modalities
+                .iter()
+                .find(|m| &m.name == name)
+                .map(|m| m.channels)
+                .ok_or_else(|| {
+                    anyhow::anyhow!("normalisation.{name}: the model has no modality {name:?}")
+                })?;
+            for (key, values) in [("mean", &norm.mean), ("std", &norm.std)] {
+                if values.len() as i64 != channels {
+                    bail!(
+                        "normalisation.{name}.{key}: {} value(s), expected {channels} (the channels of modality {name})",
+                        values.len()
+                    );
+                }
+                if values.iter().any(|v| !v.is_finite()) {
+                    bail!("normalisation.{name}.{key}: values must be finite numbers");
+                }
+            }
+            if norm.std.iter().any(|&s| s <= 0.0) {
+                bail!("normalisation.{name}.std: every value must be positive");
+            }
+        }
+        if let Some(weights) = &self.class_weights {
+            if weights.len() as i64 != model.num_classes {
+                bail!(
+                    "class_weights: {} value(s), expected {} (model.num_classes)",
+                    weights.len(),
+                    model.num_classes
+                );
+            }
+            if weights.iter().any(|w| !w.is_finite() || *w < 0.0) {
+                bail!("class_weights: every weight must be a finite number >= 0");
+            }
+        }
+        self.sampling.validate()
+    }
+
+    /// The normalisation of each model modality, in model order; the error says how to get it.
+    pub fn normalisation_for(&self, model: &ModelConfig) -> Result<Vec<Normalisation>> {
+        model
+            .modalities
+            .iter()
+            .map(|m| {
+                self.normalisation.get(&m.name).cloned().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "data.normalisation.{}: missing; set it or run `dis2 stats --config <experiment.yaml>`",
+                        m.name
+                    )
+                })
+            })
+            .collect()
+    }
+}
+
+impl SamplingConfig {
+    fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 || self.samples_per_epoch == 0 || self.prefetch == 0 {
+            bail!("sampling: batch_size, samples_per_epoch and prefetch must be at least 1");
+        }
+        if self.samples_per_epoch < self.batch_size {
+            bail!(
+                "sampling.samples_per_epoch: {} is less than one batch (batch_size {})",
+                self.samples_per_epoch,
+                self.batch_size
+            );
+        }
+        let [lo, hi] = self.scale;
+        if !(lo.is_finite() && hi.is_finite() && lo > 0.0 && lo <= hi && hi <= 8.0) {
+            bail!("sampling.scale: [{lo}, {hi}] must satisfy 0 < low <= high <= 8");
+        }
+        if self.val_stride == Some(0) {
+            bail!("sampling.val_stride: must be at least 1");
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,332 @@
+//! The loader: reads and augments the samples of a batch in parallel (rayon) on a background
+//! thread that prepares the next batches while the model trains on the current one (a bounded
+//! queue). Batches come out as tch tensors.
+//!
+//! ```no_run
+//! # fn main() -> anyhow::Result<()> {
+//! use dis2::config::Experiment;
+//! use dis2::data::{layouts::Split, loader::Loader};
+//! let exp = Experiment::load("experiments/synthetic.yaml".as_ref(), &[])?;
+//! for batch in Loader::train(&exp, Split::Train, 0)? {
+//!     let batch = batch?;
+//!     // batch.inputs[m]: [B, C, H, W] f32; batch.labels: [B, H, W] i64; batch.valid: [B, H, W] bool
+//! }
+//! # Ok(()) }
+//! ```
+
+use anyhow::{anyhow, bail, Result};
+use rayon::prelude::*;
+use std::sync::mpsc::{sync_channel, Receiver};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use tch::Tensor;
+
+use super::config::DataConfig;
+use super::dataset::SceneDataset;
+use super::layouts::Split;
+use super::sampling::{
+    augment_plane, resize_nearest, resize_pixels, GridSampler, RandomCropSampler, SampleSpec,
+};
+use crate::config::Experiment;
+use crate::model::config::ModelConfig;
+
+/// Per-modality, per-band `(x - mean) / std`, in model order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Normaliser {
+    pub mean: Vec<Vec<f32>>,
+    pub std: Vec<Vec<f32>>,
+}
+
+impl Normaliser {
+    /// From `data.normalisation`; every model modality must have an entry.
+    pub fn from_config(data: &DataConfig, model: &ModelConfig) -> Result<Self> {
+        let norms = data.normalisation_for(model)?;
+        Ok(Self {
+            mean: norms
+                .iter()
+                .map(|n| n.mean.iter().map(|&v| v as f32).collect())
+                .collect(),
+            std: norms
+                .iter()
+                .map(|n| n.std.iter().map(|&v| v as f32).collect())
+                .collect(),
+        })
+    }
+
+    /// No normalisation (mean 0, std 1) for the given band counts.
+    pub fn identity(channels: &[usize]) -> Self {
+        Self {
+            mean: channels.iter().map(|&c| vec![0.0; c]).collect(),
+            std: channels.iter().map(|&c| vec![1.0; c]).collect(),
+        }
+    }
+}
+
+/// `data.class_weights` as a float tensor of `num_classes` values, for a weighted loss.
+pub fn class_weights(data: &DataConfig) -> Option<Tensor> {
+    data.class_weights
+        .as_ref()
+        .map(|w| Tensor::from_slice(&w.iter().map(|&v| v as f32).collect::<Vec<_>>()))
+}
+
+/// One prepared sample on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sample {
+    pub spec: SampleSpec,
+    pub width: usize,
+    pub height: usize,
+    /// Per modality, `C x H x W` normalised values, 0 where the modality is invalid.
+    pub inputs: Vec<Vec<f32>>,
+    /// Per modality, `H x W` validity.
+    pub masks: Vec<Vec<bool>>,
+    /// `H x W` class ids, `ignore_index` where unlabelled or invalid in any modality.
+    pub labels: Vec<i64>,
+    /// `H x W`: every modality valid.
+    pub valid: Vec<bool>,
+}
+
+/// Reads, resamples, augments and normalises one sample.
+pub fn load_sample(dataset: &SceneDataset, spec: &SampleSpec, norm: &Normaliser) -> Result<Sample> {
+    let raw = dataset.read(spec.scene, spec.window)?;
+    let (pw, ph) = spec.pre_rotation_size();
+    let (w, h) = (spec.out_width, spec.out_height);
+    let n = w * h;
+    let mut valid = vec![true; n];
+    let mut inputs = Vec::with_capacity(raw.modalities.len());
+    let mut masks = Vec::with_capacity(raw.modalities.len());
+    for (m, px) in raw.modalities.iter().enumerate() {
+        let px = resize_pixels(px, pw, ph);
+        let mask = augment_plane(&px.valid, pw, ph, spec.augment);
+        let (Some(mean), Some(std)) = (norm.mean.get(m), norm.std.get(m)) else {
+            bail!(
+                "the normalisation covers {} modalities, the dataset has {}",
+                norm.mean.len(),
+                raw.modalities.len()
+            );
+        };
+        if mean.len() != px.bands || std.len() != px.bands {
+            bail!(
+                "normalisation of modality {m} has {} values for {} bands",
+                mean.len(),
+                px.bands
+            );
+        }
+        let mut values = Vec::with_capacity(px.bands * n);
+        for b in 0..px.bands {
+            let plane = augment_plane(px.band(b), pw, ph, spec.augment);
+            values.extend(plane.iter().zip(&mask).map(|(&v, &ok)| {
+                if ok {
+                    (v - mean[b]) / std[b]
+                } else {
+                    0.0
+                }
+            }));
+        }
+        for (v, &ok) in valid.iter_mut().zip(&mask) {
+            *v &= ok;
+        }
+        inputs.push(values);
+        masks.push(mask);
+    }
+    let labels = resize_nearest(&raw.labels, raw.width, raw.height, pw, ph);
+    let mut labels = augment_plane(&labels, pw, ph, spec.augment);
+    for (l, &ok) in labels.iter_mut().zip(&valid) {
+        if !ok {
+            *l = dataset.ignore_index;
+        }
+    }
+    Ok(Sample {
+        spec: *spec,
+        width: w,
+        height: h,
+        inputs,
+        masks,
+        labels,
+        valid,
+    })
+}
+
+/// A batch as tensors (on the CPU; move with `.to_device`).
+#[derive(Debug)]
+pub struct Batch {
+    /// One `[B, C, H, W]` float tensor per modality, in model order, normalised, masked pixels 0.
+    pub inputs: Vec<Tensor>,
+    /// One `[B, H, W]` bool tensor per modality: where that modality has data.
+    pub masks: Vec<Tensor>,
+    /// `[B, H, W]` int64 class ids, `ignore_index` for ignored or invalid pixels.
+    pub labels: Tensor,
+    /// `[B, H, W]` bool: every modality has data.
+    pub valid: Tensor,
+    /// What each sample is (scene, window, augmentation), for writing predictions back.
+    pub specs: Vec<SampleSpec>,
+}
+
+impl Batch {
+    /// Stacks samples of equal size into tensors.
+    pub fn from_samples(samples: &[Sample]) -> Result<Self> {
+        let first = samples
+            .first()
+            .ok_or_else(|| anyhow!("cannot make a batch of no samples"))?;
+        let (b, w, h) = (
+            samples.len() as i64,
+            first.width as i64,
+            first.height as i64,
+        );
+        let shape = |s: &Sample| {
+            let inputs: Vec<usize> = s.inputs.iter().map(Vec::len).collect();
+            (
+                s.width,
+                s.height,
+                inputs,
+                s.masks.len(),
+                s.labels.len(),
+                s.valid.len(),
+            )
+        };
+        if samples.iter().any(|s| shape(s) != shape(first)) {
+            bail!("samples of one batch must have the same size and modalities");
+        }
+        let mut inputs = Vec::new();
+        let mut masks = Vec::new();
+        for m in 0..first.inputs.len() {
+            let flat: Vec<f32> = samples
+                .iter()
+                .flat_map(|s| s.inputs[m].iter().copied())
+                .collect();
+            let c = first.inputs[m].len() as i64 / (w * h);
+            inputs.push(Tensor::from_slice(&flat).view([b, c, h, w]));
+            let mask: Vec<bool> = samples
+                .iter()
+                .flat_map(|s| s.masks[m].iter().copied())
+                .collect();
+            masks.push(Tensor::from_slice(&mask).view([b, h, w]));
+        }
+        let labels: Vec<i64> = samples
+            .iter()
+            .flat_map(|s| s.labels.iter().copied())
+            .collect();
+        let valid: Vec<bool> = samples
+            .iter()
+            .flat_map(|s| s.valid.iter().copied())
+            .collect();
+        Ok(Self {
+            inputs,
+            masks,
+            labels: Tensor::from_slice(&labels).view([b, h, w]),
+            valid: Tensor::from_slice(&valid).view([b, h, w]),
+            specs: samples.iter().map(|s| s.spec).collect(),
+        })
+    }
+}
+
+/// Batching options.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoaderOptions {
+    pub batch_size: usize,
+    /// Batches prepared ahead (the queue bound).
+    pub prefetch: usize,
+    /// Leave out a last, smaller batch.
+    pub drop_last: bool,
+}
+
+/// An iterator over batches, prepared on a background thread.
+pub struct Loader {
+    rx: Option<Receiver<Result<Batch>>>,
+    worker: Option<JoinHandle<()>>,
+    batches: usize,
+}
+
+impl Loader {
+    /// Starts preparing the batches of `specs` (in order) in the background.
+    pub fn new(
+        dataset: Arc<SceneDataset>,
+        specs: Vec<SampleSpec>,
+        norm: Arc<Normaliser>,
+        options: LoaderOptions,
+    ) -> Self {
+        let size = options.batch_size.max(1);
+        let mut chunks: Vec<Vec<SampleSpec>> =
+            specs.chunks(size).map(<[SampleSpec]>::to_vec).collect();
+        if options.drop_last && chunks.last().is_some_and(|c| c.len() < size) {
+            chunks.pop();
+        }
+        let batches = chunks.len();
+        let (tx, rx) = sync_channel(options.prefetch.max(1));
+        let worker = std::thread::spawn(move || {
+            for chunk in chunks {
+                let batch = chunk
+                    .par_iter()
+                    .map(|spec| load_sample(&dataset, spec, &norm))
+                    .collect::<Result<Vec<_>>>()
+                    .and_then(|samples| Batch::from_samples(&samples));
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Self {
+            rx: Some(rx),
+            worker: Some(worker),
+            batches,
+        }
+    }
+
+    /// Training batches of `epoch`: random crops of the split (usually train), full batches only.
+    pub fn train(exp: &Experiment, split: Split, epoch: u64) -> Result<Self> {
+        let dataset = Arc::new(SceneDataset::open(&exp.data, &exp.model, split)?);
+        Self::train_on(dataset, exp, epoch)
+    }
+
+    /// Training batches of `epoch` from an already opened dataset.
+    pub fn train_on(dataset: Arc<SceneDataset>, exp: &Experiment, epoch: u64) -> Result<Self> {
+        let norm = Arc::new(Normaliser::from_config(&exp.data, &exp.model)?);
+        let specs =
+            RandomCropSampler::from_config(&exp.data, &exp.model, exp.seed).epoch(&dataset, epoch);
+        let options = LoaderOptions {
+            batch_size: exp.data.sampling.batch_size,
+            prefetch: exp.data.sampling.prefetch,
+            drop_last: true,
+        };
+        Ok(Self::new(dataset, specs, norm, options))
+    }
+
+    /// Validation or test batches: the window grid over every scene of the split, all windows.
+    pub fn grid(exp: &Experiment, split: Split) -> Result<Self> {
+        let dataset = Arc::new(SceneDataset::open(&exp.data, &exp.model, split)?);
+        let norm = Arc::new(Normaliser::from_config(&exp.data, &exp.model)?);
+        let specs = GridSampler::from_config(&exp.data, &exp.model).windows(&dataset);
+        let options = LoaderOptions {
+            batch_size: exp.data.sampling.batch_size,
+            prefetch: exp.data.sampling.prefetch,
+            drop_last: false,
+        };
+        Ok(Self::new(dataset, specs, norm, options))
+    }
+
+    /// Number of batches this loader yields.
+    pub fn len(&self) -> usize {
+        self.batches
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches == 0
+    }
+}
+
+impl Iterator for Loader {
+    type Item = Result<Batch>;
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.as_ref()?.recv().ok()
+    }
+}
+
+impl Drop for Loader {
+    fn drop(&mut self) {
+        // Closing the queue makes a blocked worker's send fail, so it stops; then wait for it.
+        self.rx.take();
+        if let Some(worker) = self.worker.take() {
+            let _ = worker.join();
+        }
+    }
+}

@@ -1,0 +1,651 @@
+//! Rasters through GDAL: header information, windowed reads that turn nodata into a mask, the
+//! alignment check between the modalities of one sample, and tiled DEFLATE GeoTIFF writing.
+//!
+//! Nodata policy: a pixel is invalid in a raster when any of its bands holds the band's declared
+//! nodata value, NaN or an infinity, or when it lies outside the raster (a window may reach past
+//! the edge). Invalid pixels are reported in [`Pixels::valid`] and their values are set to 0; the
+//! loader later fills them after normalisation and excludes them from the loss.
+
+use anyhow::{anyhow, bail, Context, Result};
+use gdal::raster::{ColorEntry, ColorTable, GdalDataType, GdalType, RasterCreationOptions};
+use gdal::spatial_ref::SpatialRef;
+use gdal::{Dataset, DriverManager, Metadata};
+use std::path::{Path, PathBuf};
+
+/// Opens a raster read-only; the error names the file.
+pub fn open(path: &Path) -> Result<Dataset> {
+    if !path.exists() {
+        bail!("raster {} does not exist", path.display());
+    }
+    Dataset::open(path).with_context(|| format!("GDAL cannot open raster {}", path.display()))
+}
+
+/// What a raster's header says: size, bands, type, georeferencing and nodata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RasterInfo {
+    pub path: PathBuf,
+    pub width: usize,
+    pub height: usize,
+    pub bands: usize,
+    /// GDAL's name of the first band's type (`Byte`, `UInt16`, `Float32`, ...).
+    pub data_type: String,
+    /// The affine geotransform, `None` when the file has none (e.g. a plain JPEG).
+    pub geo_transform: Option<[f64; 6]>,
+    /// The CRS as WKT, `None` when the file declares none.
+    pub crs_wkt: Option<String>,
+    /// The declared nodata value of each band.
+    pub nodata: Vec<Option<f64>>,
+}
+
+impl RasterInfo {
+    /// Reads the header of `path` (no pixels).
+    pub fn read(path: &Path) -> Result<Self> {
+        Self::of(&open(path)?, path)
+    }
+
+    /// The header of an open dataset.
+    pub fn of(ds: &Dataset, path: &Path) -> Result<Self> {
+        let (width, height) = ds.raster_size();
+        let bands = ds.raster_count();
+        let mut nodata = Vec::with_capacity(bands);
+        let mut data_type = String::new();
+        for b in 1..=bands {
+            let band = ds
+                .rasterband(b)
+                .with_context(|| format!("{}: cannot read band {b}", path.display()))?;
+            let kind = band.band_type();
+            if matches!(kind, GdalDataType::Unknown) {
+                bail!(
+                    "{}: band {b} has a pixel type this reader does not handle",
+                    path.display()
+                );
+            }
+            if b == 1 {
+                data_type = kind.name();
+            }
+            nodata.push(band.no_data_value());
+        }
+        let projection = ds.projection();
+        Ok(Self {
+            path: path.to_path_buf(),
+            width,
+            height,
+            bands,
+            data_type,
+            geo_transform: ds.geo_transform().ok(),
+            crs_wkt: (!projection.trim().is_empty()).then_some(projection),
+            nodata,
+        })
+    }
+
+    /// The EPSG code of the CRS, when GDAL can tell it.
+    pub fn epsg(&self) -> Option<u32> {
+        let wkt = self.crs_wkt.as_deref()?;
+        let mut srs = SpatialRef::from_wkt(wkt).ok()?;
+        if srs.auth_code().is_err() {
+            let _ = srs.auto_identify_epsg();
+        }
+        srs.auth_code().ok().and_then(|c| u32::try_from(c).ok())
+    }
+
+    /// A short description of the CRS for messages: `EPSG:32631`, its name, or `none`.
+    pub fn crs_label(&self) -> String {
+        match (&self.crs_wkt, self.epsg()) {
+            (None, _) => "none".to_string(),
+            (Some(_), Some(code)) => format!("EPSG:{code}"),
+            (Some(wkt), None) => SpatialRef::from_wkt(wkt)
+                .ok()
+                .and_then(|s| s.name())
+                .unwrap_or_else(|| "an unnamed CRS".to_string()),
+        }
+    }
+
+    /// Checks that `other` covers the same pixels: same size and, when both are georeferenced,
+    /// the same geotransform and CRS. A raster without any georeferencing (such as the ISPRS nDSM
+    /// JPEGs) is taken to be pixel-aligned, so only its size is compared. The error names both
+    /// files and what differs.
+    pub fn check_aligned(&self, other: &RasterInfo) -> Result<()> {
+        let (a, b) = (self.path.display(), other.path.display());
+        if (self.width, self.height) != (other.width, other.height) {
+            bail!(
+                "{a} and {b} do not line up: size {}x{} vs {}x{} (width x height)",
+                self.width,
+                self.height,
+                other.width,
+                other.height
+            );
+        }
+        if let (Some(g1), Some(g2)) = (self.geo_transform, other.geo_transform) {
+            let scale = g1[1].abs().max(g1[5].abs()).max(1e-12);
+            let close = g1
+                .iter()
+                .zip(&g2)
+                .all(|(x, y)| (x - y).abs() <= 1e-6 * scale);
+            if !close {
+                bail!("{a} and {b} do not line up: geotransform {g1:?} vs {g2:?}");
+            }
+        }
+        if let (Some(w1), Some(w2)) = (&self.crs_wkt, &other.crs_wkt) {
+            if w1 != w2 && !same_crs(w1, w2) {
+                bail!(
+                    "{a} and {b} do not line up: CRS {} vs {}",
+                    self.crs_label(),
+                    other.crs_label()
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+fn same_crs(w1: &str, w2: &str) -> bool {
+    match (SpatialRef::from_wkt(w1), SpatialRef::from_wkt(w2)) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// A rectangle of pixels: the column and row of its top-left corner (possibly negative, or past
+/// the edge: the part outside the raster reads as invalid) and its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub x: i64,
+    pub y: i64,
+    pub width: usize,
+    pub height: usize,
+}
+
+impl Window {
+    pub fn new(x: i64, y: i64, width: usize, height: usize) -> Self {
+        Self {
+            x,
+            y,
+            width,
+            height,
+        }
+    }
+
+    /// The part of the window inside a `width` x `height` raster, as (x, y, w, h), or `None`.
+    pub fn clip(&self, width: usize, height: usize) -> Option<(usize, usize, usize, usize)> {
+        let x0 = self.x.max(0);
+        let y0 = self.y.max(0);
+        let x1 = (self.x + self.width as i64).min(width as i64);
+        let y1 = (self.y + self.height as i64).min(height as i64);
+        (x1 > x0 && y1 > y0).then(|| {
+            (
+                x0 as usize,
+                y0 as usize,
+                (x1 - x0) as usize,
+                (y1 - y0) as usize,
+            )
+        })
+    }
+}
+
+/// Pixels of a window: `bands` planes of `height` x `width` values (band-major, row-major), and
+/// one validity flag per pixel (false where any band is nodata, or outside the raster).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pixels {
+    pub bands: usize,
+    pub width: usize,
+    pub height: usize,
+    pub data: Vec<f32>,
+    pub valid: Vec<bool>,
+}
+
+impl Pixels {
+    /// All-invalid pixels of the given shape (values 0).
+    pub fn invalid(bands: usize, width: usize, height: usize) -> Self {
+        Self {
+            bands,
+            width,
+            height,
+            data: vec![0.0; bands * width * height],
+            valid: vec![false; width * height],
+        }
+    }
+
+    /// The plane of band `b` (0-based).
+    pub fn band(&self, b: usize) -> &[f32] {
+        let n = self.width * self.height;
+        &self.data[b * n..(b + 1) * n]
+    }
+}
+
+/// Reads `window` of every band of an open raster as `f32` (from any integer or float type),
+/// turning nodata, NaN, infinities and out-of-raster pixels into `valid = false`. Only the window
+/// is read, never the whole scene.
+pub fn read_window(ds: &Dataset, path: &Path, window: Window) -> Result<Pixels> {
+    let (rw, rh) = ds.raster_size();
+    let bands = ds.raster_count();
+    let mut out = Pixels::invalid(bands, window.width, window.height);
+    let Some((cx, cy, cw, ch)) = window.clip(rw, rh) else {
+        return Ok(out);
+    };
+    let (ox, oy) = (
+        (cx as i64 - window.x) as usize,
+        (cy as i64 - window.y) as usize,
+    );
+    let mut inside = vec![true; cw * ch];
+    let mut buf = vec![0f64; cw * ch];
+    let plane = window.width * window.height;
+    for b in 0..bands {
+        let band = ds
+            .rasterband(b + 1)
+            .with_context(|| format!("{}: cannot read band {}", path.display(), b + 1))?;
+        band.read_into_slice::<f64>(
+            (cx as isize, cy as isize),
+            (cw, ch),
+            (cw, ch),
+            &mut buf,
+            None,
+        )
+        .with_context(|| {
+            format!(
+                "{}: cannot read band {} window {window:?}",
+                path.display(),
+                b + 1
+            )
+        })?;
+        // Compare in the band's own precision, as GDAL does: a Float32 band declaring
+        // -3.40282346639e+38 holds f32::MIN, which is not that double. (The GTiff driver already
+        // adjusts such values when it reads them; other drivers may not.)
+        let float32 = matches!(band.band_type(), GdalDataType::Float32);
+        let nodata = band.no_data_value();
+        let is_nodata = |v: f64| match nodata {
+            Some(nd) if float32 => (v as f32) == (nd as f32),
+            Some(nd) => v == nd,
+            None => false,
+        };
+        let dst = &mut out.data[b * plane..(b + 1) * plane];
+        for r in 0..ch {
+            for c in 0..cw {
+                let v = buf[r * cw + c];
+                let bad = !v.is_finite() || is_nodata(v);
+                if bad {
+                    inside[r * cw + c] = false;
+                } else {
+                    dst[(oy + r) * window.width + ox + c] = v as f32;
+                }
+            }
+        }
+    }
+    for r in 0..ch {
+        for c in 0..cw {
+            let ok = inside[r * cw + c];
+            let i = (oy + r) * window.width + ox + c;
+            out.valid[i] = ok;
+            if !ok {
+                for b in 0..bands {
+                    out.data[b * plane + i] = 0.0;
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Opens `path` and reads a window of it (see [`read_window`]).
+pub fn read_window_at(path: &Path, window: Window) -> Result<Pixels> {
+    read_window(&open(path)?, path, window)
+}
+
+/// Where a raster sits: geotransform and CRS (as an EPSG code or WKT).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GeoRef {
+    pub geo_transform: [f64; 6],
+    pub crs: Crs,
+}
+
+/// A coordinate reference system for writing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Crs {
+    Epsg(u32),
+    Wkt(String),
+}
+
+impl GeoRef {
+    /// North-up georeferencing: top-left corner (`x0`, `y0`) and square pixels of `pixel` units.
+    pub fn north_up(x0: f64, y0: f64, pixel: f64, epsg: u32) -> Self {
+        Self {
+            geo_transform: [x0, pixel, 0.0, y0, 0.0, -pixel],
+            crs: Crs::Epsg(epsg),
+        }
+    }
+
+    /// The georeferencing of an existing raster, if it has one.
+    pub fn of(info: &RasterInfo) -> Option<Self> {
+        Some(Self {
+            geo_transform: info.geo_transform?,
+            crs: Crs::Wkt(info.crs_wkt.clone()?),
+        })
+    }
+
+    fn spatial_ref(&self) -> Result<SpatialRef> {
+        match &self.crs {
+            Crs::Epsg(code) => {
+                SpatialRef::from_epsg(*code).with_context(|| format!("unknown CRS EPSG:{code}"))
+            }
+            Crs::Wkt(wkt) => SpatialRef::from_wkt(wkt).context("unreadable CRS WKT"),
+        }
+    }
+}
+
+/// What to write: `bands` planes of `width` x `height` values (band-major, row-major).
+pub struct RasterData<'a, T> {
+    pub width: usize,
+    pub height: usize,
+    pub bands: usize,
+    pub data: &'a [T],
+}
+
+/// Extras of a GeoTIFF: nodata, a colour table (for class maps, index = class id), band names.
+#[derive(Debug, Clone, Default)]
+pub struct WriteOptions {
+    pub nodata: Option<f64>,
+    pub colour_table: Option<Vec<[u8; 3]>>,
+    pub band_names: Vec<String>,
+}
+
+/// Writes a tiled, DEFLATE-compressed GeoTIFF with geotransform, CRS, nodata and optional colour
+/// table, through a temporary sibling and a rename. The bytes depend only on the inputs.
+pub fn write_geotiff<T: GdalType + Copy>(
+    path: &Path,
+    raster: &RasterData<'_, T>,
+    georef: &GeoRef,
+    options: &WriteOptions,
+) -> Result<()> {
+    let RasterData {
+        width,
+        height,
+        bands,
+        data,
+    } = *raster;
+    if data.len() != width * height * bands {
+        bail!(
+            "{}: {} values given for {bands} band(s) of {width}x{height}",
+            path.display(),
+            data.len()
+        );
+    }
+    if options.colour_table.is_some()
+        && !matches!(T::datatype(), GdalDataType::UInt8 | GdalDataType::UInt16)
+    {
+        bail!(
+            "{}: a colour table needs an 8- or 16-bit unsigned raster",
+            path.display()
+        );
+    }
+    crate::fsutil::write_atomic_with(path, |tmp| write_geotiff_now(tmp, raster, georef, options))
+}
+
+fn write_geotiff_now<T: GdalType + Copy>(
+    tmp: &Path,
+    raster: &RasterData<'_, T>,
+    georef: &GeoRef,
+    options: &WriteOptions,
+) -> Result<()> {
+    let RasterData {
+        width,
+        height,
+        bands,
+        data,
+    } = *raster;
+    let driver = DriverManager::get_driver_by_name("GTiff").context("GDAL has no GTiff driver")?;
+    let block = tile_size(width.max(height));
+    let float = matches!(T::datatype(), GdalDataType::Float32 | GdalDataType::Float64);
+    let mut create = RasterCreationOptions::new();
+    for (key, value) in [
+        ("TILED", "YES".to_string()),
+        ("BLOCKXSIZE", block.to_string()),
+        ("BLOCKYSIZE", block.to_string()),
+        ("COMPRESS", "DEFLATE".to_string()),
+        ("PREDICTOR", if float { "3" } else { "2" }.to_string()),
+        ("INTERLEAVE", "BAND".to_string()),
+    ] {
+        create.add_name_value(key, &value)?;
+    }
+    let mut ds = driver
+        .create_with_band_type_with_options::<T, _>(tmp, width, height, bands, &create)
+        .with_context(|| format!("GDAL cannot create {}", tmp.display()))?;
+    ds.set_geo_transform(&georef.geo_transform)?;
+    ds.set_spatial_ref(&georef.spatial_ref()?)?;
+    let plane = width * height;
+    for b in 0..bands {
+        let mut band = ds.rasterband(b + 1)?;
+        if let Some(nodata) = options.nodata {
+            band.set_no_data_value(Some(nodata))?;
+        }
+        if let Some(name) = options.band_names.get(b) {
+            band.set_description(name)?;
+        }
+        if let Some(colours) = &options.colour_table {
+            let mut table = ColorTable::default();
+            for (i, [r, g, bl]) in colours.iter().enumerate() {
+                let index = u16::try_from(i).map_err(|_| anyhow!("colour table too long"))?;
+                table.set_color_entry(
+                    index,
+                    &ColorEntry::rgba(i16::from(*r), i16::from(*g), i16::from(*bl), 255),
+                );
+            }
+            band.set_color_table(&table);
+        }
+        let mut buffer =
+            gdal::raster::Buffer::new((width, height), data[b * plane..(b + 1) * plane].to_vec());
+        band.write((0, 0), (width, height), &mut buffer)?;
+    }
+    ds.close()
+        .with_context(|| format!("GDAL cannot finish {}", tmp.display()))
+}
+
+/// Writes a class map (one byte per pixel) with a colour table (`colours[i]` for class `i`) and
+/// `nodata` for unclassified pixels, e.g. 255.
+pub fn write_class_map(
+    path: &Path,
+    classes: &[u8],
+    width: usize,
+    height: usize,
+    georef: &GeoRef,
+    colours: &[[u8; 3]],
+    nodata: Option<u8>,
+) -> Result<()> {
+    let raster = RasterData {
+        width,
+        height,
+        bands: 1,
+        data: classes,
+    };
+    let options = WriteOptions {
+        nodata: nodata.map(f64::from),
+        colour_table: Some(colours.to_vec()),
+        band_names: vec!["class".to_string()],
+    };
+    write_geotiff(path, &raster, georef, &options)
+}
+
+/// GeoTIFF tiles must be multiples of 16; 256 for large rasters, smaller for small ones.
+fn tile_size(side: usize) -> usize {
+    side.div_ceil(16).clamp(1, 16) * 16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn georef() -> GeoRef {
+        GeoRef::north_up(500_000.0, 5_000_000.0, 0.5, 32631)
+    }
+
+    #[test]
+    fn writes_and_reads_back_every_common_type() {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, h) = (5usize, 4usize);
+        let values: Vec<f64> = (0..w * h * 2).map(|i| i as f64).collect();
+        fn roundtrip<T: GdalType + Copy>(dir: &Path, name: &str, data: Vec<T>) -> Pixels {
+            let path = dir.join(name);
+            let raster = RasterData {
+                width: 5,
+                height: 4,
+                bands: 2,
+                data: &data,
+            };
+            write_geotiff(&path, &raster, &georef(), &WriteOptions::default()).unwrap();
+            read_window_at(&path, Window::new(0, 0, 5, 4)).unwrap()
+        }
+        let expect: Vec<f32> = values.iter().map(|&v| v as f32).collect();
+        let p = dir.path();
+        assert_eq!(
+            roundtrip(p, "u8.tif", values.iter().map(|&v| v as u8).collect()).data,
+            expect
+        );
+        assert_eq!(
+            roundtrip(p, "u16.tif", values.iter().map(|&v| v as u16).collect()).data,
+            expect
+        );
+        assert_eq!(
+            roundtrip(p, "i16.tif", values.iter().map(|&v| v as i16).collect()).data,
+            expect
+        );
+        assert_eq!(
+            roundtrip(p, "f32.tif", values.iter().map(|&v| v as f32).collect()).data,
+            expect
+        );
+        let px = roundtrip(p, "f64.tif", values.clone());
+        assert_eq!(px.data, expect);
+        assert!(px.valid.iter().all(|&v| v));
+        let info = RasterInfo::read(&p.join("i16.tif")).unwrap();
+        assert_eq!((info.width, info.height, info.bands), (w, h, 2));
+        assert_eq!(info.data_type, "Int16");
+        assert_eq!(info.epsg(), Some(32631));
+        assert_eq!(info.geo_transform, Some(georef().geo_transform));
+    }
+
+    #[test]
+    fn nodata_nan_and_outside_pixels_are_masked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f.tif");
+        let mut data = vec![1.0f32; 4 * 4];
+        data[0] = -99.0;
+        data[5] = f32::NAN;
+        let raster = RasterData {
+            width: 4,
+            height: 4,
+            bands: 1,
+            data: &data,
+        };
+        let opts = WriteOptions {
+            nodata: Some(-99.0),
+            ..Default::default()
+        };
+        write_geotiff(&path, &raster, &georef(), &opts).unwrap();
+        let px = read_window_at(&path, Window::new(-1, 0, 3, 2)).unwrap();
+        // Column 0 of the window is outside; (0,0) is nodata; (1,1) is NaN.
+        assert_eq!(px.valid, vec![false, false, true, false, true, false]);
+        assert_eq!(px.data, vec![0.0, 0.0, 1.0, 0.0, 1.0, 0.0]);
+        let far = read_window_at(&path, Window::new(10, 10, 2, 2)).unwrap();
+        assert!(far.valid.iter().all(|&v| !v));
+    }
+
+    #[test]
+    fn float32_nodata_is_compared_in_single_precision() {
+        // An in-memory band keeps the declared double as it is (GTiff would round it).
+        let mem = DriverManager::get_driver_by_name("MEM").unwrap();
+        let ds = mem.create_with_band_type::<f32, _>("", 2, 1, 1).unwrap();
+        let mut band = ds.rasterband(1).unwrap();
+        band.set_no_data_value(Some(-3.40282346639e+38)).unwrap();
+        let mut buf = gdal::raster::Buffer::new((2, 1), vec![f32::MIN, 1.0]);
+        band.write((0, 0), (2, 1), &mut buf).unwrap();
+        let px = read_window(&ds, Path::new("mem"), Window::new(0, 0, 2, 1)).unwrap();
+        assert_eq!(px.valid, vec![false, true]);
+    }
+
+    #[test]
+    fn misaligned_rasters_are_named_with_what_differs() {
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, w: usize, g: GeoRef| {
+            let path = dir.path().join(name);
+            let data = vec![0u8; w * 4];
+            let raster = RasterData {
+                width: w,
+                height: 4,
+                bands: 1,
+                data: &data,
+            };
+            write_geotiff(&path, &raster, &g, &WriteOptions::default()).unwrap();
+            RasterInfo::read(&path).unwrap()
+        };
+        let a = write("a.tif", 4, georef());
+        let same = write("same.tif", 4, georef());
+        a.check_aligned(&same).unwrap();
+        let wide = write("wide.tif", 5, georef());
+        let err = a.check_aligned(&wide).unwrap_err().to_string();
+        assert!(
+            err.contains("a.tif") && err.contains("wide.tif") && err.contains("size 4x4 vs 5x4"),
+            "{err}"
+        );
+        let shifted = write(
+            "shifted.tif",
+            4,
+            GeoRef::north_up(500_010.0, 5_000_000.0, 0.5, 32631),
+        );
+        let err = a.check_aligned(&shifted).unwrap_err().to_string();
+        assert!(
+            err.contains("shifted.tif") && err.contains("geotransform"),
+            "{err}"
+        );
+        let other_crs = write(
+            "utm32.tif",
+            4,
+            GeoRef::north_up(500_000.0, 5_000_000.0, 0.5, 32632),
+        );
+        let err = a.check_aligned(&other_crs).unwrap_err().to_string();
+        assert!(
+            err.contains("CRS EPSG:32631 vs EPSG:32632") && err.contains("utm32.tif"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn class_maps_carry_a_colour_table_and_nodata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("classes.tif");
+        let colours = [[255, 255, 255], [0, 0, 255]];
+        write_class_map(&path, &[0, 1, 255, 1], 2, 2, &georef(), &colours, Some(255)).unwrap();
+        let ds = open(&path).unwrap();
+        let band = ds.rasterband(1).unwrap();
+        let table = band.color_table().unwrap();
+        let blue = table.entry_as_rgb(1).unwrap();
+        assert_eq!((blue.r, blue.g, blue.b), (0, 0, 255));
+        assert_eq!(band.no_data_value(), Some(255.0));
+        let px = read_window(&ds, &path, Window::new(0, 0, 2, 2)).unwrap();
+        assert_eq!(px.valid, vec![true, true, false, true]);
+    }
+
+    #[test]
+    fn missing_file_and_bad_buffer_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = RasterInfo::read(&dir.path().join("nope.tif"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("nope.tif") && err.contains("does not exist"),
+            "{err}"
+        );
+        let data = [0u8; 3];
+        let raster = RasterData {
+            width: 2,
+            height: 2,
+            bands: 1,
+            data: &data,
+        };
+        let err = write_geotiff(
+            &dir.path().join("x.tif"),
+            &raster,
+            &georef(),
+            &WriteOptions::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("3 values given"), "{err}");
+    }
+}

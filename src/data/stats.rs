@@ -1,0 +1,375 @@
+//! Normalisation statistics and class frequencies of a split, and their atomic write-back into
+//! an experiment YAML (`dis2 stats --config ...`), keeping the rest of the file as it is.
+
+use anyhow::{anyhow, bail, Context, Result};
+use rayon::prelude::*;
+use std::path::Path;
+
+use super::config::Normalisation;
+use super::dataset::SceneDataset;
+use super::layouts::Split;
+use super::raster::{self, Window};
+use crate::config::{from_yaml_str, Experiment};
+
+/// Rows read at a time: scenes are read in strips, never whole.
+const STRIP_ROWS: usize = 256;
+
+/// Running mean and sum of squared deviations (Chan et al.'s parallel update).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Moments {
+    pub count: u64,
+    pub mean: f64,
+    pub m2: f64,
+}
+
+impl Moments {
+    fn of(values: impl Iterator<Item = f64>) -> Self {
+        let mut m = Moments::default();
+        for v in values {
+            m.count += 1;
+            let d = v - m.mean;
+            m.mean += d / m.count as f64;
+            m.m2 += d * (v - m.mean);
+        }
+        m
+    }
+
+    fn merge(self, o: Moments) -> Moments {
+        if self.count == 0 {
+            return o;
+        }
+        if o.count == 0 {
+            return self;
+        }
+        let count = self.count + o.count;
+        let d = o.mean - self.mean;
+        Moments {
+            count,
+            mean: self.mean + d * o.count as f64 / count as f64,
+            m2: self.m2 + o.m2 + d * d * self.count as f64 * o.count as f64 / count as f64,
+        }
+    }
+
+    /// Population standard deviation.
+    pub fn std(&self) -> f64 {
+        if self.count == 0 {
+            0.0
+        } else {
+            (self.m2 / self.count as f64).sqrt()
+        }
+    }
+}
+
+/// Statistics of one split.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetStats {
+    /// Per model modality, per band, over the pixels valid in that modality.
+    pub bands: Vec<Vec<Moments>>,
+    /// Pixels of each class.
+    pub class_counts: Vec<u64>,
+    /// Ignored or unlabelled pixels.
+    pub ignored: u64,
+}
+
+impl DatasetStats {
+    /// The `data.normalisation` entries, in model order (a zero std becomes 1).
+    pub fn normalisation(&self) -> Vec<Normalisation> {
+        self.bands
+            .iter()
+            .map(|bands| Normalisation {
+                mean: bands.iter().map(|m| m.mean).collect(),
+                std: bands
+                    .iter()
+                    .map(|m| if m.std() > 0.0 { m.std() } else { 1.0 })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// Median-frequency class weights: `median(f) / f_c`, 0 for absent classes.
+    pub fn class_weights(&self) -> Vec<f64> {
+        let total: u64 = self.class_counts.iter().sum();
+        let freqs: Vec<f64> = self
+            .class_counts
+            .iter()
+            .map(|&c| c as f64 / total.max(1) as f64)
+            .collect();
+        let mut present: Vec<f64> = freqs.iter().copied().filter(|&f| f > 0.0).collect();
+        present.sort_by(f64::total_cmp);
+        let median = match present.len() {
+            0 => return vec![1.0; freqs.len()],
+            k if k % 2 == 1 => present[k / 2],
+            k => 0.5 * (present[k / 2 - 1] + present[k / 2]),
+        };
+        freqs
+            .iter()
+            .map(|&f| if f > 0.0 { median / f } else { 0.0 })
+            .collect()
+    }
+
+    fn merge(mut self, o: DatasetStats) -> DatasetStats {
+        for (a, b) in self.bands.iter_mut().zip(o.bands) {
+            for (x, y) in a.iter_mut().zip(b) {
+                *x = x.merge(y);
+            }
+        }
+        for (a, b) in self.class_counts.iter_mut().zip(o.class_counts) {
+            *a += b;
+        }
+        self.ignored += o.ignored;
+        self
+    }
+}
+
+/// Computes the statistics of every scene (in parallel, merged in scene order so the result does
+/// not depend on scheduling).
+pub fn compute(dataset: &SceneDataset) -> Result<DatasetStats> {
+    let per_scene = (0..dataset.len())
+        .into_par_iter()
+        .map(|i| scene_stats(dataset, i))
+        .collect::<Result<Vec<_>>>()?;
+    let empty = DatasetStats {
+        bands: dataset
+            .modalities
+            .iter()
+            .map(|m| vec![Moments::default(); m.channels.max(0) as usize])
+            .collect(),
+        class_counts: vec![0; dataset.num_classes.max(0) as usize],
+        ignored: 0,
+    };
+    Ok(per_scene.into_iter().fold(empty, DatasetStats::merge))
+}
+
+fn scene_stats(dataset: &SceneDataset, index: usize) -> Result<DatasetStats> {
+    let scene = &dataset.scenes[index];
+    let mut out: Option<DatasetStats> = None;
+    for y in (0..scene.height()).step_by(STRIP_ROWS) {
+        let window = Window::new(
+            0,
+            y as i64,
+            scene.width(),
+            STRIP_ROWS.min(scene.height() - y),
+        );
+        let strip = strip_stats(dataset, index, window)?;
+        out = Some(match out {
+            Some(acc) => acc.merge(strip),
+            None => strip,
+        });
+    }
+    out.ok_or_else(|| anyhow!("scene {} is empty", scene.id))
+}
+
+fn strip_stats(dataset: &SceneDataset, index: usize, window: Window) -> Result<DatasetStats> {
+    let scene = &dataset.scenes[index];
+    let mut bands = Vec::new();
+    for path in &scene.modalities {
+        let px = raster::read_window_at(path, window)?;
+        bands.push(
+            (0..px.bands)
+                .map(|b| {
+                    Moments::of(
+                        px.band(b)
+                            .iter()
+                            .zip(&px.valid)
+                            .filter(|(_, &ok)| ok)
+                            .map(|(&v, _)| f64::from(v)),
+                    )
+                })
+                .collect(),
+        );
+    }
+    let mut class_counts = vec![0u64; dataset.num_classes.max(0) as usize];
+    let mut ignored = 0;
+    if let Some(path) = &scene.label {
+        let px = raster::read_window_at(path, window)?;
+        for id in dataset
+            .decoder
+            .decode(&px, path, dataset.num_classes, dataset.ignore_index)?
+        {
+            match class_counts.get_mut(id as usize) {
+                Some(c) if id >= 0 => *c += 1,
+                _ => ignored += 1,
+            }
+        }
+    } else {
+        ignored = (window.width * window.height) as u64;
+    }
+    Ok(DatasetStats {
+        bands,
+        class_counts,
+        ignored,
+    })
+}
+
+/// Computes the train-split statistics of the experiment at `path` and writes
+/// `data.normalisation` (and `data.class_weights` when asked) back into the file.
+pub fn update_experiment(path: &Path, class_weights: bool) -> Result<DatasetStats> {
+    let exp = Experiment::load(path, &[])?;
+    let dataset = SceneDataset::open(&exp.data, &exp.model, Split::Train)?;
+    let stats = compute(&dataset)?;
+    let names: Vec<&str> = exp
+        .model
+        .modalities
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut block = String::from("normalisation:\n");
+    for (name, norm) in names.iter().zip(stats.normalisation()) {
+        block.push_str(&format!(
+            "  {name}: {{mean: {}, std: {}}}\n",
+            flow_list(&norm.mean),
+            flow_list(&norm.std)
+        ));
+    }
+    let mut updated = upsert_data_key(&text, "normalisation", &block)?;
+    if class_weights {
+        let line = format!("class_weights: {}\n", flow_list(&stats.class_weights()));
+        updated = upsert_data_key(&updated, "class_weights", &line)?;
+    }
+    let check: Experiment =
+        from_yaml_str(&updated).map_err(|e| anyhow!("{} after the update: {e}", path.display()))?;
+    check
+        .data
+        .validate(&check.model)
+        .with_context(|| format!("{} after the update: key `data`", path.display()))?;
+    crate::fsutil::write_atomic(path, updated.as_bytes())?;
+    Ok(stats)
+}
+
+/// `[1.5, 2.0]` with enough digits to round-trip to f32 precision.
+fn flow_list(values: &[f64]) -> String {
+    let items: Vec<String> = values
+        .iter()
+        .map(|&v| {
+            let s = format!("{}", v as f32);
+            if s.contains(['.', 'e', 'n', 'i']) {
+                s
+            } else {
+                format!("{s}.0")
+            }
+        })
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// Sets `data.<key>` in YAML text to `block` (text starting with `key:`, children indented by 2):
+/// replaces the existing entry with its nested lines, or appends it to the `data:` section
+/// (adding a `data:` section at the end when there is none). Comments and the other keys are
+/// kept as written.
+pub fn upsert_data_key(text: &str, key: &str, block: &str) -> Result<String> {
+    let lines: Vec<&str> = text.lines().collect();
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let is_content = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
+    let Some(data_at) = lines.iter().position(|l| l.starts_with("data:")) else {
+        let mut out = text.trim_end().to_string();
+        out.push_str("\ndata:\n");
+        out.push_str(&indent_block(block, 2));
+        return Ok(out);
+    };
+    let rest = lines[data_at]["data:".len()..].trim();
+    if !rest.is_empty() && !rest.starts_with('#') {
+        bail!("the `data:` section is written in flow style (`data: {{...}}`); write it as a block to let dis2 update {key}");
+    }
+    let end = (data_at + 1..lines.len())
+        .find(|&i| is_content(lines[i]) && indent(lines[i]) == 0)
+        .unwrap_or(lines.len());
+    let child = (data_at + 1..end)
+        .find(|&i| is_content(lines[i]))
+        .map(|i| indent(lines[i]))
+        .unwrap_or(2);
+    let prefix = format!("{key}:");
+    let found = (data_at + 1..end).find(|&i| {
+        let l = lines[i];
+        indent(l) == child && l.trim_start().starts_with(&prefix) && is_content(l)
+    });
+    let (from, to) = match found {
+        Some(start) => {
+            let mut stop = start + 1;
+            while stop < end && (!is_content(lines[stop]) || indent(lines[stop]) > child) {
+                stop += 1;
+            }
+            while stop > start + 1 && lines[stop - 1].trim().is_empty() {
+                stop -= 1;
+            }
+            (start, stop)
+        }
+        None => {
+            // After the last line of the section that is not blank.
+            let last = (data_at..end)
+                .rev()
+                .find(|&i| !lines[i].trim().is_empty())
+                .unwrap_or(data_at);
+            (last + 1, last + 1)
+        }
+    };
+    let mut out = String::new();
+    for l in &lines[..from] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push_str(&indent_block(block, child));
+    for l in &lines[to..] {
+        out.push_str(l);
+        out.push('\n');
+    }
+    Ok(out)
+}
+
+fn indent_block(block: &str, by: usize) -> String {
+    block
+        .lines()
+        .map(|l| format!("{}{l}\n", " ".repeat(by)))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn moments_merge_like_one_pass() {
+        let values: Vec<f64> = (0..100).map(|i| (i * 7 % 13) as f64).collect();
+        let whole = Moments::of(values.iter().copied());
+        let parts = Moments::of(values[..37].iter().copied())
+            .merge(Moments::of(values[37..].iter().copied()));
+        assert!(
+            (whole.mean - parts.mean).abs() < 1e-12 && (whole.std() - parts.std()).abs() < 1e-12
+        );
+    }
+
+    #[test]
+    fn class_weights_use_median_frequency() {
+        let stats = DatasetStats {
+            bands: vec![],
+            class_counts: vec![100, 300, 0, 50],
+            ignored: 0,
+        };
+        let w = stats.class_weights();
+        assert_eq!(w[1], 1.0 / 3.0);
+        assert_eq!((w[0], w[2], w[3]), (1.0, 0.0, 2.0));
+    }
+
+    #[test]
+    fn upsert_replaces_or_inserts_and_keeps_comments() {
+        let text = "# top comment\nname: x\ndata:\n  # dataset\n  dataset:\n    synthetic: {root: d}\n  normalisation:\n    sar: {mean: [0], std: [1]}\n\n  ignore_index: 255\nseed: 3 # after\n";
+        let block = "normalisation:\n  sar: {mean: [2.0], std: [3.0]}\n";
+        let out = upsert_data_key(text, "normalisation", block).unwrap();
+        assert_eq!(
+            out,
+            "# top comment\nname: x\ndata:\n  # dataset\n  dataset:\n    synthetic: {root: d}\n  normalisation:\n    sar: {mean: [2.0], std: [3.0]}\n\n  ignore_index: 255\nseed: 3 # after\n"
+        );
+        let out = upsert_data_key(&out, "class_weights", "class_weights: [1.0]\n").unwrap();
+        assert!(
+            out.contains("  ignore_index: 255\n  class_weights: [1.0]\nseed: 3 # after\n"),
+            "{out}"
+        );
+        let none = upsert_data_key("name: x\n", "class_weights", "class_weights: [1.0]\n").unwrap();
+        assert_eq!(none, "name: x\ndata:\n  class_weights: [1.0]\n");
+        let err = upsert_data_key("data: {ignore_index: 3}\n", "normalisation", block)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("flow style"), "{err}");
+    }
+}

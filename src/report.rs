@@ -1,0 +1,246 @@
+//! PNG figures for reports: the confusion matrix and the grouped bar chart of a sweep.
+//! Drawn with plotters into memory, encoded with `image`, and written atomically.
+
+use anyhow::{anyhow, ensure, Context, Result};
+use image::ImageEncoder;
+use plotters::prelude::*;
+use std::path::Path;
+
+use crate::metrics::ConfusionMatrix;
+
+/// Encodes `width x height` RGB bytes as PNG and writes them through a temporary file.
+pub fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
+    ensure!(
+        rgb.len() == (width * height * 3) as usize,
+        "{} bytes for a {width}x{height} RGB image",
+        rgb.len()
+    );
+    let mut bytes = Vec::new();
+    image::codecs::png::PngEncoder::new(&mut bytes)
+        .write_image(rgb, width, height, image::ExtendedColorType::Rgb8)
+        .with_context(|| format!("cannot encode {}", path.display()))?;
+    crate::fsutil::write_atomic(path, &bytes)
+}
+
+fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+    anyhow!("drawing failed: {e:?}")
+}
+
+/// The confusion matrix as a heat map, rows normalised (recall), with the counts' share printed
+/// in each cell. Rows: reference; columns: prediction.
+pub fn confusion_matrix_png(
+    path: &Path,
+    cm: &ConfusionMatrix,
+    class_names: &[String],
+) -> Result<()> {
+    let k = cm.classes();
+    ensure!(
+        class_names.len() == k,
+        "{} class names for {k} classes",
+        class_names.len()
+    );
+    let cell = 64u32;
+    let (width, height) = (180 + cell * k as u32 + 40, 70 + cell * k as u32 + 130);
+    let mut rgb = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        root.draw(&Text::new(
+            "Confusion matrix (rows: reference, share of the row)",
+            (20, 20),
+            ("sans-serif", 18).into_font(),
+        ))
+        .map_err(draw_err)?;
+        let rows = cm.rows();
+        let (x0, y0) = (180i32, 70i32);
+        for (r, row) in rows.iter().enumerate() {
+            let total: u64 = row.iter().sum();
+            for (c, &count) in row.iter().enumerate() {
+                let share = if total > 0 {
+                    count as f64 / total as f64
+                } else {
+                    0.0
+                };
+                let (x, y) = (x0 + (c as i32) * cell as i32, y0 + (r as i32) * cell as i32);
+                let shade = (255.0 * (1.0 - share)) as u8;
+                let colour = RGBColor(shade, shade, 255);
+                root.draw(&Rectangle::new(
+                    [(x, y), (x + cell as i32, y + cell as i32)],
+                    colour.filled(),
+                ))
+                .map_err(draw_err)?;
+                let text_colour = if share > 0.5 { WHITE } else { BLACK };
+                let label = if total > 0 {
+                    format!("{:.2}", share)
+                } else {
+                    "-".into()
+                };
+                root.draw(&Text::new(
+                    label,
+                    (x + 14, y + 24),
+                    ("sans-serif", 15).into_font().color(&text_colour),
+                ))
+                .map_err(draw_err)?;
+            }
+            root.draw(&Text::new(
+                truncate(&class_names[r], 18),
+                (10, y0 + (r as i32) * cell as i32 + 24),
+                ("sans-serif", 15).into_font(),
+            ))
+            .map_err(draw_err)?;
+        }
+        for (c, name) in class_names.iter().enumerate() {
+            let x = x0 + (c as i32) * cell as i32 + 8;
+            let y = y0 + (k as i32) * cell as i32 + 10;
+            let style = ("sans-serif", 14)
+                .into_font()
+                .transform(FontTransform::Rotate90);
+            root.draw(&Text::new(truncate(name, 14), (x + 20, y), style))
+                .map_err(draw_err)?;
+        }
+        root.draw(&Text::new(
+            "prediction",
+            (x0, height as i32 - 24),
+            ("sans-serif", 15).into_font(),
+        ))
+        .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    write_png(path, &rgb, width, height)
+}
+
+fn truncate(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
+/// A grouped bar chart: one group per entry of `groups` (for instance scenarios), one bar per
+/// series (for instance methods); missing values leave a gap. Values in [0, 1].
+pub fn grouped_bars_png(
+    path: &Path,
+    title: &str,
+    groups: &[String],
+    series: &[(String, Vec<Option<f64>>)],
+    y_label: &str,
+) -> Result<()> {
+    ensure!(!groups.is_empty() && !series.is_empty(), "nothing to plot");
+    for (name, values) in series {
+        ensure!(
+            values.len() == groups.len(),
+            "series {name:?} has {} values for {} groups",
+            values.len(),
+            groups.len()
+        );
+    }
+    let (width, height) = (
+        160 + 110 * groups.len() as u32 * (series.len() as u32).max(2) / 2,
+        480u32,
+    );
+    let mut rgb = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        let n = groups.len() as f64;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(title, ("sans-serif", 20))
+            .margin(12)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..n, 0.0..1.0)
+            .map_err(draw_err)?;
+        let labels = groups.to_vec();
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(groups.len() * 2 + 1)
+            .x_label_formatter(&|x| {
+                let i = x.floor() as usize;
+                if (x - x.floor() - 0.5).abs() < 1e-6 && i < labels.len() {
+                    labels[i].clone()
+                } else {
+                    String::new()
+                }
+            })
+            .y_desc(y_label)
+            .draw()
+            .map_err(draw_err)?;
+        let bar_w = 0.8 / series.len() as f64;
+        for (s, (name, values)) in series.iter().enumerate() {
+            let colour = Palette99::pick(s).to_rgba();
+            let bars = values.iter().enumerate().filter_map(|(g, v)| {
+                v.map(|v| {
+                    let x = g as f64 + 0.1 + s as f64 * bar_w;
+                    Rectangle::new(
+                        [(x, 0.0), (x + bar_w * 0.95, v.clamp(0.0, 1.0))],
+                        colour.filled(),
+                    )
+                })
+            });
+            chart
+                .draw_series(bars)
+                .map_err(draw_err)?
+                .label(name.as_str())
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
+                });
+        }
+        chart
+            .configure_series_labels()
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .position(SeriesLabelPosition::UpperRight)
+            .draw()
+            .map_err(draw_err)?;
+        root.present().map_err(draw_err)?;
+    }
+    write_png(path, &rgb, width, height)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn confusion_matrix_figure_is_a_png_of_the_expected_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cm = ConfusionMatrix::new(3);
+        cm.add_pairs(&[0, 0, 1, 2, 2, 2], &[0, 1, 1, 2, 2, 0], -1)
+            .unwrap();
+        let names: Vec<String> = ["impervious", "building", "tree"]
+            .map(String::from)
+            .to_vec();
+        let path = dir.path().join("cm.png");
+        confusion_matrix_png(&path, &cm, &names).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        assert_eq!(
+            (img.width(), img.height()),
+            (180 + 192 + 40, 70 + 192 + 130)
+        );
+        // The (0,0) cell holds 0.5 of its row: a mid blue.
+        let p = img.get_pixel(180 + 2, 70 + 2).0;
+        assert_eq!(p, [127, 127, 255]);
+        assert!(confusion_matrix_png(&path, &cm, &names[..2]).is_err());
+    }
+
+    #[test]
+    fn grouped_bars_draw_each_series() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bars.png");
+        let groups: Vec<String> = ["full", "-dsm"].map(String::from).to_vec();
+        let series = vec![
+            ("teacher".to_string(), vec![Some(0.8), Some(0.5)]),
+            ("dis2".to_string(), vec![Some(0.8), None]),
+        ];
+        grouped_bars_png(&path, "mIoU", &groups, &series, "mIoU").unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let coloured = img
+            .pixels()
+            .filter(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2])
+            .count();
+        assert!(
+            coloured > 1000,
+            "bars are drawn: {coloured} coloured pixels"
+        );
+        let bad = vec![("x".to_string(), vec![Some(0.1)])];
+        assert!(grouped_bars_png(&path, "t", &groups, &bad, "y").is_err());
+    }
+}

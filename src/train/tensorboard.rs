@@ -1,0 +1,247 @@
+//! TensorBoard event files through `tensorboard-rs`, and a reader that checks what was written
+//! (record framing with its masked CRC-32C, then the `Event` protocol buffers).
+
+use anyhow::{bail, Context, Result};
+use protobuf::Message;
+use std::path::{Path, PathBuf};
+use tensorboard_proto::event::Event;
+use tensorboard_rs::summary_writer::SummaryWriter;
+
+/// Scalars and images of one run, under `<run>/tensorboard`.
+pub struct RunLog {
+    writer: SummaryWriter,
+    dir: PathBuf,
+}
+
+impl RunLog {
+    /// Opens a new event file in `dir` (created if needed). A resumed run adds a second file to
+    /// the same directory; TensorBoard reads them as one run.
+    pub fn create(dir: &Path) -> Result<Self> {
+        // tensorboard-rs panics on I/O errors; make sure the directory is usable first.
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create TensorBoard directory {}", dir.display()))?;
+        let probe = dir.join(".write-test");
+        std::fs::write(&probe, b"")
+            .with_context(|| format!("TensorBoard directory {} is not writable", dir.display()))?;
+        let _ = std::fs::remove_file(probe);
+        Ok(Self {
+            writer: SummaryWriter::new(dir),
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn scalar(&mut self, tag: &str, value: f64, step: u64) {
+        self.writer.add_scalar(tag, value as f32, step as usize);
+    }
+
+    /// An RGB image, `rgb` holding `height * width * 3` bytes row by row.
+    pub fn image(
+        &mut self,
+        tag: &str,
+        rgb: &[u8],
+        height: usize,
+        width: usize,
+        step: u64,
+    ) -> Result<()> {
+        if rgb.len() != height * width * 3 || height == 0 || width == 0 {
+            bail!(
+                "image {tag:?}: {} bytes for {height}x{width} RGB",
+                rgb.len()
+            );
+        }
+        // tensorboard-rs builds its PNG as `RgbImage::new(dim[1], dim[2])`, i.e. (width, height),
+        // so the dimensions go in as [3, width, height] for row-major RGB bytes.
+        self.writer
+            .add_image(tag, rgb, &[3, width, height], step as usize);
+        Ok(())
+    }
+
+    pub fn flush(&mut self) {
+        self.writer.flush();
+    }
+}
+
+/// One value read back from an event file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    Scalar {
+        tag: String,
+        step: i64,
+        value: f32,
+    },
+    /// An image with the PNG bytes it holds.
+    Image {
+        tag: String,
+        step: i64,
+        png: Vec<u8>,
+    },
+}
+
+/// Reads every event file in `dir` (sorted by name) and returns the scalars and images in order.
+/// Fails on a bad length or data checksum, a truncated record or an undecodable event.
+pub fn read_records(dir: &Path) -> Result<Vec<Record>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("events.out.tfevents."))
+        })
+        .collect();
+    files.sort();
+    let mut records = Vec::new();
+    for file in files {
+        let bytes =
+            std::fs::read(&file).with_context(|| format!("cannot read {}", file.display()))?;
+        for payload in split_records(&bytes).with_context(|| format!("in {}", file.display()))? {
+            let event = Event::parse_from_bytes(payload)
+                .with_context(|| format!("undecodable event in {}", file.display()))?;
+            if !event.has_summary() {
+                continue;
+            }
+            for value in event.get_summary().get_value() {
+                let tag = value.get_tag().to_string();
+                let step = event.get_step();
+                if value.has_simple_value() {
+                    records.push(Record::Scalar {
+                        tag,
+                        step,
+                        value: value.get_simple_value(),
+                    });
+                } else if value.has_image() {
+                    let png = value.get_image().get_encoded_image_string().to_vec();
+                    records.push(Record::Image { tag, step, png });
+                }
+            }
+        }
+    }
+    Ok(records)
+}
+
+/// Splits TFRecord framing: u64 length, masked CRC of the length, data, masked CRC of the data.
+pub fn split_records(mut bytes: &[u8]) -> Result<Vec<&[u8]>> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        if bytes.len() < 12 {
+            bail!("truncated record header ({} bytes left)", bytes.len());
+        }
+        let len_bytes = &bytes[..8];
+        let len = u64::from_le_bytes(len_bytes.try_into()?) as usize;
+        let len_crc = u32::from_le_bytes(bytes[8..12].try_into()?);
+        if len_crc != masked_crc32c(len_bytes) {
+            bail!("bad length checksum");
+        }
+        let rest = &bytes[12..];
+        if rest.len() < len + 4 {
+            bail!(
+                "truncated record: {len} bytes announced, {} left",
+                rest.len().saturating_sub(4)
+            );
+        }
+        let data = &rest[..len];
+        let data_crc = u32::from_le_bytes(rest[len..len + 4].try_into()?);
+        if data_crc != masked_crc32c(data) {
+            bail!("bad data checksum");
+        }
+        out.push(data);
+        bytes = &rest[len + 4..];
+    }
+    Ok(out)
+}
+
+/// CRC-32C (Castagnoli), masked as TFRecord does.
+fn masked_crc32c(data: &[u8]) -> u32 {
+    let mut crc = !0u32;
+    for &byte in data {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0x82F6_3B78
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    let crc = !crc;
+    crc.rotate_right(15).wrapping_add(0xa282_ead8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc32c_known_answer() {
+        // CRC-32C of "123456789" is 0xE3069283 (RFC 3720 check value).
+        let crc = masked_crc32c(b"123456789")
+            .wrapping_sub(0xa282_ead8)
+            .rotate_left(15);
+        assert_eq!(crc, 0xE306_9283);
+    }
+
+    #[test]
+    fn scalars_and_images_read_back() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = RunLog::create(dir.path()).unwrap();
+            log.scalar("loss/total", 1.5, 1);
+            log.scalar("loss/total", 0.25, 2);
+            log.scalar("lr", 0.01, 2);
+            let (h, w) = (2, 3);
+            let rgb: Vec<u8> = (0..h * w * 3).map(|i| i as u8 * 10).collect();
+            log.image("pred", &rgb, h, w, 2).unwrap();
+            assert!(log.image("bad", &rgb, 5, 5, 2).is_err());
+            log.flush();
+        } // dropping the writer joins its thread and flushes the file
+        let records = read_records(dir.path()).unwrap();
+        let scalars: Vec<_> = records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Scalar { tag, step, value } => Some((tag.as_str(), *step, *value)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            scalars,
+            vec![
+                ("loss/total", 1, 1.5),
+                ("loss/total", 2, 0.25),
+                ("lr", 2, 0.01)
+            ]
+        );
+        let png = records.iter().find_map(|r| match r {
+            Record::Image { png, .. } => Some(png.clone()),
+            _ => None,
+        });
+        let img = image::load_from_memory(&png.expect("an image record"))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!((img.height(), img.width()), (2, 3));
+        assert_eq!(img.get_pixel(1, 0).0, [30, 40, 50]);
+    }
+
+    #[test]
+    fn corrupt_files_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut log = RunLog::create(dir.path()).unwrap();
+            log.scalar("x", 1.0, 1);
+        }
+        let file = std::fs::read_dir(dir.path())
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let last = bytes.len() - 6;
+        bytes[last] ^= 0xff;
+        std::fs::write(&file, &bytes).unwrap();
+        let err = format!("{:#}", read_records(dir.path()).unwrap_err());
+        assert!(err.contains("checksum"), "{err}");
+    }
+}
