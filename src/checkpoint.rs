@@ -23,6 +23,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
+use crate::data::config::{default_class_table, ClassInfo, DataConfig, Normalisation};
 use crate::fsutil::{write_atomic, write_atomic_with};
 use crate::model::config::ModelConfig;
 use crate::model::Dis2Net;
@@ -43,6 +44,13 @@ pub struct CheckpointInfo {
     /// Class names, when known (K entries).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub class_names: Option<Vec<String>>,
+    /// Class colours for class maps and figures (K entries), when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_colours: Option<Vec<[u8; 3]>>,
+    /// Per-modality input normalisation the model was trained with, so that prediction needs
+    /// no experiment file.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub normalisation: BTreeMap<String, Normalisation>,
     /// Free-form information for later tools (training step, metrics, source).
     #[serde(default)]
     pub metadata: BTreeMap<String, serde_yaml::Value>,
@@ -59,8 +67,38 @@ impl CheckpointInfo {
             version: VERSION,
             model,
             class_names: None,
+            class_colours: None,
+            normalisation: BTreeMap::new(),
             metadata: BTreeMap::new(),
         })
+    }
+}
+
+impl CheckpointInfo {
+    /// Records the class table and the normalisation of the data a model is trained on.
+    pub fn with_data(mut self, data: &DataConfig) -> Self {
+        let classes = data.class_table(self.model.num_classes as usize);
+        self.class_names = Some(classes.iter().map(|c| c.name.clone()).collect());
+        self.class_colours = Some(classes.iter().map(|c| c.colour).collect());
+        self.normalisation = data.normalisation.clone();
+        self
+    }
+
+    /// The class table: the recorded names and colours, or `class N` with a fixed palette.
+    pub fn class_table(&self) -> Vec<ClassInfo> {
+        let k = self.model.num_classes as usize;
+        let mut table = default_class_table(k);
+        if let Some(names) = self.class_names.as_ref().filter(|n| n.len() == k) {
+            for (entry, name) in table.iter_mut().zip(names) {
+                entry.name = name.clone();
+            }
+        }
+        if let Some(colours) = self.class_colours.as_ref().filter(|c| c.len() == k) {
+            for (entry, colour) in table.iter_mut().zip(colours) {
+                entry.colour = *colour;
+            }
+        }
+        table
     }
 }
 

@@ -38,6 +38,9 @@ pub struct DataConfig {
     /// Crops, augmentation and batching.
     #[serde(default)]
     pub sampling: SamplingConfig,
+    /// Class names and colours in id order; default: the layout's own table (see `class_table`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<ClassInfo>>,
 }
 
 fn default_ignore_index() -> i64 {
@@ -52,6 +55,7 @@ impl Default for DataConfig {
             normalisation: BTreeMap::new(),
             class_weights: None,
             sampling: SamplingConfig::default(),
+            classes: None,
         }
     }
 }
@@ -322,6 +326,15 @@ pub struct GenericSplit {
 impl DataConfig {
     /// Checks the section against the model; messages name the key below `data`.
     pub fn validate(&self, model: &ModelConfig) -> Result<()> {
+        if let Some(classes) = &self.classes {
+            if classes.len() as i64 != model.num_classes {
+                bail!(
+                    "classes: {} entries for num_classes {}",
+                    classes.len(),
+                    model.num_classes
+                );
+            }
+        }
         if (0..model.num_classes).contains(&self.ignore_index) {
             bail!(
                 "ignore_index: {} is a class id (model.num_classes is {}); use e.g. 255",
@@ -405,5 +418,108 @@ impl SamplingConfig {
             bail!("sampling.val_stride: must be at least 1");
         }
         Ok(())
+    }
+}
+
+/// A class: its name and the colour used for class maps and figures.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassInfo {
+    pub name: String,
+    pub colour: [u8; 3],
+}
+
+impl DataConfig {
+    /// The classes of this dataset in id order: the layout's own table (synthetic benchmark,
+    /// ISPRS) or, for other layouts, `class N` with a fixed palette. Exactly `num_classes` entries.
+    pub fn class_table(&self, num_classes: usize) -> Vec<ClassInfo> {
+        if let Some(classes) = self.classes.as_ref().filter(|c| c.len() == num_classes) {
+            return classes.clone();
+        }
+        let known: &[(&str, [u8; 3])] = match self.dataset {
+            DatasetConfig::Synthetic(_) => &crate::data::synth::CLASSES,
+            DatasetConfig::Potsdam(_) | DatasetConfig::Vaihingen(_) => {
+                &crate::data::labels::ISPRS_CLASSES
+            }
+            DatasetConfig::WhuOptSar(_) | DatasetConfig::Generic(_) => &[],
+        };
+        let mut table = default_class_table(num_classes);
+        for (entry, (name, colour)) in table.iter_mut().zip(known) {
+            entry.name = name.to_string();
+            entry.colour = *colour;
+        }
+        table
+    }
+}
+
+/// `class 0`, `class 1`, ... with distinct colours: the table of a dataset that names none.
+pub fn default_class_table(num_classes: usize) -> Vec<ClassInfo> {
+    (0..num_classes)
+        .map(|i| ClassInfo {
+            name: format!("class {i}"),
+            colour: fallback_colour(i),
+        })
+        .collect()
+}
+
+/// A distinct colour for class `i` (golden-angle hues).
+fn fallback_colour(i: usize) -> [u8; 3] {
+    let h = (i as f64 * 137.508) % 360.0;
+    let x = 1.0 - ((h / 60.0) % 2.0 - 1.0).abs();
+    let (r, g, b) = match (h / 60.0) as u32 {
+        0 => (1.0, x, 0.0),
+        1 => (x, 1.0, 0.0),
+        2 => (0.0, 1.0, x),
+        3 => (0.0, x, 1.0),
+        4 => (x, 0.0, 1.0),
+        _ => (1.0, 0.0, x),
+    };
+    let scale = |v: f64| (40.0 + 200.0 * v) as u8;
+    [scale(r), scale(g), scale(b)]
+}
+
+#[cfg(test)]
+mod class_table_tests {
+    use super::*;
+
+    #[test]
+    fn known_layouts_name_their_classes_and_others_get_distinct_colours() {
+        let synthetic = DataConfig::default().class_table(6);
+        assert_eq!(synthetic[5].name, "water");
+        assert_eq!(synthetic[1].colour, [0, 0, 255]);
+        let generic = DataConfig {
+            dataset: DatasetConfig::Generic(GenericConfig {
+                train: GenericSplit {
+                    modalities: BTreeMap::new(),
+                    labels: None,
+                },
+                val: None,
+                test: None,
+                class_codes: None,
+                ignore_codes: Vec::new(),
+            }),
+            ..DataConfig::default()
+        };
+        let table = generic.class_table(8);
+        assert_eq!(table[3].name, "class 3");
+        let named = DataConfig {
+            classes: Some(vec![
+                ClassInfo {
+                    name: "land".into(),
+                    colour: [1, 2, 3],
+                },
+                ClassInfo {
+                    name: "sea".into(),
+                    colour: [4, 5, 6],
+                },
+            ]),
+            ..DataConfig::default()
+        };
+        assert_eq!(named.class_table(2)[1].name, "sea");
+        for i in 0..8 {
+            for j in 0..i {
+                assert_ne!(table[i].colour, table[j].colour);
+            }
+        }
     }
 }
