@@ -102,8 +102,13 @@ impl CheckpointInfo {
     }
 }
 
-/// The two files of a checkpoint named `path` (with or without extension).
+/// The two files of a checkpoint named `path`: `NAME.safetensors` and `NAME.yaml` for a name
+/// given with or without extension, or `model.safetensors` and `model.yaml` inside `path` when it
+/// is a directory (a training run's `checkpoints/best` and `checkpoints/last`).
 pub fn checkpoint_files(path: &Path) -> (PathBuf, PathBuf) {
+    if path.is_dir() {
+        return (path.join("model.safetensors"), path.join("model.yaml"));
+    }
     let base = match path.extension().and_then(|e| e.to_str()) {
         Some("safetensors") | Some("yaml") => path.with_extension(""),
         _ => path.to_path_buf(),
@@ -237,11 +242,23 @@ pub fn config_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Vec
 /// its shape and nothing else may be in the file; otherwise the error lists what differs by name
 /// and `vs` is unchanged.
 pub fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
+    load_weights_where(vs, path, |_| true)
+}
+
+/// [`load_weights`] restricted to the variables whose names satisfy `keep`, on both sides: the
+/// others in `vs` keep their values and the others in the file are not read. Used to start a
+/// student from a teacher checkpoint.
+pub fn load_weights_where(
+    vs: &nn::VarStore,
+    path: &Path,
+    keep: impl Fn(&str) -> bool,
+) -> Result<()> {
     let (weights, _) = checkpoint_files(path);
     let tensors = Tensor::read_safetensors(&weights)
         .with_context(|| format!("cannot read checkpoint weights {}", weights.display()))?;
-    let file: HashMap<String, Tensor> = tensors.into_iter().collect();
-    let vars = vs.variables();
+    let file: HashMap<String, Tensor> = tensors.into_iter().filter(|(k, _)| keep(k)).collect();
+    let mut vars = vs.variables();
+    vars.retain(|k, _| keep(k));
     let mut missing: Vec<&String> = vars.keys().filter(|k| !file.contains_key(*k)).collect();
     let mut unexpected: Vec<&String> = file.keys().filter(|k| !vars.contains_key(*k)).collect();
     let mut misshaped: Vec<String> = vars

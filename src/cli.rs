@@ -31,6 +31,10 @@ pub enum Command {
     /// Compute per-modality normalisation (and class weights) of the train split; write them
     /// into the experiment YAML.
     Stats(crate::data::cli::StatsArgs),
+    /// Train the full-modality teacher (or, with --modality-dropout, the robust baseline).
+    TrainTeacher(crate::train::cli::TrainTeacherArgs),
+    /// Distil a student for a missing-modality scenario from a trained teacher (DLKD).
+    Distill(crate::train::cli::DistillArgs),
     /// Convert a state_dict of the authors' PyTorch DIS2 (safetensors) into a dis2 checkpoint.
     ImportTorch(ImportTorchArgs),
 }
@@ -71,6 +75,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(args) => crate::info::print_info(args.device.device),
         Command::Synth(args) => crate::data::cli::synth(&args),
         Command::Stats(args) => crate::data::cli::stats(&args),
+        Command::TrainTeacher(args) => crate::train::cli::train_teacher(&args),
+        Command::Distill(args) => crate::train::cli::distill(&args),
         Command::ImportTorch(args) => {
             crate::import_torch::import_torch(&args.weights, &args.config, &args.out)
         }

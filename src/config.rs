@@ -12,6 +12,7 @@ use std::path::Path;
 
 use crate::data::config::DataConfig;
 use crate::model::config::ModelConfig;
+use crate::train::config::TrainConfig;
 
 /// One experiment: everything a run needs to be repeated.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -27,6 +28,9 @@ pub struct Experiment {
     /// The dataset, normalisation and sampling (default: the synthetic benchmark).
     #[serde(default)]
     pub data: DataConfig,
+    /// Optimiser, schedule, loss weights and validation of training.
+    #[serde(default)]
+    pub train: TrainConfig,
 }
 
 fn default_seed() -> u64 {
@@ -45,6 +49,10 @@ impl Experiment {
             .data
             .validate(&experiment.model)
             .with_context(|| format!("{}: key `data`", path.display()))?;
+        experiment
+            .train
+            .validate()
+            .with_context(|| format!("{}: key `train`", path.display()))?;
         Ok(experiment)
     }
 

@@ -110,14 +110,13 @@ impl ModelConfig {
         Ok(())
     }
 
-    /// The scenarios of `scenarios:`, or all of them when the key is absent. Errors name the key.
+    /// The scenarios of `scenarios:`, or all of them when the key is absent; an empty list means
+    /// a teacher without students. Errors name the key.
     pub fn scenario_list(&self) -> Result<Vec<Scenario>> {
         let Some(lists) = &self.scenarios else {
             return Ok(Scenario::all(self.modalities.len()));
         };
-        if lists.is_empty() {
-            bail!("scenarios: must list at least one scenario (or be left out for all of them)");
-        }
+        // `scenarios: []` is a teacher alone (what `dis2 train-teacher` trains).
         let mut out: Vec<Scenario> = Vec::with_capacity(lists.len());
         for (i, names) in lists.iter().enumerate() {
             let s = Scenario::from_names(names, self)

@@ -289,10 +289,14 @@ impl Dis2Net {
                     .iter()
                     .map(|s| format!("[{}]", s.names(&self.cfg).join(", ")))
                     .collect();
-                format!(
-                    "this model has no student for scenario [{}]; it has {}",
-                    scenario.names(&self.cfg).join(", "),
+                let have = if have.is_empty() {
+                    "none (a teacher alone)".to_string()
+                } else {
                     have.join(", ")
+                };
+                format!(
+                    "this model has no student for scenario [{}]; it has {have}",
+                    scenario.names(&self.cfg).join(", "),
                 )
             })
     }
@@ -537,6 +541,120 @@ impl Dis2Net {
             student: branch(s_out),
             kd_loss: kd,
             orth_loss: orth,
+        })
+    }
+}
+
+/// The teacher's training outputs: the full-modality branch and the auxiliary predictions.
+#[derive(Debug)]
+pub struct TeacherOutputs {
+    /// Auxiliary single-modality predictions, one per modality (softmax).
+    pub aux_preds: Vec<Tensor>,
+    pub teacher: BranchOutputs,
+}
+
+impl Dis2Net {
+    /// Training forward of the teacher alone (`dis2 train-teacher`): every encoder with its
+    /// auxiliary decoder and the full-modality branch with its deep-supervision maps.
+    pub fn forward_train_teacher(
+        &self,
+        inputs: &[Option<&Tensor>],
+        train: bool,
+    ) -> Result<TeacherOutputs> {
+        let m = self.cfg.modalities.len();
+        let all: Vec<usize> = (0..m).collect();
+        self.check_inputs(inputs, &all)?;
+        let enc: Vec<Features> = self
+            .encoders
+            .iter()
+            .zip(inputs)
+            .filter_map(|(e, x)| x.map(|x| e.features(x, train)))
+            .collect();
+        let aux_preds = self
+            .encoders
+            .iter()
+            .zip(&enc)
+            .filter_map(|(e, f)| e.aux_prediction(f, train))
+            .collect();
+        let slots: Vec<&Features> = enc.iter().collect();
+        let (_, out) = self.teacher.forward(&slots, train, true);
+        Ok(TeacherOutputs {
+            aux_preds,
+            teacher: BranchOutputs {
+                pred: out.pred,
+                scale_preds: out.scale_preds,
+                logits: out.logits,
+                penultimate: out.penultimate,
+            },
+        })
+    }
+
+    /// Training forward of a student against a frozen teacher (`dis2 distill`): the encoders and
+    /// the teacher run in inference mode without a graph and provide the DLKD targets and the
+    /// available modalities' features; only the student's parts (compensation encoders, its HF,
+    /// CFLM, decoder and pools) see `train` and receive gradients. `aux_preds` is empty.
+    pub fn forward_distill(
+        &self,
+        scenario: &Scenario,
+        inputs: &[Option<&Tensor>],
+        train: bool,
+    ) -> Result<TrainOutputs> {
+        let st = self.student(scenario)?;
+        let m = self.cfg.modalities.len();
+        let all: Vec<usize> = (0..m).collect();
+        self.check_inputs(inputs, &all)?;
+        let (enc, t_fused, t_out, t_pooled) = tch::no_grad(|| {
+            let enc: Vec<Option<Features>> = self
+                .encoders
+                .iter()
+                .zip(inputs)
+                .map(|(e, x)| x.map(|x| e.features(x, false)))
+                .collect();
+            let teacher_slots: Vec<&Features> = enc.iter().flatten().collect();
+            let (t_fused, t_out) = self.teacher.forward(&teacher_slots, false, false);
+            let t_pooled = self.teacher.fuse_pool.forward(&t_fused.levels);
+            (enc, t_fused, t_out, t_pooled)
+        });
+        let comp = self.compensation(st, inputs, train);
+        let slots = self.slots(st, &enc, &comp)?;
+        let (s_fused, s_out) = st.branch.forward(&slots, train, true);
+        let s_pooled = st.branch.fuse_pool.forward(&s_fused.levels);
+        let mut kd_terms = vec![l2_kd_loss(&s_fused.global, &t_fused.global)];
+        kd_terms.extend(
+            s_pooled
+                .iter()
+                .zip(&t_pooled)
+                .map(|(s, t)| l2_kd_loss(s, t)),
+        );
+        kd_terms.push(l2_kd_loss(&s_out.penultimate, &t_out.penultimate));
+        kd_terms.push(kd_logits_loss(&s_out.logits, &t_out.logits));
+        let kd = sum_scalars(&kd_terms);
+        let avail = scenario.available(m);
+        let dist: Vec<Vec<Tensor>> = st
+            .dist_pools
+            .iter()
+            .zip(&avail)
+            .filter_map(|(pool, &a)| enc[a].as_ref().map(|f| pool.forward(f)))
+            .collect();
+        let mut orth_terms = Vec::new();
+        for (pool, feats) in st.comp_pools.iter().zip(&comp) {
+            let c = pool.forward(feats);
+            for d in &dist {
+                orth_terms.extend(c.iter().zip(d).map(|(x, y)| orthogonality_loss(x, y)));
+            }
+        }
+        let branch = |o: DecoderOutputs| BranchOutputs {
+            pred: o.pred,
+            scale_preds: o.scale_preds,
+            logits: o.logits,
+            penultimate: o.penultimate,
+        };
+        Ok(TrainOutputs {
+            aux_preds: Vec::new(),
+            teacher: branch(t_out),
+            student: branch(s_out),
+            kd_loss: kd,
+            orth_loss: sum_scalars(&orth_terms),
         })
     }
 }

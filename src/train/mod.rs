@@ -1,7 +1,16 @@
-//! Training machinery: optimisers with checkpointable state, learning-rate schedules and
-//! TensorBoard logging.
+//! Training: `dis2 train-teacher`, `dis2 distill` and `dis2 distill --joint` (DLKD).
+//!
+//! `trainer` holds the loop; `objective` the losses of each kind of run; `validate` the
+//! validation; `run` the run directory, checkpoints and resume; `optim`, `schedule`,
+//! `tensorboard` and `progress` the pieces.
 
+pub mod cli;
+pub mod config;
+pub mod objective;
 pub mod optim;
 pub mod progress;
+pub mod run;
 pub mod schedule;
 pub mod tensorboard;
+pub mod trainer;
+pub mod validate;

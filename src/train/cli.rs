@@ -1,0 +1,169 @@
+//! `dis2 train-teacher` and `dis2 distill`: argument structs and their work.
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use std::path::{Path, PathBuf};
+
+use super::run::{RunKind, RunSpec};
+use super::trainer::{self, Summary, TrainOptions};
+use crate::cli::DeviceArgs;
+use crate::config::Experiment;
+
+/// Options shared by the training commands.
+#[derive(Debug, Args)]
+pub struct CommonTrainArgs {
+    /// The experiment YAML (not needed with --resume).
+    #[arg(long, value_name = "FILE", required_unless_present = "resume")]
+    pub config: Option<PathBuf>,
+    /// Override a configuration value, e.g. `--set train.epochs=5` (repeatable).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Run directory (default: runs/<experiment name>-<kind>).
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub out: Option<PathBuf>,
+    /// Continue the run in DIR from its last checkpoint.
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Plain log lines at most once a minute instead of a progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `dis2 train-teacher`.
+#[derive(Debug, Args)]
+pub struct TrainTeacherArgs {
+    #[command(flatten)]
+    pub common: CommonTrainArgs,
+    /// Zero each modality of each sample with this probability (at least one stays): the
+    /// modality-dropout baseline, trained with the same network.
+    #[arg(long, value_name = "P", default_value_t = 0.0)]
+    pub modality_dropout: f64,
+}
+
+/// `dis2 distill`.
+#[derive(Debug, Args)]
+pub struct DistillArgs {
+    #[command(flatten)]
+    pub common: CommonTrainArgs,
+    /// The trained teacher checkpoint (a run's `checkpoints/best`, say); required unless --joint.
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub teacher: Option<PathBuf>,
+    /// The missing modalities, comma-separated (`sar` or `sar,dsm`). With --joint, repeat the
+    /// flag for each scenario (default: every scenario of the model configuration).
+    #[arg(long, value_name = "MODALITIES")]
+    pub missing: Vec<String>,
+    /// Train teacher and students together online, a scenario drawn per batch (the authors'
+    /// script); probabilities from `train.joint_probabilities`.
+    #[arg(long)]
+    pub joint: bool,
+}
+
+pub fn train_teacher(args: &TrainTeacherArgs) -> Result<()> {
+    let spec = RunSpec {
+        kind: RunKind::Teacher,
+        modality_dropout: args.modality_dropout,
+        scenarios: Vec::new(),
+        teacher: None,
+    };
+    let name = if args.modality_dropout > 0.0 {
+        "modality-dropout"
+    } else {
+        "teacher"
+    };
+    launch(&args.common, spec, name)
+}
+
+pub fn distill(args: &DistillArgs) -> Result<()> {
+    let scenarios: Vec<Vec<String>> = args
+        .missing
+        .iter()
+        .map(|m| {
+            m.split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+        .collect();
+    if args.common.resume.is_some() {
+        return launch(&args.common, dummy_spec(), "");
+    }
+    let spec = if args.joint {
+        RunSpec {
+            kind: RunKind::Joint,
+            modality_dropout: 0.0,
+            scenarios,
+            teacher: args.teacher.clone(),
+        }
+    } else {
+        let Some(teacher) = &args.teacher else {
+            bail!("--teacher CHECKPOINT is required (or --joint to train teacher and student together)");
+        };
+        if scenarios.len() != 1 {
+            bail!("--missing: give exactly one scenario, e.g. --missing sar or --missing sar,dsm");
+        }
+        RunSpec {
+            kind: RunKind::Distill,
+            modality_dropout: 0.0,
+            scenarios,
+            teacher: Some(teacher.clone()),
+        }
+    };
+    let name = match spec.kind {
+        RunKind::Joint => "joint".to_string(),
+        _ => format!("student-{}", spec.scenarios[0].join("+")),
+    };
+    launch(&args.common, spec, &name)
+}
+
+/// A spec that `launch` never uses: a resumed run reads its own `run.yaml`.
+fn dummy_spec() -> RunSpec {
+    RunSpec {
+        kind: RunKind::Teacher,
+        modality_dropout: 0.0,
+        scenarios: Vec::new(),
+        teacher: None,
+    }
+}
+
+fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()> {
+    let device = common.device.device.resolve()?;
+    let opts = TrainOptions {
+        device,
+        quiet: common.quiet,
+    };
+    let summary = match &common.resume {
+        Some(dir) => trainer::resume(dir, opts)?,
+        None => {
+            let config = common.config.as_deref().context("--config is required")?;
+            let exp = Experiment::load(config, &common.set)?;
+            if spec.kind == RunKind::Joint && spec.scenarios.is_empty() {
+                spec.scenarios = exp
+                    .model
+                    .scenario_list()?
+                    .iter()
+                    .map(|s| s.names(&exp.model))
+                    .collect();
+            }
+            let out = common
+                .out
+                .clone()
+                .unwrap_or_else(|| Path::new("runs").join(format!("{}-{name}", exp.name)));
+            trainer::start(exp, spec, &out, opts)?
+        }
+    };
+    report(&summary);
+    Ok(())
+}
+
+fn report(s: &Summary) {
+    println!("finished {} steps in {}", s.steps, s.run_dir.display());
+    for (label, scores) in &s.validation {
+        let miou = scores.miou.map_or("n/a".into(), |m| format!("{m:.4}"));
+        println!("  validation {label:<24} mIoU {miou}");
+    }
+    let dir = s.run_dir.display();
+    println!("  checkpoints: {dir}/checkpoints/best and {dir}/checkpoints/last");
+    println!("  TensorBoard: tensorboard --logdir {dir}/tensorboard");
+}

@@ -1,0 +1,138 @@
+//! The `train:` section of an experiment.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+use super::optim::OptimizerConfig;
+use super::schedule::{ScheduleConfig, ScheduleShape};
+
+/// How long and how to train. Steps are optimiser steps; an epoch is
+/// `data.sampling.samples_per_epoch / batch_size` batches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Training epochs.
+    #[serde(default = "default_epochs")]
+    pub epochs: u64,
+    /// Stop after this many optimiser steps even if epochs remain (for quick runs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_steps: Option<u64>,
+    #[serde(default)]
+    pub optimizer: OptimizerConfig,
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleConfig,
+    /// Batches whose gradients are summed before one optimiser step (the reference uses 2).
+    #[serde(default = "one")]
+    pub accumulate: u64,
+    /// Clip the global gradient norm to this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_grad_norm: Option<f64>,
+    /// Validate (and write `best`/`last`) every this many optimiser steps, and at the end.
+    #[serde(default = "default_val_every")]
+    pub val_every: u64,
+    /// Validation windows at most (the grid over the validation split, in order); all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_batches: Option<usize>,
+    /// Weight of the DLKD loss once it is on (reference: 5).
+    #[serde(default = "default_lambda_kd")]
+    pub lambda_kd: f64,
+    /// Epochs before the DLKD loss is switched on (reference: 5).
+    #[serde(default = "default_kd_warmup")]
+    pub kd_warmup_epochs: u64,
+    /// Weight of the orthogonality (disentanglement) loss.
+    #[serde(default = "one_f")]
+    pub orth_weight: f64,
+    /// Log an input / label / prediction image to TensorBoard every this many steps (0: never).
+    #[serde(default = "default_image_every")]
+    pub image_every: u64,
+    /// `--joint`: probability of each student scenario per batch, keyed by the missing
+    /// modalities joined with `+` (e.g. `sar: 0.6`, `dsm+sar: 0.4`); default: uniform.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub joint_probabilities: BTreeMap<String, f64>,
+    /// Mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU.
+    #[serde(default)]
+    pub mixed_precision: bool,
+}
+
+fn default_epochs() -> u64 {
+    20
+}
+fn default_val_every() -> u64 {
+    50
+}
+fn default_lambda_kd() -> f64 {
+    5.0
+}
+fn default_kd_warmup() -> u64 {
+    5
+}
+fn default_image_every() -> u64 {
+    100
+}
+fn one() -> u64 {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn default_schedule() -> ScheduleConfig {
+    ScheduleConfig {
+        lr: 0.01,
+        warmup_steps: 0,
+        shape: ScheduleShape::CosineRestarts {
+            t0: 15,
+            t_mult: 1,
+            min_lr: 0.0,
+        },
+    }
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        Self {
+            epochs: default_epochs(),
+            max_steps: None,
+            optimizer: OptimizerConfig::default(),
+            schedule: default_schedule(),
+            accumulate: 1,
+            clip_grad_norm: None,
+            val_every: default_val_every(),
+            val_batches: None,
+            lambda_kd: default_lambda_kd(),
+            kd_warmup_epochs: default_kd_warmup(),
+            orth_weight: 1.0,
+            image_every: default_image_every(),
+            joint_probabilities: BTreeMap::new(),
+            mixed_precision: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.epochs == 0 {
+            bail!("epochs: must be at least 1");
+        }
+        if self.max_steps == Some(0) {
+            bail!("max_steps: must be at least 1");
+        }
+        if self.accumulate == 0 || self.val_every == 0 {
+            bail!("accumulate and val_every must be at least 1");
+        }
+        if let Some(c) = self.clip_grad_norm {
+            if !(c > 0.0 && c.is_finite()) {
+                bail!("clip_grad_norm: must be positive, found {c}");
+            }
+        }
+        if !(self.lambda_kd >= 0.0 && self.orth_weight >= 0.0) {
+            bail!("lambda_kd and orth_weight must not be negative");
+        }
+        for (k, p) in &self.joint_probabilities {
+            if !(*p >= 0.0 && p.is_finite()) {
+                bail!("joint_probabilities.{k}: must be a non-negative number, found {p}");
+            }
+        }
+        self.schedule.validate().context("schedule")
+    }
+}

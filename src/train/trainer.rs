@@ -1,0 +1,733 @@
+//! The training loop shared by `train-teacher`, `distill` and `distill --joint`.
+//!
+//! Repeatability: every batch `b` reseeds libtorch (dropout) and the run's own random choices
+//! (modality dropout, the joint scenario draw) from `(seed, b)`, the crops come from
+//! `(seed, epoch, sample)`, the learning rate is a function of the step and the optimiser state
+//! is saved with the weights. So a run resumed from a checkpoint computes, on the same machine,
+//! the same losses as one that never stopped.
+
+use anyhow::{bail, ensure, Context, Result};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+use tch::{nn, Device, Kind, Tensor};
+
+use super::config::TrainConfig;
+use super::objective::{
+    distill_objective, joint_objective, masked_target, teacher_objective, Objective,
+};
+use super::optim::Optimizer;
+use super::progress::{Progress, StepReport};
+use super::run::{RunDir, RunKind, RunSpec};
+use super::tensorboard::RunLog;
+use super::validate::{validate, Branch};
+use crate::checkpoint::{self, CheckpointInfo};
+use crate::config::Experiment;
+use crate::data::dataset::SceneDataset;
+use crate::data::layouts::Split;
+use crate::data::loader::{Batch, Loader, LoaderOptions, Normaliser};
+use crate::data::rng::Rng;
+use crate::data::sampling::RandomCropSampler;
+use crate::metrics::Scores;
+use crate::model::{Dis2Net, Scenario};
+
+/// Streams of the run's own random numbers (apart from the data sampler's).
+const STREAM_MODALITY_DROPOUT: u64 = 0xD809;
+const STREAM_JOINT_SCENARIO: u64 = 0x5CE0;
+const STREAM_TORCH: u64 = 0x70C4;
+
+/// How the run is shown.
+#[derive(Debug, Clone, Copy)]
+pub struct TrainOptions {
+    pub device: Device,
+    pub quiet: bool,
+}
+
+/// What a finished run reports.
+#[derive(Debug, Clone)]
+pub struct Summary {
+    pub run_dir: PathBuf,
+    pub steps: u64,
+    /// The last validation: (branch label, scores).
+    pub validation: Vec<(String, Scores)>,
+    pub best_miou: Option<f64>,
+}
+
+/// Starts a new run in `out`.
+pub fn start(exp: Experiment, spec: RunSpec, out: &Path, opts: TrainOptions) -> Result<Summary> {
+    let run = RunDir::new(out);
+    let exp = with_run_scenarios(exp, &spec)?;
+    run.create()?;
+    exp.save_effective(&run.root)?;
+    run.write_spec(&spec)?;
+    let mut trainer = Trainer::new(exp, spec, run, opts)?;
+    if let Some(teacher) = trainer.spec.teacher.clone() {
+        trainer.load_teacher(&teacher)?;
+    }
+    trainer.run()
+}
+
+/// Continues the run in `run_dir` from its last checkpoint (from the start when there is none).
+pub fn resume(run_dir: &Path, opts: TrainOptions) -> Result<Summary> {
+    let run = RunDir::new(run_dir);
+    let spec = run.read_spec()?;
+    let exp = Experiment::load(&run.config(), &[])?;
+    let mut trainer = Trainer::new(exp, spec, run, opts)?;
+    if trainer.run.last().exists() {
+        trainer.restore()?;
+    } else if let Some(teacher) = trainer.spec.teacher.clone() {
+        trainer.load_teacher(&teacher)?;
+    }
+    trainer.run()
+}
+
+/// The experiment with the model's `scenarios` set to what the run trains.
+fn with_run_scenarios(mut exp: Experiment, spec: &RunSpec) -> Result<Experiment> {
+    match spec.kind {
+        RunKind::Teacher => ensure!(spec.scenarios.is_empty(), "a teacher run has no scenarios"),
+        RunKind::Distill => ensure!(
+            spec.scenarios.len() == 1,
+            "distill trains exactly one scenario"
+        ),
+        RunKind::Joint => ensure!(!spec.scenarios.is_empty(), "a joint run needs scenarios"),
+    }
+    exp.model.scenarios = Some(spec.scenarios.clone());
+    exp.model.scenario_list().context("--missing")?;
+    ensure!(
+        (0.0..1.0).contains(&spec.modality_dropout),
+        "--modality-dropout: must lie in [0, 1), found {}",
+        spec.modality_dropout
+    );
+    Ok(exp)
+}
+
+struct Trainer {
+    exp: Experiment,
+    spec: RunSpec,
+    run: RunDir,
+    opts: TrainOptions,
+    vs: nn::VarStore,
+    net: Dis2Net,
+    optimizer: Optimizer,
+    scenarios: Vec<Scenario>,
+    /// Joint: the probability of each scenario, normalised.
+    scenario_weights: Vec<f64>,
+    modality_names: Vec<String>,
+    /// Optimiser steps done.
+    step: u64,
+    best_miou: Option<f64>,
+}
+
+impl Trainer {
+    fn new(exp: Experiment, spec: RunSpec, run: RunDir, opts: TrainOptions) -> Result<Self> {
+        tch::manual_seed(exp.seed as i64);
+        let vs = nn::VarStore::new(opts.device);
+        let net = Dis2Net::new(&vs.root(), &exp.model)?;
+        let scenarios = net.scenarios().to_vec();
+        // What trains: everything but, for a student, the frozen teacher and encoders.
+        let trainable = |name: &str| spec.kind != RunKind::Distill || name.starts_with("students.");
+        let mut params: Vec<(String, Tensor)> = Vec::new();
+        for (name, t) in vs.variables() {
+            if !t.requires_grad() {
+                continue;
+            }
+            if trainable(&name) {
+                params.push((name, t));
+            } else {
+                let _ = t.set_requires_grad(false);
+            }
+        }
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        ensure!(!params.is_empty(), "nothing to train");
+        let optimizer = Optimizer::new(exp.train.optimizer.clone(), params);
+        let scenario_weights = joint_weights(&exp.train, &scenarios, &exp)?;
+        let modality_names = exp
+            .model
+            .modalities
+            .iter()
+            .map(|m| m.name.clone())
+            .collect();
+        Ok(Self {
+            exp,
+            spec,
+            run,
+            opts,
+            vs,
+            net,
+            optimizer,
+            scenarios,
+            scenario_weights,
+            modality_names,
+            step: 0,
+            best_miou: None,
+        })
+    }
+
+    /// Copies the teacher and the encoders from a teacher checkpoint made for the same model.
+    fn load_teacher(&mut self, path: &Path) -> Result<()> {
+        let info =
+            checkpoint::read_info(path).with_context(|| format!("--teacher {}", path.display()))?;
+        let mut theirs = info.model.clone();
+        theirs.scenarios = self.exp.model.scenarios.clone();
+        let diffs = checkpoint::config_differences(&theirs, &self.exp.model);
+        if !diffs.is_empty() {
+            bail!(
+                "--teacher {}: made for another model than the experiment's:\n  {}",
+                path.display(),
+                diffs.join("\n  ")
+            );
+        }
+        checkpoint::load_weights_where(&self.vs, path, |name| !name.starts_with("students."))
+            .with_context(|| format!("--teacher {}", path.display()))
+    }
+
+    /// Loads the last checkpoint: weights, optimiser state and progress.
+    fn restore(&mut self) -> Result<()> {
+        let last = self.run.last();
+        let info = checkpoint::read_info(&last)?;
+        let diffs = checkpoint::config_differences(&info.model, &self.exp.model);
+        ensure!(
+            diffs.is_empty(),
+            "{}: another model than the run's:\n  {}",
+            last.display(),
+            diffs.join("\n  ")
+        );
+        checkpoint::load_weights(&self.vs, &last)?;
+        let optim = last.join("optim.safetensors");
+        let state = Tensor::read_safetensors(&optim)
+            .with_context(|| format!("cannot read {}", optim.display()))?;
+        self.optimizer
+            .load_state_tensors(state)
+            .with_context(|| format!("{}", optim.display()))?;
+        let meta = |key: &str| info.metadata.get(key).cloned();
+        self.step = meta("step")
+            .and_then(|v| v.as_u64())
+            .with_context(|| format!("{}: no step", last.display()))?;
+        self.best_miou = meta("best_miou").and_then(|v| v.as_f64());
+        RunDir::truncate_lines(&self.run.metrics(), self.step)?;
+        RunDir::truncate_lines(&self.run.validation(), self.step)?;
+        Ok(())
+    }
+
+    fn batches_per_epoch(&self) -> u64 {
+        (self.exp.data.sampling.samples_per_epoch / self.exp.data.sampling.batch_size) as u64
+    }
+
+    fn total_steps(&self) -> u64 {
+        let t = &self.exp.train;
+        let steps = t.epochs * self.batches_per_epoch() / t.accumulate;
+        t.max_steps.map_or(steps, |m| steps.min(m))
+    }
+
+    fn run(mut self) -> Result<Summary> {
+        let total = self.total_steps();
+        ensure!(
+            total >= 1,
+            "train.epochs x batches per epoch is less than one optimiser step (accumulate {})",
+            self.exp.train.accumulate
+        );
+        let device = self.opts.device;
+        let data = &self.exp.data;
+        let dataset = Arc::new(SceneDataset::open(data, &self.exp.model, Split::Train)?);
+        let norm = Arc::new(Normaliser::from_config(data, &self.exp.model)?);
+        let sampler = RandomCropSampler::from_config(data, &self.exp.model, self.exp.seed);
+        let batch_size = data.sampling.batch_size;
+        let prefetch = data.sampling.prefetch;
+        let bpe = self.batches_per_epoch();
+        let accumulate = self.exp.train.accumulate;
+        let mut log = RunLog::create(&self.run.tensorboard())?;
+        let mut progress = Progress::new(total, self.step, self.opts.quiet);
+        progress.println(&format!(
+            "{} run in {}: {} steps of {} x {} samples on {:?}, from step {}",
+            kind_name(self.spec.kind),
+            self.run.root.display(),
+            total,
+            accumulate,
+            batch_size,
+            device,
+            self.step
+        ));
+        let mut loader: Option<(u64, Loader)> = None;
+        let mut last_validation = Vec::new();
+        while self.step < total {
+            let started = Instant::now();
+            let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+            let mut epoch = 0;
+            for part in 0..accumulate {
+                let b = self.step * accumulate + part;
+                epoch = b / bpe;
+                if loader.as_ref().is_none_or(|(e, _)| *e != epoch) {
+                    let within = ((b % bpe) as usize) * batch_size;
+                    let specs = sampler.epoch(&dataset, epoch);
+                    let specs = specs.get(within..).unwrap_or_default().to_vec();
+                    let options = LoaderOptions {
+                        batch_size,
+                        prefetch,
+                        drop_last: true,
+                    };
+                    loader = Some((
+                        epoch,
+                        Loader::new(dataset.clone(), specs, norm.clone(), options),
+                    ));
+                }
+                let batch = match loader.as_mut().and_then(|(_, l)| l.next()) {
+                    Some(batch) => batch?,
+                    None => bail!("the training data of epoch {epoch} ran out at batch {b}"),
+                };
+                let seed = Rng::derive(self.exp.seed, STREAM_TORCH, b).next_u64();
+                tch::manual_seed((seed >> 1) as i64);
+                let objective = self.batch_objective(&batch, epoch, b)?;
+                self.check_finite(&objective, epoch)?;
+                (&objective.total / accumulate as f64).backward();
+                for (name, t) in &objective.terms {
+                    *sums.entry(name.clone()).or_default() +=
+                        t.double_value(&[]) / accumulate as f64;
+                }
+                *sums.entry("total".into()).or_default() +=
+                    objective.total.double_value(&[]) / accumulate as f64;
+            }
+            if let Some(max) = self.exp.train.clip_grad_norm {
+                let norm = self.optimizer.clip_grad_norm(max);
+                sums.insert("grad_norm".into(), norm);
+            }
+            let lr = self.exp.train.schedule.lr_at(self.step);
+            self.optimizer.step(lr);
+            self.optimizer.zero_grad();
+            self.step += 1;
+
+            let seconds = started.elapsed().as_secs_f64();
+            let samples = (accumulate as usize * batch_size) as f64;
+            self.log_step(&mut log, epoch, lr, &sums, samples / seconds)?;
+            progress.step(&StepReport {
+                epoch,
+                step: self.step,
+                loss: sums.get("total").copied().unwrap_or(f64::NAN),
+                lr,
+                samples_per_s: samples / seconds,
+            });
+            let image_every = self.exp.train.image_every;
+            if image_every > 0 && self.step.is_multiple_of(image_every) {
+                self.log_images(&mut log)?;
+            }
+            if self.step.is_multiple_of(self.exp.train.val_every) || self.step == total {
+                last_validation = self.validate_and_save(&mut log, epoch)?;
+                for (label, s) in &last_validation {
+                    progress.println(&format!(
+                        "step {} validation {label}: mIoU {}",
+                        self.step,
+                        fmt_opt(s.miou)
+                    ));
+                }
+            }
+        }
+        progress.finish();
+        log.flush();
+        Ok(Summary {
+            run_dir: self.run.root.clone(),
+            steps: self.step,
+            validation: last_validation,
+            best_miou: self.best_miou,
+        })
+    }
+
+    /// The loss of one batch for the run's kind.
+    fn batch_objective(&self, batch: &Batch, epoch: u64, b: u64) -> Result<Objective> {
+        let device = self.opts.device;
+        let mut inputs: Vec<Tensor> = batch.inputs.iter().map(|t| t.to_device(device)).collect();
+        let labels = batch.labels.to_device(device);
+        let (target, mask) = masked_target(
+            &labels,
+            self.exp.data.ignore_index,
+            self.exp.model.num_classes,
+        )?;
+        let train = &self.exp.train;
+        let kd_weight = if epoch >= train.kd_warmup_epochs {
+            train.lambda_kd
+        } else {
+            0.0
+        };
+        let amp = train.mixed_precision && device.is_cuda();
+        match self.spec.kind {
+            RunKind::Teacher => {
+                if self.spec.modality_dropout > 0.0 {
+                    let mut rng = Rng::derive(self.exp.seed, STREAM_MODALITY_DROPOUT, b);
+                    inputs = modality_dropout(&inputs, self.spec.modality_dropout, &mut rng);
+                }
+                let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
+                let out = tch::autocast(amp, || self.net.forward_train_teacher(&given, true))?;
+                Ok(teacher_objective(
+                    &out,
+                    &self.modality_names,
+                    &target,
+                    &mask,
+                ))
+            }
+            RunKind::Distill => {
+                let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
+                let out = tch::autocast(amp, || {
+                    self.net.forward_distill(&self.scenarios[0], &given, true)
+                })?;
+                Ok(distill_objective(
+                    &out,
+                    &target,
+                    &mask,
+                    kd_weight,
+                    train.orth_weight,
+                ))
+            }
+            RunKind::Joint => {
+                let mut rng = Rng::derive(self.exp.seed, STREAM_JOINT_SCENARIO, b);
+                let scenario = &self.scenarios[draw(&self.scenario_weights, &mut rng)];
+                let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
+                let out = tch::autocast(amp, || self.net.forward_train(scenario, &given, true))?;
+                Ok(joint_objective(
+                    &out,
+                    &self.modality_names,
+                    &target,
+                    &mask,
+                    kd_weight,
+                    train.orth_weight,
+                ))
+            }
+        }
+    }
+
+    /// Stops the run at a NaN or infinite loss, naming the step and the term.
+    fn check_finite(&self, objective: &Objective, epoch: u64) -> Result<()> {
+        let total = objective.total.double_value(&[]);
+        if total.is_finite() {
+            return Ok(());
+        }
+        let culprit = objective
+            .terms
+            .iter()
+            .map(|(n, t)| (n.as_str(), t.double_value(&[])))
+            .find(|(_, v)| !v.is_finite())
+            .unwrap_or(("total", total));
+        let last = if self.run.last().exists() {
+            format!("the last good checkpoint is {}", self.run.last().display())
+        } else {
+            "no checkpoint was written yet".to_string()
+        };
+        bail!(
+            "step {} (epoch {epoch}): loss term `{}` is {}; training stopped, {last}",
+            self.step + 1,
+            culprit.0,
+            culprit.1
+        )
+    }
+
+    fn log_step(
+        &self,
+        log: &mut RunLog,
+        epoch: u64,
+        lr: f64,
+        sums: &BTreeMap<String, f64>,
+        rate: f64,
+    ) -> Result<()> {
+        for (name, v) in sums {
+            log.scalar(&format!("loss/{name}"), *v, self.step);
+        }
+        log.scalar("lr", lr, self.step);
+        log.scalar("samples_per_s", rate, self.step);
+        let line = json!({"step": self.step, "epoch": epoch, "lr": lr, "loss": sums});
+        RunDir::append_line(&self.run.metrics(), &line)
+    }
+
+    /// The branches validated for this kind of run.
+    fn branches(&self) -> Vec<Branch> {
+        match self.spec.kind {
+            RunKind::Teacher => vec![Branch::Teacher],
+            RunKind::Distill => vec![
+                Branch::Student(self.scenarios[0].clone()),
+                Branch::TeacherFilled(self.scenarios[0].clone()),
+            ],
+            RunKind::Joint => std::iter::once(Branch::Teacher)
+                .chain(self.scenarios.iter().cloned().map(Branch::Student))
+                .collect(),
+        }
+    }
+
+    /// Validates, logs, writes the `last` checkpoint and, when the score improved, `best`.
+    fn validate_and_save(&mut self, log: &mut RunLog, epoch: u64) -> Result<Vec<(String, Scores)>> {
+        let branches = self.branches();
+        let scores = validate(
+            &self.net,
+            &self.exp,
+            &branches,
+            self.opts.device,
+            self.exp.train.val_batches,
+        )?;
+        let class_names: Vec<String> = self
+            .exp
+            .data
+            .class_table(self.exp.model.num_classes as usize)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        let mut labelled = Vec::new();
+        for (branch, s) in branches.iter().zip(scores) {
+            let label = branch.label(&self.net);
+            if let Some(m) = s.miou {
+                log.scalar(&format!("val/{label}/miou"), m, self.step);
+            }
+            for (name, c) in class_names.iter().zip(&s.per_class) {
+                if let Some(iou) = c.iou {
+                    log.scalar(&format!("val/{label}/iou/{name}"), iou, self.step);
+                }
+            }
+            let line = json!({"step": self.step, "epoch": epoch, "branch": label, "miou": s.miou,
+                "iou": s.per_class.iter().map(|c| c.iou).collect::<Vec<_>>(), "overall_accuracy": s.overall_accuracy});
+            RunDir::append_line(&self.run.validation(), &line)?;
+            labelled.push((label, s));
+        }
+        // The score that picks `best`: the branch being trained (mean over branches for joint).
+        let trained: Vec<f64> = match self.spec.kind {
+            RunKind::Distill => labelled[..1].iter().filter_map(|(_, s)| s.miou).collect(),
+            _ => labelled.iter().filter_map(|(_, s)| s.miou).collect(),
+        };
+        let score =
+            (!trained.is_empty()).then(|| trained.iter().sum::<f64>() / trained.len() as f64);
+        let improved = score.is_some_and(|s| self.best_miou.is_none_or(|b| s > b));
+        if improved {
+            self.best_miou = score;
+        }
+        self.save(epoch, score, improved)?;
+        log.flush();
+        Ok(labelled)
+    }
+
+    fn save(&self, epoch: u64, score: Option<f64>, best: bool) -> Result<()> {
+        let dir = self.run.step_dir(self.step);
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        let mut info = CheckpointInfo::new(&self.exp.model)?.with_data(&self.exp.data);
+        let meta = &mut info.metadata;
+        meta.insert("kind".into(), kind_name(self.spec.kind).into());
+        meta.insert("step".into(), self.step.into());
+        meta.insert("epoch".into(), epoch.into());
+        meta.insert("seed".into(), self.exp.seed.into());
+        if let Some(s) = score {
+            meta.insert("val_miou".into(), s.into());
+        }
+        if let Some(b) = self.best_miou {
+            meta.insert("best_miou".into(), b.into());
+        }
+        let state: Vec<(String, Tensor)> = self
+            .optimizer
+            .state_tensors()
+            .into_iter()
+            .map(|(k, t)| (k, t.to_device(Device::Cpu).contiguous()))
+            .collect();
+        let optim = dir.join("optim.safetensors");
+        crate::fsutil::write_atomic_with(&optim, |tmp| {
+            Tensor::write_safetensors(&state, tmp)
+                .with_context(|| format!("cannot write {}", tmp.display()))
+        })?;
+        checkpoint::save(&dir, &self.vs, &info)?;
+        self.run.point(&self.run.last(), &dir)?;
+        if best {
+            self.run.point(&self.run.best(), &dir)?;
+        }
+        self.run.prune()
+    }
+
+    /// Input, label and prediction of the first validation window, side by side.
+    fn log_images(&self, log: &mut RunLog) -> Result<()> {
+        let Some(batch) = Loader::grid(&self.exp, Split::Val)?.next() else {
+            return Ok(());
+        };
+        let batch = batch?;
+        let inputs: Vec<Tensor> = batch
+            .inputs
+            .iter()
+            .map(|t| t.narrow(0, 0, 1).to_device(self.opts.device))
+            .collect();
+        let branch = self.branches().remove(0);
+        let given: Vec<Option<&Tensor>> = match &branch {
+            Branch::Student(s) => inputs
+                .iter()
+                .enumerate()
+                .map(|(m, t)| (!s.is_missing(m)).then_some(t))
+                .collect(),
+            _ => inputs.iter().map(Some).collect(),
+        };
+        let probs = tch::no_grad(|| self.net.forward(&given, false))?;
+        let pred = probs.argmax(1, false).get(0).to_device(Device::Cpu);
+        let label = batch.labels.get(0);
+        let colours: Vec<[u8; 3]> = self
+            .exp
+            .data
+            .class_table(self.exp.model.num_classes as usize)
+            .into_iter()
+            .map(|c| c.colour)
+            .collect();
+        let (h, w) = (label.size()[0] as usize, label.size()[1] as usize);
+        let input_rgb = preview_rgb(&batch.inputs[0].get(0))?;
+        let label_rgb = colourise(&Vec::<i64>::try_from(label.flatten(0, -1))?, &colours);
+        let pred_rgb = colourise(&Vec::<i64>::try_from(pred.flatten(0, -1))?, &colours);
+        let mut row = Vec::with_capacity(h * w * 9);
+        for y in 0..h {
+            for part in [&input_rgb, &label_rgb, &pred_rgb] {
+                row.extend_from_slice(&part[y * w * 3..(y + 1) * w * 3]);
+            }
+        }
+        log.image(
+            &format!("val/{}", branch.label(&self.net)),
+            &row,
+            h,
+            3 * w,
+            self.step,
+        )
+    }
+}
+
+/// Joint: the normalised probability of each scenario.
+fn joint_weights(
+    train: &TrainConfig,
+    scenarios: &[Scenario],
+    exp: &Experiment,
+) -> Result<Vec<f64>> {
+    if train.joint_probabilities.is_empty() {
+        return Ok(vec![1.0; scenarios.len()]);
+    }
+    let mut weights = Vec::new();
+    for s in scenarios {
+        let key = s.names(&exp.model).join("+");
+        weights.push(*train.joint_probabilities.get(&key).unwrap_or(&0.0));
+    }
+    let known: Vec<String> = scenarios
+        .iter()
+        .map(|s| s.names(&exp.model).join("+"))
+        .collect();
+    for key in train.joint_probabilities.keys() {
+        ensure!(
+            known.contains(key),
+            "train.joint_probabilities.{key}: not a trained scenario; they are {}",
+            known.join(", ")
+        );
+    }
+    ensure!(
+        weights.iter().sum::<f64>() > 0.0,
+        "train.joint_probabilities: all zero"
+    );
+    Ok(weights)
+}
+
+/// Index drawn with the given (unnormalised) weights.
+fn draw(weights: &[f64], rng: &mut Rng) -> usize {
+    let total: f64 = weights.iter().sum();
+    let mut x = rng.f64() * total;
+    for (i, w) in weights.iter().enumerate() {
+        if x < *w {
+            return i;
+        }
+        x -= w;
+    }
+    weights.len() - 1
+}
+
+/// Zeroes (= fills with the training mean) each modality of each sample with probability `p`,
+/// keeping at least one modality per sample.
+fn modality_dropout(inputs: &[Tensor], p: f64, rng: &mut Rng) -> Vec<Tensor> {
+    let b = inputs[0].size()[0] as usize;
+    let m = inputs.len();
+    let mut keep = vec![vec![1.0f32; b]; m];
+    for s in 0..b {
+        for row in keep.iter_mut() {
+            if rng.chance(p) {
+                row[s] = 0.0;
+            }
+        }
+        if keep.iter().all(|row| row[s] == 0.0) {
+            keep[rng.below(m as u64) as usize][s] = 1.0;
+        }
+    }
+    inputs
+        .iter()
+        .zip(keep)
+        .map(|(x, k)| {
+            x * Tensor::from_slice(&k)
+                .to_device(x.device())
+                .view([b as i64, 1, 1, 1])
+        })
+        .collect()
+}
+
+fn kind_name(kind: RunKind) -> &'static str {
+    match kind {
+        RunKind::Teacher => "teacher",
+        RunKind::Distill => "distill",
+        RunKind::Joint => "joint",
+    }
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or("n/a".into(), |v| format!("{v:.4}"))
+}
+
+/// The first three bands of a normalised `[C, H, W]` input, stretched to 0..255 (a single band
+/// becomes grey).
+fn preview_rgb(x: &Tensor) -> Result<Vec<u8>> {
+    let c = x.size()[0];
+    let bands = if c >= 3 {
+        x.narrow(0, 0, 3)
+    } else {
+        x.narrow(0, 0, 1).repeat([3, 1, 1])
+    };
+    let lo = bands.min().double_value(&[]);
+    let hi = bands.max().double_value(&[]);
+    let scaled = ((bands - lo) * (255.0 / (hi - lo).max(1e-6))).clamp(0.0, 255.0);
+    let hwc = scaled.permute([1, 2, 0]).contiguous().to_kind(Kind::Uint8);
+    Ok(Vec::<u8>::try_from(hwc.flatten(0, -1))?)
+}
+
+/// Class ids to RGB (ignored pixels black).
+fn colourise(ids: &[i64], colours: &[[u8; 3]]) -> Vec<u8> {
+    ids.iter()
+        .flat_map(|&i| {
+            usize::try_from(i)
+                .ok()
+                .and_then(|i| colours.get(i))
+                .copied()
+                .unwrap_or([0, 0, 0])
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modality_dropout_keeps_one_modality_per_sample() {
+        let inputs = vec![
+            Tensor::ones([64, 2, 4, 4], (Kind::Float, Device::Cpu)),
+            Tensor::ones([64, 1, 4, 4], (Kind::Float, Device::Cpu)),
+        ];
+        let mut rng = Rng::new(3);
+        let out = modality_dropout(&inputs, 0.9, &mut rng);
+        let kept: Vec<Vec<f32>> = out
+            .iter()
+            .map(|t| Vec::<f32>::try_from(t.amax([1i64, 2, 3].as_slice(), false)).unwrap())
+            .collect();
+        for (s, (a, b)) in kept[0].iter().zip(&kept[1]).enumerate() {
+            assert!(a + b >= 1.0, "sample {s} lost every modality");
+        }
+        let dropped: f32 = kept.iter().flatten().filter(|v| **v == 0.0).count() as f32;
+        assert!(dropped > 50.0, "p = 0.9 drops most: {dropped}");
+    }
+
+    #[test]
+    fn draws_follow_the_weights() {
+        let mut rng = Rng::new(1);
+        let mut counts = [0; 3];
+        for _ in 0..3000 {
+            counts[draw(&[0.6, 0.0, 0.4], &mut rng)] += 1;
+        }
+        assert_eq!(counts[1], 0);
+        assert!((1600..2000).contains(&counts[0]), "{counts:?}");
+    }
+}
