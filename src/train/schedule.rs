@@ -34,9 +34,11 @@ pub enum ScheduleShape {
         #[serde(default)]
         min_lr: f64,
     },
-    /// Polynomial decay to zero over `total_steps`: `lr * (1 - step / total) ^ power`.
+    /// Polynomial decay to zero over `total_steps` (default: the whole run):
+    /// `lr * (1 - step / total) ^ power`.
     Poly {
-        total_steps: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        total_steps: Option<u64>,
         #[serde(default = "default_power")]
         power: f64,
     },
@@ -67,15 +69,15 @@ impl ScheduleConfig {
                 );
             }
             ScheduleShape::Poly { total_steps, power } => {
-                ensure!(total_steps >= 1, "total_steps must be at least 1");
+                ensure!(total_steps != Some(0), "total_steps must be at least 1");
                 ensure!(power > 0.0, "power must be positive");
             }
         }
         Ok(())
     }
 
-    /// The learning rate of optimiser step `step` (0-based).
-    pub fn lr_at(&self, step: u64) -> f64 {
+    /// The learning rate of optimiser step `step` (0-based) of a run of `run_steps` steps.
+    pub fn lr_at(&self, step: u64, run_steps: u64) -> f64 {
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
         }
@@ -87,6 +89,9 @@ impl ScheduleConfig {
                 min_lr + (self.lr - min_lr) * (1.0 + (PI * t_cur as f64 / t_i as f64).cos()) / 2.0
             }
             ScheduleShape::Poly { total_steps, power } => {
+                let total_steps = total_steps
+                    .unwrap_or(run_steps.saturating_sub(self.warmup_steps))
+                    .max(1);
                 let left = 1.0 - (step.min(total_steps) as f64 / total_steps as f64);
                 self.lr * left.powf(power)
             }
@@ -123,14 +128,14 @@ mod tests {
     #[test]
     fn cosine_restarts_follow_pytorch() {
         let s = cosine(15, 1);
-        assert!((s.lr_at(0) - 0.1).abs() < 1e-12);
+        assert!((s.lr_at(0, 0) - 0.1).abs() < 1e-12);
         // PyTorch: eta_min + (base - eta_min) * (1 + cos(pi * 7 / 15)) / 2
-        assert!((s.lr_at(7) - 0.1 * (1.0 + (PI * 7.0 / 15.0).cos()) / 2.0).abs() < 1e-12);
-        assert!((s.lr_at(15) - 0.1).abs() < 1e-12, "restarts after t0 steps");
+        assert!((s.lr_at(7, 0) - 0.1 * (1.0 + (PI * 7.0 / 15.0).cos()) / 2.0).abs() < 1e-12);
+        assert!((s.lr_at(15, 0) - 0.1).abs() < 1e-12, "restarts after t0 steps");
         let s = cosine(2, 2); // cycles [0,2) [2,6) [6,14)
         assert_eq!(restart_position(5, 2, 2), (3, 4));
         assert_eq!(restart_position(6, 2, 2), (0, 8));
-        assert!((s.lr_at(6) - 0.1).abs() < 1e-12);
+        assert!((s.lr_at(6, 0) - 0.1).abs() < 1e-12);
     }
 
     #[test]
@@ -139,15 +144,22 @@ mod tests {
             lr: 1.0,
             warmup_steps: 4,
             shape: ScheduleShape::Poly {
-                total_steps: 10,
+                total_steps: Some(10),
                 power: 1.0,
             },
         };
-        assert_eq!(s.lr_at(0), 0.25);
-        assert_eq!(s.lr_at(3), 1.0);
-        assert_eq!(s.lr_at(4), 1.0);
-        assert!((s.lr_at(9) - 0.5).abs() < 1e-12);
-        assert_eq!(s.lr_at(100), 0.0);
+        assert_eq!(s.lr_at(0, 0), 0.25);
+        assert_eq!(s.lr_at(3, 0), 1.0);
+        assert_eq!(s.lr_at(4, 0), 1.0);
+        assert!((s.lr_at(9, 0) - 0.5).abs() < 1e-12);
+        assert_eq!(s.lr_at(100, 0), 0.0);
+        // Without total_steps the decay spans the run after warm-up.
+        let run = ScheduleConfig {
+            lr: 1.0,
+            warmup_steps: 0,
+            shape: ScheduleShape::Poly { total_steps: None, power: 1.0 },
+        };
+        assert!((run.lr_at(5, 20) - 0.75).abs() < 1e-12);
     }
 
     #[test]

@@ -292,7 +292,7 @@ impl Trainer {
                 let norm = self.optimizer.clip_grad_norm(max);
                 sums.insert("grad_norm".into(), norm);
             }
-            let lr = self.exp.train.schedule.lr_at(self.step);
+            let lr = self.exp.train.schedule.lr_at(self.step, total);
             self.optimizer.step(lr);
             self.optimizer.zero_grad();
             self.step += 1;
