@@ -500,34 +500,8 @@ impl Dis2Net {
 
         // DLKD: the teacher side is detached, so its pools need no graph.
         let t_pooled = tch::no_grad(|| self.teacher.fuse_pool.forward(&t_fused.levels));
-        let s_pooled = st.branch.fuse_pool.forward(&s_fused.levels);
-        let mut kd_terms = vec![l2_kd_loss(&s_fused.global, &t_fused.global.detach())];
-        kd_terms.extend(
-            s_pooled
-                .iter()
-                .zip(&t_pooled)
-                .map(|(s, t)| l2_kd_loss(s, t)),
-        );
-        kd_terms.push(l2_kd_loss(&s_out.penultimate, &t_out.penultimate.detach()));
-        kd_terms.push(kd_logits_loss(&s_out.logits, &t_out.logits));
-        let kd = sum_scalars(&kd_terms);
-
-        // Orthogonality between each compensation encoder and each available encoder.
-        let avail = scenario.available(m);
-        let dist: Vec<Vec<Tensor>> = st
-            .dist_pools
-            .iter()
-            .zip(&avail)
-            .filter_map(|(pool, &a)| enc[a].as_ref().map(|f| pool.forward(f)))
-            .collect();
-        let mut orth_terms = Vec::new();
-        for (pool, feats) in st.comp_pools.iter().zip(&comp) {
-            let c = pool.forward(feats);
-            for d in &dist {
-                orth_terms.extend(c.iter().zip(d).map(|(x, y)| orthogonality_loss(x, y)));
-            }
-        }
-        let orth = sum_scalars(&orth_terms);
+        let kd = Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
+        let orth = self.orthogonality(st, &enc, &comp);
 
         let branch = |o: DecoderOutputs| BranchOutputs {
             pred: o.pred,
@@ -618,31 +592,8 @@ impl Dis2Net {
         let comp = self.compensation(st, inputs, train);
         let slots = self.slots(st, &enc, &comp)?;
         let (s_fused, s_out) = st.branch.forward(&slots, train, true);
-        let s_pooled = st.branch.fuse_pool.forward(&s_fused.levels);
-        let mut kd_terms = vec![l2_kd_loss(&s_fused.global, &t_fused.global)];
-        kd_terms.extend(
-            s_pooled
-                .iter()
-                .zip(&t_pooled)
-                .map(|(s, t)| l2_kd_loss(s, t)),
-        );
-        kd_terms.push(l2_kd_loss(&s_out.penultimate, &t_out.penultimate));
-        kd_terms.push(kd_logits_loss(&s_out.logits, &t_out.logits));
-        let kd = sum_scalars(&kd_terms);
-        let avail = scenario.available(m);
-        let dist: Vec<Vec<Tensor>> = st
-            .dist_pools
-            .iter()
-            .zip(&avail)
-            .filter_map(|(pool, &a)| enc[a].as_ref().map(|f| pool.forward(f)))
-            .collect();
-        let mut orth_terms = Vec::new();
-        for (pool, feats) in st.comp_pools.iter().zip(&comp) {
-            let c = pool.forward(feats);
-            for d in &dist {
-                orth_terms.extend(c.iter().zip(d).map(|(x, y)| orthogonality_loss(x, y)));
-            }
-        }
+        let kd = Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
+        let orth = self.orthogonality(st, &enc, &comp);
         let branch = |o: DecoderOutputs| BranchOutputs {
             pred: o.pred,
             scale_preds: o.scale_preds,
@@ -654,7 +605,45 @@ impl Dis2Net {
             teacher: branch(t_out),
             student: branch(s_out),
             kd_loss: kd,
-            orth_loss: sum_scalars(&orth_terms),
+            orth_loss: orth,
         })
+    }
+
+    /// The DLKD loss of a student against the teacher's (detached) features: pooled fused levels
+    /// 1-3, the level-4 fusion token, the penultimate map, and T^2 KL on the logits.
+    fn dlkd_loss(
+        st: &Student,
+        t_fused: &Fused,
+        t_pooled: &[Tensor],
+        t_out: &DecoderOutputs,
+        s_fused: &Fused,
+        s_out: &DecoderOutputs,
+    ) -> Tensor {
+        let s_pooled = st.branch.fuse_pool.forward(&s_fused.levels);
+        let mut kd_terms = vec![l2_kd_loss(&s_fused.global, &t_fused.global.detach())];
+        kd_terms.extend(s_pooled.iter().zip(t_pooled).map(|(s, t)| l2_kd_loss(s, t)));
+        kd_terms.push(l2_kd_loss(&s_out.penultimate, &t_out.penultimate.detach()));
+        kd_terms.push(kd_logits_loss(&s_out.logits, &t_out.logits));
+        sum_scalars(&kd_terms)
+    }
+
+    /// The orthogonality (disentanglement) loss between each compensation encoder and each
+    /// available modality's encoder, levels 1-3.
+    fn orthogonality(&self, st: &Student, enc: &[Option<Features>], comp: &[Features]) -> Tensor {
+        let avail = st.scenario.available(self.cfg.modalities.len());
+        let dist: Vec<Vec<Tensor>> = st
+            .dist_pools
+            .iter()
+            .zip(&avail)
+            .filter_map(|(pool, &a)| enc[a].as_ref().map(|f| pool.forward(f)))
+            .collect();
+        let mut orth_terms = Vec::new();
+        for (pool, feats) in st.comp_pools.iter().zip(comp) {
+            let c = pool.forward(feats);
+            for d in &dist {
+                orth_terms.extend(c.iter().zip(d).map(|(x, y)| orthogonality_loss(x, y)));
+            }
+        }
+        sum_scalars(&orth_terms)
     }
 }

@@ -71,6 +71,51 @@ fn finish(weighted: Vec<(String, Tensor, f64)>) -> Objective {
     }
 }
 
+/// The teacher's full prediction, auxiliary predictions and deep-supervision scales.
+fn teacher_preds<'a>(
+    pred: &'a Tensor,
+    aux: &'a [Tensor],
+    scales: &'a [Tensor],
+    modality_names: &[String],
+) -> Vec<(String, &'a Tensor)> {
+    let mut preds: Vec<(String, &Tensor)> = vec![("teacher".into(), pred)];
+    for (name, p) in modality_names.iter().zip(aux) {
+        preds.push((format!("aux_{name}"), p));
+    }
+    preds.extend(scales.iter().map(|p| ("teacher_scales#".to_string(), p)));
+    preds
+}
+
+/// The student's prediction and deep-supervision scales.
+fn student_preds(out: &TrainOutputs) -> Vec<(String, &Tensor)> {
+    let mut preds: Vec<(String, &Tensor)> = vec![("student".into(), &out.student.pred)];
+    preds.extend(
+        out.student
+            .scale_preds
+            .iter()
+            .map(|p| ("student_scales#".to_string(), p)),
+    );
+    preds
+}
+
+/// Segmentation terms of `preds` plus the weighted DLKD and orthogonality terms of `out`.
+fn with_distillation(
+    preds: &[(String, &Tensor)],
+    out: &TrainOutputs,
+    target: &Tensor,
+    mask: &Tensor,
+    kd_weight: f64,
+    orth_weight: f64,
+) -> Objective {
+    let mut terms: Vec<(String, Tensor, f64)> = group(named_seg_losses(preds, target, mask))
+        .into_iter()
+        .map(|(n, t)| (n, t, 1.0))
+        .collect();
+    terms.push(("kd".into(), out.kd_loss.shallow_clone(), kd_weight));
+    terms.push(("orth".into(), out.orth_loss.shallow_clone(), orth_weight));
+    finish(terms)
+}
+
 /// `train-teacher`: the full prediction, each auxiliary prediction and each deep-supervision
 /// scale (reference `cal_train_loss` restricted to the teacher).
 pub fn teacher_objective(
@@ -79,13 +124,8 @@ pub fn teacher_objective(
     target: &Tensor,
     mask: &Tensor,
 ) -> Objective {
-    let mut preds: Vec<(String, &Tensor)> = vec![("teacher".into(), &out.teacher.pred)];
-    for (name, p) in modality_names.iter().zip(&out.aux_preds) {
-        preds.push((format!("aux_{name}"), p));
-    }
-    for p in &out.teacher.scale_preds {
-        preds.push(("teacher_scales#".into(), p));
-    }
+    let t = &out.teacher;
+    let preds = teacher_preds(&t.pred, &out.aux_preds, &t.scale_preds, modality_names);
     let terms = group(named_seg_losses(&preds, target, mask));
     finish(terms.into_iter().map(|(n, t)| (n, t, 1.0)).collect())
 }
@@ -99,17 +139,8 @@ pub fn distill_objective(
     kd_weight: f64,
     orth_weight: f64,
 ) -> Objective {
-    let mut preds: Vec<(String, &Tensor)> = vec![("student".into(), &out.student.pred)];
-    for p in &out.student.scale_preds {
-        preds.push(("student_scales#".into(), p));
-    }
-    let mut terms: Vec<(String, Tensor, f64)> = group(named_seg_losses(&preds, target, mask))
-        .into_iter()
-        .map(|(n, t)| (n, t, 1.0))
-        .collect();
-    terms.push(("kd".into(), out.kd_loss.shallow_clone(), kd_weight));
-    terms.push(("orth".into(), out.orth_loss.shallow_clone(), orth_weight));
-    finish(terms)
+    let preds = student_preds(out);
+    with_distillation(&preds, out, target, mask, kd_weight, orth_weight)
 }
 
 /// `distill --joint`: the reference objective, teacher and student together.
@@ -121,26 +152,10 @@ pub fn joint_objective(
     kd_weight: f64,
     orth_weight: f64,
 ) -> Objective {
-    let mut preds: Vec<(String, &Tensor)> = vec![
-        ("teacher".into(), &out.teacher.pred),
-        ("student".into(), &out.student.pred),
-    ];
-    for (name, p) in modality_names.iter().zip(&out.aux_preds) {
-        preds.push((format!("aux_{name}"), p));
-    }
-    for p in &out.teacher.scale_preds {
-        preds.push(("teacher_scales#".into(), p));
-    }
-    for p in &out.student.scale_preds {
-        preds.push(("student_scales#".into(), p));
-    }
-    let mut terms: Vec<(String, Tensor, f64)> = group(named_seg_losses(&preds, target, mask))
-        .into_iter()
-        .map(|(n, t)| (n, t, 1.0))
-        .collect();
-    terms.push(("kd".into(), out.kd_loss.shallow_clone(), kd_weight));
-    terms.push(("orth".into(), out.orth_loss.shallow_clone(), orth_weight));
-    finish(terms)
+    let t = &out.teacher;
+    let mut preds = teacher_preds(&t.pred, &out.aux_preds, &t.scale_preds, modality_names);
+    preds.extend(student_preds(out));
+    with_distillation(&preds, out, target, mask, kd_weight, orth_weight)
 }
 
 #[cfg(test)]

@@ -131,7 +131,10 @@ mod tests {
         assert!((s.lr_at(0, 0) - 0.1).abs() < 1e-12);
         // PyTorch: eta_min + (base - eta_min) * (1 + cos(pi * 7 / 15)) / 2
         assert!((s.lr_at(7, 0) - 0.1 * (1.0 + (PI * 7.0 / 15.0).cos()) / 2.0).abs() < 1e-12);
-        assert!((s.lr_at(15, 0) - 0.1).abs() < 1e-12, "restarts after t0 steps");
+        assert!(
+            (s.lr_at(15, 0) - 0.1).abs() < 1e-12,
+            "restarts after t0 steps"
+        );
         let s = cosine(2, 2); // cycles [0,2) [2,6) [6,14)
         assert_eq!(restart_position(5, 2, 2), (3, 4));
         assert_eq!(restart_position(6, 2, 2), (0, 8));
@@ -157,7 +160,10 @@ mod tests {
         let run = ScheduleConfig {
             lr: 1.0,
             warmup_steps: 0,
-            shape: ScheduleShape::Poly { total_steps: None, power: 1.0 },
+            shape: ScheduleShape::Poly {
+                total_steps: None,
+                power: 1.0,
+            },
         };
         assert!((run.lr_at(5, 20) - 0.75).abs() < 1e-12);
     }
