@@ -441,7 +441,7 @@ impl Preview {
     }
 
     fn add_row(&mut self, scene_row: usize, classes: &[u8]) {
-        if scene_row % self.step != 0 {
+        if !scene_row.is_multiple_of(self.step) {
             return;
         }
         let y = scene_row / self.step;
