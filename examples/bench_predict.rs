@@ -4,8 +4,10 @@
 //! child process. The model is the width-8 model of experiments/synthetic.yaml (64 x 64 crops,
 //! freshly initialised: speed does not depend on the weights), the teacher with all three inputs.
 //!
-//! Usage: `bench_predict [DIR]` (default target/bench-predict; scenes are written once and kept).
-//! Each large scene mirrors one generated 1024 x 1024 synthetic scene, so it is seamless.
+//! Usage: `bench_predict [DIR [THROUGHPUT_SIZE SMALL_SIZE LARGE_SIZE]]` (defaults:
+//! target/bench-predict, 4096, 2048, 8192; scenes are written once and kept). Each scene mirrors
+//! one generated 1024 x 1024 synthetic scene, so it is seamless. "one thread" runs with a rayon
+//! pool of 1, one libtorch thread and no background reader (each batch is read, then run).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -85,7 +87,7 @@ fn main() -> Result<()> {
             mps,
             peak_kb / 1024.0
         );
-        if mode == "parallel" && size != 4096 {
+        if mode == "memory" {
             peaks.push((size, peak_kb));
         }
     }
@@ -176,22 +178,23 @@ fn scene(dir: &Path, size: usize) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// `--child MODE CHECKPOINT SCENE_DIR`: predicts the scene and prints
+/// `--child parallel|single|memory CHECKPOINT SCENE_DIR`: predicts the scene and prints
 /// `RESULT windows seconds megapixels_per_s peak_rss_kb`.
 fn child(args: &[String]) -> Result<()> {
     let [mode, ck, scene] = args else {
-        bail!("usage: --child parallel|single CHECKPOINT SCENE_DIR");
+        bail!("usage: --child parallel|single|memory CHECKPOINT SCENE_DIR");
     };
-    match mode.as_str() {
+    let prefetch = match mode.as_str() {
         "single" => {
             tch::set_num_threads(1);
             rayon::ThreadPoolBuilder::new()
                 .num_threads(1)
                 .build_global()?;
+            0
         }
-        "parallel" => {}
+        "parallel" | "memory" => 2,
         other => bail!("unknown mode {other:?}"),
-    }
+    };
     if std::env::var_os("GDAL_CACHEMAX").is_none() {
         gdal::config::set_config_option("GDAL_CACHEMAX", "64")?;
     }
@@ -208,6 +211,7 @@ fn child(args: &[String]) -> Result<()> {
     };
     let options = PredictOptions {
         quiet: true,
+        prefetch,
         ..Default::default()
     };
     let summary = dis2::predict::predict_scene(&predictor, &job, &options)?;

@@ -512,3 +512,45 @@ fn a_missing_set_without_student_needs_allow_fill() {
     assert!(stderr.contains("--allow-fill"), "{stderr}");
     assert_eq!(RasterInfo::read(&out).unwrap().width, 64);
 }
+
+#[test]
+fn inline_and_background_reading_give_the_same_bytes() {
+    use dis2::predict::{predict_scene, PredictOptions, Predictor, ProbsType, SceneJob};
+    let dir = tempfile::tempdir().unwrap();
+    let ck = make_checkpoint(dir.path(), "model", None);
+    let files = make_scene(dir.path(), 100);
+    let predictor = Predictor::load(&ck, Device::Cpu).unwrap();
+    let mut outputs = Vec::new();
+    for (prefetch, batch) in [(0, 1), (2, 3)] {
+        let job = SceneJob {
+            inputs: vec![
+                ("dsm".to_string(), files[1].clone()),
+                ("optical".to_string(), files[0].clone()),
+            ],
+            out: dir.path().join(format!("c{prefetch}.tif")),
+            probs: Some(dir.path().join(format!("p{prefetch}.tif"))),
+            preview: None,
+        };
+        let options = PredictOptions {
+            prefetch,
+            batch,
+            overlap: Some(8),
+            probs_type: ProbsType::F32,
+            ..Default::default()
+        };
+        let summary = predict_scene(&predictor, &job, &options).unwrap();
+        assert_eq!(summary.windows, 4, "stride 56 over 100 px: 2 x 2 windows");
+        assert!(summary.route.contains("missing: sar"), "{}", summary.route);
+        outputs.push((read_all(&job.out), read_all(job.probs.as_ref().unwrap())));
+    }
+    assert_eq!(outputs[0].0, outputs[1].0);
+    let (a, b) = (&outputs[0].1, &outputs[1].1);
+    assert_eq!(a.valid, b.valid);
+    let max_diff = a
+        .data
+        .iter()
+        .zip(&b.data)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(max_diff < 1e-5, "probabilities differ by {max_diff}");
+}

@@ -22,6 +22,8 @@ use gdal::Dataset;
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
+use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -66,7 +68,8 @@ pub struct PredictOptions {
     /// Run the teacher with missing modalities filled when the checkpoint has no student for them.
     pub allow_fill: bool,
     pub probs_type: ProbsType,
-    /// Batches prepared ahead of the model.
+    /// Batches prepared ahead of the model on a background thread; 0: read each batch on the
+    /// calling thread, in turn with the model (no overlap).
     pub prefetch: usize,
     /// Plain progress lines only, at most one a minute.
     pub quiet: bool,
@@ -342,63 +345,109 @@ fn to_batch(windows: Vec<WindowData>, n_inputs: usize) -> Prepared {
     p
 }
 
-/// Reads strips and prepares batches on a background thread; the receiver gets them in the
-/// grid's row-major order.
-fn spawn_reader(
-    inputs: std::sync::Arc<Vec<Input>>,
+/// Reads one strip per row of windows from every input (in parallel) and cuts and normalises
+/// that row's windows (in parallel); yields batches in the grid's row-major order.
+struct BatchReader {
+    inputs: Arc<Vec<Input>>,
     grid: WindowGrid,
     batch: usize,
+    datasets: Vec<Dataset>,
+    next_row: usize,
+    pending: Vec<WindowData>,
+    failed: bool,
+}
+
+impl BatchReader {
+    fn open(inputs: Arc<Vec<Input>>, grid: WindowGrid, batch: usize) -> Result<Self> {
+        let datasets = inputs
+            .iter()
+            .map(|i| raster::open(&i.path))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            inputs,
+            grid,
+            batch: batch.max(1),
+            datasets,
+            next_row: 0,
+            pending: Vec::new(),
+            failed: false,
+        })
+    }
+
+    fn read_row(&mut self) -> Result<()> {
+        let (height, width) = self.grid.scene;
+        let row = self.grid.rows[self.next_row];
+        self.next_row += 1;
+        let rows = self.grid.window.0.min(height - row);
+        let inputs = &self.inputs;
+        let strips: Vec<Pixels> = self
+            .datasets
+            .par_iter_mut()
+            .zip(inputs.par_iter())
+            .map(|(ds, input)| {
+                raster::read_window(
+                    ds,
+                    &input.path,
+                    raster::Window::new(0, row as i64, width, rows),
+                )
+            })
+            .collect::<Result<_>>()?;
+        let crop = self.grid.window;
+        let made: Vec<WindowData> = self
+            .grid
+            .cols
+            .par_iter()
+            .map(|&col| cut_window(&strips, inputs, row, col, crop))
+            .collect();
+        self.pending.extend(made);
+        Ok(())
+    }
+}
+
+impl Iterator for BatchReader {
+    type Item = Result<Prepared>;
+
+    fn next(&mut self) -> Option<Result<Prepared>> {
+        if self.failed {
+            return None;
+        }
+        while self.pending.len() < self.batch && self.next_row < self.grid.rows.len() {
+            if let Err(e) = self.read_row() {
+                self.failed = true;
+                return Some(Err(e));
+            }
+        }
+        if self.pending.is_empty() {
+            return None;
+        }
+        let rest = self.pending.split_off(self.batch.min(self.pending.len()));
+        let full = std::mem::replace(&mut self.pending, rest);
+        Some(Ok(to_batch(full, self.inputs.len())))
+    }
+}
+
+/// Batches from `reader`: on a background thread through a queue of `prefetch` batches, or,
+/// with `prefetch` 0, read in turn with the model on the calling thread.
+fn batches(
+    reader: BatchReader,
     prefetch: usize,
 ) -> (
-    std::sync::mpsc::Receiver<Result<Prepared>>,
-    std::thread::JoinHandle<()>,
+    Box<dyn Iterator<Item = Result<Prepared>>>,
+    Option<JoinHandle<()>>,
 ) {
-    let (tx, rx) = sync_channel::<Result<Prepared>>(prefetch.max(1));
+    if prefetch == 0 {
+        return (Box::new(reader), None);
+    }
+    let (tx, rx) = sync_channel::<Result<Prepared>>(prefetch);
     let handle = std::thread::spawn(move || {
-        let run = || -> Result<()> {
-            let mut datasets: Vec<Dataset> = inputs
-                .iter()
-                .map(|i| raster::open(&i.path))
-                .collect::<Result<_>>()?;
-            let (height, width) = grid.scene;
-            let mut pending: Vec<WindowData> = Vec::new();
-            for &row in &grid.rows {
-                let rows = grid.window.0.min(height - row);
-                let strips: Vec<Pixels> = datasets
-                    .par_iter_mut()
-                    .zip(inputs.par_iter())
-                    .map(|(ds, input)| {
-                        raster::read_window(
-                            ds,
-                            &input.path,
-                            raster::Window::new(0, row as i64, width, rows),
-                        )
-                    })
-                    .collect::<Result<_>>()?;
-                let made: Vec<WindowData> = grid
-                    .cols
-                    .par_iter()
-                    .map(|&col| cut_window(&strips, &inputs, row, col, grid.window))
-                    .collect();
-                pending.extend(made);
-                while pending.len() >= batch {
-                    let rest = pending.split_off(batch);
-                    let full = std::mem::replace(&mut pending, rest);
-                    if tx.send(Ok(to_batch(full, inputs.len()))).is_err() {
-                        return Ok(());
-                    }
-                }
+        for batch in reader {
+            let failed = batch.is_err();
+            if tx.send(batch).is_err() || failed {
+                return;
             }
-            if !pending.is_empty() {
-                let _ = tx.send(Ok(to_batch(pending, inputs.len())));
-            }
-            Ok(())
-        };
-        if let Err(e) = run() {
-            let _ = tx.send(Err(e));
         }
     });
-    (rx, handle)
+    (Box::new(rx.into_iter()), Some(handle))
 }
 
 /// Where finished rows go: the class map, the probabilities, the preview.
@@ -684,11 +733,12 @@ pub fn predict_scene(
     let windows = grid.len();
     let mut stitcher = BandStitcher::new(grid.clone(), k + 1);
     let mut progress = Progress::new(windows, label, options.quiet);
-    let inputs = std::sync::Arc::new(inputs);
-    let (rx, reader) = spawn_reader(inputs.clone(), grid, options.batch, options.prefetch);
+    let inputs = Arc::new(inputs);
+    let reader = BatchReader::open(inputs.clone(), grid, options.batch)?;
+    let (batches, reading) = batches(reader, options.prefetch);
     let result = (|| -> Result<()> {
         let plane = crop.0 * crop.1;
-        for batch in rx.iter() {
+        for batch in batches {
             let batch = batch?;
             let b = batch.windows.len();
             let mut tensors: Vec<Option<Tensor>> =
@@ -743,10 +793,12 @@ pub fn predict_scene(
         }
         Ok(())
     })();
-    drop(rx);
-    reader
-        .join()
-        .map_err(|_| anyhow!("the reading thread panicked"))?;
+    if let Some(handle) = reading {
+        // The queue is closed (the loop consumed or dropped it), so the thread ends.
+        handle
+            .join()
+            .map_err(|_| anyhow!("the reading thread panicked"))?;
+    }
     progress.finish();
     result?;
     if sink.valid_pixels == 0 {
