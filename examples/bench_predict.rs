@@ -208,7 +208,10 @@ fn child(args: &[String]) -> Result<()> {
                 .build_global()?;
             0
         }
-        "parallel" => 2,
+        "parallel" => {
+            dis2::predict::share_cpu_threads(tch::Device::Cpu);
+            2
+        }
         other => bail!("unknown mode {other:?}"),
     };
     if std::env::var_os("GDAL_CACHEMAX").is_none() {

@@ -269,6 +269,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         gdal::config::set_config_option("GDAL_CACHEMAX", "64")?;
     }
     let device = args.device.device.resolve()?;
+    super::share_cpu_threads(device);
     let predictor = Predictor::load(&checkpoint, device)?;
     let count = jobs.len();
     for (n, job) in jobs.iter().enumerate() {

@@ -160,6 +160,15 @@ fn modality_flags(info: &CheckpointInfo) -> String {
         .join(", ")
 }
 
+/// On the CPU, gives libtorch half of its threads (at least one) and leaves the rest to reading
+/// and cutting windows. Measured on 2 cores (docs/predict.md): libtorch's intra-op threads
+/// competing with the reader made prediction about 9 times slower than with one libtorch thread.
+pub fn share_cpu_threads(device: Device) {
+    if device == Device::Cpu {
+        tch::set_num_threads((tch::get_num_threads() / 2).max(1));
+    }
+}
+
 /// A loaded model ready to predict, with the normalisation it was trained with.
 pub struct Predictor {
     pub loaded: Loaded,
