@@ -107,7 +107,10 @@ pub fn resolve(mut args: PredictArgs) -> Result<Resolved> {
             continue;
         }
         if name == "threads" {
-            bail!("--threads is an option of dis2 itself: give it before `predict`");
+            bail!(
+                "--threads is an option of dis2 itself: give it before `predict` or before the \
+                 first --NAME FILE input"
+            );
         }
         if name.is_empty() {
             bail!("unexpected argument \"--\"");
