@@ -48,11 +48,15 @@ demo: setup
 clean:
 	$(CARGO) clean
 
-.PHONY: bench-loader synth
+.PHONY: bench-loader bench-predict synth
 
 # Loader throughput on the synthetic benchmark (written to target/bench-synthetic when absent).
 bench-loader: setup
 	$(CARGO) run --release --locked --example bench_loader
+
+# dis2 predict: megapixels/s (parallel vs one thread) and peak memory at two scene sizes.
+bench-predict: setup
+	$(CARGO) run --release --locked --example bench_predict
 
 # The synthetic benchmark with its experiment YAML, in data/synthetic.
 synth: setup

@@ -37,6 +37,9 @@ pub enum Command {
     Distill(crate::train::cli::DistillArgs),
     /// Convert a state_dict of the authors' PyTorch DIS2 (safetensors) into a dis2 checkpoint.
     ImportTorch(ImportTorchArgs),
+    /// Classify whole scenes with a checkpoint: `--NAME FILE` per modality of the checkpoint
+    /// (missing ones use their student), `--out classes.tif`; see docs/predict.md.
+    Predict(crate::predict::cli::PredictArgs),
 }
 
 /// `--device`, shared by every subcommand that computes.
@@ -80,6 +83,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::ImportTorch(args) => {
             crate::import_torch::import_torch(&args.weights, &args.config, &args.out)
         }
+        Command::Predict(args) => crate::predict::cli::predict(args),
     }
 }
 

@@ -19,6 +19,7 @@ pub mod import_torch;
 pub mod info;
 pub mod metrics;
 pub mod model;
+pub mod predict;
 pub mod report;
 pub mod tiling;
 pub mod train;

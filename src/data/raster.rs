@@ -321,7 +321,8 @@ impl GeoRef {
         })
     }
 
-    fn spatial_ref(&self) -> Result<SpatialRef> {
+    /// The CRS as a GDAL spatial reference.
+    pub fn spatial_ref(&self) -> Result<SpatialRef> {
         match &self.crs {
             Crs::Epsg(code) => {
                 SpatialRef::from_epsg(*code).with_context(|| format!("unknown CRS EPSG:{code}"))

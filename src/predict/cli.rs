@@ -1,0 +1,393 @@
+//! `dis2 predict`: arguments and the per-scene loop.
+//!
+//! The inputs are named after the checkpoint's modalities (`--optical a.tif --sar c.tif`), which
+//! clap cannot know when the binary is built: every `--NAME FILE` that is not one of the options
+//! below is collected and matched against the checkpoint's modalities.
+
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{CommandFactory, FromArgMatches, Parser};
+use std::path::{Path, PathBuf};
+
+use super::{PredictOptions, Predictor, ProbsType, SceneJob};
+use crate::cli::DeviceArgs;
+
+/// `dis2 predict`.
+#[derive(Debug, Parser)]
+#[command(
+    name = "predict",
+    after_help = "Inputs: one `--NAME FILE` per modality of the checkpoint (e.g. --optical a.tif \
+                  --dsm b.tif --sar c.tif). A modality left out is missing: its student runs, or \
+                  with --allow-fill the teacher with that modality filled. See docs/predict.md."
+)]
+pub struct PredictArgs {
+    /// The checkpoint (CHECKPOINT.safetensors + CHECKPOINT.yaml).
+    #[arg(long, value_name = "CHECKPOINT")]
+    pub checkpoint: Option<PathBuf>,
+    /// Class map to write (u8 GeoTIFF, 255 = nodata).
+    #[arg(long, value_name = "FILE.tif")]
+    pub out: Option<PathBuf>,
+    /// Also write per-class probabilities (one band per class).
+    #[arg(long, value_name = "FILE.tif")]
+    pub probs: Option<PathBuf>,
+    /// Pixel type of --probs: u8 (255 x p) or f32 [default: f32].
+    #[arg(long, value_enum, value_name = "TYPE")]
+    pub probs_type: Option<ProbsType>,
+    /// Also write a downsampled colour rendering of the class map (PNG, at most 1024 px a side).
+    #[arg(long, value_name = "FILE.png")]
+    pub preview: Option<PathBuf>,
+    /// Pixels shared by neighbouring windows [default: a quarter of the model's crop].
+    #[arg(long, value_name = "PX")]
+    pub overlap: Option<usize>,
+    /// Windows per model call [default: 8].
+    #[arg(long, value_name = "N")]
+    pub batch: Option<usize>,
+    /// Without a student for the missing modalities, run the teacher with them filled with the
+    /// training mean.
+    #[arg(long)]
+    pub allow_fill: bool,
+    /// Several scenes: one line per scene, `NAME=FILE ... out=FILE [probs=FILE]
+    /// [preview=FILE]`; relative paths are relative to the list's folder; `#` starts a comment.
+    #[arg(long, value_name = "FILE")]
+    pub list: Option<PathBuf>,
+    /// With --list: predict only scenes i, i+n, i+2n, ... (0-based), for job arrays.
+    #[arg(long, value_name = "i/n")]
+    pub shard: Option<String>,
+    /// Progress as a plain line at most once a minute, no bar.
+    #[arg(long)]
+    pub quiet: bool,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+    /// `--NAME FILE` per modality (and any options given after the first of them).
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        hide = true,
+        value_name = "--NAME FILE"
+    )]
+    pub rest: Vec<String>,
+}
+
+/// The options of `predict` and the `--NAME FILE` pairs, once the pairs are separated from any
+/// options clap collected with them.
+#[derive(Debug)]
+pub struct Resolved {
+    pub args: PredictArgs,
+    pub inputs: Vec<(String, PathBuf)>,
+}
+
+/// Splits `args.rest` into modality inputs and options, and merges those options into `args`.
+pub fn resolve(mut args: PredictArgs) -> Result<Resolved> {
+    let command = PredictArgs::command();
+    let known: Vec<(String, bool)> = command
+        .get_arguments()
+        .filter_map(|a| {
+            a.get_long()
+                .map(|l| (l.to_string(), a.get_action().takes_values()))
+        })
+        .chain([("help".to_string(), false)])
+        .collect();
+    let mut options: Vec<String> = vec!["predict".to_string()];
+    let mut inputs: Vec<(String, PathBuf)> = Vec::new();
+    let mut tokens = std::mem::take(&mut args.rest).into_iter();
+    while let Some(token) = tokens.next() {
+        let Some(flag) = token.strip_prefix("--") else {
+            bail!("unexpected argument {token:?}: inputs are given as --NAME FILE");
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((n, v)) => (n.to_string(), Some(v.to_string())),
+            None => (flag.to_string(), None),
+        };
+        if let Some((_, takes_value)) = known.iter().find(|(l, _)| *l == name) {
+            options.push(token.clone());
+            if *takes_value && inline.is_none() {
+                if let Some(v) = tokens.next() {
+                    options.push(v);
+                }
+            }
+            continue;
+        }
+        if name == "threads" {
+            bail!(
+                "--threads is an option of dis2 itself: give it before `predict` or before the \
+                 first --NAME FILE input"
+            );
+        }
+        if name.is_empty() {
+            bail!("unexpected argument \"--\"");
+        }
+        let value = match inline {
+            Some(v) => v,
+            None => match tokens.next() {
+                Some(v) if !v.starts_with("--") => v,
+                _ => bail!("--{name}: expected a file after it"),
+            },
+        };
+        if value.is_empty() {
+            bail!("--{name}: expected a file, found an empty string");
+        }
+        inputs.push((name, PathBuf::from(value)));
+    }
+    if options.len() > 1 {
+        let matches = command
+            .try_get_matches_from(&options)
+            .map_err(|e| anyhow!("{}", e.render().to_string().trim_end()))?;
+        let later = PredictArgs::from_arg_matches(&matches)?;
+        let given =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        macro_rules! take {
+            ($($field:ident),*) => {$(
+                if later.$field.is_some() {
+                    args.$field = later.$field;
+                }
+            )*};
+        }
+        take!(checkpoint, out, probs, probs_type, preview, overlap, batch, list, shard);
+        args.allow_fill |= later.allow_fill;
+        args.quiet |= later.quiet;
+        if given("device") {
+            args.device = later.device;
+        }
+    }
+    Ok(Resolved { args, inputs })
+}
+
+/// `i/n` with `i < n`.
+pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
+    let bad = || anyhow!("--shard {text:?}: expected i/n with 0 <= i < n, e.g. 0/4");
+    let (i, n) = text.split_once('/').ok_or_else(bad)?;
+    let i: usize = i.trim().parse().map_err(|_| bad())?;
+    let n: usize = n.trim().parse().map_err(|_| bad())?;
+    if n == 0 || i >= n {
+        return Err(bad());
+    }
+    Ok((i, n))
+}
+
+/// Reads a scene list (see [`PredictArgs::list`]).
+pub fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("--list: cannot read {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new(""));
+    let resolve = |v: &str| {
+        let p = PathBuf::from(v);
+        if p.is_absolute() {
+            p
+        } else {
+            base.join(p)
+        }
+    };
+    let mut jobs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let at = format!("{}:{}", path.display(), n + 1);
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let mut job = SceneJob {
+            inputs: Vec::new(),
+            out: PathBuf::new(),
+            probs: None,
+            preview: None,
+        };
+        let mut out = None;
+        for item in line.split_whitespace() {
+            let (key, value) = item
+                .split_once('=')
+                .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+                .ok_or_else(|| anyhow!("{at}: {item:?} is not KEY=FILE"))?;
+            match key {
+                "out" => out = Some(resolve(value)),
+                "probs" => job.probs = Some(resolve(value)),
+                "preview" => job.preview = Some(resolve(value)),
+                name => job.inputs.push((name.to_string(), resolve(value))),
+            }
+        }
+        job.out = out.ok_or_else(|| anyhow!("{at}: no out=FILE"))?;
+        if job.inputs.is_empty() {
+            bail!("{at}: no input (NAME=FILE)");
+        }
+        jobs.push(job);
+    }
+    if jobs.is_empty() {
+        bail!("--list {}: no scenes in the file", path.display());
+    }
+    Ok(jobs)
+}
+
+/// Runs `dis2 predict`.
+pub fn predict(args: PredictArgs) -> Result<()> {
+    let Resolved { args, inputs } = resolve(args)?;
+    let checkpoint = args
+        .checkpoint
+        .clone()
+        .ok_or_else(|| anyhow!("--checkpoint is required"))?;
+    let jobs: Vec<SceneJob> = match &args.list {
+        Some(list) => {
+            if !inputs.is_empty()
+                || args.out.is_some()
+                || args.probs.is_some()
+                || args.preview.is_some()
+            {
+                bail!("--list names inputs and outputs per scene: leave out --NAME FILE, --out, --probs and --preview");
+            }
+            let jobs = parse_list(list)?;
+            match &args.shard {
+                None => jobs,
+                Some(s) => {
+                    let (i, n) = parse_shard(s)?;
+                    jobs.into_iter().skip(i).step_by(n).collect()
+                }
+            }
+        }
+        None => {
+            if let Some(s) = &args.shard {
+                parse_shard(s)?;
+                bail!("--shard needs --list");
+            }
+            let out = args
+                .out
+                .clone()
+                .ok_or_else(|| anyhow!("--out is required (or --list)"))?;
+            vec![SceneJob {
+                inputs,
+                out,
+                probs: args.probs.clone(),
+                preview: args.preview.clone(),
+            }]
+        }
+    };
+    let options = PredictOptions {
+        overlap: args.overlap,
+        batch: args.batch.unwrap_or(8),
+        allow_fill: args.allow_fill,
+        probs_type: args.probs_type.unwrap_or(ProbsType::F32),
+        prefetch: 2,
+        quiet: args.quiet,
+    };
+    if options.batch == 0 {
+        bail!("--batch must be at least 1");
+    }
+    if std::env::var_os("GDAL_CACHEMAX").is_none() {
+        // Bounded block cache: memory must not grow with the scene (GDAL's default is 5 % of RAM).
+        gdal::config::set_config_option("GDAL_CACHEMAX", "64")?;
+    }
+    let device = args.device.device.resolve()?;
+    super::share_cpu_threads(device);
+    let predictor = Predictor::load(&checkpoint, device)?;
+    let count = jobs.len();
+    for (n, job) in jobs.iter().enumerate() {
+        let summary = super::predict_scene(&predictor, job, &options)
+            .with_context(|| format!("scene {} of {count} ({})", n + 1, job.out.display()))?;
+        println!(
+            "{}: {}x{} px, {} windows, {}, {:.1} s, {:.2} MP/s",
+            job.out.display(),
+            summary.width,
+            summary.height,
+            summary.windows,
+            summary.route,
+            summary.seconds,
+            summary.megapixels_per_s()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Resolved> {
+        let matches = PredictArgs::command().try_get_matches_from(args)?;
+        resolve(PredictArgs::from_arg_matches(&matches)?)
+    }
+
+    #[test]
+    fn modality_flags_and_options_mix_in_any_order() {
+        let r = parse(&[
+            "predict",
+            "--checkpoint",
+            "ck",
+            "--optical",
+            "a.tif",
+            "--out",
+            "c.tif",
+            "--sar=s.tif",
+            "--allow-fill",
+            "--device",
+            "cpu",
+            "--batch",
+            "3",
+        ])
+        .unwrap();
+        assert_eq!(
+            r.inputs,
+            vec![
+                ("optical".to_string(), PathBuf::from("a.tif")),
+                ("sar".to_string(), PathBuf::from("s.tif"))
+            ]
+        );
+        assert_eq!(r.args.out, Some(PathBuf::from("c.tif")));
+        assert_eq!(r.args.checkpoint, Some(PathBuf::from("ck")));
+        assert_eq!(r.args.batch, Some(3));
+        assert!(r.args.allow_fill);
+        assert_eq!(r.args.device.device, crate::device::DeviceChoice::Cpu);
+        let early = parse(&["predict", "--device", "cpu", "--dsm", "d.tif"]).unwrap();
+        assert_eq!(early.args.device.device, crate::device::DeviceChoice::Cpu);
+    }
+
+    #[test]
+    fn malformed_inputs_are_errors() {
+        let err = parse(&["predict", "--optical"]).unwrap_err().to_string();
+        assert!(err.contains("--optical: expected a file"), "{err}");
+        let err = parse(&["predict", "--optical", "a.tif", "stray"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("stray"), "{err}");
+        let err = parse(&["predict", "--sar", "a", "--threads", "2"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("before `predict`"), "{err}");
+    }
+
+    #[test]
+    fn shards_are_checked() {
+        assert_eq!(parse_shard("1/4").unwrap(), (1, 4));
+        for bad in ["4/4", "0/0", "1", "a/2", "-1/3"] {
+            let err = parse_shard(bad).unwrap_err().to_string();
+            assert!(err.contains("--shard") && err.contains("i/n"), "{err}");
+        }
+    }
+
+    #[test]
+    fn lists_resolve_paths_and_report_bad_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let list = dir.path().join("scenes.txt");
+        std::fs::write(
+            &list,
+            "# comment\noptical=a.tif dsm=/abs/b.tif out=o/c.tif probs=p.tif\n\n sar=s.tif out=x.tif # tail\n",
+        )
+        .unwrap();
+        let jobs = parse_list(&list).unwrap();
+        assert_eq!(jobs.len(), 2);
+        assert_eq!(
+            jobs[0].inputs[0],
+            ("optical".into(), dir.path().join("a.tif"))
+        );
+        assert_eq!(jobs[0].inputs[1].1, PathBuf::from("/abs/b.tif"));
+        assert_eq!(jobs[0].out, dir.path().join("o/c.tif"));
+        assert_eq!(jobs[0].probs, Some(dir.path().join("p.tif")));
+        assert_eq!(
+            jobs[1].inputs,
+            vec![("sar".into(), dir.path().join("s.tif"))]
+        );
+        std::fs::write(&list, "optical=a.tif\n").unwrap();
+        let err = parse_list(&list).unwrap_err().to_string();
+        assert!(
+            err.contains("scenes.txt:1") && err.contains("out="),
+            "{err}"
+        );
+        std::fs::write(&list, "optical=a.tif out=b.tif junk\n").unwrap();
+        let err = parse_list(&list).unwrap_err().to_string();
+        assert!(err.contains("\"junk\" is not KEY=FILE"), "{err}");
+    }
+}

@@ -1,0 +1,245 @@
+//! A GeoTIFF written by row bands: created as a tiled, DEFLATE-compressed file under a temporary
+//! name beside its destination, filled band of rows by band of rows as prediction finishes them,
+//! and renamed into place by [`StreamingTiff::finish`]. Dropped unfinished, the temporary file is
+//! removed, so an interrupted run leaves nothing half-written.
+//!
+//! GDAL keeps partly written tiles in its block cache until they are complete, so memory stays at
+//! about one row of tiles (256 rows x width) per band, whatever the raster's height.
+
+use anyhow::{anyhow, bail, Context, Result};
+use gdal::raster::{Buffer, ColorEntry, ColorTable, GdalDataType, GdalType, RasterCreationOptions};
+use gdal::{Dataset, DriverManager, Metadata};
+use std::marker::PhantomData;
+use std::path::{Path, PathBuf};
+
+use crate::data::raster::GeoRef;
+use crate::fsutil::temp_sibling;
+
+/// What the raster holds besides pixels.
+#[derive(Debug, Clone, Default)]
+pub struct StreamOptions {
+    pub nodata: Option<f64>,
+    /// Colour of each value (class maps; needs an 8- or 16-bit unsigned type).
+    pub colour_table: Option<Vec<[u8; 3]>>,
+    pub band_names: Vec<String>,
+}
+
+/// An open GeoTIFF being written by rows (see the module documentation).
+pub struct StreamingTiff<T: GdalType + Copy> {
+    ds: Option<Dataset>,
+    tmp: PathBuf,
+    path: PathBuf,
+    width: usize,
+    height: usize,
+    bands: usize,
+    _type: PhantomData<T>,
+}
+
+/// GeoTIFF tiles must be multiples of 16: 256 for large rasters, smaller for small ones.
+fn tile_size(side: usize) -> usize {
+    side.div_ceil(16).clamp(1, 16) * 16
+}
+
+impl<T: GdalType + Copy> StreamingTiff<T> {
+    /// Creates the temporary file for a `width` x `height` raster of `bands` bands.
+    pub fn create(
+        path: &Path,
+        width: usize,
+        height: usize,
+        bands: usize,
+        georef: Option<&GeoRef>,
+        options: &StreamOptions,
+    ) -> Result<Self> {
+        if width == 0 || height == 0 || bands == 0 {
+            bail!(
+                "{}: cannot write an empty raster ({width}x{height}, {bands} band(s))",
+                path.display()
+            );
+        }
+        if options.colour_table.is_some()
+            && !matches!(T::datatype(), GdalDataType::UInt8 | GdalDataType::UInt16)
+        {
+            bail!(
+                "{}: a colour table needs an 8- or 16-bit unsigned raster",
+                path.display()
+            );
+        }
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create directory {}", dir.display()))?;
+        }
+        let tmp = temp_sibling(path);
+        let driver =
+            DriverManager::get_driver_by_name("GTiff").context("GDAL has no GTiff driver")?;
+        let block = tile_size(width.max(height));
+        let float = matches!(T::datatype(), GdalDataType::Float32 | GdalDataType::Float64);
+        let mut create = RasterCreationOptions::new();
+        for (key, value) in [
+            ("TILED", "YES".to_string()),
+            ("BLOCKXSIZE", block.to_string()),
+            ("BLOCKYSIZE", block.to_string()),
+            ("COMPRESS", "DEFLATE".to_string()),
+            ("PREDICTOR", if float { "3" } else { "2" }.to_string()),
+            ("INTERLEAVE", "BAND".to_string()),
+            ("BIGTIFF", "IF_SAFER".to_string()),
+        ] {
+            create.add_name_value(key, &value)?;
+        }
+        let mut ds = driver
+            .create_with_band_type_with_options::<T, _>(&tmp, width, height, bands, &create)
+            .with_context(|| format!("GDAL cannot create {}", tmp.display()))?;
+        let mut out = Self {
+            ds: None,
+            tmp,
+            path: path.to_path_buf(),
+            width,
+            height,
+            bands,
+            _type: PhantomData,
+        };
+        // From here on, a failure removes the temporary file (Drop).
+        let setup = (|| -> Result<()> {
+            if let Some(georef) = georef {
+                ds.set_geo_transform(&georef.geo_transform)?;
+                ds.set_spatial_ref(&georef.spatial_ref()?)?;
+            }
+            for b in 0..bands {
+                let mut band = ds.rasterband(b + 1)?;
+                if let Some(nodata) = options.nodata {
+                    band.set_no_data_value(Some(nodata))?;
+                }
+                if let Some(name) = options.band_names.get(b) {
+                    band.set_description(name)?;
+                }
+                if let Some(colours) = &options.colour_table {
+                    let mut table = ColorTable::default();
+                    for (i, [r, g, bl]) in colours.iter().enumerate() {
+                        let index =
+                            u16::try_from(i).map_err(|_| anyhow!("colour table too long"))?;
+                        table.set_color_entry(
+                            index,
+                            &ColorEntry::rgba(i16::from(*r), i16::from(*g), i16::from(*bl), 255),
+                        );
+                    }
+                    band.set_color_table(&table);
+                }
+            }
+            Ok(())
+        })();
+        out.ds = Some(ds);
+        setup.with_context(|| format!("cannot set up {}", out.tmp.display()))?;
+        Ok(out)
+    }
+
+    /// Writes `rows` full-width rows starting at `first_row` of band `band` (0-based); `data` is
+    /// `rows x width`, row-major.
+    pub fn write_rows(
+        &mut self,
+        band: usize,
+        first_row: usize,
+        rows: usize,
+        data: &[T],
+    ) -> Result<()> {
+        if band >= self.bands || first_row + rows > self.height || data.len() != rows * self.width {
+            bail!(
+                "{}: cannot write {} values as rows {first_row}..{} of band {} ({}x{}, {} band(s))",
+                self.path.display(),
+                data.len(),
+                first_row + rows,
+                band + 1,
+                self.width,
+                self.height,
+                self.bands
+            );
+        }
+        if rows == 0 {
+            return Ok(());
+        }
+        let ds = self
+            .ds
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
+        let mut raster = ds.rasterband(band + 1)?;
+        let mut buffer = Buffer::new((self.width, rows), data.to_vec());
+        raster
+            .write((0, first_row as isize), (self.width, rows), &mut buffer)
+            .with_context(|| format!("cannot write rows of {}", self.tmp.display()))
+    }
+
+    /// Flushes and closes the file and renames it to its destination.
+    pub fn finish(mut self) -> Result<()> {
+        let ds = self
+            .ds
+            .take()
+            .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
+        ds.close()
+            .with_context(|| format!("GDAL cannot finish {}", self.tmp.display()))?;
+        std::fs::rename(&self.tmp, &self.path).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                self.tmp.display(),
+                self.path.display()
+            )
+        })
+    }
+}
+
+impl<T: GdalType + Copy> Drop for StreamingTiff<T> {
+    fn drop(&mut self) {
+        if let Some(ds) = self.ds.take() {
+            drop(ds);
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::raster::{open, read_window, Window};
+
+    #[test]
+    fn rows_written_in_bands_read_back_with_colours_and_georef() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.tif");
+        let georef = GeoRef::north_up(500_000.0, 5_000_000.0, 0.5, 32631);
+        let opts = StreamOptions {
+            nodata: Some(255.0),
+            colour_table: Some(vec![[1, 2, 3], [4, 5, 6]]),
+            band_names: vec!["class".into()],
+        };
+        let (w, h) = (37usize, 300usize);
+        let mut tiff = StreamingTiff::<u8>::create(&path, w, h, 1, Some(&georef), &opts).unwrap();
+        let all: Vec<u8> = (0..w * h).map(|i| (i % 2) as u8).collect();
+        for first in (0..h).step_by(48) {
+            let rows = 48.min(h - first);
+            tiff.write_rows(0, first, rows, &all[first * w..(first + rows) * w])
+                .unwrap();
+        }
+        assert!(!path.exists(), "nothing at the destination before finish");
+        tiff.finish().unwrap();
+        let ds = open(&path).unwrap();
+        let band = ds.rasterband(1).unwrap();
+        assert_eq!(band.no_data_value(), Some(255.0));
+        let entry = band.color_table().unwrap().entry_as_rgb(1).unwrap();
+        assert_eq!((entry.r, entry.g, entry.b), (4, 5, 6));
+        assert_eq!(ds.geo_transform().unwrap(), georef.geo_transform);
+        let px = read_window(&ds, &path, Window::new(0, 0, w, h)).unwrap();
+        let back: Vec<u8> = px.data.iter().map(|&v| v as u8).collect();
+        assert_eq!(back, all);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn unfinished_files_are_removed_and_bad_rows_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.tif");
+        let mut tiff =
+            StreamingTiff::<f32>::create(&path, 4, 4, 2, None, &StreamOptions::default()).unwrap();
+        let err = tiff.write_rows(2, 0, 1, &[0.0; 4]).unwrap_err().to_string();
+        assert!(err.contains("p.tif") && err.contains("band 3"), "{err}");
+        assert!(tiff.write_rows(0, 3, 2, &[0.0; 8]).is_err());
+        drop(tiff);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
