@@ -121,27 +121,26 @@ impl ClassWiseDecoder {
         let s = classwise.size();
         let (b, k) = (s[0], self.classes);
         let x4 = channels_last(&classwise.reshape([b * k, s[2], s[3], s[4]]));
-        // A skip feature repeated for every class, laid out channels-last: [B·K, C, h, w].
-        let per_class = |e: &Tensor| {
-            let t = e.size();
-            e.permute([0, 2, 3, 1])
+        // A skip feature `[B, C_s, h, w]` repeated for every class and concatenated with the
+        // class-path features `[B·K, C, h, w]`: `[B·K, C_s + C, h, w]`, channels-last, written
+        // in one copy (the repeated skip is a broadcast view).
+        let with_skip = |e: &Tensor, x: Tensor| {
+            let (t, u) = (e.size(), x.size());
+            let skip = e
+                .permute([0, 2, 3, 1])
                 .unsqueeze(1)
-                .expand([b, k, t[2], t[3], t[1]], false)
-                .reshape([b * k, t[2], t[3], t[1]])
+                .expand([b, k, t[2], t[3], t[1]], false);
+            let own = x.permute([0, 2, 3, 1]).reshape([b, k, u[2], u[3], u[1]]);
+            Tensor::cat(&[skip, own], 4)
+                .reshape([b * k, t[2], t[3], t[1] + u[1]])
                 .permute([0, 3, 1, 2])
         };
         let e4_up = self.e4_conv_up.forward(&up2(&x4));
-        let d3 = self
-            .e3_conv
-            .forward(&Tensor::cat(&[per_class(&fused[2]), e4_up], 1));
+        let d3 = self.e3_conv.forward(&with_skip(&fused[2], e4_up));
         let e3_up = self.e3_conv_up.forward(&up2(&d3));
-        let d2 = self
-            .e2_conv
-            .forward(&Tensor::cat(&[per_class(&fused[1]), e3_up], 1));
+        let d2 = self.e2_conv.forward(&with_skip(&fused[1], e3_up));
         let e2_up = self.e2_conv_up.forward(&up2(&d2));
-        let d1 = self
-            .e1_conv
-            .forward(&Tensor::cat(&[per_class(&fused[0]), e2_up], 1));
+        let d1 = self.e1_conv.forward(&with_skip(&fused[0], e2_up));
 
         let mut full = up2(&d1);
         let fs = full.size();

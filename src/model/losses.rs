@@ -64,18 +64,40 @@ pub fn seg_loss(pred: &Tensor, target: &Tensor) -> Tensor {
 
 /// [`seg_loss`] of several predictions against one target as one batched computation: the
 /// result is `[N]`, entry i the loss of `preds[i]` (all of the target's shape).
+///
+/// The N predictions are stacked as `[B·K, N, H·W]`, so that every per-image, per-class sum over
+/// the pixels (the weighted log-probabilities, the Dice intersections) is one batched
+/// matrix-vector product with the target, and the backward pass makes few passes over the
+/// stacked probabilities. Probabilities never exceed 1, so the clamp to `[0.005, 1]` is a
+/// `clamp_min` (the same values and gradients).
 pub fn seg_losses(preds: &[&Tensor], target: &Tensor) -> Tensor {
-    let p = Tensor::stack(preds, 0); // [N, B, K, H, W]
-    let counts = target.sum_dim_intlist([2i64, 3].as_slice(), true, Kind::Float);
-    let total = counts.sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
-    let weighted_target = (1.0 - counts / (total + 1e-7)) * target;
-    let log_p = p.clamp(0.005, 1.0).log();
-    let weighted: Tensor = log_p * weighted_target;
-    let wce = -weighted.mean_dim([1i64, 2, 3, 4].as_slice(), false, Kind::Float);
-    let dims = [1i64, 3, 4];
-    let inter = (&p * target).sum_dim_intlist(dims.as_slice(), false, Kind::Float); // [N, K]
-    let card = p.sum_dim_intlist(dims.as_slice(), false, Kind::Float)
-        + target.sum_dim_intlist([0i64, 2, 3].as_slice(), false, Kind::Float);
+    let n = preds.len() as i64;
+    let s = target.size();
+    let (b, k, hw) = (s[0], s[1], s[2] * s[3]);
+    let p = Tensor::stack(preds, 2).reshape([b * k, n, hw]); // [B·K, N, HW]
+    let (weighted_target, t, t_sum) = tch::no_grad(|| {
+        let t = target.to_kind(Kind::Float).contiguous().reshape([b, k, hw]);
+        let counts = t.sum_dim_intlist([2i64].as_slice(), true, Kind::Float); // [B, K, 1]
+        let total = counts.sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
+        let weights: Tensor = 1.0 - counts / (total + 1e-7);
+        let weighted = (weights * &t).reshape([b * k, hw, 1]);
+        let t_sum = t.sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float); // [K]
+        (weighted, t.reshape([b * k, hw, 1]), t_sum)
+    });
+    // Weighted cross-entropy: -mean over (B, K, H, W) of w·t·log(clamp(p)).
+    let log_p = p.clamp_min(0.005).log();
+    let wce = log_p
+        .bmm(&weighted_target) // [B·K, N, 1]
+        .sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float)
+        / (-((b * k * hw) as f64)); // [N]
+                                    // Dice: sums over batch and pixels per class.
+    let per_class = |x: Tensor| {
+        x.reshape([b, k, n])
+            .sum_dim_intlist([0i64].as_slice(), false, Kind::Float)
+            .transpose(0, 1) // [N, K]
+    };
+    let inter = per_class(p.bmm(&t));
+    let card = per_class(p.sum_dim_intlist([2i64].as_slice(), false, Kind::Float)) + t_sum;
     let dice = 1.0 - (inter * 2.0 / (card + 1e-7)).mean_dim([1i64].as_slice(), false, Kind::Float);
     wce + dice
 }
@@ -187,5 +209,64 @@ pub fn training_loss(out: &TrainOutputs, target: &Tensor, kd_weight: f64) -> Los
         student_scales,
         kd: out.kd_loss.detach(),
         orth: out.orth_loss.detach(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    /// The batched losses and their gradients equal the losses taken one by one.
+    #[test]
+    fn batched_seg_losses_match_one_by_one() {
+        tch::manual_seed(3);
+        let opts = (Kind::Float, Device::Cpu);
+        let target = one_hot(
+            &Tensor::randint(4, [2, 6, 5], (Kind::Int64, Device::Cpu)),
+            4,
+        )
+        .unwrap();
+        // Sharp and flat softmaxes, so some probabilities fall below the clamp; one stored
+        // channels-last as the network's outputs are.
+        let logits: Vec<Tensor> = (0..3)
+            .map(|i| {
+                (Tensor::randn([2, 4, 6, 5], opts) * (1.0 + 3.0 * i as f64)).set_requires_grad(true)
+            })
+            .collect();
+        let probs: Vec<Tensor> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| {
+                let p = l.softmax(1, Kind::Float);
+                if i == 1 {
+                    crate::model::layers::channels_last(&p)
+                } else {
+                    p
+                }
+            })
+            .collect();
+        let refs: Vec<&Tensor> = probs.iter().collect();
+        let batched = seg_losses(&refs, &target);
+        let single: Vec<Tensor> = probs.iter().map(|p| seg_loss(p, &target)).collect();
+        let weights = Tensor::from_slice(&[1.0f32, 0.5, 2.0]);
+        let grads = |loss: Tensor| {
+            Tensor::run_backward(&[loss], &logits, true, false)
+                .into_iter()
+                .map(|g| g.detach())
+                .collect::<Vec<_>>()
+        };
+        let gb = grads((&batched * &weights).sum(Kind::Float));
+        let gs = grads((Tensor::stack(&single, 0) * &weights).sum(Kind::Float));
+        let diff = (&batched - Tensor::stack(&single, 0))
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-6, "losses differ by {diff}");
+        for (a, b) in gb.iter().zip(&gs) {
+            let d = (a - b).abs().max().double_value(&[]);
+            let scale = b.abs().max().double_value(&[]);
+            assert!(d <= 1e-5 * scale, "gradients differ by {d} (scale {scale})");
+        }
     }
 }

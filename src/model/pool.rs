@@ -32,10 +32,18 @@ impl AttnPool {
 
     /// `x`: `[B, C, H, W]` to `[B, C]` (or `[B, out]`).
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        let flat = to_tokens(x); // [B, N, C]
-        let scores = flat.apply(&self.fc1).relu().apply(&self.fc2); // [B, N, 1]
-        let weights = scores.softmax(1, scores.kind()); // [B, N, 1]
-        let pooled = weights.transpose(1, 2).bmm(&flat).squeeze_dim(1); // [B, C]
+        // Tokens [B, N, C] and the hidden scores [B, N, HIDDEN].
+        let flat = to_tokens(x);
+        let hidden = flat.apply(&self.fc1).relu();
+        // The one-output layer as a matrix-vector product: the same numbers as `fc2`, but its
+        // backward is an outer product rather than a slow rank-1 matrix multiplication.
+        let scores = hidden.matmul(&self.fc2.ws.reshape([HIDDEN])); // [B, N]
+        let scores = match &self.fc2.bs {
+            Some(bias) => scores + bias,
+            None => scores,
+        };
+        let weights = scores.softmax(1, scores.kind()).unsqueeze(1); // [B, 1, N]
+        let pooled = weights.bmm(&flat).squeeze_dim(1); // [B, C]
         match &self.proj {
             Some(proj) => proj.forward(&pooled),
             None => pooled,
