@@ -71,6 +71,16 @@ pub fn seg_loss(pred: &Tensor, target: &Tensor) -> Tensor {
 /// stacked probabilities. Probabilities never exceed 1, so the clamp to `[0.005, 1]` is a
 /// `clamp_min` (the same values and gradients).
 pub fn seg_losses(preds: &[&Tensor], target: &Tensor) -> Tensor {
+    seg_losses_weighted(preds, target, None)
+}
+
+/// [`seg_losses`] with optional per-class weights `[K]` multiplying the reference's per-image
+/// class weights in the cross-entropy (the Dice term is unchanged). `None` is the reference.
+pub fn seg_losses_weighted(
+    preds: &[&Tensor],
+    target: &Tensor,
+    class_weights: Option<&Tensor>,
+) -> Tensor {
     let n = preds.len() as i64;
     let s = target.size();
     let (b, k, hw) = (s[0], s[1], s[2] * s[3]);
@@ -79,7 +89,10 @@ pub fn seg_losses(preds: &[&Tensor], target: &Tensor) -> Tensor {
         let t = target.to_kind(Kind::Float).contiguous().reshape([b, k, hw]);
         let counts = t.sum_dim_intlist([2i64].as_slice(), true, Kind::Float); // [B, K, 1]
         let total = counts.sum_dim_intlist([1i64].as_slice(), true, Kind::Float);
-        let weights: Tensor = 1.0 - counts / (total + 1e-7);
+        let mut weights: Tensor = 1.0 - counts / (total + 1e-7);
+        if let Some(w) = class_weights {
+            weights *= w.to_kind(Kind::Float).view([1, k, 1]);
+        }
         let weighted = (weights * &t).reshape([b * k, hw, 1]);
         let t_sum = t.sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float); // [K]
         (weighted, t.reshape([b * k, hw, 1]), t_sum)
@@ -90,7 +103,8 @@ pub fn seg_losses(preds: &[&Tensor], target: &Tensor) -> Tensor {
         .bmm(&weighted_target) // [B·K, N, 1]
         .sum_dim_intlist([0i64, 2].as_slice(), false, Kind::Float)
         / (-((b * k * hw) as f64)); // [N]
-                                    // Dice: sums over batch and pixels per class.
+
+    // Dice: sums over batch and pixels per class.
     let per_class = |x: Tensor| {
         x.reshape([b, k, n])
             .sum_dim_intlist([0i64].as_slice(), false, Kind::Float)

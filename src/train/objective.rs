@@ -9,15 +9,33 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use crate::model::dis2::{TeacherOutputs, TrainOutputs};
-use crate::model::losses::{one_hot, seg_losses, sum_scalars};
+use crate::model::losses::{one_hot, seg_losses_weighted, sum_scalars};
 
-/// One-hot targets `[B, K, H, W]` with zero rows at ignored pixels, and the `[B, 1, H, W]` float
-/// mask of counted pixels.
-pub fn masked_target(labels: &Tensor, ignore_index: i64, classes: i64) -> Result<(Tensor, Tensor)> {
+/// What the segmentation losses compare against.
+pub struct Target {
+    /// One-hot `[B, K, H, W]` with zero rows at ignored pixels.
+    pub onehot: Tensor,
+    /// `[B, 1, H, W]` float mask of the counted pixels.
+    pub mask: Tensor,
+    /// Optional per-class weights `[K]` of the cross-entropy (`data.class_weights`).
+    pub class_weights: Option<Tensor>,
+}
+
+/// The target of a batch of labels (`ignore_index` marks pixels left out).
+pub fn masked_target(
+    labels: &Tensor,
+    ignore_index: i64,
+    classes: i64,
+    class_weights: Option<Tensor>,
+) -> Result<Target> {
     let keep = labels.ne(ignore_index);
     let ids = labels.where_self(&keep, &labels.zeros_like());
     let mask = keep.unsqueeze(1).to_kind(Kind::Float);
-    Ok((one_hot(&ids, classes)? * &mask, mask))
+    Ok(Target {
+        onehot: one_hot(&ids, classes)? * &mask,
+        mask,
+        class_weights: class_weights.map(|w| w.to_device(labels.device())),
+    })
 }
 
 /// A loss and its named parts (detached scalars, for logs).
@@ -28,14 +46,10 @@ pub struct Objective {
 
 /// Segmentation losses of named predictions, one batched computation; returns the per-name
 /// losses (with graph) in order.
-fn named_seg_losses(
-    preds: &[(String, &Tensor)],
-    target: &Tensor,
-    mask: &Tensor,
-) -> Vec<(String, Tensor)> {
-    let masked: Vec<Tensor> = preds.iter().map(|(_, p)| *p * mask).collect();
+fn named_seg_losses(preds: &[(String, &Tensor)], target: &Target) -> Vec<(String, Tensor)> {
+    let masked: Vec<Tensor> = preds.iter().map(|(_, p)| *p * &target.mask).collect();
     let refs: Vec<&Tensor> = masked.iter().collect();
-    let losses = seg_losses(&refs, target);
+    let losses = seg_losses_weighted(&refs, &target.onehot, target.class_weights.as_ref());
     preds
         .iter()
         .enumerate()
@@ -102,12 +116,11 @@ fn student_preds(out: &TrainOutputs) -> Vec<(String, &Tensor)> {
 fn with_distillation(
     preds: &[(String, &Tensor)],
     out: &TrainOutputs,
-    target: &Tensor,
-    mask: &Tensor,
+    target: &Target,
     kd_weight: f64,
     orth_weight: f64,
 ) -> Objective {
-    let mut terms: Vec<(String, Tensor, f64)> = group(named_seg_losses(preds, target, mask))
+    let mut terms: Vec<(String, Tensor, f64)> = group(named_seg_losses(preds, target))
         .into_iter()
         .map(|(n, t)| (n, t, 1.0))
         .collect();
@@ -121,12 +134,11 @@ fn with_distillation(
 pub fn teacher_objective(
     out: &TeacherOutputs,
     modality_names: &[String],
-    target: &Tensor,
-    mask: &Tensor,
+    target: &Target,
 ) -> Objective {
     let t = &out.teacher;
     let preds = teacher_preds(&t.pred, &out.aux_preds, &t.scale_preds, modality_names);
-    let terms = group(named_seg_losses(&preds, target, mask));
+    let terms = group(named_seg_losses(&preds, target));
     finish(terms.into_iter().map(|(n, t)| (n, t, 1.0)).collect())
 }
 
@@ -134,28 +146,26 @@ pub fn teacher_objective(
 /// orthogonality loss.
 pub fn distill_objective(
     out: &TrainOutputs,
-    target: &Tensor,
-    mask: &Tensor,
+    target: &Target,
     kd_weight: f64,
     orth_weight: f64,
 ) -> Objective {
     let preds = student_preds(out);
-    with_distillation(&preds, out, target, mask, kd_weight, orth_weight)
+    with_distillation(&preds, out, target, kd_weight, orth_weight)
 }
 
 /// `distill --joint`: the reference objective, teacher and student together.
 pub fn joint_objective(
     out: &TrainOutputs,
     modality_names: &[String],
-    target: &Tensor,
-    mask: &Tensor,
+    target: &Target,
     kd_weight: f64,
     orth_weight: f64,
 ) -> Objective {
     let t = &out.teacher;
     let mut preds = teacher_preds(&t.pred, &out.aux_preds, &t.scale_preds, modality_names);
     preds.extend(student_preds(out));
-    with_distillation(&preds, out, target, mask, kd_weight, orth_weight)
+    with_distillation(&preds, out, target, kd_weight, orth_weight)
 }
 
 #[cfg(test)]
@@ -165,17 +175,18 @@ mod tests {
     #[test]
     fn ignored_pixels_have_zero_targets() {
         let labels = Tensor::from_slice(&[0i64, 1, 255, 2]).view([1, 2, 2]);
-        let (target, mask) = masked_target(&labels, 255, 3).unwrap();
-        assert_eq!(target.size(), vec![1, 3, 2, 2]);
+        let target = masked_target(&labels, 255, 3, None).unwrap();
+        assert_eq!(target.onehot.size(), vec![1, 3, 2, 2]);
         let per_pixel = Vec::<f32>::try_from(
             target
+                .onehot
                 .sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
                 .flatten(0, -1),
         )
         .unwrap();
         assert_eq!(per_pixel, vec![1.0, 1.0, 0.0, 1.0]);
         assert_eq!(
-            Vec::<f32>::try_from(mask.flatten(0, -1)).unwrap(),
+            Vec::<f32>::try_from(target.mask.flatten(0, -1)).unwrap(),
             vec![1.0, 1.0, 0.0, 1.0]
         );
     }
@@ -184,16 +195,34 @@ mod tests {
     fn ignored_pixels_do_not_change_the_loss() {
         // The same prediction with different values at an ignored pixel gives the same loss.
         let labels = Tensor::from_slice(&[0i64, 1, 255, 1]).view([1, 2, 2]);
-        let (target, mask) = masked_target(&labels, 255, 2).unwrap();
+        let target = masked_target(&labels, 255, 2, None).unwrap();
         let a = Tensor::from_slice(&[0.9f32, 0.2, 0.5, 0.3, 0.1, 0.8, 0.5, 0.7]).view([1, 2, 2, 2]);
         let b =
             Tensor::from_slice(&[0.9f32, 0.2, 0.01, 0.3, 0.1, 0.8, 0.99, 0.7]).view([1, 2, 2, 2]);
-        let la = named_seg_losses(&[("x".into(), &a)], &target, &mask)[0]
+        let la = named_seg_losses(&[("x".into(), &a)], &target)[0]
             .1
             .double_value(&[]);
-        let lb = named_seg_losses(&[("x".into(), &b)], &target, &mask)[0]
+        let lb = named_seg_losses(&[("x".into(), &b)], &target)[0]
             .1
             .double_value(&[]);
         assert!((la - lb).abs() < 1e-7, "{la} vs {lb}");
+    }
+
+    #[test]
+    fn class_weights_scale_the_cross_entropy_of_their_class() {
+        let labels = Tensor::from_slice(&[0i64, 1, 1, 1]).view([1, 2, 2]);
+        let p = Tensor::from_slice(&[0.6f32, 0.3, 0.2, 0.1, 0.4, 0.7, 0.8, 0.9]).view([1, 2, 2, 2]);
+        let loss = |w: Option<[f32; 2]>| {
+            let target = masked_target(&labels, 255, 2, w.map(|w| Tensor::from_slice(&w))).unwrap();
+            named_seg_losses(&[("x".into(), &p)], &target)[0]
+                .1
+                .double_value(&[])
+        };
+        let plain = loss(None);
+        assert!((loss(Some([1.0, 1.0])) - plain).abs() < 1e-7);
+        assert!(
+            loss(Some([3.0, 1.0])) > plain,
+            "a heavier class 0 raises its term"
+        );
     }
 }

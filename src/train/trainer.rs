@@ -337,10 +337,12 @@ impl Trainer {
         let device = self.opts.device;
         let mut inputs: Vec<Tensor> = batch.inputs.iter().map(|t| t.to_device(device)).collect();
         let labels = batch.labels.to_device(device);
-        let (target, mask) = masked_target(
+        let class_weights = crate::data::loader::class_weights(&self.exp.data);
+        let target = masked_target(
             &labels,
             self.exp.data.ignore_index,
             self.exp.model.num_classes,
+            class_weights,
         )?;
         let train = &self.exp.train;
         let kd_weight = if epoch >= train.kd_warmup_epochs {
@@ -357,12 +359,7 @@ impl Trainer {
                 }
                 let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
                 let out = tch::autocast(amp, || self.net.forward_train_teacher(&given, true))?;
-                Ok(teacher_objective(
-                    &out,
-                    &self.modality_names,
-                    &target,
-                    &mask,
-                ))
+                Ok(teacher_objective(&out, &self.modality_names, &target))
             }
             RunKind::Distill => {
                 let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
@@ -372,7 +369,6 @@ impl Trainer {
                 Ok(distill_objective(
                     &out,
                     &target,
-                    &mask,
                     kd_weight,
                     train.orth_weight,
                 ))
@@ -386,7 +382,6 @@ impl Trainer {
                     &out,
                     &self.modality_names,
                     &target,
-                    &mask,
                     kd_weight,
                     train.orth_weight,
                 ))
