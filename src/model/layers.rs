@@ -57,80 +57,67 @@ fn bn(p: &nn::Path, dim: i64) -> nn::BatchNorm {
     nn::batch_norm2d(p, dim, cfg)
 }
 
-/// Reference `cnn_block`: a 4x4 stride-2 convolution (padding 1), followed by BatchNorm unless
-/// it is a "first layer". Variables: `0.weight`, `0.bias`, `1.{weight,bias,running_mean,running_var}`
-/// with BatchNorm, or `weight`, `bias` without.
+/// A convolution followed by BatchNorm unless it is a "first layer": the reference's
+/// `cnn_block` (`DownBlock`) and `tcnn_block` (`UpBlock`). Variables: `0.weight`, `0.bias`,
+/// `1.{weight,bias,running_mean,running_var}` with BatchNorm, or `weight`, `bias` without.
 #[derive(Debug)]
-pub struct DownBlock {
-    conv: nn::Conv2D,
+pub struct ConvBn<C> {
+    conv: C,
     bn: Option<nn::BatchNorm>,
 }
 
-impl DownBlock {
+/// Reference `cnn_block`: a 4x4 stride-2 convolution (padding 1) [+ BatchNorm].
+pub type DownBlock = ConvBn<nn::Conv2D>;
+/// Reference `tcnn_block`: a 4x4 stride-2 transposed convolution (padding 1) [+ BatchNorm].
+pub type UpBlock = ConvBn<nn::ConvTranspose2D>;
+
+impl<C: nn::Module> ConvBn<C> {
+    /// Builds the convolution with `make` under `0` (with BatchNorm under `1`) or directly
+    /// under `p` (without).
+    fn build(p: &nn::Path, c_out: i64, with_bn: bool, make: impl FnOnce(&nn::Path) -> C) -> Self {
+        if with_bn {
+            ConvBn {
+                conv: make(&(p / "0")),
+                bn: Some(bn(&(p / "1"), c_out)),
+            }
+        } else {
+            ConvBn {
+                conv: make(p),
+                bn: None,
+            }
+        }
+    }
+
+    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let y = x.apply(&self.conv);
+        match &self.bn {
+            Some(bn) => y.apply_t(bn, train),
+            None => y,
+        }
+    }
+}
+
+impl ConvBn<nn::Conv2D> {
     pub fn new(p: &nn::Path, c_in: i64, c_out: i64, with_bn: bool) -> Self {
         let cfg = nn::ConvConfig {
             stride: 2,
             padding: 1,
             ..Default::default()
         };
-        if with_bn {
-            let conv = nn::conv2d(p / "0", c_in, c_out, 4, cfg);
-            DownBlock {
-                conv,
-                bn: Some(bn(&(p / "1"), c_out)),
-            }
-        } else {
-            DownBlock {
-                conv: nn::conv2d(p, c_in, c_out, 4, cfg),
-                bn: None,
-            }
-        }
-    }
-
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x.apply(&self.conv);
-        match &self.bn {
-            Some(bn) => y.apply_t(bn, train),
-            None => y,
-        }
+        Self::build(p, c_out, with_bn, |q| nn::conv2d(q, c_in, c_out, 4, cfg))
     }
 }
 
-/// Reference `tcnn_block`: a 4x4 stride-2 transposed convolution (padding 1), followed by
-/// BatchNorm unless it is a "first layer".
-#[derive(Debug)]
-pub struct UpBlock {
-    conv: nn::ConvTranspose2D,
-    bn: Option<nn::BatchNorm>,
-}
-
-impl UpBlock {
+impl ConvBn<nn::ConvTranspose2D> {
     pub fn new(p: &nn::Path, c_in: i64, c_out: i64, with_bn: bool) -> Self {
         let cfg = nn::ConvTransposeConfig {
             stride: 2,
             padding: 1,
             ..Default::default()
         };
-        if with_bn {
-            let conv = nn::conv_transpose2d(p / "0", c_in, c_out, 4, cfg);
-            UpBlock {
-                conv,
-                bn: Some(bn(&(p / "1"), c_out)),
-            }
-        } else {
-            UpBlock {
-                conv: nn::conv_transpose2d(p, c_in, c_out, 4, cfg),
-                bn: None,
-            }
-        }
-    }
-
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
-        let y = x.apply(&self.conv);
-        match &self.bn {
-            Some(bn) => y.apply_t(bn, train),
-            None => y,
-        }
+        Self::build(p, c_out, with_bn, |q| {
+            nn::conv_transpose2d(q, c_in, c_out, 4, cfg)
+        })
     }
 }
 
