@@ -35,6 +35,9 @@ pub enum Command {
     TrainTeacher(crate::train::cli::TrainTeacherArgs),
     /// Distil a student for a missing-modality scenario from a trained teacher (DLKD).
     Distill(crate::train::cli::DistillArgs),
+    /// Score a checkpoint on whole scenes of a split (sliding window), optionally with
+    /// modalities dropped: IoU, F1, overall accuracy, confusion matrix.
+    Eval(crate::eval::EvalArgs),
     /// Convert a state_dict of the authors' PyTorch DIS2 (safetensors) into a dis2 checkpoint.
     ImportTorch(ImportTorchArgs),
     /// Classify whole scenes with a checkpoint: `--NAME FILE` per modality of the checkpoint
@@ -80,6 +83,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => crate::data::cli::stats(&args),
         Command::TrainTeacher(args) => crate::train::cli::train_teacher(&args),
         Command::Distill(args) => crate::train::cli::distill(&args),
+        Command::Eval(args) => crate::eval::eval(&args),
         Command::ImportTorch(args) => {
             crate::import_torch::import_torch(&args.weights, &args.config, &args.out)
         }
