@@ -369,14 +369,7 @@ pub fn write_geotiff<T: GdalType + Copy>(
             data.len()
         );
     }
-    if options.colour_table.is_some()
-        && !matches!(T::datatype(), GdalDataType::UInt8 | GdalDataType::UInt16)
-    {
-        bail!(
-            "{}: a colour table needs an 8- or 16-bit unsigned raster",
-            path.display()
-        );
-    }
+    check_options::<T>(path, options)?;
     crate::fsutil::write_atomic_with(path, |tmp| write_geotiff_now(tmp, raster, georef, options))
 }
 
@@ -392,45 +385,11 @@ fn write_geotiff_now<T: GdalType + Copy>(
         bands,
         data,
     } = *raster;
-    let driver = DriverManager::get_driver_by_name("GTiff").context("GDAL has no GTiff driver")?;
-    let block = tile_size(width.max(height));
-    let float = matches!(T::datatype(), GdalDataType::Float32 | GdalDataType::Float64);
-    let mut create = RasterCreationOptions::new();
-    for (key, value) in [
-        ("TILED", "YES".to_string()),
-        ("BLOCKXSIZE", block.to_string()),
-        ("BLOCKYSIZE", block.to_string()),
-        ("COMPRESS", "DEFLATE".to_string()),
-        ("PREDICTOR", if float { "3" } else { "2" }.to_string()),
-        ("INTERLEAVE", "BAND".to_string()),
-    ] {
-        create.add_name_value(key, &value)?;
-    }
-    let mut ds = driver
-        .create_with_band_type_with_options::<T, _>(tmp, width, height, bands, &create)
-        .with_context(|| format!("GDAL cannot create {}", tmp.display()))?;
-    ds.set_geo_transform(&georef.geo_transform)?;
-    ds.set_spatial_ref(&georef.spatial_ref()?)?;
+    let mut ds = create_gtiff::<T>(tmp, width, height, bands)?;
+    configure(&mut ds, bands, Some(georef), options)?;
     let plane = width * height;
     for b in 0..bands {
         let mut band = ds.rasterband(b + 1)?;
-        if let Some(nodata) = options.nodata {
-            band.set_no_data_value(Some(nodata))?;
-        }
-        if let Some(name) = options.band_names.get(b) {
-            band.set_description(name)?;
-        }
-        if let Some(colours) = &options.colour_table {
-            let mut table = ColorTable::default();
-            for (i, [r, g, bl]) in colours.iter().enumerate() {
-                let index = u16::try_from(i).map_err(|_| anyhow!("colour table too long"))?;
-                table.set_color_entry(
-                    index,
-                    &ColorEntry::rgba(i16::from(*r), i16::from(*g), i16::from(*bl), 255),
-                );
-            }
-            band.set_color_table(&table);
-        }
         let mut buffer =
             gdal::raster::Buffer::new((width, height), data[b * plane..(b + 1) * plane].to_vec());
         band.write((0, 0), (width, height), &mut buffer)?;
@@ -462,6 +421,86 @@ pub fn write_class_map(
         band_names: vec!["class".to_string()],
     };
     write_geotiff(path, &raster, georef, &options)
+}
+
+/// A colour table needs an 8- or 16-bit unsigned raster.
+pub fn check_options<T: GdalType>(path: &Path, options: &WriteOptions) -> Result<()> {
+    if options.colour_table.is_some()
+        && !matches!(T::datatype(), GdalDataType::UInt8 | GdalDataType::UInt16)
+    {
+        bail!(
+            "{}: a colour table needs an 8- or 16-bit unsigned raster",
+            path.display()
+        );
+    }
+    Ok(())
+}
+
+/// Creates an empty tiled, DEFLATE-compressed GTiff (band-interleaved, BigTIFF when needed).
+pub fn create_gtiff<T: GdalType + Copy>(
+    path: &Path,
+    width: usize,
+    height: usize,
+    bands: usize,
+) -> Result<Dataset> {
+    let driver = DriverManager::get_driver_by_name("GTiff").context("GDAL has no GTiff driver")?;
+    let block = tile_size(width.max(height));
+    let float = matches!(T::datatype(), GdalDataType::Float32 | GdalDataType::Float64);
+    let mut create = RasterCreationOptions::new();
+    for (key, value) in [
+        ("TILED", "YES".to_string()),
+        ("BLOCKXSIZE", block.to_string()),
+        ("BLOCKYSIZE", block.to_string()),
+        ("COMPRESS", "DEFLATE".to_string()),
+        ("PREDICTOR", if float { "3" } else { "2" }.to_string()),
+        ("INTERLEAVE", "BAND".to_string()),
+        ("BIGTIFF", "IF_SAFER".to_string()),
+    ] {
+        create.add_name_value(key, &value)?;
+    }
+    driver
+        .create_with_band_type_with_options::<T, _>(path, width, height, bands, &create)
+        .with_context(|| format!("GDAL cannot create {}", path.display()))
+}
+
+/// Sets the georeferencing and, on every band, the nodata value, name and colour table.
+pub fn configure(
+    ds: &mut Dataset,
+    bands: usize,
+    georef: Option<&GeoRef>,
+    options: &WriteOptions,
+) -> Result<()> {
+    if let Some(georef) = georef {
+        ds.set_geo_transform(&georef.geo_transform)?;
+        ds.set_spatial_ref(&georef.spatial_ref()?)?;
+    }
+    let table = match &options.colour_table {
+        None => None,
+        Some(colours) => {
+            let mut table = ColorTable::default();
+            for (i, [r, g, b]) in colours.iter().enumerate() {
+                let index = u16::try_from(i).map_err(|_| anyhow!("colour table too long"))?;
+                table.set_color_entry(
+                    index,
+                    &ColorEntry::rgba(i16::from(*r), i16::from(*g), i16::from(*b), 255),
+                );
+            }
+            Some(table)
+        }
+    };
+    for b in 0..bands {
+        let mut band = ds.rasterband(b + 1)?;
+        if let Some(nodata) = options.nodata {
+            band.set_no_data_value(Some(nodata))?;
+        }
+        if let Some(name) = options.band_names.get(b) {
+            band.set_description(name)?;
+        }
+        if let Some(table) = &table {
+            band.set_color_table(table);
+        }
+    }
+    Ok(())
 }
 
 /// GeoTIFF tiles must be multiples of 16; 256 for large rasters, smaller for small ones.

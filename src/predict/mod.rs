@@ -29,11 +29,12 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{CheckpointInfo, Loaded};
 use crate::data::config::ClassInfo;
+use crate::data::raster::WriteOptions;
 use crate::data::raster::{self, GeoRef, Pixels, RasterInfo};
 use crate::model::scenario::Scenario;
 use crate::model::Dis2Net;
 use crate::tiling::{pad_reflect, BandStitcher, FinishedRows, Window, WindowGrid};
-use writer::{StreamOptions, StreamingTiff};
+use writer::StreamingTiff;
 
 /// Class value of unclassified pixels (any given input is nodata there).
 pub const NODATA_CLASS: u8 = 255;
@@ -689,7 +690,7 @@ pub fn predict_scene(
         height,
         1,
         georef.as_ref(),
-        &StreamOptions {
+        &WriteOptions {
             nodata: Some(f64::from(NODATA_CLASS)),
             colour_table: Some(colours.clone()),
             band_names: vec!["class".to_string()],
@@ -705,7 +706,7 @@ pub fn predict_scene(
                 height,
                 k,
                 georef.as_ref(),
-                &StreamOptions {
+                &WriteOptions {
                     band_names: names,
                     ..Default::default()
                 },
@@ -716,7 +717,7 @@ pub fn predict_scene(
                 height,
                 k,
                 georef.as_ref(),
-                &StreamOptions {
+                &WriteOptions {
                     nodata: Some(f64::NAN),
                     band_names: names,
                     ..Default::default()

@@ -7,22 +7,13 @@
 //! about one row of tiles (256 rows x width) per band, whatever the raster's height.
 
 use anyhow::{anyhow, bail, Context, Result};
-use gdal::raster::{Buffer, ColorEntry, ColorTable, GdalDataType, GdalType, RasterCreationOptions};
-use gdal::{Dataset, DriverManager, Metadata};
+use gdal::raster::{Buffer, GdalType};
+use gdal::Dataset;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
-use crate::data::raster::GeoRef;
+use crate::data::raster::{check_options, configure, create_gtiff, GeoRef, WriteOptions};
 use crate::fsutil::temp_sibling;
-
-/// What the raster holds besides pixels.
-#[derive(Debug, Clone, Default)]
-pub struct StreamOptions {
-    pub nodata: Option<f64>,
-    /// Colour of each value (class maps; needs an 8- or 16-bit unsigned type).
-    pub colour_table: Option<Vec<[u8; 3]>>,
-    pub band_names: Vec<String>,
-}
 
 /// An open GeoTIFF being written by rows (see the module documentation).
 pub struct StreamingTiff<T: GdalType + Copy> {
@@ -35,11 +26,6 @@ pub struct StreamingTiff<T: GdalType + Copy> {
     _type: PhantomData<T>,
 }
 
-/// GeoTIFF tiles must be multiples of 16: 256 for large rasters, smaller for small ones.
-fn tile_size(side: usize) -> usize {
-    side.div_ceil(16).clamp(1, 16) * 16
-}
-
 impl<T: GdalType + Copy> StreamingTiff<T> {
     /// Creates the temporary file for a `width` x `height` raster of `bands` bands.
     pub fn create(
@@ -48,7 +34,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
         height: usize,
         bands: usize,
         georef: Option<&GeoRef>,
-        options: &StreamOptions,
+        options: &WriteOptions,
     ) -> Result<Self> {
         if width == 0 || height == 0 || bands == 0 {
             bail!(
@@ -56,38 +42,13 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
                 path.display()
             );
         }
-        if options.colour_table.is_some()
-            && !matches!(T::datatype(), GdalDataType::UInt8 | GdalDataType::UInt16)
-        {
-            bail!(
-                "{}: a colour table needs an 8- or 16-bit unsigned raster",
-                path.display()
-            );
-        }
+        check_options::<T>(path, options)?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
         let tmp = temp_sibling(path);
-        let driver =
-            DriverManager::get_driver_by_name("GTiff").context("GDAL has no GTiff driver")?;
-        let block = tile_size(width.max(height));
-        let float = matches!(T::datatype(), GdalDataType::Float32 | GdalDataType::Float64);
-        let mut create = RasterCreationOptions::new();
-        for (key, value) in [
-            ("TILED", "YES".to_string()),
-            ("BLOCKXSIZE", block.to_string()),
-            ("BLOCKYSIZE", block.to_string()),
-            ("COMPRESS", "DEFLATE".to_string()),
-            ("PREDICTOR", if float { "3" } else { "2" }.to_string()),
-            ("INTERLEAVE", "BAND".to_string()),
-            ("BIGTIFF", "IF_SAFER".to_string()),
-        ] {
-            create.add_name_value(key, &value)?;
-        }
-        let mut ds = driver
-            .create_with_band_type_with_options::<T, _>(&tmp, width, height, bands, &create)
-            .with_context(|| format!("GDAL cannot create {}", tmp.display()))?;
+        let mut ds = create_gtiff::<T>(&tmp, width, height, bands)?;
         let mut out = Self {
             ds: None,
             tmp,
@@ -98,34 +59,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             _type: PhantomData,
         };
         // From here on, a failure removes the temporary file (Drop).
-        let setup = (|| -> Result<()> {
-            if let Some(georef) = georef {
-                ds.set_geo_transform(&georef.geo_transform)?;
-                ds.set_spatial_ref(&georef.spatial_ref()?)?;
-            }
-            for b in 0..bands {
-                let mut band = ds.rasterband(b + 1)?;
-                if let Some(nodata) = options.nodata {
-                    band.set_no_data_value(Some(nodata))?;
-                }
-                if let Some(name) = options.band_names.get(b) {
-                    band.set_description(name)?;
-                }
-                if let Some(colours) = &options.colour_table {
-                    let mut table = ColorTable::default();
-                    for (i, [r, g, bl]) in colours.iter().enumerate() {
-                        let index =
-                            u16::try_from(i).map_err(|_| anyhow!("colour table too long"))?;
-                        table.set_color_entry(
-                            index,
-                            &ColorEntry::rgba(i16::from(*r), i16::from(*g), i16::from(*bl), 255),
-                        );
-                    }
-                    band.set_color_table(&table);
-                }
-            }
-            Ok(())
-        })();
+        let setup = configure(&mut ds, bands, georef, options);
         out.ds = Some(ds);
         setup.with_context(|| format!("cannot set up {}", out.tmp.display()))?;
         Ok(out)
@@ -203,7 +137,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.tif");
         let georef = GeoRef::north_up(500_000.0, 5_000_000.0, 0.5, 32631);
-        let opts = StreamOptions {
+        let opts = WriteOptions {
             nodata: Some(255.0),
             colour_table: Some(vec![[1, 2, 3], [4, 5, 6]]),
             band_names: vec!["class".into()],
@@ -235,7 +169,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.tif");
         let mut tiff =
-            StreamingTiff::<f32>::create(&path, 4, 4, 2, None, &StreamOptions::default()).unwrap();
+            StreamingTiff::<f32>::create(&path, 4, 4, 2, None, &WriteOptions::default()).unwrap();
         let err = tiff.write_rows(2, 0, 1, &[0.0; 4]).unwrap_err().to_string();
         assert!(err.contains("p.tif") && err.contains("band 3"), "{err}");
         assert!(tiff.write_rows(0, 3, 2, &[0.0; 8]).is_err());
