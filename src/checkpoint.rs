@@ -176,6 +176,15 @@ pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
     Ok(info)
 }
 
+/// [`config_differences`] of the shared network only (widths, classes, crop, transformer,
+/// modalities), whatever students either side holds: a teacher checkpoint serves a student run,
+/// and a student checkpoint is scored with its experiment's data.
+pub fn network_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
+    let mut same_students = checkpoint.clone();
+    same_students.scenarios = wanted.scenarios.clone();
+    config_differences(&same_students, wanted)
+}
+
 /// How two model configurations differ, one line per key (empty when they are the same model).
 pub fn config_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
     let mut out = Vec::new();

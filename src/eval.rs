@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::config_differences;
+use crate::checkpoint::network_differences;
 use crate::cli::DeviceArgs;
 use crate::config::Experiment;
 use crate::data::dataset::SceneDataset;
@@ -98,9 +98,7 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     crate::predict::share_cpu_threads(device);
     let predictor = Predictor::load(&checkpoint, device)?;
     let info = predictor.info();
-    let mut theirs = info.model.clone();
-    theirs.scenarios = exp.model.scenarios.clone();
-    let diffs = config_differences(&theirs, &exp.model);
+    let diffs = network_differences(&info.model, &exp.model);
     if !diffs.is_empty() {
         bail!(
             "--checkpoint {} was made for another model than {}:\n  {}",

@@ -169,9 +169,7 @@ impl Trainer {
     fn load_teacher(&mut self, path: &Path) -> Result<()> {
         let info =
             checkpoint::read_info(path).with_context(|| format!("--teacher {}", path.display()))?;
-        let mut theirs = info.model.clone();
-        theirs.scenarios = self.exp.model.scenarios.clone();
-        let diffs = checkpoint::config_differences(&theirs, &self.exp.model);
+        let diffs = checkpoint::network_differences(&info.model, &self.exp.model);
         if !diffs.is_empty() {
             bail!(
                 "--teacher {}: made for another model than the experiment's:\n  {}",
