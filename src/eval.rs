@@ -94,9 +94,90 @@ fn locate(args: &EvalArgs) -> Result<(PathBuf, PathBuf, Option<PathBuf>)> {
 pub fn eval(args: &EvalArgs) -> Result<()> {
     let (checkpoint, config, run_dir) = locate(args)?;
     let exp = Experiment::load(&config, &args.set)?;
-    let device = args.device.device.resolve()?;
-    crate::predict::share_cpu_threads(device);
-    let predictor = Predictor::load(&checkpoint, device)?;
+    let drop = parse_modalities(args.drop.as_deref());
+    let out = args.out.clone().unwrap_or_else(|| {
+        let name = default_out_name(args.split, &drop);
+        match &run_dir {
+            Some(run) => run.join(name),
+            None => checkpoint.parent().unwrap_or(Path::new(".")).join(name),
+        }
+    });
+    let request = EvalRequest {
+        checkpoint,
+        config,
+        exp,
+        drop,
+        split: args.split,
+        overlap: args.overlap,
+        exclude: args.exclude.clone(),
+        out,
+        device: args.device.device.resolve()?,
+        quiet: args.quiet,
+    };
+    let report = evaluate(&request)?;
+    print_table(&report);
+    println!(
+        "wrote {}/metrics.json, metrics.csv and confusion.png",
+        request.out.display()
+    );
+    Ok(())
+}
+
+/// `dsm,sar` to `["dsm", "sar"]`.
+pub fn parse_modalities(list: Option<&str>) -> Vec<String> {
+    list.iter()
+        .flat_map(|d| d.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect()
+}
+
+/// `eval-<split>[-drop-<modalities>]`.
+pub fn default_out_name(split: Split, drop: &[String]) -> String {
+    let mut name = format!("eval-{}", split.as_str());
+    if !drop.is_empty() {
+        name.push_str(&format!("-drop-{}", drop.join("+")));
+    }
+    name
+}
+
+/// One evaluation: the library form of `dis2 eval`, also run by `dis2 sweep`.
+#[derive(Debug)]
+pub struct EvalRequest {
+    /// The checkpoint (path without extension, or its directory).
+    pub checkpoint: PathBuf,
+    /// The experiment file `exp` was read from (for messages).
+    pub config: PathBuf,
+    pub exp: Experiment,
+    /// Names of the modalities left out.
+    pub drop: Vec<String>,
+    pub split: Split,
+    pub overlap: Option<usize>,
+    /// Class names reported but left out of the means.
+    pub exclude: Vec<String>,
+    /// Folder for metrics.json, metrics.csv and confusion.png.
+    pub out: PathBuf,
+    pub device: tch::Device,
+    pub quiet: bool,
+}
+
+/// What an evaluation found.
+#[derive(Debug)]
+pub struct EvalReport {
+    /// `teacher`, `student[dsm]` or `teacher-fill[dsm]`.
+    pub branch: String,
+    pub class_names: Vec<String>,
+    /// Indices of the classes left out of the means.
+    pub excluded: Vec<usize>,
+    pub confusion: ConfusionMatrix,
+    pub scores: Scores,
+}
+
+/// Scores `req.checkpoint` on every scene of the split and writes the reports into `req.out`.
+pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
+    let (checkpoint, config, exp) = (&req.checkpoint, &req.config, &req.exp);
+    crate::predict::share_cpu_threads(req.device);
+    let predictor = Predictor::load(checkpoint, req.device)?;
     let info = predictor.info();
     let diffs = network_differences(&info.model, &exp.model);
     if !diffs.is_empty() {
@@ -109,24 +190,17 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     }
     let cfg = &info.model;
     let mut given = vec![true; cfg.modalities.len()];
-    let dropped: Vec<String> = args
-        .drop
-        .iter()
-        .flat_map(|d| d.split(','))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    for name in &dropped {
+    for name in &req.drop {
         given[cfg.modality_index(name).context("--drop")?] = false;
     }
     let branch = route(info, &given, true)?;
     let label = match &branch {
         Route::Teacher => "teacher".to_string(),
-        Route::Student(_) => format!("student[{}]", dropped.join("+")),
-        Route::Fill(_) => format!("teacher-fill[{}]", dropped.join("+")),
+        Route::Student(_) => format!("student[{}]", req.drop.join("+")),
+        Route::Fill(_) => format!("teacher-fill[{}]", req.drop.join("+")),
     };
     let table = info.class_table();
-    let exclude: Vec<usize> = args
+    let exclude: Vec<usize> = req
         .exclude
         .iter()
         .map(|name| {
@@ -140,40 +214,33 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         })
         .collect::<Result<_>>()?;
 
-    let dataset = SceneDataset::open(&exp.data, &exp.model, args.split)?;
+    let dataset = SceneDataset::open(&exp.data, &exp.model, req.split)?;
     if dataset.is_empty() {
         bail!(
             "split {} of {} has no scenes",
-            args.split.as_str(),
+            req.split.as_str(),
             config.display()
         );
     }
-    let out = args.out.clone().unwrap_or_else(|| {
-        let mut name = format!("eval-{}", args.split.as_str());
-        if !dropped.is_empty() {
-            name.push_str(&format!("-drop-{}", dropped.join("+")));
-        }
-        match &run_dir {
-            Some(run) => run.join(name),
-            None => checkpoint.parent().unwrap_or(Path::new(".")).join(name),
-        }
-    });
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    eprintln!(
-        "evaluating {} on {} scenes of the {} split: {}",
-        checkpoint.display(),
-        dataset.len(),
-        args.split.as_str(),
-        branch.describe(info)
-    );
+    let out = &req.out;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    if !req.quiet {
+        eprintln!(
+            "evaluating {} on {} scenes of the {} split: {}",
+            checkpoint.display(),
+            dataset.len(),
+            req.split.as_str(),
+            branch.describe(info)
+        );
+    }
 
     let options = PredictOptions {
-        overlap: args.overlap,
+        overlap: req.overlap,
         allow_fill: true,
-        quiet: args.quiet,
+        quiet: req.quiet,
         ..PredictOptions::default()
     };
-    let scratch = tempfile_dir(&out)?;
+    let scratch = tempfile_dir(out)?;
     let mut cm = ConfusionMatrix::new(table.len());
     for (index, scene) in dataset.scenes.iter().enumerate() {
         let Some(label_path) = &scene.label else {
@@ -217,15 +284,15 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         let _ = std::fs::remove_file(&job.out);
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    let scores = cm.scores(&exclude);
-    let names: Vec<String> = table.iter().map(|c| c.name.clone()).collect();
-    print_table(&label, &names, &scores, &exclude);
-    write_reports(&out, &label, &checkpoint, args, &names, &cm, &scores)?;
-    println!(
-        "wrote {}/metrics.json, metrics.csv and confusion.png",
-        out.display()
-    );
-    Ok(())
+    let report = EvalReport {
+        branch: label,
+        class_names: table.iter().map(|c| c.name.clone()).collect(),
+        scores: cm.scores(&exclude),
+        excluded: exclude,
+        confusion: cm,
+    };
+    write_reports(req, &report)?;
+    Ok(report)
 }
 
 /// A scratch folder for the predicted class maps, inside the output folder.
@@ -239,17 +306,19 @@ fn fmt(v: Option<f64>) -> String {
     v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v))
 }
 
-fn print_table(label: &str, names: &[String], s: &Scores, exclude: &[usize]) {
+fn print_table(r: &EvalReport) {
+    let s = &r.scores;
     println!(
-        "{label}: mIoU {} | mean F1 {} | OA {} | {} pixels",
+        "{}: mIoU {} | mean F1 {} | OA {} | {} pixels",
+        r.branch,
         fmt(s.miou),
         fmt(s.mean_f1),
         fmt(s.overall_accuracy),
         s.pixels
     );
     println!("{:<22} {:>7} {:>7} {:>12}", "class", "IoU", "F1", "pixels");
-    for (i, (name, c)) in names.iter().zip(&s.per_class).enumerate() {
-        let note = if exclude.contains(&i) {
+    for (i, (name, c)) in r.class_names.iter().zip(&s.per_class).enumerate() {
+        let note = if r.excluded.contains(&i) {
             " (not in means)"
         } else {
             ""
@@ -264,15 +333,8 @@ fn print_table(label: &str, names: &[String], s: &Scores, exclude: &[usize]) {
     }
 }
 
-fn write_reports(
-    out: &Path,
-    label: &str,
-    checkpoint: &Path,
-    args: &EvalArgs,
-    names: &[String],
-    cm: &ConfusionMatrix,
-    s: &Scores,
-) -> Result<()> {
+fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
+    let (out, label, names, cm, s) = (&req.out, &r.branch, &r.class_names, &r.confusion, &r.scores);
     let per_class: Vec<serde_json::Value> = names
         .iter()
         .zip(&s.per_class)
@@ -280,10 +342,10 @@ fn write_reports(
         .collect();
     let doc = json!({
         "branch": label,
-        "checkpoint": checkpoint.display().to_string(),
-        "split": args.split.as_str(),
-        "dropped": args.drop,
-        "excluded_from_means": args.exclude,
+        "checkpoint": req.checkpoint.display().to_string(),
+        "split": req.split.as_str(),
+        "dropped": req.drop,
+        "excluded_from_means": req.exclude,
         "miou": s.miou,
         "mean_f1": s.mean_f1,
         "overall_accuracy": s.overall_accuracy,
