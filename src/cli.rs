@@ -38,6 +38,9 @@ pub enum Command {
     /// Score a checkpoint on whole scenes of a split (sliding window), optionally with
     /// modalities dropped: IoU, F1, overall accuracy, confusion matrix.
     Eval(crate::eval::EvalArgs),
+    /// Train and score a grid of methods x missing-modality scenarios (baselines, DIS2 and its
+    /// ablations) and write the results tables and a bar chart; resumable, shardable.
+    Sweep(crate::sweep::SweepArgs),
     /// Convert a state_dict of the authors' PyTorch DIS2 (safetensors) into a dis2 checkpoint.
     ImportTorch(ImportTorchArgs),
     /// Classify whole scenes with a checkpoint: `--NAME FILE` per modality of the checkpoint
@@ -84,6 +87,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::TrainTeacher(args) => crate::train::cli::train_teacher(&args),
         Command::Distill(args) => crate::train::cli::distill(&args),
         Command::Eval(args) => crate::eval::eval(&args),
+        Command::Sweep(args) => crate::sweep::sweep(&args),
         Command::ImportTorch(args) => {
             crate::import_torch::import_torch(&args.weights, &args.config, &args.out)
         }

@@ -237,6 +237,8 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
     let options = PredictOptions {
         overlap: req.overlap,
         allow_fill: true,
+        // The branch is named once above and in every output.
+        announce_fill: false,
         quiet: req.quiet,
         ..PredictOptions::default()
     };

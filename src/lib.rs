@@ -22,5 +22,6 @@ pub mod metrics;
 pub mod model;
 pub mod predict;
 pub mod report;
+pub mod sweep;
 pub mod tiling;
 pub mod train;

@@ -263,6 +263,7 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         probs_type: args.probs_type.unwrap_or(ProbsType::F32),
         prefetch: 2,
         quiet: args.quiet,
+        announce_fill: true,
     };
     if options.batch == 0 {
         bail!("--batch must be at least 1");

@@ -74,6 +74,9 @@ pub struct PredictOptions {
     pub prefetch: usize,
     /// Plain progress lines only, at most one a minute.
     pub quiet: bool,
+    /// Say on stderr, per scene, that the teacher runs with filled inputs (off where the caller
+    /// labels the branch itself, as `dis2 eval` does).
+    pub announce_fill: bool,
 }
 
 impl Default for PredictOptions {
@@ -85,6 +88,7 @@ impl Default for PredictOptions {
             probs_type: ProbsType::F32,
             prefetch: 2,
             quiet: true,
+            announce_fill: true,
         }
     }
 }
@@ -737,7 +741,7 @@ pub fn predict_scene(
         valid_pixels: 0,
     };
     let label = job.out.display().to_string();
-    if let Route::Fill(_) = route {
+    if matches!(route, Route::Fill(_)) && options.announce_fill {
         eprintln!("{label}: {}", route.describe(info));
     }
     let windows = grid.len();

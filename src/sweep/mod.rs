@@ -1,0 +1,484 @@
+//! `dis2 sweep`: trains and scores a grid of methods x missing-modality scenarios and writes the
+//! paper-style tables (mIoU per method and scenario, per-class IoU) and a grouped bar chart.
+//!
+//! ```text
+//! OUT/
+//!   sweep.yaml            the grid and settings; a restart must match it
+//!   experiment.yaml       the effective base experiment (after --set) every run starts from
+//!   runs/<unit>/          training runs (the layout of `dis2 train-teacher` / `dis2 distill`)
+//!     finished.json       written once the run is complete
+//!   evals/<eval>/         `dis2 eval` outputs (metrics.json, metrics.csv, confusion.png, ...)
+//!     done.json           written once the evaluation is complete: the cell is done
+//!   results.md, results.csv, results.json, miou.png
+//! ```
+//!
+//! A killed sweep started again skips finished runs and evaluations and resumes an unfinished
+//! run from its last checkpoint. `--shard i/n` trains every n-th run (teachers first) and scores
+//! it; a shard whose student needs another shard's teacher waits for that teacher's
+//! `finished.json`. `--collect` writes the tables from whatever is done.
+
+mod plan;
+mod table;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cli::DeviceArgs;
+use crate::config::Experiment;
+use crate::data::layouts::Split;
+use crate::eval::{evaluate, EvalRequest};
+use crate::train::run::{RunDir, RunKind, RunSpec};
+use crate::train::trainer::{self, TrainOptions};
+
+pub use plan::{parse_scenarios, Column, EvalJob, Method, Plan, Shard, Unit, UnitKind};
+
+/// `dis2 sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The experiment YAML every run starts from (not needed with --collect).
+    #[arg(long, value_name = "FILE", required_unless_present = "collect")]
+    pub config: Option<PathBuf>,
+    /// Override a configuration value of every run, e.g. `--set train.epochs=3` (repeatable).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Methods (rows), comma-separated; default all: teacher-fill, unimodal, modality-dropout,
+    /// dis2, dis2-no-kd, dis2-no-orth, dis2-no-cflm, dis2-no-hf.
+    #[arg(long, value_name = "METHODS", value_delimiter = ',')]
+    pub methods: Vec<Method>,
+    /// Missing-modality scenarios (columns besides `full`), comma-separated, several missing
+    /// joined by `+`: `dsm,sar,dsm+sar`. Default: every scenario of the model.
+    #[arg(long, value_name = "SCENARIOS")]
+    pub scenarios: Vec<String>,
+    /// The split the cells are scored on.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// Classes reported but left out of the means (ISPRS: `--exclude clutter`); repeatable.
+    #[arg(long = "exclude", value_name = "CLASS")]
+    pub exclude: Vec<String>,
+    /// Probability of dropping each modality of each sample for the modality-dropout baseline.
+    #[arg(long, value_name = "P", default_value_t = 0.3)]
+    pub modality_dropout: f64,
+    /// Run share i of n (0-based) of the training runs and their evaluations, e.g. for a Slurm
+    /// array: `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Only write the tables from the finished cells in --out (after the shards ran).
+    #[arg(long)]
+    pub collect: bool,
+    /// Print the runs and evaluations (and their shards) without running anything.
+    #[arg(long)]
+    pub list: bool,
+    /// Sweep folder (default: runs/sweep-<experiment name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+/// `sweep.yaml`: what a sweep folder holds; a restart or another shard must ask for the same.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SweepSpec {
+    config: PathBuf,
+    set: Vec<String>,
+    methods: Vec<String>,
+    scenarios: Vec<String>,
+    split: String,
+    exclude: Vec<String>,
+    modality_dropout: f64,
+}
+
+/// The sweep folder's paths.
+struct SweepDir {
+    root: PathBuf,
+}
+
+impl SweepDir {
+    fn spec(&self) -> PathBuf {
+        self.root.join("sweep.yaml")
+    }
+    fn experiment(&self) -> PathBuf {
+        self.root.join("experiment.yaml")
+    }
+    fn run(&self, unit: &str) -> PathBuf {
+        self.root.join("runs").join(unit)
+    }
+    fn finished(&self, unit: &str) -> PathBuf {
+        self.run(unit).join("finished.json")
+    }
+    fn eval(&self, eval: &str) -> PathBuf {
+        self.root.join("evals").join(eval)
+    }
+    fn done(&self, eval: &str) -> PathBuf {
+        self.eval(eval).join("done.json")
+    }
+}
+
+pub fn sweep(args: &SweepArgs) -> Result<()> {
+    if args.collect {
+        let out = args
+            .out
+            .as_deref()
+            .context("--collect needs --out, the sweep folder")?;
+        let dir = SweepDir {
+            root: out.to_path_buf(),
+        };
+        let (plan, exp) = read_existing(&dir)?;
+        return write_tables(&dir, &plan, &exp);
+    }
+    let config = args.config.as_deref().context("--config is required")?;
+    let exp = Experiment::load(config, &args.set)?;
+    if !(0.0..1.0).contains(&args.modality_dropout) || args.modality_dropout == 0.0 {
+        bail!(
+            "--modality-dropout: must lie in (0, 1), found {}",
+            args.modality_dropout
+        );
+    }
+    let methods = if args.methods.is_empty() {
+        Method::ALL.to_vec()
+    } else {
+        args.methods.clone()
+    };
+    let columns = parse_scenarios(&args.scenarios, &exp.model)?;
+    let plan = Plan::new(&methods, &columns, &exp.model, args.modality_dropout)?;
+    let shard = args.shard.unwrap_or_else(Shard::whole);
+    if args.list {
+        print_plan(&plan, shard);
+        return Ok(());
+    }
+    let dir = SweepDir {
+        root: args
+            .out
+            .clone()
+            .unwrap_or_else(|| Path::new("runs").join(format!("sweep-{}", exp.name))),
+    };
+    let spec = SweepSpec {
+        config: config.to_path_buf(),
+        set: args.set.clone(),
+        methods: methods.iter().map(|m| m.name().to_string()).collect(),
+        scenarios: columns.iter().map(Column::key).collect(),
+        split: args.split.as_str().to_string(),
+        exclude: args.exclude.clone(),
+        modality_dropout: args.modality_dropout,
+    };
+    claim(&dir, &spec, &exp)?;
+    let device = args.device.device.resolve()?;
+    let started = Instant::now();
+    run_shard(&dir, &plan, shard, &spec, device)?;
+    write_tables(&dir, &plan, &exp)?;
+    eprintln!(
+        "sweep shard {}/{} finished in {:.1} min",
+        shard.index,
+        shard.count,
+        started.elapsed().as_secs_f64() / 60.0
+    );
+    Ok(())
+}
+
+/// Creates the sweep folder, or checks that an existing one was made for the same sweep.
+fn claim(dir: &SweepDir, spec: &SweepSpec, exp: &Experiment) -> Result<()> {
+    let experiment = serde_yaml::to_string(exp)?;
+    let wanted = serde_yaml::to_string(spec)?;
+    if dir.spec().exists() {
+        let found = std::fs::read_to_string(dir.spec())
+            .with_context(|| format!("cannot read {}", dir.spec().display()))?;
+        let found_exp = std::fs::read_to_string(dir.experiment()).unwrap_or_default();
+        if found != wanted || found_exp != experiment {
+            bail!(
+                "{} holds another sweep (its sweep.yaml or experiment.yaml differs from this \
+                 command's grid, --set values or experiment file); continue it with the same \
+                 arguments, or pick another --out.\n--- in the folder:\n{found}--- asked for:\n{wanted}",
+                dir.root.display()
+            );
+        }
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir.root)
+        .with_context(|| format!("cannot create {}", dir.root.display()))?;
+    crate::fsutil::write_atomic(&dir.experiment(), experiment.as_bytes())?;
+    crate::fsutil::write_atomic(&dir.spec(), wanted.as_bytes())
+}
+
+/// The plan and base experiment of an existing sweep folder.
+fn read_existing(dir: &SweepDir) -> Result<(Plan, Experiment)> {
+    let spec: SweepSpec = crate::config::load_yaml(&dir.spec(), &[]).with_context(|| {
+        format!(
+            "{} is not a sweep folder (no readable sweep.yaml)",
+            dir.root.display()
+        )
+    })?;
+    let exp = Experiment::load(&dir.experiment(), &[])?;
+    let methods: Vec<Method> = spec
+        .methods
+        .iter()
+        .map(|m| m.parse())
+        .collect::<Result<_>>()?;
+    let columns = parse_scenarios(&spec.scenarios, &exp.model)?;
+    let plan = Plan::new(&methods, &columns, &exp.model, spec.modality_dropout)?;
+    Ok((plan, exp))
+}
+
+fn print_plan(plan: &Plan, shard: Shard) {
+    let count = if shard.count > 1 { shard.count } else { 1 };
+    for index in 0..count {
+        let s = Shard { index, count };
+        println!("shard {index}/{count}:");
+        for u in plan.shard_units(s) {
+            let what = match &u.kind {
+                UnitKind::Teacher { modality_dropout } if *modality_dropout > 0.0 => {
+                    format!("train-teacher --modality-dropout {modality_dropout}")
+                }
+                UnitKind::Teacher { .. } => "train-teacher".to_string(),
+                UnitKind::Student { teacher, missing } => {
+                    format!(
+                        "distill --teacher {teacher} --missing {}",
+                        missing.join(",")
+                    )
+                }
+            };
+            let sets: Vec<String> = u.overrides.iter().map(|o| format!(" --set {o}")).collect();
+            println!("  run  {:<28} {what}{}", u.name, sets.concat());
+        }
+        for e in plan.shard_evals(s) {
+            let drop = if e.drop.is_empty() {
+                String::new()
+            } else {
+                format!(" --drop {}", e.drop.join(","))
+            };
+            println!("  eval {:<28} {}{drop}", e.name, e.unit);
+        }
+    }
+}
+
+/// Progress over a shard's runs and evaluations; plain lines when stderr is not a terminal.
+struct SweepProgress {
+    bar: ProgressBar,
+    total: usize,
+    done: usize,
+}
+
+impl SweepProgress {
+    fn new(total: usize) -> Self {
+        let bar = ProgressBar::new(total as u64);
+        bar.set_style(
+            ProgressStyle::with_template("sweep [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> "),
+        );
+        SweepProgress {
+            bar,
+            total,
+            done: 0,
+        }
+    }
+
+    fn start(&self, what: &str) {
+        self.bar.set_message(what.to_string());
+        self.line(&format!("[{}/{}] {what}", self.done + 1, self.total));
+    }
+
+    fn finish_one(&mut self) {
+        self.done += 1;
+        self.bar.inc(1);
+    }
+
+    fn line(&self, text: &str) {
+        if self.bar.is_hidden() {
+            eprintln!("{text}");
+        } else {
+            self.bar.println(text);
+        }
+    }
+}
+
+fn run_shard(
+    dir: &SweepDir,
+    plan: &Plan,
+    shard: Shard,
+    spec: &SweepSpec,
+    device: tch::Device,
+) -> Result<()> {
+    let units = plan.shard_units(shard);
+    let evals = plan.shard_evals(shard);
+    let mut progress = SweepProgress::new(units.len() + evals.len());
+    // Each run is scored as soon as it is trained, so the tables fill in as the sweep goes.
+    for unit in units {
+        if dir.finished(&unit.name).exists() {
+            progress.line(&format!("run {} is finished, skipped", unit.name));
+        } else {
+            progress.start(&format!("training {}", unit.name));
+            train_unit(dir, plan, unit, shard, device, &progress)
+                .with_context(|| format!("sweep run {}", unit.name))?;
+        }
+        progress.finish_one();
+        for job in evals.iter().filter(|e| e.unit == unit.name) {
+            if dir.done(&job.name).exists() {
+                progress.line(&format!("evaluation {} is done, skipped", job.name));
+            } else {
+                progress.start(&format!("scoring {}", job.name));
+                eval_job(dir, job, spec, device)
+                    .with_context(|| format!("sweep evaluation {}", job.name))?;
+            }
+            progress.finish_one();
+        }
+    }
+    progress.bar.finish_and_clear();
+    Ok(())
+}
+
+/// Trains one unit to the end: resumes it when it has a checkpoint, starts it otherwise.
+fn train_unit(
+    dir: &SweepDir,
+    plan: &Plan,
+    unit: &Unit,
+    shard: Shard,
+    device: tch::Device,
+    progress: &SweepProgress,
+) -> Result<()> {
+    let (kind, scenarios, teacher, modality_dropout) = match &unit.kind {
+        UnitKind::Teacher { modality_dropout } => {
+            (RunKind::Teacher, Vec::new(), None, *modality_dropout)
+        }
+        UnitKind::Student { teacher, missing } => {
+            wait_for(dir, plan, teacher, shard, progress)?;
+            let checkpoint = dir.run(teacher).join("checkpoints").join("best");
+            (
+                RunKind::Distill,
+                vec![missing.clone()],
+                Some(checkpoint),
+                0.0,
+            )
+        }
+    };
+    let started = Instant::now();
+    let run_dir = dir.run(&unit.name);
+    let opts = TrainOptions {
+        device,
+        quiet: true,
+    };
+    let summary = if RunDir::new(&run_dir).spec().exists() {
+        trainer::resume(&run_dir, opts)?
+    } else {
+        // A folder without run.yaml was cut off while being created: start it again.
+        if run_dir.exists() {
+            std::fs::remove_dir_all(&run_dir)
+                .with_context(|| format!("cannot remove {}", run_dir.display()))?;
+        }
+        let exp = Experiment::load(&dir.experiment(), &unit.overrides)?;
+        let spec = RunSpec {
+            kind,
+            modality_dropout,
+            scenarios,
+            teacher,
+        };
+        trainer::start(exp, spec, &run_dir, opts)?
+    };
+    let record = json!({
+        "run": unit.name,
+        "steps": summary.steps,
+        "best_val_miou": summary.best_miou,
+        "seconds_last_session": started.elapsed().as_secs_f64(),
+    });
+    crate::fsutil::write_atomic(
+        &dir.finished(&unit.name),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )
+}
+
+/// Waits until `unit` (trained by this or another shard) is finished.
+fn wait_for(
+    dir: &SweepDir,
+    plan: &Plan,
+    unit: &str,
+    shard: Shard,
+    progress: &SweepProgress,
+) -> Result<()> {
+    if dir.finished(unit).exists() {
+        return Ok(());
+    }
+    let owner = plan
+        .units
+        .iter()
+        .position(|u| u.name == unit)
+        .map(|i| i % shard.count)
+        .context("a student's teacher is not in the plan")?;
+    if owner == shard.index {
+        bail!("run {unit} should have been trained by this shard before its students");
+    }
+    progress.line(&format!(
+        "waiting for {unit}, trained by shard {owner}/{} ({} appears when it is done)",
+        shard.count,
+        dir.finished(unit).display()
+    ));
+    while !dir.finished(unit).exists() {
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    Ok(())
+}
+
+/// Scores one unit's best checkpoint with the job's modalities dropped.
+fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device) -> Result<()> {
+    let started = Instant::now();
+    let run = dir.run(&job.unit);
+    let config = run.join("config.yaml");
+    let request = EvalRequest {
+        checkpoint: run.join("checkpoints").join("best"),
+        exp: Experiment::load(&config, &[])?,
+        config,
+        drop: job.drop.clone(),
+        split: spec.split.parse()?,
+        overlap: None,
+        exclude: spec.exclude.clone(),
+        out: dir.eval(&job.name),
+        device,
+        quiet: true,
+    };
+    // Evaluation shares the CPU threads between libtorch and the reader; training wants them
+    // all back.
+    let threads = tch::get_num_threads();
+    let report = evaluate(&request);
+    tch::set_num_threads(threads);
+    let report = report?;
+    let per_class: Vec<serde_json::Value> = report
+        .class_names
+        .iter()
+        .zip(&report.scores.per_class)
+        .map(|(name, c)| json!({"class": name, "iou": c.iou, "f1": c.f1}))
+        .collect();
+    let record = json!({
+        "eval": job.name,
+        "run": job.unit,
+        "dropped": job.drop,
+        "branch": report.branch,
+        "miou": report.scores.miou,
+        "mean_f1": report.scores.mean_f1,
+        "overall_accuracy": report.scores.overall_accuracy,
+        "per_class": per_class,
+        "seconds": started.elapsed().as_secs_f64(),
+    });
+    crate::fsutil::write_atomic(
+        &dir.done(&job.name),
+        serde_json::to_string_pretty(&record)?.as_bytes(),
+    )
+}
+
+/// Writes the tables and the chart from the evaluations that are done.
+fn write_tables(dir: &SweepDir, plan: &Plan, exp: &Experiment) -> Result<()> {
+    let results = table::Results::read(plan, |eval| dir.done(eval))?;
+    let classes = exp.data.class_table(exp.model.num_classes as usize);
+    let class_names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
+    results.write(&dir.root, &class_names)?;
+    let missing = results.missing_cells();
+    println!(
+        "wrote {}/results.{{md,csv,json}} and miou.png ({} of {} cells done)",
+        dir.root.display(),
+        results.done_cells(),
+        results.done_cells() + missing
+    );
+    Ok(())
+}

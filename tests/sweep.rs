@@ -1,0 +1,198 @@
+//! `dis2 sweep` through the binary on a tiny synthetic benchmark: tables, skipping finished
+//! cells after a kill, shards and `--collect`.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use dis2::data::synth::{self, SynthOptions};
+
+const BIN: &str = env!("CARGO_BIN_EXE_dis2");
+
+/// A tiny benchmark and its experiment file.
+fn benchmark(dir: &Path) -> PathBuf {
+    let options = SynthOptions {
+        out: dir.join("synthetic"),
+        scenes: 6,
+        size: 96,
+        seed: 11,
+    };
+    synth::generate(&options).unwrap();
+    synth::write_experiment(&options).unwrap()
+}
+
+/// `dis2 sweep` arguments for a two-method, one-scenario grid of very short runs.
+fn sweep_args(config: &Path, out: &Path) -> Vec<String> {
+    [
+        "sweep",
+        "--config",
+        &config.display().to_string(),
+        "--out",
+        &out.display().to_string(),
+        "--methods",
+        "teacher-fill,dis2",
+        "--scenarios",
+        "dsm",
+        "--set",
+        "data.sampling.samples_per_epoch=16",
+        "--set",
+        "data.sampling.batch_size=4",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.val_batches=1",
+        "--set",
+        "train.kd_warmup_epochs=0",
+        "--device",
+        "cpu",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn run(args: &[String]) -> Output {
+    Command::new(BIN).args(args).output().expect("dis2 runs")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "stderr:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
+}
+
+fn modified(path: &Path) -> SystemTime {
+    std::fs::metadata(path).unwrap().modified().unwrap()
+}
+
+fn results(out: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_killed_sweep_continues_without_redoing_finished_cells() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = benchmark(dir.path());
+    let out = dir.path().join("sweep");
+    let args = sweep_args(&config, &out);
+
+    // Kill the sweep once the teacher is trained and scored with the DSM filled.
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let scored = out.join("evals/teacher--drop-dsm/done.json");
+    let started = Instant::now();
+    while !scored.exists() {
+        assert!(
+            child.try_wait().unwrap().is_none() || scored.exists(),
+            "the sweep ended before the teacher was scored"
+        );
+        assert!(started.elapsed() < Duration::from_secs(600), "timed out");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let teacher_finished = out.join("runs/teacher/finished.json");
+    let before = (modified(&teacher_finished), modified(&scored));
+
+    let log = ok(&run(&args));
+    assert!(log.contains("run teacher is finished, skipped"), "{log}");
+    assert!(
+        log.contains("evaluation teacher--drop-dsm is done, skipped"),
+        "{log}"
+    );
+    assert_eq!(
+        (modified(&teacher_finished), modified(&scored)),
+        before,
+        "finished work is not redone"
+    );
+    let doc = results(&out);
+    assert_eq!(doc["cells_missing"], 0, "{doc}");
+    assert_eq!(doc["cells_done"], 4, "{doc}");
+    let dis2 = &doc["methods"][1];
+    assert_eq!(dis2["method"], "dis2");
+    assert!(dis2["cells"]["dsm"]["miou"].as_f64().is_some(), "{doc}");
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("| method | full | -dsm |"), "{md}");
+    assert!(md.contains("recovered by dis2"), "{md}");
+    for f in ["results.csv", "miou.png"] {
+        assert!(out.join(f).exists(), "{f}");
+    }
+
+    // Everything done: a third start trains and scores nothing.
+    let log = ok(&run(&args));
+    assert!(log.contains("run dis2-dsm is finished, skipped"), "{log}");
+    assert!(!log.contains("training "), "{log}");
+
+    // Another grid in the same folder is refused, naming the folder.
+    let mut other = args.clone();
+    other.extend(["--set".to_string(), "train.epochs=2".to_string()]);
+    let refused = run(&other);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("holds another sweep"), "{stderr}");
+}
+
+#[test]
+fn shards_share_the_grid_and_collect_merges_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = benchmark(dir.path());
+    let out = dir.path().join("sweep");
+    let args = sweep_args(&config, &out);
+
+    let mut listed = args.clone();
+    listed.extend(["--shard".into(), "0/2".into(), "--list".into()]);
+    let list = ok(&run(&listed));
+    assert!(
+        list.contains("shard 0/2:") && list.contains("shard 1/2:"),
+        "{list}"
+    );
+    assert!(list.contains("run  dis2-dsm"), "{list}");
+
+    // The student's shard waits for the teacher's shard.
+    let children: Vec<_> = ["1/2", "0/2"]
+        .iter()
+        .map(|shard| {
+            let mut a = args.clone();
+            a.extend(["--shard".to_string(), shard.to_string()]);
+            Command::new(BIN)
+                .args(&a)
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::remove_file(out.join("results.json")).unwrap();
+    let collected = ok(&run(&[
+        "sweep".to_string(),
+        "--collect".to_string(),
+        "--out".to_string(),
+        out.display().to_string(),
+    ]));
+    assert!(collected.contains("4 of 4 cells done"), "{collected}");
+    assert_eq!(results(&out)["cells_missing"], 0);
+
+    let bad = run(&[
+        "sweep".into(),
+        "--collect".into(),
+        "--out".into(),
+        dir.path().display().to_string(),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a sweep folder"));
+}
