@@ -13,6 +13,57 @@ pub struct ModalitySpec {
     pub channels: i64,
 }
 
+/// Which decoder a branch has: the CFLM (class-wise attention and class-wise decoder, the
+/// paper's and the reference's) or a plain U-Net decoder (the "no CFLM" ablation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    #[default]
+    ClassWise,
+    Plain,
+}
+
+impl DecoderKind {
+    /// The YAML spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecoderKind::ClassWise => "classwise",
+            DecoderKind::Plain => "plain",
+        }
+    }
+
+    /// For `skip_serializing_if`: the default is not written, so configurations and checkpoint
+    /// sidecars of the reference network read as before.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Which fusion a branch has: HF (convolutional fusion at levels 1-3 and the level-4
+/// transformer, the paper's) or the level-4 transformer alone (the "no HF" ablation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionKind {
+    #[default]
+    Hierarchical,
+    Level4,
+}
+
+impl FusionKind {
+    /// The YAML spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            FusionKind::Hierarchical => "hierarchical",
+            FusionKind::Level4 => "level4",
+        }
+    }
+
+    /// For `skip_serializing_if`, as [`DecoderKind::is_default`].
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Sizes of the DIS2 network. The positional embeddings of the level-4 transformer (HF) tie a
 /// model to one crop size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -41,6 +92,14 @@ pub struct ModelConfig {
     /// reference's two scenarios).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scenarios: Option<Vec<Vec<String>>>,
+    /// `classwise` (CFLM, default) or `plain` (ablation: a U-Net decoder without class-wise
+    /// attention).
+    #[serde(default, skip_serializing_if = "DecoderKind::is_default")]
+    pub decoder: DecoderKind,
+    /// `hierarchical` (HF, default) or `level4` (ablation: fusion only at level 4, levels 1-3
+    /// are the mean of the slots).
+    #[serde(default, skip_serializing_if = "FusionKind::is_default")]
+    pub fusion: FusionKind,
 }
 
 fn default_base_width() -> i64 {
