@@ -85,7 +85,8 @@ pub struct ModelConfig {
     /// Number of transformer layers.
     #[serde(default = "default_depth")]
     pub depth: i64,
-    /// The sensors, in input order (at least two).
+    /// The sensors, in input order: at least two, or one for a model without students
+    /// (`scenarios: []`, the single-modality baseline).
     pub modalities: Vec<ModalitySpec>,
     /// The missing-modality scenarios the model has a student branch for, each a list of the
     /// missing modalities' names. Absent: every non-empty proper subset (for two modalities the
@@ -118,11 +119,19 @@ fn default_depth() -> i64 {
 impl ModelConfig {
     /// Checks everything the network cannot take, with messages that name the key.
     pub fn validate(&self) -> Result<()> {
-        if self.modalities.len() < 2 {
-            bail!(
-                "modalities: need at least two, found {}",
-                self.modalities.len()
-            );
+        match self.modalities.len() {
+            0 => bail!("modalities: need at least one, found none"),
+            // One sensor has no missing-modality scenario: only a teacher can be built.
+            1 if self.scenarios.as_ref().is_none_or(|s| !s.is_empty()) => bail!(
+                "modalities: a single modality ({}) makes a model without students; set \
+                 `scenarios: []` (found {})",
+                self.modalities[0].name,
+                match &self.scenarios {
+                    None => "no `scenarios` key".to_string(),
+                    Some(s) => format!("{} scenario(s)", s.len()),
+                }
+            ),
+            _ => {}
         }
         for (i, m) in self.modalities.iter().enumerate() {
             if m.name.is_empty() || m.name.contains(',') {
