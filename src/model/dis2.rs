@@ -58,6 +58,8 @@ use super::pool::LevelPools;
 use super::scenario::Scenario;
 
 /// What follows HF in a branch: the CFLM, or the plain decoder of its ablation.
+// One per branch, built once: the variants' sizes (a few kB of handles) do not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Head {
     /// CFLM: class-wise spatial attention and the class-wise decoder (`model.decoder:
