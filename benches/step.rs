@@ -48,6 +48,8 @@ fn run(s: &Setting) -> Result<()> {
             },
         ],
         scenarios: None,
+        decoder: Default::default(),
+        fusion: Default::default(),
     };
     let vs = nn::VarStore::new(Device::Cpu);
     let net = Dis2Net::new(&vs.root(), &cfg)?;

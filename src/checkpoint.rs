@@ -177,7 +177,7 @@ pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
 }
 
 /// [`config_differences`] of the shared network only (widths, classes, crop, transformer,
-/// modalities), whatever students either side holds: a teacher checkpoint serves a student run,
+/// fusion and decoder kinds, modalities), whatever students either side holds: a teacher checkpoint serves a student run,
 /// and a student checkpoint is scored with its experiment's data.
 pub fn network_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
     let mut same_students = checkpoint.clone();
@@ -222,6 +222,16 @@ pub fn config_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Vec
         "depth",
         checkpoint.depth.to_string(),
         wanted.depth.to_string(),
+    );
+    cmp(
+        "fusion",
+        checkpoint.fusion.name().to_string(),
+        wanted.fusion.name().to_string(),
+    );
+    cmp(
+        "decoder",
+        checkpoint.decoder.name().to_string(),
+        wanted.decoder.name().to_string(),
     );
     let mods = |c: &ModelConfig| {
         c.modalities

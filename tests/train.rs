@@ -278,3 +278,131 @@ fn checkpoints_of_another_configuration_are_refused() {
     let out = dis2(&args(&["train-teacher"], &config, &teacher, settings(1, 4)));
     assert!(String::from_utf8_lossy(&out.stderr).contains("already holds a run"));
 }
+
+/// `text` with the synthetic experiment's three modalities replaced by `model_keys` (YAML lines
+/// at the indentation of `model:`'s keys).
+fn with_model_keys(text: &str, model_keys: &str) -> String {
+    let three = "  modalities:\n    - {name: optical, channels: 4}\n    - {name: dsm, channels: 1}\n    - {name: sar, channels: 1}\n";
+    assert!(text.contains(three), "{text}");
+    text.replace(three, model_keys)
+}
+
+#[test]
+fn models_on_a_subset_of_the_modalities_train_score_and_predict() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = benchmark(dir.path());
+    let text = std::fs::read_to_string(&config).unwrap();
+
+    // The single-modality baseline: optical alone, no students. The normalisation of dsm and
+    // sar stays in the file and is ignored.
+    let one = dir.path().join("one.yaml");
+    std::fs::write(
+        &one,
+        with_model_keys(
+            &text,
+            "  modalities:\n    - {name: optical, channels: 4}\n  scenarios: []\n",
+        ),
+    )
+    .unwrap();
+    let run = dir.path().join("optical");
+    let out = dis2(&args(&["train-teacher"], &one, &run, settings(1, 4)));
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("validation teacher"));
+    let eval = dis2(&[
+        "eval".into(),
+        "--checkpoint".into(),
+        run.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+    ]);
+    assert_ok(&eval);
+    let stdout = String::from_utf8_lossy(&eval.stdout);
+    assert!(stdout.starts_with("teacher: mIoU"), "{stdout}");
+    let scene = std::fs::read_dir(dir.path().join("synthetic/test/optical"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let classes = dir.path().join("classes.tif");
+    let predict = dis2(&[
+        "predict".into(),
+        "--checkpoint".into(),
+        run.join("checkpoints/best").display().to_string(),
+        "--optical".into(),
+        scene.display().to_string(),
+        "--out".into(),
+        classes.display().to_string(),
+        "--device".into(),
+        "cpu".into(),
+    ]);
+    assert_ok(&predict);
+    assert!(classes.is_file());
+
+    // Both ablations on optical + sar: a teacher, then a student distilled from it.
+    let two = dir.path().join("two.yaml");
+    std::fs::write(
+        &two,
+        with_model_keys(
+            &text,
+            "  modalities:\n    - {name: optical, channels: 4}\n    - {name: sar, channels: 1}\n  decoder: plain\n  fusion: level4\n",
+        ),
+    )
+    .unwrap();
+    let teacher = dir.path().join("ablation-teacher");
+    assert_ok(&dis2(&args(
+        &["train-teacher"],
+        &two,
+        &teacher,
+        settings(1, 4),
+    )));
+    let mut extra = settings(1, 4);
+    extra.extend([
+        "--teacher".into(),
+        teacher.join("checkpoints/best").display().to_string(),
+        "--missing".into(),
+        "sar".into(),
+    ]);
+    let student = dir.path().join("ablation-student");
+    let out = dis2(&args(&["distill"], &two, &student, extra));
+    assert_ok(&out);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("student[sar]"));
+    let info = dis2::checkpoint::read_info(&student.join("checkpoints/last")).unwrap();
+    assert_eq!(
+        (info.model.decoder.name(), info.model.fusion.name()),
+        ("plain", "level4")
+    );
+
+    // A teacher of the reference network does not serve an ablation's student.
+    let reference = dir.path().join("reference-teacher");
+    let three = dir.path().join("three.yaml");
+    std::fs::write(
+        &three,
+        with_model_keys(
+            &text,
+            "  modalities:\n    - {name: optical, channels: 4}\n    - {name: sar, channels: 1}\n",
+        ),
+    )
+    .unwrap();
+    assert_ok(&dis2(&args(
+        &["train-teacher"],
+        &three,
+        &reference,
+        settings(1, 4),
+    )));
+    let mut extra = settings(1, 4);
+    extra.extend([
+        "--teacher".into(),
+        reference.join("checkpoints/best").display().to_string(),
+        "--missing".into(),
+        "sar".into(),
+    ]);
+    let out = dis2(&args(&["distill"], &two, &dir.path().join("s"), extra));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("decoder: checkpoint has classwise, configuration has plain")
+            && stderr.contains("fusion: checkpoint has hierarchical, configuration has level4"),
+        "{stderr}"
+    );
+}

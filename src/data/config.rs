@@ -343,14 +343,16 @@ impl DataConfig {
             );
         }
         for (name, norm) in &self.normalisation {
-            let channels = model
+            // Entries of modalities the model does not use are ignored: a model on a subset of a
+            // dataset's sensors (an ablation, the single-modality baseline) shares its file.
+            let Some(channels) = model
                 .modalities
                 .iter()
                 .find(|m| &m.name == name)
                 .map(|m| m.channels)
-                .ok_or_else(|| {
-                    anyhow::anyhow!("normalisation.{name}: the model has no modality {name:?}")
-                })?;
+            else {
+                continue;
+            };
             for (key, values) in [("mean", &norm.mean), ("std", &norm.std)] {
                 if values.len() as i64 != channels {
                     bail!(

@@ -93,6 +93,8 @@ fn model(modalities: &[(&str, i64)], num_classes: i64) -> ModelConfig {
             })
             .collect(),
         scenarios: None,
+        decoder: Default::default(),
+        fusion: Default::default(),
     }
 }
 

@@ -13,6 +13,57 @@ pub struct ModalitySpec {
     pub channels: i64,
 }
 
+/// Which decoder a branch has: the CFLM (class-wise attention and class-wise decoder, the
+/// paper's and the reference's) or a plain U-Net decoder (the "no CFLM" ablation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecoderKind {
+    #[default]
+    ClassWise,
+    Plain,
+}
+
+impl DecoderKind {
+    /// The YAML spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            DecoderKind::ClassWise => "classwise",
+            DecoderKind::Plain => "plain",
+        }
+    }
+
+    /// For `skip_serializing_if`: the default is not written, so configurations and checkpoint
+    /// sidecars of the reference network read as before.
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// Which fusion a branch has: HF (convolutional fusion at levels 1-3 and the level-4
+/// transformer, the paper's) or the level-4 transformer alone (the "no HF" ablation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FusionKind {
+    #[default]
+    Hierarchical,
+    Level4,
+}
+
+impl FusionKind {
+    /// The YAML spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            FusionKind::Hierarchical => "hierarchical",
+            FusionKind::Level4 => "level4",
+        }
+    }
+
+    /// For `skip_serializing_if`, as [`DecoderKind::is_default`].
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Sizes of the DIS2 network. The positional embeddings of the level-4 transformer (HF) tie a
 /// model to one crop size.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -34,13 +85,22 @@ pub struct ModelConfig {
     /// Number of transformer layers.
     #[serde(default = "default_depth")]
     pub depth: i64,
-    /// The sensors, in input order (at least two).
+    /// The sensors, in input order: at least two, or one for a model without students
+    /// (`scenarios: []`, the single-modality baseline).
     pub modalities: Vec<ModalitySpec>,
     /// The missing-modality scenarios the model has a student branch for, each a list of the
     /// missing modalities' names. Absent: every non-empty proper subset (for two modalities the
     /// reference's two scenarios).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scenarios: Option<Vec<Vec<String>>>,
+    /// `classwise` (CFLM, default) or `plain` (ablation: a U-Net decoder without class-wise
+    /// attention).
+    #[serde(default, skip_serializing_if = "DecoderKind::is_default")]
+    pub decoder: DecoderKind,
+    /// `hierarchical` (HF, default) or `level4` (ablation: fusion only at level 4, levels 1-3
+    /// are the mean of the slots).
+    #[serde(default, skip_serializing_if = "FusionKind::is_default")]
+    pub fusion: FusionKind,
 }
 
 fn default_base_width() -> i64 {
@@ -59,11 +119,19 @@ fn default_depth() -> i64 {
 impl ModelConfig {
     /// Checks everything the network cannot take, with messages that name the key.
     pub fn validate(&self) -> Result<()> {
-        if self.modalities.len() < 2 {
-            bail!(
-                "modalities: need at least two, found {}",
-                self.modalities.len()
-            );
+        match self.modalities.len() {
+            0 => bail!("modalities: need at least one, found none"),
+            // One sensor has no missing-modality scenario: only a teacher can be built.
+            1 if self.scenarios.as_ref().is_none_or(|s| !s.is_empty()) => bail!(
+                "modalities: a single modality ({}) makes a model without students; set \
+                 `scenarios: []` (found {})",
+                self.modalities[0].name,
+                match &self.scenarios {
+                    None => "no `scenarios` key".to_string(),
+                    Some(s) => format!("{} scenario(s)", s.len()),
+                }
+            ),
+            _ => {}
         }
         for (i, m) in self.modalities.iter().enumerate() {
             if m.name.is_empty() || m.name.contains(',') {

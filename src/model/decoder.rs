@@ -56,14 +56,16 @@ impl ClassHeads {
     }
 }
 
-/// What the class-wise decoder gives.
+/// What a decoder gives: the class-wise one or the plain one of the CFLM ablation
+/// ([`super::plain_decoder::PlainDecoder`]).
 #[derive(Debug)]
 pub struct DecoderOutputs {
     /// Softmax probabilities `[B, K, H, W]`.
     pub pred: Tensor,
     /// Logits `[B, K, H, W]`.
     pub logits: Tensor,
-    /// Penultimate features `[B, w, H, W]` (the output of `class_combine_conv`).
+    /// Penultimate features `[B, w, H, W]` (the output of `class_combine_conv`, or `out_conv` of
+    /// the plain decoder).
     pub penultimate: Tensor,
     /// Deep-supervision predictions from 1/16, 1/8, 1/4, 1/2 resolution, upsampled to `[H, W]`
     /// (align_corners) and softmaxed; empty unless asked for.

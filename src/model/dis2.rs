@@ -1,5 +1,6 @@
 //! The DIS2 network for M >= 2 modalities: a teacher (full-modality) branch plus one student
-//! branch per missing-modality scenario.
+//! branch per missing-modality scenario. With M = 1 (and `scenarios: []`) it is the teacher
+//! alone: the single-modality baseline.
 //!
 //! ```text
 //!  x_1 ... x_M                      (one tensor per modality, [B, C_i, H, W])
@@ -38,53 +39,85 @@
 //! Variable names: `encoders.{i}`, `teacher.{fuse,attention,decoder,fuse_pool}`,
 //! `students.{key}.{comp.{i},comp_pool.{i},dist_pool.{a},fuse,attention,decoder,fuse_pool}` with
 //! `key` from [`Scenario::key`].
+//!
+//! Ablations (`model.fusion`, `model.decoder`; the defaults are the reference network): `level4`
+//! fusion drops HF's levels 1-3 ([`HierarchicalFusion`]); the `plain` decoder replaces the CFLM
+//! ([`PlainDecoder`]) and the branch has no `attention`.
 
 use anyhow::{bail, Context, Result};
 use tch::{nn, Kind, Tensor};
 
 use super::cflm::ClassWiseAttention;
-use super::config::ModelConfig;
+use super::config::{DecoderKind, ModelConfig};
 use super::decoder::{ClassWiseDecoder, DecoderOutputs};
 use super::encoder::{Encoder, Features};
 use super::fusion::{Fused, HierarchicalFusion};
 use super::losses::{kd_logits_loss, l2_kd_loss, orthogonality_loss, sum_scalars};
+use super::plain_decoder::PlainDecoder;
 use super::pool::LevelPools;
 use super::scenario::Scenario;
 
-/// HF + CFLM of one branch.
+/// What follows HF in a branch: the CFLM, or the plain decoder of its ablation.
+// One per branch, built once: the variants' sizes (a few kB of handles) do not matter.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+enum Head {
+    /// CFLM: class-wise spatial attention and the class-wise decoder (`model.decoder:
+    /// classwise`).
+    ClassWise {
+        attention: ClassWiseAttention,
+        decoder: ClassWiseDecoder,
+    },
+    /// The "no CFLM" ablation (`model.decoder: plain`).
+    Plain(PlainDecoder),
+}
+
+impl Head {
+    fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
+        let (w, k) = (cfg.base_width, cfg.num_classes);
+        match cfg.decoder {
+            DecoderKind::ClassWise => Head::ClassWise {
+                attention: ClassWiseAttention::new(&(p / "attention"), 8 * w, k),
+                decoder: ClassWiseDecoder::new(&(p / "decoder"), w, k, cfg.crop),
+            },
+            DecoderKind::Plain => Head::Plain(PlainDecoder::new(&(p / "decoder"), w, k, cfg.crop)),
+        }
+    }
+
+    /// The decoder outputs and, for the CFLM, the class-wise features `[B, K, 8w, h, w]`.
+    fn forward(&self, fused: &Fused, scales: bool) -> (DecoderOutputs, Option<Tensor>) {
+        match self {
+            Head::ClassWise { attention, decoder } => {
+                let classwise = attention.forward(&fused.levels[3]);
+                let out = decoder.forward(&fused.levels, &classwise, scales);
+                (out, Some(classwise))
+            }
+            Head::Plain(decoder) => (decoder.forward(&fused.levels, scales), None),
+        }
+    }
+}
+
+/// HF + CFLM of one branch (or their ablations, after `model.fusion` and `model.decoder`).
 #[derive(Debug)]
 struct Branch {
     fuse: HierarchicalFusion,
-    attention: ClassWiseAttention,
-    decoder: ClassWiseDecoder,
+    head: Head,
     /// Attention pools of the fused levels 1..3 for DLKD.
     fuse_pool: LevelPools,
 }
 
 impl Branch {
     fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
-        let w = cfg.base_width;
-        let [h, wd] = cfg.crop;
         Branch {
-            fuse: HierarchicalFusion::new(
-                &(p / "fuse"),
-                w,
-                cfg.modalities.len(),
-                [h / 16, wd / 16],
-                cfg.heads,
-                cfg.ffn_dim,
-                cfg.depth,
-            ),
-            attention: ClassWiseAttention::new(&(p / "attention"), 8 * w, cfg.num_classes),
-            decoder: ClassWiseDecoder::new(&(p / "decoder"), w, cfg.num_classes, cfg.crop),
-            fuse_pool: LevelPools::new(&(p / "fuse_pool"), w),
+            fuse: HierarchicalFusion::new(&(p / "fuse"), cfg),
+            head: Head::new(p, cfg),
+            fuse_pool: LevelPools::new(&(p / "fuse_pool"), cfg.base_width),
         }
     }
 
     fn forward(&self, slots: &[&Features], train: bool, scales: bool) -> (Fused, DecoderOutputs) {
         let fused = self.fuse.forward_t(slots, train);
-        let classwise = self.attention.forward(&fused.levels[3]);
-        let out = self.decoder.forward(&fused.levels, &classwise, scales);
+        let (out, _) = self.head.forward(&fused, scales);
         (fused, out)
     }
 }
@@ -385,7 +418,7 @@ impl Dis2Net {
     /// comparing a port layer by layer: the teacher's when `scenario` is `None`, else that
     /// student's. Names: `encoders.{i}.e{1..4}`, `encoders.{i}.aux` (auxiliary prediction),
     /// `{branch}.comp.{i}.e{1..4}`, `{branch}.fuse.e{1..4}` (e4 unified), `{branch}.fuse.global`,
-    /// `{branch}.attention` (`[B, K, C, h, w]`), `{branch}.decoder.penultimate`,
+    /// `{branch}.attention` (`[B, K, C, h, w]`, CFLM only), `{branch}.decoder.penultimate`,
     /// `{branch}.decoder.logits`, `{branch}.pred`, where `{branch}` is `teacher` or
     /// `students.{key}`.
     pub fn trace(
@@ -435,9 +468,10 @@ impl Dis2Net {
             let fused = branch.fuse.forward_t(&slots, false);
             push_levels(&format!("{prefix}.fuse"), &fused.levels, &mut out);
             out.push((format!("{prefix}.fuse.global"), fused.global.contiguous()));
-            let classwise = branch.attention.forward(&fused.levels[3]);
-            let dec = branch.decoder.forward(&fused.levels, &classwise, false);
-            out.push((format!("{prefix}.attention"), classwise));
+            let (dec, classwise) = branch.head.forward(&fused, false);
+            if let Some(classwise) = classwise {
+                out.push((format!("{prefix}.attention"), classwise));
+            }
             out.push((
                 format!("{prefix}.decoder.penultimate"),
                 dec.penultimate.contiguous(),

@@ -7,10 +7,17 @@
 //! `[fusion token, slot-1 tokens + pos_1, ..., slot-M tokens + pos_M, pooled level-3 token]`;
 //! the output tokens of each slot are folded back to maps, concatenated and unified by a 1x1
 //! convolution, and the output fusion token is the global fused feature used by DLKD.
+//!
+//! The "no HF" ablation (`model.fusion: level4`) keeps only the level-4 part: the sequence is
+//! `[fusion token, slot-1 tokens + pos_1, ..., slot-M tokens + pos_M]` (no pooled level-3 token)
+//! and levels 1..3, which the decoder's skips and the DLKD pools still read, are the
+//! parameter-free element-wise mean of the slots' features: no fusion convolutions, no residual
+//! down-sampling chain. The mean keeps the level widths, so everything downstream is unchanged.
 
 use tch::nn::{self, Module};
 use tch::Tensor;
 
+use super::config::{FusionKind, ModelConfig};
 use super::encoder::Features;
 use super::layers::{linear, to_tokens, DownBlock, FusionConv};
 use super::pool::AttnPool;
@@ -93,38 +100,18 @@ pub struct Fused {
     pub global: Tensor,
 }
 
-/// HF over M slots. Variables: `conv_fusion_e{1,2,3}.*`, `conv_res{1,2}.*`, `pool_e3.*`,
-/// `fusion_token`, `pos_{i}` (one per slot), `transformer.layers.{j}.*`, `unify.*`.
+/// The convolutional levels 1..3 of HF and the pooled level-3 token they give level 4.
 #[derive(Debug)]
-pub struct HierarchicalFusion {
+struct ConvLevels {
     fuse: [FusionConv; 3],
     res1: DownBlock,
     res2: DownBlock,
     pool_e3: AttnPool,
-    fusion_token: Tensor,
-    pos: Vec<Tensor>,
-    layers: Vec<TransformerLayer>,
-    unify: nn::Conv2D,
-    grid: [i64; 2],
 }
 
-impl HierarchicalFusion {
-    /// `grid`: the level-4 size `[H/16, W/16]` the positional embeddings are made for.
-    pub fn new(
-        p: &nn::Path,
-        width: i64,
-        slots: usize,
-        grid: [i64; 2],
-        heads: i64,
-        ffn: i64,
-        depth: i64,
-    ) -> Self {
-        let w = width;
-        let m = slots as i64;
-        let d = 8 * w;
-        let n = grid[0] * grid[1];
-        let t = p / "transformer" / "layers";
-        HierarchicalFusion {
+impl ConvLevels {
+    fn new(p: &nn::Path, w: i64, m: i64, d: i64) -> Self {
+        ConvLevels {
             fuse: [
                 FusionConv::new(&(p / "conv_fusion_e1"), w, m),
                 FusionConv::new(&(p / "conv_fusion_e2"), 2 * w, m),
@@ -133,20 +120,11 @@ impl HierarchicalFusion {
             res1: DownBlock::new(&(p / "conv_res1"), w, 2 * w, true),
             res2: DownBlock::new(&(p / "conv_res2"), 2 * w, 4 * w, true),
             pool_e3: AttnPool::new(&(p / "pool_e3"), 4 * w, Some(d)),
-            fusion_token: p.zeros("fusion_token", &[1, 1, d]),
-            pos: (0..slots)
-                .map(|i| p.zeros(&format!("pos_{i}"), &[1, n, d]))
-                .collect(),
-            layers: (0..depth)
-                .map(|j| TransformerLayer::new(&(&t / j), d, heads, ffn))
-                .collect(),
-            unify: nn::conv2d(p / "unify", m * d, d, 1, Default::default()),
-            grid,
         }
     }
 
-    /// Fuses the features of the M slots (in modality order).
-    pub fn forward_t(&self, slots: &[&Features], train: bool) -> Fused {
+    /// Fused levels 1..3 and the pooled level-3 token `[B, 1, D]`.
+    fn forward_t(&self, slots: &[&Features], train: bool) -> ([Tensor; 3], Tensor) {
         let level = |i: usize| {
             Tensor::cat(
                 &slots
@@ -159,9 +137,76 @@ impl HierarchicalFusion {
         let f1 = self.fuse[0].forward(&level(0));
         let f2 = self.fuse[1].forward(&level(1)) + self.res1.forward_t(&f1, train);
         let f3 = self.fuse[2].forward(&level(2)) + self.res2.forward_t(&f2, train);
-        let pooled = self.pool_e3.forward(&f3).unsqueeze(1); // [B, 1, D]
+        let pooled = self.pool_e3.forward(&f3).unsqueeze(1);
+        ([f1, f2, f3], pooled)
+    }
+}
 
-        let b = f3.size()[0];
+/// Levels 1..3 of the "no HF" ablation: the element-wise mean of the slots' features.
+fn slot_means(slots: &[&Features]) -> [Tensor; 3] {
+    let m = slots.len() as f64;
+    std::array::from_fn(|i| {
+        let sum = slots[1..]
+            .iter()
+            .fold(slots[0][i].shallow_clone(), |acc, f| acc + &f[i]);
+        sum / m
+    })
+}
+
+/// HF over M slots. Variables: `conv_fusion_e{1,2,3}.*`, `conv_res{1,2}.*`, `pool_e3.*` (not in
+/// the `level4` ablation), `fusion_token`, `pos_{i}` (one per slot), `transformer.layers.{j}.*`,
+/// `unify.*`.
+#[derive(Debug)]
+pub struct HierarchicalFusion {
+    /// Levels 1..3; `None` in the `level4` ablation (slot means instead).
+    conv: Option<ConvLevels>,
+    fusion_token: Tensor,
+    pos: Vec<Tensor>,
+    layers: Vec<TransformerLayer>,
+    unify: nn::Conv2D,
+    grid: [i64; 2],
+}
+
+impl HierarchicalFusion {
+    /// HF for the model `cfg`: one slot per modality, base width w (levels w .. 8w), the
+    /// level-4 grid `[H/16, W/16]` of the crop (what the positional embeddings are made for), the
+    /// transformer's heads, feed-forward size and depth, and `cfg.fusion`.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
+        let w = cfg.base_width;
+        let slots = cfg.modalities.len();
+        let m = slots as i64;
+        let d = 8 * w;
+        let grid = [cfg.crop[0] / 16, cfg.crop[1] / 16];
+        let n = grid[0] * grid[1];
+        let t = p / "transformer" / "layers";
+        HierarchicalFusion {
+            conv: match cfg.fusion {
+                FusionKind::Hierarchical => Some(ConvLevels::new(p, w, m, d)),
+                FusionKind::Level4 => None,
+            },
+            fusion_token: p.zeros("fusion_token", &[1, 1, d]),
+            pos: (0..slots)
+                .map(|i| p.zeros(&format!("pos_{i}"), &[1, n, d]))
+                .collect(),
+            layers: (0..cfg.depth)
+                .map(|j| TransformerLayer::new(&(&t / j), d, cfg.heads, cfg.ffn_dim))
+                .collect(),
+            unify: nn::conv2d(p / "unify", m * d, d, 1, Default::default()),
+            grid,
+        }
+    }
+
+    /// Fuses the features of the M slots (in modality order).
+    pub fn forward_t(&self, slots: &[&Features], train: bool) -> Fused {
+        let (low, pooled) = match &self.conv {
+            Some(conv) => {
+                let (low, pooled) = conv.forward_t(slots, train);
+                (low, Some(pooled))
+            }
+            None => (slot_means(slots), None),
+        };
+
+        let b = slots[0][3].size()[0];
         let d = self.fusion_token.size()[2];
         let n = self.grid[0] * self.grid[1];
         let mut seq = Vec::with_capacity(slots.len() + 2);
@@ -169,7 +214,7 @@ impl HierarchicalFusion {
         for (f, pos) in slots.iter().zip(&self.pos) {
             seq.push(to_tokens(&f[3]) + pos);
         }
-        seq.push(pooled);
+        seq.extend(pooled);
         let mut out = Tensor::cat(&seq, 1);
         for layer in &self.layers {
             out = layer.forward_t(&out, train);
@@ -186,6 +231,7 @@ impl HierarchicalFusion {
             .reshape([b, gh, gw, m * d])
             .permute([0, 3, 1, 2]);
         let f4 = self.unify.forward(&maps);
+        let [f1, f2, f3] = low;
         Fused {
             levels: [f1, f2, f3, f4],
             global,

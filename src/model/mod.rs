@@ -11,6 +11,7 @@ pub mod import;
 pub mod layers;
 pub mod losses;
 pub mod native;
+pub mod plain_decoder;
 pub mod pool;
 pub mod scenario;
 

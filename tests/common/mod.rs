@@ -52,6 +52,8 @@ pub fn reference_config(path: &std::path::Path) -> ModelConfig {
             },
         ],
         scenarios: None,
+        decoder: Default::default(),
+        fusion: Default::default(),
     }
 }
 
@@ -92,5 +94,7 @@ pub fn small_config(channels: &[i64], classes: i64) -> ModelConfig {
             })
             .collect(),
         scenarios: None,
+        decoder: Default::default(),
+        fusion: Default::default(),
     }
 }

@@ -1,0 +1,100 @@
+//! The "no CFLM" ablation (`model.decoder: plain`): a plain U-Net decoder in place of the
+//! class-wise feature learning module (class-wise attention and class-wise decoder).
+//!
+//! It is the class-wise decoder's path run once on ordinary channels instead of once per class:
+//! from the unified level-4 map up through levels 3, 2, 1 with U-Net skips from the fused levels,
+//! the same pre-norm 3x3 convolutions (reflect padding) and `up2`, a 1x1 deep-supervision head to
+//! K classes at each of the four scales (1/16, 1/8, 1/4, 1/2, up-sampled to full size), two
+//! convolutions to the penultimate map of w channels at full resolution, and 1x1 logits. Its
+//! outputs are [`DecoderOutputs`] with the same meaning, so the losses and DLKD are unchanged.
+
+use tch::nn;
+use tch::Tensor;
+
+use super::decoder::DecoderOutputs;
+use super::encoder::Features;
+use super::layers::{resize_aligned, up2, PreNormConv};
+
+/// Variables: `e4_conv_up`, `e3_conv`, `e3_conv_up`, `e2_conv`, `e2_conv_up`, `e1_conv`,
+/// `out_conv.{0,1}` (each `conv.*`), `seg_d{4,3,2,1}.*`, `final_conv.*`.
+#[derive(Debug)]
+pub struct PlainDecoder {
+    heads: [nn::Conv2D; 4],
+    e4_conv_up: PreNormConv,
+    e3_conv: PreNormConv,
+    e3_conv_up: PreNormConv,
+    e2_conv: PreNormConv,
+    e2_conv_up: PreNormConv,
+    e1_conv: PreNormConv,
+    out_conv: [PreNormConv; 2],
+    final_conv: nn::Conv2D,
+    out_size: [i64; 2],
+}
+
+impl PlainDecoder {
+    /// `width`: base width w (levels w, 2w, 4w, 8w); `out_size`: the crop `[H, W]`.
+    pub fn new(p: &nn::Path, width: i64, classes: i64, out_size: [i64; 2]) -> Self {
+        let w = width;
+        let head = |name: &str, c: i64| nn::conv2d(p / name, c, classes, 1, Default::default());
+        PlainDecoder {
+            heads: [
+                head("seg_d4", 8 * w),
+                head("seg_d3", 4 * w),
+                head("seg_d2", 2 * w),
+                head("seg_d1", w),
+            ],
+            e4_conv_up: PreNormConv::k3(&(p / "e4_conv_up"), 8 * w, 4 * w, true),
+            e3_conv: PreNormConv::k3(&(p / "e3_conv"), 8 * w, 4 * w, true),
+            e3_conv_up: PreNormConv::k3(&(p / "e3_conv_up"), 4 * w, 2 * w, true),
+            e2_conv: PreNormConv::k3(&(p / "e2_conv"), 4 * w, 2 * w, true),
+            e2_conv_up: PreNormConv::k3(&(p / "e2_conv_up"), 2 * w, w, true),
+            e1_conv: PreNormConv::k3(&(p / "e1_conv"), 2 * w, w, true),
+            out_conv: [
+                PreNormConv::k3(&(p / "out_conv" / "0"), w, 2 * w, true),
+                PreNormConv::k3(&(p / "out_conv" / "1"), 2 * w, w, true),
+            ],
+            final_conv: nn::conv2d(p / "final_conv", w, classes, 1, Default::default()),
+            out_size,
+        }
+    }
+
+    /// `fused`: the fused levels 1..4 of HF. `scales`: also compute the deep-supervision maps.
+    pub fn forward(&self, fused: &Features, scales: bool) -> DecoderOutputs {
+        let with_skip = |e: &Tensor, x: Tensor| Tensor::cat(&[e.shallow_clone(), x], 1);
+        let x4 = &fused[3];
+        let e4_up = self.e4_conv_up.forward(&up2(x4));
+        let d3 = self.e3_conv.forward(&with_skip(&fused[2], e4_up));
+        let e3_up = self.e3_conv_up.forward(&up2(&d3));
+        let d2 = self.e2_conv.forward(&with_skip(&fused[1], e3_up));
+        let e2_up = self.e2_conv_up.forward(&up2(&d2));
+        let d1 = self.e1_conv.forward(&with_skip(&fused[0], e2_up));
+
+        let mut full = up2(&d1);
+        let fs = full.size();
+        if [fs[2], fs[3]] != self.out_size {
+            full = full.upsample_bilinear2d(self.out_size, false, None, None);
+        }
+        let penultimate = self.out_conv[1].forward(&self.out_conv[0].forward(&full));
+        let logits = penultimate.apply(&self.final_conv);
+        let pred = logits.softmax(1, logits.kind());
+
+        let scale_preds = if scales {
+            [x4, &d3, &d2, &d1]
+                .into_iter()
+                .zip(&self.heads)
+                .map(|(x, head)| {
+                    let m = x.apply(head);
+                    resize_aligned(&m, self.out_size).softmax(1, m.kind())
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        DecoderOutputs {
+            pred,
+            logits,
+            penultimate,
+            scale_preds,
+        }
+    }
+}
