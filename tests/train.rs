@@ -261,6 +261,20 @@ fn checkpoints_of_another_configuration_are_refused() {
         stderr.contains("base_width: checkpoint has 8, configuration has 16"),
         "{stderr}"
     );
+    // The refused run left no run behind: the corrected command can use the same folder.
+    let mut extra = settings(1, 4);
+    extra.extend([
+        "--teacher".into(),
+        teacher.join("checkpoints/last").display().to_string(),
+        "--missing".into(),
+        "sar".into(),
+    ]);
+    assert_ok(&dis2(&args(
+        &["distill"],
+        &config,
+        &dir.path().join("s"),
+        extra,
+    )));
     // An unknown modality and a second run in the same directory are clear errors too.
     let mut extra = settings(1, 4);
     extra.extend([

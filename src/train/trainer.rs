@@ -61,11 +61,13 @@ pub fn start(exp: Experiment, spec: RunSpec, out: &Path, opts: TrainOptions) -> 
     let exp = with_run_scenarios(exp, &spec)?;
     run.create()?;
     exp.save_effective(&run.root)?;
-    run.write_spec(&spec)?;
-    let mut trainer = Trainer::new(exp, spec, run, opts)?;
+    let mut trainer = Trainer::new(exp, spec.clone(), run, opts)?;
     if let Some(teacher) = trainer.spec.teacher.clone() {
         trainer.load_teacher(&teacher)?;
     }
+    // run.yaml marks the folder as a run: written once the model and its teacher are in place,
+    // so a refused --teacher leaves a folder the same command can use again.
+    trainer.run.write_spec(&spec)?;
     trainer.run()
 }
 
