@@ -410,9 +410,8 @@ mod tests {
                 // Blocks of 4 x 3 pixels so that there are regions, not noise.
                 let block = (i % w) / 4 + 7 * ((i / w) / 3);
                 let v = ((block as u64 * 2654435761) >> 7) % 6;
-                if (state >> 60) == 0 {
-                    9
-                } else if v == 5 {
+                // Value 5 and a scattering of single pixels: ignored (9).
+                if (state >> 60) == 0 || v == 5 {
                     9
                 } else {
                     v as i64
