@@ -18,6 +18,8 @@ const NAME_COLUMN: usize = 130;
 const LINE: usize = 22;
 /// Width of one legend entry of an overlay.
 const LEGEND_ENTRY: usize = 140;
+/// Height of the column titles between the top row and the class rows of an attention grid.
+const COLUMN_TITLE: usize = 18;
 /// Colour of a wrongly classified pixel in the error panel.
 pub const ERROR_COLOUR: [u8; 3] = [255, 0, 255];
 /// Colour of unlabelled / unpredicted pixels.
@@ -47,6 +49,13 @@ impl Canvas {
                 self.rgb[at + c * 3..at + c * 3 + 3].copy_from_slice(px);
             }
         }
+    }
+
+    /// A `side x side` square of `colour` with a grey outline (white classes stay visible).
+    fn swatch(&mut self, x: usize, y: usize, side: usize, colour: [u8; 3]) {
+        self.paste(x, y, side, side, &vec![[96, 96, 96]; side * side]);
+        let inner = side.saturating_sub(2);
+        self.paste(x + 1, y + 1, inner, inner, &vec![colour; inner * inner]);
     }
 
     /// Draws text items `(text, x, y, size)` in black.
@@ -255,7 +264,7 @@ pub fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> Result<
             GAP + (i % per_line) * LEGEND_ENTRY,
             legend_top + (i / per_line) * LINE,
         );
-        canvas.paste(x, y + 3, 14, 14, &[class.colour; 14 * 14]);
+        canvas.swatch(x, y + 3, 14, class.colour);
         text.push((class.name.chars().take(16).collect(), x + 18, y + 3, 13));
     }
     canvas.text(&text)?;
@@ -295,7 +304,7 @@ pub fn attention_size(
     let panels = columns.max(2);
     (
         NAME_COLUMN + panels * (cw + GAP),
-        HEADER + (classes + 1) * (ch + GAP) + LINE + GAP,
+        HEADER + (classes + 1) * (ch + GAP) + COLUMN_TITLE + LINE + GAP,
     )
 }
 
@@ -319,7 +328,7 @@ pub fn attention_png(path: &Path, d: &AttentionData, table: &[ClassInfo]) -> Res
     let (width, height) = attention_size(w, h, d.columns.len(), table.len());
     let mut canvas = Canvas::new(width, height);
     let column_x = |c: usize| NAME_COLUMN + c * (cw + GAP);
-    let row_y = |r: usize| HEADER + r * (ch + GAP);
+    let row_y = |r: usize| HEADER + r * (ch + GAP) + if r > 0 { COLUMN_TITLE } else { 0 };
     let mut text = vec![(d.title.clone(), GAP, 5, 15)];
     canvas.paste(
         column_x(0),
@@ -338,7 +347,7 @@ pub fn attention_png(path: &Path, d: &AttentionData, table: &[ClassInfo]) -> Res
     );
     text.push(("input | reference".to_string(), GAP, row_y(0) + ch / 2, 13));
     for (c, (name, maps)) in d.columns.iter().enumerate() {
-        text.push((name.clone(), column_x(c), row_y(1) - GAP - 14, 13));
+        text.push((name.clone(), column_x(c), row_y(1) - COLUMN_TITLE + 1, 13));
         for (k, map) in maps.iter().enumerate() {
             let panel = heat_panel(map, d.image);
             canvas.paste(
@@ -352,7 +361,7 @@ pub fn attention_png(path: &Path, d: &AttentionData, table: &[ClassInfo]) -> Res
     }
     for (k, class) in table.iter().enumerate() {
         let y = row_y(k + 1) + ch / 2 - 7;
-        canvas.paste(GAP, y, 12, 12, &[class.colour; 144]);
+        canvas.swatch(GAP, y, 12, class.colour);
         text.push((class.name.chars().take(14).collect(), GAP + 16, y, 13));
     }
     // Colour bar: low .. high of each map.

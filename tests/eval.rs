@@ -268,7 +268,8 @@ fn eval_draws_attention_maps_of_teacher_and_student() {
         let img = image::open(path).unwrap().to_rgb8();
         assert_eq!((img.width() as usize, img.height() as usize), (w, h));
         let x = w - 6 - cw / 2;
-        let y = 26 + (ch + 6) + ch / 2;
+        // Header 26, the input row, the column titles (18), half a class row.
+        let y = 26 + (ch + 6) + 18 + ch / 2;
         img.get_pixel(x as u32, y as u32).0
     };
     for f in &files {
