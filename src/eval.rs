@@ -4,6 +4,11 @@
 //! With `--drop`, the branch is the student trained for exactly that missing set when the
 //! checkpoint has one; otherwise the teacher with the dropped modalities filled with the
 //! training mean, labelled `teacher-fill` in every output.
+//!
+//! Options: `--erode R` scores with the ISPRS eroded-boundary labels (a disk of radius R around
+//! every class boundary left out), `--overlays N` draws image | reference | prediction | errors
+//! for the first N scenes, and `--attention-maps DIR` draws the CFLM class-wise attention of the
+//! teacher and of the evaluated branch for a few windows (the paper's qualitative figure).
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
@@ -13,10 +18,14 @@ use std::path::{Path, PathBuf};
 use crate::checkpoint::network_differences;
 use crate::cli::DeviceArgs;
 use crate::config::Experiment;
+use crate::data::config::ClassInfo;
 use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
-use crate::data::raster::{read_window_at, Window};
-use crate::metrics::{ConfusionMatrix, Scores};
+use crate::data::loader::{load_sample, Normaliser};
+use crate::data::raster::{read_window_at, Pixels, Window};
+use crate::data::sampling::GridSampler;
+use crate::figures::{self, AttentionData, OverlayData};
+use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::predict::{predict_scene, route, PredictOptions, Predictor, Route, SceneJob};
 
 /// Rows of a scene compared at a time (memory stays bounded on large scenes).
@@ -46,6 +55,21 @@ pub struct EvalArgs {
     /// Classes reported but left out of the means (ISPRS: `--exclude clutter`); repeatable.
     #[arg(long = "exclude", value_name = "CLASS")]
     pub exclude: Vec<String>,
+    /// ISPRS eroded boundaries: label pixels with another class within a disk of this radius
+    /// (pixels) are not scored; 0: every labelled pixel is scored (ISPRS used 3).
+    #[arg(long, value_name = "PX", default_value_t = 0)]
+    pub erode: usize,
+    /// Overlay figures (image | reference | prediction | errors) of the first N scenes in
+    /// `overlays/`; 0: none.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub overlays: usize,
+    /// Folder for CFLM class-wise attention figures (teacher and the evaluated branch, one
+    /// heat map per class) of a few windows of the split.
+    #[arg(long, value_name = "DIR")]
+    pub attention_maps: Option<PathBuf>,
+    /// Windows drawn by `--attention-maps`: the first N of the window grid of the split's scenes.
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub attention_windows: usize,
     /// Output folder for metrics.json, metrics.csv and confusion.png (default: in the run
     /// directory, or next to the checkpoint, `eval-<split>[-drop-<modalities>]`).
     #[arg(long, value_name = "DIR")]
@@ -113,6 +137,12 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         out,
         device: args.device.device.resolve()?,
         quiet: args.quiet,
+        options: EvalOptions {
+            erode: args.erode,
+            overlays: args.overlays,
+            attention_maps: args.attention_maps.clone(),
+            attention_windows: args.attention_windows,
+        },
     };
     let report = evaluate(&request)?;
     print_table(&report);
@@ -120,6 +150,20 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
         "wrote {}/metrics.json, metrics.csv and confusion.png",
         request.out.display()
     );
+    if !report.overlays.is_empty() {
+        println!(
+            "wrote {} overlay(s) into {}",
+            report.overlays.len(),
+            request.out.join("overlays").display()
+        );
+    }
+    if let Some(dir) = &request.options.attention_maps {
+        println!(
+            "wrote {} attention figure(s) into {}",
+            report.attention_maps.len(),
+            dir.display()
+        );
+    }
     Ok(())
 }
 
@@ -159,6 +203,22 @@ pub struct EvalRequest {
     pub out: PathBuf,
     pub device: tch::Device,
     pub quiet: bool,
+    /// Erosion and figures; `EvalOptions::default()` is all off.
+    pub options: EvalOptions,
+}
+
+/// The optional parts of an evaluation. The default is all off: every labelled pixel scored, no
+/// figures besides the confusion matrix.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Radius in pixels of the ISPRS eroded boundaries (disk); 0: off.
+    pub erode: usize,
+    /// Overlay figures of the first N scenes in `out/overlays/`; 0: none.
+    pub overlays: usize,
+    /// Folder for the CFLM attention figures; `None`: none.
+    pub attention_maps: Option<PathBuf>,
+    /// Windows drawn into `attention_maps` (the CLI's default is 4).
+    pub attention_windows: usize,
 }
 
 /// What an evaluation found.
@@ -171,6 +231,12 @@ pub struct EvalReport {
     pub excluded: Vec<usize>,
     pub confusion: ConfusionMatrix,
     pub scores: Scores,
+    /// Radius of the eroded boundaries the scores were computed with (0: none).
+    pub erode: usize,
+    /// Overlay figures written.
+    pub overlays: Vec<PathBuf>,
+    /// Attention figures written.
+    pub attention_maps: Vec<PathBuf>,
 }
 
 /// Scores `req.checkpoint` on every scene of the split and writes the reports into `req.out`.
@@ -242,7 +308,9 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         quiet: req.quiet,
         ..PredictOptions::default()
     };
+    let erode = req.options.erode;
     let scratch = tempfile_dir(out)?;
+    let mut overlays = Vec::new();
     let mut cm = ConfusionMatrix::new(table.len());
     for (index, scene) in dataset.scenes.iter().enumerate() {
         let Some(label_path) = &scene.label else {
@@ -263,16 +331,12 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         };
         predict_scene(&predictor, &job, &options).with_context(|| format!("scene {}", scene.id))?;
         let (w, h) = (scene.width(), scene.height());
+        let mut overlay = (index < req.options.overlays).then(|| OverlaySampler::new(w, h));
         for y in (0..h).step_by(ROWS_PER_BAND) {
-            let window = Window::new(0, y as i64, w, ROWS_PER_BAND.min(h - y));
+            let rows = ROWS_PER_BAND.min(h - y);
+            let window = Window::new(0, y as i64, w, rows);
             let predicted = read_window_at(&job.out, window)?;
-            let px = read_window_at(label_path, window)?;
-            let mut labels = dataset.decoder.decode(
-                &px,
-                label_path,
-                dataset.num_classes,
-                dataset.ignore_index,
-            )?;
+            let (decoded, mut labels) = band_labels(&dataset, label_path, (w, h), y, rows, erode)?;
             // Pixels without a prediction (nodata in an input) are left out.
             for (l, p) in labels.iter_mut().zip(&predicted.data) {
                 if *p == NODATA_CLASS {
@@ -282,19 +346,306 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
             let preds: Vec<i64> = predicted.data.iter().map(|&p| p as i64).collect();
             cm.add_pairs(&labels, &preds, dataset.ignore_index)
                 .with_context(|| format!("scene {}", scene.id))?;
+            if let Some(o) = &mut overlay {
+                let image = read_window_at(&scene.modalities[0], window)?;
+                o.add_band(y, &image, &decoded, &preds, &labels);
+            }
         }
         let _ = std::fs::remove_file(&job.out);
+        if let Some(o) = overlay {
+            let path = out
+                .join("overlays")
+                .join(format!("{}.png", file_stem(&scene.id)));
+            o.write(&path, &table)
+                .with_context(|| format!("overlay of scene {}", scene.id))?;
+            overlays.push(path);
+        }
     }
     let _ = std::fs::remove_dir_all(&scratch);
+    let attention_maps = match &req.options.attention_maps {
+        Some(dir) => write_attention_maps(
+            &predictor,
+            &dataset,
+            &branch,
+            &label,
+            dir,
+            req.options.attention_windows,
+        )?,
+        None => Vec::new(),
+    };
     let report = EvalReport {
         branch: label,
         class_names: table.iter().map(|c| c.name.clone()).collect(),
         scores: cm.scores(&exclude),
         excluded: exclude,
         confusion: cm,
+        erode,
+        overlays,
+        attention_maps,
     };
     write_reports(req, &report)?;
     Ok(report)
+}
+
+/// The labels of rows `first..first + rows` of a scene of `size` (width, height): as decoded,
+/// and as scored, with the boundaries eroded by `erode` pixels. Erosion reads `erode` rows of
+/// context above and below the band, so bands give the same result as the whole scene.
+fn band_labels(
+    dataset: &SceneDataset,
+    path: &Path,
+    size: (usize, usize),
+    first: usize,
+    rows: usize,
+    erode: usize,
+) -> Result<(Vec<i64>, Vec<i64>)> {
+    let (width, height) = size;
+    let (top, count) = erosion_context(first, rows, height, erode);
+    let px = read_window_at(path, Window::new(0, top as i64, width, count))?;
+    let context = dataset
+        .decoder
+        .decode(&px, path, dataset.num_classes, dataset.ignore_index)?;
+    let start = (first - top) * width;
+    let decoded = context[start..start + rows * width].to_vec();
+    if erode == 0 {
+        return Ok((decoded.clone(), decoded));
+    }
+    let eroded = erode_band(
+        &context,
+        width,
+        top,
+        first,
+        rows,
+        erode,
+        dataset.ignore_index,
+    );
+    Ok((decoded, eroded))
+}
+
+/// A scene id as a file name (path separators and odd characters replaced).
+fn file_stem(id: &str) -> String {
+    id.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// An overlay figure's pixels, sampled every `step` rows and columns while the scene is scored
+/// band by band (so a large scene is never held whole): the long side stays within
+/// [`crate::predict::PREVIEW_SIDE`].
+struct OverlaySampler {
+    step: usize,
+    width: usize,
+    height: usize,
+    /// Up to three image bands.
+    bands: Vec<Vec<f32>>,
+    valid: Vec<bool>,
+    labels: Vec<i64>,
+    preds: Vec<i64>,
+    scored: Vec<i64>,
+}
+
+impl OverlaySampler {
+    fn new(width: usize, height: usize) -> Self {
+        let step = width
+            .max(height)
+            .div_ceil(crate::predict::PREVIEW_SIDE)
+            .max(1);
+        let (w, h) = (width.div_ceil(step), height.div_ceil(step));
+        Self {
+            step,
+            width: w,
+            height: h,
+            bands: Vec::new(),
+            valid: Vec::with_capacity(w * h),
+            labels: Vec::with_capacity(w * h),
+            preds: Vec::with_capacity(w * h),
+            scored: Vec::with_capacity(w * h),
+        }
+    }
+
+    /// Samples the band of scene rows starting at `first` (every slice covers the band).
+    fn add_band(
+        &mut self,
+        first: usize,
+        image: &Pixels,
+        labels: &[i64],
+        preds: &[i64],
+        scored: &[i64],
+    ) {
+        let full = image.width;
+        if self.bands.is_empty() {
+            self.bands = vec![Vec::new(); image.bands.min(3)];
+        }
+        for r in 0..image.height {
+            if !(first + r).is_multiple_of(self.step) {
+                continue;
+            }
+            for x in (0..full).step_by(self.step) {
+                let at = r * full + x;
+                for (b, plane) in self.bands.iter_mut().enumerate() {
+                    plane.push(image.band(b)[at]);
+                }
+                self.valid.push(image.valid[at]);
+                self.labels.push(labels[at]);
+                self.preds.push(preds[at]);
+                self.scored.push(scored[at]);
+            }
+        }
+    }
+
+    fn write(&self, path: &Path, table: &[ClassInfo]) -> Result<()> {
+        let image = figures::stretch_rgb(&self.bands, &self.valid);
+        let data = OverlayData {
+            width: self.width,
+            height: self.height,
+            image: &image,
+            labels: &self.labels,
+            preds: &self.preds,
+            scored: &self.scored,
+        };
+        figures::overlay_png(path, &data, table)
+    }
+}
+
+/// The normalisation the checkpoint was trained with, in model order (as `dis2 predict` uses).
+fn checkpoint_normaliser(predictor: &Predictor) -> Result<Normaliser> {
+    let info = predictor.info();
+    let mut norm = Normaliser {
+        mean: Vec::new(),
+        std: Vec::new(),
+    };
+    for m in &info.model.modalities {
+        let n = info.normalisation.get(&m.name).with_context(|| {
+            format!(
+                "the checkpoint has no normalisation for modality {}: it was saved without the \
+                 training data's statistics",
+                m.name
+            )
+        })?;
+        norm.mean.push(n.mean.iter().map(|&v| v as f32).collect());
+        norm.std.push(n.std.iter().map(|&v| v as f32).collect());
+    }
+    Ok(norm)
+}
+
+/// `--attention-maps`: for the first `windows` windows of the split's window grid at the model's
+/// crop, the CFLM class-wise spatial attention of the teacher and, with `--drop`, of `branch`
+/// (the student, or the teacher with the dropped modalities filled), upsampled bilinearly to the
+/// crop; one figure per window (see [`figures::attention_png`]).
+fn write_attention_maps(
+    predictor: &Predictor,
+    dataset: &SceneDataset,
+    branch: &Route,
+    label: &str,
+    dir: &Path,
+    windows: usize,
+) -> Result<Vec<PathBuf>> {
+    let info = predictor.info();
+    let cfg = &info.model;
+    let table = info.class_table();
+    if windows == 0 {
+        bail!(
+            "--attention-windows 0: nothing to draw; give at least 1 or leave out --attention-maps"
+        );
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("--attention-maps {}: cannot create it", dir.display()))?;
+    let norm = checkpoint_normaliser(predictor)?;
+    let specs: Vec<_> = GridSampler {
+        crop: [cfg.crop[0] as usize, cfg.crop[1] as usize],
+        stride: [cfg.crop[0] as usize, cfg.crop[1] as usize],
+    }
+    .windows(dataset)
+    .into_iter()
+    .take(windows)
+    .collect();
+    let (h, w) = (cfg.crop[0], cfg.crop[1]);
+    let mut written = Vec::new();
+    for spec in specs {
+        let sample = load_sample(dataset, &spec, &norm)?;
+        let inputs: Vec<tch::Tensor> = cfg
+            .modalities
+            .iter()
+            .zip(&sample.inputs)
+            .map(|(m, x)| {
+                tch::Tensor::from_slice(x)
+                    .view([1, m.channels, h, w])
+                    .to_device(predictor.device)
+            })
+            .collect();
+        let all: Vec<Option<&tch::Tensor>> = inputs.iter().map(Some).collect();
+        let mut columns = vec![("teacher".to_string(), attention(predictor, None, &all)?)];
+        match branch {
+            Route::Teacher => {}
+            Route::Student(s) => {
+                let given: Vec<Option<&tch::Tensor>> = (0..inputs.len())
+                    .map(|i| (!s.is_missing(i)).then_some(&inputs[i]))
+                    .collect();
+                columns.push((label.to_string(), attention(predictor, Some(s), &given)?));
+            }
+            Route::Fill(missing) => {
+                let filled: Vec<tch::Tensor> = inputs
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| {
+                        if missing.contains(&i) {
+                            x.zeros_like()
+                        } else {
+                            x.shallow_clone()
+                        }
+                    })
+                    .collect();
+                let given: Vec<Option<&tch::Tensor>> = filled.iter().map(Some).collect();
+                columns.push((label.to_string(), attention(predictor, None, &given)?));
+            }
+        }
+        let bands: Vec<Vec<f32>> = sample.inputs[0]
+            .chunks(sample.width * sample.height)
+            .map(<[f32]>::to_vec)
+            .collect();
+        let image = figures::stretch_rgb(&bands, &sample.masks[0]);
+        let scene = &dataset.scenes[spec.scene];
+        let (x, y) = (spec.window.x, spec.window.y);
+        let data = AttentionData {
+            width: sample.width,
+            height: sample.height,
+            image: &image,
+            labels: &sample.labels,
+            columns,
+            title: format!(
+                "CFLM class-wise attention, scene {} at x {x}, y {y}",
+                scene.id
+            ),
+        };
+        let path = dir.join(format!("{}_x{x}_y{y}.png", file_stem(&scene.id)));
+        figures::attention_png(&path, &data, &table)?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
+/// One branch's attention maps for a single window, upsampled to the crop: K planes.
+fn attention(
+    predictor: &Predictor,
+    scenario: Option<&crate::model::Scenario>,
+    inputs: &[Option<&tch::Tensor>],
+) -> Result<Vec<Vec<f32>>> {
+    let crop = predictor.info().model.crop;
+    let maps = predictor.net().attention_maps(scenario, inputs)?;
+    let up = maps
+        .upsample_bilinear2d([crop[0], crop[1]], false, None, None)
+        .to_device(tch::Device::Cpu)
+        .to_kind(tch::Kind::Float)
+        .contiguous();
+    let k = up.size()[1];
+    (0..k)
+        .map(|c| Ok(Vec::<f32>::try_from(up.get(0).get(c).view([-1]))?))
+        .collect()
 }
 
 /// A scratch folder for the predicted class maps, inside the output folder.
@@ -348,6 +699,8 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "split": req.split.as_str(),
         "dropped": req.drop,
         "excluded_from_means": req.exclude,
+        "erode": r.erode,
+        "erode_shape": "disk",
         "miou": s.miou,
         "mean_f1": s.mean_f1,
         "overall_accuracy": s.overall_accuracy,

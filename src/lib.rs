@@ -5,7 +5,8 @@
 //!
 //! Layout: `cli` parses arguments and dispatches; `config` reads experiment YAML files; `device`
 //! picks CPU or CUDA; `model` holds the network; `data` the rasters and datasets; `fsutil` the
-//! write-then-rename helpers every output goes through; `checkpoint` saves and loads models;
+//! write-then-rename helpers every output goes through; `eval`, `metrics`, `report` and `figures`
+//! score checkpoints and draw their figures; `checkpoint` saves and loads models;
 //! `import_torch` converts the authors' PyTorch weights.
 
 pub mod alloc;
@@ -15,6 +16,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod eval;
+pub mod figures;
 pub mod fsutil;
 pub mod import_torch;
 pub mod info;

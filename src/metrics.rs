@@ -180,6 +180,81 @@ impl ConfusionMatrix {
     }
 }
 
+/// The ISPRS "eroded boundary" convention: a copy of the `width x height` label map in which
+/// every labelled pixel that has a pixel of another class within a disk of `radius` pixels
+/// (`dx² + dy² <= radius²`, the ISPRS disk of radius 3 for `radius` 3) becomes `ignore_index`.
+/// Both sides of a boundary are left out, a band of about `2 * radius` pixels. Ignored pixels
+/// stay ignored and never make a boundary; the map's edge is no boundary. `radius` 0: unchanged.
+pub fn erode_boundaries(
+    labels: &[i64],
+    width: usize,
+    height: usize,
+    radius: usize,
+    ignore_index: i64,
+) -> Vec<i64> {
+    assert_eq!(
+        labels.len(),
+        width * height,
+        "labels of a {width}x{height} map"
+    );
+    if radius == 0 {
+        return labels.to_vec();
+    }
+    let r = radius as isize;
+    let disk: Vec<(isize, isize)> = (-r..=r)
+        .flat_map(|dy| (-r..=r).map(move |dx| (dx, dy)))
+        .filter(|&(dx, dy)| dx * dx + dy * dy <= r * r && (dx, dy) != (0, 0))
+        .collect();
+    let (w, h) = (width as isize, height as isize);
+    let at = |x: isize, y: isize| labels[(y * w + x) as usize];
+    let mut out = labels.to_vec();
+    for y in 0..h {
+        for x in 0..w {
+            let own = at(x, y);
+            if own == ignore_index {
+                continue;
+            }
+            let boundary = disk.iter().any(|&(dx, dy)| {
+                let (nx, ny) = (x + dx, y + dy);
+                (0..w).contains(&nx) && (0..h).contains(&ny) && {
+                    let other = at(nx, ny);
+                    other != ignore_index && other != own
+                }
+            });
+            if boundary {
+                out[(y * w + x) as usize] = ignore_index;
+            }
+        }
+    }
+    out
+}
+
+/// The rows to read around the band `first..first + rows` of a map of `height` rows so that
+/// [`erode_boundaries`] with `radius` sees every pixel it needs: `radius` rows above and below,
+/// clipped to the map. Returns `(top, count)`.
+pub fn erosion_context(first: usize, rows: usize, height: usize, radius: usize) -> (usize, usize) {
+    let top = first.saturating_sub(radius);
+    let bottom = (first + rows + radius).min(height);
+    (top, bottom - top)
+}
+
+/// Erodes a band read with [`erosion_context`]: `context` holds rows `top..` of the map
+/// (`width` wide); returns the eroded rows `first..first + rows` only.
+pub fn erode_band(
+    context: &[i64],
+    width: usize,
+    top: usize,
+    first: usize,
+    rows: usize,
+    radius: usize,
+    ignore_index: i64,
+) -> Vec<i64> {
+    let context_rows = context.len() / width.max(1);
+    let eroded = erode_boundaries(context, width, context_rows, radius, ignore_index);
+    let start = (first - top) * width;
+    eroded[start..start + rows * width].to_vec()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -222,6 +297,21 @@ mod tests {
     }
 
     #[test]
+    fn class_only_predicted_scores_zero_and_stays_in_the_mean() {
+        // Class 1 is never a label but predicted once: IoU 0, F1 0, precision 0, no recall.
+        let mut cm = ConfusionMatrix::new(2);
+        cm.add_pairs(&[0, 0, 0, 0], &[0, 0, 0, 1], 255).unwrap();
+        let s = cm.scores(&[]);
+        let c1 = &s.per_class[1];
+        assert_eq!(
+            (c1.iou, c1.f1, c1.precision, c1.recall, c1.support),
+            (Some(0.0), Some(0.0), Some(0.0), None, 0)
+        );
+        assert!(close(s.miou, (0.75 + 0.0) / 2.0));
+        assert!(close(s.overall_accuracy, 0.75));
+    }
+
+    #[test]
     fn all_ignored_gives_no_scores() {
         let mut cm = ConfusionMatrix::new(2);
         cm.add_pairs(&[7, 7], &[0, 1], 7).unwrap();
@@ -257,5 +347,91 @@ mod tests {
         let mut merged = a.clone();
         merged.merge(&b).unwrap();
         assert_eq!(merged.get(1, 1), 2 * a.get(1, 1));
+    }
+
+    /// Rows of a small map written as strings: digits are classes, `.` the ignore index 9.
+    fn map(rows: &[&str]) -> (Vec<i64>, usize, usize) {
+        let cells = rows
+            .iter()
+            .flat_map(|r| r.chars().map(|c| c.to_digit(10).map_or(9, i64::from)))
+            .collect();
+        (cells, rows[0].len(), rows.len())
+    }
+
+    #[test]
+    fn erosion_ignores_both_sides_of_a_boundary_within_the_disk() {
+        let (labels, w, h) = map(&["000111", "000111", "000111"]);
+        assert_eq!(erode_boundaries(&labels, w, h, 0, 9), labels);
+        assert_eq!(
+            erode_boundaries(&labels, w, h, 1, 9),
+            map(&["00..11", "00..11", "00..11"]).0
+        );
+        assert_eq!(
+            erode_boundaries(&labels, w, h, 2, 9),
+            map(&["0....1", "0....1", "0....1"]).0
+        );
+        // A disk, not a square: at radius 1 the diagonal neighbour of a corner pixel is kept.
+        let (labels, w, h) = map(&["100", "000", "000"]);
+        assert_eq!(
+            erode_boundaries(&labels, w, h, 1, 9),
+            map(&["..0", ".00", "000"]).0
+        );
+        // radius 2 reaches (1, 1) (1 + 1 <= 4) but not (2, 1) (4 + 1 > 4).
+        assert_eq!(
+            erode_boundaries(&labels, w, h, 2, 9),
+            map(&["...", "..0", ".00"]).0
+        );
+    }
+
+    #[test]
+    fn ignored_pixels_make_no_boundary_and_stay_ignored() {
+        let (labels, w, h) = map(&["00.11", "00.11"]);
+        // One ignored column apart: no pixel has another class within radius 1.
+        assert_eq!(erode_boundaries(&labels, w, h, 1, 9), labels);
+        // Radius 2 reaches across the ignored column.
+        assert_eq!(
+            erode_boundaries(&labels, w, h, 2, 9),
+            map(&["0...1", "0...1"]).0
+        );
+        let all = vec![9i64; 6];
+        assert_eq!(erode_boundaries(&all, 3, 2, 3, 9), all);
+    }
+
+    #[test]
+    fn band_erosion_with_context_equals_whole_map_erosion() {
+        // A pseudo-random 5-class map with ignored pixels, eroded in bands of 7 rows.
+        let (w, h) = (23usize, 40usize);
+        let mut state = 12345u64;
+        let labels: Vec<i64> = (0..w * h)
+            .map(|i| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                // Blocks of 4 x 3 pixels so that there are regions, not noise.
+                let block = (i % w) / 4 + 7 * ((i / w) / 3);
+                let v = ((block as u64 * 2654435761) >> 7) % 6;
+                // Value 5 and a scattering of single pixels: ignored (9).
+                if (state >> 60) == 0 || v == 5 {
+                    9
+                } else {
+                    v as i64
+                }
+            })
+            .collect();
+        for radius in [1, 3] {
+            let whole = erode_boundaries(&labels, w, h, radius, 9);
+            let mut banded = Vec::new();
+            for first in (0..h).step_by(7) {
+                let rows = 7.min(h - first);
+                let (top, count) = erosion_context(first, rows, h, radius);
+                let context = &labels[top * w..(top + count) * w];
+                banded.extend(erode_band(context, w, top, first, rows, radius, 9));
+            }
+            assert_eq!(banded, whole, "radius {radius}");
+            assert!(
+                whole.iter().filter(|&&l| l == 9).count()
+                    > labels.iter().filter(|&&l| l == 9).count()
+            );
+        }
     }
 }

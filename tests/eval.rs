@@ -119,3 +119,218 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
         assert!(stderr.contains(expected), "{stderr}");
     }
 }
+
+/// The synthetic benchmark and a teacher trained for a few steps: (root, config, run).
+fn tiny_teacher(dir: &Path) -> (std::path::PathBuf, String, std::path::PathBuf) {
+    let options = SynthOptions {
+        out: dir.join("synthetic"),
+        scenes: 6,
+        size: 96,
+        seed: 5,
+    };
+    synth::generate(&options).unwrap();
+    let config = synth::write_experiment(&options).unwrap();
+    let run = dir.join("teacher");
+    let config = config.display().to_string();
+    ok(&dis2(&[
+        "train-teacher",
+        "--config",
+        &config,
+        "--out",
+        &run.display().to_string(),
+        "--set",
+        "data.sampling.samples_per_epoch=8",
+        "--set",
+        "data.sampling.batch_size=4",
+        "--set",
+        "train.epochs=1",
+        "--set",
+        "train.val_batches=1",
+    ]));
+    (options.out, config, run)
+}
+
+fn read_json(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn png_size(path: &Path) -> (usize, usize) {
+    let img = image::open(path).unwrap().to_rgb8();
+    (img.width() as usize, img.height() as usize)
+}
+
+#[test]
+fn eval_erodes_boundaries_and_draws_overlays() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, config, run) = tiny_teacher(dir.path());
+    let run_s = run.display().to_string();
+
+    // The pixels left after eroding each whole test scene's labels by a disk of radius 2.
+    let exp = dis2::config::Experiment::load(Path::new(&config), &[]).unwrap();
+    let data = dis2::data::dataset::SceneDataset::open(
+        &exp.data,
+        &exp.model,
+        dis2::data::layouts::Split::Test,
+    )
+    .unwrap();
+    let mut kept = 0u64;
+    for (i, scene) in data.scenes.iter().enumerate() {
+        let (w, h) = (scene.width(), scene.height());
+        let raw = data
+            .read(i, dis2::data::raster::Window::new(0, 0, w, h))
+            .unwrap();
+        let eroded = dis2::metrics::erode_boundaries(&raw.labels, w, h, 2, data.ignore_index);
+        kept += eroded.iter().filter(|&&l| l != data.ignore_index).count() as u64;
+    }
+    let total = labelled_test_pixels(&root);
+    assert!(kept < total, "the synthetic scenes have class boundaries");
+
+    let eroded = dir.path().join("eroded");
+    ok(&dis2(&[
+        "eval",
+        "--checkpoint",
+        &run_s,
+        "--erode",
+        "2",
+        "--overlays",
+        "2",
+        "--out",
+        &eroded.display().to_string(),
+    ]));
+    let doc = read_json(&eroded.join("metrics.json"));
+    assert_eq!(doc["erode"].as_u64(), Some(2));
+    assert_eq!(doc["pixels"].as_u64(), Some(kept));
+    let mut overlays: Vec<_> = std::fs::read_dir(eroded.join("overlays"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    overlays.sort();
+    // The first two scenes of the split (the tiny benchmark may have fewer), by scene id.
+    let expected: Vec<_> = data
+        .scenes
+        .iter()
+        .take(2)
+        .map(|s| eroded.join("overlays").join(format!("{}.png", s.id)))
+        .collect();
+    assert_eq!(overlays, expected);
+    for path in &overlays {
+        assert_eq!(path.extension().unwrap(), "png");
+        assert_eq!(png_size(path), dis2::figures::overlay_size(96, 96, 6));
+    }
+
+    let plain = dir.path().join("plain");
+    ok(&dis2(&[
+        "eval",
+        "--checkpoint",
+        &run_s,
+        "--overlays",
+        "0",
+        "--out",
+        &plain.display().to_string(),
+    ]));
+    let doc = read_json(&plain.join("metrics.json"));
+    assert_eq!(
+        (doc["erode"].as_u64(), doc["pixels"].as_u64()),
+        (Some(0), Some(total))
+    );
+    assert!(!plain.join("overlays").exists());
+}
+
+#[test]
+fn eval_draws_attention_maps_of_teacher_and_student() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_root, config, run) = tiny_teacher(dir.path());
+    let run_s = run.display().to_string();
+    let (w, h) = dis2::figures::attention_size(64, 64, 2, 6);
+    let (cw, ch) = dis2::figures::attention_cell(64, 64);
+
+    // Teacher alone: the second column of the class rows stays empty (white).
+    let teacher_maps = dir.path().join("attention-teacher");
+    let stdout = ok(&dis2(&[
+        "eval",
+        "--checkpoint",
+        &run_s,
+        "--overlays",
+        "0",
+        "--attention-maps",
+        &teacher_maps.display().to_string(),
+        "--attention-windows",
+        "2",
+    ]));
+    assert!(stdout.contains("wrote 2 attention figure(s)"), "{stdout}");
+    let files: Vec<_> = std::fs::read_dir(&teacher_maps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    // A pixel in the middle of the second column, first class row.
+    let probe = |path: &Path| {
+        let img = image::open(path).unwrap().to_rgb8();
+        assert_eq!((img.width() as usize, img.height() as usize), (w, h));
+        let x = w - 6 - cw / 2;
+        // Header 26, the input row, the column titles (18), half a class row.
+        let y = 26 + (ch + 6) + 18 + ch / 2;
+        img.get_pixel(x as u32, y as u32).0
+    };
+    for f in &files {
+        assert_eq!(probe(f), [255, 255, 255]);
+    }
+
+    // A student for the missing DSM (two distillation steps): teacher | student[dsm].
+    let student = dir.path().join("student-dsm");
+    ok(&dis2(&[
+        "distill",
+        "--config",
+        &config,
+        "--teacher",
+        &run.join("checkpoints/best").display().to_string(),
+        "--missing",
+        "dsm",
+        "--out",
+        &student.display().to_string(),
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "data.sampling.batch_size=2",
+        "--set",
+        "train.val_batches=1",
+    ]));
+    let maps = dir.path().join("attention-student");
+    let stdout = ok(&dis2(&[
+        "eval",
+        "--checkpoint",
+        &student.display().to_string(),
+        "--drop",
+        "dsm",
+        "--overlays",
+        "0",
+        "--attention-maps",
+        &maps.display().to_string(),
+        "--attention-windows",
+        "1",
+    ]));
+    assert!(stdout.starts_with("student[dsm]: mIoU"), "{stdout}");
+    let files: Vec<_> = std::fs::read_dir(&maps)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert_ne!(
+        probe(&files[0]),
+        [255, 255, 255],
+        "the student's column is drawn"
+    );
+
+    let out = dis2(&[
+        "eval",
+        "--checkpoint",
+        &run_s,
+        "--attention-maps",
+        &maps.display().to_string(),
+        "--attention-windows",
+        "0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--attention-windows 0"), "{stderr}");
+}

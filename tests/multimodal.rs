@@ -285,3 +285,30 @@ fn bad_inputs_and_configurations_are_clear_errors() {
         assert!(err.starts_with(key), "{err}");
     }
 }
+
+#[test]
+fn attention_maps_of_teacher_and_student_are_distributions_over_pixels() {
+    let ch = [4, 1, 1];
+    let (_vs, net) = build(&ch);
+    let x = inputs(&ch);
+    let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
+    let teacher = net.attention_maps(None, &all).unwrap();
+    // Level 4 of a 64 x 64 crop is 4 x 4; one map per class.
+    assert_eq!(teacher.size(), [B, 5, 4, 4]);
+    let scenario = Scenario::new(vec![1], 3).unwrap();
+    // The student never reads the missing DSM.
+    let given = [Some(&x[0]), None, Some(&x[2])];
+    let student = net.attention_maps(Some(&scenario), &given).unwrap();
+    assert_eq!(student.size(), [B, 5, 4, 4]);
+    for maps in [&teacher, &student] {
+        let sums = maps.sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float);
+        assert!((sums - 1.0).abs().max().double_value(&[]) < 1e-5);
+    }
+    assert!(
+        (&teacher - &student).abs().max().double_value(&[]) > 0.0,
+        "the student's CFLM is its own"
+    );
+    // The teacher needs every modality.
+    let err = net.attention_maps(None, &given).unwrap_err().to_string();
+    assert!(err.contains("not given"), "{err}");
+}

@@ -27,6 +27,24 @@ impl ClassWiseAttention {
         ClassWiseAttention { queries }
     }
 
+    /// The class-wise spatial attention of CFLM: for `feat` `[B, C, h, w]`, the weights
+    /// `softmax_pixels(q_k · f / sqrt(C))` as `[B, K, h, w]`; each class's map sums to 1 over
+    /// the pixels.
+    pub fn weights(&self, feat: &Tensor) -> Tensor {
+        let s = feat.size();
+        let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
+        let k = self.queries.size()[0];
+        self.softmax_scores(&feat.reshape([b, c, h * w]))
+            .view([b, k, h, w])
+    }
+
+    /// `[B, C, N]` features to `[B, K, N]` attention over the N pixels.
+    fn softmax_scores(&self, flat: &Tensor) -> Tensor {
+        let c = flat.size()[1];
+        let scores = self.queries.matmul(flat) / (c as f64).sqrt();
+        scores.softmax(-1, scores.kind())
+    }
+
     /// `feat`: `[B, C, h, w]` to the class-wise features `[B, K, C, h, w]`: for class k,
     /// `softmax_pixels(q_k · f / sqrt(C)) * f`. (The reference returns the same numbers laid out
     /// as `[B, K, h, w, C]`; this layout feeds the batched class-wise decoder without a copy.)
@@ -34,9 +52,35 @@ impl ClassWiseAttention {
         let s = feat.size();
         let (b, c, h, w) = (s[0], s[1], s[2], s[3]);
         let flat = feat.reshape([b, c, h * w]); // [B, C, N]
-        let scores = self.queries.matmul(&flat) / (c as f64).sqrt(); // [B, K, N]
-        let attn = scores.softmax(-1, scores.kind());
+        let attn = self.softmax_scores(&flat); // [B, K, N]
         let k = self.queries.size()[0];
         (attn.unsqueeze(2) * flat.unsqueeze(1)).view([b, k, c, h, w])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn attention_weights_sum_to_one_over_pixels_and_match_forward() {
+        tch::manual_seed(3);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let attn = ClassWiseAttention::new(&vs.root(), 8, 5);
+        let feat = Tensor::randn([2, 8, 3, 4], (Kind::Float, Device::Cpu));
+        let w = attn.weights(&feat);
+        assert_eq!(w.size(), [2, 5, 3, 4]);
+        let sums = w.sum_dim_intlist([2i64, 3].as_slice(), false, Kind::Float);
+        let err = (sums - 1.0).abs().max().double_value(&[]);
+        assert!(err < 1e-5, "per-class sums differ from 1 by {err}");
+        assert!(w.min().double_value(&[]) >= 0.0);
+        // forward is the features re-weighted by exactly these maps.
+        let expected = w.unsqueeze(2) * feat.unsqueeze(1);
+        let diff = (attn.forward(&feat) - expected)
+            .abs()
+            .max()
+            .double_value(&[]);
+        assert!(diff < 1e-6, "{diff}");
     }
 }

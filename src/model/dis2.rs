@@ -29,6 +29,8 @@
 //! - [`Dis2Net::forward_teacher`]`(&inputs, train)` and
 //!   [`Dis2Net::forward_student`]`(&scenario, &inputs, train)` give softmax probabilities
 //!   `[B, K, H, W]`; [`Dis2Net::forward`] picks one by the set of present inputs' scenario.
+//! - [`Dis2Net::attention_maps`]`(scenario, &inputs)` gives a branch's CFLM class-wise spatial
+//!   attention `[B, K, H/16, W/16]` (the paper's qualitative figure, `dis2 eval --attention-maps`).
 //! - [`Dis2Net::forward_train`]`(&scenario, &inputs, train)` runs teacher and student together as
 //!   the reference training does and returns [`TrainOutputs`], which
 //!   [`super::losses::training_loss`] turns into the objective.
@@ -135,6 +137,18 @@ struct Student {
     /// `scenario.available(M)`.
     dist_pools: Vec<LevelPools>,
     branch: Branch,
+}
+
+/// What a branch reads at inference: see [`Dis2Net::branch_features`].
+struct BranchFeatures<'n> {
+    /// `None` for the teacher.
+    student: Option<&'n Student>,
+    /// The modalities the branch reads, in model order.
+    avail: Vec<usize>,
+    /// Encoder features per modality; `None` where the branch does not read it.
+    enc: Vec<Option<Features>>,
+    /// Compensation features, in the order of the scenario's missing modalities.
+    comp: Vec<Features>,
 }
 
 /// One branch's outputs in the training forward.
@@ -370,23 +384,53 @@ impl Dis2Net {
             .collect()
     }
 
+    /// Checks the inputs a branch reads and runs its encoders: the teacher's (`scenario` `None`,
+    /// every modality) or the student's of `scenario` (the available modalities' encoders and
+    /// the compensation encoders of the missing ones). The one place the inference path of a
+    /// branch is assembled, shared by the forwards, [`Self::trace`] and
+    /// [`Self::attention_maps`].
+    fn branch_features(
+        &self,
+        scenario: Option<&Scenario>,
+        inputs: &[Option<&Tensor>],
+        train: bool,
+    ) -> Result<BranchFeatures<'_>> {
+        let m = self.cfg.modalities.len();
+        let student = scenario.map(|s| self.student(s)).transpose()?;
+        let avail = scenario
+            .map(|s| s.available(m))
+            .unwrap_or_else(|| (0..m).collect());
+        self.check_inputs(inputs, &avail)?;
+        let mut enc: Vec<Option<Features>> = (0..m).map(|_| None).collect();
+        for &i in &avail {
+            enc[i] = inputs[i].map(|x| self.encoders[i].features(x, train));
+        }
+        let comp = match student {
+            Some(st) => self.compensation(st, inputs, train),
+            None => Vec::new(),
+        };
+        Ok(BranchFeatures {
+            student,
+            avail,
+            enc,
+            comp,
+        })
+    }
+
+    /// The branch of `f` and its M slot features.
+    fn branch_slots<'a>(
+        &'a self,
+        f: &'a BranchFeatures,
+    ) -> Result<(&'a Branch, Vec<&'a Features>)> {
+        Ok(match f.student {
+            None => (&self.teacher, f.enc.iter().flatten().collect()),
+            Some(st) => (&st.branch, self.slots(st, &f.enc, &f.comp)?),
+        })
+    }
+
     /// Teacher (all modalities present) prediction: softmax `[B, K, H, W]`.
     pub fn forward_teacher(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
-        let all: Vec<usize> = (0..self.cfg.modalities.len()).collect();
-        self.check_inputs(inputs, &all)?;
-        let feats: Vec<Features> = self
-            .encoders
-            .iter()
-            .zip(inputs)
-            .filter_map(|(e, x)| x.map(|x| e.features(x, train)))
-            .collect();
-        let slots: Vec<&Features> = feats.iter().collect();
-        Ok(self
-            .teacher
-            .forward(&slots, train, false)
-            .1
-            .pred
-            .contiguous())
+        self.forward_branch(None, inputs, train)
     }
 
     /// Student prediction for `scenario`: softmax `[B, K, H, W]`. Inputs of missing modalities
@@ -397,21 +441,35 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
         train: bool,
     ) -> Result<Tensor> {
-        let st = self.student(scenario)?;
-        let m = self.cfg.modalities.len();
-        self.check_inputs(inputs, &scenario.available(m))?;
-        let enc: Vec<Option<Features>> = (0..m)
-            .map(|i| {
-                if scenario.is_missing(i) {
-                    None
-                } else {
-                    inputs[i].map(|x| self.encoders[i].features(x, train))
-                }
-            })
-            .collect();
-        let comp = self.compensation(st, inputs, train);
-        let slots = self.slots(st, &enc, &comp)?;
-        Ok(st.branch.forward(&slots, train, false).1.pred.contiguous())
+        self.forward_branch(Some(scenario), inputs, train)
+    }
+
+    fn forward_branch(
+        &self,
+        scenario: Option<&Scenario>,
+        inputs: &[Option<&Tensor>],
+        train: bool,
+    ) -> Result<Tensor> {
+        let f = self.branch_features(scenario, inputs, train)?;
+        let (branch, slots) = self.branch_slots(&f)?;
+        Ok(branch.forward(&slots, train, false).1.pred.contiguous())
+    }
+
+    /// The CFLM class-wise spatial attention of a branch (inference mode, no graph): the
+    /// teacher's when `scenario` is `None`, else that student's. `[B, K, h, w]` at the level-4
+    /// resolution (crop / 16); each class's map sums to 1 over its pixels. Inputs as for
+    /// [`Self::forward_student`].
+    pub fn attention_maps(
+        &self,
+        scenario: Option<&Scenario>,
+        inputs: &[Option<&Tensor>],
+    ) -> Result<Tensor> {
+        tch::no_grad(|| {
+            let f = self.branch_features(scenario, inputs, false)?;
+            let (branch, slots) = self.branch_slots(&f)?;
+            let fused = branch.fuse.forward_t(&slots, false);
+            Ok(branch.attention.weights(&fused.levels[3]).contiguous())
+        })
     }
 
     /// Intermediate activations of the inference path (module in inference mode, no graph), for
@@ -427,44 +485,32 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
     ) -> Result<Vec<(String, Tensor)>> {
         tch::no_grad(|| {
-            let m = self.cfg.modalities.len();
-            let st = scenario.map(|s| self.student(s)).transpose()?;
-            let avail = scenario
-                .map(|s| s.available(m))
-                .unwrap_or_else(|| (0..m).collect());
-            self.check_inputs(inputs, &avail)?;
+            let f = self.branch_features(scenario, inputs, false)?;
             let mut out = Vec::new();
             let push_levels = |prefix: &str, f: &Features, out: &mut Vec<(String, Tensor)>| {
                 for (l, t) in f.iter().enumerate() {
                     out.push((format!("{prefix}.e{}", l + 1), t.contiguous()));
                 }
             };
-            let mut enc: Vec<Option<Features>> = (0..m).map(|_| None).collect();
-            for &i in &avail {
-                if let Some(x) = inputs[i] {
-                    let f = self.encoders[i].features(x, false);
-                    push_levels(&format!("encoders.{i}"), &f, &mut out);
-                    if let Some(p) = self.encoders[i].aux_prediction(&f, false) {
+            for &i in &f.avail {
+                if let Some(feats) = &f.enc[i] {
+                    push_levels(&format!("encoders.{i}"), feats, &mut out);
+                    if let Some(p) = self.encoders[i].aux_prediction(feats, false) {
                         out.push((format!("encoders.{i}.aux"), p.contiguous()));
                     }
-                    enc[i] = Some(f);
                 }
             }
-            let (prefix, branch, comp) = match st {
-                None => ("teacher".to_string(), &self.teacher, Vec::new()),
+            let prefix = match f.student {
+                None => "teacher".to_string(),
                 Some(st) => {
                     let prefix = format!("students.{}", st.scenario.key());
-                    let comp = self.compensation(st, inputs, false);
-                    for (&i, f) in st.scenario.missing().iter().zip(&comp) {
-                        push_levels(&format!("{prefix}.comp.{i}"), f, &mut out);
+                    for (&i, c) in st.scenario.missing().iter().zip(&f.comp) {
+                        push_levels(&format!("{prefix}.comp.{i}"), c, &mut out);
                     }
-                    (prefix, &st.branch, comp)
+                    prefix
                 }
             };
-            let slots: Vec<&Features> = match st {
-                None => enc.iter().flatten().collect(),
-                Some(st) => self.slots(st, &enc, &comp)?,
-            };
+            let (branch, slots) = self.branch_slots(&f)?;
             let fused = branch.fuse.forward_t(&slots, false);
             push_levels(&format!("{prefix}.fuse"), &fused.levels, &mut out);
             out.push((format!("{prefix}.fuse.global"), fused.global.contiguous()));

@@ -1,0 +1,453 @@
+//! Figures of `dis2 eval`: prediction overlays (image | reference | prediction | errors) and the
+//! CFLM class-wise attention grids (the paper's qualitative figure). Pixels are composed here as
+//! RGB bytes; plotters only writes the text; `report::write_png` writes atomically.
+
+use anyhow::{anyhow, ensure, Result};
+use plotters::prelude::*;
+use std::path::Path;
+
+use crate::data::config::ClassInfo;
+
+/// Pixels between panels.
+const GAP: usize = 6;
+/// Height of the title line above the panels.
+const HEADER: usize = 26;
+/// Width of the class-name column of an attention grid.
+const NAME_COLUMN: usize = 130;
+/// Height of one legend line / of the colour bar strip.
+const LINE: usize = 22;
+/// Width of one legend entry of an overlay.
+const LEGEND_ENTRY: usize = 140;
+/// Height of the column titles between the top row and the class rows of an attention grid.
+const COLUMN_TITLE: usize = 18;
+/// Colour of a wrongly classified pixel in the error panel.
+pub const ERROR_COLOUR: [u8; 3] = [255, 0, 255];
+/// Colour of unlabelled / unpredicted pixels.
+const NONE_COLOUR: [u8; 3] = [0, 0, 0];
+
+/// An RGB image being composed.
+pub struct Canvas {
+    pub width: usize,
+    pub height: usize,
+    pub rgb: Vec<u8>,
+}
+
+impl Canvas {
+    pub fn new(width: usize, height: usize) -> Self {
+        Self {
+            width,
+            height,
+            rgb: vec![255; width * height * 3],
+        }
+    }
+
+    /// Copies a `w x h` RGB panel with its top-left corner at (x, y).
+    fn paste(&mut self, x: usize, y: usize, w: usize, h: usize, panel: &[[u8; 3]]) {
+        for (r, row) in panel.chunks(w).take(h).enumerate() {
+            let at = ((y + r) * self.width + x) * 3;
+            for (c, px) in row.iter().enumerate() {
+                self.rgb[at + c * 3..at + c * 3 + 3].copy_from_slice(px);
+            }
+        }
+    }
+
+    /// A `side x side` square of `colour` with a grey outline (white classes stay visible).
+    fn swatch(&mut self, x: usize, y: usize, side: usize, colour: [u8; 3]) {
+        self.paste(x, y, side, side, &vec![[96, 96, 96]; side * side]);
+        let inner = side.saturating_sub(2);
+        self.paste(x + 1, y + 1, inner, inner, &vec![colour; inner * inner]);
+    }
+
+    /// Draws text items `(text, x, y, size)` in black.
+    fn text(&mut self, items: &[(String, usize, usize, u32)]) -> Result<()> {
+        let (w, h) = (u32::try_from(self.width)?, u32::try_from(self.height)?);
+        let root = BitMapBackend::with_buffer(&mut self.rgb, (w, h)).into_drawing_area();
+        for (text, x, y, size) in items {
+            root.draw(&Text::new(
+                text.as_str(),
+                (*x as i32, *y as i32),
+                ("sans-serif", *size).into_font(),
+            ))
+            .map_err(|e| anyhow!("drawing failed: {e:?}"))?;
+        }
+        root.present()
+            .map_err(|e| anyhow!("drawing failed: {e:?}"))?;
+        Ok(())
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        crate::report::write_png(
+            path,
+            &self.rgb,
+            u32::try_from(self.width)?,
+            u32::try_from(self.height)?,
+        )
+    }
+}
+
+/// A linear stretch of each band between its 2nd and 98th percentile over the valid pixels, to
+/// RGB (one band: grey; two: the first). `bands` planes of `n` values; invalid pixels black.
+pub fn stretch_rgb(bands: &[Vec<f32>], valid: &[bool]) -> Vec<[u8; 3]> {
+    let n = valid.len();
+    let stretched: Vec<Vec<u8>> = bands
+        .iter()
+        .take(3)
+        .map(|plane| {
+            let mut v: Vec<f32> = plane
+                .iter()
+                .zip(valid)
+                .filter(|(x, &ok)| ok && x.is_finite())
+                .map(|(&x, _)| x)
+                .collect();
+            if v.is_empty() {
+                return vec![0; n];
+            }
+            v.sort_by(f32::total_cmp);
+            let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+            let (lo, hi) = (at(0.02), at(0.98));
+            let span = (hi - lo).max(f32::EPSILON);
+            plane
+                .iter()
+                .map(|&x| ((x - lo) / span * 255.0).clamp(0.0, 255.0) as u8)
+                .collect()
+        })
+        .collect();
+    (0..n)
+        .map(|i| {
+            if !valid[i] {
+                return NONE_COLOUR;
+            }
+            match stretched.len() {
+                0 => NONE_COLOUR,
+                1 | 2 => [stretched[0][i]; 3],
+                _ => [stretched[0][i], stretched[1][i], stretched[2][i]],
+            }
+        })
+        .collect()
+}
+
+/// Class colours of a label or prediction map; out-of-range values (ignore, nodata) black.
+pub fn class_colours(classes: &[i64], table: &[ClassInfo]) -> Vec<[u8; 3]> {
+    classes
+        .iter()
+        .map(|&c| {
+            usize::try_from(c)
+                .ok()
+                .and_then(|c| table.get(c))
+                .map_or(NONE_COLOUR, |t| t.colour)
+        })
+        .collect()
+}
+
+/// A darkened grey version of an RGB panel, the background of error and attention panels.
+fn grey(rgb: &[[u8; 3]]) -> Vec<[u8; 3]> {
+    rgb.iter()
+        .map(|p| {
+            let l = (0.299 * p[0] as f32 + 0.587 * p[1] as f32 + 0.114 * p[2] as f32) * 0.6;
+            [l as u8; 3]
+        })
+        .collect()
+}
+
+/// Viridis at `t` in [0, 1] (linear between nine samples of matplotlib's table).
+pub fn viridis(t: f32) -> [u8; 3] {
+    const STOPS: [[f32; 3]; 9] = [
+        [68.0, 1.0, 84.0],
+        [71.0, 44.0, 122.0],
+        [59.0, 81.0, 139.0],
+        [44.0, 113.0, 142.0],
+        [33.0, 144.0, 141.0],
+        [39.0, 173.0, 129.0],
+        [92.0, 200.0, 99.0],
+        [170.0, 220.0, 50.0],
+        [253.0, 231.0, 37.0],
+    ];
+    let x = t.clamp(0.0, 1.0) * (STOPS.len() - 1) as f32;
+    let i = (x.floor() as usize).min(STOPS.len() - 2);
+    let f = x - i as f32;
+    let mix = |c: usize| (STOPS[i][c] * (1.0 - f) + STOPS[i + 1][c] * f).round() as u8;
+    [mix(0), mix(1), mix(2)]
+}
+
+/// One attention map as a heat map over a grey background: min-max scaled per map (the maps
+/// of one figure are not comparable in absolute terms; each sums to 1 over its pixels).
+pub fn heat_panel(map: &[f32], background: &[[u8; 3]]) -> Vec<[u8; 3]> {
+    let (lo, hi) = map
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+            (a.min(v), b.max(v))
+        });
+    let span = hi - lo;
+    map.iter()
+        .zip(grey(background))
+        .map(|(&v, g)| {
+            let t = if span > 0.0 { (v - lo) / span } else { 0.0 };
+            let h = viridis(t);
+            let mix = |c: usize| (0.65 * h[c] as f32 + 0.35 * g[c] as f32) as u8;
+            [mix(0), mix(1), mix(2)]
+        })
+        .collect()
+}
+
+/// Nearest-neighbour resampling of a `w x h` panel to `ow x oh`.
+pub fn resize_nearest(panel: &[[u8; 3]], w: usize, h: usize, ow: usize, oh: usize) -> Vec<[u8; 3]> {
+    (0..oh)
+        .flat_map(|y| {
+            let sy = (y * h / oh).min(h - 1);
+            (0..ow).map(move |x| panel[sy * w + (x * w / ow).min(w - 1)])
+        })
+        .collect()
+}
+
+/// What an overlay shows, at its (possibly downsampled) size.
+pub struct OverlayData<'a> {
+    pub width: usize,
+    pub height: usize,
+    /// The stretched optical image.
+    pub image: &'a [[u8; 3]],
+    /// Reference class ids as read (ignore index and anything out of range drawn black).
+    pub labels: &'a [i64],
+    /// Predicted class ids (nodata drawn black).
+    pub preds: &'a [i64],
+    /// The labels as scored (after erosion and nodata): where they differ from `preds`, an
+    /// error; where they are out of range, not scored.
+    pub scored: &'a [i64],
+}
+
+/// The size of an overlay figure of `w x h` panels and `classes` legend entries.
+pub fn overlay_size(w: usize, h: usize, classes: usize) -> (usize, usize) {
+    let width = 4 * w + 5 * GAP;
+    let per_line = (width / LEGEND_ENTRY).max(1);
+    let lines = classes.div_ceil(per_line);
+    (width, HEADER + h + GAP + lines * LINE + GAP)
+}
+
+/// Image | reference | prediction | errors (wrong pixels in magenta over the grey image), with
+/// a legend of the class colours.
+pub fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> Result<()> {
+    let (w, h) = (d.width, d.height);
+    let n = w * h;
+    ensure!(
+        d.image.len() == n && d.labels.len() == n && d.preds.len() == n && d.scored.len() == n,
+        "overlay panels of {w}x{h} pixels expected"
+    );
+    let (width, height) = overlay_size(w, h, table.len());
+    let mut canvas = Canvas::new(width, height);
+    let k = table.len() as i64;
+    let errors: Vec<[u8; 3]> = grey(d.image)
+        .into_iter()
+        .zip(d.scored.iter().zip(d.preds))
+        .map(|(g, (&l, &p))| {
+            if (0..k).contains(&l) && l != p {
+                ERROR_COLOUR
+            } else {
+                g
+            }
+        })
+        .collect();
+    let panels = [
+        ("image", d.image.to_vec()),
+        ("reference", class_colours(d.labels, table)),
+        ("prediction", class_colours(d.preds, table)),
+        ("errors (magenta)", errors),
+    ];
+    let mut text = Vec::new();
+    for (i, (title, panel)) in panels.iter().enumerate() {
+        let x = GAP + i * (w + GAP);
+        canvas.paste(x, HEADER, w, h, panel);
+        text.push((title.to_string(), x, 5, 15));
+    }
+    let per_line = (width / LEGEND_ENTRY).max(1);
+    let legend_top = HEADER + h + GAP;
+    for (i, class) in table.iter().enumerate() {
+        let (x, y) = (
+            GAP + (i % per_line) * LEGEND_ENTRY,
+            legend_top + (i / per_line) * LINE,
+        );
+        canvas.swatch(x, y + 3, 14, class.colour);
+        text.push((class.name.chars().take(16).collect(), x + 18, y + 3, 13));
+    }
+    canvas.text(&text)?;
+    canvas.write(path)
+}
+
+/// One window of an attention figure.
+pub struct AttentionData<'a> {
+    /// Panel size (the crop).
+    pub width: usize,
+    pub height: usize,
+    pub image: &'a [[u8; 3]],
+    pub labels: &'a [i64],
+    /// One `(column title, K maps of width x height)` per branch: the teacher, then the branch
+    /// `--drop` selects.
+    pub columns: Vec<(String, Vec<Vec<f32>>)>,
+    pub title: String,
+}
+
+/// The side of a panel in an attention figure: the crop, scaled so that its long side lies in
+/// 128..=256 pixels. Returns `(width, height)`.
+pub fn attention_cell(width: usize, height: usize) -> (usize, usize) {
+    let long = width.max(height).max(1);
+    let target = long.clamp(128, 256);
+    (width * target / long, height * target / long)
+}
+
+/// The size of an attention figure for a `width x height` crop, `columns` branches and
+/// `classes` classes.
+pub fn attention_size(
+    width: usize,
+    height: usize,
+    columns: usize,
+    classes: usize,
+) -> (usize, usize) {
+    let (cw, ch) = attention_cell(width, height);
+    let panels = columns.max(2);
+    (
+        NAME_COLUMN + panels * (cw + GAP),
+        HEADER + (classes + 1) * (ch + GAP) + COLUMN_TITLE + LINE + GAP,
+    )
+}
+
+/// The qualitative CFLM figure: the input and the reference at the top, then one row per class
+/// with that class's attention heat map of each branch over the grey input, and a colour bar.
+pub fn attention_png(path: &Path, d: &AttentionData, table: &[ClassInfo]) -> Result<()> {
+    let (w, h) = (d.width, d.height);
+    let n = w * h;
+    ensure!(
+        d.image.len() == n && d.labels.len() == n,
+        "attention figure panels of {w}x{h} pixels expected"
+    );
+    for (name, maps) in &d.columns {
+        ensure!(
+            maps.len() == table.len() && maps.iter().all(|m| m.len() == n),
+            "{name}: {} maps of {w}x{h} expected",
+            table.len()
+        );
+    }
+    let (cw, ch) = attention_cell(w, h);
+    let (width, height) = attention_size(w, h, d.columns.len(), table.len());
+    let mut canvas = Canvas::new(width, height);
+    let column_x = |c: usize| NAME_COLUMN + c * (cw + GAP);
+    let row_y = |r: usize| HEADER + r * (ch + GAP) + if r > 0 { COLUMN_TITLE } else { 0 };
+    let mut text = vec![(d.title.clone(), GAP, 5, 15)];
+    canvas.paste(
+        column_x(0),
+        row_y(0),
+        cw,
+        ch,
+        &resize_nearest(d.image, w, h, cw, ch),
+    );
+    let reference = class_colours(d.labels, table);
+    canvas.paste(
+        column_x(1),
+        row_y(0),
+        cw,
+        ch,
+        &resize_nearest(&reference, w, h, cw, ch),
+    );
+    text.push(("input | reference".to_string(), GAP, row_y(0) + ch / 2, 13));
+    for (c, (name, maps)) in d.columns.iter().enumerate() {
+        text.push((name.clone(), column_x(c), row_y(1) - COLUMN_TITLE + 1, 13));
+        for (k, map) in maps.iter().enumerate() {
+            let panel = heat_panel(map, d.image);
+            canvas.paste(
+                column_x(c),
+                row_y(k + 1),
+                cw,
+                ch,
+                &resize_nearest(&panel, w, h, cw, ch),
+            );
+        }
+    }
+    for (k, class) in table.iter().enumerate() {
+        let y = row_y(k + 1) + ch / 2 - 7;
+        canvas.swatch(GAP, y, 12, class.colour);
+        text.push((class.name.chars().take(14).collect(), GAP + 16, y, 13));
+    }
+    // Colour bar: low .. high of each map.
+    let bar_y = row_y(table.len() + 1);
+    let bar_w = width - NAME_COLUMN - GAP;
+    let bar: Vec<[u8; 3]> = (0..12)
+        .flat_map(|_| (0..bar_w).map(|x| viridis(x as f32 / (bar_w - 1).max(1) as f32)))
+        .collect();
+    canvas.paste(NAME_COLUMN, bar_y + 4, bar_w, 12, &bar);
+    text.push(("attention: low .. high".to_string(), GAP, bar_y + 3, 12));
+    canvas.text(&text)?;
+    canvas.write(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(k: usize) -> Vec<ClassInfo> {
+        (0..k)
+            .map(|i| ClassInfo {
+                name: format!("class {i}"),
+                colour: [40 * i as u8, 200, 10],
+            })
+            .collect()
+    }
+
+    #[test]
+    fn stretch_maps_percentiles_to_the_byte_range() {
+        let plane: Vec<f32> = (0..101).map(|i| i as f32).collect();
+        let mut valid = vec![true; 101];
+        valid[100] = false;
+        let rgb = stretch_rgb(&[plane], &valid);
+        assert_eq!(rgb[0], [0, 0, 0], "below the 2nd percentile");
+        assert_eq!(rgb[99], [255, 255, 255], "above the 98th percentile");
+        assert_eq!(rgb[100], NONE_COLOUR, "invalid");
+        assert!(rgb[50][0] > 100 && rgb[50][0] < 155);
+    }
+
+    #[test]
+    fn viridis_ends_and_heat_panel_scales_each_map() {
+        assert_eq!(viridis(0.0), [68, 1, 84]);
+        assert_eq!(viridis(1.0), [253, 231, 37]);
+        let bg = vec![[0u8; 3]; 3];
+        let p = heat_panel(&[0.1, 0.2, 0.7], &bg);
+        assert_eq!(p[0], [(0.65f32 * 68.0) as u8, 0, (0.65f32 * 84.0) as u8]);
+        assert_eq!(
+            p[2],
+            [
+                (0.65f32 * 253.0) as u8,
+                (0.65f32 * 231.0) as u8,
+                (0.65f32 * 37.0) as u8
+            ]
+        );
+    }
+
+    #[test]
+    fn overlay_marks_errors_and_has_the_documented_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.png");
+        let image = vec![[100u8; 3]; 4];
+        let data = OverlayData {
+            width: 2,
+            height: 2,
+            image: &image,
+            labels: &[0, 1, 255, 1],
+            preds: &[0, 0, 1, 1],
+            scored: &[0, 1, 255, 1],
+        };
+        overlay_png(&path, &data, &table(3)).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let (w, h) = overlay_size(2, 2, 3);
+        assert_eq!((img.width() as usize, img.height() as usize), (w, h));
+        let err_x = (GAP + 3 * (2 + GAP)) as u32;
+        let top = HEADER as u32;
+        assert_eq!(
+            img.get_pixel(err_x + 1, top).0,
+            ERROR_COLOUR,
+            "1 predicted 0"
+        );
+        assert_ne!(img.get_pixel(err_x, top).0, ERROR_COLOUR, "correct");
+        assert_ne!(img.get_pixel(err_x, top + 1).0, ERROR_COLOUR, "not scored");
+        let bad = OverlayData {
+            preds: &[0],
+            ..data
+        };
+        assert!(overlay_png(&path, &bad, &table(3)).is_err());
+    }
+}
