@@ -167,6 +167,17 @@ fn every_variant_predicts_probabilities_in_every_scenario() {
                 let p = net.forward_student(s, &given, false).unwrap();
                 assert_probabilities(&p, &format!("{what} {s:?}"));
             }
+            // The CFLM's attention maps exist only where there is a CFLM.
+            let maps = net.attention_maps(None, &all);
+            match decoder {
+                DecoderKind::ClassWise => {
+                    assert_eq!(maps.unwrap().size(), [B, K, S / 16, S / 16], "{what}")
+                }
+                DecoderKind::Plain => {
+                    let e = maps.unwrap_err().to_string();
+                    assert!(e.contains("model.decoder: plain"), "{e}");
+                }
+            }
         });
     }
 }

@@ -467,8 +467,14 @@ impl Dis2Net {
         tch::no_grad(|| {
             let f = self.branch_features(scenario, inputs, false)?;
             let (branch, slots) = self.branch_slots(&f)?;
+            let Head::ClassWise { attention, .. } = &branch.head else {
+                bail!(
+                    "this model has no class-wise attention (CFLM): it was built with \
+                     `model.decoder: plain`"
+                );
+            };
             let fused = branch.fuse.forward_t(&slots, false);
-            Ok(branch.attention.weights(&fused.levels[3]).contiguous())
+            Ok(attention.weights(&fused.levels[3]).contiguous())
         })
     }
 

@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 use crate::cli::DeviceArgs;
 use crate::config::Experiment;
 use crate::data::layouts::Split;
-use crate::eval::{evaluate, EvalRequest};
+use crate::eval::{evaluate, EvalOptions, EvalRequest};
 use crate::train::run::{RunDir, RunKind, RunSpec};
 use crate::train::trainer::{self, TrainOptions};
 
@@ -435,6 +435,8 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
         overlap: None,
         exclude: spec.exclude.clone(),
         out: dir.eval(&job.name),
+        // Figures are for a look at one model; the sweep only needs the scores.
+        options: EvalOptions::default(),
         device,
         quiet: true,
     };
