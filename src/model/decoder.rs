@@ -77,16 +77,69 @@ pub struct DecoderOutputs {
 #[derive(Debug)]
 pub struct ClassWiseDecoder {
     heads: [ClassHeads; 4],
+    path: UpPath,
+    combine: [PreNormConv; 2],
+    final_conv: nn::Conv2D,
+    classes: i64,
+    out_size: [i64; 2],
+}
+
+/// The U-Net path both decoders share: from level 4 up through levels 3, 2, 1 with skips from the
+/// fused levels (pre-norm 3x3 convolutions, reflect padding, `up2`), then up to the crop.
+/// Variables: `e4_conv_up`, `e3_conv`, `e3_conv_up`, `e2_conv`, `e2_conv_up`, `e1_conv`.
+#[derive(Debug)]
+pub(super) struct UpPath {
     e4_conv_up: PreNormConv,
     e3_conv: PreNormConv,
     e3_conv_up: PreNormConv,
     e2_conv: PreNormConv,
     e2_conv_up: PreNormConv,
     e1_conv: PreNormConv,
-    combine: [PreNormConv; 2],
-    final_conv: nn::Conv2D,
-    classes: i64,
     out_size: [i64; 2],
+}
+
+/// The maps of the up path: decoded levels 3, 2, 1 and level 1 brought to the crop size.
+pub(super) struct UpMaps {
+    pub d3: Tensor,
+    pub d2: Tensor,
+    pub d1: Tensor,
+    pub full: Tensor,
+}
+
+impl UpPath {
+    /// `w`: base width; `c1`: channels of the decoded level 1; `out_size`: the crop.
+    pub(super) fn new(p: &nn::Path, w: i64, c1: i64, out_size: [i64; 2]) -> Self {
+        UpPath {
+            e4_conv_up: PreNormConv::k3(&(p / "e4_conv_up"), 8 * w, 4 * w, true),
+            e3_conv: PreNormConv::k3(&(p / "e3_conv"), 8 * w, 4 * w, true),
+            e3_conv_up: PreNormConv::k3(&(p / "e3_conv_up"), 4 * w, 2 * w, true),
+            e2_conv: PreNormConv::k3(&(p / "e2_conv"), 4 * w, 2 * w, true),
+            e2_conv_up: PreNormConv::k3(&(p / "e2_conv_up"), 2 * w, w, true),
+            e1_conv: PreNormConv::k3(&(p / "e1_conv"), 2 * w, c1, true),
+            out_size,
+        }
+    }
+
+    /// `x4`: the level-4 input; `with_skip(skip, x)` joins a fused level with the path's map.
+    pub(super) fn forward(
+        &self,
+        x4: &Tensor,
+        fused: &Features,
+        with_skip: impl Fn(&Tensor, Tensor) -> Tensor,
+    ) -> UpMaps {
+        let e4_up = self.e4_conv_up.forward(&up2(x4));
+        let d3 = self.e3_conv.forward(&with_skip(&fused[2], e4_up));
+        let e3_up = self.e3_conv_up.forward(&up2(&d3));
+        let d2 = self.e2_conv.forward(&with_skip(&fused[1], e3_up));
+        let e2_up = self.e2_conv_up.forward(&up2(&d2));
+        let d1 = self.e1_conv.forward(&with_skip(&fused[0], e2_up));
+        let mut full = up2(&d1);
+        let fs = full.size();
+        if [fs[2], fs[3]] != self.out_size {
+            full = full.upsample_bilinear2d(self.out_size, false, None, None);
+        }
+        UpMaps { d3, d2, d1, full }
+    }
 }
 
 impl ClassWiseDecoder {
@@ -101,12 +154,7 @@ impl ClassWiseDecoder {
                 ClassHeads::new(&(p / "seg_d2_layers"), 2 * w, classes),
                 ClassHeads::new(&(p / "seg_d1_layers"), c1, classes),
             ],
-            e4_conv_up: PreNormConv::k3(&(p / "e4_conv_up"), 8 * w, 4 * w, true),
-            e3_conv: PreNormConv::k3(&(p / "e3_conv"), 8 * w, 4 * w, true),
-            e3_conv_up: PreNormConv::k3(&(p / "e3_conv_up"), 4 * w, 2 * w, true),
-            e2_conv: PreNormConv::k3(&(p / "e2_conv"), 4 * w, 2 * w, true),
-            e2_conv_up: PreNormConv::k3(&(p / "e2_conv_up"), 2 * w, w, true),
-            e1_conv: PreNormConv::k3(&(p / "e1_conv"), 2 * w, c1, true),
+            path: UpPath::new(p, w, c1, out_size),
             combine: [
                 PreNormConv::k3(&(p / "class_combine_conv" / "0"), c1 * classes, 2 * w, true),
                 PreNormConv::k3(&(p / "class_combine_conv" / "1"), 2 * w, w, true),
@@ -137,18 +185,8 @@ impl ClassWiseDecoder {
                 .reshape([b * k, t[2], t[3], t[1] + u[1]])
                 .permute([0, 3, 1, 2])
         };
-        let e4_up = self.e4_conv_up.forward(&up2(&x4));
-        let d3 = self.e3_conv.forward(&with_skip(&fused[2], e4_up));
-        let e3_up = self.e3_conv_up.forward(&up2(&d3));
-        let d2 = self.e2_conv.forward(&with_skip(&fused[1], e3_up));
-        let e2_up = self.e2_conv_up.forward(&up2(&d2));
-        let d1 = self.e1_conv.forward(&with_skip(&fused[0], e2_up));
-
-        let mut full = up2(&d1);
+        let UpMaps { d3, d2, d1, full } = self.path.forward(&x4, fused, with_skip);
         let fs = full.size();
-        if [fs[2], fs[3]] != self.out_size {
-            full = full.upsample_bilinear2d(self.out_size, false, None, None);
-        }
         // [B·K, c1, H, W] to [B, K·c1, H, W] with the class blocks in order (the reference's
         // concatenation), channels-last.
         let [oh, ow] = self.out_size;

@@ -11,21 +11,16 @@
 use tch::nn;
 use tch::Tensor;
 
-use super::decoder::DecoderOutputs;
+use super::decoder::{DecoderOutputs, UpMaps, UpPath};
 use super::encoder::Features;
-use super::layers::{resize_aligned, up2, PreNormConv};
+use super::layers::{resize_aligned, PreNormConv};
 
 /// Variables: `e4_conv_up`, `e3_conv`, `e3_conv_up`, `e2_conv`, `e2_conv_up`, `e1_conv`,
 /// `out_conv.{0,1}` (each `conv.*`), `seg_d{4,3,2,1}.*`, `final_conv.*`.
 #[derive(Debug)]
 pub struct PlainDecoder {
     heads: [nn::Conv2D; 4],
-    e4_conv_up: PreNormConv,
-    e3_conv: PreNormConv,
-    e3_conv_up: PreNormConv,
-    e2_conv: PreNormConv,
-    e2_conv_up: PreNormConv,
-    e1_conv: PreNormConv,
+    path: UpPath,
     out_conv: [PreNormConv; 2],
     final_conv: nn::Conv2D,
     out_size: [i64; 2],
@@ -43,12 +38,7 @@ impl PlainDecoder {
                 head("seg_d2", 2 * w),
                 head("seg_d1", w),
             ],
-            e4_conv_up: PreNormConv::k3(&(p / "e4_conv_up"), 8 * w, 4 * w, true),
-            e3_conv: PreNormConv::k3(&(p / "e3_conv"), 8 * w, 4 * w, true),
-            e3_conv_up: PreNormConv::k3(&(p / "e3_conv_up"), 4 * w, 2 * w, true),
-            e2_conv: PreNormConv::k3(&(p / "e2_conv"), 4 * w, 2 * w, true),
-            e2_conv_up: PreNormConv::k3(&(p / "e2_conv_up"), 2 * w, w, true),
-            e1_conv: PreNormConv::k3(&(p / "e1_conv"), 2 * w, w, true),
+            path: UpPath::new(p, w, w, out_size),
             out_conv: [
                 PreNormConv::k3(&(p / "out_conv" / "0"), w, 2 * w, true),
                 PreNormConv::k3(&(p / "out_conv" / "1"), 2 * w, w, true),
@@ -62,18 +52,7 @@ impl PlainDecoder {
     pub fn forward(&self, fused: &Features, scales: bool) -> DecoderOutputs {
         let with_skip = |e: &Tensor, x: Tensor| Tensor::cat(&[e.shallow_clone(), x], 1);
         let x4 = &fused[3];
-        let e4_up = self.e4_conv_up.forward(&up2(x4));
-        let d3 = self.e3_conv.forward(&with_skip(&fused[2], e4_up));
-        let e3_up = self.e3_conv_up.forward(&up2(&d3));
-        let d2 = self.e2_conv.forward(&with_skip(&fused[1], e3_up));
-        let e2_up = self.e2_conv_up.forward(&up2(&d2));
-        let d1 = self.e1_conv.forward(&with_skip(&fused[0], e2_up));
-
-        let mut full = up2(&d1);
-        let fs = full.size();
-        if [fs[2], fs[3]] != self.out_size {
-            full = full.upsample_bilinear2d(self.out_size, false, None, None);
-        }
+        let UpMaps { d3, d2, d1, full } = self.path.forward(x4, fused, with_skip);
         let penultimate = self.out_conv[1].forward(&self.out_conv[0].forward(&full));
         let logits = penultimate.apply(&self.final_conv);
         let pred = logits.softmax(1, logits.kind());
