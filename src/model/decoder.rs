@@ -72,6 +72,30 @@ pub struct DecoderOutputs {
     pub scale_preds: Vec<Tensor>,
 }
 
+impl DecoderOutputs {
+    /// The outputs from the penultimate map, the 1x1 logit convolution and the deep-supervision
+    /// logits of the four scales (up-sampled here to `out_size` and softmaxed).
+    pub(super) fn new(
+        penultimate: Tensor,
+        final_conv: &nn::Conv2D,
+        scale_logits: Vec<Tensor>,
+        out_size: [i64; 2],
+    ) -> Self {
+        let logits = penultimate.apply(final_conv);
+        let pred = logits.softmax(1, logits.kind());
+        let scale_preds = scale_logits
+            .iter()
+            .map(|m| resize_aligned(m, out_size).softmax(1, m.kind()))
+            .collect();
+        DecoderOutputs {
+            pred,
+            logits,
+            penultimate,
+            scale_preds,
+        }
+    }
+}
+
 /// Variables: `seg_d{4,3,2,1}_layers.{k}.*`, `e4_conv_up`, `e3_conv`, `e3_conv_up`, `e2_conv`,
 /// `e2_conv_up`, `e1_conv` (each `conv.*`), `class_combine_conv.{0,1}.conv.*`, `final_conv.*`.
 #[derive(Debug)]
@@ -197,25 +221,14 @@ impl ClassWiseDecoder {
             .reshape([b, oh, ow, k * fs[1]])
             .permute([0, 3, 1, 2]);
         let penultimate = self.combine[1].forward(&self.combine[0].forward(&unified));
-        let logits = penultimate.apply(&self.final_conv);
-        let pred = logits.softmax(1, logits.kind());
-
-        let scale_preds = if scales {
+        let scale_maps = if scales {
             [(&x4, 0), (&d3, 1), (&d2, 2), (&d1, 3)]
                 .into_iter()
-                .map(|(x, i)| {
-                    let m = self.heads[i].forward(x);
-                    resize_aligned(&m, self.out_size).softmax(1, m.kind())
-                })
+                .map(|(x, i)| self.heads[i].forward(x))
                 .collect()
         } else {
             Vec::new()
         };
-        DecoderOutputs {
-            pred,
-            logits,
-            penultimate,
-            scale_preds,
-        }
+        DecoderOutputs::new(penultimate, &self.final_conv, scale_maps, self.out_size)
     }
 }

@@ -13,7 +13,7 @@ use tch::Tensor;
 
 use super::decoder::{DecoderOutputs, UpMaps, UpPath};
 use super::encoder::Features;
-use super::layers::{resize_aligned, PreNormConv};
+use super::layers::PreNormConv;
 
 /// Variables: `e4_conv_up`, `e3_conv`, `e3_conv_up`, `e2_conv`, `e2_conv_up`, `e1_conv`,
 /// `out_conv.{0,1}` (each `conv.*`), `seg_d{4,3,2,1}.*`, `final_conv.*`.
@@ -54,26 +54,15 @@ impl PlainDecoder {
         let x4 = &fused[3];
         let UpMaps { d3, d2, d1, full } = self.path.forward(x4, fused, with_skip);
         let penultimate = self.out_conv[1].forward(&self.out_conv[0].forward(&full));
-        let logits = penultimate.apply(&self.final_conv);
-        let pred = logits.softmax(1, logits.kind());
-
-        let scale_preds = if scales {
+        let scale_maps = if scales {
             [x4, &d3, &d2, &d1]
                 .into_iter()
                 .zip(&self.heads)
-                .map(|(x, head)| {
-                    let m = x.apply(head);
-                    resize_aligned(&m, self.out_size).softmax(1, m.kind())
-                })
+                .map(|(x, head)| x.apply(head))
                 .collect()
         } else {
             Vec::new()
         };
-        DecoderOutputs {
-            pred,
-            logits,
-            penultimate,
-            scale_preds,
-        }
+        DecoderOutputs::new(penultimate, &self.final_conv, scale_maps, self.out_size)
     }
 }
