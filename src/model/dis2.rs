@@ -151,18 +151,9 @@ struct BranchFeatures<'n> {
     comp: Vec<Features>,
 }
 
-/// One branch's outputs in the training forward.
-#[derive(Debug)]
-pub struct BranchOutputs {
-    /// Softmax probabilities `[B, K, H, W]`.
-    pub pred: Tensor,
-    /// Deep-supervision probabilities from 1/16, 1/8, 1/4, 1/2, each `[B, K, H, W]`.
-    pub scale_preds: Vec<Tensor>,
-    /// Logits `[B, K, H, W]`.
-    pub logits: Tensor,
-    /// Penultimate features `[B, w, H, W]`.
-    pub penultimate: Tensor,
-}
+/// One branch's outputs in the training forward: its decoder's outputs (prediction,
+/// deep-supervision maps, logits, penultimate features).
+pub type BranchOutputs = DecoderOutputs;
 
 /// Everything the training objective needs (reference `dict_results`).
 #[derive(Debug)]
@@ -589,16 +580,10 @@ impl Dis2Net {
         let kd = Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
         let orth = self.orthogonality(st, &enc, &comp);
 
-        let branch = |o: DecoderOutputs| BranchOutputs {
-            pred: o.pred,
-            scale_preds: o.scale_preds,
-            logits: o.logits,
-            penultimate: o.penultimate,
-        };
         Ok(TrainOutputs {
             aux_preds,
-            teacher: branch(t_out),
-            student: branch(s_out),
+            teacher: t_out,
+            student: s_out,
             kd_loss: kd,
             orth_loss: orth,
         })
@@ -640,12 +625,7 @@ impl Dis2Net {
         let (_, out) = self.teacher.forward(&slots, train, true);
         Ok(TeacherOutputs {
             aux_preds,
-            teacher: BranchOutputs {
-                pred: out.pred,
-                scale_preds: out.scale_preds,
-                logits: out.logits,
-                penultimate: out.penultimate,
-            },
+            teacher: out,
         })
     }
 
@@ -680,16 +660,10 @@ impl Dis2Net {
         let (s_fused, s_out) = st.branch.forward(&slots, train, true);
         let kd = Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
         let orth = self.orthogonality(st, &enc, &comp);
-        let branch = |o: DecoderOutputs| BranchOutputs {
-            pred: o.pred,
-            scale_preds: o.scale_preds,
-            logits: o.logits,
-            penultimate: o.penultimate,
-        };
         Ok(TrainOutputs {
             aux_preds: Vec::new(),
-            teacher: branch(t_out),
-            student: branch(s_out),
+            teacher: t_out,
+            student: s_out,
             kd_loss: kd,
             orth_loss: orth,
         })
