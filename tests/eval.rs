@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-use dis2::data::synth::{self, SynthOptions};
+mod common;
+use common::tiny_benchmark;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dis2");
 
@@ -43,14 +44,7 @@ fn labelled_test_pixels(root: &Path) -> u64 {
 #[test]
 fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     let dir = tempfile::tempdir().unwrap();
-    let options = SynthOptions {
-        out: dir.path().join("synthetic"),
-        scenes: 6,
-        size: 96,
-        seed: 5,
-    };
-    synth::generate(&options).unwrap();
-    let config = synth::write_experiment(&options).unwrap();
+    let config = tiny_benchmark(dir.path(), 5);
     let run = dir.path().join("teacher");
     let (config, run_s) = (config.display().to_string(), run.display().to_string());
     ok(&dis2(&[
@@ -78,7 +72,7 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     let total: u64 = cm.iter().flatten().sum();
     assert_eq!(
         total,
-        labelled_test_pixels(&options.out),
+        labelled_test_pixels(&dir.path().join("synthetic")),
         "every labelled test pixel is scored once"
     );
     assert_eq!(doc["pixels"].as_u64(), Some(total));
@@ -122,14 +116,7 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
 
 /// The synthetic benchmark and a teacher trained for a few steps: (root, config, run).
 fn tiny_teacher(dir: &Path) -> (std::path::PathBuf, String, std::path::PathBuf) {
-    let options = SynthOptions {
-        out: dir.join("synthetic"),
-        scenes: 6,
-        size: 96,
-        seed: 5,
-    };
-    synth::generate(&options).unwrap();
-    let config = synth::write_experiment(&options).unwrap();
+    let config = tiny_benchmark(dir, 5);
     let run = dir.join("teacher");
     let config = config.display().to_string();
     ok(&dis2(&[
@@ -147,7 +134,7 @@ fn tiny_teacher(dir: &Path) -> (std::path::PathBuf, String, std::path::PathBuf) 
         "--set",
         "train.val_batches=1",
     ]));
-    (options.out, config, run)
+    (dir.join("synthetic"), config, run)
 }
 
 fn read_json(path: &Path) -> serde_json::Value {

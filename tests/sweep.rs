@@ -5,20 +5,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-use dis2::data::synth::{self, SynthOptions};
+mod common;
+use common::tiny_benchmark;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dis2");
 
 /// A tiny benchmark and its experiment file.
 fn benchmark(dir: &Path) -> PathBuf {
-    let options = SynthOptions {
-        out: dir.join("synthetic"),
-        scenes: 6,
-        size: 96,
-        seed: 11,
-    };
-    synth::generate(&options).unwrap();
-    synth::write_experiment(&options).unwrap()
+    tiny_benchmark(dir, 11)
 }
 
 /// `dis2 sweep` arguments for a two-method, one-scenario grid of very short runs.

@@ -5,21 +5,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use dis2::data::synth::{self, SynthOptions};
 use dis2::train::tensorboard::{read_records, Record};
+
+mod common;
+use common::tiny_benchmark;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dis2");
 
 /// A tiny benchmark and its experiment file in `dir`.
 fn benchmark(dir: &Path) -> PathBuf {
-    let options = SynthOptions {
-        out: dir.join("synthetic"),
-        scenes: 6,
-        size: 96,
-        seed: 5,
-    };
-    synth::generate(&options).expect("synth");
-    synth::write_experiment(&options).expect("experiment")
+    tiny_benchmark(dir, 5)
 }
 
 /// Small, quick settings: 16 samples of 4 per epoch, validation on two batches.

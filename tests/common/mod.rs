@@ -2,7 +2,7 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use dis2::model::config::{ModalitySpec, ModelConfig};
 use tch::Tensor;
@@ -97,4 +97,17 @@ pub fn small_config(channels: &[i64], classes: i64) -> ModelConfig {
         decoder: Default::default(),
         fusion: Default::default(),
     }
+}
+
+/// The tiny synthetic benchmark (6 scenes of 96 x 96 px) written into `dir/synthetic`, and its
+/// experiment file.
+pub fn tiny_benchmark(dir: &Path, seed: u64) -> PathBuf {
+    let options = dis2::data::synth::SynthOptions {
+        out: dir.join("synthetic"),
+        scenes: 6,
+        size: 96,
+        seed,
+    };
+    dis2::data::synth::generate(&options).expect("synth");
+    dis2::data::synth::write_experiment(&options).expect("experiment")
 }
