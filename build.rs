@@ -77,10 +77,13 @@ fn torch_lib_dir() -> Result<(PathBuf, String), String> {
     Ok((PathBuf::from(lib), version))
 }
 
-/// Compiles `csrc/ops.cpp` (native ops tch does not expose, see `src/model/native.rs`) against
+/// The C++ sources of the native ops, compiled into one static library.
+const NATIVE_SOURCES: [&str; 2] = ["csrc/ops.cpp", "csrc/optim.cpp"];
+
+/// Compiles the `csrc/*.cpp` sources (native ops tch does not expose, see `src/model/native.rs`) against
 /// the libtorch headers next to `lib_dir`; libtorch itself is linked by `torch-sys`.
 fn compile_native_ops(lib_dir: &std::path::Path) {
-    println!("cargo:rerun-if-changed=csrc/ops.cpp");
+    println!("cargo:rerun-if-changed=csrc");
     let include = lib_dir
         .parent()
         .map(|p| p.join("include"))
@@ -89,7 +92,7 @@ fn compile_native_ops(lib_dir: &std::path::Path) {
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()
         .cpp(true)
-        .file("csrc/ops.cpp")
+        .files(NATIVE_SOURCES)
         .include(&include)
         .flag("-std=c++17")
         .flag_if_supported("-w")

@@ -7,7 +7,7 @@
 //! picks CPU or CUDA; `model` holds the network; `data` the rasters and datasets; `fsutil` the
 //! write-then-rename helpers every output goes through; `eval`, `metrics`, `report` and `figures`
 //! score checkpoints and draw their figures; `checkpoint` saves and loads models;
-//! `import_torch` converts the authors' PyTorch weights.
+//! `import_torch` converts the authors' PyTorch weights; `native` wraps the C++ kernels of `csrc/`.
 
 pub mod alloc;
 pub mod checkpoint;
@@ -22,6 +22,7 @@ pub mod import_torch;
 pub mod info;
 pub mod metrics;
 pub mod model;
+pub mod native;
 pub mod predict;
 pub mod report;
 pub mod sweep;

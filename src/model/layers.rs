@@ -11,7 +11,7 @@ const NORM_EPS: f64 = 1e-5;
 
 /// LeakyReLU with slope 0.2.
 pub fn leaky(x: &Tensor) -> Tensor {
-    super::native::leaky_relu(x, LEAKY_SLOPE)
+    crate::native::leaky_relu(x, LEAKY_SLOPE)
 }
 
 /// Normalises every image of a batch over all of (C, H, W), without affine parameters.

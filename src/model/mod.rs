@@ -10,7 +10,6 @@ pub mod fusion;
 pub mod import;
 pub mod layers;
 pub mod losses;
-pub mod native;
 pub mod plain_decoder;
 pub mod pool;
 pub mod scenario;

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use tch::Tensor;
 
+use crate::native;
+
 /// Which optimiser, with its hyper-parameters (the learning rate comes from the schedule).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
@@ -76,6 +78,10 @@ pub struct Optimizer {
     steps: BTreeMap<String, i64>,
 }
 
+fn refs(ts: &[Tensor]) -> Vec<&Tensor> {
+    ts.iter().collect()
+}
+
 impl Optimizer {
     /// `params`: the trainable tensors with stable names (for instance from `VarStore::variables`
     /// filtered on `requires_grad`).
@@ -92,14 +98,14 @@ impl Optimizer {
         &self.config
     }
 
-    /// Clears every gradient.
+    /// Drops every gradient, as PyTorch's `zero_grad()` does by default (`set_to_none`): a
+    /// parameter that the next step does not use (another scenario's student) then has no
+    /// gradient, and [`Optimizer::step`] leaves it and its momentum alone, as the reference's
+    /// optimiser does.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.detach_().zero_();
-            }
-        }
+        let params: Vec<&Tensor> = self.params.iter().map(|(_, p)| p).collect();
+        // Only fails for a tensor that is not a leaf, which `new`'s parameters always are.
+        native::clear_grads(&params).unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Scales the gradients so that their global L2 norm is at most `max_norm`; returns the norm
@@ -130,73 +136,96 @@ impl Optimizer {
         total
     }
 
-    /// One update with learning rate `lr`.
-    pub fn step(&mut self, lr: f64) {
-        tch::no_grad(|| {
-            for (name, param) in &mut self.params {
-                let grad = param.grad();
-                if !grad.defined() {
-                    continue;
-                }
-                let count = self.steps.entry(name.clone()).or_insert(0);
-                *count += 1;
-                match self.config {
-                    OptimizerConfig::Sgd {
-                        momentum,
-                        nesterov,
-                        weight_decay,
-                    } => {
-                        let mut d = if weight_decay != 0.0 {
-                            &grad + &*param * weight_decay
-                        } else {
-                            grad.shallow_clone()
-                        };
-                        if momentum != 0.0 {
-                            let key = format!("{name}.momentum");
-                            let buf = match self.state.get_mut(&key) {
-                                Some(buf) => {
-                                    let _ = buf.g_mul_scalar_(momentum).g_add_(&d);
-                                    buf.shallow_clone()
-                                }
-                                None => {
-                                    let buf = d.detach().copy();
-                                    self.state.insert(key, buf.shallow_clone());
-                                    buf
-                                }
-                            };
-                            d = if nesterov { d + buf * momentum } else { buf };
-                        }
-                        let _ = param.g_add_(&(d * -lr));
-                    }
-                    OptimizerConfig::Adamw {
-                        beta1,
-                        beta2,
-                        eps,
-                        weight_decay,
-                    } => {
-                        let _ = param.g_mul_scalar_(1.0 - lr * weight_decay);
-                        let m = self
-                            .state
-                            .entry(format!("{name}.exp_avg"))
-                            .or_insert_with(|| grad.zeros_like());
-                        let _ = m.g_mul_scalar_(beta1).g_add_(&(&grad * (1.0 - beta1)));
-                        let m = m.shallow_clone();
-                        let v = self
-                            .state
-                            .entry(format!("{name}.exp_avg_sq"))
-                            .or_insert_with(|| grad.zeros_like());
-                        let _ = v
-                            .g_mul_scalar_(beta2)
-                            .g_add_(&(grad.square() * (1.0 - beta2)));
-                        let t = *count as f64;
-                        let bias1 = 1.0 - beta1.powf(t);
-                        let bias2 = 1.0 - beta2.powf(t);
-                        let denom = (v.sqrt() / bias2.sqrt()) + eps;
-                        let _ = param.g_add_(&(m / denom * (-lr / bias1)));
-                    }
-                }
+    /// One update with learning rate `lr`, over every parameter that has a gradient, in one
+    /// call to PyTorch's fused optimiser kernel (see [`crate::native::sgd_step`]).
+    pub fn step(&mut self, lr: f64) -> Result<()> {
+        let mut params = Vec::new();
+        let mut grads = Vec::new();
+        let mut names = Vec::new();
+        for (name, param) in &self.params {
+            let grad = param.grad();
+            if grad.defined() {
+                params.push(param.shallow_clone());
+                grads.push(grad);
+                names.push(name.as_str());
             }
-        });
+        }
+        if params.is_empty() {
+            return Ok(());
+        }
+        // State slots start at zero: for SGD, momentum·0 + g = g is PyTorch's first-step rule.
+        let mut slot = |name: &str, suffix: &str, like: &Tensor| {
+            self.state
+                .entry(format!("{name}.{suffix}"))
+                .or_insert_with(|| like.zeros_like())
+                .shallow_clone()
+        };
+        let counts: Vec<i64> = names
+            .iter()
+            .map(|name| {
+                let count = self.steps.entry(name.to_string()).or_insert(0);
+                *count += 1;
+                *count
+            })
+            .collect();
+        tch::no_grad(|| match self.config {
+            OptimizerConfig::Sgd {
+                momentum,
+                nesterov,
+                weight_decay,
+            } => {
+                let bufs: Vec<Tensor> = if momentum != 0.0 {
+                    names
+                        .iter()
+                        .zip(&params)
+                        .map(|(n, p)| slot(n, "momentum", p))
+                        .collect()
+                } else {
+                    Vec::new()
+                };
+                native::sgd_step(
+                    &refs(&params),
+                    &refs(&grads),
+                    &refs(&bufs),
+                    lr,
+                    momentum,
+                    weight_decay,
+                    nesterov,
+                )
+            }
+            OptimizerConfig::Adamw {
+                beta1,
+                beta2,
+                eps,
+                weight_decay,
+            } => {
+                let m: Vec<Tensor> = names
+                    .iter()
+                    .zip(&params)
+                    .map(|(n, p)| slot(n, "exp_avg", p))
+                    .collect();
+                let v: Vec<Tensor> = names
+                    .iter()
+                    .zip(&params)
+                    .map(|(n, p)| slot(n, "exp_avg_sq", p))
+                    .collect();
+                let h = native::AdamW {
+                    lr,
+                    beta1,
+                    beta2,
+                    weight_decay,
+                    eps,
+                };
+                native::adamw_step(
+                    &refs(&params),
+                    &refs(&grads),
+                    &refs(&m),
+                    &refs(&v),
+                    &counts,
+                    h,
+                )
+            }
+        })
     }
 
     /// The state as named tensors (for a checkpoint), step counts included.
@@ -282,7 +311,7 @@ mod tests {
             opt.zero_grad();
             let loss = (&p - &target).square().sum(Kind::Float);
             loss.backward();
-            opt.step(lr);
+            opt.step(lr).unwrap();
         }
         (Vec::<f32>::try_from(p.detach()).unwrap(), opt)
     }
@@ -318,6 +347,60 @@ mod tests {
         for (a, b) in got.iter().zip(&want) {
             assert!((a - b).abs() < 1e-6, "{got:?} vs {want:?}");
         }
+    }
+
+    #[test]
+    fn plain_sgd_with_decay_and_untouched_parameters() {
+        // Momentum 0 (no buffers), weight decay, and a second parameter that gets no gradient.
+        let cfg = OptimizerConfig::Sgd {
+            momentum: 0.0,
+            nesterov: false,
+            weight_decay: 0.1,
+        };
+        let p = param(&[1.0, -2.0]);
+        let idle = param(&[3.0]);
+        let mut opt = Optimizer::new(
+            cfg,
+            vec![
+                ("p".into(), p.shallow_clone()),
+                ("idle".into(), idle.shallow_clone()),
+            ],
+        );
+        opt.zero_grad();
+        p.square().sum(Kind::Float).backward();
+        opt.step(0.5).unwrap();
+        // p - lr·(2p + 0.1·p) = p·(1 - 0.5·2.1)
+        let got = Vec::<f32>::try_from(p.detach()).unwrap();
+        assert!(
+            (got[0] - (-0.05)).abs() < 1e-6 && (got[1] - 0.1).abs() < 1e-6,
+            "{got:?}"
+        );
+        assert_eq!(Vec::<f32>::try_from(idle.detach()).unwrap(), [3.0]);
+        assert!(opt.state_tensors().iter().all(|(k, _)| k.starts_with("p.")));
+    }
+
+    #[test]
+    fn a_parameter_left_out_of_a_step_keeps_its_value() {
+        // As with PyTorch's zero_grad(set_to_none=True): after a step that used both parameters,
+        // a step whose loss ignores `other` leaves it (and its momentum) alone.
+        let p = param(&[1.0]);
+        let other = param(&[2.0]);
+        let mut opt = Optimizer::new(
+            OptimizerConfig::default(),
+            vec![
+                ("p".into(), p.shallow_clone()),
+                ("other".into(), other.shallow_clone()),
+            ],
+        );
+        opt.zero_grad();
+        (&p * &other).sum(Kind::Float).backward();
+        opt.step(0.1).unwrap();
+        let after_first = Vec::<f32>::try_from(other.detach()).unwrap();
+        opt.zero_grad();
+        assert!(!other.grad().defined());
+        p.square().sum(Kind::Float).backward();
+        opt.step(0.1).unwrap();
+        assert_eq!(Vec::<f32>::try_from(other.detach()).unwrap(), after_first);
     }
 
     #[test]
@@ -367,7 +450,7 @@ mod tests {
             let train = |opt: &mut Optimizer| {
                 opt.zero_grad();
                 (&p - &target).square().sum(Kind::Float).backward();
-                opt.step(0.05);
+                opt.step(0.05).unwrap();
             };
             for _ in 0..3 {
                 train(&mut opt);

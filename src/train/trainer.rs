@@ -293,7 +293,7 @@ impl Trainer {
                 sums.insert("grad_norm".into(), norm);
             }
             let lr = self.exp.train.schedule.lr_at(self.step, total);
-            self.optimizer.step(lr);
+            self.optimizer.step(lr)?;
             self.optimizer.zero_grad();
             self.step += 1;
 

@@ -1,0 +1,212 @@
+//! Native ops compiled from `csrc/*.cpp` against libtorch: PyTorch kernels that tch 0.26 does not
+//! expose (LeakyReLU with a slope, the fused optimiser steps).
+//!
+//! Every C function takes tch's tensor handles and reports a C++ exception through an error
+//! string, which [`check`] turns into a Rust error.
+
+use std::ffi::{c_char, c_void, CStr};
+
+use anyhow::{bail, Result};
+use tch::Tensor;
+
+extern "C" {
+    fn dis2_leaky_relu(input: *mut c_void, slope: f64, error: *mut *mut c_char) -> *mut c_void;
+    fn dis2_sgd_step(
+        params: *const *mut c_void,
+        grads: *const *mut c_void,
+        bufs: *const *mut c_void,
+        n: i64,
+        lr: f64,
+        momentum: f64,
+        weight_decay: f64,
+        nesterov: bool,
+        error: *mut *mut c_char,
+    ) -> i32;
+    fn dis2_adamw_step(
+        params: *const *mut c_void,
+        grads: *const *mut c_void,
+        exp_avgs: *const *mut c_void,
+        exp_avg_sqs: *const *mut c_void,
+        steps: *const i64,
+        n: i64,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        error: *mut *mut c_char,
+    ) -> i32;
+    fn dis2_clear_grads(params: *const *mut c_void, n: i64, error: *mut *mut c_char) -> i32;
+    fn dis2_free_error(error: *mut c_char);
+}
+
+/// Reads and frees the message a failed native call left in `error`.
+fn take_error(error: *mut c_char) -> String {
+    if error.is_null() {
+        return "unknown error in a native op".into();
+    }
+    // SAFETY: a non-null `error` is a NUL-terminated string allocated by the shim with strdup.
+    unsafe {
+        let msg = CStr::from_ptr(error).to_string_lossy().into_owned();
+        dis2_free_error(error);
+        msg
+    }
+}
+
+/// A status-returning native call: `Ok` or the shim's message.
+fn check(status: i32, error: *mut c_char, what: &str) -> Result<()> {
+    if status == 0 {
+        Ok(())
+    } else {
+        bail!("{what}: {}", take_error(error))
+    }
+}
+
+/// A tensor-returning native call: the new tensor or the shim's message.
+fn tensor_or_error(out: *mut c_void, error: *mut c_char, what: &str) -> Result<Tensor> {
+    if out.is_null() {
+        bail!("{what}: {}", take_error(error));
+    }
+    // SAFETY: non-null `out` is an owned, heap-allocated `at::Tensor` that we now own.
+    Ok(unsafe { Tensor::from_ptr(out as *mut _) })
+}
+
+fn handles(ts: &[&Tensor]) -> Vec<*mut c_void> {
+    ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
+}
+
+/// `torch.nn.functional.leaky_relu(x, slope)`, with PyTorch's kernel and backward. tch's
+/// `leaky_relu` has the fixed slope 0.01, and a PReLU with a constant weight is exact but its
+/// backward also computes a full-size weight gradient, several times slower.
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `x` is a valid tensor handle for the duration of the call.
+    let out = unsafe { dis2_leaky_relu(x.as_ptr() as *mut c_void, slope, &mut error) };
+    // Only fails for invalid inputs (e.g. an integer tensor), which the model never builds.
+    tensor_or_error(out, error, "leaky_relu").unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// One SGD step over all `params` at once (PyTorch's fused kernel): per parameter,
+/// `buf = momentum·buf + g'` with `g' = grad + weight_decay·param`, then
+/// `param -= lr·(g' + momentum·buf)` (Nesterov) or `param -= lr·buf`; one buffer per parameter
+/// (none when `momentum` is 0). Tensors are updated in place.
+pub fn sgd_step(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    momentum_buffers: &[&Tensor],
+    lr: f64,
+    momentum: f64,
+    weight_decay: f64,
+    nesterov: bool,
+) -> Result<()> {
+    let n = params.len();
+    let buffers = if momentum != 0.0 { n } else { 0 };
+    if grads.len() != n || momentum_buffers.len() != buffers {
+        bail!(
+            "sgd_step: {n} parameters, {} gradients, {} buffers",
+            grads.len(),
+            momentum_buffers.len()
+        );
+    }
+    let (p, g, b) = (handles(params), handles(grads), handles(momentum_buffers));
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: the handle arrays hold `n` valid tensor handles alive for the call.
+    let status = unsafe {
+        dis2_sgd_step(
+            p.as_ptr(),
+            g.as_ptr(),
+            b.as_ptr(),
+            n as i64,
+            lr,
+            momentum,
+            weight_decay,
+            nesterov,
+            &mut error,
+        )
+    };
+    check(status, error, "sgd_step")
+}
+
+/// Drops the gradients of `params` (PyTorch's `zero_grad(set_to_none=True)`): the next backward
+/// pass writes fresh gradients rather than adding to zeros, and a parameter that the next step
+/// does not use has no gradient afterwards.
+pub fn clear_grads(params: &[&Tensor]) -> Result<()> {
+    let p = handles(params);
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `p` holds valid tensor handles alive for the call.
+    let status = unsafe { dis2_clear_grads(p.as_ptr(), p.len() as i64, &mut error) };
+    check(status, error, "clear_grads")
+}
+
+/// AdamW hyper-parameters for [`adamw_step`].
+#[derive(Debug, Clone, Copy)]
+pub struct AdamW {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub weight_decay: f64,
+    pub eps: f64,
+}
+
+/// One AdamW step over all `params` at once (PyTorch's fused kernel, no amsgrad). `steps[i]` is
+/// parameter i's update count including this step (for the bias corrections).
+pub fn adamw_step(
+    params: &[&Tensor],
+    grads: &[&Tensor],
+    exp_avgs: &[&Tensor],
+    exp_avg_sqs: &[&Tensor],
+    steps: &[i64],
+    h: AdamW,
+) -> Result<()> {
+    let n = params.len();
+    if [grads.len(), exp_avgs.len(), exp_avg_sqs.len(), steps.len()]
+        .iter()
+        .any(|&l| l != n)
+    {
+        bail!("adamw_step: lists of different lengths for {n} parameters");
+    }
+    let (p, g) = (handles(params), handles(grads));
+    let (m, v) = (handles(exp_avgs), handles(exp_avg_sqs));
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: the handle arrays hold `n` valid tensor handles alive for the call, `steps` n counts.
+    let status = unsafe {
+        dis2_adamw_step(
+            p.as_ptr(),
+            g.as_ptr(),
+            m.as_ptr(),
+            v.as_ptr(),
+            steps.as_ptr(),
+            n as i64,
+            h.lr,
+            h.beta1,
+            h.beta2,
+            h.weight_decay,
+            h.eps,
+            &mut error,
+        )
+    };
+    check(status, error, "adamw_step")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    #[test]
+    fn leaky_relu_values_and_gradient() {
+        let x = Tensor::from_slice(&[-2.0f32, -0.5, 0.0, 0.5, 3.0]).set_requires_grad(true);
+        let y = leaky_relu(&x, 0.2);
+        let want = Tensor::from_slice(&[-0.4f32, -0.1, 0.0, 0.5, 3.0]);
+        assert!((&y - want).abs().max().double_value(&[]) < 1e-7);
+        y.sum(Kind::Float).backward();
+        let g = Vec::<f32>::try_from(x.grad()).unwrap();
+        assert_eq!(g, [0.2, 0.2, 0.2, 1.0, 1.0]);
+        // Channels-last layouts keep their strides.
+        let z = Tensor::randn([2, 3, 4, 5], (Kind::Float, Device::Cpu))
+            .permute([0, 2, 3, 1])
+            .contiguous()
+            .permute([0, 3, 1, 2]);
+        assert_eq!(leaky_relu(&z, 0.2).stride(), z.stride());
+    }
+}
