@@ -36,6 +36,13 @@ extern "C" {
         eps: f64,
         error: *mut *mut c_char,
     ) -> i32;
+    fn dis2_prenorm_leaky(
+        x: *mut c_void,
+        slope: f64,
+        eps: f64,
+        pad: bool,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
     fn dis2_clear_grads(params: *const *mut c_void, n: i64, error: *mut *mut c_char) -> i32;
     fn dis2_free_error(error: *mut c_char);
 }
@@ -84,6 +91,17 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
     let out = unsafe { dis2_leaky_relu(x.as_ptr() as *mut c_void, slope, &mut error) };
     // Only fails for invalid inputs (e.g. an integer tensor), which the model never builds.
     tensor_or_error(out, error, "leaky_relu").unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// `leaky(normalise(x), slope)` per image of `x` `[N, C, H, W]`, normalised over (C, H, W)
+/// without affine parameters (`eps` inside the square root), reflect-padded by one pixel when
+/// `pad`: the front of DIS2's pre-norm convolutions as one autograd op with a hand-written
+/// backward (`csrc/prenorm.cpp`). Float32 CPU tensors, NCHW or channels-last (kept).
+pub fn prenorm_leaky(x: &Tensor, slope: f64, eps: f64, pad: bool) -> Result<Tensor> {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `x` is a valid tensor handle for the duration of the call.
+    let out = unsafe { dis2_prenorm_leaky(x.as_ptr() as *mut c_void, slope, eps, pad, &mut error) };
+    tensor_or_error(out, error, "prenorm_leaky")
 }
 
 /// One SGD step over all `params` at once (PyTorch's fused kernel): per parameter,

@@ -123,9 +123,16 @@ impl ConvBn<nn::ConvTranspose2D> {
 
 /// Reference `general_conv2d_prenorm`: per-image normalisation, LeakyReLU(0.2), then a
 /// convolution (3x3 with padding 1, or 1x1). Variables: `conv.weight`, `conv.bias`.
+///
+/// On the CPU (float32) the normalisation, the LeakyReLU and a reflect padding run as one native
+/// op ([`crate::native::prenorm_leaky`]) followed by an unpadded convolution; elsewhere as
+/// PyTorch's separate ops ([`prenorm_leaky_reference`]). The numbers agree to float rounding.
 #[derive(Debug)]
 pub struct PreNormConv {
     conv: nn::Conv2D,
+    /// Reflect padding of one pixel (3x3 convolutions of the decoders) rather than the
+    /// convolution's own zero padding.
+    reflect: bool,
 }
 
 impl PreNormConv {
@@ -143,6 +150,7 @@ impl PreNormConv {
         };
         PreNormConv {
             conv: nn::conv2d(p / "conv", c_in, c_out, 3, cfg),
+            reflect,
         }
     }
 
@@ -150,11 +158,36 @@ impl PreNormConv {
     pub fn k1(p: &nn::Path, c_in: i64, c_out: i64) -> Self {
         PreNormConv {
             conv: nn::conv2d(p / "conv", c_in, c_out, 1, Default::default()),
+            reflect: false,
         }
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        leaky(&image_norm(x)).apply(&self.conv)
+        if !(x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float) {
+            return leaky(&image_norm(x)).apply(&self.conv);
+        }
+        // Only fails on inputs the network never builds (not 4-D, or a reflect pad of a map
+        // smaller than 2x2, which the crop-size check rules out).
+        let y = crate::native::prenorm_leaky(x, LEAKY_SLOPE, NORM_EPS, self.reflect)
+            .unwrap_or_else(|e| panic!("{e:#}"));
+        if self.reflect {
+            // The padding is already in `y`.
+            let c = &self.conv;
+            y.conv2d(&c.ws, c.bs.as_ref(), [1, 1], [0, 0], [1, 1], 1)
+        } else {
+            y.apply(&self.conv)
+        }
+    }
+}
+
+/// What [`crate::native::prenorm_leaky`] computes, as PyTorch's separate ops (the path off the
+/// CPU, and the reference of its tests).
+pub fn prenorm_leaky_reference(x: &Tensor, pad: bool) -> Tensor {
+    let y = leaky(&image_norm(x));
+    if pad {
+        y.reflection_pad2d([1, 1, 1, 1])
+    } else {
+        y
     }
 }
 
@@ -187,4 +220,85 @@ impl FusionConv {
 /// A linear layer whose variables are `weight` and `bias` (PyTorch layout).
 pub fn linear(p: &nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
     nn::linear(p, c_in, c_out, Default::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn max_rel_diff(a: &Tensor, b: &Tensor) -> f64 {
+        let scale = b.abs().max().double_value(&[]).max(1e-12);
+        (a - b).abs().max().double_value(&[]) / scale
+    }
+
+    /// The native pre-norm op equals PyTorch's group_norm + leaky_relu (+ reflection_pad2d) in
+    /// values and input gradients, for both layouts, with and without padding, keeps the layout,
+    /// and gives the same bits with one thread and with two.
+    #[test]
+    fn native_prenorm_matches_pytorch_ops() {
+        tch::manual_seed(11);
+        let opts = (Kind::Float, Device::Cpu);
+        for (shape, cl) in [
+            ([3i64, 5, 7, 6], false),
+            ([3, 5, 7, 6], true),
+            ([2, 16, 2, 3], true),
+            ([1, 3, 33, 2], false),
+            ([40, 8, 16, 16], true),
+        ] {
+            // An offset and a scale, as activations have.
+            let base = Tensor::randn(shape, opts) * 3.0 + 1.5;
+            let x = if cl { channels_last(&base) } else { base }.set_requires_grad(true);
+            for pad in [false, true] {
+                let fused = crate::native::prenorm_leaky(&x, LEAKY_SLOPE, NORM_EPS, pad).unwrap();
+                let want = prenorm_leaky_reference(&x, pad);
+                assert_eq!(fused.size(), want.size());
+                assert_eq!(fused.stride(), channels_last_or_not(&want, cl).stride());
+                let d = max_rel_diff(&fused, &want);
+                assert!(
+                    d < 1e-5,
+                    "{shape:?} cl={cl} pad={pad}: outputs differ by {d}"
+                );
+                let g = Tensor::randn(fused.size(), opts);
+                let grad = |y: &Tensor| {
+                    Tensor::run_backward(&[(y * &g).sum(Kind::Float)], &[&x], false, false)
+                        .remove(0)
+                };
+                let (gf, gw) = (grad(&fused), grad(&want));
+                let d = max_rel_diff(&gf, &gw);
+                assert!(
+                    d < 1e-4,
+                    "{shape:?} cl={cl} pad={pad}: gradients differ by {d}"
+                );
+
+                let threads = tch::get_num_threads();
+                tch::set_num_threads(1);
+                let one = crate::native::prenorm_leaky(&x, LEAKY_SLOPE, NORM_EPS, pad).unwrap();
+                let g_one = grad(&one);
+                tch::set_num_threads(threads);
+                assert!(
+                    one.equal(&fused) && g_one.equal(&gf),
+                    "thread count changed the numbers"
+                );
+            }
+        }
+    }
+
+    fn channels_last_or_not(x: &Tensor, cl: bool) -> Tensor {
+        if cl {
+            channels_last(x)
+        } else {
+            x.contiguous()
+        }
+    }
+
+    #[test]
+    fn native_prenorm_refuses_what_it_cannot_take() {
+        let opts = (Kind::Float, Device::Cpu);
+        let tiny = Tensor::zeros([1, 2, 1, 4], opts);
+        let err = crate::native::prenorm_leaky(&tiny, 0.2, 1e-5, true).unwrap_err();
+        assert!(format!("{err:#}").contains("2x2"), "{err:#}");
+        let doubles = Tensor::zeros([1, 2, 4, 4], (Kind::Double, Device::Cpu));
+        assert!(crate::native::prenorm_leaky(&doubles, 0.2, 1e-5, false).is_err());
+    }
 }

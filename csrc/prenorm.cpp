@@ -1,0 +1,326 @@
+// The front of DIS2's pre-norm convolutions (`general_conv2d_prenorm`) as one autograd op:
+// per-image normalisation over (C, H, W) without affine parameters, LeakyReLU, and optionally the
+// one-pixel reflect padding of the 3x3 convolution that follows.
+//
+// As separate PyTorch ops this takes group_norm, leaky_relu and reflection_pad2d forward and three
+// backward kernels, each a full pass over memory, plus their intermediate tensors. Here the
+// forward reads the input twice (statistics, then output) and writes the padded output once; the
+// backward reads the incoming gradient and the input twice and writes the input gradient once,
+// folding the padding's gradient back row by row in a small buffer. Only the input and two
+// numbers per image are kept for the backward.
+//
+// Layout: an image is P planes of H rows of W pixels of E contiguous elements: channels-last
+// tensors have P = 1 and E = C, contiguous NCHW tensors P = C and E = 1. The output (and the input
+// gradient) keep the input's layout.
+//
+// Sums are taken per row in float (vectorised: `#pragma omp simd` lets the compiler reorder them)
+// and merged per image in double (Chan's formulas), in a fixed
+// order that does not depend on the number of threads: the same input gives the same output.
+#include "common.h"
+
+#include <torch/csrc/autograd/custom_function.h>
+
+#include <ATen/Parallel.h>
+#include <ATen/ops/empty.h>
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+namespace {
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Where the elements of one image lie.
+struct Geometry {
+  int64_t n, planes, h, w, e;
+  bool channels_last;
+
+  int64_t row_len() const { return w * e; }
+  int64_t rows() const { return planes * h; }
+  int64_t image_len() const { return planes * h * w * e; }
+  int64_t padded_row_len() const { return (w + 2) * e; }
+  int64_t padded_image_len() const { return planes * (h + 2) * (w + 2) * e; }
+};
+
+Geometry geometry(const at::Tensor &x) {
+  auto s = x.sizes();
+  bool cl = x.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
+  if (cl) return {s[0], 1, s[2], s[3], s[1], true};
+  return {s[0], s[1], s[2], s[3], 1, false};
+}
+
+// Rows are split into this many chunks per image at most: units of parallel work whose partial
+// sums are merged in order.
+constexpr int64_t kChunksPerImage = 16;
+
+int64_t chunks_per_image(const Geometry &g) { return std::min(kChunksPerImage, g.rows()); }
+
+// Count, mean and sum of squared deviations of a set of values; `merge` is Chan's formula.
+struct Moments {
+  double count = 0, mean = 0, m2 = 0;
+  void merge(const Moments &o) {
+    if (o.count == 0) return;
+    double total = count + o.count;
+    double delta = o.mean - mean;
+    mean += delta * o.count / total;
+    m2 += o.m2 + delta * delta * count * o.count / total;
+    count = total;
+  }
+};
+
+__attribute__((target_clones("avx2", "default"))) Moments row_moments(const float *__restrict x,
+                                                                     int64_t len) {
+  float sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < len; ++i) sum += x[i];
+  float mean = sum / len;
+  float m2 = 0;
+#pragma omp simd reduction(+ : m2)
+  for (int64_t i = 0; i < len; ++i) {
+    float d = x[i] - mean;
+    m2 += d * d;
+  }
+  return {static_cast<double>(len), mean, m2};
+}
+
+// `out[i] = leaky((x[i] - mean) * rstd)`.
+__attribute__((target_clones("avx2", "default"))) void normalise_row(const float *__restrict x,
+                                                                    float *__restrict out,
+                                                                    int64_t len, float mean,
+                                                                    float rstd, float slope) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    float z = (x[i] - mean) * rstd;
+    // Branch-free LeakyReLU, exact: z + slope·0 for z > 0, 0 + slope·z otherwise.
+    out[i] = std::max(z, 0.0f) + slope * std::min(z, 0.0f);
+  }
+}
+
+// Runs `f(image, first_row, end_row, unit)` over every chunk of rows of every image.
+template <typename F> void for_each_chunk(const Geometry &g, F f) {
+  int64_t chunks = chunks_per_image(g);
+  int64_t per_chunk = (g.rows() + chunks - 1) / chunks;
+  at::parallel_for(0, g.n * chunks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t unit = begin; unit < end; ++unit) {
+      int64_t image = unit / chunks, chunk = unit % chunks;
+      int64_t first = chunk * per_chunk, last = std::min(g.rows(), first + per_chunk);
+      if (first < last) f(image, first, last, unit);
+    }
+  });
+}
+
+// Per-image mean and 1/sqrt(var + eps) (biased variance), as float tensors [N].
+std::pair<at::Tensor, at::Tensor> image_stats(const at::Tensor &x, const Geometry &g, double eps) {
+  int64_t chunks = chunks_per_image(g);
+  std::vector<Moments> partial(g.n * chunks);
+  const float *data = x.const_data_ptr<float>();
+  for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t unit) {
+    Moments m;
+    for (int64_t r = first; r < last; ++r) {
+      m.merge(row_moments(data + image * g.image_len() + r * g.row_len(), g.row_len()));
+    }
+    partial[unit] = m;
+  });
+  auto mean = at::empty({g.n}, x.options());
+  auto rstd = at::empty({g.n}, x.options());
+  float *mean_p = mean.data_ptr<float>(), *rstd_p = rstd.data_ptr<float>();
+  for (int64_t i = 0; i < g.n; ++i) {
+    Moments m;
+    for (int64_t c = 0; c < chunks; ++c) m.merge(partial[i * chunks + c]);
+    mean_p[i] = static_cast<float>(m.mean);
+    rstd_p[i] = static_cast<float>(1.0 / std::sqrt(m.m2 / m.count + eps));
+  }
+  return {mean, rstd};
+}
+
+// Reflect index for a one-pixel pad: -1 -> 1, len -> len - 2.
+inline int64_t reflect(int64_t i, int64_t len) { return i < 0 ? -i : (i >= len ? 2 * len - 2 - i : i); }
+
+at::Tensor forward_kernel(const at::Tensor &x, const Geometry &g, const at::Tensor &mean,
+                          const at::Tensor &rstd, float slope, bool pad) {
+  auto sizes = x.sizes().vec();
+  if (pad) {
+    sizes[2] += 2;
+    sizes[3] += 2;
+  }
+  auto format = g.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  auto out = at::empty(sizes, x.options().memory_format(format));
+  const float *in = x.const_data_ptr<float>();
+  float *o = out.data_ptr<float>();
+  const float *mean_p = mean.const_data_ptr<float>(), *rstd_p = rstd.const_data_ptr<float>();
+  for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t) {
+    float mu = mean_p[image], r = rstd_p[image];
+    const float *src = in + image * g.image_len();
+    if (!pad) {
+      float *dst = o + image * g.image_len();
+      normalise_row(src + first * g.row_len(), dst + first * g.row_len(),
+                    (last - first) * g.row_len(), mu, r, slope);
+      return;
+    }
+    float *dst = o + image * g.padded_image_len();
+    const int64_t e = g.e, w = g.w, h = g.h, prl = g.padded_row_len();
+    for (int64_t row = first; row < last; ++row) {
+      int64_t plane = row / h, y = row % h;
+      float *plane_out = dst + plane * (h + 2) * prl;
+      // The padded rows this source row fills: its own, and the top or bottom border when it is
+      // row 1 or row h - 2.
+      int64_t targets[3] = {y + 1, -1, -1};
+      if (y == 1) targets[1] = 0;
+      if (y == h - 2) targets[2] = h + 1;
+      float *own = plane_out + (y + 1) * prl;
+      normalise_row(src + row * g.row_len(), own + e, w * e, mu, r, slope);
+      std::copy(own + 2 * e, own + 3 * e, own);                        // left: pixel 1
+      std::copy(own + (w - 1) * e, own + w * e, own + (w + 1) * e);   // right: pixel w - 2
+      for (int t = 1; t < 3; ++t) {
+        if (targets[t] >= 0) std::copy(own, own + prl, plane_out + targets[t] * prl);
+      }
+    }
+  });
+  return out;
+}
+
+// The gradient of row `row` of the unpadded image, folded from the padded gradient `gy` (the
+// image's block) into `buf` (`w * e` floats).
+void fold_row(const float *gy, const Geometry &g, int64_t row, float *buf) {
+  const int64_t e = g.e, w = g.w, h = g.h, prl = g.padded_row_len();
+  int64_t plane = row / h, y = row % h;
+  const float *plane_g = gy + plane * (h + 2) * prl;
+  auto add_padded_row = [&](int64_t padded, bool first) {
+    const float *src = plane_g + padded * prl;
+    if (first) {
+      std::copy(src + e, src + (w + 1) * e, buf);
+    } else {
+      for (int64_t i = 0; i < w * e; ++i) buf[i] += src[e + i];
+    }
+    for (int64_t i = 0; i < e; ++i) {
+      buf[e + i] += src[i];                          // padded pixel 0 is pixel 1
+      buf[(w - 2) * e + i] += src[(w + 1) * e + i];  // padded pixel w + 1 is pixel w - 2
+    }
+  };
+  add_padded_row(y + 1, true);
+  if (y == 1) add_padded_row(0, false);
+  if (y == h - 2) add_padded_row(h + 1, false);
+}
+
+// Sums of gz and gz·z over a row, gz being the gradient before the LeakyReLU.
+__attribute__((target_clones("avx2", "default"))) std::pair<float, float> backward_row_sums(
+    const float *__restrict x, const float *__restrict gy, int64_t len, float mean, float rstd,
+    float slope) {
+  float s = 0, sz = 0;
+#pragma omp simd reduction(+ : s, sz)
+  for (int64_t i = 0; i < len; ++i) {
+    float z = (x[i] - mean) * rstd;
+    float g = gy[i];
+    float gz = z > 0 ? g : g * slope;
+    s += gz;
+    sz += gz * z;
+  }
+  return {s, sz};
+}
+
+// `gx = rstd · (gz - mean(gz) - z · mean(gz·z))`.
+__attribute__((target_clones("avx2", "default"))) void backward_row(
+    const float *__restrict x, const float *__restrict gy, float *__restrict gx, int64_t len,
+    float mean, float rstd, float slope, float mean_gz, float mean_gzz) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    float z = (x[i] - mean) * rstd;
+    float g = gy[i];
+    float gz = z > 0 ? g : g * slope;
+    gx[i] = rstd * (gz - mean_gz - z * mean_gzz);
+  }
+}
+
+at::Tensor backward_kernel(const at::Tensor &x, const at::Tensor &grad, const Geometry &g,
+                           const at::Tensor &mean, const at::Tensor &rstd, float slope, bool pad) {
+  auto format = g.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+  auto gy = grad.contiguous(format);
+  auto gx = at::empty(x.sizes(), x.options().memory_format(format));
+  const float *in = x.const_data_ptr<float>(), *gp = gy.const_data_ptr<float>();
+  float *out = gx.data_ptr<float>();
+  const float *mean_p = mean.const_data_ptr<float>(), *rstd_p = rstd.const_data_ptr<float>();
+  const int64_t len = g.row_len();
+  const int64_t grad_image_len = pad ? g.padded_image_len() : g.image_len();
+  // The incoming gradient of one row: folded from the padding into a buffer, or read in place.
+  auto row_grad = [&](int64_t image, int64_t row, std::vector<float> &buf) -> const float * {
+    const float *image_g = gp + image * grad_image_len;
+    if (!pad) return image_g + row * len;
+    fold_row(image_g, g, row, buf.data());
+    return buf.data();
+  };
+  int64_t chunks = chunks_per_image(g);
+  std::vector<double> sum_gz(g.n * chunks, 0.0), sum_gzz(g.n * chunks, 0.0);
+  for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t unit) {
+    std::vector<float> buf(pad ? len : 0);
+    double s = 0, sz = 0;
+    for (int64_t row = first; row < last; ++row) {
+      auto [a, b] = backward_row_sums(in + image * g.image_len() + row * len,
+                                      row_grad(image, row, buf), len, mean_p[image],
+                                      rstd_p[image], slope);
+      s += a;
+      sz += b;
+    }
+    sum_gz[unit] = s;
+    sum_gzz[unit] = sz;
+  });
+  std::vector<float> mean_gz(g.n), mean_gzz(g.n);
+  for (int64_t i = 0; i < g.n; ++i) {
+    double s = 0, sz = 0;
+    for (int64_t c = 0; c < chunks; ++c) {
+      s += sum_gz[i * chunks + c];
+      sz += sum_gzz[i * chunks + c];
+    }
+    mean_gz[i] = static_cast<float>(s / g.image_len());
+    mean_gzz[i] = static_cast<float>(sz / g.image_len());
+  }
+  for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t) {
+    std::vector<float> buf(pad ? len : 0);
+    for (int64_t row = first; row < last; ++row) {
+      int64_t offset = image * g.image_len() + row * len;
+      backward_row(in + offset, row_grad(image, row, buf), out + offset, len, mean_p[image],
+                   rstd_p[image], slope, mean_gz[image], mean_gzz[image]);
+    }
+  });
+  return gx;
+}
+
+struct PreNormLeaky : public torch::autograd::Function<PreNormLeaky> {
+  static at::Tensor forward(AutogradContext *ctx, const at::Tensor &input, double slope,
+                            double eps, bool pad) {
+    TORCH_CHECK(input.dim() == 4 && input.scalar_type() == at::kFloat && input.is_cpu(),
+                "prenorm_leaky: expected a float32 CPU tensor [N, C, H, W], got ",
+                input.sizes(), " ", input.scalar_type(), " on ", input.device());
+    TORCH_CHECK(!pad || (input.size(2) >= 2 && input.size(3) >= 2),
+                "prenorm_leaky: reflect padding needs at least 2x2 pixels, got ", input.sizes());
+    auto x = input.contiguous(input.suggest_memory_format());
+    Geometry g = geometry(x);
+    auto [mean, rstd] = image_stats(x, g, eps);
+    auto out = forward_kernel(x, g, mean, rstd, static_cast<float>(slope), pad);
+    ctx->save_for_backward({x, mean, rstd});
+    ctx->saved_data["slope"] = slope;
+    ctx->saved_data["pad"] = pad;
+    return out;
+  }
+
+  static variable_list backward(AutogradContext *ctx, variable_list grads) {
+    auto saved = ctx->get_saved_variables();
+    const auto &x = saved[0];
+    float slope = static_cast<float>(ctx->saved_data["slope"].toDouble());
+    bool pad = ctx->saved_data["pad"].toBool();
+    auto gx = backward_kernel(x, grads[0], geometry(x), saved[1], saved[2], slope, pad);
+    return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+extern "C" {
+
+// leaky(normalise(x)) per image, reflect-padded by one pixel when `pad`; autograd-aware.
+void *dis2_prenorm_leaky(void *x, double slope, double eps, bool pad, char **error) {
+  return dis2::new_tensor_or_error(
+      error, [&] { return PreNormLeaky::apply(dis2::tensor(x), slope, eps, pad); });
+}
+}
