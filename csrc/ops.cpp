@@ -2,12 +2,21 @@
 #include "common.h"
 
 #include <ATen/ops/leaky_relu.h>
+#include <torch/csrc/autograd/autograd.h>
 
 extern "C" {
 
 // LeakyReLU with the given negative slope (autograd-aware: PyTorch's own kernel and backward).
 void *dis2_leaky_relu(void *self, double slope, char **error) {
   return dis2::new_tensor_or_error(error, [&] { return at::leaky_relu(dis2::tensor(self), slope); });
+}
+
+// Backward pass from several roots at once, root i seeded with `grads[i]`
+// (`torch.autograd.backward(tensors, grad_tensors)`), accumulating into the leaves' gradients.
+int dis2_backward(void *const *roots, void *const *grads, int64_t n, char **error) {
+  return dis2::status_or_error(error, [&] {
+    torch::autograd::backward(dis2::tensors(roots, n), dis2::tensors(grads, n));
+  });
 }
 
 void dis2_free_error(char *error) { std::free(error); }

@@ -43,6 +43,12 @@ extern "C" {
         pad: bool,
         error: *mut *mut c_char,
     ) -> *mut c_void;
+    fn dis2_backward(
+        roots: *const *mut c_void,
+        grads: *const *mut c_void,
+        n: i64,
+        error: *mut *mut c_char,
+    ) -> i32;
     fn dis2_clear_grads(params: *const *mut c_void, n: i64, error: *mut *mut c_char) -> i32;
     fn dis2_free_error(error: *mut c_char);
 }
@@ -143,6 +149,19 @@ pub fn sgd_step(
         )
     };
     check(status, error, "sgd_step")
+}
+
+/// The backward pass from several roots at once, root i seeded with `grads[i]` (PyTorch's
+/// `torch.autograd.backward(roots, grads)`); gradients accumulate into the leaves.
+pub fn backward(roots: &[&Tensor], grads: &[&Tensor]) -> Result<()> {
+    if roots.len() != grads.len() {
+        bail!("backward: {} roots, {} gradients", roots.len(), grads.len());
+    }
+    let (r, g) = (handles(roots), handles(grads));
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: both arrays hold valid tensor handles alive for the call.
+    let status = unsafe { dis2_backward(r.as_ptr(), g.as_ptr(), r.len() as i64, &mut error) };
+    check(status, error, "backward")
 }
 
 /// Drops the gradients of `params` (PyTorch's `zero_grad(set_to_none=True)`): the next backward

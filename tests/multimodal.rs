@@ -199,7 +199,7 @@ fn training_gradients_reach_teacher_and_this_student_only() {
     let s = Scenario::new(vec![2], 3).unwrap();
     let (vs, net) = build(&ch);
     let out = net.forward_train(&s, &all, true).unwrap();
-    training_loss(&out, &target, 5.0).total.backward();
+    training_loss(&out, &target, 5.0).backward(&out).unwrap();
     let (yes, no) = reached(&vs);
     let key = format!("students.{}.", s.key());
     // The teacher's DLKD pools only ever see detached features: nothing trains them.
@@ -311,4 +311,57 @@ fn attention_maps_of_teacher_and_student_are_distributions_over_pixels() {
     // The teacher needs every modality.
     let err = net.attention_maps(None, &given).unwrap_err().to_string();
     assert!(err.contains("not given"), "{err}");
+}
+
+/// The joint backward pass with the teacher's and the student's branches as separate graphs on
+/// two threads gives the gradients of one backward pass over the whole graph (to float rounding),
+/// and the same bits every time.
+#[test]
+fn split_branch_backward_equals_the_whole_graph() {
+    let ch = [4, 1, 1];
+    let x = inputs(&ch);
+    let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
+    let target = one_hot(
+        &Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu)),
+        5,
+    )
+    .unwrap();
+    let s = Scenario::new(vec![1], 3).unwrap();
+    let grads = |split: bool| -> Vec<(String, Tensor)> {
+        let (vs, net) = build(&ch);
+        // Inference-mode layers (no dropout): tests running alongside draw from the same
+        // random generator, so two training-mode forwards would not see the same masks.
+        let out = net.forward_train_with(&s, &all, false, split).unwrap();
+        assert_eq!(out.branch_inputs.as_ref().unwrap().is_split(), split);
+        training_loss(&out, &target, 5.0).backward(&out).unwrap();
+        let mut g: Vec<(String, Tensor)> = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.grad().defined())
+            .map(|(n, t)| (n, t.grad().copy()))
+            .collect();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        g
+    };
+    let whole = grads(false);
+    let split = grads(true);
+    let again = grads(true);
+    assert_eq!(
+        whole.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        split.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+        "the same parameters get gradients"
+    );
+    assert!(whole.iter().any(|(n, _)| n.starts_with("encoders.")));
+    for ((name, w), (_, g)) in whole.iter().zip(&split) {
+        // Biases in front of a BatchNorm have a true gradient of 0 (float noise around it).
+        let scale = w.abs().max().double_value(&[]).max(1e-6);
+        let d = (w - g).abs().max().double_value(&[]);
+        assert!(
+            d <= 1e-4 * scale,
+            "{name}: gradients differ by {d} (scale {scale})"
+        );
+    }
+    for ((name, a), (_, b)) in split.iter().zip(&again) {
+        assert!(a.equal(b), "{name}: two split runs differ");
+    }
 }

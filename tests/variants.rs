@@ -241,7 +241,7 @@ fn variant_training_forwards_are_finite_and_reach_their_parameters() {
             assert!(t.double_value(&[]).is_finite(), "{what}: {t:?}");
         }
         assert!(terms.kd.double_value(&[]) > 0.0, "{what}: no DLKD term");
-        terms.total.backward();
+        terms.backward(&out).unwrap();
         // The teacher's DLKD pools only ever see detached features: nothing trains them.
         assert_reached_exactly(
             &vs,

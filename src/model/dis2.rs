@@ -33,7 +33,8 @@
 //!   attention `[B, K, H/16, W/16]` (the paper's qualitative figure, `dis2 eval --attention-maps`).
 //! - [`Dis2Net::forward_train`]`(&scenario, &inputs, train)` runs teacher and student together as
 //!   the reference training does and returns [`TrainOutputs`], which
-//!   [`super::losses::training_loss`] turns into the objective.
+//!   [`super::losses::training_loss`] turns into the objective; its `backward` runs the teacher's
+//!   and the student's backward passes side by side on the CPU ([`super::joint`]).
 //!
 //! Inference outputs are contiguous; the training outputs may be stored channels-last (the
 //! network computes in that layout), so reshape them rather than `view`.
@@ -54,6 +55,7 @@ use super::config::{DecoderKind, ModelConfig};
 use super::decoder::{ClassWiseDecoder, DecoderOutputs};
 use super::encoder::{Encoder, Features};
 use super::fusion::{Fused, HierarchicalFusion};
+use super::joint::BranchInputs;
 use super::losses::{kd_logits_loss, l2_kd_loss, orthogonality_loss, sum_scalars};
 use super::plain_decoder::PlainDecoder;
 use super::pool::LevelPools;
@@ -169,6 +171,10 @@ pub struct TrainOutputs {
     /// Orthogonality loss (the reference's `diversity_loss`), summed over levels 1..3 and over
     /// every (missing, available) modality pair.
     pub orth_loss: Tensor,
+    /// The encoder features and each branch's leaf copies of them, for
+    /// [`super::joint::backward_joint`] (`None` when the encoders ran without a graph, as in
+    /// [`Dis2Net::forward_distill`]).
+    pub branch_inputs: Option<BranchInputs>,
 }
 
 /// The DIS2 network. See the module documentation.
@@ -551,6 +557,23 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
         train: bool,
     ) -> Result<TrainOutputs> {
+        let on_cpu = inputs
+            .iter()
+            .flatten()
+            .all(|x| x.device() == tch::Device::Cpu);
+        self.forward_train_with(scenario, inputs, train, on_cpu)
+    }
+
+    /// [`Self::forward_train`] with the choice of splitting the branches' graphs made by the
+    /// caller (`forward_train` splits them on the CPU, where [`super::joint`] runs their backward
+    /// passes on two threads, and not on a GPU).
+    pub fn forward_train_with(
+        &self,
+        scenario: &Scenario,
+        inputs: &[Option<&Tensor>],
+        train: bool,
+        split_branches: bool,
+    ) -> Result<TrainOutputs> {
         let st = self.student(scenario)?;
         let m = self.cfg.modalities.len();
         let all: Vec<usize> = (0..m).collect();
@@ -568,17 +591,20 @@ impl Dis2Net {
             .filter_map(|(e, f)| f.as_ref().and_then(|f| e.aux_prediction(f, train)))
             .collect();
 
-        let teacher_slots: Vec<&Features> = enc.iter().flatten().collect();
+        // On the CPU each branch reads its own copy of the encoder features, so that the two
+        // backward passes can run side by side (see `joint`).
+        let split = BranchInputs::new(enc, split_branches);
+        let teacher_slots: Vec<&Features> = split.teacher.iter().flatten().collect();
         let (t_fused, t_out) = self.teacher.forward(&teacher_slots, train, true);
 
         let comp = self.compensation(st, inputs, train);
-        let slots = self.slots(st, &enc, &comp)?;
+        let slots = self.slots(st, &split.student, &comp)?;
         let (s_fused, s_out) = st.branch.forward(&slots, train, true);
 
         // DLKD: the teacher side is detached, so its pools need no graph.
         let t_pooled = tch::no_grad(|| self.teacher.fuse_pool.forward(&t_fused.levels));
         let kd = Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
-        let orth = self.orthogonality(st, &enc, &comp);
+        let orth = self.orthogonality(st, &split.student, &comp);
 
         Ok(TrainOutputs {
             aux_preds,
@@ -586,6 +612,7 @@ impl Dis2Net {
             student: s_out,
             kd_loss: kd,
             orth_loss: orth,
+            branch_inputs: Some(split),
         })
     }
 }
@@ -666,6 +693,7 @@ impl Dis2Net {
             student: s_out,
             kd_loss: kd,
             orth_loss: orth,
+            branch_inputs: None,
         })
     }
 

@@ -9,6 +9,7 @@ use anyhow::{bail, Result};
 use tch::{Kind, Reduction, Tensor};
 
 use super::dis2::TrainOutputs;
+use super::joint::JointLoss;
 
 /// Temperature of the logit distillation.
 pub const KD_TEMPERATURE: f64 = 2.0;
@@ -168,9 +169,11 @@ pub fn sum_scalars(terms: &[Tensor]) -> Tensor {
     }
 }
 
-/// The terms of the training objective, each a scalar tensor; only `total` keeps the graph.
+/// The terms of the training objective, each a detached scalar; [`LossTerms::backward`] runs the
+/// backward pass of the whole objective.
 #[derive(Debug)]
 pub struct LossTerms {
+    /// The whole objective (its value).
     pub total: Tensor,
     /// Teacher (full-modality) prediction: WCE + Dice.
     pub teacher: Tensor,
@@ -186,43 +189,66 @@ pub struct LossTerms {
     pub kd: Tensor,
     /// Orthogonality loss.
     pub orth: Tensor,
+    /// The objective with its graph, in the parts [`JointLoss::backward`] needs.
+    parts: JointLoss,
+}
+
+impl LossTerms {
+    /// The backward pass of the objective; `out` is what the forward pass returned.
+    pub fn backward(&self, out: &TrainOutputs) -> Result<()> {
+        match &out.branch_inputs {
+            Some(inputs) => self.parts.backward(inputs, 1.0),
+            None => Ok(self.parts.total_with_graph().f_backward()?),
+        }
+    }
 }
 
 /// The reference objective (`cal_train_loss`): teacher + student + every auxiliary loss +
 /// `kd_weight · kd` + orth + both deep-supervision sums. The reference uses `kd_weight` 5 after
 /// epoch 5 and 0 before. `target`: one-hot `[B, K, H, W]`.
 pub fn training_loss(out: &TrainOutputs, target: &Tensor, kd_weight: f64) -> LossTerms {
-    // Every segmentation loss in one batched computation: teacher, student, auxiliaries, then
-    // the teacher's and the student's four scales.
-    let m = out.aux_preds.len() as i64;
-    let ts = out.teacher.scale_preds.len() as i64;
-    let ss = out.student.scale_preds.len() as i64;
-    let mut preds: Vec<&Tensor> = vec![&out.teacher.pred, &out.student.pred];
-    preds.extend(out.aux_preds.iter());
-    preds.extend(out.teacher.scale_preds.iter());
-    preds.extend(out.student.scale_preds.iter());
-    let losses = seg_losses(&preds, target);
-    let mut terms = vec![losses.sum(Kind::Float), out.orth_loss.shallow_clone()];
+    // Batched segmentation losses per part of the network: the auxiliary decoders (encoders),
+    // the teacher's prediction and scales, the student's prediction and scales.
+    let with_scales = |pred: &Tensor, scales: &[Tensor]| {
+        let preds: Vec<&Tensor> = std::iter::once(pred).chain(scales).collect();
+        let losses = seg_losses(&preds, target);
+        let value = losses.detach();
+        (
+            losses.sum(Kind::Float),
+            value.get(0),
+            value.narrow(0, 1, scales.len() as i64).sum(Kind::Float),
+        )
+    };
+    let aux_refs: Vec<&Tensor> = out.aux_preds.iter().collect();
+    let aux = if aux_refs.is_empty() {
+        Tensor::zeros([0], (Kind::Float, target.device()))
+    } else {
+        seg_losses(&aux_refs, target)
+    };
+    let (teacher_part, teacher, teacher_scales) =
+        with_scales(&out.teacher.pred, &out.teacher.scale_preds);
+    let (student_seg, student, student_scales) =
+        with_scales(&out.student.pred, &out.student.scale_preds);
+    let mut student_terms = vec![student_seg, out.orth_loss.shallow_clone()];
     if kd_weight != 0.0 {
-        terms.push(&out.kd_loss * kd_weight);
+        student_terms.push(&out.kd_loss * kd_weight);
     }
-    let total = sum_scalars(&terms);
-    let losses = losses.detach();
-    let part = |start: i64, len: i64| losses.narrow(0, start, len).sum(Kind::Float);
-    let teacher = losses.get(0);
-    let student = losses.get(1);
-    let aux = (0..m).map(|i| losses.get(2 + i)).collect();
-    let teacher_scales = part(2 + m, ts);
-    let student_scales = part(2 + m + ts, ss);
+    let parts = JointLoss {
+        encoder: aux.sum(Kind::Float),
+        teacher: teacher_part,
+        student: sum_scalars(&student_terms),
+    };
+    let aux = aux.detach();
     LossTerms {
-        total,
+        total: parts.total(),
         teacher,
         student,
-        aux,
+        aux: (0..aux.size()[0]).map(|i| aux.get(i)).collect(),
         teacher_scales,
         student_scales,
         kd: out.kd_loss.detach(),
         orth: out.orth_loss.detach(),
+        parts,
     }
 }
 

@@ -8,6 +8,7 @@ pub mod dis2;
 pub mod encoder;
 pub mod fusion;
 pub mod import;
+pub mod joint;
 pub mod layers;
 pub mod losses;
 pub mod plain_decoder;

@@ -9,6 +9,7 @@ use anyhow::Result;
 use tch::{Kind, Tensor};
 
 use crate::model::dis2::{TeacherOutputs, TrainOutputs};
+use crate::model::joint::{BranchInputs, JointLoss};
 use crate::model::losses::{one_hot, seg_losses_weighted, sum_scalars};
 
 /// What the segmentation losses compare against.
@@ -40,8 +41,28 @@ pub fn masked_target(
 
 /// A loss and its named parts (detached scalars, for logs).
 pub struct Objective {
+    /// The loss (with its graph unless the backward pass is [`Backward::Joint`]).
     pub total: Tensor,
     pub terms: Vec<(String, Tensor)>,
+    backward: Backward,
+}
+
+/// How [`Objective::backward`] runs.
+enum Backward {
+    /// One backward pass from `total`.
+    Whole,
+    /// Teacher and student branches as separate graphs ([`JointLoss::backward`]).
+    Joint(JointLoss, BranchInputs),
+}
+
+impl Objective {
+    /// The backward pass of `scale` times the loss, accumulating into the parameters' gradients.
+    pub fn backward(&self, scale: f64) -> Result<()> {
+        match &self.backward {
+            Backward::Whole => Ok((&self.total * scale).f_backward()?),
+            Backward::Joint(parts, inputs) => parts.backward(inputs, scale),
+        }
+    }
 }
 
 /// Segmentation losses of named predictions, one batched computation; returns the per-name
@@ -82,6 +103,7 @@ fn finish(weighted: Vec<(String, Tensor, f64)>) -> Objective {
             .into_iter()
             .map(|(n, t, _)| (n, t.detach()))
             .collect(),
+        backward: Backward::Whole,
     }
 }
 
@@ -154,7 +176,8 @@ pub fn distill_objective(
     with_distillation(&preds, out, target, kd_weight, orth_weight)
 }
 
-/// `distill --joint`: the reference objective, teacher and student together.
+/// `distill --joint`: the reference objective, teacher and student together. Its backward pass
+/// runs the two branches side by side where the forward pass split them (on the CPU).
 pub fn joint_objective(
     out: &TrainOutputs,
     modality_names: &[String],
@@ -163,9 +186,44 @@ pub fn joint_objective(
     orth_weight: f64,
 ) -> Objective {
     let t = &out.teacher;
-    let mut preds = teacher_preds(&t.pred, &out.aux_preds, &t.scale_preds, modality_names);
-    preds.extend(student_preds(out));
-    with_distillation(&preds, out, target, kd_weight, orth_weight)
+    let aux = teacher_preds(&t.pred, &out.aux_preds, &[], modality_names);
+    let encoder = finish(
+        group(named_seg_losses(&aux[1..], target))
+            .into_iter()
+            .map(|(n, t)| (n, t, 1.0))
+            .collect(),
+    );
+    let teacher = finish(
+        group(named_seg_losses(
+            &teacher_preds(&t.pred, &[], &t.scale_preds, &[]),
+            target,
+        ))
+        .into_iter()
+        .map(|(n, t)| (n, t, 1.0))
+        .collect(),
+    );
+    let student = with_distillation(&student_preds(out), out, target, kd_weight, orth_weight);
+    let parts = JointLoss {
+        encoder: encoder.total,
+        teacher: teacher.total,
+        student: student.total,
+    };
+    // The terms in the order of the other objectives: teacher, auxiliaries, scales, student.
+    let mut terms = teacher.terms;
+    terms.splice(1..1, encoder.terms);
+    terms.extend(student.terms);
+    let (total, backward) = match &out.branch_inputs {
+        Some(inputs) => (
+            parts.total(),
+            Backward::Joint(parts, inputs.shallow_clone()),
+        ),
+        None => (parts.total_with_graph(), Backward::Whole),
+    };
+    Objective {
+        total,
+        terms,
+        backward,
+    }
 }
 
 #[cfg(test)]

@@ -280,7 +280,7 @@ impl Trainer {
                 tch::manual_seed((seed >> 1) as i64);
                 let objective = self.batch_objective(&batch, epoch, b)?;
                 self.check_finite(&objective, epoch)?;
-                (&objective.total / accumulate as f64).backward();
+                objective.backward(1.0 / accumulate as f64)?;
                 for (name, t) in &objective.terms {
                     *sums.entry(name.clone()).or_default() +=
                         t.double_value(&[]) / accumulate as f64;
