@@ -78,10 +78,18 @@ fn torch_lib_dir() -> Result<(PathBuf, String), String> {
 }
 
 /// The C++ sources of the native ops, compiled into one static library.
-const NATIVE_SOURCES: [&str; 2] = ["csrc/ops.cpp", "csrc/optim.cpp"];
+const NATIVE_SOURCES: [&str; 3] = ["csrc/ops.cpp", "csrc/optim.cpp", "csrc/seg_loss.cpp"];
 
-/// Compiles the `csrc/*.cpp` sources (native ops tch does not expose, see `src/model/native.rs`) against
+/// Compiles the `csrc/*.cpp` sources (native ops tch does not expose, see `src/native.rs`) against
 /// the libtorch headers next to `lib_dir`; libtorch itself is linked by `torch-sys`.
+///
+/// With `-fopenmp`: libtorch's `at::parallel_for` is an inline template that runs on OpenMP
+/// (libtorch's intra-op thread pool), and without it the kernels' parallel loops would run on one
+/// thread. The OpenMP runtime linked is libtorch's own `libgomp.so.1` when it ships one, so that
+/// the process has one OpenMP runtime and one thread pool. `-O3` and `-fno-trapping-math` (no
+/// code looks at floating-point exception flags; the values are unchanged) let GCC vectorise the
+/// loss kernels' inner loops, including their selects; no `-march`: the binary must run on any
+/// x86-64.
 fn compile_native_ops(lib_dir: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc");
     let include = lib_dir
@@ -97,8 +105,16 @@ fn compile_native_ops(lib_dir: &std::path::Path) {
         .flag("-std=c++17")
         .flag_if_supported("-w")
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
-        .opt_level(2)
+        .flag("-fopenmp")
+        .flag("-fno-trapping-math")
+        .opt_level(3)
         .compile("dis2_ops");
+    let gomp = lib_dir.join("libgomp.so.1");
+    if gomp.exists() {
+        println!("cargo:rustc-link-arg={}", gomp.display());
+    } else {
+        println!("cargo:rustc-link-arg=-fopenmp");
+    }
 }
 
 /// A dependency's version as resolved in `Cargo.lock`, for `dis2 info`.
