@@ -78,10 +78,24 @@ fn torch_lib_dir() -> Result<(PathBuf, String), String> {
 }
 
 /// The C++ sources of the native ops, compiled into one static library.
-const NATIVE_SOURCES: [&str; 3] = ["csrc/ops.cpp", "csrc/optim.cpp", "csrc/prenorm.cpp"];
+const NATIVE_SOURCES: [&str; 4] = [
+    "csrc/ops.cpp",
+    "csrc/optim.cpp",
+    "csrc/prenorm.cpp",
+    "csrc/seg_loss.cpp",
+];
 
-/// Compiles the `csrc/*.cpp` sources (native ops tch does not expose, see `src/model/native.rs`) against
+/// Compiles the `csrc/*.cpp` sources (native ops tch does not expose, see `src/native.rs`) against
 /// the libtorch headers next to `lib_dir`; libtorch itself is linked by `torch-sys`.
+///
+/// With `-fopenmp`: libtorch's `at::parallel_for` is an inline template that runs on OpenMP
+/// (libtorch's intra-op thread pool), and without it the kernels' parallel loops would run on one
+/// thread. The OpenMP runtime linked is libtorch's own `libgomp.so.1` when it ships one, so that
+/// the process has one OpenMP runtime and one thread pool. `-O3` and `-fno-trapping-math` (no
+/// code looks at floating-point exception flags; the values are unchanged) let GCC vectorise the
+/// kernels' inner loops, including their selects (`#pragma omp simd` marks the reductions whose
+/// order may change); no `-march`: the binary must run on any
+/// x86-64.
 fn compile_native_ops(lib_dir: &std::path::Path) {
     println!("cargo:rerun-if-changed=csrc");
     let include = lib_dir
@@ -94,17 +108,19 @@ fn compile_native_ops(lib_dir: &std::path::Path) {
         .cpp(true)
         .files(NATIVE_SOURCES)
         .include(&include)
-        .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag_if_supported("-w")
-        // `#pragma omp simd` reductions vectorise (no OpenMP runtime is involved).
-        .flag_if_supported("-fopenmp-simd")
-        // Lets the compiler turn the LeakyReLU selects into vector blends (nothing here reads the
-        // floating-point exception flags).
-        .flag_if_supported("-fno-trapping-math")
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
+        .flag("-fopenmp")
+        .flag("-fno-trapping-math")
         .opt_level(3)
         .compile("dis2_ops");
+    let gomp = lib_dir.join("libgomp.so.1");
+    if gomp.exists() {
+        println!("cargo:rustc-link-arg={}", gomp.display());
+    } else {
+        println!("cargo:rustc-link-arg=-fopenmp");
+    }
 }
 
 /// A dependency's version as resolved in `Cargo.lock`, for `dis2 info`.

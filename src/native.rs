@@ -1,5 +1,6 @@
 //! Native ops compiled from `csrc/*.cpp` against libtorch: PyTorch kernels that tch 0.26 does not
-//! expose (LeakyReLU with a slope, the fused optimiser steps).
+//! expose (LeakyReLU with a slope, the fused optimiser steps) and DIS2's own fused CPU kernel of
+//! the segmentation losses (`csrc/seg_loss.cpp`).
 //!
 //! Every C function takes tch's tensor handles and reports a C++ exception through an error
 //! string, which [`check`] turns into a Rust error.
@@ -49,6 +50,13 @@ extern "C" {
         n: i64,
         error: *mut *mut c_char,
     ) -> i32;
+    fn dis2_seg_losses(
+        preds: *const *mut c_void,
+        n: i64,
+        target: *mut c_void,
+        weights: *mut c_void,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
     fn dis2_clear_grads(params: *const *mut c_void, n: i64, error: *mut *mut c_char) -> i32;
     fn dis2_free_error(error: *mut c_char);
 }
@@ -108,6 +116,30 @@ pub fn prenorm_leaky(x: &Tensor, slope: f64, eps: f64, pad: bool) -> Result<Tens
     // SAFETY: `x` is a valid tensor handle for the duration of the call.
     let out = unsafe { dis2_prenorm_leaky(x.as_ptr() as *mut c_void, slope, eps, pad, &mut error) };
     tensor_or_error(out, error, "prenorm_leaky")
+}
+
+/// The weighted cross-entropy + Dice losses `[N]` of N probability maps `preds` (float32 on the
+/// CPU, each of `target`'s shape `[B, K, H, W]`) against the float32 one-hot `target`, with the
+/// cross-entropy weights `weights` `[B, K]` (see `model::losses::seg_losses_weighted`) as one
+/// autograd op: a fused C++ kernel that reads each prediction once forward and once backward and
+/// writes the gradients directly (no double backward). Predictions and target may be contiguous
+/// or channels-last, read in place; the gradient of each has its layout (other layouts are read
+/// from a contiguous copy). Deterministic, whatever the number of threads.
+pub fn seg_losses(preds: &[&Tensor], target: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let p = handles(preds);
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `p` holds valid tensor handles, `target` and `weights` are valid; all alive for the
+    // call.
+    let out = unsafe {
+        dis2_seg_losses(
+            p.as_ptr(),
+            p.len() as i64,
+            target.as_ptr() as *mut c_void,
+            weights.as_ptr() as *mut c_void,
+            &mut error,
+        )
+    };
+    tensor_or_error(out, error, "seg_losses")
 }
 
 /// One SGD step over all `params` at once (PyTorch's fused kernel): per parameter,

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use dis2::model::import::load_reference_state_dict;
-use dis2::model::losses::{dice_loss, one_hot, softmax_weighted_loss};
+use dis2::model::losses::{dice_loss, one_hot, seg_losses, softmax_weighted_loss};
 use dis2::model::{Dis2Net, Scenario};
 use tch::{nn, Device, Tensor};
 
@@ -54,6 +54,8 @@ fn check_reference(name: &str) {
         );
     });
     let mut losses = Vec::new();
+    // Sums of reference losses: (name, ours, reference keys).
+    let mut sums: Vec<(String, Tensor, [String; 2])> = Vec::new();
     for (sname, scenario) in [("miss_ndsm", &miss_ndsm), ("miss_rgb", &miss_rgb)] {
         let out = tch::no_grad(|| {
             net.forward_train(scenario, &[Some(rgb), Some(ndsm)], false)
@@ -85,6 +87,23 @@ fn check_reference(name: &str) {
             format!("{p}.dice.missing_pred"),
             dice_loss(&out.student.pred, &target),
         ));
+        // The batched losses the training objective uses (on the CPU, the fused native op).
+        let batched = seg_losses(&[&out.teacher.pred, &out.student.pred], &target);
+        sums.push((
+            format!("{p}.seg_losses.missing_pred"),
+            batched.get(1),
+            [
+                format!("{p}.wce.missing_pred"),
+                format!("{p}.dice.missing_pred"),
+            ],
+        ));
+    }
+    for (key, got, [a, b]) in &sums {
+        let want = &io[a.as_str()] + &io[b.as_str()];
+        let r = rel_diff(got, &want);
+        println!("{name} {key}: rel diff {r:.3e} from {a} + {b}");
+        assert!(r < LOSS_TOL, "{name} {key}: rel diff {r:e}");
+        worst_loss = worst_loss.max(r);
     }
     for (key, got) in &losses {
         let r = rel_diff(got, &io[key.as_str()]);
