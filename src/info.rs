@@ -38,6 +38,7 @@ pub fn report(device: DeviceChoice) -> Result<Vec<(&'static str, String)>> {
                 .unwrap_or("unknown")
                 .to_string(),
         ),
+        ("malloc", crate::alloc::allocator_name().to_string()),
         ("torch threads", tch::get_num_threads().to_string()),
         ("rayon threads", rayon::current_num_threads().to_string()),
         ("device", format!("{device} -> {resolved:?}")),
