@@ -57,6 +57,13 @@ extern "C" {
         weights: *mut c_void,
         error: *mut *mut c_char,
     ) -> *mut c_void;
+    fn dis2_dropout_mask(
+        like: *mut c_void,
+        p: f64,
+        draw: bool,
+        seed: u64,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
     fn dis2_clear_grads(params: *const *mut c_void, n: i64, error: *mut *mut c_char) -> i32;
     fn dis2_free_error(error: *mut c_char);
 }
@@ -140,6 +147,18 @@ pub fn seg_losses(preds: &[&Tensor], target: &Tensor, weights: &Tensor) -> Resul
         )
     };
     tensor_or_error(out, error, "seg_losses")
+}
+
+/// A dropout mask of `like`'s shape (float32, CPU): each element `1/(1-p)` with probability
+/// `1 - p`, else 0, from a counter-based hash seeded by one draw of PyTorch's CPU generator
+/// (`csrc/dropout.cpp`; PyTorch's `bernoulli_` is several times slower on the CPU), or by
+/// `seed` when given.
+pub fn dropout_mask(like: &Tensor, p: f64, seed: Option<u64>) -> Result<Tensor> {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    let (draw, seed) = (seed.is_none(), seed.unwrap_or(0));
+    // SAFETY: `like` is a valid tensor handle for the duration of the call.
+    let out = unsafe { dis2_dropout_mask(like.as_ptr() as *mut c_void, p, draw, seed, &mut error) };
+    tensor_or_error(out, error, "dropout_mask")
 }
 
 /// One SGD step over all `params` at once (PyTorch's fused kernel): per parameter,

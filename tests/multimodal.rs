@@ -353,8 +353,9 @@ fn split_branch_backward_equals_the_whole_graph() {
     );
     assert!(whole.iter().any(|(n, _)| n.starts_with("encoders.")));
     for ((name, w), (_, g)) in whole.iter().zip(&split) {
-        // Biases in front of a BatchNorm have a true gradient of 0 (float noise around it).
-        let scale = w.abs().max().double_value(&[]).max(1e-6);
+        // Some gradients are 0 in exact arithmetic (biases in front of a BatchNorm, the score
+        // bias of an attention pool, which the softmax ignores): float noise around 0.
+        let scale = w.abs().max().double_value(&[]).max(1e-4);
         let d = (w - g).abs().max().double_value(&[]);
         assert!(
             d <= 1e-4 * scale,

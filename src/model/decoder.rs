@@ -183,7 +183,7 @@ impl ClassWiseDecoder {
                 PreNormConv::k3(&(p / "class_combine_conv" / "0"), c1 * classes, 2 * w, true),
                 PreNormConv::k3(&(p / "class_combine_conv" / "1"), 2 * w, w, true),
             ],
-            final_conv: nn::conv2d(p / "final_conv", w, classes, 1, Default::default()),
+            final_conv: super::layers::conv2d(p / "final_conv", w, classes, 1, Default::default()),
             classes,
             out_size,
         }

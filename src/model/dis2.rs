@@ -561,12 +561,14 @@ impl Dis2Net {
             .iter()
             .flatten()
             .all(|x| x.device() == tch::Device::Cpu);
-        self.forward_train_with(scenario, inputs, train, on_cpu)
+        let batch = inputs.iter().flatten().next().map_or(0, |x| x.size()[0]);
+        let split = on_cpu && super::joint::branch_threads_pay(&self.cfg, batch);
+        self.forward_train_with(scenario, inputs, train, split)
     }
 
     /// [`Self::forward_train`] with the choice of splitting the branches' graphs made by the
-    /// caller (`forward_train` splits them on the CPU, where [`super::joint`] runs their backward
-    /// passes on two threads, and not on a GPU).
+    /// caller (`forward_train` splits them for small models on the CPU, where [`super::joint`]
+    /// runs their backward passes on two threads; see [`super::joint::branch_threads_pay`]).
     pub fn forward_train_with(
         &self,
         scenario: &Scenario,

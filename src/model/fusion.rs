@@ -19,7 +19,7 @@ use tch::Tensor;
 
 use super::config::{FusionKind, ModelConfig};
 use super::encoder::Features;
-use super::layers::{linear, to_tokens, DownBlock, FusionConv};
+use super::layers::{dropout, linear, to_tokens, DownBlock, FusionConv};
 use super::pool::AttnPool;
 
 /// LayerNorm epsilon of the transformer.
@@ -77,17 +77,21 @@ impl TransformerLayer {
         let qkv = x.linear(&self.in_proj_w, Some(&self.in_proj_b));
         let qkv = qkv.view([b, l, 3, self.heads, d]).permute([2, 0, 3, 1, 4]); // [3, B, H, L, d]
         let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let p = if train { DROPOUT } else { 0.0 };
-        let att =
-            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p, false, None, false);
+        let native_dropout =
+            train && q.device() == tch::Device::Cpu && q.kind() == tch::Kind::Float;
+        let att = if native_dropout {
+            // The attention weights written out, so that their dropout is ours (see `dropout`).
+            let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (d as f64).sqrt());
+            dropout(&scores.softmax(-1, tch::Kind::Float), DROPOUT, true).matmul(&v)
+        } else {
+            let p = if train { DROPOUT } else { 0.0 };
+            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p, false, None, false)
+        };
         let att = att.transpose(1, 2).reshape([b, l, e]).apply(&self.out_proj);
-        let x = (x + att.dropout(DROPOUT, train)).apply(&self.norm1);
-        let ff = x
-            .apply(&self.linear1)
-            .relu()
-            .dropout(DROPOUT, train)
-            .apply(&self.linear2);
-        (&x + ff.dropout(DROPOUT, train)).apply(&self.norm2)
+        let x = (x + dropout(&att, DROPOUT, train)).apply(&self.norm1);
+        let hidden = x.apply(&self.linear1).relu();
+        let ff = dropout(&hidden, DROPOUT, train).apply(&self.linear2);
+        (&x + dropout(&ff, DROPOUT, train)).apply(&self.norm2)
     }
 }
 
@@ -191,7 +195,7 @@ impl HierarchicalFusion {
             layers: (0..cfg.depth)
                 .map(|j| TransformerLayer::new(&(&t / j), d, cfg.heads, cfg.ffn_dim))
                 .collect(),
-            unify: nn::conv2d(p / "unify", m * d, d, 1, Default::default()),
+            unify: super::layers::conv2d(p / "unify", m * d, d, 1, Default::default()),
             grid,
         }
     }

@@ -6,7 +6,8 @@
 //! graphs. [`backward_joint`] runs their backward passes at the same time, one thread each with
 //! one intra-op thread, then runs the encoders' backward once with the two branches' gradients
 //! summed. On two cores the small operations of a narrow model leave the second core mostly
-//! idle within one op; two independent streams of ops keep both busy.
+//! idle within one op; two independent streams of ops keep both busy. Wide models keep the cores
+//! busy within each op, and there one stream is faster: [`branch_threads_pay`] decides.
 //!
 //! The parameter gradients equal those of one backward pass over the whole graph up to the order
 //! of floating-point additions at the encoder features (teacher + student, always in that order,
@@ -16,7 +17,20 @@
 use anyhow::{anyhow, Result};
 use tch::Tensor;
 
+use super::config::ModelConfig;
 use super::encoder::Features;
+
+/// Above this many `base_width² · crop pixels · batch`, one branch at a time with every core on
+/// each op is faster than the two branches side by side (measured on 2 cores: width 8 at 64²,
+/// batch 8, is 2.1 M and gains about 5%; width 32 at 128², batch 4, is 67 M and loses 2-8%).
+const SMALL_STEP: i64 = 1 << 23;
+
+/// Whether running the teacher's and the student's backward passes side by side pays for this
+/// model and batch size (small convolutions leave cores idle within an op; large ones do not).
+pub fn branch_threads_pay(cfg: &ModelConfig, batch: i64) -> bool {
+    let [h, w] = cfg.crop;
+    cfg.base_width * cfg.base_width * h * w * batch <= SMALL_STEP
+}
 
 /// The encoder features of a joint training forward and what each branch read of them.
 #[derive(Debug)]

@@ -36,6 +36,23 @@ pub fn to_tokens(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).reshape([s[0], s[2] * s[3], s[1]])
 }
 
+/// Dropout with probability `p` when `train` (identity otherwise). On the CPU the mask comes from
+/// [`crate::native::dropout_mask`] (PyTorch's Bernoulli draws are the slowest part of the
+/// transformer there); elsewhere PyTorch's dropout. Either way `x · mask` with mask values
+/// `1/(1-p)` or 0, as PyTorch computes it.
+pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
+    if !train || p == 0.0 {
+        return x.shallow_clone();
+    }
+    if x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float {
+        // Only fails for p outside [0, 1), which the network never asks for.
+        let mask = crate::native::dropout_mask(x, p, None).unwrap_or_else(|e| panic!("{e:#}"));
+        x * mask
+    } else {
+        x.dropout(p, true)
+    }
+}
+
 /// Bilinear resize to `[h, w]` with `align_corners = true` (the reference's `nn.Upsample`).
 pub fn resize_aligned(x: &Tensor, size: [i64; 2]) -> Tensor {
     x.upsample_bilinear2d(size, true, None, None)
@@ -45,6 +62,21 @@ pub fn resize_aligned(x: &Tensor, size: [i64; 2]) -> Tensor {
 pub fn up2(x: &Tensor) -> Tensor {
     let (h, w) = (x.size()[2], x.size()[3]);
     resize_aligned(x, [2 * h, 2 * w])
+}
+
+/// `nn::conv2d` with the weight stored channels-last (`[O, I, kh, kw]` with NHWC strides): the
+/// layout the CPU convolutions (oneDNN) read, so they do not copy the weight at every call.
+/// Checkpoints are written contiguous and loaded with `copy_`, so files are unchanged.
+pub fn conv2d<'a, P: std::borrow::Borrow<nn::Path<'a>>>(
+    p: P,
+    c_in: i64,
+    c_out: i64,
+    k: i64,
+    cfg: nn::ConvConfig,
+) -> nn::Conv2D {
+    let mut conv = nn::conv2d(p, c_in, c_out, k, cfg);
+    tch::no_grad(|| conv.ws.set_data(&channels_last(&conv.ws)));
+    conv
 }
 
 fn bn(p: &nn::Path, dim: i64) -> nn::BatchNorm {
@@ -104,7 +136,7 @@ impl ConvBn<nn::Conv2D> {
             padding: 1,
             ..Default::default()
         };
-        Self::build(p, c_out, with_bn, |q| nn::conv2d(q, c_in, c_out, 4, cfg))
+        Self::build(p, c_out, with_bn, |q| conv2d(q, c_in, c_out, 4, cfg))
     }
 }
 
@@ -149,7 +181,7 @@ impl PreNormConv {
             ..Default::default()
         };
         PreNormConv {
-            conv: nn::conv2d(p / "conv", c_in, c_out, 3, cfg),
+            conv: conv2d(p / "conv", c_in, c_out, 3, cfg),
             reflect,
         }
     }
@@ -157,7 +189,7 @@ impl PreNormConv {
     /// A 1x1 convolution.
     pub fn k1(p: &nn::Path, c_in: i64, c_out: i64) -> Self {
         PreNormConv {
-            conv: nn::conv2d(p / "conv", c_in, c_out, 1, Default::default()),
+            conv: conv2d(p / "conv", c_in, c_out, 1, Default::default()),
             reflect: false,
         }
     }
@@ -290,6 +322,36 @@ mod tests {
         } else {
             x.contiguous()
         }
+    }
+
+    /// The native dropout keeps about 1 - p of the elements, scaled by 1/(1-p); a seed gives
+    /// the same mask whatever the thread count, and successive draws differ.
+    #[test]
+    fn native_dropout_masks() {
+        let x = Tensor::ones([64, 1000], (Kind::Float, Device::Cpu));
+        let threads = tch::get_num_threads();
+        let a = crate::native::dropout_mask(&x, 0.1, Some(5)).unwrap();
+        tch::set_num_threads(1);
+        let a1 = crate::native::dropout_mask(&x, 0.1, Some(5)).unwrap();
+        tch::set_num_threads(threads);
+        assert!(a.equal(&a1), "the thread count changed the mask");
+        let b = crate::native::dropout_mask(&x, 0.1, Some(6)).unwrap();
+        assert!(!a.equal(&b), "two seeds gave the same mask");
+        assert!(
+            !dropout(&x, 0.1, true).equal(&dropout(&x, 0.1, true)),
+            "two draws, one mask"
+        );
+        let kept = a
+            .gt(0.0)
+            .to_kind(Kind::Float)
+            .mean(Kind::Float)
+            .double_value(&[]);
+        assert!((kept - 0.9).abs() < 0.005, "kept {kept}");
+        let scale = a.max().double_value(&[]);
+        assert!((scale - 1.0 / 0.9).abs() < 1e-6, "scale {scale}");
+        // Rows are not copies of one another (the hash mixes the whole index).
+        assert!(!a.get(0).equal(&a.get(1)));
+        assert!(dropout(&x, 0.1, false).equal(&x));
     }
 
     #[test]

@@ -30,7 +30,8 @@ impl PlainDecoder {
     /// `width`: base width w (levels w, 2w, 4w, 8w); `out_size`: the crop `[H, W]`.
     pub fn new(p: &nn::Path, width: i64, classes: i64, out_size: [i64; 2]) -> Self {
         let w = width;
-        let head = |name: &str, c: i64| nn::conv2d(p / name, c, classes, 1, Default::default());
+        let head =
+            |name: &str, c: i64| super::layers::conv2d(p / name, c, classes, 1, Default::default());
         PlainDecoder {
             heads: [
                 head("seg_d4", 8 * w),
@@ -43,7 +44,7 @@ impl PlainDecoder {
                 PreNormConv::k3(&(p / "out_conv" / "0"), w, 2 * w, true),
                 PreNormConv::k3(&(p / "out_conv" / "1"), 2 * w, w, true),
             ],
-            final_conv: nn::conv2d(p / "final_conv", w, classes, 1, Default::default()),
+            final_conv: super::layers::conv2d(p / "final_conv", w, classes, 1, Default::default()),
             out_size,
         }
     }

@@ -270,15 +270,21 @@ impl Optimizer {
                             shape
                         );
                     }
-                    let device = self
+                    // On the parameter's device and in its memory layout (conv weights are channels-last): the
+                    // fused step walks parameter, gradient and state element by element.
+                    let like = self
                         .params
                         .iter()
                         .find(|(n, _)| n == param)
-                        .map(|(_, p)| p.device());
-                    state.insert(
-                        key.clone(),
-                        tensor.to_device(device.unwrap_or(tch::Device::Cpu)),
-                    );
+                        .map(|(_, p)| p.zeros_like());
+                    let slot = match like {
+                        Some(mut slot) => {
+                            tch::no_grad(|| slot.copy_(&tensor));
+                            slot
+                        }
+                        None => tensor,
+                    };
+                    state.insert(key.clone(), slot);
                 }
                 other => bail!("optimiser state {key:?}: unknown slot {other:?}"),
             }
