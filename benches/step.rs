@@ -84,7 +84,7 @@ fn run(s: &Setting) -> Result<()> {
         let loss = training_loss(&out, &target, 5.0);
         let t2 = Instant::now();
         opt.zero_grad();
-        loss.total.backward();
+        loss.backward(&out)?;
         let t3 = Instant::now();
         opt.step(1e-3)?;
         let t4 = Instant::now();
