@@ -148,7 +148,10 @@ impl ConvBn<nn::ConvTranspose2D> {
             ..Default::default()
         };
         Self::build(p, c_out, with_bn, |q| {
-            nn::conv_transpose2d(q, c_in, c_out, 4, cfg)
+            let mut conv = nn::conv_transpose2d(q, c_in, c_out, 4, cfg);
+            // Channels-last like `conv2d`'s weights, for the same reason.
+            tch::no_grad(|| conv.ws.set_data(&channels_last(&conv.ws)));
+            conv
         })
     }
 }
