@@ -64,6 +64,7 @@ extern "C" {
         seed: u64,
         error: *mut *mut c_char,
     ) -> *mut c_void;
+    fn dis2_set_thread_local_threads(n: i32) -> i32;
     fn dis2_clear_grads(params: *const *mut c_void, n: i64, error: *mut *mut c_char) -> i32;
     fn dis2_free_error(error: *mut c_char);
 }
@@ -215,6 +216,14 @@ pub fn backward(roots: &[&Tensor], grads: &[&Tensor]) -> Result<()> {
     check(status, error, "backward")
 }
 
+/// Sets the intra-op thread count of the calling thread only (libtorch's OpenMP and MKL),
+/// unlike `tch::set_num_threads`, which also changes the default of threads yet to start;
+/// returns the calling thread's previous count.
+pub fn set_thread_local_threads(n: i32) -> i32 {
+    // SAFETY: plain setters of per-thread runtime settings.
+    unsafe { dis2_set_thread_local_threads(n) }
+}
+
 /// Drops the gradients of `params` (PyTorch's `zero_grad(set_to_none=True)`): the next backward
 /// pass writes fresh gradients rather than adding to zeros, and a parameter that the next step
 /// does not use has no gradient afterwards.
@@ -296,5 +305,20 @@ mod tests {
             .contiguous()
             .permute([0, 3, 1, 2]);
         assert_eq!(leaky_relu(&z, 0.2).stride(), z.stride());
+    }
+
+    #[test]
+    fn thread_local_thread_count_leaves_other_threads_alone() {
+        let main = tch::get_num_threads();
+        let inner = std::thread::spawn(|| {
+            let previous = set_thread_local_threads(1);
+            let now = tch::get_num_threads();
+            set_thread_local_threads(previous);
+            (previous, now)
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inner, (main, 1));
+        assert_eq!(tch::get_num_threads(), main);
     }
 }

@@ -144,21 +144,24 @@ fn backward_joint(
     student_loss: &Tensor,
     scale: f64,
 ) -> Result<()> {
-    let threads = tch::get_num_threads();
     let (teacher, student) = (teacher_loss * scale, student_loss * scale);
+    // One intra-op thread per branch, set for these two threads only: the process-wide default
+    // (which threads starting meanwhile would pick up) stays as it is.
     let branch = move |loss: Tensor| -> Result<()> {
-        tch::set_num_threads(1);
-        if loss.requires_grad() {
-            loss.f_backward()?;
-        }
-        Ok(())
+        let previous = crate::native::set_thread_local_threads(1);
+        let done = if loss.requires_grad() {
+            loss.f_backward().map_err(anyhow::Error::from)
+        } else {
+            Ok(())
+        };
+        crate::native::set_thread_local_threads(previous);
+        done
     };
     let (t, s) = std::thread::scope(|scope| {
         let t = scope.spawn(move || branch(teacher));
         let s = branch(student);
         (t.join(), s)
     });
-    tch::set_num_threads(threads);
     t.map_err(|_| anyhow!("the teacher's backward thread panicked"))??;
     s?;
 

@@ -306,11 +306,10 @@ mod tests {
                     "{shape:?} cl={cl} pad={pad}: gradients differ by {d}"
                 );
 
-                let threads = tch::get_num_threads();
-                tch::set_num_threads(1);
+                let threads = crate::native::set_thread_local_threads(1);
                 let one = crate::native::prenorm_leaky(&x, LEAKY_SLOPE, NORM_EPS, pad).unwrap();
                 let g_one = grad(&one);
-                tch::set_num_threads(threads);
+                crate::native::set_thread_local_threads(threads);
                 assert!(
                     one.equal(&fused) && g_one.equal(&gf),
                     "thread count changed the numbers"
@@ -332,11 +331,10 @@ mod tests {
     #[test]
     fn native_dropout_masks() {
         let x = Tensor::ones([64, 1000], (Kind::Float, Device::Cpu));
-        let threads = tch::get_num_threads();
         let a = crate::native::dropout_mask(&x, 0.1, Some(5)).unwrap();
-        tch::set_num_threads(1);
+        let threads = crate::native::set_thread_local_threads(1);
         let a1 = crate::native::dropout_mask(&x, 0.1, Some(5)).unwrap();
-        tch::set_num_threads(threads);
+        crate::native::set_thread_local_threads(threads);
         assert!(a.equal(&a1), "the thread count changed the mask");
         let b = crate::native::dropout_mask(&x, 0.1, Some(6)).unwrap();
         assert!(!a.equal(&b), "two seeds gave the same mask");

@@ -465,7 +465,7 @@ mod tests {
         let refs: Vec<&Tensor> = probs.iter().collect();
         let loss_weights = Tensor::from_slice(&[1.0f32, -0.5, 2.0, 0.75]);
         let run = |threads: i32| {
-            tch::set_num_threads(threads);
+            crate::native::set_thread_local_threads(threads);
             let losses = seg_losses(&refs, &target);
             let g = grads(&(&losses * &loss_weights).sum(Kind::Float), &probs);
             let flat = |t: &Tensor| {
@@ -481,7 +481,7 @@ mod tests {
         let before = tch::get_num_threads();
         let one = run(1);
         let two = run(2);
-        tch::set_num_threads(before);
+        crate::native::set_thread_local_threads(before);
         assert!(one == two, "results differ between 1 and 2 threads");
     }
 }
