@@ -17,6 +17,12 @@ fn inputs(channels: &[i64]) -> Vec<Tensor> {
         .collect()
 }
 
+/// Random inputs and a random one-hot target of 5 classes at 64x64.
+fn inputs_and_target(channels: &[i64]) -> (Vec<Tensor>, Tensor) {
+    let labels = Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu));
+    (inputs(channels), one_hot(&labels, 5).unwrap())
+}
+
 fn build(channels: &[i64]) -> (nn::VarStore, Dis2Net) {
     tch::manual_seed(0);
     let vs = nn::VarStore::new(Device::Cpu);
@@ -189,13 +195,8 @@ fn student_inference_gradients_reach_only_its_parameters() {
 #[test]
 fn training_gradients_reach_teacher_and_this_student_only() {
     let ch = [4, 1, 1];
-    let x = inputs(&ch);
+    let (x, target) = inputs_and_target(&ch);
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
-    let target = one_hot(
-        &Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu)),
-        5,
-    )
-    .unwrap();
     let s = Scenario::new(vec![2], 3).unwrap();
     let (vs, net) = build(&ch);
     let out = net.forward_train(&s, &all, true).unwrap();
@@ -319,13 +320,8 @@ fn attention_maps_of_teacher_and_student_are_distributions_over_pixels() {
 #[test]
 fn split_branch_backward_equals_the_whole_graph() {
     let ch = [4, 1, 1];
-    let x = inputs(&ch);
+    let (x, target) = inputs_and_target(&ch);
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
-    let target = one_hot(
-        &Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu)),
-        5,
-    )
-    .unwrap();
     let s = Scenario::new(vec![1], 3).unwrap();
     let grads = |split: bool| -> Vec<(String, Tensor)> {
         let (vs, net) = build(&ch);
