@@ -117,17 +117,19 @@ impl JointLoss {
 
     /// The whole objective as one tensor with its graph; its backward pass reaches the encoders
     /// only if the branches read them directly (inputs not split).
-    pub(crate) fn total_with_graph(&self) -> Tensor {
+    fn total_with_graph(&self) -> Tensor {
         &self.encoder + &self.teacher + &self.student
     }
 
-    /// The backward pass of `scale` times the objective, given what the forward pass that
-    /// produced it returned: on two threads when the branches are separate graphs.
-    pub fn backward(&self, inputs: &BranchInputs, scale: f64) -> Result<()> {
-        if inputs.split {
-            backward_joint(inputs, &self.encoder, &self.teacher, &self.student, scale)
-        } else {
-            Ok((self.total_with_graph() * scale).f_backward()?)
+    /// The backward pass of `scale` times the objective, given the branch inputs the forward pass
+    /// returned (`None` where it returned none): on two threads when the branches are separate
+    /// graphs, otherwise one backward pass over the whole graph.
+    pub fn backward(&self, inputs: Option<&BranchInputs>, scale: f64) -> Result<()> {
+        match inputs {
+            Some(inputs) if inputs.split => {
+                backward_joint(inputs, &self.encoder, &self.teacher, &self.student, scale)
+            }
+            _ => Ok((self.total_with_graph() * scale).f_backward()?),
         }
     }
 }

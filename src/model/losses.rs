@@ -228,10 +228,7 @@ pub struct LossTerms {
 impl LossTerms {
     /// The backward pass of the objective; `out` is what the forward pass returned.
     pub fn backward(&self, out: &TrainOutputs) -> Result<()> {
-        match &out.branch_inputs {
-            Some(inputs) => self.parts.backward(inputs, 1.0),
-            None => Ok(self.parts.total_with_graph().f_backward()?),
-        }
+        self.parts.backward(out.branch_inputs.as_ref(), 1.0)
     }
 }
 

@@ -41,7 +41,7 @@ pub fn masked_target(
 
 /// A loss and its named parts (detached scalars, for logs).
 pub struct Objective {
-    /// The loss (with its graph unless the backward pass is [`Backward::Joint`]).
+    /// The loss (with its graph for [`Backward::Whole`], its value for [`Backward::Joint`]).
     pub total: Tensor,
     pub terms: Vec<(String, Tensor)>,
     backward: Backward,
@@ -51,8 +51,9 @@ pub struct Objective {
 enum Backward {
     /// One backward pass from `total`.
     Whole,
-    /// Teacher and student branches as separate graphs ([`JointLoss::backward`]).
-    Joint(JointLoss, BranchInputs),
+    /// The joint objective's parts ([`JointLoss::backward`]: the teacher's and the student's
+    /// branches side by side where the forward pass split them).
+    Joint(JointLoss, Option<BranchInputs>),
 }
 
 impl Objective {
@@ -60,7 +61,7 @@ impl Objective {
     pub fn backward(&self, scale: f64) -> Result<()> {
         match &self.backward {
             Backward::Whole => Ok((&self.total * scale).f_backward()?),
-            Backward::Joint(parts, inputs) => parts.backward(inputs, scale),
+            Backward::Joint(parts, inputs) => parts.backward(inputs.as_ref(), scale),
         }
     }
 }
@@ -212,17 +213,10 @@ pub fn joint_objective(
     let mut terms = teacher.terms;
     terms.splice(1..1, encoder.terms);
     terms.extend(student.terms);
-    let (total, backward) = match &out.branch_inputs {
-        Some(inputs) => (
-            parts.total(),
-            Backward::Joint(parts, inputs.shallow_clone()),
-        ),
-        None => (parts.total_with_graph(), Backward::Whole),
-    };
     Objective {
-        total,
+        total: parts.total(),
         terms,
-        backward,
+        backward: Backward::Joint(parts, out.branch_inputs.as_ref().map(|i| i.shallow_clone())),
     }
 }
 
