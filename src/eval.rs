@@ -19,19 +19,20 @@ use crate::checkpoint::network_differences;
 use crate::cli::DeviceArgs;
 use crate::config::Experiment;
 use crate::data::config::ClassInfo;
-use crate::data::dataset::SceneDataset;
+use crate::data::dataset::{Scene, SceneDataset};
 use crate::data::layouts::Split;
 use crate::data::loader::{load_sample, Normaliser};
 use crate::data::raster::{read_window_at, Pixels, Window};
 use crate::data::sampling::GridSampler;
 use crate::figures::{self, AttentionData, OverlayData};
 use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
-use crate::predict::{predict_scene, route, PredictOptions, Predictor, Route, SceneJob};
+use crate::model::config::ModelConfig;
+use crate::model::scenario::{join_names, parse_names};
+use crate::model::{Route, Scenario};
+use crate::predict::{predict_scene, PredictOptions, Predictor, SceneJob, NODATA_CLASS};
 
 /// Rows of a scene compared at a time (memory stays bounded on large scenes).
 const ROWS_PER_BAND: usize = 512;
-/// Class value of nodata in a predicted class map.
-const NODATA_CLASS: f32 = 255.0;
 
 /// `dis2 eval`.
 #[derive(Debug, Args)]
@@ -167,20 +168,16 @@ pub fn eval(args: &EvalArgs) -> Result<()> {
     Ok(())
 }
 
-/// `dsm,sar` to `["dsm", "sar"]`.
+/// `dsm,sar` (or `dsm+sar`) to `["dsm", "sar"]`; `None` to none.
 pub fn parse_modalities(list: Option<&str>) -> Vec<String> {
-    list.iter()
-        .flat_map(|d| d.split(','))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect()
+    list.map(parse_names).unwrap_or_default()
 }
 
 /// `eval-<split>[-drop-<modalities>]`.
 pub fn default_out_name(split: Split, drop: &[String]) -> String {
     let mut name = format!("eval-{}", split.as_str());
     if !drop.is_empty() {
-        name.push_str(&format!("-drop-{}", drop.join("+")));
+        name.push_str(&format!("-drop-{}", join_names(drop)));
     }
     name
 }
@@ -240,34 +237,91 @@ pub struct EvalReport {
 }
 
 /// Scores `req.checkpoint` on every scene of the split and writes the reports into `req.out`.
+///
+/// # Errors
+/// A checkpoint made for another model than `req.exp`, an unknown `--drop` modality or
+/// `--exclude` class, a split without scenes or labels, unreadable inputs, unwritable outputs.
 pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
-    let (checkpoint, config, exp) = (&req.checkpoint, &req.config, &req.exp);
     crate::predict::share_cpu_threads(req.device);
-    let predictor = Predictor::load(checkpoint, req.device)?;
+    let predictor = load_for(req)?;
     let info = predictor.info();
-    let diffs = network_differences(&info.model, &exp.model);
+    let (given, route) = branch(&info.model, &req.drop)?;
+    let label = route.label(&info.model);
+    let table = info.class_table();
+    let exclude = excluded_classes(&table, &req.exclude)?;
+    let dataset = SceneDataset::open(&req.exp.data, &req.exp.model, req.split)?;
+    if dataset.is_empty() {
+        bail!(
+            "split {} of {} has no scenes",
+            req.split.as_str(),
+            req.config.display()
+        );
+    }
+    let out = &req.out;
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    if !req.quiet {
+        eprintln!(
+            "evaluating {} on {} scenes of the {} split: {}",
+            req.checkpoint.display(),
+            dataset.len(),
+            req.split.as_str(),
+            route.describe(&info.model)
+        );
+    }
+    let (confusion, overlays) = score_scenes(req, &predictor, &dataset, &given)?;
+    let attention_maps = match &req.options.attention_maps {
+        Some(dir) => write_attention_maps(
+            &predictor,
+            &dataset,
+            &route,
+            dir,
+            req.options.attention_windows,
+        )?,
+        None => Vec::new(),
+    };
+    let report = EvalReport {
+        branch: label,
+        class_names: table.iter().map(|c| c.name.clone()).collect(),
+        scores: confusion.scores(&exclude),
+        excluded: exclude,
+        confusion,
+        erode: req.options.erode,
+        overlays,
+        attention_maps,
+    };
+    write_reports(req, &report)?;
+    Ok(report)
+}
+
+/// Loads `req.checkpoint` and checks that it was made for the model of `req.exp`.
+fn load_for(req: &EvalRequest) -> Result<Predictor> {
+    let predictor = Predictor::load(&req.checkpoint, req.device)?;
+    let diffs = network_differences(&predictor.info().model, &req.exp.model);
     if !diffs.is_empty() {
         bail!(
             "--checkpoint {} was made for another model than {}:\n  {}",
-            checkpoint.display(),
-            config.display(),
+            req.checkpoint.display(),
+            req.config.display(),
             diffs.join("\n  ")
         );
     }
-    let cfg = &info.model;
+    Ok(predictor)
+}
+
+/// The modalities given (all but `drop`, by model index) and the branch that runs for them:
+/// the student of that missing set, or the teacher with them filled.
+fn branch(cfg: &ModelConfig, drop: &[String]) -> Result<(Vec<bool>, Route)> {
     let mut given = vec![true; cfg.modalities.len()];
-    for name in &req.drop {
+    for name in drop {
         given[cfg.modality_index(name).context("--drop")?] = false;
     }
-    let branch = route(info, &given, true)?;
-    let label = match &branch {
-        Route::Teacher => "teacher".to_string(),
-        Route::Student(_) => format!("student[{}]", req.drop.join("+")),
-        Route::Fill(_) => format!("teacher-fill[{}]", req.drop.join("+")),
-    };
-    let table = info.class_table();
-    let exclude: Vec<usize> = req
-        .exclude
+    let route = Route::choose(cfg, &given, true)?;
+    Ok((given, route))
+}
+
+/// The indices of the `--exclude` classes in `table`.
+fn excluded_classes(table: &[ClassInfo], names: &[String]) -> Result<Vec<usize>> {
+    names
         .iter()
         .map(|name| {
             table.iter().position(|c| &c.name == name).with_context(|| {
@@ -278,82 +332,54 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
                 )
             })
         })
-        .collect::<Result<_>>()?;
+        .collect()
+}
 
-    let dataset = SceneDataset::open(&exp.data, &exp.model, req.split)?;
-    if dataset.is_empty() {
-        bail!(
-            "split {} of {} has no scenes",
-            req.split.as_str(),
-            config.display()
-        );
-    }
-    let out = &req.out;
-    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
-    if !req.quiet {
-        eprintln!(
-            "evaluating {} on {} scenes of the {} split: {}",
-            checkpoint.display(),
-            dataset.len(),
-            req.split.as_str(),
-            branch.describe(info)
-        );
-    }
-
+/// Predicts every scene of `dataset` with the `given` modalities (blended windows, as
+/// `dis2 predict`) into a scratch folder of `req.out` and scores it against its labels; draws
+/// the overlays of the first `req.options.overlays` scenes. Returns the confusion matrix and the
+/// overlay files.
+fn score_scenes(
+    req: &EvalRequest,
+    predictor: &Predictor,
+    dataset: &SceneDataset,
+    given: &[bool],
+) -> Result<(ConfusionMatrix, Vec<PathBuf>)> {
     let options = PredictOptions {
         overlap: req.overlap,
         allow_fill: true,
-        // The branch is named once above and in every output.
+        // The branch is named once by `evaluate` and in every output.
         announce_fill: false,
         quiet: req.quiet,
         ..PredictOptions::default()
     };
-    let erode = req.options.erode;
-    let scratch = tempfile_dir(out)?;
+    let table = predictor.info().class_table();
+    let scratch = tempfile_dir(&req.out)?;
     let mut overlays = Vec::new();
     let mut cm = ConfusionMatrix::new(table.len());
     for (index, scene) in dataset.scenes.iter().enumerate() {
         let Some(label_path) = &scene.label else {
             bail!("scene {}: no labels to score against", scene.id);
         };
-        let job = SceneJob {
-            inputs: cfg
-                .modalities
-                .iter()
-                .zip(&scene.modalities)
-                .zip(&given)
-                .filter(|(_, g)| **g)
-                .map(|((m, p), _)| (m.name.clone(), p.clone()))
-                .collect(),
-            out: scratch.join(format!("{index}.tif")),
-            probs: None,
-            preview: None,
-        };
-        predict_scene(&predictor, &job, &options).with_context(|| format!("scene {}", scene.id))?;
-        let (w, h) = (scene.width(), scene.height());
-        let mut overlay = (index < req.options.overlays).then(|| OverlaySampler::new(w, h));
-        for y in (0..h).step_by(ROWS_PER_BAND) {
-            let rows = ROWS_PER_BAND.min(h - y);
-            let window = Window::new(0, y as i64, w, rows);
-            let predicted = read_window_at(&job.out, window)?;
-            let (decoded, mut labels) = band_labels(&dataset, label_path, (w, h), y, rows, erode)?;
-            // Pixels without a prediction (nodata in an input) are left out.
-            for (l, p) in labels.iter_mut().zip(&predicted.data) {
-                if *p == NODATA_CLASS {
-                    *l = dataset.ignore_index;
-                }
-            }
-            let preds: Vec<i64> = predicted.data.iter().map(|&p| p as i64).collect();
-            cm.add_pairs(&labels, &preds, dataset.ignore_index)
-                .with_context(|| format!("scene {}", scene.id))?;
-            if let Some(o) = &mut overlay {
-                let image = read_window_at(&scene.modalities[0], window)?;
-                o.add_band(y, &image, &decoded, &preds, &labels);
-            }
-        }
+        let job = class_map_job(&predictor.info().model, scene, given, &scratch, index);
+        predict_scene(predictor, &job, &options).with_context(|| format!("scene {}", scene.id))?;
+        let mut overlay = (index < req.options.overlays)
+            .then(|| OverlaySampler::new(scene.width(), scene.height()));
+        let erode = req.options.erode;
+        let predicted = &job.out;
+        score_class_map(
+            dataset,
+            scene,
+            label_path,
+            predicted,
+            erode,
+            &mut cm,
+            overlay.as_mut(),
+        )?;
         let _ = std::fs::remove_file(&job.out);
         if let Some(o) = overlay {
-            let path = out
+            let path = req
+                .out
                 .join("overlays")
                 .join(format!("{}.png", file_stem(&scene.id)));
             o.write(&path, &table)
@@ -362,29 +388,65 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    let attention_maps = match &req.options.attention_maps {
-        Some(dir) => write_attention_maps(
-            &predictor,
-            &dataset,
-            &branch,
-            &label,
-            dir,
-            req.options.attention_windows,
-        )?,
-        None => Vec::new(),
-    };
-    let report = EvalReport {
-        branch: label,
-        class_names: table.iter().map(|c| c.name.clone()).collect(),
-        scores: cm.scores(&exclude),
-        excluded: exclude,
-        confusion: cm,
-        erode,
-        overlays,
-        attention_maps,
-    };
-    write_reports(req, &report)?;
-    Ok(report)
+    Ok((cm, overlays))
+}
+
+/// The `dis2 predict` job of a scene of the split: its `given` modalities, the class map into
+/// `scratch` (named by the scene's `index`), nothing else.
+fn class_map_job(
+    cfg: &ModelConfig,
+    scene: &Scene,
+    given: &[bool],
+    scratch: &Path,
+    index: usize,
+) -> SceneJob {
+    SceneJob {
+        inputs: cfg
+            .modalities
+            .iter()
+            .zip(&scene.modalities)
+            .zip(given)
+            .filter(|(_, g)| **g)
+            .map(|((m, p), _)| (m.name.clone(), p.clone()))
+            .collect(),
+        out: scratch.join(format!("{index}.tif")),
+        probs: None,
+        preview: None,
+    }
+}
+
+/// Adds a scene's predicted class map (`predicted`) against its labels (`label_path`,
+/// boundaries eroded by `erode` pixels) to `cm`, band by band; pixels without a prediction
+/// (nodata in an input) are not scored. Samples the bands into `overlay` when given.
+fn score_class_map(
+    dataset: &SceneDataset,
+    scene: &Scene,
+    label_path: &Path,
+    predicted: &Path,
+    erode: usize,
+    cm: &mut ConfusionMatrix,
+    mut overlay: Option<&mut OverlaySampler>,
+) -> Result<()> {
+    let (w, h) = (scene.width(), scene.height());
+    for y in (0..h).step_by(ROWS_PER_BAND) {
+        let rows = ROWS_PER_BAND.min(h - y);
+        let window = Window::new(0, y as i64, w, rows);
+        let predicted = read_window_at(predicted, window)?;
+        let (decoded, mut labels) = band_labels(dataset, label_path, (w, h), y, rows, erode)?;
+        for (l, p) in labels.iter_mut().zip(&predicted.data) {
+            if *p == f32::from(NODATA_CLASS) {
+                *l = dataset.ignore_index;
+            }
+        }
+        let preds: Vec<i64> = predicted.data.iter().map(|&p| p as i64).collect();
+        cm.add_pairs(&labels, &preds, dataset.ignore_index)
+            .with_context(|| format!("scene {}", scene.id))?;
+        if let Some(o) = overlay.as_deref_mut() {
+            let image = read_window_at(&scene.modalities[0], window)?;
+            o.add_band(y, &image, &decoded, &preds, &labels);
+        }
+    }
+    Ok(())
 }
 
 /// The labels of rows `first..first + rows` of a scene of `size` (width, height): as decoded,
@@ -534,14 +596,13 @@ fn checkpoint_normaliser(predictor: &Predictor) -> Result<Normaliser> {
 }
 
 /// `--attention-maps`: for the first `windows` windows of the split's window grid at the model's
-/// crop, the CFLM class-wise spatial attention of the teacher and, with `--drop`, of `branch`
+/// crop, the CFLM class-wise spatial attention of the teacher and, with `--drop`, of `route`
 /// (the student, or the teacher with the dropped modalities filled), upsampled bilinearly to the
 /// crop; one figure per window (see [`figures::attention_png`]).
 fn write_attention_maps(
     predictor: &Predictor,
     dataset: &SceneDataset,
-    branch: &Route,
-    label: &str,
+    route: &Route,
     dir: &Path,
     windows: usize,
 ) -> Result<Vec<PathBuf>> {
@@ -564,46 +625,10 @@ fn write_attention_maps(
     .into_iter()
     .take(windows)
     .collect();
-    let (h, w) = (cfg.crop[0], cfg.crop[1]);
     let mut written = Vec::new();
     for spec in specs {
         let sample = load_sample(dataset, &spec, &norm)?;
-        let inputs: Vec<tch::Tensor> = cfg
-            .modalities
-            .iter()
-            .zip(&sample.inputs)
-            .map(|(m, x)| {
-                tch::Tensor::from_slice(x)
-                    .view([1, m.channels, h, w])
-                    .to_device(predictor.device)
-            })
-            .collect();
-        let all: Vec<Option<&tch::Tensor>> = inputs.iter().map(Some).collect();
-        let mut columns = vec![("teacher".to_string(), attention(predictor, None, &all)?)];
-        match branch {
-            Route::Teacher => {}
-            Route::Student(s) => {
-                let given: Vec<Option<&tch::Tensor>> = (0..inputs.len())
-                    .map(|i| (!s.is_missing(i)).then_some(&inputs[i]))
-                    .collect();
-                columns.push((label.to_string(), attention(predictor, Some(s), &given)?));
-            }
-            Route::Fill(missing) => {
-                let filled: Vec<tch::Tensor> = inputs
-                    .iter()
-                    .enumerate()
-                    .map(|(i, x)| {
-                        if missing.contains(&i) {
-                            x.zeros_like()
-                        } else {
-                            x.shallow_clone()
-                        }
-                    })
-                    .collect();
-                let given: Vec<Option<&tch::Tensor>> = filled.iter().map(Some).collect();
-                columns.push((label.to_string(), attention(predictor, None, &given)?));
-            }
-        }
+        let columns = attention_columns(predictor, route, &sample.inputs)?;
         let bands: Vec<Vec<f32>> = sample.inputs[0]
             .chunks(sample.width * sample.height)
             .map(<[f32]>::to_vec)
@@ -629,10 +654,41 @@ fn write_attention_maps(
     Ok(written)
 }
 
+/// The columns of one window's attention figure: the teacher's maps and, unless `route` is the
+/// teacher, `route`'s (labelled as in the reports). `inputs`: one normalised `C_i x H x W` crop
+/// per modality.
+fn attention_columns(
+    predictor: &Predictor,
+    route: &Route,
+    inputs: &[Vec<f32>],
+) -> Result<Vec<(String, Vec<Vec<f32>>)>> {
+    let cfg = &predictor.info().model;
+    let (h, w) = (cfg.crop[0], cfg.crop[1]);
+    let inputs: Vec<tch::Tensor> = cfg
+        .modalities
+        .iter()
+        .zip(inputs)
+        .map(|(m, x)| {
+            tch::Tensor::from_slice(x)
+                .view([1, m.channels, h, w])
+                .to_device(predictor.device)
+        })
+        .collect();
+    let all: Vec<Option<&tch::Tensor>> = inputs.iter().map(Some).collect();
+    let mut columns = vec![("teacher".to_string(), attention(predictor, None, &all)?)];
+    if *route != Route::Teacher {
+        let branch = route.inputs(&all, &cfg.modalities)?;
+        let branch: Vec<Option<&tch::Tensor>> = branch.iter().map(Option::as_ref).collect();
+        let maps = attention(predictor, route.student(), &branch)?;
+        columns.push((route.label(cfg), maps));
+    }
+    Ok(columns)
+}
+
 /// One branch's attention maps for a single window, upsampled to the crop: K planes.
 fn attention(
     predictor: &Predictor,
-    scenario: Option<&crate::model::Scenario>,
+    scenario: Option<&Scenario>,
     inputs: &[Option<&tch::Tensor>],
 ) -> Result<Vec<Vec<f32>>> {
     let crop = predictor.info().model.crop;

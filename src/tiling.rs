@@ -11,12 +11,7 @@
 use anyhow::{ensure, Result};
 use std::f32::consts::PI;
 
-/// One window: its top-left corner in scene pixels (it may extend past the scene).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Window {
-    pub row: usize,
-    pub col: usize,
-}
+use crate::data::raster::Window;
 
 /// The windows covering a scene, in row-major order.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,10 +58,17 @@ impl WindowGrid {
         self.len() == 0
     }
 
+    /// The windows in row-major order, each of the grid's window size (the last row and
+    /// column reach past the scene).
     pub fn windows(&self) -> impl Iterator<Item = Window> + '_ {
         self.rows
             .iter()
-            .flat_map(move |&row| self.cols.iter().map(move |&col| Window { row, col }))
+            .flat_map(move |&row| self.cols.iter().map(move |&col| self.window_at(row, col)))
+    }
+
+    /// The window whose top-left corner is scene row `row`, column `col`.
+    pub fn window_at(&self, row: usize, col: usize) -> Window {
+        Window::new(col as i64, row as i64, self.window.1, self.window.0)
     }
 
     /// The blending weights of one window, row-major `window.0 x window.1`.
@@ -188,22 +190,24 @@ impl BandStitcher {
             window == expected,
             "window {window:?} out of order, expected {expected:?}"
         );
+        // Grid windows start inside the scene.
+        let (row, col) = (window.y as usize, window.x as usize);
         ensure!(
             probs.len() == self.classes * wh * ww,
             "window prediction has {} values",
             probs.len()
         );
-        ensure!(window.row >= self.band_start, "window above the band");
+        ensure!(row >= self.band_start, "window above the band");
         for y in 0..wh {
-            let scene_row = window.row + y;
+            let scene_row = row + y;
             if scene_row >= sh {
                 break;
             }
             let band_row = scene_row - self.band_start;
             ensure!(band_row < self.band_rows, "window reaches below the band");
-            for x in 0..ww.min(sw - window.col) {
+            for x in 0..ww.min(sw - col) {
                 let w = self.weights[y * ww + x];
-                let at = band_row * sw + window.col + x;
+                let at = band_row * sw + col + x;
                 self.weight_sums[at] += w;
                 for c in 0..self.classes {
                     self.sums[c * self.band_rows * sw + at] += w * probs[(c * wh + y) * ww + x];
@@ -275,7 +279,8 @@ mod tests {
     /// A fake model whose output depends on the window, so blends are visible.
     fn fake_window(classes: usize, win: (usize, usize), w: Window) -> Vec<f32> {
         (0..classes * win.0 * win.1)
-            .map(|i| ((w.row * 7 + w.col * 3 + i) % 11) as f32)
+            .map(|i| ((w.y * 7 + w.x * 3) as usize + i) % 11)
+            .map(|v| v as f32)
             .collect()
     }
 
@@ -307,7 +312,7 @@ mod tests {
             let own = fake_window(classes, win, w);
             for y in 0..win.0 {
                 for x in 0..win.1 {
-                    let (sy, sx) = (w.row + y, w.col + x);
+                    let (sy, sx) = (w.y as usize + y, w.x as usize + x);
                     if sy >= 21 || sx >= 17 || weights[y * win.1 + x] < 1.0 {
                         continue;
                     }
@@ -338,7 +343,7 @@ mod tests {
         let grid = WindowGrid::new((30, 30), (16, 16), 4).unwrap();
         let mut stitcher = BandStitcher::new(grid, 1);
         let err = stitcher
-            .add(Window { row: 12, col: 0 }, &[0.0; 256])
+            .add(Window::new(0, 12, 16, 16), &[0.0; 256])
             .unwrap_err();
         assert!(err.to_string().contains("out of order"));
     }

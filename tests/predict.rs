@@ -179,17 +179,18 @@ fn blended_scene_equals_single_windows_and_keeps_georeferencing() {
     let weights = grid.weights();
     let mut compared = 0;
     for w in grid.windows() {
+        let (row, col) = (w.y as usize, w.x as usize);
         let inputs = [
-            normalised_window(&files[0], "optical", w.row, w.col),
-            normalised_window(&files[1], "dsm", w.row, w.col),
-            normalised_window(&files[2], "sar", w.row, w.col),
+            normalised_window(&files[0], "optical", row, col),
+            normalised_window(&files[1], "dsm", row, col),
+            normalised_window(&files[2], "sar", row, col),
         ];
         let refs: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
         let alone = tch::no_grad(|| loaded.net.forward(&refs, false)).unwrap();
         let alone: Vec<f32> = Vec::try_from(alone.contiguous().view([-1])).unwrap();
         for y in 0..64 {
             for x in 0..64 {
-                let at = (w.row + y) * 160 + w.col + x;
+                let at = (row + y) * 160 + col + x;
                 if weights[y * 64 + x] < 1.0 || !p.valid[at] {
                     continue;
                 }

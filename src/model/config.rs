@@ -2,16 +2,10 @@
 
 use anyhow::{bail, Result};
 
+use super::modality::modality_index;
+pub use super::modality::ModalitySpec;
 use super::scenario::Scenario;
 use serde::{Deserialize, Serialize};
-
-/// One input sensor: a name used on the command line (`--missing sar`) and its band count.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModalitySpec {
-    pub name: String,
-    pub channels: i64,
-}
 
 /// Which decoder a branch has: the CFLM (class-wise attention and class-wise decoder, the
 /// paper's and the reference's) or a plain U-Net decoder (the "no CFLM" ablation).
@@ -199,15 +193,14 @@ impl ModelConfig {
 
     /// The index of a modality by name, or an error listing the known names.
     pub fn modality_index(&self, name: &str) -> Result<usize> {
-        self.modalities
-            .iter()
-            .position(|m| m.name == name)
-            .ok_or_else(|| {
-                let known: Vec<&str> = self.modalities.iter().map(|m| m.name.as_str()).collect();
-                anyhow::anyhow!(
-                    "unknown modality {name:?}; this model has {}",
-                    known.join(", ")
-                )
-            })
+        modality_index(&self.modalities, name)
+    }
+}
+
+/// A model speaks of its modalities by name: scenarios and routes read the names from it
+/// (`scenario.names(&cfg)`) as from a bare modality list.
+impl AsRef<[ModalitySpec]> for ModelConfig {
+    fn as_ref(&self) -> &[ModalitySpec] {
+        &self.modalities
     }
 }

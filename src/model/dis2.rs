@@ -28,7 +28,9 @@
 //! - [`Dis2Net::new`]`(&vs.root(), &cfg)` builds the model for `cfg.scenario_list()`.
 //! - [`Dis2Net::forward_teacher`]`(&inputs, train)` and
 //!   [`Dis2Net::forward_student`]`(&scenario, &inputs, train)` give softmax probabilities
-//!   `[B, K, H, W]`; [`Dis2Net::forward`] picks one by the set of present inputs' scenario.
+//!   `[B, K, H, W]`; [`Dis2Net::forward`] picks one by the set of present inputs' scenario, and
+//!   [`Dis2Net::forward_route`] runs a chosen [`Route`] (teacher, student, or teacher with the
+//!   missing inputs filled).
 //! - [`Dis2Net::attention_maps`]`(scenario, &inputs)` gives a branch's CFLM class-wise spatial
 //!   attention `[B, K, H/16, W/16]` (the paper's qualitative figure, `dis2 eval --attention-maps`).
 //! - [`Dis2Net::forward_train`]`(&scenario, &inputs, train)` runs teacher and student together as
@@ -59,6 +61,7 @@ use super::joint::BranchInputs;
 use super::losses::{kd_logits_loss, l2_kd_loss, orthogonality_loss, sum_scalars};
 use super::plain_decoder::PlainDecoder;
 use super::pool::LevelPools;
+use super::route::Route;
 use super::scenario::Scenario;
 
 /// What follows HF in a branch: the CFLM, or the plain decoder of its ablation.
@@ -532,19 +535,24 @@ impl Dis2Net {
     }
 
     /// The teacher when every input is given, otherwise the student of the scenario whose
-    /// missing modalities are the `None` entries.
+    /// missing modalities are the `None` entries ([`Route::of_given`]).
     pub fn forward(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
-        let missing: Vec<usize> = inputs
-            .iter()
-            .enumerate()
-            .filter(|(_, x)| x.is_none())
-            .map(|(i, _)| i)
-            .collect();
-        if missing.is_empty() {
-            return self.forward_teacher(inputs, train);
-        }
-        let scenario = Scenario::new(missing, self.cfg.modalities.len())?;
-        self.forward_student(&scenario, inputs, train)
+        let given: Vec<bool> = inputs.iter().map(Option::is_some).collect();
+        self.forward_route(&Route::of_given(&given)?, inputs, train)
+    }
+
+    /// The prediction of `route`'s branch, softmax `[B, K, H, W]`, from one input per modality
+    /// (`None` where not given); a filled teacher gets zeros for its missing modalities
+    /// ([`Route::inputs`]).
+    pub fn forward_route(
+        &self,
+        route: &Route,
+        inputs: &[Option<&Tensor>],
+        train: bool,
+    ) -> Result<Tensor> {
+        let inputs = route.inputs(inputs, &self.cfg.modalities)?;
+        let inputs: Vec<Option<&Tensor>> = inputs.iter().map(Option::as_ref).collect();
+        self.forward_branch(route.student(), &inputs, train)
     }
 
     /// The training forward of the reference (`is_training = True`): every encoder with its

@@ -11,9 +11,12 @@ pub mod import;
 pub mod joint;
 pub mod layers;
 pub mod losses;
+pub mod modality;
 pub mod plain_decoder;
 pub mod pool;
+pub mod route;
 pub mod scenario;
 
 pub use dis2::{BranchOutputs, Dis2Net, TrainOutputs};
+pub use route::Route;
 pub use scenario::Scenario;

@@ -1,8 +1,30 @@
 //! Missing-modality scenarios: which modality slots are absent at inference.
+//!
+//! In text a scenario is its missing modalities' names: read by [`Scenario::parse`] (and
+//! [`parse_names`]) from `sar`, `dsm,sar` (the command line's `--missing` / `--drop`) or
+//! `dsm+sar` (a `--scenarios` item), written by [`Scenario::text`] (and [`join_names`]) as
+//! `dsm+sar`, in model order (labels such as `student[dsm+sar]`, `train.joint_probabilities`
+//! keys, file names).
 
 use anyhow::{bail, Result};
 
-use super::config::ModelConfig;
+use super::modality::{modality_index, ModalitySpec};
+
+/// The modality names of a scenario's text: separated by `,` or `+`, blanks trimmed, empty
+/// items left out (`"dsm, sar"`, `"dsm+sar"` -> `["dsm", "sar"]`). Names are not checked.
+pub fn parse_names(text: &str) -> Vec<String> {
+    text.split([',', '+'])
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Modality names as a scenario's text: joined by `+` (`["dsm", "sar"]` -> `dsm+sar`).
+pub fn join_names<S: AsRef<str>>(names: &[S]) -> String {
+    let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
+    names.join("+")
+}
 
 /// A non-empty set of missing modalities (by index in `ModelConfig::modalities`) that leaves at
 /// least one modality available. The teacher (full-modality branch) is not a scenario.
@@ -31,15 +53,32 @@ impl Scenario {
         Ok(Scenario { missing })
     }
 
-    /// The scenario whose missing modalities have these names.
-    pub fn from_names<S: AsRef<str>>(names: &[S], cfg: &ModelConfig) -> Result<Self> {
+    /// The scenario whose missing modalities have these names; `modalities` is the model's
+    /// list (a [`super::config::ModelConfig`] or its `modalities`).
+    ///
+    /// # Errors
+    /// An unknown name, or a set that [`Scenario::new`] refuses (named in the message).
+    pub fn from_names<S, M>(names: &[S], modalities: &M) -> Result<Self>
+    where
+        S: AsRef<str>,
+        M: AsRef<[ModalitySpec]> + ?Sized,
+    {
+        let modalities = modalities.as_ref();
         let idx = names
             .iter()
-            .map(|n| cfg.modality_index(n.as_ref()))
+            .map(|n| modality_index(modalities, n.as_ref()))
             .collect::<Result<Vec<_>>>()?;
         let listed: Vec<&str> = names.iter().map(|n| n.as_ref()).collect();
-        Self::new(idx, cfg.modalities.len())
+        Self::new(idx, modalities.len())
             .map_err(|e| anyhow::anyhow!("scenario [{}]: {e}", listed.join(", ")))
+    }
+
+    /// The scenario of a text such as `sar`, `dsm,sar` or `dsm+sar` (see [`parse_names`]).
+    ///
+    /// # Errors
+    /// As [`Scenario::from_names`]; callers add the flag or key the text came from.
+    pub fn parse<M: AsRef<[ModalitySpec]> + ?Sized>(text: &str, modalities: &M) -> Result<Self> {
+        Self::from_names(&parse_names(text), modalities)
     }
 
     /// Every scenario of M modalities: all non-empty proper subsets, fewer missing first.
@@ -83,17 +122,23 @@ impl Scenario {
         format!("m{}", idx.join("_"))
     }
 
-    /// The missing modalities by name.
-    pub fn names(&self, cfg: &ModelConfig) -> Vec<String> {
+    /// The missing modalities by name, in model order.
+    pub fn names<M: AsRef<[ModalitySpec]> + ?Sized>(&self, modalities: &M) -> Vec<String> {
+        let modalities = modalities.as_ref();
         self.missing
             .iter()
-            .map(|&i| cfg.modalities[i].name.clone())
+            .map(|&i| modalities[i].name.clone())
             .collect()
     }
 
+    /// The scenario as text: `dsm+sar` (see [`join_names`]); [`Scenario::parse`] reads it back.
+    pub fn text<M: AsRef<[ModalitySpec]> + ?Sized>(&self, modalities: &M) -> String {
+        join_names(&self.names(modalities))
+    }
+
     /// `missing: a, b`, for messages.
-    pub fn describe(&self, cfg: &ModelConfig) -> String {
-        format!("missing: {}", self.names(cfg).join(", "))
+    pub fn describe<M: AsRef<[ModalitySpec]> + ?Sized>(&self, modalities: &M) -> String {
+        format!("missing: {}", self.names(modalities).join(", "))
     }
 }
 
@@ -134,5 +179,28 @@ mod tests {
         let s = Scenario::new(vec![2, 0], 3).unwrap();
         assert_eq!(s.missing(), [0, 2]);
         assert_eq!(s.available(3), [1]);
+    }
+
+    #[test]
+    fn text_reads_both_separators_and_writes_one() {
+        let modalities: Vec<ModalitySpec> = ["optical", "dsm", "sar"]
+            .iter()
+            .map(|n| ModalitySpec {
+                name: n.to_string(),
+                channels: 1,
+            })
+            .collect();
+        assert_eq!(parse_names(" sar, dsm "), ["sar", "dsm"]);
+        assert_eq!(parse_names("sar+dsm"), ["sar", "dsm"]);
+        let s = Scenario::parse("sar,dsm", &modalities).unwrap();
+        assert_eq!(s, Scenario::parse("dsm+sar", &modalities).unwrap());
+        assert_eq!(s.text(&modalities), "dsm+sar");
+        assert_eq!(
+            Scenario::parse(&s.text(&modalities), &modalities).unwrap(),
+            s
+        );
+        assert_eq!(s.describe(&modalities), "missing: dsm, sar");
+        let e = Scenario::parse("lidar", &modalities).unwrap_err();
+        assert!(e.to_string().contains("unknown modality"), "{e}");
     }
 }

@@ -29,14 +29,15 @@ use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{CheckpointInfo, Loaded};
 use crate::data::config::ClassInfo;
-use crate::data::raster::WriteOptions;
-use crate::data::raster::{self, GeoRef, Pixels, RasterInfo};
-use crate::model::scenario::Scenario;
-use crate::model::Dis2Net;
-use crate::tiling::{pad_reflect, BandStitcher, FinishedRows, Window, WindowGrid};
+use crate::data::raster::{self, GeoRef, Pixels, RasterInfo, Window, WriteOptions};
+use crate::model::modality::input_flags;
+use crate::model::{Dis2Net, Route};
+use crate::progress::Progress;
+use crate::tiling::{pad_reflect, BandStitcher, FinishedRows, WindowGrid};
 use writer::StreamingTiff;
 
-/// Class value of unclassified pixels (any given input is nodata there).
+/// Class value of unclassified pixels in a class map (any given input is nodata there); the
+/// class map's nodata value, which `dis2 eval` leaves out of its scores.
 pub const NODATA_CLASS: u8 = 255;
 /// Largest side of a `--preview` image in pixels.
 pub const PREVIEW_SIDE: usize = 1024;
@@ -93,81 +94,9 @@ impl Default for PredictOptions {
     }
 }
 
-/// Which branch of the model runs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
-    /// Every modality given.
-    Teacher,
-    /// The student of this scenario.
-    Student(Scenario),
-    /// The teacher, with these modalities (indices) filled with the training mean.
-    Fill(Vec<usize>),
-}
-
-impl Route {
-    /// For messages: `teacher`, `student (missing: sar)`, `teacher with sar filled ...`.
-    pub fn describe(&self, info: &CheckpointInfo) -> String {
-        let names = |idx: &[usize]| {
-            idx.iter()
-                .map(|&i| info.model.modalities[i].name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        match self {
-            Route::Teacher => "teacher (all modalities given)".to_string(),
-            Route::Student(s) => format!("student ({})", s.describe(&info.model)),
-            Route::Fill(missing) => format!(
-                "teacher with {} filled with the training mean (--allow-fill; the checkpoint has no student for missing: {})",
-                names(missing),
-                names(missing)
-            ),
-        }
-    }
-}
-
-/// The branch for the given modalities (`given[i]` for model modality `i`).
-pub fn route(info: &CheckpointInfo, given: &[bool], allow_fill: bool) -> Result<Route> {
-    let cfg = &info.model;
-    let missing: Vec<usize> = (0..given.len()).filter(|&i| !given[i]).collect();
-    if missing.is_empty() {
-        return Ok(Route::Teacher);
-    }
-    if missing.len() == given.len() {
-        bail!("no input given; this model takes {}", modality_flags(info));
-    }
-    let scenario = Scenario::new(missing.clone(), cfg.modalities.len())?;
-    let have = cfg.scenario_list()?;
-    if have.contains(&scenario) {
-        return Ok(Route::Student(scenario));
-    }
-    if allow_fill {
-        return Ok(Route::Fill(missing));
-    }
-    let list: Vec<String> = have
-        .iter()
-        .map(|s| format!("[{}]", s.describe(cfg)))
-        .collect();
-    bail!(
-        "the checkpoint has no student for {}; its students are {}. Give the missing modalities, \
-         or pass --allow-fill to run the teacher with them filled with the training mean",
-        scenario.describe(cfg),
-        list.join(", ")
-    )
-}
-
-/// `--optical FILE (4 bands), --dsm FILE (1 band)`, for messages.
-fn modality_flags(info: &CheckpointInfo) -> String {
-    info.model
-        .modalities
-        .iter()
-        .map(|m| format!("--{} FILE ({} band(s))", m.name, m.channels))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 /// On the CPU, gives libtorch half of its threads (at least one) and leaves the rest to reading
-/// and cutting windows. Measured on 2 cores (docs/predict.md): libtorch's intra-op threads
-/// competing with the reader made prediction about 9 times slower than with one libtorch thread.
+/// and cutting windows: libtorch's intra-op threads competing with the reader slow prediction
+/// down many times (figures in docs/predict.md, "Pipeline and memory").
 pub fn share_cpu_threads(device: Device) {
     if device == Device::Cpu {
         tch::set_num_threads((tch::get_num_threads() / 2).max(1));
@@ -233,7 +162,7 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
             anyhow!(
                 "--{name} {}: the checkpoint has no modality {name:?}; it knows {}",
                 path.display(),
-                modality_flags(info)
+                input_flags(&info.model.modalities)
             )
         })?;
         if inputs.iter().any(|i| i.index == index) {
@@ -269,8 +198,12 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
             std: norm.std.iter().map(|&v| v as f32).collect(),
         });
     }
-    let first = first
-        .ok_or_else(|| anyhow!("no input given; this model takes {}", modality_flags(info)))?;
+    let first = first.ok_or_else(|| {
+        anyhow!(
+            "no input given; this model takes {}",
+            input_flags(&info.model.modalities)
+        )
+    })?;
     inputs.sort_by_key(|i| i.index);
     Ok((inputs, first))
 }
@@ -290,17 +223,13 @@ struct WindowData {
     valid: Vec<f32>,
 }
 
-/// Cuts the window at column `col` from `strips` (one per input, full width, `rows` rows),
-/// normalises it (0 where an input is nodata) and pads it to `crop` by reflection.
-fn cut_window(
-    strips: &[Pixels],
-    inputs: &[Input],
-    row: usize,
-    col: usize,
-    crop: (usize, usize),
-) -> WindowData {
+/// Cuts `window` (of the model's crop size) from `strips` (one per input, full width, starting
+/// at the window's row), normalises it (0 where an input is nodata) and pads it to the crop by
+/// reflection.
+fn cut_window(strips: &[Pixels], inputs: &[Input], window: Window) -> WindowData {
     let width = strips[0].width;
     let rows = strips[0].height;
+    let (col, crop) = (window.x as usize, (window.height, window.width));
     let cols = crop.1.min(width - col);
     let mut valid = vec![1.0f32; rows * cols];
     let mut out = Vec::with_capacity(inputs.len());
@@ -337,7 +266,7 @@ fn cut_window(
         ));
     }
     WindowData {
-        window: Window { row, col },
+        window,
         inputs: out,
         valid: pad_reflect(&valid, 1, rows, cols, crop.0, crop.1),
     }
@@ -399,19 +328,14 @@ impl BatchReader {
             .par_iter_mut()
             .zip(inputs.par_iter())
             .map(|(ds, input)| {
-                raster::read_window(
-                    ds,
-                    &input.path,
-                    raster::Window::new(0, row as i64, width, rows),
-                )
+                raster::read_window(ds, &input.path, Window::new(0, row as i64, width, rows))
             })
             .collect::<Result<_>>()?;
-        let crop = self.grid.window;
-        let made: Vec<WindowData> = self
-            .grid
+        let grid = &self.grid;
+        let made: Vec<WindowData> = grid
             .cols
             .par_iter()
-            .map(|&col| cut_window(&strips, inputs, row, col, crop))
+            .map(|&col| cut_window(&strips, inputs, grid.window_at(row, col)))
             .collect();
         self.pending.extend(made);
         Ok(())
@@ -479,6 +403,68 @@ enum ProbsOut {
     F32(StreamingTiff<f32>),
 }
 
+impl ProbsOut {
+    /// The probability raster at `path`: `names.len()` bands (one per class) of `probs_type`.
+    fn create(
+        path: &Path,
+        probs_type: ProbsType,
+        size: (usize, usize),
+        georef: Option<&GeoRef>,
+        names: Vec<String>,
+    ) -> Result<Self> {
+        let ((width, height), k) = (size, names.len());
+        Ok(match probs_type {
+            ProbsType::U8 => {
+                let options = WriteOptions {
+                    band_names: names,
+                    ..Default::default()
+                };
+                Self::U8(StreamingTiff::create(
+                    path, width, height, k, georef, &options,
+                )?)
+            }
+            ProbsType::F32 => {
+                let options = WriteOptions {
+                    nodata: Some(f64::NAN),
+                    band_names: names,
+                    ..Default::default()
+                };
+                Self::F32(StreamingTiff::create(
+                    path, width, height, k, georef, &options,
+                )?)
+            }
+        })
+    }
+
+    /// Writes the `k` class planes of `done`; `valid` is its validity plane.
+    fn write_rows(&mut self, done: &FinishedRows, k: usize, valid: &[f32]) -> Result<()> {
+        let plane = valid.len();
+        let planes = (0..k).map(|c| &done.probs[c * plane..(c + 1) * plane]);
+        match self {
+            Self::U8(t) => {
+                for (c, probs) in planes.enumerate() {
+                    let v: Vec<u8> = probs
+                        .iter()
+                        .map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
+                        .collect();
+                    t.write_rows(c, done.first_row, done.rows, &v)?;
+                }
+            }
+            Self::F32(t) => {
+                for (c, probs) in planes.enumerate() {
+                    let v: Vec<f32> = probs
+                        .iter()
+                        .zip(valid)
+                        .map(|(&p, &ok)| if ok < 0.5 { f32::NAN } else { p })
+                        .collect();
+                    t.write_rows(c, done.first_row, done.rows, &v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A nearest-neighbour, downsampled colour rendering of the class map.
 struct Preview {
     path: PathBuf,
@@ -532,6 +518,59 @@ impl Preview {
 }
 
 impl Sink {
+    /// Creates the outputs of `job` for a scene with `header`'s size and georeferencing: the
+    /// class map (with the checkpoint's colours), the probabilities and the preview when asked.
+    fn create(
+        info: &CheckpointInfo,
+        job: &SceneJob,
+        probs_type: ProbsType,
+        header: &RasterInfo,
+    ) -> Result<Self> {
+        let (width, height) = (header.width, header.height);
+        let georef = GeoRef::of(header);
+        let table: Vec<ClassInfo> = info.class_table();
+        let k = table.len();
+        if k > usize::from(NODATA_CLASS) {
+            bail!("the checkpoint has {k} classes; a u8 class map holds at most 255");
+        }
+        let colours: Vec<[u8; 3]> = table.iter().map(|c| c.colour).collect();
+        let class_map = StreamingTiff::<u8>::create(
+            &job.out,
+            width,
+            height,
+            1,
+            georef.as_ref(),
+            &WriteOptions {
+                nodata: Some(f64::from(NODATA_CLASS)),
+                colour_table: Some(colours.clone()),
+                band_names: vec!["class".to_string()],
+            },
+        )?;
+        let names: Vec<String> = table.iter().map(|c| c.name.clone()).collect();
+        let probs = match &job.probs {
+            None => None,
+            Some(path) => Some(ProbsOut::create(
+                path,
+                probs_type,
+                (width, height),
+                georef.as_ref(),
+                names,
+            )?),
+        };
+        let preview = job
+            .preview
+            .as_ref()
+            .map(|p| Preview::new(p, width, height, colours));
+        Ok(Self {
+            classes: k,
+            width,
+            class_map,
+            probs,
+            preview,
+            valid_pixels: 0,
+        })
+    }
+
     fn rows(&mut self, done: &FinishedRows) -> Result<()> {
         let (k, w, rows) = (self.classes, self.width, done.rows);
         let plane = rows * w;
@@ -552,27 +591,8 @@ impl Sink {
         }
         self.class_map
             .write_rows(0, done.first_row, rows, &classes)?;
-        match &mut self.probs {
-            Some(ProbsOut::U8(t)) => {
-                for c in 0..k {
-                    let v: Vec<u8> = done.probs[c * plane..(c + 1) * plane]
-                        .iter()
-                        .map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
-                        .collect();
-                    t.write_rows(c, done.first_row, rows, &v)?;
-                }
-            }
-            Some(ProbsOut::F32(t)) => {
-                for c in 0..k {
-                    let v: Vec<f32> = done.probs[c * plane..(c + 1) * plane]
-                        .iter()
-                        .zip(valid)
-                        .map(|(&p, &ok)| if ok < 0.5 { f32::NAN } else { p })
-                        .collect();
-                    t.write_rows(c, done.first_row, rows, &v)?;
-                }
-            }
-            None => {}
+        if let Some(probs) = &mut self.probs {
+            probs.write_rows(done, k, valid)?;
         }
         if let Some(preview) = &mut self.preview {
             for r in 0..rows {
@@ -596,214 +616,145 @@ impl Sink {
     }
 }
 
-/// Progress over the windows of a scene: an indicatif bar on a terminal, plain lines otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    total: usize,
-    done: usize,
-    every: std::time::Duration,
-    last: Instant,
-    started: Instant,
-    label: String,
+/// A scene checked and laid out: its inputs in model order, the header of the first, the branch
+/// and the windows.
+struct ScenePlan {
+    inputs: Vec<Input>,
+    header: RasterInfo,
+    route: Route,
+    grid: WindowGrid,
 }
 
-impl Progress {
-    fn new(total: usize, label: String, quiet: bool) -> Self {
-        use std::io::IsTerminal;
-        let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total as u64);
-            let style = indicatif::ProgressStyle::with_template(
-                "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} windows ETA {eta}",
-            )
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
-            bar.set_style(style);
-            bar.set_prefix(label.clone());
-            bar
-        });
-        let every = std::time::Duration::from_secs(if quiet { 60 } else { 10 });
-        Self {
-            bar,
-            total,
-            done: 0,
-            every,
-            last: Instant::now(),
-            started: Instant::now(),
-            label,
+impl ScenePlan {
+    /// Checks the scene's inputs against the checkpoint, chooses the branch for the modalities
+    /// given ([`Route::choose`]) and lays the window grid.
+    fn new(info: &CheckpointInfo, job: &SceneJob, options: &PredictOptions) -> Result<Self> {
+        let cfg = &info.model;
+        let (inputs, header) = check_inputs(info, job)?;
+        let mut given = vec![false; cfg.modalities.len()];
+        for i in &inputs {
+            given[i.index] = true;
         }
-    }
-
-    fn add(&mut self, n: usize) {
-        self.done += n;
-        match &self.bar {
-            Some(bar) => bar.set_position(self.done as u64),
-            None => {
-                if self.last.elapsed() >= self.every && self.done < self.total {
-                    eprintln!(
-                        "{}: {}/{} windows [{} s]",
-                        self.label,
-                        self.done,
-                        self.total,
-                        self.started.elapsed().as_secs()
-                    );
-                    self.last = Instant::now();
-                }
-            }
+        let route = Route::choose(cfg, &given, options.allow_fill)?;
+        if options.batch == 0 {
+            bail!("--batch must be at least 1");
         }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
-        }
+        let crop = (cfg.crop[0] as usize, cfg.crop[1] as usize);
+        let overlap = options.overlap.unwrap_or(crop.0.min(crop.1) / 4);
+        let grid = WindowGrid::new((header.height, header.width), crop, overlap)
+            .map_err(|e| anyhow!("--overlap {overlap}: {e}"))?;
+        Ok(Self {
+            inputs,
+            header,
+            route,
+            grid,
+        })
     }
 }
 
-/// Predicts one scene and writes its outputs. Nothing is left at the output paths on error.
-pub fn predict_scene(
+/// Progress over a scene's `windows`, named by `label` (the output path).
+fn window_progress(windows: usize, label: &str, quiet: bool) -> Progress {
+    let progress = Progress::new(windows as u64, 0, quiet)
+        .with_style(
+            "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} windows ETA {eta}",
+            None,
+        )
+        .with_first_line_after_interval();
+    progress.set_prefix(label);
+    progress
+}
+
+/// Counts `n` more windows done; without a bar, says so when a line is due.
+fn windows_done(progress: &mut Progress, label: &str, n: usize) {
+    progress.inc(n as u64);
+    if progress.line_due() && progress.position() < progress.total() {
+        let line = format!(
+            "{label}: {}/{} windows [{} s]",
+            progress.position(),
+            progress.total(),
+            progress.elapsed_s()
+        );
+        progress.log(&line);
+    }
+}
+
+/// The branch's probabilities for one batch of windows: `B x K x H x W` values, row-major.
+fn window_probs(
     predictor: &Predictor,
-    job: &SceneJob,
-    options: &PredictOptions,
-) -> Result<Summary> {
-    let started = Instant::now();
-    let info = predictor.info();
-    let cfg = &info.model;
-    let (inputs, header) = check_inputs(info, job)?;
-    let mut given = vec![false; cfg.modalities.len()];
-    for i in &inputs {
-        given[i.index] = true;
+    route: &Route,
+    inputs: &[Input],
+    batch: &Prepared,
+    k: usize,
+) -> Result<Vec<f32>> {
+    let cfg = &predictor.info().model;
+    let (b, h, w) = (batch.windows.len(), cfg.crop[0], cfg.crop[1]);
+    let mut tensors: Vec<Option<Tensor>> = (0..cfg.modalities.len()).map(|_| None).collect();
+    for (input, data) in inputs.iter().zip(&batch.inputs) {
+        let t = Tensor::from_slice(data)
+            .view([b as i64, input.channels as i64, h, w])
+            .to_device(predictor.device);
+        tensors[input.index] = Some(t);
     }
-    let route = route(info, &given, options.allow_fill)?;
-    if options.batch == 0 {
-        bail!("--batch must be at least 1");
-    }
-    let crop = (cfg.crop[0] as usize, cfg.crop[1] as usize);
-    let overlap = options.overlap.unwrap_or(crop.0.min(crop.1) / 4);
-    let (width, height) = (header.width, header.height);
-    let grid = WindowGrid::new((height, width), crop, overlap)
-        .map_err(|e| anyhow!("--overlap {overlap}: {e}"))?;
-    let georef = GeoRef::of(&header);
-    let table: Vec<ClassInfo> = info.class_table();
-    let k = table.len();
-    if k > usize::from(NODATA_CLASS) {
-        bail!("the checkpoint has {k} classes; a u8 class map holds at most 255");
-    }
-    let colours: Vec<[u8; 3]> = table.iter().map(|c| c.colour).collect();
-    let class_map = StreamingTiff::<u8>::create(
-        &job.out,
-        width,
-        height,
-        1,
-        georef.as_ref(),
-        &WriteOptions {
-            nodata: Some(f64::from(NODATA_CLASS)),
-            colour_table: Some(colours.clone()),
-            band_names: vec!["class".to_string()],
-        },
+    let refs: Vec<Option<&Tensor>> = tensors.iter().map(Option::as_ref).collect();
+    let probs = tch::no_grad(|| predictor.net().forward_route(route, &refs, false))?;
+    let probs: Vec<f32> = Vec::<f32>::try_from(
+        probs
+            .to_device(Device::Cpu)
+            .to_kind(Kind::Float)
+            .contiguous()
+            .view([-1]),
     )?;
-    let names: Vec<String> = table.iter().map(|c| c.name.clone()).collect();
-    let probs = match &job.probs {
-        None => None,
-        Some(path) => Some(match options.probs_type {
-            ProbsType::U8 => ProbsOut::U8(StreamingTiff::create(
-                path,
-                width,
-                height,
-                k,
-                georef.as_ref(),
-                &WriteOptions {
-                    band_names: names,
-                    ..Default::default()
-                },
-            )?),
-            ProbsType::F32 => ProbsOut::F32(StreamingTiff::create(
-                path,
-                width,
-                height,
-                k,
-                georef.as_ref(),
-                &WriteOptions {
-                    nodata: Some(f64::NAN),
-                    band_names: names,
-                    ..Default::default()
-                },
-            )?),
-        }),
-    };
-    let mut sink = Sink {
-        classes: k,
-        width,
-        class_map,
-        probs,
-        preview: job
-            .preview
-            .as_ref()
-            .map(|p| Preview::new(p, width, height, colours)),
-        valid_pixels: 0,
-    };
-    let label = job.out.display().to_string();
-    if matches!(route, Route::Fill(_)) && options.announce_fill {
-        eprintln!("{label}: {}", route.describe(info));
+    if probs.len() != b * k * (h * w) as usize {
+        bail!(
+            "the model returned {} values for {b} windows of {k} classes",
+            probs.len()
+        );
     }
-    let windows = grid.len();
-    let mut stitcher = BandStitcher::new(grid.clone(), k + 1);
-    let mut progress = Progress::new(windows, label, options.quiet);
-    let inputs = Arc::new(inputs);
-    let reader = BatchReader::open(inputs.clone(), grid, options.batch)?;
+    Ok(probs)
+}
+
+/// Adds a batch's window probabilities (`probs`, `K` classes each) and validity to the
+/// stitcher and writes the rows that became final.
+fn blend(
+    stitcher: &mut BandStitcher,
+    sink: &mut Sink,
+    batch: &Prepared,
+    probs: &[f32],
+) -> Result<()> {
+    let k = sink.classes;
+    for (i, (window, valid)) in batch.windows.iter().zip(&batch.valid).enumerate() {
+        let plane = valid.len();
+        let mut values = Vec::with_capacity((k + 1) * plane);
+        values.extend_from_slice(&probs[i * k * plane..(i + 1) * k * plane]);
+        values.extend_from_slice(valid);
+        if let Some(done) = stitcher.add(*window, &values)? {
+            sink.rows(&done)?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs the plan's branch over every window (read ahead on a background thread when
+/// `options.prefetch` > 0), blends the windows and writes the finished rows into `sink`.
+fn run_windows(
+    predictor: &Predictor,
+    plan: ScenePlan,
+    sink: &mut Sink,
+    options: &PredictOptions,
+    label: &str,
+) -> Result<()> {
+    let k = sink.classes;
+    let mut stitcher = BandStitcher::new(plan.grid.clone(), k + 1);
+    let mut progress = window_progress(plan.grid.len(), label, options.quiet);
+    let inputs = Arc::new(plan.inputs);
+    let reader = BatchReader::open(inputs.clone(), plan.grid, options.batch)?;
     let (batches, reading) = batches(reader, options.prefetch);
     let result = (|| -> Result<()> {
-        let plane = crop.0 * crop.1;
         for batch in batches {
             let batch = batch?;
-            let b = batch.windows.len();
-            let mut tensors: Vec<Option<Tensor>> =
-                (0..cfg.modalities.len()).map(|_| None).collect();
-            for (input, data) in inputs.iter().zip(&batch.inputs) {
-                let t = Tensor::from_slice(data)
-                    .view([
-                        b as i64,
-                        input.channels as i64,
-                        crop.0 as i64,
-                        crop.1 as i64,
-                    ])
-                    .to_device(predictor.device);
-                tensors[input.index] = Some(t);
-            }
-            if let Route::Fill(missing) = &route {
-                for &m in missing {
-                    let c = cfg.modalities[m].channels;
-                    tensors[m] = Some(Tensor::zeros(
-                        [b as i64, c, crop.0 as i64, crop.1 as i64],
-                        (Kind::Float, predictor.device),
-                    ));
-                }
-            }
-            let refs: Vec<Option<&Tensor>> = tensors.iter().map(|t| t.as_ref()).collect();
-            let probs = tch::no_grad(|| match &route {
-                Route::Student(s) => predictor.net().forward_student(s, &refs, false),
-                Route::Teacher | Route::Fill(_) => predictor.net().forward_teacher(&refs, false),
-            })?;
-            let probs: Vec<f32> = Vec::<f32>::try_from(
-                probs
-                    .to_device(Device::Cpu)
-                    .to_kind(Kind::Float)
-                    .contiguous()
-                    .view([-1]),
-            )?;
-            if probs.len() != b * k * plane {
-                bail!(
-                    "the model returned {} values for {b} windows of {k} classes",
-                    probs.len()
-                );
-            }
-            for (i, (window, valid)) in batch.windows.iter().zip(&batch.valid).enumerate() {
-                let mut values = Vec::with_capacity((k + 1) * plane);
-                values.extend_from_slice(&probs[i * k * plane..(i + 1) * k * plane]);
-                values.extend_from_slice(valid);
-                if let Some(done) = stitcher.add(*window, &values)? {
-                    sink.rows(&done)?;
-                }
-            }
-            progress.add(b);
+            let probs = window_probs(predictor, &plan.route, &inputs, &batch, k)?;
+            blend(&mut stitcher, sink, &batch, &probs)?;
+            windows_done(&mut progress, label, batch.windows.len());
         }
         Ok(())
     })();
@@ -813,13 +764,38 @@ pub fn predict_scene(
             .join()
             .map_err(|_| anyhow!("the reading thread panicked"))?;
     }
-    progress.finish();
-    result?;
+    progress.finish_and_clear();
+    result
+}
+
+/// Predicts one scene and writes its outputs. Nothing is left at the output paths on error.
+///
+/// # Errors
+/// Inputs that do not fit the checkpoint or each other (each named by its flag), a missing set
+/// without a student unless `options.allow_fill`, an `--overlap` over half the crop, unreadable
+/// or unwritable files, and a scene where every pixel is nodata in some input.
+pub fn predict_scene(
+    predictor: &Predictor,
+    job: &SceneJob,
+    options: &PredictOptions,
+) -> Result<Summary> {
+    let started = Instant::now();
+    let info = predictor.info();
+    let plan = ScenePlan::new(info, job, options)?;
+    let mut sink = Sink::create(info, job, options.probs_type, &plan.header)?;
+    let label = job.out.display().to_string();
+    if matches!(plan.route, Route::TeacherFill(_)) && options.announce_fill {
+        eprintln!("{label}: {}", plan.route.describe(&info.model));
+    }
+    let (width, height, windows) = (plan.header.width, plan.header.height, plan.grid.len());
+    let route = plan.route.describe(&info.model);
+    let files: Vec<String> = plan
+        .inputs
+        .iter()
+        .map(|i| i.path.display().to_string())
+        .collect();
+    run_windows(predictor, plan, &mut sink, options, &label)?;
     if sink.valid_pixels == 0 {
-        let files: Vec<String> = inputs
-            .iter()
-            .map(|i| i.path.display().to_string())
-            .collect();
         bail!(
             "every pixel is nodata in at least one input ({}): nothing to classify",
             files.join(", ")
@@ -833,6 +809,6 @@ pub fn predict_scene(
         windows,
         seconds: started.elapsed().as_secs_f64(),
         valid_pixels,
-        route: route.describe(info),
+        route,
     })
 }

@@ -22,7 +22,6 @@ mod table;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -32,6 +31,7 @@ use crate::cli::DeviceArgs;
 use crate::config::Experiment;
 use crate::data::layouts::Split;
 use crate::eval::{evaluate, EvalOptions, EvalRequest};
+use crate::progress::Progress;
 use crate::train::run::{RunDir, RunKind, RunSpec};
 use crate::train::trainer::{self, TrainOptions};
 
@@ -255,45 +255,22 @@ fn print_plan(plan: &Plan, shard: Shard) {
     }
 }
 
-/// Progress over a shard's runs and evaluations; plain lines when stderr is not a terminal.
-struct SweepProgress {
-    bar: ProgressBar,
-    total: usize,
-    done: usize,
+/// Progress over a shard's `total` runs and evaluations: a bar on a terminal, else plain lines.
+fn sweep_progress(total: usize) -> Progress {
+    Progress::new(total as u64, 0, false).with_style(
+        "sweep [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
+        Some("=> "),
+    )
 }
 
-impl SweepProgress {
-    fn new(total: usize) -> Self {
-        let bar = ProgressBar::new(total as u64);
-        bar.set_style(
-            ProgressStyle::with_template("sweep [{bar:30}] {pos}/{len} {elapsed_precise} {msg}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar())
-                .progress_chars("=> "),
-        );
-        SweepProgress {
-            bar,
-            total,
-            done: 0,
-        }
-    }
-
-    fn start(&self, what: &str) {
-        self.bar.set_message(what.to_string());
-        self.line(&format!("[{}/{}] {what}", self.done + 1, self.total));
-    }
-
-    fn finish_one(&mut self) {
-        self.done += 1;
-        self.bar.inc(1);
-    }
-
-    fn line(&self, text: &str) {
-        if self.bar.is_hidden() {
-            eprintln!("{text}");
-        } else {
-            self.bar.println(text);
-        }
-    }
+/// Says which run or evaluation starts: `[i/n] what`.
+fn start(progress: &Progress, what: &str) {
+    progress.set_message(what);
+    progress.println(&format!(
+        "[{}/{}] {what}",
+        progress.position() + 1,
+        progress.total()
+    ));
 }
 
 fn run_shard(
@@ -305,29 +282,29 @@ fn run_shard(
 ) -> Result<()> {
     let units = plan.shard_units(shard);
     let evals = plan.shard_evals(shard);
-    let mut progress = SweepProgress::new(units.len() + evals.len());
+    let mut progress = sweep_progress(units.len() + evals.len());
     // Each run is scored as soon as it is trained, so the tables fill in as the sweep goes.
     for unit in units {
         if dir.finished(&unit.name).exists() {
-            progress.line(&format!("run {} is finished, skipped", unit.name));
+            progress.println(&format!("run {} is finished, skipped", unit.name));
         } else {
-            progress.start(&format!("training {}", unit.name));
+            start(&progress, &format!("training {}", unit.name));
             train_unit(dir, plan, unit, shard, device, &progress)
                 .with_context(|| format!("sweep run {}", unit.name))?;
         }
-        progress.finish_one();
+        progress.inc(1);
         for job in evals.iter().filter(|e| e.unit == unit.name) {
             if dir.done(&job.name).exists() {
-                progress.line(&format!("evaluation {} is done, skipped", job.name));
+                progress.println(&format!("evaluation {} is done, skipped", job.name));
             } else {
-                progress.start(&format!("scoring {}", job.name));
+                start(&progress, &format!("scoring {}", job.name));
                 eval_job(dir, job, spec, device)
                     .with_context(|| format!("sweep evaluation {}", job.name))?;
             }
-            progress.finish_one();
+            progress.inc(1);
         }
     }
-    progress.bar.finish_and_clear();
+    progress.finish_and_clear();
     Ok(())
 }
 
@@ -338,7 +315,7 @@ fn train_unit(
     unit: &Unit,
     shard: Shard,
     device: tch::Device,
-    progress: &SweepProgress,
+    progress: &Progress,
 ) -> Result<()> {
     let (kind, scenarios, teacher, modality_dropout) = match &unit.kind {
         UnitKind::Teacher { modality_dropout } => {
@@ -396,7 +373,7 @@ fn wait_for(
     plan: &Plan,
     unit: &str,
     shard: Shard,
-    progress: &SweepProgress,
+    progress: &Progress,
 ) -> Result<()> {
     if dir.finished(unit).exists() {
         return Ok(());
@@ -410,7 +387,7 @@ fn wait_for(
     if owner == shard.index {
         bail!("run {unit} should have been trained by this shard before its students");
     }
-    progress.line(&format!(
+    progress.println(&format!(
         "waiting for {unit}, trained by shard {owner}/{} ({} appears when it is done)",
         shard.count,
         dir.finished(unit).display()

@@ -11,7 +11,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use crate::model::config::{ModalitySpec, ModelConfig};
-use crate::model::scenario::Scenario;
+use crate::model::scenario::{join_names, Scenario};
 
 /// A row of the results table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -146,7 +146,7 @@ impl Column {
         if self.is_full() {
             "full".to_string()
         } else {
-            self.missing.join("+")
+            join_names(&self.missing)
         }
     }
 
@@ -173,13 +173,8 @@ pub fn parse_scenarios(list: &[String], model: &ModelConfig) -> Result<Vec<Colum
         return Ok(out);
     }
     for item in list.iter().flat_map(|l| l.split(',')) {
-        let names: Vec<&str> = item
-            .split('+')
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
-            .collect();
         let scenario =
-            Scenario::from_names(&names, model).with_context(|| format!("--scenarios {item:?}"))?;
+            Scenario::parse(item, model).with_context(|| format!("--scenarios {item:?}"))?;
         let column = Column {
             missing: scenario.names(model),
         };
@@ -298,7 +293,7 @@ impl Plan {
             if drop.is_empty() {
                 "full".to_string()
             } else {
-                format!("drop-{}", drop.join("+"))
+                format!("drop-{}", join_names(&drop))
             }
         );
         if !self.evals.iter().any(|e| e.name == name) {
@@ -342,7 +337,7 @@ impl Plan {
         let modalities = serde_json::to_string(&available)?;
         let names: Vec<&str> = available.iter().map(|m| m.name.as_str()).collect();
         Ok(self.add(Unit {
-            name: format!("unimodal-{}", names.join("+")),
+            name: format!("unimodal-{}", join_names(&names)),
             kind: UnitKind::Teacher {
                 modality_dropout: 0.0,
             },

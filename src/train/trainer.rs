@@ -22,7 +22,7 @@ use super::optim::Optimizer;
 use super::progress::{Progress, StepReport};
 use super::run::{RunDir, RunKind, RunSpec};
 use super::tensorboard::RunLog;
-use super::validate::{validate, Branch};
+use super::validate::validate;
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::config::Experiment;
 use crate::data::dataset::SceneDataset;
@@ -31,7 +31,7 @@ use crate::data::loader::{Batch, Loader, LoaderOptions, Normaliser};
 use crate::data::rng::Rng;
 use crate::data::sampling::RandomCropSampler;
 use crate::metrics::Scores;
-use crate::model::{Dis2Net, Scenario};
+use crate::model::{Dis2Net, Route, Scenario};
 
 /// Streams of the run's own random numbers (apart from the data sampler's).
 const STREAM_MODALITY_DROPOUT: u64 = 0xD809;
@@ -432,15 +432,15 @@ impl Trainer {
     }
 
     /// The branches validated for this kind of run.
-    fn branches(&self) -> Vec<Branch> {
+    fn branches(&self) -> Vec<Route> {
         match self.spec.kind {
-            RunKind::Teacher => vec![Branch::Teacher],
+            RunKind::Teacher => vec![Route::Teacher],
             RunKind::Distill => vec![
-                Branch::Student(self.scenarios[0].clone()),
-                Branch::TeacherFilled(self.scenarios[0].clone()),
+                Route::Student(self.scenarios[0].clone()),
+                Route::TeacherFill(self.scenarios[0].clone()),
             ],
-            RunKind::Joint => std::iter::once(Branch::Teacher)
-                .chain(self.scenarios.iter().cloned().map(Branch::Student))
+            RunKind::Joint => std::iter::once(Route::Teacher)
+                .chain(self.scenarios.iter().cloned().map(Route::Student))
                 .collect(),
         }
     }
@@ -464,7 +464,7 @@ impl Trainer {
             .collect();
         let mut labelled = Vec::new();
         for (branch, s) in branches.iter().zip(scores) {
-            let label = branch.label(&self.net);
+            let label = branch.label(self.net.config());
             if let Some(m) = s.miou {
                 log.scalar(&format!("val/{label}/miou"), m, self.step);
             }
@@ -541,15 +541,8 @@ impl Trainer {
             .map(|t| t.narrow(0, 0, 1).to_device(self.opts.device))
             .collect();
         let branch = self.branches().remove(0);
-        let given: Vec<Option<&Tensor>> = match &branch {
-            Branch::Student(s) => inputs
-                .iter()
-                .enumerate()
-                .map(|(m, t)| (!s.is_missing(m)).then_some(t))
-                .collect(),
-            _ => inputs.iter().map(Some).collect(),
-        };
-        let probs = tch::no_grad(|| self.net.forward(&given, false))?;
+        let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
+        let probs = tch::no_grad(|| self.net.forward_route(&branch, &given, false))?;
         let pred = probs.argmax(1, false).get(0).to_device(Device::Cpu);
         let label = batch.labels.get(0);
         let colours: Vec<[u8; 3]> = self
@@ -570,7 +563,7 @@ impl Trainer {
             }
         }
         log.image(
-            &format!("val/{}", branch.label(&self.net)),
+            &format!("val/{}", branch.label(self.net.config())),
             &row,
             h,
             3 * w,
@@ -590,13 +583,10 @@ fn joint_weights(
     }
     let mut weights = Vec::new();
     for s in scenarios {
-        let key = s.names(&exp.model).join("+");
+        let key = s.text(&exp.model);
         weights.push(*train.joint_probabilities.get(&key).unwrap_or(&0.0));
     }
-    let known: Vec<String> = scenarios
-        .iter()
-        .map(|s| s.names(&exp.model).join("+"))
-        .collect();
+    let known: Vec<String> = scenarios.iter().map(|s| s.text(&exp.model)).collect();
     for key in train.joint_probabilities.keys() {
         ensure!(
             known.contains(key),
