@@ -2,9 +2,9 @@
 //!
 //! libtorch allocates CPU tensors with the C allocator. With glibc's defaults, the large buffers
 //! of a training step are returned to the operating system when freed and faulted in again, page
-//! by page, in the next step; on a 2-core machine that costs more than the arithmetic (measured:
-//! a width-32 training step went from about 1 s, with large swings, to about 0.65 s).
-//! [`tune_allocator`] keeps them in the process instead.
+//! by page, in the next step; on a 2-core machine that costs more than the arithmetic (figures
+//! in docs/model.md, "What makes it fast"). [`tune_allocator`] keeps them in the process
+//! instead.
 //!
 //! Where gperftools' tcmalloc is installed, `build.rs` links it and it replaces malloc for the
 //! whole process (faster still for the thousands of small tensors of a step);

@@ -7,7 +7,8 @@
 //! picks CPU or CUDA; `model` holds the network; `data` the rasters and datasets; `fsutil` the
 //! write-then-rename helpers every output goes through; `eval`, `metrics`, `report` and `figures`
 //! score checkpoints and draw their figures; `checkpoint` saves and loads models;
-//! `import_torch` converts the authors' PyTorch weights; `native` wraps the C++ kernels of `csrc/`.
+//! `import_torch` converts the authors' PyTorch weights; `native` wraps the C++ kernels of `csrc/`;
+//! `progress` reports long work (a bar or plain lines) for `train`, `predict` and `sweep`.
 
 pub mod alloc;
 pub mod checkpoint;
