@@ -25,7 +25,7 @@ pub mod metrics;
 pub mod model;
 pub mod native;
 pub mod predict;
-pub mod progress;
+pub(crate) mod progress;
 pub mod report;
 pub mod sweep;
 pub mod tiling;

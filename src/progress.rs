@@ -15,7 +15,7 @@ const TEMPLATE: &str = "{prefix} [{elapsed_precise}] {wide_bar} {pos}/{len} {msg
 
 /// A bar on a terminal, or plain lines to stderr at most one per interval (10 s, or a minute
 /// when quiet).
-pub struct Progress {
+pub(crate) struct Progress {
     bar: Option<ProgressBar>,
     total: u64,
     position: u64,

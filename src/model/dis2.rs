@@ -538,7 +538,8 @@ impl Dis2Net {
     /// missing modalities are the `None` entries ([`Route::of_given`]).
     pub fn forward(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
         let given: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-        self.forward_route(&Route::of_given(&given)?, inputs, train)
+        let route = Route::of_given(&given, self.cfg.modalities.len())?;
+        self.forward_route(&route, inputs, train)
     }
 
     /// The prediction of `route`'s branch, softmax `[B, K, H, W]`, from one input per modality

@@ -25,18 +25,20 @@ pub enum Route {
 }
 
 impl Route {
-    /// The branch for the modalities given (`given[i]` for model modality `i`), without asking
-    /// which students the network has: the teacher when all are given, otherwise the student of
-    /// the missing set (whose absence the network reports when it runs).
+    /// The branch for the modalities given (`given[i]` for modality `i` of a model with
+    /// `num_modalities`), without asking which students the network has: the teacher when all
+    /// are given, otherwise the student of the missing set (whose absence the network reports
+    /// when it runs).
     ///
     /// # Errors
-    /// No modality given ("must leave at least one modality available").
-    pub fn of_given(given: &[bool]) -> Result<Route> {
+    /// No modality given ("must leave at least one modality available"); a missing index past
+    /// `num_modalities`.
+    pub fn of_given(given: &[bool], num_modalities: usize) -> Result<Route> {
         let missing: Vec<usize> = (0..given.len()).filter(|&i| !given[i]).collect();
         if missing.is_empty() {
             return Ok(Route::Teacher);
         }
-        Ok(Route::Student(Scenario::new(missing, given.len())?))
+        Ok(Route::Student(Scenario::new(missing, num_modalities)?))
     }
 
     /// The branch of a model described by `cfg` for the modalities given (`given[i]` for model
@@ -126,7 +128,8 @@ impl Route {
     /// where one is given, else `[B, channels, H, W]` like the first given input).
     ///
     /// # Errors
-    /// A filled teacher without any given input to take the size from.
+    /// A filled teacher without any given input to take the size from, or with inputs that are
+    /// not `[B, C, H, W]`.
     pub fn inputs(
         &self,
         inputs: &[Option<&Tensor>],
@@ -147,6 +150,9 @@ impl Route {
                     );
                 };
                 let size = like.size();
+                if size.len() != 4 {
+                    bail!("inputs must be [B, C, H, W], found {size:?}");
+                }
                 Ok(inputs
                     .iter()
                     .enumerate()
@@ -162,5 +168,126 @@ impl Route {
                     .collect())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Device, Kind};
+
+    fn config(scenarios: &[&[&str]]) -> ModelConfig {
+        let modality = |name: &str, channels| ModalitySpec {
+            name: name.to_string(),
+            channels,
+        };
+        ModelConfig {
+            base_width: 8,
+            num_classes: 2,
+            crop: [16, 16],
+            heads: 8,
+            ffn_dim: 16,
+            depth: 1,
+            modalities: vec![
+                modality("optical", 4),
+                modality("dsm", 1),
+                modality("sar", 1),
+            ],
+            scenarios: Some(
+                scenarios
+                    .iter()
+                    .map(|s| s.iter().map(|n| n.to_string()).collect())
+                    .collect(),
+            ),
+            decoder: Default::default(),
+            fusion: Default::default(),
+        }
+    }
+
+    #[test]
+    fn labels_and_descriptions_name_the_missing_modalities() {
+        let cfg = config(&[&["sar"]]);
+        let s = Scenario::parse("sar,dsm", &cfg).unwrap();
+        assert_eq!(Route::Teacher.label(&cfg), "teacher");
+        assert_eq!(Route::Student(s.clone()).label(&cfg), "student[dsm+sar]");
+        assert_eq!(
+            Route::TeacherFill(s.clone()).label(&cfg),
+            "teacher-fill[dsm+sar]"
+        );
+        assert_eq!(
+            Route::Student(s.clone()).describe(&cfg),
+            "student (missing: dsm, sar)"
+        );
+        assert!(Route::TeacherFill(s)
+            .describe(&cfg)
+            .starts_with("teacher with dsm, sar filled with the training mean (--allow-fill;"));
+    }
+
+    #[test]
+    fn the_choice_follows_the_given_modalities_and_the_students() {
+        let cfg = config(&[&["sar"]]);
+        let sar = Scenario::parse("sar", &cfg).unwrap();
+        let dsm = Scenario::parse("dsm", &cfg).unwrap();
+        assert_eq!(
+            Route::choose(&cfg, &[true; 3], false).unwrap(),
+            Route::Teacher
+        );
+        assert_eq!(
+            Route::choose(&cfg, &[true, true, false], false).unwrap(),
+            Route::Student(sar)
+        );
+        let e = Route::choose(&cfg, &[true, false, true], false).unwrap_err();
+        assert!(e.to_string().contains("no student for missing: dsm"), "{e}");
+        assert!(e.to_string().contains("--allow-fill"), "{e}");
+        assert_eq!(
+            Route::choose(&cfg, &[true, false, true], true).unwrap(),
+            Route::TeacherFill(dsm)
+        );
+        let e = Route::choose(&cfg, &[false; 3], true).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("no input given; this model takes --optical FILE (4 band(s))"),
+            "{e}"
+        );
+        assert!(Route::of_given(&[false, false], 2).is_err());
+    }
+
+    #[test]
+    fn a_filled_teacher_reads_zeros_and_a_student_never_reads_its_missing_inputs() {
+        let cfg = config(&[]);
+        let x: Vec<Tensor> = [4, 1, 1]
+            .iter()
+            .map(|&c| Tensor::ones([2, c, 4, 4], (Kind::Float, Device::Cpu)))
+            .collect();
+        let sar = Scenario::parse("sar", &cfg).unwrap();
+        let absent = [Some(&x[0]), Some(&x[1]), None];
+        let filled = Route::TeacherFill(sar.clone())
+            .inputs(&absent, &cfg.modalities)
+            .unwrap();
+        let zeros = filled[2].as_ref().unwrap();
+        assert_eq!(zeros.size(), [2, 1, 4, 4]);
+        assert_eq!(zeros.abs().sum(Kind::Float).double_value(&[]), 0.0);
+        let given: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
+        let filled = Route::TeacherFill(sar.clone())
+            .inputs(&given, &cfg.modalities)
+            .unwrap();
+        assert_eq!(
+            filled[2]
+                .as_ref()
+                .unwrap()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+        assert_eq!(
+            filled[0]
+                .as_ref()
+                .unwrap()
+                .sum(Kind::Float)
+                .double_value(&[]),
+            128.0
+        );
+        let student = Route::Student(sar).inputs(&given, &cfg.modalities).unwrap();
+        assert!(student[0].is_some() && student[1].is_some() && student[2].is_none());
     }
 }

@@ -2,38 +2,40 @@
 //!
 //! A scene is cut into windows of the model's crop size on a regular grid with `overlap` pixels
 //! shared between neighbours (see [`crate::tiling`]); windows reaching past the scene, and scenes
-//! smaller than a window, are filled by reflection. A background thread reads one strip of rows
-//! per row of windows from every input (the inputs in parallel), cuts and normalises the windows
-//! in parallel (rayon) and hands them over in batches through a bounded queue while the model
-//! runs the previous batch. Window probabilities are blended with a cosine ramp by a
+//! smaller than a window, are filled by reflection. A background thread (`reader`) reads one
+//! strip of rows per row of windows from every input (the inputs in parallel), cuts and
+//! normalises the windows in parallel (rayon) and hands them over in batches through a bounded
+//! queue while the model runs the previous batch. Window probabilities are blended with a cosine ramp by a
 //! [`BandStitcher`], which holds only the band of rows still being written; finished rows go
 //! straight to the output GeoTIFFs ([`writer::StreamingTiff`]). Memory therefore depends on the
 //! scene's width, never on its height.
 //!
-//! Which branch runs follows from the inputs given: all of them, the teacher; otherwise the
-//! student for the missing set, or, with `allow_fill`, the teacher with the missing modalities
-//! filled with zeros in normalised space (the training mean).
+//! Which branch runs follows from the inputs given ([`Route::choose`]): all of them, the teacher;
+//! otherwise the student for the missing set, or, with `allow_fill`, the teacher with the
+//! missing modalities filled with zeros in normalised space (the training mean).
+//!
+//! Stages of [`predict_scene`]: check the inputs and lay the windows (`ScenePlan`), create the
+//! outputs (`Sink`), then per batch read (`reader`), run the branch (`window_probs`), blend
+//! (`blend`) and write the finished rows.
 
 pub mod cli;
+mod reader;
 pub mod writer;
 
 use anyhow::{anyhow, bail, Context, Result};
-use gdal::Dataset;
-use rayon::prelude::*;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{CheckpointInfo, Loaded};
 use crate::data::config::ClassInfo;
-use crate::data::raster::{self, GeoRef, Pixels, RasterInfo, Window, WriteOptions};
+use crate::data::raster::{GeoRef, RasterInfo, WriteOptions};
 use crate::model::modality::input_flags;
 use crate::model::{Dis2Net, Route};
 use crate::progress::Progress;
-use crate::tiling::{pad_reflect, BandStitcher, FinishedRows, WindowGrid};
+use crate::tiling::{BandStitcher, FinishedRows, WindowGrid};
+use reader::{batches, BatchReader, Input, Prepared};
 use writer::StreamingTiff;
 
 /// Class value of unclassified pixels in a class map (any given input is nodata there); the
@@ -142,15 +144,6 @@ impl Summary {
     }
 }
 
-/// One given input, checked against the model.
-struct Input {
-    index: usize,
-    path: PathBuf,
-    channels: usize,
-    mean: Vec<f32>,
-    std: Vec<f32>,
-}
-
 /// Checks the inputs of a scene against the checkpoint and each other; returns them in model
 /// order with the header of the first.
 fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, RasterInfo)> {
@@ -206,186 +199,6 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
     })?;
     inputs.sort_by_key(|i| i.index);
     Ok((inputs, first))
-}
-
-/// Windows ready for the model: per given input, `B x C x H x W` normalised values; per
-/// window, its `H x W` validity (1 where every given input is valid).
-struct Prepared {
-    windows: Vec<Window>,
-    inputs: Vec<Vec<f32>>,
-    valid: Vec<Vec<f32>>,
-}
-
-/// One window cut from the strips of its row.
-struct WindowData {
-    window: Window,
-    inputs: Vec<Vec<f32>>,
-    valid: Vec<f32>,
-}
-
-/// Cuts `window` (of the model's crop size) from `strips` (one per input, full width, starting
-/// at the window's row), normalises it (0 where an input is nodata) and pads it to the crop by
-/// reflection.
-fn cut_window(strips: &[Pixels], inputs: &[Input], window: Window) -> WindowData {
-    let width = strips[0].width;
-    let rows = strips[0].height;
-    let (col, crop) = (window.x as usize, (window.height, window.width));
-    let cols = crop.1.min(width - col);
-    let mut valid = vec![1.0f32; rows * cols];
-    let mut out = Vec::with_capacity(inputs.len());
-    for (strip, input) in strips.iter().zip(inputs) {
-        let mut block = Vec::with_capacity(input.channels * rows * cols);
-        for b in 0..input.channels {
-            let plane = strip.band(b);
-            let (mean, std) = (input.mean[b], input.std[b]);
-            for y in 0..rows {
-                for x in 0..cols {
-                    let at = y * width + col + x;
-                    block.push(if strip.valid[at] {
-                        (plane[at] - mean) / std
-                    } else {
-                        0.0
-                    });
-                }
-            }
-        }
-        for y in 0..rows {
-            for x in 0..cols {
-                if !strip.valid[y * width + col + x] {
-                    valid[y * cols + x] = 0.0;
-                }
-            }
-        }
-        out.push(pad_reflect(
-            &block,
-            input.channels,
-            rows,
-            cols,
-            crop.0,
-            crop.1,
-        ));
-    }
-    WindowData {
-        window,
-        inputs: out,
-        valid: pad_reflect(&valid, 1, rows, cols, crop.0, crop.1),
-    }
-}
-
-fn to_batch(windows: Vec<WindowData>, n_inputs: usize) -> Prepared {
-    let mut p = Prepared {
-        windows: Vec::with_capacity(windows.len()),
-        inputs: vec![Vec::new(); n_inputs],
-        valid: Vec::with_capacity(windows.len()),
-    };
-    for w in windows {
-        p.windows.push(w.window);
-        for (dst, src) in p.inputs.iter_mut().zip(w.inputs) {
-            dst.extend(src);
-        }
-        p.valid.push(w.valid);
-    }
-    p
-}
-
-/// Reads one strip per row of windows from every input (in parallel) and cuts and normalises
-/// that row's windows (in parallel); yields batches in the grid's row-major order.
-struct BatchReader {
-    inputs: Arc<Vec<Input>>,
-    grid: WindowGrid,
-    batch: usize,
-    datasets: Vec<Dataset>,
-    next_row: usize,
-    pending: Vec<WindowData>,
-    failed: bool,
-}
-
-impl BatchReader {
-    fn open(inputs: Arc<Vec<Input>>, grid: WindowGrid, batch: usize) -> Result<Self> {
-        let datasets = inputs
-            .iter()
-            .map(|i| raster::open(&i.path))
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            inputs,
-            grid,
-            batch: batch.max(1),
-            datasets,
-            next_row: 0,
-            pending: Vec::new(),
-            failed: false,
-        })
-    }
-
-    fn read_row(&mut self) -> Result<()> {
-        let (height, width) = self.grid.scene;
-        let row = self.grid.rows[self.next_row];
-        self.next_row += 1;
-        let rows = self.grid.window.0.min(height - row);
-        let inputs = &self.inputs;
-        let strips: Vec<Pixels> = self
-            .datasets
-            .par_iter_mut()
-            .zip(inputs.par_iter())
-            .map(|(ds, input)| {
-                raster::read_window(ds, &input.path, Window::new(0, row as i64, width, rows))
-            })
-            .collect::<Result<_>>()?;
-        let grid = &self.grid;
-        let made: Vec<WindowData> = grid
-            .cols
-            .par_iter()
-            .map(|&col| cut_window(&strips, inputs, grid.window_at(row, col)))
-            .collect();
-        self.pending.extend(made);
-        Ok(())
-    }
-}
-
-impl Iterator for BatchReader {
-    type Item = Result<Prepared>;
-
-    fn next(&mut self) -> Option<Result<Prepared>> {
-        if self.failed {
-            return None;
-        }
-        while self.pending.len() < self.batch && self.next_row < self.grid.rows.len() {
-            if let Err(e) = self.read_row() {
-                self.failed = true;
-                return Some(Err(e));
-            }
-        }
-        if self.pending.is_empty() {
-            return None;
-        }
-        let rest = self.pending.split_off(self.batch.min(self.pending.len()));
-        let full = std::mem::replace(&mut self.pending, rest);
-        Some(Ok(to_batch(full, self.inputs.len())))
-    }
-}
-
-/// Batches from `reader`: on a background thread through a queue of `prefetch` batches, or,
-/// with `prefetch` 0, read in turn with the model on the calling thread.
-fn batches(
-    reader: BatchReader,
-    prefetch: usize,
-) -> (
-    Box<dyn Iterator<Item = Result<Prepared>>>,
-    Option<JoinHandle<()>>,
-) {
-    if prefetch == 0 {
-        return (Box::new(reader), None);
-    }
-    let (tx, rx) = sync_channel::<Result<Prepared>>(prefetch);
-    let handle = std::thread::spawn(move || {
-        for batch in reader {
-            let failed = batch.is_err();
-            if tx.send(batch).is_err() || failed {
-                return;
-            }
-        }
-    });
-    (Box::new(rx.into_iter()), Some(handle))
 }
 
 /// Where finished rows go: the class map, the probabilities, the preview.

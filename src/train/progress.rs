@@ -1,6 +1,6 @@
 //! Training progress: one optimiser step on the shared reporter ([`crate::progress`]).
 
-pub use crate::progress::Progress;
+pub(crate) use crate::progress::Progress;
 
 /// What one step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
