@@ -14,7 +14,6 @@
 //! student for the missing set, or, with `allow_fill`, the teacher with the missing modalities
 //! filled with zeros in normalised space (the training mean).
 
-pub mod cli;
 pub mod writer;
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -42,7 +41,7 @@ pub const NODATA_CLASS: u8 = 255;
 pub const PREVIEW_SIDE: usize = 1024;
 
 /// Pixel type of the probability raster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbsType {
     /// round(255 x p); no nodata value (the class map says where the inputs were nodata).
     U8,

@@ -1,13 +1,14 @@
-//! `dis2 train-teacher` and `dis2 distill`: argument structs and their work.
+//! `dis2 train-teacher` and `dis2 distill`: their arguments, the run they ask for and the summary
+//! they print.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use super::run::{RunKind, RunSpec};
-use super::trainer::{self, Summary, TrainOptions};
-use crate::cli::DeviceArgs;
+use super::DeviceArgs;
 use crate::config::Experiment;
+use crate::train::run::{RunKind, RunSpec};
+use crate::train::trainer::{self, Summary, TrainOptions};
 
 /// Options shared by the training commands.
 #[derive(Debug, Args)]
@@ -60,7 +61,7 @@ pub struct DistillArgs {
     pub joint: bool,
 }
 
-pub fn train_teacher(args: &TrainTeacherArgs) -> Result<()> {
+pub(crate) fn train_teacher(args: &TrainTeacherArgs) -> Result<()> {
     let spec = RunSpec {
         kind: RunKind::Teacher,
         modality_dropout: args.modality_dropout,
@@ -75,7 +76,7 @@ pub fn train_teacher(args: &TrainTeacherArgs) -> Result<()> {
     launch(&args.common, spec, name)
 }
 
-pub fn distill(args: &DistillArgs) -> Result<()> {
+pub(crate) fn distill(args: &DistillArgs) -> Result<()> {
     let scenarios: Vec<Vec<String>> = args
         .missing
         .iter()
