@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod model;
 pub mod native;
 pub mod predict;
+pub mod prepare;
 pub mod report;
 pub mod sweep;
 pub mod tiling;

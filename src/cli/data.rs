@@ -43,7 +43,7 @@ pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
         seed: args.seed,
     };
     let files = synth::generate(&options)?;
-    let yaml = synth::write_experiment(&options)?;
+    let yaml = crate::prepare::write_synthetic_experiment(&options)?;
     println!(
         "wrote {} rasters of {} scenes ({}x{} px, 0.5 m, EPSG:{}) under {}",
         files.len(),
@@ -59,7 +59,7 @@ pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
 
 /// Computes the statistics, writes them back and prints them.
 pub(crate) fn stats(args: &StatsArgs) -> Result<()> {
-    let stats = crate::data::stats::update_experiment(&args.config, args.class_weights)?;
+    let stats = crate::prepare::update_statistics(&args.config, args.class_weights)?;
     let exp = crate::config::Experiment::load(&args.config, &[])?;
     for (m, norm) in exp.model.modalities.iter().zip(stats.normalisation()) {
         println!(
