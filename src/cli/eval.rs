@@ -192,4 +192,3 @@ fn print_table(r: &EvalReport) {
         );
     }
 }
-
