@@ -4,10 +4,12 @@
 //! class-wise feature learning module (CFLM) and disentangled knowledge distillation (DLKD).
 //!
 //! Layout: `cli` holds every command's arguments (clap) and dispatches to the work; `config` reads
-//! experiment YAML files; `device` parses `--device` and picks CPU or CUDA; `model` holds the network; `data` the rasters and datasets; `fsutil` the
-//! write-then-rename helpers every output goes through; `eval`, `metrics`, `report` and `figures`
-//! score checkpoints and draw their figures; `checkpoint` saves and loads models;
-//! `import_torch` converts the authors' PyTorch weights; `native` wraps the C++ kernels of `csrc/`.
+//! experiment YAML files; `prepare` writes experiment files from data (the synthetic benchmark's,
+//! the statistics of `dis2 stats`); `device` parses `--device` and picks CPU or CUDA; `model` holds
+//! the network; `data` the rasters and datasets; `fsutil` the write-then-rename helpers every
+//! output goes through; `eval`, `metrics`, `report` and `figures` score checkpoints and draw their
+//! figures; `checkpoint` saves and loads models; `import_torch` converts the authors' PyTorch
+//! weights; `native` wraps the C++ kernels of `csrc/`.
 
 pub mod alloc;
 pub mod checkpoint;
