@@ -10,8 +10,9 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::path::{Path, PathBuf};
 
 use super::DeviceArgs;
-use crate::predict::{predict_scene, share_cpu_threads};
-use crate::predict::{PredictOptions, Predictor, ProbsType, SceneJob};
+use crate::predict::{
+    predict_scene, share_cpu_threads, PredictOptions, Predictor, ProbsType, SceneJob,
+};
 
 /// `dis2 predict`.
 #[derive(Debug, Parser)]
