@@ -4,11 +4,11 @@ DIS2_CACHE ?= $(HOME)/.cache/dis2
 TORCH_VERSION ?= 2.13.0
 DIS2_VENV ?= $(DIS2_CACHE)/torch-$(TORCH_VERSION)
 
-# torch-sys finds libtorch inside the venv's torch package.
+# torch-sys finds libtorch through .libtorch, the link to the venv's torch package that
+# scripts/setup.sh makes (.cargo/config.toml), so that make and a plain cargo build the same way;
+# a LIBTORCH or LIBTORCH_USE_PYTORCH of the calling shell would send it elsewhere.
 export DIS2_VENV TORCH_VERSION
-export LIBTORCH_USE_PYTORCH := 1
-export VIRTUAL_ENV := $(DIS2_VENV)
-export PATH := $(DIS2_VENV)/bin:$(PATH)
+unexport LIBTORCH LIBTORCH_USE_PYTORCH
 
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/dis2
@@ -19,8 +19,12 @@ setup:
 	@bash scripts/setup.sh
 	@$(MAKE) --no-print-directory build
 
-build:
+build: .libtorch
 	$(CARGO) build --release --locked
+
+# Made by the set-up (missing, or dangling once the venv is gone).
+.libtorch:
+	@bash scripts/setup.sh
 
 test: setup
 	$(CARGO) test --release --locked

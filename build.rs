@@ -1,25 +1,32 @@
 //! Links libtorch so that the binary runs from a plain shell and really sees CUDA.
 //!
-//! `torch-sys` finds libtorch (here: the `torch` Python wheel through `LIBTORCH_USE_PYTORCH=1`) but
-//! leaves two gaps that this script closes:
+//! `torch-sys` finds libtorch through `LIBTORCH`, which `.cargo/config.toml` points at `.libtorch`,
+//! the link to the venv's torch package that `make` (scripts/setup.sh) creates; so `cargo build`
+//! and `cargo test` need no environment. Without that link this script stops with a message
+//! saying to run `make`. (`LIBTORCH_USE_PYTORCH=1` with a Python that has torch also works, as
+//! `torch-sys` documents.) Besides, it closes two gaps that `torch-sys` leaves:
 //! - no run path: without one the binary only starts with `LD_LIBRARY_PATH` set, so the torch `lib`
 //!   directory is embedded with `-rpath`;
 //! - `--as-needed` drops `libtorch_cuda.so` (nothing references its symbols directly), and CUDA then
 //!   silently reports "unavailable"; it is linked again with `--no-as-needed`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
+
+/// The libtorch version `tch` 0.26 is built for (as `torch-sys` checks).
+const TORCH_VERSION: &str = "2.13.0";
 
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
-    for var in ["LIBTORCH", "LIBTORCH_USE_PYTORCH", "VIRTUAL_ENV"] {
-        println!("cargo:rerun-if-env-changed={var}");
-    }
     let (lib_dir, version) = match torch_lib_dir() {
         Ok(found) => found,
-        Err(msg) => {
+        Err(Missing::Unset(msg)) => {
             println!("cargo:warning=dis2: {msg}; the binary will need LD_LIBRARY_PATH to start");
             return;
+        }
+        Err(Missing::NotFound(msg)) => {
+            eprintln!("\n{msg}\n");
+            std::process::exit(1);
         }
     };
     println!("cargo:rustc-env=DIS2_LIBTORCH_VERSION={version}");
@@ -42,18 +49,94 @@ fn main() {
     }
 }
 
-/// The torch `lib` directory and the libtorch version, the same way `torch-sys` finds them.
-fn torch_lib_dir() -> Result<(PathBuf, String), String> {
-    if let Ok(root) = std::env::var("LIBTORCH") {
-        let root = PathBuf::from(root);
-        let version = std::fs::read_to_string(root.join("build-version"))
-            .map(|v| v.trim().to_string())
-            .unwrap_or_else(|_| "unknown".into());
-        return Ok((root.join("lib"), version));
+/// Why no libtorch was found: nothing says where to look (a warning: the build goes on, as
+/// `torch-sys` decides), or the place named does not hold it (an error).
+enum Missing {
+    Unset(String),
+    NotFound(String),
+}
+
+/// The torch `lib` directory and the libtorch version, the same way `torch-sys` finds them:
+/// `LIBTORCH_USE_PYTORCH` first, then `LIBTORCH`.
+fn torch_lib_dir() -> Result<(PathBuf, String), Missing> {
+    println!("cargo:rerun-if-env-changed=LIBTORCH_USE_PYTORCH");
+    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_some() {
+        return python_torch_lib_dir().map_err(Missing::Unset);
     }
-    if std::env::var_os("LIBTORCH_USE_PYTORCH").is_none() {
-        return Err("neither LIBTORCH nor LIBTORCH_USE_PYTORCH is set".into());
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    let Some(root) = std::env::var_os("LIBTORCH") else {
+        return Err(Missing::Unset(
+            "neither LIBTORCH nor LIBTORCH_USE_PYTORCH is set".into(),
+        ));
+    };
+    let given = PathBuf::from(root);
+    // A file that changes when torch is reinstalled (not the whole tree, which cargo would scan).
+    let marker = ["version.py", "build-version"]
+        .map(|f| given.join(f))
+        .into_iter()
+        .find(|p| p.exists())
+        .unwrap_or_else(|| given.clone());
+    println!("cargo:rerun-if-changed={}", marker.display());
+    // The link's target, so that the run path names the venv, not this checkout.
+    let root = std::fs::canonicalize(&given)
+        .ok()
+        .filter(|r| r.join("lib").is_dir() && r.join("include").is_dir())
+        .ok_or_else(|| Missing::NotFound(not_found_message(&given)))?;
+    let version = libtorch_version(&root).unwrap_or_else(|| "unknown".into());
+    if version != "unknown" && version != TORCH_VERSION {
+        return Err(Missing::NotFound(format!(
+            "dis2: LIBTORCH {} holds libtorch {version}; tch 0.26 needs {TORCH_VERSION}. \
+             Run `make setup` to link the venv with torch {TORCH_VERSION}.",
+            given.display()
+        )));
     }
+    Ok((root.join("lib"), version))
+}
+
+/// The libtorch version of a libtorch directory (`build-version`) or of a torch package
+/// (`version.py`, `__version__ = '2.13.0+cu130'`), without the build suffix.
+fn libtorch_version(root: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(root.join("build-version"))
+        .ok()
+        .or_else(|| {
+            let py = std::fs::read_to_string(root.join("version.py")).ok()?;
+            let line = py.lines().find(|l| l.starts_with("__version__"))?;
+            Some(line.split(['\'', '"']).nth(1)?.to_string())
+        })?;
+    let version = text.trim();
+    Some(version.split('+').next().unwrap_or(version).to_string())
+}
+
+/// What to do when `LIBTORCH` names no libtorch: run `make`, which creates the venv (or finds
+/// it) and the `.libtorch` link.
+fn not_found_message(given: &Path) -> String {
+    let venv = std::env::var_os("HOME")
+        .map(|h| PathBuf::from(h).join(format!(".cache/dis2/torch-{TORCH_VERSION}")))
+        .filter(|v| v.is_dir());
+    let found = match venv {
+        Some(v) => format!(
+            "\n  The venv exists already ({}): `make setup` only links it, downloading nothing.",
+            v.display()
+        ),
+        None => String::new(),
+    };
+    format!(
+        "dis2: libtorch not found: LIBTORCH is {} (from .cargo/config.toml),\n  \
+         which is not a libtorch directory: the set-up has not linked it yet.\n  \
+         Run `make` once in this checkout: it sets up the torch venv \
+         (~/.cache/dis2/torch-{TORCH_VERSION})\n  \
+         and links .libtorch to it; after that plain `cargo build` and `cargo test` work in any \
+         shell.{found}\n  \
+         Or set LIBTORCH to a libtorch {TORCH_VERSION} directory, or LIBTORCH_USE_PYTORCH=1 with \
+         a Python\n  that has torch {TORCH_VERSION} first on PATH.",
+        given.display()
+    )
+}
+
+/// The torch `lib` directory and version of the Python `torch-sys` runs
+/// (`LIBTORCH_USE_PYTORCH=1`): `python` in an active venv, else `python3`.
+fn python_torch_lib_dir() -> Result<(PathBuf, String), String> {
+    println!("cargo:rerun-if-env-changed=VIRTUAL_ENV");
     let python = if std::env::var_os("VIRTUAL_ENV").is_some() {
         "python"
     } else {
@@ -98,7 +181,7 @@ const NATIVE_SOURCES: [&str; 5] = [
 /// kernels' inner loops, including their selects (`#pragma omp simd` marks the reductions whose
 /// order may change); no `-march`: the binary must run on any
 /// x86-64.
-fn compile_native_ops(lib_dir: &std::path::Path) {
+fn compile_native_ops(lib_dir: &Path) {
     println!("cargo:rerun-if-changed=csrc");
     let include = lib_dir
         .parent()
@@ -153,7 +236,7 @@ fn link_tcmalloc() {
             println!("cargo:rerun-if-changed={}", path.display());
             // A library of this crate, so that it comes before the C library in the link order
             // and its malloc is the one every library binds to (a link-arg would come last).
-            let dir = path.parent().unwrap_or(std::path::Path::new("/"));
+            let dir = path.parent().unwrap_or(Path::new("/"));
             println!("cargo:rustc-link-search=native={}", dir.display());
             println!("cargo:rustc-link-lib=dylib:+verbatim={TCMALLOC}");
         }

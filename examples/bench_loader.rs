@@ -38,7 +38,7 @@ fn main() -> Result<()> {
     if !yaml.is_file() {
         let t = Instant::now();
         synth::generate(&options)?;
-        synth::write_experiment(&options)?;
+        dis2::prepare::write_synthetic_experiment(&options)?;
         println!(
             "wrote the benchmark to {} in {:.2} s",
             dir.display(),
@@ -56,7 +56,7 @@ fn main() -> Result<()> {
         let exp = Experiment::load(&yaml, &overrides)?;
         let t = Instant::now();
         let mut samples = 0;
-        for b in Loader::train(&exp, Split::Train, 0)? {
+        for b in Loader::train(&exp.data, &exp.model, exp.seed, Split::Train, 0)? {
             samples += b?.specs.len();
         }
         let secs = t.elapsed().as_secs_f64();

@@ -24,6 +24,15 @@ else
     touch "$VENV/.dis2-torch-$TORCH_VERSION"
 fi
 
+# torch-sys finds libtorch through .libtorch (see .cargo/config.toml): a link to the venv's torch
+# package, so that cargo works in any shell, venv active or not.
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+torch_dir=$("$VENV/bin/python" -W ignore -c 'import os, torch; print(os.path.dirname(torch.__file__))')
+if [ "$(readlink "$ROOT/.libtorch" 2>/dev/null)" != "$torch_dir" ]; then
+    ln -sfn "$torch_dir" "$ROOT/.libtorch"
+    log "linked $ROOT/.libtorch to $torch_dir"
+fi
+
 # --- GDAL, fontconfig with a font for the figures, tcmalloc ----------------------------------------
 # tcmalloc replaces malloc in the dis2 binary (build.rs links it when present): faster training.
 have_tcmalloc() { ldconfig -p 2>/dev/null | grep -q 'libtcmalloc_minimal\.so\.4 '; }

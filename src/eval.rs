@@ -11,12 +11,10 @@
 //! teacher and of the evaluated branch for a few windows (the paper's qualitative figure).
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use serde_json::json;
 use std::path::{Path, PathBuf};
 
 use crate::checkpoint::network_differences;
-use crate::cli::DeviceArgs;
 use crate::config::Experiment;
 use crate::data::config::ClassInfo;
 use crate::data::dataset::{Scene, SceneDataset};
@@ -27,160 +25,11 @@ use crate::data::sampling::GridSampler;
 use crate::figures::{self, AttentionData, OverlayData};
 use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
-use crate::model::scenario::{join_names, parse_names};
 use crate::model::{Route, Scenario};
 use crate::predict::{predict_scene, PredictOptions, Predictor, SceneJob, NODATA_CLASS};
 
 /// Rows of a scene compared at a time (memory stays bounded on large scenes).
 const ROWS_PER_BAND: usize = 512;
-
-/// `dis2 eval`.
-#[derive(Debug, Args)]
-pub struct EvalArgs {
-    /// A checkpoint directory (a run's `checkpoints/best`), a checkpoint name, or a run
-    /// directory (its `checkpoints/best` is used).
-    #[arg(long, value_name = "DIR_OR_FILE")]
-    pub checkpoint: PathBuf,
-    /// The experiment YAML naming the dataset (default: the run's own `config.yaml`).
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Modalities to leave out, comma-separated (`dsm` or `dsm,sar`).
-    #[arg(long, value_name = "MODALITIES")]
-    pub drop: Option<String>,
-    /// The split to score: val or test.
-    #[arg(long, default_value = "test")]
-    pub split: Split,
-    /// Pixels shared by neighbouring windows (default: a quarter of the crop).
-    #[arg(long, value_name = "PX")]
-    pub overlap: Option<usize>,
-    /// Classes reported but left out of the means (ISPRS: `--exclude clutter`); repeatable.
-    #[arg(long = "exclude", value_name = "CLASS")]
-    pub exclude: Vec<String>,
-    /// ISPRS eroded boundaries: label pixels with another class within a disk of this radius
-    /// (pixels) are not scored; 0: every labelled pixel is scored (ISPRS used 3).
-    #[arg(long, value_name = "PX", default_value_t = 0)]
-    pub erode: usize,
-    /// Overlay figures (image | reference | prediction | errors) of the first N scenes in
-    /// `overlays/`; 0: none.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    pub overlays: usize,
-    /// Folder for CFLM class-wise attention figures (teacher and the evaluated branch, one
-    /// heat map per class) of a few windows of the split.
-    #[arg(long, value_name = "DIR")]
-    pub attention_maps: Option<PathBuf>,
-    /// Windows drawn by `--attention-maps`: the first N of the window grid of the split's scenes.
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    pub attention_windows: usize,
-    /// Output folder for metrics.json, metrics.csv and confusion.png (default: in the run
-    /// directory, or next to the checkpoint, `eval-<split>[-drop-<modalities>]`).
-    #[arg(long, value_name = "DIR")]
-    pub out: Option<PathBuf>,
-    /// Override a configuration value (repeatable).
-    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
-    pub set: Vec<String>,
-    #[arg(long)]
-    pub quiet: bool,
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-/// The checkpoint, the experiment file of `--checkpoint` / `--config`, and the run directory
-/// when the checkpoint belongs to one.
-fn locate(args: &EvalArgs) -> Result<(PathBuf, PathBuf, Option<PathBuf>)> {
-    let given = &args.checkpoint;
-    let checkpoint = if given.join("run.yaml").exists() {
-        given.join("checkpoints").join("best")
-    } else {
-        given.clone()
-    };
-    // A run's checkpoints live in RUN/checkpoints/NAME: look upwards for RUN/run.yaml.
-    let mut run = None;
-    let mut dir = Some(checkpoint.clone());
-    for _ in 0..3 {
-        let Some(d) = dir else { break };
-        if d.join("run.yaml").exists() && d.join("config.yaml").exists() {
-            run = Some(d);
-            break;
-        }
-        dir = d.parent().map(Path::to_path_buf);
-    }
-    if let Some(config) = &args.config {
-        return Ok((checkpoint, config.clone(), run));
-    }
-    if let Some(run) = run {
-        return Ok((checkpoint, run.join("config.yaml"), Some(run)));
-    }
-    bail!(
-        "--checkpoint {}: not inside a run directory; name the experiment with --config",
-        given.display()
-    )
-}
-
-pub fn eval(args: &EvalArgs) -> Result<()> {
-    let (checkpoint, config, run_dir) = locate(args)?;
-    let exp = Experiment::load(&config, &args.set)?;
-    let drop = parse_modalities(args.drop.as_deref());
-    let out = args.out.clone().unwrap_or_else(|| {
-        let name = default_out_name(args.split, &drop);
-        match &run_dir {
-            Some(run) => run.join(name),
-            None => checkpoint.parent().unwrap_or(Path::new(".")).join(name),
-        }
-    });
-    let request = EvalRequest {
-        checkpoint,
-        config,
-        exp,
-        drop,
-        split: args.split,
-        overlap: args.overlap,
-        exclude: args.exclude.clone(),
-        out,
-        device: args.device.device.resolve()?,
-        quiet: args.quiet,
-        options: EvalOptions {
-            erode: args.erode,
-            overlays: args.overlays,
-            attention_maps: args.attention_maps.clone(),
-            attention_windows: args.attention_windows,
-        },
-    };
-    let report = evaluate(&request)?;
-    print_table(&report);
-    println!(
-        "wrote {}/metrics.json, metrics.csv and confusion.png",
-        request.out.display()
-    );
-    if !report.overlays.is_empty() {
-        println!(
-            "wrote {} overlay(s) into {}",
-            report.overlays.len(),
-            request.out.join("overlays").display()
-        );
-    }
-    if let Some(dir) = &request.options.attention_maps {
-        println!(
-            "wrote {} attention figure(s) into {}",
-            report.attention_maps.len(),
-            dir.display()
-        );
-    }
-    Ok(())
-}
-
-/// `dsm,sar` (or `dsm+sar`) to `["dsm", "sar"]`; `None` to none.
-pub fn parse_modalities(list: Option<&str>) -> Vec<String> {
-    list.map(parse_names).unwrap_or_default()
-}
-
-/// `eval-<split>[-drop-<modalities>]`.
-pub fn default_out_name(split: Split, drop: &[String]) -> String {
-    let mut name = format!("eval-{}", split.as_str());
-    if !drop.is_empty() {
-        name.push_str(&format!("-drop-{}", join_names(drop)));
-    }
-    name
-}
 
 /// One evaluation: the library form of `dis2 eval`, also run by `dis2 sweep`.
 #[derive(Debug)]
@@ -709,37 +558,6 @@ fn tempfile_dir(out: &Path) -> Result<PathBuf> {
     let dir = out.join(format!(".scratch-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     Ok(dir)
-}
-
-fn fmt(v: Option<f64>) -> String {
-    v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v))
-}
-
-fn print_table(r: &EvalReport) {
-    let s = &r.scores;
-    println!(
-        "{}: mIoU {} | mean F1 {} | OA {} | {} pixels",
-        r.branch,
-        fmt(s.miou),
-        fmt(s.mean_f1),
-        fmt(s.overall_accuracy),
-        s.pixels
-    );
-    println!("{:<22} {:>7} {:>7} {:>12}", "class", "IoU", "F1", "pixels");
-    for (i, (name, c)) in r.class_names.iter().zip(&s.per_class).enumerate() {
-        let note = if r.excluded.contains(&i) {
-            " (not in means)"
-        } else {
-            ""
-        };
-        println!(
-            "{:<22} {:>7} {:>7} {:>12}{note}",
-            name,
-            fmt(c.iou),
-            fmt(c.f1),
-            c.support
-        );
-    }
 }
 
 fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {

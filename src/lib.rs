@@ -3,11 +3,13 @@
 //! An implementation of DIS2 (Kieu et al., arXiv 2601.13502): hierarchical hybrid fusion (HF), the
 //! class-wise feature learning module (CFLM) and disentangled knowledge distillation (DLKD).
 //!
-//! Layout: `cli` parses arguments and dispatches; `config` reads experiment YAML files; `device`
-//! picks CPU or CUDA; `model` holds the network; `data` the rasters and datasets; `fsutil` the
-//! write-then-rename helpers every output goes through; `eval`, `metrics`, `report` and `figures`
-//! score checkpoints and draw their figures; `checkpoint` saves and loads models;
-//! `import_torch` converts the authors' PyTorch weights; `native` wraps the C++ kernels of `csrc/`;
+//! Layout: `cli` holds every command's arguments (clap) and dispatches to the work; `config` reads
+//! experiment YAML files; `prepare` writes experiment files from data (the synthetic benchmark's,
+//! the statistics of `dis2 stats`); `device` parses `--device` and picks CPU or CUDA; `model` holds
+//! the network; `data` the rasters and datasets; `fsutil` the write-then-rename helpers every
+//! output goes through; `eval`, `metrics`, `report` and `figures` score checkpoints and draw their
+//! figures; `checkpoint` saves and loads models; `import_torch` converts the authors' PyTorch
+//! weights; `native` wraps the C++ kernels of `csrc/`.
 //! `progress` reports long work (a bar or plain lines) for `train`, `predict` and `sweep`.
 
 pub mod alloc;
@@ -25,6 +27,7 @@ pub mod metrics;
 pub mod model;
 pub mod native;
 pub mod predict;
+pub mod prepare;
 pub(crate) mod progress;
 pub mod report;
 pub mod sweep;

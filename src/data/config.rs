@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use super::labels::{ISPRS_CLASSES, SYNTHETIC_CLASSES};
 use crate::model::config::ModelConfig;
 
 /// Where the samples come from and how they are prepared.
@@ -439,10 +440,8 @@ impl DataConfig {
             return classes.clone();
         }
         let known: &[(&str, [u8; 3])] = match self.dataset {
-            DatasetConfig::Synthetic(_) => &crate::data::synth::CLASSES,
-            DatasetConfig::Potsdam(_) | DatasetConfig::Vaihingen(_) => {
-                &crate::data::labels::ISPRS_CLASSES
-            }
+            DatasetConfig::Synthetic(_) => &SYNTHETIC_CLASSES,
+            DatasetConfig::Potsdam(_) | DatasetConfig::Vaihingen(_) => &ISPRS_CLASSES,
             DatasetConfig::WhuOptSar(_) | DatasetConfig::Generic(_) => &[],
         };
         let mut table = default_class_table(num_classes);

@@ -1,5 +1,6 @@
 //! Label decoding: class-id rasters, code rasters (code -> id tables) and ISPRS colour-coded
 //! RGB labels. Decoded labels are `i64` class ids with `ignore_index` where a pixel is left out.
+//! Also the class tables (names and colours in id order) of the datasets that name their classes.
 
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
@@ -15,6 +16,17 @@ pub const ISPRS_CLASSES: [(&str, [u8; 3]); 6] = [
     ("tree", [0, 255, 0]),
     ("car", [255, 255, 0]),
     ("clutter", [255, 0, 0]),
+];
+
+/// The classes of the synthetic benchmark (ids in `super::synth`) in id order, with their label
+/// colours: the ISPRS colours, plus navy for water.
+pub const SYNTHETIC_CLASSES: [(&str, [u8; 3]); 6] = [
+    ("impervious surface", [255, 255, 255]),
+    ("building", [0, 0, 255]),
+    ("low vegetation", [0, 255, 255]),
+    ("tree", [0, 255, 0]),
+    ("car", [255, 255, 0]),
+    ("water", [0, 0, 128]),
 ];
 
 /// How the label rasters of a dataset encode classes.

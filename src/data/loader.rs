@@ -7,7 +7,7 @@
 //! use dis2::config::Experiment;
 //! use dis2::data::{layouts::Split, loader::Loader};
 //! let exp = Experiment::load("experiments/synthetic.yaml".as_ref(), &[])?;
-//! for batch in Loader::train(&exp, Split::Train, 0)? {
+//! for batch in Loader::train(&exp.data, &exp.model, exp.seed, Split::Train, 0)? {
 //!     let batch = batch?;
 //!     // batch.inputs[m]: [B, C, H, W] f32; batch.labels: [B, H, W] i64; batch.valid: [B, H, W] bool
 //! }
@@ -27,7 +27,6 @@ use super::layouts::Split;
 use super::sampling::{
     augment_plane, resize_nearest, resize_pixels, GridSampler, RandomCropSampler, SampleSpec,
 };
-use crate::config::Experiment;
 use crate::model::config::ModelConfig;
 
 /// Per-modality, per-band `(x - mean) / std`, in model order.
@@ -272,33 +271,45 @@ impl Loader {
         }
     }
 
-    /// Training batches of `epoch`: random crops of the split (usually train), full batches only.
-    pub fn train(exp: &Experiment, split: Split, epoch: u64) -> Result<Self> {
-        let dataset = Arc::new(SceneDataset::open(&exp.data, &exp.model, split)?);
-        Self::train_on(dataset, exp, epoch)
+    /// Training batches of `epoch`: random crops of the split (usually train), full batches only,
+    /// drawn from `seed` (the experiment's).
+    pub fn train(
+        data: &DataConfig,
+        model: &ModelConfig,
+        seed: u64,
+        split: Split,
+        epoch: u64,
+    ) -> Result<Self> {
+        let dataset = Arc::new(SceneDataset::open(data, model, split)?);
+        Self::train_on(dataset, data, model, seed, epoch)
     }
 
     /// Training batches of `epoch` from an already opened dataset.
-    pub fn train_on(dataset: Arc<SceneDataset>, exp: &Experiment, epoch: u64) -> Result<Self> {
-        let norm = Arc::new(Normaliser::from_config(&exp.data, &exp.model)?);
-        let specs =
-            RandomCropSampler::from_config(&exp.data, &exp.model, exp.seed).epoch(&dataset, epoch);
+    pub fn train_on(
+        dataset: Arc<SceneDataset>,
+        data: &DataConfig,
+        model: &ModelConfig,
+        seed: u64,
+        epoch: u64,
+    ) -> Result<Self> {
+        let norm = Arc::new(Normaliser::from_config(data, model)?);
+        let specs = RandomCropSampler::from_config(data, model, seed).epoch(&dataset, epoch);
         let options = LoaderOptions {
-            batch_size: exp.data.sampling.batch_size,
-            prefetch: exp.data.sampling.prefetch,
+            batch_size: data.sampling.batch_size,
+            prefetch: data.sampling.prefetch,
             drop_last: true,
         };
         Ok(Self::new(dataset, specs, norm, options))
     }
 
     /// Validation or test batches: the window grid over every scene of the split, all windows.
-    pub fn grid(exp: &Experiment, split: Split) -> Result<Self> {
-        let dataset = Arc::new(SceneDataset::open(&exp.data, &exp.model, split)?);
-        let norm = Arc::new(Normaliser::from_config(&exp.data, &exp.model)?);
-        let specs = GridSampler::from_config(&exp.data, &exp.model).windows(&dataset);
+    pub fn grid(data: &DataConfig, model: &ModelConfig, split: Split) -> Result<Self> {
+        let dataset = Arc::new(SceneDataset::open(data, model, split)?);
+        let norm = Arc::new(Normaliser::from_config(data, model)?);
+        let specs = GridSampler::from_config(data, model).windows(&dataset);
         let options = LoaderOptions {
-            batch_size: exp.data.sampling.batch_size,
-            prefetch: exp.data.sampling.prefetch,
+            batch_size: data.sampling.batch_size,
+            prefetch: data.sampling.prefetch,
             drop_last: false,
         };
         Ok(Self::new(dataset, specs, norm, options))

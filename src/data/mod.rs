@@ -6,7 +6,6 @@
 //! windows and augmentations; [`loader`] reads batches in parallel into tensors; [`synth`]
 //! writes the synthetic benchmark; [`stats`] computes normalisation statistics.
 
-pub mod cli;
 pub mod config;
 pub mod dataset;
 pub mod labels;

@@ -1,15 +1,13 @@
-//! Normalisation statistics and class frequencies of a split, and their atomic write-back into
-//! an experiment YAML (`dis2 stats --config ...`), keeping the rest of the file as it is.
+//! Normalisation statistics and class frequencies of a split, and the edit that writes them into
+//! an experiment YAML's text, keeping the rest of the file as it is (`dis2 stats --config ...`;
+//! reading and writing the file is `crate::prepare`'s).
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, Result};
 use rayon::prelude::*;
-use std::path::Path;
 
 use super::config::Normalisation;
 use super::dataset::SceneDataset;
-use super::layouts::Split;
 use super::raster::{self, Window};
-use crate::config::{from_yaml_str, Experiment};
 
 /// Rows read at a time: scenes are read in strips, never whole.
 const STRIP_ROWS: usize = 256;
@@ -201,41 +199,31 @@ fn strip_stats(dataset: &SceneDataset, index: usize, window: Window) -> Result<D
     })
 }
 
-/// Computes the train-split statistics of the experiment at `path` and writes
-/// `data.normalisation` (and `data.class_weights` when asked) back into the file.
-pub fn update_experiment(path: &Path, class_weights: bool) -> Result<DatasetStats> {
-    let exp = Experiment::load(path, &[])?;
-    let dataset = SceneDataset::open(&exp.data, &exp.model, Split::Train)?;
-    let stats = compute(&dataset)?;
-    let names: Vec<&str> = exp
-        .model
-        .modalities
-        .iter()
-        .map(|m| m.name.as_str())
-        .collect();
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+/// `text`, an experiment YAML, with `data.normalisation` set from `stats` (one entry per name of
+/// `modalities`, in model order) and, when asked, `data.class_weights` (median frequency);
+/// comments and the other keys are kept as written (see [`upsert_data_key`]).
+///
+/// Errors: the `data:` section is written in flow style.
+pub fn yaml_with_statistics(
+    text: &str,
+    modalities: &[&str],
+    stats: &DatasetStats,
+    class_weights: bool,
+) -> Result<String> {
     let mut block = String::from("normalisation:\n");
-    for (name, norm) in names.iter().zip(stats.normalisation()) {
+    for (name, norm) in modalities.iter().zip(stats.normalisation()) {
         block.push_str(&format!(
             "  {name}: {{mean: {}, std: {}}}\n",
             flow_list(&norm.mean),
             flow_list(&norm.std)
         ));
     }
-    let mut updated = upsert_data_key(&text, "normalisation", &block)?;
+    let mut updated = upsert_data_key(text, "normalisation", &block)?;
     if class_weights {
         let line = format!("class_weights: {}\n", flow_list(&stats.class_weights()));
         updated = upsert_data_key(&updated, "class_weights", &line)?;
     }
-    let check: Experiment =
-        from_yaml_str(&updated).map_err(|e| anyhow!("{} after the update: {e}", path.display()))?;
-    check
-        .data
-        .validate(&check.model)
-        .with_context(|| format!("{} after the update: key `data`", path.display()))?;
-    crate::fsutil::write_atomic(path, updated.as_bytes())?;
-    Ok(stats)
+    Ok(updated)
 }
 
 /// `[1.5, 2.0]` with enough digits to round-trip to f32 precision.

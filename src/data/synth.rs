@@ -24,7 +24,7 @@ use super::layouts::Split;
 use super::raster::{write_geotiff, GeoRef, RasterData, WriteOptions};
 use super::rng::Rng;
 
-/// Class ids of the synthetic benchmark.
+/// Class ids of the synthetic benchmark (names and colours: [`CLASSES`]).
 pub const IMPERVIOUS: u8 = 0;
 pub const BUILDING: u8 = 1;
 pub const LOW_VEGETATION: u8 = 2;
@@ -32,15 +32,8 @@ pub const TREE: u8 = 3;
 pub const CAR: u8 = 4;
 pub const WATER: u8 = 5;
 
-/// Class names and label colours (ISPRS colours, plus navy for water), in id order.
-pub const CLASSES: [(&str, [u8; 3]); 6] = [
-    ("impervious surface", [255, 255, 255]),
-    ("building", [0, 0, 255]),
-    ("low vegetation", [0, 255, 255]),
-    ("tree", [0, 255, 0]),
-    ("car", [255, 255, 0]),
-    ("water", [0, 0, 128]),
-];
+/// Class names and label colours in id order, kept with the other class tables in `labels`.
+pub use super::labels::SYNTHETIC_CLASSES as CLASSES;
 
 /// Ground sampling distance in metres.
 pub const PIXEL_SIZE: f64 = 0.5;
@@ -813,19 +806,8 @@ fn box3(v: &[f64], n: usize) -> Vec<f64> {
         .collect()
 }
 
-/// Writes `experiment.yaml` for a generated benchmark into its folder (normalisation from the
-/// train split); returns its path.
-pub fn write_experiment(options: &SynthOptions) -> Result<PathBuf> {
-    let root = options.out.to_string_lossy().into_owned();
-    let text = experiment_yaml(&root, options);
-    let path = options.out.join("experiment.yaml");
-    crate::fsutil::write_atomic(&path, text.as_bytes())?;
-    super::stats::update_experiment(&path, false)
-        .with_context(|| format!("computing statistics for {}", path.display()))?;
-    Ok(path)
-}
-
-/// The experiment YAML text for a synthetic benchmark in `root` (width 8, 64 x 64 crops).
+/// The experiment YAML text for a synthetic benchmark in `root` (width 8, 64 x 64 crops), without
+/// its normalisation (`crate::prepare::write_synthetic_experiment` adds that).
 pub fn experiment_yaml(root: &str, options: &SynthOptions) -> String {
     let quoted = serde_yaml::to_string(&root).unwrap_or_else(|_| format!("{root:?}\n"));
     format!(

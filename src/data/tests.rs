@@ -1006,7 +1006,7 @@ fn synthetic_experiment(dir: &Path) -> Experiment {
         seed: 9,
     };
     synth::generate(&options).unwrap();
-    let yaml = synth::write_experiment(&options).unwrap();
+    let yaml = crate::prepare::write_synthetic_experiment(&options).unwrap();
     Experiment::load(
         &yaml,
         &[
@@ -1021,7 +1021,7 @@ fn synthetic_experiment(dir: &Path) -> Experiment {
 fn loader_batches_are_shaped_normalised_and_deterministic() {
     let dir = tempfile::tempdir().unwrap();
     let exp = synthetic_experiment(dir.path());
-    let batches: Vec<Batch> = Loader::train(&exp, Split::Train, 0)
+    let batches: Vec<Batch> = Loader::train(&exp.data, &exp.model, exp.seed, Split::Train, 0)
         .unwrap()
         .map(|b| b.unwrap())
         .collect();
@@ -1042,7 +1042,7 @@ fn loader_batches_are_shaped_normalised_and_deterministic() {
         i64::try_from(b.labels.where_self(&b.valid, &b.labels.zeros_like()).max()).unwrap();
     assert!((0..6).contains(&max_label));
     // Same seed and epoch: the same batches; computed on one thread, sample by sample: the same.
-    let again: Vec<Batch> = Loader::train(&exp, Split::Train, 0)
+    let again: Vec<Batch> = Loader::train(&exp.data, &exp.model, exp.seed, Split::Train, 0)
         .unwrap()
         .map(|b| b.unwrap())
         .collect();
@@ -1075,19 +1075,19 @@ fn loader_batches_are_shaped_normalised_and_deterministic() {
         assert!(x.labels.equal(&y.labels) && x.labels.equal(&z.labels) && x.valid.equal(&z.valid));
     }
     // Another epoch: other crops.
-    let next: Vec<Batch> = Loader::train(&exp, Split::Train, 1)
+    let next: Vec<Batch> = Loader::train(&exp.data, &exp.model, exp.seed, Split::Train, 1)
         .unwrap()
         .map(|b| b.unwrap())
         .collect();
     assert_ne!(next[0].specs, batches[0].specs);
     // Validation grid: 96 px scenes, 64 px windows -> 2 x 2 windows per scene; the val split has 1 scene.
-    let val: Vec<Batch> = Loader::grid(&exp, Split::Val)
+    let val: Vec<Batch> = Loader::grid(&exp.data, &exp.model, Split::Val)
         .unwrap()
         .map(|b| b.unwrap())
         .collect();
     assert_eq!(val.iter().map(|b| b.specs.len()).sum::<usize>(), 4);
     // Dropping a loader part-way stops its worker.
-    let mut early = Loader::train(&exp, Split::Train, 2).unwrap();
+    let mut early = Loader::train(&exp.data, &exp.model, exp.seed, Split::Train, 2).unwrap();
     assert!(early.next().is_some());
     drop(early);
 }
@@ -1152,11 +1152,11 @@ fn stats_write_back_matches_a_direct_computation_and_keeps_the_file() {
         seed: 2,
     };
     synth::generate(&options).unwrap();
-    let yaml = synth::write_experiment(&options).unwrap();
+    let yaml = crate::prepare::write_synthetic_experiment(&options).unwrap();
     let mut text = std::fs::read_to_string(&yaml).unwrap();
     text = text.replace("  ignore_index: 255\n", "  ignore_index: 255 # kept\n");
     std::fs::write(&yaml, &text).unwrap();
-    let stats = super::stats::update_experiment(&yaml, true).unwrap();
+    let stats = crate::prepare::update_statistics(&yaml, true).unwrap();
     let updated = std::fs::read_to_string(&yaml).unwrap();
     assert!(
         updated.starts_with("# The synthetic multimodal benchmark")

@@ -18,7 +18,6 @@
 //! outputs (`Sink`), then per batch read (`reader`), run the branch (`window_probs`), blend
 //! (`blend`) and write the finished rows.
 
-pub mod cli;
 mod reader;
 pub mod writer;
 
@@ -45,7 +44,7 @@ pub const NODATA_CLASS: u8 = 255;
 pub const PREVIEW_SIDE: usize = 1024;
 
 /// Pixel type of the probability raster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbsType {
     /// round(255 x p); no nodata value (the class map says where the inputs were nodata).
     U8,

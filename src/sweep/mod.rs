@@ -21,15 +21,14 @@ mod plan;
 mod table;
 
 use anyhow::{bail, Context, Result};
-use clap::Args;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cli::DeviceArgs;
 use crate::config::Experiment;
 use crate::data::layouts::Split;
+use crate::device::DeviceChoice;
 use crate::eval::{evaluate, EvalOptions, EvalRequest};
 use crate::progress::Progress;
 use crate::train::run::{RunDir, RunKind, RunSpec};
@@ -37,47 +36,35 @@ use crate::train::trainer::{self, TrainOptions};
 
 pub use plan::{parse_scenarios, Column, EvalJob, Method, Plan, Shard, Unit, UnitKind};
 
-/// `dis2 sweep`.
-#[derive(Debug, Args)]
-pub struct SweepArgs {
-    /// The experiment YAML every run starts from (not needed with --collect).
-    #[arg(long, value_name = "FILE", required_unless_present = "collect")]
+/// One sweep: what `dis2 sweep` asks for (see `crate::cli`'s `SweepArgs` for each field's flag).
+#[derive(Debug, Clone)]
+pub struct SweepRequest {
+    /// The experiment YAML every run starts from; `None` only with `collect`.
     pub config: Option<PathBuf>,
-    /// Override a configuration value of every run, e.g. `--set train.epochs=3` (repeatable).
-    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    /// `KEY.PATH=VALUE` overrides of every run.
     pub set: Vec<String>,
-    /// Methods (rows), comma-separated; default all: teacher-fill, unimodal, modality-dropout,
-    /// dis2, dis2-no-kd, dis2-no-orth, dis2-no-cflm, dis2-no-hf.
-    #[arg(long, value_name = "METHODS", value_delimiter = ',')]
+    /// Methods (rows); empty: all of [`Method::ALL`].
     pub methods: Vec<Method>,
-    /// Missing-modality scenarios (columns besides `full`), comma-separated, several missing
-    /// joined by `+`: `dsm,sar,dsm+sar`. Default: every scenario of the model.
-    #[arg(long, value_name = "SCENARIOS")]
+    /// Missing-modality scenarios (columns besides `full`); empty: every scenario of the model.
     pub scenarios: Vec<String>,
     /// The split the cells are scored on.
-    #[arg(long, default_value = "test")]
     pub split: Split,
-    /// Classes reported but left out of the means (ISPRS: `--exclude clutter`); repeatable.
-    #[arg(long = "exclude", value_name = "CLASS")]
+    /// Classes reported but left out of the means.
     pub exclude: Vec<String>,
-    /// Probability of dropping each modality of each sample for the modality-dropout baseline.
-    #[arg(long, value_name = "P", default_value_t = 0.3)]
+    /// Probability of dropping each modality of each sample for the modality-dropout baseline,
+    /// in (0, 1).
     pub modality_dropout: f64,
-    /// Run share i of n (0-based) of the training runs and their evaluations, e.g. for a Slurm
-    /// array: `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`.
-    #[arg(long, value_name = "I/N")]
+    /// The share of the runs and evaluations to do; `None`: all of them.
     pub shard: Option<Shard>,
-    /// Only write the tables from the finished cells in --out (after the shards ran).
-    #[arg(long)]
+    /// Only write the tables from the finished cells in `out`.
     pub collect: bool,
-    /// Print the runs and evaluations (and their shards) without running anything.
-    #[arg(long)]
+    /// Print the plan (and its shards) without running anything.
     pub list: bool,
-    /// Sweep folder (default: runs/sweep-<experiment name>).
-    #[arg(long, value_name = "DIR")]
+    /// Sweep folder; `None`: `runs/sweep-<experiment name>`.
     pub out: Option<PathBuf>,
-    #[command(flatten)]
-    pub device: DeviceArgs,
+    /// The device to train and score on, resolved only once there is something to run (not
+    /// with `list` or `collect`).
+    pub device: DeviceChoice,
 }
 
 /// `sweep.yaml`: what a sweep folder holds; a restart or another shard must ask for the same.
@@ -119,7 +106,9 @@ impl SweepDir {
     }
 }
 
-pub fn sweep(args: &SweepArgs) -> Result<()> {
+/// Runs (or lists, or collects) the sweep of `args`: trains and scores this shard's cells, then
+/// writes the tables from every cell done so far.
+pub fn sweep(args: &SweepRequest) -> Result<()> {
     if args.collect {
         let out = args
             .out
@@ -167,7 +156,7 @@ pub fn sweep(args: &SweepArgs) -> Result<()> {
         modality_dropout: args.modality_dropout,
     };
     claim(&dir, &spec, &exp)?;
-    let device = args.device.device.resolve()?;
+    let device = args.device.resolve()?;
     let started = Instant::now();
     run_shard(&dir, &plan, shard, &spec, device)?;
     write_tables(&dir, &plan, &exp)?;

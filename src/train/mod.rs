@@ -4,7 +4,6 @@
 //! validation; `run` the run directory, checkpoints and resume; `optim`, `schedule`,
 //! `tensorboard` and `progress` the pieces.
 
-pub mod cli;
 pub mod config;
 pub mod objective;
 pub mod optim;

@@ -20,7 +20,7 @@ pub fn validate(
 ) -> Result<Vec<Scores>> {
     let k = exp.model.num_classes as usize;
     let mut matrices = vec![ConfusionMatrix::new(k); branches.len()];
-    let loader = Loader::grid(exp, Split::Val)?;
+    let loader = Loader::grid(&exp.data, &exp.model, Split::Val)?;
     for (i, batch) in loader.enumerate() {
         if max_batches.is_some_and(|m| i >= m) {
             break;

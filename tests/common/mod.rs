@@ -109,5 +109,5 @@ pub fn tiny_benchmark(dir: &Path, seed: u64) -> PathBuf {
         seed,
     };
     dis2::data::synth::generate(&options).expect("synth");
-    dis2::data::synth::write_experiment(&options).expect("experiment")
+    dis2::prepare::write_synthetic_experiment(&options).expect("experiment")
 }

@@ -1,13 +1,15 @@
-//! `dis2 train-teacher` and `dis2 distill`: argument structs and their work.
+//! `dis2 train-teacher` and `dis2 distill`: their arguments, the run they ask for and the summary
+//! they print.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use super::run::{RunKind, RunSpec};
-use super::trainer::{self, Summary, TrainOptions};
-use crate::cli::DeviceArgs;
+use super::DeviceArgs;
 use crate::config::Experiment;
+use crate::model::scenario::{join_names, parse_names};
+use crate::train::run::{RunKind, RunSpec};
+use crate::train::trainer::{self, Summary, TrainOptions};
 
 /// Options shared by the training commands.
 #[derive(Debug, Args)]
@@ -60,7 +62,7 @@ pub struct DistillArgs {
     pub joint: bool,
 }
 
-pub fn train_teacher(args: &TrainTeacherArgs) -> Result<()> {
+pub(crate) fn train_teacher(args: &TrainTeacherArgs) -> Result<()> {
     let spec = RunSpec {
         kind: RunKind::Teacher,
         modality_dropout: args.modality_dropout,
@@ -75,17 +77,8 @@ pub fn train_teacher(args: &TrainTeacherArgs) -> Result<()> {
     launch(&args.common, spec, name)
 }
 
-pub fn distill(args: &DistillArgs) -> Result<()> {
-    let scenarios: Vec<Vec<String>> = args
-        .missing
-        .iter()
-        .map(|m| {
-            m.split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect()
-        })
-        .collect();
+pub(crate) fn distill(args: &DistillArgs) -> Result<()> {
+    let scenarios: Vec<Vec<String>> = args.missing.iter().map(|m| parse_names(m)).collect();
     if args.common.resume.is_some() {
         return launch(&args.common, dummy_spec(), "");
     }
@@ -112,7 +105,7 @@ pub fn distill(args: &DistillArgs) -> Result<()> {
     };
     let name = match spec.kind {
         RunKind::Joint => "joint".to_string(),
-        _ => format!("student-{}", spec.scenarios[0].join("+")),
+        _ => format!("student-{}", join_names(&spec.scenarios[0])),
     };
     launch(&args.common, spec, &name)
 }

@@ -1,10 +1,10 @@
-//! The data subcommands: `dis2 synth` and `dis2 stats` (argument structs and their work).
+//! `dis2 synth` and `dis2 stats`: their arguments and what they print.
 
 use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
-use super::synth::{self, SynthOptions};
+use crate::data::synth::{self, SynthOptions};
 
 /// `dis2 synth`.
 #[derive(Debug, Args)]
@@ -35,7 +35,7 @@ pub struct StatsArgs {
 }
 
 /// Writes the benchmark and its experiment YAML, and says where.
-pub fn synth(args: &SynthArgs) -> Result<()> {
+pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
     let options = SynthOptions {
         out: args.out.clone(),
         scenes: args.scenes,
@@ -43,7 +43,7 @@ pub fn synth(args: &SynthArgs) -> Result<()> {
         seed: args.seed,
     };
     let files = synth::generate(&options)?;
-    let yaml = synth::write_experiment(&options)?;
+    let yaml = crate::prepare::write_synthetic_experiment(&options)?;
     println!(
         "wrote {} rasters of {} scenes ({}x{} px, 0.5 m, EPSG:{}) under {}",
         files.len(),
@@ -58,8 +58,8 @@ pub fn synth(args: &SynthArgs) -> Result<()> {
 }
 
 /// Computes the statistics, writes them back and prints them.
-pub fn stats(args: &StatsArgs) -> Result<()> {
-    let stats = super::stats::update_experiment(&args.config, args.class_weights)?;
+pub(crate) fn stats(args: &StatsArgs) -> Result<()> {
+    let stats = crate::prepare::update_statistics(&args.config, args.class_weights)?;
     let exp = crate::config::Experiment::load(&args.config, &[])?;
     for (m, norm) in exp.model.modalities.iter().zip(stats.normalisation()) {
         println!(

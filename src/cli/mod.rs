@@ -1,11 +1,31 @@
-//! Command-line arguments (clap derive) and the dispatch to the work. Argument structs live here;
-//! the work lives in the modules they call.
+//! The command line: `Cli` and its `Command`s (clap derive), the global options and the dispatch
+//! to the work.
+//!
+//! Each command's arguments live in one file here (`train.rs`, `data.rs`, `eval.rs`, `sweep.rs`,
+//! `predict.rs`, `info.rs`, `import_torch.rs`), with the thin conversion into the plain request
+//! and options types of the module that does the work. clap stays on this side: the work modules
+//! never see an argument struct.
+
+mod data;
+mod eval;
+mod import_torch;
+mod info;
+mod predict;
+mod sweep;
+mod train;
 
 use anyhow::Result;
 use clap::{Args, Parser, Subcommand};
-use std::path::PathBuf;
 
 use crate::device::DeviceChoice;
+
+pub use data::{StatsArgs, SynthArgs};
+pub use eval::EvalArgs;
+pub use import_torch::ImportTorchArgs;
+pub use info::InfoArgs;
+pub use predict::PredictArgs;
+pub use sweep::SweepArgs;
+pub use train::{CommonTrainArgs, DistillArgs, TrainTeacherArgs};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -27,25 +47,25 @@ pub enum Command {
     /// Print versions (dis2, tch, libtorch, GDAL), CUDA and cuDNN availability, and threads.
     Info(InfoArgs),
     /// Write the synthetic multimodal benchmark (GeoTIFFs and an experiment YAML).
-    Synth(crate::data::cli::SynthArgs),
+    Synth(SynthArgs),
     /// Compute per-modality normalisation (and class weights) of the train split; write them
     /// into the experiment YAML.
-    Stats(crate::data::cli::StatsArgs),
+    Stats(StatsArgs),
     /// Train the full-modality teacher (or, with --modality-dropout, the robust baseline).
-    TrainTeacher(crate::train::cli::TrainTeacherArgs),
+    TrainTeacher(TrainTeacherArgs),
     /// Distil a student for a missing-modality scenario from a trained teacher (DLKD).
-    Distill(crate::train::cli::DistillArgs),
+    Distill(DistillArgs),
     /// Score a checkpoint on whole scenes of a split (sliding window), optionally with
     /// modalities dropped: IoU, F1, overall accuracy, confusion matrix.
-    Eval(crate::eval::EvalArgs),
+    Eval(EvalArgs),
     /// Train and score a grid of methods x missing-modality scenarios (baselines, DIS2 and its
     /// ablations) and write the results tables and a bar chart; resumable, shardable.
-    Sweep(crate::sweep::SweepArgs),
+    Sweep(SweepArgs),
     /// Convert a state_dict of the authors' PyTorch DIS2 (safetensors) into a dis2 checkpoint.
     ImportTorch(ImportTorchArgs),
     /// Classify whole scenes with a checkpoint: `--NAME FILE` per modality of the checkpoint
     /// (missing ones use their student), `--out classes.tif`; see docs/predict.md.
-    Predict(crate::predict::cli::PredictArgs),
+    Predict(PredictArgs),
 }
 
 /// `--device`, shared by every subcommand that computes.
@@ -56,45 +76,25 @@ pub struct DeviceArgs {
     pub device: DeviceChoice,
 }
 
-#[derive(Debug, Args)]
-pub struct InfoArgs {
-    #[command(flatten)]
-    pub device: DeviceArgs,
-}
-
-#[derive(Debug, Args)]
-pub struct ImportTorchArgs {
-    /// The reference model's state_dict saved as safetensors (names as in `DLKD_ver4`).
-    #[arg(long, value_name = "FILE.safetensors")]
-    pub weights: PathBuf,
-    /// YAML with the model configuration: a model-only file, or a file whose `model:` key is read.
-    #[arg(long, value_name = "CONFIG.yaml")]
-    pub config: PathBuf,
-    /// Checkpoint to write: CHECKPOINT.safetensors and CHECKPOINT.yaml.
-    #[arg(long, value_name = "CHECKPOINT")]
-    pub out: PathBuf,
-}
-
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {
         set_threads(threads)?;
     }
     match cli.command {
-        Command::Info(args) => crate::info::print_info(args.device.device),
-        Command::Synth(args) => crate::data::cli::synth(&args),
-        Command::Stats(args) => crate::data::cli::stats(&args),
-        Command::TrainTeacher(args) => crate::train::cli::train_teacher(&args),
-        Command::Distill(args) => crate::train::cli::distill(&args),
-        Command::Eval(args) => crate::eval::eval(&args),
-        Command::Sweep(args) => crate::sweep::sweep(&args),
-        Command::ImportTorch(args) => {
-            crate::import_torch::import_torch(&args.weights, &args.config, &args.out)
-        }
-        Command::Predict(args) => crate::predict::cli::predict(args),
+        Command::Info(args) => info::run(&args),
+        Command::Synth(args) => data::synth(&args),
+        Command::Stats(args) => data::stats(&args),
+        Command::TrainTeacher(args) => train::train_teacher(&args),
+        Command::Distill(args) => train::distill(&args),
+        Command::Eval(args) => eval::run(&args),
+        Command::Sweep(args) => sweep::run(args),
+        Command::ImportTorch(args) => import_torch::run(&args),
+        Command::Predict(args) => predict::run(args),
     }
 }
 
+/// `--threads N`: libtorch's intra-op threads and rayon's global pool.
 fn set_threads(threads: usize) -> Result<()> {
     anyhow::ensure!(threads >= 1, "--threads must be at least 1");
     tch::set_num_threads(i32::try_from(threads)?);

@@ -1,15 +1,18 @@
-//! `dis2 predict`: arguments and the per-scene loop.
+//! `dis2 predict`: its arguments, the scene list, and the loop over the scenes.
 //!
 //! The inputs are named after the checkpoint's modalities (`--optical a.tif --sar c.tif`), which
 //! clap cannot know when the binary is built: every `--NAME FILE` that is not one of the options
 //! below is collected and matched against the checkpoint's modalities.
 
 use anyhow::{anyhow, bail, Context, Result};
-use clap::{CommandFactory, FromArgMatches, Parser};
+use clap::builder::PossibleValue;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::path::{Path, PathBuf};
 
-use super::{PredictOptions, Predictor, ProbsType, SceneJob};
-use crate::cli::DeviceArgs;
+use super::DeviceArgs;
+use crate::predict::{
+    predict_scene, share_cpu_threads, PredictOptions, Predictor, ProbsType, SceneJob,
+};
 
 /// `dis2 predict`.
 #[derive(Debug, Parser)]
@@ -67,16 +70,33 @@ pub struct PredictArgs {
     pub rest: Vec<String>,
 }
 
+/// `--probs-type u8|f32`.
+impl ValueEnum for ProbsType {
+    fn value_variants<'a>() -> &'a [Self] {
+        &[ProbsType::U8, ProbsType::F32]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        Some(match self {
+            ProbsType::U8 => PossibleValue::new("u8").help(
+                "round(255 x p); no nodata value (the class map says where the inputs were nodata)",
+            ),
+            ProbsType::F32 => PossibleValue::new("f32")
+                .help("p as it is; NaN (the band's nodata) where any input is nodata"),
+        })
+    }
+}
+
 /// The options of `predict` and the `--NAME FILE` pairs, once the pairs are separated from any
 /// options clap collected with them.
 #[derive(Debug)]
-pub struct Resolved {
-    pub args: PredictArgs,
-    pub inputs: Vec<(String, PathBuf)>,
+struct Resolved {
+    args: PredictArgs,
+    inputs: Vec<(String, PathBuf)>,
 }
 
 /// Splits `args.rest` into modality inputs and options, and merges those options into `args`.
-pub fn resolve(mut args: PredictArgs) -> Result<Resolved> {
+fn resolve(mut args: PredictArgs) -> Result<Resolved> {
     let command = PredictArgs::command();
     let known: Vec<(String, bool)> = command
         .get_arguments()
@@ -152,7 +172,7 @@ pub fn resolve(mut args: PredictArgs) -> Result<Resolved> {
 }
 
 /// `i/n` with `i < n`.
-pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
+fn parse_shard(text: &str) -> Result<(usize, usize)> {
     let bad = || anyhow!("--shard {text:?}: expected i/n with 0 <= i < n, e.g. 0/4");
     let (i, n) = text.split_once('/').ok_or_else(bad)?;
     let i: usize = i.trim().parse().map_err(|_| bad())?;
@@ -164,7 +184,7 @@ pub fn parse_shard(text: &str) -> Result<(usize, usize)> {
 }
 
 /// Reads a scene list (see [`PredictArgs::list`]).
-pub fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
+fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--list: cannot read {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(""));
@@ -215,7 +235,7 @@ pub fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
 }
 
 /// Runs `dis2 predict`.
-pub fn predict(args: PredictArgs) -> Result<()> {
+pub(crate) fn run(args: PredictArgs) -> Result<()> {
     let Resolved { args, inputs } = resolve(args)?;
     let checkpoint = args
         .checkpoint
@@ -273,11 +293,11 @@ pub fn predict(args: PredictArgs) -> Result<()> {
         gdal::config::set_config_option("GDAL_CACHEMAX", "64")?;
     }
     let device = args.device.device.resolve()?;
-    super::share_cpu_threads(device);
+    share_cpu_threads(device);
     let predictor = Predictor::load(&checkpoint, device)?;
     let count = jobs.len();
     for (n, job) in jobs.iter().enumerate() {
-        let summary = super::predict_scene(&predictor, job, &options)
+        let summary = predict_scene(&predictor, job, &options)
             .with_context(|| format!("scene {} of {count} ({})", n + 1, job.out.display()))?;
         println!(
             "{}: {}x{} px, {} windows, {}, {:.1} s, {:.2} MP/s",

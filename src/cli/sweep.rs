@@ -1,0 +1,75 @@
+//! `dis2 sweep`: its arguments and their conversion into a [`SweepRequest`].
+
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+use super::DeviceArgs;
+use crate::data::layouts::Split;
+use crate::sweep::{Method, Shard, SweepRequest};
+
+/// `dis2 sweep`.
+#[derive(Debug, Args)]
+pub struct SweepArgs {
+    /// The experiment YAML every run starts from (not needed with --collect).
+    #[arg(long, value_name = "FILE", required_unless_present = "collect")]
+    pub config: Option<PathBuf>,
+    /// Override a configuration value of every run, e.g. `--set train.epochs=3` (repeatable).
+    #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
+    pub set: Vec<String>,
+    /// Methods (rows), comma-separated; default all: teacher-fill, unimodal, modality-dropout,
+    /// dis2, dis2-no-kd, dis2-no-orth, dis2-no-cflm, dis2-no-hf.
+    #[arg(long, value_name = "METHODS", value_delimiter = ',')]
+    pub methods: Vec<Method>,
+    /// Missing-modality scenarios (columns besides `full`), comma-separated, several missing
+    /// joined by `+`: `dsm,sar,dsm+sar`. Default: every scenario of the model.
+    #[arg(long, value_name = "SCENARIOS")]
+    pub scenarios: Vec<String>,
+    /// The split the cells are scored on.
+    #[arg(long, default_value = "test")]
+    pub split: Split,
+    /// Classes reported but left out of the means (ISPRS: `--exclude clutter`); repeatable.
+    #[arg(long = "exclude", value_name = "CLASS")]
+    pub exclude: Vec<String>,
+    /// Probability of dropping each modality of each sample for the modality-dropout baseline.
+    #[arg(long, value_name = "P", default_value_t = 0.3)]
+    pub modality_dropout: f64,
+    /// Run share i of n (0-based) of the training runs and their evaluations, e.g. for a Slurm
+    /// array: `--shard $SLURM_ARRAY_TASK_ID/$SLURM_ARRAY_TASK_COUNT`.
+    #[arg(long, value_name = "I/N")]
+    pub shard: Option<Shard>,
+    /// Only write the tables from the finished cells in --out (after the shards ran).
+    #[arg(long)]
+    pub collect: bool,
+    /// Print the runs and evaluations (and their shards) without running anything.
+    #[arg(long)]
+    pub list: bool,
+    /// Sweep folder (default: runs/sweep-<experiment name>).
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+impl From<SweepArgs> for SweepRequest {
+    fn from(args: SweepArgs) -> Self {
+        Self {
+            config: args.config,
+            set: args.set,
+            methods: args.methods,
+            scenarios: args.scenarios,
+            split: args.split,
+            exclude: args.exclude,
+            modality_dropout: args.modality_dropout,
+            shard: args.shard,
+            collect: args.collect,
+            list: args.list,
+            out: args.out,
+            device: args.device.device,
+        }
+    }
+}
+
+pub(crate) fn run(args: SweepArgs) -> Result<()> {
+    crate::sweep::sweep(&args.into())
+}
