@@ -1,5 +1,13 @@
 //! The training objectives of the three ways to train, built on the reference losses
 //! (`model::losses`): weighted cross-entropy + Dice of every prediction, DLKD and orthogonality.
+//! The one copy of each: the trainer, the tests and `make bench-step` use these.
+//!
+//! - [`teacher_objective`]: `train-teacher`.
+//! - [`distill_objective`]: `distill`, a student against a frozen teacher.
+//! - [`joint_objective`]: `distill --joint`, the reference's `cal_train_loss`
+//!   (`run_experiment_35.py`): teacher + student + every auxiliary loss + `kd_weight · kd` +
+//!   `orth_weight · orth` + both deep-supervision sums. With every pixel counted, no class weights
+//!   and `orth_weight` 1 it is the reference's value.
 //!
 //! Pixels whose label is the ignore index (or where an input has no data) are left out: their
 //! one-hot target is all zeros and their predicted probabilities are zeroed before the losses,
@@ -8,8 +16,8 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use super::joint_backward::{JointForward, JointLoss, SplitInputs};
 use crate::model::dis2::{TeacherOutputs, TrainOutputs};
-use crate::model::joint::{BranchInputs, JointLoss};
 use crate::model::losses::{one_hot, seg_losses_weighted, sum_scalars};
 
 /// What the segmentation losses compare against.
@@ -22,7 +30,9 @@ pub struct Target {
     pub class_weights: Option<Tensor>,
 }
 
-/// The target of a batch of labels (`ignore_index` marks pixels left out).
+/// The target of a batch of labels `[B, H, W]` (int64 class ids; `ignore_index` marks pixels left
+/// out) for `classes` classes, with optional per-class weights `[K]`. Errors for labels of another
+/// shape or ids outside `0..classes` (other than `ignore_index`).
 pub fn masked_target(
     labels: &Tensor,
     ignore_index: i64,
@@ -43,6 +53,9 @@ pub fn masked_target(
 pub struct Objective {
     /// The loss (with its graph for [`Backward::Whole`], its value for [`Backward::Joint`]).
     pub total: Tensor,
+    /// The unweighted parts, in order: `teacher`, `aux_{modality}`, `teacher_scales` (the four
+    /// deep-supervision maps summed), `student`, `student_scales`, `kd`, `orth`, as far as the
+    /// kind of run has them.
     pub terms: Vec<(String, Tensor)>,
     backward: Backward,
 }
@@ -53,10 +66,15 @@ enum Backward {
     Whole,
     /// The joint objective's parts ([`JointLoss::backward`]: the teacher's and the student's
     /// branches side by side where the forward pass split them).
-    Joint(JointLoss, Option<BranchInputs>),
+    Joint(JointLoss, Option<SplitInputs>),
 }
 
 impl Objective {
+    /// The part named `name` (see [`Objective::terms`]), if the objective has it.
+    pub fn term(&self, name: &str) -> Option<&Tensor> {
+        self.terms.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
     /// The backward pass of `scale` times the loss, accumulating into the parameters' gradients.
     pub fn backward(&self, scale: f64) -> Result<()> {
         match &self.backward {
@@ -177,15 +195,17 @@ pub fn distill_objective(
     with_distillation(&preds, out, target, kd_weight, orth_weight)
 }
 
-/// `distill --joint`: the reference objective, teacher and student together. Its backward pass
-/// runs the two branches side by side where the forward pass split them (on the CPU).
+/// `distill --joint`: the reference objective, teacher and student together, of a forward by
+/// [`super::joint_backward::forward_joint`]. Its backward pass runs the two branches side by side
+/// where that forward split them ([`super::joint_backward::JointBackward::SideBySide`]).
 pub fn joint_objective(
-    out: &TrainOutputs,
+    step: &JointForward,
     modality_names: &[String],
     target: &Target,
     kd_weight: f64,
     orth_weight: f64,
 ) -> Objective {
+    let out = &step.outputs;
     let t = &out.teacher;
     let aux = teacher_preds(&t.pred, &out.aux_preds, &[], modality_names);
     let encoder = finish(
@@ -216,7 +236,7 @@ pub fn joint_objective(
     Objective {
         total: parts.total(),
         terms,
-        backward: Backward::Joint(parts, out.branch_inputs.as_ref().map(|i| i.shallow_clone())),
+        backward: Backward::Joint(parts, step.split_inputs()),
     }
 }
 
