@@ -24,8 +24,10 @@ use crate::model::losses::{one_hot, seg_losses_weighted, sum_scalars};
 pub struct Target {
     /// One-hot `[B, K, H, W]` with zero rows at ignored pixels.
     pub onehot: Tensor,
-    /// `[B, 1, H, W]` float mask of the counted pixels.
-    pub mask: Tensor,
+    /// `[B, 1, H, W]` float mask of the counted pixels; `None` when every pixel counts (then
+    /// the predictions go into the losses as they are: multiplying by ones changes nothing but
+    /// the time).
+    pub mask: Option<Tensor>,
     /// Optional per-class weights `[K]` of the cross-entropy (`data.class_weights`).
     pub class_weights: Option<Tensor>,
 }
@@ -40,10 +42,17 @@ pub fn masked_target(
     class_weights: Option<Tensor>,
 ) -> Result<Target> {
     let keep = labels.ne(ignore_index);
+    let every_pixel = keep.all().int64_value(&[]) != 0;
     let ids = labels.where_self(&keep, &labels.zeros_like());
-    let mask = keep.unsqueeze(1).to_kind(Kind::Float);
+    let onehot = one_hot(&ids, classes)?;
+    let (onehot, mask) = if every_pixel {
+        (onehot, None)
+    } else {
+        let mask = keep.unsqueeze(1).to_kind(Kind::Float);
+        (onehot * &mask, Some(mask))
+    };
     Ok(Target {
-        onehot: one_hot(&ids, classes)? * &mask,
+        onehot,
         mask,
         class_weights: class_weights.map(|w| w.to_device(labels.device())),
     })
@@ -87,8 +96,14 @@ impl Objective {
 /// Segmentation losses of named predictions, one batched computation; returns the per-name
 /// losses (with graph) in order.
 fn named_seg_losses(preds: &[(String, &Tensor)], target: &Target) -> Vec<(String, Tensor)> {
-    let masked: Vec<Tensor> = preds.iter().map(|(_, p)| *p * &target.mask).collect();
-    let refs: Vec<&Tensor> = masked.iter().collect();
+    let masked: Vec<Tensor> = match &target.mask {
+        Some(mask) => preds.iter().map(|(_, p)| *p * mask).collect(),
+        None => Vec::new(),
+    };
+    let refs: Vec<&Tensor> = match &target.mask {
+        Some(_) => masked.iter().collect(),
+        None => preds.iter().map(|(_, p)| *p).collect(),
+    };
     let losses = seg_losses_weighted(&refs, &target.onehot, target.class_weights.as_ref());
     preds
         .iter()
@@ -258,7 +273,7 @@ mod tests {
         .unwrap();
         assert_eq!(per_pixel, vec![1.0, 1.0, 0.0, 1.0]);
         assert_eq!(
-            Vec::<f32>::try_from(target.mask.flatten(0, -1)).unwrap(),
+            Vec::<f32>::try_from(target.mask.as_ref().unwrap().flatten(0, -1)).unwrap(),
             vec![1.0, 1.0, 0.0, 1.0]
         );
     }
@@ -278,6 +293,29 @@ mod tests {
             .1
             .double_value(&[]);
         assert!((la - lb).abs() < 1e-7, "{la} vs {lb}");
+    }
+
+    /// Without ignored pixels the target has no mask, and the losses and gradients are bitwise
+    /// those of predictions multiplied by a mask of ones.
+    #[test]
+    fn every_pixel_counted_needs_no_mask() {
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 1, 0, 2, 2, 1]).view([2, 2, 2]);
+        let mut target = masked_target(&labels, 255, 3, None).unwrap();
+        assert!(target.mask.is_none());
+        let logits = Tensor::randn([2, 3, 2, 2], (Kind::Float, tch::Device::Cpu));
+        let logits = logits.set_requires_grad(true);
+        let p = logits.softmax(1, Kind::Float);
+        let run = |target: &Target| {
+            let loss = named_seg_losses(&[("x".into(), &p)], target)[0]
+                .1
+                .shallow_clone();
+            let grad = Tensor::run_backward(&[&loss], &[&logits], true, false).remove(0);
+            (loss.detach(), grad)
+        };
+        let (plain, plain_grad) = run(&target);
+        target.mask = Some(Tensor::ones([2, 1, 2, 2], (Kind::Float, tch::Device::Cpu)));
+        let (ones, ones_grad) = run(&target);
+        assert!(plain.equal(&ones) && plain_grad.equal(&ones_grad));
     }
 
     #[test]
