@@ -34,9 +34,9 @@ struct Setting {
     reference_s: f64,
 }
 
-fn run(s: &Setting) -> Result<()> {
-    tch::manual_seed(0);
-    let cfg = ModelConfig {
+/// The model of a setting: modalities 3 + 1 bands, 5 classes.
+fn config(s: &Setting) -> ModelConfig {
+    ModelConfig {
         base_width: s.width,
         num_classes: 5,
         crop: [s.size, s.size],
@@ -56,7 +56,13 @@ fn run(s: &Setting) -> Result<()> {
         scenarios: None,
         decoder: Default::default(),
         fusion: Default::default(),
-    };
+    }
+}
+
+/// Times the warm-up and measured steps of a setting and prints its figures.
+fn run(s: &Setting) -> Result<()> {
+    tch::manual_seed(0);
+    let cfg = config(s);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = Dis2Net::new(&vs.root(), &cfg)?;
     let params = vs
@@ -112,7 +118,14 @@ fn run(s: &Setting) -> Result<()> {
         times.push(start.elapsed().as_secs_f64());
     }
     let steps_run = (s.warmup + s.steps) as f64;
-    let [fwd, loss_ms, bwd, opt_ms] = phases.map(|p| p / steps_run * 1e3);
+    print_figures(s, times, phases.map(|p| p / steps_run * 1e3), last);
+    Ok(())
+}
+
+/// The median and fastest of the measured step `times` (seconds), throughput, and the mean
+/// `phases` (forward, loss, backward, optimiser; milliseconds).
+fn print_figures(s: &Setting, mut times: Vec<f64>, phases: [f64; 4], last: f64) {
+    let [fwd, loss_ms, bwd, opt_ms] = phases;
     times.sort_by(f64::total_cmp);
     // The median step: robust to a neighbour's burst on a shared machine.
     let per_step = times[times.len() / 2];
@@ -142,7 +155,6 @@ fn run(s: &Setting) -> Result<()> {
         "          mean phases: forward {fwd:.1} ms, loss {loss_ms:.1} ms, backward {bwd:.1} ms, \
          optimiser {opt_ms:.1} ms"
     );
-    Ok(())
 }
 
 fn main() -> Result<()> {

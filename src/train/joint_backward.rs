@@ -23,7 +23,8 @@ use crate::model::encoder::Features;
 use crate::model::{Dis2Net, Scenario, TrainOutputs};
 
 /// Above this many `base_width² · crop pixels · batch`, one branch at a time with every core on
-/// each op is faster than the two branches side by side (see docs/model.md, "Performance").
+/// each op is faster than the two branches side by side (figures in docs/model.md, "What makes
+/// it fast").
 const SMALL_STEP: i64 = 1 << 23;
 
 /// How the backward pass of a joint training step runs; see the module documentation.
@@ -60,14 +61,6 @@ pub struct JointForward {
 }
 
 impl JointForward {
-    /// The backward strategy this forward was prepared for.
-    pub fn strategy(&self) -> JointBackward {
-        match self.split {
-            Some(_) => JointBackward::SideBySide,
-            None => JointBackward::Whole,
-        }
-    }
-
     /// Whether the branches' graphs are separate ([`JointBackward::SideBySide`]).
     pub fn is_split(&self) -> bool {
         self.split.is_some()

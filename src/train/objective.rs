@@ -2,9 +2,9 @@
 //! (`model::losses`): weighted cross-entropy + Dice of every prediction, DLKD and orthogonality.
 //! The one copy of each: the trainer, the tests and `make bench-step` use these.
 //!
-//! - [`teacher_objective`]: `train-teacher`.
-//! - [`distill_objective`]: `distill`, a student against a frozen teacher.
-//! - [`joint_objective`]: `distill --joint`, the reference's `cal_train_loss`
+//! - `train-teacher`: [`teacher_objective`].
+//! - `distill`, a student against a frozen teacher: [`distill_objective`].
+//! - `distill --joint`: [`joint_objective`], the reference's `cal_train_loss`
 //!   (`run_experiment_35.py`): teacher + student + every auxiliary loss + `kd_weight · kd` +
 //!   `orth_weight · orth` + both deep-supervision sums. With every pixel counted, no class weights
 //!   and `orth_weight` 1 it is the reference's value.
