@@ -3,7 +3,7 @@
 //!
 //! - [`JointBackward::Whole`]: one backward pass over the whole graph.
 //! - [`JointBackward::SideBySide`]: each branch reads its own leaf copies of the encoder features
-//!   ([`SplitInputs`]), so the teacher's loss and the student's loss hang off two separate graphs.
+//!   (`SplitInputs`), so the teacher's loss and the student's loss hang off two separate graphs.
 //!   Their backward passes run at the same time, one thread each with one intra-op thread, then
 //!   the encoders' backward runs once with the two branches' gradients summed. On two cores the
 //!   small operations of a narrow model leave the second core mostly idle within one op; two

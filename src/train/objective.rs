@@ -60,7 +60,8 @@ pub fn masked_target(
 
 /// A loss and its named parts (detached scalars, for logs).
 pub struct Objective {
-    /// The loss (with its graph for [`Backward::Whole`], its value for [`Backward::Joint`]).
+    /// The loss: with its graph for the teacher and distillation objectives, its value alone for
+    /// the joint one (whose backward pass runs by parts: use [`Objective::backward`]).
     pub total: Tensor,
     /// The unweighted parts, in order: `teacher`, `aux_{modality}`, `teacher_scales` (the four
     /// deep-supervision maps summed), `student`, `student_scales`, `kd`, `orth`, as far as the
