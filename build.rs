@@ -162,10 +162,12 @@ fn python_torch_lib_dir() -> Result<(PathBuf, String), String> {
 }
 
 /// The C++ sources of the native ops, compiled into one static library.
-const NATIVE_SOURCES: [&str; 5] = [
+const NATIVE_SOURCES: [&str; 7] = [
     "csrc/ops.cpp",
     "csrc/dropout.cpp",
     "csrc/optim.cpp",
+    "csrc/precision.cpp",
+    "csrc/profile.cpp",
     "csrc/prenorm.cpp",
     "csrc/seg_loss.cpp",
 ];

@@ -16,6 +16,10 @@
 // Sums are taken per row in float (vectorised: `#pragma omp simd` lets the compiler reorder them)
 // and merged per image in double (Chan's formulas), in a fixed
 // order that does not depend on the number of threads: the same input gives the same output.
+//
+// Float32 and bfloat16 tensors (a bf16 forward's activations): bfloat16 values are widened to
+// float32 as they are read, every sum and product is float32 as for float32 inputs, and only the
+// output (and the input gradient) is rounded to bfloat16, to nearest even.
 #include "common.h"
 
 #include <torch/csrc/autograd/custom_function.h>
@@ -25,9 +29,41 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
+// The row loops in an AVX2 version besides the baseline x86-64 one, picked at load time.
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define DIS2_HOT __attribute__((target_clones("avx2", "default")))
+#else
+#define DIS2_HOT
+#endif
+
 namespace {
+
+// Storage types: float, or the bits of a bfloat16 (`uint16_t`, so that the conversions are plain
+// integer arithmetic the compiler vectorises).
+using bf16 = uint16_t;
+
+inline float widen(float v) { return v; }
+inline float widen(bf16 v) {
+  uint32_t bits = static_cast<uint32_t>(v) << 16;
+  float f;
+  std::memcpy(&f, &bits, sizeof f);
+  return f;
+}
+
+// Rounds to the storage type: to nearest, ties to even, for bfloat16 (NaN stays NaN).
+template <typename T> inline T narrow(float v);
+template <> inline float narrow<float>(float v) { return v; }
+template <> inline bf16 narrow<bf16>(float v) {
+  uint32_t bits;
+  std::memcpy(&bits, &v, sizeof bits);
+  uint32_t rounded = (bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16;
+  return v != v ? static_cast<bf16>(0x7FC0u) : static_cast<bf16>(rounded);
+}
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
@@ -70,32 +106,40 @@ struct Moments {
   }
 };
 
-__attribute__((target_clones("avx2", "default"))) Moments row_moments(const float *__restrict x,
-                                                                     int64_t len) {
+template <typename T> inline Moments row_moments_of(const T *__restrict x, int64_t len) {
   float sum = 0;
 #pragma omp simd reduction(+ : sum)
-  for (int64_t i = 0; i < len; ++i) sum += x[i];
+  for (int64_t i = 0; i < len; ++i) sum += widen(x[i]);
   float mean = sum / len;
   float m2 = 0;
 #pragma omp simd reduction(+ : m2)
   for (int64_t i = 0; i < len; ++i) {
-    float d = x[i] - mean;
+    float d = widen(x[i]) - mean;
     m2 += d * d;
   }
   return {static_cast<double>(len), mean, m2};
 }
+DIS2_HOT Moments row_moments(const float *x, int64_t len) { return row_moments_of(x, len); }
+DIS2_HOT Moments row_moments(const bf16 *x, int64_t len) { return row_moments_of(x, len); }
 
 // `out[i] = leaky((x[i] - mean) * rstd)`.
-__attribute__((target_clones("avx2", "default"))) void normalise_row(const float *__restrict x,
-                                                                    float *__restrict out,
-                                                                    int64_t len, float mean,
-                                                                    float rstd, float slope) {
+template <typename T>
+inline void normalise_row_of(const T *__restrict x, T *__restrict out, int64_t len, float mean,
+                             float rstd, float slope) {
 #pragma omp simd
   for (int64_t i = 0; i < len; ++i) {
-    float z = (x[i] - mean) * rstd;
+    float z = (widen(x[i]) - mean) * rstd;
     // Branch-free LeakyReLU, exact: z + slope·0 for z > 0, 0 + slope·z otherwise.
-    out[i] = std::max(z, 0.0f) + slope * std::min(z, 0.0f);
+    out[i] = narrow<T>(std::max(z, 0.0f) + slope * std::min(z, 0.0f));
   }
+}
+DIS2_HOT void normalise_row(const float *x, float *out, int64_t len, float mean, float rstd,
+                            float slope) {
+  normalise_row_of(x, out, len, mean, rstd, slope);
+}
+DIS2_HOT void normalise_row(const bf16 *x, bf16 *out, int64_t len, float mean, float rstd,
+                            float slope) {
+  normalise_row_of(x, out, len, mean, rstd, slope);
 }
 
 // Runs `f(image, first_row, end_row, unit)` over every chunk of rows of every image.
@@ -111,11 +155,20 @@ template <typename F> void for_each_chunk(const Geometry &g, F f) {
   });
 }
 
+// The elements of `t` as storage type T (float32 or bfloat16 bits).
+template <typename T> const T *elements(const at::Tensor &t) {
+  return static_cast<const T *>(t.const_data_ptr());
+}
+template <typename T> T *mutable_elements(at::Tensor &t) {
+  return static_cast<T *>(t.mutable_data_ptr());
+}
+
 // Per-image mean and 1/sqrt(var + eps) (biased variance), as float tensors [N].
+template <typename T>
 std::pair<at::Tensor, at::Tensor> image_stats(const at::Tensor &x, const Geometry &g, double eps) {
   int64_t chunks = chunks_per_image(g);
   std::vector<Moments> partial(g.n * chunks);
-  const float *data = x.const_data_ptr<float>();
+  const T *data = elements<T>(x);
   for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t unit) {
     Moments m;
     for (int64_t r = first; r < last; ++r) {
@@ -123,8 +176,8 @@ std::pair<at::Tensor, at::Tensor> image_stats(const at::Tensor &x, const Geometr
     }
     partial[unit] = m;
   });
-  auto mean = at::empty({g.n}, x.options());
-  auto rstd = at::empty({g.n}, x.options());
+  auto mean = at::empty({g.n}, x.options().dtype(at::kFloat));
+  auto rstd = at::empty({g.n}, x.options().dtype(at::kFloat));
   float *mean_p = mean.data_ptr<float>(), *rstd_p = rstd.data_ptr<float>();
   for (int64_t i = 0; i < g.n; ++i) {
     Moments m;
@@ -138,6 +191,7 @@ std::pair<at::Tensor, at::Tensor> image_stats(const at::Tensor &x, const Geometr
 // Reflect index for a one-pixel pad: -1 -> 1, len -> len - 2.
 inline int64_t reflect(int64_t i, int64_t len) { return i < 0 ? -i : (i >= len ? 2 * len - 2 - i : i); }
 
+template <typename T>
 at::Tensor forward_kernel(const at::Tensor &x, const Geometry &g, const at::Tensor &mean,
                           const at::Tensor &rstd, float slope, bool pad) {
   auto sizes = x.sizes().vec();
@@ -147,29 +201,29 @@ at::Tensor forward_kernel(const at::Tensor &x, const Geometry &g, const at::Tens
   }
   auto format = g.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
   auto out = at::empty(sizes, x.options().memory_format(format));
-  const float *in = x.const_data_ptr<float>();
-  float *o = out.data_ptr<float>();
+  const T *in = elements<T>(x);
+  T *o = mutable_elements<T>(out);
   const float *mean_p = mean.const_data_ptr<float>(), *rstd_p = rstd.const_data_ptr<float>();
   for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t) {
     float mu = mean_p[image], r = rstd_p[image];
-    const float *src = in + image * g.image_len();
+    const T *src = in + image * g.image_len();
     if (!pad) {
-      float *dst = o + image * g.image_len();
+      T *dst = o + image * g.image_len();
       normalise_row(src + first * g.row_len(), dst + first * g.row_len(),
                     (last - first) * g.row_len(), mu, r, slope);
       return;
     }
-    float *dst = o + image * g.padded_image_len();
+    T *dst = o + image * g.padded_image_len();
     const int64_t e = g.e, w = g.w, h = g.h, prl = g.padded_row_len();
     for (int64_t row = first; row < last; ++row) {
       int64_t plane = row / h, y = row % h;
-      float *plane_out = dst + plane * (h + 2) * prl;
+      T *plane_out = dst + plane * (h + 2) * prl;
       // The padded rows this source row fills: its own, and the top or bottom border when it is
       // row 1 or row h - 2.
       int64_t targets[3] = {y + 1, -1, -1};
       if (y == 1) targets[1] = 0;
       if (y == h - 2) targets[2] = h + 1;
-      float *own = plane_out + (y + 1) * prl;
+      T *own = plane_out + (y + 1) * prl;
       normalise_row(src + row * g.row_len(), own + e, w * e, mu, r, slope);
       std::copy(own + 2 * e, own + 3 * e, own);                        // left: pixel 1
       std::copy(own + (w - 1) * e, own + w * e, own + (w + 1) * e);   // right: pixel w - 2
@@ -183,20 +237,20 @@ at::Tensor forward_kernel(const at::Tensor &x, const Geometry &g, const at::Tens
 
 // The gradient of row `row` of the unpadded image, folded from the padded gradient `gy` (the
 // image's block) into `buf` (`w * e` floats).
-void fold_row(const float *gy, const Geometry &g, int64_t row, float *buf) {
+template <typename T> void fold_row(const T *gy, const Geometry &g, int64_t row, float *buf) {
   const int64_t e = g.e, w = g.w, h = g.h, prl = g.padded_row_len();
   int64_t plane = row / h, y = row % h;
-  const float *plane_g = gy + plane * (h + 2) * prl;
+  const T *plane_g = gy + plane * (h + 2) * prl;
   auto add_padded_row = [&](int64_t padded, bool first) {
-    const float *src = plane_g + padded * prl;
+    const T *src = plane_g + padded * prl;
     if (first) {
-      std::copy(src + e, src + (w + 1) * e, buf);
+      for (int64_t i = 0; i < w * e; ++i) buf[i] = widen(src[e + i]);
     } else {
-      for (int64_t i = 0; i < w * e; ++i) buf[i] += src[e + i];
+      for (int64_t i = 0; i < w * e; ++i) buf[i] += widen(src[e + i]);
     }
     for (int64_t i = 0; i < e; ++i) {
-      buf[e + i] += src[i];                          // padded pixel 0 is pixel 1
-      buf[(w - 2) * e + i] += src[(w + 1) * e + i];  // padded pixel w + 1 is pixel w - 2
+      buf[e + i] += widen(src[i]);                          // padded pixel 0 is pixel 1
+      buf[(w - 2) * e + i] += widen(src[(w + 1) * e + i]);  // padded pixel w + 1 is pixel w - 2
     }
   };
   add_padded_row(y + 1, true);
@@ -205,13 +259,14 @@ void fold_row(const float *gy, const Geometry &g, int64_t row, float *buf) {
 }
 
 // Sums of gz and gz·z over a row, gz being the gradient before the LeakyReLU.
-__attribute__((target_clones("avx2", "default"))) std::pair<float, float> backward_row_sums(
-    const float *__restrict x, const float *__restrict gy, int64_t len, float mean, float rstd,
-    float slope) {
+template <typename T>
+inline std::pair<float, float> backward_row_sums_of(const T *__restrict x,
+                                                    const float *__restrict gy, int64_t len,
+                                                    float mean, float rstd, float slope) {
   float s = 0, sz = 0;
 #pragma omp simd reduction(+ : s, sz)
   for (int64_t i = 0; i < len; ++i) {
-    float z = (x[i] - mean) * rstd;
+    float z = (widen(x[i]) - mean) * rstd;
     float g = gy[i];
     float gz = z > 0 ? g : g * slope;
     s += gz;
@@ -219,41 +274,68 @@ __attribute__((target_clones("avx2", "default"))) std::pair<float, float> backwa
   }
   return {s, sz};
 }
-
-// `gx = rstd · (gz - mean(gz) - z · mean(gz·z))`.
-__attribute__((target_clones("avx2", "default"))) void backward_row(
-    const float *__restrict x, const float *__restrict gy, float *__restrict gx, int64_t len,
-    float mean, float rstd, float slope, float mean_gz, float mean_gzz) {
-#pragma omp simd
-  for (int64_t i = 0; i < len; ++i) {
-    float z = (x[i] - mean) * rstd;
-    float g = gy[i];
-    float gz = z > 0 ? g : g * slope;
-    gx[i] = rstd * (gz - mean_gz - z * mean_gzz);
-  }
+DIS2_HOT std::pair<float, float> backward_row_sums(const float *x, const float *gy, int64_t len,
+                                                   float mean, float rstd, float slope) {
+  return backward_row_sums_of(x, gy, len, mean, rstd, slope);
+}
+DIS2_HOT std::pair<float, float> backward_row_sums(const bf16 *x, const float *gy, int64_t len,
+                                                   float mean, float rstd, float slope) {
+  return backward_row_sums_of(x, gy, len, mean, rstd, slope);
 }
 
+// `gx = rstd · (gz - mean(gz) - z · mean(gz·z))`.
+template <typename T>
+inline void backward_row_of(const T *__restrict x, const float *__restrict gy, T *__restrict gx,
+                            int64_t len, float mean, float rstd, float slope, float mean_gz,
+                            float mean_gzz) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) {
+    float z = (widen(x[i]) - mean) * rstd;
+    float g = gy[i];
+    float gz = z > 0 ? g : g * slope;
+    gx[i] = narrow<T>(rstd * (gz - mean_gz - z * mean_gzz));
+  }
+}
+DIS2_HOT void backward_row(const float *x, const float *gy, float *gx, int64_t len, float mean,
+                           float rstd, float slope, float mean_gz, float mean_gzz) {
+  backward_row_of(x, gy, gx, len, mean, rstd, slope, mean_gz, mean_gzz);
+}
+DIS2_HOT void backward_row(const bf16 *x, const float *gy, bf16 *gx, int64_t len, float mean,
+                           float rstd, float slope, float mean_gz, float mean_gzz) {
+  backward_row_of(x, gy, gx, len, mean, rstd, slope, mean_gz, mean_gzz);
+}
+
+// A row of bfloat16 gradient widened into `buf`; a float32 row is read in place.
+inline const float *row_as_float(const float *row, int64_t, float *) { return row; }
+inline const float *row_as_float(const bf16 *row, int64_t len, float *buf) {
+  for (int64_t i = 0; i < len; ++i) buf[i] = widen(row[i]);
+  return buf;
+}
+
+template <typename T>
 at::Tensor backward_kernel(const at::Tensor &x, const at::Tensor &grad, const Geometry &g,
                            const at::Tensor &mean, const at::Tensor &rstd, float slope, bool pad) {
   auto format = g.channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
-  auto gy = grad.contiguous(format);
+  auto gy = grad.to(x.scalar_type()).contiguous(format);
   auto gx = at::empty(x.sizes(), x.options().memory_format(format));
-  const float *in = x.const_data_ptr<float>(), *gp = gy.const_data_ptr<float>();
-  float *out = gx.data_ptr<float>();
+  const T *in = elements<T>(x), *gp = elements<T>(gy);
+  T *out = mutable_elements<T>(gx);
   const float *mean_p = mean.const_data_ptr<float>(), *rstd_p = rstd.const_data_ptr<float>();
   const int64_t len = g.row_len();
   const int64_t grad_image_len = pad ? g.padded_image_len() : g.image_len();
-  // The incoming gradient of one row: folded from the padding into a buffer, or read in place.
+  // The incoming gradient of one row as float32: folded from the padding into a buffer, widened
+  // into it (bfloat16), or read in place (float32).
   auto row_grad = [&](int64_t image, int64_t row, std::vector<float> &buf) -> const float * {
-    const float *image_g = gp + image * grad_image_len;
-    if (!pad) return image_g + row * len;
+    const T *image_g = gp + image * grad_image_len;
+    if (!pad) return row_as_float(image_g + row * len, len, buf.data());
     fold_row(image_g, g, row, buf.data());
     return buf.data();
   };
+  const bool needs_buffer = pad || !std::is_same_v<T, float>;
   int64_t chunks = chunks_per_image(g);
   std::vector<double> sum_gz(g.n * chunks, 0.0), sum_gzz(g.n * chunks, 0.0);
   for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t unit) {
-    std::vector<float> buf(pad ? len : 0);
+    std::vector<float> buf(needs_buffer ? len : 0);
     double s = 0, sz = 0;
     for (int64_t row = first; row < last; ++row) {
       auto [a, b] = backward_row_sums(in + image * g.image_len() + row * len,
@@ -276,7 +358,7 @@ at::Tensor backward_kernel(const at::Tensor &x, const at::Tensor &grad, const Ge
     mean_gzz[i] = static_cast<float>(sz / g.image_len());
   }
   for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t) {
-    std::vector<float> buf(pad ? len : 0);
+    std::vector<float> buf(needs_buffer ? len : 0);
     for (int64_t row = first; row < last; ++row) {
       int64_t offset = image * g.image_len() + row * len;
       backward_row(in + offset, row_grad(image, row, buf), out + offset, len, mean_p[image],
@@ -289,15 +371,18 @@ at::Tensor backward_kernel(const at::Tensor &x, const at::Tensor &grad, const Ge
 struct PreNormLeaky : public torch::autograd::Function<PreNormLeaky> {
   static at::Tensor forward(AutogradContext *ctx, const at::Tensor &input, double slope,
                             double eps, bool pad) {
-    TORCH_CHECK(input.dim() == 4 && input.scalar_type() == at::kFloat && input.is_cpu(),
-                "prenorm_leaky: expected a float32 CPU tensor [N, C, H, W], got ",
+    bool bf16_input = input.scalar_type() == at::kBFloat16;
+    TORCH_CHECK(input.dim() == 4 && (input.scalar_type() == at::kFloat || bf16_input) &&
+                    input.is_cpu(),
+                "prenorm_leaky: expected a float32 or bfloat16 CPU tensor [N, C, H, W], got ",
                 input.sizes(), " ", input.scalar_type(), " on ", input.device());
     TORCH_CHECK(!pad || (input.size(2) >= 2 && input.size(3) >= 2),
                 "prenorm_leaky: reflect padding needs at least 2x2 pixels, got ", input.sizes());
     auto x = input.contiguous(input.suggest_memory_format());
     Geometry g = geometry(x);
-    auto [mean, rstd] = image_stats(x, g, eps);
-    auto out = forward_kernel(x, g, mean, rstd, static_cast<float>(slope), pad);
+    auto [mean, rstd] = bf16_input ? image_stats<bf16>(x, g, eps) : image_stats<float>(x, g, eps);
+    auto out = bf16_input ? forward_kernel<bf16>(x, g, mean, rstd, static_cast<float>(slope), pad)
+                          : forward_kernel<float>(x, g, mean, rstd, static_cast<float>(slope), pad);
     ctx->save_for_backward({x, mean, rstd});
     ctx->saved_data["slope"] = slope;
     ctx->saved_data["pad"] = pad;
@@ -309,7 +394,9 @@ struct PreNormLeaky : public torch::autograd::Function<PreNormLeaky> {
     const auto &x = saved[0];
     float slope = static_cast<float>(ctx->saved_data["slope"].toDouble());
     bool pad = ctx->saved_data["pad"].toBool();
-    auto gx = backward_kernel(x, grads[0], geometry(x), saved[1], saved[2], slope, pad);
+    auto gx = x.scalar_type() == at::kBFloat16
+                  ? backward_kernel<bf16>(x, grads[0], geometry(x), saved[1], saved[2], slope, pad)
+                  : backward_kernel<float>(x, grads[0], geometry(x), saved[1], saved[2], slope, pad);
     return {gx, at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };

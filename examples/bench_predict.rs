@@ -1,14 +1,23 @@
-//! `make bench-predict`: throughput of `dis2 predict` (megapixels per second) on a synthetic
-//! 4096 x 4096 scene with the parallel pipeline and with everything in one thread, and peak
-//! resident memory (VmHWM) for 2048 x 2048 and 8192 x 8192 scenes, each measured in a fresh
-//! child process. The model is the width-8 model of experiments/synthetic.yaml (64 x 64 crops,
-//! freshly initialised: speed does not depend on the weights), the teacher with all three inputs.
-//! Peak memory is measured in the one-thread mode.
+//! `make bench-predict`: what `dis2 predict` costs, whole job (reading, model, blending, writing
+//! the GeoTIFFs), each measurement in a fresh child process.
 //!
-//! Usage: `bench_predict [DIR [THROUGHPUT_SIZE SMALL_SIZE LARGE_SIZE]]` (defaults:
-//! target/bench-predict, 4096, 2048, 8192; scenes are written once and kept). Each scene mirrors
-//! one generated 1024 x 1024 synthetic scene, so it is seamless. "one thread" runs with a rayon
-//! pool of 1, one libtorch thread and no background reader (each batch is read, then run).
+//! 1. Throughput of the width-32 model of experiments/synthetic-w32.yaml (128 x 128 windows, no
+//!    overlap, batch 8, the teacher with optical + dsm + sar) on a 2048 x 2048 scene, in fp32 and
+//!    bf16, with the pipeline `dis2 predict` runs and with everything in one thread; rounds
+//!    alternate the four, so that each ratio (bf16 over fp32, pipeline over one thread) comes from
+//!    runs minutes apart at most. Each run also says where its time went ([`Timings`]).
+//! 2. Peak resident memory (VmHWM) of the width-8 model (64 x 64 windows) on 2048 x 2048 and
+//!    8192 x 8192 scenes, one thread: memory must not grow with the scene's height.
+//!
+//! Models are freshly initialised (speed does not depend on the weights). "one thread" is a rayon
+//! pool of 1, one libtorch thread and no background threads (each batch is read, run, then
+//! blended and written). Scenes mirror one generated 1024 x 1024 synthetic scene (seamless) and
+//! are kept in DIR.
+//!
+//! Usage: `bench_predict [DIR [ROUNDS [THROUGHPUT_SIZE SMALL_SIZE LARGE_SIZE]]]` (defaults:
+//! target/bench-predict, 2, 2048, 2048, 8192). A child: `bench_predict --child MODE PRECISION
+//! CHECKPOINT SCENE_DIR OVERLAP`, MODE `pipeline`, `single` or `threads:T:R:P` (libtorch threads,
+//! rayon threads, batches read ahead; for trying other splits).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -20,10 +29,20 @@ use dis2::config::Experiment;
 use dis2::data::raster::{write_geotiff, GeoRef, RasterData, WriteOptions};
 use dis2::data::synth;
 use dis2::model::Dis2Net;
-use dis2::predict::{PredictOptions, Predictor, SceneJob};
+use dis2::precision::PrecisionChoice;
+use dis2::predict::{PredictOptions, Predictor, SceneJob, Timings};
 use dis2::tiling::reflect_index;
 
 const TILE: usize = 1024;
+
+/// One child run's figures.
+struct Figures {
+    windows: f64,
+    seconds: f64,
+    mps: f64,
+    peak_kb: f64,
+    timings: Timings,
+}
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,90 +54,168 @@ fn main() -> Result<()> {
             .cloned()
             .unwrap_or("target/bench-predict".into()),
     );
+    let rounds: usize = match args.get(1) {
+        Some(r) => r.parse().with_context(|| format!("ROUNDS: {r:?}"))?,
+        None => 2,
+    };
     let sizes: Vec<usize> = args
         .iter()
-        .skip(1)
+        .skip(2)
         .map(|a| {
             a.parse()
                 .with_context(|| format!("expected a scene size, got {a:?}"))
         })
         .collect::<Result<_>>()?;
     let [big, small, large] = match sizes[..] {
-        [] => [4096, 2048, 8192],
+        [] => [2048, 2048, 8192],
         [a, b, c] if a > 0 && b > 0 && c > 0 => [a, b, c],
-        _ => bail!("usage: bench_predict [DIR [THROUGHPUT_SIZE SMALL_SIZE LARGE_SIZE]]"),
+        _ => bail!("usage: bench_predict [DIR [ROUNDS [THROUGHPUT_SIZE SMALL_SIZE LARGE_SIZE]]]"),
     };
     std::fs::create_dir_all(&dir)?;
-    let ck = dir.join("model");
-    write_checkpoint(&ck)?;
-    // (size, mode, is a memory run). Memory runs use the one-thread mode: on a shared machine
-    // it is the fastest (see docs/predict.md), and the pipeline's buffers are the same.
-    let runs: [(usize, &str, bool); 4] = [
-        (big, "parallel", false),
-        (big, "single", false),
-        (small, "single", true),
-        (large, "single", true),
+    println!(
+        "bench-predict: {} CPU threads; CPU bf16: {}",
+        tch::get_num_threads(),
+        dis2::precision::CpuBf16::detect().describe()
+    );
+    throughput(&dir, big, rounds)?;
+    memory(&dir, small, large)
+}
+
+/// Part 1: width 32, fp32 and bf16, pipeline and one thread, `rounds` alternating rounds.
+fn throughput(dir: &Path, size: usize, rounds: usize) -> Result<()> {
+    let ck = dir.join("model-w32");
+    write_checkpoint(&ck, "experiments/synthetic-w32.yaml")?;
+    let scene = scene(dir, size)?;
+    println!(
+        "\nwidth 32, 128 x 128 windows, no overlap, batch 8, {size} x {size} scene, whole job"
+    );
+    println!(
+        "{:>5} {:>9} {:>9} {:>8} {:>8} | seconds in: {:>6} {:>6} {:>6} {:>6} {:>7}",
+        "round",
+        "precision",
+        "mode",
+        "seconds",
+        "MP/s",
+        "read",
+        "model",
+        "blend",
+        "write",
+        "handoff"
+    );
+    let configs = [
+        ("fp32", "pipeline"),
+        ("bf16", "pipeline"),
+        ("fp32", "single"),
+        ("bf16", "single"),
     ];
-    println!(
-        "rayon threads (parallel runs): {}",
-        rayon::current_num_threads()
-    );
-    println!(
-        "{:>11} {:>9} {:>8} {:>8} {:>8} {:>11}",
-        "scene", "threads", "windows", "seconds", "MP/s", "peak RSS"
-    );
-    let mut peaks = Vec::new();
-    for (size, mode, memory) in runs {
-        let scene = scene(&dir, size)?;
-        let out = Command::new(std::env::current_exe()?)
-            .args(["--child", mode])
-            .arg(&ck)
-            .arg(&scene)
-            .output()
-            .context("cannot start the child process")?;
-        if !out.status.success() {
-            bail!(
-                "child {size} {mode} failed:\n{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        let text = String::from_utf8_lossy(&out.stdout);
-        let line = text
-            .lines()
-            .find_map(|l| l.strip_prefix("RESULT "))
-            .context("the child printed no RESULT line")?;
-        let f: Vec<f64> = line
-            .split_whitespace()
-            .map(|v| v.parse::<f64>())
-            .collect::<Result<_, _>>()?;
-        let [windows, secs, mps, peak_kb] = f[..] else {
-            bail!("bad RESULT line {line:?}");
+    let mut all: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    for round in 0..rounds {
+        // Alternate the order, so that no configuration always runs first.
+        let order: Vec<usize> = if round % 2 == 0 {
+            (0..configs.len()).collect()
+        } else {
+            (0..configs.len()).rev().collect()
         };
-        println!(
-            "{:>11} {:>9} {:>8} {:>8.1} {:>8.3} {:>8.0} MiB",
-            format!("{size}x{size}"),
-            mode,
-            windows,
-            secs,
-            mps,
-            peak_kb / 1024.0
-        );
-        if memory {
-            peaks.push((size, peak_kb));
+        for i in order {
+            let (precision, mode) = configs[i];
+            let f = run_child(mode, precision, &ck, &scene, 0)?;
+            let t = f.timings;
+            println!(
+                "{round:>5} {precision:>9} {mode:>9} {:>8.1} {:>8.3} |             {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>7.1}",
+                f.seconds, f.mps, t.read_s, t.model_s, t.blend_s, t.write_s, t.handoff_s
+            );
+            all[i].push(f.mps);
         }
-    }
-    if let [(small, a), (large, b)] = peaks[..] {
+        let mps = |i: usize| all[i][round];
         println!(
-            "peak RSS {large}x{large} / {small}x{small} = {:.3} (must be <= 1.3)",
-            b / a
+            "      round {round}: bf16 / fp32 = {:.2}x (pipeline), {:.2}x (one thread); \
+             pipeline / one thread = {:.2}x (fp32), {:.2}x (bf16)",
+            mps(1) / mps(0),
+            mps(3) / mps(2),
+            mps(0) / mps(2),
+            mps(1) / mps(3)
         );
     }
     Ok(())
 }
 
-/// A freshly initialised width-8 model of experiments/synthetic.yaml.
-fn write_checkpoint(path: &Path) -> Result<()> {
-    let exp = Experiment::load(Path::new("experiments/synthetic.yaml"), &[])?;
+/// Part 2: peak memory of the width-8 model at two scene sizes, one thread.
+fn memory(dir: &Path, small: usize, large: usize) -> Result<()> {
+    let ck = dir.join("model-w8");
+    write_checkpoint(&ck, "experiments/synthetic.yaml")?;
+    println!("\nwidth 8, 64 x 64 windows, overlap 16, one thread, fp32: peak memory");
+    let mut peaks = Vec::new();
+    for size in [small, large] {
+        let scene = scene(dir, size)?;
+        let f = run_child("single", "fp32", &ck, &scene, 16)?;
+        println!(
+            "  {size:>5} x {size:<5} {:>6} windows {:>7.1} s {:>7.3} MP/s   peak RSS {:>5.0} MiB",
+            f.windows,
+            f.seconds,
+            f.mps,
+            f.peak_kb / 1024.0
+        );
+        peaks.push(f.peak_kb);
+    }
+    println!(
+        "peak RSS {large}x{large} / {small}x{small} = {:.3} (must be <= 1.3)",
+        peaks[1] / peaks[0]
+    );
+    Ok(())
+}
+
+/// Runs one child and reads its `RESULT` line.
+fn run_child(
+    mode: &str,
+    precision: &str,
+    ck: &Path,
+    scene: &Path,
+    overlap: usize,
+) -> Result<Figures> {
+    let out = Command::new(std::env::current_exe()?)
+        .args(["--child", mode, precision])
+        .arg(ck)
+        .arg(scene)
+        .arg(overlap.to_string())
+        .output()
+        .context("cannot start the child process")?;
+    if !out.status.success() {
+        bail!(
+            "child {mode} {precision} failed:\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .context("the child printed no RESULT line")?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .map(|v| v.parse::<f64>())
+        .collect::<Result<_, _>>()?;
+    let [windows, seconds, mps, peak_kb, read_s, model_s, blend_s, write_s, handoff_s] = f[..]
+    else {
+        bail!("bad RESULT line {line:?}");
+    };
+    Ok(Figures {
+        windows,
+        seconds,
+        mps,
+        peak_kb,
+        timings: Timings {
+            read_s,
+            model_s,
+            blend_s,
+            write_s,
+            handoff_s,
+        },
+    })
+}
+
+/// A freshly initialised model of the experiment `config`.
+fn write_checkpoint(path: &Path, config: &str) -> Result<()> {
+    let exp = Experiment::load(Path::new(config), &[])?;
     tch::manual_seed(1);
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     Dis2Net::new(&vs.root(), &exp.model)?;
@@ -194,52 +291,81 @@ fn scene(dir: &Path, size: usize) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// `--child parallel|single CHECKPOINT SCENE_DIR`: predicts the scene and prints
-/// `RESULT windows seconds megapixels_per_s peak_rss_kb`.
-fn child(args: &[String]) -> Result<()> {
-    let [mode, ck, scene] = args else {
-        bail!("usage: --child parallel|single CHECKPOINT SCENE_DIR");
+/// Sets the threads and read-ahead of `mode`; returns the batches read ahead (0: none).
+fn threads_for(mode: &str) -> Result<usize> {
+    let pool = |n: usize| {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
     };
-    let prefetch = match mode.as_str() {
+    match mode {
         "single" => {
             tch::set_num_threads(1);
-            rayon::ThreadPoolBuilder::new()
-                .num_threads(1)
-                .build_global()?;
-            0
+            pool(1)?;
+            Ok(0)
         }
-        "parallel" => {
+        // What `dis2 predict` does.
+        "pipeline" => {
             dis2::predict::share_cpu_threads(tch::Device::Cpu);
-            2
+            Ok(2)
         }
-        other => bail!("unknown mode {other:?}"),
+        custom => {
+            let parts: Vec<usize> = custom
+                .strip_prefix("threads:")
+                .map(|p| p.split(':').filter_map(|v| v.parse().ok()).collect())
+                .unwrap_or_default();
+            let [torch, rayon, prefetch] = parts[..] else {
+                bail!("unknown mode {custom:?}: pipeline, single or threads:T:R:P");
+            };
+            tch::set_num_threads(i32::try_from(torch)?);
+            pool(rayon)?;
+            Ok(prefetch)
+        }
+    }
+}
+
+/// `--child MODE PRECISION CHECKPOINT SCENE_DIR OVERLAP`: predicts the scene and prints
+/// `RESULT windows seconds megapixels_per_s peak_rss_kb read model blend write handoff`.
+fn child(args: &[String]) -> Result<()> {
+    let [mode, precision, ck, scene, overlap] = args else {
+        bail!("usage: --child MODE PRECISION CHECKPOINT SCENE_DIR OVERLAP");
     };
+    let prefetch = threads_for(mode)?;
+    let precision: PrecisionChoice = precision.parse().map_err(anyhow::Error::msg)?;
     if std::env::var_os("GDAL_CACHEMAX").is_none() {
         gdal::config::set_config_option("GDAL_CACHEMAX", "64")?;
     }
     let scene = PathBuf::from(scene);
-    let predictor = Predictor::load(Path::new(ck), tch::Device::Cpu)?;
+    let device = tch::Device::Cpu;
+    let predictor = Predictor::load_in(Path::new(ck), device, precision.resolve(device)?)?;
     let job = SceneJob {
         inputs: ["optical", "dsm", "sar"]
             .iter()
             .map(|m| (m.to_string(), scene.join(format!("{m}.tif"))))
             .collect(),
-        out: scene.join(format!("classes-{mode}.tif")),
+        out: scene.join(format!("classes-{mode}-{precision}.tif")),
         probs: None,
         preview: None,
     };
     let options = PredictOptions {
         quiet: true,
         prefetch,
+        overlap: Some(overlap.parse()?),
         ..Default::default()
     };
     let summary = dis2::predict::predict_scene(&predictor, &job, &options)?;
+    let t = summary.timings;
     println!(
-        "RESULT {} {:.3} {:.4} {}",
+        "RESULT {} {:.3} {:.4} {} {:.3} {:.3} {:.3} {:.3} {:.3}",
         summary.windows,
         summary.seconds,
         summary.megapixels_per_s(),
-        peak_rss_kb()?
+        peak_rss_kb()?,
+        t.read_s,
+        t.model_s,
+        t.blend_s,
+        t.write_s,
+        t.handoff_s
     );
     Ok(())
 }

@@ -26,6 +26,7 @@ use crate::figures::{self, AttentionData, OverlayData};
 use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
 use crate::model::{Route, Scenario};
+use crate::precision::Precision;
 use crate::predict::{predict_scene, PredictOptions, Predictor, SceneJob, NODATA_CLASS};
 
 /// Rows of a scene compared at a time (memory stays bounded on large scenes).
@@ -48,6 +49,8 @@ pub struct EvalRequest {
     /// Folder for metrics.json, metrics.csv and confusion.png.
     pub out: PathBuf,
     pub device: tch::Device,
+    /// The precision the model computes in (the checkpoint stays float32).
+    pub precision: Precision,
     pub quiet: bool,
     /// Erosion and figures; `EvalOptions::default()` is all off.
     pub options: EvalOptions,
@@ -144,7 +147,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
 
 /// Loads `req.checkpoint` and checks that it was made for the model of `req.exp`.
 fn load_for(req: &EvalRequest) -> Result<Predictor> {
-    let predictor = Predictor::load(&req.checkpoint, req.device)?;
+    let predictor = Predictor::load_in(&req.checkpoint, req.device, req.precision)?;
     let diffs = network_differences(&predictor.info().model, &req.exp.model);
     if !diffs.is_empty() {
         bail!(

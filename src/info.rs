@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 use crate::device::{cuda_device_count, DeviceChoice};
+use crate::precision::{CpuBf16, CudaBf16, PrecisionChoice};
 
 /// The lines of the report, as (label, value).
 pub fn report(device: DeviceChoice) -> Result<Vec<(&'static str, String)>> {
@@ -42,7 +43,30 @@ pub fn report(device: DeviceChoice) -> Result<Vec<(&'static str, String)>> {
         ("torch threads", tch::get_num_threads().to_string()),
         ("rayon threads", rayon::current_num_threads().to_string()),
         ("device", format!("{device} -> {resolved:?}")),
+        ("CPU bf16", CpuBf16::detect().describe()),
+        ("CUDA bf16", cuda_bf16(cuda_count)),
+        (
+            "precision auto",
+            format!(
+                "{} on {resolved:?}",
+                PrecisionChoice::Auto.resolve(resolved)?
+            ),
+        ),
     ])
+}
+
+/// Each CUDA device's name, compute capability and bfloat16 support, `; `-separated.
+fn cuda_bf16(count: usize) -> String {
+    if count == 0 {
+        return "no CUDA device".to_string();
+    }
+    (0..count)
+        .map(|i| match CudaBf16::detect(i) {
+            Some(d) => d.describe(),
+            None => format!("cuda:{i}: not described by the CUDA driver"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn yes_no(flag: bool) -> String {

@@ -6,7 +6,8 @@
 //! Layout: `cli` holds every command's arguments (clap) and dispatches to the work; `config` reads
 //! experiment YAML files; `prepare` writes experiment files from data (the synthetic benchmark's,
 //! the statistics of `dis2 stats`); `device` parses `--device` and picks CPU or CUDA; `model` holds
-//! the network; `data` the rasters and datasets; `fsutil` the write-then-rename helpers every
+//! the network; `precision` parses `--precision` / `train.precision`, detects bfloat16 support and
+//! runs the model's autocast regions; `data` the rasters and datasets; `fsutil` the write-then-rename helpers every
 //! output goes through; `eval`, `metrics`, `report` and `figures` score checkpoints and draw their
 //! figures; `checkpoint` saves and loads models; `import_torch` converts the authors' PyTorch
 //! weights; `native` wraps the C++ kernels of `csrc/`.
@@ -26,6 +27,7 @@ pub mod info;
 pub mod metrics;
 pub mod model;
 pub mod native;
+pub mod precision;
 pub mod predict;
 pub mod prepare;
 pub(crate) mod progress;

@@ -66,6 +66,23 @@ extern "C" {
     ) -> *mut c_void;
     fn dis2_set_thread_local_threads(n: i32) -> i32;
     fn dis2_clear_grads(params: *const *mut c_void, n: i64, error: *mut *mut c_char) -> i32;
+    fn dis2_autocast_enter(
+        device: i32,
+        enabled: bool,
+        was_enabled: *mut bool,
+        was_dtype: *mut i32,
+        error: *mut *mut c_char,
+    ) -> i32;
+    fn dis2_autocast_exit(
+        device: i32,
+        was_enabled: bool,
+        was_dtype: i32,
+        error: *mut *mut c_char,
+    ) -> i32;
+    fn dis2_autocast_enabled(device: i32) -> bool;
+    fn dis2_cpu_capability(name: *const c_char) -> i32;
+    fn dis2_profile_start(error: *mut *mut c_char) -> i32;
+    fn dis2_profile_stop(error: *mut *mut c_char) -> *mut c_char;
     fn dis2_free_error(error: *mut c_char);
 }
 
@@ -233,6 +250,125 @@ pub fn clear_grads(params: &[&Tensor]) -> Result<()> {
     // SAFETY: `p` holds valid tensor handles alive for the call.
     let status = unsafe { dis2_clear_grads(p.as_ptr(), p.len() as i64, &mut error) };
     check(status, error, "clear_grads")
+}
+
+/// The device types libtorch's autocast is switched for: the CPU (code 0) and CUDA (code 1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AutocastDevice {
+    Cpu = 0,
+    Cuda = 1,
+}
+
+/// The autocast state of one device type in the calling thread, as [`autocast_enter`] found it.
+#[derive(Debug, Clone, Copy)]
+pub struct AutocastState {
+    device: AutocastDevice,
+    enabled: bool,
+    dtype: i32,
+}
+
+/// Switches libtorch's autocast for `device` in the calling thread on (bfloat16 as the lower
+/// precision) or off, and returns the state to restore with [`autocast_exit`]. Regions nest; the
+/// outermost exit drops the bfloat16 copies of weights autocast cached.
+pub fn autocast_enter(device: AutocastDevice, enabled: bool) -> Result<AutocastState> {
+    let (mut was_enabled, mut was_dtype) = (false, 0i32);
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: the out-pointers are valid locals for the duration of the call.
+    let status = unsafe {
+        dis2_autocast_enter(
+            device as i32,
+            enabled,
+            &mut was_enabled,
+            &mut was_dtype,
+            &mut error,
+        )
+    };
+    check(status, error, "autocast")?;
+    Ok(AutocastState {
+        device,
+        enabled: was_enabled,
+        dtype: was_dtype,
+    })
+}
+
+/// Restores the autocast state that [`autocast_enter`] returned.
+pub fn autocast_exit(state: AutocastState) -> Result<()> {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: plain values; the shim only sets thread-local autocast flags.
+    let status =
+        unsafe { dis2_autocast_exit(state.device as i32, state.enabled, state.dtype, &mut error) };
+    check(status, error, "autocast")
+}
+
+/// Whether autocast is on for `device` in the calling thread.
+pub fn autocast_enabled(device: AutocastDevice) -> bool {
+    // SAFETY: reads a thread-local flag.
+    unsafe { dis2_autocast_enabled(device as i32) }
+}
+
+/// libtorch's own reading (cpuinfo) of the boolean CPU capability `name`, such as `avx512_bf16`
+/// or `amx_bf16`; `None` when libtorch does not report that name.
+pub fn cpu_capability(name: &str) -> Option<bool> {
+    let name = std::ffi::CString::new(name).ok()?;
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
+    match unsafe { dis2_cpu_capability(name.as_ptr()) } {
+        1 => Some(true),
+        0 => Some(false),
+        _ => None,
+    }
+}
+
+/// One op's totals over a [`profile`]d stretch of work (libtorch's profiler, `csrc/profile.cpp`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpTotals {
+    /// libtorch's name, e.g. `aten::conv2d`.
+    pub name: String,
+    pub calls: u64,
+    /// Wall time inside the op, including the ops it called (ns).
+    pub total_ns: u64,
+    /// Wall time inside the op minus the ops it called (ns).
+    pub self_ns: u64,
+    /// Floating-point operations libtorch counts for the op (convolutions, matrix products,
+    /// element-wise additions and products; 0 for the rest): 2 per multiply-add.
+    pub flops: u64,
+}
+
+/// Runs `f` under libtorch's profiler (the CPU ops of the calling thread, with shapes) and
+/// returns its result with each op's totals, by name.
+pub fn profile<T>(f: impl FnOnce() -> T) -> Result<(T, Vec<OpTotals>)> {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: only sets the error pointer on failure.
+    check(unsafe { dis2_profile_start(&mut error) }, error, "profile")?;
+    let value = f();
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: returns a strdup'ed string we free with `dis2_free_error`, or null with an error.
+    let text = unsafe { dis2_profile_stop(&mut error) };
+    if text.is_null() {
+        bail!("profile: {}", take_error(error));
+    }
+    // SAFETY: a non-null result is a NUL-terminated string allocated by the shim.
+    let lines = unsafe {
+        let s = CStr::from_ptr(text).to_string_lossy().into_owned();
+        dis2_free_error(text);
+        s
+    };
+    let ops = lines
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split('\t').collect();
+            let [name, calls, total, own, flops] = f[..] else {
+                return None;
+            };
+            Some(OpTotals {
+                name: name.to_string(),
+                calls: calls.parse().ok()?,
+                total_ns: total.parse().ok()?,
+                self_ns: own.parse().ok()?,
+                flops: flops.parse().ok()?,
+            })
+        })
+        .collect();
+    Ok((value, ops))
 }
 
 /// AdamW hyper-parameters for [`adamw_step`].

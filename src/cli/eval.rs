@@ -1,7 +1,7 @@
 //! `dis2 eval`: its arguments, where the checkpoint, experiment and output folder are found, and
 //! the table it prints.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
@@ -10,6 +10,7 @@ use crate::config::Experiment;
 use crate::data::layouts::Split;
 use crate::eval::{evaluate, EvalOptions, EvalReport, EvalRequest};
 use crate::model::scenario::{join_names, parse_names};
+use crate::precision::PrecisionChoice;
 
 /// `dis2 eval`.
 #[derive(Debug, Args)]
@@ -59,6 +60,10 @@ pub struct EvalArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// fp32, bf16 (bfloat16 convolutions and matrix products, float32 probabilities) or auto
+    /// (bf16 where the CPU or GPU computes it in hardware).
+    #[arg(long, default_value = "fp32", value_name = "PRECISION")]
+    pub precision: PrecisionChoice,
 }
 
 /// The checkpoint, the experiment file of `--checkpoint` / `--config`, and the run directory
@@ -104,6 +109,7 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
             None => checkpoint.parent().unwrap_or(Path::new(".")).join(name),
         }
     });
+    let device = args.device.device.resolve()?;
     let request = EvalRequest {
         checkpoint,
         config,
@@ -113,7 +119,8 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
         overlap: args.overlap,
         exclude: args.exclude.clone(),
         out,
-        device: args.device.device.resolve()?,
+        device,
+        precision: args.precision.resolve(device).context("--precision")?,
         quiet: args.quiet,
         options: EvalOptions {
             erode: args.erode,

@@ -10,6 +10,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use std::path::{Path, PathBuf};
 
 use super::DeviceArgs;
+use crate::precision::PrecisionChoice;
 use crate::predict::{
     predict_scene, share_cpu_threads, PredictOptions, Predictor, ProbsType, SceneJob,
 };
@@ -60,6 +61,10 @@ pub struct PredictArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// fp32, bf16 (bfloat16 convolutions and matrix products, float32 probabilities and
+    /// blending) or auto (bf16 where the CPU or GPU computes it in hardware) [default: fp32].
+    #[arg(long, value_name = "PRECISION")]
+    pub precision: Option<PrecisionChoice>,
     /// `--NAME FILE` per modality (and any options given after the first of them).
     #[arg(
         trailing_var_arg = true,
@@ -161,7 +166,7 @@ fn resolve(mut args: PredictArgs) -> Result<Resolved> {
                 }
             )*};
         }
-        take!(checkpoint, out, probs, probs_type, preview, overlap, batch, list, shard);
+        take!(checkpoint, out, probs, probs_type, preview, overlap, batch, list, shard, precision);
         args.allow_fill |= later.allow_fill;
         args.quiet |= later.quiet;
         if given("device") {
@@ -293,19 +298,21 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         gdal::config::set_config_option("GDAL_CACHEMAX", "64")?;
     }
     let device = args.device.device.resolve()?;
+    let precision = args.precision.unwrap_or_default().resolve(device);
     share_cpu_threads(device);
-    let predictor = Predictor::load(&checkpoint, device)?;
+    let predictor = Predictor::load_in(&checkpoint, device, precision.context("--precision")?)?;
     let count = jobs.len();
     for (n, job) in jobs.iter().enumerate() {
         let summary = predict_scene(&predictor, job, &options)
             .with_context(|| format!("scene {} of {count} ({})", n + 1, job.out.display()))?;
         println!(
-            "{}: {}x{} px, {} windows, {}, {:.1} s, {:.2} MP/s",
+            "{}: {}x{} px, {} windows, {}, {}, {:.1} s, {:.2} MP/s",
             job.out.display(),
             summary.width,
             summary.height,
             summary.windows,
             summary.route,
+            summary.precision,
             summary.seconds,
             summary.megapixels_per_s()
         );

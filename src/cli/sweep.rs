@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use super::DeviceArgs;
 use crate::data::layouts::Split;
+use crate::precision::PrecisionChoice;
 use crate::sweep::{Method, Shard, SweepRequest};
 
 /// `dis2 sweep`.
@@ -49,6 +50,11 @@ pub struct SweepArgs {
     pub out: Option<PathBuf>,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// The precision the cells are scored in: fp32, bf16 or auto (training follows
+    /// `train.precision`, e.g. `--set train.precision=bf16`). Recorded in the sweep folder: every
+    /// shard and restart scores in the same.
+    #[arg(long, default_value = "fp32", value_name = "PRECISION")]
+    pub precision: PrecisionChoice,
 }
 
 impl From<SweepArgs> for SweepRequest {
@@ -66,6 +72,7 @@ impl From<SweepArgs> for SweepRequest {
             list: args.list,
             out: args.out,
             device: args.device.device,
+            precision: args.precision,
         }
     }
 }

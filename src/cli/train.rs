@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use super::DeviceArgs;
 use crate::config::Experiment;
 use crate::model::scenario::{join_names, parse_names};
+use crate::precision::PrecisionChoice;
 use crate::train::run::{RunKind, RunSpec};
 use crate::train::trainer::{self, Summary, TrainOptions};
 
@@ -31,6 +32,11 @@ pub struct CommonTrainArgs {
     pub quiet: bool,
     #[command(flatten)]
     pub device: DeviceArgs,
+    /// fp32, bf16 (bfloat16 convolutions and matrix products, float32 weights and losses) or auto
+    /// (bf16 where the CPU or GPU computes it in hardware); sets `train.precision` [default: the
+    /// configuration's, fp32].
+    #[arg(long, value_name = "PRECISION")]
+    pub precision: Option<PrecisionChoice>,
 }
 
 /// `dis2 train-teacher`.
@@ -121,6 +127,12 @@ fn dummy_spec() -> RunSpec {
 }
 
 fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()> {
+    if common.resume.is_some() && common.precision.is_some() {
+        bail!(
+            "--precision with --resume: a resumed run keeps the precision it started with \
+             (train.precision in its config.yaml)"
+        );
+    }
     let device = common.device.device.resolve()?;
     let opts = TrainOptions {
         device,
@@ -130,7 +142,11 @@ fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()>
         Some(dir) => trainer::resume(dir, opts)?,
         None => {
             let config = common.config.as_deref().context("--config is required")?;
-            let exp = Experiment::load(config, &common.set)?;
+            let mut set = common.set.clone();
+            if let Some(p) = common.precision {
+                set.push(format!("train.precision={p}"));
+            }
+            let exp = Experiment::load(config, &set)?;
             if spec.kind == RunKind::Joint && spec.scenarios.is_empty() {
                 spec.scenarios = exp
                     .model

@@ -5,7 +5,10 @@
 //! the level-4 features re-weighted by its own spatial attention.
 
 use tch::nn;
-use tch::Tensor;
+use tch::{Kind, Tensor};
+
+use super::layers::frozen;
+use crate::precision::fp32;
 
 /// Variables: `class_queries` `[K, C]`.
 #[derive(Debug)]
@@ -38,11 +41,15 @@ impl ClassWiseAttention {
             .view([b, k, h, w])
     }
 
-    /// `[B, C, N]` features to `[B, K, N]` attention over the N pixels.
+    /// `[B, C, N]` features to `[B, K, N]` attention over the N pixels, float32 (also in a
+    /// bf16 forward).
     fn softmax_scores(&self, flat: &Tensor) -> Tensor {
         let c = flat.size()[1];
-        let scores = self.queries.matmul(flat) / (c as f64).sqrt();
-        scores.softmax(-1, scores.kind())
+        fp32(flat.device(), || {
+            let queries = self.queries.to_kind(Kind::Float);
+            let scores = queries.matmul(&flat.to_kind(Kind::Float)) / (c as f64).sqrt();
+            scores.softmax(-1, Kind::Float)
+        })
     }
 
     /// `feat`: `[B, C, h, w]` to the class-wise features `[B, K, C, h, w]`: for class k,
@@ -54,7 +61,14 @@ impl ClassWiseAttention {
         let flat = feat.reshape([b, c, h * w]); // [B, C, N]
         let attn = self.softmax_scores(&flat); // [B, K, N]
         let k = self.queries.size()[0];
+        // In the features' precision: they feed the class-wise decoder's convolutions.
+        let attn = attn.to_kind(flat.kind());
         (attn.unsqueeze(2) * flat.unsqueeze(1)).view([b, k, c, h, w])
+    }
+
+    /// The class queries detached (float32: the scores are float32).
+    pub(crate) fn prepare_inference(&mut self) {
+        self.queries = frozen(&self.queries, Kind::Float);
     }
 }
 

@@ -12,10 +12,10 @@
 //! per-class heads of a level are one grouped 1x1 convolution. The numbers are the same.
 
 use tch::nn;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::encoder::Features;
-use super::layers::{channels_last, resize_aligned, up2, PreNormConv};
+use super::layers::{channels_last, freeze_conv, frozen, resize_aligned, up2, PreNormConv};
 
 /// Per-class 1x1 heads of one level, variables `{k}.weight` `[1, C, 1, 1]` and `{k}.bias` `[1]`.
 #[derive(Debug)]
@@ -54,13 +54,19 @@ impl ClassHeads {
         let bias = Tensor::cat(&self.biases, 0).reshape([1, k, 1, 1]);
         tokens.matmul(&weight).reshape([b, k, h, w]) + bias
     }
+
+    /// Weights detached and stored as `kind` (a matrix product), biases float32.
+    fn prepare_inference(&mut self, kind: Kind) {
+        self.weights = self.weights.iter().map(|w| frozen(w, kind)).collect();
+        self.biases = self.biases.iter().map(|b| frozen(b, Kind::Float)).collect();
+    }
 }
 
 /// What a decoder gives: the class-wise one or the plain one of the CFLM ablation
 /// ([`super::plain_decoder::PlainDecoder`]).
 #[derive(Debug)]
 pub struct DecoderOutputs {
-    /// Softmax probabilities `[B, K, H, W]`.
+    /// Softmax probabilities `[B, K, H, W]`, float32 (also in a bf16 forward).
     pub pred: Tensor,
     /// Logits `[B, K, H, W]`.
     pub logits: Tensor,
@@ -68,7 +74,7 @@ pub struct DecoderOutputs {
     /// the plain decoder).
     pub penultimate: Tensor,
     /// Deep-supervision predictions from 1/16, 1/8, 1/4, 1/2 resolution, upsampled to `[H, W]`
-    /// (align_corners) and softmaxed; empty unless asked for.
+    /// (align_corners) and softmaxed, float32; empty unless asked for.
     pub scale_preds: Vec<Tensor>,
 }
 
@@ -82,10 +88,10 @@ impl DecoderOutputs {
         out_size: [i64; 2],
     ) -> Self {
         let logits = penultimate.apply(final_conv);
-        let pred = logits.softmax(1, logits.kind());
+        let pred = logits.softmax(1, Kind::Float);
         let scale_preds = scale_logits
             .iter()
-            .map(|m| resize_aligned(m, out_size).softmax(1, m.kind()))
+            .map(|m| resize_aligned(&m.to_kind(Kind::Float), out_size).softmax(1, Kind::Float))
             .collect();
         DecoderOutputs {
             pred,
@@ -157,12 +163,27 @@ impl UpPath {
         let d2 = self.e2_conv.forward(&with_skip(&fused[1], e3_up));
         let e2_up = self.e2_conv_up.forward(&up2(&d2));
         let d1 = self.e1_conv.forward(&with_skip(&fused[0], e2_up));
-        let mut full = up2(&d1);
+        // In float32 also in a bf16 forward: for so few channels (w/8 in the class-wise decoder)
+        // PyTorch's bilinear kernel takes twice as long on bfloat16 as on float32.
+        let mut full = up2(&d1.to_kind(Kind::Float)).to_kind(d1.kind());
         let fs = full.size();
         if [fs[2], fs[3]] != self.out_size {
             full = full.upsample_bilinear2d(self.out_size, false, None, None);
         }
         UpMaps { d3, d2, d1, full }
+    }
+
+    pub(super) fn prepare_inference(&mut self, kind: Kind) {
+        for conv in [
+            &mut self.e4_conv_up,
+            &mut self.e3_conv,
+            &mut self.e3_conv_up,
+            &mut self.e2_conv,
+            &mut self.e2_conv_up,
+            &mut self.e1_conv,
+        ] {
+            conv.prepare_inference(kind);
+        }
     }
 }
 
@@ -230,5 +251,17 @@ impl ClassWiseDecoder {
             Vec::new()
         };
         DecoderOutputs::new(penultimate, &self.final_conv, scale_maps, self.out_size)
+    }
+
+    /// Weights detached and stored as `kind`.
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        self.heads
+            .iter_mut()
+            .for_each(|h| h.prepare_inference(kind));
+        self.path.prepare_inference(kind);
+        self.combine
+            .iter_mut()
+            .for_each(|c| c.prepare_inference(kind));
+        freeze_conv(&mut self.final_conv, kind);
     }
 }

@@ -44,6 +44,11 @@
 //! Inference outputs are contiguous; the training outputs may be stored channels-last (the
 //! network computes in that layout), so reshape them rather than `view`.
 //!
+//! Precision: every forward computes in [`Dis2Net::precision`], fp32 unless
+//! [`Dis2Net::set_precision`] (training, autocast-style) or [`Dis2Net::prepare_inference`]
+//! (BatchNorm folded, bfloat16 weights, no autograd state) chose bf16. Probabilities, the DLKD and
+//! orthogonality losses and the fusion token are float32 in either.
+//!
 //! Variable names: `encoders.{i}`, `teacher.{fuse,attention,decoder,fuse_pool}`,
 //! `students.{key}.{comp.{i},comp_pool.{i},dist_pool.{a},fuse,attention,decoder,fuse_pool}` with
 //! `key` from [`Scenario::key`].
@@ -52,7 +57,7 @@
 //! fusion drops HF's levels 1-3 ([`HierarchicalFusion`]); the `plain` decoder replaces the CFLM
 //! ([`PlainDecoder`]) and the branch has no `attention`.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use tch::{nn, Kind, Tensor};
 
 use super::cflm::ClassWiseAttention;
@@ -65,6 +70,7 @@ use super::plain_decoder::PlainDecoder;
 use super::pool::LevelPools;
 use super::route::Route;
 use super::scenario::Scenario;
+use crate::precision::{with_precision, Precision};
 
 /// What follows HF in a branch: the CFLM, or the plain decoder of its ablation.
 // One per branch, built once: the variants' sizes (a few kB of handles) do not matter.
@@ -104,6 +110,16 @@ impl Head {
             Head::Plain(decoder) => (decoder.forward(&fused.levels, scales), None),
         }
     }
+
+    fn prepare_inference(&mut self, kind: Kind) {
+        match self {
+            Head::ClassWise { attention, decoder } => {
+                attention.prepare_inference();
+                decoder.prepare_inference(kind);
+            }
+            Head::Plain(decoder) => decoder.prepare_inference(kind),
+        }
+    }
 }
 
 /// HF + CFLM of one branch (or their ablations, after `model.fusion` and `model.decoder`).
@@ -129,6 +145,12 @@ impl Branch {
         let (out, _) = self.head.forward(&fused, scales);
         (fused, out)
     }
+
+    fn prepare_inference(&mut self, kind: Kind) {
+        self.fuse.prepare_inference(kind);
+        self.head.prepare_inference(kind);
+        self.fuse_pool.prepare_inference(kind);
+    }
 }
 
 /// The student of one scenario.
@@ -144,6 +166,18 @@ struct Student {
     /// `scenario.available(M)`.
     dist_pools: Vec<LevelPools>,
     branch: Branch,
+}
+
+impl Student {
+    fn prepare_inference(&mut self, kind: Kind) {
+        self.comps
+            .iter_mut()
+            .for_each(|c| c.prepare_inference(kind));
+        for pools in self.comp_pools.iter_mut().chain(&mut self.dist_pools) {
+            pools.prepare_inference(kind);
+        }
+        self.branch.prepare_inference(kind);
+    }
 }
 
 /// What a branch reads at inference: see [`Dis2Net::branch_features`].
@@ -197,6 +231,10 @@ pub struct Dis2Net {
     encoders: Vec<Encoder>,
     teacher: Branch,
     students: Vec<Student>,
+    /// What every forward computes in.
+    precision: Precision,
+    /// Prepared for inference ([`Dis2Net::prepare_inference`]): no training forwards.
+    inference: bool,
 }
 
 impl Dis2Net {
@@ -248,11 +286,70 @@ impl Dis2Net {
             encoders,
             teacher,
             students,
+            precision: Precision::Fp32,
+            inference: false,
         })
     }
 
     pub fn config(&self) -> &ModelConfig {
         &self.cfg
+    }
+
+    /// The precision every forward computes in (fp32 unless set).
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Sets the precision of every forward. bf16 is autocast-style mixed precision for training:
+    /// convolutions and matrix products run in bfloat16 (libtorch's autocast, accumulating in
+    /// float32) while the parameters, and so their gradients and the optimiser state, stay
+    /// float32; normalisations, softmaxes, attention scores, the transformer's residual stream and
+    /// the losses' inputs are float32. For inference, [`Self::prepare_inference`] does more.
+    pub fn set_precision(&mut self, precision: Precision) {
+        self.precision = precision;
+    }
+
+    /// Prepares the model for inference in `precision`: every BatchNorm folded into the
+    /// convolution before it (its running statistics, as in eval mode), the convolution and
+    /// projection weights stored in the computing precision (bfloat16 for bf16, so that no weight
+    /// is cast per call), every tensor the model holds detached (no autograd state), and
+    /// [`Self::precision`] set. Eval-mode predictions equal the unprepared model's up to float
+    /// rounding (1e-5 in fp32, `tests/precision.rs`). The variable store is left as it was;
+    /// training forwards refuse a prepared model.
+    pub fn prepare_inference(&mut self, precision: Precision) {
+        let kind = match precision {
+            Precision::Fp32 => Kind::Float,
+            Precision::Bf16 => Kind::BFloat16,
+        };
+        self.encoders
+            .iter_mut()
+            .for_each(|e| e.prepare_inference(kind));
+        self.teacher.prepare_inference(kind);
+        self.students
+            .iter_mut()
+            .for_each(|s| s.prepare_inference(kind));
+        self.precision = precision;
+        self.inference = true;
+    }
+
+    /// Whether [`Self::prepare_inference`] ran.
+    pub fn is_prepared_for_inference(&self) -> bool {
+        self.inference
+    }
+
+    /// Runs `f` in the model's precision on its device.
+    fn compute<T>(&self, f: impl FnOnce() -> T) -> T {
+        with_precision(self.device, self.precision, f)
+    }
+
+    /// Training forwards need the model as built (BatchNorm not folded, weights with gradients).
+    fn ensure_trainable(&self) -> Result<()> {
+        ensure!(
+            !self.inference,
+            "this model was prepared for inference (BatchNorm folded, weights frozen): a training \
+             forward needs the model as loaded"
+        );
+        Ok(())
     }
 
     /// The scenarios this model has students for.
@@ -458,9 +555,14 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
         train: bool,
     ) -> Result<Tensor> {
-        let f = self.branch_features(scenario, inputs, train)?;
-        let (branch, slots) = self.branch_slots(&f)?;
-        Ok(branch.forward(&slots, train, false).1.pred.contiguous())
+        if train {
+            self.ensure_trainable()?;
+        }
+        self.compute(|| {
+            let f = self.branch_features(scenario, inputs, train)?;
+            let (branch, slots) = self.branch_slots(&f)?;
+            Ok(branch.forward(&slots, train, false).1.pred.contiguous())
+        })
     }
 
     /// The CFLM class-wise spatial attention of a branch (inference mode, no graph): the
@@ -473,16 +575,18 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
     ) -> Result<Tensor> {
         tch::no_grad(|| {
-            let f = self.branch_features(scenario, inputs, false)?;
-            let (branch, slots) = self.branch_slots(&f)?;
-            let Head::ClassWise { attention, .. } = &branch.head else {
-                bail!(
-                    "this model has no class-wise attention (CFLM): it was built with \
+            self.compute(|| {
+                let f = self.branch_features(scenario, inputs, false)?;
+                let (branch, slots) = self.branch_slots(&f)?;
+                let Head::ClassWise { attention, .. } = &branch.head else {
+                    bail!(
+                        "this model has no class-wise attention (CFLM): it was built with \
                      `model.decoder: plain`"
-                );
-            };
-            let fused = branch.fuse.forward_t(&slots, false);
-            Ok(attention.weights(&fused.levels[3]).contiguous())
+                    );
+                };
+                let fused = branch.fuse.forward_t(&slots, false);
+                Ok(attention.weights(&fused.levels[3]).contiguous())
+            })
         })
     }
 
@@ -499,46 +603,48 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
     ) -> Result<Vec<(String, Tensor)>> {
         tch::no_grad(|| {
-            let f = self.branch_features(scenario, inputs, false)?;
-            let mut out = Vec::new();
-            let push_levels = |prefix: &str, f: &Features, out: &mut Vec<(String, Tensor)>| {
-                for (l, t) in f.iter().enumerate() {
-                    out.push((format!("{prefix}.e{}", l + 1), t.contiguous()));
-                }
-            };
-            for &i in &f.avail {
-                if let Some(feats) = &f.enc[i] {
-                    push_levels(&format!("encoders.{i}"), feats, &mut out);
-                    if let Some(p) = self.encoders[i].aux_prediction(feats, false) {
-                        out.push((format!("encoders.{i}.aux"), p.contiguous()));
+            self.compute(|| {
+                let f = self.branch_features(scenario, inputs, false)?;
+                let mut out = Vec::new();
+                let push_levels = |prefix: &str, f: &Features, out: &mut Vec<(String, Tensor)>| {
+                    for (l, t) in f.iter().enumerate() {
+                        out.push((format!("{prefix}.e{}", l + 1), t.contiguous()));
+                    }
+                };
+                for &i in &f.avail {
+                    if let Some(feats) = &f.enc[i] {
+                        push_levels(&format!("encoders.{i}"), feats, &mut out);
+                        if let Some(p) = self.encoders[i].aux_prediction(feats, false) {
+                            out.push((format!("encoders.{i}.aux"), p.contiguous()));
+                        }
                     }
                 }
-            }
-            let prefix = match f.student {
-                None => "teacher".to_string(),
-                Some(st) => {
-                    let prefix = format!("students.{}", st.scenario.key());
-                    for (&i, c) in st.scenario.missing().iter().zip(&f.comp) {
-                        push_levels(&format!("{prefix}.comp.{i}"), c, &mut out);
+                let prefix = match f.student {
+                    None => "teacher".to_string(),
+                    Some(st) => {
+                        let prefix = format!("students.{}", st.scenario.key());
+                        for (&i, c) in st.scenario.missing().iter().zip(&f.comp) {
+                            push_levels(&format!("{prefix}.comp.{i}"), c, &mut out);
+                        }
+                        prefix
                     }
-                    prefix
+                };
+                let (branch, slots) = self.branch_slots(&f)?;
+                let fused = branch.fuse.forward_t(&slots, false);
+                push_levels(&format!("{prefix}.fuse"), &fused.levels, &mut out);
+                out.push((format!("{prefix}.fuse.global"), fused.global.contiguous()));
+                let (dec, classwise) = branch.head.forward(&fused, false);
+                if let Some(classwise) = classwise {
+                    out.push((format!("{prefix}.attention"), classwise));
                 }
-            };
-            let (branch, slots) = self.branch_slots(&f)?;
-            let fused = branch.fuse.forward_t(&slots, false);
-            push_levels(&format!("{prefix}.fuse"), &fused.levels, &mut out);
-            out.push((format!("{prefix}.fuse.global"), fused.global.contiguous()));
-            let (dec, classwise) = branch.head.forward(&fused, false);
-            if let Some(classwise) = classwise {
-                out.push((format!("{prefix}.attention"), classwise));
-            }
-            out.push((
-                format!("{prefix}.decoder.penultimate"),
-                dec.penultimate.contiguous(),
-            ));
-            out.push((format!("{prefix}.decoder.logits"), dec.logits.contiguous()));
-            out.push((format!("{prefix}.pred"), dec.pred.contiguous()));
-            Ok(out)
+                out.push((
+                    format!("{prefix}.decoder.penultimate"),
+                    dec.penultimate.contiguous(),
+                ));
+                out.push((format!("{prefix}.decoder.logits"), dec.logits.contiguous()));
+                out.push((format!("{prefix}.pred"), dec.pred.contiguous()));
+                Ok(out)
+            })
         })
     }
 
@@ -594,24 +700,27 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
         train: bool,
     ) -> Result<EncoderOutputs> {
+        self.ensure_trainable()?;
         let all: Vec<usize> = (0..self.cfg.modalities.len()).collect();
         self.check_inputs(inputs, &all)?;
-        let features: Vec<Option<Features>> = self
-            .encoders
-            .iter()
-            .zip(inputs)
-            .map(|(e, x)| x.map(|x| e.features(x, train)))
-            .collect();
-        let aux_preds: Vec<Tensor> = self
-            .encoders
-            .iter()
-            .zip(&features)
-            .filter_map(|(e, f)| f.as_ref().and_then(|f| e.aux_prediction(f, train)))
-            .collect();
-        Ok(EncoderOutputs {
-            features,
-            aux_preds,
-        })
+        Ok(self.compute(|| {
+            let features: Vec<Option<Features>> = self
+                .encoders
+                .iter()
+                .zip(inputs)
+                .map(|(e, x)| x.map(|x| e.features(x, train)))
+                .collect();
+            let aux_preds: Vec<Tensor> = self
+                .encoders
+                .iter()
+                .zip(&features)
+                .filter_map(|(e, f)| f.as_ref().and_then(|f| e.aux_prediction(f, train)))
+                .collect();
+            EncoderOutputs {
+                features,
+                aux_preds,
+            }
+        }))
     }
 
     /// The second stage of [`Self::forward_train`]: the teacher, the student of `scenario`, the
@@ -629,27 +738,30 @@ impl Dis2Net {
         student_reads: &[Option<Features>],
         train: bool,
     ) -> Result<TrainOutputs> {
+        self.ensure_trainable()?;
         let st = self.student(scenario)?;
         let all: Vec<usize> = (0..self.cfg.modalities.len()).collect();
         self.check_inputs(inputs, &all)?;
         let teacher_slots = self.every_modality(teacher_reads)?;
-        let (t_fused, t_out) = self.teacher.forward(&teacher_slots, train, true);
+        self.compute(|| {
+            let (t_fused, t_out) = self.teacher.forward(&teacher_slots, train, true);
 
-        let comp = self.compensation(st, inputs, train);
-        let slots = self.slots(st, student_reads, &comp)?;
-        let (s_fused, s_out) = st.branch.forward(&slots, train, true);
+            let comp = self.compensation(st, inputs, train);
+            let slots = self.slots(st, student_reads, &comp)?;
+            let (s_fused, s_out) = st.branch.forward(&slots, train, true);
 
-        // DLKD: the teacher side is detached, so its pools need no graph.
-        let t_pooled = tch::no_grad(|| self.teacher.fuse_pool.forward(&t_fused.levels));
-        let kd = Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
-        let orth = self.orthogonality(st, student_reads, &comp);
+            // DLKD: the teacher side is detached, so its pools need no graph.
+            let t_pooled = tch::no_grad(|| self.teacher.fuse_pool.forward(&t_fused.levels));
+            let kd = Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
+            let orth = self.orthogonality(st, student_reads, &comp);
 
-        Ok(TrainOutputs {
-            aux_preds,
-            teacher: t_out,
-            student: s_out,
-            kd_loss: kd,
-            orth_loss: orth,
+            Ok(TrainOutputs {
+                aux_preds,
+                teacher: t_out,
+                student: s_out,
+                kd_loss: kd,
+                orth_loss: orth,
+            })
         })
     }
 
@@ -691,7 +803,7 @@ impl Dis2Net {
     ) -> Result<TeacherOutputs> {
         let enc = self.forward_train_encoders(inputs, train)?;
         let slots = self.every_modality(&enc.features)?;
-        let (_, out) = self.teacher.forward(&slots, train, true);
+        let (_, out) = self.compute(|| self.teacher.forward(&slots, train, true));
         Ok(TeacherOutputs {
             aux_preds: enc.aux_preds,
             teacher: out,
@@ -708,10 +820,22 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
         train: bool,
     ) -> Result<TrainOutputs> {
+        self.ensure_trainable()?;
         let st = self.student(scenario)?;
         let m = self.cfg.modalities.len();
         let all: Vec<usize> = (0..m).collect();
         self.check_inputs(inputs, &all)?;
+        self.compute(|| self.distill_branches(st, inputs, train))
+    }
+
+    /// [`Self::forward_distill`] once its inputs are checked: the frozen part without a graph,
+    /// then the student.
+    fn distill_branches(
+        &self,
+        st: &Student,
+        inputs: &[Option<&Tensor>],
+        train: bool,
+    ) -> Result<TrainOutputs> {
         let (enc, t_fused, t_out, t_pooled) = tch::no_grad(|| {
             let enc: Vec<Option<Features>> = self
                 .encoders

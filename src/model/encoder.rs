@@ -8,7 +8,7 @@
 //! and does not take part in inference.
 
 use tch::nn;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::layers::{channels_last, leaky, DownBlock, UpBlock};
 
@@ -62,8 +62,8 @@ impl Encoder {
         [e1, e2, e3, e4]
     }
 
-    /// The auxiliary decoder's softmax prediction from this encoder's features, or `None` for a
-    /// compensation encoder.
+    /// The auxiliary decoder's softmax prediction (float32) from this encoder's features, or
+    /// `None` for a compensation encoder.
     pub fn aux_prediction(&self, f: &Features, train: bool) -> Option<Tensor> {
         let aux = self.aux.as_ref()?;
         let d5 = Tensor::cat(
@@ -78,6 +78,18 @@ impl Encoder {
             &[aux.d7.forward_t(&d6.relu(), train), f[0].shallow_clone()],
             1,
         );
-        Some(aux.d8.forward_t(&d7.relu(), train).softmax(1, d7.kind()))
+        Some(aux.d8.forward_t(&d7.relu(), train).softmax(1, Kind::Float))
+    }
+
+    /// For inference: BatchNorm folded, weights detached and stored as `kind`.
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        for block in [&mut self.e1, &mut self.e2, &mut self.e3, &mut self.e4] {
+            block.prepare_inference(kind);
+        }
+        if let Some(aux) = &mut self.aux {
+            for block in [&mut aux.d5, &mut aux.d6, &mut aux.d7, &mut aux.d8] {
+                block.prepare_inference(kind);
+            }
+        }
     }
 }

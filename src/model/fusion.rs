@@ -15,12 +15,16 @@
 //! down-sampling chain. The mean keeps the level widths, so everything downstream is unchanged.
 
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::config::{FusionKind, ModelConfig};
 use super::encoder::Features;
-use super::layers::{dropout, linear, to_tokens, DownBlock, FusionConv};
+use super::layers::{
+    dropout, freeze_conv, freeze_layer_norm, freeze_linear, frozen, linear, to_tokens, DownBlock,
+    FusionConv,
+};
 use super::pool::AttnPool;
+use crate::precision::fp32;
 
 /// LayerNorm epsilon of the transformer.
 const LN_EPS: f64 = 1e-5;
@@ -69,29 +73,52 @@ impl TransformerLayer {
         }
     }
 
-    /// `x`: `[B, L, E]`.
+    /// `x`: `[B, L, E]`. In a bf16 forward the projections run in bfloat16 while the residual
+    /// stream, the attention (scores, softmax, weighted sum) and the norms stay float32.
     pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+        let x = x.to_kind(Kind::Float);
         let s = x.size();
         let (b, l, e) = (s[0], s[1], s[2]);
         let d = e / self.heads;
         let qkv = x.linear(&self.in_proj_w, Some(&self.in_proj_b));
         let qkv = qkv.view([b, l, 3, self.heads, d]).permute([2, 0, 3, 1, 4]); // [3, B, H, L, d]
-        let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
-        let native_dropout =
-            train && q.device() == tch::Device::Cpu && q.kind() == tch::Kind::Float;
-        let att = if native_dropout {
-            // The attention weights written out, so that their dropout is ours (see `dropout`).
-            let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (d as f64).sqrt());
-            dropout(&scores.softmax(-1, tch::Kind::Float), DROPOUT, true).matmul(&v)
-        } else {
-            let p = if train { DROPOUT } else { 0.0 };
-            Tensor::scaled_dot_product_attention(&q, &k, &v, None::<Tensor>, p, false, None, false)
-        };
+        let att = fp32(x.device(), || {
+            let qkv = qkv.to_kind(Kind::Float);
+            let (q, k, v) = (qkv.get(0), qkv.get(1), qkv.get(2));
+            if train && q.device() == tch::Device::Cpu {
+                // The attention weights written out, so that their dropout is ours (see `dropout`).
+                let scores = q.matmul(&k.transpose(-2, -1)) * (1.0 / (d as f64).sqrt());
+                dropout(&scores.softmax(-1, Kind::Float), DROPOUT, true).matmul(&v)
+            } else {
+                let p = if train { DROPOUT } else { 0.0 };
+                Tensor::scaled_dot_product_attention(
+                    &q,
+                    &k,
+                    &v,
+                    None::<Tensor>,
+                    p,
+                    false,
+                    None,
+                    false,
+                )
+            }
+        });
         let att = att.transpose(1, 2).reshape([b, l, e]).apply(&self.out_proj);
         let x = (x + dropout(&att, DROPOUT, train)).apply(&self.norm1);
         let hidden = x.apply(&self.linear1).relu();
         let ff = dropout(&hidden, DROPOUT, train).apply(&self.linear2);
         (&x + dropout(&ff, DROPOUT, train)).apply(&self.norm2)
+    }
+
+    /// Projections detached and stored as `kind`; the norms detached, float32.
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        self.in_proj_w = frozen(&self.in_proj_w, kind);
+        self.in_proj_b = frozen(&self.in_proj_b, kind);
+        for l in [&mut self.out_proj, &mut self.linear1, &mut self.linear2] {
+            freeze_linear(l, kind);
+        }
+        freeze_layer_norm(&mut self.norm1);
+        freeze_layer_norm(&mut self.norm2);
     }
 }
 
@@ -141,8 +168,15 @@ impl ConvLevels {
         let f1 = self.fuse[0].forward(&level(0));
         let f2 = self.fuse[1].forward(&level(1)) + self.res1.forward_t(&f1, train);
         let f3 = self.fuse[2].forward(&level(2)) + self.res2.forward_t(&f2, train);
-        let pooled = self.pool_e3.forward(&f3).unsqueeze(1);
+        let pooled = self.pool_e3.forward(&f3).unsqueeze(1).to_kind(Kind::Float);
         ([f1, f2, f3], pooled)
+    }
+
+    fn prepare_inference(&mut self, kind: Kind) {
+        self.fuse.iter_mut().for_each(|f| f.prepare_inference(kind));
+        self.res1.prepare_inference(kind);
+        self.res2.prepare_inference(kind);
+        self.pool_e3.prepare_inference(kind);
     }
 }
 
@@ -240,5 +274,19 @@ impl HierarchicalFusion {
             levels: [f1, f2, f3, f4],
             global,
         }
+    }
+
+    /// For inference: BatchNorm folded, convolutions and projections stored as `kind`, the
+    /// fusion token, positional embeddings and norms float32; everything detached.
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        if let Some(conv) = &mut self.conv {
+            conv.prepare_inference(kind);
+        }
+        self.fusion_token = frozen(&self.fusion_token, Kind::Float);
+        self.pos = self.pos.iter().map(|p| frozen(p, Kind::Float)).collect();
+        self.layers
+            .iter_mut()
+            .for_each(|l| l.prepare_inference(kind));
+        freeze_conv(&mut self.unify, kind);
     }
 }

@@ -1,13 +1,17 @@
 //! Building blocks shared by every part of the network: the reference's `cnn_block`,
-//! `tcnn_block` and `general_conv2d_prenorm`, plus the resampling helpers.
+//! `tcnn_block` and `general_conv2d_prenorm`, plus the resampling helpers, and what each block
+//! does to prepare for inference (`prepare_inference`: BatchNorm folded into its convolution,
+//! weights detached and, for bf16, stored in bfloat16).
 
 use tch::nn;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Slope of every LeakyReLU in DIS2.
 pub const LEAKY_SLOPE: f64 = 0.2;
 /// Epsilon of the per-image normalisation inside the pre-norm convolutions.
 const NORM_EPS: f64 = 1e-5;
+/// Epsilon of every BatchNorm.
+const BN_EPS: f64 = 1e-5;
 
 /// LeakyReLU with slope 0.2.
 pub fn leaky(x: &Tensor) -> Tensor {
@@ -40,11 +44,13 @@ pub fn to_tokens(x: &Tensor) -> Tensor {
 /// [`crate::native::dropout_mask`] (PyTorch's Bernoulli draws are the slowest part of the
 /// transformer there); elsewhere PyTorch's dropout. Either way `x · mask` with mask values
 /// `1/(1-p)` or 0, as PyTorch computes it.
+///
+/// A bfloat16 `x` on the CPU is multiplied by the float32 mask: the result is float32.
 pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
     if !train || p == 0.0 {
         return x.shallow_clone();
     }
-    if x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float {
+    if x.device() == tch::Device::Cpu && matches!(x.kind(), Kind::Float | Kind::BFloat16) {
         // Only fails for p outside [0, 1), which the network never asks for.
         let mask = crate::native::dropout_mask(x, p, None).unwrap_or_else(|e| panic!("{e:#}"));
         x * mask
@@ -82,7 +88,7 @@ pub fn conv2d<'a, P: std::borrow::Borrow<nn::Path<'a>>>(
 fn bn(p: &nn::Path, dim: i64) -> nn::BatchNorm {
     let cfg = nn::BatchNormConfig {
         momentum: 0.1,
-        eps: 1e-5,
+        eps: BN_EPS,
         ws_init: nn::Init::Const(1.0),
         ..Default::default()
     };
@@ -129,6 +135,89 @@ impl<C: nn::Module> ConvBn<C> {
     }
 }
 
+impl<C: ConvWeights> ConvBn<C> {
+    /// For inference: the BatchNorm (its running statistics, as in eval mode) folded into the
+    /// convolution's weight and bias, so that one op remains; the weights detached and stored as
+    /// `kind` (float32 or bfloat16). `forward_t(x, false)` is unchanged up to float rounding.
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        if let Some(bn) = self.bn.take() {
+            fold_batch_norm(&mut self.conv, &bn);
+        }
+        let (ws, bs) = self.conv.weights();
+        freeze_weights(ws, bs, kind);
+    }
+}
+
+/// The weight and bias of a convolution, and the dimension of its weight that indexes output
+/// channels (0 for `[O, I, kh, kw]`, 1 for a transposed convolution's `[I, O, kh, kw]`): what
+/// BatchNorm folding changes.
+pub trait ConvWeights {
+    const OUT_DIM: usize;
+    fn weights(&mut self) -> (&mut Tensor, &mut Option<Tensor>);
+}
+
+impl ConvWeights for nn::Conv2D {
+    const OUT_DIM: usize = 0;
+    fn weights(&mut self) -> (&mut Tensor, &mut Option<Tensor>) {
+        (&mut self.ws, &mut self.bs)
+    }
+}
+
+impl ConvWeights for nn::ConvTranspose2D {
+    const OUT_DIM: usize = 1;
+    fn weights(&mut self) -> (&mut Tensor, &mut Option<Tensor>) {
+        (&mut self.ws, &mut self.bs)
+    }
+}
+
+/// `BN(conv(x))` in eval mode as one convolution: with `s = γ / sqrt(running_var + eps)`, the
+/// weight times `s` per output channel and the bias `(b - running_mean) · s + β`, computed in
+/// float64 and stored channels-last in the weight's dtype.
+fn fold_batch_norm<C: ConvWeights>(conv: &mut C, bn: &nn::BatchNorm) {
+    tch::no_grad(|| {
+        let f64_of = |t: &Tensor| t.detach().to_kind(Kind::Double);
+        let var = f64_of(&bn.running_var);
+        let gamma = bn.ws.as_ref().map_or_else(|| var.ones_like(), f64_of);
+        let beta = bn.bs.as_ref().map_or_else(|| var.zeros_like(), f64_of);
+        let scale = gamma / (var + BN_EPS).sqrt();
+        let (ws, bs) = conv.weights();
+        let mut shape = [1i64; 4];
+        shape[C::OUT_DIM] = -1;
+        let folded = (f64_of(ws) * scale.view(shape)).to_kind(ws.kind());
+        let bias = bs.as_ref().map_or_else(|| scale.zeros_like(), f64_of);
+        let folded_bias = (bias - f64_of(&bn.running_mean)) * &scale + beta;
+        *bs = Some(folded_bias.to_kind(ws.kind()));
+        *ws = channels_last(&folded);
+    })
+}
+
+/// A weight of an inference-only model: detached (no autograd state) and stored as `kind`,
+/// keeping its layout.
+pub(crate) fn frozen(t: &Tensor, kind: Kind) -> Tensor {
+    t.detach().to_kind(kind)
+}
+
+fn freeze_weights(ws: &mut Tensor, bs: &mut Option<Tensor>, kind: Kind) {
+    *ws = frozen(ws, kind);
+    *bs = bs.as_ref().map(|b| frozen(b, kind));
+}
+
+/// [`frozen`] for a convolution's weight and bias.
+pub(crate) fn freeze_conv(conv: &mut nn::Conv2D, kind: Kind) {
+    freeze_weights(&mut conv.ws, &mut conv.bs, kind);
+}
+
+/// [`frozen`] for a linear layer's weight and bias.
+pub(crate) fn freeze_linear(linear: &mut nn::Linear, kind: Kind) {
+    freeze_weights(&mut linear.ws, &mut linear.bs, kind);
+}
+
+/// A LayerNorm's parameters detached, kept float32 (normalisations stay float32).
+pub(crate) fn freeze_layer_norm(norm: &mut nn::LayerNorm) {
+    norm.ws = norm.ws.as_ref().map(|w| frozen(w, Kind::Float));
+    norm.bs = norm.bs.as_ref().map(|b| frozen(b, Kind::Float));
+}
+
 impl ConvBn<nn::Conv2D> {
     pub fn new(p: &nn::Path, c_in: i64, c_out: i64, with_bn: bool) -> Self {
         let cfg = nn::ConvConfig {
@@ -159,9 +248,10 @@ impl ConvBn<nn::ConvTranspose2D> {
 /// Reference `general_conv2d_prenorm`: per-image normalisation, LeakyReLU(0.2), then a
 /// convolution (3x3 with padding 1, or 1x1). Variables: `conv.weight`, `conv.bias`.
 ///
-/// On the CPU (float32) the normalisation, the LeakyReLU and a reflect padding run as one native
-/// op ([`crate::native::prenorm_leaky`]) followed by an unpadded convolution; elsewhere as
-/// PyTorch's separate ops ([`prenorm_leaky_reference`]). The numbers agree to float rounding.
+/// On the CPU (float32, or bfloat16 in a bf16 forward) the normalisation, the LeakyReLU and a
+/// reflect padding run as one native op ([`crate::native::prenorm_leaky`], statistics in float32)
+/// followed by an unpadded convolution; elsewhere as PyTorch's separate ops
+/// ([`prenorm_leaky_reference`]). The numbers agree to float rounding.
 #[derive(Debug)]
 pub struct PreNormConv {
     conv: nn::Conv2D,
@@ -198,7 +288,8 @@ impl PreNormConv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        if !(x.device() == tch::Device::Cpu && x.kind() == tch::Kind::Float) {
+        let native_kind = matches!(x.kind(), Kind::Float | Kind::BFloat16);
+        if !(x.device() == tch::Device::Cpu && native_kind) {
             return leaky(&image_norm(x)).apply(&self.conv);
         }
         // Only fails on inputs the network never builds (not 4-D, or a reflect pad of a map
@@ -212,6 +303,11 @@ impl PreNormConv {
         } else {
             y.apply(&self.conv)
         }
+    }
+
+    /// The convolution's weights detached and stored as `kind`.
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        freeze_conv(&mut self.conv, kind);
     }
 }
 
@@ -249,6 +345,12 @@ impl FusionConv {
         self.layers
             .iter()
             .fold(x.shallow_clone(), |x, l| l.forward(&x))
+    }
+
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        self.layers
+            .iter_mut()
+            .for_each(|l| l.prepare_inference(kind));
     }
 }
 
@@ -353,6 +455,85 @@ mod tests {
         // Rows are not copies of one another (the hash mixes the whole index).
         assert!(!a.get(0).equal(&a.get(1)));
         assert!(dropout(&x, 0.1, false).equal(&x));
+    }
+
+    /// The bfloat16 path of the native pre-norm op: values and input gradients within bfloat16
+    /// rounding of the float32 op on the same (bfloat16-representable) input, layout kept.
+    #[test]
+    fn native_prenorm_in_bf16_matches_float32() {
+        tch::manual_seed(12);
+        let opts = (Kind::Float, Device::Cpu);
+        for (shape, cl) in [([3i64, 5, 7, 6], false), ([4, 16, 9, 8], true)] {
+            let base = (Tensor::randn(shape, opts) * 3.0 + 1.5).to_kind(Kind::BFloat16);
+            let x16 = if cl { channels_last(&base) } else { base };
+            let x16 = x16.set_requires_grad(true);
+            let x32 = x16.detach().to_kind(Kind::Float).set_requires_grad(true);
+            for pad in [false, true] {
+                let y16 = crate::native::prenorm_leaky(&x16, LEAKY_SLOPE, NORM_EPS, pad).unwrap();
+                let y32 = crate::native::prenorm_leaky(&x32, LEAKY_SLOPE, NORM_EPS, pad).unwrap();
+                assert_eq!(y16.kind(), Kind::BFloat16);
+                assert_eq!(y16.stride(), y32.stride(), "{shape:?} cl={cl} pad={pad}");
+                let d = max_rel_diff(&y16.to_kind(Kind::Float), &y32);
+                assert!(
+                    d < 1e-2,
+                    "{shape:?} cl={cl} pad={pad}: outputs differ by {d}"
+                );
+                let g = Tensor::randn(y32.size(), opts).to_kind(Kind::BFloat16);
+                let grad = |y: &Tensor, x: &Tensor| {
+                    let loss = (y.to_kind(Kind::Float) * g.to_kind(Kind::Float)).sum(Kind::Float);
+                    Tensor::run_backward(&[loss], &[x], false, false).remove(0)
+                };
+                let (g16, g32) = (grad(&y16, &x16), grad(&y32, &x32));
+                assert_eq!(g16.kind(), Kind::BFloat16);
+                let d = max_rel_diff(&g16.to_kind(Kind::Float), &g32);
+                assert!(
+                    d < 2e-2,
+                    "{shape:?} cl={cl} pad={pad}: gradients differ by {d}"
+                );
+            }
+        }
+    }
+
+    /// Folding BatchNorm into the convolution leaves the eval-mode output unchanged (to 1e-5 in
+    /// float32), for convolutions and transposed convolutions, and removes the BatchNorm.
+    #[test]
+    fn folded_batch_norm_equals_convolution_then_batch_norm() {
+        tch::manual_seed(13);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let mut down = DownBlock::new(&(vs.root() / "down"), 6, 10, true);
+        let mut up = UpBlock::new(&(vs.root() / "up"), 10, 6, true);
+        // BatchNorm statistics and affine parameters away from their initial 0, 1, 1, 0.
+        tch::no_grad(|| {
+            for (name, mut t) in vs.variables() {
+                let r = Tensor::rand_like(&t);
+                if name.ends_with("running_var") || name.ends_with("1.weight") {
+                    t.copy_(&(r * 2.0 + 0.5));
+                } else if name.ends_with("running_mean") || name.ends_with("1.bias") {
+                    t.copy_(&(r * 2.0 - 1.0));
+                }
+            }
+        });
+        let x = channels_last(&Tensor::randn([2, 6, 16, 16], (Kind::Float, Device::Cpu)));
+        let (want_down, want_up) = tch::no_grad(|| {
+            let d = down.forward_t(&x, false);
+            (d.shallow_clone(), up.forward_t(&d, false))
+        });
+        down.prepare_inference(Kind::Float);
+        up.prepare_inference(Kind::Float);
+        assert!(down.bn.is_none() && up.bn.is_none());
+        let got_down = down.forward_t(&x, false);
+        let got_up = up.forward_t(&want_down, false);
+        assert!(
+            !got_down.requires_grad(),
+            "a folded block kept autograd state"
+        );
+        for (got, want) in [(got_down, want_down), (got_up, want_up)] {
+            let d = max_rel_diff(&got, &want);
+            assert!(
+                d < 1e-5,
+                "folded output differs by {d} of its largest value"
+            );
+        }
     }
 
     #[test]

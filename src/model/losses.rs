@@ -148,6 +148,8 @@ pub fn seg_losses_stacked(
 }
 
 fn l2_normalize(x: &Tensor) -> Tensor {
+    // Float32 also for the bfloat16 features of a bf16 forward.
+    let x = x.to_kind(Kind::Float);
     // sqrt of the sum of squares: the same value as `norm(2, dim=1)`, and much faster than the
     // norm kernel on maps stored channels-first.
     let norm = x
@@ -160,7 +162,7 @@ fn l2_normalize(x: &Tensor) -> Tensor {
 
 /// Reference `l2_kd_loss`: L2-normalise both along dim 1 (eps 1e-6) and take the mean squared
 /// difference (over all elements; for maps `[B, C, H, W]` that is the reference's `spatial`
-/// variant).
+/// variant). Computed in float32 whatever the inputs' precision (as every loss here).
 pub fn l2_kd_loss(student: &Tensor, teacher: &Tensor) -> Tensor {
     (l2_normalize(student) - l2_normalize(teacher))
         .square()
@@ -171,7 +173,8 @@ pub fn l2_kd_loss(student: &Tensor, teacher: &Tensor) -> Tensor {
 /// `b` (`[B, D]`).
 pub fn orthogonality_loss(a: &Tensor, b: &Tensor) -> Tensor {
     let n = |x: &Tensor| {
-        x / x
+        let x = x.to_kind(Kind::Float);
+        &x / x
             .norm_scalaropt_dim(2, [-1i64].as_slice(), true)
             .clamp_min(1e-12)
     };
@@ -185,8 +188,8 @@ pub fn orthogonality_loss(a: &Tensor, b: &Tensor) -> Tensor {
 /// every element), T = 2. The teacher logits are detached.
 pub fn kd_logits_loss(student_logits: &Tensor, teacher_logits: &Tensor) -> Tensor {
     let t = KD_TEMPERATURE;
-    let p = (teacher_logits.detach() / t).softmax(1, Kind::Float);
-    let log_q = (student_logits / t).log_softmax(1, Kind::Float);
+    let p = (teacher_logits.detach().to_kind(Kind::Float) / t).softmax(1, Kind::Float);
+    let log_q = (student_logits.to_kind(Kind::Float) / t).log_softmax(1, Kind::Float);
     log_q.kl_div(&p, Reduction::Mean, false) * (t * t)
 }
 

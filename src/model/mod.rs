@@ -17,6 +17,9 @@ pub mod pool;
 pub mod route;
 pub mod scenario;
 
+#[cfg(test)]
+mod tests;
+
 pub use dis2::{BranchOutputs, Dis2Net, EncoderOutputs, TrainOutputs};
 pub use route::Route;
 pub use scenario::Scenario;

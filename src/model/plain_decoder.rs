@@ -9,11 +9,11 @@
 //! outputs are [`DecoderOutputs`] with the same meaning, so the losses and DLKD are unchanged.
 
 use tch::nn;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 use super::decoder::{DecoderOutputs, UpMaps, UpPath};
 use super::encoder::Features;
-use super::layers::PreNormConv;
+use super::layers::{freeze_conv, PreNormConv};
 
 /// Variables: `e4_conv_up`, `e3_conv`, `e3_conv_up`, `e2_conv`, `e2_conv_up`, `e1_conv`,
 /// `out_conv.{0,1}` (each `conv.*`), `seg_d{4,3,2,1}.*`, `final_conv.*`.
@@ -65,5 +65,15 @@ impl PlainDecoder {
             Vec::new()
         };
         DecoderOutputs::new(penultimate, &self.final_conv, scale_maps, self.out_size)
+    }
+
+    /// Weights detached and stored as `kind`.
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        self.heads.iter_mut().for_each(|h| freeze_conv(h, kind));
+        self.path.prepare_inference(kind);
+        self.out_conv
+            .iter_mut()
+            .for_each(|c| c.prepare_inference(kind));
+        freeze_conv(&mut self.final_conv, kind);
     }
 }

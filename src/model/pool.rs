@@ -4,9 +4,10 @@
 //! features (orthogonality) at levels 1..3.
 
 use tch::nn::{self, Module};
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
-use super::layers::{linear, to_tokens};
+use super::layers::{freeze_linear, linear, to_tokens};
+use crate::precision::fp32;
 
 /// Hidden width of the scoring MLP.
 const HIDDEN: i64 = 128;
@@ -30,23 +31,37 @@ impl AttnPool {
         }
     }
 
-    /// `x`: `[B, C, H, W]` to `[B, C]` (or `[B, out]`).
+    /// `x`: `[B, C, H, W]` to `[B, C]` (or `[B, out]`). In a bf16 forward the hidden layer of the
+    /// scoring MLP runs in bfloat16; the scores, their softmax and the weighted mean are float32.
     pub fn forward(&self, x: &Tensor) -> Tensor {
         // Tokens [B, N, C] and the hidden scores [B, N, HIDDEN].
         let flat = to_tokens(x);
         let hidden = flat.apply(&self.fc1).relu();
-        // The one-output layer as a matrix-vector product: the same numbers as `fc2`, but its
-        // backward is an outer product rather than a slow rank-1 matrix multiplication.
-        let scores = hidden.matmul(&self.fc2.ws.reshape([HIDDEN])); // [B, N]
-        let scores = match &self.fc2.bs {
-            Some(bias) => scores + bias,
-            None => scores,
-        };
-        let weights = scores.softmax(1, scores.kind()).unsqueeze(1); // [B, 1, N]
-        let pooled = weights.bmm(&flat).squeeze_dim(1); // [B, C]
+        let pooled = fp32(x.device(), || {
+            // The one-output layer as a matrix-vector product: the same numbers as `fc2`, but its
+            // backward is an outer product rather than a slow rank-1 matrix multiplication.
+            let fc2 = self.fc2.ws.reshape([HIDDEN]).to_kind(Kind::Float);
+            let scores = hidden.to_kind(Kind::Float).matmul(&fc2); // [B, N]
+            let scores = match &self.fc2.bs {
+                Some(bias) => scores + bias,
+                None => scores,
+            };
+            let weights = scores.softmax(1, Kind::Float).unsqueeze(1); // [B, 1, N]
+            weights.bmm(&flat.to_kind(Kind::Float)).squeeze_dim(1) // [B, C]
+        });
         match &self.proj {
             Some(proj) => proj.forward(&pooled),
             None => pooled,
+        }
+    }
+
+    /// The scoring MLP's hidden layer and the projection stored as `kind`, its scoring layer
+    /// float32; everything detached.
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        freeze_linear(&mut self.fc1, kind);
+        freeze_linear(&mut self.fc2, Kind::Float);
+        if let Some(proj) = &mut self.proj {
+            freeze_linear(proj, kind);
         }
     }
 }
@@ -73,5 +88,11 @@ impl LevelPools {
             .zip(feats)
             .map(|(pool, f)| pool.forward(f))
             .collect()
+    }
+
+    pub(crate) fn prepare_inference(&mut self, kind: Kind) {
+        self.pools
+            .iter_mut()
+            .for_each(|p| p.prepare_inference(kind));
     }
 }

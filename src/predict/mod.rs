@@ -6,9 +6,11 @@
 //! strip of rows per row of windows from every input (the inputs in parallel), cuts and
 //! normalises the windows in parallel (rayon) and hands them over in batches through a bounded
 //! queue while the model runs the previous batch. Window probabilities are blended with a cosine ramp by a
-//! [`BandStitcher`], which holds only the band of rows still being written; finished rows go
-//! straight to the output GeoTIFFs ([`writer::StreamingTiff`]). Memory therefore depends on the
-//! scene's width, never on its height.
+//! [`BandStitcher`], which holds only the band of rows still being written, on a second
+//! background thread (`Blender`) that also writes the finished rows to the output GeoTIFFs
+//! ([`writer::StreamingTiff`]), so the model's thread only runs the model. Memory therefore
+//! depends on the scene's width, never on its height. [`Summary::timings`] says where the time
+//! went.
 //!
 //! Which branch runs follows from the inputs given ([`Route::choose`]): all of them, the teacher;
 //! otherwise the student for the missing set, or, with `allow_fill`, the teacher with the
@@ -23,7 +25,9 @@ pub mod writer;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -32,6 +36,7 @@ use crate::data::config::ClassInfo;
 use crate::data::raster::{GeoRef, RasterInfo, WriteOptions};
 use crate::model::modality::input_flags;
 use crate::model::{Dis2Net, Route};
+use crate::precision::Precision;
 use crate::progress::Progress;
 use crate::tiling::{BandStitcher, FinishedRows, WindowGrid};
 use reader::{batches, BatchReader, Input, Prepared};
@@ -71,8 +76,9 @@ pub struct PredictOptions {
     /// Run the teacher with missing modalities filled when the checkpoint has no student for them.
     pub allow_fill: bool,
     pub probs_type: ProbsType,
-    /// Batches prepared ahead of the model on a background thread; 0: read each batch on the
-    /// calling thread, in turn with the model (no overlap).
+    /// Batches prepared ahead of the model on a background thread (and blending and writing on
+    /// another, behind it); 0: read, run, blend and write each batch on the calling thread, in
+    /// turn (no overlap).
     pub prefetch: usize,
     /// Plain progress lines only, at most one a minute.
     pub quiet: bool,
@@ -104,17 +110,31 @@ pub fn share_cpu_threads(device: Device) {
     }
 }
 
-/// A loaded model ready to predict, with the normalisation it was trained with.
+/// A loaded model ready to predict, with the normalisation it was trained with: prepared for
+/// inference in its precision ([`Dis2Net::prepare_inference`]: BatchNorm folded, weights in the
+/// computing precision, no autograd state).
 pub struct Predictor {
     pub loaded: Loaded,
     pub device: Device,
 }
 
 impl Predictor {
+    /// [`Self::load_in`] fp32.
     pub fn load(checkpoint: &Path, device: Device) -> Result<Self> {
-        let loaded = crate::checkpoint::load(checkpoint, device)
+        Self::load_in(checkpoint, device, Precision::Fp32)
+    }
+
+    /// Loads `checkpoint` onto `device` and prepares it to compute in `precision`.
+    pub fn load_in(checkpoint: &Path, device: Device, precision: Precision) -> Result<Self> {
+        let mut loaded = crate::checkpoint::load(checkpoint, device)
             .with_context(|| format!("--checkpoint {}", checkpoint.display()))?;
+        loaded.net.prepare_inference(precision);
         Ok(Self { loaded, device })
+    }
+
+    /// The precision the model computes in.
+    pub fn precision(&self) -> Precision {
+        self.loaded.net.precision()
     }
 
     pub fn info(&self) -> &CheckpointInfo {
@@ -135,6 +155,26 @@ pub struct Summary {
     pub seconds: f64,
     pub valid_pixels: u64,
     pub route: String,
+    /// The precision the model computed in.
+    pub precision: Precision,
+    pub timings: Timings,
+}
+
+/// Where a scene's time went, in seconds. With background threads (`prefetch` > 0) reading and
+/// blending overlap the model: `read_s` and `handoff_s` are what the model's thread waited for
+/// them, `blend_s` and `write_s` the blending thread's own time.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Timings {
+    /// Reading, cutting and normalising windows (inline), or waiting for the reader.
+    pub read_s: f64,
+    /// The model: the windows to the device, the forward pass, the probabilities back.
+    pub model_s: f64,
+    /// Blending window probabilities into the band of rows (float32 sums).
+    pub blend_s: f64,
+    /// Finished rows: class map (argmax), probabilities, preview, GeoTIFF writes.
+    pub write_s: f64,
+    /// Waiting for the blending thread to take the next batch (it fell behind).
+    pub handoff_s: f64,
 }
 
 impl Summary {
@@ -525,59 +565,141 @@ fn window_probs(
     Ok(probs)
 }
 
-/// Adds a batch's window probabilities (`probs`, `K` classes each) and validity to the
-/// stitcher and writes the rows that became final.
-fn blend(
-    stitcher: &mut BandStitcher,
-    sink: &mut Sink,
-    batch: &Prepared,
-    probs: &[f32],
-) -> Result<()> {
-    let k = sink.classes;
-    for (i, (window, valid)) in batch.windows.iter().zip(&batch.valid).enumerate() {
-        let plane = valid.len();
-        let mut values = Vec::with_capacity((k + 1) * plane);
-        values.extend_from_slice(&probs[i * k * plane..(i + 1) * k * plane]);
-        values.extend_from_slice(valid);
-        if let Some(done) = stitcher.add(*window, &values)? {
-            sink.rows(&done)?;
-        }
-    }
-    Ok(())
+/// Blending and writing: the stitcher and the outputs, with the time each took.
+struct BlendStage {
+    stitcher: BandStitcher,
+    sink: Sink,
+    timings: Timings,
 }
 
-/// Runs the plan's branch over every window (read ahead on a background thread when
-/// `options.prefetch` > 0), blends the windows and writes the finished rows into `sink`.
+impl BlendStage {
+    /// Adds a batch's window probabilities (`probs`, `K` classes each) and validity to the
+    /// stitcher and writes the rows that became final.
+    fn add(&mut self, batch: &Prepared, probs: &[f32]) -> Result<()> {
+        let k = self.sink.classes;
+        for (i, (window, valid)) in batch.windows.iter().zip(&batch.valid).enumerate() {
+            let started = Instant::now();
+            let plane = valid.len();
+            let mut values = Vec::with_capacity((k + 1) * plane);
+            values.extend_from_slice(&probs[i * k * plane..(i + 1) * k * plane]);
+            values.extend_from_slice(valid);
+            let done = self.stitcher.add(*window, &values)?;
+            self.timings.blend_s += started.elapsed().as_secs_f64();
+            if let Some(done) = done {
+                let started = Instant::now();
+                self.sink.rows(&done)?;
+                self.timings.write_s += started.elapsed().as_secs_f64();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The blend stage in turn with the model (inline), or on a background thread fed through a
+/// bounded queue of batches.
+enum Blender {
+    Inline(BlendStage),
+    Background {
+        queue: SyncSender<(Prepared, Vec<f32>)>,
+        handle: JoinHandle<Result<BlendStage>>,
+    },
+}
+
+impl Blender {
+    fn new(stage: BlendStage, background: bool) -> Self {
+        if !background {
+            return Blender::Inline(stage);
+        }
+        let (queue, batches) = sync_channel::<(Prepared, Vec<f32>)>(2);
+        let handle = std::thread::spawn(move || {
+            let mut stage = stage;
+            for (batch, probs) in batches {
+                stage.add(&batch, &probs)?;
+            }
+            Ok(stage)
+        });
+        Blender::Background { queue, handle }
+    }
+
+    /// Blends a batch, or hands it over; returns the seconds spent waiting for the hand-over.
+    fn add(&mut self, batch: Prepared, probs: Vec<f32>) -> Result<f64> {
+        match self {
+            Blender::Inline(stage) => stage.add(&batch, &probs).map(|()| 0.0),
+            Blender::Background { queue, .. } => {
+                let started = Instant::now();
+                // A closed queue means the thread stopped on an error, which `finish` returns.
+                let _ = queue.send((batch, probs));
+                Ok(started.elapsed().as_secs_f64())
+            }
+        }
+    }
+
+    /// The stage once every batch is blended and written (the background thread's error, if any).
+    fn finish(self) -> Result<BlendStage> {
+        match self {
+            Blender::Inline(stage) => Ok(stage),
+            Blender::Background { queue, handle } => {
+                drop(queue);
+                handle
+                    .join()
+                    .map_err(|_| anyhow!("the blending thread panicked"))?
+            }
+        }
+    }
+}
+
+/// Runs the plan's branch over every window and blends and writes the finished rows into
+/// `sink`; with `options.prefetch` > 0 reading runs ahead and blending behind the model on two
+/// background threads. Returns the sink and where the time went.
 fn run_windows(
     predictor: &Predictor,
     plan: ScenePlan,
-    sink: &mut Sink,
+    sink: Sink,
     options: &PredictOptions,
     label: &str,
-) -> Result<()> {
+) -> Result<(Sink, Timings)> {
     let k = sink.classes;
-    let mut stitcher = BandStitcher::new(plan.grid.clone(), k + 1);
+    let stage = BlendStage {
+        stitcher: BandStitcher::new(plan.grid.clone(), k + 1),
+        sink,
+        timings: Timings::default(),
+    };
+    let mut blender = Blender::new(stage, options.prefetch > 0);
     let mut progress = window_progress(plan.grid.len(), label, options.quiet);
     let inputs = Arc::new(plan.inputs);
     let reader = BatchReader::open(inputs.clone(), plan.grid, options.batch)?;
-    let (batches, reading) = batches(reader, options.prefetch);
+    let (mut batches, reading) = batches(reader, options.prefetch);
+    let mut timings = Timings::default();
     let result = (|| -> Result<()> {
-        for batch in batches {
+        loop {
+            let started = Instant::now();
+            let Some(batch) = batches.next() else {
+                return Ok(());
+            };
             let batch = batch?;
+            let read = Instant::now();
             let probs = window_probs(predictor, &plan.route, &inputs, &batch, k)?;
-            blend(&mut stitcher, sink, &batch, &probs)?;
-            windows_done(&mut progress, label, batch.windows.len());
+            timings.read_s += (read - started).as_secs_f64();
+            timings.model_s += read.elapsed().as_secs_f64();
+            let n = batch.windows.len();
+            timings.handoff_s += blender.add(batch, probs)?;
+            windows_done(&mut progress, label, n);
         }
-        Ok(())
     })();
+    // Ends the reading thread whether or not the loop finished (a closed queue stops it).
+    drop(batches);
     if let Some(handle) = reading {
-        // The queue is closed (the loop consumed or dropped it), so the thread ends.
         handle
             .join()
             .map_err(|_| anyhow!("the reading thread panicked"))?;
     }
+    let stage = blender.finish();
     progress.finish_and_clear();
-    result
+    result?;
+    let stage = stage?;
+    timings.blend_s = stage.timings.blend_s;
+    timings.write_s = stage.timings.write_s;
+    Ok((stage.sink, timings))
 }
 
 /// Predicts one scene and writes its outputs. Nothing is left at the output paths on error.
@@ -594,7 +716,7 @@ pub fn predict_scene(
     let started = Instant::now();
     let info = predictor.info();
     let plan = ScenePlan::new(info, job, options)?;
-    let mut sink = Sink::create(info, job, options.probs_type, &plan.header)?;
+    let sink = Sink::create(info, job, options.probs_type, &plan.header)?;
     let label = job.out.display().to_string();
     if matches!(plan.route, Route::TeacherFill(_)) && options.announce_fill {
         eprintln!("{label}: {}", plan.route.describe(&info.model));
@@ -606,7 +728,7 @@ pub fn predict_scene(
         .iter()
         .map(|i| i.path.display().to_string())
         .collect();
-    run_windows(predictor, plan, &mut sink, options, &label)?;
+    let (sink, timings) = run_windows(predictor, plan, sink, options, &label)?;
     if sink.valid_pixels == 0 {
         bail!(
             "every pixel is nodata in at least one input ({}): nothing to classify",
@@ -622,5 +744,7 @@ pub fn predict_scene(
         seconds: started.elapsed().as_secs_f64(),
         valid_pixels,
         route,
+        precision: predictor.precision(),
+        timings,
     })
 }

@@ -30,6 +30,7 @@ use crate::config::Experiment;
 use crate::data::layouts::Split;
 use crate::device::DeviceChoice;
 use crate::eval::{evaluate, EvalOptions, EvalRequest};
+use crate::precision::PrecisionChoice;
 use crate::progress::Progress;
 use crate::train::run::{RunDir, RunKind, RunSpec};
 use crate::train::trainer::{self, TrainOptions};
@@ -65,6 +66,8 @@ pub struct SweepRequest {
     /// The device to train and score on, resolved only once there is something to run (not
     /// with `list` or `collect`).
     pub device: DeviceChoice,
+    /// The precision the cells are scored in (training follows `train.precision`).
+    pub precision: PrecisionChoice,
 }
 
 /// `sweep.yaml`: what a sweep folder holds; a restart or another shard must ask for the same.
@@ -78,6 +81,13 @@ struct SweepSpec {
     split: String,
     exclude: Vec<String>,
     modality_dropout: f64,
+    /// The scoring precision (left out of sweep.yaml when fp32, as before it was recorded).
+    #[serde(default, skip_serializing_if = "is_fp32")]
+    precision: PrecisionChoice,
+}
+
+fn is_fp32(p: &PrecisionChoice) -> bool {
+    *p == PrecisionChoice::Fp32
 }
 
 /// The sweep folder's paths.
@@ -154,6 +164,7 @@ pub fn sweep(args: &SweepRequest) -> Result<()> {
         split: args.split.as_str().to_string(),
         exclude: args.exclude.clone(),
         modality_dropout: args.modality_dropout,
+        precision: args.precision,
     };
     claim(&dir, &spec, &exp)?;
     let device = args.device.resolve()?;
@@ -404,6 +415,7 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
         // Figures are for a look at one model; the sweep only needs the scores.
         options: EvalOptions::default(),
         device,
+        precision: spec.precision.resolve(device).context("--precision")?,
         quiet: true,
     };
     // Evaluation shares the CPU threads between libtorch and the reader; training wants them

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use super::optim::OptimizerConfig;
 use super::schedule::{ScheduleConfig, ScheduleShape};
+use crate::precision::PrecisionChoice;
 
 /// How long and how to train. Steps are optimiser steps; an epoch is
 /// `data.sampling.samples_per_epoch / batch_size` batches.
@@ -50,9 +51,15 @@ pub struct TrainConfig {
     /// modalities joined with `+` (e.g. `sar: 0.6`, `dsm+sar: 0.4`); default: uniform.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub joint_probabilities: BTreeMap<String, f64>,
-    /// Mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU.
-    #[serde(default)]
-    pub mixed_precision: bool,
+    /// `fp32`, `bf16` (autocast-style mixed precision: bfloat16 convolutions and matrix
+    /// products, float32 parameters, losses and reductions; CPU and CUDA) or `auto` (bf16 where
+    /// the device computes it in hardware). `--precision` of the training commands overrides it.
+    #[serde(default, skip_serializing_if = "is_fp32")]
+    pub precision: PrecisionChoice,
+}
+
+fn is_fp32(p: &PrecisionChoice) -> bool {
+    *p == PrecisionChoice::Fp32
 }
 
 fn default_epochs() -> u64 {
@@ -104,7 +111,7 @@ impl Default for TrainConfig {
             orth_weight: 1.0,
             image_every: default_image_every(),
             joint_probabilities: BTreeMap::new(),
-            mixed_precision: false,
+            precision: PrecisionChoice::Fp32,
         }
     }
 }

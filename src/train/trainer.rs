@@ -129,7 +129,9 @@ impl Trainer {
     fn new(exp: Experiment, spec: RunSpec, run: RunDir, opts: TrainOptions) -> Result<Self> {
         tch::manual_seed(exp.seed as i64);
         let vs = nn::VarStore::new(opts.device);
-        let net = Dis2Net::new(&vs.root(), &exp.model)?;
+        let mut net = Dis2Net::new(&vs.root(), &exp.model)?;
+        let precision = exp.train.precision.resolve(opts.device);
+        net.set_precision(precision.context("train.precision")?);
         let scenarios = net.scenarios().to_vec();
         // What trains: everything but, for a student, the frozen teacher and encoders.
         let trainable = |name: &str| spec.kind != RunKind::Distill || name.starts_with("students.");
@@ -266,13 +268,14 @@ impl Trainer {
     /// The first line a run prints: its kind, folder, size, device and starting step.
     fn banner(&self, total: u64) -> String {
         format!(
-            "{} run in {}: {} steps of {} x {} samples on {:?}, from step {}",
+            "{} run in {}: {} steps of {} x {} samples on {:?} in {}, from step {}",
             kind_name(self.spec.kind),
             self.run.root.display(),
             total,
             self.exp.train.accumulate,
             self.exp.data.sampling.batch_size,
             self.opts.device,
+            self.net.precision(),
             self.step
         )
     }
@@ -373,7 +376,6 @@ impl Trainer {
         } else {
             0.0
         };
-        let amp = train.mixed_precision && device.is_cuda();
         match self.spec.kind {
             RunKind::Teacher => {
                 if self.spec.modality_dropout > 0.0 {
@@ -381,14 +383,12 @@ impl Trainer {
                     inputs = modality_dropout(&inputs, self.spec.modality_dropout, &mut rng);
                 }
                 let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-                let out = tch::autocast(amp, || self.net.forward_train_teacher(&given, true))?;
+                let out = self.net.forward_train_teacher(&given, true)?;
                 Ok(teacher_objective(&out, &self.modality_names, &target))
             }
             RunKind::Distill => {
                 let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-                let out = tch::autocast(amp, || {
-                    self.net.forward_distill(&self.scenarios[0], &given, true)
-                })?;
+                let out = self.net.forward_distill(&self.scenarios[0], &given, true)?;
                 Ok(distill_objective(
                     &out,
                     &target,
@@ -400,9 +400,7 @@ impl Trainer {
                 let mut rng = Rng::derive(self.exp.seed, STREAM_JOINT_SCENARIO, b);
                 let scenario = &self.scenarios[draw(&self.scenario_weights, &mut rng)];
                 let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-                let step = tch::autocast(amp, || {
-                    forward_joint(&self.net, scenario, &given, true, self.joint_backward)
-                })?;
+                let step = forward_joint(&self.net, scenario, &given, true, self.joint_backward)?;
                 Ok(joint_objective(
                     &step,
                     &self.modality_names,
