@@ -1,37 +1,45 @@
-//! `make bench-step`: milliseconds per training step on the CPU, as the reference
-//! `run_experiment_35.py` trains and `dis2 distill --joint` runs it: teacher and student together
-//! (`train::joint_backward::forward_joint` with the backward strategy the trainer chooses), the
-//! joint objective of `train::objective` (KD weight 5, orthogonality weight 1, every pixel
-//! counted), backward, SGD (momentum 0.99, Nesterov) with the optimiser `dis2 distill --joint`
-//! uses.
-//! Two settings: base width 32, 128x128, batch 4; and base width 8, 64x64, batch 8; 5 classes,
-//! modalities 3 + 1 bands. Besides the median step it prints the mean time of each phase.
+//! `make bench-step`: milliseconds per training step on the CPU, in fp32 and in bf16, as the
+//! reference `run_experiment_35.py` trains and `dis2 distill --joint` runs it: teacher and student
+//! together (`train::joint_backward::forward_joint` with the backward strategy the trainer
+//! chooses), the joint objective of `train::objective` (KD weight 5, orthogonality weight 1,
+//! every pixel counted), backward, SGD (momentum 0.99, Nesterov) with the optimiser
+//! `dis2 distill --joint` uses; bf16 is the trainer's `train.precision: bf16` (autocast-style,
+//! float32 weights).
 //!
-//! GFLOP/s uses the given figure of about 152 GFLOP per width-32 step (128x128, batch 4), scaled
-//! for the other setting by width², pixels and batch (convolutions dominate), not a count.
+//! Two settings: base width 32, 128x128, batch 4; and base width 8, 64x64, batch 8; 5 classes,
+//! modalities 3 + 1 bands. The two precisions alternate in blocks of steps on one model, so that
+//! their ratio comes from the same minutes of a shared machine. Besides the median step it prints
+//! the mean time of each phase.
+//!
+//! GFLOP per step: 3 x the convolution and matrix-product operations of the training forward
+//! (counted by libtorch's profiler on the fp32 forward; the backward pass costs about twice the
+//! forward). GFLOP/s is then given as a share of the machine's peak measured in the same run: a
+//! 2048 x 2048 matrix product in each precision, before and after the steps (the faster).
+//! Threads: libtorch's default (all cores; `OMP_NUM_THREADS` sets another number).
 
 use std::time::Instant;
 
 use anyhow::Result;
 use dis2::model::config::{ModalitySpec, ModelConfig};
 use dis2::model::{Dis2Net, Scenario};
+use dis2::native::profile;
+use dis2::precision::Precision;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target};
+use dis2::train::objective::{joint_objective, masked_target, Target};
 use dis2::train::optim::{Optimizer, OptimizerConfig};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
-
-/// GFLOP of one width-32, 128x128, batch-4 training step.
-const GFLOP_W32: f64 = 152.0;
 
 struct Setting {
     width: i64,
     size: i64,
     batch: i64,
     warmup: usize,
-    steps: usize,
-    /// Seconds per step of the reference PyTorch code on 2 cores (given).
-    reference_s: f64,
+    /// Steps per block; blocks alternate fp32 and bf16.
+    block: usize,
+    blocks: usize,
+    /// The issue's targets in seconds per step: (fp32, bf16).
+    target_s: Option<(f64, f64)>,
 }
 
 /// The model of a setting: modalities 3 + 1 bands, 5 classes.
@@ -59,45 +67,127 @@ fn config(s: &Setting) -> ModelConfig {
     }
 }
 
-/// Times the warm-up and measured steps of a setting and prints its figures.
-fn run(s: &Setting) -> Result<()> {
-    tch::manual_seed(0);
-    let cfg = config(s);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let net = Dis2Net::new(&vs.root(), &cfg)?;
-    let params = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
+/// GFLOP/s of an `n x n` matrix product in `kind`, median of 5 after a warm-up.
+fn gemm_gflops(kind: Kind, n: i64) -> f64 {
+    let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(kind);
+    let _ = a.matmul(&b);
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            let _ = a.matmul(&b);
+            t.elapsed().as_secs_f64()
+        })
         .collect();
-    let sgd = OptimizerConfig::Sgd {
-        momentum: 0.99,
-        nesterov: true,
-        weight_decay: 0.0,
-    };
-    let mut opt = Optimizer::new(sgd, params);
-    let opts = (Kind::Float, Device::Cpu);
-    let rgb = Tensor::randn([s.batch, 3, s.size, s.size], opts);
-    let ndsm = Tensor::randn([s.batch, 1, s.size, s.size], opts);
-    let labels = Tensor::randint(5, [s.batch, s.size, s.size], (Kind::Int64, Device::Cpu));
-    let target = masked_target(&labels, 255, 5, None)?;
-    let scenarios = [Scenario::new(vec![0], 2)?, Scenario::new(vec![1], 2)?];
-    let names: Vec<String> = cfg.modalities.iter().map(|m| m.name.clone()).collect();
-    let strategy = JointBackward::choose(Device::Cpu, &cfg, s.batch);
+    times.sort_by(f64::total_cmp);
+    2.0 * (n as f64).powi(3) / times[2] / 1e9
+}
 
-    // Seconds spent in forward, loss, backward and optimiser step.
-    let mut phases = [0.0f64; 4];
-    let mut step = |i: usize| -> Result<f64> {
+/// The peak of each precision: (fp32, bf16) GFLOP/s of a 2048 x 2048 matrix product.
+fn peaks() -> (f64, f64) {
+    (
+        gemm_gflops(Kind::Float, 2048),
+        gemm_gflops(Kind::BFloat16, 2048),
+    )
+}
+
+/// One setting's model, optimiser and data.
+struct Bench {
+    /// Owns the variables the model and the optimiser share.
+    _vs: nn::VarStore,
+    net: Dis2Net,
+    opt: Optimizer,
+    inputs: [Tensor; 2],
+    target: Target,
+    scenarios: [Scenario; 2],
+    strategy: JointBackward,
+    names: Vec<String>,
+}
+
+impl Bench {
+    fn new(s: &Setting) -> Result<Self> {
+        tch::manual_seed(0);
+        let cfg = config(s);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let net = Dis2Net::new(&vs.root(), &cfg)?;
+        let params = vs
+            .variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect();
+        let sgd = OptimizerConfig::Sgd {
+            momentum: 0.99,
+            nesterov: true,
+            weight_decay: 0.0,
+        };
+        let opts = (Kind::Float, Device::Cpu);
+        let labels = Tensor::randint(5, [s.batch, s.size, s.size], (Kind::Int64, Device::Cpu));
+        Ok(Bench {
+            opt: Optimizer::new(sgd, params),
+            inputs: [
+                Tensor::randn([s.batch, 3, s.size, s.size], opts),
+                Tensor::randn([s.batch, 1, s.size, s.size], opts),
+            ],
+            target: masked_target(&labels, 255, 5, None)?,
+            scenarios: [Scenario::new(vec![0], 2)?, Scenario::new(vec![1], 2)?],
+            strategy: JointBackward::choose(Device::Cpu, &cfg, s.batch),
+            names: cfg.modalities.iter().map(|m| m.name.clone()).collect(),
+            _vs: vs,
+            net,
+        })
+    }
+
+    /// GFLOP of a training step: 3 x the fp32 training forward's convolutions and matrix
+    /// products as libtorch's profiler counts them.
+    fn step_gflop(&mut self) -> Result<f64> {
+        self.net.set_precision(Precision::Fp32);
+        let inputs = [Some(&self.inputs[0]), Some(&self.inputs[1])];
+        let (out, ops) = profile(|| {
+            tch::no_grad(|| {
+                forward_joint(&self.net, &self.scenarios[0], &inputs, true, self.strategy)
+            })
+        })?;
+        out?;
+        let matrix_ops = [
+            "aten::conv2d",
+            "aten::mm",
+            "aten::addmm",
+            "aten::bmm",
+            "aten::baddbmm",
+        ];
+        let flops: u64 = ops
+            .iter()
+            .filter(|o| matrix_ops.contains(&o.name.as_str()))
+            .map(|o| o.flops)
+            .sum();
+        Ok(3.0 * flops as f64 / 1e9)
+    }
+
+    /// One step in `precision`; adds the seconds of forward, loss, backward and optimiser to
+    /// `phases` and returns the step's seconds and loss.
+    fn step(
+        &mut self,
+        precision: Precision,
+        i: usize,
+        phases: &mut [f64; 4],
+    ) -> Result<(f64, f64)> {
+        self.net.set_precision(precision);
         let t0 = Instant::now();
-        let inputs = [Some(&rgb), Some(&ndsm)];
-        let out = forward_joint(&net, &scenarios[i % 2], &inputs, true, strategy)?;
+        let inputs = [Some(&self.inputs[0]), Some(&self.inputs[1])];
+        let out = forward_joint(
+            &self.net,
+            &self.scenarios[i % 2],
+            &inputs,
+            true,
+            self.strategy,
+        )?;
         let t1 = Instant::now();
-        let loss = joint_objective(&out, &names, &target, 5.0, 1.0);
+        let loss = joint_objective(&out, &self.names, &self.target, 5.0, 1.0);
         let t2 = Instant::now();
-        opt.zero_grad();
+        self.opt.zero_grad();
         loss.backward(1.0)?;
         let t3 = Instant::now();
-        opt.step(1e-3)?;
+        self.opt.step(1e-3)?;
         let t4 = Instant::now();
         for (sum, (a, b)) in phases
             .iter_mut()
@@ -105,81 +195,168 @@ fn run(s: &Setting) -> Result<()> {
         {
             *sum += (b - a).as_secs_f64();
         }
-        Ok(loss.total.double_value(&[]))
-    };
-    for i in 0..s.warmup {
-        step(i)?;
+        Ok(((t4 - t0).as_secs_f64(), loss.total.double_value(&[])))
     }
-    let mut times = Vec::with_capacity(s.steps);
-    let mut last = 0.0;
-    for i in 0..s.steps {
-        let start = Instant::now();
-        last = step(i)?;
-        times.push(start.elapsed().as_secs_f64());
-    }
-    let steps_run = (s.warmup + s.steps) as f64;
-    print_figures(s, times, phases.map(|p| p / steps_run * 1e3), last);
-    Ok(())
 }
 
-/// The median and fastest of the measured step `times` (seconds), throughput, and the mean
-/// `phases` (forward, loss, backward, optimiser; milliseconds).
-fn print_figures(s: &Setting, mut times: Vec<f64>, phases: [f64; 4], last: f64) {
-    let [fwd, loss_ms, bwd, opt_ms] = phases;
-    times.sort_by(f64::total_cmp);
-    // The median step: robust to a neighbour's burst on a shared machine.
-    let per_step = times[times.len() / 2];
-    let fastest = times[0];
-    let scale = (s.width as f64 / 32.0).powi(2) * (s.size * s.size) as f64 / (128.0 * 128.0)
-        * s.batch as f64
-        / 4.0;
-    let gflop = GFLOP_W32 * scale;
-    println!(
-        "width {:2}, {}x{}, batch {}: {:7.1} ms/step (median of {}, fastest {:.1}), {:6.2} samples/s, \
-         {:5.1} GFLOP/s ({:.1} GFLOP/step, scaled figure); reference {:.0} ms/step -> {:.2}x its \
-         throughput  [loss {last:.3}]",
-        s.width,
-        s.size,
-        s.size,
-        s.batch,
-        per_step * 1e3,
-        s.steps,
-        fastest * 1e3,
-        s.batch as f64 / per_step,
-        gflop / per_step,
-        gflop,
-        s.reference_s * 1e3,
-        s.reference_s / per_step,
+/// What one precision measured in a setting.
+#[derive(Default)]
+struct Measured {
+    times: Vec<f64>,
+    phases: [f64; 4],
+    steps: usize,
+    loss: f64,
+}
+
+impl Measured {
+    fn median(&self) -> f64 {
+        let mut t = self.times.clone();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    }
+}
+
+/// One setting's result in one precision, for the summary.
+struct Row {
+    setting: String,
+    precision: Precision,
+    per_step: f64,
+    gflop: f64,
+    target_s: Option<f64>,
+}
+
+/// Times a setting in both precisions (blocks alternating), prints its figures and returns them.
+fn run(s: &Setting) -> Result<Vec<Row>> {
+    let mut bench = Bench::new(s)?;
+    let gflop = bench.step_gflop()?;
+    let precisions = [Precision::Fp32, Precision::Bf16];
+    let mut measured: [Measured; 2] = Default::default();
+    for (p, m) in precisions.iter().zip(measured.iter_mut()) {
+        for i in 0..s.warmup {
+            bench.step(*p, i, &mut [0.0; 4])?;
+        }
+        m.steps = 0;
+    }
+    for block in 0..s.blocks {
+        for (j, (p, m)) in precisions.iter().zip(measured.iter_mut()).enumerate() {
+            for i in 0..s.block {
+                let (secs, loss) = bench.step(*p, block * s.block + i + j, &mut m.phases)?;
+                m.times.push(secs);
+                m.steps += 1;
+                m.loss = loss;
+            }
+        }
+    }
+    let setting = format!(
+        "width {}, {}x{}, batch {}",
+        s.width, s.size, s.size, s.batch
     );
     println!(
-        "          mean phases: forward {fwd:.1} ms, loss {loss_ms:.1} ms, backward {bwd:.1} ms, \
-         optimiser {opt_ms:.1} ms"
+        "{setting}: {gflop:.1} GFLOP per step (3 x the forward's counted), {} x {} alternating \
+         steps per precision",
+        s.blocks, s.block
     );
+    let mut rows = Vec::new();
+    for (i, (p, m)) in precisions.iter().zip(&measured).enumerate() {
+        let per_step = m.median();
+        let [fwd, loss, bwd, opt] = m.phases.map(|x| x / m.steps as f64 * 1e3);
+        println!(
+            "  {p}: {:7.1} ms/step (median, fastest {:.1}), {:6.2} samples/s, {:5.0} GFLOP/s  \
+             [loss {:.3}]",
+            per_step * 1e3,
+            m.times.iter().copied().fold(f64::INFINITY, f64::min) * 1e3,
+            s.batch as f64 / per_step,
+            gflop / per_step,
+            m.loss,
+        );
+        println!(
+            "        phases: forward {fwd:.1} ms, loss {loss:.1} ms, backward {bwd:.1} ms, \
+             optimiser {opt:.1} ms"
+        );
+        rows.push(Row {
+            setting: setting.clone(),
+            precision: *p,
+            per_step,
+            gflop,
+            target_s: s.target_s.map(|(f, b)| if i == 0 { f } else { b }),
+        });
+    }
+    println!(
+        "  bf16 / fp32 speed: {:.2}x",
+        measured[0].median() / measured[1].median()
+    );
+    Ok(rows)
+}
+
+/// The summary: each setting and precision against its GEMM peak (the faster of the two
+/// measurements) and its target.
+fn summary(rows: &[Row], peak: (f64, f64)) {
+    println!("\nsummary (share of the GEMM peak of the same precision, measured in this run):");
+    for r in rows {
+        let peak = match r.precision {
+            Precision::Fp32 => peak.0,
+            Precision::Bf16 => peak.1,
+        };
+        let rate = r.gflop / r.per_step;
+        let target = r.target_s.map_or(String::new(), |t| {
+            let met = if r.per_step <= t { "met" } else { "missed" };
+            format!(", target <= {:.0} ms: {met}", t * 1e3)
+        });
+        println!(
+            "  {}, {}: {:.1} ms/step, {:.0} GFLOP/s = {:.1}% of {:.0} GFLOP/s{target}",
+            r.setting,
+            r.precision,
+            r.per_step * 1e3,
+            rate,
+            100.0 * rate / peak,
+            peak
+        );
+    }
 }
 
 fn main() -> Result<()> {
     dis2::alloc::tune_allocator();
-    println!("dis2 bench-step: CPU, {} threads, libtorch training step (forward, full loss, backward, SGD)", tch::get_num_threads());
+    println!(
+        "dis2 bench-step: CPU, {} threads; CPU bf16: {}",
+        tch::get_num_threads(),
+        dis2::precision::CpuBf16::detect().describe()
+    );
+    let before = peaks();
+    println!(
+        "GEMM 2048^2 peak: fp32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s (bf16 / fp32 {:.2}x)",
+        before.0,
+        before.1,
+        before.1 / before.0
+    );
     let settings = [
         Setting {
             width: 32,
             size: 128,
             batch: 4,
             warmup: 2,
-            steps: 9,
-            reference_s: 1.89,
+            block: 3,
+            blocks: 3,
+            target_s: Some((0.6, 0.5)),
         },
         Setting {
             width: 8,
             size: 64,
             batch: 8,
             warmup: 3,
-            steps: 31,
-            reference_s: 0.31,
+            block: 8,
+            blocks: 4,
+            target_s: None,
         },
     ];
+    let mut rows = Vec::new();
     for s in &settings {
-        run(s)?;
+        rows.extend(run(s)?);
     }
+    let after = peaks();
+    println!(
+        "GEMM 2048^2 peak after the steps: fp32 {:.0} GFLOP/s, bf16 {:.0} GFLOP/s",
+        after.0, after.1
+    );
+    summary(&rows, (before.0.max(after.0), before.1.max(after.1)));
     Ok(())
 }
