@@ -48,8 +48,9 @@ pub fn report(device: DeviceChoice) -> Result<Vec<(&'static str, String)>> {
         (
             "precision auto",
             format!(
-                "{} on {resolved:?}",
-                PrecisionChoice::Auto.resolve(resolved)?
+                "{} on {resolved:?} (inference), {} (training)",
+                PrecisionChoice::Auto.resolve(resolved)?,
+                PrecisionChoice::Auto.resolve_for_training(resolved)?
             ),
         ),
     ])
