@@ -260,11 +260,7 @@ impl SceneScorer<'_> {
             rows.rows,
             self.erode,
         )?;
-        let scored: Vec<i64> = labels
-            .iter()
-            .zip(rows.valid)
-            .map(|(&l, &ok)| if ok { l } else { self.dataset.ignore_index })
-            .collect();
+        let scored = scored_labels(&labels, rows.valid, self.dataset.ignore_index);
         let preds: Vec<i64> = rows.classes.iter().map(|&p| i64::from(p)).collect();
         self.cm
             .add_pairs(&scored, &preds, self.dataset.ignore_index)
@@ -307,6 +303,16 @@ fn class_map_job(
         probs: None,
         preview: None,
     }
+}
+
+/// The labels as scored: `labels` where the class map has a prediction (`predicted`),
+/// `ignore_index` elsewhere.
+fn scored_labels(labels: &[i64], predicted: &[bool], ignore_index: i64) -> Vec<i64> {
+    labels
+        .iter()
+        .zip(predicted)
+        .map(|(&l, &ok)| if ok { l } else { ignore_index })
+        .collect()
 }
 
 /// The labels of rows `first..first + rows` of scene `index` of `size` (width, height): as
@@ -621,4 +627,59 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
     ));
     crate::fsutil::write_atomic(&out.join("metrics.csv"), csv.as_bytes())?;
     crate::report::confusion_matrix_png(&out.join("confusion.png"), cm, names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Vec<ClassInfo> {
+        [[255, 255, 255], [0, 0, 255]]
+            .into_iter()
+            .enumerate()
+            .map(|(i, colour)| ClassInfo {
+                name: format!("class {i}"),
+                colour,
+            })
+            .collect()
+    }
+
+    /// Pixels of the error colour in the overlay of one band of 4 x 1 pixels, two of them
+    /// wrongly predicted; `predicted` says where the class map has a prediction.
+    fn magenta_pixels(predicted: [bool; 4]) -> (usize, OverlaySampler) {
+        let image = Pixels {
+            bands: 1,
+            width: 4,
+            height: 1,
+            data: vec![1.0, 2.0, 3.0, 4.0],
+            valid: vec![true; 4],
+        };
+        let labels = [0, 1, 1, 0];
+        let preds = [0, 0, 0, 0];
+        let scored = scored_labels(&labels, &predicted, 255);
+        let mut overlay = OverlaySampler::new(4, 1);
+        overlay.add_band(0, &image, &labels, &preds, &predicted, &scored);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.png");
+        overlay.write(&path, &table()).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let n = img
+            .pixels()
+            .filter(|p| p.0 == figures::ERROR_COLOUR)
+            .count();
+        (n, overlay)
+    }
+
+    #[test]
+    fn overlay_errors_leave_out_pixels_without_a_prediction() {
+        // Both wrong pixels have no prediction (an input has no data there): no error drawn,
+        // not scored, and the prediction panel has nothing there.
+        let (n, overlay) = magenta_pixels([true, false, false, true]);
+        assert_eq!(n, 0);
+        assert_eq!(overlay.preds, vec![Some(0), None, None, Some(0)]);
+        assert_eq!(overlay.scored, vec![0, 255, 255, 0]);
+        // With predictions there, the same pixels are errors.
+        let (n, _) = magenta_pixels([true; 4]);
+        assert!(n >= 2, "{n}");
+    }
 }
