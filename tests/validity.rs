@@ -103,18 +103,18 @@ fn add_mask(path: &Path, kind: Mask, invalid: impl Fn(usize, usize) -> bool) {
         "NO"
     };
     gdal::config::set_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK", internal).unwrap();
-    let mut band = ds.rasterband(1).unwrap();
-    band.create_mask_band(!matches!(kind, Mask::PerBand))
-        .unwrap();
-    let mut mask = band.open_mask_band().unwrap();
-    let (w, h) = ds.raster_size();
-    let values: Vec<u8> = (0..w * h)
-        .map(|i| if invalid(i % w, i / w) { 0 } else { 255 })
-        .collect();
-    mask.write((0, 0), (w, h), &mut Buffer::new((w, h), values))
-        .unwrap();
-    drop(mask);
-    drop(band);
+    {
+        let mut band = ds.rasterband(1).unwrap();
+        band.create_mask_band(!matches!(kind, Mask::PerBand))
+            .unwrap();
+        let mut mask = band.open_mask_band().unwrap();
+        let (w, h) = ds.raster_size();
+        let values: Vec<u8> = (0..w * h)
+            .map(|i| if invalid(i % w, i / w) { 0 } else { 255 })
+            .collect();
+        mask.write((0, 0), (w, h), &mut Buffer::new((w, h), values))
+            .unwrap();
+    }
     ds.close().unwrap();
     gdal::config::clear_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK").unwrap();
 }

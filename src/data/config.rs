@@ -368,8 +368,6 @@ impl DataConfig {
                 model.num_classes
             );
         }
-        super::layouts::layout_of(&self.dataset)
-            .check_labels(model.num_classes, self.ignore_index)?;
         for (name, norm) in &self.normalisation {
             // Entries of modalities the model does not use are ignored: a model on a subset of a
             // dataset's sensors (an ablation, the single-modality baseline) shares its file.

@@ -75,12 +75,14 @@ pub struct LabelRules {
 }
 
 impl SceneDataset {
-    /// The scenes of `split` of the configured dataset; every file's header is checked: band
-    /// counts against `model.modalities`, alignment between modalities and labels.
+    /// The scenes of `split` of the configured dataset; the label decoding is checked for values
+    /// with two meanings, and every file's header: band counts against `model.modalities`,
+    /// alignment between modalities and labels, label nodata values that are also classes.
     pub fn open(data: &DataConfig, model: &ModelConfig, split: Split) -> Result<Self> {
         let layout = layout_of(&data.dataset);
         let names: Vec<String> = model.modalities.iter().map(|m| m.name.clone()).collect();
         check_modality_names(layout, &names)?;
+        layout.check_labels(model.num_classes, data.ignore_index)?;
         let files = layout.scenes(split, &names)?;
         if files.is_empty() {
             bail!(

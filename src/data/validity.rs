@@ -296,14 +296,15 @@ mod tests {
         let ds = update(path);
         let value = if internal { "YES" } else { "NO" };
         gdal::config::set_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK", value).unwrap();
-        let mut b = ds.rasterband(band).unwrap();
-        b.create_mask_band(per_dataset).unwrap();
-        let mut mask = b.open_mask_band().unwrap();
-        let (w, h) = ds.raster_size();
-        let values: Vec<u8> = keep.iter().map(|&k| if k { 255 } else { 0 }).collect();
-        mask.write((0, 0), (w, h), &mut Buffer::new((w, h), values))
-            .unwrap();
-        drop(mask);
+        {
+            let mut b = ds.rasterband(band).unwrap();
+            b.create_mask_band(per_dataset).unwrap();
+            let mut mask = b.open_mask_band().unwrap();
+            let (w, h) = ds.raster_size();
+            let values: Vec<u8> = keep.iter().map(|&k| if k { 255 } else { 0 }).collect();
+            mask.write((0, 0), (w, h), &mut Buffer::new((w, h), values))
+                .unwrap();
+        }
         ds.close().unwrap();
         gdal::config::clear_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK").unwrap();
     }
