@@ -716,13 +716,26 @@ fn codes_with_two_meanings_and_unknown_paths_name_the_key() {
         err.contains("data.dataset.generic.class_codes: code 1 maps to class id 1 and is also in data.dataset.generic.ignore_codes"),
         "{err}"
     );
-    let unmapped = generic_dataset(dir.path(), None, "      class_codes: {0: 0}\n");
-    let err = failed(&dis2(&["stats", "--config", s(&unmapped)]));
+    let alone = generic_dataset(dir.path(), None, "      ignore_codes: [1]\n");
+    let err = failed(&dis2(&["stats", "--config", s(&alone)]));
     assert!(
-        err.contains("gt/a.tif: 1 label value(s) that are not classes: 1 (512 px)")
-            && err.contains("ignore_codes"),
+        err.contains("data.dataset.generic.ignore_codes: given without class_codes"),
         "{err}"
     );
+    // Every unmapped value with its pixel count, in the first scene in order (both scenes have
+    // them; they are read in parallel), the same file every time.
+    let unmapped = generic_dataset(dir.path(), None, "      class_codes: {0: 0}\n");
+    for _ in 0..3 {
+        let err = format!(
+            "{:#}",
+            dis2::prepare::update_statistics(&unmapped, false).unwrap_err()
+        );
+        assert!(
+            err.contains("gt/a.tif: 1 label value(s) that are not classes: 1 (512 px)")
+                && err.contains("ignore_codes"),
+            "{err}"
+        );
+    }
     // A relative folder that does not exist: the key and the directory it was looked for in.
     let text = std::fs::read_to_string(&both)
         .unwrap()
