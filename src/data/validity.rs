@@ -105,15 +105,15 @@ fn is_alpha(band: &RasterBand) -> bool {
 
 /// The part of a window inside the raster: column, row, width and height.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Region {
-    pub x: usize,
-    pub y: usize,
-    pub width: usize,
-    pub height: usize,
+pub(crate) struct Region {
+    pub(crate) x: usize,
+    pub(crate) y: usize,
+    pub(crate) width: usize,
+    pub(crate) height: usize,
 }
 
 /// Validity of one region, band by band: what was applied already.
-pub struct MaskReader<'a> {
+pub(crate) struct MaskReader<'a> {
     ds: &'a Dataset,
     path: &'a Path,
     region: Region,
@@ -126,7 +126,7 @@ pub struct MaskReader<'a> {
 }
 
 impl<'a> MaskReader<'a> {
-    pub fn new(ds: &'a Dataset, path: &'a Path, region: Region, rule: NodataRule) -> Self {
+    pub(crate) fn new(ds: &'a Dataset, path: &'a Path, region: Region, rule: NodataRule) -> Self {
         Self {
             ds,
             path,
@@ -140,7 +140,7 @@ impl<'a> MaskReader<'a> {
 
     /// Clears `valid` (one flag per pixel of the region) where data band `b`, whose values over
     /// the region are `values`, is invalid: non-finite, masked, or its declared nodata.
-    pub fn apply_band(
+    pub(crate) fn apply_band(
         &mut self,
         band: &RasterBand,
         b: usize,
@@ -186,7 +186,7 @@ impl<'a> MaskReader<'a> {
     }
 
     /// Clears `valid` where an alpha band of `layout` that GDAL did not use as the mask is 0.
-    pub fn apply_alpha(&mut self, layout: &BandLayout, valid: &mut [bool]) -> Result<()> {
+    pub(crate) fn apply_alpha(&mut self, layout: &BandLayout, valid: &mut [bool]) -> Result<()> {
         if self.alpha_by_gdal {
             return Ok(());
         }
