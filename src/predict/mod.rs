@@ -17,8 +17,8 @@
 //! missing modalities filled with zeros in normalised space (the training mean).
 //!
 //! Stages of [`predict_scene`]: check the inputs and lay the windows (`ScenePlan`), create the
-//! outputs (`Sink`), then per batch read (`reader`), run the branch (`window_probs`), blend
-//! (`blend`) and write the finished rows.
+//! outputs (`Sink`), then per batch read (`reader`), run the branch (`batch_probs`), blend and
+//! write the finished rows (`BlendStage`, inline or behind the model: `Blender`).
 
 mod reader;
 pub mod writer;
@@ -27,7 +27,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
@@ -51,7 +51,8 @@ pub const PREVIEW_SIDE: usize = 1024;
 /// Pixel type of the probability raster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbsType {
-    /// round(255 x p); no nodata value (the class map says where the inputs were nodata).
+    /// round(255 x p); 0 where any given input is nodata, and an internal per-dataset mask
+    /// (0 there, 255 elsewhere) that GDAL reads as the bands' validity.
     U8,
     /// p as it is; NaN (the band's nodata) where any input is nodata.
     F32,
@@ -183,6 +184,19 @@ impl Summary {
     }
 }
 
+/// A band of finished rows of a scene's class map, handed to the observer of
+/// [`predict_scene_with`] as they are written.
+pub struct ClassRows<'a> {
+    pub first_row: usize,
+    pub rows: usize,
+    pub width: usize,
+    /// `rows x width` class ids; meaningful where `valid`.
+    pub classes: &'a [u8],
+    /// `rows x width`: every given input has data (elsewhere the class map holds
+    /// [`NODATA_CLASS`] and the f32 probabilities NaN).
+    pub valid: &'a [bool],
+}
+
 /// Checks the inputs of a scene against the checkpoint and each other; returns them in model
 /// order with the header of the first.
 fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, RasterInfo)> {
@@ -202,13 +216,9 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
         }
         let header = RasterInfo::read(path).with_context(|| format!("--{name}"))?;
         let channels = cfg.modalities[index].channels as usize;
-        if header.bands != channels {
-            bail!(
-                "--{name} {}: found {} band(s), expected {channels} (modality {name} of the checkpoint)",
-                path.display(),
-                header.bands
-            );
-        }
+        header
+            .check_bands(channels, &format!("modality {name} of the checkpoint"))
+            .with_context(|| format!("--{name}"))?;
         match &first {
             None => first = Some(header),
             Some(f) => f.check_aligned(&header)?,
@@ -239,6 +249,10 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
     inputs.sort_by_key(|i| i.index);
     Ok((inputs, first))
 }
+
+/// What [`predict_scene_with`] calls with each band of finished rows: on the blending thread
+/// when reading and blending run in the background (`PredictOptions::prefetch` > 0), hence `Send`.
+pub type RowObserver<'o> = dyn FnMut(&ClassRows) -> Result<()> + Send + 'o;
 
 /// Where finished rows go: the class map, the probabilities, the preview.
 struct Sink {
@@ -271,7 +285,7 @@ impl ProbsOut {
                     band_names: names,
                     ..Default::default()
                 };
-                Self::U8(StreamingTiff::create(
+                Self::U8(StreamingTiff::create_masked(
                     path, width, height, k, georef, &options,
                 )?)
             }
@@ -289,7 +303,7 @@ impl ProbsOut {
     }
 
     /// Writes the `k` class planes of `done`; `valid` is its validity plane.
-    fn write_rows(&mut self, done: &FinishedRows, k: usize, valid: &[f32]) -> Result<()> {
+    fn write_rows(&mut self, done: &FinishedRows, k: usize, valid: &[bool]) -> Result<()> {
         let plane = valid.len();
         let planes = (0..k).map(|c| &done.probs[c * plane..(c + 1) * plane]);
         match self {
@@ -297,17 +311,25 @@ impl ProbsOut {
                 for (c, probs) in planes.enumerate() {
                     let v: Vec<u8> = probs
                         .iter()
-                        .map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
+                        .zip(valid)
+                        .map(|(p, &ok)| {
+                            if ok {
+                                (p.clamp(0.0, 1.0) * 255.0).round() as u8
+                            } else {
+                                0
+                            }
+                        })
                         .collect();
                     t.write_rows(c, done.first_row, done.rows, &v)?;
                 }
+                t.write_mask_rows(done.first_row, done.rows, valid)?;
             }
             Self::F32(t) => {
                 for (c, probs) in planes.enumerate() {
                     let v: Vec<f32> = probs
                         .iter()
                         .zip(valid)
-                        .map(|(&p, &ok)| if ok < 0.5 { f32::NAN } else { p })
+                        .map(|(&p, &ok)| if ok { p } else { f32::NAN })
                         .collect();
                     t.write_rows(c, done.first_row, done.rows, &v)?;
                 }
@@ -423,13 +445,21 @@ impl Sink {
         })
     }
 
-    fn rows(&mut self, done: &FinishedRows) -> Result<()> {
+    /// Writes finished rows: the class map (argmax where every given input has data,
+    /// [`NODATA_CLASS`] elsewhere), the probabilities and the preview; then hands them to
+    /// `observe`.
+    fn rows(&mut self, done: &FinishedRows, observe: &mut RowObserver) -> Result<()> {
         let (k, w, rows) = (self.classes, self.width, done.rows);
         let plane = rows * w;
-        let valid = &done.probs[k * plane..(k + 1) * plane];
+        // The blended validity plane: every window covering a pixel agrees on it (it is the
+        // pixel's own), so the blend is 0 or 1 up to rounding.
+        let valid: Vec<bool> = done.probs[k * plane..(k + 1) * plane]
+            .iter()
+            .map(|&v| v >= 0.5)
+            .collect();
         let mut classes = vec![NODATA_CLASS; plane];
         for (i, class) in classes.iter_mut().enumerate() {
-            if valid[i] < 0.5 {
+            if !valid[i] {
                 continue;
             }
             let mut best = 0;
@@ -444,14 +474,20 @@ impl Sink {
         self.class_map
             .write_rows(0, done.first_row, rows, &classes)?;
         if let Some(probs) = &mut self.probs {
-            probs.write_rows(done, k, valid)?;
+            probs.write_rows(done, k, &valid)?;
         }
         if let Some(preview) = &mut self.preview {
             for r in 0..rows {
                 preview.add_row(done.first_row + r, &classes[r * w..(r + 1) * w]);
             }
         }
-        Ok(())
+        observe(&ClassRows {
+            first_row: done.first_row,
+            rows,
+            width: w,
+            classes: &classes,
+            valid: &valid,
+        })
     }
 
     fn finish(self) -> Result<()> {
@@ -565,16 +601,18 @@ fn window_probs(
     Ok(probs)
 }
 
-/// Blending and writing: the stitcher and the outputs, with the time each took.
-struct BlendStage {
+/// Blending and writing: the stitcher, the outputs and the observer of finished rows, with the
+/// time each took.
+struct BlendStage<'a, 'o> {
     stitcher: BandStitcher,
-    sink: Sink,
+    sink: &'a mut Sink,
+    observe: &'a mut RowObserver<'o>,
     timings: Timings,
 }
 
-impl BlendStage {
+impl BlendStage<'_, '_> {
     /// Adds a batch's window probabilities (`probs`, `K` classes each) and validity to the
-    /// stitcher and writes the rows that became final.
+    /// stitcher and writes (and hands to the observer) the rows that became final.
     fn add(&mut self, batch: &Prepared, probs: &[f32]) -> Result<()> {
         let k = self.sink.classes;
         for (i, (window, valid)) in batch.windows.iter().zip(&batch.valid).enumerate() {
@@ -587,7 +625,7 @@ impl BlendStage {
             self.timings.blend_s += started.elapsed().as_secs_f64();
             if let Some(done) = done {
                 let started = Instant::now();
-                self.sink.rows(&done)?;
+                self.sink.rows(&done, self.observe)?;
                 self.timings.write_s += started.elapsed().as_secs_f64();
             }
         }
@@ -595,23 +633,27 @@ impl BlendStage {
     }
 }
 
-/// The blend stage in turn with the model (inline), or on a background thread fed through a
-/// bounded queue of batches.
-enum Blender {
-    Inline(BlendStage),
+/// The blend stage in turn with the model (inline), or on a scoped background thread fed
+/// through a bounded queue of batches.
+enum Blender<'scope, 'a, 'o> {
+    Inline(BlendStage<'a, 'o>),
     Background {
         queue: SyncSender<(Prepared, Vec<f32>)>,
-        handle: JoinHandle<Result<BlendStage>>,
+        handle: ScopedJoinHandle<'scope, Result<BlendStage<'a, 'o>>>,
     },
 }
 
-impl Blender {
-    fn new(stage: BlendStage, background: bool) -> Self {
+impl<'scope, 'a: 'scope, 'o: 'scope> Blender<'scope, 'a, 'o> {
+    fn new<'env>(
+        stage: BlendStage<'a, 'o>,
+        background: bool,
+        scope: &'scope Scope<'scope, 'env>,
+    ) -> Self {
         if !background {
             return Blender::Inline(stage);
         }
         let (queue, batches) = sync_channel::<(Prepared, Vec<f32>)>(2);
-        let handle = std::thread::spawn(move || {
+        let handle = scope.spawn(move || {
             let mut stage = stage;
             for (batch, probs) in batches {
                 stage.add(&batch, &probs)?;
@@ -627,15 +669,17 @@ impl Blender {
             Blender::Inline(stage) => stage.add(&batch, &probs).map(|()| 0.0),
             Blender::Background { queue, .. } => {
                 let started = Instant::now();
-                // A closed queue means the thread stopped on an error, which `finish` returns.
-                let _ = queue.send((batch, probs));
+                // A closed queue: the thread stopped on an error, which `finish` returns.
+                queue
+                    .send((batch, probs))
+                    .map_err(|_| anyhow!("the blending thread stopped"))?;
                 Ok(started.elapsed().as_secs_f64())
             }
         }
     }
 
     /// The stage once every batch is blended and written (the background thread's error, if any).
-    fn finish(self) -> Result<BlendStage> {
+    fn finish(self) -> Result<BlendStage<'a, 'o>> {
         match self {
             Blender::Inline(stage) => Ok(stage),
             Blender::Background { queue, handle } => {
@@ -648,58 +692,78 @@ impl Blender {
     }
 }
 
-/// Runs the plan's branch over every window and blends and writes the finished rows into
-/// `sink`; with `options.prefetch` > 0 reading runs ahead and blending behind the model on two
-/// background threads. Returns the sink and where the time went.
+/// The branch's probabilities for a batch; a batch whose windows hold no valid pixel does not
+/// run the model (its pixels are all nodata, so an all-nodata scene never reaches it).
+fn batch_probs(
+    predictor: &Predictor,
+    route: &Route,
+    inputs: &[Input],
+    batch: &Prepared,
+    k: usize,
+) -> Result<Vec<f32>> {
+    if batch.valid.iter().flatten().any(|&v| v > 0.0) {
+        return window_probs(predictor, route, inputs, batch, k);
+    }
+    let plane = batch.valid.first().map_or(0, Vec::len);
+    Ok(vec![0.0; batch.windows.len() * k * plane])
+}
+
+/// Runs the plan's branch over every window, blends the windows and writes the finished rows
+/// into `sink`, handing them to `observe`; with `options.prefetch` > 0 reading runs ahead of the
+/// model and blending, writing and `observe` behind it, on two background threads. Returns where
+/// the time went.
 fn run_windows(
     predictor: &Predictor,
     plan: ScenePlan,
-    sink: Sink,
+    sink: &mut Sink,
     options: &PredictOptions,
     label: &str,
-) -> Result<(Sink, Timings)> {
+    observe: &mut RowObserver,
+) -> Result<Timings> {
     let k = sink.classes;
     let stage = BlendStage {
         stitcher: BandStitcher::new(plan.grid.clone(), k + 1),
         sink,
+        observe,
         timings: Timings::default(),
     };
-    let mut blender = Blender::new(stage, options.prefetch > 0);
     let mut progress = window_progress(plan.grid.len(), label, options.quiet);
     let inputs = Arc::new(plan.inputs);
     let reader = BatchReader::open(inputs.clone(), plan.grid, options.batch)?;
     let (mut batches, reading) = batches(reader, options.prefetch);
-    let mut timings = Timings::default();
-    let result = (|| -> Result<()> {
-        loop {
-            let started = Instant::now();
-            let Some(batch) = batches.next() else {
-                return Ok(());
-            };
-            let batch = batch?;
-            let read = Instant::now();
-            let probs = window_probs(predictor, &plan.route, &inputs, &batch, k)?;
-            timings.read_s += (read - started).as_secs_f64();
-            timings.model_s += read.elapsed().as_secs_f64();
-            let n = batch.windows.len();
-            timings.handoff_s += blender.add(batch, probs)?;
-            windows_done(&mut progress, label, n);
+    std::thread::scope(|scope| {
+        let mut blender = Blender::new(stage, options.prefetch > 0, scope);
+        let mut timings = Timings::default();
+        let result = (|| -> Result<()> {
+            for batch in batches.by_ref() {
+                let started = Instant::now();
+                let batch = batch?;
+                let read = Instant::now();
+                let probs = batch_probs(predictor, &plan.route, &inputs, &batch, k)?;
+                timings.read_s += (read - started).as_secs_f64();
+                timings.model_s += read.elapsed().as_secs_f64();
+                let n = batch.windows.len();
+                timings.handoff_s += blender.add(batch, probs)?;
+                windows_done(&mut progress, label, n);
+            }
+            Ok(())
+        })();
+        // Ends the reading thread whether or not the loop finished (a closed queue stops it).
+        drop(batches);
+        if let Some(handle) = reading {
+            handle
+                .join()
+                .map_err(|_| anyhow!("the reading thread panicked"))?;
         }
-    })();
-    // Ends the reading thread whether or not the loop finished (a closed queue stops it).
-    drop(batches);
-    if let Some(handle) = reading {
-        handle
-            .join()
-            .map_err(|_| anyhow!("the reading thread panicked"))?;
-    }
-    let stage = blender.finish();
-    progress.finish_and_clear();
-    result?;
-    let stage = stage?;
-    timings.blend_s = stage.timings.blend_s;
-    timings.write_s = stage.timings.write_s;
-    Ok((stage.sink, timings))
+        let stage = blender.finish();
+        progress.finish_and_clear();
+        // The blending thread's own error explains a failed hand-over.
+        let stage = stage?;
+        result?;
+        timings.blend_s = stage.timings.blend_s;
+        timings.write_s = stage.timings.write_s;
+        Ok(timings)
+    })
 }
 
 /// Predicts one scene and writes its outputs. Nothing is left at the output paths on error.
@@ -707,16 +771,28 @@ fn run_windows(
 /// # Errors
 /// Inputs that do not fit the checkpoint or each other (each named by its flag), a missing set
 /// without a student unless `options.allow_fill`, an `--overlap` over half the crop, unreadable
-/// or unwritable files, and a scene where every pixel is nodata in some input.
+/// or unwritable files, and a scene where every pixel is nodata in some input (found from the
+/// inputs' masks; the model does not run on it).
 pub fn predict_scene(
     predictor: &Predictor,
     job: &SceneJob,
     options: &PredictOptions,
 ) -> Result<Summary> {
+    predict_scene_with(predictor, job, options, &mut |_| Ok(()))
+}
+
+/// [`predict_scene`], handing every band of finished rows (class ids and validity, as
+/// written) to `observe`: `dis2 eval` scores them without reading the class map back.
+pub fn predict_scene_with(
+    predictor: &Predictor,
+    job: &SceneJob,
+    options: &PredictOptions,
+    observe: &mut RowObserver,
+) -> Result<Summary> {
     let started = Instant::now();
     let info = predictor.info();
     let plan = ScenePlan::new(info, job, options)?;
-    let sink = Sink::create(info, job, options.probs_type, &plan.header)?;
+    let mut sink = Sink::create(info, job, options.probs_type, &plan.header)?;
     let label = job.out.display().to_string();
     if matches!(plan.route, Route::TeacherFill(_)) && options.announce_fill {
         eprintln!("{label}: {}", plan.route.describe(&info.model));
@@ -728,7 +804,7 @@ pub fn predict_scene(
         .iter()
         .map(|i| i.path.display().to_string())
         .collect();
-    let (sink, timings) = run_windows(predictor, plan, sink, options, &label)?;
+    let timings = run_windows(predictor, plan, &mut sink, options, &label, observe)?;
     if sink.valid_pixels == 0 {
         bail!(
             "every pixel is nodata in at least one input ({}): nothing to classify",
