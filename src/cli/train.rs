@@ -157,18 +157,21 @@ fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()>
 
 /// The device and, when a launcher (torchrun, srun) started this process as one rank of several,
 /// its place in the data-parallel job, joined. A rank computes on CUDA device `LOCAL_RANK` when
-/// `--device` picks CUDA.
+/// `--device` picks CUDA (on its only one when it sees one).
 fn data_parallel(common: &CommonTrainArgs) -> Result<(tch::Device, Option<DataParallel>)> {
     let device = common.device.device.resolve()?;
     let Some(launch) = Launch::from_env()? else {
         return Ok((device, None));
     };
     let device = match device {
+        // A process that sees one GPU only (Slurm's --gpus-per-task=1) takes it.
+        tch::Device::Cuda(_) if crate::device::cuda_device_count() == 1 => tch::Device::Cuda(0),
         tch::Device::Cuda(_) => {
             let count = crate::device::cuda_device_count();
             if launch.local_rank >= count {
                 bail!(
-                    "{launch}: LOCAL_RANK {} has no CUDA device (this node has {count}); start                      at most {count} processes per node, or use --device cpu",
+                    "{launch}: LOCAL_RANK {} has no CUDA device (this process sees {count}); \
+                     start at most {count} processes per node, or use --device cpu",
                     launch.local_rank
                 );
             }
