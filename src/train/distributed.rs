@@ -44,17 +44,25 @@ pub struct DataParallel {
     buffers: Vec<Tensor>,
     /// Every micro-batch's gradients are reduced (joint runs), not only the last one's.
     sync_every_batch: bool,
+    /// What carries the gradients, for the banner: `gloo`, `nccl` or `gloo (through host memory)`.
+    backend: &'static str,
 }
 
 impl DataParallel {
     /// Joins the data-parallel job `launch` describes, computing on `device` (a collective
     /// call: it returns once every rank has joined).
     pub fn join(launch: &Launch, device: Device) -> Result<Self> {
+        let backend = match device {
+            Device::Cuda(_) if ProcessGroup::nccl_built() => "nccl",
+            Device::Cuda(_) => "gloo through host memory",
+            _ => "gloo",
+        };
         Ok(Self {
             group: ProcessGroup::join(launch, device)?,
             reducer: None,
             buffers: Vec::new(),
             sync_every_batch: false,
+            backend,
         })
     }
 
@@ -64,6 +72,13 @@ impl DataParallel {
 
     pub fn world_size(&self) -> usize {
         self.group.size()
+    }
+
+    /// `N processes (backend)`, for the run's first line.
+    pub fn describe(&self) -> String {
+        let n = self.world_size();
+        let s = if n == 1 { "" } else { "es" };
+        format!("{n} process{s} ({})", self.backend)
     }
 
     /// Gives every rank rank 0's model and sets up the reduction of the gradients of the

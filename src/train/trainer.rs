@@ -335,9 +335,9 @@ impl Trainer {
 
     /// The first line a run prints: its kind, folder, size, device and starting step.
     fn banner(&self, total: u64) -> String {
-        let processes = match self.world_size() {
-            1 => String::new(),
-            n => format!(" x {n} processes"),
+        let processes = match &self.dp {
+            Some(dp) => format!(" x {}", dp.describe()),
+            None => String::new(),
         };
         format!(
             "{} run in {}: {} steps of {} x {} samples{processes} on {:?}, from step {}",
