@@ -139,32 +139,40 @@ fn one_step_on_two_ranks_equals_one_process_averaging_both_shards() {
     let _one = serial();
     let dir = tempfile::tempdir().unwrap();
     let config = tiny_benchmark(dir.path(), 16);
-    let teacher = dir.path().join("teacher-1");
-    let kinds: [(&str, Vec<&str>); 3] = [
-        ("teacher", vec!["train-teacher"]),
-        ("joint", vec!["distill", "--joint"]),
-        ("student", vec!["distill", "--missing", "dsm", "--teacher"]),
+    let teacher = dir.path().join("teacher-1").join("checkpoints/best");
+    let teacher = teacher.display().to_string();
+    // (name, command, batches per step on each of the two ranks)
+    let cases: [(&str, Vec<&str>, u64); 4] = [
+        ("teacher", vec!["train-teacher"], 1),
+        ("joint", vec!["distill", "--joint"], 1),
+        (
+            "student",
+            vec!["distill", "--missing", "dsm", "--teacher", &teacher],
+            1,
+        ),
+        // Joint runs reduce every batch of a step, not only the last.
+        ("joint-accumulate", vec!["distill", "--joint"], 2),
     ];
-    let teacher_ckpt = teacher.join("checkpoints/best").display().to_string();
-    for (name, words) in kinds {
-        let mut command: Vec<&str> = words;
-        if name == "student" {
-            command.push(&teacher_ckpt);
-        }
-        // One process: the two shards as two micro-batches of one step, gradients averaged.
+    for (name, command, accumulate) in cases {
+        // One process: the shards of both ranks as the batches of one step, gradients averaged.
         let one = dir.path().join(format!("{name}-1"));
-        let accumulate = settings(&["train.accumulate=2", "train.max_steps=1"]);
-        assert_ok(&one_process(&train_args(
-            &command, &config, &one, accumulate,
-        )));
+        let both = format!("train.accumulate={}", 2 * accumulate);
+        let one_args = train_args(
+            &command,
+            &config,
+            &one,
+            settings(&[&both, "train.max_steps=1"]),
+        );
+        assert_ok(&one_process(&one_args));
         let two = dir.path().join(format!("{name}-2"));
-        let outputs = two_ranks(&train_args(
+        let each = format!("train.accumulate={accumulate}");
+        let two_args = train_args(
             &command,
             &config,
             &two,
-            settings(&["train.max_steps=1"]),
-        ));
-        outputs.iter().for_each(assert_ok);
+            settings(&[&each, "train.max_steps=1"]),
+        );
+        two_ranks(&two_args).iter().for_each(assert_ok);
 
         let diff = max_difference(&parameters(&one), &parameters(&two));
         assert!(diff <= 1e-6, "{name}: parameters differ by {diff}");
