@@ -1,5 +1,7 @@
 //! Validation during training: one confusion matrix over the validation windows for each branch
-//! being trained.
+//! being trained. A branch is scored where the label is a class and every modality it reads has
+//! data (the teacher: all of them; a student or the filled teacher: all but the missing ones),
+//! as `dis2 eval` scores it.
 
 use anyhow::Result;
 use std::sync::Arc;
@@ -8,7 +10,7 @@ use tch::{Device, Tensor};
 use crate::config::Experiment;
 use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
-use crate::data::loader::{Loader, LoaderOptions, Normaliser};
+use crate::data::loader::{Batch, Loader, LoaderOptions, Normaliser};
 use crate::data::sampling::GridSampler;
 use crate::metrics::{ConfusionMatrix, Scores};
 use crate::model::{Dis2Net, Route};
@@ -57,7 +59,8 @@ pub fn confusion_matrices(
         for (branch, cm) in branches.iter().zip(matrices.iter_mut()) {
             let probs = tch::no_grad(|| net.forward_route(branch, &given, false))?;
             let pred = probs.argmax(1, false);
-            cm.add_tensors(&batch.labels, &pred, exp.data.ignore_index)?;
+            let labels = branch_labels(&batch, branch, exp.data.ignore_index).to_device(device);
+            cm.add_tensors(&labels, &pred, exp.data.ignore_index)?;
         }
     }
     Ok(matrices)
@@ -86,4 +89,18 @@ fn share_loader(exp: &Experiment, max_batches: Option<usize>, share: Share) -> R
         drop_last: false,
     };
     Ok(Loader::new(dataset, specs, norm, options))
+}
+
+/// The batch's reference labels where every modality `branch` reads has data, `ignore_index`
+/// elsewhere: `[B, H, W]` int64 on the CPU.
+pub fn branch_labels(batch: &Batch, branch: &Route, ignore_index: i64) -> Tensor {
+    let mut read = batch.reference.ones_like().to_kind(tch::Kind::Bool);
+    for (i, mask) in batch.masks.iter().enumerate() {
+        if !branch.scenario().is_some_and(|s| s.is_missing(i)) {
+            read = read.logical_and(mask);
+        }
+    }
+    batch
+        .reference
+        .where_self(&read, &batch.reference.full_like(ignore_index))
 }
