@@ -18,6 +18,7 @@ use crate::checkpoint::network_differences;
 use crate::config::Experiment;
 use crate::data::config::ClassInfo;
 use crate::data::dataset::{Scene, SceneDataset};
+use crate::data::grid::GridSource;
 use crate::data::layouts::Split;
 use crate::data::loader::{load_sample, Normaliser};
 use crate::data::raster::{read_window_at, Pixels, Window};
@@ -194,12 +195,13 @@ fn score_scenes(
     dataset: &SceneDataset,
     given: &[bool],
 ) -> Result<(ConfusionMatrix, Vec<PathBuf>)> {
-    let options = PredictOptions {
+    let mut options = PredictOptions {
         overlap: req.overlap,
         allow_fill: true,
         // The branch is named once by `evaluate` and in every output.
         announce_fill: false,
         quiet: req.quiet,
+        grid: req.exp.data.grid.clone(),
         ..PredictOptions::default()
     };
     let table = predictor.info().class_table();
@@ -207,9 +209,11 @@ fn score_scenes(
     let mut overlays = Vec::new();
     let mut cm = ConfusionMatrix::new(table.len());
     for (index, scene) in dataset.scenes.iter().enumerate() {
-        let Some(label_path) = &scene.label else {
+        let Some(labels) = &scene.label else {
             bail!("scene {}: no labels to score against", scene.id);
         };
+        // The class map on the scene's grid, also when its reference modality is dropped.
+        options.grid_file = Some(scene.grid.info.path.clone());
         let job = class_map_job(&predictor.info().model, scene, given, &scratch, index);
         predict_scene(predictor, &job, &options).with_context(|| format!("scene {}", scene.id))?;
         let mut overlay = (index < req.options.overlays)
@@ -219,7 +223,7 @@ fn score_scenes(
         score_class_map(
             dataset,
             scene,
-            label_path,
+            labels,
             predicted,
             erode,
             &mut cm,
@@ -256,7 +260,7 @@ fn class_map_job(
             .zip(&scene.modalities)
             .zip(given)
             .filter(|(_, g)| **g)
-            .map(|((m, p), _)| (m.name.clone(), p.clone()))
+            .map(|((m, source), _)| (m.name.clone(), source.path.clone()))
             .collect(),
         out: scratch.join(format!("{index}.tif")),
         probs: None,
@@ -264,13 +268,13 @@ fn class_map_job(
     }
 }
 
-/// Adds a scene's predicted class map (`predicted`) against its labels (`label_path`,
-/// boundaries eroded by `erode` pixels) to `cm`, band by band; pixels without a prediction
-/// (nodata in an input) are not scored. Samples the bands into `overlay` when given.
+/// Adds a scene's predicted class map (`predicted`, on the scene's grid) against its labels
+/// (`labels`, boundaries eroded by `erode` pixels) to `cm`, band by band; pixels without a
+/// prediction (nodata in an input) are not scored. Samples the bands into `overlay` when given.
 fn score_class_map(
     dataset: &SceneDataset,
     scene: &Scene,
-    label_path: &Path,
+    labels: &GridSource,
     predicted: &Path,
     erode: usize,
     cm: &mut ConfusionMatrix,
@@ -281,18 +285,18 @@ fn score_class_map(
         let rows = ROWS_PER_BAND.min(h - y);
         let window = Window::new(0, y as i64, w, rows);
         let predicted = read_window_at(predicted, window)?;
-        let (decoded, mut labels) = band_labels(dataset, label_path, (w, h), y, rows, erode)?;
-        for (l, p) in labels.iter_mut().zip(&predicted.data) {
+        let (decoded, mut scored) = band_labels(dataset, labels, (w, h), y, rows, erode)?;
+        for (l, p) in scored.iter_mut().zip(&predicted.data) {
             if *p == f32::from(NODATA_CLASS) {
                 *l = dataset.ignore_index;
             }
         }
         let preds: Vec<i64> = predicted.data.iter().map(|&p| p as i64).collect();
-        cm.add_pairs(&labels, &preds, dataset.ignore_index)
+        cm.add_pairs(&scored, &preds, dataset.ignore_index)
             .with_context(|| format!("scene {}", scene.id))?;
         if let Some(o) = overlay.as_deref_mut() {
-            let image = read_window_at(&scene.modalities[0], window)?;
-            o.add_band(y, &image, &decoded, &preds, &labels);
+            let image = scene.modalities[0].read(window)?;
+            o.add_band(y, &image, &decoded, &preds, &scored);
         }
     }
     Ok(())
@@ -303,7 +307,7 @@ fn score_class_map(
 /// context above and below the band, so bands give the same result as the whole scene.
 fn band_labels(
     dataset: &SceneDataset,
-    path: &Path,
+    labels: &GridSource,
     size: (usize, usize),
     first: usize,
     rows: usize,
@@ -311,10 +315,11 @@ fn band_labels(
 ) -> Result<(Vec<i64>, Vec<i64>)> {
     let (width, height) = size;
     let (top, count) = erosion_context(first, rows, height, erode);
-    let px = read_window_at(path, Window::new(0, top as i64, width, count))?;
-    let context = dataset
-        .decoder
-        .decode(&px, path, dataset.num_classes, dataset.ignore_index)?;
+    let px = labels.read(Window::new(0, top as i64, width, count))?;
+    let context =
+        dataset
+            .decoder
+            .decode(&px, &labels.path, dataset.num_classes, dataset.ignore_index)?;
     let start = (first - top) * width;
     let decoded = context[start..start + rows * width].to_vec();
     if erode == 0 {

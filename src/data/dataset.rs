@@ -1,33 +1,34 @@
 //! A checked list of scenes for one split, and windowed reads of a scene (all modalities and the
-//! decoded labels).
+//! decoded labels) on the scene's grid.
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use super::config::DataConfig;
+use super::config::{DataConfig, GridConfig};
+use super::grid::{self, GridFile, GridKeys, GridSource, SceneGrid};
 use super::labels::LabelDecoder;
 use super::layouts::{check_modality_names, layout_of, SceneFiles, Split};
-use super::raster::{self, Pixels, RasterInfo, Window};
+use super::raster::{Pixels, RasterInfo, Window};
 use crate::model::config::{ModalitySpec, ModelConfig};
 
-/// One scene: its files and the header of its first modality (size, georeferencing).
+/// One scene: its files, each as read on the scene's grid, and that grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scene {
     pub id: String,
     /// One file per model modality, in model order.
-    pub modalities: Vec<PathBuf>,
-    pub label: Option<PathBuf>,
-    /// Header of the first modality: size, geotransform, CRS.
-    pub info: RasterInfo,
+    pub modalities: Vec<GridSource>,
+    pub label: Option<GridSource>,
+    /// The grid every file is read on: the reference modality's size and georeferencing.
+    pub grid: SceneGrid,
 }
 
 impl Scene {
     pub fn width(&self) -> usize {
-        self.info.width
+        self.grid.info.width
     }
     pub fn height(&self) -> usize {
-        self.info.height
+        self.grid.info.height
     }
 }
 
@@ -57,7 +58,8 @@ pub struct SceneDataset {
 
 impl SceneDataset {
     /// The scenes of `split` of the configured dataset; every file's header is checked: band
-    /// counts against `model.modalities`, alignment between modalities and labels.
+    /// counts against `model.modalities`, and each file is placed on its scene's grid
+    /// (`data.grid`: resampled when it is on another grid, refused when it cannot be).
     pub fn open(data: &DataConfig, model: &ModelConfig, split: Split) -> Result<Self> {
         let layout = layout_of(&data.dataset);
         let names: Vec<String> = model.modalities.iter().map(|m| m.name.clone()).collect();
@@ -77,10 +79,13 @@ impl SceneDataset {
             layout.label_decoder(),
             model.num_classes,
             data.ignore_index,
+            &data.grid,
         )
     }
 
-    /// Checks scenes given as files (used by [`Self::open`], and by callers with their own lists).
+    /// Checks scenes given as files (used by [`Self::open`], and by callers with their own
+    /// lists) and places them on their grids; says once what is resampled ([`grid::announce`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn from_files(
         layout: &'static str,
         split: Split,
@@ -89,11 +94,17 @@ impl SceneDataset {
         decoder: LabelDecoder,
         num_classes: i64,
         ignore_index: i64,
+        grid: &GridConfig,
     ) -> Result<Self> {
-        let scenes = files
+        let checked = files
             .into_par_iter()
-            .map(|f| check_scene(f, modalities, &decoder))
+            .map(|f| check_scene(f, modalities, &decoder, grid))
             .collect::<Result<Vec<_>>>()?;
+        let mut scenes = Vec::with_capacity(checked.len());
+        for (scene, notes) in checked {
+            grid::announce(&notes);
+            scenes.push(scene);
+        }
         Ok(Self {
             layout,
             split,
@@ -127,13 +138,13 @@ impl SceneDataset {
         let modalities = scene
             .modalities
             .iter()
-            .map(|p| raster::read_window_at(p, window))
+            .map(|source| source.read(window))
             .collect::<Result<Vec<_>>>()?;
         let labels = match &scene.label {
-            Some(path) => {
-                let px = raster::read_window_at(path, window)?;
+            Some(source) => {
+                let px = source.read(window)?;
                 self.decoder
-                    .decode(&px, path, self.num_classes, self.ignore_index)?
+                    .decode(&px, &source.path, self.num_classes, self.ignore_index)?
             }
             None => vec![self.ignore_index; window.width * window.height],
         };
@@ -146,11 +157,15 @@ impl SceneDataset {
     }
 }
 
+/// Checks the band counts of a scene's files and places them on the grid of the reference
+/// modality (`data.grid.reference`, default the model's first); returns the scene and what to
+/// say about it.
 fn check_scene(
     files: SceneFiles,
     modalities: &[ModalitySpec],
     decoder: &LabelDecoder,
-) -> Result<Scene> {
+    config: &GridConfig,
+) -> Result<(Scene, Vec<grid::Note>)> {
     if files.modalities.len() != modalities.len() {
         bail!(
             "scene {}: {} modality files for {} modalities",
@@ -159,36 +174,52 @@ fn check_scene(
             modalities.len()
         );
     }
-    let mut infos = Vec::with_capacity(modalities.len());
+    let mut grid_files = Vec::with_capacity(modalities.len() + 1);
     for (path, spec) in files.modalities.iter().zip(modalities) {
-        let info = RasterInfo::read(path)?;
+        let header = RasterInfo::read(path)?;
         check_bands(
             path,
-            info.bands,
+            header.bands,
             spec.channels,
             &format!("modality {} (model.modalities)", spec.name),
         )?;
-        if let Some(first) = infos.first() {
-            RasterInfo::check_aligned(first, &info)?;
-        }
-        infos.push(info);
+        grid_files.push(GridFile {
+            role: format!("modality {}", spec.name),
+            key: spec.name.clone(),
+            header,
+            categorical: false,
+        });
     }
     if let Some(path) = &files.label {
-        let info = RasterInfo::read(path)?;
+        let header = RasterInfo::read(path)?;
         let what = if decoder.bands() == 3 {
             "labels (RGB colours)"
         } else {
             "labels (class values)"
         };
-        check_bands(path, info.bands, decoder.bands() as i64, what)?;
-        infos[0].check_aligned(&info)?;
+        check_bands(path, header.bands, decoder.bands() as i64, what)?;
+        grid_files.push(GridFile {
+            role: "labels".to_string(),
+            key: "labels".to_string(),
+            header,
+            categorical: true,
+        });
     }
-    Ok(Scene {
+    let reference = match &config.reference {
+        Some(name) => modalities.iter().position(|m| &m.name == name).unwrap_or(0),
+        None => 0,
+    };
+    let plan = grid::plan(&grid_files, reference, config, &GridKeys::CONFIG)
+        .with_context(|| format!("scene {}", files.id))?;
+    let mut sources = plan.sources;
+    let label = files.label.as_ref().and_then(|_| sources.pop());
+    let scene = Scene {
         id: files.id,
-        modalities: files.modalities,
-        label: files.label,
-        info: infos.swap_remove(0),
-    })
+        modalities: sources,
+        label,
+        grid: plan.grid,
+    };
+    Ok((scene, plan.notes))
 }
 
 fn check_bands(path: &Path, found: usize, expected: i64, what: &str) -> Result<()> {

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::config::Normalisation;
 use super::dataset::SceneDataset;
-use super::raster::{self, Window};
+use super::raster::Window;
 
 /// Rows read at a time: scenes are read in strips, never whole.
 const STRIP_ROWS: usize = 256;
@@ -160,8 +160,8 @@ fn scene_stats(dataset: &SceneDataset, index: usize) -> Result<DatasetStats> {
 fn strip_stats(dataset: &SceneDataset, index: usize, window: Window) -> Result<DatasetStats> {
     let scene = &dataset.scenes[index];
     let mut bands = Vec::new();
-    for path in &scene.modalities {
-        let px = raster::read_window_at(path, window)?;
+    for source in &scene.modalities {
+        let px = source.read(window)?;
         bands.push(
             (0..px.bands)
                 .map(|b| {
@@ -178,11 +178,12 @@ fn strip_stats(dataset: &SceneDataset, index: usize, window: Window) -> Result<D
     }
     let mut class_counts = vec![0u64; dataset.num_classes.max(0) as usize];
     let mut ignored = 0;
-    if let Some(path) = &scene.label {
-        let px = raster::read_window_at(path, window)?;
-        for id in dataset
-            .decoder
-            .decode(&px, path, dataset.num_classes, dataset.ignore_index)?
+    if let Some(source) = &scene.label {
+        let px = source.read(window)?;
+        for id in
+            dataset
+                .decoder
+                .decode(&px, &source.path, dataset.num_classes, dataset.ignore_index)?
         {
             match class_counts.get_mut(id as usize) {
                 Some(c) if id >= 0 => *c += 1,
