@@ -27,7 +27,7 @@ use crate::figures::{self, AttentionData, OverlayData};
 use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
 use crate::model::{Route, Scenario};
-use crate::predict::{predict_scene, PredictOptions, Predictor, SceneJob, NODATA_CLASS};
+use crate::predict::{predict_scene, PredictOptions, Predictor, SceneJob};
 
 /// Rows of a scene compared at a time (memory stays bounded on large scenes).
 const ROWS_PER_BAND: usize = 512;
@@ -286,8 +286,9 @@ fn score_class_map(
         let window = Window::new(0, y as i64, w, rows);
         let predicted = read_window_at(predicted, window)?;
         let (decoded, mut scored) = band_labels(dataset, labels, (w, h), y, rows, erode)?;
-        for (l, p) in scored.iter_mut().zip(&predicted.data) {
-            if *p == f32::from(NODATA_CLASS) {
+        // The class map's nodata (NODATA_CLASS) reads as invalid.
+        for (l, &ok) in scored.iter_mut().zip(&predicted.valid) {
+            if !ok {
                 *l = dataset.ignore_index;
             }
         }

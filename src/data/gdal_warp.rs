@@ -24,7 +24,7 @@ fn last_error() -> String {
 /// Warps `src` into `dst` with GDAL's warper, as `gdalwarp [args] src dst` does when `dst`
 /// exists: `dst`'s size, geotransform, CRS and band nodata define the output grid; `src`'s
 /// nodata, mask and alpha band mark what it does not cover. `args` are gdalwarp's options
-/// (e.g. `["-r", "bilinear", "-wo", "INIT_DEST=NO_DATA"]`).
+/// (e.g. `["-r", "bilinear"]`). Pixels of `dst` that `src` does not reach keep their values.
 ///
 /// # Errors
 /// Options GDAL refuses, or a failed warp, with GDAL's message.

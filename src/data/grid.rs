@@ -406,6 +406,16 @@ impl Warp {
         };
         let src = raster::open(&file.header.path)?;
         warp.bands = data_bands(&src)?;
+        if warp.bands != file.header.bands {
+            let last = file.header.bands;
+            bail!(
+                "its band {last} is an alpha band (GDAL colour interpretation), which the warper \
+                 takes as the file's mask, leaving {} data band(s) where {last} are read; if band \
+                 {last} holds data (e.g. NIR), clear its colour interpretation \
+                 (gdal_edit.py -colorinterp_{last} undefined)",
+                warp.bands
+            );
+        }
         let categorical = file.categorical || has_colour_table(&src)?;
         let downsampling = warp.downsampling(&src)?;
         warp.resampling = match config.resampling.get(&file.key) {
@@ -435,7 +445,10 @@ impl Warp {
             ds.set_spatial_ref(&SpatialRef::from_wkt(wkt)?)?;
         }
         for b in 1..=bands {
-            ds.rasterband(b)?.set_no_data_value(Some(f64::NAN))?;
+            let mut band = ds.rasterband(b)?;
+            band.set_no_data_value(Some(f64::NAN))?;
+            // The warper skips chunks the file does not reach, leaving them as created (0).
+            band.fill(f64::NAN, None)?;
         }
         Ok(ds)
     }
@@ -482,14 +495,12 @@ impl Warp {
         };
         let dst = self.destination(x, y, w, h, self.bands)?;
         let method = self.resampling.gdal_name();
-        warp_into(src, &dst, &["-r", method, "-wo", "INIT_DEST=NO_DATA", "-q"]).with_context(
-            || {
-                format!(
-                    "{}: cannot resample window {window:?} onto the grid",
-                    path.display()
-                )
-            },
-        )?;
+        warp_into(src, &dst, &["-r", method, "-q"]).with_context(|| {
+            format!(
+                "{}: cannot resample window {window:?} onto the grid",
+                path.display()
+            )
+        })?;
         let inside = Window::new(
             window.x - x as i64,
             window.y - y as i64,
@@ -767,6 +778,9 @@ mod tests {
                 }
             }
         }
+        // A window the file does not reach at all.
+        let beyond = plan.sources[1].read(Window::new(25, 22, 10, 8)).unwrap();
+        assert!(beyond.valid.iter().all(|&v| !v));
         // The same pixels read through a strip and through a small window.
         let strip = plan.sources[1].read(Window::new(0, 4, 40, 6)).unwrap();
         let small = plan.sources[1].read(Window::new(3, 5, 4, 4)).unwrap();
@@ -1016,10 +1030,28 @@ mod tests {
             let mut buf = gdal::raster::Buffer::new((w, h), bits);
             mask.write((0, 0), (w, h), &mut buf).unwrap();
         }
+        // Read as it is, band 4 would be a fourth band: refused.
+        let as_read = RasterInfo::read(&rgba).unwrap();
+        let e = err(plan_of(
+            &[
+                file("optical", reference.clone()),
+                file("rgba", as_read.clone()),
+            ],
+            &GridConfig::default(),
+        ));
+        assert!(
+            e.contains("band 4 is an alpha band") && e.contains("-colorinterp_4 undefined"),
+            "{e}"
+        );
+        // Counted as 3 data bands and a mask, it is the warper's mask.
+        let rgb = RasterInfo {
+            bands: 3,
+            ..as_read
+        };
         let plan = plan_of(
             &[
                 file("optical", reference),
-                file("rgba", RasterInfo::read(&rgba).unwrap()),
+                file("rgba", rgb),
                 file("masked", RasterInfo::read(&masked).unwrap()),
             ],
             &GridConfig::default(),
