@@ -202,6 +202,8 @@ fn score_scenes(
         announce_fill: false,
         quiet: req.quiet,
         grid: req.exp.data.grid.clone(),
+        // Said when the dataset was opened, in the configuration's terms.
+        announce_grid: false,
         ..PredictOptions::default()
     };
     let table = predictor.info().class_table();

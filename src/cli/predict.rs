@@ -323,6 +323,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         announce_fill: true,
         grid: grid_config(&args)?,
         grid_file: None,
+        announce_grid: true,
     };
     if options.batch == 0 {
         bail!("--batch must be at least 1");
@@ -411,6 +412,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("before `predict`"), "{err}");
+    }
+
+    #[test]
+    fn grid_flags_mix_with_inputs_and_bad_methods_are_named() {
+        let r = parse(&[
+            "predict",
+            "--optical",
+            "a.tif",
+            "--grid-reference",
+            "sar",
+            "--sar",
+            "s.tif",
+            "--resampling",
+            "dsm=cubic",
+            "--strict-grid",
+            "--resampling=sar=average",
+        ])
+        .unwrap();
+        assert_eq!(r.inputs.len(), 2);
+        let grid = grid_config(&r.args).unwrap();
+        assert_eq!(grid.reference.as_deref(), Some("sar"));
+        assert!(grid.strict);
+        assert_eq!(grid.resampling["dsm"], Resampling::Cubic);
+        assert_eq!(grid.resampling["sar"], Resampling::Average);
+        for (bad, expected) in [
+            ("dsm", "NAME=METHOD"),
+            ("dsm=bicubic", "unknown resampling"),
+        ] {
+            let r = parse(&["predict", "--resampling", bad]).unwrap();
+            let err = format!("{:#}", grid_config(&r.args).unwrap_err());
+            assert!(
+                err.contains("--resampling") && err.contains(expected),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -86,6 +86,9 @@ pub struct PredictOptions {
     /// A raster whose grid the outputs take, in place of `grid.reference`'s (it need not be an
     /// input: `dis2 eval` passes its scene's reference file when that modality is dropped).
     pub grid_file: Option<PathBuf>,
+    /// Say once on stderr what is resampled onto the grid (off where the caller said it, as
+    /// `dis2 eval` does when it opens its dataset).
+    pub announce_grid: bool,
 }
 
 impl Default for PredictOptions {
@@ -100,6 +103,7 @@ impl Default for PredictOptions {
             announce_fill: true,
             grid: GridConfig::default(),
             grid_file: None,
+            announce_grid: true,
         }
     }
 }
@@ -242,7 +246,9 @@ fn place_inputs(
         (None, None) => 0,
     };
     let plan = grid::plan(&files, reference, &options.grid, &GridKeys::PREDICT)?;
-    grid::announce(&plan.notes);
+    if options.announce_grid {
+        grid::announce(&plan.notes);
+    }
     let inputs = checked
         .into_iter()
         .zip(plan.sources)
