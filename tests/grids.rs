@@ -775,3 +775,32 @@ fn strict_configuration_keeps_the_refusal_and_names_the_key() {
     );
     let _ = raster::open(&scene.optical).unwrap();
 }
+
+#[test]
+fn sweep_trains_and_scores_a_dataset_on_different_grids() {
+    let Some(sar) = real_sar() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let scene = real_scene(&dir.path().join("data"), &sar);
+    let (_, config) = real_experiment(dir.path(), &scene);
+    let out = dir.path().join("sweep");
+    let output = Command::new(BIN)
+        .args(["sweep", "--config", s(&config), "--out", s(&out)])
+        .args(["--methods", "teacher-fill", "--scenarios", "sar"])
+        .args(["--set", "data.sampling.samples_per_epoch=8"])
+        .args(["--set", "data.sampling.batch_size=4"])
+        .args(["--set", "train.epochs=1", "--set", "train.val_batches=1"])
+        .args(["--device", "cpu"])
+        .output()
+        .unwrap();
+    let (_, stderr) = ok(&output);
+    assert!(
+        stderr.contains("modality sar (20 m, EPSG:32631) is resampled (bilinear)"),
+        "{stderr}"
+    );
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(doc["cells_missing"], 0, "{doc}");
+    let cells = &doc["methods"][0]["cells"];
+    assert!(cells["full"]["miou"].as_f64().is_some(), "{doc}");
+    assert!(cells["sar"]["miou"].as_f64().is_some(), "{doc}");
+}
