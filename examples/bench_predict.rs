@@ -6,18 +6,22 @@
 //!    bf16, with the pipeline `dis2 predict` runs and with everything in one thread; rounds
 //!    alternate the four, so that each ratio (bf16 over fp32, pipeline over one thread) comes from
 //!    runs minutes apart at most. Each run also says where its time went ([`Timings`]).
-//! 2. Peak resident memory (VmHWM) of the width-8 model (64 x 64 windows) on 2048 x 2048 and
+//! 2. Warping: the width-8 model (64 x 64 windows, one thread) with the SAR on the scene's grid
+//!    (aligned) and at 4x coarser resolution (warped onto the optical grid window by window), and
+//!    the cost of that warping alone (the SAR read in predict's strips, aligned against warped).
+//! 3. Peak resident memory (VmHWM) of the width-8 model with the warped SAR on 2048 x 2048 and
 //!    8192 x 8192 scenes, one thread: memory must not grow with the scene's height.
 //!
 //! Models are freshly initialised (speed does not depend on the weights). "one thread" is a rayon
 //! pool of 1, one libtorch thread and no background threads (each batch is read, run, then
-//! blended and written). Scenes mirror one generated 1024 x 1024 synthetic scene (seamless) and
-//! are kept in DIR.
+//! blended and written). Scenes mirror one generated 1024 x 1024 synthetic scene (seamless), with
+//! `sar_coarse.tif` the SAR averaged over 4 x 4 pixels, and are kept in DIR.
 //!
 //! Usage: `bench_predict [DIR [ROUNDS [THROUGHPUT_SIZE SMALL_SIZE LARGE_SIZE]]]` (defaults:
-//! target/bench-predict, 2, 2048, 2048, 8192). A child: `bench_predict --child MODE PRECISION
-//! CHECKPOINT SCENE_DIR OVERLAP`, MODE `pipeline`, `single` or `threads:T:R:P` (libtorch threads,
-//! rayon threads, batches read ahead; for trying other splits).
+//! target/bench-predict, 2, 2048, 2048, 8192; the warping runs use THROUGHPUT_SIZE). A child:
+//! `bench_predict --child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP`, MODE `pipeline`,
+//! `single`, `read` (the SAR alone) or `threads:T:R:P` (libtorch threads, rayon threads, batches
+//! read ahead; for trying other splits), SAR `aligned` or `warped`.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -26,7 +30,9 @@ use std::time::Instant;
 
 use dis2::checkpoint::{self, CheckpointInfo};
 use dis2::config::Experiment;
-use dis2::data::raster::{write_geotiff, GeoRef, RasterData, WriteOptions};
+use dis2::data::config::GridConfig;
+use dis2::data::grid::{self, GridFile, GridKeys};
+use dis2::data::raster::{write_geotiff, GeoRef, RasterData, RasterInfo, Window, WriteOptions};
 use dis2::data::synth;
 use dis2::model::Dis2Net;
 use dis2::precision::PrecisionChoice;
@@ -78,6 +84,7 @@ fn main() -> Result<()> {
         dis2::precision::CpuBf16::detect().describe()
     );
     throughput(&dir, big, rounds)?;
+    warping(&dir, big)?;
     memory(&dir, small, large)
 }
 
@@ -118,7 +125,7 @@ fn throughput(dir: &Path, size: usize, rounds: usize) -> Result<()> {
         };
         for i in order {
             let (precision, mode) = configs[i];
-            let f = run_child(mode, precision, &ck, &scene, 0)?;
+            let f = run_child(mode, precision, "aligned", &ck, &scene, 0)?;
             let t = f.timings;
             println!(
                 "{round:>5} {precision:>9} {mode:>9} {:>8.1} {:>8.3} |             {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>7.1}",
@@ -139,15 +146,43 @@ fn throughput(dir: &Path, size: usize, rounds: usize) -> Result<()> {
     Ok(())
 }
 
-/// Part 2: peak memory of the width-8 model at two scene sizes, one thread.
+/// Part 2: the width-8 model in one thread with the SAR aligned and warped, and the SAR alone
+/// read both ways.
+fn warping(dir: &Path, size: usize) -> Result<()> {
+    let ck = dir.join("model-w8");
+    write_checkpoint(&ck, "experiments/synthetic.yaml")?;
+    let scene = scene(dir, size)?;
+    println!(
+        "\nwidth 8, 64 x 64 windows, overlap 16, fp32, {size} x {size} scene: the SAR on the grid \
+         (aligned) or 4x coarser (warped); \"read\": the SAR alone, in predict's strips"
+    );
+    for (mode, sar) in [
+        ("single", "aligned"),
+        ("single", "warped"),
+        ("read", "aligned"),
+        ("read", "warped"),
+    ] {
+        let f = run_child(mode, "fp32", sar, &ck, &scene, 16)?;
+        println!(
+            "  {mode:>6} {sar:>7} {:>6} {} {:>7.1} s {:>8.3} MP/s",
+            f.windows,
+            if mode == "read" { "strips " } else { "windows" },
+            f.seconds,
+            f.mps
+        );
+    }
+    Ok(())
+}
+
+/// Part 3: peak memory of the width-8 model with the warped SAR at two scene sizes, one thread.
 fn memory(dir: &Path, small: usize, large: usize) -> Result<()> {
     let ck = dir.join("model-w8");
     write_checkpoint(&ck, "experiments/synthetic.yaml")?;
-    println!("\nwidth 8, 64 x 64 windows, overlap 16, one thread, fp32: peak memory");
+    println!("\nwidth 8, 64 x 64 windows, overlap 16, one thread, fp32, SAR warped: peak memory");
     let mut peaks = Vec::new();
     for size in [small, large] {
         let scene = scene(dir, size)?;
-        let f = run_child("single", "fp32", &ck, &scene, 16)?;
+        let f = run_child("single", "fp32", "warped", &ck, &scene, 16)?;
         println!(
             "  {size:>5} x {size:<5} {:>6} windows {:>7.1} s {:>7.3} MP/s   peak RSS {:>5.0} MiB",
             f.windows,
@@ -168,12 +203,13 @@ fn memory(dir: &Path, small: usize, large: usize) -> Result<()> {
 fn run_child(
     mode: &str,
     precision: &str,
+    sar: &str,
     ck: &Path,
     scene: &Path,
     overlap: usize,
 ) -> Result<Figures> {
     let out = Command::new(std::env::current_exe()?)
-        .args(["--child", mode, precision])
+        .args(["--child", mode, precision, sar])
         .arg(ck)
         .arg(scene)
         .arg(overlap.to_string())
@@ -181,7 +217,7 @@ fn run_child(
         .context("cannot start the child process")?;
     if !out.status.success() {
         bail!(
-            "child {mode} {precision} failed:\n{}",
+            "child {mode} {precision} {sar} failed:\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
@@ -226,7 +262,7 @@ fn write_checkpoint(path: &Path, config: &str) -> Result<()> {
 /// The folder of a `size` x `size` scene (optical.tif, dsm.tif, sar.tif), written when absent.
 fn scene(dir: &Path, size: usize) -> Result<PathBuf> {
     let out = dir.join(format!("scene{size}"));
-    if out.join("sar.tif").is_file() {
+    if out.join("sar_coarse.tif").is_file() {
         return Ok(out);
     }
     let t = Instant::now();
@@ -277,18 +313,99 @@ fn scene(dir: &Path, size: usize) -> Result<PathBuf> {
     )?;
     drop(optical);
     write("dsm.tif", 1, &mirror(&tile.dsm), None)?;
-    write(
-        "sar.tif",
-        1,
-        &mirror(&tile.sar),
-        Some(f64::from(synth::SAR_NODATA)),
-    )?;
+    let sar = mirror(&tile.sar);
+    write("sar.tif", 1, &sar, Some(f64::from(synth::SAR_NODATA)))?;
+    let coarse = average_4x4(&sar, size);
+    let georef4 = GeoRef::north_up(500_000.0, 5_000_000.0, 4.0 * synth::PIXEL_SIZE, synth::EPSG);
+    let raster = RasterData {
+        width: size / 4,
+        height: size / 4,
+        bands: 1,
+        data: &coarse,
+    };
+    let opts = WriteOptions {
+        nodata: Some(f64::from(synth::SAR_NODATA)),
+        ..Default::default()
+    };
+    write_geotiff(&out.join("sar_coarse.tif"), &raster, &georef4, &opts)?;
     println!(
         "wrote the {size}x{size} scene to {} in {:.1} s",
         out.display(),
         t.elapsed().as_secs_f64()
     );
     Ok(out)
+}
+
+/// The mean of the valid values of each 4 x 4 block of a `size` x `size` plane (SAR nodata
+/// where none is valid).
+fn average_4x4(plane: &[f32], size: usize) -> Vec<f32> {
+    let n = size / 4;
+    let mut out = Vec::with_capacity(n * n);
+    for by in 0..n {
+        for bx in 0..n {
+            let (mut sum, mut count) = (0.0f64, 0u32);
+            for y in 4 * by..4 * by + 4 {
+                for x in 4 * bx..4 * bx + 4 {
+                    let v = plane[y * size + x];
+                    if v != synth::SAR_NODATA {
+                        sum += f64::from(v);
+                        count += 1;
+                    }
+                }
+            }
+            out.push(match count {
+                0 => synth::SAR_NODATA,
+                _ => (sum / f64::from(count)) as f32,
+            });
+        }
+    }
+    out
+}
+
+/// `--child read PRECISION aligned|warped CHECKPOINT SCENE_DIR OVERLAP`: reads the SAR input alone
+/// on the optical grid, in full-width strips of 64 rows as predict does, and prints `RESULT
+/// strips seconds megapixels_per_s peak_rss_kb` and five zeros (no model, blending or writing).
+fn read_child(sar: &str, scene: &Path) -> Result<()> {
+    let header = |name: &str| RasterInfo::read(&scene.join(name));
+    let files = [
+        GridFile {
+            role: "optical".into(),
+            key: "optical".into(),
+            header: header("optical.tif")?,
+            categorical: false,
+        },
+        GridFile {
+            role: "sar".into(),
+            key: "sar".into(),
+            header: header(sar_file(sar)?)?,
+            categorical: false,
+        },
+    ];
+    let plan = grid::plan(&files, 0, &GridConfig::default(), &GridKeys::PREDICT)?;
+    let (w, h) = (plan.grid.info.width, plan.grid.info.height);
+    let t = Instant::now();
+    let open = plan.sources[1].open()?;
+    let mut strips = 0;
+    for y in (0..h).step_by(64) {
+        let px = open.read(Window::new(0, y as i64, w, 64.min(h - y)))?;
+        std::hint::black_box(&px);
+        strips += 1;
+    }
+    let secs = t.elapsed().as_secs_f64();
+    println!(
+        "RESULT {strips} {secs:.3} {:.4} {} 0 0 0 0 0",
+        (w * h) as f64 / 1e6 / secs,
+        peak_rss_kb()?
+    );
+    Ok(())
+}
+
+fn sar_file(sar: &str) -> Result<&'static str> {
+    match sar {
+        "aligned" => Ok("sar.tif"),
+        "warped" => Ok("sar_coarse.tif"),
+        other => bail!("unknown SAR input {other:?} (aligned or warped)"),
+    }
 }
 
 /// Sets the threads and read-ahead of `mode`; returns the batches read ahead (0: none).
@@ -324,26 +441,31 @@ fn threads_for(mode: &str) -> Result<usize> {
     }
 }
 
-/// `--child MODE PRECISION CHECKPOINT SCENE_DIR OVERLAP`: predicts the scene and prints
+/// `--child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP`: predicts the scene (with the SAR
+/// on its grid, or 4x coarser) and prints
 /// `RESULT windows seconds megapixels_per_s peak_rss_kb read model blend write handoff`.
 fn child(args: &[String]) -> Result<()> {
-    let [mode, precision, ck, scene, overlap] = args else {
-        bail!("usage: --child MODE PRECISION CHECKPOINT SCENE_DIR OVERLAP");
+    let [mode, precision, sar, ck, scene, overlap] = args else {
+        bail!("usage: --child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP");
     };
-    let prefetch = threads_for(mode)?;
-    let precision: PrecisionChoice = precision.parse().map_err(anyhow::Error::msg)?;
     if std::env::var_os("GDAL_CACHEMAX").is_none() {
         gdal::config::set_config_option("GDAL_CACHEMAX", "64")?;
     }
+    if mode == "read" {
+        return read_child(sar, Path::new(scene));
+    }
+    let prefetch = threads_for(mode)?;
+    let precision: PrecisionChoice = precision.parse().map_err(anyhow::Error::msg)?;
     let scene = PathBuf::from(scene);
     let device = tch::Device::Cpu;
     let predictor = Predictor::load_in(Path::new(ck), device, precision.resolve(device)?)?;
     let job = SceneJob {
-        inputs: ["optical", "dsm", "sar"]
-            .iter()
-            .map(|m| (m.to_string(), scene.join(format!("{m}.tif"))))
-            .collect(),
-        out: scene.join(format!("classes-{mode}-{precision}.tif")),
+        inputs: vec![
+            ("optical".to_string(), scene.join("optical.tif")),
+            ("dsm".to_string(), scene.join("dsm.tif")),
+            ("sar".to_string(), scene.join(sar_file(sar)?)),
+        ],
+        out: scene.join(format!("classes-{mode}-{precision}-{sar}.tif")),
         probs: None,
         preview: None,
     };

@@ -196,12 +196,15 @@ fn score_scenes(
     dataset: &SceneDataset,
     given: &[bool],
 ) -> Result<(ConfusionMatrix, Vec<PathBuf>)> {
-    let options = PredictOptions {
+    let mut options = PredictOptions {
         overlap: req.overlap,
         allow_fill: true,
         // The branch is named once by `evaluate` and in every output.
         announce_fill: false,
         quiet: req.quiet,
+        grid: req.exp.data.grid.clone(),
+        // Said when the dataset was opened, in the configuration's terms.
+        announce_grid: false,
         ..PredictOptions::default()
     };
     let table = predictor.info().class_table();
@@ -212,6 +215,8 @@ fn score_scenes(
         if scene.label.is_none() {
             bail!("scene {}: no labels to score against", scene.id);
         }
+        // The class map on the scene's grid, also when its reference modality is dropped.
+        options.grid_file = Some(scene.grid.info.path.clone());
         let job = class_map_job(&predictor.info().model, scene, given, &scratch, index);
         let mut scorer = SceneScorer {
             dataset,
@@ -300,7 +305,7 @@ fn class_map_job(
             .zip(&scene.modalities)
             .zip(given)
             .filter(|(_, g)| **g)
-            .map(|((m, p), _)| (m.name.clone(), p.clone()))
+            .map(|((m, source), _)| (m.name.clone(), source.path.clone()))
             .collect(),
         out: scratch.join(format!("{index}.tif")),
         probs: None,

@@ -10,7 +10,8 @@
 //! runs the model's autocast regions; `data` the rasters and datasets; `fsutil` the write-then-rename helpers every
 //! output goes through; `eval`, `metrics`, `report` and `figures` score checkpoints and draw their
 //! figures; `checkpoint` saves and loads models; `import_torch` converts the authors' PyTorch
-//! weights; `native` wraps the C++ kernels of `csrc/`.
+//! weights; `native` wraps the C++ kernels of `csrc/`; `dist` binds libtorch's distributed engine
+//! (c10d) for data-parallel training.
 //! `progress` reports long work (a bar or plain lines) for `train`, `predict` and `sweep`.
 
 pub mod alloc;
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod eval;
 pub mod figures;
 pub mod fsutil;

@@ -255,7 +255,7 @@ fn modules_import_each_other_without_cycles() {
 const LAYERS: &[&[&str]] = &[
     &["fsutil", "native", "alloc", "device", "progress", "metrics"],
     &["precision"],
-    &["model"],
+    &["model", "dist"],
     &["data"],
     &["train::config", "train::optim", "train::schedule"],
     &["config"],

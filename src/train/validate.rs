@@ -4,13 +4,29 @@
 //! as `dis2 eval` scores it.
 
 use anyhow::Result;
+use std::sync::Arc;
 use tch::{Device, Tensor};
 
 use crate::config::Experiment;
+use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
-use crate::data::loader::{Batch, Loader};
+use crate::data::loader::{Batch, Loader, LoaderOptions, Normaliser};
+use crate::data::sampling::GridSampler;
 use crate::metrics::{ConfusionMatrix, Scores};
 use crate::model::{Dis2Net, Route};
+
+/// Which validation batches one process scores: batches `index`, `index + of`, `index + 2 of`,
+/// ... of the validation grid (a data-parallel rank's share; [`Share::WHOLE`] alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl Share {
+    /// Every batch.
+    pub const WHOLE: Share = Share { index: 0, of: 1 };
+}
 
 /// Runs each branch over the validation grid (at most `max_batches` batches) and scores it.
 pub fn validate(
@@ -20,13 +36,23 @@ pub fn validate(
     device: Device,
     max_batches: Option<usize>,
 ) -> Result<Vec<Scores>> {
+    let matrices = confusion_matrices(net, exp, branches, device, max_batches, Share::WHOLE)?;
+    Ok(matrices.iter().map(|cm| cm.scores(&[])).collect())
+}
+
+/// The confusion matrix of each branch over `share` of the first `max_batches` batches of the
+/// validation grid (all when `None`). The shares of `of` processes add up to the whole.
+pub fn confusion_matrices(
+    net: &Dis2Net,
+    exp: &Experiment,
+    branches: &[Route],
+    device: Device,
+    max_batches: Option<usize>,
+    share: Share,
+) -> Result<Vec<ConfusionMatrix>> {
     let k = exp.model.num_classes as usize;
     let mut matrices = vec![ConfusionMatrix::new(k); branches.len()];
-    let loader = Loader::grid(&exp.data, &exp.model, Split::Val)?;
-    for (i, batch) in loader.enumerate() {
-        if max_batches.is_some_and(|m| i >= m) {
-            break;
-        }
+    for batch in share_loader(exp, max_batches, share)? {
         let batch = batch?;
         let inputs: Vec<Tensor> = batch.inputs.iter().map(|t| t.to_device(device)).collect();
         let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
@@ -37,7 +63,32 @@ pub fn validate(
             cm.add_tensors(&labels, &pred, exp.data.ignore_index)?;
         }
     }
-    Ok(matrices.iter().map(|cm| cm.scores(&[])).collect())
+    Ok(matrices)
+}
+
+/// The loader of `share` of the first `max_batches` batches of the validation grid: the grid's
+/// windows cut into batches as [`Loader::grid`] cuts them, every `share.of`-th batch kept.
+fn share_loader(exp: &Experiment, max_batches: Option<usize>, share: Share) -> Result<Loader> {
+    if share == Share::WHOLE && max_batches.is_none() {
+        return Loader::grid(&exp.data, &exp.model, Split::Val);
+    }
+    let dataset = Arc::new(SceneDataset::open(&exp.data, &exp.model, Split::Val)?);
+    let norm = Arc::new(Normaliser::from_config(&exp.data, &exp.model)?);
+    let windows = GridSampler::from_config(&exp.data, &exp.model).windows(&dataset);
+    let size = exp.data.sampling.batch_size.max(1);
+    let specs = windows
+        .chunks(size)
+        .take(max_batches.unwrap_or(usize::MAX))
+        .enumerate()
+        .filter(|(i, _)| i % share.of == share.index)
+        .flat_map(|(_, batch)| batch.iter().cloned())
+        .collect();
+    let options = LoaderOptions {
+        batch_size: size,
+        prefetch: exp.data.sampling.prefetch,
+        drop_last: false,
+    };
+    Ok(Loader::new(dataset, specs, norm, options))
 }
 
 /// The batch's reference labels where every modality `branch` reads has data, `ignore_index`
