@@ -48,9 +48,8 @@ pub fn report(device: DeviceChoice) -> Result<Vec<(&'static str, String)>> {
         (
             "precision auto",
             format!(
-                "{} on {resolved:?} (inference), {} (training)",
-                PrecisionChoice::Auto.resolve(resolved)?,
-                PrecisionChoice::Auto.resolve_for_training(resolved)?
+                "{} on {resolved:?}",
+                PrecisionChoice::Auto.resolve(resolved)?
             ),
         ),
     ])

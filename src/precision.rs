@@ -5,8 +5,7 @@
 //! - [`PrecisionChoice`] is what the user asks for; [`PrecisionChoice::resolve`] turns it into a
 //!   [`Precision`] for a device. `auto` is bf16 where the device computes it well: a CPU with
 //!   AVX-512 BF16 or AMX-BF16 (read from `cpuid` at run time, [`CpuBf16::detect`]), a CUDA device
-//!   of compute capability 8.0 or more ([`CudaBf16::detect`]); fp32 elsewhere. For training
-//!   ([`PrecisionChoice::resolve_for_training`]) a CPU needs AMX-BF16 ([`bf16_trains_fast`]).
+//!   of compute capability 8.0 or more ([`CudaBf16::detect`]); fp32 elsewhere.
 //! - bf16 is autocast-style mixed precision (see docs/model.md, "Precision"): inside
 //!   [`with_precision`] libtorch's autocast runs convolutions and matrix products in bfloat16
 //!   (accumulating in float32) while parameters stay float32; the model keeps its
@@ -100,29 +99,6 @@ impl PrecisionChoice {
             Self::Auto => Ok(Precision::Fp32),
         }
     }
-
-    /// [`Self::resolve`] for training (`train.precision`): `auto` is bf16 only where
-    /// [`bf16_trains_fast`] says so, which on the CPU needs AMX.
-    ///
-    /// # Errors
-    /// bf16 asked for on a device other than the CPU or CUDA.
-    pub fn resolve_for_training(self, device: Device) -> Result<Precision> {
-        match self {
-            Self::Auto if !bf16_trains_fast(device) => Ok(Precision::Fp32),
-            choice => choice.resolve(device),
-        }
-    }
-}
-
-/// Whether bf16 training is worth it on `device`: a CUDA device of compute capability 8.0 or
-/// more, or a CPU with AMX-BF16. With AVX-512 BF16 alone, oneDNN's bfloat16 weight-gradient
-/// convolutions were several times slower than float32 ones for the class-wise decoder's small
-/// maps (docs/model.md, "Precision"), so bf16 inference gains there but training loses.
-pub fn bf16_trains_fast(device: Device) -> bool {
-    match device {
-        Device::Cpu => CpuBf16::detect().trains_fast(),
-        other => bf16_is_fast(other),
-    }
 }
 
 /// Whether `device` computes bfloat16 in hardware: a CPU with AVX-512 BF16 or AMX-BF16 enabled by
@@ -176,11 +152,6 @@ impl CpuBf16 {
     /// bfloat16 in hardware and usable: AVX-512 BF16 or AMX-BF16 with the OS's support.
     pub fn fast(&self) -> bool {
         (self.avx512_bf16 && self.os_avx512) || (self.amx_bf16 && self.os_amx)
-    }
-
-    /// bfloat16 training worth it: AMX-BF16 with the OS's support (see [`bf16_trains_fast`]).
-    pub fn trains_fast(&self) -> bool {
-        self.amx_bf16 && self.os_amx
     }
 
     /// One line for `dis2 info`, e.g. `AVX-512 BF16 yes, AMX-BF16 no (cpuid; /proc/cpuinfo and
@@ -441,26 +412,6 @@ mod tests {
         let auto = PrecisionChoice::Auto.resolve(cpu).unwrap();
         assert_eq!(auto == Precision::Bf16, CpuBf16::detect().fast());
         assert!(PrecisionChoice::Bf16.resolve(Device::Mps).is_err());
-        let train = PrecisionChoice::Auto.resolve_for_training(cpu).unwrap();
-        assert_eq!(train == Precision::Bf16, CpuBf16::detect().trains_fast());
-        let asked = PrecisionChoice::Bf16.resolve_for_training(cpu).unwrap();
-        assert_eq!(asked, Precision::Bf16);
-    }
-
-    /// AVX-512 BF16 alone is fast enough for bf16 inference, not for bf16 training; AMX for both.
-    #[test]
-    fn training_needs_amx_on_the_cpu() {
-        let cpu = |avx512_bf16: bool, amx_bf16: bool| CpuBf16 {
-            avx512_bf16,
-            amx_bf16,
-            os_avx512: true,
-            os_amx: true,
-            proc_cpuinfo: None,
-            libtorch: (None, None),
-        };
-        assert!(cpu(true, false).fast() && !cpu(true, false).trains_fast());
-        assert!(cpu(true, true).fast() && cpu(true, true).trains_fast());
-        assert!(!cpu(false, false).fast() && !cpu(false, false).trains_fast());
     }
 
     /// cpuid, /proc/cpuinfo and libtorch read the same bfloat16 features where they can be read.

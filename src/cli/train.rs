@@ -35,8 +35,8 @@ pub struct CommonTrainArgs {
     #[command(flatten)]
     pub device: DeviceArgs,
     /// fp32, bf16 (bfloat16 convolutions and matrix products, float32 weights and losses) or auto
-    /// (bf16 on a GPU of compute capability 8.0+ or a CPU with AMX); sets `train.precision`
-    /// [default: the configuration's, fp32].
+    /// (bf16 where the CPU or GPU computes it in hardware); sets `train.precision` [default: the
+    /// configuration's, fp32].
     #[arg(long, value_name = "PRECISION")]
     pub precision: Option<PrecisionChoice>,
 }

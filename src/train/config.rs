@@ -52,10 +52,8 @@ pub struct TrainConfig {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub joint_probabilities: BTreeMap<String, f64>,
     /// `fp32`, `bf16` (autocast-style mixed precision: bfloat16 convolutions and matrix
-    /// products, float32 parameters, losses and reductions; CPU and CUDA) or `auto` (bf16 on a
-    /// CUDA device of compute capability 8.0+ or a CPU with AMX; see
-    /// `PrecisionChoice::resolve_for_training`). `--precision` of the training commands
-    /// overrides it.
+    /// products, float32 parameters, losses and reductions; CPU and CUDA) or `auto` (bf16 where
+    /// the device computes it in hardware). `--precision` of the training commands overrides it.
     #[serde(default, skip_serializing_if = "is_fp32")]
     pub precision: PrecisionChoice,
 }

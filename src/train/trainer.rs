@@ -166,7 +166,7 @@ impl Trainer {
         tch::manual_seed(exp.seed as i64);
         let vs = nn::VarStore::new(opts.device);
         let mut net = Dis2Net::new(&vs.root(), &exp.model)?;
-        let precision = exp.train.precision.resolve_for_training(opts.device);
+        let precision = exp.train.precision.resolve(opts.device);
         net.set_precision(precision.context("train.precision")?);
         let scenarios = net.scenarios().to_vec();
         // What trains: everything but, for a student, the frozen teacher and encoders.
