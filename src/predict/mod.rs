@@ -696,7 +696,7 @@ impl BlendStage<'_, '_> {
 /// The blend stage in turn with the model (inline), or on a scoped background thread fed
 /// through a bounded queue of batches.
 enum Blender<'scope, 'a, 'o> {
-    Inline(BlendStage<'a, 'o>),
+    Inline(Box<BlendStage<'a, 'o>>),
     Background {
         queue: SyncSender<(Prepared, Vec<f32>)>,
         handle: ScopedJoinHandle<'scope, Result<BlendStage<'a, 'o>>>,
@@ -710,7 +710,7 @@ impl<'scope, 'a: 'scope, 'o: 'scope> Blender<'scope, 'a, 'o> {
         scope: &'scope Scope<'scope, 'env>,
     ) -> Self {
         if !background {
-            return Blender::Inline(stage);
+            return Blender::Inline(Box::new(stage));
         }
         let (queue, batches) = sync_channel::<(Prepared, Vec<f32>)>(2);
         let handle = scope.spawn(move || {
@@ -741,7 +741,7 @@ impl<'scope, 'a: 'scope, 'o: 'scope> Blender<'scope, 'a, 'o> {
     /// The stage once every batch is blended and written (the background thread's error, if any).
     fn finish(self) -> Result<BlendStage<'a, 'o>> {
         match self {
-            Blender::Inline(stage) => Ok(stage),
+            Blender::Inline(stage) => Ok(*stage),
             Blender::Background { queue, handle } => {
                 drop(queue);
                 handle
