@@ -128,10 +128,18 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         )?,
         None => Vec::new(),
     };
+    let class_names: Vec<String> = table.iter().map(|c| c.name.clone()).collect();
+    let scores = confusion.scores(&exclude);
+    let context = format!(
+        "the {} split of {}",
+        req.split.as_str(),
+        req.config.display()
+    );
+    crate::metrics::warn_absent_classes(&context, &class_names, &scores);
     let report = EvalReport {
         branch: label,
-        class_names: table.iter().map(|c| c.name.clone()).collect(),
-        scores: confusion.scores(&exclude),
+        class_names,
+        scores,
         excluded: exclude,
         confusion,
         erode: req.options.erode,
@@ -573,6 +581,8 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "split": req.split.as_str(),
         "dropped": req.drop,
         "excluded_from_means": req.exclude,
+        "classes_in_means": s.mean_classes.iter().map(|&c| &names[c]).collect::<Vec<_>>(),
+        "classes_absent": s.absent_classes.iter().map(|&c| &names[c]).collect::<Vec<_>>(),
         "erode": r.erode,
         "erode_shape": "disk",
         "miou": s.miou,

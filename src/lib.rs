@@ -8,7 +8,7 @@
 //! the statistics of `dis2 stats`); `device` parses `--device` and picks CPU or CUDA; `model` holds
 //! the network; `data` the rasters and datasets; `fsutil` the write-then-rename helpers every
 //! output goes through; `eval`, `metrics`, `report` and `figures` score checkpoints and draw their
-//! figures; `checkpoint` saves and loads models; `import_torch` converts the authors' PyTorch
+//! figures; `stats` holds the means, deviations and paired intervals of the sweep tables; `checkpoint` saves and loads models; `import_torch` converts the authors' PyTorch
 //! weights; `native` wraps the C++ kernels of `csrc/`.
 //! `progress` reports long work (a bar or plain lines) for `train`, `predict` and `sweep`.
 
@@ -30,6 +30,7 @@ pub mod predict;
 pub mod prepare;
 pub(crate) mod progress;
 pub mod report;
+pub mod stats;
 pub mod sweep;
 pub mod tiling;
 pub mod train;

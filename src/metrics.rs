@@ -2,12 +2,18 @@
 //! F1, precision and recall, mean IoU, mean F1 and overall accuracy.
 //!
 //! Conventions: rows are reference labels, columns predictions; pixels whose label is the ignore
-//! index are not counted. A class that appears neither in the labels nor in the predictions has no
-//! IoU or F1 (`None`) and stays out of the means; classes listed in `exclude_from_mean` (ISPRS:
-//! clutter) are reported but not averaged. Overall accuracy counts every class.
+//! index are not counted. The means (mIoU, mean F1) average one fixed set of classes: those
+//! present in the reference labels scored (support > 0), less the classes listed in
+//! `exclude_from_mean` (ISPRS: clutter). The set depends on the labels only, so every checkpoint,
+//! branch and method scored on the same pixels of a split is averaged over the same classes. A
+//! class absent from the labels keeps its row: no IoU (`None`) when never predicted, IoU 0 when
+//! predicted somewhere, and stays out of the means either way (docs/eval.md compares this with
+//! mmsegmentation's and the ISPRS benchmark's conventions). Overall accuracy counts every class.
 
 use anyhow::{ensure, Result};
 use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +36,14 @@ pub struct ClassScores {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Scores {
     pub per_class: Vec<ClassScores>,
-    /// Mean over the classes that have an IoU and are not excluded; `None` when there is none.
+    /// Mean IoU over [`Scores::mean_classes`]; `None` when that set is empty.
     pub miou: Option<f64>,
+    /// Mean F1 over [`Scores::mean_classes`].
     pub mean_f1: Option<f64>,
+    /// The classes the means average: present in the reference labels and not excluded.
+    pub mean_classes: Vec<usize>,
+    /// Classes with no reference pixel (and not excluded): reported, not averaged.
+    pub absent_classes: Vec<usize>,
     /// Correct pixels over counted pixels; `None` when every pixel was ignored.
     pub overall_accuracy: Option<f64>,
     pub pixels: u64,
@@ -141,6 +152,8 @@ impl ConfusionMatrix {
             .collect()
     }
 
+    /// Per-class scores and the means over the classes present in the labels, less
+    /// `exclude_from_mean` (see the module documentation).
     pub fn scores(&self, exclude_from_mean: &[usize]) -> Scores {
         let k = self.classes;
         let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
@@ -159,12 +172,15 @@ impl ConfusionMatrix {
                 }
             })
             .collect();
+        let counted = |c: &usize| !exclude_from_mean.contains(c);
+        let (mean_classes, absent_classes): (Vec<usize>, Vec<usize>) = (0..k)
+            .filter(counted)
+            .partition(|&c| per_class[c].support > 0);
+        // Support > 0 gives every class of the set an IoU and an F1 (union and sum positive).
         let mean = |f: fn(&ClassScores) -> Option<f64>| {
-            let vals: Vec<f64> = per_class
+            let vals: Vec<f64> = mean_classes
                 .iter()
-                .enumerate()
-                .filter(|(c, _)| !exclude_from_mean.contains(c))
-                .filter_map(|(_, s)| f(s))
+                .map(|&c| f(&per_class[c]).unwrap_or(0.0))
                 .collect();
             (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
         };
@@ -175,8 +191,49 @@ impl ConfusionMatrix {
             mean_f1: mean(|s| s.f1),
             overall_accuracy: ratio(correct, pixels),
             per_class,
+            mean_classes,
+            absent_classes,
             pixels,
         }
+    }
+}
+
+/// Contexts already warned about by [`warn_absent_classes`].
+static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The note [`warn_absent_classes`] prints, or `None` when no class is absent.
+pub fn absent_classes_note(context: &str, names: &[String], scores: &Scores) -> Option<String> {
+    if scores.absent_classes.is_empty() {
+        return None;
+    }
+    let list = |classes: &[usize]| -> String {
+        let named: Vec<&str> = classes
+            .iter()
+            .map(|&c| names.get(c).map_or("?", String::as_str))
+            .collect();
+        named.join(", ")
+    };
+    Some(format!(
+        "note: {context} has no reference pixels of {}; they keep their rows but stay out of \
+         mIoU and mean F1, which average the {} classes present: {}",
+        list(&scores.absent_classes),
+        scores.mean_classes.len(),
+        list(&scores.mean_classes)
+    ))
+}
+
+/// Prints (to stderr) which classes `context` (a split, e.g. `the test split of x.yaml`) lacks,
+/// once per process and context: a sweep or a training run scores the same split many times.
+pub fn warn_absent_classes(context: &str, names: &[String], scores: &Scores) {
+    let Some(note) = absent_classes_note(context, names, scores) else {
+        return;
+    };
+    let first = WARNED
+        .lock()
+        .map(|mut seen| seen.insert(context.to_string()))
+        .unwrap_or(true);
+    if first {
+        eprintln!("{note}");
     }
 }
 
@@ -297,8 +354,9 @@ mod tests {
     }
 
     #[test]
-    fn class_only_predicted_scores_zero_and_stays_in_the_mean() {
-        // Class 1 is never a label but predicted once: IoU 0, F1 0, precision 0, no recall.
+    fn class_only_predicted_scores_zero_and_stays_out_of_the_mean() {
+        // Class 1 is never a label but predicted once: IoU 0, F1 0, precision 0, no recall; the
+        // means average the classes of the labels only.
         let mut cm = ConfusionMatrix::new(2);
         cm.add_pairs(&[0, 0, 0, 0], &[0, 0, 0, 1], 255).unwrap();
         let s = cm.scores(&[]);
@@ -307,8 +365,42 @@ mod tests {
             (c1.iou, c1.f1, c1.precision, c1.recall, c1.support),
             (Some(0.0), Some(0.0), Some(0.0), None, 0)
         );
-        assert!(close(s.miou, (0.75 + 0.0) / 2.0));
+        assert!(close(s.miou, 0.75));
         assert!(close(s.overall_accuracy, 0.75));
+        assert_eq!((s.mean_classes, s.absent_classes), (vec![0], vec![1]));
+    }
+
+    #[test]
+    fn the_mean_averages_the_same_classes_whatever_is_predicted() {
+        // Labels hold classes 0 and 2 (class 1 absent, class 3 excluded). Two predictions: one
+        // never predicts class 1, one does; before the fix their means had 2 and 3 terms.
+        let labels = [0i64, 0, 2, 2, 3, 3];
+        let mut never = ConfusionMatrix::new(4);
+        never.add_pairs(&labels, &[0, 0, 2, 0, 3, 3], 255).unwrap();
+        let mut sometimes = ConfusionMatrix::new(4);
+        sometimes
+            .add_pairs(&labels, &[0, 1, 2, 2, 3, 3], 255)
+            .unwrap();
+        let (a, b) = (never.scores(&[3]), sometimes.scores(&[3]));
+        assert_eq!(a.mean_classes, vec![0, 2]);
+        assert_eq!(b.mean_classes, a.mean_classes);
+        assert_eq!(a.absent_classes, vec![1]);
+        assert_eq!(a.per_class[1].iou, None);
+        assert_eq!(b.per_class[1].iou, Some(0.0), "the row is kept");
+        // never: class 0 IoU 2/3, class 2 IoU 1/2; sometimes: 1/2 and 1.
+        assert!(close(a.miou, (2.0 / 3.0 + 0.5) / 2.0));
+        assert!(close(b.miou, (0.5 + 1.0) / 2.0));
+        // F1: never 0.8 and 2/3; sometimes 2/3 and 1.
+        assert!(close(a.mean_f1, (0.8 + 2.0 / 3.0) / 2.0));
+        assert!(close(b.mean_f1, (2.0 / 3.0 + 1.0) / 2.0));
+        let names: Vec<String> = ["road", "car", "tree", "clutter"].map(String::from).into();
+        let note = absent_classes_note("the val split", &names, &a).unwrap();
+        assert!(
+            note.contains("the val split has no reference pixels of car")
+                && note.contains("the 2 classes present: road, tree"),
+            "{note}"
+        );
+        assert!(absent_classes_note("x", &names, &never.scores(&[1, 3])).is_none());
     }
 
     #[test]

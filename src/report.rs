@@ -113,13 +113,22 @@ fn truncate(s: &str, n: usize) -> String {
     s.chars().take(n).collect()
 }
 
+/// Width of the legend column right of a bar chart.
+const BAR_LEGEND: u32 = 230;
+
 /// A grouped bar chart: one group per entry of `groups` (for instance scenarios), one bar per
-/// series (for instance methods); missing values leave a gap. Values in [0, 1].
+/// series (for instance methods) at the mean of its values (for instance one per seed), a
+/// whisker of ± one sample standard deviation when there are two or more, and a dot per value;
+/// a group without values leaves a gap. Values in [0, 1]. The legend sits in its own column
+/// right of the plot, names in full.
+///
+/// # Errors
+/// No group or no series, a series whose group count differs, drawing or writing failures.
 pub fn grouped_bars_png(
     path: &Path,
     title: &str,
     groups: &[String],
-    series: &[(String, Vec<Option<f64>>)],
+    series: &[(String, Vec<Vec<f64>>)],
     y_label: &str,
 ) -> Result<()> {
     ensure!(!groups.is_empty() && !series.is_empty(), "nothing to plot");
@@ -131,68 +140,118 @@ pub fn grouped_bars_png(
             groups.len()
         );
     }
-    let (width, height) = (
-        160 + 110 * groups.len() as u32 * (series.len() as u32).max(2) / 2,
-        480u32,
-    );
+    let plot_w = (110 * groups.len() as u32 * (series.len() as u32).max(2) / 2).max(300);
+    let (width, height) = (160 + plot_w + BAR_LEGEND, 480u32);
     let mut rgb = vec![255u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
-        let n = groups.len() as f64;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..n, 0.0..1.0)
-            .map_err(draw_err)?;
-        let labels = groups.to_vec();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(groups.len() * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 1e-6 && i < labels.len() {
-                    labels[i].clone()
-                } else {
-                    String::new()
-                }
-            })
-            .y_desc(y_label)
-            .draw()
-            .map_err(draw_err)?;
-        let bar_w = 0.8 / series.len() as f64;
-        for (s, (name, values)) in series.iter().enumerate() {
-            let colour = Palette99::pick(s).to_rgba();
-            let bars = values.iter().enumerate().filter_map(|(g, v)| {
-                v.map(|v| {
-                    let x = g as f64 + 0.1 + s as f64 * bar_w;
-                    Rectangle::new(
-                        [(x, 0.0), (x + bar_w * 0.95, v.clamp(0.0, 1.0))],
-                        colour.filled(),
-                    )
-                })
-            });
-            chart
-                .draw_series(bars)
-                .map_err(draw_err)?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(draw_err)?;
+        let (left, right) = root.split_horizontally(width - BAR_LEGEND);
+        draw_bars(&left, title, groups, series, y_label)?;
+        draw_bar_legend(&right, series)?;
         root.present().map_err(draw_err)?;
     }
     write_png(path, &rgb, width, height)
+}
+
+/// The bars, whiskers and dots of [`grouped_bars_png`] on `area`.
+fn draw_bars(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    title: &str,
+    groups: &[String],
+    series: &[(String, Vec<Vec<f64>>)],
+    y_label: &str,
+) -> Result<()> {
+    let n = groups.len() as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 17))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..n, 0.0..1.0)
+        .map_err(draw_err)?;
+    let labels = groups.to_vec();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-6 && i < labels.len() {
+                labels[i].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_label)
+        .draw()
+        .map_err(draw_err)?;
+    let bar_w = 0.8 / series.len() as f64;
+    for (s, (_, values)) in series.iter().enumerate() {
+        let colour = Palette99::pick(s).to_rgba();
+        for (g, v) in values.iter().enumerate() {
+            let Some(stat) = crate::stats::summarize(v) else {
+                continue;
+            };
+            let x = g as f64 + 0.1 + s as f64 * bar_w;
+            let centre = x + bar_w * 0.475;
+            let top = stat.mean.clamp(0.0, 1.0);
+            chart
+                .draw_series([Rectangle::new(
+                    [(x, 0.0), (x + bar_w * 0.95, top)],
+                    colour.filled(),
+                )])
+                .map_err(draw_err)?;
+            if let Some(sd) = stat.sd {
+                let (lo, hi) = ((top - sd).max(0.0), (top + sd).min(1.0));
+                let cap = bar_w * 0.2;
+                let whisker = [
+                    vec![(centre, lo), (centre, hi)],
+                    vec![(centre - cap, lo), (centre + cap, lo)],
+                    vec![(centre - cap, hi), (centre + cap, hi)],
+                ];
+                chart
+                    .draw_series(
+                        whisker
+                            .into_iter()
+                            .map(|p| PathElement::new(p, BLACK.stroke_width(2))),
+                    )
+                    .map_err(draw_err)?;
+            }
+            let spread = bar_w * 0.5 / v.len().max(1) as f64;
+            let dots = v.iter().enumerate().map(|(i, &y)| {
+                let dx = (i as f64 - (v.len() - 1) as f64 / 2.0) * spread;
+                Circle::new((centre + dx, y.clamp(0.0, 1.0)), 3, BLACK.filled())
+            });
+            chart.draw_series(dots).map_err(draw_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The legend column of [`grouped_bars_png`]: a swatch and the full name per series, and a key
+/// to the marks.
+fn draw_bar_legend(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    series: &[(String, Vec<Vec<f64>>)],
+) -> Result<()> {
+    let font = ("sans-serif", 14).into_font();
+    let mut y = 50i32;
+    for (s, (name, _)) in series.iter().enumerate() {
+        let colour = Palette99::pick(s).to_rgba();
+        area.draw(&Rectangle::new([(6, y), (20, y + 14)], colour.filled()))
+            .map_err(draw_err)?;
+        area.draw(&Text::new(name.as_str(), (26, y), font.clone()))
+            .map_err(draw_err)?;
+        y += 22;
+    }
+    y += 12;
+    for line in ["bar: mean over seeds", "whisker: ± 1 sd", "dot: one seed"] {
+        area.draw(&Text::new(line, (6, y), ("sans-serif", 13).into_font()))
+            .map_err(draw_err)?;
+        y += 18;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -227,8 +286,14 @@ mod tests {
         let path = dir.path().join("bars.png");
         let groups: Vec<String> = ["full", "-dsm"].map(String::from).to_vec();
         let series = vec![
-            ("teacher".to_string(), vec![Some(0.8), Some(0.5)]),
-            ("dis2".to_string(), vec![Some(0.8), None]),
+            (
+                "teacher".to_string(),
+                vec![vec![0.8, 0.78, 0.83], vec![0.5]],
+            ),
+            (
+                "dis2@a-long-variant-name".to_string(),
+                vec![vec![0.8], vec![]],
+            ),
         ];
         grouped_bars_png(&path, "mIoU", &groups, &series, "mIoU").unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
@@ -240,7 +305,7 @@ mod tests {
             coloured > 1000,
             "bars are drawn: {coloured} coloured pixels"
         );
-        let bad = vec![("x".to_string(), vec![Some(0.1)])];
+        let bad = vec![("x".to_string(), vec![vec![0.1]])];
         assert!(grouped_bars_png(&path, "t", &groups, &bad, "y").is_err());
     }
 }

@@ -177,6 +177,8 @@ fn print_table(r: &EvalReport) {
     for (i, (name, c)) in r.class_names.iter().zip(&s.per_class).enumerate() {
         let note = if r.excluded.contains(&i) {
             " (not in means)"
+        } else if s.absent_classes.contains(&i) {
+            " (absent from the split: not in means)"
         } else {
             ""
         };

@@ -7,10 +7,12 @@ use tch::{Device, Tensor};
 use crate::config::Experiment;
 use crate::data::layouts::Split;
 use crate::data::loader::Loader;
-use crate::metrics::{ConfusionMatrix, Scores};
+use crate::metrics::{warn_absent_classes, ConfusionMatrix, Scores};
 use crate::model::{Dis2Net, Route};
 
-/// Runs each branch over the validation grid (at most `max_batches` batches) and scores it.
+/// Runs each branch over the validation grid (at most `max_batches` batches) and scores it. The
+/// windows are the same at every validation, so every branch and step is averaged over the same
+/// classes (those of the validation labels); the first validation names the classes it lacks.
 pub fn validate(
     net: &Dis2Net,
     exp: &Experiment,
@@ -34,5 +36,15 @@ pub fn validate(
             cm.add_tensors(&batch.labels, &pred, exp.data.ignore_index)?;
         }
     }
-    Ok(matrices.iter().map(|cm| cm.scores(&[])).collect())
+    let scores: Vec<Scores> = matrices.iter().map(|cm| cm.scores(&[])).collect();
+    if let Some(first) = scores.first() {
+        let names: Vec<String> = exp
+            .data
+            .class_table(k)
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
+        warn_absent_classes("the validation split", &names, first);
+    }
+    Ok(scores)
 }
