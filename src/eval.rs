@@ -79,8 +79,10 @@ pub struct EvalReport {
     pub scores: Scores,
     /// Radius of the eroded boundaries the scores were computed with (0: none).
     pub erode: usize,
-    /// Overlay figures written.
+    /// Overlay figures written (of the first `--overlays` scenes).
     pub overlays: Vec<PathBuf>,
+    /// Scenes scored.
+    pub scenes: usize,
     /// Attention figures written.
     pub attention_maps: Vec<PathBuf>,
 }
@@ -144,6 +146,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         confusion,
         erode: req.options.erode,
         overlays,
+        scenes: dataset.len(),
         attention_maps,
     };
     write_reports(req, &report)?;

@@ -22,12 +22,45 @@ pub fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()>
     crate::fsutil::write_atomic(path, &bytes)
 }
 
+/// The width in pixels of `text` drawn at `size` in the figures' font (plus a pixel either side),
+/// so that layouts make room for whole names instead of cutting them.
+pub fn text_width(text: &str, size: u32) -> usize {
+    let fallback = text.chars().count() * size as usize * 6 / 10;
+    let measured = ("sans-serif", size)
+        .into_font()
+        .box_size(text)
+        .map_or(fallback, |(w, _)| w as usize);
+    measured + 2
+}
+
 fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing failed: {e:?}")
 }
 
+/// Title of the confusion matrix figure.
+const CONFUSION_TITLE: &str = "Confusion matrix (rows: reference, share of the row)";
+
+/// The layout of a confusion matrix figure: the left margin (row names), the bottom margin
+/// (column names, rotated) and the whole size, wide and tall enough for every name in full.
+pub fn confusion_layout(class_names: &[String]) -> (u32, u32, (u32, u32)) {
+    let cell = 64u32;
+    let k = class_names.len() as u32;
+    let longest = |size: u32| {
+        class_names
+            .iter()
+            .map(|n| text_width(n, size) as u32)
+            .max()
+            .unwrap_or(0)
+    };
+    let left = 180.max(10 + longest(15) + 12);
+    let bottom = 130.max(10 + longest(14) + 40);
+    let width = (left + cell * k + 40).max(20 + text_width(CONFUSION_TITLE, 18) as u32 + 20);
+    (left, bottom, (width, 70 + cell * k + bottom))
+}
+
 /// The confusion matrix as a heat map, rows normalised (recall), with the counts' share printed
-/// in each cell. Rows: reference; columns: prediction.
+/// in each cell. Rows: reference; columns: prediction. Class names are never cut: the margins
+/// grow with the longest ([`confusion_layout`]).
 pub fn confusion_matrix_png(
     path: &Path,
     cm: &ConfusionMatrix,
@@ -40,19 +73,19 @@ pub fn confusion_matrix_png(
         class_names.len()
     );
     let cell = 64u32;
-    let (width, height) = (180 + cell * k as u32 + 40, 70 + cell * k as u32 + 130);
+    let (left, _, (width, height)) = confusion_layout(class_names);
     let mut rgb = vec![255u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
         root.draw(&Text::new(
-            "Confusion matrix (rows: reference, share of the row)",
+            CONFUSION_TITLE,
             (20, 20),
             ("sans-serif", 18).into_font(),
         ))
         .map_err(draw_err)?;
         let rows = cm.rows();
-        let (x0, y0) = (180i32, 70i32);
+        let (x0, y0) = (left as i32, 70i32);
         for (r, row) in rows.iter().enumerate() {
             let total: u64 = row.iter().sum();
             for (c, &count) in row.iter().enumerate() {
@@ -83,7 +116,7 @@ pub fn confusion_matrix_png(
                 .map_err(draw_err)?;
             }
             root.draw(&Text::new(
-                truncate(&class_names[r], 18),
+                class_names[r].as_str(),
                 (10, y0 + (r as i32) * cell as i32 + 24),
                 ("sans-serif", 15).into_font(),
             ))
@@ -95,7 +128,7 @@ pub fn confusion_matrix_png(
             let style = ("sans-serif", 14)
                 .into_font()
                 .transform(FontTransform::Rotate90);
-            root.draw(&Text::new(truncate(name, 14), (x + 20, y), style))
+            root.draw(&Text::new(name.as_str(), (x + 20, y), style))
                 .map_err(draw_err)?;
         }
         root.draw(&Text::new(
@@ -107,10 +140,6 @@ pub fn confusion_matrix_png(
         root.present().map_err(draw_err)?;
     }
     write_png(path, &rgb, width, height)
-}
-
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
 }
 
 /// Width of the legend column right of a bar chart.
@@ -270,10 +299,25 @@ mod tests {
         let path = dir.path().join("cm.png");
         confusion_matrix_png(&path, &cm, &names).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(
-            (img.width(), img.height()),
-            (180 + 192 + 40, 70 + 192 + 130)
+        // Short names: the default margins, wide enough for the title.
+        let (left, bottom, size) = confusion_layout(&names);
+        assert_eq!((left, bottom), (180, 130));
+        assert_eq!((img.width(), img.height()), size);
+        assert_eq!(size.1, 70 + 192 + 130);
+        assert!(
+            size.0 >= 180 + 192 + 40 && size.0 as usize >= text_width(CONFUSION_TITLE, 18) + 20
         );
+        // A long name widens the left and bottom margins instead of being cut.
+        let long: Vec<String> = ["impervious surfaces and roads", "building", "tree"]
+            .map(String::from)
+            .to_vec();
+        let (left, bottom, (w, h)) = confusion_layout(&long);
+        let name = text_width(&long[0], 15) as u32;
+        assert!(
+            left >= name + 10 && bottom > 130 && w >= left + 192 + 40,
+            "{left} {bottom} {w}"
+        );
+        assert_eq!(h, 70 + 192 + bottom);
         // The (0,0) cell holds 0.5 of its row: a mid blue.
         let p = img.get_pixel(180 + 2, 70 + 2).0;
         assert_eq!(p, [127, 127, 255]);

@@ -16,7 +16,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::config::TrainConfig;
 use super::objective::{
-    distill_objective, joint_objective, masked_target, teacher_objective, Objective,
+    distill_objective, joint_objective, masked_target, teacher_objective, KdWeights, Objective,
 };
 use super::optim::Optimizer;
 use super::progress::{Progress, StepReport};
@@ -345,10 +345,11 @@ impl Trainer {
             class_weights,
         )?;
         let train = &self.exp.train;
-        let kd_weight = if epoch >= train.kd_warmup_epochs {
-            train.lambda_kd
+        let kd = if epoch >= train.kd_warmup_epochs {
+            let (features, logits) = train.kd_weights();
+            KdWeights { features, logits }
         } else {
-            0.0
+            KdWeights::both(0.0)
         };
         let amp = train.mixed_precision && device.is_cuda();
         match self.spec.kind {
@@ -366,12 +367,7 @@ impl Trainer {
                 let out = tch::autocast(amp, || {
                     self.net.forward_distill(&self.scenarios[0], &given, true)
                 })?;
-                Ok(distill_objective(
-                    &out,
-                    &target,
-                    kd_weight,
-                    train.orth_weight,
-                ))
+                Ok(distill_objective(&out, &target, kd, train.orth_weight))
             }
             RunKind::Joint => {
                 let mut rng = Rng::derive(self.exp.seed, STREAM_JOINT_SCENARIO, b);
@@ -382,7 +378,7 @@ impl Trainer {
                     &out,
                     &self.modality_names,
                     &target,
-                    kd_weight,
+                    kd,
                     train.orth_weight,
                 ))
             }
