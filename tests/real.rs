@@ -1,5 +1,5 @@
-//! The real-data path end to end on `../shared/fixtures/real/eolearn-slovenia` (Sentinel-2 + DEM
-//! + land cover, 101 x 100 px): `dis2 blocks` makes the spatial-block splits, then stats,
+//! The real-data path end to end on `../shared/fixtures/real/eolearn-slovenia` (Sentinel-2, DEM
+//! and land cover, 101 x 100 px): `dis2 blocks` makes the spatial-block splits, then stats,
 //! train-teacher and distill --missing dsm (a few steps each), eval with every modality and with
 //! the DSM dropped, and predict on the whole patch. Checks the georeferencing of blocks and
 //! predictions, the class set and the metrics files. Skipped, with a note, without `../shared`.
