@@ -24,6 +24,8 @@ SEEDS=${SEEDS:-3}
 EPOCHS=${EPOCHS:-12}
 SCENARIOS=${SCENARIOS:-dsm,sar,optical}
 DEVICE=${DEVICE:-auto}
+# Further sweep options for every sweep, e.g. EXTRA="--set data.sampling.samples_per_epoch=64".
+read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 
 # The variants of sweep 1: name -> override.
 declare -A VARIANT=(
@@ -39,7 +41,7 @@ declare -A VARIANT=(
 ORDER=(kd0.5 kd1 kd2 features logits warmup0 warmup3 warmup6)
 
 common=(--config "$CONFIG" --set "train.epochs=$EPOCHS" --seeds "$SEEDS" --scenarios "$SCENARIOS"
-        --split test --select-on val --device "$DEVICE")
+        --split test --select-on val --device "$DEVICE" "${EXTRA_ARGS[@]}")
 started=$(date +%s)
 
 variants=()

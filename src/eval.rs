@@ -132,10 +132,11 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
     };
     let class_names: Vec<String> = table.iter().map(|c| c.name.clone()).collect();
     let scores = confusion.scores(&exclude);
+    // Named by the experiment, not the file: a sweep scores one split from many run folders.
     let context = format!(
-        "the {} split of {}",
+        "the {} split of experiment {}",
         req.split.as_str(),
-        req.config.display()
+        req.exp.name
     );
     crate::metrics::warn_absent_classes(&context, &class_names, &scores);
     let report = EvalReport {

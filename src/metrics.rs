@@ -222,7 +222,7 @@ pub fn absent_classes_note(context: &str, names: &[String], scores: &Scores) -> 
     ))
 }
 
-/// Prints (to stderr) which classes `context` (a split, e.g. `the test split of x.yaml`) lacks,
+/// Prints (to stderr) which classes `context` (a split, e.g. `the test split of experiment x`) lacks,
 /// once per process and context: a sweep or a training run scores the same split many times.
 pub fn warn_absent_classes(context: &str, names: &[String], scores: &Scores) {
     let Some(note) = absent_classes_note(context, names, scores) else {

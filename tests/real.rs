@@ -165,6 +165,11 @@ fn real_patch_trains_distils_scores_and_predicts_in_place() {
     args.extend(SHORT);
     let log = dis2(&args);
     assert!(log.contains("student[dsm]"), "{log}");
+    // The closing summary compares the student and the filled teacher over one class set.
+    assert!(
+        log.contains("each mIoU averages the same 4 of 4 classes"),
+        "{log}"
+    );
 
     for (drop, branch) in [(None, "teacher"), (Some("dsm"), "student[dsm]")] {
         let out = dir.path().join(format!("eval-{branch}"));

@@ -163,7 +163,25 @@ fn a_killed_sweep_continues_without_redoing_finished_cells() {
     let teacher_finished = out.join("runs/s3/teacher/finished.json");
     let before = (modified(&teacher_finished), modified(&scored));
 
+    // A run cut off before its first checkpoint (here a stale teacher spec and no checkpoint)
+    // starts again with the sweep's settings rather than resuming what it holds.
+    let cut_off = out.join("runs/s4/dis2-dsm");
+    assert!(!cut_off.exists(), "the kill came later than expected");
+    std::fs::create_dir_all(&cut_off).unwrap();
+    std::fs::copy(
+        out.join("runs/s3/teacher/run.yaml"),
+        cut_off.join("run.yaml"),
+    )
+    .unwrap();
+    std::fs::write(cut_off.join("stale"), "").unwrap();
+
     let log = ok(&run(&args));
+    assert!(
+        !cut_off.join("stale").exists(),
+        "the cut-off run started again"
+    );
+    let spec = std::fs::read_to_string(cut_off.join("run.yaml")).unwrap();
+    assert!(spec.contains("kind: distill"), "{spec}");
     assert!(log.contains("run s3/teacher is finished, skipped"), "{log}");
     assert!(
         log.contains("evaluation test/s3/teacher--drop-dsm is done, skipped"),

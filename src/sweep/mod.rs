@@ -102,8 +102,9 @@ struct SweepSpec {
 }
 
 impl SweepSpec {
-    /// The grid this spec asks for, on `model`.
-    fn grid(&self, model: &crate::model::config::ModelConfig) -> Result<Grid> {
+    /// The grid this spec asks for, on the experiment `exp`.
+    fn grid(&self, exp: &Experiment) -> Result<Grid> {
+        let model = &exp.model;
         let methods: Vec<Method> = self
             .methods
             .iter()
@@ -121,6 +122,10 @@ impl SweepSpec {
             splits,
             modality_dropout: self.modality_dropout,
             teacher_set: self.teacher_set.clone(),
+            generic: match &exp.data.dataset {
+                crate::data::config::DatasetConfig::Generic(g) => Some(g.clone()),
+                _ => None,
+            },
         })
     }
 }
@@ -168,7 +173,7 @@ pub fn sweep(args: &SweepRequest) -> Result<()> {
     let config = args.config.as_deref().context("--config is required")?;
     let exp = Experiment::load(config, &args.set)?;
     let spec = sweep_spec(args, config, &exp)?;
-    let plan = Plan::new(&spec.grid(&exp.model)?, &exp.model)?;
+    let plan = Plan::new(&spec.grid(&exp)?, &exp.model)?;
     let shard = args.shard.unwrap_or_else(Shard::whole);
     if args.list {
         print_plan(&plan, shard);
@@ -268,7 +273,7 @@ fn read_existing(dir: &SweepDir) -> Result<(Plan, Experiment)> {
         )
     })?;
     let exp = Experiment::load(&dir.experiment(), &[])?;
-    let plan = Plan::new(&spec.grid(&exp.model)?, &exp.model)?;
+    let plan = Plan::new(&spec.grid(&exp)?, &exp.model)?;
     Ok((plan, exp))
 }
 
@@ -387,10 +392,12 @@ fn train_unit(
         device,
         quiet: true,
     };
-    let summary = if RunDir::new(&run_dir).spec().exists() {
+    let run = RunDir::new(&run_dir);
+    let summary = if run.spec().exists() && run.last().exists() {
         trainer::resume(&run_dir, opts)?
     } else {
-        // A folder without run.yaml was cut off while being created: start it again.
+        // A folder without run.yaml or without a checkpoint was cut off (or failed) before its
+        // first checkpoint: start it again, with the sweep's current settings.
         if run_dir.exists() {
             std::fs::remove_dir_all(&run_dir)
                 .with_context(|| format!("cannot remove {}", run_dir.display()))?;

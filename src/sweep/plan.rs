@@ -11,6 +11,7 @@ use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::str::FromStr;
 
+use crate::data::config::GenericConfig;
 use crate::data::layouts::Split;
 use crate::model::config::{ModalitySpec, ModelConfig};
 use crate::model::scenario::{join_names, Scenario};
@@ -354,6 +355,9 @@ pub struct Grid {
     pub modality_dropout: f64,
     /// `--set` overrides of the DIS2 teachers only (a stronger teacher).
     pub teacher_set: Vec<String>,
+    /// The dataset when it is a generic one, whose modalities are named per split and must
+    /// match the model's: a unimodal model's runs name only its own.
+    pub generic: Option<GenericConfig>,
 }
 
 impl Grid {
@@ -523,8 +527,34 @@ impl Plan {
         let kind = UnitKind::Teacher {
             modality_dropout: 0.0,
         };
+        let mut overrides = overrides;
+        overrides.extend(self.generic_modalities(&names)?);
         let name = format!("unimodal-{}", join_names(&names));
         Ok(self.add(&name, seed, kind, overrides))
+    }
+
+    /// For a generic dataset, overrides that keep only the modalities `names` in every split.
+    fn generic_modalities(&self, names: &[&str]) -> Result<Vec<String>> {
+        let Some(g) = &self.grid.generic else {
+            return Ok(Vec::new());
+        };
+        let splits = [
+            ("train", Some(&g.train)),
+            ("val", g.val.as_ref()),
+            ("test", g.test.as_ref()),
+        ];
+        let mut out = Vec::new();
+        for (split, files) in splits {
+            let Some(files) = files else { continue };
+            let kept: std::collections::BTreeMap<&String, &String> = files
+                .modalities
+                .iter()
+                .filter(|(m, _)| names.contains(&m.as_str()))
+                .collect();
+            let value = serde_json::to_string(&kept)?;
+            out.push(format!("data.dataset.generic.{split}.modalities={value}"));
+        }
+        Ok(out)
     }
 
     fn student(&mut self, row: &Row, column: &Column, seed: u64) -> String {
@@ -624,6 +654,7 @@ mod tests {
             splits: vec![Split::Test],
             modality_dropout: 0.3,
             teacher_set: Vec::new(),
+            generic: None,
         }
     }
 
@@ -738,6 +769,30 @@ mod tests {
                 && e.unit == "s2/dis2@logits-dsm"));
         // rows x columns x seeds x splits
         assert_eq!(plan.cells.len(), 4 * 2 * 2 * 2);
+    }
+
+    #[test]
+    fn unimodal_runs_of_a_generic_dataset_name_only_their_modalities() {
+        let m = model();
+        let cols = parse_scenarios(&["dsm".into()], &m).unwrap();
+        let mut g = grid(&[Method::Unimodal], cols, &[1]);
+        g.generic = Some(
+            crate::config::from_yaml_str(
+                "train: {modalities: {optical: a/o, dsm: a/d, sar: a/s}, labels: a/l}\n\
+                 test: {modalities: {optical: b/o, dsm: b/d, sar: b/s}, labels: b/l}\n",
+            )
+            .unwrap(),
+        );
+        let plan = Plan::new(&g, &m).unwrap();
+        let uni = plan.unit("s1/unimodal-optical+sar").unwrap();
+        assert_eq!(
+            uni.overrides[2..],
+            [
+                r#"data.dataset.generic.train.modalities={"optical":"a/o","sar":"a/s"}"#,
+                r#"data.dataset.generic.test.modalities={"optical":"b/o","sar":"b/s"}"#,
+                "seed=1",
+            ]
+        );
     }
 
     #[test]

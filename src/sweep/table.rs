@@ -684,6 +684,7 @@ mod tests {
             splits: vec![Split::Test],
             modality_dropout: 0.3,
             teacher_set: Vec::new(),
+            generic: None,
         }
     }
 
