@@ -35,8 +35,15 @@ fi
 
 # --- GDAL, fontconfig with a font for the figures, tcmalloc ----------------------------------------
 # tcmalloc replaces malloc in the dis2 binary (build.rs links it when present): faster training.
-have_tcmalloc() { ldconfig -p 2>/dev/null | grep -q 'libtcmalloc_minimal\.so\.4 '; }
-if pkg-config --exists gdal fontconfig 2>/dev/null && fc-list 2>/dev/null | grep -q . && have_tcmalloc; then
+# The whole list is read before matching: with pipefail, `grep -q` closing the pipe early makes
+# the writer fail. ldconfig lives in /sbin, which a user's PATH may lack.
+have_tcmalloc() {
+    local libs
+    libs=$(PATH="$PATH:/sbin:/usr/sbin" ldconfig -p 2>/dev/null) || return 1
+    [[ "$libs" == *"libtcmalloc_minimal.so.4 "* ]]
+}
+have_font() { [ -n "$(fc-list 2>/dev/null)" ]; }
+if pkg-config --exists gdal fontconfig 2>/dev/null && have_font && have_tcmalloc; then
     log "GDAL $(pkg-config --modversion gdal), fontconfig development files and tcmalloc present"
 else
     packages="libgdal-dev gdal-bin pkg-config libfontconfig1-dev fonts-dejavu-core libtcmalloc-minimal4"

@@ -20,16 +20,13 @@ use crate::data::config::ClassInfo;
 use crate::data::dataset::{Scene, SceneDataset};
 use crate::data::layouts::Split;
 use crate::data::loader::{load_sample, Normaliser};
-use crate::data::raster::{read_window_at, Pixels, Window};
+use crate::data::raster::{Pixels, Window};
 use crate::data::sampling::GridSampler;
 use crate::figures::{self, AttentionData, OverlayData};
 use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
 use crate::model::{Route, Scenario};
-use crate::predict::{predict_scene, PredictOptions, Predictor, SceneJob, NODATA_CLASS};
-
-/// Rows of a scene compared at a time (memory stays bounded on large scenes).
-const ROWS_PER_BAND: usize = 512;
+use crate::predict::{predict_scene_with, ClassRows, PredictOptions, Predictor, SceneJob};
 
 /// One evaluation: the library form of `dis2 eval`, also run by `dis2 sweep`.
 #[derive(Debug)]
@@ -197,7 +194,9 @@ fn excluded_classes(table: &[ClassInfo], names: &[String]) -> Result<Vec<usize>>
 }
 
 /// Predicts every scene of `dataset` with the `given` modalities (blended windows, as
-/// `dis2 predict`) into a scratch folder of `req.out` and scores it against its labels; draws
+/// `dis2 predict`, into a scratch folder of `req.out`) and scores the class map's rows as
+/// prediction writes them: a pixel counts where its label is a class and every given input has
+/// data (the validity prediction used, never decoded from the class map's nodata value). Draws
 /// the overlays of the first `req.options.overlays` scenes. Returns the confusion matrix and the
 /// overlay files.
 fn score_scenes(
@@ -219,26 +218,22 @@ fn score_scenes(
     let mut overlays = Vec::new();
     let mut cm = ConfusionMatrix::new(table.len());
     for (index, scene) in dataset.scenes.iter().enumerate() {
-        let Some(label_path) = &scene.label else {
+        if scene.label.is_none() {
             bail!("scene {}: no labels to score against", scene.id);
-        };
+        }
         let job = class_map_job(&predictor.info().model, scene, given, &scratch, index);
-        predict_scene(predictor, &job, &options).with_context(|| format!("scene {}", scene.id))?;
-        let mut overlay = (index < req.options.overlays)
-            .then(|| OverlaySampler::new(scene.width(), scene.height()));
-        let erode = req.options.erode;
-        let predicted = &job.out;
-        score_class_map(
+        let mut scorer = SceneScorer {
             dataset,
-            scene,
-            label_path,
-            predicted,
-            erode,
-            &mut cm,
-            overlay.as_mut(),
-        )?;
+            index,
+            erode: req.options.erode,
+            cm: &mut cm,
+            overlay: (index < req.options.overlays)
+                .then(|| OverlaySampler::new(scene.width(), scene.height())),
+        };
+        predict_scene_with(predictor, &job, &options, &mut |rows| scorer.rows(rows))
+            .with_context(|| format!("scene {}", scene.id))?;
         let _ = std::fs::remove_file(&job.out);
-        if let Some(o) = overlay {
+        if let Some(o) = scorer.overlay {
             let path = req
                 .out
                 .join("overlays")
@@ -250,6 +245,52 @@ fn score_scenes(
     }
     let _ = std::fs::remove_dir_all(&scratch);
     Ok((cm, overlays))
+}
+
+/// Scores one scene's class map, band of rows by band of rows as prediction finishes them.
+struct SceneScorer<'a> {
+    dataset: &'a SceneDataset,
+    index: usize,
+    /// Radius of the eroded boundaries (0: none).
+    erode: usize,
+    cm: &'a mut ConfusionMatrix,
+    overlay: Option<OverlaySampler>,
+}
+
+impl SceneScorer<'_> {
+    /// Adds finished rows to the confusion matrix (labels eroded by `erode` pixels; pixels
+    /// without a prediction, where a given input has no data, are not scored) and samples them
+    /// into the overlay.
+    fn rows(&mut self, rows: &ClassRows) -> Result<()> {
+        let scene = &self.dataset.scenes[self.index];
+        let (w, h) = (rows.width, scene.height());
+        let (decoded, labels) = band_labels(
+            self.dataset,
+            self.index,
+            (w, h),
+            rows.first_row,
+            rows.rows,
+            self.erode,
+        )?;
+        let scored = scored_labels(&labels, rows.valid, self.dataset.ignore_index);
+        let preds: Vec<i64> = rows.classes.iter().map(|&p| i64::from(p)).collect();
+        self.cm
+            .add_pairs(&scored, &preds, self.dataset.ignore_index)
+            .with_context(|| format!("scene {}", scene.id))?;
+        if let Some(o) = self.overlay.as_mut() {
+            let window = Window::new(0, rows.first_row as i64, w, rows.rows);
+            let image = self.dataset.read_modality(self.index, 0, window)?;
+            o.add_band(
+                rows.first_row,
+                &image,
+                &decoded,
+                &preds,
+                rows.valid,
+                &scored,
+            );
+        }
+        Ok(())
+    }
 }
 
 /// The `dis2 predict` job of a scene of the split: its `given` modalities, the class map into
@@ -276,46 +317,22 @@ fn class_map_job(
     }
 }
 
-/// Adds a scene's predicted class map (`predicted`) against its labels (`label_path`,
-/// boundaries eroded by `erode` pixels) to `cm`, band by band; pixels without a prediction
-/// (nodata in an input) are not scored. Samples the bands into `overlay` when given.
-fn score_class_map(
-    dataset: &SceneDataset,
-    scene: &Scene,
-    label_path: &Path,
-    predicted: &Path,
-    erode: usize,
-    cm: &mut ConfusionMatrix,
-    mut overlay: Option<&mut OverlaySampler>,
-) -> Result<()> {
-    let (w, h) = (scene.width(), scene.height());
-    for y in (0..h).step_by(ROWS_PER_BAND) {
-        let rows = ROWS_PER_BAND.min(h - y);
-        let window = Window::new(0, y as i64, w, rows);
-        let predicted = read_window_at(predicted, window)?;
-        let (decoded, mut labels) = band_labels(dataset, label_path, (w, h), y, rows, erode)?;
-        for (l, p) in labels.iter_mut().zip(&predicted.data) {
-            if *p == f32::from(NODATA_CLASS) {
-                *l = dataset.ignore_index;
-            }
-        }
-        let preds: Vec<i64> = predicted.data.iter().map(|&p| p as i64).collect();
-        cm.add_pairs(&labels, &preds, dataset.ignore_index)
-            .with_context(|| format!("scene {}", scene.id))?;
-        if let Some(o) = overlay.as_deref_mut() {
-            let image = read_window_at(&scene.modalities[0], window)?;
-            o.add_band(y, &image, &decoded, &preds, &labels);
-        }
-    }
-    Ok(())
+/// The labels as scored: `labels` where the class map has a prediction (`predicted`),
+/// `ignore_index` elsewhere.
+fn scored_labels(labels: &[i64], predicted: &[bool], ignore_index: i64) -> Vec<i64> {
+    labels
+        .iter()
+        .zip(predicted)
+        .map(|(&l, &ok)| if ok { l } else { ignore_index })
+        .collect()
 }
 
-/// The labels of rows `first..first + rows` of a scene of `size` (width, height): as decoded,
-/// and as scored, with the boundaries eroded by `erode` pixels. Erosion reads `erode` rows of
-/// context above and below the band, so bands give the same result as the whole scene.
+/// The labels of rows `first..first + rows` of scene `index` of `size` (width, height): as
+/// decoded, and as scored, with the boundaries eroded by `erode` pixels. Erosion reads `erode`
+/// rows of context above and below the band, so bands give the same result as the whole scene.
 fn band_labels(
     dataset: &SceneDataset,
-    path: &Path,
+    index: usize,
     size: (usize, usize),
     first: usize,
     rows: usize,
@@ -323,10 +340,7 @@ fn band_labels(
 ) -> Result<(Vec<i64>, Vec<i64>)> {
     let (width, height) = size;
     let (top, count) = erosion_context(first, rows, height, erode);
-    let px = read_window_at(path, Window::new(0, top as i64, width, count))?;
-    let context = dataset
-        .decoder
-        .decode(&px, path, dataset.num_classes, dataset.ignore_index)?;
+    let context = dataset.read_labels(index, Window::new(0, top as i64, width, count))?;
     let start = (first - top) * width;
     let decoded = context[start..start + rows * width].to_vec();
     if erode == 0 {
@@ -368,7 +382,8 @@ struct OverlaySampler {
     bands: Vec<Vec<f32>>,
     valid: Vec<bool>,
     labels: Vec<i64>,
-    preds: Vec<i64>,
+    /// Predicted class, `None` where a given input has no data.
+    preds: Vec<Option<i64>>,
     scored: Vec<i64>,
 }
 
@@ -391,13 +406,15 @@ impl OverlaySampler {
         }
     }
 
-    /// Samples the band of scene rows starting at `first` (every slice covers the band).
+    /// Samples the band of scene rows starting at `first` (every slice covers the band;
+    /// `predicted` says where `preds` holds a prediction).
     fn add_band(
         &mut self,
         first: usize,
         image: &Pixels,
         labels: &[i64],
         preds: &[i64],
+        predicted: &[bool],
         scored: &[i64],
     ) {
         let full = image.width;
@@ -415,7 +432,7 @@ impl OverlaySampler {
                 }
                 self.valid.push(image.valid[at]);
                 self.labels.push(labels[at]);
-                self.preds.push(preds[at]);
+                self.preds.push(predicted[at].then_some(preds[at]));
                 self.scored.push(scored[at]);
             }
         }
@@ -423,12 +440,14 @@ impl OverlaySampler {
 
     fn write(&self, path: &Path, table: &[ClassInfo]) -> Result<()> {
         let image = figures::stretch_rgb(&self.bands, &self.valid);
+        // The figure draws a value of no class black: unpredicted pixels.
+        let preds: Vec<i64> = self.preds.iter().map(|p| p.unwrap_or(-1)).collect();
         let data = OverlayData {
             width: self.width,
             height: self.height,
             image: &image,
             labels: &self.labels,
-            preds: &self.preds,
+            preds: &preds,
             scored: &self.scored,
         };
         figures::overlay_png(path, &data, table)
@@ -622,4 +641,59 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
     ));
     crate::fsutil::write_atomic(&out.join("metrics.csv"), csv.as_bytes())?;
     crate::report::confusion_matrix_png(&out.join("confusion.png"), cm, names)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table() -> Vec<ClassInfo> {
+        [[255, 255, 255], [0, 0, 255]]
+            .into_iter()
+            .enumerate()
+            .map(|(i, colour)| ClassInfo {
+                name: format!("class {i}"),
+                colour,
+            })
+            .collect()
+    }
+
+    /// Pixels of the error colour in the overlay of one band of 4 x 1 pixels, two of them
+    /// wrongly predicted; `predicted` says where the class map has a prediction.
+    fn magenta_pixels(predicted: [bool; 4]) -> (usize, OverlaySampler) {
+        let image = Pixels {
+            bands: 1,
+            width: 4,
+            height: 1,
+            data: vec![1.0, 2.0, 3.0, 4.0],
+            valid: vec![true; 4],
+        };
+        let labels = [0, 1, 1, 0];
+        let preds = [0, 0, 0, 0];
+        let scored = scored_labels(&labels, &predicted, 255);
+        let mut overlay = OverlaySampler::new(4, 1);
+        overlay.add_band(0, &image, &labels, &preds, &predicted, &scored);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.png");
+        overlay.write(&path, &table()).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let n = img
+            .pixels()
+            .filter(|p| p.0 == figures::ERROR_COLOUR)
+            .count();
+        (n, overlay)
+    }
+
+    #[test]
+    fn overlay_errors_leave_out_pixels_without_a_prediction() {
+        // Both wrong pixels have no prediction (an input has no data there): no error drawn,
+        // not scored, and the prediction panel has nothing there.
+        let (n, overlay) = magenta_pixels([true, false, false, true]);
+        assert_eq!(n, 0);
+        assert_eq!(overlay.preds, vec![Some(0), None, None, Some(0)]);
+        assert_eq!(overlay.scored, vec![0, 255, 255, 0]);
+        // With predictions there, the same pixels are errors.
+        let (n, _) = magenta_pixels([true; 4]);
+        assert!(n >= 2, "{n}");
+    }
 }

@@ -4,8 +4,10 @@
 mod common;
 
 use common::*;
-use dis2::model::losses::{one_hot, seg_loss, training_loss};
+use dis2::model::losses::seg_loss;
 use dis2::model::{Dis2Net, Scenario};
+use dis2::train::joint_backward::{forward_joint, JointBackward, JointForward};
+use dis2::train::objective::{joint_objective, masked_target, KdWeights, Objective, Target};
 use tch::{nn, Device, Kind, Tensor};
 
 const B: i64 = 2;
@@ -13,7 +15,8 @@ const B: i64 = 2;
 /// The tests of this file one at a time: with two of them running libtorch's transposed
 /// convolution backward passes (the auxiliary decoders) at once in one process, an auxiliary
 /// decoder's bias gradient came out different now and then, which the comparisons here would
-/// misread. (Training itself never runs two of those at once: see `dis2::model::joint`.)
+/// misread. (Training itself never runs two of those at once: see
+/// `dis2::train::joint_backward`.)
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
@@ -26,10 +29,30 @@ fn inputs(channels: &[i64]) -> Vec<Tensor> {
         .collect()
 }
 
-/// Random inputs and a random one-hot target of 5 classes at 64x64.
-fn inputs_and_target(channels: &[i64]) -> (Vec<Tensor>, Tensor) {
+/// Random inputs and a random target of 5 classes at 64x64 (every pixel counted, no class
+/// weights).
+fn inputs_and_target(channels: &[i64]) -> (Vec<Tensor>, Target) {
     let labels = Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu));
-    (inputs(channels), one_hot(&labels, 5).unwrap())
+    (
+        inputs(channels),
+        masked_target(&labels, 255, 5, None).unwrap(),
+    )
+}
+
+/// The joint objective as `dis2 distill --joint` computes it (KD weight 5, orthogonality 1).
+fn objective(net: &Dis2Net, step: &JointForward, target: &Target) -> Objective {
+    let names: Vec<String> = net
+        .config()
+        .modalities
+        .iter()
+        .map(|m| m.name.clone())
+        .collect();
+    joint_objective(step, &names, target, KdWeights::both(5.0), 1.0)
+}
+
+/// The backward strategy the trainer chooses for `net` on the CPU.
+fn strategy(net: &Dis2Net) -> JointBackward {
+    JointBackward::choose(Device::Cpu, net.config(), B)
 }
 
 fn build(channels: &[i64]) -> (nn::VarStore, Dis2Net) {
@@ -66,7 +89,8 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
     let x = inputs(&ch);
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     let labels = Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu));
-    let target = one_hot(&labels, 5).unwrap();
+    let objective_target = masked_target(&labels, 255, 5, None).unwrap();
+    let target = &objective_target.onehot;
     tch::no_grad(|| {
         let t = net.forward_teacher(&all, false).unwrap();
         assert_eq!(t.size(), [B, 5, 64, 64]);
@@ -79,7 +103,8 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
             let p = net.forward_student(s, &given, false).unwrap();
             assert_eq!(p.size(), [B, 5, 64, 64], "{s:?}");
             assert_eq!(max_abs_diff(&p, &net.forward(&given, false).unwrap()), 0.0);
-            let out = net.forward_train(s, &all, false).unwrap();
+            let step = forward_joint(&net, s, &all, false, strategy(&net)).unwrap();
+            let out = &step.outputs;
             assert_eq!(out.aux_preds.len(), 3);
             for p in out
                 .aux_preds
@@ -91,32 +116,39 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
             }
             assert_eq!(out.student.penultimate.size(), [B, 8, 64, 64]);
             assert_eq!(out.student.logits.size(), [B, 5, 64, 64]);
-            let terms = training_loss(&out, &target, 5.0);
-            assert_eq!(terms.aux.len(), 3);
+            let terms = objective(&net, &step, &objective_target);
+            let term = |name: &str| terms.term(name).unwrap();
+            let aux: Vec<&Tensor> = (terms.terms.iter())
+                .filter(|(name, _)| name.starts_with("aux_"))
+                .map(|(_, t)| t)
+                .collect();
+            assert_eq!(aux.len(), 3);
             // The batched losses equal the losses one by one, and the total is their sum.
             let close = |a: &Tensor, b: &Tensor| (a - b).abs().double_value(&[]) < 1e-5;
-            assert!(close(&terms.teacher, &seg_loss(&out.teacher.pred, &target)));
-            assert!(close(&terms.student, &seg_loss(&out.student.pred, &target)));
-            assert!(close(&terms.aux[2], &seg_loss(&out.aux_preds[2], &target)));
+            assert!(close(term("teacher"), &seg_loss(&out.teacher.pred, target)));
+            assert!(close(term("student"), &seg_loss(&out.student.pred, target)));
+            assert!(close(aux[2], &seg_loss(&out.aux_preds[2], target)));
             let scales: f64 = out
                 .student
                 .scale_preds
                 .iter()
-                .map(|p| seg_loss(p, &target).double_value(&[]))
+                .map(|p| seg_loss(p, target).double_value(&[]))
                 .sum();
-            assert!((terms.student_scales.double_value(&[]) - scales).abs() < 1e-5);
+            assert!((term("student_scales").double_value(&[]) - scales).abs() < 1e-5);
             let parts = [
-                &terms.teacher,
-                &terms.student,
-                &terms.teacher_scales,
-                &terms.student_scales,
-                &terms.orth,
+                "teacher",
+                "student",
+                "teacher_scales",
+                "student_scales",
+                "orth",
             ]
+            .map(term)
             .iter()
             .map(|t| t.double_value(&[]))
             .sum::<f64>()
-                + terms.aux.iter().map(|t| t.double_value(&[])).sum::<f64>()
-                + 5.0 * terms.kd.double_value(&[]);
+                + aux.iter().map(|t| t.double_value(&[])).sum::<f64>()
+                + 5.0 * term("kd_features").double_value(&[])
+                + 5.0 * term("kd_logits").double_value(&[]);
             assert!((terms.total.double_value(&[]) - parts).abs() < 1e-4);
             let total = terms.total.double_value(&[]);
             assert!(total.is_finite() && total > 0.0, "{s:?}: {total}");
@@ -212,8 +244,8 @@ fn training_gradients_reach_teacher_and_this_student_only() {
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     let s = Scenario::new(vec![2], 3).unwrap();
     let (vs, net) = build(&ch);
-    let out = net.forward_train(&s, &all, true).unwrap();
-    training_loss(&out, &target, 5.0).backward(&out).unwrap();
+    let step = forward_joint(&net, &s, &all, true, strategy(&net)).unwrap();
+    objective(&net, &step, &target).backward(1.0).unwrap();
     let (yes, no) = reached(&vs);
     let key = format!("students.{}.", s.key());
     // The teacher's DLKD pools only ever see detached features: nothing trains them.
@@ -343,9 +375,13 @@ fn split_branch_backward_equals_the_whole_graph() {
         let (vs, net) = build(&ch);
         // Inference-mode layers (no dropout): tests running alongside draw from the same
         // random generator, so two training-mode forwards would not see the same masks.
-        let out = net.forward_train_with(&s, &all, false, split).unwrap();
-        assert_eq!(out.branch_inputs.as_ref().unwrap().is_split(), split);
-        training_loss(&out, &target, 5.0).backward(&out).unwrap();
+        let strategy = match split {
+            true => JointBackward::SideBySide,
+            false => JointBackward::Whole,
+        };
+        let step = forward_joint(&net, &s, &all, false, strategy).unwrap();
+        assert_eq!(step.is_split(), split);
+        objective(&net, &step, &target).backward(1.0).unwrap();
         let mut g: Vec<(String, Tensor)> = vs
             .variables()
             .into_iter()

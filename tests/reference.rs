@@ -7,6 +7,8 @@ use common::*;
 use dis2::model::import::load_reference_state_dict;
 use dis2::model::losses::{dice_loss, one_hot, seg_losses, softmax_weighted_loss};
 use dis2::model::{Dis2Net, Scenario};
+use dis2::train::joint_backward::{forward_joint, JointBackward};
+use dis2::train::objective::{joint_objective, masked_target, KdWeights};
 use tch::{nn, Device, Tensor};
 
 const PROB_TOL: f64 = 1e-4;
@@ -25,6 +27,9 @@ fn check_reference(name: &str) {
     let parts = net.split_input(&io["input"]).unwrap();
     let (rgb, ndsm) = (&parts[0], &parts[1]);
     let target = one_hot(&io["labels"], cfg.num_classes).unwrap();
+    // The training objective's target: every pixel counted, no class weights.
+    let objective_target = masked_target(&io["labels"], 255, cfg.num_classes, None).unwrap();
+    let names: Vec<String> = cfg.modalities.iter().map(|m| m.name.clone()).collect();
     let miss_ndsm = Scenario::new(vec![1], 2).unwrap();
     let miss_rgb = Scenario::new(vec![0], 2).unwrap();
 
@@ -57,10 +62,11 @@ fn check_reference(name: &str) {
     // Sums of reference losses: (name, ours, reference keys).
     let mut sums: Vec<(String, Tensor, [String; 2])> = Vec::new();
     for (sname, scenario) in [("miss_ndsm", &miss_ndsm), ("miss_rgb", &miss_rgb)] {
-        let out = tch::no_grad(|| {
-            net.forward_train(scenario, &[Some(rgb), Some(ndsm)], false)
-                .unwrap()
+        let inputs = [Some(rgb), Some(ndsm)];
+        let step = tch::no_grad(|| {
+            forward_joint(&net, scenario, &inputs, false, JointBackward::Whole).unwrap()
         });
+        let out = &step.outputs;
         let p = format!("train.{sname}");
         prob(&format!("{p}.rgb_pred"), &out.aux_preds[0]);
         prob(&format!("{p}.ndsm_pred"), &out.aux_preds[1]);
@@ -92,6 +98,18 @@ fn check_reference(name: &str) {
         sums.push((
             format!("{p}.seg_losses.missing_pred"),
             batched.get(1),
+            [
+                format!("{p}.wce.missing_pred"),
+                format!("{p}.dice.missing_pred"),
+            ],
+        ));
+        // The terms of the joint objective `dis2 distill --joint` trains with.
+        let objective = tch::no_grad(|| {
+            joint_objective(&step, &names, &objective_target, KdWeights::both(5.0), 1.0)
+        });
+        sums.push((
+            format!("{p}.objective.student"),
+            objective.term("student").unwrap().shallow_clone(),
             [
                 format!("{p}.wce.missing_pred"),
                 format!("{p}.dice.missing_pred"),

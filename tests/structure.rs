@@ -1,5 +1,6 @@
 //! Checks of the crate's shape (docs/architecture.md): the modules of `src/` import each other
-//! without cycles, and no function outside the tests is longer than 100 lines.
+//! without cycles, every import points down the layers, and no function outside the tests is
+//! longer than 100 lines.
 //!
 //! A module is a file (`src/model/dis2.rs` is `model::dis2`, `src/model/mod.rs` is `model`). An
 //! import is any `crate::a::b` or `super::a` path in a file's non-test code, resolved to the
@@ -247,6 +248,71 @@ fn modules_import_each_other_without_cycles() {
     );
 }
 
+/// The layers of docs/architecture.md, lowest first: a module may import modules of its own group
+/// (the first segment of its path) or of a lower layer. The longest matching prefix places a
+/// module (the training settings `train::{config, optim, schedule}` sit below the experiment file
+/// that reads them, and so below the trainer).
+const LAYERS: &[&[&str]] = &[
+    &[
+        "fsutil", "native", "alloc", "device", "progress", "metrics", "stats",
+    ],
+    &["model"],
+    &["data"],
+    &["train::config", "train::optim", "train::schedule"],
+    &["config"],
+    &["checkpoint", "tiling", "report"],
+    &["figures", "prepare", "blocks"],
+    &["train", "predict"],
+    &["eval"],
+    &["sweep"],
+    &["info", "import_torch"],
+    &["cli"],
+];
+
+/// The layer of `module` and the entry of [`LAYERS`] that placed it, or `None` if none does.
+fn layer_of(module: &[String]) -> Option<(usize, &'static str)> {
+    let path = module.join("::");
+    LAYERS
+        .iter()
+        .enumerate()
+        .flat_map(|(i, names)| names.iter().map(move |n| (i, *n)))
+        .filter(|(_, n)| path == *n || path.starts_with(&format!("{n}::")))
+        .max_by_key(|(_, n)| n.len())
+}
+
+#[test]
+fn imports_point_down_the_layers() {
+    let graph = module_graph();
+    let mut found = Vec::new();
+    for (module, deps) in &graph {
+        let Some((layer, group)) = layer_of(module) else {
+            found.push(format!(
+                "  {} has no layer: add it to LAYERS here and to docs/architecture.md",
+                name(module)
+            ));
+            continue;
+        };
+        for dep in deps {
+            let Some((dep_layer, dep_group)) = layer_of(dep) else {
+                continue;
+            };
+            let same_group = group.split("::").next() == dep_group.split("::").next();
+            if dep_layer > layer || (dep_layer == layer && !same_group) {
+                found.push(format!(
+                    "  {} (layer {layer}) imports {} (layer {dep_layer})",
+                    name(module),
+                    name(dep)
+                ));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "imports that do not point down the layers of docs/architecture.md:\n{}",
+        found.join("\n")
+    );
+}
+
 /// `(name, first line, length)` of every function in `text` (test code left out) longer than
 /// `max` lines. A function ends at the first line that closes its brace at its own indentation.
 fn long_functions(text: &str, max: usize) -> Vec<(String, usize, usize)> {
@@ -342,4 +408,10 @@ fn the_checks_see_a_cycle_and_a_long_function() {
             vec!["data".to_string(), "raster".to_string()],
         ])
     );
+
+    let path = |p: &str| p.split("::").map(str::to_string).collect::<Vec<_>>();
+    assert_eq!(layer_of(&path("train::config")), Some((3, "train::config")));
+    assert_eq!(layer_of(&path("train::trainer")), Some((7, "train")));
+    assert_eq!(layer_of(&path("model::dis2")), Some((1, "model")));
+    assert_eq!(layer_of(&path("nowhere")), None);
 }

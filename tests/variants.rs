@@ -7,8 +7,11 @@ mod common;
 use common::*;
 use dis2::checkpoint::{self, CheckpointInfo};
 use dis2::model::config::{DecoderKind, FusionKind, ModelConfig};
-use dis2::model::losses::{one_hot, seg_loss, sum_scalars, training_loss};
 use dis2::model::{Dis2Net, Scenario};
+use dis2::train::joint_backward::{forward_joint, JointBackward};
+use dis2::train::objective::{
+    distill_objective, joint_objective, masked_target, teacher_objective, KdWeights, Target,
+};
 use tch::{nn, Device, Kind, Tensor};
 
 const B: i64 = 2;
@@ -45,12 +48,14 @@ fn inputs(channels: &[i64]) -> Vec<Tensor> {
         .collect()
 }
 
-fn target() -> Tensor {
-    one_hot(
-        &Tensor::randint(K, [B, S, S], (Kind::Int64, Device::Cpu)),
-        K,
-    )
-    .unwrap()
+/// Random labels with every pixel counted and no class weights.
+fn target() -> Target {
+    let labels = Tensor::randint(K, [B, S, S], (Kind::Int64, Device::Cpu));
+    masked_target(&labels, 255, K, None).unwrap()
+}
+
+fn modality_names(cfg: &ModelConfig) -> Vec<String> {
+    cfg.modalities.iter().map(|m| m.name.clone()).collect()
 }
 
 fn assert_probabilities(p: &Tensor, what: &str) {
@@ -224,7 +229,10 @@ fn variant_training_forwards_are_finite_and_reach_their_parameters() {
 
         // Joint training forward: teacher and this student, the full objective.
         let (vs, net) = build(&cfg);
-        let out = net.forward_train(&s, &all, true).unwrap();
+        // The trainer's choice of backward for this model (side by side: small, on the CPU).
+        let strategy = JointBackward::choose(Device::Cpu, &cfg, B);
+        let step = forward_joint(&net, &s, &all, true, strategy).unwrap();
+        let out = &step.outputs;
         assert_eq!(out.student.scale_preds.len(), 4, "{what}");
         for p in out
             .teacher
@@ -236,12 +244,29 @@ fn variant_training_forwards_are_finite_and_reach_their_parameters() {
         }
         assert_eq!(out.student.penultimate.size(), [B, 8, S, S], "{what}");
         assert_eq!(out.student.logits.size(), [B, K, S, S], "{what}");
-        let terms = training_loss(&out, &target, 5.0);
-        for t in [&terms.total, &terms.kd, &terms.orth, &terms.student_scales] {
+        let terms = joint_objective(
+            &step,
+            &modality_names(&cfg),
+            &target,
+            KdWeights::both(5.0),
+            1.0,
+        );
+        let term = |name: &str| terms.term(name).unwrap();
+        for t in [
+            &terms.total,
+            term("kd_features"),
+            term("kd_logits"),
+            term("orth"),
+            term("student_scales"),
+        ] {
             assert!(t.double_value(&[]).is_finite(), "{what}: {t:?}");
         }
-        assert!(terms.kd.double_value(&[]) > 0.0, "{what}: no DLKD term");
-        terms.backward(&out).unwrap();
+        assert!(
+            term("kd_features").double_value(&[]) > 0.0
+                && term("kd_logits").double_value(&[]) > 0.0,
+            "{what}: no DLKD term"
+        );
+        terms.backward(1.0).unwrap();
         // The teacher's DLKD pools only ever see detached features: nothing trains them.
         assert_reached_exactly(
             &vs,
@@ -255,13 +280,10 @@ fn variant_training_forwards_are_finite_and_reach_their_parameters() {
         // Distillation against a frozen teacher: only this student's parameters train.
         let (vs, net) = build(&cfg);
         let out = net.forward_distill(&s, &all, true).unwrap();
-        let mut parts = vec![seg_loss(&out.student.pred, &target)];
-        parts.extend(out.student.scale_preds.iter().map(|p| seg_loss(p, &target)));
-        parts.push(out.kd_loss.shallow_clone());
-        parts.push(out.orth_loss.shallow_clone());
-        let total = sum_scalars(&parts);
+        let objective = distill_objective(&out, &target, KdWeights::both(1.0), 1.0);
+        let total = &objective.total;
         assert!(total.double_value(&[]).is_finite(), "{what}: distill loss");
-        total.backward();
+        objective.backward(1.0).unwrap();
         assert_reached_exactly(
             &vs,
             |n| n.starts_with(&key),
@@ -382,16 +404,10 @@ fn a_single_modality_model_is_a_teacher_without_students() {
         assert!(err.contains("at least one modality available"), "{err}");
         let out = net.forward_train_teacher(&[Some(&x[0])], true).unwrap();
         assert_eq!(out.aux_preds.len(), 1);
-        let mut parts = vec![seg_loss(&out.teacher.pred, &target)];
-        parts.extend(
-            out.aux_preds
-                .iter()
-                .chain(&out.teacher.scale_preds)
-                .map(|p| seg_loss(p, &target)),
-        );
-        let total = sum_scalars(&parts);
+        let objective = teacher_objective(&out, &modality_names(&cfg), &target);
+        let total = &objective.total;
         assert!(total.double_value(&[]).is_finite());
-        total.backward();
+        objective.backward(1.0).unwrap();
         assert_reached_exactly(
             &vs,
             |n| !n.starts_with("teacher.fuse_pool."),

@@ -59,7 +59,11 @@ pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
 
 /// Computes the statistics, writes them back and prints them.
 pub(crate) fn stats(args: &StatsArgs) -> Result<()> {
-    let stats = crate::prepare::update_statistics(&args.config, args.class_weights)?;
+    let update = crate::prepare::update_statistics(&args.config, args.class_weights)?;
+    for stale in &update.replaced {
+        eprintln!("replaced stale {stale}");
+    }
+    let stats = update.stats;
     let exp = crate::config::Experiment::load(&args.config, &[])?;
     for (m, norm) in exp.model.modalities.iter().zip(stats.normalisation()) {
         println!(
@@ -74,7 +78,10 @@ pub(crate) fn stats(args: &StatsArgs) -> Result<()> {
             100.0 * *count as f64 / total.max(1) as f64
         );
     }
-    println!("ignored pixels: {}", stats.ignored);
+    println!(
+        "ignored pixels (unlabelled, ignored, or without data in the labels or a modality): {}",
+        stats.ignored
+    );
     if args.class_weights {
         println!("class weights: {:?}", stats.class_weights());
     }

@@ -42,6 +42,30 @@ pub struct DataConfig {
     /// Class names and colours in id order; default: the layout's own table (see `class_table`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classes: Option<Vec<ClassInfo>>,
+    /// Which meaning wins when a label raster's declared nodata value is also a class: by
+    /// default such a file is refused, naming the value and both meanings.
+    #[serde(default, skip_serializing_if = "LabelNodata::is_refuse")]
+    pub label_nodata: LabelNodata,
+}
+
+/// `data.label_nodata`: a label raster declares as nodata a value that is also a class.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelNodata {
+    /// Refuse the file, with an error naming the file, the value and both meanings.
+    #[default]
+    Refuse,
+    /// The value is the class: the nodata declaration of such label files is disregarded
+    /// (their masks, alpha and NaN still apply).
+    Class,
+    /// The value is nodata: its pixels are left out, so that class has none in such files.
+    Nodata,
+}
+
+impl LabelNodata {
+    fn is_refuse(&self) -> bool {
+        *self == Self::Refuse
+    }
 }
 
 fn default_ignore_index() -> i64 {
@@ -57,6 +81,7 @@ impl Default for DataConfig {
             class_weights: None,
             sampling: SamplingConfig::default(),
             classes: None,
+            label_nodata: LabelNodata::Refuse,
         }
     }
 }

@@ -1,15 +1,22 @@
 //! A checked list of scenes for one split, and windowed reads of a scene (all modalities and the
-//! decoded labels).
+//! decoded labels). Every read of a scene's rasters goes through [`SceneDataset`], so validity
+//! (GDAL's mask model, [`super::validity`]) and label decoding are the same for training,
+//! statistics and scoring.
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
-use std::path::{Path, PathBuf};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 
-use super::config::DataConfig;
-use super::labels::LabelDecoder;
+use super::config::{DataConfig, LabelNodata};
+use super::labels::{LabelDecoder, UnknownLabelValues};
 use super::layouts::{check_modality_names, layout_of, SceneFiles, Split};
 use super::raster::{self, Pixels, RasterInfo, Window};
+use super::validity::NodataRule;
 use crate::model::config::{ModalitySpec, ModelConfig};
+
+/// Rows of a label raster surveyed at a time when listing the values that are not classes.
+const SURVEY_ROWS: usize = 256;
 
 /// One scene: its files and the header of its first modality (size, georeferencing).
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +25,8 @@ pub struct Scene {
     /// One file per model modality, in model order.
     pub modalities: Vec<PathBuf>,
     pub label: Option<PathBuf>,
+    /// How the label raster's declared nodata counts (see `data.label_nodata`).
+    pub label_rule: NodataRule,
     /// Header of the first modality: size, geotransform, CRS.
     pub info: RasterInfo,
 }
@@ -55,13 +64,25 @@ pub struct SceneDataset {
     pub ignore_index: i64,
 }
 
+/// How a split's labels are decoded: the decoder, the class count, the ignore index and what
+/// wins when a label raster's nodata value is also a class.
+#[derive(Debug, Clone)]
+pub struct LabelRules {
+    pub decoder: LabelDecoder,
+    pub num_classes: i64,
+    pub ignore_index: i64,
+    pub nodata: LabelNodata,
+}
+
 impl SceneDataset {
-    /// The scenes of `split` of the configured dataset; every file's header is checked: band
-    /// counts against `model.modalities`, alignment between modalities and labels.
+    /// The scenes of `split` of the configured dataset; the label decoding is checked for values
+    /// with two meanings, and every file's header: band counts against `model.modalities`,
+    /// alignment between modalities and labels, label nodata values that are also classes.
     pub fn open(data: &DataConfig, model: &ModelConfig, split: Split) -> Result<Self> {
         let layout = layout_of(&data.dataset);
         let names: Vec<String> = model.modalities.iter().map(|m| m.name.clone()).collect();
         check_modality_names(layout, &names)?;
+        layout.check_labels(model.num_classes, data.ignore_index)?;
         let files = layout.scenes(split, &names)?;
         if files.is_empty() {
             bail!(
@@ -69,39 +90,39 @@ impl SceneDataset {
                 layout.key()
             );
         }
-        Self::from_files(
-            layout.key(),
-            split,
-            files,
-            &model.modalities,
-            layout.label_decoder(),
-            model.num_classes,
-            data.ignore_index,
-        )
+        let rules = LabelRules {
+            decoder: layout.label_decoder(),
+            num_classes: model.num_classes,
+            ignore_index: data.ignore_index,
+            nodata: data.label_nodata,
+        };
+        Self::from_files(layout.key(), split, files, &model.modalities, rules)
     }
 
-    /// Checks scenes given as files (used by [`Self::open`], and by callers with their own lists).
+    /// Checks scenes given as files (used by [`Self::open`], and by callers with their own
+    /// lists). The scenes are checked in parallel; an error is the first in scene order, so the
+    /// same file is named every run.
     pub fn from_files(
         layout: &'static str,
         split: Split,
         files: Vec<SceneFiles>,
         modalities: &[ModalitySpec],
-        decoder: LabelDecoder,
-        num_classes: i64,
-        ignore_index: i64,
+        rules: LabelRules,
     ) -> Result<Self> {
         let scenes = files
             .into_par_iter()
-            .map(|f| check_scene(f, modalities, &decoder))
+            .map(|f| check_scene(f, modalities, &rules))
+            .collect::<Vec<Result<_>>>()
+            .into_iter()
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             layout,
             split,
             modalities: modalities.to_vec(),
             scenes,
-            decoder,
-            num_classes,
-            ignore_index,
+            decoder: rules.decoder,
+            num_classes: rules.num_classes,
+            ignore_index: rules.ignore_index,
         })
     }
 
@@ -115,41 +136,99 @@ impl SceneDataset {
 
     /// Reads `window` of scene `index` at native resolution: every modality and the labels.
     pub fn read(&self, index: usize, window: Window) -> Result<RawSample> {
-        let scene = self.scenes.get(index).with_context(|| {
-            format!(
-                "scene index {index} out of range ({} scenes)",
-                self.scenes.len()
-            )
-        })?;
+        let scene = self.scene(index)?;
         if window.width == 0 || window.height == 0 {
             bail!("scene {}: cannot read an empty window {window:?}", scene.id);
         }
-        let modalities = scene
-            .modalities
-            .iter()
-            .map(|p| raster::read_window_at(p, window))
+        let modalities = (0..scene.modalities.len())
+            .map(|m| self.read_modality(index, m, window))
             .collect::<Result<Vec<_>>>()?;
-        let labels = match &scene.label {
-            Some(path) => {
-                let px = raster::read_window_at(path, window)?;
-                self.decoder
-                    .decode(&px, path, self.num_classes, self.ignore_index)?
-            }
-            None => vec![self.ignore_index; window.width * window.height],
-        };
         Ok(RawSample {
             width: window.width,
             height: window.height,
             modalities,
-            labels,
+            labels: self.read_labels(index, window)?,
         })
+    }
+
+    /// Reads `window` of modality `m` (model order) of scene `index`, with its validity.
+    pub fn read_modality(&self, index: usize, m: usize, window: Window) -> Result<Pixels> {
+        let scene = self.scene(index)?;
+        let path = scene.modalities.get(m).with_context(|| {
+            format!(
+                "scene {}: no modality {m} (it has {})",
+                scene.id,
+                scene.modalities.len()
+            )
+        })?;
+        raster::read_window_at(path, window)
+    }
+
+    /// The decoded labels of `window` of scene `index`: class ids, `ignore_index` where the
+    /// scene has no labels, the label raster is invalid (masks, nodata, outside) or the value
+    /// is ignored. Values that are not classes are an error listing every such value of the
+    /// whole file with its pixel count.
+    pub fn read_labels(&self, index: usize, window: Window) -> Result<Vec<i64>> {
+        let scene = self.scene(index)?;
+        let Some(path) = &scene.label else {
+            return Ok(vec![self.ignore_index; window.width * window.height]);
+        };
+        let ds = raster::open(path)?;
+        let px = raster::read_window_with(&ds, path, window, scene.label_rule)?;
+        let decoded = self
+            .decoder
+            .decode(&px, path, window, self.num_classes, self.ignore_index);
+        match decoded {
+            Err(e) if e.downcast_ref::<UnknownLabelValues>().is_some() => {
+                Err(self.survey_unknown(scene, &ds, e)?.into())
+            }
+            other => other,
+        }
+    }
+
+    fn scene(&self, index: usize) -> Result<&Scene> {
+        self.scenes.get(index).with_context(|| {
+            format!(
+                "scene index {index} out of range ({} scenes)",
+                self.scenes.len()
+            )
+        })
+    }
+
+    /// Every value of `scene`'s label raster that is not a class, with its pixels, read in
+    /// strips (`found` is what one window showed).
+    fn survey_unknown(
+        &self,
+        scene: &Scene,
+        ds: &gdal::Dataset,
+        found: anyhow::Error,
+    ) -> Result<UnknownLabelValues> {
+        let mut unknown = found
+            .downcast::<UnknownLabelValues>()
+            .map_err(|e| e.context("label survey"))?;
+        let path = unknown.path.clone();
+        let (width, height) = ds.raster_size();
+        let mut counts = BTreeMap::new();
+        for y in (0..height).step_by(SURVEY_ROWS) {
+            let window = Window::new(0, y as i64, width, SURVEY_ROWS.min(height - y));
+            let px = raster::read_window_with(ds, &path, window, scene.label_rule)?;
+            let strip =
+                self.decoder
+                    .unknown_values(&px, &path, self.num_classes, self.ignore_index)?;
+            for (value, n) in strip {
+                *counts.entry(value).or_insert(0) += n;
+            }
+        }
+        unknown.counts = counts;
+        unknown.whole_file = true;
+        Ok(unknown)
     }
 }
 
 fn check_scene(
     files: SceneFiles,
     modalities: &[ModalitySpec],
-    decoder: &LabelDecoder,
+    rules: &LabelRules,
 ) -> Result<Scene> {
     if files.modalities.len() != modalities.len() {
         bail!(
@@ -162,10 +241,8 @@ fn check_scene(
     let mut infos = Vec::with_capacity(modalities.len());
     for (path, spec) in files.modalities.iter().zip(modalities) {
         let info = RasterInfo::read(path)?;
-        check_bands(
-            path,
-            info.bands,
-            spec.channels,
+        info.check_bands(
+            spec.channels.max(0) as usize,
             &format!("modality {} (model.modalities)", spec.name),
         )?;
         if let Some(first) = infos.first() {
@@ -173,30 +250,51 @@ fn check_scene(
         }
         infos.push(info);
     }
+    let mut label_rule = NodataRule::Honour;
     if let Some(path) = &files.label {
         let info = RasterInfo::read(path)?;
-        let what = if decoder.bands() == 3 {
+        let what = if rules.decoder.bands() == 3 {
             "labels (RGB colours)"
         } else {
             "labels (class values)"
         };
-        check_bands(path, info.bands, decoder.bands() as i64, what)?;
+        info.check_bands(rules.decoder.bands(), what)?;
         infos[0].check_aligned(&info)?;
+        label_rule = label_nodata_rule(&info, rules)?;
     }
     Ok(Scene {
         id: files.id,
         modalities: files.modalities,
         label: files.label,
+        label_rule,
         info: infos.swap_remove(0),
     })
 }
 
-fn check_bands(path: &Path, found: usize, expected: i64, what: &str) -> Result<()> {
-    if found as i64 != expected {
-        bail!(
-            "{}: {what} should have {expected} band(s), found {found}",
-            path.display()
-        );
+/// How a label raster's declared nodata counts: refused (the default) when it is also a class,
+/// else as `data.label_nodata` says; honoured when it collides with nothing.
+fn label_nodata_rule(info: &RasterInfo, rules: &LabelRules) -> Result<NodataRule> {
+    let lost = info.nodata.iter().enumerate().find_map(|(b, nodata)| {
+        let value = (*nodata)?;
+        rules
+            .decoder
+            .class_of_nodata(b, value, rules.num_classes, rules.ignore_index)
+            .map(|class| (b, value, class))
+    });
+    let Some((b, value, class)) = lost else {
+        return Ok(NodataRule::Honour);
+    };
+    match rules.nodata {
+        LabelNodata::Class => Ok(NodataRule::Disregard),
+        LabelNodata::Nodata => Ok(NodataRule::Honour),
+        LabelNodata::Refuse => bail!(
+            "{}: band {} declares nodata {value}, which is also {class} of the labels, so every \
+             pixel of that class would be left out silently. Say which meaning wins: \
+             data.label_nodata: class (read {value} as the class; the declaration is disregarded \
+             for such label files) or data.label_nodata: nodata (leave pixels of {value} out); \
+             or remove the declaration (gdal_edit.py -unsetnodata)",
+            info.path.display(),
+            b + 1
+        ),
     }
-    Ok(())
 }

@@ -69,6 +69,14 @@ pub trait Layout {
     fn scenes(&self, split: Split, modalities: &[String]) -> Result<Vec<SceneFiles>>;
     /// How the label rasters are decoded.
     fn label_decoder(&self) -> LabelDecoder;
+    /// Checks the label decoding for values with two meanings (see [`LabelDecoder::check`]).
+    fn check_labels(&self, num_classes: i64, ignore_index: i64) -> Result<()> {
+        self.label_decoder().check(
+            num_classes,
+            ignore_index,
+            &format!("data.dataset.{}", self.key()),
+        )
+    }
     /// Whether the model may use only some of the modalities (layouts with fixed products);
     /// layouts whose modalities are named in the configuration must match the model exactly.
     fn allows_subset(&self) -> bool {
@@ -109,8 +117,20 @@ pub fn check_modality_names(layout: &dyn Layout, model: &[String]) -> Result<()>
     Ok(())
 }
 
-/// Errors listing missing files (at most 10 named).
-fn check_exist(key: &str, files: &[SceneFiles]) -> Result<()> {
+/// For messages about a path from the configuration: where a relative path was looked for
+/// (`dis2` resolves relative paths against the directory it runs in); empty for absolute paths.
+pub fn resolved_against(path: &Path) -> String {
+    if path.is_absolute() {
+        return String::new();
+    }
+    let cwd = std::env::current_dir()
+        .map(|d| d.display().to_string())
+        .unwrap_or_else(|_| "(unknown)".to_string());
+    format!(" (relative paths are resolved against the current directory {cwd})")
+}
+
+/// Errors listing missing files (at most 10 named), under the layout's `root`.
+fn check_exist(key: &str, root: &Path, files: &[SceneFiles]) -> Result<()> {
     let missing: Vec<String> = files
         .iter()
         .flat_map(|s| s.modalities.iter().chain(s.label.iter()))
@@ -129,9 +149,18 @@ fn check_exist(key: &str, files: &[SceneFiles]) -> Result<()> {
         } else {
             String::new()
         };
+        if !root.is_dir() {
+            bail!(
+                "data.dataset.{key}.root: folder {} does not exist{}",
+                root.display(),
+                resolved_against(root)
+            );
+        }
         bail!(
-            "data.dataset.{key}: {} file(s) missing: {shown}{more}",
-            missing.len()
+            "data.dataset.{key}: {} file(s) missing under root {}{}: {shown}{more}",
+            missing.len(),
+            root.display(),
+            resolved_against(root)
         );
     }
     Ok(())
@@ -254,7 +283,7 @@ impl Layout for PotsdamConfig {
                 id: tile,
             })
             .collect();
-        check_exist(self.key(), &files)?;
+        check_exist(self.key(), &self.root, &files)?;
         Ok(files)
     }
     fn label_decoder(&self) -> LabelDecoder {
@@ -346,7 +375,7 @@ impl Layout for VaihingenConfig {
                 label: Some(self.label_file(area)),
             })
             .collect();
-        check_exist(self.key(), &files)?;
+        check_exist(self.key(), &self.root, &files)?;
         Ok(files)
     }
     fn label_decoder(&self) -> LabelDecoder {
@@ -361,7 +390,8 @@ impl Layout for VaihingenConfig {
 const RASTER_EXTENSIONS: [&str; 8] = ["tif", "tiff", "png", "jpg", "jpeg", "jp2", "img", "vrt"];
 
 /// The rasters of a folder, or of a glob whose last component holds `*`/`?`, by file stem.
-pub fn list_rasters(pattern: &str) -> Result<BTreeMap<String, PathBuf>> {
+/// `key` names the configuration key the pattern comes from, for errors.
+pub fn list_rasters(key: &str, pattern: &str) -> Result<BTreeMap<String, PathBuf>> {
     let path = Path::new(pattern);
     let name = path
         .file_name()
@@ -376,10 +406,17 @@ pub fn list_rasters(pattern: &str) -> Result<BTreeMap<String, PathBuf>> {
         (path.to_path_buf(), None)
     };
     if dir.to_string_lossy().contains(['*', '?']) {
-        bail!("{pattern}: only the last path component may hold * or ?");
+        bail!("{key}: {pattern}: only the last path component may hold * or ?");
     }
-    let entries =
-        std::fs::read_dir(&dir).with_context(|| format!("cannot list folder {}", dir.display()))?;
+    if !dir.is_dir() {
+        bail!(
+            "{key}: folder {} does not exist{}",
+            dir.display(),
+            resolved_against(&dir)
+        );
+    }
+    let entries = std::fs::read_dir(&dir)
+        .with_context(|| format!("{key}: cannot list folder {}", dir.display()))?;
     let mut out = BTreeMap::new();
     for entry in entries {
         let entry = entry.with_context(|| format!("cannot list folder {}", dir.display()))?;
@@ -482,22 +519,30 @@ pub fn match_by_stem(
         .collect())
 }
 
-/// Scenes from one folder/glob per modality and one for labels.
+/// Scenes from one folder/glob per modality and one for labels; `keys` gives the configuration
+/// key of a modality's folder and of the labels' (for errors).
 fn stem_scenes(
     key: &str,
     modalities: &[String],
     sources: &BTreeMap<String, String>,
     labels: Option<&str>,
+    keys: &dyn Fn(Option<&str>) -> String,
 ) -> Result<Vec<SceneFiles>> {
     let mut lists = Vec::new();
     for m in modalities {
         let pattern = sources
             .get(m)
             .ok_or_else(|| anyhow!("data.dataset.{key}: no folder for modality {m:?}"))?;
-        lists.push((format!("modality {m} ({pattern})"), list_rasters(pattern)?));
+        lists.push((
+            format!("modality {m} ({pattern})"),
+            list_rasters(&keys(Some(m)), pattern)?,
+        ));
     }
     if let Some(pattern) = labels {
-        lists.push((format!("labels ({pattern})"), list_rasters(pattern)?));
+        lists.push((
+            format!("labels ({pattern})"),
+            list_rasters(&keys(None), pattern)?,
+        ));
     }
     let matched = match_by_stem(key, &lists)?;
     if matched.is_empty() {
@@ -534,15 +579,23 @@ impl Layout for SyntheticConfig {
         let dir = self.root.join(split.as_str());
         if !dir.is_dir() {
             bail!(
-                "data.dataset.synthetic.root: {} has no {split}/ folder; write the benchmark with `dis2 synth --out {}`",
+                "data.dataset.synthetic.root: {} has no {split}/ folder{}; write the benchmark with `dis2 synth --out {}`",
                 self.root.display(),
+                resolved_against(&self.root),
                 self.root.display()
             );
         }
         let folder = |m: &str| dir.join(m).to_string_lossy().into_owned();
         let sources: BTreeMap<String, String> =
             modalities.iter().map(|m| (m.clone(), folder(m))).collect();
-        stem_scenes(self.key(), modalities, &sources, Some(&folder("label")))
+        let keys = |_: Option<&str>| "data.dataset.synthetic.root".to_string();
+        stem_scenes(
+            self.key(),
+            modalities,
+            &sources,
+            Some(&folder("label")),
+            &keys,
+        )
     }
     fn label_decoder(&self) -> LabelDecoder {
         LabelDecoder::Ids
@@ -575,7 +628,14 @@ impl Layout for WhuOptSarConfig {
         let folder = |m: &str| self.root.join(m).to_string_lossy().into_owned();
         let sources: BTreeMap<String, String> =
             modalities.iter().map(|m| (m.clone(), folder(m))).collect();
-        let all = stem_scenes(self.key(), modalities, &sources, Some(&folder("lbl")))?;
+        let keys = |_: Option<&str>| "data.dataset.whu_opt_sar.root".to_string();
+        let all = stem_scenes(
+            self.key(),
+            modalities,
+            &sources,
+            Some(&folder("lbl")),
+            &keys,
+        )?;
         for (list, key) in [(&self.val, "val"), (&self.test, "test")] {
             if let Some(s) = list.iter().find(|s| !all.iter().any(|f| &f.id == *s)) {
                 bail!(
@@ -627,12 +687,28 @@ impl Layout for GenericConfig {
                 self.modality_names().join(", ")
             );
         }
+        let keys = |m: Option<&str>| match m {
+            Some(m) => format!("data.dataset.generic.{split}.modalities.{m}"),
+            None => format!("data.dataset.generic.{split}.labels"),
+        };
         stem_scenes(
             self.key(),
             modalities,
             &part.modalities,
             part.labels.as_deref(),
+            &keys,
         )
+    }
+    fn check_labels(&self, num_classes: i64, ignore_index: i64) -> Result<()> {
+        if self.class_codes.is_none() && !self.ignore_codes.is_empty() {
+            bail!(
+                "data.dataset.generic.ignore_codes: given without class_codes, where label values \
+                 are class ids and ignore_codes would have no effect; give class_codes too, or \
+                 declare the values as the label rasters' nodata"
+            );
+        }
+        self.label_decoder()
+            .check(num_classes, ignore_index, "data.dataset.generic")
     }
     fn label_decoder(&self) -> LabelDecoder {
         match &self.class_codes {

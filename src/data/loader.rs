@@ -78,8 +78,12 @@ pub struct Sample {
     pub inputs: Vec<Vec<f32>>,
     /// Per modality, `H x W` validity.
     pub masks: Vec<Vec<bool>>,
-    /// `H x W` class ids, `ignore_index` where unlabelled or invalid in any modality.
+    /// `H x W` class ids, `ignore_index` where unlabelled or invalid in any modality (the
+    /// loss's target).
     pub labels: Vec<i64>,
+    /// `H x W` class ids as the label raster gives them (`ignore_index` only where unlabelled,
+    /// ignored or invalid in the labels), for scoring branches that read fewer modalities.
+    pub reference: Vec<i64>,
     /// `H x W`: every modality valid.
     pub valid: Vec<bool>,
 }
@@ -127,13 +131,13 @@ pub fn load_sample(dataset: &SceneDataset, spec: &SampleSpec, norm: &Normaliser)
         inputs.push(values);
         masks.push(mask);
     }
-    let labels = resize_nearest(&raw.labels, raw.width, raw.height, pw, ph);
-    let mut labels = augment_plane(&labels, pw, ph, spec.augment);
-    for (l, &ok) in labels.iter_mut().zip(&valid) {
-        if !ok {
-            *l = dataset.ignore_index;
-        }
-    }
+    let reference = resize_nearest(&raw.labels, raw.width, raw.height, pw, ph);
+    let reference = augment_plane(&reference, pw, ph, spec.augment);
+    let labels = reference
+        .iter()
+        .zip(&valid)
+        .map(|(&l, &ok)| if ok { l } else { dataset.ignore_index })
+        .collect();
     Ok(Sample {
         spec: *spec,
         width: w,
@@ -141,6 +145,7 @@ pub fn load_sample(dataset: &SceneDataset, spec: &SampleSpec, norm: &Normaliser)
         inputs,
         masks,
         labels,
+        reference,
         valid,
     })
 }
@@ -152,8 +157,12 @@ pub struct Batch {
     pub inputs: Vec<Tensor>,
     /// One `[B, H, W]` bool tensor per modality: where that modality has data.
     pub masks: Vec<Tensor>,
-    /// `[B, H, W]` int64 class ids, `ignore_index` for ignored or invalid pixels.
+    /// `[B, H, W]` int64 class ids, `ignore_index` for ignored or invalid pixels (the loss's
+    /// target).
     pub labels: Tensor,
+    /// `[B, H, W]` int64 class ids of the label rasters alone (see [`Sample::reference`]):
+    /// scoring combines them with the masks of the modalities a branch reads.
+    pub reference: Tensor,
     /// `[B, H, W]` bool: every modality has data.
     pub valid: Tensor,
     /// What each sample is (scene, window, augmentation), for writing predictions back.
@@ -204,6 +213,10 @@ impl Batch {
             .iter()
             .flat_map(|s| s.labels.iter().copied())
             .collect();
+        let reference: Vec<i64> = samples
+            .iter()
+            .flat_map(|s| s.reference.iter().copied())
+            .collect();
         let valid: Vec<bool> = samples
             .iter()
             .flat_map(|s| s.valid.iter().copied())
@@ -212,6 +225,7 @@ impl Batch {
             inputs,
             masks,
             labels: Tensor::from_slice(&labels).view([b, h, w]),
+            reference: Tensor::from_slice(&reference).view([b, h, w]),
             valid: Tensor::from_slice(&valid).view([b, h, w]),
             specs: samples.iter().map(|s| s.spec).collect(),
         })
@@ -253,9 +267,12 @@ impl Loader {
         let (tx, rx) = sync_channel(options.prefetch.max(1));
         let worker = std::thread::spawn(move || {
             for chunk in chunks {
+                // The first error in sample order, so the same file is named every run.
                 let batch = chunk
                     .par_iter()
                     .map(|spec| load_sample(&dataset, spec, &norm))
+                    .collect::<Vec<Result<_>>>()
+                    .into_iter()
                     .collect::<Result<Vec<_>>>()
                     .and_then(|samples| Batch::from_samples(&samples));
                 let failed = batch.is_err();

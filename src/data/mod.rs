@@ -1,6 +1,7 @@
 //! Rasters, dataset layouts, sampling and the synthetic benchmark.
 //!
-//! The pieces, torchgeo-style: [`raster`] reads and writes GeoTIFFs through GDAL; [`labels`]
+//! The pieces, torchgeo-style: [`raster`] reads and writes GeoTIFFs through GDAL, with
+//! [`validity`] deciding which bands are data and which pixels are valid (GDAL's mask model); [`labels`]
 //! decodes class maps (ids, codes, ISPRS colours); [`layouts`] turns a dataset folder into
 //! scenes (one type per layout); [`dataset`] checks and reads scenes; [`sampling`] chooses
 //! windows and augmentations; [`loader`] reads batches in parallel into tensors; [`synth`]
@@ -16,6 +17,7 @@ pub mod rng;
 pub mod sampling;
 pub mod stats;
 pub mod synth;
+pub mod validity;
 
 #[cfg(test)]
 mod tests;

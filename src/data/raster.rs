@@ -1,16 +1,22 @@
-//! Rasters through GDAL: header information, windowed reads that turn nodata into a mask, the
+//! Rasters through GDAL: header information, windowed reads with a validity mask, the
 //! alignment check between the modalities of one sample, and tiled DEFLATE GeoTIFF writing.
 //!
-//! Nodata policy: a pixel is invalid in a raster when any of its bands holds the band's declared
-//! nodata value, NaN or an infinity, or when it lies outside the raster (a window may reach past
-//! the edge). Invalid pixels are reported in [`Pixels::valid`] and their values are set to 0; the
-//! loader later fills them after normalisation and excludes them from the loss.
+//! Validity follows GDAL's mask model ([`super::validity`]): a pixel is invalid in a raster when
+//! a data band's mask (mask file, nodata, alpha) or an alpha band says so, when it holds a band's
+//! declared nodata value, NaN or an infinity, or when it lies outside the raster (a window may
+//! reach past the edge). Invalid pixels are reported in [`Pixels::valid`] and their values are
+//! set to 0; the loader later fills them after normalisation and excludes them from the loss.
+//! Alpha bands are masks, not data: [`RasterInfo::bands`] and [`Pixels`] count data bands only.
 
 use anyhow::{anyhow, bail, Context, Result};
-use gdal::raster::{ColorEntry, ColorTable, GdalDataType, GdalType, RasterCreationOptions};
+use gdal::raster::{
+    ColorEntry, ColorInterpretation, ColorTable, GdalDataType, GdalType, RasterCreationOptions,
+};
 use gdal::spatial_ref::SpatialRef;
 use gdal::{Dataset, DriverManager, Metadata};
 use std::path::{Path, PathBuf};
+
+use super::validity::{BandLayout, MaskReader, NodataRule, Region};
 
 /// Opens a raster read-only; the error names the file.
 pub fn open(path: &Path) -> Result<Dataset> {
@@ -26,14 +32,17 @@ pub struct RasterInfo {
     pub path: PathBuf,
     pub width: usize,
     pub height: usize,
+    /// Data bands: every band but the alpha bands.
     pub bands: usize,
-    /// GDAL's name of the first band's type (`Byte`, `UInt16`, `Float32`, ...).
+    /// The alpha bands (1-based band numbers): masks, not data.
+    pub alpha_bands: Vec<usize>,
+    /// GDAL's name of the first data band's type (`Byte`, `UInt16`, `Float32`, ...).
     pub data_type: String,
     /// The affine geotransform, `None` when the file has none (e.g. a plain JPEG).
     pub geo_transform: Option<[f64; 6]>,
     /// The CRS as WKT, `None` when the file declares none.
     pub crs_wkt: Option<String>,
-    /// The declared nodata value of each band.
+    /// The declared nodata value of each data band.
     pub nodata: Vec<Option<f64>>,
 }
 
@@ -44,24 +53,20 @@ impl RasterInfo {
     }
 
     /// The header of an open dataset.
+    ///
+    /// Errors: a band of a pixel type dis2 cannot read (complex types are named, with the hint
+    /// to convert to amplitude or dB).
     pub fn of(ds: &Dataset, path: &Path) -> Result<Self> {
         let (width, height) = ds.raster_size();
-        let bands = ds.raster_count();
-        let mut nodata = Vec::with_capacity(bands);
+        let layout = BandLayout::of(ds, path)?;
+        let mut nodata = Vec::with_capacity(layout.data.len());
         let mut data_type = String::new();
-        for b in 1..=bands {
+        for &b in &layout.data {
             let band = ds
                 .rasterband(b)
                 .with_context(|| format!("{}: cannot read band {b}", path.display()))?;
-            let kind = band.band_type();
-            if matches!(kind, GdalDataType::Unknown) {
-                bail!(
-                    "{}: band {b} has a pixel type this reader does not handle",
-                    path.display()
-                );
-            }
-            if b == 1 {
-                data_type = kind.name();
+            if data_type.is_empty() {
+                data_type = band.band_type().name();
             }
             nodata.push(band.no_data_value());
         }
@@ -70,12 +75,43 @@ impl RasterInfo {
             path: path.to_path_buf(),
             width,
             height,
-            bands,
+            bands: layout.data.len(),
+            alpha_bands: layout.alpha,
             data_type,
             geo_transform: ds.geo_transform().ok(),
             crs_wkt: (!projection.trim().is_empty()).then_some(projection),
             nodata,
         })
+    }
+
+    /// Checks that the raster has `expected` data bands for `what` (e.g. `modality optical`).
+    /// When one more is expected and the file has an alpha band, the error says that band is a
+    /// mask, not data, and how to mark it as data if it is one.
+    pub fn check_bands(&self, expected: usize, what: &str) -> Result<()> {
+        if self.bands == expected {
+            return Ok(());
+        }
+        let path = self.path.display();
+        if let Some(&alpha) = self.alpha_bands.first() {
+            if self.bands + self.alpha_bands.len() == expected {
+                bail!(
+                    "{path}: {what} expects {expected} band(s), but band {alpha} of {} is an \
+                     alpha band (a transparency mask, used as the validity mask and never read \
+                     as data), which leaves {} data band(s). If band {alpha} holds data (say \
+                     NIR), mark it as such: gdal_edit.py -colorinterp_{alpha} undefined {path}",
+                    self.bands + self.alpha_bands.len(),
+                    self.bands
+                );
+            }
+        }
+        let alpha = match self.alpha_bands.len() {
+            0 => String::new(),
+            n => format!(" (besides {n} alpha band(s), which are masks)"),
+        };
+        bail!(
+            "{path}: {what} should have {expected} band(s), found {}{alpha}",
+            self.bands
+        )
     }
 
     /// The EPSG code of the CRS, when GDAL can tell it.
@@ -212,27 +248,45 @@ impl Pixels {
     }
 }
 
-/// Reads `window` of every band of an open raster as `f32` (from any integer or float type),
-/// turning nodata, NaN, infinities and out-of-raster pixels into `valid = false`. Only the window
-/// is read, never the whole scene.
+/// Reads `window` of every data band of an open raster as `f32` (from any integer or float
+/// type), with GDAL's mask model deciding validity (see the module documentation): masks,
+/// alpha, nodata, NaN, infinities and out-of-raster pixels become `valid = false`. Only the
+/// window is read, never the whole scene.
 pub fn read_window(ds: &Dataset, path: &Path, window: Window) -> Result<Pixels> {
+    read_window_with(ds, path, window, NodataRule::Honour)
+}
+
+/// [`read_window`] with a choice of how declared nodata values count.
+pub fn read_window_with(
+    ds: &Dataset,
+    path: &Path,
+    window: Window,
+    rule: NodataRule,
+) -> Result<Pixels> {
     let (rw, rh) = ds.raster_size();
-    let bands = ds.raster_count();
-    let mut out = Pixels::invalid(bands, window.width, window.height);
+    let layout = BandLayout::of(ds, path)?;
+    let mut out = Pixels::invalid(layout.data.len(), window.width, window.height);
     let Some((cx, cy, cw, ch)) = window.clip(rw, rh) else {
         return Ok(out);
+    };
+    let region = Region {
+        x: cx,
+        y: cy,
+        width: cw,
+        height: ch,
     };
     let (ox, oy) = (
         (cx as i64 - window.x) as usize,
         (cy as i64 - window.y) as usize,
     );
+    let mut masks = MaskReader::new(ds, path, region, rule);
     let mut inside = vec![true; cw * ch];
     let mut buf = vec![0f64; cw * ch];
     let plane = window.width * window.height;
-    for b in 0..bands {
+    for (slot, &b) in layout.data.iter().enumerate() {
         let band = ds
-            .rasterband(b + 1)
-            .with_context(|| format!("{}: cannot read band {}", path.display(), b + 1))?;
+            .rasterband(b)
+            .with_context(|| format!("{}: cannot read band {b}", path.display()))?;
         band.read_into_slice::<f64>(
             (cx as isize, cy as isize),
             (cw, ch),
@@ -240,43 +294,25 @@ pub fn read_window(ds: &Dataset, path: &Path, window: Window) -> Result<Pixels> 
             &mut buf,
             None,
         )
-        .with_context(|| {
-            format!(
-                "{}: cannot read band {} window {window:?}",
-                path.display(),
-                b + 1
-            )
-        })?;
-        // Compare in the band's own precision, as GDAL does: a Float32 band declaring
-        // -3.40282346639e+38 holds f32::MIN, which is not that double. (The GTiff driver already
-        // adjusts such values when it reads them; other drivers may not.)
-        let float32 = matches!(band.band_type(), GdalDataType::Float32);
-        let nodata = band.no_data_value();
-        let is_nodata = |v: f64| match nodata {
-            Some(nd) if float32 => (v as f32) == (nd as f32),
-            Some(nd) => v == nd,
-            None => false,
-        };
-        let dst = &mut out.data[b * plane..(b + 1) * plane];
+        .with_context(|| format!("{}: cannot read band {b} window {window:?}", path.display()))?;
+        masks.apply_band(&band, b, &buf, &mut inside)?;
+        let dst = &mut out.data[slot * plane..(slot + 1) * plane];
         for r in 0..ch {
-            for c in 0..cw {
-                let v = buf[r * cw + c];
-                let bad = !v.is_finite() || is_nodata(v);
-                if bad {
-                    inside[r * cw + c] = false;
-                } else {
-                    dst[(oy + r) * window.width + ox + c] = v as f32;
-                }
+            let row = &buf[r * cw..(r + 1) * cw];
+            let at = (oy + r) * window.width + ox;
+            for (d, &v) in dst[at..at + cw].iter_mut().zip(row) {
+                *d = v as f32;
             }
         }
     }
+    masks.apply_alpha(&layout, &mut inside)?;
     for r in 0..ch {
         for c in 0..cw {
             let ok = inside[r * cw + c];
             let i = (oy + r) * window.width + ox + c;
             out.valid[i] = ok;
             if !ok {
-                for b in 0..bands {
+                for b in 0..out.bands {
                     out.data[b * plane + i] = 0.0;
                 }
             }
@@ -437,6 +473,8 @@ pub fn check_options<T: GdalType>(path: &Path, options: &WriteOptions) -> Result
 }
 
 /// Creates an empty tiled, DEFLATE-compressed GTiff (band-interleaved, BigTIFF when needed).
+/// A raster of several bands is `PHOTOMETRIC=MINISBLACK`: GDAL would otherwise write 3 or 4
+/// bytes per pixel as RGB(A), and readers would take a fourth band for transparency.
 pub fn create_gtiff<T: GdalType + Copy>(
     path: &Path,
     width: usize,
@@ -458,12 +496,17 @@ pub fn create_gtiff<T: GdalType + Copy>(
     ] {
         create.add_name_value(key, &value)?;
     }
+    if bands > 1 {
+        create.add_name_value("PHOTOMETRIC", "MINISBLACK")?;
+    }
     driver
         .create_with_band_type_with_options::<T, _>(path, width, height, bands, &create)
         .with_context(|| format!("GDAL cannot create {}", path.display()))
 }
 
-/// Sets the georeferencing and, on every band, the nodata value, name and colour table.
+/// Sets the georeferencing and, on every band, the nodata value, name and colour table; the
+/// bands of a raster of several bands are gray (the first) and undefined (the others), never
+/// red, green, blue or alpha.
 pub fn configure(
     ds: &mut Dataset,
     bands: usize,
@@ -498,6 +541,13 @@ pub fn configure(
         }
         if let Some(table) = &table {
             band.set_color_table(table);
+        } else if bands > 1 {
+            let interp = if b == 0 {
+                ColorInterpretation::GrayIndex
+            } else {
+                ColorInterpretation::Undefined
+            };
+            band.set_color_interpretation(interp)?;
         }
     }
     Ok(())

@@ -7,7 +7,7 @@ use rayon::prelude::*;
 
 use super::config::Normalisation;
 use super::dataset::SceneDataset;
-use super::raster::{self, Window};
+use super::raster::Window;
 
 /// Rows read at a time: scenes are read in strips, never whole.
 const STRIP_ROWS: usize = 256;
@@ -63,9 +63,11 @@ impl Moments {
 pub struct DatasetStats {
     /// Per model modality, per band, over the pixels valid in that modality.
     pub bands: Vec<Vec<Moments>>,
-    /// Pixels of each class.
+    /// Pixels of each class, counted where the loader keeps the label: labelled, and valid in
+    /// every modality.
     pub class_counts: Vec<u64>,
-    /// Ignored or unlabelled pixels.
+    /// Pixels the loader leaves out of the loss: unlabelled, ignored, or invalid (nodata, NaN,
+    /// masks) in the labels or in any modality.
     pub ignored: u64,
 }
 
@@ -120,11 +122,13 @@ impl DatasetStats {
 }
 
 /// Computes the statistics of every scene (in parallel, merged in scene order so the result does
-/// not depend on scheduling).
+/// not depend on scheduling; an error is the first in scene order).
 pub fn compute(dataset: &SceneDataset) -> Result<DatasetStats> {
     let per_scene = (0..dataset.len())
         .into_par_iter()
         .map(|i| scene_stats(dataset, i))
+        .collect::<Vec<Result<_>>>()
+        .into_iter()
         .collect::<Result<Vec<_>>>()?;
     let empty = DatasetStats {
         bands: dataset
@@ -160,8 +164,9 @@ fn scene_stats(dataset: &SceneDataset, index: usize) -> Result<DatasetStats> {
 fn strip_stats(dataset: &SceneDataset, index: usize, window: Window) -> Result<DatasetStats> {
     let scene = &dataset.scenes[index];
     let mut bands = Vec::new();
-    for path in &scene.modalities {
-        let px = raster::read_window_at(path, window)?;
+    let mut valid = vec![true; window.width * window.height];
+    for m in 0..scene.modalities.len() {
+        let px = dataset.read_modality(index, m, window)?;
         bands.push(
             (0..px.bands)
                 .map(|b| {
@@ -175,22 +180,18 @@ fn strip_stats(dataset: &SceneDataset, index: usize, window: Window) -> Result<D
                 })
                 .collect(),
         );
+        for (all, &ok) in valid.iter_mut().zip(&px.valid) {
+            *all &= ok;
+        }
     }
     let mut class_counts = vec![0u64; dataset.num_classes.max(0) as usize];
     let mut ignored = 0;
-    if let Some(path) = &scene.label {
-        let px = raster::read_window_at(path, window)?;
-        for id in dataset
-            .decoder
-            .decode(&px, path, dataset.num_classes, dataset.ignore_index)?
-        {
-            match class_counts.get_mut(id as usize) {
-                Some(c) if id >= 0 => *c += 1,
-                _ => ignored += 1,
-            }
+    let labels = dataset.read_labels(index, window)?;
+    for (&id, &ok) in labels.iter().zip(&valid) {
+        match class_counts.get_mut(id as usize) {
+            Some(c) if id >= 0 && ok => *c += 1,
+            _ => ignored += 1,
         }
-    } else {
-        ignored = (window.width * window.height) as u64;
     }
     Ok(DatasetStats {
         bands,

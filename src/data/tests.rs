@@ -465,7 +465,9 @@ fn whu_opt_sar_maps_codes_and_splits_by_stem() {
     let err = err_of(ds.read(1, Window::new(0, 0, N, N)));
     assert!(
         err.contains("lbl/NH49E001014.tif")
-            && err.contains("label code 20 is not in data.dataset.whu_opt_sar.class_codes"),
+            && err.contains("label value(s) that are not classes: 20 (")
+            && err.contains("data.dataset.whu_opt_sar.class_codes")
+            && err.contains("data.dataset.whu_opt_sar.ignore_codes"),
         "{err}"
     );
 }
@@ -570,7 +572,7 @@ fn generic_matches_stems_masks_nodata_and_checks_label_range() {
     let ds = SceneDataset::open(&cfg, &m, Split::Train).unwrap();
     let err = err_of(ds.read(1, Window::new(0, 0, N, N)));
     assert!(
-        err.contains("gt/b.tif") && err.contains("label value 9 is out of range"),
+        err.contains("gt/b.tif") && err.contains("not classes: 9 (1 px)"),
         "{err}"
     );
     // A label with the wrong band count, and no val split configured.
@@ -1156,7 +1158,9 @@ fn stats_write_back_matches_a_direct_computation_and_keeps_the_file() {
     let mut text = std::fs::read_to_string(&yaml).unwrap();
     text = text.replace("  ignore_index: 255\n", "  ignore_index: 255 # kept\n");
     std::fs::write(&yaml, &text).unwrap();
-    let stats = crate::prepare::update_statistics(&yaml, true).unwrap();
+    let stats = crate::prepare::update_statistics(&yaml, true)
+        .unwrap()
+        .stats;
     let updated = std::fs::read_to_string(&yaml).unwrap();
     assert!(
         updated.starts_with("# The synthetic multimodal benchmark")

@@ -34,9 +34,12 @@
 //! - [`Dis2Net::attention_maps`]`(scenario, &inputs)` gives a branch's CFLM class-wise spatial
 //!   attention `[B, K, H/16, W/16]` (the paper's qualitative figure, `dis2 eval --attention-maps`).
 //! - [`Dis2Net::forward_train`]`(&scenario, &inputs, train)` runs teacher and student together as
-//!   the reference training does and returns [`TrainOutputs`], which
-//!   [`super::losses::training_loss`] turns into the objective; its `backward` runs the teacher's
-//!   and the student's backward passes side by side on the CPU ([`super::joint`]).
+//!   the reference training does and returns [`TrainOutputs`], from which the training
+//!   objectives (`dis2::train::objective`) are made. It is two stages,
+//!   [`Dis2Net::forward_train_encoders`] and [`Dis2Net::forward_train_branches`], which a trainer
+//!   may call apart to give each branch its own copies of the encoder features (the side-by-side
+//!   backward pass of `dis2::train::joint_backward`). [`Dis2Net::forward_train_teacher`] and
+//!   [`Dis2Net::forward_distill`] are the training forwards of `train-teacher` and `distill`.
 //!
 //! Inference outputs are contiguous; the training outputs may be stored channels-last (the
 //! network computes in that layout), so reshape them rather than `view`.
@@ -57,7 +60,6 @@ use super::config::{DecoderKind, ModelConfig};
 use super::decoder::{ClassWiseDecoder, DecoderOutputs};
 use super::encoder::{Encoder, Features};
 use super::fusion::{Fused, HierarchicalFusion};
-use super::joint::BranchInputs;
 use super::losses::{kd_logits_loss, l2_kd_loss, orthogonality_loss, sum_scalars};
 use super::plain_decoder::PlainDecoder;
 use super::pool::LevelPools;
@@ -179,10 +181,16 @@ pub struct TrainOutputs {
     /// Orthogonality loss (the reference's `diversity_loss`), summed over levels 1..3 and over
     /// every (missing, available) modality pair.
     pub orth_loss: Tensor,
-    /// The encoder features and each branch's leaf copies of them, for
-    /// [`super::joint::backward_joint`] (`None` when the encoders ran without a graph, as in
-    /// [`Dis2Net::forward_distill`]).
-    pub branch_inputs: Option<BranchInputs>,
+}
+
+/// The encoders' part of a training forward ([`Dis2Net::forward_train_encoders`]).
+#[derive(Debug)]
+pub struct EncoderOutputs {
+    /// Each modality's features `[B, w·2^l, H/2^(l+1), W/2^(l+1)]`, l = 0..3, with their graph,
+    /// in model order (every entry `Some`: a training forward needs every input).
+    pub features: Vec<Option<Features>>,
+    /// Auxiliary single-modality predictions (softmax `[B, K, H, W]`), one per modality.
+    pub aux_preds: Vec<Tensor>,
 }
 
 /// The DIS2 network. See the module documentation.
@@ -563,38 +571,37 @@ impl Dis2Net {
 
     /// The training forward of the reference (`is_training = True`): every encoder with its
     /// auxiliary decoder, the teacher, the student of `scenario`, the DLKD loss and the
-    /// orthogonality loss. Needs every input. `train` switches BatchNorm batch statistics and
-    /// dropout.
+    /// orthogonality loss, as one graph. Needs every input. `train` switches BatchNorm batch
+    /// statistics and dropout. The same as [`Self::forward_train_encoders`] followed by
+    /// [`Self::forward_train_branches`] with both branches reading the encoders' outputs.
     pub fn forward_train(
         &self,
         scenario: &Scenario,
         inputs: &[Option<&Tensor>],
         train: bool,
     ) -> Result<TrainOutputs> {
-        let on_cpu = inputs
-            .iter()
-            .flatten()
-            .all(|x| x.device() == tch::Device::Cpu);
-        let batch = inputs.iter().flatten().next().map_or(0, |x| x.size()[0]);
-        let split = on_cpu && super::joint::branch_threads_pay(&self.cfg, batch);
-        self.forward_train_with(scenario, inputs, train, split)
+        let enc = self.forward_train_encoders(inputs, train)?;
+        self.forward_train_branches(
+            scenario,
+            inputs,
+            enc.aux_preds,
+            &enc.features,
+            &enc.features,
+            train,
+        )
     }
 
-    /// [`Self::forward_train`] with the choice of splitting the branches' graphs made by the
-    /// caller (`forward_train` splits them for small models on the CPU, where [`super::joint`]
-    /// runs their backward passes on two threads; see [`super::joint::branch_threads_pay`]).
-    pub fn forward_train_with(
+    /// The first stage of a training forward: every encoder's features (with their graph) and
+    /// auxiliary prediction. Needs every input; errors name the input that is missing or of the
+    /// wrong shape.
+    pub fn forward_train_encoders(
         &self,
-        scenario: &Scenario,
         inputs: &[Option<&Tensor>],
         train: bool,
-        split_branches: bool,
-    ) -> Result<TrainOutputs> {
-        let st = self.student(scenario)?;
-        let m = self.cfg.modalities.len();
-        let all: Vec<usize> = (0..m).collect();
+    ) -> Result<EncoderOutputs> {
+        let all: Vec<usize> = (0..self.cfg.modalities.len()).collect();
         self.check_inputs(inputs, &all)?;
-        let enc: Vec<Option<Features>> = self
+        let features: Vec<Option<Features>> = self
             .encoders
             .iter()
             .zip(inputs)
@@ -603,25 +610,45 @@ impl Dis2Net {
         let aux_preds: Vec<Tensor> = self
             .encoders
             .iter()
-            .zip(&enc)
+            .zip(&features)
             .filter_map(|(e, f)| f.as_ref().and_then(|f| e.aux_prediction(f, train)))
             .collect();
+        Ok(EncoderOutputs {
+            features,
+            aux_preds,
+        })
+    }
 
-        // On the CPU each branch reads its own copy of the encoder features, so that the two
-        // backward passes can run side by side (see `joint`).
-        let split = BranchInputs::new(enc, split_branches);
-        let teacher_slots: Vec<&Features> = split.teacher.iter().flatten().collect();
+    /// The second stage of [`Self::forward_train`]: the teacher, the student of `scenario`, the
+    /// DLKD and the orthogonality losses, given what each branch reads of the encoder features
+    /// (one entry per modality, from [`Self::forward_train_encoders`]): the encoders' outputs
+    /// themselves, or copies of them when a trainer runs the branches' backward passes apart.
+    /// `aux_preds` are passed through to the outputs. Errors for a scenario without a student and
+    /// for inputs or features missing.
+    pub fn forward_train_branches(
+        &self,
+        scenario: &Scenario,
+        inputs: &[Option<&Tensor>],
+        aux_preds: Vec<Tensor>,
+        teacher_reads: &[Option<Features>],
+        student_reads: &[Option<Features>],
+        train: bool,
+    ) -> Result<TrainOutputs> {
+        let st = self.student(scenario)?;
+        let all: Vec<usize> = (0..self.cfg.modalities.len()).collect();
+        self.check_inputs(inputs, &all)?;
+        let teacher_slots = self.every_modality(teacher_reads)?;
         let (t_fused, t_out) = self.teacher.forward(&teacher_slots, train, true);
 
         let comp = self.compensation(st, inputs, train);
-        let slots = self.slots(st, &split.student, &comp)?;
+        let slots = self.slots(st, student_reads, &comp)?;
         let (s_fused, s_out) = st.branch.forward(&slots, train, true);
 
         // DLKD: the teacher side is detached, so its pools need no graph.
         let t_pooled = tch::no_grad(|| self.teacher.fuse_pool.forward(&t_fused.levels));
         let (kd_features, kd_logits) =
             Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
-        let orth = self.orthogonality(st, &split.student, &comp);
+        let orth = self.orthogonality(st, student_reads, &comp);
 
         Ok(TrainOutputs {
             aux_preds,
@@ -631,8 +658,26 @@ impl Dis2Net {
             kd_features,
             kd_logits,
             orth_loss: orth,
-            branch_inputs: Some(split),
         })
+    }
+
+    /// The features of every modality, in model order; an error names the first one missing.
+    fn every_modality<'a>(&self, features: &'a [Option<Features>]) -> Result<Vec<&'a Features>> {
+        let m = self.cfg.modalities.len();
+        if features.len() != m {
+            bail!(
+                "features: expected {m} entries (one per modality), got {}",
+                features.len()
+            );
+        }
+        features
+            .iter()
+            .zip(&self.cfg.modalities)
+            .map(|(f, spec)| {
+                f.as_ref()
+                    .with_context(|| format!("features of input {:?}: not given", spec.name))
+            })
+            .collect()
     }
 }
 
@@ -652,25 +697,11 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
         train: bool,
     ) -> Result<TeacherOutputs> {
-        let m = self.cfg.modalities.len();
-        let all: Vec<usize> = (0..m).collect();
-        self.check_inputs(inputs, &all)?;
-        let enc: Vec<Features> = self
-            .encoders
-            .iter()
-            .zip(inputs)
-            .filter_map(|(e, x)| x.map(|x| e.features(x, train)))
-            .collect();
-        let aux_preds = self
-            .encoders
-            .iter()
-            .zip(&enc)
-            .filter_map(|(e, f)| e.aux_prediction(f, train))
-            .collect();
-        let slots: Vec<&Features> = enc.iter().collect();
+        let enc = self.forward_train_encoders(inputs, train)?;
+        let slots = self.every_modality(&enc.features)?;
         let (_, out) = self.teacher.forward(&slots, train, true);
         Ok(TeacherOutputs {
-            aux_preds,
+            aux_preds: enc.aux_preds,
             teacher: out,
         })
     }
@@ -715,7 +746,6 @@ impl Dis2Net {
             kd_features,
             kd_logits,
             orth_loss: orth,
-            branch_inputs: None,
         })
     }
 

@@ -1,6 +1,7 @@
-//! Losses: the reference's segmentation losses (`softmax_weighted_loss`, `dice_loss`), the DLKD
-//! distillation terms, the orthogonality loss (reference `diversity_loss`), and the full
-//! training objective of the reference's `run_experiment_35.py`.
+//! Loss functions: the reference's segmentation losses (`softmax_weighted_loss`, `dice_loss`), the
+//! DLKD distillation terms and the orthogonality loss (reference `diversity_loss`). Pure functions
+//! of tensors; the training objectives that combine them (the reference's `cal_train_loss` of
+//! `run_experiment_35.py`) are in `dis2::train::objective`.
 //!
 //! Segmentation losses take probabilities `[B, K, H, W]` and a one-hot target of the same shape
 //! (see [`one_hot`]). The batched form the objectives use, [`seg_losses`], runs on the CPU as one
@@ -8,9 +9,6 @@
 
 use anyhow::{bail, Result};
 use tch::{Device, Kind, Reduction, Tensor};
-
-use super::dis2::TrainOutputs;
-use super::joint::JointLoss;
 
 /// Temperature of the logit distillation.
 pub const KD_TEMPERATURE: f64 = 2.0;
@@ -198,86 +196,6 @@ pub fn sum_scalars(terms: &[Tensor]) -> Tensor {
         [] => Tensor::zeros([], (Kind::Float, tch::Device::Cpu)),
         [one] => one.shallow_clone(),
         many => Tensor::stack(many, 0).sum(Kind::Float),
-    }
-}
-
-/// The terms of the training objective, each a detached scalar; [`LossTerms::backward`] runs the
-/// backward pass of the whole objective.
-#[derive(Debug)]
-pub struct LossTerms {
-    /// The whole objective (its value).
-    pub total: Tensor,
-    /// Teacher (full-modality) prediction: WCE + Dice.
-    pub teacher: Tensor,
-    /// Student (scenario) prediction: WCE + Dice.
-    pub student: Tensor,
-    /// Auxiliary single-modality predictions, one per modality.
-    pub aux: Vec<Tensor>,
-    /// Deep-supervision maps of the teacher, summed over the four scales.
-    pub teacher_scales: Tensor,
-    /// Deep-supervision maps of the student, summed over the four scales.
-    pub student_scales: Tensor,
-    /// DLKD distillation loss (unweighted).
-    pub kd: Tensor,
-    /// Orthogonality loss.
-    pub orth: Tensor,
-    /// The objective with its graph, in the parts [`JointLoss::backward`] needs.
-    parts: JointLoss,
-}
-
-impl LossTerms {
-    /// The backward pass of the objective; `out` is what the forward pass returned.
-    pub fn backward(&self, out: &TrainOutputs) -> Result<()> {
-        self.parts.backward(out.branch_inputs.as_ref(), 1.0)
-    }
-}
-
-/// The reference objective (`cal_train_loss`): teacher + student + every auxiliary loss +
-/// `kd_weight · kd` + orth + both deep-supervision sums. The reference uses `kd_weight` 5 after
-/// epoch 5 and 0 before. `target`: one-hot `[B, K, H, W]`.
-pub fn training_loss(out: &TrainOutputs, target: &Tensor, kd_weight: f64) -> LossTerms {
-    // Batched segmentation losses per part of the network: the auxiliary decoders (encoders),
-    // the teacher's prediction and scales, the student's prediction and scales.
-    let with_scales = |pred: &Tensor, scales: &[Tensor]| {
-        let preds: Vec<&Tensor> = std::iter::once(pred).chain(scales).collect();
-        let losses = seg_losses(&preds, target);
-        let value = losses.detach();
-        (
-            losses.sum(Kind::Float),
-            value.get(0),
-            value.narrow(0, 1, scales.len() as i64).sum(Kind::Float),
-        )
-    };
-    let aux_refs: Vec<&Tensor> = out.aux_preds.iter().collect();
-    let aux = if aux_refs.is_empty() {
-        Tensor::zeros([0], (Kind::Float, target.device()))
-    } else {
-        seg_losses(&aux_refs, target)
-    };
-    let (teacher_part, teacher, teacher_scales) =
-        with_scales(&out.teacher.pred, &out.teacher.scale_preds);
-    let (student_seg, student, student_scales) =
-        with_scales(&out.student.pred, &out.student.scale_preds);
-    let mut student_terms = vec![student_seg, out.orth_loss.shallow_clone()];
-    if kd_weight != 0.0 {
-        student_terms.push(&out.kd_loss * kd_weight);
-    }
-    let parts = JointLoss {
-        encoder: aux.sum(Kind::Float),
-        teacher: teacher_part,
-        student: sum_scalars(&student_terms),
-    };
-    let aux = aux.detach();
-    LossTerms {
-        total: parts.total(),
-        teacher,
-        student,
-        aux: (0..aux.size()[0]).map(|i| aux.get(i)).collect(),
-        teacher_scales,
-        student_scales,
-        kd: out.kd_loss.detach(),
-        orth: out.orth_loss.detach(),
-        parts,
     }
 }
 

@@ -1,5 +1,6 @@
 //! The DIS2 network: encoders, hierarchical hybrid fusion (HF), the class-wise feature learning
-//! module (CFLM), decoders and the DLKD losses. See [`dis2`] for the API.
+//! module (CFLM), decoders and the loss functions (segmentation, DLKD, orthogonality); the
+//! training objectives built from them are in `dis2::train::objective`. See [`dis2`] for the API.
 
 pub mod cflm;
 pub mod config;
@@ -8,7 +9,6 @@ pub mod dis2;
 pub mod encoder;
 pub mod fusion;
 pub mod import;
-pub mod joint;
 pub mod layers;
 pub mod losses;
 pub mod modality;
@@ -17,6 +17,6 @@ pub mod pool;
 pub mod route;
 pub mod scenario;
 
-pub use dis2::{BranchOutputs, Dis2Net, TrainOutputs};
+pub use dis2::{BranchOutputs, Dis2Net, EncoderOutputs, TrainOutputs};
 pub use route::Route;
 pub use scenario::Scenario;

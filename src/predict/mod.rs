@@ -46,7 +46,8 @@ pub const PREVIEW_SIDE: usize = 1024;
 /// Pixel type of the probability raster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProbsType {
-    /// round(255 x p); no nodata value (the class map says where the inputs were nodata).
+    /// round(255 x p); 0 where any given input is nodata, and an internal per-dataset mask
+    /// (0 there, 255 elsewhere) that GDAL reads as the bands' validity.
     U8,
     /// p as it is; NaN (the band's nodata) where any input is nodata.
     F32,
@@ -143,6 +144,19 @@ impl Summary {
     }
 }
 
+/// A band of finished rows of a scene's class map, handed to the observer of
+/// [`predict_scene_with`] as they are written.
+pub struct ClassRows<'a> {
+    pub first_row: usize,
+    pub rows: usize,
+    pub width: usize,
+    /// `rows x width` class ids; meaningful where `valid`.
+    pub classes: &'a [u8],
+    /// `rows x width`: every given input has data (elsewhere the class map holds
+    /// [`NODATA_CLASS`] and the f32 probabilities NaN).
+    pub valid: &'a [bool],
+}
+
 /// Checks the inputs of a scene against the checkpoint and each other; returns them in model
 /// order with the header of the first.
 fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, RasterInfo)> {
@@ -162,13 +176,9 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
         }
         let header = RasterInfo::read(path).with_context(|| format!("--{name}"))?;
         let channels = cfg.modalities[index].channels as usize;
-        if header.bands != channels {
-            bail!(
-                "--{name} {}: found {} band(s), expected {channels} (modality {name} of the checkpoint)",
-                path.display(),
-                header.bands
-            );
-        }
+        header
+            .check_bands(channels, &format!("modality {name} of the checkpoint"))
+            .with_context(|| format!("--{name}"))?;
         match &first {
             None => first = Some(header),
             Some(f) => f.check_aligned(&header)?,
@@ -199,6 +209,9 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
     inputs.sort_by_key(|i| i.index);
     Ok((inputs, first))
 }
+
+/// What [`predict_scene_with`] calls with each band of finished rows.
+pub type RowObserver<'o> = dyn FnMut(&ClassRows) -> Result<()> + 'o;
 
 /// Where finished rows go: the class map, the probabilities, the preview.
 struct Sink {
@@ -231,7 +244,7 @@ impl ProbsOut {
                     band_names: names,
                     ..Default::default()
                 };
-                Self::U8(StreamingTiff::create(
+                Self::U8(StreamingTiff::create_masked(
                     path, width, height, k, georef, &options,
                 )?)
             }
@@ -249,7 +262,7 @@ impl ProbsOut {
     }
 
     /// Writes the `k` class planes of `done`; `valid` is its validity plane.
-    fn write_rows(&mut self, done: &FinishedRows, k: usize, valid: &[f32]) -> Result<()> {
+    fn write_rows(&mut self, done: &FinishedRows, k: usize, valid: &[bool]) -> Result<()> {
         let plane = valid.len();
         let planes = (0..k).map(|c| &done.probs[c * plane..(c + 1) * plane]);
         match self {
@@ -257,17 +270,25 @@ impl ProbsOut {
                 for (c, probs) in planes.enumerate() {
                     let v: Vec<u8> = probs
                         .iter()
-                        .map(|p| (p.clamp(0.0, 1.0) * 255.0).round() as u8)
+                        .zip(valid)
+                        .map(|(p, &ok)| {
+                            if ok {
+                                (p.clamp(0.0, 1.0) * 255.0).round() as u8
+                            } else {
+                                0
+                            }
+                        })
                         .collect();
                     t.write_rows(c, done.first_row, done.rows, &v)?;
                 }
+                t.write_mask_rows(done.first_row, done.rows, valid)?;
             }
             Self::F32(t) => {
                 for (c, probs) in planes.enumerate() {
                     let v: Vec<f32> = probs
                         .iter()
                         .zip(valid)
-                        .map(|(&p, &ok)| if ok < 0.5 { f32::NAN } else { p })
+                        .map(|(&p, &ok)| if ok { p } else { f32::NAN })
                         .collect();
                     t.write_rows(c, done.first_row, done.rows, &v)?;
                 }
@@ -383,13 +404,21 @@ impl Sink {
         })
     }
 
-    fn rows(&mut self, done: &FinishedRows) -> Result<()> {
+    /// Writes finished rows: the class map (argmax where every given input has data,
+    /// [`NODATA_CLASS`] elsewhere), the probabilities and the preview; then hands them to
+    /// `observe`.
+    fn rows(&mut self, done: &FinishedRows, observe: &mut RowObserver) -> Result<()> {
         let (k, w, rows) = (self.classes, self.width, done.rows);
         let plane = rows * w;
-        let valid = &done.probs[k * plane..(k + 1) * plane];
+        // The blended validity plane: every window covering a pixel agrees on it (it is the
+        // pixel's own), so the blend is 0 or 1 up to rounding.
+        let valid: Vec<bool> = done.probs[k * plane..(k + 1) * plane]
+            .iter()
+            .map(|&v| v >= 0.5)
+            .collect();
         let mut classes = vec![NODATA_CLASS; plane];
         for (i, class) in classes.iter_mut().enumerate() {
-            if valid[i] < 0.5 {
+            if !valid[i] {
                 continue;
             }
             let mut best = 0;
@@ -404,14 +433,20 @@ impl Sink {
         self.class_map
             .write_rows(0, done.first_row, rows, &classes)?;
         if let Some(probs) = &mut self.probs {
-            probs.write_rows(done, k, valid)?;
+            probs.write_rows(done, k, &valid)?;
         }
         if let Some(preview) = &mut self.preview {
             for r in 0..rows {
                 preview.add_row(done.first_row + r, &classes[r * w..(r + 1) * w]);
             }
         }
-        Ok(())
+        observe(&ClassRows {
+            first_row: done.first_row,
+            rows,
+            width: w,
+            classes: &classes,
+            valid: &valid,
+        })
     }
 
     fn finish(self) -> Result<()> {
@@ -532,6 +567,7 @@ fn blend(
     sink: &mut Sink,
     batch: &Prepared,
     probs: &[f32],
+    observe: &mut RowObserver,
 ) -> Result<()> {
     let k = sink.classes;
     for (i, (window, valid)) in batch.windows.iter().zip(&batch.valid).enumerate() {
@@ -540,20 +576,23 @@ fn blend(
         values.extend_from_slice(&probs[i * k * plane..(i + 1) * k * plane]);
         values.extend_from_slice(valid);
         if let Some(done) = stitcher.add(*window, &values)? {
-            sink.rows(&done)?;
+            sink.rows(&done, observe)?;
         }
     }
     Ok(())
 }
 
 /// Runs the plan's branch over every window (read ahead on a background thread when
-/// `options.prefetch` > 0), blends the windows and writes the finished rows into `sink`.
+/// `options.prefetch` > 0), blends the windows and writes the finished rows into `sink`. A batch
+/// whose windows hold no valid pixel does not run the model (its pixels are all nodata), so an
+/// all-nodata scene never reaches it.
 fn run_windows(
     predictor: &Predictor,
     plan: ScenePlan,
     sink: &mut Sink,
     options: &PredictOptions,
     label: &str,
+    observe: &mut RowObserver,
 ) -> Result<()> {
     let k = sink.classes;
     let mut stitcher = BandStitcher::new(plan.grid.clone(), k + 1);
@@ -564,8 +603,13 @@ fn run_windows(
     let result = (|| -> Result<()> {
         for batch in batches {
             let batch = batch?;
-            let probs = window_probs(predictor, &plan.route, &inputs, &batch, k)?;
-            blend(&mut stitcher, sink, &batch, &probs)?;
+            let any_valid = batch.valid.iter().flatten().any(|&v| v > 0.0);
+            let probs = if any_valid {
+                window_probs(predictor, &plan.route, &inputs, &batch, k)?
+            } else {
+                vec![0.0; batch.windows.len() * k * batch.valid.first().map_or(0, Vec::len)]
+            };
+            blend(&mut stitcher, sink, &batch, &probs, observe)?;
             windows_done(&mut progress, label, batch.windows.len());
         }
         Ok(())
@@ -585,11 +629,23 @@ fn run_windows(
 /// # Errors
 /// Inputs that do not fit the checkpoint or each other (each named by its flag), a missing set
 /// without a student unless `options.allow_fill`, an `--overlap` over half the crop, unreadable
-/// or unwritable files, and a scene where every pixel is nodata in some input.
+/// or unwritable files, and a scene where every pixel is nodata in some input (found from the
+/// inputs' masks; the model does not run on it).
 pub fn predict_scene(
     predictor: &Predictor,
     job: &SceneJob,
     options: &PredictOptions,
+) -> Result<Summary> {
+    predict_scene_with(predictor, job, options, &mut |_| Ok(()))
+}
+
+/// [`predict_scene`], handing every band of finished rows (class ids and validity, as
+/// written) to `observe`: `dis2 eval` scores them without reading the class map back.
+pub fn predict_scene_with(
+    predictor: &Predictor,
+    job: &SceneJob,
+    options: &PredictOptions,
+    observe: &mut RowObserver,
 ) -> Result<Summary> {
     let started = Instant::now();
     let info = predictor.info();
@@ -606,7 +662,7 @@ pub fn predict_scene(
         .iter()
         .map(|i| i.path.display().to_string())
         .collect();
-    run_windows(predictor, plan, &mut sink, options, &label)?;
+    run_windows(predictor, plan, &mut sink, options, &label, observe)?;
     if sink.valid_pixels == 0 {
         bail!(
             "every pixel is nodata in at least one input ({}): nothing to classify",

@@ -5,6 +5,9 @@
 //!
 //! GDAL keeps partly written tiles in its block cache until they are complete, so memory stays at
 //! about one row of tiles (256 rows x width) per band, whatever the raster's height.
+//!
+//! A temporary file left by a run that was killed (its process is gone) is removed when the same
+//! destination is written again ([`crate::fsutil::remove_stale_temps`]).
 
 use anyhow::{anyhow, bail, Context, Result};
 use gdal::raster::{Buffer, GdalType};
@@ -23,6 +26,8 @@ pub struct StreamingTiff<T: GdalType + Copy> {
     width: usize,
     height: usize,
     bands: usize,
+    /// The file has an internal per-dataset mask ([`Self::create_masked`]).
+    masked: bool,
     _type: PhantomData<T>,
 }
 
@@ -47,6 +52,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("cannot create directory {}", dir.display()))?;
         }
+        crate::fsutil::remove_stale_temps(path);
         let tmp = temp_sibling(path);
         let mut ds = create_gtiff::<T>(&tmp, width, height, bands)?;
         let mut out = Self {
@@ -56,6 +62,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             width,
             height,
             bands,
+            masked: false,
             _type: PhantomData,
         };
         // From here on, a failure removes the temporary file (Drop).
@@ -63,6 +70,55 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
         out.ds = Some(ds);
         setup.with_context(|| format!("cannot set up {}", out.tmp.display()))?;
         Ok(out)
+    }
+
+    /// [`Self::create`] with an internal per-dataset mask (GDAL's `GMF_PER_DATASET`), written
+    /// with [`Self::write_mask_rows`]: how a raster without a spare value (u8 probabilities)
+    /// says where it has no data.
+    pub fn create_masked(
+        path: &Path,
+        width: usize,
+        height: usize,
+        bands: usize,
+        georef: Option<&GeoRef>,
+        options: &WriteOptions,
+    ) -> Result<Self> {
+        let mut out = Self::create(path, width, height, bands, georef, options)?;
+        let ds = out
+            .ds
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: not open", out.tmp.display()))?;
+        gdal::config::set_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK", "YES")?;
+        let made = ds
+            .rasterband(1)
+            .and_then(|mut band| band.create_mask_band(true));
+        gdal::config::clear_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK")?;
+        made.with_context(|| format!("cannot add a mask to {}", out.tmp.display()))?;
+        out.masked = true;
+        Ok(out)
+    }
+
+    /// Writes `rows` full-width rows of the mask from `first_row` (255 where `valid`, else 0).
+    pub fn write_mask_rows(&mut self, first_row: usize, rows: usize, valid: &[bool]) -> Result<()> {
+        if !self.masked || first_row + rows > self.height || valid.len() != rows * self.width {
+            bail!(
+                "{}: cannot write {} mask values as rows {first_row}..{} (mask: {})",
+                self.path.display(),
+                valid.len(),
+                first_row + rows,
+                self.masked
+            );
+        }
+        let ds = self
+            .ds
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
+        let band = ds.rasterband(1)?;
+        let mut mask = band.open_mask_band()?;
+        let values: Vec<u8> = valid.iter().map(|&ok| if ok { 255 } else { 0 }).collect();
+        let mut buffer = Buffer::new((self.width, rows), values);
+        mask.write((0, first_row as isize), (self.width, rows), &mut buffer)
+            .with_context(|| format!("cannot write the mask of {}", self.tmp.display()))
     }
 
     /// Writes `rows` full-width rows starting at `first_row` of band `band` (0-based); `data` is

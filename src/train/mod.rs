@@ -1,10 +1,12 @@
 //! Training: `dis2 train-teacher`, `dis2 distill` and `dis2 distill --joint` (DLKD).
 //!
-//! `trainer` holds the loop; `objective` the losses of each kind of run; `validate` the
-//! validation; `run` the run directory, checkpoints and resume; `optim`, `schedule`,
-//! `tensorboard` and `progress` the pieces.
+//! `trainer` holds the loop; `objective` the losses of each kind of run (the one copy of each);
+//! `joint_backward` how the backward pass of a joint step runs (whole, or the teacher's and the
+//! student's branches side by side); `validate` the validation; `run` the run directory,
+//! checkpoints and resume; `optim`, `schedule`, `tensorboard` and `progress` the pieces.
 
 pub mod config;
+pub mod joint_backward;
 pub mod objective;
 pub mod optim;
 pub mod progress;

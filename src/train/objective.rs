@@ -1,5 +1,13 @@
 //! The training objectives of the three ways to train, built on the reference losses
 //! (`model::losses`): weighted cross-entropy + Dice of every prediction, DLKD and orthogonality.
+//! The one copy of each: the trainer, the tests and `make bench-step` use these.
+//!
+//! - `train-teacher`: [`teacher_objective`].
+//! - `distill`, a student against a frozen teacher: [`distill_objective`].
+//! - `distill --joint`: [`joint_objective`], the reference's `cal_train_loss`
+//!   (`run_experiment_35.py`): teacher + student + every auxiliary loss + `kd_weight · kd` +
+//!   `orth_weight · orth` + both deep-supervision sums. With every pixel counted, no class weights
+//!   and `orth_weight` 1 it is the reference's value.
 //!
 //! Pixels whose label is the ignore index (or where an input has no data) are left out: their
 //! one-hot target is all zeros and their predicted probabilities are zeroed before the losses,
@@ -8,21 +16,25 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use super::joint_backward::{JointForward, JointLoss, SplitInputs};
 use crate::model::dis2::{TeacherOutputs, TrainOutputs};
-use crate::model::joint::{BranchInputs, JointLoss};
 use crate::model::losses::{one_hot, seg_losses_weighted, sum_scalars};
 
 /// What the segmentation losses compare against.
 pub struct Target {
     /// One-hot `[B, K, H, W]` with zero rows at ignored pixels.
     pub onehot: Tensor,
-    /// `[B, 1, H, W]` float mask of the counted pixels.
-    pub mask: Tensor,
+    /// `[B, 1, H, W]` float mask of the counted pixels; `None` when every pixel counts (then
+    /// the predictions go into the losses as they are: multiplying by ones changes nothing but
+    /// the time).
+    pub mask: Option<Tensor>,
     /// Optional per-class weights `[K]` of the cross-entropy (`data.class_weights`).
     pub class_weights: Option<Tensor>,
 }
 
-/// The target of a batch of labels (`ignore_index` marks pixels left out).
+/// The target of a batch of labels `[B, H, W]` (int64 class ids; `ignore_index` marks pixels left
+/// out) for `classes` classes, with optional per-class weights `[K]`. Errors for labels of another
+/// shape or ids outside `0..classes` (other than `ignore_index`).
 pub fn masked_target(
     labels: &Tensor,
     ignore_index: i64,
@@ -30,10 +42,17 @@ pub fn masked_target(
     class_weights: Option<Tensor>,
 ) -> Result<Target> {
     let keep = labels.ne(ignore_index);
+    let every_pixel = keep.all().int64_value(&[]) != 0;
     let ids = labels.where_self(&keep, &labels.zeros_like());
-    let mask = keep.unsqueeze(1).to_kind(Kind::Float);
+    let onehot = one_hot(&ids, classes)?;
+    let (onehot, mask) = if every_pixel {
+        (onehot, None)
+    } else {
+        let mask = keep.unsqueeze(1).to_kind(Kind::Float);
+        (onehot * &mask, Some(mask))
+    };
     Ok(Target {
-        onehot: one_hot(&ids, classes)? * &mask,
+        onehot,
         mask,
         class_weights: class_weights.map(|w| w.to_device(labels.device())),
     })
@@ -41,8 +60,12 @@ pub fn masked_target(
 
 /// A loss and its named parts (detached scalars, for logs).
 pub struct Objective {
-    /// The loss (with its graph for [`Backward::Whole`], its value for [`Backward::Joint`]).
+    /// The loss: with its graph for the teacher and distillation objectives, its value alone for
+    /// the joint one (whose backward pass runs by parts: use [`Objective::backward`]).
     pub total: Tensor,
+    /// The unweighted parts, in order: `teacher`, `aux_{modality}`, `teacher_scales` (the four
+    /// deep-supervision maps summed), `student`, `student_scales`, `kd`, `orth`, as far as the
+    /// kind of run has them.
     pub terms: Vec<(String, Tensor)>,
     backward: Backward,
 }
@@ -53,10 +76,15 @@ enum Backward {
     Whole,
     /// The joint objective's parts ([`JointLoss::backward`]: the teacher's and the student's
     /// branches side by side where the forward pass split them).
-    Joint(JointLoss, Option<BranchInputs>),
+    Joint(JointLoss, Option<SplitInputs>),
 }
 
 impl Objective {
+    /// The part named `name` (see [`Objective::terms`]), if the objective has it.
+    pub fn term(&self, name: &str) -> Option<&Tensor> {
+        self.terms.iter().find(|(n, _)| n == name).map(|(_, t)| t)
+    }
+
     /// The backward pass of `scale` times the loss, accumulating into the parameters' gradients.
     pub fn backward(&self, scale: f64) -> Result<()> {
         match &self.backward {
@@ -69,8 +97,14 @@ impl Objective {
 /// Segmentation losses of named predictions, one batched computation; returns the per-name
 /// losses (with graph) in order.
 fn named_seg_losses(preds: &[(String, &Tensor)], target: &Target) -> Vec<(String, Tensor)> {
-    let masked: Vec<Tensor> = preds.iter().map(|(_, p)| *p * &target.mask).collect();
-    let refs: Vec<&Tensor> = masked.iter().collect();
+    let masked: Vec<Tensor> = match &target.mask {
+        Some(mask) => preds.iter().map(|(_, p)| *p * mask).collect(),
+        None => Vec::new(),
+    };
+    let refs: Vec<&Tensor> = match &target.mask {
+        Some(_) => masked.iter().collect(),
+        None => preds.iter().map(|(_, p)| *p).collect(),
+    };
     let losses = seg_losses_weighted(&refs, &target.onehot, target.class_weights.as_ref());
     preds
         .iter()
@@ -200,15 +234,17 @@ pub fn distill_objective(
     with_distillation(&preds, out, target, kd, orth_weight)
 }
 
-/// `distill --joint`: the reference objective, teacher and student together. Its backward pass
-/// runs the two branches side by side where the forward pass split them (on the CPU).
+/// `distill --joint`: the reference objective, teacher and student together, of a forward by
+/// [`super::joint_backward::forward_joint`]. Its backward pass runs the two branches side by side
+/// where that forward split them ([`super::joint_backward::JointBackward::SideBySide`]).
 pub fn joint_objective(
-    out: &TrainOutputs,
+    step: &JointForward,
     modality_names: &[String],
     target: &Target,
     kd: KdWeights,
     orth_weight: f64,
 ) -> Objective {
+    let out = &step.outputs;
     let t = &out.teacher;
     let aux = teacher_preds(&t.pred, &out.aux_preds, &[], modality_names);
     let encoder = finish(
@@ -239,7 +275,7 @@ pub fn joint_objective(
     Objective {
         total: parts.total(),
         terms,
-        backward: Backward::Joint(parts, out.branch_inputs.as_ref().map(|i| i.shallow_clone())),
+        backward: Backward::Joint(parts, step.split_inputs()),
     }
 }
 
@@ -261,7 +297,7 @@ mod tests {
         .unwrap();
         assert_eq!(per_pixel, vec![1.0, 1.0, 0.0, 1.0]);
         assert_eq!(
-            Vec::<f32>::try_from(target.mask.flatten(0, -1)).unwrap(),
+            Vec::<f32>::try_from(target.mask.as_ref().unwrap().flatten(0, -1)).unwrap(),
             vec![1.0, 1.0, 0.0, 1.0]
         );
     }
@@ -281,6 +317,29 @@ mod tests {
             .1
             .double_value(&[]);
         assert!((la - lb).abs() < 1e-7, "{la} vs {lb}");
+    }
+
+    /// Without ignored pixels the target has no mask, and the losses and gradients are bitwise
+    /// those of predictions multiplied by a mask of ones.
+    #[test]
+    fn every_pixel_counted_needs_no_mask() {
+        let labels = Tensor::from_slice(&[0i64, 1, 2, 1, 0, 2, 2, 1]).view([2, 2, 2]);
+        let mut target = masked_target(&labels, 255, 3, None).unwrap();
+        assert!(target.mask.is_none());
+        let logits = Tensor::randn([2, 3, 2, 2], (Kind::Float, tch::Device::Cpu));
+        let logits = logits.set_requires_grad(true);
+        let p = logits.softmax(1, Kind::Float);
+        let run = |target: &Target| {
+            let loss = named_seg_losses(&[("x".into(), &p)], target)[0]
+                .1
+                .shallow_clone();
+            let grad = Tensor::run_backward(&[&loss], &[&logits], true, false).remove(0);
+            (loss.detach(), grad)
+        };
+        let (plain, plain_grad) = run(&target);
+        target.mask = Some(Tensor::ones([2, 1, 2, 2], (Kind::Float, tch::Device::Cpu)));
+        let (ones, ones_grad) = run(&target);
+        assert!(plain.equal(&ones) && plain_grad.equal(&ones_grad));
     }
 
     #[test]

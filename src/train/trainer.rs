@@ -15,6 +15,7 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::TrainConfig;
+use super::joint_backward::{forward_joint, JointBackward};
 use super::objective::{
     distill_objective, joint_objective, masked_target, teacher_objective, KdWeights, Objective,
 };
@@ -117,6 +118,8 @@ struct Trainer {
     /// Joint: the probability of each scenario, normalised.
     scenario_weights: Vec<f64>,
     modality_names: Vec<String>,
+    /// Joint: how the backward pass runs (side by side for small models on the CPU).
+    joint_backward: JointBackward,
     /// Optimiser steps done.
     step: u64,
     best_miou: Option<f64>,
@@ -151,6 +154,8 @@ impl Trainer {
             .iter()
             .map(|m| m.name.clone())
             .collect();
+        let batch_size = exp.data.sampling.batch_size as i64;
+        let joint_backward = JointBackward::choose(opts.device, &exp.model, batch_size);
         Ok(Self {
             exp,
             spec,
@@ -162,6 +167,7 @@ impl Trainer {
             scenarios,
             scenario_weights,
             modality_names,
+            joint_backward,
             step: 0,
             best_miou: None,
         })
@@ -221,6 +227,8 @@ impl Trainer {
         t.max_steps.map_or(steps, |m| steps.min(m))
     }
 
+    /// The training loop: optimiser steps from `self.step` to the last, each followed by its
+    /// logs and, when due, a validation with checkpoints.
     fn run(mut self) -> Result<Summary> {
         let total = self.total_steps();
         ensure!(
@@ -228,98 +236,21 @@ impl Trainer {
             "train.epochs x batches per epoch is less than one optimiser step (accumulate {})",
             self.exp.train.accumulate
         );
-        let device = self.opts.device;
-        let data = &self.exp.data;
-        let dataset = Arc::new(SceneDataset::open(data, &self.exp.model, Split::Train)?);
-        let norm = Arc::new(Normaliser::from_config(data, &self.exp.model)?);
-        let sampler = RandomCropSampler::from_config(data, &self.exp.model, self.exp.seed);
-        let batch_size = data.sampling.batch_size;
-        let prefetch = data.sampling.prefetch;
-        let bpe = self.batches_per_epoch();
-        let accumulate = self.exp.train.accumulate;
+        let mut data = TrainingData::open(&self.exp)?;
         let mut log = RunLog::create(&self.run.tensorboard())?;
         let mut progress = Progress::new(total, self.step, self.opts.quiet);
-        progress.println(&format!(
-            "{} run in {}: {} steps of {} x {} samples on {:?}, from step {}",
-            kind_name(self.spec.kind),
-            self.run.root.display(),
-            total,
-            accumulate,
-            batch_size,
-            device,
-            self.step
-        ));
-        let mut loader: Option<(u64, Loader)> = None;
+        progress.println(&self.banner(total));
         let mut last_validation = Vec::new();
         while self.step < total {
             let started = Instant::now();
-            let mut sums: BTreeMap<String, f64> = BTreeMap::new();
-            let mut epoch = 0;
-            for part in 0..accumulate {
-                let b = self.step * accumulate + part;
-                epoch = b / bpe;
-                if loader.as_ref().is_none_or(|(e, _)| *e != epoch) {
-                    let within = ((b % bpe) as usize) * batch_size;
-                    let specs = sampler.epoch(&dataset, epoch);
-                    let specs = specs.get(within..).unwrap_or_default().to_vec();
-                    let options = LoaderOptions {
-                        batch_size,
-                        prefetch,
-                        drop_last: true,
-                    };
-                    loader = Some((
-                        epoch,
-                        Loader::new(dataset.clone(), specs, norm.clone(), options),
-                    ));
-                }
-                let batch = match loader.as_mut().and_then(|(_, l)| l.next()) {
-                    Some(batch) => batch?,
-                    None => bail!("the training data of epoch {epoch} ran out at batch {b}"),
-                };
-                let seed = Rng::derive(self.exp.seed, STREAM_TORCH, b).next_u64();
-                tch::manual_seed((seed >> 1) as i64);
-                let objective = self.batch_objective(&batch, epoch, b)?;
-                self.check_finite(&objective, epoch)?;
-                objective.backward(1.0 / accumulate as f64)?;
-                for (name, t) in &objective.terms {
-                    *sums.entry(name.clone()).or_default() +=
-                        t.double_value(&[]) / accumulate as f64;
-                }
-                *sums.entry("total".into()).or_default() +=
-                    objective.total.double_value(&[]) / accumulate as f64;
-            }
-            if let Some(max) = self.exp.train.clip_grad_norm {
-                let norm = self.optimizer.clip_grad_norm(max);
-                sums.insert("grad_norm".into(), norm);
-            }
-            let lr = self.exp.train.schedule.lr_at(self.step, total);
-            self.optimizer.step(lr)?;
-            self.optimizer.zero_grad();
-            self.step += 1;
-
-            let seconds = started.elapsed().as_secs_f64();
-            let samples = (accumulate as usize * batch_size) as f64;
-            self.log_step(&mut log, epoch, lr, &sums, samples / seconds)?;
-            progress.step(&StepReport {
-                epoch,
-                step: self.step,
-                loss: sums.get("total").copied().unwrap_or(f64::NAN),
-                lr,
-                samples_per_s: samples / seconds,
-            });
-            let image_every = self.exp.train.image_every;
-            if image_every > 0 && self.step.is_multiple_of(image_every) {
-                self.log_images(&mut log)?;
-            }
+            let (epoch, mut sums) = self.accumulate_gradients(&mut data)?;
+            let lr = self.optimiser_step(total, &mut sums)?;
+            let samples = (self.exp.train.accumulate as usize * data.batch_size) as f64;
+            let rate = samples / started.elapsed().as_secs_f64();
+            self.report_step(&mut log, &mut progress, epoch, lr, &sums, rate)?;
             if self.step.is_multiple_of(self.exp.train.val_every) || self.step == total {
                 last_validation = self.validate_and_save(&mut log, epoch)?;
-                for (label, s) in &last_validation {
-                    progress.println(&format!(
-                        "step {} validation {label}: mIoU {}",
-                        self.step,
-                        fmt_opt(s.miou)
-                    ));
-                }
+                self.print_validation(&mut progress, &last_validation);
             }
         }
         progress.finish();
@@ -330,6 +261,98 @@ impl Trainer {
             validation: last_validation,
             best_miou: self.best_miou,
         })
+    }
+
+    /// The first line a run prints: its kind, folder, size, device and starting step.
+    fn banner(&self, total: u64) -> String {
+        format!(
+            "{} run in {}: {} steps of {} x {} samples on {:?}, from step {}",
+            kind_name(self.spec.kind),
+            self.run.root.display(),
+            total,
+            self.exp.train.accumulate,
+            self.exp.data.sampling.batch_size,
+            self.opts.device,
+            self.step
+        )
+    }
+
+    /// The forward and backward passes of the `accumulate` batches of the next optimiser step,
+    /// their gradients summed into the parameters'. Returns the epoch of the last batch and the
+    /// loss terms averaged over the batches (`total` among them).
+    fn accumulate_gradients(
+        &self,
+        data: &mut TrainingData,
+    ) -> Result<(u64, BTreeMap<String, f64>)> {
+        let accumulate = self.exp.train.accumulate;
+        let bpe = self.batches_per_epoch();
+        let mut sums: BTreeMap<String, f64> = BTreeMap::new();
+        let mut epoch = 0;
+        for part in 0..accumulate {
+            let b = self.step * accumulate + part;
+            epoch = b / bpe;
+            let batch = data.batch(b, bpe)?;
+            let seed = Rng::derive(self.exp.seed, STREAM_TORCH, b).next_u64();
+            tch::manual_seed((seed >> 1) as i64);
+            let objective = self.batch_objective(&batch, epoch, b)?;
+            self.check_finite(&objective, epoch)?;
+            objective.backward(1.0 / accumulate as f64)?;
+            for (name, t) in &objective.terms {
+                *sums.entry(name.clone()).or_default() += t.double_value(&[]) / accumulate as f64;
+            }
+            *sums.entry("total".into()).or_default() +=
+                objective.total.double_value(&[]) / accumulate as f64;
+        }
+        Ok((epoch, sums))
+    }
+
+    /// Clips the gradients (recording their norm in `sums`), steps the optimiser at this step's
+    /// learning rate, which it returns, and counts the step.
+    fn optimiser_step(&mut self, total: u64, sums: &mut BTreeMap<String, f64>) -> Result<f64> {
+        if let Some(max) = self.exp.train.clip_grad_norm {
+            let norm = self.optimizer.clip_grad_norm(max);
+            sums.insert("grad_norm".into(), norm);
+        }
+        let lr = self.exp.train.schedule.lr_at(self.step, total);
+        self.optimizer.step(lr)?;
+        self.optimizer.zero_grad();
+        self.step += 1;
+        Ok(lr)
+    }
+
+    /// The logs of a finished step: metrics, the progress line and, when due, the images.
+    fn report_step(
+        &self,
+        log: &mut RunLog,
+        progress: &mut Progress,
+        epoch: u64,
+        lr: f64,
+        sums: &BTreeMap<String, f64>,
+        samples_per_s: f64,
+    ) -> Result<()> {
+        self.log_step(log, epoch, lr, sums, samples_per_s)?;
+        progress.step(&StepReport {
+            epoch,
+            step: self.step,
+            loss: sums.get("total").copied().unwrap_or(f64::NAN),
+            lr,
+            samples_per_s,
+        });
+        let image_every = self.exp.train.image_every;
+        if image_every > 0 && self.step.is_multiple_of(image_every) {
+            self.log_images(log)?;
+        }
+        Ok(())
+    }
+
+    fn print_validation(&self, progress: &mut Progress, validation: &[(String, Scores)]) {
+        for (label, s) in validation {
+            progress.println(&format!(
+                "step {} validation {label}: mIoU {}",
+                self.step,
+                fmt_opt(s.miou)
+            ));
+        }
     }
 
     /// The loss of one batch for the run's kind.
@@ -373,9 +396,11 @@ impl Trainer {
                 let mut rng = Rng::derive(self.exp.seed, STREAM_JOINT_SCENARIO, b);
                 let scenario = &self.scenarios[draw(&self.scenario_weights, &mut rng)];
                 let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-                let out = tch::autocast(amp, || self.net.forward_train(scenario, &given, true))?;
+                let step = tch::autocast(amp, || {
+                    forward_joint(&self.net, scenario, &given, true, self.joint_backward)
+                })?;
                 Ok(joint_objective(
-                    &out,
+                    &step,
                     &self.modality_names,
                     &target,
                     kd,
@@ -565,6 +590,54 @@ impl Trainer {
             3 * w,
             self.step,
         )
+    }
+}
+
+/// The training scenes and the loader of the epoch being read.
+struct TrainingData {
+    dataset: Arc<SceneDataset>,
+    norm: Arc<Normaliser>,
+    sampler: RandomCropSampler,
+    batch_size: usize,
+    prefetch: usize,
+    /// The loader of the epoch being read, with the epoch's number.
+    loader: Option<(u64, Loader)>,
+}
+
+impl TrainingData {
+    /// Opens the training split of `exp` with its normaliser and crop sampler.
+    fn open(exp: &Experiment) -> Result<Self> {
+        let data = &exp.data;
+        Ok(TrainingData {
+            dataset: Arc::new(SceneDataset::open(data, &exp.model, Split::Train)?),
+            norm: Arc::new(Normaliser::from_config(data, &exp.model)?),
+            sampler: RandomCropSampler::from_config(data, &exp.model, exp.seed),
+            batch_size: data.sampling.batch_size,
+            prefetch: data.sampling.prefetch,
+            loader: None,
+        })
+    }
+
+    /// Batch `b` of the run (`bpe` batches per epoch). A new epoch, or the first batch of a
+    /// resumed run, starts a loader at that batch's crops.
+    fn batch(&mut self, b: u64, bpe: u64) -> Result<Batch> {
+        let epoch = b / bpe;
+        if self.loader.as_ref().is_none_or(|(e, _)| *e != epoch) {
+            let within = ((b % bpe) as usize) * self.batch_size;
+            let specs = self.sampler.epoch(&self.dataset, epoch);
+            let specs = specs.get(within..).unwrap_or_default().to_vec();
+            let options = LoaderOptions {
+                batch_size: self.batch_size,
+                prefetch: self.prefetch,
+                drop_last: true,
+            };
+            let loader = Loader::new(self.dataset.clone(), specs, self.norm.clone(), options);
+            self.loader = Some((epoch, loader));
+        }
+        match self.loader.as_mut().and_then(|(_, l)| l.next()) {
+            Some(batch) => batch,
+            None => bail!("the training data of epoch {epoch} ran out at batch {b}"),
+        }
     }
 }
 

@@ -1,12 +1,14 @@
 //! Validation during training: one confusion matrix over the validation windows for each branch
-//! being trained.
+//! being trained. A branch is scored where the label is a class and every modality it reads has
+//! data (the teacher: all of them; a student or the filled teacher: all but the missing ones),
+//! as `dis2 eval` scores it.
 
 use anyhow::Result;
 use tch::{Device, Tensor};
 
 use crate::config::Experiment;
 use crate::data::layouts::Split;
-use crate::data::loader::Loader;
+use crate::data::loader::{Batch, Loader};
 use crate::metrics::{warn_absent_classes, ConfusionMatrix, Scores};
 use crate::model::{Dis2Net, Route};
 
@@ -33,7 +35,8 @@ pub fn validate(
         for (branch, cm) in branches.iter().zip(matrices.iter_mut()) {
             let probs = tch::no_grad(|| net.forward_route(branch, &given, false))?;
             let pred = probs.argmax(1, false);
-            cm.add_tensors(&batch.labels, &pred, exp.data.ignore_index)?;
+            let labels = branch_labels(&batch, branch, exp.data.ignore_index).to_device(device);
+            cm.add_tensors(&labels, &pred, exp.data.ignore_index)?;
         }
     }
     let scores: Vec<Scores> = matrices.iter().map(|cm| cm.scores(&[])).collect();
@@ -47,4 +50,18 @@ pub fn validate(
         warn_absent_classes("the validation split", &names, first);
     }
     Ok(scores)
+}
+
+/// The batch's reference labels where every modality `branch` reads has data, `ignore_index`
+/// elsewhere: `[B, H, W]` int64 on the CPU.
+pub fn branch_labels(batch: &Batch, branch: &Route, ignore_index: i64) -> Tensor {
+    let mut read = batch.reference.ones_like().to_kind(tch::Kind::Bool);
+    for (i, mask) in batch.masks.iter().enumerate() {
+        if !branch.scenario().is_some_and(|s| s.is_missing(i)) {
+            read = read.logical_and(mask);
+        }
+    }
+    batch
+        .reference
+        .where_self(&read, &batch.reference.full_like(ignore_index))
 }
