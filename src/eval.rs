@@ -116,7 +116,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
             route.describe(&info.model)
         );
     }
-    let (confusion, overlays) = score_scenes(req, &predictor, &dataset, &given)?;
+    let (confusion, labelled, overlays) = score_scenes(req, &predictor, &dataset, &given)?;
     let attention_maps = match &req.options.attention_maps {
         Some(dir) => write_attention_maps(
             &predictor,
@@ -128,7 +128,9 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         None => Vec::new(),
     };
     let class_names: Vec<String> = table.iter().map(|c| c.name.clone()).collect();
-    let scores = confusion.scores(&exclude);
+    // The class set comes from every labelled pixel, so a branch that lacks an input somewhere
+    // averages the same classes as the full model.
+    let scores = confusion.scores_over(&labelled, &exclude);
     // Named by the experiment, not the file: a sweep scores one split from many run folders.
     let context = format!(
         "the {} split of experiment {}",
@@ -197,14 +199,15 @@ fn excluded_classes(table: &[ClassInfo], names: &[String]) -> Result<Vec<usize>>
 /// `dis2 predict`, into a scratch folder of `req.out`) and scores the class map's rows as
 /// prediction writes them: a pixel counts where its label is a class and every given input has
 /// data (the validity prediction used, never decoded from the class map's nodata value). Draws
-/// the overlays of the first `req.options.overlays` scenes. Returns the confusion matrix and the
-/// overlay files.
+/// the overlays of the first `req.options.overlays` scenes. Returns the confusion matrix, the
+/// split's reference pixels of each class (labels as scored, also where an input has no data)
+/// and the overlay files.
 fn score_scenes(
     req: &EvalRequest,
     predictor: &Predictor,
     dataset: &SceneDataset,
     given: &[bool],
-) -> Result<(ConfusionMatrix, Vec<PathBuf>)> {
+) -> Result<(ConfusionMatrix, Vec<u64>, Vec<PathBuf>)> {
     let options = PredictOptions {
         overlap: req.overlap,
         allow_fill: true,
@@ -217,6 +220,7 @@ fn score_scenes(
     let scratch = tempfile_dir(&req.out)?;
     let mut overlays = Vec::new();
     let mut cm = ConfusionMatrix::new(table.len());
+    let mut labelled = ConfusionMatrix::new(table.len());
     for (index, scene) in dataset.scenes.iter().enumerate() {
         if scene.label.is_none() {
             bail!("scene {}: no labels to score against", scene.id);
@@ -227,6 +231,7 @@ fn score_scenes(
             index,
             erode: req.options.erode,
             cm: &mut cm,
+            labelled: &mut labelled,
             overlay: (index < req.options.overlays)
                 .then(|| OverlaySampler::new(scene.width(), scene.height())),
         };
@@ -244,7 +249,7 @@ fn score_scenes(
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok((cm, overlays))
+    Ok((cm, labelled.support(), overlays))
 }
 
 /// Scores one scene's class map, band of rows by band of rows as prediction finishes them.
@@ -254,6 +259,8 @@ struct SceneScorer<'a> {
     /// Radius of the eroded boundaries (0: none).
     erode: usize,
     cm: &'a mut ConfusionMatrix,
+    /// Every labelled pixel against itself: the split's class counts.
+    labelled: &'a mut ConfusionMatrix,
     overlay: Option<OverlaySampler>,
 }
 
@@ -273,6 +280,9 @@ impl SceneScorer<'_> {
             self.erode,
         )?;
         let scored = scored_labels(&labels, rows.valid, self.dataset.ignore_index);
+        self.labelled
+            .add_pairs(&labels, &labels, self.dataset.ignore_index)
+            .with_context(|| format!("scene {}", scene.id))?;
         let preds: Vec<i64> = rows.classes.iter().map(|&p| i64::from(p)).collect();
         self.cm
             .add_pairs(&scored, &preds, self.dataset.ignore_index)

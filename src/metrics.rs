@@ -3,10 +3,11 @@
 //!
 //! Conventions: rows are reference labels, columns predictions; pixels whose label is the ignore
 //! index are not counted. The means (mIoU, mean F1) average one fixed set of classes: those
-//! present in the reference labels scored (support > 0), less the classes listed in
-//! `exclude_from_mean` (ISPRS: clutter). The set depends on the labels only, so every checkpoint,
-//! branch and method scored on the same pixels of a split is averaged over the same classes. A
-//! class absent from the labels keeps its row: no IoU (`None`) when never predicted, IoU 0 when
+//! present in the split's reference labels, less the classes listed in `exclude_from_mean`
+//! (ISPRS: clutter). The set depends on the labels only ([`ConfusionMatrix::scores_over`] takes
+//! their class counts, whatever pixels a branch could score where its inputs have data), so every
+//! checkpoint, branch and method scored on a split is averaged over the same classes. A class
+//! absent from the labels keeps its row: no IoU (`None`) when never predicted, IoU 0 when
 //! predicted somewhere, and stays out of the means either way (docs/eval.md compares this with
 //! mmsegmentation's and the ISPRS benchmark's conventions). Overall accuracy counts every class.
 
@@ -40,7 +41,7 @@ pub struct Scores {
     pub miou: Option<f64>,
     /// Mean F1 over [`Scores::mean_classes`].
     pub mean_f1: Option<f64>,
-    /// The classes the means average: present in the reference labels and not excluded.
+    /// The classes the means average: present in the split's reference labels and not excluded.
     pub mean_classes: Vec<usize>,
     /// Classes with no reference pixel (and not excluded): reported, not averaged.
     pub absent_classes: Vec<usize>,
@@ -152,9 +153,22 @@ impl ConfusionMatrix {
             .collect()
     }
 
-    /// Per-class scores and the means over the classes present in the labels, less
-    /// `exclude_from_mean` (see the module documentation).
+    /// Reference pixels of each class (the row sums), `[classes]`.
+    pub fn support(&self) -> Vec<u64> {
+        self.rows().iter().map(|r| r.iter().sum()).collect()
+    }
+
+    /// Per-class scores and the means over the classes present in this matrix's labels, less
+    /// `exclude_from_mean`: [`Self::scores_over`] with this matrix's own support.
     pub fn scores(&self, exclude_from_mean: &[usize]) -> Scores {
+        self.scores_over(&self.support(), exclude_from_mean)
+    }
+
+    /// Per-class scores and the means over the classes with a pixel in `labelled` (the split's
+    /// reference pixels of each class, `[classes]`, also where a branch's inputs have no data and
+    /// so nothing was scored), less `exclude_from_mean` (see the module documentation). A class
+    /// of the set that this matrix never saw nor predicted counts 0 in the means.
+    pub fn scores_over(&self, labelled: &[u64], exclude_from_mean: &[usize]) -> Scores {
         let k = self.classes;
         let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
         let per_class: Vec<ClassScores> = (0..k)
@@ -175,8 +189,7 @@ impl ConfusionMatrix {
         let counted = |c: &usize| !exclude_from_mean.contains(c);
         let (mean_classes, absent_classes): (Vec<usize>, Vec<usize>) = (0..k)
             .filter(counted)
-            .partition(|&c| per_class[c].support > 0);
-        // Support > 0 gives every class of the set an IoU and an F1 (union and sum positive).
+            .partition(|&c| labelled.get(c).is_some_and(|&n| n > 0));
         let mean = |f: fn(&ClassScores) -> Option<f64>| {
             let vals: Vec<f64> = mean_classes
                 .iter()
@@ -368,6 +381,27 @@ mod tests {
         assert!(close(s.miou, 0.75));
         assert!(close(s.overall_accuracy, 0.75));
         assert_eq!((s.mean_classes, s.absent_classes), (vec![0], vec![1]));
+    }
+
+    #[test]
+    fn the_set_comes_from_the_split_labels_not_the_pixels_a_branch_scored() {
+        // The split labels classes 0, 1 and 2; a branch whose inputs lack data on every pixel
+        // of class 2 scores only classes 0 and 1, yet its mean keeps class 2 (IoU 0).
+        let mut split = ConfusionMatrix::new(3);
+        split.add_pairs(&[0, 1, 2, 2], &[0, 1, 2, 2], 255).unwrap();
+        let mut branch = ConfusionMatrix::new(3);
+        branch
+            .add_pairs(&[0, 1, 255, 255], &[0, 1, 2, 2], 255)
+            .unwrap();
+        let s = branch.scores_over(&split.support(), &[]);
+        assert_eq!(split.support(), vec![1, 1, 2]);
+        assert_eq!((s.mean_classes, s.absent_classes), (vec![0, 1, 2], vec![]));
+        assert_eq!(s.per_class[2].iou, None);
+        assert!(close(s.miou, 2.0 / 3.0));
+        assert!(
+            close(branch.scores(&[]).miou, 1.0),
+            "its own support: 2 classes"
+        );
     }
 
     #[test]

@@ -24,12 +24,15 @@ pub fn validate(
 ) -> Result<Vec<Scores>> {
     let k = exp.model.num_classes as usize;
     let mut matrices = vec![ConfusionMatrix::new(k); branches.len()];
+    // Every labelled pixel against itself: the class set of every branch, whatever its inputs.
+    let mut labelled = ConfusionMatrix::new(k);
     let loader = Loader::grid(&exp.data, &exp.model, Split::Val)?;
     for (i, batch) in loader.enumerate() {
         if max_batches.is_some_and(|m| i >= m) {
             break;
         }
         let batch = batch?;
+        labelled.add_tensors(&batch.reference, &batch.reference, exp.data.ignore_index)?;
         let inputs: Vec<Tensor> = batch.inputs.iter().map(|t| t.to_device(device)).collect();
         let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
         for (branch, cm) in branches.iter().zip(matrices.iter_mut()) {
@@ -39,7 +42,11 @@ pub fn validate(
             cm.add_tensors(&labels, &pred, exp.data.ignore_index)?;
         }
     }
-    let scores: Vec<Scores> = matrices.iter().map(|cm| cm.scores(&[])).collect();
+    let support = labelled.support();
+    let scores: Vec<Scores> = matrices
+        .iter()
+        .map(|cm| cm.scores_over(&support, &[]))
+        .collect();
     if let Some(first) = scores.first() {
         let names: Vec<String> = exp
             .data
