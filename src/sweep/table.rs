@@ -481,7 +481,7 @@ impl Results {
                 let best = (0..val.rows.len())
                     .filter(|&r| val.rows[r].is_dis2())
                     .filter_map(|r| val.summary(r, k, &miou).map(|s| (r, s.mean)))
-                    .max_by(|a, b| a.1.total_cmp(&b.1))
+                    .max_by(first_of_ties)
                     .map(|(r, _)| r);
                 (k, best)
             })
@@ -504,7 +504,7 @@ impl Results {
                 let means = means?;
                 (!means.is_empty()).then(|| (r, means.iter().sum::<f64>() / means.len() as f64))
             })
-            .max_by(|a, b| a.1.total_cmp(&b.1))
+            .max_by(first_of_ties)
     }
 
     fn selection_markdown(&self, val: &Results) -> String {
@@ -661,6 +661,12 @@ fn fmt_difference(d: &PairedDifference) -> String {
 /// A CSV number (6 decimals), empty when absent.
 fn num(v: Option<f64>) -> String {
     v.map_or(String::new(), |v| format!("{v:.6}"))
+}
+
+/// Orders `(row, score)` by score, and equal scores so that the earlier row wins `max_by`: a
+/// variant that changes nothing (KD still off in a short run) never displaces `dis2` itself.
+fn first_of_ties(a: &(usize, f64), b: &(usize, f64)) -> std::cmp::Ordering {
+    a.1.total_cmp(&b.1).then(b.0.cmp(&a.0))
 }
 
 #[cfg(test)]
@@ -867,5 +873,21 @@ mod tests {
         test.write(dir.path(), &["a".into(), "b".into()], Some(&val))
             .unwrap();
         assert!(dir.path().join("results-val.csv").exists());
+
+        // A tie on val goes to dis2 itself, the row listed first.
+        for s in 1..=2 {
+            let x = 0.01 * s as f64;
+            write(
+                dir.path(),
+                &format!("val/s{s}/dis2@kd1-dsm--drop-dsm"),
+                0.70 + x,
+                0.5,
+                0.5,
+            );
+        }
+        let val = Results::read(&plan, Split::Val, done).unwrap();
+        let sel = test.selection_json(&val);
+        assert_eq!(sel["per_scenario"][0]["chosen"], "dis2", "{sel}");
+        assert_eq!(sel["one_setting"], "dis2", "{sel}");
     }
 }
