@@ -13,7 +13,7 @@ unexport LIBTORCH LIBTORCH_USE_PYTORCH
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/dis2
 
-.PHONY: setup build test demo clean bench-step reproduce reproduce-quick reproduce-smoke real-data reproduce-real dlkd-study
+.PHONY: setup build test test-slurm demo clean bench-step reproduce reproduce-quick reproduce-smoke real-data reproduce-real dlkd-study
 
 setup:
 	@bash scripts/setup.sh
@@ -30,6 +30,12 @@ test: setup
 	$(CARGO) test --release --locked
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
 	$(CARGO) fmt --check
+	DIS2=$(BIN) bash scripts/slurm/test.sh
+
+# The Slurm batch scripts of scripts/slurm/ on a one-node Slurm started in a temporary directory
+# (about 1.5 min; installs Debian's slurm-wlm and munge when missing, as root). Part of `make test`.
+test-slurm: build
+	DIS2=$(BIN) bash scripts/slurm/test.sh
 
 bench-step: setup
 	$(CARGO) bench --locked --bench step

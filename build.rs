@@ -161,13 +161,16 @@ fn python_torch_lib_dir() -> Result<(PathBuf, String), String> {
     Ok((PathBuf::from(lib), version))
 }
 
-/// The C++ sources of the native ops, compiled into one static library.
-const NATIVE_SOURCES: [&str; 5] = [
+/// The C++ sources of the native ops, compiled into one static library (with the distributed
+/// engine's bindings, `csrc/dist.cpp`; its two backends are compiled apart, see
+/// [`compile_dist_backends`]).
+const NATIVE_SOURCES: [&str; 6] = [
     "csrc/ops.cpp",
     "csrc/dropout.cpp",
     "csrc/optim.cpp",
     "csrc/prenorm.cpp",
     "csrc/seg_loss.cpp",
+    "csrc/dist.cpp",
 ];
 
 /// Compiles the `csrc/*.cpp` sources (native ops tch does not expose, see `src/native.rs`) against
@@ -193,6 +196,8 @@ fn compile_native_ops(lib_dir: &Path) {
         .cpp(true)
         .files(NATIVE_SOURCES)
         .include(&include)
+        // The C++ API's headers (`torch/types.h`), which the distributed engine's include.
+        .include(include.join("torch/csrc/api/include"))
         .flag("-std=c++17")
         .flag_if_supported("-w")
         .define("_GLIBCXX_USE_CXX11_ABI", abi.as_str())
@@ -200,12 +205,117 @@ fn compile_native_ops(lib_dir: &Path) {
         .flag("-fno-trapping-math")
         .opt_level(3)
         .compile("dis2_ops");
+    compile_dist_backends(&include, &abi);
     let gomp = lib_dir.join("libgomp.so.1");
     if gomp.exists() {
         println!("cargo:rustc-link-arg={}", gomp.display());
     } else {
         println!("cargo:rustc-link-arg=-fopenmp");
     }
+}
+
+/// Compiles the two backends of the process group (`csrc/dist_gloo.cpp`, `csrc/dist_nccl.cpp`),
+/// each with its real code where its headers are found and as a stub that reports the missing
+/// headers elsewhere; the code itself is libtorch's (Gloo in libtorch_cpu, NCCL in
+/// libtorch_cuda).
+/// - Gloo: Debian's `libgloo-dev` (`scripts/setup.sh` installs it).
+/// - NCCL: libtorch with CUDA and, in the venv's `nvidia/*/include` (or `CUDA_HOME`), the headers
+///   of NCCL, the CUDA runtime, its C runtime (`crt/`) and CCCL (`nv/target`); the wheel ships the
+///   first two, `scripts/setup.sh` installs the other two (pip `nvidia-cuda-crt`,
+///   `nvidia-cuda-cccl`).
+fn compile_dist_backends(torch_include: &Path, abi: &str) {
+    let gloo = gloo_include();
+    if gloo.is_none() {
+        println!(
+            "cargo:warning=dis2: Gloo headers not found (apt-get install libgloo-dev): \
+             data-parallel training will report that this build cannot run it"
+        );
+    }
+    compile_backend(
+        "dist_gloo",
+        torch_include,
+        abi,
+        gloo.map(|d| ("DIS2_GLOO", vec![d])),
+    );
+    let nccl = nccl_includes(torch_include);
+    compile_backend(
+        "dist_nccl",
+        torch_include,
+        abi,
+        nccl.map(|d| ("DIS2_NCCL", d)),
+    );
+}
+
+/// One backend source as its own static library: with `found` (the define and the include
+/// directories that switch its real code on), or as its stub.
+fn compile_backend(
+    name: &str,
+    torch_include: &Path,
+    abi: &str,
+    found: Option<(&str, Vec<PathBuf>)>,
+) {
+    let mut build = cc::Build::new();
+    build
+        .cpp(true)
+        .file(format!("csrc/{name}.cpp"))
+        .include(torch_include)
+        .include(torch_include.join("torch/csrc/api/include"))
+        .flag("-std=c++17")
+        .flag_if_supported("-w")
+        .define("_GLIBCXX_USE_CXX11_ABI", abi)
+        .opt_level(2);
+    if let Some((define, dirs)) = found {
+        build.define(define, None).includes(dirs);
+    }
+    build.compile(&format!("dis2_{name}"));
+}
+
+/// The directory holding `gloo/algorithm.h`, if any.
+fn gloo_include() -> Option<PathBuf> {
+    println!("cargo:rerun-if-env-changed=GLOO_INCLUDE_DIR");
+    let given = std::env::var_os("GLOO_INCLUDE_DIR").map(PathBuf::from);
+    given
+        .into_iter()
+        .chain(["/usr/include", "/usr/local/include"].map(PathBuf::from))
+        .find(|d| d.join("gloo/algorithm.h").exists())
+        .inspect(|d| println!("cargo:rerun-if-changed={}", d.join("gloo").display()))
+}
+
+/// The include directories that compile libtorch's NCCL header, when libtorch has CUDA and they
+/// hold NCCL's, the CUDA runtime's, its C runtime's and CCCL's headers.
+fn nccl_includes(torch_include: &Path) -> Option<Vec<PathBuf>> {
+    println!("cargo:rerun-if-env-changed=CUDA_HOME");
+    let torch = torch_include.parent()?;
+    if !torch.join("lib/libtorch_cuda.so").exists() {
+        return None;
+    }
+    // The wheel's nvidia packages sit beside the torch package.
+    let nvidia = torch.parent()?.join("nvidia");
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(&nvidia)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.path().join("include"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cuda_home = std::env::var_os("CUDA_HOME").map(PathBuf::from);
+    dirs.extend(cuda_home.into_iter().map(|h| h.join("include")));
+    dirs.retain(|d| d.is_dir());
+    dirs.sort();
+    let needed = [
+        "nccl.h",
+        "cuda_runtime_api.h",
+        "crt/host_config.h",
+        "nv/target",
+    ];
+    let all_found = needed
+        .iter()
+        .all(|f| dirs.iter().any(|d| d.join(f).exists()));
+    for d in &dirs {
+        println!("cargo:rerun-if-changed={}", d.display());
+    }
+    all_found.then_some(dirs)
 }
 
 /// Where Debian (and most distributions) put gperftools' tcmalloc.

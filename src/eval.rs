@@ -208,12 +208,15 @@ fn score_scenes(
     dataset: &SceneDataset,
     given: &[bool],
 ) -> Result<(ConfusionMatrix, Vec<u64>, Vec<PathBuf>)> {
-    let options = PredictOptions {
+    let mut options = PredictOptions {
         overlap: req.overlap,
         allow_fill: true,
         // The branch is named once by `evaluate` and in every output.
         announce_fill: false,
         quiet: req.quiet,
+        grid: req.exp.data.grid.clone(),
+        // Said when the dataset was opened, in the configuration's terms.
+        announce_grid: false,
         ..PredictOptions::default()
     };
     let table = predictor.info().class_table();
@@ -225,6 +228,8 @@ fn score_scenes(
         if scene.label.is_none() {
             bail!("scene {}: no labels to score against", scene.id);
         }
+        // The class map on the scene's grid, also when its reference modality is dropped.
+        options.grid_file = Some(scene.grid.info.path.clone());
         let job = class_map_job(&predictor.info().model, scene, given, &scratch, index);
         let mut scorer = SceneScorer {
             dataset,
@@ -319,7 +324,7 @@ fn class_map_job(
             .zip(&scene.modalities)
             .zip(given)
             .filter(|(_, g)| **g)
-            .map(|((m, p), _)| (m.name.clone(), p.clone()))
+            .map(|((m, source), _)| (m.name.clone(), source.path.clone()))
             .collect(),
         out: scratch.join(format!("{index}.tif")),
         probs: None,

@@ -11,7 +11,8 @@
 //! `report` and `figures` score checkpoints and draw their figures; `stats` holds the means,
 //! deviations and paired intervals of the sweep tables; `checkpoint` saves and loads models;
 //! `import_torch` converts the authors' PyTorch weights; `native` wraps the C++ kernels of
-//! `csrc/`. `progress` reports long work (a bar or plain lines) for `train`, `predict` and `sweep`.
+//! `csrc/`; `dist` binds libtorch's
+//! distributed engine (c10d) for data-parallel training. `progress` reports long work (a bar or plain lines) for `train`, `predict` and `sweep`.
 
 pub mod alloc;
 pub mod blocks;
@@ -20,6 +21,7 @@ pub mod cli;
 pub mod config;
 pub mod data;
 pub mod device;
+pub mod dist;
 pub mod eval;
 pub mod figures;
 pub mod fsutil;

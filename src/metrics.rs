@@ -58,6 +58,20 @@ impl ConfusionMatrix {
         }
     }
 
+    /// A matrix of `rows` of counts (as [`ConfusionMatrix::rows`] returns them); errors unless
+    /// they are square.
+    pub fn from_rows(rows: &[Vec<u64>]) -> Result<Self> {
+        let classes = rows.len();
+        ensure!(
+            rows.iter().all(|r| r.len() == classes),
+            "confusion matrix rows: expected {classes} x {classes} counts"
+        );
+        Ok(Self {
+            classes,
+            counts: rows.concat(),
+        })
+    }
+
     pub fn classes(&self) -> usize {
         self.classes
     }

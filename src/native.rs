@@ -70,7 +70,7 @@ extern "C" {
 }
 
 /// Reads and frees the message a failed native call left in `error`.
-fn take_error(error: *mut c_char) -> String {
+pub(crate) fn take_error(error: *mut c_char) -> String {
     if error.is_null() {
         return "unknown error in a native op".into();
     }
@@ -83,7 +83,7 @@ fn take_error(error: *mut c_char) -> String {
 }
 
 /// A status-returning native call: `Ok` or the shim's message.
-fn check(status: i32, error: *mut c_char, what: &str) -> Result<()> {
+pub(crate) fn check(status: i32, error: *mut c_char, what: &str) -> Result<()> {
     if status == 0 {
         Ok(())
     } else {
@@ -100,7 +100,7 @@ fn tensor_or_error(out: *mut c_void, error: *mut c_char, what: &str) -> Result<T
     Ok(unsafe { Tensor::from_ptr(out as *mut _) })
 }
 
-fn handles(ts: &[&Tensor]) -> Vec<*mut c_void> {
+pub(crate) fn handles(ts: &[&Tensor]) -> Vec<*mut c_void> {
     ts.iter().map(|t| t.as_ptr() as *mut c_void).collect()
 }
 

@@ -409,7 +409,7 @@ fn bad_inputs_are_reported_with_files_and_expectations() {
     let info = RasterInfo::read(&files[1]).unwrap();
     let px = read_all(&files[1]);
     let mut g = GeoRef::of(&info).unwrap();
-    g.geo_transform[0] += 10.0;
+    g.geo_transform.as_mut().unwrap()[0] += 10.0;
     let raster = RasterData {
         width: 64,
         height: 64,
@@ -417,11 +417,19 @@ fn bad_inputs_are_reported_with_files_and_expectations() {
         data: &px.data,
     };
     write_geotiff(&shifted, &raster, &g, &WriteOptions::default()).unwrap();
-    let err = failed(&with(&["--optical", s(&files[0]), "--dsm", s(&shifted)]));
+    // Off the grid: refused in strict mode (resampled otherwise, see the grid tests).
+    let err = failed(&with(&[
+        "--optical",
+        s(&files[0]),
+        "--dsm",
+        s(&shifted),
+        "--strict-grid",
+    ]));
     assert!(
         err.contains("optical/scene.tif")
             && err.contains("shifted.tif")
-            && err.contains("geotransform"),
+            && err.contains("geotransform")
+            && err.contains("--strict-grid is set"),
         "{err}"
     );
 

@@ -256,7 +256,7 @@ const LAYERS: &[&[&str]] = &[
     &[
         "fsutil", "native", "alloc", "device", "progress", "metrics", "stats",
     ],
-    &["model"],
+    &["model", "dist"],
     &["data"],
     &["train::config", "train::optim", "train::schedule"],
     &["config"],

@@ -7,9 +7,11 @@
 use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::PossibleValue;
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use super::DeviceArgs;
+use crate::data::config::{GridConfig, Resampling};
 use crate::predict::{
     predict_scene, share_cpu_threads, PredictOptions, Predictor, ProbsType, SceneJob,
 };
@@ -55,6 +57,18 @@ pub struct PredictArgs {
     /// With --list: predict only scenes i, i+n, i+2n, ... (0-based), for job arrays.
     #[arg(long, value_name = "i/n")]
     pub shard: Option<String>,
+    /// The modality whose grid the outputs take; inputs on other grids are resampled onto it
+    /// [default: the first input in the checkpoint's modality order].
+    #[arg(long, value_name = "NAME")]
+    pub grid_reference: Option<String>,
+    /// Refuse inputs that are not on the reference grid instead of resampling them.
+    #[arg(long)]
+    pub strict_grid: bool,
+    /// Resampling of one modality onto the grid (repeatable), e.g. `dsm=cubic`: nearest,
+    /// bilinear, cubic, cubic_spline, lanczos, average, mode, min, max, median [default:
+    /// average when downsampling 2x or more, nearest for class maps, else bilinear].
+    #[arg(long, value_name = "NAME=METHOD")]
+    pub resampling: Vec<String>,
     /// Progress as a plain line at most once a minute, no bar.
     #[arg(long)]
     pub quiet: bool,
@@ -162,13 +176,36 @@ fn resolve(mut args: PredictArgs) -> Result<Resolved> {
             )*};
         }
         take!(checkpoint, out, probs, probs_type, preview, overlap, batch, list, shard);
+        take!(grid_reference);
         args.allow_fill |= later.allow_fill;
         args.quiet |= later.quiet;
+        args.strict_grid |= later.strict_grid;
+        args.resampling.extend(later.resampling);
         if given("device") {
             args.device = later.device;
         }
     }
     Ok(Resolved { args, inputs })
+}
+
+/// The grid flags as the grid configuration.
+fn grid_config(args: &PredictArgs) -> Result<GridConfig> {
+    let mut resampling = BTreeMap::new();
+    for item in &args.resampling {
+        let (name, method) = item
+            .split_once('=')
+            .filter(|(n, m)| !n.is_empty() && !m.is_empty())
+            .ok_or_else(|| {
+                anyhow!("--resampling {item:?}: expected NAME=METHOD, e.g. dsm=cubic")
+            })?;
+        let method = Resampling::parse(method).with_context(|| format!("--resampling {item}"))?;
+        resampling.insert(name.to_string(), method);
+    }
+    Ok(GridConfig {
+        reference: args.grid_reference.clone(),
+        strict: args.strict_grid,
+        resampling,
+    })
 }
 
 /// `i/n` with `i < n`.
@@ -284,6 +321,9 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         prefetch: 2,
         quiet: args.quiet,
         announce_fill: true,
+        grid: grid_config(&args)?,
+        grid_file: None,
+        announce_grid: true,
     };
     if options.batch == 0 {
         bail!("--batch must be at least 1");
@@ -295,6 +335,10 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
     let device = args.device.device.resolve()?;
     share_cpu_threads(device);
     let predictor = Predictor::load(&checkpoint, device)?;
+    options.grid.validate(
+        &predictor.info().model,
+        ["--grid-reference", "--resampling"],
+    )?;
     let count = jobs.len();
     for (n, job) in jobs.iter().enumerate() {
         let summary = predict_scene(&predictor, job, &options)
@@ -368,6 +412,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("before `predict`"), "{err}");
+    }
+
+    #[test]
+    fn grid_flags_mix_with_inputs_and_bad_methods_are_named() {
+        let r = parse(&[
+            "predict",
+            "--optical",
+            "a.tif",
+            "--grid-reference",
+            "sar",
+            "--sar",
+            "s.tif",
+            "--resampling",
+            "dsm=cubic",
+            "--strict-grid",
+            "--resampling=sar=average",
+        ])
+        .unwrap();
+        assert_eq!(r.inputs.len(), 2);
+        let grid = grid_config(&r.args).unwrap();
+        assert_eq!(grid.reference.as_deref(), Some("sar"));
+        assert!(grid.strict);
+        assert_eq!(grid.resampling["dsm"], Resampling::Cubic);
+        assert_eq!(grid.resampling["sar"], Resampling::Average);
+        for (bad, expected) in [
+            ("dsm", "NAME=METHOD"),
+            ("dsm=bicubic", "unknown resampling"),
+        ] {
+            let r = parse(&["predict", "--resampling", bad]).unwrap();
+            let err = format!("{:#}", grid_config(&r.args).unwrap_err());
+            assert!(
+                err.contains("--resampling") && err.contains(expected),
+                "{err}"
+            );
+        }
     }
 
     #[test]

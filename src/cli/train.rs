@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 
 use super::DeviceArgs;
 use crate::config::Experiment;
+use crate::dist::Launch;
 use crate::model::scenario::{join_names, parse_names};
+use crate::train::distributed::DataParallel;
 use crate::train::run::{RunKind, RunSpec};
 use crate::train::trainer::{self, Summary, TrainOptions};
 
@@ -121,13 +123,14 @@ fn dummy_spec() -> RunSpec {
 }
 
 fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()> {
-    let device = common.device.device.resolve()?;
+    let (device, dp) = data_parallel(common)?;
+    let writes = dp.as_ref().is_none_or(|dp| dp.rank() == 0);
     let opts = TrainOptions {
         device,
         quiet: common.quiet,
     };
     let summary = match &common.resume {
-        Some(dir) => trainer::resume(dir, opts)?,
+        Some(dir) => trainer::resume_with(dir, opts, dp)?,
         None => {
             let config = common.config.as_deref().context("--config is required")?;
             let exp = Experiment::load(config, &common.set)?;
@@ -143,11 +146,41 @@ fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()>
                 .out
                 .clone()
                 .unwrap_or_else(|| Path::new("runs").join(format!("{}-{name}", exp.name)));
-            trainer::start(exp, spec, &out, opts)?
+            trainer::start_with(exp, spec, &out, opts, dp)?
         }
     };
-    report(&summary);
+    if writes {
+        report(&summary);
+    }
     Ok(())
+}
+
+/// The device and, when a launcher (torchrun, srun) started this process as one rank of several,
+/// its place in the data-parallel job, joined. A rank computes on CUDA device `LOCAL_RANK` when
+/// `--device` picks CUDA (on its only one when it sees one).
+fn data_parallel(common: &CommonTrainArgs) -> Result<(tch::Device, Option<DataParallel>)> {
+    let device = common.device.device.resolve()?;
+    let Some(launch) = Launch::from_env()? else {
+        return Ok((device, None));
+    };
+    let device = match device {
+        // A process that sees one GPU only (Slurm's --gpus-per-task=1) takes it.
+        tch::Device::Cuda(_) if crate::device::cuda_device_count() == 1 => tch::Device::Cuda(0),
+        tch::Device::Cuda(_) => {
+            let count = crate::device::cuda_device_count();
+            if launch.local_rank >= count {
+                bail!(
+                    "{launch}: LOCAL_RANK {} has no CUDA device (this process sees {count}); \
+                     start at most {count} processes per node, or use --device cpu",
+                    launch.local_rank
+                );
+            }
+            tch::Device::Cuda(launch.local_rank)
+        }
+        other => other,
+    };
+    let dp = DataParallel::join(&launch, device)?;
+    Ok((device, Some(dp)))
 }
 
 fn report(s: &Summary) {

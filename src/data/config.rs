@@ -10,6 +10,7 @@
 //!     optical: {mean: [110.0, 115.0, 100.0, 120.0], std: [40.0, 35.0, 35.0, 50.0]}
 //!   class_weights: [1.0, 1.0, 1.0, 1.0, 2.0, 1.0]
 //!   sampling: {batch_size: 8, samples_per_epoch: 512, scale: [0.75, 1.25]}
+//!   grid: {reference: optical, resampling: {dsm: cubic}}
 //! ```
 
 use anyhow::{bail, Result};
@@ -46,6 +47,9 @@ pub struct DataConfig {
     /// default such a file is refused, naming the value and both meanings.
     #[serde(default, skip_serializing_if = "LabelNodata::is_refuse")]
     pub label_nodata: LabelNodata,
+    /// The grid each scene is read on, and how files on other grids are resampled onto it.
+    #[serde(default, skip_serializing_if = "GridConfig::is_default")]
+    pub grid: GridConfig,
 }
 
 /// `data.label_nodata`: a label raster declares as nodata a value that is also a class.
@@ -82,6 +86,7 @@ impl Default for DataConfig {
             sampling: SamplingConfig::default(),
             classes: None,
             label_nodata: LabelNodata::Refuse,
+            grid: GridConfig::default(),
         }
     }
 }
@@ -148,6 +153,125 @@ impl Default for SamplingConfig {
             val_stride: None,
             prefetch: default_prefetch(),
         }
+    }
+}
+
+/// The grid of a scene (`data.grid`; docs/data.md, "Grids"): every modality and the labels are
+/// read on the grid of one reference modality; files on another grid are resampled onto it
+/// window by window through GDAL's warper, unless `strict`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GridConfig {
+    /// The modality whose grid each scene takes (default: the model's first modality).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Refuse files that are not on the reference grid instead of resampling them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
+    /// Resampling per modality name (or `labels`), in place of the defaults (nearest for labels
+    /// and class maps, average when downsampling 2x or more, bilinear otherwise).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub resampling: BTreeMap<String, Resampling>,
+}
+
+impl GridConfig {
+    pub fn is_default(&self) -> bool {
+        self == &Self::default()
+    }
+
+    /// Checks the modality names against the model; `key` names the section in messages
+    /// (`data.grid` or the predict flags).
+    pub fn validate(&self, model: &ModelConfig, keys: [&str; 2]) -> Result<()> {
+        let names: Vec<&str> = model.modalities.iter().map(|m| m.name.as_str()).collect();
+        let [reference_key, resampling_key] = keys;
+        if let Some(name) = &self.reference {
+            if !names.contains(&name.as_str()) {
+                bail!(
+                    "{reference_key}: {name:?} is not a modality of the model ({})",
+                    names.join(", ")
+                );
+            }
+        }
+        for name in self.resampling.keys() {
+            if name != "labels" && !names.contains(&name.as_str()) {
+                bail!(
+                    "{resampling_key}: {name:?} is neither a modality of the model ({}) nor `labels`",
+                    names.join(", ")
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A resampling method of GDAL's warper (`gdalwarp -r`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Resampling {
+    Nearest,
+    Bilinear,
+    Cubic,
+    CubicSpline,
+    Lanczos,
+    Average,
+    Mode,
+    Min,
+    Max,
+    Median,
+}
+
+impl Resampling {
+    pub const ALL: [Resampling; 10] = [
+        Self::Nearest,
+        Self::Bilinear,
+        Self::Cubic,
+        Self::CubicSpline,
+        Self::Lanczos,
+        Self::Average,
+        Self::Mode,
+        Self::Min,
+        Self::Max,
+        Self::Median,
+    ];
+
+    /// The name in dis2's configuration and flags.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Nearest => "nearest",
+            Self::Bilinear => "bilinear",
+            Self::Cubic => "cubic",
+            Self::CubicSpline => "cubic_spline",
+            Self::Lanczos => "lanczos",
+            Self::Average => "average",
+            Self::Mode => "mode",
+            Self::Min => "min",
+            Self::Max => "max",
+            Self::Median => "median",
+        }
+    }
+
+    /// The name `gdalwarp -r` takes.
+    pub fn gdal_name(self) -> &'static str {
+        match self {
+            Self::Nearest => "near",
+            Self::CubicSpline => "cubicspline",
+            Self::Median => "med",
+            other => other.name(),
+        }
+    }
+
+    /// Parses a name of [`Self::name`]; the error lists them.
+    pub fn parse(text: &str) -> Result<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|r| r.name() == text)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Self::ALL.iter().map(|r| r.name()).collect();
+                anyhow::anyhow!(
+                    "unknown resampling {text:?}; expected one of {}",
+                    names.join(", ")
+                )
+            })
     }
 }
 
@@ -406,6 +530,8 @@ impl DataConfig {
                 bail!("class_weights: every weight must be a finite number >= 0");
             }
         }
+        self.grid
+            .validate(model, ["grid.reference", "grid.resampling"])?;
         self.sampling.validate()
     }
 

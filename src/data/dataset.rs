@@ -1,14 +1,15 @@
 //! A checked list of scenes for one split, and windowed reads of a scene (all modalities and the
-//! decoded labels). Every read of a scene's rasters goes through [`SceneDataset`], so validity
-//! (GDAL's mask model, [`super::validity`]) and label decoding are the same for training,
-//! statistics and scoring.
+//! decoded labels) on the scene's grid. Every read of a scene's rasters goes through
+//! [`SceneDataset`], so the grid ([`super::grid`]: files on other grids resampled onto it),
+//! validity (GDAL's mask model, [`super::validity`]) and label decoding are the same for
+//! training, statistics and scoring.
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use super::config::{DataConfig, LabelNodata};
+use super::config::{DataConfig, GridConfig, LabelNodata};
+use super::grid::{self, GridFile, GridKeys, GridSource, SceneGrid};
 use super::labels::{LabelDecoder, UnknownLabelValues};
 use super::layouts::{check_modality_names, layout_of, SceneFiles, Split};
 use super::raster::{self, Pixels, RasterInfo, Window};
@@ -18,25 +19,25 @@ use crate::model::config::{ModalitySpec, ModelConfig};
 /// Rows of a label raster surveyed at a time when listing the values that are not classes.
 const SURVEY_ROWS: usize = 256;
 
-/// One scene: its files and the header of its first modality (size, georeferencing).
+/// One scene: its files, each as read on the scene's grid, and that grid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Scene {
     pub id: String,
     /// One file per model modality, in model order.
-    pub modalities: Vec<PathBuf>,
-    pub label: Option<PathBuf>,
+    pub modalities: Vec<GridSource>,
+    pub label: Option<GridSource>,
     /// How the label raster's declared nodata counts (see `data.label_nodata`).
     pub label_rule: NodataRule,
-    /// Header of the first modality: size, geotransform, CRS.
-    pub info: RasterInfo,
+    /// The grid every file is read on: the reference modality's size and georeferencing.
+    pub grid: SceneGrid,
 }
 
 impl Scene {
     pub fn width(&self) -> usize {
-        self.info.width
+        self.grid.info.width
     }
     pub fn height(&self) -> usize {
-        self.info.height
+        self.grid.info.height
     }
 }
 
@@ -64,20 +65,23 @@ pub struct SceneDataset {
     pub ignore_index: i64,
 }
 
-/// How a split's labels are decoded: the decoder, the class count, the ignore index and what
-/// wins when a label raster's nodata value is also a class.
+/// How a split's files are read: the label decoder, the class count, the ignore index, what
+/// wins when a label raster's nodata value is also a class, and the grid each scene is read on.
 #[derive(Debug, Clone)]
 pub struct LabelRules {
     pub decoder: LabelDecoder,
     pub num_classes: i64,
     pub ignore_index: i64,
     pub nodata: LabelNodata,
+    /// `data.grid`: the reference modality, strict mode, resampling.
+    pub grid: GridConfig,
 }
 
 impl SceneDataset {
     /// The scenes of `split` of the configured dataset; the label decoding is checked for values
     /// with two meanings, and every file's header: band counts against `model.modalities`,
-    /// alignment between modalities and labels, label nodata values that are also classes.
+    /// label nodata values that are also classes, and each file's place on its scene's grid
+    /// (`data.grid`: resampled when it is on another grid, refused when it cannot be).
     pub fn open(data: &DataConfig, model: &ModelConfig, split: Split) -> Result<Self> {
         let layout = layout_of(&data.dataset);
         let names: Vec<String> = model.modalities.iter().map(|m| m.name.clone()).collect();
@@ -95,13 +99,15 @@ impl SceneDataset {
             num_classes: model.num_classes,
             ignore_index: data.ignore_index,
             nodata: data.label_nodata,
+            grid: data.grid.clone(),
         };
         Self::from_files(layout.key(), split, files, &model.modalities, rules)
     }
 
     /// Checks scenes given as files (used by [`Self::open`], and by callers with their own
-    /// lists). The scenes are checked in parallel; an error is the first in scene order, so the
-    /// same file is named every run.
+    /// lists) and places them on their grids. The scenes are checked in parallel; an error is
+    /// the first in scene order, so the same file is named every run. What is resampled or
+    /// completed is said once ([`grid::announce`]).
     pub fn from_files(
         layout: &'static str,
         split: Split,
@@ -109,12 +115,17 @@ impl SceneDataset {
         modalities: &[ModalitySpec],
         rules: LabelRules,
     ) -> Result<Self> {
-        let scenes = files
+        let checked = files
             .into_par_iter()
             .map(|f| check_scene(f, modalities, &rules))
             .collect::<Vec<Result<_>>>()
             .into_iter()
             .collect::<Result<Vec<_>>>()?;
+        let mut scenes = Vec::with_capacity(checked.len());
+        for (scene, notes) in checked {
+            grid::announce(&notes);
+            scenes.push(scene);
+        }
         Ok(Self {
             layout,
             split,
@@ -151,37 +162,48 @@ impl SceneDataset {
         })
     }
 
-    /// Reads `window` of modality `m` (model order) of scene `index`, with its validity.
+    /// Reads `window` (of the scene's grid) of modality `m` (model order) of scene `index`, with
+    /// its validity.
     pub fn read_modality(&self, index: usize, m: usize, window: Window) -> Result<Pixels> {
         let scene = self.scene(index)?;
-        let path = scene.modalities.get(m).with_context(|| {
+        let source = scene.modalities.get(m).with_context(|| {
             format!(
                 "scene {}: no modality {m} (it has {})",
                 scene.id,
                 scene.modalities.len()
             )
         })?;
-        raster::read_window_at(path, window)
+        source.read(window)
     }
 
-    /// The decoded labels of `window` of scene `index`: class ids, `ignore_index` where the
-    /// scene has no labels, the label raster is invalid (masks, nodata, outside) or the value
-    /// is ignored. Values that are not classes are an error listing every such value of the
-    /// whole file with its pixel count.
+    /// The decoded labels of `window` (of the scene's grid) of scene `index`: class ids,
+    /// `ignore_index` where the scene has no labels, the label raster is invalid (masks, nodata,
+    /// outside, not covering the grid) or the value is ignored. Values that are not classes are
+    /// an error listing every such value of the whole file with its pixel count.
     pub fn read_labels(&self, index: usize, window: Window) -> Result<Vec<i64>> {
         let scene = self.scene(index)?;
-        let Some(path) = &scene.label else {
+        let Some(source) = &scene.label else {
             return Ok(vec![self.ignore_index; window.width * window.height]);
         };
-        let ds = raster::open(path)?;
-        let px = raster::read_window_with(&ds, path, window, scene.label_rule)?;
-        let decoded = self
-            .decoder
-            .decode(&px, path, window, self.num_classes, self.ignore_index);
+        let open = source.open()?;
+        let px = open.read_with(window, scene.label_rule)?;
+        let decoded = self.decoder.decode(
+            &px,
+            &source.path,
+            window,
+            self.num_classes,
+            self.ignore_index,
+        );
         match decoded {
             Err(e) if e.downcast_ref::<UnknownLabelValues>().is_some() => {
-                Err(self.survey_unknown(scene, &ds, e)?.into())
+                Err(self.survey_unknown(scene, open.dataset(), e)?.into())
             }
+            Err(e) if source.warp.is_some() => Err(e.context(format!(
+                "{}: the labels are resampled onto the grid of {}, so columns and rows are the \
+                 grid's",
+                source.path.display(),
+                scene.grid.role
+            ))),
             other => other,
         }
     }
@@ -196,7 +218,7 @@ impl SceneDataset {
     }
 
     /// Every value of `scene`'s label raster that is not a class, with its pixels, read in
-    /// strips (`found` is what one window showed).
+    /// strips of the file itself (`found` is what one window showed).
     fn survey_unknown(
         &self,
         scene: &Scene,
@@ -225,11 +247,14 @@ impl SceneDataset {
     }
 }
 
+/// Checks the band counts and label nodata of a scene's files and places them on the grid of
+/// the reference modality (`data.grid.reference`, default the model's first); returns the scene
+/// and what to say about it.
 fn check_scene(
     files: SceneFiles,
     modalities: &[ModalitySpec],
     rules: &LabelRules,
-) -> Result<Scene> {
+) -> Result<(Scene, Vec<grid::Note>)> {
     if files.modalities.len() != modalities.len() {
         bail!(
             "scene {}: {} modality files for {} modalities",
@@ -238,37 +263,53 @@ fn check_scene(
             modalities.len()
         );
     }
-    let mut infos = Vec::with_capacity(modalities.len());
+    let mut grid_files = Vec::with_capacity(modalities.len() + 1);
     for (path, spec) in files.modalities.iter().zip(modalities) {
-        let info = RasterInfo::read(path)?;
-        info.check_bands(
+        let header = RasterInfo::read(path)?;
+        header.check_bands(
             spec.channels.max(0) as usize,
             &format!("modality {} (model.modalities)", spec.name),
         )?;
-        if let Some(first) = infos.first() {
-            RasterInfo::check_aligned(first, &info)?;
-        }
-        infos.push(info);
+        grid_files.push(GridFile {
+            role: format!("modality {}", spec.name),
+            key: spec.name.clone(),
+            header,
+            categorical: false,
+        });
     }
     let mut label_rule = NodataRule::Honour;
     if let Some(path) = &files.label {
-        let info = RasterInfo::read(path)?;
+        let header = RasterInfo::read(path)?;
         let what = if rules.decoder.bands() == 3 {
             "labels (RGB colours)"
         } else {
             "labels (class values)"
         };
-        info.check_bands(rules.decoder.bands(), what)?;
-        infos[0].check_aligned(&info)?;
-        label_rule = label_nodata_rule(&info, rules)?;
+        header.check_bands(rules.decoder.bands(), what)?;
+        label_rule = label_nodata_rule(&header, rules)?;
+        grid_files.push(GridFile {
+            role: "labels".to_string(),
+            key: "labels".to_string(),
+            header,
+            categorical: true,
+        });
     }
-    Ok(Scene {
+    let reference = match &rules.grid.reference {
+        Some(name) => modalities.iter().position(|m| &m.name == name).unwrap_or(0),
+        None => 0,
+    };
+    let plan = grid::plan(&grid_files, reference, &rules.grid, &GridKeys::CONFIG)
+        .with_context(|| format!("scene {}", files.id))?;
+    let mut sources = plan.sources;
+    let label = files.label.as_ref().and_then(|_| sources.pop());
+    let scene = Scene {
         id: files.id,
-        modalities: files.modalities,
-        label: files.label,
+        modalities: sources,
+        label,
         label_rule,
-        info: infos.swap_remove(0),
-    })
+        grid: plan.grid,
+    };
+    Ok((scene, plan.notes))
 }
 
 /// How a label raster's declared nodata counts: refused (the default) when it is also a class,

@@ -1,7 +1,10 @@
 //! Rasters, dataset layouts, sampling and the synthetic benchmark.
 //!
 //! The pieces, torchgeo-style: [`raster`] reads and writes GeoTIFFs through GDAL, with
-//! [`validity`] deciding which bands are data and which pixels are valid (GDAL's mask model); [`labels`]
+//! [`validity`] deciding which bands are data and which pixels are valid (GDAL's mask model);
+//! [`grid`] places the files of a scene on one grid, and `warp` resamples the files on other
+//! grids through GDAL's warper (`gdal_warp`: the C functions the gdal crate does not bind),
+//! their validity decided by the same mask model; [`labels`]
 //! decodes class maps (ids, codes, ISPRS colours); [`layouts`] turns a dataset folder into
 //! scenes (one type per layout); [`dataset`] checks and reads scenes; [`sampling`] chooses
 //! windows and augmentations; [`loader`] reads batches in parallel into tensors; [`synth`]
@@ -9,6 +12,8 @@
 
 pub mod config;
 pub mod dataset;
+mod gdal_warp;
+pub mod grid;
 pub mod labels;
 pub mod layouts;
 pub mod loader;
@@ -18,6 +23,7 @@ pub mod sampling;
 pub mod stats;
 pub mod synth;
 pub mod validity;
+mod warp;
 
 #[cfg(test)]
 mod tests;

@@ -13,6 +13,7 @@ use gdal::raster::{
     ColorEntry, ColorInterpretation, ColorTable, GdalDataType, GdalType, RasterCreationOptions,
 };
 use gdal::spatial_ref::SpatialRef;
+use gdal::Gcp;
 use gdal::{Dataset, DriverManager, Metadata};
 use std::path::{Path, PathBuf};
 
@@ -42,6 +43,10 @@ pub struct RasterInfo {
     pub geo_transform: Option<[f64; 6]>,
     /// The CRS as WKT, `None` when the file declares none.
     pub crs_wkt: Option<String>,
+    /// Ground control points (e.g. SAR in radar geometry); empty when the file has none.
+    pub gcps: Vec<Gcp>,
+    /// The CRS of the GCPs as WKT, `None` when the file declares none.
+    pub gcp_crs_wkt: Option<String>,
     /// The declared nodata value of each data band.
     pub nodata: Vec<Option<f64>>,
 }
@@ -71,6 +76,7 @@ impl RasterInfo {
             nodata.push(band.no_data_value());
         }
         let projection = ds.projection();
+        let gcp_projection = ds.gcp_projection().unwrap_or_default();
         Ok(Self {
             path: path.to_path_buf(),
             width,
@@ -80,6 +86,8 @@ impl RasterInfo {
             data_type,
             geo_transform: ds.geo_transform().ok(),
             crs_wkt: (!projection.trim().is_empty()).then_some(projection),
+            gcps: ds.gcps().iter().map(Gcp::from).collect(),
+            gcp_crs_wkt: (!gcp_projection.trim().is_empty()).then_some(gcp_projection),
             nodata,
         })
     }
@@ -136,10 +144,17 @@ impl RasterInfo {
         }
     }
 
-    /// Checks that `other` covers the same pixels: same size and, when both are georeferenced,
-    /// the same geotransform and CRS. A raster without any georeferencing (such as the ISPRS nDSM
-    /// JPEGs) is taken to be pixel-aligned, so only its size is compared. The error names both
-    /// files and what differs.
+    /// Whether the file has any georeferencing (a geotransform or GCPs).
+    pub fn is_georeferenced(&self) -> bool {
+        self.geo_transform.is_some() || !self.gcps.is_empty()
+    }
+
+    /// Checks that `other` covers the same pixels: the same size, and whatever georeferencing
+    /// both files have agrees: geotransforms (to 1e-6 pixel) and their CRSs, GCPs and their
+    /// CRSs, or one file's GCPs against the other's geotransform (each GCP within half a pixel).
+    /// What only one file has is not compared: a raster without any georeferencing (such as the
+    /// ISPRS nDSM JPEGs) is pixel-aligned when its size matches, and a geotransform without a CRS
+    /// is taken in the other file's CRS. The error names both files and what differs.
     pub fn check_aligned(&self, other: &RasterInfo) -> Result<()> {
         let (a, b) = (self.path.display(), other.path.display());
         if (self.width, self.height) != (other.width, other.height) {
@@ -170,8 +185,83 @@ impl RasterInfo {
                 );
             }
         }
-        Ok(())
+        self.check_gcps(other)
+            .map_err(|why| anyhow!("{a} and {b} do not line up: {why}"))
     }
+
+    /// The GCP part of [`Self::check_aligned`]: GCPs against GCPs, or against a geotransform
+    /// of a file without GCPs.
+    fn check_gcps(&self, other: &RasterInfo) -> std::result::Result<(), String> {
+        let crs = |info: &RasterInfo| match info.gcps.is_empty() {
+            false => info.gcp_crs_wkt.clone(),
+            true => info.crs_wkt.clone(),
+        };
+        match (self.gcps.is_empty(), other.gcps.is_empty()) {
+            (true, true) => return Ok(()),
+            (false, false) => same_gcps(&self.gcps, &other.gcps)?,
+            (false, true) => gcps_on_transform(self, other)?,
+            (true, false) => gcps_on_transform(other, self)?,
+        }
+        match (crs(self), crs(other)) {
+            (Some(w1), Some(w2)) if w1 != w2 && !same_crs(&w1, &w2) => {
+                Err("the CRSs of their placements differ".to_string())
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Two GCP lists place the pixels alike: the same points, to 1e-6 pixel and 1e-9 relative.
+fn same_gcps(a: &[Gcp], b: &[Gcp]) -> std::result::Result<(), String> {
+    if a.len() != b.len() {
+        return Err(format!("{} GCPs vs {}", a.len(), b.len()));
+    }
+    let near = |x: f64, y: f64, tol: f64| (x - y).abs() <= tol * (1.0 + x.abs().max(y.abs()));
+    for (i, (p, q)) in a.iter().zip(b).enumerate() {
+        let pixel = near(p.pixel, q.pixel, 1e-6) && near(p.line, q.line, 1e-6);
+        if !pixel || !near(p.x, q.x, 1e-9) || !near(p.y, q.y, 1e-9) {
+            return Err(format!(
+                "GCP {} differs: pixel ({}, {}) at ({}, {}) vs pixel ({}, {}) at ({}, {})",
+                i + 1,
+                p.pixel,
+                p.line,
+                p.x,
+                p.y,
+                q.pixel,
+                q.line,
+                q.x,
+                q.y
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The GCPs of `placed` fall on the geotransform of `grid` (each within half a pixel); a `grid`
+/// without a geotransform has nothing to compare.
+fn gcps_on_transform(placed: &RasterInfo, grid: &RasterInfo) -> std::result::Result<(), String> {
+    let Some(g) = grid.geo_transform else {
+        return Ok(());
+    };
+    let half = 0.5 * g[1].hypot(g[4]).max(g[2].hypot(g[5]));
+    for (i, p) in placed.gcps.iter().enumerate() {
+        let x = g[0] + p.pixel * g[1] + p.line * g[2];
+        let y = g[3] + p.pixel * g[4] + p.line * g[5];
+        if (x - p.x).hypot(y - p.y) > half {
+            return Err(format!(
+                "the GCPs of {} do not fall on the geotransform of {} (GCP {} places pixel \
+                 ({}, {}) at ({}, {}), the geotransform at ({x}, {y}))",
+                placed.path.display(),
+                grid.path.display(),
+                i + 1,
+                p.pixel,
+                p.line,
+                p.x,
+                p.y
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn same_crs(w1: &str, w2: &str) -> bool {
@@ -326,11 +416,18 @@ pub fn read_window_at(path: &Path, window: Window) -> Result<Pixels> {
     read_window(&open(path)?, path, window)
 }
 
-/// Where a raster sits: geotransform and CRS (as an EPSG code or WKT).
+/// Where a raster sits, in each form GDAL reads: an affine geotransform with its CRS (or none: a
+/// local grid), and ground control points with theirs. Outputs carry what their grid has.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GeoRef {
-    pub geo_transform: [f64; 6],
-    pub crs: Crs,
+    /// The affine geotransform; `None` for a raster placed by GCPs only.
+    pub geo_transform: Option<[f64; 6]>,
+    /// The CRS of the geotransform; `None` for a geotransform without CRS.
+    pub crs: Option<Crs>,
+    /// Ground control points (e.g. SAR in radar geometry); empty when none.
+    pub gcps: Vec<Gcp>,
+    /// The CRS of the GCPs.
+    pub gcp_crs: Option<Crs>,
 }
 
 /// A coordinate reference system for writing.
@@ -340,31 +437,60 @@ pub enum Crs {
     Wkt(String),
 }
 
-impl GeoRef {
-    /// North-up georeferencing: top-left corner (`x0`, `y0`) and square pixels of `pixel` units.
-    pub fn north_up(x0: f64, y0: f64, pixel: f64, epsg: u32) -> Self {
-        Self {
-            geo_transform: [x0, pixel, 0.0, y0, 0.0, -pixel],
-            crs: Crs::Epsg(epsg),
-        }
-    }
-
-    /// The georeferencing of an existing raster, if it has one.
-    pub fn of(info: &RasterInfo) -> Option<Self> {
-        Some(Self {
-            geo_transform: info.geo_transform?,
-            crs: Crs::Wkt(info.crs_wkt.clone()?),
-        })
-    }
-
+impl Crs {
     /// The CRS as a GDAL spatial reference.
     pub fn spatial_ref(&self) -> Result<SpatialRef> {
-        match &self.crs {
+        match self {
             Crs::Epsg(code) => {
                 SpatialRef::from_epsg(*code).with_context(|| format!("unknown CRS EPSG:{code}"))
             }
             Crs::Wkt(wkt) => SpatialRef::from_wkt(wkt).context("unreadable CRS WKT"),
         }
+    }
+}
+
+impl GeoRef {
+    /// North-up georeferencing: top-left corner (`x0`, `y0`) and square pixels of `pixel` units.
+    pub fn north_up(x0: f64, y0: f64, pixel: f64, epsg: u32) -> Self {
+        Self {
+            geo_transform: Some([x0, pixel, 0.0, y0, 0.0, -pixel]),
+            crs: Some(Crs::Epsg(epsg)),
+            gcps: Vec::new(),
+            gcp_crs: None,
+        }
+    }
+
+    /// The georeferencing of an existing raster, if it has any (a geotransform or GCPs).
+    pub fn of(info: &RasterInfo) -> Option<Self> {
+        info.is_georeferenced().then(|| Self {
+            geo_transform: info.geo_transform,
+            crs: info.crs_wkt.clone().map(Crs::Wkt),
+            gcps: info.gcps.clone(),
+            gcp_crs: info.gcp_crs_wkt.clone().map(Crs::Wkt),
+        })
+    }
+
+    /// The CRS of the geotransform as a GDAL spatial reference (`None` without one).
+    pub fn spatial_ref(&self) -> Result<Option<SpatialRef>> {
+        self.crs.as_ref().map(Crs::spatial_ref).transpose()
+    }
+
+    /// Sets this georeferencing on `ds`: geotransform and CRS, GCPs and their CRS.
+    pub fn apply(&self, ds: &mut Dataset) -> Result<()> {
+        if let Some(gt) = &self.geo_transform {
+            ds.set_geo_transform(gt)?;
+        }
+        if let Some(srs) = self.spatial_ref()? {
+            ds.set_spatial_ref(&srs)?;
+        }
+        if !self.gcps.is_empty() {
+            let srs = match &self.gcp_crs {
+                Some(crs) => crs.spatial_ref()?,
+                None => SpatialRef::new()?,
+            };
+            ds.set_gcps(self.gcps.clone(), &srs)?;
+        }
+        Ok(())
     }
 }
 
@@ -514,8 +640,7 @@ pub fn configure(
     options: &WriteOptions,
 ) -> Result<()> {
     if let Some(georef) = georef {
-        ds.set_geo_transform(&georef.geo_transform)?;
-        ds.set_spatial_ref(&georef.spatial_ref()?)?;
+        georef.apply(ds)?;
     }
     let table = match &options.colour_table {
         None => None,
@@ -607,7 +732,7 @@ mod tests {
         assert_eq!((info.width, info.height, info.bands), (w, h, 2));
         assert_eq!(info.data_type, "Int16");
         assert_eq!(info.epsg(), Some(32631));
-        assert_eq!(info.geo_transform, Some(georef().geo_transform));
+        assert_eq!(info.geo_transform, georef().geo_transform);
     }
 
     #[test]

@@ -371,10 +371,10 @@ fn vaihingen_tree_loads_and_misaligned_modalities_are_named() {
         .labels
         .iter()
         .all(|&l| l == 255));
-    // A DSM on another grid.
+    // A DSM on another grid: 4 pixels (0.2 m) to the east.
     let dsm = dir.path().join("dsm/dsm_09cm_matching_area3.tif");
     let data = vec![1.0f32; N * N];
-    let shifted = GeoRef::north_up(370_001.0, 5_810_000.0, 0.05, 32633);
+    let shifted = GeoRef::north_up(370_000.2, 5_810_000.0, 0.05, 32633);
     raster::write_geotiff(
         &dsm,
         &RasterData {
@@ -387,16 +387,30 @@ fn vaihingen_tree_loads_and_misaligned_modalities_are_named() {
         &WriteOptions::default(),
     )
     .unwrap();
-    let err = err_of(SceneDataset::open(
-        &vaihingen(dir.path(), false),
-        &m,
-        Split::Train,
-    ));
+    // Strict: refused, naming both files and what differs.
+    let mut strict = vaihingen(dir.path(), false);
+    strict.grid.strict = true;
+    let err = err_of(SceneDataset::open(&strict, &m, Split::Train));
     assert!(
         err.contains("top_mosaic_09cm_area3.tif") && err.contains("dsm_09cm_matching_area3.tif"),
         "{err}"
     );
     assert!(err.contains("do not line up: geotransform"), "{err}");
+    assert!(err.contains("data.grid.strict is set"), "{err}");
+    // Otherwise resampled onto the optical grid: no data in its first 4 columns.
+    let ds = SceneDataset::open(&vaihingen(dir.path(), false), &m, Split::Train).unwrap();
+    let area3 = ds.scenes.iter().position(|s| s.id == "area3").unwrap();
+    assert!(ds.scenes[area3].modalities[1].warp.is_some());
+    assert!(ds.scenes[area3].modalities[0].warp.is_none());
+    let s = ds.read(area3, Window::new(0, 0, N, N)).unwrap();
+    for (i, &ok) in s.modalities[1].valid.iter().enumerate() {
+        assert_eq!(ok, i % N >= 4, "pixel {i}");
+    }
+    assert!(s.modalities[1]
+        .data
+        .iter()
+        .zip(&s.modalities[1].valid)
+        .all(|(&v, &ok)| !ok || v == 1.0));
 }
 
 // ---------------------------------------------------------------------------------------------

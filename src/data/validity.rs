@@ -18,8 +18,9 @@
 //! e.g. the fifth band of RGB + NIR + alpha, are applied too). An alpha band is a mask, never a
 //! data band: [`BandLayout`] leaves it out of the bands a model reads.
 //!
-//! A warped VRT (modalities on other grids) is read the same way: its destination alpha or
-//! nodata carries source validity and coverage.
+//! A file on another grid than its scene's is read the same way before it is resampled
+//! (`super::warp`): the warper gets this validity as the file's mask and applies no rule of
+//! its own, and the grid pixels the file does not cover are invalid.
 
 use anyhow::{bail, Context, Result};
 use gdal::raster::{GdalDataType, RasterBand};

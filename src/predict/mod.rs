@@ -28,7 +28,8 @@ use std::time::Instant;
 use tch::{Device, Kind, Tensor};
 
 use crate::checkpoint::{CheckpointInfo, Loaded};
-use crate::data::config::ClassInfo;
+use crate::data::config::{ClassInfo, GridConfig};
+use crate::data::grid::{self, GridFile, GridKeys, GridSource, SceneGrid};
 use crate::data::raster::{GeoRef, RasterInfo, WriteOptions};
 use crate::model::modality::input_flags;
 use crate::model::{Dis2Net, Route};
@@ -63,7 +64,7 @@ pub struct SceneJob {
 }
 
 /// How to predict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PredictOptions {
     /// Pixels shared by neighbouring windows; `None`: a quarter of the crop.
     pub overlap: Option<usize>,
@@ -80,6 +81,15 @@ pub struct PredictOptions {
     /// Say on stderr, per scene, that the teacher runs with filled inputs (off where the caller
     /// labels the branch itself, as `dis2 eval` does).
     pub announce_fill: bool,
+    /// The grid of the outputs and how inputs on other grids are resampled onto it
+    /// (`--grid-reference`, `--strict-grid`, `--resampling`; see [`crate::data::grid`]).
+    pub grid: GridConfig,
+    /// A raster whose grid the outputs take, in place of `grid.reference`'s (it need not be an
+    /// input: `dis2 eval` passes its scene's reference file when that modality is dropped).
+    pub grid_file: Option<PathBuf>,
+    /// Say once on stderr what is resampled onto the grid (off where the caller said it, as
+    /// `dis2 eval` does when it opens its dataset).
+    pub announce_grid: bool,
 }
 
 impl Default for PredictOptions {
@@ -92,6 +102,9 @@ impl Default for PredictOptions {
             prefetch: 2,
             quiet: true,
             announce_fill: true,
+            grid: GridConfig::default(),
+            grid_file: None,
+            announce_grid: true,
         }
     }
 }
@@ -157,12 +170,11 @@ pub struct ClassRows<'a> {
     pub valid: &'a [bool],
 }
 
-/// Checks the inputs of a scene against the checkpoint and each other; returns them in model
-/// order with the header of the first.
-fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, RasterInfo)> {
+/// Checks the inputs of a scene against the checkpoint; returns them in model order with their
+/// headers.
+fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<Vec<(Input, RasterInfo)>> {
     let cfg = &info.model;
-    let mut inputs: Vec<Input> = Vec::new();
-    let mut first: Option<RasterInfo> = None;
+    let mut inputs: Vec<(Input, RasterInfo)> = Vec::new();
     for (name, path) in &job.inputs {
         let index = cfg.modality_index(name).map_err(|_| {
             anyhow!(
@@ -171,7 +183,7 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
                 input_flags(&info.model.modalities)
             )
         })?;
-        if inputs.iter().any(|i| i.index == index) {
+        if inputs.iter().any(|(i, _)| i.index == index) {
             bail!("--{name} is given twice");
         }
         let header = RasterInfo::read(path).with_context(|| format!("--{name}"))?;
@@ -179,10 +191,6 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
         header
             .check_bands(channels, &format!("modality {name} of the checkpoint"))
             .with_context(|| format!("--{name}"))?;
-        match &first {
-            None => first = Some(header),
-            Some(f) => f.check_aligned(&header)?,
-        }
         let norm = info.normalisation.get(name).ok_or_else(|| {
             anyhow!(
                 "the checkpoint has no normalisation for modality {name}: it was saved without \
@@ -192,22 +200,71 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<(Vec<Input>, Ra
         if norm.mean.len() != channels || norm.std.len() != channels {
             bail!("the checkpoint's normalisation of {name} does not have {channels} values");
         }
-        inputs.push(Input {
+        let input = Input {
             index,
-            path: path.clone(),
+            source: GridSource::on_grid(path),
             channels,
             mean: norm.mean.iter().map(|&v| v as f32).collect(),
             std: norm.std.iter().map(|&v| v as f32).collect(),
-        });
+        };
+        inputs.push((input, header));
     }
-    let first = first.ok_or_else(|| {
-        anyhow!(
+    if inputs.is_empty() {
+        bail!(
             "no input given; this model takes {}",
             input_flags(&info.model.modalities)
-        )
-    })?;
-    inputs.sort_by_key(|i| i.index);
-    Ok((inputs, first))
+        );
+    }
+    inputs.sort_by_key(|(i, _)| i.index);
+    Ok(inputs)
+}
+
+/// Places the inputs on the scene's grid: that of `options.grid_file`, else of the
+/// `--grid-reference` modality, else of the first input in model order. Inputs on other grids
+/// are resampled onto it (or refused with `--strict-grid`); says once what is resampled.
+fn place_inputs(
+    info: &CheckpointInfo,
+    checked: Vec<(Input, RasterInfo)>,
+    options: &PredictOptions,
+) -> Result<(Vec<Input>, SceneGrid)> {
+    let names = &info.model.modalities;
+    let mut files: Vec<GridFile> = checked
+        .iter()
+        .map(|(input, header)| GridFile {
+            role: format!("--{}", names[input.index].name),
+            key: names[input.index].name.clone(),
+            header: header.clone(),
+            categorical: false,
+        })
+        .collect();
+    let reference = match (&options.grid_file, &options.grid.reference) {
+        (Some(path), _) => match files.iter().position(|f| &f.header.path == path) {
+            Some(i) => i,
+            None => {
+                files.push(GridFile {
+                    role: "the grid reference".to_string(),
+                    key: String::new(),
+                    header: RasterInfo::read(path).context("the grid reference")?,
+                    categorical: false,
+                });
+                files.len() - 1
+            }
+        },
+        (None, Some(name)) => files.iter().position(|f| &f.key == name).ok_or_else(|| {
+            anyhow!("--grid-reference {name}: no --{name} input given for this scene")
+        })?,
+        (None, None) => 0,
+    };
+    let plan = grid::plan(&files, reference, &options.grid, &GridKeys::PREDICT)?;
+    if options.announce_grid {
+        grid::announce(&plan.notes);
+    }
+    let inputs = checked
+        .into_iter()
+        .zip(plan.sources)
+        .map(|((input, _), source)| Input { source, ..input })
+        .collect();
+    Ok((inputs, plan.grid))
 }
 
 /// What [`predict_scene_with`] calls with each band of finished rows.
@@ -351,8 +408,9 @@ impl Preview {
 }
 
 impl Sink {
-    /// Creates the outputs of `job` for a scene with `header`'s size and georeferencing: the
-    /// class map (with the checkpoint's colours), the probabilities and the preview when asked.
+    /// Creates the outputs of `job` for a scene with `header`'s size and georeferencing (that of
+    /// the scene's grid): the class map (with the checkpoint's colours), the probabilities and
+    /// the preview when asked.
     fn create(
         info: &CheckpointInfo,
         job: &SceneJob,
@@ -463,8 +521,8 @@ impl Sink {
     }
 }
 
-/// A scene checked and laid out: its inputs in model order, the header of the first, the branch
-/// and the windows.
+/// A scene checked and laid out: its inputs in model order, the grid they are read on (its
+/// header: size and georeferencing), the branch and the windows.
 struct ScenePlan {
     inputs: Vec<Input>,
     header: RasterInfo,
@@ -473,11 +531,13 @@ struct ScenePlan {
 }
 
 impl ScenePlan {
-    /// Checks the scene's inputs against the checkpoint, chooses the branch for the modalities
-    /// given ([`Route::choose`]) and lays the window grid.
+    /// Checks the scene's inputs against the checkpoint, places them on the scene's grid,
+    /// chooses the branch for the modalities given ([`Route::choose`]) and lays the window grid.
     fn new(info: &CheckpointInfo, job: &SceneJob, options: &PredictOptions) -> Result<Self> {
         let cfg = &info.model;
-        let (inputs, header) = check_inputs(info, job)?;
+        let checked = check_inputs(info, job)?;
+        let (inputs, scene_grid) = place_inputs(info, checked, options)?;
+        let header = scene_grid.info;
         let mut given = vec![false; cfg.modalities.len()];
         for i in &inputs {
             given[i.index] = true;
@@ -660,7 +720,7 @@ pub fn predict_scene_with(
     let files: Vec<String> = plan
         .inputs
         .iter()
-        .map(|i| i.path.display().to_string())
+        .map(|i| i.source.path.display().to_string())
         .collect();
     run_windows(predictor, plan, &mut sink, options, &label, observe)?;
     if sink.valid_pixels == 0 {

@@ -4,20 +4,19 @@
 //! with it.
 
 use anyhow::Result;
-use gdal::Dataset;
 use rayon::prelude::*;
-use std::path::PathBuf;
 use std::sync::mpsc::sync_channel;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::data::raster::{self, Pixels, Window};
+use crate::data::grid::{GridSource, OpenSource};
+use crate::data::raster::{Pixels, Window};
 use crate::tiling::{pad_reflect, WindowGrid};
 
-/// One given input, checked against the model.
+/// One given input, checked against the model and placed on the scene's grid.
 pub(super) struct Input {
     pub(super) index: usize,
-    pub(super) path: PathBuf,
+    pub(super) source: GridSource,
     pub(super) channels: usize,
     pub(super) mean: Vec<f32>,
     pub(super) std: Vec<f32>,
@@ -109,7 +108,7 @@ pub(super) struct BatchReader {
     inputs: Arc<Vec<Input>>,
     grid: WindowGrid,
     batch: usize,
-    datasets: Vec<Dataset>,
+    datasets: Vec<OpenSource>,
     next_row: usize,
     pending: Vec<WindowData>,
     failed: bool,
@@ -119,7 +118,7 @@ impl BatchReader {
     pub(super) fn open(inputs: Arc<Vec<Input>>, grid: WindowGrid, batch: usize) -> Result<Self> {
         let datasets = inputs
             .iter()
-            .map(|i| raster::open(&i.path))
+            .map(|i| i.source.open())
             .collect::<Result<_>>()?;
         Ok(Self {
             inputs,
@@ -141,10 +140,7 @@ impl BatchReader {
         let strips: Vec<Pixels> = self
             .datasets
             .par_iter_mut()
-            .zip(inputs.par_iter())
-            .map(|(ds, input)| {
-                raster::read_window(ds, &input.path, Window::new(0, row as i64, width, rows))
-            })
+            .map(|source| source.read(Window::new(0, row as i64, width, rows)))
             .collect::<Result<_>>()?;
         let grid = &self.grid;
         let made: Vec<WindowData> = grid

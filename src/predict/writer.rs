@@ -213,7 +213,7 @@ mod tests {
         assert_eq!(band.no_data_value(), Some(255.0));
         let entry = band.color_table().unwrap().entry_as_rgb(1).unwrap();
         assert_eq!((entry.r, entry.g, entry.b), (4, 5, 6));
-        assert_eq!(ds.geo_transform().unwrap(), georef.geo_transform);
+        assert_eq!(Some(ds.geo_transform().unwrap()), georef.geo_transform);
         let px = read_window(&ds, &path, Window::new(0, 0, w, h)).unwrap();
         let back: Vec<u8> = px.data.iter().map(|&v| v as u8).collect();
         assert_eq!(back, all);

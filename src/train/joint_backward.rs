@@ -147,6 +147,14 @@ impl SplitInputs {
         }
     }
 
+    /// The encoders' outputs (with their graph), every level of every present modality.
+    pub(crate) fn encoder_features(&self) -> impl Iterator<Item = &Tensor> {
+        self.encoder
+            .iter()
+            .flatten()
+            .flat_map(|levels| levels.iter())
+    }
+
     fn shallow_clone(&self) -> Self {
         SplitInputs {
             encoder: shallow_copies(&self.encoder),

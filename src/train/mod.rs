@@ -3,9 +3,11 @@
 //! `trainer` holds the loop; `objective` the losses of each kind of run (the one copy of each);
 //! `joint_backward` how the backward pass of a joint step runs (whole, or the teacher's and the
 //! student's branches side by side); `validate` the validation; `run` the run directory,
-//! checkpoints and resume; `optim`, `schedule`, `tensorboard` and `progress` the pieces.
+//! checkpoints and resume; `optim`, `schedule`, `tensorboard` and `progress` the pieces;
+//! `distributed` what a rank of a data-parallel run does differently (PyTorch DDP's semantics).
 
 pub mod config;
+pub mod distributed;
 pub mod joint_backward;
 pub mod objective;
 pub mod optim;

@@ -85,6 +85,22 @@ impl Objective {
         self.terms.iter().find(|(n, _)| n == name).map(|(_, t)| t)
     }
 
+    /// The tensors the backward pass starts from: the loss, or for a joint objective run side by
+    /// side its three parts and the encoder features the branches' gradients flow back into
+    /// (what a data-parallel reducer searches for the parameters the pass reaches).
+    pub fn roots(&self) -> Vec<&Tensor> {
+        match &self.backward {
+            Backward::Whole => vec![&self.total],
+            Backward::Joint(parts, inputs) => {
+                let mut roots = vec![&parts.encoder, &parts.teacher, &parts.student];
+                if let Some(inputs) = inputs {
+                    roots.extend(inputs.encoder_features());
+                }
+                roots
+            }
+        }
+    }
+
     /// The backward pass of `scale` times the loss, accumulating into the parameters' gradients.
     pub fn backward(&self, scale: f64) -> Result<()> {
         match &self.backward {

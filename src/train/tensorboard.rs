@@ -9,7 +9,8 @@ use tensorboard_rs::summary_writer::SummaryWriter;
 
 /// Scalars and images of one run, under `<run>/tensorboard`.
 pub struct RunLog {
-    writer: SummaryWriter,
+    /// `None`: a log that writes nothing ([`RunLog::disabled`]).
+    writer: Option<SummaryWriter>,
     dir: PathBuf,
 }
 
@@ -25,9 +26,17 @@ impl RunLog {
             .with_context(|| format!("TensorBoard directory {} is not writable", dir.display()))?;
         let _ = std::fs::remove_file(probe);
         Ok(Self {
-            writer: SummaryWriter::new(dir),
+            writer: Some(SummaryWriter::new(dir)),
             dir: dir.to_path_buf(),
         })
+    }
+
+    /// A log that writes nothing: the other ranks of a data-parallel run (rank 0 writes).
+    pub fn disabled() -> Self {
+        Self {
+            writer: None,
+            dir: PathBuf::new(),
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -35,7 +44,9 @@ impl RunLog {
     }
 
     pub fn scalar(&mut self, tag: &str, value: f64, step: u64) {
-        self.writer.add_scalar(tag, value as f32, step as usize);
+        if let Some(w) = &mut self.writer {
+            w.add_scalar(tag, value as f32, step as usize);
+        }
     }
 
     /// An RGB image, `rgb` holding `height * width * 3` bytes row by row.
@@ -55,13 +66,16 @@ impl RunLog {
         }
         // tensorboard-rs builds its PNG as `RgbImage::new(dim[1], dim[2])`, i.e. (width, height),
         // so the dimensions go in as [3, width, height] for row-major RGB bytes.
-        self.writer
-            .add_image(tag, rgb, &[3, width, height], step as usize);
+        if let Some(w) = &mut self.writer {
+            w.add_image(tag, rgb, &[3, width, height], step as usize);
+        }
         Ok(())
     }
 
     pub fn flush(&mut self) {
-        self.writer.flush();
+        if let Some(w) = &mut self.writer {
+            w.flush();
+        }
     }
 }
 

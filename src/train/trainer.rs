@@ -15,6 +15,7 @@ use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
 
 use super::config::TrainConfig;
+use super::distributed::DataParallel;
 use super::joint_backward::{forward_joint, JointBackward};
 use super::objective::{
     distill_objective, joint_objective, masked_target, teacher_objective, KdWeights, Objective,
@@ -23,14 +24,14 @@ use super::optim::Optimizer;
 use super::progress::{Progress, StepReport};
 use super::run::{RunDir, RunKind, RunSpec};
 use super::tensorboard::RunLog;
-use super::validate::validate;
+use super::validate::{confusion_matrices, Share};
 use crate::checkpoint::{self, CheckpointInfo};
 use crate::config::Experiment;
 use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
 use crate::data::loader::{Batch, Loader, LoaderOptions, Normaliser};
 use crate::data::rng::Rng;
-use crate::data::sampling::RandomCropSampler;
+use crate::data::sampling::{RandomCropSampler, SampleSpec};
 use crate::metrics::Scores;
 use crate::model::{Dis2Net, Route, Scenario};
 
@@ -58,26 +59,53 @@ pub struct Summary {
 
 /// Starts a new run in `out`.
 pub fn start(exp: Experiment, spec: RunSpec, out: &Path, opts: TrainOptions) -> Result<Summary> {
+    start_with(exp, spec, out, opts, None)
+}
+
+/// Starts a new run in `out`, as one rank of a data-parallel job when `dp` is given (rank 0
+/// writes the run directory; see [`super::distributed`]).
+pub fn start_with(
+    exp: Experiment,
+    spec: RunSpec,
+    out: &Path,
+    opts: TrainOptions,
+    dp: Option<DataParallel>,
+) -> Result<Summary> {
     let run = RunDir::new(out);
     let exp = with_run_scenarios(exp, &spec)?;
-    run.create()?;
-    exp.save_effective(&run.root)?;
-    let mut trainer = Trainer::new(exp, spec.clone(), run, opts)?;
+    let writes = dp.as_ref().is_none_or(|dp| dp.rank() == 0);
+    if writes {
+        run.create()?;
+        exp.save_effective(&run.root)?;
+    }
+    let mut trainer = Trainer::new(exp, spec.clone(), run, opts, dp)?;
     if let Some(teacher) = trainer.spec.teacher.clone() {
         trainer.load_teacher(&teacher)?;
     }
     // run.yaml marks the folder as a run: written once the model and its teacher are in place,
     // so a refused --teacher leaves a folder the same command can use again.
-    trainer.run.write_spec(&spec)?;
+    if writes {
+        trainer.run.write_spec(&spec)?;
+    }
     trainer.run()
 }
 
 /// Continues the run in `run_dir` from its last checkpoint (from the start when there is none).
 pub fn resume(run_dir: &Path, opts: TrainOptions) -> Result<Summary> {
+    resume_with(run_dir, opts, None)
+}
+
+/// [`resume`] as one rank of a data-parallel job when `dp` is given: every rank reads the run
+/// directory, which must be the same on every node (a shared file system).
+pub fn resume_with(
+    run_dir: &Path,
+    opts: TrainOptions,
+    dp: Option<DataParallel>,
+) -> Result<Summary> {
     let run = RunDir::new(run_dir);
     let spec = run.read_spec()?;
     let exp = Experiment::load(&run.config(), &[])?;
-    let mut trainer = Trainer::new(exp, spec, run, opts)?;
+    let mut trainer = Trainer::new(exp, spec, run, opts, dp)?;
     if trainer.run.last().exists() {
         trainer.restore()?;
     } else if let Some(teacher) = trainer.spec.teacher.clone() {
@@ -123,10 +151,18 @@ struct Trainer {
     /// Optimiser steps done.
     step: u64,
     best_miou: Option<f64>,
+    /// This process's rank in a data-parallel job, if it is one.
+    dp: Option<DataParallel>,
 }
 
 impl Trainer {
-    fn new(exp: Experiment, spec: RunSpec, run: RunDir, opts: TrainOptions) -> Result<Self> {
+    fn new(
+        exp: Experiment,
+        spec: RunSpec,
+        run: RunDir,
+        opts: TrainOptions,
+        dp: Option<DataParallel>,
+    ) -> Result<Self> {
         tch::manual_seed(exp.seed as i64);
         let vs = nn::VarStore::new(opts.device);
         let net = Dis2Net::new(&vs.root(), &exp.model)?;
@@ -170,6 +206,7 @@ impl Trainer {
             joint_backward,
             step: 0,
             best_miou: None,
+            dp,
         })
     }
 
@@ -200,6 +237,8 @@ impl Trainer {
             last.display(),
             diffs.join("\n  ")
         );
+        let world = meta_u64(&info.metadata, "world_size");
+        DataParallel::check_resumable(world, self.world_size(), &last.display().to_string())?;
         checkpoint::load_weights(&self.vs, &last)?;
         let optim = last.join("optim.safetensors");
         let state = Tensor::read_safetensors(&optim)
@@ -212,8 +251,10 @@ impl Trainer {
             .and_then(|v| v.as_u64())
             .with_context(|| format!("{}: no step", last.display()))?;
         self.best_miou = meta("best_miou").and_then(|v| v.as_f64());
-        RunDir::truncate_lines(&self.run.metrics(), self.step)?;
-        RunDir::truncate_lines(&self.run.validation(), self.step)?;
+        if self.writes() {
+            RunDir::truncate_lines(&self.run.metrics(), self.step)?;
+            RunDir::truncate_lines(&self.run.validation(), self.step)?;
+        }
         Ok(())
     }
 
@@ -221,9 +262,26 @@ impl Trainer {
         (self.exp.data.sampling.samples_per_epoch / self.exp.data.sampling.batch_size) as u64
     }
 
+    /// The number of processes of the data-parallel job (1 alone).
+    fn world_size(&self) -> usize {
+        self.dp.as_ref().map_or(1, DataParallel::world_size)
+    }
+
+    /// Whether this process writes the run's outputs (rank 0, or a process alone).
+    fn writes(&self) -> bool {
+        self.dp.as_ref().is_none_or(|dp| dp.rank() == 0)
+    }
+
+    /// The run's micro-batch number `b` of the sequence a single process reads: a data-parallel
+    /// rank reads every world-size-th one (see [`super::distributed`]).
+    fn global_batch(&self, local: u64) -> u64 {
+        let rank = self.dp.as_ref().map_or(0, DataParallel::rank) as u64;
+        local * self.world_size() as u64 + rank
+    }
+
     fn total_steps(&self) -> u64 {
         let t = &self.exp.train;
-        let steps = t.epochs * self.batches_per_epoch() / t.accumulate;
+        let steps = t.epochs * self.batches_per_epoch() / (t.accumulate * self.world_size() as u64);
         t.max_steps.map_or(steps, |m| steps.min(m))
     }
 
@@ -236,16 +294,25 @@ impl Trainer {
             "train.epochs x batches per epoch is less than one optimiser step (accumulate {})",
             self.exp.train.accumulate
         );
-        let mut data = TrainingData::open(&self.exp)?;
-        let mut log = RunLog::create(&self.run.tensorboard())?;
-        let mut progress = Progress::new(total, self.step, self.opts.quiet);
-        progress.println(&self.banner(total));
+        if let Some(dp) = self.dp.as_mut() {
+            dp.attach(&self.vs, self.spec.kind)?;
+        }
+        let mut data = TrainingData::open(&self.exp, self.world_size() as u64)?;
+        let mut log = match self.writes() {
+            true => RunLog::create(&self.run.tensorboard())?,
+            false => RunLog::disabled(),
+        };
+        let mut progress = Progress::new(total, self.step, self.opts.quiet || !self.writes());
+        if self.writes() {
+            progress.println(&self.banner(total));
+        }
         let mut last_validation = Vec::new();
         while self.step < total {
             let started = Instant::now();
             let (epoch, mut sums) = self.accumulate_gradients(&mut data)?;
             let lr = self.optimiser_step(total, &mut sums)?;
-            let samples = (self.exp.train.accumulate as usize * data.batch_size) as f64;
+            let samples =
+                (self.exp.train.accumulate as usize * data.batch_size * self.world_size()) as f64;
             let rate = samples / started.elapsed().as_secs_f64();
             self.report_step(&mut log, &mut progress, epoch, lr, &sums, rate)?;
             if self.step.is_multiple_of(self.exp.train.val_every) || self.step == total {
@@ -255,6 +322,9 @@ impl Trainer {
         }
         progress.finish();
         log.flush();
+        if let Some(dp) = &self.dp {
+            dp.finish()?;
+        }
         Ok(Summary {
             run_dir: self.run.root.clone(),
             steps: self.step,
@@ -265,8 +335,12 @@ impl Trainer {
 
     /// The first line a run prints: its kind, folder, size, device and starting step.
     fn banner(&self, total: u64) -> String {
+        let processes = match &self.dp {
+            Some(dp) => format!(" x {}", dp.describe()),
+            None => String::new(),
+        };
         format!(
-            "{} run in {}: {} steps of {} x {} samples on {:?}, from step {}",
+            "{} run in {}: {} steps of {} x {} samples{processes} on {:?}, from step {}",
             kind_name(self.spec.kind),
             self.run.root.display(),
             total,
@@ -289,19 +363,27 @@ impl Trainer {
         let mut sums: BTreeMap<String, f64> = BTreeMap::new();
         let mut epoch = 0;
         for part in 0..accumulate {
-            let b = self.step * accumulate + part;
+            let b = self.global_batch(self.step * accumulate + part);
             epoch = b / bpe;
             let batch = data.batch(b, bpe)?;
             let seed = Rng::derive(self.exp.seed, STREAM_TORCH, b).next_u64();
             tch::manual_seed((seed >> 1) as i64);
             let objective = self.batch_objective(&batch, epoch, b)?;
             self.check_finite(&objective, epoch)?;
-            objective.backward(1.0 / accumulate as f64)?;
+            if let Some(dp) = &self.dp {
+                dp.before_backward(&objective.roots(), part + 1 == accumulate)?;
+            }
+            objective
+                .backward(1.0 / accumulate as f64)
+                .map_err(|e| DataParallel::explain(self.dp.as_ref(), e, "backward pass"))?;
             for (name, t) in &objective.terms {
                 *sums.entry(name.clone()).or_default() += t.double_value(&[]) / accumulate as f64;
             }
             *sums.entry("total".into()).or_default() +=
                 objective.total.double_value(&[]) / accumulate as f64;
+        }
+        if let Some(dp) = &self.dp {
+            dp.average(&mut sums)?;
         }
         Ok((epoch, sums))
     }
@@ -317,6 +399,9 @@ impl Trainer {
         self.optimizer.step(lr)?;
         self.optimizer.zero_grad();
         self.step += 1;
+        if let Some(dp) = &self.dp {
+            dp.after_step()?;
+        }
         Ok(lr)
     }
 
@@ -331,6 +416,9 @@ impl Trainer {
         samples_per_s: f64,
     ) -> Result<()> {
         self.log_step(log, epoch, lr, sums, samples_per_s)?;
+        if !self.writes() {
+            return Ok(());
+        }
         progress.step(&StepReport {
             epoch,
             step: self.step,
@@ -346,6 +434,9 @@ impl Trainer {
     }
 
     fn print_validation(&self, progress: &mut Progress, validation: &[(String, Scores)]) {
+        if !self.writes() {
+            return;
+        }
         for (label, s) in validation {
             progress.println(&format!(
                 "step {} validation {label}: mIoU {}",
@@ -448,6 +539,9 @@ impl Trainer {
         }
         log.scalar("lr", lr, self.step);
         log.scalar("samples_per_s", rate, self.step);
+        if !self.writes() {
+            return Ok(());
+        }
         let line = json!({"step": self.step, "epoch": epoch, "lr": lr, "loss": sums});
         RunDir::append_line(&self.run.metrics(), &line)
     }
@@ -469,13 +563,7 @@ impl Trainer {
     /// Validates, logs, writes the `last` checkpoint and, when the score improved, `best`.
     fn validate_and_save(&mut self, log: &mut RunLog, epoch: u64) -> Result<Vec<(String, Scores)>> {
         let branches = self.branches();
-        let scores = validate(
-            &self.net,
-            &self.exp,
-            &branches,
-            self.opts.device,
-            self.exp.train.val_batches,
-        )?;
+        let scores = self.validate(&branches)?;
         let class_names: Vec<String> = self
             .exp
             .data
@@ -496,7 +584,9 @@ impl Trainer {
             }
             let line = json!({"step": self.step, "epoch": epoch, "branch": label, "miou": s.miou,
                 "iou": s.per_class.iter().map(|c| c.iou).collect::<Vec<_>>(), "overall_accuracy": s.overall_accuracy});
-            RunDir::append_line(&self.run.validation(), &line)?;
+            if self.writes() {
+                RunDir::append_line(&self.run.validation(), &line)?;
+            }
             labelled.push((label, s));
         }
         // The score that picks `best`: the branch being trained (mean over branches for joint).
@@ -510,9 +600,30 @@ impl Trainer {
         if improved {
             self.best_miou = score;
         }
-        self.save(epoch, score, improved)?;
+        if self.writes() {
+            self.save(epoch, score, improved)?;
+        }
         log.flush();
         Ok(labelled)
+    }
+
+    /// The scores of `branches` on the validation batches; a data-parallel rank scores its
+    /// share and the confusion matrices are summed over the ranks (the same scores as alone).
+    fn validate(&self, branches: &[Route]) -> Result<Vec<Scores>> {
+        let share = match &self.dp {
+            Some(dp) => Share {
+                index: dp.rank(),
+                of: dp.world_size(),
+            },
+            None => Share::WHOLE,
+        };
+        let (device, limit) = (self.opts.device, self.exp.train.val_batches);
+        let mut counts = confusion_matrices(&self.net, &self.exp, branches, device, limit, share)?;
+        if let Some(dp) = &self.dp {
+            dp.sum_matrices(&mut counts.branches)?;
+            dp.sum_matrices(std::slice::from_mut(&mut counts.labelled))?;
+        }
+        Ok(counts.scores(&self.exp))
     }
 
     fn save(&self, epoch: u64, score: Option<f64>, best: bool) -> Result<()> {
@@ -525,6 +636,7 @@ impl Trainer {
         meta.insert("step".into(), self.step.into());
         meta.insert("epoch".into(), epoch.into());
         meta.insert("seed".into(), self.exp.seed.into());
+        meta.insert("world_size".into(), (self.world_size() as u64).into());
         if let Some(s) = score {
             meta.insert("val_miou".into(), s.into());
         }
@@ -600,13 +712,17 @@ struct TrainingData {
     sampler: RandomCropSampler,
     batch_size: usize,
     prefetch: usize,
+    /// Every how many batches of the epoch's sequence this process reads (a data-parallel job's
+    /// world size; 1 alone).
+    stride: u64,
     /// The loader of the epoch being read, with the epoch's number.
     loader: Option<(u64, Loader)>,
 }
 
 impl TrainingData {
-    /// Opens the training split of `exp` with its normaliser and crop sampler.
-    fn open(exp: &Experiment) -> Result<Self> {
+    /// Opens the training split of `exp` with its normaliser and crop sampler, for a process
+    /// that reads every `stride`-th batch.
+    fn open(exp: &Experiment, stride: u64) -> Result<Self> {
         let data = &exp.data;
         Ok(TrainingData {
             dataset: Arc::new(SceneDataset::open(data, &exp.model, Split::Train)?),
@@ -614,18 +730,19 @@ impl TrainingData {
             sampler: RandomCropSampler::from_config(data, &exp.model, exp.seed),
             batch_size: data.sampling.batch_size,
             prefetch: data.sampling.prefetch,
+            stride,
             loader: None,
         })
     }
 
-    /// Batch `b` of the run (`bpe` batches per epoch). A new epoch, or the first batch of a
-    /// resumed run, starts a loader at that batch's crops.
+    /// Batch `b` of the run (`bpe` batches per epoch); the next call asks for `b + stride`. A
+    /// new epoch, or the first batch of a resumed run, starts a loader at that batch's crops
+    /// (every `stride`-th batch's from there).
     fn batch(&mut self, b: u64, bpe: u64) -> Result<Batch> {
         let epoch = b / bpe;
         if self.loader.as_ref().is_none_or(|(e, _)| *e != epoch) {
-            let within = ((b % bpe) as usize) * self.batch_size;
             let specs = self.sampler.epoch(&self.dataset, epoch);
-            let specs = specs.get(within..).unwrap_or_default().to_vec();
+            let specs = every_nth_batch(&specs, (b % bpe) as usize, self.stride, self.batch_size);
             let options = LoaderOptions {
                 batch_size: self.batch_size,
                 prefetch: self.prefetch,
@@ -639,6 +756,28 @@ impl TrainingData {
             None => bail!("the training data of epoch {epoch} ran out at batch {b}"),
         }
     }
+}
+
+/// The crops of batches `first`, `first + stride`, ... of an epoch's crops `specs` cut into
+/// batches of `batch_size` (a last, smaller batch left out).
+fn every_nth_batch(
+    specs: &[SampleSpec],
+    first: usize,
+    stride: u64,
+    batch_size: usize,
+) -> Vec<SampleSpec> {
+    specs
+        .chunks_exact(batch_size.max(1))
+        .skip(first)
+        .step_by(stride.max(1) as usize)
+        .flatten()
+        .copied()
+        .collect()
+}
+
+/// An optional unsigned metadata value.
+fn meta_u64(metadata: &BTreeMap<String, serde_yaml::Value>, key: &str) -> Option<u64> {
+    metadata.get(key).and_then(|v| v.as_u64())
 }
 
 /// Joint: the normalised probability of each scenario.
@@ -772,6 +911,30 @@ mod tests {
         }
         let dropped: f32 = kept.iter().flatten().filter(|v| **v == 0.0).count() as f32;
         assert!(dropped > 50.0, "p = 0.9 drops most: {dropped}");
+    }
+
+    /// Two ranks read alternate batches of the one-process sequence, from any batch on.
+    #[test]
+    fn every_nth_batch_takes_whole_batches() {
+        let spec = |i: usize| SampleSpec {
+            scene: i,
+            window: crate::data::raster::Window::new(0, 0, 1, 1),
+            out_width: 1,
+            out_height: 1,
+            augment: Default::default(),
+        };
+        let specs: Vec<SampleSpec> = (0..10).map(spec).collect();
+        let scenes = |v: Vec<SampleSpec>| v.iter().map(|s| s.scene).collect::<Vec<_>>();
+        assert_eq!(
+            scenes(every_nth_batch(&specs, 0, 1, 2)),
+            (0..10).collect::<Vec<_>>()
+        );
+        assert_eq!(scenes(every_nth_batch(&specs, 1, 2, 2)), vec![2, 3, 6, 7]);
+        assert_eq!(
+            scenes(every_nth_batch(&specs, 0, 2, 3)),
+            vec![0, 1, 2, 6, 7, 8]
+        );
+        assert_eq!(scenes(every_nth_batch(&specs, 4, 2, 2)), vec![8, 9]);
     }
 
     #[test]

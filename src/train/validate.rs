@@ -4,17 +4,66 @@
 //! as `dis2 eval` scores it.
 
 use anyhow::Result;
+use std::sync::Arc;
 use tch::{Device, Tensor};
 
 use crate::config::Experiment;
+use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
-use crate::data::loader::{Batch, Loader};
+use crate::data::loader::{Batch, Loader, LoaderOptions, Normaliser};
+use crate::data::sampling::GridSampler;
 use crate::metrics::{warn_absent_classes, ConfusionMatrix, Scores};
 use crate::model::{Dis2Net, Route};
 
-/// Runs each branch over the validation grid (at most `max_batches` batches) and scores it. The
-/// windows are the same at every validation, so every branch and step is averaged over the same
-/// classes (those of the validation labels); the first validation names the classes it lacks.
+/// Which validation batches one process scores: batches `index`, `index + of`, `index + 2 of`,
+/// ... of the validation grid (a data-parallel rank's share; [`Share::WHOLE`] alone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub index: usize,
+    pub of: usize,
+}
+
+impl Share {
+    /// Every batch.
+    pub const WHOLE: Share = Share { index: 0, of: 1 };
+}
+
+/// The counts of one validation pass: a confusion matrix per branch, and every labelled pixel
+/// against itself, whose support is the split's class set whatever each branch's inputs. The
+/// counts of the shares of several processes add up to the whole.
+pub struct ValidationCounts {
+    /// One `[classes x classes]` matrix per branch, in the order of the branches.
+    pub branches: Vec<ConfusionMatrix>,
+    /// Every labelled pixel as a prediction of its own class.
+    pub labelled: ConfusionMatrix,
+}
+
+impl ValidationCounts {
+    /// Each branch's scores, averaged over one class set (those of the validation labels): the
+    /// windows are the same at every validation, so every branch and step averages the same
+    /// classes. The first validation of a process names the classes the split lacks.
+    pub fn scores(&self, exp: &Experiment) -> Vec<Scores> {
+        let support = self.labelled.support();
+        let scores: Vec<Scores> = self
+            .branches
+            .iter()
+            .map(|cm| cm.scores_over(&support, &[]))
+            .collect();
+        if let Some(first) = scores.first() {
+            let k = exp.model.num_classes as usize;
+            let names: Vec<String> = exp
+                .data
+                .class_table(k)
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+            warn_absent_classes("the validation split", &names, first);
+        }
+        scores
+    }
+}
+
+/// Runs each branch over the validation grid (at most `max_batches` batches) and scores it.
 pub fn validate(
     net: &Dis2Net,
     exp: &Experiment,
@@ -22,15 +71,24 @@ pub fn validate(
     device: Device,
     max_batches: Option<usize>,
 ) -> Result<Vec<Scores>> {
+    let counts = confusion_matrices(net, exp, branches, device, max_batches, Share::WHOLE)?;
+    Ok(counts.scores(exp))
+}
+
+/// The counts of each branch over `share` of the first `max_batches` batches of the validation
+/// grid (all when `None`).
+pub fn confusion_matrices(
+    net: &Dis2Net,
+    exp: &Experiment,
+    branches: &[Route],
+    device: Device,
+    max_batches: Option<usize>,
+    share: Share,
+) -> Result<ValidationCounts> {
     let k = exp.model.num_classes as usize;
     let mut matrices = vec![ConfusionMatrix::new(k); branches.len()];
-    // Every labelled pixel against itself: the class set of every branch, whatever its inputs.
     let mut labelled = ConfusionMatrix::new(k);
-    let loader = Loader::grid(&exp.data, &exp.model, Split::Val)?;
-    for (i, batch) in loader.enumerate() {
-        if max_batches.is_some_and(|m| i >= m) {
-            break;
-        }
+    for batch in share_loader(exp, max_batches, share)? {
         let batch = batch?;
         labelled.add_tensors(&batch.reference, &batch.reference, exp.data.ignore_index)?;
         let inputs: Vec<Tensor> = batch.inputs.iter().map(|t| t.to_device(device)).collect();
@@ -42,21 +100,35 @@ pub fn validate(
             cm.add_tensors(&labels, &pred, exp.data.ignore_index)?;
         }
     }
-    let support = labelled.support();
-    let scores: Vec<Scores> = matrices
-        .iter()
-        .map(|cm| cm.scores_over(&support, &[]))
-        .collect();
-    if let Some(first) = scores.first() {
-        let names: Vec<String> = exp
-            .data
-            .class_table(k)
-            .into_iter()
-            .map(|c| c.name)
-            .collect();
-        warn_absent_classes("the validation split", &names, first);
+    Ok(ValidationCounts {
+        branches: matrices,
+        labelled,
+    })
+}
+
+/// The loader of `share` of the first `max_batches` batches of the validation grid: the grid's
+/// windows cut into batches as [`Loader::grid`] cuts them, every `share.of`-th batch kept.
+fn share_loader(exp: &Experiment, max_batches: Option<usize>, share: Share) -> Result<Loader> {
+    if share == Share::WHOLE && max_batches.is_none() {
+        return Loader::grid(&exp.data, &exp.model, Split::Val);
     }
-    Ok(scores)
+    let dataset = Arc::new(SceneDataset::open(&exp.data, &exp.model, Split::Val)?);
+    let norm = Arc::new(Normaliser::from_config(&exp.data, &exp.model)?);
+    let windows = GridSampler::from_config(&exp.data, &exp.model).windows(&dataset);
+    let size = exp.data.sampling.batch_size.max(1);
+    let specs = windows
+        .chunks(size)
+        .take(max_batches.unwrap_or(usize::MAX))
+        .enumerate()
+        .filter(|(i, _)| i % share.of == share.index)
+        .flat_map(|(_, batch)| batch.iter().cloned())
+        .collect();
+    let options = LoaderOptions {
+        batch_size: size,
+        prefetch: exp.data.sampling.prefetch,
+        drop_last: false,
+    };
+    Ok(Loader::new(dataset, specs, norm, options))
 }
 
 /// The batch's reference labels where every modality `branch` reads has data, `ignore_index`
