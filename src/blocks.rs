@@ -119,7 +119,7 @@ pub fn split_blocks(req: &BlocksRequest) -> Result<BlocksReport> {
     let acquisitions = check_inputs(req, &labels_info)?;
     let georef = GeoRef::of(&labels_info).with_context(|| {
         format!(
-            "{}: no georeferencing (geotransform and CRS); the blocks would lose their place",
+            "{}: no georeferencing (geotransform or GCPs); the blocks would lose their place",
             req.labels.display()
         )
     })?;
@@ -230,20 +230,34 @@ fn cut_f32(pixels: &Pixels, w: Window) -> Vec<f32> {
     out
 }
 
-/// The georeferencing of a block: the scene's geotransform moved to the block's corner.
+/// The georeferencing of a block: the scene's geotransform moved to the block's corner, its GCPs
+/// moved to the block's pixel and line coordinates (a GCP outside the block still places it).
 fn block_georef(scene: &GeoRef, w: Window) -> GeoRef {
-    let g = scene.geo_transform;
     let (c, r) = (w.x as f64, w.y as f64);
-    GeoRef {
-        geo_transform: [
+    let geo_transform = scene.geo_transform.map(|g| {
+        [
             g[0] + c * g[1] + r * g[2],
             g[1],
             g[2],
             g[3] + c * g[4] + r * g[5],
             g[4],
             g[5],
-        ],
+        ]
+    });
+    let gcps = scene
+        .gcps
+        .iter()
+        .map(|p| gdal::Gcp {
+            pixel: p.pixel - c,
+            line: p.line - r,
+            ..p.clone()
+        })
+        .collect();
+    GeoRef {
+        geo_transform,
         crs: scene.crs.clone(),
+        gcps,
+        gcp_crs: scene.gcp_crs.clone(),
     }
 }
 
