@@ -383,6 +383,7 @@ pub fn grid_map(report: &BlocksReport, cols: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::data::raster::Crs;
 
     #[test]
     fn every_grid_row_and_column_has_each_split() {
@@ -436,7 +437,28 @@ mod tests {
         let g = block_georef(&scene, Window::new(25, 50, 25, 25));
         assert_eq!(
             g.geo_transform,
-            [500_250.0, 10.0, 0.0, 5_099_500.0, 0.0, -10.0]
+            Some([500_250.0, 10.0, 0.0, 5_099_500.0, 0.0, -10.0])
         );
+        // A GCP keeps its ground position and moves to the block's pixel coordinates.
+        let gcp = gdal::Gcp {
+            id: "1".into(),
+            info: String::new(),
+            pixel: 30.0,
+            line: 60.0,
+            x: 500_300.0,
+            y: 5_099_400.0,
+            z: 0.0,
+        };
+        let radar = GeoRef {
+            geo_transform: None,
+            crs: None,
+            gcps: vec![gcp],
+            gcp_crs: Some(Crs::Epsg(4326)),
+        };
+        let g = block_georef(&radar, Window::new(25, 50, 25, 25));
+        assert_eq!((g.gcps[0].pixel, g.gcps[0].line), (5.0, 10.0));
+        assert_eq!((g.gcps[0].x, g.gcps[0].y), (500_300.0, 5_099_400.0));
+        assert_eq!(g.geo_transform, None);
+        assert_eq!(g.gcp_crs, Some(Crs::Epsg(4326)));
     }
 }
