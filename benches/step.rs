@@ -25,7 +25,7 @@ use dis2::model::{Dis2Net, Scenario};
 use dis2::native::profile;
 use dis2::precision::Precision;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target, Target};
+use dis2::train::objective::{joint_objective, masked_target, KdWeights, Target};
 use dis2::train::optim::{Optimizer, OptimizerConfig};
 use tch::nn;
 use tch::{Device, Kind, Tensor};
@@ -182,7 +182,7 @@ impl Bench {
             self.strategy,
         )?;
         let t1 = Instant::now();
-        let loss = joint_objective(&out, &self.names, &self.target, 5.0, 1.0);
+        let loss = joint_objective(&out, &self.names, &self.target, KdWeights::both(5.0), 1.0);
         let t2 = Instant::now();
         self.opt.zero_grad();
         loss.backward(1.0)?;

@@ -79,8 +79,10 @@ pub struct EvalReport {
     pub scores: Scores,
     /// Radius of the eroded boundaries the scores were computed with (0: none).
     pub erode: usize,
-    /// Overlay figures written.
+    /// Overlay figures written (of the first `--overlays` scenes).
     pub overlays: Vec<PathBuf>,
+    /// Scenes scored.
+    pub scenes: usize,
     /// Attention figures written.
     pub attention_maps: Vec<PathBuf>,
 }
@@ -117,7 +119,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
             route.describe(&info.model)
         );
     }
-    let (confusion, overlays) = score_scenes(req, &predictor, &dataset, &given)?;
+    let (confusion, labelled, overlays) = score_scenes(req, &predictor, &dataset, &given)?;
     let attention_maps = match &req.options.attention_maps {
         Some(dir) => write_attention_maps(
             &predictor,
@@ -128,14 +130,26 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         )?,
         None => Vec::new(),
     };
+    let class_names: Vec<String> = table.iter().map(|c| c.name.clone()).collect();
+    // The class set comes from every labelled pixel, so a branch that lacks an input somewhere
+    // averages the same classes as the full model.
+    let scores = confusion.scores_over(&labelled, &exclude);
+    // Named by the experiment, not the file: a sweep scores one split from many run folders.
+    let context = format!(
+        "the {} split of experiment {}",
+        req.split.as_str(),
+        req.exp.name
+    );
+    crate::metrics::warn_absent_classes(&context, &class_names, &scores);
     let report = EvalReport {
         branch: label,
-        class_names: table.iter().map(|c| c.name.clone()).collect(),
-        scores: confusion.scores(&exclude),
+        class_names,
+        scores,
         excluded: exclude,
         confusion,
         erode: req.options.erode,
         overlays,
+        scenes: dataset.len(),
         attention_maps,
     };
     write_reports(req, &report)?;
@@ -188,14 +202,15 @@ fn excluded_classes(table: &[ClassInfo], names: &[String]) -> Result<Vec<usize>>
 /// `dis2 predict`, into a scratch folder of `req.out`) and scores the class map's rows as
 /// prediction writes them: a pixel counts where its label is a class and every given input has
 /// data (the validity prediction used, never decoded from the class map's nodata value). Draws
-/// the overlays of the first `req.options.overlays` scenes. Returns the confusion matrix and the
-/// overlay files.
+/// the overlays of the first `req.options.overlays` scenes. Returns the confusion matrix, the
+/// split's reference pixels of each class (labels as scored, also where an input has no data)
+/// and the overlay files.
 fn score_scenes(
     req: &EvalRequest,
     predictor: &Predictor,
     dataset: &SceneDataset,
     given: &[bool],
-) -> Result<(ConfusionMatrix, Vec<PathBuf>)> {
+) -> Result<(ConfusionMatrix, Vec<u64>, Vec<PathBuf>)> {
     let mut options = PredictOptions {
         overlap: req.overlap,
         allow_fill: true,
@@ -211,6 +226,7 @@ fn score_scenes(
     let scratch = tempfile_dir(&req.out)?;
     let mut overlays = Vec::new();
     let mut cm = ConfusionMatrix::new(table.len());
+    let mut labelled = ConfusionMatrix::new(table.len());
     for (index, scene) in dataset.scenes.iter().enumerate() {
         if scene.label.is_none() {
             bail!("scene {}: no labels to score against", scene.id);
@@ -223,6 +239,7 @@ fn score_scenes(
             index,
             erode: req.options.erode,
             cm: &mut cm,
+            labelled: &mut labelled,
             overlay: (index < req.options.overlays)
                 .then(|| OverlaySampler::new(scene.width(), scene.height())),
         };
@@ -240,7 +257,7 @@ fn score_scenes(
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok((cm, overlays))
+    Ok((cm, labelled.support(), overlays))
 }
 
 /// Scores one scene's class map, band of rows by band of rows as prediction finishes them.
@@ -250,6 +267,8 @@ struct SceneScorer<'a> {
     /// Radius of the eroded boundaries (0: none).
     erode: usize,
     cm: &'a mut ConfusionMatrix,
+    /// Every labelled pixel against itself: the split's class counts.
+    labelled: &'a mut ConfusionMatrix,
     overlay: Option<OverlaySampler>,
 }
 
@@ -269,6 +288,9 @@ impl SceneScorer<'_> {
             self.erode,
         )?;
         let scored = scored_labels(&labels, rows.valid, self.dataset.ignore_index);
+        self.labelled
+            .add_pairs(&labels, &labels, self.dataset.ignore_index)
+            .with_context(|| format!("scene {}", scene.id))?;
         let preds: Vec<i64> = rows.classes.iter().map(|&p| i64::from(p)).collect();
         self.cm
             .add_pairs(&scored, &preds, self.dataset.ignore_index)
@@ -600,6 +622,8 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "split": req.split.as_str(),
         "dropped": req.drop,
         "excluded_from_means": req.exclude,
+        "classes_in_means": s.mean_classes.iter().map(|&c| &names[c]).collect::<Vec<_>>(),
+        "classes_absent": s.absent_classes.iter().map(|&c| &names[c]).collect::<Vec<_>>(),
         "erode": r.erode,
         "erode_shape": "disk",
         "miou": s.miou,

@@ -7,17 +7,21 @@ use plotters::prelude::*;
 use std::path::Path;
 
 use crate::data::config::ClassInfo;
+use crate::report::text_width;
 
 /// Pixels between panels.
 const GAP: usize = 6;
 /// Height of the title line above the panels.
 const HEADER: usize = 26;
-/// Width of the class-name column of an attention grid.
+/// Smallest width of the class-name column of an attention grid (wider for longer names).
 const NAME_COLUMN: usize = 130;
 /// Height of one legend line / of the colour bar strip.
 const LINE: usize = 22;
-/// Width of one legend entry of an overlay.
-const LEGEND_ENTRY: usize = 140;
+/// Smallest long side of an overlay panel: smaller scenes are enlarged by a whole factor
+/// (nearest neighbour) so that their pixels and the panel titles stay legible.
+const MIN_PANEL: usize = 192;
+/// Font size of legend entries and class names.
+const NAME_SIZE: u32 = 13;
 /// Height of the column titles between the top row and the class rows of an attention grid.
 const COLUMN_TITLE: usize = 18;
 /// Colour of a wrongly classified pixel in the error panel.
@@ -189,6 +193,37 @@ pub fn heat_panel(map: &[f32], background: &[[u8; 3]]) -> Vec<[u8; 3]> {
         .collect()
 }
 
+/// Where the entries of a class legend go when it flows over lines of `width` pixels: the
+/// top-left corner of each entry (relative to the legend) and the number of lines.
+fn legend_layout(table: &[ClassInfo], width: usize) -> (Vec<(usize, usize)>, usize) {
+    let mut at = Vec::with_capacity(table.len());
+    let (mut x, mut line) = (GAP, 0);
+    for class in table {
+        let entry = 18 + text_width(&class.name, NAME_SIZE) + 14;
+        if x > GAP && x + entry > width {
+            x = GAP;
+            line += 1;
+        }
+        at.push((x, line * LINE));
+        x += entry;
+    }
+    (at, if table.is_empty() { 0 } else { line + 1 })
+}
+
+/// The width of the widest legend entry (a swatch and the whole name).
+fn widest_entry(table: &[ClassInfo]) -> usize {
+    table
+        .iter()
+        .map(|c| 18 + text_width(&c.name, NAME_SIZE) + 14)
+        .max()
+        .unwrap_or(0)
+}
+
+/// The whole factor an overlay panel of `w x h` pixels is enlarged by (1 when large enough).
+pub fn overlay_scale(w: usize, h: usize) -> usize {
+    MIN_PANEL.div_ceil(w.max(h).max(1)).max(1)
+}
+
 /// Nearest-neighbour resampling of a `w x h` panel to `ow x oh`.
 pub fn resize_nearest(panel: &[[u8; 3]], w: usize, h: usize, ow: usize, oh: usize) -> Vec<[u8; 3]> {
     (0..oh)
@@ -214,16 +249,17 @@ pub struct OverlayData<'a> {
     pub scored: &'a [i64],
 }
 
-/// The size of an overlay figure of `w x h` panels and `classes` legend entries.
-pub fn overlay_size(w: usize, h: usize, classes: usize) -> (usize, usize) {
-    let width = 4 * w + 5 * GAP;
-    let per_line = (width / LEGEND_ENTRY).max(1);
-    let lines = classes.div_ceil(per_line);
-    (width, HEADER + h + GAP + lines * LINE + GAP)
+/// The size of an overlay figure of `w x h` panels (before enlarging, see [`overlay_scale`])
+/// with a legend of `table`'s classes.
+pub fn overlay_size(w: usize, h: usize, table: &[ClassInfo]) -> (usize, usize) {
+    let k = overlay_scale(w, h);
+    let width = (4 * w * k + 5 * GAP).max(widest_entry(table) + 2 * GAP);
+    let (_, lines) = legend_layout(table, width);
+    (width, HEADER + h * k + GAP + lines * LINE + GAP)
 }
 
 /// Image | reference | prediction | errors (wrong pixels in magenta over the grey image), with
-/// a legend of the class colours.
+/// a legend of the class colours; panels of small scenes enlarged (see [`overlay_scale`]).
 pub fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> Result<()> {
     let (w, h) = (d.width, d.height);
     let n = w * h;
@@ -231,7 +267,9 @@ pub fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> Result<
         d.image.len() == n && d.labels.len() == n && d.preds.len() == n && d.scored.len() == n,
         "overlay panels of {w}x{h} pixels expected"
     );
-    let (width, height) = overlay_size(w, h, table.len());
+    let (width, height) = overlay_size(w, h, table);
+    let k = overlay_scale(w, h);
+    let (pw, ph) = (w * k, h * k);
     let mut canvas = Canvas::new(width, height);
     let k = table.len() as i64;
     let errors: Vec<[u8; 3]> = grey(d.image)
@@ -253,19 +291,16 @@ pub fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> Result<
     ];
     let mut text = Vec::new();
     for (i, (title, panel)) in panels.iter().enumerate() {
-        let x = GAP + i * (w + GAP);
-        canvas.paste(x, HEADER, w, h, panel);
+        let x = GAP + i * (pw + GAP);
+        canvas.paste(x, HEADER, pw, ph, &resize_nearest(panel, w, h, pw, ph));
         text.push((title.to_string(), x, 5, 15));
     }
-    let per_line = (width / LEGEND_ENTRY).max(1);
-    let legend_top = HEADER + h + GAP;
-    for (i, class) in table.iter().enumerate() {
-        let (x, y) = (
-            GAP + (i % per_line) * LEGEND_ENTRY,
-            legend_top + (i / per_line) * LINE,
-        );
+    let legend_top = HEADER + ph + GAP;
+    let (at, _) = legend_layout(table, width);
+    for (class, (x, y)) in table.iter().zip(at) {
+        let y = legend_top + y;
         canvas.swatch(x, y + 3, 14, class.colour);
-        text.push((class.name.chars().take(16).collect(), x + 18, y + 3, 13));
+        text.push((class.name.clone(), x + 18, y + 3, NAME_SIZE));
     }
     canvas.text(&text)?;
     canvas.write(path)
@@ -292,19 +327,37 @@ pub fn attention_cell(width: usize, height: usize) -> (usize, usize) {
     (width * target / long, height * target / long)
 }
 
-/// The size of an attention figure for a `width x height` crop, `columns` branches and
-/// `classes` classes.
+/// The width of the class-name column of an attention grid: room for a swatch and the longest
+/// class name (at least [`NAME_COLUMN`]).
+pub fn name_column(table: &[ClassInfo]) -> usize {
+    let longest = table
+        .iter()
+        .map(|c| text_width(&c.name, NAME_SIZE))
+        .max()
+        .unwrap_or(0);
+    NAME_COLUMN.max(GAP + 16 + longest + GAP)
+}
+
+/// The distance between the columns of an attention grid: a panel, or the widest column title
+/// (branch labels such as `teacher-fill[dsm+sar]`) when that is wider, and a gap.
+fn column_pitch(cell_width: usize, titles: &[String]) -> usize {
+    let widest = titles.iter().map(|t| text_width(t, 13)).max().unwrap_or(0);
+    cell_width.max(widest) + GAP
+}
+
+/// The size of an attention figure for a `width x height` crop, one column per branch titled
+/// `titles`, and the classes of `table`.
 pub fn attention_size(
     width: usize,
     height: usize,
-    columns: usize,
-    classes: usize,
+    titles: &[String],
+    table: &[ClassInfo],
 ) -> (usize, usize) {
     let (cw, ch) = attention_cell(width, height);
-    let panels = columns.max(2);
+    let panels = titles.len().max(2);
     (
-        NAME_COLUMN + panels * (cw + GAP),
-        HEADER + (classes + 1) * (ch + GAP) + COLUMN_TITLE + LINE + GAP,
+        name_column(table) + panels * column_pitch(cw, titles),
+        HEADER + (table.len() + 1) * (ch + GAP) + COLUMN_TITLE + LINE + GAP,
     )
 }
 
@@ -325,9 +378,12 @@ pub fn attention_png(path: &Path, d: &AttentionData, table: &[ClassInfo]) -> Res
         );
     }
     let (cw, ch) = attention_cell(w, h);
-    let (width, height) = attention_size(w, h, d.columns.len(), table.len());
+    let titles: Vec<String> = d.columns.iter().map(|(t, _)| t.clone()).collect();
+    let (width, height) = attention_size(w, h, &titles, table);
+    let names = name_column(table);
+    let pitch = column_pitch(cw, &titles);
     let mut canvas = Canvas::new(width, height);
-    let column_x = |c: usize| NAME_COLUMN + c * (cw + GAP);
+    let column_x = |c: usize| names + c * pitch;
     let row_y = |r: usize| HEADER + r * (ch + GAP) + if r > 0 { COLUMN_TITLE } else { 0 };
     let mut text = vec![(d.title.clone(), GAP, 5, 15)];
     canvas.paste(
@@ -362,15 +418,15 @@ pub fn attention_png(path: &Path, d: &AttentionData, table: &[ClassInfo]) -> Res
     for (k, class) in table.iter().enumerate() {
         let y = row_y(k + 1) + ch / 2 - 7;
         canvas.swatch(GAP, y, 12, class.colour);
-        text.push((class.name.chars().take(14).collect(), GAP + 16, y, 13));
+        text.push((class.name.clone(), GAP + 16, y, NAME_SIZE));
     }
     // Colour bar: low .. high of each map.
     let bar_y = row_y(table.len() + 1);
-    let bar_w = width - NAME_COLUMN - GAP;
+    let bar_w = width - names - GAP;
     let bar: Vec<[u8; 3]> = (0..12)
         .flat_map(|_| (0..bar_w).map(|x| viridis(x as f32 / (bar_w - 1).max(1) as f32)))
         .collect();
-    canvas.paste(NAME_COLUMN, bar_y + 4, bar_w, 12, &bar);
+    canvas.paste(names, bar_y + 4, bar_w, 12, &bar);
     text.push(("attention: low .. high".to_string(), GAP, bar_y + 3, 12));
     canvas.text(&text)?;
     canvas.write(path)
@@ -387,6 +443,42 @@ mod tests {
                 colour: [40 * i as u8, 200, 10],
             })
             .collect()
+    }
+
+    #[test]
+    fn long_class_names_widen_legends_and_name_columns_instead_of_being_cut() {
+        let long = vec![
+            ClassInfo {
+                name: "impervious surface with a very long name".into(),
+                colour: [1, 2, 3],
+            },
+            ClassInfo {
+                name: "car".into(),
+                colour: [4, 5, 6],
+            },
+        ];
+        let name = text_width(&long[0].name, NAME_SIZE);
+        assert!(name > 200, "{name} px");
+        // A legend line is at least as wide as its widest entry; the name column holds it.
+        let (w, _) = overlay_size(2, 2, &long);
+        assert!(w >= 18 + name + 2 * GAP, "{w}");
+        assert!(name_column(&long) >= 16 + name + 2 * GAP);
+        assert_eq!(name_column(&table(3)), NAME_COLUMN);
+        // Entries flow onto a second line when the first is full.
+        let (at, lines) = legend_layout(&long, 18 + name + 14 + GAP + 10);
+        assert_eq!((lines, at[1]), (2, (GAP, LINE)));
+        // A wide column title widens the attention grid's columns.
+        let titles = [
+            "teacher".to_string(),
+            "teacher-fill[dsm+optical+sar]".to_string(),
+        ];
+        let (wide, _) = attention_size(64, 64, &titles, &table(3));
+        let (narrow, _) = attention_size(64, 64, &titles[..1], &table(3));
+        assert!(
+            wide >= NAME_COLUMN + 2 * (text_width(&titles[1], 13) + GAP),
+            "{wide}"
+        );
+        assert_eq!(narrow, NAME_COLUMN + 2 * (attention_cell(64, 64).0 + GAP));
     }
 
     #[test]
@@ -433,17 +525,24 @@ mod tests {
         };
         overlay_png(&path, &data, &table(3)).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
-        let (w, h) = overlay_size(2, 2, 3);
+        let (w, h) = overlay_size(2, 2, &table(3));
         assert_eq!((img.width() as usize, img.height() as usize), (w, h));
-        let err_x = (GAP + 3 * (2 + GAP)) as u32;
-        let top = HEADER as u32;
+        // A 2 x 2 scene is drawn 96 times larger: each pixel a 96 x 96 square.
+        let k = overlay_scale(2, 2);
+        assert_eq!(k, 96);
+        let err_x = (GAP + 3 * (2 * k + GAP)) as u32;
+        let (top, k) = (HEADER as u32, k as u32);
         assert_eq!(
-            img.get_pixel(err_x + 1, top).0,
+            img.get_pixel(err_x + k + k / 2, top + k / 2).0,
             ERROR_COLOUR,
             "1 predicted 0"
         );
-        assert_ne!(img.get_pixel(err_x, top).0, ERROR_COLOUR, "correct");
-        assert_ne!(img.get_pixel(err_x, top + 1).0, ERROR_COLOUR, "not scored");
+        assert_ne!(img.get_pixel(err_x + k / 2, top).0, ERROR_COLOUR, "correct");
+        assert_ne!(
+            img.get_pixel(err_x, top + k + 1).0,
+            ERROR_COLOUR,
+            "not scored"
+        );
         let bad = OverlayData {
             preds: &[0],
             ..data

@@ -5,16 +5,19 @@
 //!
 //! Layout: `cli` holds every command's arguments (clap) and dispatches to the work; `config` reads
 //! experiment YAML files; `prepare` writes experiment files from data (the synthetic benchmark's,
-//! the statistics of `dis2 stats`); `device` parses `--device` and picks CPU or CUDA; `model` holds
-//! the network; `precision` parses `--precision` / `train.precision`, detects bfloat16 support and
-//! runs the model's autocast regions; `data` the rasters and datasets; `fsutil` the write-then-rename helpers every
-//! output goes through; `eval`, `metrics`, `report` and `figures` score checkpoints and draw their
-//! figures; `checkpoint` saves and loads models; `import_torch` converts the authors' PyTorch
-//! weights; `native` wraps the C++ kernels of `csrc/`; `dist` binds libtorch's distributed engine
-//! (c10d) for data-parallel training.
-//! `progress` reports long work (a bar or plain lines) for `train`, `predict` and `sweep`.
+//! the statistics of `dis2 stats`); `blocks` cuts one scene into spatial-block splits; `device`
+//! parses `--device` and picks CPU or CUDA; `model` holds the network; `precision` parses
+//! `--precision` / `train.precision`, detects bfloat16 support and runs the model's autocast
+//! regions; `data` the rasters and datasets; `fsutil` the write-then-rename helpers every output
+//! goes through; `eval`, `metrics`, `report` and `figures` score checkpoints and draw their
+//! figures; `stats` holds the means, deviations and paired intervals of the sweep tables;
+//! `checkpoint` saves and loads models; `import_torch` converts the authors' PyTorch weights;
+//! `native` wraps the C++ kernels of `csrc/`; `dist` binds libtorch's distributed engine (c10d)
+//! for data-parallel training. `progress` reports long work (a bar or plain lines) for `train`,
+//! `predict` and `sweep`.
 
 pub mod alloc;
+pub mod blocks;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -34,6 +37,7 @@ pub mod predict;
 pub mod prepare;
 pub(crate) mod progress;
 pub mod report;
+pub mod stats;
 pub mod sweep;
 pub mod tiling;
 pub mod train;

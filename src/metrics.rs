@@ -2,12 +2,19 @@
 //! F1, precision and recall, mean IoU, mean F1 and overall accuracy.
 //!
 //! Conventions: rows are reference labels, columns predictions; pixels whose label is the ignore
-//! index are not counted. A class that appears neither in the labels nor in the predictions has no
-//! IoU or F1 (`None`) and stays out of the means; classes listed in `exclude_from_mean` (ISPRS:
-//! clutter) are reported but not averaged. Overall accuracy counts every class.
+//! index are not counted. The means (mIoU, mean F1) average one fixed set of classes: those
+//! present in the split's reference labels, less the classes listed in `exclude_from_mean`
+//! (ISPRS: clutter). The set depends on the labels only ([`ConfusionMatrix::scores_over`] takes
+//! their class counts, whatever pixels a branch could score where its inputs have data), so every
+//! checkpoint, branch and method scored on a split is averaged over the same classes. A class
+//! absent from the labels keeps its row: no IoU (`None`) when never predicted, IoU 0 when
+//! predicted somewhere, and stays out of the means either way (docs/eval.md compares this with
+//! mmsegmentation's and the ISPRS benchmark's conventions). Overall accuracy counts every class.
 
 use anyhow::{ensure, Result};
 use serde::Serialize;
+use std::collections::BTreeSet;
+use std::sync::Mutex;
 use tch::{Kind, Tensor};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,9 +37,14 @@ pub struct ClassScores {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Scores {
     pub per_class: Vec<ClassScores>,
-    /// Mean over the classes that have an IoU and are not excluded; `None` when there is none.
+    /// Mean IoU over [`Scores::mean_classes`]; `None` when that set is empty.
     pub miou: Option<f64>,
+    /// Mean F1 over [`Scores::mean_classes`].
     pub mean_f1: Option<f64>,
+    /// The classes the means average: present in the split's reference labels and not excluded.
+    pub mean_classes: Vec<usize>,
+    /// Classes with no reference pixel (and not excluded): reported, not averaged.
+    pub absent_classes: Vec<usize>,
     /// Correct pixels over counted pixels; `None` when every pixel was ignored.
     pub overall_accuracy: Option<f64>,
     pub pixels: u64,
@@ -155,7 +167,22 @@ impl ConfusionMatrix {
             .collect()
     }
 
+    /// Reference pixels of each class (the row sums), `[classes]`.
+    pub fn support(&self) -> Vec<u64> {
+        self.rows().iter().map(|r| r.iter().sum()).collect()
+    }
+
+    /// Per-class scores and the means over the classes present in this matrix's labels, less
+    /// `exclude_from_mean`: [`Self::scores_over`] with this matrix's own support.
     pub fn scores(&self, exclude_from_mean: &[usize]) -> Scores {
+        self.scores_over(&self.support(), exclude_from_mean)
+    }
+
+    /// Per-class scores and the means over the classes with a pixel in `labelled` (the split's
+    /// reference pixels of each class, `[classes]`, also where a branch's inputs have no data and
+    /// so nothing was scored), less `exclude_from_mean` (see the module documentation). A class
+    /// of the set that this matrix never saw nor predicted counts 0 in the means.
+    pub fn scores_over(&self, labelled: &[u64], exclude_from_mean: &[usize]) -> Scores {
         let k = self.classes;
         let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
         let per_class: Vec<ClassScores> = (0..k)
@@ -173,12 +200,14 @@ impl ConfusionMatrix {
                 }
             })
             .collect();
+        let counted = |c: &usize| !exclude_from_mean.contains(c);
+        let (mean_classes, absent_classes): (Vec<usize>, Vec<usize>) = (0..k)
+            .filter(counted)
+            .partition(|&c| labelled.get(c).is_some_and(|&n| n > 0));
         let mean = |f: fn(&ClassScores) -> Option<f64>| {
-            let vals: Vec<f64> = per_class
+            let vals: Vec<f64> = mean_classes
                 .iter()
-                .enumerate()
-                .filter(|(c, _)| !exclude_from_mean.contains(c))
-                .filter_map(|(_, s)| f(s))
+                .map(|&c| f(&per_class[c]).unwrap_or(0.0))
                 .collect();
             (!vals.is_empty()).then(|| vals.iter().sum::<f64>() / vals.len() as f64)
         };
@@ -189,8 +218,49 @@ impl ConfusionMatrix {
             mean_f1: mean(|s| s.f1),
             overall_accuracy: ratio(correct, pixels),
             per_class,
+            mean_classes,
+            absent_classes,
             pixels,
         }
+    }
+}
+
+/// Contexts already warned about by [`warn_absent_classes`].
+static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+
+/// The note [`warn_absent_classes`] prints, or `None` when no class is absent.
+pub fn absent_classes_note(context: &str, names: &[String], scores: &Scores) -> Option<String> {
+    if scores.absent_classes.is_empty() {
+        return None;
+    }
+    let list = |classes: &[usize]| -> String {
+        let named: Vec<&str> = classes
+            .iter()
+            .map(|&c| names.get(c).map_or("?", String::as_str))
+            .collect();
+        named.join(", ")
+    };
+    Some(format!(
+        "note: {context} has no reference pixels of {}; they keep their rows but stay out of \
+         mIoU and mean F1, which average the {} classes present: {}",
+        list(&scores.absent_classes),
+        scores.mean_classes.len(),
+        list(&scores.mean_classes)
+    ))
+}
+
+/// Prints (to stderr) which classes `context` (a split, e.g. `the test split of experiment x`) lacks,
+/// once per process and context: a sweep or a training run scores the same split many times.
+pub fn warn_absent_classes(context: &str, names: &[String], scores: &Scores) {
+    let Some(note) = absent_classes_note(context, names, scores) else {
+        return;
+    };
+    let first = WARNED
+        .lock()
+        .map(|mut seen| seen.insert(context.to_string()))
+        .unwrap_or(true);
+    if first {
+        eprintln!("{note}");
     }
 }
 
@@ -311,8 +381,9 @@ mod tests {
     }
 
     #[test]
-    fn class_only_predicted_scores_zero_and_stays_in_the_mean() {
-        // Class 1 is never a label but predicted once: IoU 0, F1 0, precision 0, no recall.
+    fn class_only_predicted_scores_zero_and_stays_out_of_the_mean() {
+        // Class 1 is never a label but predicted once: IoU 0, F1 0, precision 0, no recall; the
+        // means average the classes of the labels only.
         let mut cm = ConfusionMatrix::new(2);
         cm.add_pairs(&[0, 0, 0, 0], &[0, 0, 0, 1], 255).unwrap();
         let s = cm.scores(&[]);
@@ -321,8 +392,63 @@ mod tests {
             (c1.iou, c1.f1, c1.precision, c1.recall, c1.support),
             (Some(0.0), Some(0.0), Some(0.0), None, 0)
         );
-        assert!(close(s.miou, (0.75 + 0.0) / 2.0));
+        assert!(close(s.miou, 0.75));
         assert!(close(s.overall_accuracy, 0.75));
+        assert_eq!((s.mean_classes, s.absent_classes), (vec![0], vec![1]));
+    }
+
+    #[test]
+    fn the_set_comes_from_the_split_labels_not_the_pixels_a_branch_scored() {
+        // The split labels classes 0, 1 and 2; a branch whose inputs lack data on every pixel
+        // of class 2 scores only classes 0 and 1, yet its mean keeps class 2 (IoU 0).
+        let mut split = ConfusionMatrix::new(3);
+        split.add_pairs(&[0, 1, 2, 2], &[0, 1, 2, 2], 255).unwrap();
+        let mut branch = ConfusionMatrix::new(3);
+        branch
+            .add_pairs(&[0, 1, 255, 255], &[0, 1, 2, 2], 255)
+            .unwrap();
+        let s = branch.scores_over(&split.support(), &[]);
+        assert_eq!(split.support(), vec![1, 1, 2]);
+        assert_eq!((s.mean_classes, s.absent_classes), (vec![0, 1, 2], vec![]));
+        assert_eq!(s.per_class[2].iou, None);
+        assert!(close(s.miou, 2.0 / 3.0));
+        assert!(
+            close(branch.scores(&[]).miou, 1.0),
+            "its own support: 2 classes"
+        );
+    }
+
+    #[test]
+    fn the_mean_averages_the_same_classes_whatever_is_predicted() {
+        // Labels hold classes 0 and 2 (class 1 absent, class 3 excluded). Two predictions: one
+        // never predicts class 1, one does; before the fix their means had 2 and 3 terms.
+        let labels = [0i64, 0, 2, 2, 3, 3];
+        let mut never = ConfusionMatrix::new(4);
+        never.add_pairs(&labels, &[0, 0, 2, 0, 3, 3], 255).unwrap();
+        let mut sometimes = ConfusionMatrix::new(4);
+        sometimes
+            .add_pairs(&labels, &[0, 1, 2, 2, 3, 3], 255)
+            .unwrap();
+        let (a, b) = (never.scores(&[3]), sometimes.scores(&[3]));
+        assert_eq!(a.mean_classes, vec![0, 2]);
+        assert_eq!(b.mean_classes, a.mean_classes);
+        assert_eq!(a.absent_classes, vec![1]);
+        assert_eq!(a.per_class[1].iou, None);
+        assert_eq!(b.per_class[1].iou, Some(0.0), "the row is kept");
+        // never: class 0 IoU 2/3, class 2 IoU 1/2; sometimes: 1/2 and 1.
+        assert!(close(a.miou, (2.0 / 3.0 + 0.5) / 2.0));
+        assert!(close(b.miou, (0.5 + 1.0) / 2.0));
+        // F1: never 0.8 and 2/3; sometimes 2/3 and 1.
+        assert!(close(a.mean_f1, (0.8 + 2.0 / 3.0) / 2.0));
+        assert!(close(b.mean_f1, (2.0 / 3.0 + 1.0) / 2.0));
+        let names: Vec<String> = ["road", "car", "tree", "clutter"].map(String::from).into();
+        let note = absent_classes_note("the val split", &names, &a).unwrap();
+        assert!(
+            note.contains("the val split has no reference pixels of car")
+                && note.contains("the 2 classes present: road, tree"),
+            "{note}"
+        );
+        assert!(absent_classes_note("x", &names, &never.scores(&[1, 3])).is_none());
     }
 
     #[test]

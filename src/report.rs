@@ -22,12 +22,45 @@ pub fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()>
     crate::fsutil::write_atomic(path, &bytes)
 }
 
+/// The width in pixels of `text` drawn at `size` in the figures' font (plus a pixel either side),
+/// so that layouts make room for whole names instead of cutting them.
+pub fn text_width(text: &str, size: u32) -> usize {
+    let fallback = text.chars().count() * size as usize * 6 / 10;
+    let measured = ("sans-serif", size)
+        .into_font()
+        .box_size(text)
+        .map_or(fallback, |(w, _)| w as usize);
+    measured + 2
+}
+
 fn draw_err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing failed: {e:?}")
 }
 
+/// Title of the confusion matrix figure.
+const CONFUSION_TITLE: &str = "Confusion matrix (rows: reference, share of the row)";
+
+/// The layout of a confusion matrix figure: the left margin (row names), the bottom margin
+/// (column names, rotated) and the whole size, wide and tall enough for every name in full.
+pub fn confusion_layout(class_names: &[String]) -> (u32, u32, (u32, u32)) {
+    let cell = 64u32;
+    let k = class_names.len() as u32;
+    let longest = |size: u32| {
+        class_names
+            .iter()
+            .map(|n| text_width(n, size) as u32)
+            .max()
+            .unwrap_or(0)
+    };
+    let left = 180.max(10 + longest(15) + 12);
+    let bottom = 130.max(10 + longest(14) + 40);
+    let width = (left + cell * k + 40).max(20 + text_width(CONFUSION_TITLE, 18) as u32 + 20);
+    (left, bottom, (width, 70 + cell * k + bottom))
+}
+
 /// The confusion matrix as a heat map, rows normalised (recall), with the counts' share printed
-/// in each cell. Rows: reference; columns: prediction.
+/// in each cell. Rows: reference; columns: prediction. Class names are never cut: the margins
+/// grow with the longest ([`confusion_layout`]).
 pub fn confusion_matrix_png(
     path: &Path,
     cm: &ConfusionMatrix,
@@ -40,19 +73,19 @@ pub fn confusion_matrix_png(
         class_names.len()
     );
     let cell = 64u32;
-    let (width, height) = (180 + cell * k as u32 + 40, 70 + cell * k as u32 + 130);
+    let (left, _, (width, height)) = confusion_layout(class_names);
     let mut rgb = vec![255u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
         root.draw(&Text::new(
-            "Confusion matrix (rows: reference, share of the row)",
+            CONFUSION_TITLE,
             (20, 20),
             ("sans-serif", 18).into_font(),
         ))
         .map_err(draw_err)?;
         let rows = cm.rows();
-        let (x0, y0) = (180i32, 70i32);
+        let (x0, y0) = (left as i32, 70i32);
         for (r, row) in rows.iter().enumerate() {
             let total: u64 = row.iter().sum();
             for (c, &count) in row.iter().enumerate() {
@@ -83,7 +116,7 @@ pub fn confusion_matrix_png(
                 .map_err(draw_err)?;
             }
             root.draw(&Text::new(
-                truncate(&class_names[r], 18),
+                class_names[r].as_str(),
                 (10, y0 + (r as i32) * cell as i32 + 24),
                 ("sans-serif", 15).into_font(),
             ))
@@ -95,7 +128,7 @@ pub fn confusion_matrix_png(
             let style = ("sans-serif", 14)
                 .into_font()
                 .transform(FontTransform::Rotate90);
-            root.draw(&Text::new(truncate(name, 14), (x + 20, y), style))
+            root.draw(&Text::new(name.as_str(), (x + 20, y), style))
                 .map_err(draw_err)?;
         }
         root.draw(&Text::new(
@@ -109,17 +142,22 @@ pub fn confusion_matrix_png(
     write_png(path, &rgb, width, height)
 }
 
-fn truncate(s: &str, n: usize) -> String {
-    s.chars().take(n).collect()
-}
+/// Width of the legend column right of a bar chart.
+const BAR_LEGEND: u32 = 230;
 
 /// A grouped bar chart: one group per entry of `groups` (for instance scenarios), one bar per
-/// series (for instance methods); missing values leave a gap. Values in [0, 1].
+/// series (for instance methods) at the mean of its values (for instance one per seed), a
+/// whisker of ± one sample standard deviation when there are two or more, and a dot per value;
+/// a group without values leaves a gap. Values in [0, 1]. The legend sits in its own column
+/// right of the plot, names in full.
+///
+/// # Errors
+/// No group or no series, a series whose group count differs, drawing or writing failures.
 pub fn grouped_bars_png(
     path: &Path,
     title: &str,
     groups: &[String],
-    series: &[(String, Vec<Option<f64>>)],
+    series: &[(String, Vec<Vec<f64>>)],
     y_label: &str,
 ) -> Result<()> {
     ensure!(!groups.is_empty() && !series.is_empty(), "nothing to plot");
@@ -131,68 +169,118 @@ pub fn grouped_bars_png(
             groups.len()
         );
     }
-    let (width, height) = (
-        160 + 110 * groups.len() as u32 * (series.len() as u32).max(2) / 2,
-        480u32,
-    );
+    let plot_w = (110 * groups.len() as u32 * (series.len() as u32).max(2) / 2).max(300);
+    let (width, height) = (160 + plot_w + BAR_LEGEND, 480u32);
     let mut rgb = vec![255u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
-        let n = groups.len() as f64;
-        let mut chart = ChartBuilder::on(&root)
-            .caption(title, ("sans-serif", 20))
-            .margin(12)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..n, 0.0..1.0)
-            .map_err(draw_err)?;
-        let labels = groups.to_vec();
-        chart
-            .configure_mesh()
-            .disable_x_mesh()
-            .x_labels(groups.len() * 2 + 1)
-            .x_label_formatter(&|x| {
-                let i = x.floor() as usize;
-                if (x - x.floor() - 0.5).abs() < 1e-6 && i < labels.len() {
-                    labels[i].clone()
-                } else {
-                    String::new()
-                }
-            })
-            .y_desc(y_label)
-            .draw()
-            .map_err(draw_err)?;
-        let bar_w = 0.8 / series.len() as f64;
-        for (s, (name, values)) in series.iter().enumerate() {
-            let colour = Palette99::pick(s).to_rgba();
-            let bars = values.iter().enumerate().filter_map(|(g, v)| {
-                v.map(|v| {
-                    let x = g as f64 + 0.1 + s as f64 * bar_w;
-                    Rectangle::new(
-                        [(x, 0.0), (x + bar_w * 0.95, v.clamp(0.0, 1.0))],
-                        colour.filled(),
-                    )
-                })
-            });
-            chart
-                .draw_series(bars)
-                .map_err(draw_err)?
-                .label(name.as_str())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
-                });
-        }
-        chart
-            .configure_series_labels()
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .position(SeriesLabelPosition::UpperRight)
-            .draw()
-            .map_err(draw_err)?;
+        let (left, right) = root.split_horizontally(width - BAR_LEGEND);
+        draw_bars(&left, title, groups, series, y_label)?;
+        draw_bar_legend(&right, series)?;
         root.present().map_err(draw_err)?;
     }
     write_png(path, &rgb, width, height)
+}
+
+/// The bars, whiskers and dots of [`grouped_bars_png`] on `area`.
+fn draw_bars(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    title: &str,
+    groups: &[String],
+    series: &[(String, Vec<Vec<f64>>)],
+    y_label: &str,
+) -> Result<()> {
+    let n = groups.len() as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 17))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(50)
+        .build_cartesian_2d(0.0..n, 0.0..1.0)
+        .map_err(draw_err)?;
+    let labels = groups.to_vec();
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(groups.len() * 2 + 1)
+        .x_label_formatter(&|x| {
+            let i = x.floor() as usize;
+            if (x - x.floor() - 0.5).abs() < 1e-6 && i < labels.len() {
+                labels[i].clone()
+            } else {
+                String::new()
+            }
+        })
+        .y_desc(y_label)
+        .draw()
+        .map_err(draw_err)?;
+    let bar_w = 0.8 / series.len() as f64;
+    for (s, (_, values)) in series.iter().enumerate() {
+        let colour = Palette99::pick(s).to_rgba();
+        for (g, v) in values.iter().enumerate() {
+            let Some(stat) = crate::stats::summarize(v) else {
+                continue;
+            };
+            let x = g as f64 + 0.1 + s as f64 * bar_w;
+            let centre = x + bar_w * 0.475;
+            let top = stat.mean.clamp(0.0, 1.0);
+            chart
+                .draw_series([Rectangle::new(
+                    [(x, 0.0), (x + bar_w * 0.95, top)],
+                    colour.filled(),
+                )])
+                .map_err(draw_err)?;
+            if let Some(sd) = stat.sd {
+                let (lo, hi) = ((top - sd).max(0.0), (top + sd).min(1.0));
+                let cap = bar_w * 0.2;
+                let whisker = [
+                    vec![(centre, lo), (centre, hi)],
+                    vec![(centre - cap, lo), (centre + cap, lo)],
+                    vec![(centre - cap, hi), (centre + cap, hi)],
+                ];
+                chart
+                    .draw_series(
+                        whisker
+                            .into_iter()
+                            .map(|p| PathElement::new(p, BLACK.stroke_width(2))),
+                    )
+                    .map_err(draw_err)?;
+            }
+            let spread = bar_w * 0.5 / v.len().max(1) as f64;
+            let dots = v.iter().enumerate().map(|(i, &y)| {
+                let dx = (i as f64 - (v.len() - 1) as f64 / 2.0) * spread;
+                Circle::new((centre + dx, y.clamp(0.0, 1.0)), 3, BLACK.filled())
+            });
+            chart.draw_series(dots).map_err(draw_err)?;
+        }
+    }
+    Ok(())
+}
+
+/// The legend column of [`grouped_bars_png`]: a swatch and the full name per series, and a key
+/// to the marks.
+fn draw_bar_legend(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    series: &[(String, Vec<Vec<f64>>)],
+) -> Result<()> {
+    let font = ("sans-serif", 14).into_font();
+    let mut y = 50i32;
+    for (s, (name, _)) in series.iter().enumerate() {
+        let colour = Palette99::pick(s).to_rgba();
+        area.draw(&Rectangle::new([(6, y), (20, y + 14)], colour.filled()))
+            .map_err(draw_err)?;
+        area.draw(&Text::new(name.as_str(), (26, y), font.clone()))
+            .map_err(draw_err)?;
+        y += 22;
+    }
+    y += 12;
+    for line in ["bar: mean over seeds", "whisker: ± 1 sd", "dot: one seed"] {
+        area.draw(&Text::new(line, (6, y), ("sans-serif", 13).into_font()))
+            .map_err(draw_err)?;
+        y += 18;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -211,10 +299,25 @@ mod tests {
         let path = dir.path().join("cm.png");
         confusion_matrix_png(&path, &cm, &names).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
-        assert_eq!(
-            (img.width(), img.height()),
-            (180 + 192 + 40, 70 + 192 + 130)
+        // Short names: the default margins, wide enough for the title.
+        let (left, bottom, size) = confusion_layout(&names);
+        assert_eq!((left, bottom), (180, 130));
+        assert_eq!((img.width(), img.height()), size);
+        assert_eq!(size.1, 70 + 192 + 130);
+        assert!(
+            size.0 >= 180 + 192 + 40 && size.0 as usize >= text_width(CONFUSION_TITLE, 18) + 20
         );
+        // A long name widens the left and bottom margins instead of being cut.
+        let long: Vec<String> = ["impervious surfaces and roads", "building", "tree"]
+            .map(String::from)
+            .to_vec();
+        let (left, bottom, (w, h)) = confusion_layout(&long);
+        let name = text_width(&long[0], 15) as u32;
+        assert!(
+            left >= name + 10 && bottom > 130 && w >= left + 192 + 40,
+            "{left} {bottom} {w}"
+        );
+        assert_eq!(h, 70 + 192 + bottom);
         // The (0,0) cell holds 0.5 of its row: a mid blue.
         let p = img.get_pixel(180 + 2, 70 + 2).0;
         assert_eq!(p, [127, 127, 255]);
@@ -227,8 +330,14 @@ mod tests {
         let path = dir.path().join("bars.png");
         let groups: Vec<String> = ["full", "-dsm"].map(String::from).to_vec();
         let series = vec![
-            ("teacher".to_string(), vec![Some(0.8), Some(0.5)]),
-            ("dis2".to_string(), vec![Some(0.8), None]),
+            (
+                "teacher".to_string(),
+                vec![vec![0.8, 0.78, 0.83], vec![0.5]],
+            ),
+            (
+                "dis2@a-long-variant-name".to_string(),
+                vec![vec![0.8], vec![]],
+            ),
         ];
         grouped_bars_png(&path, "mIoU", &groups, &series, "mIoU").unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
@@ -240,7 +349,7 @@ mod tests {
             coloured > 1000,
             "bars are drawn: {coloured} coloured pixels"
         );
-        let bad = vec![("x".to_string(), vec![Some(0.1)])];
+        let bad = vec![("x".to_string(), vec![vec![0.1]])];
         assert!(grouped_bars_png(&path, "t", &groups, &bad, "y").is_err());
     }
 }

@@ -213,7 +213,11 @@ fn eval_erodes_boundaries_and_draws_overlays() {
     assert_eq!(overlays, expected);
     for path in &overlays {
         assert_eq!(path.extension().unwrap(), "png");
-        assert_eq!(png_size(path), dis2::figures::overlay_size(96, 96, 6));
+        let classes = exp.data.class_table(6);
+        assert_eq!(
+            png_size(path),
+            dis2::figures::overlay_size(96, 96, &classes)
+        );
     }
 
     let plain = dir.path().join("plain");
@@ -239,7 +243,12 @@ fn eval_draws_attention_maps_of_teacher_and_student() {
     let dir = tempfile::tempdir().unwrap();
     let (_root, config, run) = tiny_teacher(dir.path());
     let run_s = run.display().to_string();
-    let (w, h) = dis2::figures::attention_size(64, 64, 2, 6);
+    let classes = dis2::config::Experiment::load(Path::new(&config), &[])
+        .unwrap()
+        .data
+        .class_table(6);
+    let titles = ["teacher".to_string(), "student[dsm]".to_string()];
+    let (w, h) = dis2::figures::attention_size(64, 64, &titles, &classes);
     let (cw, ch) = dis2::figures::attention_cell(64, 64);
 
     // Teacher alone: the second column of the class rows stays empty (white).

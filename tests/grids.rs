@@ -801,6 +801,6 @@ fn sweep_trains_and_scores_a_dataset_on_different_grids() {
         serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
     assert_eq!(doc["cells_missing"], 0, "{doc}");
     let cells = &doc["methods"][0]["cells"];
-    assert!(cells["full"]["miou"].as_f64().is_some(), "{doc}");
-    assert!(cells["sar"]["miou"].as_f64().is_some(), "{doc}");
+    assert!(cells["full"]["miou"]["mean"].as_f64().is_some(), "{doc}");
+    assert!(cells["sar"]["miou"]["mean"].as_f64().is_some(), "{doc}");
 }

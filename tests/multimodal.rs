@@ -7,7 +7,7 @@ use common::*;
 use dis2::model::losses::seg_loss;
 use dis2::model::{Dis2Net, Scenario};
 use dis2::train::joint_backward::{forward_joint, JointBackward, JointForward};
-use dis2::train::objective::{joint_objective, masked_target, Objective, Target};
+use dis2::train::objective::{joint_objective, masked_target, KdWeights, Objective, Target};
 use tch::{nn, Device, Kind, Tensor};
 
 const B: i64 = 2;
@@ -47,7 +47,7 @@ fn objective(net: &Dis2Net, step: &JointForward, target: &Target) -> Objective {
         .iter()
         .map(|m| m.name.clone())
         .collect();
-    joint_objective(step, &names, target, 5.0, 1.0)
+    joint_objective(step, &names, target, KdWeights::both(5.0), 1.0)
 }
 
 /// The backward strategy the trainer chooses for `net` on the CPU.
@@ -147,7 +147,8 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
             .map(|t| t.double_value(&[]))
             .sum::<f64>()
                 + aux.iter().map(|t| t.double_value(&[])).sum::<f64>()
-                + 5.0 * term("kd").double_value(&[]);
+                + 5.0 * term("kd_features").double_value(&[])
+                + 5.0 * term("kd_logits").double_value(&[]);
             assert!((terms.total.double_value(&[]) - parts).abs() < 1e-4);
             let total = terms.total.double_value(&[]);
             assert!(total.is_finite() && total > 0.0, "{s:?}: {total}");

@@ -8,7 +8,7 @@ use dis2::model::import::load_reference_state_dict;
 use dis2::model::losses::{dice_loss, one_hot, seg_losses, softmax_weighted_loss};
 use dis2::model::{Dis2Net, Scenario};
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target};
+use dis2::train::objective::{joint_objective, masked_target, KdWeights};
 use tch::{nn, Device, Tensor};
 
 const PROB_TOL: f64 = 1e-4;
@@ -104,8 +104,9 @@ fn check_reference(name: &str) {
             ],
         ));
         // The terms of the joint objective `dis2 distill --joint` trains with.
-        let objective =
-            tch::no_grad(|| joint_objective(&step, &names, &objective_target, 5.0, 1.0));
+        let objective = tch::no_grad(|| {
+            joint_objective(&step, &names, &objective_target, KdWeights::both(5.0), 1.0)
+        });
         sums.push((
             format!("{p}.objective.student"),
             objective.term("student").unwrap().shallow_clone(),

@@ -253,14 +253,16 @@ fn modules_import_each_other_without_cycles() {
 /// module (the training settings `train::{config, optim, schedule}` sit below the experiment file
 /// that reads them, and so below the trainer).
 const LAYERS: &[&[&str]] = &[
-    &["fsutil", "native", "alloc", "device", "progress", "metrics"],
+    &[
+        "fsutil", "native", "alloc", "device", "progress", "metrics", "stats",
+    ],
     &["precision"],
     &["model", "dist"],
     &["data"],
     &["train::config", "train::optim", "train::schedule"],
     &["config"],
     &["checkpoint", "tiling", "report"],
-    &["figures", "prepare"],
+    &["figures", "prepare", "blocks"],
     &["train", "predict"],
     &["eval"],
     &["sweep"],

@@ -1,5 +1,6 @@
-//! `dis2 sweep` through the binary on a tiny synthetic benchmark: tables, skipping finished
-//! cells after a kill, shards and `--collect`.
+//! `dis2 sweep` through the binary on a tiny synthetic benchmark: tables over two seeds (their
+//! statistics recomputed by hand from the cells' own files), skipping finished cells after a
+//! kill, shards and `--collect`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -37,6 +38,8 @@ fn sweep_args(config: &Path, out: &Path) -> Vec<String> {
         "train.val_batches=1",
         "--set",
         "train.kd_warmup_epochs=0",
+        "--seeds",
+        "3,4",
         "--device",
         "cpu",
     ]
@@ -66,6 +69,71 @@ fn results(out: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
 }
 
+/// The mIoU of an evaluation, from its own `done.json`.
+fn cell_miou(out: &Path, eval: &str) -> f64 {
+    let path = out.join("evals").join(eval).join("done.json");
+    let doc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    doc["miou"].as_f64().unwrap()
+}
+
+fn close(a: &serde_json::Value, b: f64) -> bool {
+    a.as_f64().is_some_and(|a| (a - b).abs() < 1e-12)
+}
+
+/// The tables' statistics against the same computed by hand from the two seeds' files: the
+/// mean, the sample standard deviation |a - b| / sqrt(2), and dis2's paired difference to the
+/// filled teacher with its interval mean ± t(1) sd / sqrt(2), t(1) = 12.7062.
+fn check_statistics(out: &Path, doc: &serde_json::Value) {
+    assert_eq!(doc["seeds"], serde_json::json!([3, 4]), "{doc}");
+    let dis2 = [3, 4].map(|s| cell_miou(out, &format!("test/s{s}/dis2-dsm--drop-dsm")));
+    let fill = [3, 4].map(|s| cell_miou(out, &format!("test/s{s}/teacher--drop-dsm")));
+    let row = &doc["methods"][1];
+    assert_eq!(row["method"], "dis2");
+    let cell = &row["cells"]["dsm"];
+    assert_eq!(cell["n"], 2, "{cell}");
+    assert!(
+        close(&cell["miou"]["mean"], (dis2[0] + dis2[1]) / 2.0),
+        "{cell}"
+    );
+    let sd = (dis2[0] - dis2[1]).abs() / 2f64.sqrt();
+    assert!(
+        (cell["miou"]["sd"].as_f64().unwrap() - sd).abs() < 1e-12,
+        "{cell}"
+    );
+    assert!(close(&cell["miou"]["per_seed"]["4"], dis2[1]), "{cell}");
+    let diff = doc["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["minus"] == "teacher-fill" && d["scenario"] == "dsm")
+        .expect("dis2 minus teacher-fill, -dsm");
+    let d = [dis2[0] - fill[0], dis2[1] - fill[1]];
+    let mean = (d[0] + d[1]) / 2.0;
+    let half = 12.706205 * ((d[0] - d[1]).abs() / 2f64.sqrt()) / 2f64.sqrt();
+    assert!(
+        (diff["mean"].as_f64().unwrap() - mean).abs() < 1e-12,
+        "{diff}"
+    );
+    let ci = &diff["ci95"];
+    assert!(
+        (ci[0].as_f64().unwrap() - (mean - half)).abs() < 1e-9,
+        "{diff}"
+    );
+    assert!(
+        (ci[1].as_f64().unwrap() - (mean + half)).abs() < 1e-9,
+        "{diff}"
+    );
+    let distinguishable = mean - half > 0.0 || mean + half < 0.0;
+    assert_eq!(diff["distinguishable"], distinguishable, "{diff}");
+    // The full column of dis2 is the teacher's evaluation: no difference is listed.
+    assert!(!doc["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|d| d["scenario"] == "full"));
+}
+
 #[test]
 fn a_killed_sweep_continues_without_redoing_finished_cells() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,7 +148,7 @@ fn a_killed_sweep_continues_without_redoing_finished_cells() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let scored = out.join("evals/teacher--drop-dsm/done.json");
+    let scored = out.join("evals/test/s3/teacher--drop-dsm/done.json");
     let started = Instant::now();
     while !scored.exists() {
         assert!(
@@ -92,13 +160,31 @@ fn a_killed_sweep_continues_without_redoing_finished_cells() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let teacher_finished = out.join("runs/teacher/finished.json");
+    let teacher_finished = out.join("runs/s3/teacher/finished.json");
     let before = (modified(&teacher_finished), modified(&scored));
 
+    // A run cut off before its first checkpoint (here a stale teacher spec and no checkpoint)
+    // starts again with the sweep's settings rather than resuming what it holds.
+    let cut_off = out.join("runs/s4/dis2-dsm");
+    assert!(!cut_off.exists(), "the kill came later than expected");
+    std::fs::create_dir_all(&cut_off).unwrap();
+    std::fs::copy(
+        out.join("runs/s3/teacher/run.yaml"),
+        cut_off.join("run.yaml"),
+    )
+    .unwrap();
+    std::fs::write(cut_off.join("stale"), "").unwrap();
+
     let log = ok(&run(&args));
-    assert!(log.contains("run teacher is finished, skipped"), "{log}");
     assert!(
-        log.contains("evaluation teacher--drop-dsm is done, skipped"),
+        !cut_off.join("stale").exists(),
+        "the cut-off run started again"
+    );
+    let spec = std::fs::read_to_string(cut_off.join("run.yaml")).unwrap();
+    assert!(spec.contains("kind: distill"), "{spec}");
+    assert!(log.contains("run s3/teacher is finished, skipped"), "{log}");
+    assert!(
+        log.contains("evaluation test/s3/teacher--drop-dsm is done, skipped"),
         "{log}"
     );
     assert_eq!(
@@ -108,20 +194,22 @@ fn a_killed_sweep_continues_without_redoing_finished_cells() {
     );
     let doc = results(&out);
     assert_eq!(doc["cells_missing"], 0, "{doc}");
-    assert_eq!(doc["cells_done"], 4, "{doc}");
-    let dis2 = &doc["methods"][1];
-    assert_eq!(dis2["method"], "dis2");
-    assert!(dis2["cells"]["dsm"]["miou"].as_f64().is_some(), "{doc}");
+    assert_eq!(doc["cells_done"], 2 * 4, "{doc}");
+    check_statistics(&out, &doc);
     let md = std::fs::read_to_string(out.join("results.md")).unwrap();
     assert!(md.contains("| method | full | -dsm |"), "{md}");
+    assert!(md.contains("| teacher-fill | same model |"), "{md}");
     assert!(md.contains("recovered by dis2"), "{md}");
-    for f in ["results.csv", "miou.png"] {
+    for f in ["results.csv", "differences.csv", "miou.png"] {
         assert!(out.join(f).exists(), "{f}");
     }
 
     // Everything done: a third start trains and scores nothing.
     let log = ok(&run(&args));
-    assert!(log.contains("run dis2-dsm is finished, skipped"), "{log}");
+    assert!(
+        log.contains("run s4/dis2-dsm is finished, skipped"),
+        "{log}"
+    );
     assert!(!log.contains("training "), "{log}");
 
     // Another grid in the same folder is refused, naming the folder.
@@ -147,7 +235,7 @@ fn shards_share_the_grid_and_collect_merges_them() {
         list.contains("shard 0/2:") && list.contains("shard 1/2:"),
         "{list}"
     );
-    assert!(list.contains("run  dis2-dsm"), "{list}");
+    assert!(list.contains("run  s4/dis2-dsm"), "{list}");
 
     // The student's shard waits for the teacher's shard.
     let children: Vec<_> = ["1/2", "0/2"]
@@ -178,7 +266,7 @@ fn shards_share_the_grid_and_collect_merges_them() {
         "--out".to_string(),
         out.display().to_string(),
     ]));
-    assert!(collected.contains("4 of 4 cells done"), "{collected}");
+    assert!(collected.contains("8 of 8 cells"), "{collected}");
     assert_eq!(results(&out)["cells_missing"], 0);
 
     let bad = run(&[

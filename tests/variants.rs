@@ -10,7 +10,7 @@ use dis2::model::config::{DecoderKind, FusionKind, ModelConfig};
 use dis2::model::{Dis2Net, Scenario};
 use dis2::train::joint_backward::{forward_joint, JointBackward};
 use dis2::train::objective::{
-    distill_objective, joint_objective, masked_target, teacher_objective, Target,
+    distill_objective, joint_objective, masked_target, teacher_objective, KdWeights, Target,
 };
 use tch::{nn, Device, Kind, Tensor};
 
@@ -244,17 +244,28 @@ fn variant_training_forwards_are_finite_and_reach_their_parameters() {
         }
         assert_eq!(out.student.penultimate.size(), [B, 8, S, S], "{what}");
         assert_eq!(out.student.logits.size(), [B, K, S, S], "{what}");
-        let terms = joint_objective(&step, &modality_names(&cfg), &target, 5.0, 1.0);
+        let terms = joint_objective(
+            &step,
+            &modality_names(&cfg),
+            &target,
+            KdWeights::both(5.0),
+            1.0,
+        );
         let term = |name: &str| terms.term(name).unwrap();
         for t in [
             &terms.total,
-            term("kd"),
+            term("kd_features"),
+            term("kd_logits"),
             term("orth"),
             term("student_scales"),
         ] {
             assert!(t.double_value(&[]).is_finite(), "{what}: {t:?}");
         }
-        assert!(term("kd").double_value(&[]) > 0.0, "{what}: no DLKD term");
+        assert!(
+            term("kd_features").double_value(&[]) > 0.0
+                && term("kd_logits").double_value(&[]) > 0.0,
+            "{what}: no DLKD term"
+        );
         terms.backward(1.0).unwrap();
         // The teacher's DLKD pools only ever see detached features: nothing trains them.
         assert_reached_exactly(
@@ -269,7 +280,7 @@ fn variant_training_forwards_are_finite_and_reach_their_parameters() {
         // Distillation against a frozen teacher: only this student's parameters train.
         let (vs, net) = build(&cfg);
         let out = net.forward_distill(&s, &all, true).unwrap();
-        let objective = distill_objective(&out, &target, 1.0, 1.0);
+        let objective = distill_objective(&out, &target, KdWeights::both(1.0), 1.0);
         let total = &objective.total;
         assert!(total.double_value(&[]).is_finite(), "{what}: distill loss");
         objective.backward(1.0).unwrap();

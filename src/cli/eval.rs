@@ -136,8 +136,17 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
         request.out.display()
     );
     if !report.overlays.is_empty() {
+        let left_out = report.scenes - report.overlays.len();
+        let note = if left_out > 0 {
+            format!(
+                "; {left_out} of the {} scenes have none (--overlays {} draws every scene)",
+                report.scenes, report.scenes
+            )
+        } else {
+            String::new()
+        };
         println!(
-            "wrote {} overlay(s) into {}",
+            "wrote {} overlay(s) into {}{note}",
             report.overlays.len(),
             request.out.join("overlays").display()
         );
@@ -184,6 +193,8 @@ fn print_table(r: &EvalReport) {
     for (i, (name, c)) in r.class_names.iter().zip(&s.per_class).enumerate() {
         let note = if r.excluded.contains(&i) {
             " (not in means)"
+        } else if s.absent_classes.contains(&i) {
+            " (absent from the split: not in means)"
         } else {
             ""
         };

@@ -1,11 +1,12 @@
 //! The command line: `Cli` and its `Command`s (clap derive), the global options and the dispatch
 //! to the work.
 //!
-//! Each command's arguments live in one file here (`train.rs`, `data.rs`, `eval.rs`, `sweep.rs`,
-//! `predict.rs`, `info.rs`, `import_torch.rs`), with the thin conversion into the plain request
+//! Each command's arguments live in one file here (`train.rs`, `data.rs`, `blocks.rs`, `eval.rs`,
+//! `sweep.rs`, `predict.rs`, `info.rs`, `import_torch.rs`), with the thin conversion into the plain request
 //! and options types of the module that does the work. clap stays on this side: the work modules
 //! never see an argument struct.
 
+mod blocks;
 mod data;
 mod eval;
 mod import_torch;
@@ -19,6 +20,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::device::DeviceChoice;
 
+pub use blocks::BlocksArgs;
 pub use data::{StatsArgs, SynthArgs};
 pub use eval::EvalArgs;
 pub use import_torch::ImportTorchArgs;
@@ -48,6 +50,9 @@ pub enum Command {
     Info(InfoArgs),
     /// Write the synthetic multimodal benchmark (GeoTIFFs and an experiment YAML).
     Synth(SynthArgs),
+    /// Cut one co-registered scene into spatial blocks assigned to train, val and test (the
+    /// generic dataset layout); see docs/data.md.
+    Blocks(BlocksArgs),
     /// Compute per-modality normalisation (and class weights) of the train split; write them
     /// into the experiment YAML.
     Stats(StatsArgs),
@@ -84,6 +89,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(args) => info::run(&args),
         Command::Synth(args) => data::synth(&args),
+        Command::Blocks(args) => blocks::run(&args),
         Command::Stats(args) => data::stats(&args),
         Command::TrainTeacher(args) => train::train_teacher(&args),
         Command::Distill(args) => train::distill(&args),

@@ -26,9 +26,25 @@ pub struct SweepArgs {
     /// joined by `+`: `dsm,sar,dsm+sar`. Default: every scenario of the model.
     #[arg(long, value_name = "SCENARIOS")]
     pub scenarios: Vec<String>,
+    /// Train and score every cell once per seed: a count (`3`: the experiment's seed and the two
+    /// after it) or a comma-separated list (`1,2,3`). Default: the experiment's seed alone.
+    #[arg(long, value_name = "N|S1,S2,...")]
+    pub seeds: Option<String>,
+    /// An extra dis2 row whose students train with an override, sharing the teacher:
+    /// `--variant kd0.5:train.lambda_kd=0.5` (repeatable; the same name again adds an override).
+    #[arg(long = "variant", value_name = "NAME:KEY.PATH=VALUE")]
+    pub variants: Vec<String>,
+    /// Override a configuration value of the DIS2 teachers only (the teacher-fill rows and the
+    /// teachers students distil from), e.g. `--teacher-set train.epochs=24` (repeatable).
+    #[arg(long = "teacher-set", value_name = "KEY.PATH=VALUE")]
+    pub teacher_set: Vec<String>,
     /// The split the cells are scored on.
     #[arg(long, default_value = "test")]
     pub split: Split,
+    /// Also score every cell on this split and choose, per scenario, the dis2 row (dis2 or a
+    /// variant) that does best on it; the tables report the choice on --split.
+    #[arg(long, value_name = "SPLIT")]
+    pub select_on: Option<Split>,
     /// Classes reported but left out of the means (ISPRS: `--exclude clutter`); repeatable.
     #[arg(long = "exclude", value_name = "CLASS")]
     pub exclude: Vec<String>,
@@ -64,7 +80,11 @@ impl From<SweepArgs> for SweepRequest {
             set: args.set,
             methods: args.methods,
             scenarios: args.scenarios,
+            seeds: args.seeds,
+            variants: args.variants,
+            teacher_set: args.teacher_set,
             split: args.split,
+            select_on: args.select_on,
             exclude: args.exclude,
             modality_dropout: args.modality_dropout,
             shard: args.shard,

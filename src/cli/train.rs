@@ -205,6 +205,14 @@ fn report(s: &Summary) {
         let miou = scores.miou.map_or("n/a".into(), |m| format!("{m:.4}"));
         println!("  validation {label:<24} mIoU {miou}");
     }
+    if let Some((_, scores)) = s.validation.first() {
+        // Every branch is averaged over the same classes: those of the validation labels.
+        println!(
+            "  (each mIoU averages the same {} of {} classes: those present in the validation labels)",
+            scores.mean_classes.len(),
+            scores.per_class.len()
+        );
+    }
     let dir = s.run_dir.display();
     println!("  checkpoints: {dir}/checkpoints/best and {dir}/checkpoints/last");
     println!("  TensorBoard: tensorboard --logdir {dir}/tensorboard");

@@ -205,8 +205,13 @@ pub struct TrainOutputs {
     pub teacher: BranchOutputs,
     /// Student branch of the scenario.
     pub student: BranchOutputs,
-    /// DLKD distillation loss (the reference's `kl_loss`).
+    /// DLKD distillation loss (the reference's `kl_loss`): `kd_features + kd_logits`.
     pub kd_loss: Tensor,
+    /// The DLKD feature terms: L2 between normalised fused features (pooled levels 1-3, the
+    /// level-4 token) and penultimate maps.
+    pub kd_features: Tensor,
+    /// The DLKD logit term: T² KL divergence of the softened predictions.
+    pub kd_logits: Tensor,
     /// Orthogonality loss (the reference's `diversity_loss`), summed over levels 1..3 and over
     /// every (missing, available) modality pair.
     pub orth_loss: Tensor,
@@ -752,14 +757,17 @@ impl Dis2Net {
 
             // DLKD: the teacher side is detached, so its pools need no graph.
             let t_pooled = tch::no_grad(|| self.teacher.fuse_pool.forward(&t_fused.levels));
-            let kd = Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
+            let (kd_features, kd_logits) =
+                Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
             let orth = self.orthogonality(st, student_reads, &comp);
 
             Ok(TrainOutputs {
                 aux_preds,
                 teacher: t_out,
                 student: s_out,
-                kd_loss: kd,
+                kd_loss: &kd_features + &kd_logits,
+                kd_features,
+                kd_logits,
                 orth_loss: orth,
             })
         })
@@ -851,19 +859,23 @@ impl Dis2Net {
         let comp = self.compensation(st, inputs, train);
         let slots = self.slots(st, &enc, &comp)?;
         let (s_fused, s_out) = st.branch.forward(&slots, train, true);
-        let kd = Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
+        let (kd_features, kd_logits) =
+            Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
         let orth = self.orthogonality(st, &enc, &comp);
         Ok(TrainOutputs {
             aux_preds: Vec::new(),
             teacher: t_out,
             student: s_out,
-            kd_loss: kd,
+            kd_loss: &kd_features + &kd_logits,
+            kd_features,
+            kd_logits,
             orth_loss: orth,
         })
     }
 
-    /// The DLKD loss of a student against the teacher's (detached) features: pooled fused levels
-    /// 1-3, the level-4 fusion token, the penultimate map, and T^2 KL on the logits.
+    /// The DLKD loss of a student against the teacher's (detached) features, in two parts:
+    /// the feature terms (pooled fused levels 1-3, the level-4 fusion token, the penultimate
+    /// map) and T^2 KL on the logits. Returns `(features, logits)`.
     fn dlkd_loss(
         st: &Student,
         t_fused: &Fused,
@@ -871,13 +883,13 @@ impl Dis2Net {
         t_out: &DecoderOutputs,
         s_fused: &Fused,
         s_out: &DecoderOutputs,
-    ) -> Tensor {
+    ) -> (Tensor, Tensor) {
         let s_pooled = st.branch.fuse_pool.forward(&s_fused.levels);
         let mut kd_terms = vec![l2_kd_loss(&s_fused.global, &t_fused.global.detach())];
         kd_terms.extend(s_pooled.iter().zip(t_pooled).map(|(s, t)| l2_kd_loss(s, t)));
         kd_terms.push(l2_kd_loss(&s_out.penultimate, &t_out.penultimate.detach()));
-        kd_terms.push(kd_logits_loss(&s_out.logits, &t_out.logits));
-        sum_scalars(&kd_terms)
+        let logits = kd_logits_loss(&s_out.logits, &t_out.logits);
+        (sum_scalars(&kd_terms), logits)
     }
 
     /// The orthogonality (disentanglement) loss between each compensation encoder and each

@@ -1,21 +1,23 @@
-//! `dis2 sweep`: trains and scores a grid of methods x missing-modality scenarios and writes the
-//! paper-style tables (mIoU per method and scenario, per-class IoU) and a grouped bar chart.
+//! `dis2 sweep`: trains and scores a grid of methods x missing-modality scenarios x seeds and
+//! writes the paper-style tables (mIoU per method and scenario as mean ± sd over seeds, `dis2`'s
+//! paired differences with 95 % intervals, per-class IoU) and a grouped bar chart.
 //!
 //! ```text
 //! OUT/
 //!   sweep.yaml            the grid and settings; a restart must match it
 //!   experiment.yaml       the effective base experiment (after --set) every run starts from
-//!   runs/<unit>/          training runs (the layout of `dis2 train-teacher` / `dis2 distill`)
+//!   runs/s<seed>/<run>/   training runs (the layout of `dis2 train-teacher` / `dis2 distill`)
 //!     finished.json       written once the run is complete
-//!   evals/<eval>/         `dis2 eval` outputs (metrics.json, metrics.csv, confusion.png, ...)
+//!   evals/<split>/s<seed>/<run>--<full|drop-...>/   `dis2 eval` outputs (metrics.json, ...)
 //!     done.json           written once the evaluation is complete: the cell is done
-//!   results.md, results.csv, results.json, miou.png
+//!   results.md, results.csv, differences.csv, results.json, miou.png
+//!   results-val.{csv,json}  with --select-on val: the same grid scored on the validation split
 //! ```
 //!
 //! A killed sweep started again skips finished runs and evaluations and resumes an unfinished
-//! run from its last checkpoint. `--shard i/n` trains every n-th run (teachers first) and scores
-//! it; a shard whose student needs another shard's teacher waits for that teacher's
-//! `finished.json`. `--collect` writes the tables from whatever is done.
+//! run from its last checkpoint. `--shard i/n` trains every n-th run (seed by seed, teachers
+//! first) and scores it; a shard whose student needs another shard's teacher waits for that
+//! teacher's `finished.json`. `--collect` writes the tables from whatever is done.
 
 mod plan;
 mod table;
@@ -35,7 +37,10 @@ use crate::progress::Progress;
 use crate::train::run::{RunDir, RunKind, RunSpec};
 use crate::train::trainer::{self, TrainOptions};
 
-pub use plan::{parse_scenarios, Column, EvalJob, Method, Plan, Shard, Unit, UnitKind};
+pub use plan::{
+    parse_scenarios, parse_seeds, parse_variants, Column, EvalJob, Grid, Method, Plan, Row, Shard,
+    Unit, UnitKind, Variant,
+};
 
 /// One sweep: what `dis2 sweep` asks for (see `crate::cli`'s `SweepArgs` for each field's flag).
 #[derive(Debug, Clone)]
@@ -48,8 +53,17 @@ pub struct SweepRequest {
     pub methods: Vec<Method>,
     /// Missing-modality scenarios (columns besides `full`); empty: every scenario of the model.
     pub scenarios: Vec<String>,
+    /// `--seeds`: a count from the experiment's seed up, or a comma-separated list; `None`: the
+    /// experiment's seed alone.
+    pub seeds: Option<String>,
+    /// `--variant NAME:KEY=VALUE` items: extra `dis2` rows (see [`parse_variants`]).
+    pub variants: Vec<String>,
+    /// `--teacher-set KEY=VALUE`: overrides of the DIS2 teachers only.
+    pub teacher_set: Vec<String>,
     /// The split the cells are scored on.
     pub split: Split,
+    /// A second split every cell is scored on, to choose settings (`val`).
+    pub select_on: Option<Split>,
     /// Classes reported but left out of the means.
     pub exclude: Vec<String>,
     /// Probability of dropping each modality of each sample for the modality-dropout baseline,
@@ -78,7 +92,14 @@ struct SweepSpec {
     set: Vec<String>,
     methods: Vec<String>,
     scenarios: Vec<String>,
+    seeds: Vec<u64>,
+    #[serde(default)]
+    variants: Vec<String>,
+    #[serde(default)]
+    teacher_set: Vec<String>,
     split: String,
+    #[serde(default)]
+    select_on: Option<String>,
     exclude: Vec<String>,
     modality_dropout: f64,
     /// The scoring precision (left out of sweep.yaml when fp32, as before it was recorded).
@@ -88,6 +109,35 @@ struct SweepSpec {
 
 fn is_fp32(p: &PrecisionChoice) -> bool {
     *p == PrecisionChoice::Fp32
+}
+
+impl SweepSpec {
+    /// The grid this spec asks for, on the experiment `exp`.
+    fn grid(&self, exp: &Experiment) -> Result<Grid> {
+        let model = &exp.model;
+        let methods: Vec<Method> = self
+            .methods
+            .iter()
+            .map(|m| m.parse())
+            .collect::<Result<_>>()?;
+        let mut splits: Vec<Split> = vec![self.split.parse()?];
+        if let Some(s) = &self.select_on {
+            splits.push(s.parse()?);
+        }
+        Ok(Grid {
+            methods,
+            variants: parse_variants(&self.variants)?,
+            scenarios: parse_scenarios(&self.scenarios, model)?,
+            seeds: self.seeds.clone(),
+            splits,
+            modality_dropout: self.modality_dropout,
+            teacher_set: self.teacher_set.clone(),
+            generic: match &exp.data.dataset {
+                crate::data::config::DatasetConfig::Generic(g) => Some(g.clone()),
+                _ => None,
+            },
+        })
+    }
 }
 
 /// The sweep folder's paths.
@@ -132,19 +182,8 @@ pub fn sweep(args: &SweepRequest) -> Result<()> {
     }
     let config = args.config.as_deref().context("--config is required")?;
     let exp = Experiment::load(config, &args.set)?;
-    if !(0.0..1.0).contains(&args.modality_dropout) || args.modality_dropout == 0.0 {
-        bail!(
-            "--modality-dropout: must lie in (0, 1), found {}",
-            args.modality_dropout
-        );
-    }
-    let methods = if args.methods.is_empty() {
-        Method::ALL.to_vec()
-    } else {
-        args.methods.clone()
-    };
-    let columns = parse_scenarios(&args.scenarios, &exp.model)?;
-    let plan = Plan::new(&methods, &columns, &exp.model, args.modality_dropout)?;
+    let spec = sweep_spec(args, config, &exp)?;
+    let plan = Plan::new(&spec.grid(&exp)?, &exp.model)?;
     let shard = args.shard.unwrap_or_else(Shard::whole);
     if args.list {
         print_plan(&plan, shard);
@@ -155,16 +194,6 @@ pub fn sweep(args: &SweepRequest) -> Result<()> {
             .out
             .clone()
             .unwrap_or_else(|| Path::new("runs").join(format!("sweep-{}", exp.name))),
-    };
-    let spec = SweepSpec {
-        config: config.to_path_buf(),
-        set: args.set.clone(),
-        methods: methods.iter().map(|m| m.name().to_string()).collect(),
-        scenarios: columns.iter().map(Column::key).collect(),
-        split: args.split.as_str().to_string(),
-        exclude: args.exclude.clone(),
-        modality_dropout: args.modality_dropout,
-        precision: args.precision,
     };
     claim(&dir, &spec, &exp)?;
     let device = args.device.resolve()?;
@@ -178,6 +207,48 @@ pub fn sweep(args: &SweepRequest) -> Result<()> {
         started.elapsed().as_secs_f64() / 60.0
     );
     Ok(())
+}
+
+/// The `sweep.yaml` of a request, its arguments checked against the experiment `exp`.
+fn sweep_spec(args: &SweepRequest, config: &Path, exp: &Experiment) -> Result<SweepSpec> {
+    if !(0.0..1.0).contains(&args.modality_dropout) || args.modality_dropout == 0.0 {
+        bail!(
+            "--modality-dropout: must lie in (0, 1), found {}",
+            args.modality_dropout
+        );
+    }
+    if args.select_on == Some(args.split) {
+        bail!(
+            "--select-on {}: settings must be chosen on another split than the one reported \
+             (--split {})",
+            args.split.as_str(),
+            args.split.as_str()
+        );
+    }
+    let methods = if args.methods.is_empty() {
+        Method::ALL.to_vec()
+    } else {
+        args.methods.clone()
+    };
+    let columns = parse_scenarios(&args.scenarios, &exp.model)?;
+    let variants = parse_variants(&args.variants)?;
+    if !variants.is_empty() && !methods.contains(&Method::Dis2) {
+        bail!("--variant: variants are dis2 rows; add dis2 to --methods to compare them with it");
+    }
+    Ok(SweepSpec {
+        config: config.to_path_buf(),
+        set: args.set.clone(),
+        methods: methods.iter().map(|m| m.name().to_string()).collect(),
+        scenarios: columns.iter().map(Column::key).collect(),
+        seeds: parse_seeds(args.seeds.as_deref(), exp.seed)?,
+        variants: args.variants.clone(),
+        teacher_set: args.teacher_set.clone(),
+        split: args.split.as_str().to_string(),
+        select_on: args.select_on.map(|s| s.as_str().to_string()),
+        exclude: args.exclude.clone(),
+        modality_dropout: args.modality_dropout,
+        precision: args.precision,
+    })
 }
 
 /// Creates the sweep folder, or checks that an existing one was made for the same sweep.
@@ -213,13 +284,7 @@ fn read_existing(dir: &SweepDir) -> Result<(Plan, Experiment)> {
         )
     })?;
     let exp = Experiment::load(&dir.experiment(), &[])?;
-    let methods: Vec<Method> = spec
-        .methods
-        .iter()
-        .map(|m| m.parse())
-        .collect::<Result<_>>()?;
-    let columns = parse_scenarios(&spec.scenarios, &exp.model)?;
-    let plan = Plan::new(&methods, &columns, &exp.model, spec.modality_dropout)?;
+    let plan = Plan::new(&spec.grid(&exp)?, &exp.model)?;
     Ok((plan, exp))
 }
 
@@ -242,7 +307,7 @@ fn print_plan(plan: &Plan, shard: Shard) {
                 }
             };
             let sets: Vec<String> = u.overrides.iter().map(|o| format!(" --set {o}")).collect();
-            println!("  run  {:<28} {what}{}", u.name, sets.concat());
+            println!("  run  {:<40} {what}{}", u.name, sets.concat());
         }
         for e in plan.shard_evals(s) {
             let drop = if e.drop.is_empty() {
@@ -250,7 +315,7 @@ fn print_plan(plan: &Plan, shard: Shard) {
             } else {
                 format!(" --drop {}", e.drop.join(","))
             };
-            println!("  eval {:<28} {}{drop}", e.name, e.unit);
+            println!("  eval {:<40} {}{drop}", e.name, e.unit);
         }
     }
 }
@@ -298,7 +363,7 @@ fn run_shard(
                 progress.println(&format!("evaluation {} is done, skipped", job.name));
             } else {
                 start(&progress, &format!("scoring {}", job.name));
-                eval_job(dir, job, spec, device)
+                eval_job(dir, job, &spec.exclude, device)
                     .with_context(|| format!("sweep evaluation {}", job.name))?;
             }
             progress.inc(1);
@@ -338,10 +403,12 @@ fn train_unit(
         device,
         quiet: true,
     };
-    let summary = if RunDir::new(&run_dir).spec().exists() {
+    let run = RunDir::new(&run_dir);
+    let summary = if run.spec().exists() && run.last().exists() {
         trainer::resume(&run_dir, opts)?
     } else {
-        // A folder without run.yaml was cut off while being created: start it again.
+        // A folder without run.yaml or without a checkpoint was cut off (or failed) before its
+        // first checkpoint: start it again, with the sweep's current settings.
         if run_dir.exists() {
             std::fs::remove_dir_all(&run_dir)
                 .with_context(|| format!("cannot remove {}", run_dir.display()))?;
@@ -399,7 +466,7 @@ fn wait_for(
 }
 
 /// Scores one unit's best checkpoint with the job's modalities dropped.
-fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device) -> Result<()> {
+fn eval_job(dir: &SweepDir, job: &EvalJob, exclude: &[String], device: tch::Device) -> Result<()> {
     let started = Instant::now();
     let run = dir.run(&job.unit);
     let config = run.join("config.yaml");
@@ -408,9 +475,9 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
         exp: Experiment::load(&config, &[])?,
         config,
         drop: job.drop.clone(),
-        split: spec.split.parse()?,
+        split: job.split,
         overlap: None,
-        exclude: spec.exclude.clone(),
+        exclude: exclude.to_vec(),
         out: dir.eval(&job.name),
         // Figures are for a look at one model; the sweep only needs the scores.
         options: EvalOptions::default(),
@@ -449,16 +516,24 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
 
 /// Writes the tables and the chart from the evaluations that are done.
 fn write_tables(dir: &SweepDir, plan: &Plan, exp: &Experiment) -> Result<()> {
-    let results = table::Results::read(plan, |eval| dir.done(eval))?;
+    let splits = &plan.grid.splits;
+    let results = table::Results::read(plan, splits[0], |eval| dir.done(eval))?;
+    let selection = match splits.get(1) {
+        Some(&split) => Some(table::Results::read(plan, split, |eval| dir.done(eval))?),
+        None => None,
+    };
     let classes = exp.data.class_table(exp.model.num_classes as usize);
     let class_names: Vec<String> = classes.iter().map(|c| c.name.clone()).collect();
-    results.write(&dir.root, &class_names)?;
+    results.write(&dir.root, &class_names, selection.as_ref())?;
     let missing = results.missing_cells();
     println!(
-        "wrote {}/results.{{md,csv,json}} and miou.png ({} of {} cells done)",
+        "wrote {}/results.{{md,csv,json}}, differences.csv and miou.png ({} of {} cells of the {} \
+         split done, over {} seed(s))",
         dir.root.display(),
         results.done_cells(),
-        results.done_cells() + missing
+        results.done_cells() + missing,
+        results.split().as_str(),
+        plan.grid.seeds.len()
     );
     Ok(())
 }

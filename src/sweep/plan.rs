@@ -4,12 +4,15 @@
 //!
 //! Several cells can share one evaluation (every DIS2 variant that keeps the reference network
 //! reports the same teacher in the `full` column) and several evaluations one run (the teacher
-//! is scored with every modality filled in turn), so both are planned once.
+//! is scored with every modality filled in turn), so both are planned once. Every run is
+//! planned once per seed (`--seeds`); a shard's share is a set of (method, scenario, seed) runs.
 
 use anyhow::{bail, Context, Result};
 use std::fmt;
 use std::str::FromStr;
 
+use crate::data::config::GenericConfig;
+use crate::data::layouts::Split;
 use crate::model::config::{ModalitySpec, ModelConfig};
 use crate::model::scenario::{join_names, Scenario};
 
@@ -189,6 +192,111 @@ pub fn parse_scenarios(list: &[String], model: &ModelConfig) -> Result<Vec<Colum
     Ok(out)
 }
 
+/// A row of the tables: a method, or a named variant of `dis2` (`dis2@kd0.5`: its students
+/// train with the variant's overrides, from the same teacher).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Row {
+    pub method: Method,
+    /// The variant's name; `None` for the method itself.
+    pub variant: Option<String>,
+}
+
+impl Row {
+    pub fn of(method: Method) -> Self {
+        Row {
+            method,
+            variant: None,
+        }
+    }
+
+    /// `dis2`, or `dis2@kd0.5` for a variant.
+    pub fn name(&self) -> String {
+        match &self.variant {
+            None => self.method.name().to_string(),
+            Some(v) => format!("{}@{v}", self.method.name()),
+        }
+    }
+
+    /// Whether this row is `dis2` or one of its variants.
+    pub fn is_dis2(&self) -> bool {
+        self.method == Method::Dis2
+    }
+}
+
+impl fmt::Display for Row {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name())
+    }
+}
+
+/// `--variant NAME:KEY=VALUE` (repeatable; the same name again adds an override): a `dis2` row
+/// whose students train with these `--set` overrides on top of the sweep's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variant {
+    pub name: String,
+    pub overrides: Vec<String>,
+}
+
+/// The variants of `--variant` items, in order of first appearance.
+///
+/// # Errors
+/// An item without `:` or without `=` after it, a name outside `[A-Za-z0-9._-]`.
+pub fn parse_variants(items: &[String]) -> Result<Vec<Variant>> {
+    let mut out: Vec<Variant> = Vec::new();
+    for item in items {
+        let Some((name, set)) = item.split_once(':') else {
+            bail!(
+                "--variant {item:?}: expected NAME:KEY.PATH=VALUE, e.g. kd0.5:train.lambda_kd=0.5"
+            );
+        };
+        let allowed = |c: char| c.is_ascii_alphanumeric() || "._-".contains(c);
+        if name.is_empty() || !name.chars().all(allowed) {
+            bail!("--variant {item:?}: the name {name:?} must be letters, digits, '.', '_' or '-'");
+        }
+        if !set.contains('=') {
+            bail!("--variant {item:?}: expected KEY.PATH=VALUE after the name");
+        }
+        match out.iter_mut().find(|v| v.name == name) {
+            Some(v) => v.overrides.push(set.to_string()),
+            None => out.push(Variant {
+                name: name.to_string(),
+                overrides: vec![set.to_string()],
+            }),
+        }
+    }
+    Ok(out)
+}
+
+/// The seeds of `--seeds`: `N` is N seeds from `base` (the experiment's seed) up, `a,b,c` those
+/// seeds; absent: `base` alone.
+///
+/// # Errors
+/// Not a count or a list of integers, a count of 0, a seed given twice.
+pub fn parse_seeds(text: Option<&str>, base: u64) -> Result<Vec<u64>> {
+    let Some(text) = text else {
+        return Ok(vec![base]);
+    };
+    let bad = || format!("--seeds {text:?}: expected a count (3) or a list of seeds (1,2,3)");
+    if !text.contains(',') {
+        let n: u64 = text.trim().parse().with_context(bad)?;
+        if n == 0 {
+            bail!("--seeds 0: at least one seed is needed");
+        }
+        return Ok((0..n).map(|i| base + i).collect());
+    }
+    let seeds: Vec<u64> = text
+        .split(',')
+        .map(|s| s.trim().parse::<u64>())
+        .collect::<std::result::Result<_, _>>()
+        .with_context(bad)?;
+    for (i, s) in seeds.iter().enumerate() {
+        if seeds[..i].contains(s) {
+            bail!("--seeds {text:?}: seed {s} is given twice");
+        }
+    }
+    Ok(seeds)
+}
+
 /// What a training run is.
 #[derive(Debug, Clone, PartialEq)]
 pub enum UnitKind {
@@ -201,95 +309,159 @@ pub enum UnitKind {
     },
 }
 
-/// One training run of the sweep, in `runs/<name>`.
+/// One training run of the sweep, in `runs/<name>`; names are `s<seed>/<run>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Unit {
     pub name: String,
+    pub seed: u64,
     pub kind: UnitKind,
-    /// `--set` overrides on top of the sweep's own.
+    /// `--set` overrides on top of the sweep's own (the seed's among them).
     pub overrides: Vec<String>,
 }
 
-/// One evaluation, in `evals/<name>`: a unit's best checkpoint with some modalities dropped.
+/// One evaluation, in `evals/<name>`: a unit's best checkpoint with some modalities dropped,
+/// scored on one split; names are `<split>/s<seed>/<run>--<full|drop-...>`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalJob {
     pub name: String,
     pub unit: String,
     pub drop: Vec<String>,
+    pub split: Split,
 }
 
-/// One table cell and the evaluation that fills it (`None`: not applicable, as `unimodal` with
-/// every modality present).
+/// One table cell of one seed and split, and the evaluation that fills it (`None`: not
+/// applicable, as `unimodal` with every modality present).
 #[derive(Debug, Clone)]
 pub struct Cell {
-    pub method: Method,
+    pub row: Row,
     pub column: Column,
+    pub seed: u64,
+    pub split: Split,
     pub eval: Option<String>,
 }
 
-/// Everything a sweep does, in the order it is done (teachers before students).
+/// What a sweep covers: rows, columns, seeds and splits.
+#[derive(Debug, Clone)]
+pub struct Grid {
+    pub methods: Vec<Method>,
+    /// Extra `dis2` rows.
+    pub variants: Vec<Variant>,
+    /// The missing scenarios (the `full` column is always there).
+    pub scenarios: Vec<Column>,
+    /// At least one.
+    pub seeds: Vec<u64>,
+    /// The split the tables report, then any split scored for choosing settings (`val`).
+    pub splits: Vec<Split>,
+    pub modality_dropout: f64,
+    /// `--set` overrides of the DIS2 teachers only (a stronger teacher).
+    pub teacher_set: Vec<String>,
+    /// The dataset when it is a generic one, whose modalities are named per split and must
+    /// match the model's: a unimodal model's runs name only its own.
+    pub generic: Option<GenericConfig>,
+}
+
+impl Grid {
+    /// The rows in table order: the methods, `dis2`'s variants right after it.
+    pub fn rows(&self) -> Vec<Row> {
+        let mut rows = Vec::new();
+        for &m in &self.methods {
+            rows.push(Row::of(m));
+            if m == Method::Dis2 {
+                rows.extend(self.variant_rows());
+            }
+        }
+        if !self.methods.contains(&Method::Dis2) {
+            rows.extend(self.variant_rows());
+        }
+        rows
+    }
+
+    fn variant_rows(&self) -> impl Iterator<Item = Row> + '_ {
+        self.variants.iter().map(|v| Row {
+            method: Method::Dis2,
+            variant: Some(v.name.clone()),
+        })
+    }
+
+    /// The columns: `full`, then the scenarios.
+    pub fn columns(&self) -> Vec<Column> {
+        std::iter::once(Column::full())
+            .chain(self.scenarios.iter().cloned())
+            .collect()
+    }
+}
+
+/// Everything a sweep does, in the order it is done: seed by seed, teachers before students.
 #[derive(Debug, Clone)]
 pub struct Plan {
+    pub grid: Grid,
     pub units: Vec<Unit>,
     pub evals: Vec<EvalJob>,
     pub cells: Vec<Cell>,
 }
 
 impl Plan {
-    /// The plan of `methods` x (`full` + `scenarios`) for `model` (the sweep's base network).
-    pub fn new(
-        methods: &[Method],
-        scenarios: &[Column],
-        model: &ModelConfig,
-        modality_dropout: f64,
-    ) -> Result<Self> {
+    /// The plan of `grid` for `model` (the sweep's base network).
+    pub fn new(grid: &Grid, model: &ModelConfig) -> Result<Self> {
+        if grid.seeds.is_empty() || grid.splits.is_empty() {
+            bail!("a sweep needs at least one seed and one split");
+        }
         let mut plan = Plan {
+            grid: grid.clone(),
             units: Vec::new(),
             evals: Vec::new(),
             cells: Vec::new(),
         };
-        let columns: Vec<Column> = std::iter::once(Column::full())
-            .chain(scenarios.iter().cloned())
-            .collect();
-        for &method in methods {
-            for column in &columns {
-                let eval = plan.cell_eval(method, column, model, modality_dropout)?;
-                plan.cells.push(Cell {
-                    method,
-                    column: column.clone(),
-                    eval,
-                });
+        for &seed in &grid.seeds {
+            for &split in &grid.splits {
+                for row in grid.rows() {
+                    for column in grid.columns() {
+                        let eval = plan.cell_eval(&row, &column, seed, split, model)?;
+                        plan.cells.push(Cell {
+                            row: row.clone(),
+                            column,
+                            seed,
+                            split,
+                            eval,
+                        });
+                    }
+                }
             }
         }
-        // Teachers first: students wait for them, and a shard trains its teachers before it
-        // waits for another shard's.
-        plan.units
-            .sort_by_key(|u| matches!(u.kind, UnitKind::Student { .. }));
+        // Seed by seed, so that a partial sweep has whole grids; within a seed, teachers first:
+        // students wait for them, and a shard trains its teachers before it waits for another's.
+        let order = |u: &Unit| {
+            let seed = grid.seeds.iter().position(|s| *s == u.seed);
+            (seed, matches!(u.kind, UnitKind::Student { .. }))
+        };
+        plan.units.sort_by_key(order);
         Ok(plan)
     }
 
     /// Adds what the cell needs; returns the evaluation's name.
     fn cell_eval(
         &mut self,
-        method: Method,
+        row: &Row,
         column: &Column,
+        seed: u64,
+        split: Split,
         model: &ModelConfig,
-        modality_dropout: f64,
     ) -> Result<Option<String>> {
+        let method = row.method;
         let arch = method.architecture();
+        let p = self.grid.modality_dropout;
         let (unit, drop) = match method {
-            Method::TeacherFill => (self.teacher(arch, 0.0), column.missing.clone()),
-            Method::ModalityDropout => {
-                (self.teacher(arch, modality_dropout), column.missing.clone())
-            }
+            Method::TeacherFill => (self.teacher(arch, 0.0, seed), column.missing.clone()),
+            Method::ModalityDropout => (self.teacher(arch, p, seed), column.missing.clone()),
             Method::Unimodal if column.is_full() => return Ok(None),
-            Method::Unimodal => (self.unimodal(column, model)?, Vec::new()),
+            Method::Unimodal => (self.unimodal(column, model, seed)?, Vec::new()),
             // Every DIS2 variant's full-modality branch is its teacher.
-            _ if column.is_full() => (self.teacher(arch, 0.0), Vec::new()),
-            _ => (self.student(method, column), column.missing.clone()),
+            _ if column.is_full() => (self.teacher(arch, 0.0, seed), Vec::new()),
+            _ => (self.student(row, column, seed), column.missing.clone()),
         };
         let name = format!(
-            "{unit}--{}",
+            "{}/{unit}--{}",
+            split.as_str(),
             if drop.is_empty() {
                 "full".to_string()
             } else {
@@ -301,33 +473,45 @@ impl Plan {
                 name: name.clone(),
                 unit,
                 drop,
+                split,
             });
         }
         Ok(Some(name))
     }
 
-    fn add(&mut self, unit: Unit) -> String {
-        let name = unit.name.clone();
-        if !self.units.iter().any(|u| u.name == name) {
-            self.units.push(unit);
+    /// Adds the run `name` of `seed` (once); returns its unit name `s<seed>/<name>`.
+    fn add(&mut self, name: &str, seed: u64, kind: UnitKind, overrides: Vec<String>) -> String {
+        let unit = format!("s{seed}/{name}");
+        if !self.units.iter().any(|u| u.name == unit) {
+            let mut overrides = overrides;
+            overrides.push(format!("seed={seed}"));
+            self.units.push(Unit {
+                name: unit.clone(),
+                seed,
+                kind,
+                overrides,
+            });
         }
-        name
+        unit
     }
 
-    fn teacher(&mut self, arch: Architecture, modality_dropout: f64) -> String {
+    fn teacher(&mut self, arch: Architecture, modality_dropout: f64, seed: u64) -> String {
+        let mut overrides: Vec<String> = arch.overrides().iter().map(|s| s.to_string()).collect();
         let name = if modality_dropout > 0.0 {
-            "modality-dropout".to_string()
+            "modality-dropout"
         } else {
-            arch.teacher().to_string()
+            overrides.extend(self.grid.teacher_set.iter().cloned());
+            arch.teacher()
         };
-        self.add(Unit {
+        self.add(
             name,
-            kind: UnitKind::Teacher { modality_dropout },
-            overrides: arch.overrides().iter().map(|s| s.to_string()).collect(),
-        })
+            seed,
+            UnitKind::Teacher { modality_dropout },
+            overrides,
+        )
     }
 
-    fn unimodal(&mut self, column: &Column, model: &ModelConfig) -> Result<String> {
+    fn unimodal(&mut self, column: &Column, model: &ModelConfig, seed: u64) -> Result<String> {
         let available: Vec<&ModalitySpec> = model
             .modalities
             .iter()
@@ -336,35 +520,63 @@ impl Plan {
         // JSON is YAML: the list goes through `--set` like any other value.
         let modalities = serde_json::to_string(&available)?;
         let names: Vec<&str> = available.iter().map(|m| m.name.as_str()).collect();
-        Ok(self.add(Unit {
-            name: format!("unimodal-{}", join_names(&names)),
-            kind: UnitKind::Teacher {
-                modality_dropout: 0.0,
-            },
-            overrides: vec![
-                format!("model.modalities={modalities}"),
-                "model.scenarios=[]".to_string(),
-            ],
-        }))
+        let overrides = vec![
+            format!("model.modalities={modalities}"),
+            "model.scenarios=[]".to_string(),
+        ];
+        let kind = UnitKind::Teacher {
+            modality_dropout: 0.0,
+        };
+        let mut overrides = overrides;
+        overrides.extend(self.generic_modalities(&names)?);
+        let name = format!("unimodal-{}", join_names(&names));
+        Ok(self.add(&name, seed, kind, overrides))
     }
 
-    fn student(&mut self, method: Method, column: &Column) -> String {
-        let arch = method.architecture();
-        let teacher = self.teacher(arch, 0.0);
+    /// For a generic dataset, overrides that keep only the modalities `names` in every split.
+    fn generic_modalities(&self, names: &[&str]) -> Result<Vec<String>> {
+        let Some(g) = &self.grid.generic else {
+            return Ok(Vec::new());
+        };
+        let splits = [
+            ("train", Some(&g.train)),
+            ("val", g.val.as_ref()),
+            ("test", g.test.as_ref()),
+        ];
+        let mut out = Vec::new();
+        for (split, files) in splits {
+            let Some(files) = files else { continue };
+            let kept: std::collections::BTreeMap<&String, &String> = files
+                .modalities
+                .iter()
+                .filter(|(m, _)| names.contains(&m.as_str()))
+                .collect();
+            let value = serde_json::to_string(&kept)?;
+            out.push(format!("data.dataset.generic.{split}.modalities={value}"));
+        }
+        Ok(out)
+    }
+
+    fn student(&mut self, row: &Row, column: &Column, seed: u64) -> String {
+        let arch = row.method.architecture();
+        let teacher = self.teacher(arch, 0.0, seed);
+        let variant = row
+            .variant
+            .as_ref()
+            .and_then(|name| self.grid.variants.iter().find(|v| &v.name == name));
         let overrides = arch
             .overrides()
             .iter()
-            .chain(method.loss_overrides())
+            .chain(row.method.loss_overrides())
             .map(|s| s.to_string())
+            .chain(variant.iter().flat_map(|v| v.overrides.iter().cloned()))
             .collect();
-        self.add(Unit {
-            name: format!("{}-{}", method.name(), column.key()),
-            kind: UnitKind::Student {
-                teacher,
-                missing: column.missing.clone(),
-            },
-            overrides,
-        })
+        let kind = UnitKind::Student {
+            teacher,
+            missing: column.missing.clone(),
+        };
+        let name = format!("{}-{}", row.name(), column.key());
+        self.add(&name, seed, kind, overrides)
     }
 
     /// The units shard `index` of `count` trains: every `count`-th, teachers first.
@@ -433,21 +645,34 @@ mod tests {
         .unwrap()
     }
 
+    fn grid(methods: &[Method], scenarios: Vec<Column>, seeds: &[u64]) -> Grid {
+        Grid {
+            methods: methods.to_vec(),
+            variants: Vec::new(),
+            scenarios,
+            seeds: seeds.to_vec(),
+            splits: vec![Split::Test],
+            modality_dropout: 0.3,
+            teacher_set: Vec::new(),
+            generic: None,
+        }
+    }
+
     #[test]
     fn full_grid_shares_teachers_and_evaluations() {
         let m = model();
         let cols = parse_scenarios(&["dsm,sar".into()], &m).unwrap();
-        let plan = Plan::new(&Method::ALL, &cols, &m, 0.3).unwrap();
+        let plan = Plan::new(&grid(&Method::ALL, cols, &[7]), &m).unwrap();
         let units: Vec<&str> = plan.units.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(
             &units[..6],
             [
-                "teacher",
-                "unimodal-optical+sar",
-                "unimodal-optical+dsm",
-                "modality-dropout",
-                "teacher-no-cflm",
-                "teacher-no-hf"
+                "s7/teacher",
+                "s7/unimodal-optical+sar",
+                "s7/unimodal-optical+dsm",
+                "s7/modality-dropout",
+                "s7/teacher-no-cflm",
+                "s7/teacher-no-hf"
             ]
         );
         // 3 teachers + modality dropout + 2 unimodal + 5 student methods x 2 scenarios.
@@ -459,25 +684,115 @@ mod tests {
         let full: Vec<&Cell> = plan.cells.iter().filter(|c| c.column.is_full()).collect();
         let teacher_full = full
             .iter()
-            .filter(|c| c.eval.as_deref() == Some("teacher--full"))
+            .filter(|c| c.eval.as_deref() == Some("test/s7/teacher--full"))
             .count();
         assert_eq!(teacher_full, 4);
         assert!(full
             .iter()
-            .any(|c| c.method == Method::Unimodal && c.eval.is_none()));
-        let nocflm = plan.unit("dis2-no-cflm-dsm").unwrap();
-        assert_eq!(nocflm.overrides, ["model.decoder=plain"]);
+            .any(|c| c.row.method == Method::Unimodal && c.eval.is_none()));
+        let nocflm = plan.unit("s7/dis2-no-cflm-dsm").unwrap();
+        assert_eq!(nocflm.overrides, ["model.decoder=plain", "seed=7"]);
         assert_eq!(
             nocflm.kind,
             UnitKind::Student {
-                teacher: "teacher-no-cflm".into(),
+                teacher: "s7/teacher-no-cflm".into(),
                 missing: vec!["dsm".into()]
             }
         );
-        let nokd = plan.unit("dis2-no-kd-sar").unwrap();
-        assert_eq!(nokd.overrides, ["train.lambda_kd=0"]);
-        let uni = plan.unit("unimodal-optical+dsm").unwrap();
+        let nokd = plan.unit("s7/dis2-no-kd-sar").unwrap();
+        assert_eq!(nokd.overrides, ["train.lambda_kd=0", "seed=7"]);
+        let uni = plan.unit("s7/unimodal-optical+dsm").unwrap();
         assert!(uni.overrides[0].starts_with("model.modalities=[{\"name\":\"optical\""));
+    }
+
+    #[test]
+    fn seeds_variants_splits_and_teacher_overrides() {
+        let m = model();
+        let cols = parse_scenarios(&["dsm".into()], &m).unwrap();
+        let mut g = grid(&[Method::Unimodal, Method::Dis2], cols, &[1, 2]);
+        g.variants = parse_variants(&[
+            "kd0.5:train.lambda_kd=0.5".into(),
+            "logits:train.kd_terms=[logits]".into(),
+            "kd0.5:train.kd_warmup_epochs=0".into(),
+        ])
+        .unwrap();
+        g.splits = vec![Split::Test, Split::Val];
+        g.teacher_set = vec!["train.epochs=24".into()];
+        let plan = Plan::new(&g, &m).unwrap();
+        let rows: Vec<String> = g.rows().iter().map(Row::name).collect();
+        assert_eq!(rows, ["unimodal", "dis2", "dis2@kd0.5", "dis2@logits"]);
+        // Per seed: teacher, unimodal, 3 students; seed 1's runs first, teachers first.
+        let units: Vec<&str> = plan.units.iter().map(|u| u.name.as_str()).collect();
+        assert_eq!(
+            units,
+            [
+                "s1/unimodal-optical+sar",
+                "s1/teacher",
+                "s1/dis2-dsm",
+                "s1/dis2@kd0.5-dsm",
+                "s1/dis2@logits-dsm",
+                "s2/unimodal-optical+sar",
+                "s2/teacher",
+                "s2/dis2-dsm",
+                "s2/dis2@kd0.5-dsm",
+                "s2/dis2@logits-dsm",
+            ]
+        );
+        let v = plan.unit("s2/dis2@kd0.5-dsm").unwrap();
+        assert_eq!(
+            v.overrides,
+            ["train.lambda_kd=0.5", "train.kd_warmup_epochs=0", "seed=2"]
+        );
+        assert_eq!(
+            v.kind,
+            UnitKind::Student {
+                teacher: "s2/teacher".into(),
+                missing: vec!["dsm".into()]
+            }
+        );
+        // The teacher overrides reach the teacher only.
+        assert_eq!(
+            plan.unit("s1/teacher").unwrap().overrides,
+            ["train.epochs=24", "seed=1"]
+        );
+        assert!(
+            !plan.unit("s1/unimodal-optical+sar").unwrap().overrides[..2]
+                .contains(&"train.epochs=24".to_string())
+        );
+        // Every evaluation on both splits: (teacher full, 3 students, unimodal) x 2 seeds x 2.
+        assert_eq!(plan.evals.len(), 5 * 2 * 2);
+        assert!(plan
+            .evals
+            .iter()
+            .any(|e| e.name == "val/s2/dis2@logits-dsm--drop-dsm"
+                && e.split == Split::Val
+                && e.unit == "s2/dis2@logits-dsm"));
+        // rows x columns x seeds x splits
+        assert_eq!(plan.cells.len(), 4 * 2 * 2 * 2);
+    }
+
+    #[test]
+    fn unimodal_runs_of_a_generic_dataset_name_only_their_modalities() {
+        let m = model();
+        let cols = parse_scenarios(&["dsm".into()], &m).unwrap();
+        let mut g = grid(&[Method::Unimodal], cols, &[1]);
+        g.generic = Some(
+            crate::config::from_yaml_str(
+                "train: {modalities: {optical: a/o, dsm: a/d, sar: a/s}, labels: a/l}\n\
+                 test: {modalities: {optical: b/o, dsm: b/d, sar: b/s}, labels: b/l}\n",
+            )
+            .unwrap(),
+        );
+        let plan = Plan::new(&g, &m).unwrap();
+        let uni = plan.unit("s1/unimodal-optical+sar").unwrap();
+        assert_eq!(
+            uni.overrides[2..],
+            [
+                r#"data.dataset.generic.train.modalities={"optical":"a/o","sar":"a/s"}"#,
+                r#"data.dataset.generic.test.modalities={"optical":"b/o","sar":"b/s"}"#,
+                "seed=1",
+            ]
+        );
     }
 
     #[test]
@@ -485,7 +800,7 @@ mod tests {
         let m = model();
         let cols = parse_scenarios(&[], &m).unwrap();
         assert_eq!(cols.len(), 6);
-        let plan = Plan::new(&Method::ALL, &cols, &m, 0.3).unwrap();
+        let plan = Plan::new(&grid(&Method::ALL, cols, &[1, 2]), &m).unwrap();
         let mut seen: Vec<&str> = Vec::new();
         let mut evals = 0;
         for index in 0..3 {
@@ -514,5 +829,16 @@ mod tests {
             "2/3".parse::<Shard>().unwrap(),
             Shard { index: 2, count: 3 }
         );
+        assert_eq!(parse_seeds(None, 42).unwrap(), [42]);
+        assert_eq!(parse_seeds(Some("3"), 42).unwrap(), [42, 43, 44]);
+        assert_eq!(parse_seeds(Some("7, 1,2"), 42).unwrap(), [7, 1, 2]);
+        for bad in ["0", "x", "1,1", "1,-2"] {
+            let e = parse_seeds(Some(bad), 42).unwrap_err();
+            assert!(format!("{e:#}").contains("--seeds"), "{e:#}");
+        }
+        for bad in ["kd", "kd:x", "k d:a=1", ":a=1"] {
+            let e = parse_variants(&[bad.to_string()]).unwrap_err();
+            assert!(format!("{e:#}").contains("--variant"), "{e:#}");
+        }
     }
 }

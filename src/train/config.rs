@@ -41,6 +41,10 @@ pub struct TrainConfig {
     /// Epochs before the DLKD loss is switched on (reference: 5).
     #[serde(default = "default_kd_warmup")]
     pub kd_warmup_epochs: u64,
+    /// The DLKD terms used (reference: both): `features` (L2 between normalised fused features
+    /// and penultimate maps) and/or `logits` (T² KL of the softened predictions).
+    #[serde(default = "default_kd_terms")]
+    pub kd_terms: Vec<KdTerm>,
     /// Weight of the orthogonality (disentanglement) loss.
     #[serde(default = "one_f")]
     pub orth_weight: f64,
@@ -73,6 +77,9 @@ fn default_lambda_kd() -> f64 {
 }
 fn default_kd_warmup() -> u64 {
     5
+}
+fn default_kd_terms() -> Vec<KdTerm> {
+    vec![KdTerm::Features, KdTerm::Logits]
 }
 fn default_image_every() -> u64 {
     100
@@ -108,6 +115,7 @@ impl Default for TrainConfig {
             val_batches: None,
             lambda_kd: default_lambda_kd(),
             kd_warmup_epochs: default_kd_warmup(),
+            kd_terms: default_kd_terms(),
             orth_weight: 1.0,
             image_every: default_image_every(),
             joint_probabilities: BTreeMap::new(),
@@ -116,7 +124,31 @@ impl Default for TrainConfig {
     }
 }
 
+/// A part of the DLKD loss (`train.kd_terms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KdTerm {
+    /// L2 between L2-normalised fused features (pooled levels 1-3, the level-4 token) and
+    /// penultimate maps of student and teacher.
+    Features,
+    /// T² KL divergence between the softened predictions (T = 2).
+    Logits,
+}
+
 impl TrainConfig {
+    /// The weights of the DLKD feature and logit terms once DLKD is on: `lambda_kd` for the
+    /// terms of `kd_terms`, 0 for the others. Returns `(features, logits)`.
+    pub fn kd_weights(&self) -> (f64, f64) {
+        let on = |t: KdTerm| {
+            if self.kd_terms.contains(&t) {
+                self.lambda_kd
+            } else {
+                0.0
+            }
+        };
+        (on(KdTerm::Features), on(KdTerm::Logits))
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.epochs == 0 {
             bail!("epochs: must be at least 1");
@@ -135,11 +167,36 @@ impl TrainConfig {
         if !(self.lambda_kd >= 0.0 && self.orth_weight >= 0.0) {
             bail!("lambda_kd and orth_weight must not be negative");
         }
+        if self.kd_terms.is_empty() {
+            bail!(
+                "kd_terms: name at least one of features, logits (lambda_kd: 0 switches DLKD off)"
+            );
+        }
         for (k, p) in &self.joint_probabilities {
             if !(*p >= 0.0 && p.is_finite()) {
                 bail!("joint_probabilities.{k}: must be a non-negative number, found {p}");
             }
         }
         self.schedule.validate().context("schedule")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kd_terms_switch_the_dlkd_parts() {
+        let c = TrainConfig::default();
+        assert_eq!(c.kd_weights(), (5.0, 5.0), "the reference: both parts");
+        let c: TrainConfig =
+            crate::config::from_yaml_str("lambda_kd: 2\nkd_terms: [logits]\n").unwrap();
+        assert_eq!(c.kd_weights(), (0.0, 2.0));
+        let c: TrainConfig = crate::config::from_yaml_str("kd_terms: [features]\n").unwrap();
+        assert_eq!(c.kd_weights(), (5.0, 0.0));
+        let c: TrainConfig = crate::config::from_yaml_str("kd_terms: []\n").unwrap();
+        let e = c.validate().unwrap_err();
+        assert!(e.to_string().contains("kd_terms"), "{e}");
+        assert!(crate::config::from_yaml_str::<TrainConfig>("kd_terms: [attention]\n").is_err());
     }
 }

@@ -185,19 +185,42 @@ fn student_preds(out: &TrainOutputs) -> Vec<(String, &Tensor)> {
     preds
 }
 
+/// The weights of the two DLKD parts (0 before the warm-up ends and for terms switched off by
+/// `train.kd_terms`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KdWeights {
+    pub features: f64,
+    pub logits: f64,
+}
+
+impl KdWeights {
+    /// The reference's DLKD: both parts with weight `w`.
+    pub fn both(w: f64) -> Self {
+        KdWeights {
+            features: w,
+            logits: w,
+        }
+    }
+}
+
 /// Segmentation terms of `preds` plus the weighted DLKD and orthogonality terms of `out`.
 fn with_distillation(
     preds: &[(String, &Tensor)],
     out: &TrainOutputs,
     target: &Target,
-    kd_weight: f64,
+    kd: KdWeights,
     orth_weight: f64,
 ) -> Objective {
     let mut terms: Vec<(String, Tensor, f64)> = group(named_seg_losses(preds, target))
         .into_iter()
         .map(|(n, t)| (n, t, 1.0))
         .collect();
-    terms.push(("kd".into(), out.kd_loss.shallow_clone(), kd_weight));
+    terms.push((
+        "kd_features".into(),
+        out.kd_features.shallow_clone(),
+        kd.features,
+    ));
+    terms.push(("kd_logits".into(), out.kd_logits.shallow_clone(), kd.logits));
     terms.push(("orth".into(), out.orth_loss.shallow_clone(), orth_weight));
     finish(terms)
 }
@@ -215,16 +238,16 @@ pub fn teacher_objective(
     finish(terms.into_iter().map(|(n, t)| (n, t, 1.0)).collect())
 }
 
-/// `distill`: the student's prediction and scales, `kd_weight` x DLKD and `orth_weight` x the
-/// orthogonality loss.
+/// `distill`: the student's prediction and scales, the DLKD parts weighted by `kd` and
+/// `orth_weight` x the orthogonality loss.
 pub fn distill_objective(
     out: &TrainOutputs,
     target: &Target,
-    kd_weight: f64,
+    kd: KdWeights,
     orth_weight: f64,
 ) -> Objective {
     let preds = student_preds(out);
-    with_distillation(&preds, out, target, kd_weight, orth_weight)
+    with_distillation(&preds, out, target, kd, orth_weight)
 }
 
 /// `distill --joint`: the reference objective, teacher and student together, of a forward by
@@ -234,7 +257,7 @@ pub fn joint_objective(
     step: &JointForward,
     modality_names: &[String],
     target: &Target,
-    kd_weight: f64,
+    kd: KdWeights,
     orth_weight: f64,
 ) -> Objective {
     let out = &step.outputs;
@@ -255,7 +278,7 @@ pub fn joint_objective(
         .map(|(n, t)| (n, t, 1.0))
         .collect(),
     );
-    let student = with_distillation(&student_preds(out), out, target, kd_weight, orth_weight);
+    let student = with_distillation(&student_preds(out), out, target, kd, orth_weight);
     let parts = JointLoss {
         encoder: encoder.total,
         teacher: teacher.total,

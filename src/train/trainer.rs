@@ -18,7 +18,7 @@ use super::config::TrainConfig;
 use super::distributed::DataParallel;
 use super::joint_backward::{forward_joint, JointBackward};
 use super::objective::{
-    distill_objective, joint_objective, masked_target, teacher_objective, Objective,
+    distill_objective, joint_objective, masked_target, teacher_objective, KdWeights, Objective,
 };
 use super::optim::Optimizer;
 use super::progress::{Progress, StepReport};
@@ -462,10 +462,11 @@ impl Trainer {
             class_weights,
         )?;
         let train = &self.exp.train;
-        let kd_weight = if epoch >= train.kd_warmup_epochs {
-            train.lambda_kd
+        let kd = if epoch >= train.kd_warmup_epochs {
+            let (features, logits) = train.kd_weights();
+            KdWeights { features, logits }
         } else {
-            0.0
+            KdWeights::both(0.0)
         };
         match self.spec.kind {
             RunKind::Teacher => {
@@ -480,12 +481,7 @@ impl Trainer {
             RunKind::Distill => {
                 let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
                 let out = self.net.forward_distill(&self.scenarios[0], &given, true)?;
-                Ok(distill_objective(
-                    &out,
-                    &target,
-                    kd_weight,
-                    train.orth_weight,
-                ))
+                Ok(distill_objective(&out, &target, kd, train.orth_weight))
             }
             RunKind::Joint => {
                 let mut rng = Rng::derive(self.exp.seed, STREAM_JOINT_SCENARIO, b);
@@ -496,7 +492,7 @@ impl Trainer {
                     &step,
                     &self.modality_names,
                     &target,
-                    kd_weight,
+                    kd,
                     train.orth_weight,
                 ))
             }
@@ -620,12 +616,12 @@ impl Trainer {
             None => Share::WHOLE,
         };
         let (device, limit) = (self.opts.device, self.exp.train.val_batches);
-        let mut matrices =
-            confusion_matrices(&self.net, &self.exp, branches, device, limit, share)?;
+        let mut counts = confusion_matrices(&self.net, &self.exp, branches, device, limit, share)?;
         if let Some(dp) = &self.dp {
-            dp.sum_matrices(&mut matrices)?;
+            dp.sum_matrices(&mut counts.branches)?;
+            dp.sum_matrices(std::slice::from_mut(&mut counts.labelled))?;
         }
-        Ok(matrices.iter().map(|cm| cm.scores(&[])).collect())
+        Ok(counts.scores(&self.exp))
     }
 
     fn save(&self, epoch: u64, score: Option<f64>, best: bool) -> Result<()> {

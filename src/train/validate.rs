@@ -12,7 +12,7 @@ use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
 use crate::data::loader::{Batch, Loader, LoaderOptions, Normaliser};
 use crate::data::sampling::GridSampler;
-use crate::metrics::{ConfusionMatrix, Scores};
+use crate::metrics::{warn_absent_classes, ConfusionMatrix, Scores};
 use crate::model::{Dis2Net, Route};
 
 /// Which validation batches one process scores: batches `index`, `index + of`, `index + 2 of`,
@@ -28,6 +28,41 @@ impl Share {
     pub const WHOLE: Share = Share { index: 0, of: 1 };
 }
 
+/// The counts of one validation pass: a confusion matrix per branch, and every labelled pixel
+/// against itself, whose support is the split's class set whatever each branch's inputs. The
+/// counts of the shares of several processes add up to the whole.
+pub struct ValidationCounts {
+    /// One `[classes x classes]` matrix per branch, in the order of the branches.
+    pub branches: Vec<ConfusionMatrix>,
+    /// Every labelled pixel as a prediction of its own class.
+    pub labelled: ConfusionMatrix,
+}
+
+impl ValidationCounts {
+    /// Each branch's scores, averaged over one class set (those of the validation labels): the
+    /// windows are the same at every validation, so every branch and step averages the same
+    /// classes. The first validation of a process names the classes the split lacks.
+    pub fn scores(&self, exp: &Experiment) -> Vec<Scores> {
+        let support = self.labelled.support();
+        let scores: Vec<Scores> = self
+            .branches
+            .iter()
+            .map(|cm| cm.scores_over(&support, &[]))
+            .collect();
+        if let Some(first) = scores.first() {
+            let k = exp.model.num_classes as usize;
+            let names: Vec<String> = exp
+                .data
+                .class_table(k)
+                .into_iter()
+                .map(|c| c.name)
+                .collect();
+            warn_absent_classes("the validation split", &names, first);
+        }
+        scores
+    }
+}
+
 /// Runs each branch over the validation grid (at most `max_batches` batches) and scores it.
 pub fn validate(
     net: &Dis2Net,
@@ -36,12 +71,12 @@ pub fn validate(
     device: Device,
     max_batches: Option<usize>,
 ) -> Result<Vec<Scores>> {
-    let matrices = confusion_matrices(net, exp, branches, device, max_batches, Share::WHOLE)?;
-    Ok(matrices.iter().map(|cm| cm.scores(&[])).collect())
+    let counts = confusion_matrices(net, exp, branches, device, max_batches, Share::WHOLE)?;
+    Ok(counts.scores(exp))
 }
 
-/// The confusion matrix of each branch over `share` of the first `max_batches` batches of the
-/// validation grid (all when `None`). The shares of `of` processes add up to the whole.
+/// The counts of each branch over `share` of the first `max_batches` batches of the validation
+/// grid (all when `None`).
 pub fn confusion_matrices(
     net: &Dis2Net,
     exp: &Experiment,
@@ -49,11 +84,13 @@ pub fn confusion_matrices(
     device: Device,
     max_batches: Option<usize>,
     share: Share,
-) -> Result<Vec<ConfusionMatrix>> {
+) -> Result<ValidationCounts> {
     let k = exp.model.num_classes as usize;
     let mut matrices = vec![ConfusionMatrix::new(k); branches.len()];
+    let mut labelled = ConfusionMatrix::new(k);
     for batch in share_loader(exp, max_batches, share)? {
         let batch = batch?;
+        labelled.add_tensors(&batch.reference, &batch.reference, exp.data.ignore_index)?;
         let inputs: Vec<Tensor> = batch.inputs.iter().map(|t| t.to_device(device)).collect();
         let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
         for (branch, cm) in branches.iter().zip(matrices.iter_mut()) {
@@ -63,7 +100,10 @@ pub fn confusion_matrices(
             cm.add_tensors(&labels, &pred, exp.data.ignore_index)?;
         }
     }
-    Ok(matrices)
+    Ok(ValidationCounts {
+        branches: matrices,
+        labelled,
+    })
 }
 
 /// The loader of `share` of the first `max_batches` batches of the validation grid: the grid's
