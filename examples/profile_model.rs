@@ -14,7 +14,7 @@ use dis2::model::{Dis2Net, Scenario};
 use dis2::native::{profile, OpTotals};
 use dis2::precision::Precision;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target};
+use dis2::train::objective::{joint_objective, masked_target, KdWeights};
 use tch::{nn, Device, Kind, Tensor};
 
 fn config(width: i64, size: i64) -> ModelConfig {
@@ -55,7 +55,7 @@ fn call(net: &Dis2Net, train: bool, x: &[Tensor], labels: &Tensor) -> Result<()>
     let strategy = JointBackward::choose(Device::Cpu, net.config(), b);
     let step = forward_joint(net, &scenario, &given, true, strategy)?;
     let names = ["rgb".to_string(), "ndsm".to_string()];
-    joint_objective(&step, &names, &target, 5.0, 1.0).backward(1.0)
+    joint_objective(&step, &names, &target, KdWeights::both(5.0), 1.0).backward(1.0)
 }
 
 fn print_top(ops: &mut [OpTotals], seconds: f64, top: usize) {

@@ -14,7 +14,7 @@ use dis2::data::synth;
 use dis2::model::{Dis2Net, Scenario};
 use dis2::precision::Precision;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target};
+use dis2::train::objective::{joint_objective, masked_target, KdWeights};
 use tch::{nn, Device, Kind, Tensor};
 
 mod common;
@@ -57,7 +57,7 @@ fn training_step(precision: Precision, seed: i64) -> (f64, Vec<Tensor>) {
     tch::manual_seed(seed);
     let step = forward_joint(&net, &scenario, &given, true, strategy).unwrap();
     let names = ["rgb".to_string(), "ndsm".to_string()];
-    let objective = joint_objective(&step, &names, &target, 5.0, 1.0);
+    let objective = joint_objective(&step, &names, &target, KdWeights::both(5.0), 1.0);
     objective.backward(1.0).unwrap();
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));

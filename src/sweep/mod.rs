@@ -363,7 +363,7 @@ fn run_shard(
                 progress.println(&format!("evaluation {} is done, skipped", job.name));
             } else {
                 start(&progress, &format!("scoring {}", job.name));
-                eval_job(dir, job, &spec.exclude, device)
+                eval_job(dir, job, spec, device)
                     .with_context(|| format!("sweep evaluation {}", job.name))?;
             }
             progress.inc(1);
@@ -465,8 +465,9 @@ fn wait_for(
     Ok(())
 }
 
-/// Scores one unit's best checkpoint with the job's modalities dropped.
-fn eval_job(dir: &SweepDir, job: &EvalJob, exclude: &[String], device: tch::Device) -> Result<()> {
+/// Scores one unit's best checkpoint on the job's split with the job's modalities dropped, with
+/// the sweep's exclusions and scoring precision.
+fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device) -> Result<()> {
     let started = Instant::now();
     let run = dir.run(&job.unit);
     let config = run.join("config.yaml");
@@ -477,7 +478,7 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, exclude: &[String], device: tch::Devi
         drop: job.drop.clone(),
         split: job.split,
         overlap: None,
-        exclude: exclude.to_vec(),
+        exclude: spec.exclude.clone(),
         out: dir.eval(&job.name),
         // Figures are for a look at one model; the sweep only needs the scores.
         options: EvalOptions::default(),
