@@ -12,7 +12,7 @@
 
 /// `"tcmalloc"` when tcmalloc is loaded into this process (it then serves every malloc),
 /// `"glibc"` otherwise.
-pub fn allocator_name() -> &'static str {
+pub(crate) fn allocator_name() -> &'static str {
     let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
     if maps.contains("libtcmalloc") {
         "tcmalloc"

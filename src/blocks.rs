@@ -28,11 +28,11 @@ use crate::data::raster::{
 };
 
 /// Label value written where the label raster has no data.
-pub const LABEL_NODATA: u16 = u16::MAX;
+pub(crate) const LABEL_NODATA: u16 = u16::MAX;
 
 /// What `dis2 blocks` asks for.
 #[derive(Debug, Clone)]
-pub struct BlocksRequest {
+pub(crate) struct BlocksRequest {
     /// Per modality (model name), its files: one per acquisition, or one shared by all.
     pub modalities: Vec<(String, Vec<PathBuf>)>,
     /// The label raster (integer codes).
@@ -44,7 +44,7 @@ pub struct BlocksRequest {
 
 /// One block of the grid: its pixel window in the scene and its split.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Block {
+pub(crate) struct Block {
     pub row: usize,
     pub col: usize,
     pub window: Window,
@@ -53,7 +53,7 @@ pub struct Block {
 
 /// What `dis2 blocks` wrote.
 #[derive(Debug, Clone)]
-pub struct BlocksReport {
+pub(crate) struct BlocksReport {
     pub blocks: Vec<Block>,
     /// Acquisitions per block (scenes per block in each split).
     pub acquisitions: usize,
@@ -62,7 +62,7 @@ pub struct BlocksReport {
 }
 
 /// The split of block `(row, col)`: `[test, val, train, train][(row + col) mod 4]`.
-pub fn block_split(row: usize, col: usize) -> Split {
+pub(crate) fn block_split(row: usize, col: usize) -> Split {
     match (row + col) % 4 {
         0 => Split::Test,
         1 => Split::Val,
@@ -75,7 +75,12 @@ pub fn block_split(row: usize, col: usize) -> Split {
 ///
 /// # Errors
 /// A grid with a split left empty (fewer than 2 x 2 blocks), or blocks under 8 pixels.
-pub fn grid_blocks(width: usize, height: usize, rows: usize, cols: usize) -> Result<Vec<Block>> {
+pub(crate) fn grid_blocks(
+    width: usize,
+    height: usize,
+    rows: usize,
+    cols: usize,
+) -> Result<Vec<Block>> {
     if rows == 0 || cols == 0 || height / rows < 8 || width / cols < 8 {
         bail!(
             "--grid {rows}x{cols}: blocks of a {width}x{height} scene must be at least 8 pixels \
@@ -114,7 +119,7 @@ pub fn grid_blocks(width: usize, height: usize, rows: usize, cols: usize) -> Res
 /// Inputs that do not line up or lack georeferencing, a modality whose file count is neither 1
 /// nor the acquisition count, label values that are not integer codes below 65535, an output
 /// folder holding something else, unwritable outputs.
-pub fn split_blocks(req: &BlocksRequest) -> Result<BlocksReport> {
+pub(crate) fn split_blocks(req: &BlocksRequest) -> Result<BlocksReport> {
     let labels_info = RasterInfo::read(&req.labels)?;
     let acquisitions = check_inputs(req, &labels_info)?;
     let georef = GeoRef::of(&labels_info).with_context(|| {
@@ -363,7 +368,7 @@ fn write_manifest(req: &BlocksRequest, report: &BlocksReport) -> Result<()> {
 }
 
 /// The grid as text, one letter per block (T test, V val, . train).
-pub fn grid_map(report: &BlocksReport, cols: usize) -> String {
+pub(crate) fn grid_map(report: &BlocksReport, cols: usize) -> String {
     let mut text = String::new();
     for row in report.blocks.chunks(cols.max(1)) {
         let line: String = row

@@ -29,9 +29,9 @@ use crate::model::config::ModelConfig;
 use crate::model::Dis2Net;
 
 /// Value of the sidecar's `format` key.
-pub const FORMAT: &str = "dis2-checkpoint";
+pub(crate) const FORMAT: &str = "dis2-checkpoint";
 /// Current sidecar version.
-pub const VERSION: u32 = 1;
+pub(crate) const VERSION: u32 = 1;
 
 /// The YAML sidecar.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -105,7 +105,7 @@ impl CheckpointInfo {
 /// The two files of a checkpoint named `path`: `NAME.safetensors` and `NAME.yaml` for a name
 /// given with or without extension, or `model.safetensors` and `model.yaml` inside `path` when it
 /// is a directory (a training run's `checkpoints/best` and `checkpoints/last`).
-pub fn checkpoint_files(path: &Path) -> (PathBuf, PathBuf) {
+pub(crate) fn checkpoint_files(path: &Path) -> (PathBuf, PathBuf) {
     if path.is_dir() {
         return (path.join("model.safetensors"), path.join("model.yaml"));
     }
@@ -267,7 +267,7 @@ pub fn load_weights(vs: &nn::VarStore, path: &Path) -> Result<()> {
 /// [`load_weights`] restricted to the variables whose names satisfy `keep`, on both sides: the
 /// others in `vs` keep their values and the others in the file are not read. Used to start a
 /// student from a teacher checkpoint.
-pub fn load_weights_where(
+pub(crate) fn load_weights_where(
     vs: &nn::VarStore,
     path: &Path,
     keep: impl Fn(&str) -> bool,

@@ -57,14 +57,14 @@ impl Experiment {
     }
 
     /// Writes the effective configuration (after overrides) as `config.yaml` into a run directory.
-    pub fn save_effective(&self, run_dir: &Path) -> Result<()> {
+    pub(crate) fn save_effective(&self, run_dir: &Path) -> Result<()> {
         let text = serde_yaml::to_string(self).context("cannot serialise the configuration")?;
         crate::fsutil::write_atomic(&run_dir.join("config.yaml"), text.as_bytes())
     }
 }
 
 /// Reads a YAML file into `T`, refusing unknown keys, then applies `key.path=value` overrides.
-pub fn load_yaml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T> {
+pub(crate) fn load_yaml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Result<T> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read configuration file {}", path.display()))?;
     let parsed: T = from_yaml_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
@@ -87,7 +87,7 @@ pub fn load_yaml<T: DeserializeOwned>(path: &Path, overrides: &[String]) -> Resu
 }
 
 /// Deserialises YAML text; the error names the key path, line and column.
-pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, String> {
+pub(crate) fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, String> {
     let deserializer = serde_yaml::Deserializer::from_str(text);
     serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let key = e.path().to_string();
@@ -108,7 +108,7 @@ pub fn from_yaml_str<T: DeserializeOwned>(text: &str) -> Result<T, String> {
 }
 
 /// Sets `a.b.c` to the YAML value after `=` (parsed as YAML, so `0.01`, `true`, `[64, 64]` work).
-pub fn apply_override(root: &mut Value, item: &str) -> Result<()> {
+pub(crate) fn apply_override(root: &mut Value, item: &str) -> Result<()> {
     let (key, raw) = item
         .split_once('=')
         .ok_or_else(|| anyhow!("expected KEY.PATH=VALUE, for example train.lr=0.01"))?;

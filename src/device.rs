@@ -1,6 +1,6 @@
 //! `--device auto|cpu|cuda|cuda:N`, shared by every subcommand that computes.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use std::fmt;
 use std::str::FromStr;
 use tch::Device;
@@ -78,12 +78,6 @@ pub fn cuda_device_count() -> usize {
     } else {
         0
     }
-}
-
-/// Parses and resolves in one step, naming the flag in the error.
-pub fn parse_device(s: &str) -> Result<Device> {
-    let choice: DeviceChoice = s.parse().map_err(anyhow::Error::msg).context("--device")?;
-    choice.resolve()
 }
 
 #[cfg(test)]

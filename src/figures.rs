@@ -25,12 +25,12 @@ const NAME_SIZE: u32 = 13;
 /// Height of the column titles between the top row and the class rows of an attention grid.
 const COLUMN_TITLE: usize = 18;
 /// Colour of a wrongly classified pixel in the error panel.
-pub const ERROR_COLOUR: [u8; 3] = [255, 0, 255];
+pub(crate) const ERROR_COLOUR: [u8; 3] = [255, 0, 255];
 /// Colour of unlabelled / unpredicted pixels.
 const NONE_COLOUR: [u8; 3] = [0, 0, 0];
 
 /// An RGB image being composed.
-pub struct Canvas {
+pub(crate) struct Canvas {
     pub width: usize,
     pub height: usize,
     pub rgb: Vec<u8>,
@@ -91,7 +91,7 @@ impl Canvas {
 
 /// A linear stretch of each band between its 2nd and 98th percentile over the valid pixels, to
 /// RGB (one band: grey; two: the first). `bands` planes of `n` values; invalid pixels black.
-pub fn stretch_rgb(bands: &[Vec<f32>], valid: &[bool]) -> Vec<[u8; 3]> {
+pub(crate) fn stretch_rgb(bands: &[Vec<f32>], valid: &[bool]) -> Vec<[u8; 3]> {
     let n = valid.len();
     let stretched: Vec<Vec<u8>> = bands
         .iter()
@@ -131,7 +131,7 @@ pub fn stretch_rgb(bands: &[Vec<f32>], valid: &[bool]) -> Vec<[u8; 3]> {
 }
 
 /// Class colours of a label or prediction map; out-of-range values (ignore, nodata) black.
-pub fn class_colours(classes: &[i64], table: &[ClassInfo]) -> Vec<[u8; 3]> {
+pub(crate) fn class_colours(classes: &[i64], table: &[ClassInfo]) -> Vec<[u8; 3]> {
     classes
         .iter()
         .map(|&c| {
@@ -154,7 +154,7 @@ fn grey(rgb: &[[u8; 3]]) -> Vec<[u8; 3]> {
 }
 
 /// Viridis at `t` in [0, 1] (linear between nine samples of matplotlib's table).
-pub fn viridis(t: f32) -> [u8; 3] {
+pub(crate) fn viridis(t: f32) -> [u8; 3] {
     const STOPS: [[f32; 3]; 9] = [
         [68.0, 1.0, 84.0],
         [71.0, 44.0, 122.0],
@@ -175,7 +175,7 @@ pub fn viridis(t: f32) -> [u8; 3] {
 
 /// One attention map as a heat map over a grey background: min-max scaled per map (the maps
 /// of one figure are not comparable in absolute terms; each sums to 1 over its pixels).
-pub fn heat_panel(map: &[f32], background: &[[u8; 3]]) -> Vec<[u8; 3]> {
+pub(crate) fn heat_panel(map: &[f32], background: &[[u8; 3]]) -> Vec<[u8; 3]> {
     let (lo, hi) = map
         .iter()
         .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
@@ -220,12 +220,18 @@ fn widest_entry(table: &[ClassInfo]) -> usize {
 }
 
 /// The whole factor an overlay panel of `w x h` pixels is enlarged by (1 when large enough).
-pub fn overlay_scale(w: usize, h: usize) -> usize {
+pub(crate) fn overlay_scale(w: usize, h: usize) -> usize {
     MIN_PANEL.div_ceil(w.max(h).max(1)).max(1)
 }
 
 /// Nearest-neighbour resampling of a `w x h` panel to `ow x oh`.
-pub fn resize_nearest(panel: &[[u8; 3]], w: usize, h: usize, ow: usize, oh: usize) -> Vec<[u8; 3]> {
+pub(crate) fn resize_nearest(
+    panel: &[[u8; 3]],
+    w: usize,
+    h: usize,
+    ow: usize,
+    oh: usize,
+) -> Vec<[u8; 3]> {
     (0..oh)
         .flat_map(|y| {
             let sy = (y * h / oh).min(h - 1);
@@ -235,7 +241,7 @@ pub fn resize_nearest(panel: &[[u8; 3]], w: usize, h: usize, ow: usize, oh: usiz
 }
 
 /// What an overlay shows, at its (possibly downsampled) size.
-pub struct OverlayData<'a> {
+pub(crate) struct OverlayData<'a> {
     pub width: usize,
     pub height: usize,
     /// The stretched optical image.
@@ -260,7 +266,7 @@ pub fn overlay_size(w: usize, h: usize, table: &[ClassInfo]) -> (usize, usize) {
 
 /// Image | reference | prediction | errors (wrong pixels in magenta over the grey image), with
 /// a legend of the class colours; panels of small scenes enlarged (see [`overlay_scale`]).
-pub fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> Result<()> {
+pub(crate) fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> Result<()> {
     let (w, h) = (d.width, d.height);
     let n = w * h;
     ensure!(
@@ -307,7 +313,7 @@ pub fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> Result<
 }
 
 /// One window of an attention figure.
-pub struct AttentionData<'a> {
+pub(crate) struct AttentionData<'a> {
     /// Panel size (the crop).
     pub width: usize,
     pub height: usize,
@@ -329,7 +335,7 @@ pub fn attention_cell(width: usize, height: usize) -> (usize, usize) {
 
 /// The width of the class-name column of an attention grid: room for a swatch and the longest
 /// class name (at least [`NAME_COLUMN`]).
-pub fn name_column(table: &[ClassInfo]) -> usize {
+pub(crate) fn name_column(table: &[ClassInfo]) -> usize {
     let longest = table
         .iter()
         .map(|c| text_width(&c.name, NAME_SIZE))
@@ -363,7 +369,7 @@ pub fn attention_size(
 
 /// The qualitative CFLM figure: the input and the reference at the top, then one row per class
 /// with that class's attention heat map of each branch over the grey input, and a colour bar.
-pub fn attention_png(path: &Path, d: &AttentionData, table: &[ClassInfo]) -> Result<()> {
+pub(crate) fn attention_png(path: &Path, d: &AttentionData, table: &[ClassInfo]) -> Result<()> {
     let (w, h) = (d.width, d.height);
     let n = w * h;
     ensure!(

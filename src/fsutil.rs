@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 /// The temporary sibling that `path` is written to before the rename: same directory, so the
 /// rename stays on one file system and is atomic.
-pub fn temp_sibling(path: &Path) -> PathBuf {
+pub(crate) fn temp_sibling(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -16,7 +16,7 @@ pub fn temp_sibling(path: &Path) -> PathBuf {
 /// Removes the temporary siblings of `path` (`.NAME.tmp-PID...`) that processes which are gone
 /// left behind (a killed run); those of running processes are kept. Best effort: what cannot be
 /// listed or removed is left.
-pub fn remove_stale_temps(path: &Path) {
+pub(crate) fn remove_stale_temps(path: &Path) {
     let Some(name) = path.file_name().map(|n| n.to_string_lossy().into_owned()) else {
         return;
     };
@@ -62,7 +62,7 @@ fn process_alive(_pid: u32) -> bool {
 
 /// Calls `write` on a temporary path beside `path`, then renames it over `path`. The temporary
 /// file is removed when `write` fails.
-pub fn write_atomic_with<F>(path: &Path, write: F) -> Result<()>
+pub(crate) fn write_atomic_with<F>(path: &Path, write: F) -> Result<()>
 where
     F: FnOnce(&Path) -> Result<()>,
 {
@@ -81,7 +81,7 @@ where
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     write_atomic_with(path, |tmp| {
         std::fs::write(tmp, bytes).with_context(|| format!("cannot write {}", tmp.display()))
     })

@@ -73,7 +73,7 @@ fn yes_no(flag: bool) -> String {
     if flag { "yes" } else { "no" }.to_string()
 }
 
-pub fn print_info(device: DeviceChoice) -> Result<()> {
+pub(crate) fn print_info(device: DeviceChoice) -> Result<()> {
     for (label, value) in report(device)? {
         println!("{label:<16} {value}");
     }

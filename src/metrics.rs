@@ -60,7 +60,7 @@ impl ConfusionMatrix {
 
     /// A matrix of `rows` of counts (as [`ConfusionMatrix::rows`] returns them); errors unless
     /// they are square.
-    pub fn from_rows(rows: &[Vec<u64>]) -> Result<Self> {
+    pub(crate) fn from_rows(rows: &[Vec<u64>]) -> Result<Self> {
         let classes = rows.len();
         ensure!(
             rows.iter().all(|r| r.len() == classes),
@@ -83,7 +83,12 @@ impl ConfusionMatrix {
 
     /// Adds label/prediction pairs; labels equal to `ignore_index` are skipped, anything else out
     /// of range is an error.
-    pub fn add_pairs(&mut self, labels: &[i64], preds: &[i64], ignore_index: i64) -> Result<()> {
+    pub(crate) fn add_pairs(
+        &mut self,
+        labels: &[i64],
+        preds: &[i64],
+        ignore_index: i64,
+    ) -> Result<()> {
         ensure!(
             labels.len() == preds.len(),
             "{} labels for {} predictions",
@@ -103,7 +108,7 @@ impl ConfusionMatrix {
     }
 
     /// Adds integer tensors of equal shape (any device), counting on that device.
-    pub fn add_tensors(
+    pub(crate) fn add_tensors(
         &mut self,
         labels: &Tensor,
         preds: &Tensor,
@@ -146,19 +151,6 @@ impl ConfusionMatrix {
         Ok(())
     }
 
-    pub fn merge(&mut self, other: &ConfusionMatrix) -> Result<()> {
-        ensure!(
-            self.classes == other.classes,
-            "merging {} and {} classes",
-            self.classes,
-            other.classes
-        );
-        for (a, b) in self.counts.iter_mut().zip(&other.counts) {
-            *a += b;
-        }
-        Ok(())
-    }
-
     /// Rows of counts, for reports and plots.
     pub fn rows(&self) -> Vec<Vec<u64>> {
         self.counts
@@ -168,7 +160,7 @@ impl ConfusionMatrix {
     }
 
     /// Reference pixels of each class (the row sums), `[classes]`.
-    pub fn support(&self) -> Vec<u64> {
+    pub(crate) fn support(&self) -> Vec<u64> {
         self.rows().iter().map(|r| r.iter().sum()).collect()
     }
 
@@ -182,7 +174,7 @@ impl ConfusionMatrix {
     /// reference pixels of each class, `[classes]`, also where a branch's inputs have no data and
     /// so nothing was scored), less `exclude_from_mean` (see the module documentation). A class
     /// of the set that this matrix never saw nor predicted counts 0 in the means.
-    pub fn scores_over(&self, labelled: &[u64], exclude_from_mean: &[usize]) -> Scores {
+    pub(crate) fn scores_over(&self, labelled: &[u64], exclude_from_mean: &[usize]) -> Scores {
         let k = self.classes;
         let ratio = |num: u64, den: u64| (den > 0).then(|| num as f64 / den as f64);
         let per_class: Vec<ClassScores> = (0..k)
@@ -229,7 +221,11 @@ impl ConfusionMatrix {
 static WARNED: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// The note [`warn_absent_classes`] prints, or `None` when no class is absent.
-pub fn absent_classes_note(context: &str, names: &[String], scores: &Scores) -> Option<String> {
+pub(crate) fn absent_classes_note(
+    context: &str,
+    names: &[String],
+    scores: &Scores,
+) -> Option<String> {
     if scores.absent_classes.is_empty() {
         return None;
     }
@@ -251,7 +247,7 @@ pub fn absent_classes_note(context: &str, names: &[String], scores: &Scores) -> 
 
 /// Prints (to stderr) which classes `context` (a split, e.g. `the test split of experiment x`) lacks,
 /// once per process and context: a sweep or a training run scores the same split many times.
-pub fn warn_absent_classes(context: &str, names: &[String], scores: &Scores) {
+pub(crate) fn warn_absent_classes(context: &str, names: &[String], scores: &Scores) {
     let Some(note) = absent_classes_note(context, names, scores) else {
         return;
     };
@@ -316,7 +312,12 @@ pub fn erode_boundaries(
 /// The rows to read around the band `first..first + rows` of a map of `height` rows so that
 /// [`erode_boundaries`] with `radius` sees every pixel it needs: `radius` rows above and below,
 /// clipped to the map. Returns `(top, count)`.
-pub fn erosion_context(first: usize, rows: usize, height: usize, radius: usize) -> (usize, usize) {
+pub(crate) fn erosion_context(
+    first: usize,
+    rows: usize,
+    height: usize,
+    radius: usize,
+) -> (usize, usize) {
     let top = first.saturating_sub(radius);
     let bottom = (first + rows + radius).min(height);
     (top, bottom - top)
@@ -324,7 +325,7 @@ pub fn erosion_context(first: usize, rows: usize, height: usize, radius: usize) 
 
 /// Erodes a band read with [`erosion_context`]: `context` holds rows `top..` of the map
 /// (`width` wide); returns the eroded rows `first..first + rows` only.
-pub fn erode_band(
+pub(crate) fn erode_band(
     context: &[i64],
     width: usize,
     top: usize,
@@ -484,9 +485,6 @@ mod tests {
         );
         assert!(err.unwrap_err().to_string().contains("labels outside"));
         assert!(a.add_pairs(&[0], &[3], 255).is_err());
-        let mut merged = a.clone();
-        merged.merge(&b).unwrap();
-        assert_eq!(merged.get(1, 1), 2 * a.get(1, 1));
     }
 
     /// Rows of a small map written as strings: digits are classes, `.` the ignore index 9.

@@ -79,6 +79,7 @@ extern "C" {
         was_dtype: i32,
         error: *mut *mut c_char,
     ) -> i32;
+    #[cfg(test)]
     fn dis2_autocast_enabled(device: i32) -> bool;
     fn dis2_cpu_capability(name: *const c_char) -> i32;
     fn dis2_profile_start(error: *mut *mut c_char) -> i32;
@@ -124,7 +125,7 @@ pub(crate) fn handles(ts: &[&Tensor]) -> Vec<*mut c_void> {
 /// `torch.nn.functional.leaky_relu(x, slope)`, with PyTorch's kernel and backward. tch's
 /// `leaky_relu` has the fixed slope 0.01, and a PReLU with a constant weight is exact but its
 /// backward also computes a full-size weight gradient, several times slower.
-pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
+pub(crate) fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
     let mut error: *mut c_char = std::ptr::null_mut();
     // SAFETY: `x` is a valid tensor handle for the duration of the call.
     let out = unsafe { dis2_leaky_relu(x.as_ptr() as *mut c_void, slope, &mut error) };
@@ -136,7 +137,7 @@ pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
 /// without affine parameters (`eps` inside the square root), reflect-padded by one pixel when
 /// `pad`: the front of DIS2's pre-norm convolutions as one autograd op with a hand-written
 /// backward (`csrc/prenorm.cpp`). Float32 CPU tensors, NCHW or channels-last (kept).
-pub fn prenorm_leaky(x: &Tensor, slope: f64, eps: f64, pad: bool) -> Result<Tensor> {
+pub(crate) fn prenorm_leaky(x: &Tensor, slope: f64, eps: f64, pad: bool) -> Result<Tensor> {
     let mut error: *mut c_char = std::ptr::null_mut();
     // SAFETY: `x` is a valid tensor handle for the duration of the call.
     let out = unsafe { dis2_prenorm_leaky(x.as_ptr() as *mut c_void, slope, eps, pad, &mut error) };
@@ -171,7 +172,7 @@ pub fn seg_losses(preds: &[&Tensor], target: &Tensor, weights: &Tensor) -> Resul
 /// `1 - p`, else 0, from a counter-based hash seeded by one draw of PyTorch's CPU generator
 /// (`csrc/dropout.cpp`; PyTorch's `bernoulli_` is several times slower on the CPU), or by
 /// `seed` when given.
-pub fn dropout_mask(like: &Tensor, p: f64, seed: Option<u64>) -> Result<Tensor> {
+pub(crate) fn dropout_mask(like: &Tensor, p: f64, seed: Option<u64>) -> Result<Tensor> {
     let mut error: *mut c_char = std::ptr::null_mut();
     let (draw, seed) = (seed.is_none(), seed.unwrap_or(0));
     // SAFETY: `like` is a valid tensor handle for the duration of the call.
@@ -183,7 +184,7 @@ pub fn dropout_mask(like: &Tensor, p: f64, seed: Option<u64>) -> Result<Tensor> 
 /// `buf = momentum·buf + g'` with `g' = grad + weight_decay·param`, then
 /// `param -= lr·(g' + momentum·buf)` (Nesterov) or `param -= lr·buf`; one buffer per parameter
 /// (none when `momentum` is 0). Tensors are updated in place.
-pub fn sgd_step(
+pub(crate) fn sgd_step(
     params: &[&Tensor],
     grads: &[&Tensor],
     momentum_buffers: &[&Tensor],
@@ -236,7 +237,7 @@ pub fn backward(roots: &[&Tensor], grads: &[&Tensor]) -> Result<()> {
 /// Sets the intra-op thread count of the calling thread only (libtorch's OpenMP and MKL),
 /// unlike `tch::set_num_threads`, which also changes the default of threads yet to start;
 /// returns the calling thread's previous count.
-pub fn set_thread_local_threads(n: i32) -> i32 {
+pub(crate) fn set_thread_local_threads(n: i32) -> i32 {
     // SAFETY: plain setters of per-thread runtime settings.
     unsafe { dis2_set_thread_local_threads(n) }
 }
@@ -244,7 +245,7 @@ pub fn set_thread_local_threads(n: i32) -> i32 {
 /// Drops the gradients of `params` (PyTorch's `zero_grad(set_to_none=True)`): the next backward
 /// pass writes fresh gradients rather than adding to zeros, and a parameter that the next step
 /// does not use has no gradient afterwards.
-pub fn clear_grads(params: &[&Tensor]) -> Result<()> {
+pub(crate) fn clear_grads(params: &[&Tensor]) -> Result<()> {
     let p = handles(params);
     let mut error: *mut c_char = std::ptr::null_mut();
     // SAFETY: `p` holds valid tensor handles alive for the call.
@@ -254,14 +255,14 @@ pub fn clear_grads(params: &[&Tensor]) -> Result<()> {
 
 /// The device types libtorch's autocast is switched for: the CPU (code 0) and CUDA (code 1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AutocastDevice {
+pub(crate) enum AutocastDevice {
     Cpu = 0,
     Cuda = 1,
 }
 
 /// The autocast state of one device type in the calling thread, as [`autocast_enter`] found it.
 #[derive(Debug, Clone, Copy)]
-pub struct AutocastState {
+pub(crate) struct AutocastState {
     device: AutocastDevice,
     enabled: bool,
     dtype: i32,
@@ -270,7 +271,7 @@ pub struct AutocastState {
 /// Switches libtorch's autocast for `device` in the calling thread on (bfloat16 as the lower
 /// precision) or off, and returns the state to restore with [`autocast_exit`]. Regions nest; the
 /// outermost exit drops the bfloat16 copies of weights autocast cached.
-pub fn autocast_enter(device: AutocastDevice, enabled: bool) -> Result<AutocastState> {
+pub(crate) fn autocast_enter(device: AutocastDevice, enabled: bool) -> Result<AutocastState> {
     let (mut was_enabled, mut was_dtype) = (false, 0i32);
     let mut error: *mut c_char = std::ptr::null_mut();
     // SAFETY: the out-pointers are valid locals for the duration of the call.
@@ -292,7 +293,7 @@ pub fn autocast_enter(device: AutocastDevice, enabled: bool) -> Result<AutocastS
 }
 
 /// Restores the autocast state that [`autocast_enter`] returned.
-pub fn autocast_exit(state: AutocastState) -> Result<()> {
+pub(crate) fn autocast_exit(state: AutocastState) -> Result<()> {
     let mut error: *mut c_char = std::ptr::null_mut();
     // SAFETY: plain values; the shim only sets thread-local autocast flags.
     let status =
@@ -301,14 +302,15 @@ pub fn autocast_exit(state: AutocastState) -> Result<()> {
 }
 
 /// Whether autocast is on for `device` in the calling thread.
-pub fn autocast_enabled(device: AutocastDevice) -> bool {
+#[cfg(test)]
+pub(crate) fn autocast_enabled(device: AutocastDevice) -> bool {
     // SAFETY: reads a thread-local flag.
     unsafe { dis2_autocast_enabled(device as i32) }
 }
 
 /// libtorch's own reading (cpuinfo) of the boolean CPU capability `name`, such as `avx512_bf16`
 /// or `amx_bf16`; `None` when libtorch does not report that name.
-pub fn cpu_capability(name: &str) -> Option<bool> {
+pub(crate) fn cpu_capability(name: &str) -> Option<bool> {
     let name = std::ffi::CString::new(name).ok()?;
     // SAFETY: `name` is a valid NUL-terminated string for the duration of the call.
     match unsafe { dis2_cpu_capability(name.as_ptr()) } {
@@ -373,7 +375,7 @@ pub fn profile<T>(f: impl FnOnce() -> T) -> Result<(T, Vec<OpTotals>)> {
 
 /// AdamW hyper-parameters for [`adamw_step`].
 #[derive(Debug, Clone, Copy)]
-pub struct AdamW {
+pub(crate) struct AdamW {
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -383,7 +385,7 @@ pub struct AdamW {
 
 /// One AdamW step over all `params` at once (PyTorch's fused kernel, no amsgrad). `steps[i]` is
 /// parameter i's update count including this step (for the bias corrections).
-pub fn adamw_step(
+pub(crate) fn adamw_step(
     params: &[&Tensor],
     grads: &[&Tensor],
     exp_avgs: &[&Tensor],

@@ -103,7 +103,7 @@ impl PrecisionChoice {
 
 /// Whether `device` computes bfloat16 in hardware: a CPU with AVX-512 BF16 or AMX-BF16 enabled by
 /// the operating system, or a CUDA device of compute capability 8.0 or more.
-pub fn bf16_is_fast(device: Device) -> bool {
+pub(crate) fn bf16_is_fast(device: Device) -> bool {
     match device {
         Device::Cpu => CpuBf16::detect().fast(),
         Device::Cuda(i) => CudaBf16::detect(i).is_some_and(|c| c.fast()),
@@ -150,7 +150,7 @@ impl CpuBf16 {
     }
 
     /// bfloat16 in hardware and usable: AVX-512 BF16 or AMX-BF16 with the OS's support.
-    pub fn fast(&self) -> bool {
+    pub(crate) fn fast(&self) -> bool {
         (self.avx512_bf16 && self.os_avx512) || (self.amx_bf16 && self.os_amx)
     }
 
@@ -252,7 +252,7 @@ fn proc_cpuinfo_flags() -> Option<(bool, bool)> {
 /// What a CUDA device offers for bfloat16: its name and compute capability, read from the CUDA
 /// driver at run time.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CudaBf16 {
+pub(crate) struct CudaBf16 {
     pub index: usize,
     pub name: String,
     /// (major, minor), e.g. (9, 0) for Hopper.
@@ -270,7 +270,7 @@ impl CudaBf16 {
     }
 
     /// bfloat16 tensor cores: compute capability 8.0 (Ampere) or more.
-    pub fn fast(&self) -> bool {
+    pub(crate) fn fast(&self) -> bool {
         self.capability.0 >= 8
     }
 
@@ -375,7 +375,7 @@ impl Drop for Region {
 /// Runs `f` with the ops on `device` computing in `precision`: libtorch's autocast on (bf16,
 /// lower precision bfloat16) or off (fp32), restored afterwards. Regions nest; an fp32 region
 /// inside a bf16 one is float32. Devices other than the CPU and CUDA run `f` as it is.
-pub fn with_precision<T>(device: Device, precision: Precision, f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_precision<T>(device: Device, precision: Precision, f: impl FnOnce() -> T) -> T {
     let _region = Region(
         autocast_device(device).and_then(|d| autocast_enter(d, precision == Precision::Bf16).ok()),
     );

@@ -48,7 +48,7 @@ impl Progress {
 
     /// The bar drawn with another indicatif `template` (and the characters of its filled,
     /// current and empty parts).
-    pub fn with_style(self, template: &str, bar_chars: Option<&str>) -> Self {
+    pub(crate) fn with_style(self, template: &str, bar_chars: Option<&str>) -> Self {
         if let Some(bar) = &self.bar {
             bar.set_style(style(template, bar_chars));
         }
@@ -56,13 +56,13 @@ impl Progress {
     }
 
     /// The first plain line only after one interval (not at the start).
-    pub fn with_first_line_after_interval(mut self) -> Self {
+    pub(crate) fn with_first_line_after_interval(mut self) -> Self {
         self.last = Some(Instant::now());
         self
     }
 
     /// Whether a bar is drawn (else progress is told in plain lines).
-    pub fn has_bar(&self) -> bool {
+    pub(crate) fn has_bar(&self) -> bool {
         self.bar.is_some()
     }
 
@@ -75,37 +75,37 @@ impl Progress {
     }
 
     /// Whole seconds since the reporter was made.
-    pub fn elapsed_s(&self) -> u64 {
+    pub(crate) fn elapsed_s(&self) -> u64 {
         self.started.elapsed().as_secs()
     }
 
-    pub fn set_position(&mut self, position: u64) {
+    pub(crate) fn set_position(&mut self, position: u64) {
         self.position = position;
         if let Some(bar) = &self.bar {
             bar.set_position(position);
         }
     }
 
-    pub fn inc(&mut self, n: u64) {
+    pub(crate) fn inc(&mut self, n: u64) {
         self.set_position(self.position + n);
     }
 
     /// The bar's `{prefix}`.
-    pub fn set_prefix(&self, prefix: impl Into<String>) {
+    pub(crate) fn set_prefix(&self, prefix: impl Into<String>) {
         if let Some(bar) = &self.bar {
             bar.set_prefix(prefix.into());
         }
     }
 
     /// The bar's `{msg}`.
-    pub fn set_message(&self, message: impl Into<String>) {
+    pub(crate) fn set_message(&self, message: impl Into<String>) {
         if let Some(bar) = &self.bar {
             bar.set_message(message.into());
         }
     }
 
     /// Whether a plain progress line is due (never with a bar).
-    pub fn line_due(&self) -> bool {
+    pub(crate) fn line_due(&self) -> bool {
         self.bar.is_none() && self.last.is_none_or(|t| t.elapsed() >= self.every)
     }
 
@@ -125,14 +125,14 @@ impl Progress {
     }
 
     /// Leaves the finished bar on screen.
-    pub fn finish(&self) {
+    pub(crate) fn finish(&self) {
         if let Some(bar) = &self.bar {
             bar.finish();
         }
     }
 
     /// Removes the bar.
-    pub fn finish_and_clear(&self) {
+    pub(crate) fn finish_and_clear(&self) {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 use crate::metrics::ConfusionMatrix;
 
 /// Encodes `width x height` RGB bytes as PNG and writes them through a temporary file.
-pub fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
+pub(crate) fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
     ensure!(
         rgb.len() == (width * height * 3) as usize,
         "{} bytes for a {width}x{height} RGB image",
@@ -24,7 +24,7 @@ pub fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()>
 
 /// The width in pixels of `text` drawn at `size` in the figures' font (plus a pixel either side),
 /// so that layouts make room for whole names instead of cutting them.
-pub fn text_width(text: &str, size: u32) -> usize {
+pub(crate) fn text_width(text: &str, size: u32) -> usize {
     let fallback = text.chars().count() * size as usize * 6 / 10;
     let measured = ("sans-serif", size)
         .into_font()
@@ -42,7 +42,7 @@ const CONFUSION_TITLE: &str = "Confusion matrix (rows: reference, share of the r
 
 /// The layout of a confusion matrix figure: the left margin (row names), the bottom margin
 /// (column names, rotated) and the whole size, wide and tall enough for every name in full.
-pub fn confusion_layout(class_names: &[String]) -> (u32, u32, (u32, u32)) {
+pub(crate) fn confusion_layout(class_names: &[String]) -> (u32, u32, (u32, u32)) {
     let cell = 64u32;
     let k = class_names.len() as u32;
     let longest = |size: u32| {
@@ -61,7 +61,7 @@ pub fn confusion_layout(class_names: &[String]) -> (u32, u32, (u32, u32)) {
 /// The confusion matrix as a heat map, rows normalised (recall), with the counts' share printed
 /// in each cell. Rows: reference; columns: prediction. Class names are never cut: the margins
 /// grow with the longest ([`confusion_layout`]).
-pub fn confusion_matrix_png(
+pub(crate) fn confusion_matrix_png(
     path: &Path,
     cm: &ConfusionMatrix,
     class_names: &[String],
@@ -153,7 +153,7 @@ const BAR_LEGEND: u32 = 230;
 ///
 /// # Errors
 /// No group or no series, a series whose group count differs, drawing or writing failures.
-pub fn grouped_bars_png(
+pub(crate) fn grouped_bars_png(
     path: &Path,
     title: &str,
     groups: &[String],

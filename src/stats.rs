@@ -18,7 +18,7 @@ pub struct Summary {
 }
 
 /// The summary of `values`; `None` when there is none.
-pub fn summarize(values: &[f64]) -> Option<Summary> {
+pub(crate) fn summarize(values: &[f64]) -> Option<Summary> {
     let n = values.len();
     if n == 0 {
         return None;
@@ -33,7 +33,7 @@ pub fn summarize(values: &[f64]) -> Option<Summary> {
 
 /// The 0.975 quantile of Student's t distribution with `df` degrees of freedom (`df` >= 1):
 /// tabulated to 30, the Cornish-Fisher expansion above (error below 1e-6 there).
-pub fn t_975(df: usize) -> f64 {
+pub(crate) fn t_975(df: usize) -> f64 {
     const TABLE: [f64; 30] = [
         12.706205, 4.302653, 3.182446, 2.776445, 2.570582, 2.446912, 2.364624, 2.306004, 2.262157,
         2.228139, 2.200985, 2.178813, 2.160369, 2.144787, 2.131450, 2.119905, 2.109816, 2.100922,
@@ -58,7 +58,7 @@ pub fn t_975(df: usize) -> f64 {
 
 /// `a - b` paired by seed, over the seeds where both have a value.
 #[derive(Debug, Clone, PartialEq)]
-pub struct PairedDifference {
+pub(crate) struct PairedDifference {
     /// Per seed (the sweep's order): the difference, `None` where either value is missing.
     pub per_seed: Vec<Option<f64>>,
     pub summary: Summary,
@@ -74,7 +74,7 @@ impl PairedDifference {
 }
 
 /// The paired difference `a - b` (values per seed, in the same order); `None` without any pair.
-pub fn paired_difference(a: &[Option<f64>], b: &[Option<f64>]) -> Option<PairedDifference> {
+pub(crate) fn paired_difference(a: &[Option<f64>], b: &[Option<f64>]) -> Option<PairedDifference> {
     let per_seed: Vec<Option<f64>> = a.iter().zip(b).map(|(x, y)| Some((*x)? - (*y)?)).collect();
     let diffs: Vec<f64> = per_seed.iter().flatten().copied().collect();
     let summary = summarize(&diffs)?;

@@ -67,7 +67,7 @@ impl WindowGrid {
     }
 
     /// The window whose top-left corner is scene row `row`, column `col`.
-    pub fn window_at(&self, row: usize, col: usize) -> Window {
+    pub(crate) fn window_at(&self, row: usize, col: usize) -> Window {
         Window::new(col as i64, row as i64, self.window.1, self.window.0)
     }
 
@@ -116,7 +116,7 @@ pub fn reflect_index(i: isize, len: usize) -> usize {
 
 /// Pads `channels x h x w` data read at the scene's edge to `channels x out_h x out_w` by
 /// reflection (the data occupies the top-left corner).
-pub fn pad_reflect(
+pub(crate) fn pad_reflect(
     data: &[f32],
     channels: usize,
     h: usize,
@@ -139,7 +139,7 @@ pub fn pad_reflect(
 
 /// Rows of the scene that are final: `probs` is `classes x rows x width`, already normalised.
 #[derive(Debug, Clone, PartialEq)]
-pub struct FinishedRows {
+pub(crate) struct FinishedRows {
     pub first_row: usize,
     pub rows: usize,
     pub probs: Vec<f32>,
@@ -147,7 +147,7 @@ pub struct FinishedRows {
 
 /// Accumulates weighted window predictions over a band of rows and hands back rows once no later
 /// window can reach them. Feed windows in the grid's row-major order.
-pub struct BandStitcher {
+pub(crate) struct BandStitcher {
     grid: WindowGrid,
     classes: usize,
     weights: Vec<f32>,

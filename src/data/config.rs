@@ -175,7 +175,7 @@ pub struct GridConfig {
 }
 
 impl GridConfig {
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         self == &Self::default()
     }
 
@@ -221,7 +221,7 @@ pub enum Resampling {
 }
 
 impl Resampling {
-    pub const ALL: [Resampling; 10] = [
+    pub(crate) const ALL: [Resampling; 10] = [
         Self::Nearest,
         Self::Bilinear,
         Self::Cubic,
@@ -251,7 +251,7 @@ impl Resampling {
     }
 
     /// The name `gdalwarp -r` takes.
-    pub fn gdal_name(self) -> &'static str {
+    pub(crate) fn gdal_name(self) -> &'static str {
         match self {
             Self::Nearest => "near",
             Self::CubicSpline => "cubicspline",
@@ -290,7 +290,7 @@ pub enum DatasetConfig {
 /// as `!tag` values; a one-key map reads more naturally and keeps the line numbers of errors.)
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DatasetSection {
+pub(crate) struct DatasetSection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<SyntheticConfig>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -536,7 +536,7 @@ impl DataConfig {
     }
 
     /// The normalisation of each model modality, in model order; the error says how to get it.
-    pub fn normalisation_for(&self, model: &ModelConfig) -> Result<Vec<Normalisation>> {
+    pub(crate) fn normalisation_for(&self, model: &ModelConfig) -> Result<Vec<Normalisation>> {
         model
             .modalities
             .iter()
@@ -605,7 +605,7 @@ impl DataConfig {
 }
 
 /// `class 0`, `class 1`, ... with distinct colours: the table of a dataset that names none.
-pub fn default_class_table(num_classes: usize) -> Vec<ClassInfo> {
+pub(crate) fn default_class_table(num_classes: usize) -> Vec<ClassInfo> {
     (0..num_classes)
         .map(|i| ClassInfo {
             name: format!("class {i}"),

@@ -68,7 +68,7 @@ pub struct SceneDataset {
 /// How a split's files are read: the label decoder, the class count, the ignore index, what
 /// wins when a label raster's nodata value is also a class, and the grid each scene is read on.
 #[derive(Debug, Clone)]
-pub struct LabelRules {
+pub(crate) struct LabelRules {
     pub decoder: LabelDecoder,
     pub num_classes: i64,
     pub ignore_index: i64,
@@ -108,7 +108,7 @@ impl SceneDataset {
     /// lists) and places them on their grids. The scenes are checked in parallel; an error is
     /// the first in scene order, so the same file is named every run. What is resampled or
     /// completed is said once ([`grid::announce`]).
-    pub fn from_files(
+    pub(crate) fn from_files(
         layout: &'static str,
         split: Split,
         files: Vec<SceneFiles>,
@@ -164,7 +164,7 @@ impl SceneDataset {
 
     /// Reads `window` (of the scene's grid) of modality `m` (model order) of scene `index`, with
     /// its validity.
-    pub fn read_modality(&self, index: usize, m: usize, window: Window) -> Result<Pixels> {
+    pub(crate) fn read_modality(&self, index: usize, m: usize, window: Window) -> Result<Pixels> {
         let scene = self.scene(index)?;
         let source = scene.modalities.get(m).with_context(|| {
             format!(
@@ -180,7 +180,7 @@ impl SceneDataset {
     /// `ignore_index` where the scene has no labels, the label raster is invalid (masks, nodata,
     /// outside, not covering the grid) or the value is ignored. Values that are not classes are
     /// an error listing every such value of the whole file with its pixel count.
-    pub fn read_labels(&self, index: usize, window: Window) -> Result<Vec<i64>> {
+    pub(crate) fn read_labels(&self, index: usize, window: Window) -> Result<Vec<i64>> {
         let scene = self.scene(index)?;
         let Some(source) = &scene.label else {
             return Ok(vec![self.ignore_index; window.width * window.height]);

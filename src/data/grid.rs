@@ -31,11 +31,11 @@ use super::warp::{self, Target};
 
 /// Downsampling factor (source pixels per grid pixel, along a side) from which continuous bands
 /// are averaged rather than interpolated by default.
-pub const LARGE_DOWNSAMPLING: f64 = 2.0;
+pub(crate) const LARGE_DOWNSAMPLING: f64 = 2.0;
 
 /// The default resampling of a file onto a grid: nearest for class values (labels, rasters with
 /// a colour table), average when downsampling by [`LARGE_DOWNSAMPLING`] or more, else bilinear.
-pub fn default_resampling(categorical: bool, downsampling: f64) -> Resampling {
+pub(crate) fn default_resampling(categorical: bool, downsampling: f64) -> Resampling {
     if categorical {
         Resampling::Nearest
     } else if downsampling >= LARGE_DOWNSAMPLING {
@@ -364,7 +364,7 @@ fn number(v: f64) -> String {
 }
 
 /// Says each note once per process, on stderr.
-pub fn announce(notes: &[Note]) {
+pub(crate) fn announce(notes: &[Note]) {
     static SAID: OnceLock<Mutex<BTreeSet<String>>> = OnceLock::new();
     let mut said = SAID
         .get_or_init(Default::default)
@@ -405,7 +405,7 @@ fn has_colour_table(ds: &Dataset) -> Result<bool> {
 
 impl GridSource {
     /// A file on the grid already.
-    pub fn on_grid(path: &Path) -> Self {
+    pub(crate) fn on_grid(path: &Path) -> Self {
         Self {
             path: path.to_path_buf(),
             warp: None,
@@ -426,7 +426,8 @@ impl GridSource {
     }
 
     /// [`Self::read`] with a choice of how the file's declared nodata counts.
-    pub fn read_with(&self, window: Window, rule: NodataRule) -> Result<Pixels> {
+    #[cfg(test)]
+    pub(crate) fn read_with(&self, window: Window, rule: NodataRule) -> Result<Pixels> {
         self.open()?.read_with(window, rule)
     }
 }
@@ -447,7 +448,7 @@ impl OpenSource {
 
     /// [`Self::read`] with a choice of how the file's declared nodata counts (labels whose
     /// nodata value is also a class, see `data.label_nodata`).
-    pub fn read_with(&self, window: Window, rule: NodataRule) -> Result<Pixels> {
+    pub(crate) fn read_with(&self, window: Window, rule: NodataRule) -> Result<Pixels> {
         let path = &self.source.path;
         match &self.source.warp {
             None => raster::read_window_with(&self.ds, path, window, rule),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use super::raster::{Pixels, Window};
 
 /// The ISPRS classes (Potsdam, Vaihingen) in id order, with their label colours.
-pub const ISPRS_CLASSES: [(&str, [u8; 3]); 6] = [
+pub(crate) const ISPRS_CLASSES: [(&str, [u8; 3]); 6] = [
     ("impervious surfaces", [255, 255, 255]),
     ("building", [0, 0, 255]),
     ("low vegetation", [0, 255, 255]),
@@ -51,7 +51,7 @@ pub enum LabelDecoder {
 
 impl LabelDecoder {
     /// The ISPRS colour coding; eroded labels mark boundaries black, which is ignored.
-    pub fn isprs(eroded: bool, tolerance: u8) -> Self {
+    pub(crate) fn isprs(eroded: bool, tolerance: u8) -> Self {
         Self::Colours {
             colours: ISPRS_CLASSES.iter().map(|(_, c)| *c).collect(),
             ignore: if eroded { vec![[0, 0, 0]] } else { Vec::new() },
@@ -74,7 +74,7 @@ impl LabelDecoder {
     /// The wrong band count; label values that are not classes (ids out of `0..num_classes`,
     /// codes in neither table): an [`UnknownLabelValues`] listing every such value of the window
     /// with its pixel count; a colour of no class, named with its column and row in the file.
-    pub fn decode(
+    pub(crate) fn decode(
         &self,
         px: &Pixels,
         path: &Path,
@@ -130,7 +130,7 @@ impl LabelDecoder {
 
     /// The values of the valid pixels of `px` that are not classes, with their pixel counts
     /// (ids and codes; colour labels report their first unknown colour through [`Self::decode`]).
-    pub fn unknown_values(
+    pub(crate) fn unknown_values(
         &self,
         px: &Pixels,
         path: &Path,
@@ -278,7 +278,7 @@ impl LabelDecoder {
 
     /// What band `band` (0-based) of a label raster declaring `nodata` there would lose: the
     /// class meaning of that value, if it has one (ignored values and non-classes lose nothing).
-    pub fn class_of_nodata(
+    pub(crate) fn class_of_nodata(
         &self,
         band: usize,
         nodata: f64,
@@ -337,7 +337,7 @@ fn integer_value(v: f32, path: &Path) -> Result<i64> {
 
 /// Label values of a file (or of a window of it) that are not classes, with their pixel counts.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnknownLabelValues {
+pub(crate) struct UnknownLabelValues {
     pub path: PathBuf,
     /// Value -> pixels.
     pub counts: BTreeMap<i64, u64>,

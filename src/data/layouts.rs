@@ -24,7 +24,7 @@ pub enum Split {
 }
 
 impl Split {
-    pub const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
+    pub(crate) const ALL: [Split; 3] = [Split::Train, Split::Val, Split::Test];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,14 +53,14 @@ impl FromStr for Split {
 
 /// The files of one scene: one per model modality (model order) and the label, if any.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SceneFiles {
+pub(crate) struct SceneFiles {
     pub id: String,
     pub modalities: Vec<PathBuf>,
     pub label: Option<PathBuf>,
 }
 
 /// A dataset layout: where the files of each split are and how labels are coded.
-pub trait Layout {
+pub(crate) trait Layout {
     /// The layout's key in `data.dataset` (e.g. `potsdam`).
     fn key(&self) -> &'static str;
     /// The modality names this layout provides, sorted.
@@ -85,7 +85,7 @@ pub trait Layout {
 }
 
 /// The layout named in the configuration.
-pub fn layout_of(config: &DatasetConfig) -> &dyn Layout {
+pub(crate) fn layout_of(config: &DatasetConfig) -> &dyn Layout {
     match config {
         DatasetConfig::Synthetic(c) => c,
         DatasetConfig::Potsdam(c) => c,
@@ -96,7 +96,7 @@ pub fn layout_of(config: &DatasetConfig) -> &dyn Layout {
 }
 
 /// Checks that a layout provides the model's modalities (exactly, unless it allows a subset).
-pub fn check_modality_names(layout: &dyn Layout, model: &[String]) -> Result<()> {
+pub(crate) fn check_modality_names(layout: &dyn Layout, model: &[String]) -> Result<()> {
     let provided: BTreeSet<String> = layout.modality_names().into_iter().collect();
     let wanted: BTreeSet<String> = model.iter().cloned().collect();
     let fits = if layout.allows_subset() {
@@ -119,7 +119,7 @@ pub fn check_modality_names(layout: &dyn Layout, model: &[String]) -> Result<()>
 
 /// For messages about a path from the configuration: where a relative path was looked for
 /// (`dis2` resolves relative paths against the directory it runs in); empty for absolute paths.
-pub fn resolved_against(path: &Path) -> String {
+pub(crate) fn resolved_against(path: &Path) -> String {
     if path.is_absolute() {
         return String::new();
     }
@@ -198,19 +198,19 @@ fn product_path(root: &Path, dir: &str, name: &str) -> PathBuf {
 // ISPRS Potsdam
 
 /// The standard 24 training tiles of ISPRS Potsdam.
-pub const POTSDAM_TRAIN: [&str; 24] = [
+pub(crate) const POTSDAM_TRAIN: [&str; 24] = [
     "2_10", "2_11", "2_12", "3_10", "3_11", "3_12", "4_10", "4_11", "4_12", "5_10", "5_11", "5_12",
     "6_10", "6_11", "6_12", "6_7", "6_8", "6_9", "7_10", "7_11", "7_12", "7_7", "7_8", "7_9",
 ];
 /// The standard 14 test tiles of ISPRS Potsdam.
-pub const POTSDAM_TEST: [&str; 14] = [
+pub(crate) const POTSDAM_TEST: [&str; 14] = [
     "2_13", "2_14", "3_13", "3_14", "4_13", "4_14", "4_15", "5_13", "5_14", "5_15", "6_13", "6_14",
     "6_15", "7_13",
 ];
 
 impl PotsdamConfig {
     /// The tiles of a split (validation: `val_tiles`, or the test tiles when it is empty).
-    pub fn tiles(&self, split: Split) -> Result<Vec<String>> {
+    pub(crate) fn tiles(&self, split: Split) -> Result<Vec<String>> {
         for t in &self.val_tiles {
             if !POTSDAM_TRAIN.contains(&t.as_str()) {
                 bail!("data.dataset.potsdam.val_tiles: {t:?} is not a standard training tile (e.g. \"6_9\")");
@@ -229,7 +229,7 @@ impl PotsdamConfig {
     }
 
     /// The file of `product` for tile `x_y`.
-    pub fn product_file(&self, product: PotsdamProduct, tile: &str) -> PathBuf {
+    pub(crate) fn product_file(&self, product: PotsdamProduct, tile: &str) -> PathBuf {
         let (a, b) = tile.split_once('_').unwrap_or((tile, ""));
         let (dir, name) = match product {
             PotsdamProduct::Rgb => ("2_Ortho_RGB", format!("top_potsdam_{tile}_RGB.tif")),
@@ -245,7 +245,7 @@ impl PotsdamConfig {
     }
 
     /// The label file of tile `x_y`.
-    pub fn label_file(&self, tile: &str) -> PathBuf {
+    pub(crate) fn label_file(&self, tile: &str) -> PathBuf {
         if self.eroded_labels {
             product_path(
                 &self.root,
@@ -295,15 +295,16 @@ impl Layout for PotsdamConfig {
 // ISPRS Vaihingen
 
 /// The standard 16 training areas of ISPRS Vaihingen.
-pub const VAIHINGEN_TRAIN: [u32; 16] = [1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37];
+pub(crate) const VAIHINGEN_TRAIN: [u32; 16] =
+    [1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37];
 /// The standard 17 test areas of ISPRS Vaihingen.
-pub const VAIHINGEN_TEST: [u32; 17] = [
+pub(crate) const VAIHINGEN_TEST: [u32; 17] = [
     2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38,
 ];
 
 impl VaihingenConfig {
     /// The areas of a split (validation: `val_areas`, or the test areas when it is empty).
-    pub fn areas(&self, split: Split) -> Result<Vec<u32>> {
+    pub(crate) fn areas(&self, split: Split) -> Result<Vec<u32>> {
         for a in &self.val_areas {
             if !VAIHINGEN_TRAIN.contains(a) {
                 bail!("data.dataset.vaihingen.val_areas: {a} is not a standard training area");
@@ -321,7 +322,7 @@ impl VaihingenConfig {
     }
 
     /// The file of `product` for area `n`.
-    pub fn product_file(&self, product: VaihingenProduct, area: u32) -> PathBuf {
+    pub(crate) fn product_file(&self, product: VaihingenProduct, area: u32) -> PathBuf {
         match product {
             VaihingenProduct::Irrg => product_path(
                 &self.root,
@@ -337,7 +338,7 @@ impl VaihingenConfig {
     }
 
     /// The label file of area `n`.
-    pub fn label_file(&self, area: u32) -> PathBuf {
+    pub(crate) fn label_file(&self, area: u32) -> PathBuf {
         if self.eroded_labels {
             product_path(
                 &self.root,
@@ -391,7 +392,7 @@ const RASTER_EXTENSIONS: [&str; 8] = ["tif", "tiff", "png", "jpg", "jpeg", "jp2"
 
 /// The rasters of a folder, or of a glob whose last component holds `*`/`?`, by file stem.
 /// `key` names the configuration key the pattern comes from, for errors.
-pub fn list_rasters(key: &str, pattern: &str) -> Result<BTreeMap<String, PathBuf>> {
+pub(crate) fn list_rasters(key: &str, pattern: &str) -> Result<BTreeMap<String, PathBuf>> {
     let path = Path::new(pattern);
     let name = path
         .file_name()
@@ -475,7 +476,7 @@ fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
 
 /// Matches the files of several sources by stem. Every source must hold the same stems;
 /// otherwise the error lists, per source, the stems it lacks.
-pub fn match_by_stem(
+pub(crate) fn match_by_stem(
     key: &str,
     sources: &[(String, BTreeMap<String, PathBuf>)],
 ) -> Result<Vec<(String, Vec<PathBuf>)>> {

@@ -38,7 +38,7 @@ pub struct Normaliser {
 
 impl Normaliser {
     /// From `data.normalisation`; every model modality must have an entry.
-    pub fn from_config(data: &DataConfig, model: &ModelConfig) -> Result<Self> {
+    pub(crate) fn from_config(data: &DataConfig, model: &ModelConfig) -> Result<Self> {
         let norms = data.normalisation_for(model)?;
         Ok(Self {
             mean: norms
@@ -53,7 +53,8 @@ impl Normaliser {
     }
 
     /// No normalisation (mean 0, std 1) for the given band counts.
-    pub fn identity(channels: &[usize]) -> Self {
+    #[cfg(test)]
+    pub(crate) fn identity(channels: &[usize]) -> Self {
         Self {
             mean: channels.iter().map(|&c| vec![0.0; c]).collect(),
             std: channels.iter().map(|&c| vec![1.0; c]).collect(),
@@ -62,7 +63,7 @@ impl Normaliser {
 }
 
 /// `data.class_weights` as a float tensor of `num_classes` values, for a weighted loss.
-pub fn class_weights(data: &DataConfig) -> Option<Tensor> {
+pub(crate) fn class_weights(data: &DataConfig) -> Option<Tensor> {
     data.class_weights
         .as_ref()
         .map(|w| Tensor::from_slice(&w.iter().map(|&v| v as f32).collect::<Vec<_>>()))
@@ -70,7 +71,7 @@ pub fn class_weights(data: &DataConfig) -> Option<Tensor> {
 
 /// One prepared sample on the host.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Sample {
+pub(crate) struct Sample {
     pub spec: SampleSpec,
     pub width: usize,
     pub height: usize,
@@ -89,7 +90,11 @@ pub struct Sample {
 }
 
 /// Reads, resamples, augments and normalises one sample.
-pub fn load_sample(dataset: &SceneDataset, spec: &SampleSpec, norm: &Normaliser) -> Result<Sample> {
+pub(crate) fn load_sample(
+    dataset: &SceneDataset,
+    spec: &SampleSpec,
+    norm: &Normaliser,
+) -> Result<Sample> {
     let raw = dataset.read(spec.scene, spec.window)?;
     let (pw, ph) = spec.pre_rotation_size();
     let (w, h) = (spec.out_width, spec.out_height);
@@ -171,7 +176,7 @@ pub struct Batch {
 
 impl Batch {
     /// Stacks samples of equal size into tensors.
-    pub fn from_samples(samples: &[Sample]) -> Result<Self> {
+    pub(crate) fn from_samples(samples: &[Sample]) -> Result<Self> {
         let first = samples
             .first()
             .ok_or_else(|| anyhow!("cannot make a batch of no samples"))?;
@@ -302,7 +307,7 @@ impl Loader {
     }
 
     /// Training batches of `epoch` from an already opened dataset.
-    pub fn train_on(
+    pub(crate) fn train_on(
         dataset: Arc<SceneDataset>,
         data: &DataConfig,
         model: &ModelConfig,

@@ -18,7 +18,7 @@ pub mod labels;
 pub mod layouts;
 pub mod loader;
 pub mod raster;
-pub mod rng;
+pub(crate) mod rng;
 pub mod sampling;
 pub mod stats;
 pub mod synth;

@@ -95,7 +95,7 @@ impl RasterInfo {
     /// Checks that the raster has `expected` data bands for `what` (e.g. `modality optical`).
     /// When one more is expected and the file has an alpha band, the error says that band is a
     /// mask, not data, and how to mark it as data if it is one.
-    pub fn check_bands(&self, expected: usize, what: &str) -> Result<()> {
+    pub(crate) fn check_bands(&self, expected: usize, what: &str) -> Result<()> {
         if self.bands == expected {
             return Ok(());
         }
@@ -133,7 +133,7 @@ impl RasterInfo {
     }
 
     /// A short description of the CRS for messages: `EPSG:32631`, its name, or `none`.
-    pub fn crs_label(&self) -> String {
+    pub(crate) fn crs_label(&self) -> String {
         match (&self.crs_wkt, self.epsg()) {
             (None, _) => "none".to_string(),
             (Some(_), Some(code)) => format!("EPSG:{code}"),
@@ -145,7 +145,7 @@ impl RasterInfo {
     }
 
     /// Whether the file has any georeferencing (a geotransform or GCPs).
-    pub fn is_georeferenced(&self) -> bool {
+    pub(crate) fn is_georeferenced(&self) -> bool {
         self.geo_transform.is_some() || !self.gcps.is_empty()
     }
 
@@ -292,7 +292,7 @@ impl Window {
     }
 
     /// The part of the window inside a `width` x `height` raster, as (x, y, w, h), or `None`.
-    pub fn clip(&self, width: usize, height: usize) -> Option<(usize, usize, usize, usize)> {
+    pub(crate) fn clip(&self, width: usize, height: usize) -> Option<(usize, usize, usize, usize)> {
         let x0 = self.x.max(0);
         let y0 = self.y.max(0);
         let x1 = (self.x + self.width as i64).min(width as i64);
@@ -342,12 +342,12 @@ impl Pixels {
 /// type), with GDAL's mask model deciding validity (see the module documentation): masks,
 /// alpha, nodata, NaN, infinities and out-of-raster pixels become `valid = false`. Only the
 /// window is read, never the whole scene.
-pub fn read_window(ds: &Dataset, path: &Path, window: Window) -> Result<Pixels> {
+pub(crate) fn read_window(ds: &Dataset, path: &Path, window: Window) -> Result<Pixels> {
     read_window_with(ds, path, window, NodataRule::Honour)
 }
 
 /// [`read_window`] with a choice of how declared nodata values count.
-pub fn read_window_with(
+pub(crate) fn read_window_with(
     ds: &Dataset,
     path: &Path,
     window: Window,
@@ -476,7 +476,7 @@ impl GeoRef {
     }
 
     /// Sets this georeferencing on `ds`: geotransform and CRS, GCPs and their CRS.
-    pub fn apply(&self, ds: &mut Dataset) -> Result<()> {
+    pub(crate) fn apply(&self, ds: &mut Dataset) -> Result<()> {
         if let Some(gt) = &self.geo_transform {
             ds.set_geo_transform(gt)?;
         }
@@ -560,33 +560,8 @@ fn write_geotiff_now<T: GdalType + Copy>(
         .with_context(|| format!("GDAL cannot finish {}", tmp.display()))
 }
 
-/// Writes a class map (one byte per pixel) with a colour table (`colours[i]` for class `i`) and
-/// `nodata` for unclassified pixels, e.g. 255.
-pub fn write_class_map(
-    path: &Path,
-    classes: &[u8],
-    width: usize,
-    height: usize,
-    georef: &GeoRef,
-    colours: &[[u8; 3]],
-    nodata: Option<u8>,
-) -> Result<()> {
-    let raster = RasterData {
-        width,
-        height,
-        bands: 1,
-        data: classes,
-    };
-    let options = WriteOptions {
-        nodata: nodata.map(f64::from),
-        colour_table: Some(colours.to_vec()),
-        band_names: vec!["class".to_string()],
-    };
-    write_geotiff(path, &raster, georef, &options)
-}
-
 /// A colour table needs an 8- or 16-bit unsigned raster.
-pub fn check_options<T: GdalType>(path: &Path, options: &WriteOptions) -> Result<()> {
+pub(crate) fn check_options<T: GdalType>(path: &Path, options: &WriteOptions) -> Result<()> {
     if options.colour_table.is_some()
         && !matches!(T::datatype(), GdalDataType::UInt8 | GdalDataType::UInt16)
     {
@@ -601,7 +576,7 @@ pub fn check_options<T: GdalType>(path: &Path, options: &WriteOptions) -> Result
 /// Creates an empty tiled, DEFLATE-compressed GTiff (band-interleaved, BigTIFF when needed).
 /// A raster of several bands is `PHOTOMETRIC=MINISBLACK`: GDAL would otherwise write 3 or 4
 /// bytes per pixel as RGB(A), and readers would take a fourth band for transparency.
-pub fn create_gtiff<T: GdalType + Copy>(
+pub(crate) fn create_gtiff<T: GdalType + Copy>(
     path: &Path,
     width: usize,
     height: usize,
@@ -633,7 +608,7 @@ pub fn create_gtiff<T: GdalType + Copy>(
 /// Sets the georeferencing and, on every band, the nodata value, name and colour table; the
 /// bands of a raster of several bands are gray (the first) and undefined (the others), never
 /// red, green, blue or alpha.
-pub fn configure(
+pub(crate) fn configure(
     ds: &mut Dataset,
     bands: usize,
     georef: Option<&GeoRef>,
@@ -818,22 +793,6 @@ mod tests {
             err.contains("CRS EPSG:32631 vs EPSG:32632") && err.contains("utm32.tif"),
             "{err}"
         );
-    }
-
-    #[test]
-    fn class_maps_carry_a_colour_table_and_nodata() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("classes.tif");
-        let colours = [[255, 255, 255], [0, 0, 255]];
-        write_class_map(&path, &[0, 1, 255, 1], 2, 2, &georef(), &colours, Some(255)).unwrap();
-        let ds = open(&path).unwrap();
-        let band = ds.rasterband(1).unwrap();
-        let table = band.color_table().unwrap();
-        let blue = table.entry_as_rgb(1).unwrap();
-        assert_eq!((blue.r, blue.g, blue.b), (0, 0, 255));
-        assert_eq!(band.no_data_value(), Some(255.0));
-        let px = read_window(&ds, &path, Window::new(0, 0, 2, 2)).unwrap();
-        assert_eq!(px.valid, vec![true, true, false, true]);
     }
 
     #[test]

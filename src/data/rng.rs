@@ -4,7 +4,7 @@
 //! [`Rng`] derived from `(seed, stream, index)`, so results do not depend on thread scheduling.
 
 /// One SplitMix64 step: a well-mixed 64-bit value from a counter.
-pub fn splitmix64(state: &mut u64) -> u64 {
+pub(crate) fn splitmix64(state: &mut u64) -> u64 {
     *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
     let mut z = *state;
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -14,7 +14,7 @@ pub fn splitmix64(state: &mut u64) -> u64 {
 
 /// xoshiro256++: fast, small state, good statistical quality; not cryptographic.
 #[derive(Debug, Clone)]
-pub struct Rng {
+pub(crate) struct Rng {
     s: [u64; 4],
 }
 
@@ -42,7 +42,7 @@ impl Rng {
     }
 
     /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
+    pub(crate) fn next_u64(&mut self) -> u64 {
         let result = self.s[0]
             .wrapping_add(self.s[3])
             .rotate_left(23)
@@ -63,7 +63,7 @@ impl Rng {
     }
 
     /// Uniform in [lo, hi).
-    pub fn range_f64(&mut self, lo: f64, hi: f64) -> f64 {
+    pub(crate) fn range_f64(&mut self, lo: f64, hi: f64) -> f64 {
         lo + (hi - lo) * self.f64()
     }
 
@@ -77,7 +77,7 @@ impl Rng {
     }
 
     /// Uniform integer in [lo, hi] (inclusive); `hi < lo` gives `lo`.
-    pub fn range_i64(&mut self, lo: i64, hi: i64) -> i64 {
+    pub(crate) fn range_i64(&mut self, lo: i64, hi: i64) -> i64 {
         if hi <= lo {
             return lo;
         }
@@ -85,19 +85,19 @@ impl Rng {
     }
 
     /// True with probability `p`.
-    pub fn chance(&mut self, p: f64) -> bool {
+    pub(crate) fn chance(&mut self, p: f64) -> bool {
         self.f64() < p
     }
 
     /// A standard normal value (Box-Muller).
-    pub fn normal(&mut self) -> f64 {
+    pub(crate) fn normal(&mut self) -> f64 {
         let u1 = self.f64().max(1e-300);
         let u2 = self.f64();
         (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()
     }
 
     /// Gamma(shape = `looks`, mean 1): the multiplicative speckle of a `looks`-look SAR intensity.
-    pub fn speckle(&mut self, looks: u32) -> f64 {
+    pub(crate) fn speckle(&mut self, looks: u32) -> f64 {
         let looks = looks.max(1);
         let mut sum = 0.0;
         for _ in 0..looks {

@@ -30,7 +30,7 @@ pub struct SampleSpec {
 
 impl SampleSpec {
     /// The size the window is resampled to before the rotation: (width, height).
-    pub fn pre_rotation_size(&self) -> (usize, usize) {
+    pub(crate) fn pre_rotation_size(&self) -> (usize, usize) {
         if self.augment.rot90 % 2 == 1 {
             (self.out_height, self.out_width)
         } else {
@@ -41,7 +41,7 @@ impl SampleSpec {
 
 /// Random crops with random scale, flips and rotations, scenes chosen in proportion to area.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RandomCropSampler {
+pub(crate) struct RandomCropSampler {
     /// Output crop as [height, width].
     pub crop: [usize; 2],
     pub scale: [f64; 2],
@@ -53,7 +53,7 @@ pub struct RandomCropSampler {
 
 impl RandomCropSampler {
     /// The sampler of an experiment: crop from the model, the rest from `data.sampling`.
-    pub fn from_config(data: &DataConfig, model: &ModelConfig, seed: u64) -> Self {
+    pub(crate) fn from_config(data: &DataConfig, model: &ModelConfig, seed: u64) -> Self {
         let s = &data.sampling;
         Self {
             crop: [model.crop[0].max(1) as usize, model.crop[1].max(1) as usize],
@@ -137,7 +137,7 @@ fn offset(rng: &mut Rng, size: usize, window: usize) -> i64 {
 /// A grid of crop-sized windows over every scene for validation and testing: stride apart, the
 /// last one flush with the edge; no scaling, no augmentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GridSampler {
+pub(crate) struct GridSampler {
     /// Window as [height, width].
     pub crop: [usize; 2],
     /// Steps as [rows, columns].
@@ -146,7 +146,7 @@ pub struct GridSampler {
 
 impl GridSampler {
     /// The grid of an experiment: crop from the model, stride from `data.sampling.val_stride`.
-    pub fn from_config(data: &DataConfig, model: &ModelConfig) -> Self {
+    pub(crate) fn from_config(data: &DataConfig, model: &ModelConfig) -> Self {
         let crop = [model.crop[0].max(1) as usize, model.crop[1].max(1) as usize];
         let stride = match data.sampling.val_stride {
             Some(s) => [s.max(1), s.max(1)],
@@ -194,7 +194,7 @@ fn starts(size: usize, window: usize, stride: usize) -> Vec<i64> {
 
 /// Resamples pixels to `width` x `height`: bilinear over valid neighbours for values, nearest
 /// for the mask (an output pixel is valid when its nearest source pixel is).
-pub fn resize_pixels(px: &Pixels, width: usize, height: usize) -> Pixels {
+pub(crate) fn resize_pixels(px: &Pixels, width: usize, height: usize) -> Pixels {
     if (px.width, px.height) == (width, height) {
         return px.clone();
     }
@@ -247,7 +247,7 @@ pub fn resize_pixels(px: &Pixels, width: usize, height: usize) -> Pixels {
 }
 
 /// Nearest-neighbour resampling of one plane (labels).
-pub fn resize_nearest<T: Copy>(
+pub(crate) fn resize_nearest<T: Copy>(
     src: &[T],
     sw: usize,
     sh: usize,
@@ -271,7 +271,7 @@ pub fn resize_nearest<T: Copy>(
 
 /// Applies flips then `rot90` counter-clockwise quarter turns to a `w` x `h` plane; returns the
 /// new plane (its size is `h` x `w` for odd turns).
-pub fn augment_plane<T: Copy>(src: &[T], w: usize, h: usize, aug: Augment) -> Vec<T> {
+pub(crate) fn augment_plane<T: Copy>(src: &[T], w: usize, h: usize, aug: Augment) -> Vec<T> {
     let k = aug.rot90 % 4;
     let (ow, oh) = if k % 2 == 1 { (h, w) } else { (w, h) };
     let mut out = Vec::with_capacity(ow * oh);

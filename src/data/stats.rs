@@ -87,7 +87,7 @@ impl DatasetStats {
     }
 
     /// Median-frequency class weights: `median(f) / f_c`, 0 for absent classes.
-    pub fn class_weights(&self) -> Vec<f64> {
+    pub(crate) fn class_weights(&self) -> Vec<f64> {
         let total: u64 = self.class_counts.iter().sum();
         let freqs: Vec<f64> = self
             .class_counts
@@ -205,7 +205,7 @@ fn strip_stats(dataset: &SceneDataset, index: usize, window: Window) -> Result<D
 /// comments and the other keys are kept as written (see [`upsert_data_key`]).
 ///
 /// Errors: the `data:` section is written in flow style.
-pub fn yaml_with_statistics(
+pub(crate) fn yaml_with_statistics(
     text: &str,
     modalities: &[&str],
     stats: &DatasetStats,
@@ -247,7 +247,7 @@ fn flow_list(values: &[f64]) -> String {
 /// replaces the existing entry with its nested lines, or appends it to the `data:` section
 /// (adding a `data:` section at the end when there is none). Comments and the other keys are
 /// kept as written.
-pub fn upsert_data_key(text: &str, key: &str, block: &str) -> Result<String> {
+pub(crate) fn upsert_data_key(text: &str, key: &str, block: &str) -> Result<String> {
     let lines: Vec<&str> = text.lines().collect();
     let indent = |l: &str| l.len() - l.trim_start().len();
     let is_content = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');

@@ -25,12 +25,12 @@ use super::raster::{write_geotiff, GeoRef, RasterData, WriteOptions};
 use super::rng::Rng;
 
 /// Class ids of the synthetic benchmark (names and colours: [`CLASSES`]).
-pub const IMPERVIOUS: u8 = 0;
-pub const BUILDING: u8 = 1;
-pub const LOW_VEGETATION: u8 = 2;
-pub const TREE: u8 = 3;
-pub const CAR: u8 = 4;
-pub const WATER: u8 = 5;
+pub(crate) const IMPERVIOUS: u8 = 0;
+pub(crate) const BUILDING: u8 = 1;
+pub(crate) const LOW_VEGETATION: u8 = 2;
+pub(crate) const TREE: u8 = 3;
+pub(crate) const CAR: u8 = 4;
+pub(crate) const WATER: u8 = 5;
 
 /// Class names and label colours in id order, kept with the other class tables in `labels`.
 pub use super::labels::SYNTHETIC_CLASSES as CLASSES;
@@ -69,7 +69,7 @@ pub struct SceneRasters {
 }
 
 /// The split of scene `index` of `count`: about 70 % train, 15 % val, 15 % test (each >= 1).
-pub fn split_of(index: usize, count: usize) -> Split {
+pub(crate) fn split_of(index: usize, count: usize) -> Split {
     let held = ((count as f64 * 0.15).round() as usize).max(1);
     if index >= count - held {
         Split::Test
@@ -764,7 +764,12 @@ impl Gen {
 /// Pixels in the shadow of taller pixels: marching from each pixel towards the light
 /// (`toward`, a unit vector in pixel coordinates), a pixel is shaded when something rises above
 /// the ray of slope `tan_elevation`.
-pub fn cast_shadows(height: &[f32], n: usize, toward: (f64, f64), tan_elevation: f64) -> Vec<bool> {
+pub(crate) fn cast_shadows(
+    height: &[f32],
+    n: usize,
+    toward: (f64, f64),
+    tan_elevation: f64,
+) -> Vec<bool> {
     let max_h = height.iter().copied().fold(0.0f32, f32::max) as f64;
     let reach = (max_h / tan_elevation / PIXEL_SIZE).ceil() as usize + 1;
     (0..n * n)
@@ -808,7 +813,7 @@ fn box3(v: &[f64], n: usize) -> Vec<f64> {
 
 /// The experiment YAML text for a synthetic benchmark in `root` (width 8, 64 x 64 crops), without
 /// its normalisation (`crate::prepare::write_synthetic_experiment` adds that).
-pub fn experiment_yaml(root: &str, options: &SynthOptions) -> String {
+pub(crate) fn experiment_yaml(root: &str, options: &SynthOptions) -> String {
     let quoted = serde_yaml::to_string(&root).unwrap_or_else(|_| format!("{root:?}\n"));
     format!(
         "# The synthetic multimodal benchmark, written by\n\

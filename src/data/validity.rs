@@ -42,7 +42,7 @@ pub enum NodataRule {
 /// The bands of a raster by role, 1-based as in GDAL: data bands in file order, and the alpha
 /// bands (colour interpretation `Alpha`), which are masks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BandLayout {
+pub(crate) struct BandLayout {
     pub data: Vec<usize>,
     pub alpha: Vec<usize>,
 }

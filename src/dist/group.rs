@@ -68,7 +68,7 @@ impl ProcessGroup {
     }
 
     /// Whether CUDA tensors go through NCCL in this build (else through Gloo).
-    pub fn nccl_built() -> bool {
+    pub(crate) fn nccl_built() -> bool {
         // SAFETY: no arguments, no state.
         unsafe { ffi::dis2_dist_nccl_built() }
     }
@@ -78,7 +78,7 @@ impl ProcessGroup {
     }
 
     /// Copies rank `root`'s values of `tensors` into every rank's tensors, in place.
-    pub fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<()> {
+    pub(crate) fn broadcast(&self, tensors: &[&Tensor], root: usize) -> Result<()> {
         let ts = handles(tensors);
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: valid group and tensor handles for the duration of the call.
@@ -95,7 +95,7 @@ impl ProcessGroup {
     }
 
     /// Replaces `tensor` by its sum over the ranks, in place.
-    pub fn all_reduce_sum(&self, tensor: &Tensor) -> Result<()> {
+    pub(crate) fn all_reduce_sum(&self, tensor: &Tensor) -> Result<()> {
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: valid group and tensor handles for the duration of the call.
         let status = unsafe {
@@ -105,7 +105,7 @@ impl ProcessGroup {
     }
 
     /// Returns once every rank has called it.
-    pub fn barrier(&self) -> Result<()> {
+    pub(crate) fn barrier(&self) -> Result<()> {
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: a valid group handle.
         let status = unsafe { ffi::dis2_dist_barrier(self.handle, &mut error) };
@@ -114,7 +114,7 @@ impl ProcessGroup {
 
     /// Fails, saying what differs, unless every rank has as many parameters as rank 0, of the
     /// same shapes and types (ranks started with different configurations).
-    pub fn verify_same_parameters(&self, params: &[&Tensor]) -> Result<()> {
+    pub(crate) fn verify_same_parameters(&self, params: &[&Tensor]) -> Result<()> {
         let ts = handles(params);
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: valid group and tensor handles for the duration of the call.

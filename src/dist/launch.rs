@@ -9,7 +9,7 @@ use std::time::Duration;
 
 /// How long collectives and the rendezvous wait for the other ranks before failing, unless
 /// `DIS2_DIST_TIMEOUT` (seconds) says otherwise: NCCL's default in PyTorch.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The port of the rendezvous under Slurm without `MASTER_PORT`: this base plus the job id
 /// modulo 10000, so that jobs sharing a node meet on different ports.
@@ -64,12 +64,12 @@ impl Launch {
     /// The launch described by this process's environment, or `None` for a process started on
     /// its own (no `WORLD_SIZE`, and no Slurm step of several tasks). Errors name the variable
     /// that is missing or malformed.
-    pub fn from_env() -> Result<Option<Self>> {
+    pub(crate) fn from_env() -> Result<Option<Self>> {
         Self::from_vars(|key| std::env::var(key).ok())
     }
 
     /// [`Launch::from_env`] over any source of variables (for tests).
-    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
+    pub(crate) fn from_vars(var: impl Fn(&str) -> Option<String>) -> Result<Option<Self>> {
         let timeout = timeout(&var)?;
         if var("WORLD_SIZE").is_some() {
             return torchrun(&var, timeout).map(Some);
@@ -208,7 +208,7 @@ fn check_rank(rank: usize, world_size: usize, rank_key: &str, size_key: &str) ->
 
 /// The first host of a Slurm host list: `node[03-05,9],gpu1` gives `node03`, `rack[1-2]-n[7-8]`
 /// gives `rack1-n7`.
-pub fn first_host(list: &str) -> Result<String> {
+pub(crate) fn first_host(list: &str) -> Result<String> {
     let mut host = String::new();
     let mut chars = list.trim().chars();
     while let Some(c) = chars.next() {

@@ -97,7 +97,7 @@ impl Reducer {
     /// the backward pass starts from, and any other tensor it starts from; a find-unused reducer
     /// looks for the parameters they reach). Errors when the previous armed pass did not finish
     /// reducing (a parameter it expected got no gradient).
-    pub fn prepare_for_backward(&self, roots: &[&Tensor]) -> Result<()> {
+    pub(crate) fn prepare_for_backward(&self, roots: &[&Tensor]) -> Result<()> {
         let ts = handles(roots);
         let mut error: *mut c_char = std::ptr::null_mut();
         // SAFETY: valid reducer and tensor handles for the duration of the call.

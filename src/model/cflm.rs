@@ -12,7 +12,7 @@ use crate::precision::fp32;
 
 /// Variables: `class_queries` `[K, C]`.
 #[derive(Debug)]
-pub struct ClassWiseAttention {
+pub(crate) struct ClassWiseAttention {
     queries: Tensor,
 }
 

@@ -28,7 +28,7 @@ impl DecoderKind {
 
     /// For `skip_serializing_if`: the default is not written, so configurations and checkpoint
     /// sidecars of the reference network read as before.
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         *self == Self::default()
     }
 }
@@ -53,7 +53,7 @@ impl FusionKind {
     }
 
     /// For `skip_serializing_if`, as [`DecoderKind::is_default`].
-    pub fn is_default(&self) -> bool {
+    pub(crate) fn is_default(&self) -> bool {
         *self == Self::default()
     }
 }
@@ -192,7 +192,7 @@ impl ModelConfig {
     }
 
     /// The index of a modality by name, or an error listing the known names.
-    pub fn modality_index(&self, name: &str) -> Result<usize> {
+    pub(crate) fn modality_index(&self, name: &str) -> Result<usize> {
         modality_index(&self.modalities, name)
     }
 }

@@ -105,7 +105,7 @@ impl DecoderOutputs {
 /// Variables: `seg_d{4,3,2,1}_layers.{k}.*`, `e4_conv_up`, `e3_conv`, `e3_conv_up`, `e2_conv`,
 /// `e2_conv_up`, `e1_conv` (each `conv.*`), `class_combine_conv.{0,1}.conv.*`, `final_conv.*`.
 #[derive(Debug)]
-pub struct ClassWiseDecoder {
+pub(crate) struct ClassWiseDecoder {
     heads: [ClassHeads; 4],
     path: UpPath,
     combine: [PreNormConv; 2],

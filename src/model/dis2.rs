@@ -338,7 +338,8 @@ impl Dis2Net {
     }
 
     /// Whether [`Self::prepare_inference`] ran.
-    pub fn is_prepared_for_inference(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_prepared_for_inference(&self) -> bool {
         self.inference
     }
 
@@ -664,7 +665,7 @@ impl Dis2Net {
     /// The prediction of `route`'s branch, softmax `[B, K, H, W]`, from one input per modality
     /// (`None` where not given); a filled teacher gets zeros for its missing modalities
     /// ([`Route::inputs`]).
-    pub fn forward_route(
+    pub(crate) fn forward_route(
         &self,
         route: &Route,
         inputs: &[Option<&Tensor>],
@@ -700,7 +701,7 @@ impl Dis2Net {
     /// The first stage of a training forward: every encoder's features (with their graph) and
     /// auxiliary prediction. Needs every input; errors name the input that is missing or of the
     /// wrong shape.
-    pub fn forward_train_encoders(
+    pub(crate) fn forward_train_encoders(
         &self,
         inputs: &[Option<&Tensor>],
         train: bool,
@@ -734,7 +735,7 @@ impl Dis2Net {
     /// themselves, or copies of them when a trainer runs the branches' backward passes apart.
     /// `aux_preds` are passed through to the outputs. Errors for a scenario without a student and
     /// for inputs or features missing.
-    pub fn forward_train_branches(
+    pub(crate) fn forward_train_branches(
         &self,
         scenario: &Scenario,
         inputs: &[Option<&Tensor>],

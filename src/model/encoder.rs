@@ -13,7 +13,7 @@ use tch::{Kind, Tensor};
 use super::layers::{channels_last, leaky, DownBlock, UpBlock};
 
 /// The four feature maps of an encoder, at 1/2, 1/4, 1/8 and 1/16 of the input size.
-pub type Features = [Tensor; 4];
+pub(crate) type Features = [Tensor; 4];
 
 /// The auxiliary single-modality decoder (reference `d5`..`d8`).
 #[derive(Debug)]
@@ -26,7 +26,7 @@ struct AuxDecoder {
 
 /// One encoder: a modality encoder (with auxiliary decoder) or a compensation encoder (without).
 #[derive(Debug)]
-pub struct Encoder {
+pub(crate) struct Encoder {
     e1: DownBlock,
     e2: DownBlock,
     e3: DownBlock,
@@ -64,7 +64,7 @@ impl Encoder {
 
     /// The auxiliary decoder's softmax prediction (float32) from this encoder's features, or
     /// `None` for a compensation encoder.
-    pub fn aux_prediction(&self, f: &Features, train: bool) -> Option<Tensor> {
+    pub(crate) fn aux_prediction(&self, f: &Features, train: bool) -> Option<Tensor> {
         let aux = self.aux.as_ref()?;
         let d5 = Tensor::cat(
             &[aux.d5.forward_t(&f[3].relu(), train), f[2].shallow_clone()],

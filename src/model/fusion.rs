@@ -35,7 +35,7 @@ const DROPOUT: f64 = 0.1;
 /// `batch_first`). Variables as in PyTorch: `self_attn.in_proj_weight`, `self_attn.in_proj_bias`,
 /// `self_attn.out_proj.*`, `linear1.*`, `linear2.*`, `norm1.*`, `norm2.*`.
 #[derive(Debug)]
-pub struct TransformerLayer {
+pub(crate) struct TransformerLayer {
     in_proj_w: Tensor,
     in_proj_b: Tensor,
     out_proj: nn::Linear,
@@ -75,7 +75,7 @@ impl TransformerLayer {
 
     /// `x`: `[B, L, E]`. In a bf16 forward the projections run in bfloat16 while the residual
     /// stream, the attention (scores, softmax, weighted sum) and the norms stay float32.
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let x = x.to_kind(Kind::Float);
         let s = x.size();
         let (b, l, e) = (s[0], s[1], s[2]);
@@ -124,7 +124,7 @@ impl TransformerLayer {
 
 /// What HF gives the class-wise module and DLKD.
 #[derive(Debug)]
-pub struct Fused {
+pub(crate) struct Fused {
     /// Fused levels 1..3 and the unified level 4: `[B, w·2^i, H/2^(i+1), W/2^(i+1)]`.
     pub levels: Features,
     /// The output fusion token `[B, 8w]` (global fused feature).
@@ -195,7 +195,7 @@ fn slot_means(slots: &[&Features]) -> [Tensor; 3] {
 /// the `level4` ablation), `fusion_token`, `pos_{i}` (one per slot), `transformer.layers.{j}.*`,
 /// `unify.*`.
 #[derive(Debug)]
-pub struct HierarchicalFusion {
+pub(crate) struct HierarchicalFusion {
     /// Levels 1..3; `None` in the `level4` ablation (slot means instead).
     conv: Option<ConvLevels>,
     fusion_token: Tensor,
@@ -235,7 +235,7 @@ impl HierarchicalFusion {
     }
 
     /// Fuses the features of the M slots (in modality order).
-    pub fn forward_t(&self, slots: &[&Features], train: bool) -> Fused {
+    pub(crate) fn forward_t(&self, slots: &[&Features], train: bool) -> Fused {
         let (low, pooled) = match &self.conv {
             Some(conv) => {
                 let (low, pooled) = conv.forward_t(slots, train);

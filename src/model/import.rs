@@ -40,7 +40,7 @@ const POS: &[(&str, &str)] = &[("rgb_pos", "pos_0"), ("ndsm_pos", "pos_1")];
 
 /// What a reference tensor name becomes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Mapped {
+pub(crate) enum Mapped {
     /// The dis2 variable it loads into.
     Var(String),
     /// A tensor the reference forward never reads; dropped.
@@ -57,7 +57,7 @@ fn is_unused(name: &str) -> bool {
 }
 
 /// Maps one reference `state_dict` name to its dis2 variable.
-pub fn map_reference_name(name: &str) -> Mapped {
+pub(crate) fn map_reference_name(name: &str) -> Mapped {
     if is_unused(name) {
         return Mapped::Unused;
     }
@@ -81,7 +81,7 @@ pub fn map_reference_name(name: &str) -> Mapped {
 }
 
 /// The reference name of a dis2 variable (inverse of [`map_reference_name`]), if it has one.
-pub fn reference_name(var: &str) -> Option<String> {
+pub(crate) fn reference_name(var: &str) -> Option<String> {
     let (r, d) = PREFIXES
         .iter()
         .filter(|(_, d)| var.starts_with(d))

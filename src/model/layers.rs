@@ -7,14 +7,14 @@ use tch::nn;
 use tch::{Kind, Tensor};
 
 /// Slope of every LeakyReLU in DIS2.
-pub const LEAKY_SLOPE: f64 = 0.2;
+pub(crate) const LEAKY_SLOPE: f64 = 0.2;
 /// Epsilon of the per-image normalisation inside the pre-norm convolutions.
 const NORM_EPS: f64 = 1e-5;
 /// Epsilon of every BatchNorm.
 const BN_EPS: f64 = 1e-5;
 
 /// LeakyReLU with slope 0.2.
-pub fn leaky(x: &Tensor) -> Tensor {
+pub(crate) fn leaky(x: &Tensor) -> Tensor {
     crate::native::leaky_relu(x, LEAKY_SLOPE)
 }
 
@@ -23,19 +23,19 @@ pub fn leaky(x: &Tensor) -> Tensor {
 /// The reference applies `nn.InstanceNorm3d` to 4-D tensors, which PyTorch reads as one unbatched
 /// 3-D sample: each image is normalised over channels and pixels together. That is `group_norm`
 /// with a single group and no weight.
-pub fn image_norm(x: &Tensor) -> Tensor {
+pub(crate) fn image_norm(x: &Tensor) -> Tensor {
     x.group_norm(1, None::<Tensor>, None::<Tensor>, NORM_EPS, false)
 }
 
 /// The same tensor `[N, C, H, W]` stored channels-last (NHWC strides). Convolutions, norms and
 /// resampling on CPU (oneDNN) and GPU are markedly faster in that layout, and every op keeps it,
 /// so the network converts its inputs once. Numbers are unchanged up to summation order.
-pub fn channels_last(x: &Tensor) -> Tensor {
+pub(crate) fn channels_last(x: &Tensor) -> Tensor {
     x.permute([0, 2, 3, 1]).contiguous().permute([0, 3, 1, 2])
 }
 
 /// `[N, C, H, W]` to tokens `[N, H·W, C]` (a view when `x` is channels-last).
-pub fn to_tokens(x: &Tensor) -> Tensor {
+pub(crate) fn to_tokens(x: &Tensor) -> Tensor {
     let s = x.size();
     x.permute([0, 2, 3, 1]).reshape([s[0], s[2] * s[3], s[1]])
 }
@@ -60,12 +60,12 @@ pub fn dropout(x: &Tensor, p: f64, train: bool) -> Tensor {
 }
 
 /// Bilinear resize to `[h, w]` with `align_corners = true` (the reference's `nn.Upsample`).
-pub fn resize_aligned(x: &Tensor, size: [i64; 2]) -> Tensor {
+pub(crate) fn resize_aligned(x: &Tensor, size: [i64; 2]) -> Tensor {
     x.upsample_bilinear2d(size, true, None, None)
 }
 
 /// Doubles height and width, bilinear with `align_corners = true` (the reference's `up2`).
-pub fn up2(x: &Tensor) -> Tensor {
+pub(crate) fn up2(x: &Tensor) -> Tensor {
     let (h, w) = (x.size()[2], x.size()[3]);
     resize_aligned(x, [2 * h, 2 * w])
 }
@@ -99,15 +99,15 @@ fn bn(p: &nn::Path, dim: i64) -> nn::BatchNorm {
 /// `cnn_block` (`DownBlock`) and `tcnn_block` (`UpBlock`). Variables: `0.weight`, `0.bias`,
 /// `1.{weight,bias,running_mean,running_var}` with BatchNorm, or `weight`, `bias` without.
 #[derive(Debug)]
-pub struct ConvBn<C> {
+pub(crate) struct ConvBn<C> {
     conv: C,
     bn: Option<nn::BatchNorm>,
 }
 
 /// Reference `cnn_block`: a 4x4 stride-2 convolution (padding 1) [+ BatchNorm].
-pub type DownBlock = ConvBn<nn::Conv2D>;
+pub(crate) type DownBlock = ConvBn<nn::Conv2D>;
 /// Reference `tcnn_block`: a 4x4 stride-2 transposed convolution (padding 1) [+ BatchNorm].
-pub type UpBlock = ConvBn<nn::ConvTranspose2D>;
+pub(crate) type UpBlock = ConvBn<nn::ConvTranspose2D>;
 
 impl<C: nn::Module> ConvBn<C> {
     /// Builds the convolution with `make` under `0` (with BatchNorm under `1`) or directly
@@ -126,7 +126,7 @@ impl<C: nn::Module> ConvBn<C> {
         }
     }
 
-    pub fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
+    pub(crate) fn forward_t(&self, x: &Tensor, train: bool) -> Tensor {
         let y = x.apply(&self.conv);
         match &self.bn {
             Some(bn) => y.apply_t(bn, train),
@@ -151,7 +151,7 @@ impl<C: ConvWeights> ConvBn<C> {
 /// The weight and bias of a convolution, and the dimension of its weight that indexes output
 /// channels (0 for `[O, I, kh, kw]`, 1 for a transposed convolution's `[I, O, kh, kw]`): what
 /// BatchNorm folding changes.
-pub trait ConvWeights {
+pub(crate) trait ConvWeights {
     const OUT_DIM: usize;
     fn weights(&mut self) -> (&mut Tensor, &mut Option<Tensor>);
 }
@@ -253,7 +253,7 @@ impl ConvBn<nn::ConvTranspose2D> {
 /// followed by an unpadded convolution; elsewhere as PyTorch's separate ops
 /// ([`prenorm_leaky_reference`]). The numbers agree to float rounding.
 #[derive(Debug)]
-pub struct PreNormConv {
+pub(crate) struct PreNormConv {
     conv: nn::Conv2D,
     /// Reflect padding of one pixel (3x3 convolutions of the decoders) rather than the
     /// convolution's own zero padding.
@@ -262,7 +262,7 @@ pub struct PreNormConv {
 
 impl PreNormConv {
     /// A 3x3 convolution; `reflect` selects reflect padding instead of zeros.
-    pub fn k3(p: &nn::Path, c_in: i64, c_out: i64, reflect: bool) -> Self {
+    pub(crate) fn k3(p: &nn::Path, c_in: i64, c_out: i64, reflect: bool) -> Self {
         let padding_mode = if reflect {
             nn::PaddingMode::Reflect
         } else {
@@ -280,7 +280,7 @@ impl PreNormConv {
     }
 
     /// A 1x1 convolution.
-    pub fn k1(p: &nn::Path, c_in: i64, c_out: i64) -> Self {
+    pub(crate) fn k1(p: &nn::Path, c_in: i64, c_out: i64) -> Self {
         PreNormConv {
             conv: conv2d(p / "conv", c_in, c_out, 1, Default::default()),
             reflect: false,
@@ -313,7 +313,8 @@ impl PreNormConv {
 
 /// What [`crate::native::prenorm_leaky`] computes, as PyTorch's separate ops (the path off the
 /// CPU, and the reference of its tests).
-pub fn prenorm_leaky_reference(x: &Tensor, pad: bool) -> Tensor {
+#[cfg(test)]
+pub(crate) fn prenorm_leaky_reference(x: &Tensor, pad: bool) -> Tensor {
     let y = leaky(&image_norm(x));
     if pad {
         y.reflection_pad2d([1, 1, 1, 1])
@@ -325,7 +326,7 @@ pub fn prenorm_leaky_reference(x: &Tensor, pad: bool) -> Tensor {
 /// Reference `fusion_prenorm_2d`: pre-norm 1x1 (M·C to C), 3x3 and 1x1 convolutions that fuse the
 /// channel-concatenated features of M modality slots. Variables: `fusion_layer.{0,1,2}.conv.*`.
 #[derive(Debug)]
-pub struct FusionConv {
+pub(crate) struct FusionConv {
     layers: [PreNormConv; 3],
 }
 
@@ -355,7 +356,7 @@ impl FusionConv {
 }
 
 /// A linear layer whose variables are `weight` and `bias` (PyTorch layout).
-pub fn linear(p: &nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
+pub(crate) fn linear(p: &nn::Path, c_in: i64, c_out: i64) -> nn::Linear {
     nn::linear(p, c_in, c_out, Default::default())
 }
 

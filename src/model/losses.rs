@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use tch::{Device, Kind, Reduction, Tensor};
 
 /// Temperature of the logit distillation.
-pub const KD_TEMPERATURE: f64 = 2.0;
+pub(crate) const KD_TEMPERATURE: f64 = 2.0;
 
 /// Class ids `[B, H, W]` (int64) to a float one-hot `[B, K, H, W]`. Ids outside `0..K` are an
 /// error.
@@ -77,7 +77,7 @@ pub fn seg_losses(preds: &[&Tensor], target: &Tensor) -> Tensor {
 
 /// [`seg_losses`] with optional per-class weights `[K]` multiplying the reference's per-image
 /// class weights in the cross-entropy (the Dice term is unchanged). `None` is the reference.
-pub fn seg_losses_weighted(
+pub(crate) fn seg_losses_weighted(
     preds: &[&Tensor],
     target: &Tensor,
     class_weights: Option<&Tensor>,
@@ -112,7 +112,7 @@ fn ce_weights(target: &Tensor, class_weights: Option<&Tensor>) -> Tensor {
 /// stacked as `[B·K, N, H·W]`, so that every per-image, per-class sum over the pixels (the
 /// weighted log-probabilities, the Dice intersections) is one batched matrix-vector product with
 /// the target, and the backward pass makes few passes over the stacked probabilities.
-pub fn seg_losses_stacked(
+pub(crate) fn seg_losses_stacked(
     preds: &[&Tensor],
     target: &Tensor,
     class_weights: Option<&Tensor>,
@@ -163,7 +163,7 @@ fn l2_normalize(x: &Tensor) -> Tensor {
 /// Reference `l2_kd_loss`: L2-normalise both along dim 1 (eps 1e-6) and take the mean squared
 /// difference (over all elements; for maps `[B, C, H, W]` that is the reference's `spatial`
 /// variant). Computed in float32 whatever the inputs' precision (as every loss here).
-pub fn l2_kd_loss(student: &Tensor, teacher: &Tensor) -> Tensor {
+pub(crate) fn l2_kd_loss(student: &Tensor, teacher: &Tensor) -> Tensor {
     (l2_normalize(student) - l2_normalize(teacher))
         .square()
         .mean(Kind::Float)
@@ -171,7 +171,7 @@ pub fn l2_kd_loss(student: &Tensor, teacher: &Tensor) -> Tensor {
 
 /// Reference `orthogonality_loss`: mean over the batch of the squared cosine between `a` and
 /// `b` (`[B, D]`).
-pub fn orthogonality_loss(a: &Tensor, b: &Tensor) -> Tensor {
+pub(crate) fn orthogonality_loss(a: &Tensor, b: &Tensor) -> Tensor {
     let n = |x: &Tensor| {
         let x = x.to_kind(Kind::Float);
         &x / x
@@ -186,7 +186,7 @@ pub fn orthogonality_loss(a: &Tensor, b: &Tensor) -> Tensor {
 
 /// `T² · KL(softmax(teacher/T) || softmax(student/T))` with PyTorch `reduction='mean'` (mean over
 /// every element), T = 2. The teacher logits are detached.
-pub fn kd_logits_loss(student_logits: &Tensor, teacher_logits: &Tensor) -> Tensor {
+pub(crate) fn kd_logits_loss(student_logits: &Tensor, teacher_logits: &Tensor) -> Tensor {
     let t = KD_TEMPERATURE;
     let p = (teacher_logits.detach().to_kind(Kind::Float) / t).softmax(1, Kind::Float);
     let log_q = (student_logits.to_kind(Kind::Float) / t).log_softmax(1, Kind::Float);
@@ -194,7 +194,7 @@ pub fn kd_logits_loss(student_logits: &Tensor, teacher_logits: &Tensor) -> Tenso
 }
 
 /// The sum of scalar tensors (0 for none), keeping the graph.
-pub fn sum_scalars(terms: &[Tensor]) -> Tensor {
+pub(crate) fn sum_scalars(terms: &[Tensor]) -> Tensor {
     match terms {
         [] => Tensor::zeros([], (Kind::Float, tch::Device::Cpu)),
         [one] => one.shallow_clone(),

@@ -2,17 +2,17 @@
 //! module (CFLM), decoders and the loss functions (segmentation, DLKD, orthogonality); the
 //! training objectives built from them are in `dis2::train::objective`. See [`dis2`] for the API.
 
-pub mod cflm;
+pub(crate) mod cflm;
 pub mod config;
 pub mod decoder;
 pub mod dis2;
-pub mod encoder;
+pub(crate) mod encoder;
 pub mod fusion;
 pub mod import;
 pub mod layers;
 pub mod losses;
 pub mod modality;
-pub mod plain_decoder;
+pub(crate) mod plain_decoder;
 pub mod pool;
 pub mod route;
 pub mod scenario;

@@ -16,7 +16,7 @@ pub struct ModalitySpec {
 ///
 /// # Errors
 /// An unknown name, with the list of known ones.
-pub fn modality_index(modalities: &[ModalitySpec], name: &str) -> Result<usize> {
+pub(crate) fn modality_index(modalities: &[ModalitySpec], name: &str) -> Result<usize> {
     modalities
         .iter()
         .position(|m| m.name == name)
@@ -31,7 +31,7 @@ pub fn modality_index(modalities: &[ModalitySpec], name: &str) -> Result<usize> 
 
 /// `--optical FILE (4 band(s)), --dsm FILE (1 band(s))`: the inputs as `dis2 predict` takes
 /// them, for messages.
-pub fn input_flags(modalities: &[ModalitySpec]) -> String {
+pub(crate) fn input_flags(modalities: &[ModalitySpec]) -> String {
     modalities
         .iter()
         .map(|m| format!("--{} FILE ({} band(s))", m.name, m.channels))

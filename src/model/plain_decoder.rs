@@ -18,7 +18,7 @@ use super::layers::{freeze_conv, PreNormConv};
 /// Variables: `e4_conv_up`, `e3_conv`, `e3_conv_up`, `e2_conv`, `e2_conv_up`, `e1_conv`,
 /// `out_conv.{0,1}` (each `conv.*`), `seg_d{4,3,2,1}.*`, `final_conv.*`.
 #[derive(Debug)]
-pub struct PlainDecoder {
+pub(crate) struct PlainDecoder {
     heads: [nn::Conv2D; 4],
     path: UpPath,
     out_conv: [PreNormConv; 2],

@@ -16,7 +16,7 @@ const HIDDEN: i64 = 128;
 /// weighted mean feature `[B, C]`, optionally projected to another width.
 /// Variables: `mlp.0.*`, `mlp.2.*`, and `proj.*` when projected.
 #[derive(Debug)]
-pub struct AttnPool {
+pub(crate) struct AttnPool {
     fc1: nn::Linear,
     fc2: nn::Linear,
     proj: Option<nn::Linear>,
@@ -68,7 +68,7 @@ impl AttnPool {
 
 /// One attention pool per level 1..3 (widths w, 2w, 4w). Variables: `attn_pools.{0,1,2}.*`.
 #[derive(Debug)]
-pub struct LevelPools {
+pub(crate) struct LevelPools {
     pools: Vec<AttnPool>,
 }
 

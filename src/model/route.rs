@@ -33,7 +33,7 @@ impl Route {
     /// # Errors
     /// No modality given ("must leave at least one modality available"); a missing index past
     /// `num_modalities`.
-    pub fn of_given(given: &[bool], num_modalities: usize) -> Result<Route> {
+    pub(crate) fn of_given(given: &[bool], num_modalities: usize) -> Result<Route> {
         let missing: Vec<usize> = (0..given.len()).filter(|&i| !given[i]).collect();
         if missing.is_empty() {
             return Ok(Route::Teacher);

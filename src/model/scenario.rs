@@ -12,7 +12,7 @@ use super::modality::{modality_index, ModalitySpec};
 
 /// The modality names of a scenario's text: separated by `,` or `+`, blanks trimmed, empty
 /// items left out (`"dsm, sar"`, `"dsm+sar"` -> `["dsm", "sar"]`). Names are not checked.
-pub fn parse_names(text: &str) -> Vec<String> {
+pub(crate) fn parse_names(text: &str) -> Vec<String> {
     text.split([',', '+'])
         .map(str::trim)
         .filter(|s| !s.is_empty())
@@ -21,7 +21,7 @@ pub fn parse_names(text: &str) -> Vec<String> {
 }
 
 /// Modality names as a scenario's text: joined by `+` (`["dsm", "sar"]` -> `dsm+sar`).
-pub fn join_names<S: AsRef<str>>(names: &[S]) -> String {
+pub(crate) fn join_names<S: AsRef<str>>(names: &[S]) -> String {
     let names: Vec<&str> = names.iter().map(AsRef::as_ref).collect();
     names.join("+")
 }
@@ -58,7 +58,7 @@ impl Scenario {
     ///
     /// # Errors
     /// An unknown name, or a set that [`Scenario::new`] refuses (named in the message).
-    pub fn from_names<S, M>(names: &[S], modalities: &M) -> Result<Self>
+    pub(crate) fn from_names<S, M>(names: &[S], modalities: &M) -> Result<Self>
     where
         S: AsRef<str>,
         M: AsRef<[ModalitySpec]> + ?Sized,

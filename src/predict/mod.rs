@@ -21,7 +21,7 @@
 //! write the finished rows (`BlendStage`, inline or behind the model: `Blender`).
 
 mod reader;
-pub mod writer;
+pub(crate) mod writer;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -47,7 +47,7 @@ use writer::StreamingTiff;
 /// class map's nodata value, which `dis2 eval` leaves out of its scores.
 pub const NODATA_CLASS: u8 = 255;
 /// Largest side of a `--preview` image in pixels.
-pub const PREVIEW_SIDE: usize = 1024;
+pub(crate) const PREVIEW_SIDE: usize = 1024;
 
 /// Pixel type of the probability raster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -199,7 +199,7 @@ impl Summary {
 
 /// A band of finished rows of a scene's class map, handed to the observer of
 /// [`predict_scene_with`] as they are written.
-pub struct ClassRows<'a> {
+pub(crate) struct ClassRows<'a> {
     pub first_row: usize,
     pub rows: usize,
     pub width: usize,
@@ -309,7 +309,7 @@ fn place_inputs(
 
 /// What [`predict_scene_with`] calls with each band of finished rows: on the blending thread
 /// when reading and blending run in the background (`PredictOptions::prefetch` > 0), hence `Send`.
-pub type RowObserver<'o> = dyn FnMut(&ClassRows) -> Result<()> + Send + 'o;
+pub(crate) type RowObserver<'o> = dyn FnMut(&ClassRows) -> Result<()> + Send + 'o;
 
 /// Where finished rows go: the class map, the probabilities, the preview.
 struct Sink {
@@ -843,7 +843,7 @@ pub fn predict_scene(
 
 /// [`predict_scene`], handing every band of finished rows (class ids and validity, as
 /// written) to `observe`: `dis2 eval` scores them without reading the class map back.
-pub fn predict_scene_with(
+pub(crate) fn predict_scene_with(
     predictor: &Predictor,
     job: &SceneJob,
     options: &PredictOptions,

@@ -19,7 +19,7 @@ use crate::data::raster::{check_options, configure, create_gtiff, GeoRef, WriteO
 use crate::fsutil::temp_sibling;
 
 /// An open GeoTIFF being written by rows (see the module documentation).
-pub struct StreamingTiff<T: GdalType + Copy> {
+pub(crate) struct StreamingTiff<T: GdalType + Copy> {
     ds: Option<Dataset>,
     tmp: PathBuf,
     path: PathBuf,
@@ -33,7 +33,7 @@ pub struct StreamingTiff<T: GdalType + Copy> {
 
 impl<T: GdalType + Copy> StreamingTiff<T> {
     /// Creates the temporary file for a `width` x `height` raster of `bands` bands.
-    pub fn create(
+    pub(crate) fn create(
         path: &Path,
         width: usize,
         height: usize,
@@ -75,7 +75,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
     /// [`Self::create`] with an internal per-dataset mask (GDAL's `GMF_PER_DATASET`), written
     /// with [`Self::write_mask_rows`]: how a raster without a spare value (u8 probabilities)
     /// says where it has no data.
-    pub fn create_masked(
+    pub(crate) fn create_masked(
         path: &Path,
         width: usize,
         height: usize,
@@ -99,7 +99,12 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
     }
 
     /// Writes `rows` full-width rows of the mask from `first_row` (255 where `valid`, else 0).
-    pub fn write_mask_rows(&mut self, first_row: usize, rows: usize, valid: &[bool]) -> Result<()> {
+    pub(crate) fn write_mask_rows(
+        &mut self,
+        first_row: usize,
+        rows: usize,
+        valid: &[bool],
+    ) -> Result<()> {
         if !self.masked || first_row + rows > self.height || valid.len() != rows * self.width {
             bail!(
                 "{}: cannot write {} mask values as rows {first_row}..{} (mask: {})",
@@ -123,7 +128,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
 
     /// Writes `rows` full-width rows starting at `first_row` of band `band` (0-based); `data` is
     /// `rows x width`, row-major.
-    pub fn write_rows(
+    pub(crate) fn write_rows(
         &mut self,
         band: usize,
         first_row: usize,
@@ -157,7 +162,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
     }
 
     /// Flushes and closes the file and renames it to its destination.
-    pub fn finish(mut self) -> Result<()> {
+    pub(crate) fn finish(mut self) -> Result<()> {
         let ds = self
             .ds
             .take()

@@ -38,7 +38,7 @@ pub enum Method {
 }
 
 impl Method {
-    pub const ALL: [Method; 8] = [
+    pub(crate) const ALL: [Method; 8] = [
         Method::TeacherFill,
         Method::Unimodal,
         Method::ModalityDropout,
@@ -140,7 +140,7 @@ impl Column {
         }
     }
 
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.missing.is_empty()
     }
 
@@ -218,7 +218,7 @@ impl Row {
     }
 
     /// Whether this row is `dis2` or one of its variants.
-    pub fn is_dis2(&self) -> bool {
+    pub(crate) fn is_dis2(&self) -> bool {
         self.method == Method::Dis2
     }
 }
@@ -580,7 +580,7 @@ impl Plan {
     }
 
     /// The units shard `index` of `count` trains: every `count`-th, teachers first.
-    pub fn shard_units(&self, shard: Shard) -> Vec<&Unit> {
+    pub(crate) fn shard_units(&self, shard: Shard) -> Vec<&Unit> {
         self.units
             .iter()
             .enumerate()
@@ -590,7 +590,7 @@ impl Plan {
     }
 
     /// The evaluations of the units a shard trains.
-    pub fn shard_evals(&self, shard: Shard) -> Vec<&EvalJob> {
+    pub(crate) fn shard_evals(&self, shard: Shard) -> Vec<&EvalJob> {
         let mine: Vec<&str> = self
             .shard_units(shard)
             .iter()
@@ -602,7 +602,9 @@ impl Plan {
             .collect()
     }
 
-    pub fn unit(&self, name: &str) -> Option<&Unit> {
+    /// The unit named `name`.
+    #[cfg(test)]
+    pub(crate) fn unit(&self, name: &str) -> Option<&Unit> {
         self.units.iter().find(|u| u.name == name)
     }
 }

@@ -40,7 +40,7 @@ fn miou(c: &CellScores) -> Option<f64> {
 }
 
 /// The grid of one split with the scores found so far.
-pub struct Results {
+pub(crate) struct Results {
     split: Split,
     rows: Vec<Row>,
     columns: Vec<Column>,
@@ -92,12 +92,12 @@ impl Results {
         self.split
     }
 
-    pub fn done_cells(&self) -> usize {
+    pub(crate) fn done_cells(&self) -> usize {
         self.cells.iter().flatten().flatten().flatten().count()
     }
 
     /// Cells (of one seed) with an evaluation that is not done yet.
-    pub fn missing_cells(&self) -> usize {
+    pub(crate) fn missing_cells(&self) -> usize {
         self.cells
             .iter()
             .flatten()
@@ -150,7 +150,7 @@ impl Results {
     }
 
     /// The mIoU table as Markdown.
-    pub fn miou_markdown(&self) -> String {
+    pub(crate) fn miou_markdown(&self) -> String {
         let headers: Vec<String> = self.columns.iter().map(Column::header).collect();
         let mut md = format!("| method | {} |\n", headers.join(" | "));
         md.push_str(&format!("|---|{}\n", "---:|".repeat(headers.len())));
@@ -163,7 +163,7 @@ impl Results {
 
     /// `dis2` minus every other row, per column, paired over seeds, with the 95 % t interval;
     /// empty when the grid has no `dis2` row.
-    pub fn differences_markdown(&self) -> String {
+    pub(crate) fn differences_markdown(&self) -> String {
         let Some(d) = self.row_index(&Row::of(Method::Dis2)) else {
             return String::new();
         };
@@ -193,7 +193,7 @@ impl Results {
     /// Per missing scenario: per-class IoU (mean over seeds) of every method, the teacher with
     /// every modality, and two difference rows (paired over seeds): what filling the dropped
     /// modality costs the teacher, and how much of it the DIS2 student wins back.
-    pub fn per_class_markdown(&self, classes: &[String]) -> String {
+    pub(crate) fn per_class_markdown(&self, classes: &[String]) -> String {
         let full = self.columns.iter().position(Column::is_full);
         let fill = self.row_index(&Row::of(Method::TeacherFill));
         let dis2 = self.row_index(&Row::of(Method::Dis2));
@@ -295,7 +295,7 @@ impl Results {
 
     /// `dis2` minus every other row per scenario (mIoU in [0, 1]): n, mean, sd, the 95 %
     /// interval, whether it excludes 0, and each seed's difference.
-    pub fn differences_csv(&self) -> String {
+    pub(crate) fn differences_csv(&self) -> String {
         let mut csv = format!(
             "method,minus,scenario,n,mean,sd,ci_low,ci_high,distinguishable,{}\n",
             self.seed_columns()

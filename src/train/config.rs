@@ -138,7 +138,7 @@ pub enum KdTerm {
 impl TrainConfig {
     /// The weights of the DLKD feature and logit terms once DLKD is on: `lambda_kd` for the
     /// terms of `kd_terms`, 0 for the others. Returns `(features, logits)`.
-    pub fn kd_weights(&self) -> (f64, f64) {
+    pub(crate) fn kd_weights(&self) -> (f64, f64) {
         let on = |t: KdTerm| {
             if self.kd_terms.contains(&t) {
                 self.lambda_kd

@@ -37,7 +37,7 @@ const BUFFER_SUFFIXES: [&str; 2] = ["running_mean", "running_var"];
 
 /// One rank of a data-parallel run: its process group and, once [`DataParallel::attach`]ed to
 /// a model, the gradient reducer.
-pub struct DataParallel {
+pub(crate) struct DataParallel {
     group: ProcessGroup,
     reducer: Option<Reducer>,
     /// The BatchNorm running statistics, rank 0's broadcast after every step.

@@ -7,7 +7,7 @@
 //! `distributed` what a rank of a data-parallel run does differently (PyTorch DDP's semantics).
 
 pub mod config;
-pub mod distributed;
+pub(crate) mod distributed;
 pub mod joint_backward;
 pub mod objective;
 pub mod optim;

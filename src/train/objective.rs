@@ -88,7 +88,7 @@ impl Objective {
     /// The tensors the backward pass starts from: the loss, or for a joint objective run side by
     /// side its three parts and the encoder features the branches' gradients flow back into
     /// (what a data-parallel reducer searches for the parameters the pass reaches).
-    pub fn roots(&self) -> Vec<&Tensor> {
+    pub(crate) fn roots(&self) -> Vec<&Tensor> {
         match &self.backward {
             Backward::Whole => vec![&self.total],
             Backward::Joint(parts, inputs) => {

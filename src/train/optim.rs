@@ -110,7 +110,7 @@ impl Optimizer {
 
     /// Scales the gradients so that their global L2 norm is at most `max_norm`; returns the norm
     /// before clipping (as `torch.nn.utils.clip_grad_norm_`).
-    pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
+    pub(crate) fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
         let grads: Vec<Tensor> = self
             .params
             .iter()
@@ -229,7 +229,7 @@ impl Optimizer {
     }
 
     /// The state as named tensors (for a checkpoint), step counts included.
-    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+    pub(crate) fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out: Vec<(String, Tensor)> = self
             .state
             .iter()
@@ -243,7 +243,7 @@ impl Optimizer {
 
     /// Restores what `state_tensors` returned; every entry must belong to a known parameter
     /// with the right shape.
-    pub fn load_state_tensors(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
+    pub(crate) fn load_state_tensors(&mut self, tensors: Vec<(String, Tensor)>) -> Result<()> {
         let shapes: BTreeMap<&str, Vec<i64>> = self
             .params
             .iter()

@@ -4,7 +4,7 @@ pub(crate) use crate::progress::Progress;
 
 /// What one step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct StepReport {
+pub(crate) struct StepReport {
     pub epoch: u64,
     pub step: u64,
     pub loss: f64,

@@ -49,7 +49,7 @@ pub struct RunSpec {
     pub teacher: Option<PathBuf>,
 }
 
-pub struct RunDir {
+pub(crate) struct RunDir {
     pub root: PathBuf,
 }
 
@@ -86,7 +86,7 @@ impl RunDir {
     }
 
     /// A new run: the directory must not hold a run already.
-    pub fn create(&self) -> Result<()> {
+    pub(crate) fn create(&self) -> Result<()> {
         if self.spec().exists() {
             bail!(
                 "{} already holds a run; continue it with --resume {} or choose another --out",
@@ -98,12 +98,12 @@ impl RunDir {
             .with_context(|| format!("cannot create run directory {}", self.root.display()))
     }
 
-    pub fn write_spec(&self, spec: &RunSpec) -> Result<()> {
+    pub(crate) fn write_spec(&self, spec: &RunSpec) -> Result<()> {
         let text = serde_yaml::to_string(spec)?;
         crate::fsutil::write_atomic(&self.spec(), text.as_bytes())
     }
 
-    pub fn read_spec(&self) -> Result<RunSpec> {
+    pub(crate) fn read_spec(&self) -> Result<RunSpec> {
         let path = self.spec();
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
@@ -115,7 +115,7 @@ impl RunDir {
     }
 
     /// The directory for the checkpoint of `step`.
-    pub fn step_dir(&self, step: u64) -> PathBuf {
+    pub(crate) fn step_dir(&self, step: u64) -> PathBuf {
         self.checkpoints().join(format!("step-{step:06}"))
     }
 
@@ -133,7 +133,7 @@ impl RunDir {
     }
 
     /// Removes step directories that neither `last` nor `best` points to.
-    pub fn prune(&self) -> Result<()> {
+    pub(crate) fn prune(&self) -> Result<()> {
         let keep: Vec<PathBuf> = [self.last(), self.best()]
             .iter()
             .filter_map(|l| std::fs::read_link(l).ok())
@@ -151,7 +151,7 @@ impl RunDir {
     }
 
     /// Appends a JSON line (a run writes few lines; each is flushed).
-    pub fn append_line(path: &Path, value: &serde_json::Value) -> Result<()> {
+    pub(crate) fn append_line(path: &Path, value: &serde_json::Value) -> Result<()> {
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -162,7 +162,7 @@ impl RunDir {
     }
 
     /// Keeps the JSON lines whose `step` is at most `step` (a resumed run redoes later steps).
-    pub fn truncate_lines(path: &Path, step: u64) -> Result<()> {
+    pub(crate) fn truncate_lines(path: &Path, step: u64) -> Result<()> {
         let Ok(text) = std::fs::read_to_string(path) else {
             return Ok(());
         };

@@ -77,7 +77,7 @@ impl ScheduleConfig {
     }
 
     /// The learning rate of optimiser step `step` (0-based) of a run of `run_steps` steps.
-    pub fn lr_at(&self, step: u64, run_steps: u64) -> f64 {
+    pub(crate) fn lr_at(&self, step: u64, run_steps: u64) -> f64 {
         if step < self.warmup_steps {
             return self.lr * (step + 1) as f64 / self.warmup_steps as f64;
         }

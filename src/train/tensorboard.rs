@@ -8,16 +8,15 @@ use tensorboard_proto::event::Event;
 use tensorboard_rs::summary_writer::SummaryWriter;
 
 /// Scalars and images of one run, under `<run>/tensorboard`.
-pub struct RunLog {
+pub(crate) struct RunLog {
     /// `None`: a log that writes nothing ([`RunLog::disabled`]).
     writer: Option<SummaryWriter>,
-    dir: PathBuf,
 }
 
 impl RunLog {
     /// Opens a new event file in `dir` (created if needed). A resumed run adds a second file to
     /// the same directory; TensorBoard reads them as one run.
-    pub fn create(dir: &Path) -> Result<Self> {
+    pub(crate) fn create(dir: &Path) -> Result<Self> {
         // tensorboard-rs panics on I/O errors; make sure the directory is usable first.
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create TensorBoard directory {}", dir.display()))?;
@@ -27,23 +26,15 @@ impl RunLog {
         let _ = std::fs::remove_file(probe);
         Ok(Self {
             writer: Some(SummaryWriter::new(dir)),
-            dir: dir.to_path_buf(),
         })
     }
 
     /// A log that writes nothing: the other ranks of a data-parallel run (rank 0 writes).
-    pub fn disabled() -> Self {
-        Self {
-            writer: None,
-            dir: PathBuf::new(),
-        }
+    pub(crate) fn disabled() -> Self {
+        Self { writer: None }
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    pub fn scalar(&mut self, tag: &str, value: f64, step: u64) {
+    pub(crate) fn scalar(&mut self, tag: &str, value: f64, step: u64) {
         if let Some(w) = &mut self.writer {
             w.add_scalar(tag, value as f32, step as usize);
         }
@@ -72,7 +63,7 @@ impl RunLog {
         Ok(())
     }
 
-    pub fn flush(&mut self) {
+    pub(crate) fn flush(&mut self) {
         if let Some(w) = &mut self.writer {
             w.flush();
         }
@@ -137,7 +128,7 @@ pub fn read_records(dir: &Path) -> Result<Vec<Record>> {
 }
 
 /// Splits TFRecord framing: u64 length, masked CRC of the length, data, masked CRC of the data.
-pub fn split_records(mut bytes: &[u8]) -> Result<Vec<&[u8]>> {
+pub(crate) fn split_records(mut bytes: &[u8]) -> Result<Vec<&[u8]>> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
         if bytes.len() < 12 {

@@ -64,7 +64,7 @@ pub fn start(exp: Experiment, spec: RunSpec, out: &Path, opts: TrainOptions) -> 
 
 /// Starts a new run in `out`, as one rank of a data-parallel job when `dp` is given (rank 0
 /// writes the run directory; see [`super::distributed`]).
-pub fn start_with(
+pub(crate) fn start_with(
     exp: Experiment,
     spec: RunSpec,
     out: &Path,
@@ -97,7 +97,7 @@ pub fn resume(run_dir: &Path, opts: TrainOptions) -> Result<Summary> {
 
 /// [`resume`] as one rank of a data-parallel job when `dp` is given: every rank reads the run
 /// directory, which must be the same on every node (a shared file system).
-pub fn resume_with(
+pub(crate) fn resume_with(
     run_dir: &Path,
     opts: TrainOptions,
     dp: Option<DataParallel>,

@@ -18,20 +18,20 @@ use crate::model::{Dis2Net, Route};
 /// Which validation batches one process scores: batches `index`, `index + of`, `index + 2 of`,
 /// ... of the validation grid (a data-parallel rank's share; [`Share::WHOLE`] alone).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Share {
+pub(crate) struct Share {
     pub index: usize,
     pub of: usize,
 }
 
 impl Share {
     /// Every batch.
-    pub const WHOLE: Share = Share { index: 0, of: 1 };
+    pub(crate) const WHOLE: Share = Share { index: 0, of: 1 };
 }
 
 /// The counts of one validation pass: a confusion matrix per branch, and every labelled pixel
 /// against itself, whose support is the split's class set whatever each branch's inputs. The
 /// counts of the shares of several processes add up to the whole.
-pub struct ValidationCounts {
+pub(crate) struct ValidationCounts {
     /// One `[classes x classes]` matrix per branch, in the order of the branches.
     pub branches: Vec<ConfusionMatrix>,
     /// Every labelled pixel as a prediction of its own class.
@@ -77,7 +77,7 @@ pub fn validate(
 
 /// The counts of each branch over `share` of the first `max_batches` batches of the validation
 /// grid (all when `None`).
-pub fn confusion_matrices(
+pub(crate) fn confusion_matrices(
     net: &Dis2Net,
     exp: &Experiment,
     branches: &[Route],
@@ -133,7 +133,7 @@ fn share_loader(exp: &Experiment, max_batches: Option<usize>, share: Share) -> R
 
 /// The batch's reference labels where every modality `branch` reads has data, `ignore_index`
 /// elsewhere: `[B, H, W]` int64 on the CPU.
-pub fn branch_labels(batch: &Batch, branch: &Route, ignore_index: i64) -> Tensor {
+pub(crate) fn branch_labels(batch: &Batch, branch: &Route, ignore_index: i64) -> Tensor {
     let mut read = batch.reference.ones_like().to_kind(tch::Kind::Bool);
     for (i, mask) in batch.masks.iter().enumerate() {
         if !branch.scenario().is_some_and(|s| s.is_missing(i)) {
