@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dis2::checkpoint::{self, CheckpointInfo};
 use dis2::config::Experiment;
 use dis2::data::config::{DatasetConfig, GenericConfig, GenericSplit, GridConfig, Resampling};
 use dis2::data::dataset::SceneDataset;
@@ -18,10 +17,10 @@ use dis2::data::raster::{
     WriteOptions,
 };
 use dis2::data::synth;
-use dis2::model::Dis2Net;
 use gdal::spatial_ref::{CoordTransform, SpatialRef};
 use gdal::Gcp;
-use tch::{nn, Device};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dis2");
 const S1: &str = "S1A__IW___D_20170309T054356_VV_grd_mli_geo_norm_db.tif";
@@ -41,15 +40,7 @@ fn experiment() -> Experiment {
 /// A seeded width-8 model of experiments/synthetic.yaml (optical 4, dsm 1, sar 1; 64 x 64).
 fn make_checkpoint(dir: &Path) -> PathBuf {
     let exp = experiment();
-    tch::manual_seed(11);
-    let vs = nn::VarStore::new(Device::Cpu);
-    Dis2Net::new(&vs.root(), &exp.model).unwrap();
-    let path = dir.join("model");
-    let info = CheckpointInfo::new(&exp.model)
-        .unwrap()
-        .with_data(&exp.data);
-    checkpoint::save(&path, &vs, &info).unwrap();
-    path
+    common::untrained_checkpoint(dir, "model", &exp.model, &exp.data)
 }
 
 fn real_sar() -> Option<PathBuf> {

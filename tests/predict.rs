@@ -4,15 +4,16 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dis2::checkpoint::{self, CheckpointInfo};
+use dis2::checkpoint;
 use dis2::config::Experiment;
 use dis2::data::raster::{
     self, read_window_at, write_geotiff, GeoRef, RasterData, RasterInfo, Window, WriteOptions,
 };
 use dis2::data::synth;
-use dis2::model::Dis2Net;
 use dis2::tiling::WindowGrid;
-use tch::{nn, Device, Tensor};
+use tch::{Device, Tensor};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_dis2");
 
@@ -27,19 +28,7 @@ fn make_checkpoint(dir: &Path, name: &str, scenarios: Option<Vec<Vec<String>>>) 
     let exp = experiment();
     let mut cfg = exp.model.clone();
     cfg.scenarios = scenarios;
-    tch::manual_seed(11);
-    let vs = nn::VarStore::new(Device::Cpu);
-    Dis2Net::new(&vs.root(), &cfg).unwrap();
-    let path = dir.join(name);
-    let info = CheckpointInfo::new(&cfg).unwrap().with_data(&exp.data);
-    checkpoint::save(&path, &vs, &info).unwrap();
-    path
-}
-
-/// A synthetic scene of `size` x `size` pixels: [optical, dsm, sar, label].
-fn make_scene(dir: &Path, size: usize) -> Vec<PathBuf> {
-    let scene = synth::generate_scene(5, 0, size);
-    synth::write_scene(dir, "scene", &scene).unwrap()
+    common::untrained_checkpoint(dir, name, &cfg, &exp.data)
 }
 
 fn run(args: &[&str]) -> Output {
@@ -119,7 +108,7 @@ fn normalised_window(path: &Path, name: &str, row: usize, col: usize) -> Tensor 
 fn blended_scene_equals_single_windows_and_keeps_georeferencing() {
     let dir = tempfile::tempdir().unwrap();
     let ck = make_checkpoint(dir.path(), "model", None);
-    let files = make_scene(dir.path(), 160);
+    let files = common::synthetic_scene(dir.path(), 160);
     let (classes, probs, preview) = (
         dir.path().join("out/classes.tif"),
         dir.path().join("out/probs.tif"),
@@ -226,7 +215,7 @@ fn blended_scene_equals_single_windows_and_keeps_georeferencing() {
 fn nodata_of_any_input_is_nodata_in_the_class_map() {
     let dir = tempfile::tempdir().unwrap();
     let ck = make_checkpoint(dir.path(), "model", None);
-    let files = make_scene(dir.path(), 112);
+    let files = common::synthetic_scene(dir.path(), 112);
     let dsm = dir.path().join("dsm_border.tif");
     with_nodata_border(&files[1], &dsm, 9, -9999.0);
     let classes = dir.path().join("classes.tif");
@@ -351,7 +340,7 @@ fn scene_lists_are_sharded_and_small_scenes_padded() {
     let dir = tempfile::tempdir().unwrap();
     let ck = make_checkpoint(dir.path(), "model", None);
     // 40 x 40: smaller than one 64 x 64 window.
-    let files = make_scene(dir.path(), 40);
+    let files = common::synthetic_scene(dir.path(), 40);
     let list = dir.path().join("scenes.txt");
     let mut text = String::from("# three scenes\n");
     for k in 0..3 {
@@ -381,7 +370,7 @@ fn scene_lists_are_sharded_and_small_scenes_padded() {
 fn bad_inputs_are_reported_with_files_and_expectations() {
     let dir = tempfile::tempdir().unwrap();
     let ck = make_checkpoint(dir.path(), "model", None);
-    let files = make_scene(dir.path(), 64);
+    let files = common::synthetic_scene(dir.path(), 64);
     let out = dir.path().join("o.tif");
     let base = ["--checkpoint", s(&ck), "--out", s(&out)];
     let with = |extra: &[&str]| {
@@ -492,7 +481,7 @@ fn a_missing_set_without_student_needs_allow_fill() {
         "sar_only",
         Some(vec![vec!["sar".to_string()], vec!["optical".to_string()]]),
     );
-    let files = make_scene(dir.path(), 64);
+    let files = common::synthetic_scene(dir.path(), 64);
     let out = dir.path().join("o.tif");
     let args = [
         "--checkpoint",
@@ -527,7 +516,7 @@ fn inline_and_background_reading_give_the_same_bytes() {
     use dis2::predict::{predict_scene, PredictOptions, Predictor, ProbsType, SceneJob};
     let dir = tempfile::tempdir().unwrap();
     let ck = make_checkpoint(dir.path(), "model", None);
-    let files = make_scene(dir.path(), 100);
+    let files = common::synthetic_scene(dir.path(), 100);
     let predictor = Predictor::load(&ck, Device::Cpu).unwrap();
     let mut outputs = Vec::new();
     for (prefetch, batch) in [(0, 1), (2, 3)] {

@@ -5,12 +5,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use dis2::checkpoint::{self, CheckpointInfo};
 use dis2::config::Experiment;
 use dis2::data::dataset::SceneDataset;
 use dis2::data::layouts::Split;
 use dis2::data::raster::{RasterInfo, Window};
-use dis2::data::synth;
 use dis2::model::Dis2Net;
 use gdal::raster::Buffer;
 use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
@@ -57,19 +55,7 @@ fn make_checkpoint(dir: &Path, name: &str, classes: i64, optical: i64) -> PathBu
     let norm = exp.data.normalisation.get_mut("optical").unwrap();
     norm.mean.truncate(optical as usize);
     norm.std.truncate(optical as usize);
-    tch::manual_seed(11);
-    let vs = nn::VarStore::new(Device::Cpu);
-    Dis2Net::new(&vs.root(), &cfg).unwrap();
-    let path = dir.join(name);
-    let info = CheckpointInfo::new(&cfg).unwrap().with_data(&exp.data);
-    checkpoint::save(&path, &vs, &info).unwrap();
-    path
-}
-
-/// A synthetic scene of `size` x `size` pixels in `dir`: [optical, dsm, sar, label].
-fn make_scene(dir: &Path, size: usize) -> Vec<PathBuf> {
-    let scene = synth::generate_scene(5, 0, size);
-    synth::write_scene(dir, "scene", &scene).unwrap()
+    common::untrained_checkpoint(dir, name, &cfg, &exp.data)
 }
 
 fn open_update(path: &Path) -> Dataset {
@@ -169,7 +155,7 @@ fn predict_leaves_pixels_of_an_internal_mask_out_of_classes_and_probabilities() 
     // mask over its left half.
     let dir = tempfile::tempdir().unwrap();
     let ck = make_checkpoint(dir.path(), "model", 6, 4);
-    let files = make_scene(dir.path(), 128);
+    let files = common::synthetic_scene(dir.path(), 128);
     add_mask(&files[0], Mask::Internal, |x, _| x < 64);
     assert!(
         !files[0].with_extension("tif.msk").exists(),
@@ -223,7 +209,7 @@ fn predict_leaves_pixels_of_an_internal_mask_out_of_classes_and_probabilities() 
 fn sidecar_and_per_band_masks_of_any_modality_are_left_out() {
     let dir = tempfile::tempdir().unwrap();
     let ck = make_checkpoint(dir.path(), "model", 6, 4);
-    let files = make_scene(dir.path(), 96);
+    let files = common::synthetic_scene(dir.path(), 96);
     // A .msk sidecar on the optical file, a per-band mask on the DSM, an internal one on SAR.
     add_mask(&files[0], Mask::Sidecar, |x, y| x < 20 && y < 20);
     assert!(
@@ -281,7 +267,7 @@ fn rgb_alpha(src: &Path, dst: &Path, invalid: impl Fn(usize, usize) -> bool) {
 #[test]
 fn an_alpha_band_is_the_mask_of_rgb_and_never_a_fourth_band() {
     let dir = tempfile::tempdir().unwrap();
-    let files = make_scene(dir.path(), 96);
+    let files = common::synthetic_scene(dir.path(), 96);
     let rgba = dir.path().join("rgba.tif");
     rgb_alpha(&files[0], &rgba, |x, _| x < 30);
     let info = RasterInfo::read(&rgba).unwrap();
@@ -332,7 +318,7 @@ fn an_alpha_band_is_the_mask_of_rgb_and_never_a_fourth_band() {
 fn an_all_nodata_scene_is_refused_and_stale_temporaries_are_cleaned() {
     let dir = tempfile::tempdir().unwrap();
     let ck = make_checkpoint(dir.path(), "model", 6, 4);
-    let files = make_scene(dir.path(), 96);
+    let files = common::synthetic_scene(dir.path(), 96);
     let out = dir.path().join("classes.tif");
     // A temporary of a killed run: its process is gone.
     let mut child = Command::new("true").spawn().unwrap();
@@ -384,7 +370,7 @@ fn gdalinfo(path: &Path) -> Option<serde_json::Value> {
 #[test]
 fn probabilities_read_as_gray_bands_named_after_the_classes() {
     let dir = tempfile::tempdir().unwrap();
-    let files = make_scene(dir.path(), 64);
+    let files = common::synthetic_scene(dir.path(), 64);
     for classes in [3, 4] {
         let ck = make_checkpoint(dir.path(), &format!("k{classes}"), classes, 4);
         let names: Vec<String> = experiment()

@@ -111,3 +111,28 @@ pub fn tiny_benchmark(dir: &Path, seed: u64) -> PathBuf {
     dis2::data::synth::generate(&options).expect("synth");
     dis2::prepare::write_synthetic_experiment(&options).expect("experiment")
 }
+
+/// An untrained model of `cfg` (seed 11) saved in `dir/name` with the class table and
+/// normalisation of `data`: a checkpoint for tests of reading, routing and writing.
+pub fn untrained_checkpoint(
+    dir: &Path,
+    name: &str,
+    cfg: &ModelConfig,
+    data: &dis2::data::config::DataConfig,
+) -> PathBuf {
+    tch::manual_seed(11);
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    dis2::model::Dis2Net::new(&vs.root(), cfg).unwrap();
+    let path = dir.join(name);
+    let info = dis2::checkpoint::CheckpointInfo::new(cfg)
+        .unwrap()
+        .with_data(data);
+    dis2::checkpoint::save(&path, &vs, &info).unwrap();
+    path
+}
+
+/// A synthetic scene of `size` x `size` pixels in `dir`: [optical, dsm, sar, label].
+pub fn synthetic_scene(dir: &Path, size: usize) -> Vec<PathBuf> {
+    let scene = dis2::data::synth::generate_scene(5, 0, size);
+    dis2::data::synth::write_scene(dir, "scene", &scene).unwrap()
+}
