@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    quiet_closed_pipe();
     dis2::alloc::tune_allocator();
     let cli = dis2::cli::Cli::parse();
     if let Err(err) = dis2::cli::run(cli) {
@@ -13,3 +14,16 @@ fn main() {
         std::process::exit(1);
     }
 }
+
+/// Output into a pipe whose reader has gone (`dis2 sweep --list | head`) ends the process the way
+/// it ends other Unix tools, by SIGPIPE, instead of Rust's panic on the failed print.
+#[cfg(unix)]
+fn quiet_closed_pipe() {
+    // SAFETY: restores the default disposition of one signal, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn quiet_closed_pipe() {}

@@ -74,3 +74,31 @@ fn unknown_device_is_rejected_by_the_parser() {
     assert_eq!(out.status.code(), Some(2), "stderr: {stderr}");
     assert!(stderr.contains("unknown device \"gpu\""), "{stderr}");
 }
+
+/// A reader that stops early (`dis2 sweep --list | head`) ends dis2 quietly, without a panic. The
+/// listing of 20 seeds (about 190 kB) is larger than a pipe's buffer, so dis2 is still writing
+/// when the reader goes.
+#[test]
+fn closed_pipe_ends_quietly() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let config = concat!(env!("CARGO_MANIFEST_DIR"), "/experiments/synthetic.yaml");
+    let mut child = Command::new(BIN)
+        .args(["sweep", "--config", config, "--seeds", "20", "--list"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the dis2 binary starts");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), "shard 0/1:");
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "stderr: {stderr}");
+    assert!(
+        !out.status.success(),
+        "the listing cannot have been written whole"
+    );
+}
