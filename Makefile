@@ -65,9 +65,15 @@ REPRODUCE_OUT ?= runs/reproduce
 REPRODUCE_QUICK_OUT ?= runs/reproduce-quick
 REPRODUCE_SMOKE_OUT ?= runs/reproduce-smoke
 SEEDS ?= 3
+# The sweeps run as JOBS shards side by side (scripts/sweep-local.sh), each with THREADS threads
+# (default: the cores divided by JOBS). Two 1-thread shards finish 1.6 x sooner than one 2-thread
+# sweep on the 2-core VM (docs/results.md, "Running the sweeps"). THREADS changes the numbers in
+# the last digits (libtorch splits its sums by thread); JOBS does not.
+JOBS ?= $(shell [ "$$(nproc)" -ge 2 ] && echo 2 || echo 1)
+SWEEP_LOCAL = JOBS=$(JOBS) BIN=$(BIN) bash scripts/sweep-local.sh
 reproduce: setup
 	$(BIN) synth --out data/synthetic
-	$(BIN) sweep --config $(REPRODUCE_CONFIG) --set train.epochs=12 --seeds $(SEEDS) --out $(REPRODUCE_OUT)
+	$(SWEEP_LOCAL) $(REPRODUCE_OUT) --config $(REPRODUCE_CONFIG) --set train.epochs=12 --seeds $(SEEDS)
 	@cat $(REPRODUCE_OUT)/results.md
 
 # The reduced grid of docs/results.md: the baselines, dis2 and its loss ablations (not the
@@ -76,8 +82,8 @@ reproduce: setup
 REPRODUCE_QUICK_METHODS ?= teacher-fill,unimodal,modality-dropout,dis2,dis2-no-kd,dis2-no-orth
 reproduce-quick: setup
 	$(BIN) synth --out data/synthetic
-	$(BIN) sweep --config $(REPRODUCE_CONFIG) --set train.epochs=12 --methods $(REPRODUCE_QUICK_METHODS) \
-		--scenarios dsm,sar,optical --seeds $(SEEDS) --out $(REPRODUCE_QUICK_OUT)
+	$(SWEEP_LOCAL) $(REPRODUCE_QUICK_OUT) --config $(REPRODUCE_CONFIG) --set train.epochs=12 \
+		--methods $(REPRODUCE_QUICK_METHODS) --scenarios dsm,sar,optical --seeds $(SEEDS)
 	@cat $(REPRODUCE_QUICK_OUT)/results.md
 
 # The smallest end-to-end check of the seeded tables, under 30 minutes on 2 cores: the filled
@@ -85,8 +91,8 @@ reproduce-quick: setup
 REPRODUCE_SMOKE_METHODS ?= teacher-fill,unimodal,dis2,dis2-no-kd
 reproduce-smoke: setup
 	$(BIN) synth --out data/synthetic
-	$(BIN) sweep --config $(REPRODUCE_CONFIG) --set train.epochs=6 --methods $(REPRODUCE_SMOKE_METHODS) \
-		--scenarios dsm --seeds $(SEEDS) --out $(REPRODUCE_SMOKE_OUT)
+	$(SWEEP_LOCAL) $(REPRODUCE_SMOKE_OUT) --config $(REPRODUCE_CONFIG) --set train.epochs=6 \
+		--methods $(REPRODUCE_SMOKE_METHODS) --scenarios dsm --seeds $(SEEDS)
 	@cat $(REPRODUCE_SMOKE_OUT)/results.md
 
 # The real-data run (docs/results.md, README "Real data"): the eo-learn Sentinel-2 + DEM patch of
@@ -99,11 +105,11 @@ real-data: setup
 	$(BIN) blocks --grid 4x4 --out data/eolearn-slovenia --labels $(REAL_FIXTURE)/label.tif \
 		--modality optical=$(REAL_OPTICAL) --modality dsm=$(REAL_FIXTURE)/dsm.tif
 
-# One thread: the model is tiny (32 x 32 crops), and on a busy machine OpenMP's spinning threads
-# made 20 steps take 203 s instead of 12 s.
+# One thread a shard: the model is tiny (32 x 32 crops), and on a busy machine OpenMP's spinning
+# threads made 20 steps take 203 s instead of 12 s.
 reproduce-real: real-data
-	$(BIN) --threads 1 sweep --config experiments/eolearn-slovenia.yaml --methods teacher-fill,unimodal,dis2,dis2-no-kd \
-		--scenarios dsm --seeds $(SEEDS) --out $(REAL_OUT)
+	THREADS=1 $(SWEEP_LOCAL) $(REAL_OUT) --config experiments/eolearn-slovenia.yaml \
+		--methods teacher-fill,unimodal,dis2,dis2-no-kd --scenarios dsm --seeds $(SEEDS)
 	@cat $(REAL_OUT)/results.md
 
 # The DLKD study (docs/results.md): KD weight, KD terms, warm-up, a longer-trained and a wider
@@ -111,7 +117,7 @@ reproduce-real: real-data
 # docs/results.md for the estimate. Killed, it continues where it stopped.
 dlkd-study: setup
 	$(BIN) synth --out data/synthetic
-	SEEDS=$(SEEDS) BIN=$(BIN) bash scripts/dlkd-study.sh
+	SEEDS=$(SEEDS) JOBS=$(JOBS) BIN=$(BIN) bash scripts/dlkd-study.sh
 
 clean:
 	$(CARGO) clean

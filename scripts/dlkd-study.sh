@@ -24,6 +24,8 @@ SEEDS=${SEEDS:-3}
 EPOCHS=${EPOCHS:-12}
 SCENARIOS=${SCENARIOS:-dsm,sar,optical}
 DEVICE=${DEVICE:-auto}
+# Shards of each sweep run side by side (scripts/sweep-local.sh; JOBS, THREADS).
+export JOBS=${JOBS:-1} BIN
 # Further sweep options for every sweep, e.g. EXTRA="--set data.sampling.samples_per_epoch=64".
 read -r -a EXTRA_ARGS <<< "${EXTRA:-}"
 
@@ -49,8 +51,8 @@ for name in "${ORDER[@]}"; do
   variants+=(--variant "$name:${VARIANT[$name]}")
 done
 echo "== 1/3 KD weight, KD terms, warm-up ($OUT/weights-terms-warmup)"
-"$BIN" sweep "${common[@]}" --methods unimodal,dis2,dis2-no-kd "${variants[@]}" \
-  --out "$OUT/weights-terms-warmup"
+sweep() { bash "$(dirname "$0")/sweep-local.sh" "$@"; }
+sweep "$OUT/weights-terms-warmup" "${common[@]}" --methods unimodal,dis2,dis2-no-kd "${variants[@]}"
 
 # The one setting chosen on validation over every scenario (results.json: selection.one_setting).
 chosen=$(grep -o '"one_setting": "[^"]*"' "$OUT/weights-terms-warmup/results.json" \
@@ -64,12 +66,12 @@ else
 fi
 
 echo "== 2/3 a teacher trained twice as long ($OUT/teacher-longer)"
-"$BIN" sweep "${common[@]}" --methods teacher-fill,dis2,dis2-no-kd "${extra[@]}" \
-  --teacher-set "train.epochs=$((2 * EPOCHS))" --out "$OUT/teacher-longer"
+sweep "$OUT/teacher-longer" "${common[@]}" --methods teacher-fill,dis2,dis2-no-kd "${extra[@]}" \
+  --teacher-set "train.epochs=$((2 * EPOCHS))"
 
 echo "== 3/3 a wider network, base width 16 ($OUT/wider)"
-"$BIN" sweep "${common[@]}" --methods teacher-fill,unimodal,dis2,dis2-no-kd "${extra[@]}" \
-  --set model.base_width=16 --out "$OUT/wider"
+sweep "$OUT/wider" "${common[@]}" --methods teacher-fill,unimodal,dis2,dis2-no-kd "${extra[@]}" \
+  --set model.base_width=16
 
 {
   echo "# DLKD study: $SEEDS seed(s), $EPOCHS-epoch runs, scenarios $SCENARIOS"

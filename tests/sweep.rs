@@ -278,3 +278,58 @@ fn shards_share_the_grid_and_collect_merges_them() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a sweep folder"));
 }
+
+/// Runs `scripts/sweep-local.sh OUT ARGS...` with `JOBS` shards of one thread each.
+fn sweep_local(jobs: &str, out: &Path, args: &[String]) -> Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/sweep-local.sh");
+    Command::new("bash")
+        .arg(script)
+        .arg(out)
+        .args(args)
+        .env("JOBS", jobs)
+        .env("THREADS", "1")
+        .env("BIN", BIN)
+        .output()
+        .expect("bash runs")
+}
+
+/// The options of `sweep_args`, without the subcommand, `--out` and its value.
+fn without_out(args: Vec<String>) -> Vec<String> {
+    let at = args.iter().position(|a| a == "--out").unwrap();
+    let mut rest = args;
+    rest.drain(at..at + 2);
+    rest.remove(0);
+    rest
+}
+
+#[test]
+fn local_shards_give_the_numbers_of_one_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = benchmark(dir.path());
+    let args = without_out(sweep_args(&config, Path::new("unused")));
+    let one = dir.path().join("one");
+    let two = dir.path().join("two");
+    ok(&sweep_local("1", &one, &args));
+    let log = ok(&sweep_local("2", &two, &args));
+    assert!(log.contains("2 shards of 1 thread(s)"), "{log}");
+    assert!(two.join("logs/shard-0.log").is_file() && two.join("logs/shard-1.log").is_file());
+    assert_eq!(results(&two)["cells_missing"], 0);
+    for eval in ["test/s3/dis2-dsm--drop-dsm", "test/s4/teacher--full"] {
+        assert_eq!(cell_miou(&one, eval), cell_miou(&two, eval), "{eval}");
+    }
+
+    // A failing shard fails the whole command and shows the end of its log.
+    let mut bad = args.clone();
+    bad.extend(["--set".into(), "train.epochs=-1".into()]);
+    let failed = sweep_local("2", &dir.path().join("bad"), &bad);
+    assert_eq!(failed.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert!(
+        stderr.contains("shard 0/2 failed") && stderr.contains("epochs"),
+        "{stderr}"
+    );
+
+    let jobs = sweep_local("two", &dir.path().join("x"), &args);
+    assert_eq!(jobs.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&jobs.stderr).contains("JOBS=two"));
+}
