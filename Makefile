@@ -59,7 +59,7 @@ demo: setup
 # modality-dropout, dis2 and its four ablations) x full and every missing scenario x $(SEEDS)
 # seeds. Killed, it continues where it stopped. Tables (mean ± sd over seeds, dis2's paired
 # differences with 95 % intervals): $(REPRODUCE_OUT)/results.{md,csv,json}, differences.csv;
-# chart: miou.png. About 3 x 62 minutes on 2 cores (docs/results.md).
+# chart: miou.png. About 2 h 20 min on 2 cores (estimated; docs/eval.md).
 REPRODUCE_CONFIG ?= experiments/synthetic.yaml
 REPRODUCE_OUT ?= runs/reproduce
 REPRODUCE_QUICK_OUT ?= runs/reproduce-quick
@@ -78,7 +78,7 @@ reproduce: setup
 
 # The reduced grid of docs/results.md: the baselines, dis2 and its loss ablations (not the
 # architecture ablations, which need teachers of their own) on the three single-modality losses,
-# 12-epoch runs as in `make reproduce`, $(SEEDS) seeds; about 3 x 18 minutes on 2 cores.
+# 12-epoch runs as in `make reproduce`, $(SEEDS) seeds; 47 min 48 s on 2 cores.
 REPRODUCE_QUICK_METHODS ?= teacher-fill,unimodal,modality-dropout,dis2,dis2-no-kd,dis2-no-orth
 reproduce-quick: setup
 	$(BIN) synth --out data/synthetic
