@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The DLKD study (issue 13; docs/results.md, "The DLKD study"): does distillation help on the
-# synthetic benchmark, and with which setting? Three sweeps over $SEEDS seeds, every setting
+# synthetic benchmark, and with which setting? Four sweeps over $SEEDS seeds, every setting
 # chosen on the validation split and reported on test (`dis2 sweep --select-on val`):
 #
 #   1. weights-terms-warmup: one teacher per seed; dis2 (lambda_kd 5, both KD terms, the
@@ -8,6 +8,7 @@
 #      feature terms only / logit term only, warm-up 0 / 3 / 6 epochs; the unimodal floor.
 #   2. teacher-longer: the same students from a teacher trained twice as long (--teacher-set).
 #   3. wider: teacher and students of base width 16 instead of 8 (their own unimodal floor).
+#   4. unimodal-longer: the control for sweep 2, the unimodal model trained as long as its teacher.
 #
 # Sweeps 2 and 3 also train the one setting sweep 1 chose on validation (as `dis2@chosen`).
 # Resumable: run it again and every sweep continues where it stopped. Tables: $OUT/*/results.md
@@ -50,7 +51,7 @@ variants=()
 for name in "${ORDER[@]}"; do
   variants+=(--variant "$name:${VARIANT[$name]}")
 done
-echo "== 1/3 KD weight, KD terms, warm-up ($OUT/weights-terms-warmup)"
+echo "== 1/4 KD weight, KD terms, warm-up ($OUT/weights-terms-warmup)"
 sweep() { bash "$(dirname "$0")/sweep-local.sh" "$@"; }
 sweep "$OUT/weights-terms-warmup" "${common[@]}" --methods unimodal,dis2,dis2-no-kd "${variants[@]}"
 
@@ -65,17 +66,22 @@ else
   echo "   chosen on validation: dis2 itself (no variant did better)"
 fi
 
-echo "== 2/3 a teacher trained twice as long ($OUT/teacher-longer)"
+echo "== 2/4 a teacher trained twice as long ($OUT/teacher-longer)"
 sweep "$OUT/teacher-longer" "${common[@]}" --methods teacher-fill,dis2,dis2-no-kd "${extra[@]}" \
   --teacher-set "train.epochs=$((2 * EPOCHS))"
 
-echo "== 3/3 a wider network, base width 16 ($OUT/wider)"
+echo "== 3/4 a wider network, base width 16 ($OUT/wider)"
 sweep "$OUT/wider" "${common[@]}" --methods teacher-fill,unimodal,dis2,dis2-no-kd "${extra[@]}" \
   --set model.base_width=16
 
+echo "== 4/4 the unimodal model trained as long as sweep 2's teacher ($OUT/unimodal-longer)"
+sweep "$OUT/unimodal-longer" --config "$CONFIG" --set "train.epochs=$((2 * EPOCHS))" --seeds "$SEEDS" \
+  --scenarios "$SCENARIOS" --split test --select-on val --device "$DEVICE" "${EXTRA_ARGS[@]}" \
+  --methods unimodal
+
 {
   echo "# DLKD study: $SEEDS seed(s), $EPOCHS-epoch runs, scenarios $SCENARIOS"
-  for part in weights-terms-warmup teacher-longer wider; do
+  for part in weights-terms-warmup teacher-longer wider unimodal-longer; do
     echo
     echo "## $part"
     echo

@@ -11,7 +11,7 @@
 #   JOBS     shards run at once (default 1: the plain sweep, progress bar on the terminal)
 #   THREADS  threads per shard (default: the cores divided by JOBS, at least 1)
 #   BIN      the dis2 binary (default target/release/dis2)
-# With JOBS > 1 each shard logs to OUT/logs/shard-I.log (`tail -f` it to watch). Killed, the
+# With JOBS > 1 each shard appends to OUT/logs/shard-I.log (`tail -f` it to watch). Killed, the
 # shards stop; run the same command again and every shard continues where it stopped. The numbers
 # depend on THREADS (libtorch's reductions split by thread), not on JOBS: keep THREADS to compare.
 set -euo pipefail
@@ -41,7 +41,7 @@ pids=()
 trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
 for ((i = 0; i < JOBS; i++)); do
   "$BIN" --threads "$THREADS" sweep "$@" --out "$out" --shard "$i/$JOBS" \
-    > "$out/logs/shard-$i.log" 2>&1 &
+    >> "$out/logs/shard-$i.log" 2>&1 &
   pids+=($!)
 done
 failed=0
