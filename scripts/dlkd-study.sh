@@ -75,6 +75,8 @@ sweep "$OUT/wider" "${common[@]}" --methods teacher-fill,unimodal,dis2,dis2-no-k
   --set model.base_width=16
 
 echo "== 4/4 the unimodal model trained as long as sweep 2's teacher ($OUT/unimodal-longer)"
+# Its own options, not "${common[@]}" plus an override: the sweep folder records every --set, so
+# a second train.epochs would make this another sweep than the documented one.
 sweep "$OUT/unimodal-longer" --config "$CONFIG" --set "train.epochs=$((2 * EPOCHS))" --seeds "$SEEDS" \
   --scenarios "$SCENARIOS" --split test --select-on val --device "$DEVICE" "${EXTRA_ARGS[@]}" \
   --methods unimodal
