@@ -59,7 +59,7 @@ demo: setup
 # modality-dropout, dis2 and its four ablations) x full and every missing scenario x $(SEEDS)
 # seeds. Killed, it continues where it stopped. Tables (mean ± sd over seeds, dis2's paired
 # differences with 95 % intervals): $(REPRODUCE_OUT)/results.{md,csv,json}, differences.csv;
-# chart: miou.png. About 2 h 20 min on 2 cores (estimated; docs/eval.md).
+# chart: miou.png. 2 h 21 min on 2 cores with JOBS=2 (docs/eval.md).
 REPRODUCE_CONFIG ?= experiments/synthetic.yaml
 REPRODUCE_OUT ?= runs/reproduce
 REPRODUCE_QUICK_OUT ?= runs/reproduce-quick
