@@ -43,8 +43,12 @@ declare -A VARIANT=(
 )
 ORDER=(kd0.5 kd1 kd2 features logits warmup0 warmup3 warmup6)
 
-common=(--config "$CONFIG" --set "train.epochs=$EPOCHS" --seeds "$SEEDS" --scenarios "$SCENARIOS"
-        --split test --select-on val --device "$DEVICE" "${EXTRA_ARGS[@]}")
+# Every sweep's options but the config and the training length. Sweep 4 gives its own length
+# rather than a second train.epochs after the common one: a sweep folder records every --set, so
+# that would be another sweep.
+shared=(--seeds "$SEEDS" --scenarios "$SCENARIOS" --split test --select-on val --device "$DEVICE"
+        "${EXTRA_ARGS[@]}")
+common=(--config "$CONFIG" --set "train.epochs=$EPOCHS" "${shared[@]}")
 started=$(date +%s)
 
 variants=()
@@ -75,10 +79,7 @@ sweep "$OUT/wider" "${common[@]}" --methods teacher-fill,unimodal,dis2,dis2-no-k
   --set model.base_width=16
 
 echo "== 4/4 the unimodal model trained as long as sweep 2's teacher ($OUT/unimodal-longer)"
-# Its own options, not "${common[@]}" plus an override: the sweep folder records every --set, so
-# a second train.epochs would make this another sweep than the documented one.
-sweep "$OUT/unimodal-longer" --config "$CONFIG" --set "train.epochs=$((2 * EPOCHS))" --seeds "$SEEDS" \
-  --scenarios "$SCENARIOS" --split test --select-on val --device "$DEVICE" "${EXTRA_ARGS[@]}" \
+sweep "$OUT/unimodal-longer" --config "$CONFIG" --set "train.epochs=$((2 * EPOCHS))" "${shared[@]}" \
   --methods unimodal
 
 {
