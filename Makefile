@@ -114,8 +114,9 @@ reproduce-real: real-data
 
 # The DLKD study (docs/results.md): KD weight, KD terms, warm-up, a longer-trained and a wider
 # teacher, $(SEEDS) seeds, settings chosen on validation; tables under runs/dlkd-study. The
-# documented run is a lost DSM (STUDY_SCENARIOS=dsm,sar,optical adds the others: about three times
-# as long). Killed, it continues where it stopped.
+# documented run is a lost DSM; another loss goes into its own folder, e.g.
+# `OUT=runs/dlkd-study-sar STUDY_SCENARIOS=sar make dlkd-study`. Killed, it continues where it
+# stopped.
 STUDY_SCENARIOS ?= dsm
 dlkd-study: setup
 	$(BIN) synth --out data/synthetic
