@@ -421,11 +421,8 @@ fn threads_for(mode: &str) -> Result<usize> {
             pool(1)?;
             Ok(0)
         }
-        // What `dis2 predict` does.
-        "pipeline" => {
-            dis2::predict::share_cpu_threads(tch::Device::Cpu);
-            Ok(2)
-        }
+        // What `dis2 predict` does: the threads of its `InferenceSettings` (held by `child`).
+        "pipeline" => Ok(2),
         custom => {
             let parts: Vec<usize> = custom
                 .strip_prefix("threads:")
@@ -448,9 +445,9 @@ fn child(args: &[String]) -> Result<()> {
     let [mode, precision, sar, ck, scene, overlap] = args else {
         bail!("usage: --child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP");
     };
-    if std::env::var_os("GDAL_CACHEMAX").is_none() {
-        gdal::config::set_config_option("GDAL_CACHEMAX", "64")?;
-    }
+    // `dis2 predict`'s inference settings (GDAL's cache, libtorch's threads); the modes other
+    // than `pipeline` then set their own threads.
+    let _settings = dis2::predict::InferenceSettings::enter(tch::Device::Cpu);
     if mode == "read" {
         return read_child(sar, Path::new(scene));
     }

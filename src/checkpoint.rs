@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
 use crate::data::config::{default_class_table, ClassInfo, DataConfig, Normalisation};
+use crate::data::normalise::{Normaliser, StatsSource};
 use crate::fsutil::{write_atomic, write_atomic_with};
 use crate::model::config::ModelConfig;
 use crate::model::Dis2Net;
@@ -82,6 +83,16 @@ impl CheckpointInfo {
         self.class_colours = Some(classes.iter().map(|c| c.colour).collect());
         self.normalisation = data.normalisation.clone();
         self
+    }
+
+    /// The normalisation the model was trained with, in model order, checked against the
+    /// model's band counts: what predict and eval normalise their inputs with.
+    ///
+    /// # Errors
+    /// A modality without statistics (a checkpoint saved without [`Self::with_data`]), or
+    /// statistics that do not fit the model.
+    pub fn normaliser(&self) -> Result<Normaliser> {
+        Normaliser::new(&self.model, &self.normalisation, StatsSource::Checkpoint)
     }
 
     /// The class table: the recorded names and colours, or `class N` with a fixed palette.

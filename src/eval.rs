@@ -19,7 +19,7 @@ use crate::config::Experiment;
 use crate::data::config::ClassInfo;
 use crate::data::dataset::{Scene, SceneDataset};
 use crate::data::layouts::Split;
-use crate::data::loader::{load_sample, Normaliser};
+use crate::data::loader::load_sample;
 use crate::data::raster::{Pixels, Window};
 use crate::data::sampling::GridSampler;
 use crate::figures::{self, AttentionData, OverlayData};
@@ -27,7 +27,9 @@ use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
 use crate::model::{Route, Scenario};
 use crate::precision::Precision;
-use crate::predict::{predict_scene_with, ClassRows, PredictOptions, Predictor, SceneJob};
+use crate::predict::{
+    predict_scene_with, ClassRows, InferenceSettings, PredictOptions, Predictor, SceneJob,
+};
 
 /// One evaluation: the library form of `dis2 eval`, also run by `dis2 sweep`.
 #[derive(Debug)]
@@ -93,7 +95,7 @@ pub struct EvalReport {
 /// A checkpoint made for another model than `req.exp`, an unknown `--drop` modality or
 /// `--exclude` class, a split without scenes or labels, unreadable inputs, unwritable outputs.
 pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
-    crate::predict::share_cpu_threads(req.device);
+    let _settings = InferenceSettings::enter(req.device);
     let predictor = load_for(req)?;
     let info = predictor.info();
     let (given, route) = branch(&info.model, &req.drop)?;
@@ -472,27 +474,6 @@ impl OverlaySampler {
     }
 }
 
-/// The normalisation the checkpoint was trained with, in model order (as `dis2 predict` uses).
-fn checkpoint_normaliser(predictor: &Predictor) -> Result<Normaliser> {
-    let info = predictor.info();
-    let mut norm = Normaliser {
-        mean: Vec::new(),
-        std: Vec::new(),
-    };
-    for m in &info.model.modalities {
-        let n = info.normalisation.get(&m.name).with_context(|| {
-            format!(
-                "the checkpoint has no normalisation for modality {}: it was saved without the \
-                 training data's statistics",
-                m.name
-            )
-        })?;
-        norm.mean.push(n.mean.iter().map(|&v| v as f32).collect());
-        norm.std.push(n.std.iter().map(|&v| v as f32).collect());
-    }
-    Ok(norm)
-}
-
 /// `--attention-maps`: for the first `windows` windows of the split's window grid at the model's
 /// crop, the CFLM class-wise spatial attention of the teacher and, with `--drop`, of `route`
 /// (the student, or the teacher with the dropped modalities filled), upsampled bilinearly to the
@@ -514,7 +495,7 @@ fn write_attention_maps(
     }
     std::fs::create_dir_all(dir)
         .with_context(|| format!("--attention-maps {}: cannot create it", dir.display()))?;
-    let norm = checkpoint_normaliser(predictor)?;
+    let norm = predictor.info().normaliser()?;
     let specs: Vec<_> = GridSampler {
         crop: [cfg.crop[0] as usize, cfg.crop[1] as usize],
         stride: [cfg.crop[0] as usize, cfg.crop[1] as usize],

@@ -552,3 +552,30 @@ fn inline_and_background_reading_give_the_same_bytes() {
         .fold(0.0f32, f32::max);
     assert!(max_diff < 1e-5, "probabilities differ by {max_diff}");
 }
+
+/// The inference settings guard halves libtorch's threads once (a nested guard changes
+/// nothing), bounds GDAL's block cache, and leaves both as it found them when dropped: a library
+/// call (eval inside a sweep) does not change the process for what follows.
+#[test]
+fn inference_settings_are_restored_and_not_compounded() {
+    use dis2::predict::{InferenceSettings, GDAL_CACHE_BYTES};
+    let threads = tch::get_num_threads();
+    // SAFETY: getters of GDAL's global cache size.
+    let cache = || unsafe { gdal_sys::GDALGetCacheMax64() };
+    let before = cache();
+    {
+        let _outer = InferenceSettings::enter(Device::Cpu);
+        let inside = tch::get_num_threads();
+        assert_eq!(inside, (threads / 2).max(1));
+        {
+            let _inner = InferenceSettings::enter(Device::Cpu);
+            assert_eq!(tch::get_num_threads(), inside);
+        }
+        assert_eq!(tch::get_num_threads(), inside);
+        if std::env::var_os("GDAL_CACHEMAX").is_none() {
+            assert_eq!(cache(), before.min(GDAL_CACHE_BYTES));
+        }
+    }
+    assert_eq!(tch::get_num_threads(), threads);
+    assert_eq!(cache(), before);
+}

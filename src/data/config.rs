@@ -99,6 +99,28 @@ pub struct Normalisation {
     pub std: Vec<f64>,
 }
 
+impl Normalisation {
+    /// Checks the statistics of modality `name` against its `channels` bands: one mean and one
+    /// std per band, finite, every std positive. The errors name `normalisation.NAME.KEY`.
+    pub(crate) fn check(&self, name: &str, channels: usize) -> Result<()> {
+        for (key, values) in [("mean", &self.mean), ("std", &self.std)] {
+            if values.len() != channels {
+                bail!(
+                    "normalisation.{name}.{key}: {} value(s), expected {channels} (the channels of modality {name})",
+                    values.len()
+                );
+            }
+            if values.iter().any(|v| !v.is_finite()) {
+                bail!("normalisation.{name}.{key}: values must be finite numbers");
+            }
+        }
+        if self.std.iter().any(|&s| s <= 0.0) {
+            bail!("normalisation.{name}.std: every value must be positive");
+        }
+        Ok(())
+    }
+}
+
 /// Random crops for training, a grid of windows for validation, and batching.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -503,20 +525,7 @@ impl DataConfig {
             else {
                 continue;
             };
-            for (key, values) in [("mean", &norm.mean), ("std", &norm.std)] {
-                if values.len() as i64 != channels {
-                    bail!(
-                        "normalisation.{name}.{key}: {} value(s), expected {channels} (the channels of modality {name})",
-                        values.len()
-                    );
-                }
-                if values.iter().any(|v| !v.is_finite()) {
-                    bail!("normalisation.{name}.{key}: values must be finite numbers");
-                }
-            }
-            if norm.std.iter().any(|&s| s <= 0.0) {
-                bail!("normalisation.{name}.std: every value must be positive");
-            }
+            norm.check(name, channels.max(0) as usize)?;
         }
         if let Some(weights) = &self.class_weights {
             if weights.len() as i64 != model.num_classes {
@@ -533,22 +542,6 @@ impl DataConfig {
         self.grid
             .validate(model, ["grid.reference", "grid.resampling"])?;
         self.sampling.validate()
-    }
-
-    /// The normalisation of each model modality, in model order; the error says how to get it.
-    pub(crate) fn normalisation_for(&self, model: &ModelConfig) -> Result<Vec<Normalisation>> {
-        model
-            .modalities
-            .iter()
-            .map(|m| {
-                self.normalisation.get(&m.name).cloned().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "data.normalisation.{}: missing; set it or run `dis2 stats --config <experiment.yaml>`",
-                        m.name
-                    )
-                })
-            })
-            .collect()
     }
 }
 

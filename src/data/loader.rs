@@ -24,43 +24,11 @@ use tch::Tensor;
 use super::config::DataConfig;
 use super::dataset::SceneDataset;
 use super::layouts::Split;
+use super::normalise::Normaliser;
 use super::sampling::{
     augment_plane, resize_nearest, resize_pixels, GridSampler, RandomCropSampler, SampleSpec,
 };
 use crate::model::config::ModelConfig;
-
-/// Per-modality, per-band `(x - mean) / std`, in model order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Normaliser {
-    pub mean: Vec<Vec<f32>>,
-    pub std: Vec<Vec<f32>>,
-}
-
-impl Normaliser {
-    /// From `data.normalisation`; every model modality must have an entry.
-    pub(crate) fn from_config(data: &DataConfig, model: &ModelConfig) -> Result<Self> {
-        let norms = data.normalisation_for(model)?;
-        Ok(Self {
-            mean: norms
-                .iter()
-                .map(|n| n.mean.iter().map(|&v| v as f32).collect())
-                .collect(),
-            std: norms
-                .iter()
-                .map(|n| n.std.iter().map(|&v| v as f32).collect())
-                .collect(),
-        })
-    }
-
-    /// No normalisation (mean 0, std 1) for the given band counts.
-    #[cfg(test)]
-    pub(crate) fn identity(channels: &[usize]) -> Self {
-        Self {
-            mean: channels.iter().map(|&c| vec![0.0; c]).collect(),
-            std: channels.iter().map(|&c| vec![1.0; c]).collect(),
-        }
-    }
-}
 
 /// `data.class_weights` as a float tensor of `num_classes` values, for a weighted loss.
 pub(crate) fn class_weights(data: &DataConfig) -> Option<Tensor> {
@@ -105,30 +73,11 @@ pub(crate) fn load_sample(
     for (m, px) in raw.modalities.iter().enumerate() {
         let px = resize_pixels(px, pw, ph);
         let mask = augment_plane(&px.valid, pw, ph, spec.augment);
-        let (Some(mean), Some(std)) = (norm.mean.get(m), norm.std.get(m)) else {
-            bail!(
-                "the normalisation covers {} modalities, the dataset has {}",
-                norm.mean.len(),
-                raw.modalities.len()
-            );
-        };
-        if mean.len() != px.bands || std.len() != px.bands {
-            bail!(
-                "normalisation of modality {m} has {} values for {} bands",
-                mean.len(),
-                px.bands
-            );
-        }
+        norm.check_modality(m, px.bands)?;
         let mut values = Vec::with_capacity(px.bands * n);
         for b in 0..px.bands {
             let plane = augment_plane(px.band(b), pw, ph, spec.augment);
-            values.extend(plane.iter().zip(&mask).map(|(&v, &ok)| {
-                if ok {
-                    (v - mean[b]) / std[b]
-                } else {
-                    0.0
-                }
-            }));
+            norm.extend_band(m, b, &mut values, &plane, &mask);
         }
         for (v, &ok) in valid.iter_mut().zip(&mask) {
             *v &= ok;

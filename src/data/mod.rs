@@ -7,7 +7,8 @@
 //! their validity decided by the same mask model; [`labels`]
 //! decodes class maps (ids, codes, ISPRS colours); [`layouts`] turns a dataset folder into
 //! scenes (one type per layout); [`dataset`] checks and reads scenes; [`sampling`] chooses
-//! windows and augmentations; [`loader`] reads batches in parallel into tensors; [`synth`]
+//! windows and augmentations; [`loader`] reads batches in parallel into tensors, normalised by [`normalise`] (the one
+//! normaliser of training and inference); [`synth`]
 //! writes the synthetic benchmark; [`stats`] computes normalisation statistics.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod grid;
 pub mod labels;
 pub mod layouts;
 pub mod loader;
+pub mod normalise;
 pub mod raster;
 pub(crate) mod rng;
 pub mod sampling;

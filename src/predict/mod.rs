@@ -21,7 +21,10 @@
 //! write the finished rows (`BlendStage`, inline or behind the model: `Blender`).
 
 mod reader;
+mod settings;
 pub(crate) mod writer;
+
+pub use settings::{InferenceSettings, GDAL_CACHE_BYTES};
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -34,6 +37,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{CheckpointInfo, Loaded};
 use crate::data::config::{ClassInfo, GridConfig};
 use crate::data::grid::{self, GridFile, GridKeys, GridSource, SceneGrid};
+use crate::data::normalise::Normaliser;
 use crate::data::raster::{GeoRef, RasterInfo, WriteOptions};
 use crate::model::modality::input_flags;
 use crate::model::{Dis2Net, Route};
@@ -112,15 +116,6 @@ impl Default for PredictOptions {
             grid_file: None,
             announce_grid: true,
         }
-    }
-}
-
-/// On the CPU, gives libtorch half of its threads (at least one) and leaves the rest to reading
-/// and cutting windows: libtorch's intra-op threads competing with the reader slow prediction
-/// down many times (figures in docs/predict.md, "Pipeline and memory").
-pub fn share_cpu_threads(device: Device) {
-    if device == Device::Cpu {
-        tch::set_num_threads((tch::get_num_threads() / 2).max(1));
     }
 }
 
@@ -231,21 +226,10 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<Vec<(Input, Ras
         header
             .check_bands(channels, &format!("modality {name} of the checkpoint"))
             .with_context(|| format!("--{name}"))?;
-        let norm = info.normalisation.get(name).ok_or_else(|| {
-            anyhow!(
-                "the checkpoint has no normalisation for modality {name}: it was saved without \
-                 the training data's statistics (CheckpointInfo::with_data)"
-            )
-        })?;
-        if norm.mean.len() != channels || norm.std.len() != channels {
-            bail!("the checkpoint's normalisation of {name} does not have {channels} values");
-        }
         let input = Input {
             index,
             source: GridSource::on_grid(path),
             channels,
-            mean: norm.mean.iter().map(|&v| v as f32).collect(),
-            std: norm.std.iter().map(|&v| v as f32).collect(),
         };
         inputs.push((input, header));
     }
@@ -566,6 +550,7 @@ impl Sink {
 /// header: size and georeferencing), the branch and the windows.
 struct ScenePlan {
     inputs: Vec<Input>,
+    norm: Normaliser,
     header: RasterInfo,
     route: Route,
     grid: WindowGrid,
@@ -577,6 +562,7 @@ impl ScenePlan {
     fn new(info: &CheckpointInfo, job: &SceneJob, options: &PredictOptions) -> Result<Self> {
         let cfg = &info.model;
         let checked = check_inputs(info, job)?;
+        let norm = info.normaliser()?;
         let (inputs, scene_grid) = place_inputs(info, checked, options)?;
         let header = scene_grid.info;
         let mut given = vec![false; cfg.modalities.len()];
@@ -593,6 +579,7 @@ impl ScenePlan {
             .map_err(|e| anyhow!("--overlap {overlap}: {e}"))?;
         Ok(Self {
             inputs,
+            norm,
             header,
             route,
             grid,
@@ -789,7 +776,12 @@ fn run_windows(
     };
     let mut progress = window_progress(plan.grid.len(), label, options.quiet);
     let inputs = Arc::new(plan.inputs);
-    let reader = BatchReader::open(inputs.clone(), plan.grid, options.batch)?;
+    let reader = BatchReader::open(
+        inputs.clone(),
+        Arc::new(plan.norm),
+        plan.grid,
+        options.batch,
+    )?;
     let (mut batches, reading) = batches(reader, options.prefetch);
     std::thread::scope(|scope| {
         let mut blender = Blender::new(stage, options.prefetch > 0, scope);

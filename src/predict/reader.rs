@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::data::grid::{GridSource, OpenSource};
+use crate::data::normalise::Normaliser;
 use crate::data::raster::{Pixels, Window};
 use crate::tiling::{pad_reflect, WindowGrid};
 
@@ -18,8 +19,6 @@ pub(super) struct Input {
     pub(super) index: usize,
     pub(super) source: GridSource,
     pub(super) channels: usize,
-    pub(super) mean: Vec<f32>,
-    pub(super) std: Vec<f32>,
 }
 
 /// Windows ready for the model: per given input, `B x C x H x W` normalised values; per
@@ -40,7 +39,12 @@ struct WindowData {
 /// Cuts `window` (of the model's crop size) from `strips` (one per input, full width, starting
 /// at the window's row), normalises it (0 where an input is nodata) and pads it to the crop by
 /// reflection.
-fn cut_window(strips: &[Pixels], inputs: &[Input], window: Window) -> WindowData {
+fn cut_window(
+    strips: &[Pixels],
+    inputs: &[Input],
+    norm: &Normaliser,
+    window: Window,
+) -> WindowData {
     let width = strips[0].width;
     let rows = strips[0].height;
     let (col, crop) = (window.x as usize, (window.height, window.width));
@@ -51,16 +55,10 @@ fn cut_window(strips: &[Pixels], inputs: &[Input], window: Window) -> WindowData
         let mut block = Vec::with_capacity(input.channels * rows * cols);
         for b in 0..input.channels {
             let plane = strip.band(b);
-            let (mean, std) = (input.mean[b], input.std[b]);
             for y in 0..rows {
-                for x in 0..cols {
-                    let at = y * width + col + x;
-                    block.push(if strip.valid[at] {
-                        (plane[at] - mean) / std
-                    } else {
-                        0.0
-                    });
-                }
+                let at = y * width + col;
+                let (values, ok) = (&plane[at..at + cols], &strip.valid[at..at + cols]);
+                norm.extend_band(input.index, b, &mut block, values, ok);
             }
         }
         for y in 0..rows {
@@ -106,6 +104,7 @@ fn to_batch(windows: Vec<WindowData>, n_inputs: usize) -> Prepared {
 /// that row's windows (in parallel); yields batches in the grid's row-major order.
 pub(super) struct BatchReader {
     inputs: Arc<Vec<Input>>,
+    norm: Arc<Normaliser>,
     grid: WindowGrid,
     batch: usize,
     datasets: Vec<OpenSource>,
@@ -115,13 +114,19 @@ pub(super) struct BatchReader {
 }
 
 impl BatchReader {
-    pub(super) fn open(inputs: Arc<Vec<Input>>, grid: WindowGrid, batch: usize) -> Result<Self> {
+    pub(super) fn open(
+        inputs: Arc<Vec<Input>>,
+        norm: Arc<Normaliser>,
+        grid: WindowGrid,
+        batch: usize,
+    ) -> Result<Self> {
         let datasets = inputs
             .iter()
             .map(|i| i.source.open())
             .collect::<Result<_>>()?;
         Ok(Self {
             inputs,
+            norm,
             grid,
             batch: batch.max(1),
             datasets,
@@ -136,7 +141,7 @@ impl BatchReader {
         let row = self.grid.rows[self.next_row];
         self.next_row += 1;
         let rows = self.grid.window.0.min(height - row);
-        let inputs = &self.inputs;
+        let (inputs, norm) = (&self.inputs, &self.norm);
         let strips: Vec<Pixels> = self
             .datasets
             .par_iter_mut()
@@ -146,7 +151,7 @@ impl BatchReader {
         let made: Vec<WindowData> = grid
             .cols
             .par_iter()
-            .map(|&col| cut_window(&strips, inputs, grid.window_at(row, col)))
+            .map(|&col| cut_window(&strips, inputs, norm, grid.window_at(row, col)))
             .collect();
         self.pending.extend(made);
         Ok(())
@@ -197,4 +202,96 @@ pub(super) fn batches(
         }
     });
     (Box::new(rx.into_iter()), Some(handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Experiment;
+    use crate::data::dataset::SceneDataset;
+    use crate::data::layouts::Split;
+    use crate::data::loader::load_sample;
+    use crate::data::sampling::SampleSpec;
+    use crate::data::synth::{self, SynthOptions};
+
+    /// Training and inference read the same pixels into the same model inputs: every window of
+    /// predict's reader that lies inside its scene equals the training sample of that window
+    /// (no augmentation), value for value, nodata pixels included.
+    #[test]
+    fn predict_windows_equal_training_samples() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SynthOptions {
+            out: dir.path().to_path_buf(),
+            scenes: 6,
+            size: 96,
+            seed: 9,
+        };
+        synth::generate(&options).unwrap();
+        let yaml = crate::prepare::write_synthetic_experiment(&options).unwrap();
+        let exp = Experiment::load(&yaml, &[]).unwrap();
+        let dataset = SceneDataset::open(&exp.data, &exp.model, Split::Train).unwrap();
+        // A nodata corner in the first scene's SAR: invalid pixels are filled the same way too.
+        let sar = gdal::Dataset::open_ex(
+            &dataset.scenes[0].modalities[2].path,
+            gdal::DatasetOptions {
+                open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let corner = vec![synth::SAR_NODATA; 40 * 40];
+        let mut buffer = gdal::raster::Buffer::new((40, 40), corner);
+        let mut band = sar.rasterband(1).unwrap();
+        band.write((10, 30), (40, 40), &mut buffer).unwrap();
+        sar.close().unwrap();
+        let norm = Arc::new(Normaliser::from_config(&exp.data, &exp.model).unwrap());
+        let crop = (exp.model.crop[0] as usize, exp.model.crop[1] as usize);
+        let (mut compared, mut with_nodata) = (0, 0);
+        for (s, scene) in dataset.scenes.iter().enumerate() {
+            let inputs: Vec<Input> = (scene.modalities.iter().enumerate())
+                .map(|(index, source)| Input {
+                    index,
+                    source: source.clone(),
+                    channels: exp.model.modalities[index].channels as usize,
+                })
+                .collect();
+            let grid = WindowGrid::new((scene.height(), scene.width()), crop, 16).unwrap();
+            let reader = BatchReader::open(Arc::new(inputs), norm.clone(), grid, 4).unwrap();
+            for batch in reader {
+                let batch = batch.unwrap();
+                for (i, window) in batch.windows.iter().enumerate() {
+                    let inside = window.x as usize + crop.1 <= scene.width()
+                        && window.y as usize + crop.0 <= scene.height();
+                    if !inside {
+                        continue;
+                    }
+                    let spec = SampleSpec {
+                        scene: s,
+                        window: *window,
+                        out_width: crop.1,
+                        out_height: crop.0,
+                        augment: Default::default(),
+                    };
+                    let sample = load_sample(&dataset, &spec, &norm).unwrap();
+                    for (m, trained) in sample.inputs.iter().enumerate() {
+                        let n = trained.len();
+                        assert_eq!(
+                            &batch.inputs[m][i * n..(i + 1) * n],
+                            &trained[..],
+                            "scene {s}, window {window:?}, modality {m}"
+                        );
+                    }
+                    let valid: Vec<f32> = sample.valid.iter().map(|&v| f32::from(v)).collect();
+                    assert_eq!(batch.valid[i], valid);
+                    compared += 1;
+                    with_nodata += usize::from(sample.valid.contains(&false));
+                }
+            }
+        }
+        assert!(compared >= 4, "only {compared} windows compared");
+        assert!(
+            with_nodata > 0,
+            "no window had a nodata pixel: the fill was not compared"
+        );
+    }
 }

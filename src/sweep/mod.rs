@@ -486,12 +486,9 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
         precision: spec.precision.resolve(device).context("--precision")?,
         quiet: true,
     };
-    // Evaluation shares the CPU threads between libtorch and the reader; training wants them
-    // all back.
-    let threads = tch::get_num_threads();
-    let report = evaluate(&request);
-    tch::set_num_threads(threads);
-    let report = report?;
+    // `evaluate` holds the inference settings (threads, GDAL's cache) for its run and gives them
+    // back: the next training run has every thread.
+    let report = evaluate(&request)?;
     let per_class: Vec<serde_json::Value> = report
         .class_names
         .iter()
