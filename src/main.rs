@@ -1,11 +1,9 @@
 //! `dis2` command-line entry point: parse arguments, run the command, print errors as a chain.
 
-use clap::Parser;
-
 fn main() {
     quiet_closed_pipe();
     dis2::alloc::tune_allocator();
-    let cli = dis2::cli::Cli::parse();
+    let cli = dis2::cli::parse();
     if let Err(err) = dis2::cli::run(cli) {
         eprintln!("error: {err}");
         for cause in err.chain().skip(1) {

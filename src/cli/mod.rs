@@ -81,6 +81,12 @@ pub struct DeviceArgs {
     pub device: DeviceChoice,
 }
 
+/// Parses the process's command line, with `dis2 predict`'s `--NAME FILE` inputs split off
+/// first ([`predict::inputs_last`]); exits with clap's message on an error.
+pub fn parse() -> Cli {
+    Cli::parse_from(predict::inputs_last(std::env::args_os().collect()))
+}
+
 /// Runs one parsed command line.
 pub fn run(cli: Cli) -> Result<()> {
     if let Some(threads) = cli.threads {

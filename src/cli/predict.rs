@@ -1,20 +1,23 @@
 //! `dis2 predict`: its arguments, the scene list, and the loop over the scenes.
 //!
 //! The inputs are named after the checkpoint's modalities (`--optical a.tif --sar c.tif`), which
-//! clap cannot know when the binary is built: every `--NAME FILE` that is not one of the options
-//! below is collected and matched against the checkpoint's modalities.
+//! clap cannot know when the binary is built: [`inputs_last`] moves every `--NAME FILE` that is
+//! not one of the options below behind a `--` before clap parses the command line (once, every
+//! option in its own field wherever it stands), and the pairs are matched against the
+//! checkpoint's modalities.
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::builder::PossibleValue;
-use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use clap::{CommandFactory, Parser, ValueEnum};
 use std::collections::BTreeMap;
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 use super::DeviceArgs;
 use crate::data::config::{GridConfig, Resampling};
 use crate::precision::PrecisionChoice;
 use crate::predict::{
-    predict_scene, share_cpu_threads, PredictOptions, Predictor, ProbsType, SceneJob,
+    predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob,
 };
 
 /// `dis2 predict`.
@@ -79,14 +82,14 @@ pub struct PredictArgs {
     /// blending) or auto (bf16 where the CPU or GPU computes it in hardware) [default: fp32].
     #[arg(long, value_name = "PRECISION")]
     pub precision: Option<PrecisionChoice>,
-    /// `--NAME FILE` per modality (and any options given after the first of them).
+    /// `--NAME FILE` per modality, moved behind a `--` by [`inputs_last`].
     #[arg(
-        trailing_var_arg = true,
+        last = true,
         allow_hyphen_values = true,
         hide = true,
         value_name = "--NAME FILE"
     )]
-    pub rest: Vec<String>,
+    pub inputs: Vec<String>,
 }
 
 /// `--probs-type u8|f32`.
@@ -106,28 +109,91 @@ impl ValueEnum for ProbsType {
     }
 }
 
-/// The options of `predict` and the `--NAME FILE` pairs, once the pairs are separated from any
-/// options clap collected with them.
-#[derive(Debug)]
-struct Resolved {
-    args: PredictArgs,
-    inputs: Vec<(String, PathBuf)>,
-}
-
-/// Splits `args.rest` into modality inputs and options, and merges those options into `args`.
-fn resolve(mut args: PredictArgs) -> Result<Resolved> {
-    let command = PredictArgs::command();
-    let known: Vec<(String, bool)> = command
+/// The long options of `predict` (and dis2's global ones), each with whether it takes a value.
+fn known_options() -> Vec<(String, bool)> {
+    PredictArgs::command()
         .get_arguments()
         .filter_map(|a| {
             a.get_long()
                 .map(|l| (l.to_string(), a.get_action().takes_values()))
         })
-        .chain([("help".to_string(), false)])
-        .collect();
-    let mut options: Vec<String> = vec!["predict".to_string()];
+        .chain([("help".to_string(), false), ("threads".to_string(), true)])
+        .collect()
+}
+
+/// A `dis2 ... predict ...` command line with its `--NAME FILE` inputs moved behind a `--` (in
+/// their order), where [`PredictArgs::inputs`] collects them; any other command line as it is.
+/// Every token that is not one of predict's options (or the value of one) is an input: clap
+/// then parses all the options once, whether they stand before or after the inputs.
+pub(crate) fn inputs_last(args: Vec<OsString>) -> Vec<OsString> {
+    let Some(at) = predict_position(&args) else {
+        return args;
+    };
+    let known = known_options();
+    let mut options: Vec<OsString> = args[..=at].to_vec();
+    let mut inputs: Vec<OsString> = Vec::new();
+    let mut tokens = args.into_iter().skip(at + 1).peekable();
+    while let Some(token) = tokens.next() {
+        let text = token.to_string_lossy();
+        if text == "--" {
+            inputs.extend(tokens.by_ref());
+            break;
+        }
+        let Some(flag) = text.strip_prefix("--") else {
+            options.push(token);
+            continue;
+        };
+        let (name, inline) = match flag.split_once('=') {
+            Some((name, _)) => (name, true),
+            None => (flag, false),
+        };
+        let target = match known.iter().find(|(long, _)| long == name) {
+            Some((_, takes_value)) => {
+                let value = *takes_value && !inline;
+                options.push(token);
+                if value {
+                    options.extend(tokens.next());
+                }
+                continue;
+            }
+            None => &mut inputs,
+        };
+        target.push(token);
+        let value_follows = tokens
+            .peek()
+            .is_some_and(|next| !next.to_string_lossy().starts_with("--"));
+        if !inline && value_follows {
+            target.extend(tokens.next());
+        }
+    }
+    if !inputs.is_empty() {
+        options.push("--".into());
+        options.extend(inputs);
+    }
+    options
+}
+
+/// The index of the `predict` subcommand in `args`, if that is the command (global options such
+/// as `--threads N` may stand before it).
+fn predict_position(args: &[OsString]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(token) = args.get(i) {
+        let text = token.to_string_lossy();
+        if text == "--threads" {
+            i += 2;
+        } else if text.starts_with('-') {
+            i += 1;
+        } else {
+            return (text == "predict").then_some(i);
+        }
+    }
+    None
+}
+
+/// The `--NAME FILE` pairs of [`PredictArgs::inputs`].
+fn parse_inputs(tokens: &[String]) -> Result<Vec<(String, PathBuf)>> {
     let mut inputs: Vec<(String, PathBuf)> = Vec::new();
-    let mut tokens = std::mem::take(&mut args.rest).into_iter();
+    let mut tokens = tokens.iter();
     while let Some(token) = tokens.next() {
         let Some(flag) = token.strip_prefix("--") else {
             bail!("unexpected argument {token:?}: inputs are given as --NAME FILE");
@@ -136,28 +202,13 @@ fn resolve(mut args: PredictArgs) -> Result<Resolved> {
             Some((n, v)) => (n.to_string(), Some(v.to_string())),
             None => (flag.to_string(), None),
         };
-        if let Some((_, takes_value)) = known.iter().find(|(l, _)| *l == name) {
-            options.push(token.clone());
-            if *takes_value && inline.is_none() {
-                if let Some(v) = tokens.next() {
-                    options.push(v);
-                }
-            }
-            continue;
-        }
-        if name == "threads" {
-            bail!(
-                "--threads is an option of dis2 itself: give it before `predict` or before the \
-                 first --NAME FILE input"
-            );
-        }
         if name.is_empty() {
             bail!("unexpected argument \"--\"");
         }
         let value = match inline {
             Some(v) => v,
             None => match tokens.next() {
-                Some(v) if !v.starts_with("--") => v,
+                Some(v) if !v.starts_with("--") => v.clone(),
                 _ => bail!("--{name}: expected a file after it"),
             },
         };
@@ -166,31 +217,7 @@ fn resolve(mut args: PredictArgs) -> Result<Resolved> {
         }
         inputs.push((name, PathBuf::from(value)));
     }
-    if options.len() > 1 {
-        let matches = command
-            .try_get_matches_from(&options)
-            .map_err(|e| anyhow!("{}", e.render().to_string().trim_end()))?;
-        let later = PredictArgs::from_arg_matches(&matches)?;
-        let given =
-            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
-        macro_rules! take {
-            ($($field:ident),*) => {$(
-                if later.$field.is_some() {
-                    args.$field = later.$field;
-                }
-            )*};
-        }
-        take!(checkpoint, out, probs, probs_type, preview, overlap, batch, list, shard, precision);
-        take!(grid_reference);
-        args.allow_fill |= later.allow_fill;
-        args.quiet |= later.quiet;
-        args.strict_grid |= later.strict_grid;
-        args.resampling.extend(later.resampling);
-        if given("device") {
-            args.device = later.device;
-        }
-    }
-    Ok(Resolved { args, inputs })
+    Ok(inputs)
 }
 
 /// The grid flags as the grid configuration.
@@ -278,7 +305,7 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
 
 /// Runs `dis2 predict`.
 pub(crate) fn run(args: PredictArgs) -> Result<()> {
-    let Resolved { args, inputs } = resolve(args)?;
+    let inputs = parse_inputs(&args.inputs)?;
     let checkpoint = args
         .checkpoint
         .clone()
@@ -333,13 +360,9 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
     if options.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    if std::env::var_os("GDAL_CACHEMAX").is_none() {
-        // Bounded block cache: memory must not grow with the scene (GDAL's default is 5 % of RAM).
-        gdal::config::set_config_option("GDAL_CACHEMAX", "64")?;
-    }
     let device = args.device.device.resolve()?;
     let precision = args.precision.unwrap_or_default().resolve(device);
-    share_cpu_threads(device);
+    let _settings = InferenceSettings::enter(device);
     let predictor = Predictor::load_in(&checkpoint, device, precision.context("--precision")?)?;
     options.grid.validate(
         &predictor.info().model,
@@ -368,9 +391,83 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
 mod tests {
     use super::*;
 
+    use crate::cli::{Cli, Command};
+    use clap::parser::ValueSource;
+
+    /// `predict`'s arguments and inputs as `dis2 ARGS...` parses them.
+    #[derive(Debug)]
+    struct Resolved {
+        args: PredictArgs,
+        inputs: Vec<(String, PathBuf)>,
+        threads: Option<usize>,
+    }
+
     fn parse(args: &[&str]) -> Result<Resolved> {
-        let matches = PredictArgs::command().try_get_matches_from(args)?;
-        resolve(PredictArgs::from_arg_matches(&matches)?)
+        let argv = std::iter::once("dis2").chain(args.iter().copied());
+        let cli = Cli::try_parse_from(inputs_last(argv.map(OsString::from).collect()))?;
+        let Command::Predict(args) = cli.command else {
+            bail!("not predict");
+        };
+        let inputs = parse_inputs(&args.inputs)?;
+        Ok(Resolved {
+            args,
+            inputs,
+            threads: cli.threads,
+        })
+    }
+
+    /// Every option of `predict`, given after an input, reaches its own field: clap parses the
+    /// options once, wherever they stand. A new option without a sample value here fails.
+    #[test]
+    fn every_option_after_an_input_is_parsed() {
+        let samples: BTreeMap<&str, &str> = [
+            ("checkpoint", "ck"),
+            ("out", "c.tif"),
+            ("probs", "p.tif"),
+            ("probs-type", "u8"),
+            ("preview", "v.png"),
+            ("overlap", "4"),
+            ("batch", "3"),
+            ("list", "scenes.txt"),
+            ("shard", "0/2"),
+            ("grid-reference", "sar"),
+            ("resampling", "dsm=cubic"),
+            ("device", "cpu"),
+            ("precision", "bf16"),
+        ]
+        .into();
+        let command = crate::cli::Cli::command();
+        let predict = command.find_subcommand("predict").unwrap();
+        let mut argv: Vec<String> = ["dis2", "predict", "--optical", "a.tif"]
+            .map(String::from)
+            .into();
+        let mut ids = Vec::new();
+        for arg in predict.get_arguments().filter(|a| !a.is_hide_set()) {
+            let Some(long) = arg.get_long() else { continue };
+            if long == "help" {
+                continue;
+            }
+            ids.push(arg.get_id().to_string());
+            argv.push(format!("--{long}"));
+            if arg.get_action().takes_values() {
+                let value = samples
+                    .get(long)
+                    .unwrap_or_else(|| panic!("--{long}: give it a sample value in this test"));
+                argv.push(value.to_string());
+            }
+        }
+        argv.extend(["--sar", "s.tif", "--threads", "2"].map(String::from));
+        let rewritten = inputs_last(argv.iter().map(OsString::from).collect());
+        let matches = command.clone().try_get_matches_from(&rewritten).unwrap();
+        let (_, sub) = matches.subcommand().unwrap();
+        for id in &ids {
+            assert_eq!(sub.value_source(id), Some(ValueSource::CommandLine), "{id}");
+        }
+        let rest: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+        let r = parse(&rest).unwrap();
+        assert_eq!(r.inputs.len(), 2);
+        assert_eq!(r.threads, Some(2));
+        assert_eq!(r.args.precision.map(|p| p.to_string()), Some("bf16".into()));
     }
 
     #[test]
@@ -415,10 +512,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("stray"), "{err}");
-        let err = parse(&["predict", "--sar", "a", "--threads", "2"])
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("before `predict`"), "{err}");
+        // dis2's global --threads is an option wherever it stands, not an input.
+        let r = parse(&["predict", "--sar", "a", "--threads", "2"]).unwrap();
+        assert_eq!((r.inputs.len(), r.threads), (1, Some(2)));
     }
 
     #[test]
