@@ -1,10 +1,13 @@
 //! Figures of `dis2 eval`: prediction overlays (image | reference | prediction | errors) and the
-//! CFLM class-wise attention grids (the paper's qualitative figure). Pixels are composed here as
-//! RGB bytes; plotters only writes the text; `report::write_png` writes atomically.
+//! CFLM class-wise attention grids (the paper's qualitative figure); the validation images of a
+//! training run's TensorBoard log; and the one mapping of class ids to colours, which the
+//! predict preview uses too. Pixels are composed here as RGB bytes; plotters only writes the
+//! text; `report::write_png` writes atomically.
 
 use anyhow::{anyhow, ensure, Result};
 use plotters::prelude::*;
 use std::path::Path;
+use tch::{Kind, Tensor};
 
 use crate::data::config::ClassInfo;
 use crate::report::text_width;
@@ -130,17 +133,64 @@ pub(crate) fn stretch_rgb(bands: &[Vec<f32>], valid: &[bool]) -> Vec<[u8; 3]> {
         .collect()
 }
 
-/// Class colours of a label or prediction map; out-of-range values (ignore, nodata) black.
+/// The colour of class `id` in `table`; ids outside the table (ignore index, nodata, negative
+/// values) black.
+pub(crate) fn class_colour(id: i64, table: &[ClassInfo]) -> [u8; 3] {
+    usize::try_from(id)
+        .ok()
+        .and_then(|c| table.get(c))
+        .map_or(NONE_COLOUR, |t| t.colour)
+}
+
+/// Class colours of a label or prediction map (see [`class_colour`]).
 pub(crate) fn class_colours(classes: &[i64], table: &[ClassInfo]) -> Vec<[u8; 3]> {
-    classes
-        .iter()
-        .map(|&c| {
-            usize::try_from(c)
-                .ok()
-                .and_then(|c| table.get(c))
-                .map_or(NONE_COLOUR, |t| t.colour)
-        })
-        .collect()
+    classes.iter().map(|&c| class_colour(c, table)).collect()
+}
+
+/// The TensorBoard image of one validation window: input | reference | prediction side by side,
+/// `(rgb, height, width)` with `rgb` the `height x width x 3` bytes (`width` three windows').
+/// `input` is the normalised `[C, H, W]` window (its first three bands stretched between their
+/// minimum and maximum, one band grey); `labels` and `preds` are `[H, W]` class ids (integer
+/// tensors), coloured by `table` with ignored pixels black.
+///
+/// # Errors
+/// When the tensors cannot be read back as bytes and class ids.
+pub(crate) fn validation_panels(
+    input: &Tensor,
+    labels: &Tensor,
+    preds: &Tensor,
+    table: &[ClassInfo],
+) -> Result<(Vec<u8>, usize, usize)> {
+    let (h, w) = (labels.size()[0] as usize, labels.size()[1] as usize);
+    let input_rgb = min_max_rgb(input)?;
+    let flat = |ids: &Tensor| -> Result<Vec<u8>> {
+        let ids = Vec::<i64>::try_from(ids.flatten(0, -1))?;
+        Ok(class_colours(&ids, table).concat())
+    };
+    let (label_rgb, pred_rgb) = (flat(labels)?, flat(preds)?);
+    let mut rgb = Vec::with_capacity(h * w * 9);
+    for y in 0..h {
+        for part in [&input_rgb, &label_rgb, &pred_rgb] {
+            rgb.extend_from_slice(&part[y * w * 3..(y + 1) * w * 3]);
+        }
+    }
+    Ok((rgb, h, 3 * w))
+}
+
+/// The first three bands of a normalised `[C, H, W]` input, stretched to 0..255 between their
+/// minimum and maximum (a single band becomes grey); `H x W x 3` bytes.
+fn min_max_rgb(x: &Tensor) -> Result<Vec<u8>> {
+    let c = x.size()[0];
+    let bands = if c >= 3 {
+        x.narrow(0, 0, 3)
+    } else {
+        x.narrow(0, 0, 1).repeat([3, 1, 1])
+    };
+    let lo = bands.min().double_value(&[]);
+    let hi = bands.max().double_value(&[]);
+    let scaled = ((bands - lo) * (255.0 / (hi - lo).max(1e-6))).clamp(0.0, 255.0);
+    let hwc = scaled.permute([1, 2, 0]).contiguous().to_kind(Kind::Uint8);
+    Ok(Vec::<u8>::try_from(hwc.flatten(0, -1))?)
 }
 
 /// A darkened grey version of an RGB panel, the background of error and attention panels.
@@ -485,6 +535,37 @@ mod tests {
             "{wide}"
         );
         assert_eq!(narrow, NAME_COLUMN + 2 * (attention_cell(64, 64).0 + GAP));
+    }
+
+    #[test]
+    fn class_ids_outside_the_table_are_black() {
+        let t = table(3);
+        assert_eq!(class_colour(2, &t), t[2].colour);
+        for id in [-1, 3, 255] {
+            assert_eq!(class_colour(id, &t), NONE_COLOUR, "id {id}");
+        }
+        assert_eq!(class_colours(&[0, 255], &t), vec![t[0].colour, NONE_COLOUR]);
+    }
+
+    #[test]
+    fn validation_panels_put_input_reference_and_prediction_side_by_side() {
+        let t = table(3);
+        // One band, 1 x 2 pixels: its minimum black, its maximum white.
+        let input = Tensor::from_slice(&[-1.0f32, 3.0]).reshape([1, 1, 2]);
+        let labels = Tensor::from_slice(&[1i64, 255]).reshape([1, 2]);
+        let preds = Tensor::from_slice(&[2i64, 0]).reshape([1, 2]);
+        let (rgb, h, w) = validation_panels(&input, &labels, &preds, &t).unwrap();
+        assert_eq!((h, w, rgb.len()), (1, 6, 18));
+        let px: Vec<[u8; 3]> = rgb.chunks(3).map(|c| [c[0], c[1], c[2]]).collect();
+        let want = [
+            [0, 0, 0],
+            [255, 255, 255],
+            t[1].colour,
+            NONE_COLOUR,
+            t[2].colour,
+            t[0].colour,
+        ];
+        assert_eq!(px, want);
     }
 
     #[test]

@@ -246,21 +246,20 @@ fn checkpoint_round_trip_keeps_every_variable_and_batchnorm_stats() {
 #[test]
 fn import_torch_command_line() {
     let Some(dir) = reference_dir() else { return };
-    let exe = env!("CARGO_BIN_EXE_dis2");
     let tmp = tempfile::tempdir().unwrap();
     let config =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/models/reference-small.yaml");
     let out = tmp.path().join("cli");
     let run = |weights: &Path| {
-        std::process::Command::new(exe)
-            .args(["import-torch", "--weights"])
-            .arg(weights)
-            .arg("--config")
-            .arg(&config)
-            .arg("--out")
-            .arg(&out)
-            .output()
-            .unwrap()
+        dis2(&[
+            "import-torch",
+            "--weights",
+            s(weights),
+            "--config",
+            s(&config),
+            "--out",
+            s(&out),
+        ])
     };
     let bad = run(&tmp.path().join("nope.safetensors"));
     assert_eq!(bad.status.code(), Some(1));
@@ -271,12 +270,7 @@ fn import_torch_command_line() {
     );
     assert!(files_in(tmp.path()).is_empty());
 
-    let good = run(&dir.join("small.weights.safetensors"));
-    assert!(
-        good.status.success(),
-        "{}",
-        String::from_utf8_lossy(&good.stderr)
-    );
+    ok(&run(&dir.join("small.weights.safetensors")));
     assert_eq!(files_in(tmp.path()), ["cli.safetensors", "cli.yaml"]);
     let info = checkpoint::read_info(&out).unwrap();
     assert_eq!(info.model.scenario_list().unwrap().len(), 2);

@@ -2,7 +2,8 @@
 
 use std::process::Command;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
+mod common;
+use common::BIN;
 
 /// Runs the binary from `/` with an environment holding nothing but PATH.
 fn run_bare(args: &[&str]) -> std::process::Output {

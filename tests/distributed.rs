@@ -3,27 +3,18 @@
 //! the torch venv has it. One step on two ranks equals one process that averages the gradients
 //! of the same two shards; two identical runs log identically; the checkpoints evaluate and
 //! predict; a rank that dies or never comes fails the others quickly; `--resume` refuses another
-//! number of processes.
+//! number of processes. One test at a time (`common::serial`): each starts several processes on
+//! a 2-core machine.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tch::Tensor;
 
 mod common;
-use common::tiny_benchmark;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
-
-/// One test at a time: each starts several processes on a 2-core machine.
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner())
-}
+use common::{dis2, ok, serial, tiny_benchmark, BIN};
 
 /// Small settings: 16 samples of 4 per epoch (4 batches: 2 steps on two ranks), validation on
 /// two batches.
@@ -82,18 +73,6 @@ fn two_ranks(args: &[String]) -> Vec<Output> {
         .into_iter()
         .map(|c| c.wait_with_output().expect("dis2 ends"))
         .collect()
-}
-
-fn one_process(args: &[String]) -> Output {
-    Command::new(BIN).args(args).output().expect("dis2 runs")
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn read(path: &Path) -> String {
@@ -163,7 +142,7 @@ fn one_step_on_two_ranks_equals_one_process_averaging_both_shards() {
             &one,
             settings(&[&both, "train.max_steps=1"]),
         );
-        assert_ok(&one_process(&one_args));
+        ok(&dis2(&one_args));
         let two = dir.path().join(format!("{name}-2"));
         let each = format!("train.accumulate={accumulate}");
         let two_args = train_args(
@@ -172,7 +151,9 @@ fn one_step_on_two_ranks_equals_one_process_averaging_both_shards() {
             &two,
             settings(&[&each, "train.max_steps=1"]),
         );
-        two_ranks(&two_args).iter().for_each(assert_ok);
+        for out in &two_ranks(&two_args) {
+            ok(out);
+        }
 
         let diff = max_difference(&parameters(&one), &parameters(&two));
         assert!(diff <= 1e-6, "{name}: parameters differ by {diff}");
@@ -221,7 +202,9 @@ fn two_rank_runs_repeat_exactly_and_their_checkpoints_evaluate_and_predict() {
             &out,
             settings(&[]),
         ));
-        outputs.iter().for_each(assert_ok);
+        for out in &outputs {
+            ok(out);
+        }
         (out, outputs)
     };
     let (first, outputs) = run("first", &two_ranks);
@@ -245,7 +228,7 @@ fn two_rank_runs_repeat_exactly_and_their_checkpoints_evaluate_and_predict() {
         assert_eq!(read(&first.join(file)), read(&again.join(file)), "{file}");
     }
 
-    let eval = one_process(&[
+    let eval = dis2(&[
         "eval".into(),
         "--checkpoint".into(),
         first.display().to_string(),
@@ -256,7 +239,7 @@ fn two_rank_runs_repeat_exactly_and_their_checkpoints_evaluate_and_predict() {
         "--device".into(),
         "cpu".into(),
     ]);
-    assert_ok(&eval);
+    ok(&eval);
     assert!(String::from_utf8_lossy(&eval.stdout).starts_with("teacher: mIoU"));
     let scene = |m: &str| {
         dir.path()
@@ -274,7 +257,7 @@ fn two_rank_runs_repeat_exactly_and_their_checkpoints_evaluate_and_predict() {
         "--device".into(),
         "cpu".into(),
     ]);
-    assert_ok(&one_process(&predict));
+    ok(&dis2(&predict));
     assert!(classes.is_file());
 
     // --resume: the same number of processes, or a clear refusal.
@@ -292,10 +275,12 @@ fn two_rank_runs_repeat_exactly_and_their_checkpoints_evaluate_and_predict() {
         if n == 2 {
             two_ranks(&args)
         } else {
-            vec![one_process(&args)]
+            vec![dis2(&args)]
         }
     };
-    resume(2).iter().for_each(assert_ok);
+    for out in &resume(2) {
+        ok(out);
+    }
     let alone = resume(1).remove(0);
     assert_eq!(alone.status.code(), Some(1));
     let err = String::from_utf8_lossy(&alone.stderr);

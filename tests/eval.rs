@@ -1,28 +1,14 @@
 //! `dis2 eval` through the binary on a tiny synthetic benchmark.
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
-use common::tiny_benchmark;
+use common::{ok, read_json, tiny_benchmark};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
-
-fn dis2(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .args(["--device", "cpu", "--quiet"])
-        .output()
-        .expect("dis2 runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+/// `dis2 ARGS --device cpu --quiet`: every run of this file.
+fn quiet_on_cpu(args: &[&str]) -> Output {
+    common::dis2(&[args, &["--device", "cpu", "--quiet"][..]].concat())
 }
 
 /// Pixels of the test split that are scored: labelled, and with data in every input (the
@@ -54,7 +40,7 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     let config = tiny_benchmark(dir.path(), 5);
     let run = dir.path().join("teacher");
     let (config, run_s) = (config.display().to_string(), run.display().to_string());
-    ok(&dis2(&[
+    ok(&quiet_on_cpu(&[
         "train-teacher",
         "--config",
         &config,
@@ -70,11 +56,9 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
         "train.val_batches=1",
     ]));
 
-    let stdout = ok(&dis2(&["eval", "--checkpoint", &run_s]));
+    let stdout = ok(&quiet_on_cpu(&["eval", "--checkpoint", &run_s]));
     assert!(stdout.starts_with("teacher: mIoU"), "{stdout}");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("eval-test/metrics.json")).unwrap())
-            .unwrap();
+    let doc = read_json(&run.join("eval-test/metrics.json"));
     let cm: Vec<Vec<u64>> = serde_json::from_value(doc["confusion_matrix"].clone()).unwrap();
     let total: u64 = cm.iter().flatten().sum();
     assert_eq!(
@@ -91,7 +75,7 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     );
 
     // No student for a dropped DSM in a teacher run: the teacher runs with it filled, and says so.
-    let stdout = ok(&dis2(&[
+    let stdout = ok(&quiet_on_cpu(&[
         "eval",
         "--checkpoint",
         &run_s,
@@ -102,10 +86,7 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     ]));
     assert!(stdout.starts_with("teacher-fill[dsm]: mIoU"), "{stdout}");
     assert!(stdout.contains("(not in means)"), "{stdout}");
-    let doc: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(run.join("eval-test-drop-dsm/metrics.json")).unwrap(),
-    )
-    .unwrap();
+    let doc = read_json(&run.join("eval-test-drop-dsm/metrics.json"));
     assert_eq!(doc["branch"], "teacher-fill[dsm]");
 
     for (args, expected) in [
@@ -114,7 +95,7 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     ] {
         let mut all = vec!["eval", "--checkpoint", &run_s];
         all.extend(args);
-        let out = dis2(&all);
+        let out = quiet_on_cpu(&all);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
@@ -126,7 +107,7 @@ fn tiny_teacher(dir: &Path) -> (std::path::PathBuf, String, std::path::PathBuf) 
     let config = tiny_benchmark(dir, 5);
     let run = dir.join("teacher");
     let config = config.display().to_string();
-    ok(&dis2(&[
+    ok(&quiet_on_cpu(&[
         "train-teacher",
         "--config",
         &config,
@@ -142,10 +123,6 @@ fn tiny_teacher(dir: &Path) -> (std::path::PathBuf, String, std::path::PathBuf) 
         "train.val_batches=1",
     ]));
     (dir.join("synthetic"), config, run)
-}
-
-fn read_json(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
 fn png_size(path: &Path) -> (usize, usize) {
@@ -184,7 +161,7 @@ fn eval_erodes_boundaries_and_draws_overlays() {
     assert!(kept < total, "the synthetic scenes have class boundaries");
 
     let eroded = dir.path().join("eroded");
-    ok(&dis2(&[
+    ok(&quiet_on_cpu(&[
         "eval",
         "--checkpoint",
         &run_s,
@@ -221,7 +198,7 @@ fn eval_erodes_boundaries_and_draws_overlays() {
     }
 
     let plain = dir.path().join("plain");
-    ok(&dis2(&[
+    ok(&quiet_on_cpu(&[
         "eval",
         "--checkpoint",
         &run_s,
@@ -253,7 +230,7 @@ fn eval_draws_attention_maps_of_teacher_and_student() {
 
     // Teacher alone: the second column of the class rows stays empty (white).
     let teacher_maps = dir.path().join("attention-teacher");
-    let stdout = ok(&dis2(&[
+    let stdout = ok(&quiet_on_cpu(&[
         "eval",
         "--checkpoint",
         &run_s,
@@ -285,7 +262,7 @@ fn eval_draws_attention_maps_of_teacher_and_student() {
 
     // A student for the missing DSM (two distillation steps): teacher | student[dsm].
     let student = dir.path().join("student-dsm");
-    ok(&dis2(&[
+    ok(&quiet_on_cpu(&[
         "distill",
         "--config",
         &config,
@@ -303,7 +280,7 @@ fn eval_draws_attention_maps_of_teacher_and_student() {
         "train.val_batches=1",
     ]));
     let maps = dir.path().join("attention-student");
-    let stdout = ok(&dis2(&[
+    let stdout = ok(&quiet_on_cpu(&[
         "eval",
         "--checkpoint",
         &student.display().to_string(),
@@ -328,7 +305,7 @@ fn eval_draws_attention_maps_of_teacher_and_student() {
         "the student's column is drawn"
     );
 
-    let out = dis2(&[
+    let out = quiet_on_cpu(&[
         "eval",
         "--checkpoint",
         &run_s,

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use dis2::config::Experiment;
 use dis2::data::config::{DatasetConfig, GenericConfig, GenericSplit, GridConfig, Resampling};
@@ -21,9 +21,10 @@ use gdal::spatial_ref::{CoordTransform, SpatialRef};
 use gdal::Gcp;
 
 mod common;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
-const S1: &str = "S1A__IW___D_20170309T054356_VV_grd_mli_geo_norm_db.tif";
+use common::{
+    dis2, failed, ok_with_stderr, predict, read_all, read_json, real_sar, s, synthetic_checkpoint,
+    synthetic_experiment, synthetic_scene,
+};
 
 /// Optical: 5 m pixels, 400 x 300, from column 200 and row 50 of the Sentinel-1 grid, so that
 /// its columns from 272 on lie east of the SAR scene.
@@ -31,32 +32,6 @@ const OPTICAL: (usize, usize) = (400, 300);
 const SAR_EAST_EDGE: usize = 272;
 /// The DSM (4 m, EPSG:2154) leaves out the southern 60 rows of the optical raster or so.
 const DSM_SOUTH_GAP_M: f64 = 300.0;
-
-fn experiment() -> Experiment {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/synthetic.yaml");
-    Experiment::load(&path, &[]).unwrap()
-}
-
-/// A seeded width-8 model of experiments/synthetic.yaml (optical 4, dsm 1, sar 1; 64 x 64).
-fn make_checkpoint(dir: &Path) -> PathBuf {
-    let exp = experiment();
-    common::untrained_checkpoint(dir, "model", &exp.model, &exp.data)
-}
-
-fn real_sar() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/real")
-        .join(S1);
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: real Sentinel-1 fixture not found at {}",
-            path.display()
-        );
-        None
-    }
-}
 
 fn utm(epsg: u32) -> SpatialRef {
     let mut srs = SpatialRef::from_epsg(epsg).unwrap();
@@ -179,35 +154,6 @@ fn write_dsm(path: &Path, origin: (f64, f64)) -> ((f64, f64), (usize, usize)) {
     ((x0, y1), size)
 }
 
-fn predict(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("predict")
-        .args(args)
-        .args(["--device", "cpu"])
-        .output()
-        .expect("the dis2 binary starts")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(out: &Output) -> (String, String) {
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "failed:\n{stderr}");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
-}
-
-fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn read_all(path: &Path) -> Pixels {
-    let info = RasterInfo::read(path).unwrap();
-    read_window_at(path, Window::new(0, 0, info.width, info.height)).unwrap()
-}
-
 /// Whether the DSM covers optical pixel (column, row): `Some` away from its edges, `None`
 /// within one DSM pixel of them (where the warper's approximation may go either way).
 fn dsm_covers(scene: &RealScene, to_l93: &CoordTransform, col: usize, row: usize) -> Option<bool> {
@@ -225,9 +171,9 @@ fn predict_resamples_sar_and_a_dsm_in_another_crs_onto_the_optical_grid() {
     let Some(sar) = real_sar() else { return };
     let dir = tempfile::tempdir().unwrap();
     let scene = real_scene(dir.path(), &sar);
-    let ck = make_checkpoint(dir.path());
+    let ck = synthetic_checkpoint(dir.path());
     let classes = dir.path().join("classes.tif");
-    let (stdout, stderr) = ok(&predict(&[
+    let (stdout, stderr) = ok_with_stderr(&predict(&[
         "--checkpoint",
         s(&ck),
         "--optical",
@@ -296,7 +242,7 @@ fn predict_resamples_sar_and_a_dsm_in_another_crs_onto_the_optical_grid() {
 
     // On the SAR grid instead: the optical raster is averaged onto it (4x coarser).
     let on_sar = dir.path().join("on_sar.tif");
-    let (_, stderr) = ok(&predict(&[
+    let (_, stderr) = ok_with_stderr(&predict(&[
         "--checkpoint",
         s(&ck),
         "--optical",
@@ -374,7 +320,7 @@ fn a_pre_aligned_pair_is_read_as_it_is_and_gives_the_same_result_bit_for_bit() {
     let Some(sar) = real_sar() else { return };
     let dir = tempfile::tempdir().unwrap();
     let scene = real_scene(dir.path(), &sar);
-    let ck = make_checkpoint(dir.path());
+    let ck = synthetic_checkpoint(dir.path());
     let aligned = dir.path().join("sar_on_optical.tif");
     pre_aligned_sar(&scene, &aligned);
     let run = |name: &str, sar: &Path, extra: &[&str]| {
@@ -395,7 +341,7 @@ fn a_pre_aligned_pair_is_read_as_it_is_and_gives_the_same_result_bit_for_bit() {
             s(&probs),
         ];
         args.extend_from_slice(extra);
-        let (_, stderr) = ok(&predict(&args));
+        let (_, stderr) = ok_with_stderr(&predict(&args));
         (read_all(&classes), read_all(&probs), stderr)
     };
     // Already on the grid: nothing is resampled; the same as the strict reading of before.
@@ -422,12 +368,6 @@ fn same_bits(a: &Pixels, b: &Pixels) -> bool {
             .all(|(x, y)| x.to_bits() == y.to_bits())
 }
 
-/// A synthetic scene of 96 x 96 px: [optical, dsm, sar, label].
-fn synthetic_scene(dir: &Path) -> Vec<PathBuf> {
-    let scene = synth::generate_scene(5, 0, 96);
-    synth::write_scene(dir, "scene", &scene).unwrap()
-}
-
 /// A copy of `src` under `dst` with georeferencing `georef`.
 fn copy_with(src: &Path, dst: &Path, georef: &GeoRef) {
     let info = RasterInfo::read(src).unwrap();
@@ -449,8 +389,8 @@ fn copy_with(src: &Path, dst: &Path, georef: &GeoRef) {
 #[test]
 fn a_geotransform_without_crs_is_carried_to_every_output() {
     let dir = tempfile::tempdir().unwrap();
-    let files = synthetic_scene(dir.path());
-    let ck = make_checkpoint(dir.path());
+    let files = synthetic_scene(dir.path(), 96);
+    let ck = synthetic_checkpoint(dir.path());
     // The reproducer: `gdal_edit.py -a_srs None` on the three inputs.
     for f in &files[..3] {
         let mut ds = gdal::Dataset::open_ex(
@@ -466,7 +406,7 @@ fn a_geotransform_without_crs_is_carried_to_every_output() {
     let input = RasterInfo::read(&files[0]).unwrap();
     assert_eq!(input.crs_wkt, None, "the CRS is stripped");
     let (classes, probs) = (dir.path().join("c.tif"), dir.path().join("p.tif"));
-    ok(&predict(&[
+    ok_with_stderr(&predict(&[
         "--checkpoint",
         s(&ck),
         "--optical",
@@ -509,8 +449,8 @@ fn gcps_of(info: &RasterInfo) -> Vec<Gcp> {
 #[test]
 fn gcp_inputs_keep_their_gcps_and_mixed_inputs_follow_the_rule() {
     let dir = tempfile::tempdir().unwrap();
-    let files = synthetic_scene(dir.path());
-    let ck = make_checkpoint(dir.path());
+    let files = synthetic_scene(dir.path(), 96);
+    let ck = synthetic_checkpoint(dir.path());
     let info = RasterInfo::read(&files[0]).unwrap();
     let by_gcps = GeoRef {
         geo_transform: None,
@@ -528,7 +468,7 @@ fn gcp_inputs_keep_their_gcps_and_mixed_inputs_follow_the_rule() {
         })
         .collect();
     let classes = dir.path().join("c.tif");
-    let (_, stderr) = ok(&predict(&[
+    let (_, stderr) = ok_with_stderr(&predict(&[
         "--checkpoint",
         s(&ck),
         "--optical",
@@ -561,7 +501,7 @@ fn gcp_inputs_keep_their_gcps_and_mixed_inputs_follow_the_rule() {
     };
     copy_with(&files[1], &bare, &none);
     let mixed = dir.path().join("mixed.tif");
-    let (_, stderr) = ok(&predict(&[
+    let (_, stderr) = ok_with_stderr(&predict(&[
         "--checkpoint",
         s(&ck),
         "--optical",
@@ -619,7 +559,7 @@ fn real_experiment(dir: &Path, scene: &RealScene) -> (Experiment, PathBuf) {
         ]),
         labels: Some(folder(&scene.labels)),
     };
-    let mut exp = experiment();
+    let mut exp = synthetic_experiment();
     exp.data.dataset = DatasetConfig::Generic(GenericConfig {
         train: split.clone(),
         val: Some(split.clone()),
@@ -679,7 +619,7 @@ fn datasets_loader_stats_and_eval_read_every_file_on_the_reference_grid() {
     assert_eq!(batch.inputs[2].size(), vec![8, 1, 64, 64]);
 
     // eval scores the class map on the optical grid, also with the optical dropped.
-    let ck = make_checkpoint(dir.path());
+    let ck = synthetic_checkpoint(dir.path());
     let all_valid = |drop_optical: bool| -> u64 {
         (0..OPTICAL.0 * OPTICAL.1)
             .filter(|&i| {
@@ -709,11 +649,8 @@ fn datasets_loader_stats_and_eval_read_every_file_on_the_reference_grid() {
         if let Some(d) = drop {
             args.extend(["--drop", d]);
         }
-        let output = Command::new(BIN).args(&args).output().unwrap();
-        ok(&output);
-        let doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
-                .unwrap();
+        ok_with_stderr(&dis2(&args));
+        let doc = read_json(&out.join("metrics.json"));
         assert_eq!(
             doc["pixels"].as_u64(),
             Some(all_valid(drop.is_some())),
@@ -774,7 +711,7 @@ fn sweep_trains_and_scores_a_dataset_on_different_grids() {
     let scene = real_scene(&dir.path().join("data"), &sar);
     let (_, config) = real_experiment(dir.path(), &scene);
     let out = dir.path().join("sweep");
-    let output = Command::new(BIN)
+    let output = Command::new(common::BIN)
         .args(["sweep", "--config", s(&config), "--out", s(&out)])
         .args(["--methods", "teacher-fill", "--scenarios", "sar"])
         .args(["--set", "data.sampling.samples_per_epoch=8"])
@@ -783,13 +720,12 @@ fn sweep_trains_and_scores_a_dataset_on_different_grids() {
         .args(["--device", "cpu"])
         .output()
         .unwrap();
-    let (_, stderr) = ok(&output);
+    let (_, stderr) = ok_with_stderr(&output);
     assert!(
         stderr.contains("modality sar (20 m, EPSG:32631) is resampled (bilinear)"),
         "{stderr}"
     );
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let doc = read_json(&out.join("results.json"));
     assert_eq!(doc["cells_missing"], 0, "{doc}");
     let cells = &doc["methods"][0]["cells"];
     assert!(cells["full"]["miou"]["mean"].as_f64().is_some(), "{doc}");

@@ -1,5 +1,11 @@
 //! A three-modality model (4 + 1 + 1 bands): every scenario runs, missing inputs are never read,
 //! gradients reach exactly the parameters a scenario uses, and bad inputs are clear errors.
+//!
+//! The tests of this file run one at a time (`common::serial`): with two of them running
+//! libtorch's transposed convolution backward passes (the auxiliary decoders) at once in one
+//! process, an auxiliary decoder's bias gradient came out different now and then, which the
+//! comparisons here would misread. (Training itself never runs two of those at once: see
+//! `dis2::train::joint_backward`.)
 
 mod common;
 
@@ -12,29 +18,12 @@ use tch::{nn, Device, Kind, Tensor};
 
 const B: i64 = 2;
 
-/// The tests of this file one at a time: with two of them running libtorch's transposed
-/// convolution backward passes (the auxiliary decoders) at once in one process, an auxiliary
-/// decoder's bias gradient came out different now and then, which the comparisons here would
-/// misread. (Training itself never runs two of those at once: see
-/// `dis2::train::joint_backward`.)
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn inputs(channels: &[i64]) -> Vec<Tensor> {
-    channels
-        .iter()
-        .map(|&c| Tensor::randn([B, c, 64, 64], (Kind::Float, Device::Cpu)))
-        .collect()
-}
-
 /// Random inputs and a random target of 5 classes at 64x64 (every pixel counted, no class
 /// weights).
 fn inputs_and_target(channels: &[i64]) -> (Vec<Tensor>, Target) {
     let labels = Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu));
     (
-        inputs(channels),
+        random_inputs(channels, B, 64),
         masked_target(&labels, 255, 5, None).unwrap(),
     )
 }
@@ -55,38 +44,13 @@ fn strategy(net: &Dis2Net) -> JointBackward {
     JointBackward::choose(Device::Cpu, net.config(), B)
 }
 
-fn build(channels: &[i64]) -> (nn::VarStore, Dis2Net) {
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let net = Dis2Net::new(&vs.root(), &small_config(channels, 5)).unwrap();
-    (vs, net)
-}
-
-/// Names of the trainable variables that backward reached.
-fn reached(vs: &nn::VarStore) -> (Vec<String>, Vec<String>) {
-    let mut yes = Vec::new();
-    let mut no = Vec::new();
-    for (name, t) in vs.variables() {
-        if t.requires_grad() {
-            if t.grad().defined() {
-                yes.push(name)
-            } else {
-                no.push(name)
-            }
-        }
-    }
-    yes.sort();
-    no.sort();
-    (yes, no)
-}
-
 #[test]
 fn three_modalities_every_scenario_runs_with_right_shapes() {
     let _serial = serial();
     let ch = [4, 1, 1];
-    let (_vs, net) = build(&ch);
+    let (_vs, net) = build(&small_config(&ch, 5));
     assert_eq!(net.scenarios().len(), 6);
-    let x = inputs(&ch);
+    let x = random_inputs(&ch, B, 64);
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     let labels = Tensor::randint(5, [B, 64, 64], (Kind::Int64, Device::Cpu));
     let objective_target = masked_target(&labels, 255, 5, None).unwrap();
@@ -161,8 +125,8 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
 fn missing_modalities_are_never_read() {
     let _serial = serial();
     let ch = [4, 1, 1];
-    let (_vs, net) = build(&ch);
-    let x = inputs(&ch);
+    let (_vs, net) = build(&small_config(&ch, 5));
+    let x = random_inputs(&ch, B, 64);
     let nan: Vec<Tensor> = ch
         .iter()
         .map(|&c| Tensor::full([B, c, 64, 64], f64::NAN, (Kind::Float, Device::Cpu)))
@@ -196,12 +160,12 @@ fn missing_modalities_are_never_read() {
 fn student_inference_gradients_reach_only_its_parameters() {
     let _serial = serial();
     let ch = [4, 1, 1];
-    let x = inputs(&ch);
+    let x = random_inputs(&ch, B, 64);
     for s in [
         Scenario::new(vec![1], 3).unwrap(),
         Scenario::new(vec![0, 2], 3).unwrap(),
     ] {
-        let (vs, net) = build(&ch);
+        let (vs, net) = build(&small_config(&ch, 5));
         let given: Vec<Option<&Tensor>> = (0..3)
             .map(|i| if s.is_missing(i) { None } else { Some(&x[i]) })
             .collect();
@@ -243,7 +207,7 @@ fn training_gradients_reach_teacher_and_this_student_only() {
     let (x, target) = inputs_and_target(&ch);
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     let s = Scenario::new(vec![2], 3).unwrap();
-    let (vs, net) = build(&ch);
+    let (vs, net) = build(&small_config(&ch, 5));
     let step = forward_joint(&net, &s, &all, true, strategy(&net)).unwrap();
     objective(&net, &step, &target).backward(1.0).unwrap();
     let (yes, no) = reached(&vs);
@@ -262,8 +226,8 @@ fn training_gradients_reach_teacher_and_this_student_only() {
 fn bad_inputs_and_configurations_are_clear_errors() {
     let _serial = serial();
     let ch = [3, 1];
-    let (_vs, net) = build(&ch);
-    let x = inputs(&ch);
+    let (_vs, net) = build(&small_config(&ch, 5));
+    let x = random_inputs(&ch, B, 64);
     let big = Tensor::randn([B, 3, 128, 64], (Kind::Float, Device::Cpu));
     let err = net
         .forward_teacher(&[Some(&big), Some(&x[1])], false)
@@ -337,8 +301,8 @@ fn bad_inputs_and_configurations_are_clear_errors() {
 fn attention_maps_of_teacher_and_student_are_distributions_over_pixels() {
     let _serial = serial();
     let ch = [4, 1, 1];
-    let (_vs, net) = build(&ch);
-    let x = inputs(&ch);
+    let (_vs, net) = build(&small_config(&ch, 5));
+    let x = random_inputs(&ch, B, 64);
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     let teacher = net.attention_maps(None, &all).unwrap();
     // Level 4 of a 64 x 64 crop is 4 x 4; one map per class.
@@ -372,7 +336,7 @@ fn split_branch_backward_equals_the_whole_graph() {
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     let s = Scenario::new(vec![1], 3).unwrap();
     let grads = |split: bool| -> Vec<(String, Tensor)> {
-        let (vs, net) = build(&ch);
+        let (vs, net) = build(&small_config(&ch, 5));
         // Inference-mode layers (no dropout): tests running alongside draw from the same
         // random generator, so two training-mode forwards would not see the same masks.
         let strategy = match split {

@@ -1,15 +1,11 @@
 //! `--precision` and `train.precision` end to end: bf16 mixed-precision training (float32
 //! gradients, the same numbers for the same seed, through the API and the binary), bf16
 //! prediction against fp32 (class agreement on a small model), and the options' errors.
-//! Agreement, never time.
+//! Agreement, never time. libtorch's random generator is process-wide: the tests here that draw
+//! from it take turns (`common::serial`).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::Mutex;
+use std::path::PathBuf;
 
-use dis2::checkpoint::{self, CheckpointInfo};
-use dis2::config::Experiment;
-use dis2::data::raster::{read_window_at, RasterInfo, Window};
 use dis2::data::synth;
 use dis2::model::{Dis2Net, Scenario};
 use dis2::precision::Precision;
@@ -18,23 +14,10 @@ use dis2::train::objective::{joint_objective, masked_target, KdWeights};
 use tch::{nn, Device, Kind, Tensor};
 
 mod common;
-use common::{small_config, tiny_benchmark};
-
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
-
-/// libtorch's random generator is process-wide: the tests of this file that draw from it in
-/// this process take turns.
-static GENERATOR: Mutex<()> = Mutex::new(());
-
-fn dis2(args: &[&str]) -> Output {
-    Command::new(BIN).args(args).output().expect("dis2 runs")
-}
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dis2 failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
+use common::{
+    dis2, metrics_text, ok, read_all, serial, small_config, synthetic_experiment, tiny_benchmark,
+    untrained_checkpoint,
+};
 
 /// One joint training step (the objective `dis2 distill --joint` runs) of a fresh 3 + 1 band
 /// model in `precision`, dropout seeded with `seed`: the loss and every parameter's gradient.
@@ -71,7 +54,7 @@ fn training_step(precision: Precision, seed: i64) -> (f64, Vec<Tensor>) {
 
 #[test]
 fn bf16_training_keeps_float32_gradients_and_repeats_exactly() {
-    let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = serial();
     let (loss, grads) = training_step(Precision::Bf16, 21);
     let (again, grads_again) = training_step(Precision::Bf16, 21);
     let (reference, reference_grads) = training_step(Precision::Fp32, 21);
@@ -128,10 +111,6 @@ fn train_args<'a>(config: &'a str, out: &'a str, precision: &'a str) -> Vec<&'a 
     ]
 }
 
-fn losses(run: &Path) -> String {
-    std::fs::read_to_string(run.join("metrics.jsonl")).expect("metrics.jsonl")
-}
-
 #[test]
 fn bf16_training_runs_repeat_and_the_precision_is_recorded() {
     let dir = tempfile::tempdir().unwrap();
@@ -145,8 +124,8 @@ fn bf16_training_runs_repeat_and_the_precision_is_recorded() {
         assert!(banner.contains("in bf16"), "{banner}");
     }
     assert_eq!(
-        losses(&runs[0]),
-        losses(&runs[1]),
+        metrics_text(&runs[0]),
+        metrics_text(&runs[1]),
         "same seed, other losses"
     );
     let effective = std::fs::read_to_string(runs[0].join("config.yaml")).unwrap();
@@ -166,34 +145,15 @@ fn bf16_training_runs_repeat_and_the_precision_is_recorded() {
     );
 }
 
-/// A freshly initialised width-8 model of experiments/synthetic.yaml, saved with the
-/// experiment's class table and normalisation.
-fn make_checkpoint(dir: &Path) -> PathBuf {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/synthetic.yaml");
-    let exp = Experiment::load(&path, &[]).unwrap();
-    let _turn = GENERATOR.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(12);
-    let vs = nn::VarStore::new(Device::Cpu);
-    Dis2Net::new(&vs.root(), &exp.model).unwrap();
-    let ck = dir.join("model");
-    let info = CheckpointInfo::new(&exp.model)
-        .unwrap()
-        .with_data(&exp.data);
-    checkpoint::save(&ck, &vs, &info).unwrap();
-    ck
-}
-
-fn classes(path: &Path) -> Vec<f32> {
-    let info = RasterInfo::read(path).unwrap();
-    read_window_at(path, Window::new(0, 0, info.width, info.height))
-        .unwrap()
-        .data
-}
-
 #[test]
 fn bf16_prediction_agrees_with_fp32() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path());
+    // A freshly initialised model of experiments/synthetic.yaml (seed 12).
+    let ck = {
+        let exp = synthetic_experiment();
+        let _turn = serial();
+        untrained_checkpoint(dir.path(), "model", &exp.model, &exp.data, 12)
+    };
     let scene = synth::generate_scene(8, 0, 192);
     let files = synth::write_scene(dir.path(), "scene", &scene).unwrap();
     let predict = |precision: &str| {
@@ -216,7 +176,7 @@ fn bf16_prediction_agrees_with_fp32() {
             "cpu",
         ]));
         assert!(stdout.contains(&format!(", {precision}, ")), "{stdout}");
-        classes(&out)
+        read_all(&out).data
     };
     let (fp32, bf16) = (predict("fp32"), predict("bf16"));
     let same = fp32.iter().zip(&bf16).filter(|(a, b)| a == b).count();

@@ -1,11 +1,9 @@
 //! `dis2 predict` end to end: the binary on synthetic and real scenes, its outputs against the
 //! model run directly, and its errors.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use dis2::checkpoint;
-use dis2::config::Experiment;
 use dis2::data::raster::{
     self, read_window_at, write_geotiff, GeoRef, RasterData, RasterInfo, Window, WriteOptions,
 };
@@ -14,51 +12,10 @@ use dis2::tiling::WindowGrid;
 use tch::{Device, Tensor};
 
 mod common;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
-
-fn experiment() -> Experiment {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/synthetic.yaml");
-    Experiment::load(&path, &[]).unwrap()
-}
-
-/// A freshly initialised, seeded width-8 model of experiments/synthetic.yaml (optical 4, dsm 1,
-/// sar 1; 64 x 64 crops), saved with the experiment's class table and normalisation.
-fn make_checkpoint(dir: &Path, name: &str, scenarios: Option<Vec<Vec<String>>>) -> PathBuf {
-    let exp = experiment();
-    let mut cfg = exp.model.clone();
-    cfg.scenarios = scenarios;
-    common::untrained_checkpoint(dir, name, &cfg, &exp.data)
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .arg("predict")
-        .args(args)
-        .args(["--device", "cpu"])
-        .output()
-        .expect("the dis2 binary starts")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "predict failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "predict should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn read_all(path: &Path) -> raster::Pixels {
-    let info = RasterInfo::read(path).unwrap();
-    read_window_at(path, Window::new(0, 0, info.width, info.height)).unwrap()
-}
+use common::{
+    failed, ok, predict, read_all, real_sar, s, synthetic_checkpoint, synthetic_checkpoint_with,
+    synthetic_experiment,
+};
 
 /// Writes a copy of a one-band f32 raster with the first `border` rows and columns set to
 /// `nodata` (declared as the band's nodata value).
@@ -88,7 +45,7 @@ fn with_nodata_border(src: &Path, dst: &Path, border: usize, nodata: f32) {
 
 /// The normalised `channels x 64 x 64` window at (row, col) of a raster, 0 where invalid.
 fn normalised_window(path: &Path, name: &str, row: usize, col: usize) -> Tensor {
-    let exp = experiment();
+    let exp = synthetic_experiment();
     let norm = &exp.data.normalisation[name];
     let px = read_window_at(path, Window::new(col as i64, row as i64, 64, 64)).unwrap();
     let mut values = Vec::new();
@@ -107,14 +64,14 @@ fn normalised_window(path: &Path, name: &str, row: usize, col: usize) -> Tensor 
 #[test]
 fn blended_scene_equals_single_windows_and_keeps_georeferencing() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path(), "model", None);
+    let ck = synthetic_checkpoint(dir.path());
     let files = common::synthetic_scene(dir.path(), 160);
     let (classes, probs, preview) = (
         dir.path().join("out/classes.tif"),
         dir.path().join("out/probs.tif"),
         dir.path().join("out/preview.png"),
     );
-    let stdout = ok(&run(&[
+    let stdout = ok(&predict(&[
         "--checkpoint",
         s(&ck),
         "--optical",
@@ -214,12 +171,12 @@ fn blended_scene_equals_single_windows_and_keeps_georeferencing() {
 #[test]
 fn nodata_of_any_input_is_nodata_in_the_class_map() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path(), "model", None);
+    let ck = synthetic_checkpoint(dir.path());
     let files = common::synthetic_scene(dir.path(), 112);
     let dsm = dir.path().join("dsm_border.tif");
     with_nodata_border(&files[1], &dsm, 9, -9999.0);
     let classes = dir.path().join("classes.tif");
-    ok(&run(&[
+    ok(&predict(&[
         "--checkpoint",
         s(&ck),
         "--optical",
@@ -253,31 +210,17 @@ fn nodata_of_any_input_is_nodata_in_the_class_map() {
     );
 }
 
-fn real_sar() -> Option<PathBuf> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/real/S1A__IW___D_20170309T054356_VV_grd_mli_geo_norm_db.tif");
-    if path.is_file() {
-        Some(path)
-    } else {
-        eprintln!(
-            "skipped: real Sentinel-1 fixture not found at {}",
-            path.display()
-        );
-        None
-    }
-}
-
 #[test]
 fn real_sentinel1_scene_runs_the_students_and_keeps_its_crs() {
     let Some(sar) = real_sar() else { return };
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path(), "model", None);
+    let ck = synthetic_checkpoint(dir.path());
     let info = RasterInfo::read(&sar).unwrap();
     // A copy with a nodata border, since the fixture has no nodata pixel.
     let masked = dir.path().join("sar_masked.tif");
     with_nodata_border(&sar, &masked, 6, -99.0);
     let classes = dir.path().join("sar_only.tif");
-    let stdout = ok(&run(&[
+    let stdout = ok(&predict(&[
         "--checkpoint",
         s(&ck),
         "--sar",
@@ -318,7 +261,7 @@ fn real_sentinel1_scene_runs_the_students_and_keeps_its_crs() {
     )
     .unwrap();
     let both = dir.path().join("both.tif");
-    let stdout = ok(&run(&[
+    let stdout = ok(&predict(&[
         "--checkpoint",
         s(&ck),
         "--optical",
@@ -338,7 +281,7 @@ fn real_sentinel1_scene_runs_the_students_and_keeps_its_crs() {
 #[test]
 fn scene_lists_are_sharded_and_small_scenes_padded() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path(), "model", None);
+    let ck = synthetic_checkpoint(dir.path());
     // 40 x 40: smaller than one 64 x 64 window.
     let files = common::synthetic_scene(dir.path(), 40);
     let list = dir.path().join("scenes.txt");
@@ -350,7 +293,7 @@ fn scene_lists_are_sharded_and_small_scenes_padded() {
         ));
     }
     std::fs::write(&list, text).unwrap();
-    let stdout = ok(&run(&[
+    let stdout = ok(&predict(&[
         "--checkpoint",
         s(&ck),
         "--list",
@@ -369,14 +312,14 @@ fn scene_lists_are_sharded_and_small_scenes_padded() {
 #[test]
 fn bad_inputs_are_reported_with_files_and_expectations() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path(), "model", None);
+    let ck = synthetic_checkpoint(dir.path());
     let files = common::synthetic_scene(dir.path(), 64);
     let out = dir.path().join("o.tif");
     let base = ["--checkpoint", s(&ck), "--out", s(&out)];
     let with = |extra: &[&str]| {
         let mut a: Vec<&str> = base.to_vec();
         a.extend_from_slice(extra);
-        run(&a)
+        predict(&a)
     };
 
     let err = failed(&with(&["--optical", s(&files[0]), "--lidar", s(&files[1])]));
@@ -459,7 +402,7 @@ fn bad_inputs_are_reported_with_files_and_expectations() {
     assert!(err.contains("--list"), "{err}");
     let list = dir.path().join("l.txt");
     std::fs::write(&list, format!("optical={} out=x.tif\n", s(&files[0]))).unwrap();
-    let err = failed(&run(&[
+    let err = failed(&predict(&[
         "--checkpoint",
         s(&ck),
         "--list",
@@ -476,11 +419,9 @@ fn bad_inputs_are_reported_with_files_and_expectations() {
 #[test]
 fn a_missing_set_without_student_needs_allow_fill() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(
-        dir.path(),
-        "sar_only",
-        Some(vec![vec!["sar".to_string()], vec!["optical".to_string()]]),
-    );
+    let ck = synthetic_checkpoint_with(dir.path(), "sar_only", |exp| {
+        exp.model.scenarios = Some(vec![vec!["sar".to_string()], vec!["optical".to_string()]]);
+    });
     let files = common::synthetic_scene(dir.path(), 64);
     let out = dir.path().join("o.tif");
     let args = [
@@ -493,7 +434,7 @@ fn a_missing_set_without_student_needs_allow_fill() {
         "--out",
         s(&out),
     ];
-    let err = failed(&run(&args));
+    let err = failed(&predict(&args));
     assert!(
         err.contains("no student for missing: dsm")
             && err.contains("[missing: sar], [missing: optical]")
@@ -503,7 +444,7 @@ fn a_missing_set_without_student_needs_allow_fill() {
     assert!(!out.exists());
     let mut fill = args.to_vec();
     fill.push("--allow-fill");
-    let output = run(&fill);
+    let output = predict(&fill);
     let stdout = ok(&output);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stdout.contains("teacher with dsm filled"), "{stdout}");
@@ -515,7 +456,7 @@ fn a_missing_set_without_student_needs_allow_fill() {
 fn inline_and_background_reading_give_the_same_bytes() {
     use dis2::predict::{predict_scene, PredictOptions, Predictor, ProbsType, SceneJob};
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path(), "model", None);
+    let ck = synthetic_checkpoint(dir.path());
     let files = common::synthetic_scene(dir.path(), 100);
     let predictor = Predictor::load(&ck, Device::Cpu).unwrap();
     let mut outputs = Vec::new();

@@ -5,11 +5,12 @@
 //! predictions, the class set and the metrics files. Skipped, with a note, without `../shared`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-use dis2::data::raster::{read_window_at, RasterInfo, Window};
+use dis2::data::raster::RasterInfo;
 
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
+mod common;
+use common::{dis2, ok_all, read_all, read_json, s};
+
 const CLASSES: [&str; 4] = ["forest", "grassland", "shrubland", "artificial"];
 
 /// The fixture folder, or `None` with a note when `../shared` is absent.
@@ -24,27 +25,12 @@ fn fixture() -> Option<PathBuf> {
     }
 }
 
-fn dis2(args: &[&str]) -> String {
-    let out: Output = Command::new(BIN).args(args).output().expect("dis2 runs");
-    assert!(
-        out.status.success(),
-        "dis2 {}\nstderr:\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
-}
-
-fn s(p: &Path) -> String {
-    p.display().to_string()
-}
-
 /// The shipped experiment with its data paths moved to `data`.
 fn experiment(dir: &Path, data: &Path) -> PathBuf {
     let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/eolearn-slovenia.yaml");
     let text = std::fs::read_to_string(shipped).unwrap();
     let path = dir.join("eolearn-slovenia.yaml");
-    std::fs::write(&path, text.replace("data/eolearn-slovenia", &s(data))).unwrap();
+    std::fs::write(&path, text.replace("data/eolearn-slovenia", s(data))).unwrap();
     path
 }
 
@@ -64,16 +50,13 @@ const SHORT: [&str; 10] = [
 
 /// Every value of a single-band raster.
 fn values(path: &Path) -> (RasterInfo, Vec<f32>) {
-    let info = RasterInfo::read(path).unwrap();
-    let px = read_window_at(path, Window::new(0, 0, info.width, info.height)).unwrap();
-    (info, px.data)
+    (RasterInfo::read(path).unwrap(), read_all(path).data)
 }
 
 /// metrics.json of an evaluation: the four classes by name, scores in [0, 1], the means over
 /// the classes present in the test labels.
 fn check_metrics(dir: &Path, branch: &str) {
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap();
+    let doc = read_json(&dir.join("metrics.json"));
     assert_eq!(doc["branch"], branch, "{doc}");
     let names: Vec<&str> = doc["per_class"]
         .as_array()
@@ -99,11 +82,11 @@ fn real_patch_trains_distils_scores_and_predicts_in_place() {
     let Some(fixture) = fixture() else { return };
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let f = |name: &str| s(&fixture.join(name));
+    let f = |name: &str| fixture.join(name).display().to_string();
     let optical: Vec<String> = (0..5).map(|t| f(&format!("optical_t{t}.tif"))).collect();
     let optical = format!("optical={}", optical.join(","));
     let dsm = format!("dsm={}", f("dsm.tif"));
-    let log = dis2(&[
+    let log = ok_all(&dis2(&[
         "blocks",
         "--modality",
         &optical,
@@ -114,12 +97,11 @@ fn real_patch_trains_distils_scores_and_predicts_in_place() {
         "--grid",
         "4x4",
         "--out",
-        &s(&data),
-    ]);
+        s(&data),
+    ]));
     assert!(log.contains("TV..\nV..T\n..TV\n.TV.\n"), "{log}");
     assert!(log.contains("40 train, 20 val and 20 test scenes"), "{log}");
-    let blocks: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(data.join("blocks.json")).unwrap()).unwrap();
+    let blocks = read_json(&data.join("blocks.json"));
     for code in ["2", "3", "4", "8"] {
         assert!(
             blocks["label_counts"]["test"][code].as_u64().unwrap() > 0,
@@ -135,35 +117,38 @@ fn real_patch_trains_distils_scores_and_predicts_in_place() {
     );
     assert_eq!((block.width, block.height, block.bands), (25, 25, 4));
 
-    let config = s(&experiment(dir.path(), &data));
-    dis2(&["stats", "--config", &config, "--class-weights"]);
-    let teacher = s(&dir.path().join("teacher"));
+    let config_file = experiment(dir.path(), &data);
+    let config = s(&config_file);
+    ok_all(&dis2(&["stats", "--config", config, "--class-weights"]));
+    let teacher_dir = dir.path().join("teacher");
+    let teacher = s(&teacher_dir);
     let mut args = vec![
         "train-teacher",
         "--config",
-        &config,
+        config,
         "--out",
-        &teacher,
+        teacher,
         "--quiet",
     ];
     args.extend(SHORT);
-    dis2(&args);
+    ok_all(&dis2(&args));
     let best = format!("{teacher}/checkpoints/best");
-    let student = s(&dir.path().join("student"));
+    let student_dir = dir.path().join("student");
+    let student = s(&student_dir);
     let mut args = vec![
         "distill",
         "--config",
-        &config,
+        config,
         "--teacher",
         &best,
         "--missing",
         "dsm",
         "--out",
-        &student,
+        student,
         "--quiet",
     ];
     args.extend(SHORT);
-    let log = dis2(&args);
+    let log = ok_all(&dis2(&args));
     assert!(log.contains("student[dsm]"), "{log}");
     // The closing summary compares the student and the filled teacher over one class set.
     assert!(
@@ -173,13 +158,12 @@ fn real_patch_trains_distils_scores_and_predicts_in_place() {
 
     for (drop, branch) in [(None, "teacher"), (Some("dsm"), "student[dsm]")] {
         let out = dir.path().join(format!("eval-{branch}"));
-        let out_s = s(&out);
-        let mut args = vec!["eval", "--checkpoint", &student, "--out", &out_s, "--quiet"];
+        let mut args = vec!["eval", "--checkpoint", student, "--out", s(&out), "--quiet"];
         args.extend(["--device", "cpu", "--overlays", "2"]);
         if let Some(d) = drop {
             args.extend(["--drop", d]);
         }
-        dis2(&args);
+        ok_all(&dis2(&args));
         check_metrics(&out, branch);
     }
 
@@ -187,13 +171,14 @@ fn real_patch_trains_distils_scores_and_predicts_in_place() {
     let ckpt = format!("{student}/checkpoints/best");
     let (t2, dem) = (f("optical_t2.tif"), f("dsm.tif"));
     for (name, dsm) in [("full", Some(dem.as_str())), ("optical", None)] {
-        let out = s(&dir.path().join(format!("predict-{name}.tif")));
+        let out_file = dir.path().join(format!("predict-{name}.tif"));
+        let out = s(&out_file);
         let mut args = vec![
             "predict",
             "--checkpoint",
             &ckpt,
             "--out",
-            &out,
+            out,
             "--device",
             "cpu",
         ];
@@ -201,8 +186,8 @@ fn real_patch_trains_distils_scores_and_predicts_in_place() {
         if let Some(d) = dsm {
             args.extend(["--dsm", d]);
         }
-        dis2(&args);
-        let (info, classes) = values(Path::new(&out));
+        ok_all(&dis2(&args));
+        let (info, classes) = values(&out_file);
         scene.check_aligned(&info).unwrap();
         assert_eq!((info.width, info.height), (100, 101));
         assert!(

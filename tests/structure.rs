@@ -1,6 +1,6 @@
 //! Checks of the crate's shape (docs/architecture.md): the modules of `src/` import each other
-//! without cycles, every import points down the layers, and no function outside the tests is
-//! longer than 100 lines.
+//! without cycles, every import points down the layers, no function outside the tests is longer
+//! than 100 lines, and the module map of docs/architecture.md names every module.
 //!
 //! A module is a file (`src/model/dis2.rs` is `model::dis2`, `src/model/mod.rs` is `model`). An
 //! import is any `crate::a::b` or `super::a` path in a file's non-test code, resolved to the
@@ -372,6 +372,63 @@ fn no_function_outside_the_tests_is_over_100_lines() {
     );
 }
 
+/// The modules the "Modules" table of docs/architecture.md names: the first cell of each row,
+/// `` `data::raster` ``.
+fn module_map(doc: &str) -> Vec<String> {
+    let Some(start) = doc.find("\n## Modules\n") else {
+        return Vec::new();
+    };
+    let section = &doc[start + 1..];
+    let end = section[3..].find("\n## ").map_or(section.len(), |i| i + 3);
+    section[..end]
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(name, _)| name.to_string())
+        .collect()
+}
+
+/// What a module map gets wrong against the modules of `src/`: those it leaves out, those it
+/// names that do not exist, and those it names twice.
+fn module_map_errors(modules: &BTreeSet<String>, map: &[String]) -> Vec<String> {
+    let mut errors = Vec::new();
+    let mut seen = BTreeSet::new();
+    for name in map {
+        if !seen.insert(name) {
+            errors.push(format!("  {name} is listed twice"));
+        } else if !modules.contains(name) {
+            errors.push(format!("  {name} is listed but is no module of src/"));
+        }
+    }
+    for name in modules.iter().filter(|m| !seen.contains(m)) {
+        errors.push(format!("  {name} is missing"));
+    }
+    errors
+}
+
+#[test]
+fn the_module_map_of_docs_architecture_names_every_module() {
+    let path = src_dir().parent().unwrap().join("docs/architecture.md");
+    let doc = std::fs::read_to_string(&path).unwrap();
+    // Test-only files are not modules of the library's map; the crate root (`[]`) is described
+    // in the text.
+    let modules: BTreeSet<String> = rust_files(&src_dir())
+        .iter()
+        .filter(|f| f.file_name().is_some_and(|n| n != "tests.rs"))
+        .map(|f| module_path(f))
+        .filter(|m| !m.is_empty())
+        .map(|m| name(&m))
+        .collect();
+    let errors = module_map_errors(&modules, &module_map(&doc));
+    assert!(
+        errors.is_empty(),
+        "the \"Modules\" table of {} (one row per module, its first cell `a::b`) does not match \
+         src/: add a row for each module missing, remove those that are gone:\n{}",
+        path.display(),
+        errors.join("\n")
+    );
+}
+
 #[test]
 fn the_checks_see_a_cycle_and_a_long_function() {
     // The checkers themselves, on made-up input, so that a broken checker cannot pass silently.
@@ -415,4 +472,17 @@ fn the_checks_see_a_cycle_and_a_long_function() {
     assert_eq!(layer_of(&path("train::trainer")), Some((8, "train")));
     assert_eq!(layer_of(&path("model::dis2")), Some((2, "model")));
     assert_eq!(layer_of(&path("nowhere")), None);
+
+    let doc = "# A\n\n## Modules\n\n| module | what |\n| --- | --- |\n| `a` | x |\n| `a::b` | y |\n| `gone` | z |\n\n## Next\n\n| `c` | not the map |\n";
+    let map = module_map(doc);
+    assert_eq!(map, ["a", "a::b", "gone"]);
+    let modules = BTreeSet::from(["a".to_string(), "a::b".to_string(), "a::c".to_string()]);
+    assert_eq!(
+        module_map_errors(&modules, &map),
+        [
+            "  gone is listed but is no module of src/",
+            "  a::c is missing"
+        ]
+    );
+    assert!(module_map("no map here").is_empty());
 }

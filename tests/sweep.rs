@@ -2,19 +2,12 @@
 //! statistics recomputed by hand from the cells' own files), skipping finished cells after a
 //! kill, shards and `--collect`.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 mod common;
-use common::tiny_benchmark;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
-
-/// A tiny benchmark and its experiment file.
-fn benchmark(dir: &Path) -> PathBuf {
-    tiny_benchmark(dir, 11)
-}
+use common::{dis2, ok_all, read_json, tiny_benchmark, BIN};
 
 /// `dis2 sweep` arguments for a two-method, one-scenario grid of very short runs.
 fn sweep_args(config: &Path, out: &Path) -> Vec<String> {
@@ -48,33 +41,18 @@ fn sweep_args(config: &Path, out: &Path) -> Vec<String> {
     .collect()
 }
 
-fn run(args: &[String]) -> Output {
-    Command::new(BIN).args(args).output().expect("dis2 runs")
-}
-
-fn ok(out: &Output) -> String {
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
-}
-
 fn modified(path: &Path) -> SystemTime {
     std::fs::metadata(path).unwrap().modified().unwrap()
 }
 
 fn results(out: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap()
+    read_json(&out.join("results.json"))
 }
 
 /// The mIoU of an evaluation, from its own `done.json`.
 fn cell_miou(out: &Path, eval: &str) -> f64 {
     let path = out.join("evals").join(eval).join("done.json");
-    let doc: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-    doc["miou"].as_f64().unwrap()
+    read_json(&path)["miou"].as_f64().unwrap()
 }
 
 fn close(a: &serde_json::Value, b: f64) -> bool {
@@ -137,7 +115,7 @@ fn check_statistics(out: &Path, doc: &serde_json::Value) {
 #[test]
 fn a_killed_sweep_continues_without_redoing_finished_cells() {
     let dir = tempfile::tempdir().unwrap();
-    let config = benchmark(dir.path());
+    let config = tiny_benchmark(dir.path(), 11);
     let out = dir.path().join("sweep");
     let args = sweep_args(&config, &out);
 
@@ -175,7 +153,7 @@ fn a_killed_sweep_continues_without_redoing_finished_cells() {
     .unwrap();
     std::fs::write(cut_off.join("stale"), "").unwrap();
 
-    let log = ok(&run(&args));
+    let log = ok_all(&dis2(&args));
     assert!(
         !cut_off.join("stale").exists(),
         "the cut-off run started again"
@@ -205,7 +183,7 @@ fn a_killed_sweep_continues_without_redoing_finished_cells() {
     }
 
     // Everything done: a third start trains and scores nothing.
-    let log = ok(&run(&args));
+    let log = ok_all(&dis2(&args));
     assert!(
         log.contains("run s4/dis2-dsm is finished, skipped"),
         "{log}"
@@ -215,7 +193,7 @@ fn a_killed_sweep_continues_without_redoing_finished_cells() {
     // Another grid in the same folder is refused, naming the folder.
     let mut other = args.clone();
     other.extend(["--set".to_string(), "train.epochs=2".to_string()]);
-    let refused = run(&other);
+    let refused = dis2(&other);
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert_eq!(refused.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("holds another sweep"), "{stderr}");
@@ -224,13 +202,13 @@ fn a_killed_sweep_continues_without_redoing_finished_cells() {
 #[test]
 fn shards_share_the_grid_and_collect_merges_them() {
     let dir = tempfile::tempdir().unwrap();
-    let config = benchmark(dir.path());
+    let config = tiny_benchmark(dir.path(), 11);
     let out = dir.path().join("sweep");
     let args = sweep_args(&config, &out);
 
     let mut listed = args.clone();
     listed.extend(["--shard".into(), "0/2".into(), "--list".into()]);
-    let list = ok(&run(&listed));
+    let list = ok_all(&dis2(&listed));
     assert!(
         list.contains("shard 0/2:") && list.contains("shard 1/2:"),
         "{list}"
@@ -260,7 +238,7 @@ fn shards_share_the_grid_and_collect_merges_them() {
         );
     }
     std::fs::remove_file(out.join("results.json")).unwrap();
-    let collected = ok(&run(&[
+    let collected = ok_all(&dis2(&[
         "sweep".to_string(),
         "--collect".to_string(),
         "--out".to_string(),
@@ -269,7 +247,7 @@ fn shards_share_the_grid_and_collect_merges_them() {
     assert!(collected.contains("8 of 8 cells"), "{collected}");
     assert_eq!(results(&out)["cells_missing"], 0);
 
-    let bad = run(&[
+    let bad = dis2(&[
         "sweep".into(),
         "--collect".into(),
         "--out".into(),
@@ -305,12 +283,12 @@ fn without_out(args: Vec<String>) -> Vec<String> {
 #[test]
 fn local_shards_give_the_numbers_of_one_sweep() {
     let dir = tempfile::tempdir().unwrap();
-    let config = benchmark(dir.path());
+    let config = tiny_benchmark(dir.path(), 11);
     let args = without_out(sweep_args(&config, Path::new("unused")));
     let one = dir.path().join("one");
     let two = dir.path().join("two");
-    ok(&sweep_local("1", &one, &args));
-    let log = ok(&sweep_local("2", &two, &args));
+    ok_all(&sweep_local("1", &one, &args));
+    let log = ok_all(&sweep_local("2", &two, &args));
     assert!(log.contains("2 shards of 1 thread(s)"), "{log}");
     assert!(two.join("logs/shard-0.log").is_file() && two.join("logs/shard-1.log").is_file());
     assert_eq!(results(&two)["cells_missing"], 0);

@@ -1,21 +1,14 @@
 //! Training end to end through the binary, on a tiny synthetic benchmark: exact resume after a
 //! kill, the NaN stop, incompatible checkpoints, and the TensorBoard records.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::path::Path;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use dis2::train::tensorboard::{read_records, Record};
 
 mod common;
-use common::tiny_benchmark;
-
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
-
-/// A tiny benchmark and its experiment file in `dir`.
-fn benchmark(dir: &Path) -> PathBuf {
-    tiny_benchmark(dir, 5)
-}
+use common::{dis2, metrics_records, ok, tiny_benchmark, BIN};
 
 /// Small, quick settings: 16 samples of 4 per epoch, validation on two batches.
 fn settings(epochs: u64, val_every: u64) -> Vec<String> {
@@ -33,14 +26,7 @@ fn settings(epochs: u64, val_every: u64) -> Vec<String> {
     .collect()
 }
 
-fn dis2(args: &[String]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .arg("--quiet")
-        .output()
-        .expect("dis2 runs")
-}
-
+/// `WORDS --config CONFIG --out OUT EXTRA --device cpu --threads 2 --quiet`.
 fn args(words: &[&str], config: &Path, out: &Path, extra: Vec<String>) -> Vec<String> {
     let mut a: Vec<String> = words.iter().map(|s| s.to_string()).collect();
     a.extend([
@@ -55,39 +41,24 @@ fn args(words: &[&str], config: &Path, out: &Path, extra: Vec<String>) -> Vec<St
         "cpu".into(),
         "--threads".into(),
         "2".into(),
+        "--quiet".into(),
     ]);
     a
-}
-
-fn losses(run: &Path) -> Vec<serde_json::Value> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .expect("metrics.jsonl")
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("json line"))
-        .collect()
-}
-
-fn assert_ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "stderr:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 #[test]
 fn a_killed_run_resumes_exactly_and_distills_a_student() {
     let dir = tempfile::tempdir().unwrap();
-    let config = benchmark(dir.path());
+    let config = tiny_benchmark(dir.path(), 5);
     let epochs = 3; // 4 steps an epoch: 12 steps, a checkpoint every 2
     let straight = dir.path().join("straight");
-    assert_ok(&dis2(&args(
+    ok(&dis2(&args(
         &["train-teacher"],
         &config,
         &straight,
         settings(epochs, 2),
     )));
-    let reference = losses(&straight);
+    let reference = metrics_records(&straight);
     assert_eq!(reference.len(), 12);
 
     // The same run, killed after its fifth step (last checkpoint: step 4), then resumed.
@@ -99,7 +70,6 @@ fn a_killed_run_resumes_exactly_and_distills_a_student() {
             &killed,
             settings(epochs, 2),
         ))
-        .arg("--quiet")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -121,7 +91,10 @@ fn a_killed_run_resumes_exactly_and_distills_a_student() {
     child.kill().unwrap();
     let status = child.wait().unwrap();
     assert!(!status.success(), "killed by a signal");
-    assert!(losses(&killed).len() < 12, "the run was interrupted");
+    assert!(
+        metrics_records(&killed).len() < 12,
+        "the run was interrupted"
+    );
     let resumed = dis2(&[
         "train-teacher".into(),
         "--resume".into(),
@@ -130,10 +103,11 @@ fn a_killed_run_resumes_exactly_and_distills_a_student() {
         "cpu".into(),
         "--threads".into(),
         "2".into(),
+        "--quiet".into(),
     ]);
-    assert_ok(&resumed);
+    ok(&resumed);
     assert_eq!(
-        losses(&killed),
+        metrics_records(&killed),
         reference,
         "resumed losses differ from the uninterrupted run"
     );
@@ -181,7 +155,7 @@ fn a_killed_run_resumes_exactly_and_distills_a_student() {
         "dsm".into(),
     ]);
     let out = dis2(&args(&["distill"], &config, &student, extra));
-    assert_ok(&out);
+    ok(&out);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("student[dsm]") && stdout.contains("teacher-fill[dsm]"),
@@ -212,7 +186,7 @@ fn a_killed_run_resumes_exactly_and_distills_a_student() {
 #[test]
 fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let config = benchmark(dir.path());
+    let config = tiny_benchmark(dir.path(), 5);
     let run = dir.path().join("nan");
     let mut extra = settings(2, 1);
     extra.extend(["--set".into(), "train.schedule.lr=1e30".into()]);
@@ -231,9 +205,9 @@ fn a_nan_loss_stops_the_run_and_keeps_the_last_checkpoint() {
 #[test]
 fn checkpoints_of_another_configuration_are_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let config = benchmark(dir.path());
+    let config = tiny_benchmark(dir.path(), 5);
     let teacher = dir.path().join("teacher");
-    assert_ok(&dis2(&args(
+    ok(&dis2(&args(
         &["train-teacher"],
         &config,
         &teacher,
@@ -264,7 +238,7 @@ fn checkpoints_of_another_configuration_are_refused() {
         "--missing".into(),
         "sar".into(),
     ]);
-    assert_ok(&dis2(&args(
+    ok(&dis2(&args(
         &["distill"],
         &config,
         &dir.path().join("s"),
@@ -299,7 +273,7 @@ fn with_model_keys(text: &str, model_keys: &str) -> String {
 #[test]
 fn models_on_a_subset_of_the_modalities_train_score_and_predict() {
     let dir = tempfile::tempdir().unwrap();
-    let config = benchmark(dir.path());
+    let config = tiny_benchmark(dir.path(), 5);
     let text = std::fs::read_to_string(&config).unwrap();
 
     // The single-modality baseline: optical alone, no students. The normalisation of dsm and
@@ -315,7 +289,7 @@ fn models_on_a_subset_of_the_modalities_train_score_and_predict() {
     .unwrap();
     let run = dir.path().join("optical");
     let out = dis2(&args(&["train-teacher"], &one, &run, settings(1, 4)));
-    assert_ok(&out);
+    ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("validation teacher"));
     let eval = dis2(&[
         "eval".into(),
@@ -323,8 +297,9 @@ fn models_on_a_subset_of_the_modalities_train_score_and_predict() {
         run.display().to_string(),
         "--device".into(),
         "cpu".into(),
+        "--quiet".into(),
     ]);
-    assert_ok(&eval);
+    ok(&eval);
     let stdout = String::from_utf8_lossy(&eval.stdout);
     assert!(stdout.starts_with("teacher: mIoU"), "{stdout}");
     let scene = std::fs::read_dir(dir.path().join("synthetic/test/optical"))
@@ -344,8 +319,9 @@ fn models_on_a_subset_of_the_modalities_train_score_and_predict() {
         classes.display().to_string(),
         "--device".into(),
         "cpu".into(),
+        "--quiet".into(),
     ]);
-    assert_ok(&predict);
+    ok(&predict);
     assert!(classes.is_file());
 
     // Both ablations on optical + sar: a teacher, then a student distilled from it.
@@ -359,7 +335,7 @@ fn models_on_a_subset_of_the_modalities_train_score_and_predict() {
     )
     .unwrap();
     let teacher = dir.path().join("ablation-teacher");
-    assert_ok(&dis2(&args(
+    ok(&dis2(&args(
         &["train-teacher"],
         &two,
         &teacher,
@@ -374,7 +350,7 @@ fn models_on_a_subset_of_the_modalities_train_score_and_predict() {
     ]);
     let student = dir.path().join("ablation-student");
     let out = dis2(&args(&["distill"], &two, &student, extra));
-    assert_ok(&out);
+    ok(&out);
     assert!(String::from_utf8_lossy(&out.stdout).contains("student[sar]"));
     let info = dis2::checkpoint::read_info(&student.join("checkpoints/last")).unwrap();
     assert_eq!(
@@ -393,7 +369,7 @@ fn models_on_a_subset_of_the_modalities_train_score_and_predict() {
         ),
     )
     .unwrap();
-    assert_ok(&dis2(&args(
+    ok(&dis2(&args(
         &["train-teacher"],
         &three,
         &reference,

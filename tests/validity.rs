@@ -3,7 +3,7 @@
 //! (sentinel collisions); outputs GIS tools read as meant; and the messages of issue 12.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 
 use dis2::config::Experiment;
 use dis2::data::dataset::SceneDataset;
@@ -15,47 +15,20 @@ use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
 use tch::{nn, Device};
 
 mod common;
+use common::{
+    dis2, failed, ok, read_all, read_json, s, synthetic_checkpoint_with, synthetic_experiment,
+};
 
-const BIN: &str = env!("CARGO_BIN_EXE_dis2");
-
-fn dis2(args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .output()
-        .expect("the dis2 binary starts")
-}
-
-fn ok(out: &Output) -> String {
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "dis2 failed:\n{stderr}");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn failed(out: &Output) -> String {
-    assert!(!out.status.success(), "dis2 should have failed");
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn experiment() -> Experiment {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/synthetic.yaml");
-    Experiment::load(&path, &[]).unwrap()
-}
-
-/// A freshly initialised width-8 model of experiments/synthetic.yaml with `classes` classes and
-/// `optical` optical bands, saved with the experiment's class table and normalisation.
-fn make_checkpoint(dir: &Path, name: &str, classes: i64, optical: i64) -> PathBuf {
-    let mut exp = experiment();
-    let mut cfg = exp.model.clone();
-    cfg.num_classes = classes;
-    cfg.modalities[0].channels = optical;
-    let norm = exp.data.normalisation.get_mut("optical").unwrap();
-    norm.mean.truncate(optical as usize);
-    norm.std.truncate(optical as usize);
-    common::untrained_checkpoint(dir, name, &cfg, &exp.data)
+/// [`common::synthetic_checkpoint_with`] of `classes` classes and `optical` optical bands (the
+/// normalisation of the first `optical`).
+fn checkpoint_of(dir: &Path, name: &str, classes: i64, optical: i64) -> PathBuf {
+    synthetic_checkpoint_with(dir, name, |exp| {
+        exp.model.num_classes = classes;
+        exp.model.modalities[0].channels = optical;
+        let norm = exp.data.normalisation.get_mut("optical").unwrap();
+        norm.mean.truncate(optical as usize);
+        norm.std.truncate(optical as usize);
+    })
 }
 
 fn open_update(path: &Path) -> Dataset {
@@ -118,10 +91,7 @@ fn raw_band(path: &Path, b: usize) -> Vec<f64> {
 
 /// Validity of a whole raster through dis2's reader.
 fn valid_of(path: &Path) -> Vec<bool> {
-    let info = RasterInfo::read(path).unwrap();
-    dis2::data::raster::read_window_at(path, Window::new(0, 0, info.width, info.height))
-        .unwrap()
-        .valid
+    read_all(path).valid
 }
 
 /// Predicts a scene with the given `--NAME FILE` inputs; returns the class map's raw values.
@@ -154,7 +124,7 @@ fn predict_leaves_pixels_of_an_internal_mask_out_of_classes_and_probabilities() 
     // The issue's reproducer: a synthetic scene whose optical file has an internal per-dataset
     // mask over its left half.
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path(), "model", 6, 4);
+    let ck = checkpoint_of(dir.path(), "model", 6, 4);
     let files = common::synthetic_scene(dir.path(), 128);
     add_mask(&files[0], Mask::Internal, |x, _| x < 64);
     assert!(
@@ -208,7 +178,7 @@ fn predict_leaves_pixels_of_an_internal_mask_out_of_classes_and_probabilities() 
 #[test]
 fn sidecar_and_per_band_masks_of_any_modality_are_left_out() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path(), "model", 6, 4);
+    let ck = checkpoint_of(dir.path(), "model", 6, 4);
     let files = common::synthetic_scene(dir.path(), 96);
     // A .msk sidecar on the optical file, a per-band mask on the DSM, an internal one on SAR.
     add_mask(&files[0], Mask::Sidecar, |x, y| x < 20 && y < 20);
@@ -274,7 +244,7 @@ fn an_alpha_band_is_the_mask_of_rgb_and_never_a_fourth_band() {
     assert_eq!((info.bands, info.alpha_bands.clone()), (3, vec![4]));
 
     // A model of RGB (3 optical bands): the alpha is the mask.
-    let rgb_model = make_checkpoint(dir.path(), "rgb", 6, 3);
+    let rgb_model = checkpoint_of(dir.path(), "rgb", 6, 3);
     let map = predict(
         &rgb_model,
         &[
@@ -289,7 +259,7 @@ fn an_alpha_band_is_the_mask_of_rgb_and_never_a_fourth_band() {
     assert_classes_follow(&map, &[&rgba, &files[1], &files[2]]);
 
     // A model of four optical bands is told that band 4 is an alpha band, not NIR.
-    let model = make_checkpoint(dir.path(), "rgbn", 6, 4);
+    let model = checkpoint_of(dir.path(), "rgbn", 6, 4);
     let err = failed(&dis2(&[
         "predict",
         "--checkpoint",
@@ -317,7 +287,7 @@ fn an_alpha_band_is_the_mask_of_rgb_and_never_a_fourth_band() {
 #[test]
 fn an_all_nodata_scene_is_refused_and_stale_temporaries_are_cleaned() {
     let dir = tempfile::tempdir().unwrap();
-    let ck = make_checkpoint(dir.path(), "model", 6, 4);
+    let ck = checkpoint_of(dir.path(), "model", 6, 4);
     let files = common::synthetic_scene(dir.path(), 96);
     let out = dir.path().join("classes.tif");
     // A temporary of a killed run: its process is gone.
@@ -372,8 +342,8 @@ fn probabilities_read_as_gray_bands_named_after_the_classes() {
     let dir = tempfile::tempdir().unwrap();
     let files = common::synthetic_scene(dir.path(), 64);
     for classes in [3, 4] {
-        let ck = make_checkpoint(dir.path(), &format!("k{classes}"), classes, 4);
-        let names: Vec<String> = experiment()
+        let ck = checkpoint_of(dir.path(), &format!("k{classes}"), classes, 4);
+        let names: Vec<String> = synthetic_experiment()
             .data
             .class_table(classes as usize)
             .into_iter()
@@ -434,7 +404,7 @@ fn labelled_and_valid(exp: &Experiment, split: Split) -> (u64, u64) {
 }
 
 fn metrics(dir: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("metrics.json")).unwrap()).unwrap()
+    read_json(&dir.join("metrics.json"))
 }
 
 #[test]
@@ -448,7 +418,7 @@ fn eval_scores_only_pixels_where_every_given_input_has_data() {
     let exp = Experiment::load(&config, &[]).unwrap();
     let (kept, labelled) = labelled_and_valid(&exp, Split::Test);
     assert_eq!((kept, labelled), (385_609, 393_216));
-    let ck = make_checkpoint(dir.path(), "model", 6, 4);
+    let ck = checkpoint_of(dir.path(), "model", 6, 4);
     let out = dir.path().join("eval");
     ok(&dis2(&[
         "eval",
@@ -731,7 +701,7 @@ fn codes_with_two_meanings_and_unknown_paths_name_the_key() {
             "",
         );
     std::fs::write(&both, text).unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(common::BIN)
         .args(["stats", "--config", s(&both)])
         .current_dir(dir.path())
         .output()

@@ -34,20 +34,6 @@ fn config(channels: &[i64], decoder: DecoderKind, fusion: FusionKind) -> ModelCo
     cfg
 }
 
-fn build(cfg: &ModelConfig) -> (nn::VarStore, Dis2Net) {
-    tch::manual_seed(0);
-    let vs = nn::VarStore::new(Device::Cpu);
-    let net = Dis2Net::new(&vs.root(), cfg).unwrap();
-    (vs, net)
-}
-
-fn inputs(channels: &[i64]) -> Vec<Tensor> {
-    channels
-        .iter()
-        .map(|&c| Tensor::randn([B, c, S, S], (Kind::Float, Device::Cpu)))
-        .collect()
-}
-
 /// Random labels with every pixel counted and no class weights.
 fn target() -> Target {
     let labels = Tensor::randint(K, [B, S, S], (Kind::Int64, Device::Cpu));
@@ -70,23 +56,6 @@ fn assert_probabilities(p: &Tensor, what: &str) {
 /// Shape of a variable by name, `None` when the model has no such variable.
 fn shape(vs: &nn::VarStore, name: &str) -> Option<Vec<i64>> {
     vs.variables().get(name).map(|t| t.size())
-}
-
-/// Names of the trainable variables that backward reached, and of those it did not.
-fn reached(vs: &nn::VarStore) -> (Vec<String>, Vec<String>) {
-    let (mut yes, mut no) = (Vec::new(), Vec::new());
-    for (name, t) in vs.variables() {
-        if t.requires_grad() {
-            if t.grad().defined() {
-                yes.push(name)
-            } else {
-                no.push(name)
-            }
-        }
-    }
-    yes.sort();
-    no.sort();
-    (yes, no)
 }
 
 fn assert_reached_exactly(vs: &nn::VarStore, expected: impl Fn(&str) -> bool, what: &str) {
@@ -154,7 +123,7 @@ fn variants_have_the_parameters_of_their_parts() {
 
 #[test]
 fn every_variant_predicts_probabilities_in_every_scenario() {
-    let x = inputs(&CH);
+    let x = random_inputs(&CH, B, S);
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     for (decoder, fusion) in VARIANTS {
         let (_vs, net) = build(&config(&CH, decoder, fusion));
@@ -189,7 +158,7 @@ fn every_variant_predicts_probabilities_in_every_scenario() {
 
 #[test]
 fn variants_never_read_missing_inputs() {
-    let x = inputs(&CH);
+    let x = random_inputs(&CH, B, S);
     let nan: Vec<Tensor> = CH
         .iter()
         .map(|&c| Tensor::full([B, c, S, S], f64::NAN, (Kind::Float, Device::Cpu)))
@@ -218,7 +187,7 @@ fn variants_never_read_missing_inputs() {
 
 #[test]
 fn variant_training_forwards_are_finite_and_reach_their_parameters() {
-    let x = inputs(&CH);
+    let x = random_inputs(&CH, B, S);
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     let target = target();
     let s = Scenario::new(vec![2], 3).unwrap();
@@ -295,7 +264,7 @@ fn variant_training_forwards_are_finite_and_reach_their_parameters() {
 #[test]
 fn variant_checkpoints_round_trip_and_refuse_another_variant() {
     let dir = tempfile::tempdir().unwrap();
-    let x = inputs(&CH);
+    let x = random_inputs(&CH, B, S);
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
 
     // The defaults are not written: sidecars of the reference network read as before.
@@ -368,7 +337,7 @@ fn variant_checkpoints_round_trip_and_refuse_another_variant() {
 
 #[test]
 fn a_single_modality_model_is_a_teacher_without_students() {
-    let x = inputs(&[4]);
+    let x = random_inputs(&[4], B, S);
     let target = target();
     for (decoder, fusion) in [
         (DecoderKind::ClassWise, FusionKind::Hierarchical),

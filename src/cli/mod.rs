@@ -1,10 +1,10 @@
 //! The command line: `Cli` and its `Command`s (clap derive), the global options and the dispatch
 //! to the work.
 //!
-//! Each command's arguments live in one file here (`train.rs`, `data.rs`, `blocks.rs`, `eval.rs`,
-//! `sweep.rs`, `predict.rs`, `info.rs`, `import_torch.rs`), with the thin conversion into the plain request
-//! and options types of the module that does the work. clap stays on this side: the work modules
-//! never see an argument struct.
+//! Each command's arguments live in one file here (which one: the module map of
+//! docs/architecture.md), with the thin conversion into the plain request and options types of
+//! the module that does the work. clap stays on this side: the work modules never see an
+//! argument struct.
 
 mod blocks;
 mod data;

@@ -39,6 +39,7 @@ use crate::data::config::{ClassInfo, GridConfig};
 use crate::data::grid::{self, GridFile, GridKeys, GridSource, SceneGrid};
 use crate::data::normalise::Normaliser;
 use crate::data::raster::{GeoRef, RasterInfo, WriteOptions};
+use crate::figures;
 use crate::model::modality::input_flags;
 use crate::model::{Dis2Net, Route};
 use crate::precision::Precision;
@@ -387,11 +388,11 @@ struct Preview {
     width: usize,
     height: usize,
     rgb: Vec<u8>,
-    colours: Vec<[u8; 3]>,
+    table: Vec<ClassInfo>,
 }
 
 impl Preview {
-    fn new(path: &Path, width: usize, height: usize, colours: Vec<[u8; 3]>) -> Self {
+    fn new(path: &Path, width: usize, height: usize, table: Vec<ClassInfo>) -> Self {
         let step = width.max(height).div_ceil(PREVIEW_SIDE).max(1);
         let (pw, ph) = (width.div_ceil(step), height.div_ceil(step));
         Self {
@@ -400,7 +401,7 @@ impl Preview {
             width: pw,
             height: ph,
             rgb: vec![0; pw * ph * 3],
-            colours,
+            table,
         }
     }
 
@@ -411,7 +412,7 @@ impl Preview {
         let y = scene_row / self.step;
         for x in 0..self.width {
             let c = classes[x * self.step];
-            let colour = self.colours.get(c as usize).copied().unwrap_or([0, 0, 0]);
+            let colour = figures::class_colour(i64::from(c), &self.table);
             self.rgb[(y * self.width + x) * 3..][..3].copy_from_slice(&colour);
         }
     }
@@ -458,7 +459,7 @@ impl Sink {
             georef.as_ref(),
             &WriteOptions {
                 nodata: Some(f64::from(NODATA_CLASS)),
-                colour_table: Some(colours.clone()),
+                colour_table: Some(colours),
                 band_names: vec!["class".to_string()],
             },
         )?;
@@ -476,7 +477,7 @@ impl Sink {
         let preview = job
             .preview
             .as_ref()
-            .map(|p| Preview::new(p, width, height, colours));
+            .map(|p| Preview::new(p, width, height, table));
         Ok(Self {
             classes: k,
             width,

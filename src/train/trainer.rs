@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
-use tch::{nn, Device, Kind, Tensor};
+use tch::{nn, Device, Tensor};
 
 use super::config::TrainConfig;
 use super::distributed::DataParallel;
@@ -33,6 +33,7 @@ use crate::data::loader::{Batch, Loader, LoaderOptions};
 use crate::data::normalise::Normaliser;
 use crate::data::rng::Rng;
 use crate::data::sampling::{RandomCropSampler, SampleSpec};
+use crate::figures;
 use crate::metrics::Scores;
 use crate::model::{Dis2Net, Route, Scenario};
 
@@ -677,28 +678,17 @@ impl Trainer {
         let probs = tch::no_grad(|| self.net.forward_route(&branch, &given, false))?;
         let pred = probs.argmax(1, false).get(0).to_device(Device::Cpu);
         let label = batch.labels.get(0);
-        let colours: Vec<[u8; 3]> = self
+        let table = self
             .exp
             .data
-            .class_table(self.exp.model.num_classes as usize)
-            .into_iter()
-            .map(|c| c.colour)
-            .collect();
-        let (h, w) = (label.size()[0] as usize, label.size()[1] as usize);
-        let input_rgb = preview_rgb(&batch.inputs[0].get(0))?;
-        let label_rgb = colourise(&Vec::<i64>::try_from(label.flatten(0, -1))?, &colours);
-        let pred_rgb = colourise(&Vec::<i64>::try_from(pred.flatten(0, -1))?, &colours);
-        let mut row = Vec::with_capacity(h * w * 9);
-        for y in 0..h {
-            for part in [&input_rgb, &label_rgb, &pred_rgb] {
-                row.extend_from_slice(&part[y * w * 3..(y + 1) * w * 3]);
-            }
-        }
+            .class_table(self.exp.model.num_classes as usize);
+        let (rgb, h, w) =
+            figures::validation_panels(&batch.inputs[0].get(0), &label, &pred, &table)?;
         log.image(
             &format!("val/{}", branch.label(self.net.config())),
-            &row,
+            &rgb,
             h,
-            3 * w,
+            w,
             self.step,
         )
     }
@@ -860,38 +850,10 @@ fn fmt_opt(v: Option<f64>) -> String {
     v.map_or("n/a".into(), |v| format!("{v:.4}"))
 }
 
-/// The first three bands of a normalised `[C, H, W]` input, stretched to 0..255 (a single band
-/// becomes grey).
-fn preview_rgb(x: &Tensor) -> Result<Vec<u8>> {
-    let c = x.size()[0];
-    let bands = if c >= 3 {
-        x.narrow(0, 0, 3)
-    } else {
-        x.narrow(0, 0, 1).repeat([3, 1, 1])
-    };
-    let lo = bands.min().double_value(&[]);
-    let hi = bands.max().double_value(&[]);
-    let scaled = ((bands - lo) * (255.0 / (hi - lo).max(1e-6))).clamp(0.0, 255.0);
-    let hwc = scaled.permute([1, 2, 0]).contiguous().to_kind(Kind::Uint8);
-    Ok(Vec::<u8>::try_from(hwc.flatten(0, -1))?)
-}
-
-/// Class ids to RGB (ignored pixels black).
-fn colourise(ids: &[i64], colours: &[[u8; 3]]) -> Vec<u8> {
-    ids.iter()
-        .flat_map(|&i| {
-            usize::try_from(i)
-                .ok()
-                .and_then(|i| colours.get(i))
-                .copied()
-                .unwrap_or([0, 0, 0])
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Kind;
 
     #[test]
     fn modality_dropout_keeps_one_modality_per_sample() {
