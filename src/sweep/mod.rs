@@ -152,11 +152,11 @@ impl SweepDir {
     fn experiment(&self) -> PathBuf {
         self.root.join("experiment.yaml")
     }
-    fn run(&self, unit: &str) -> PathBuf {
-        self.root.join("runs").join(unit)
+    fn run(&self, unit: &str) -> RunDir {
+        RunDir::new(&self.root.join("runs").join(unit))
     }
     fn finished(&self, unit: &str) -> PathBuf {
-        self.run(unit).join("finished.json")
+        self.run(unit).root.join("finished.json")
     }
     fn eval(&self, eval: &str) -> PathBuf {
         self.root.join("evals").join(eval)
@@ -388,7 +388,7 @@ fn train_unit(
         }
         UnitKind::Student { teacher, missing } => {
             wait_for(dir, plan, teacher, shard, progress)?;
-            let checkpoint = dir.run(teacher).join("checkpoints").join("best");
+            let checkpoint = dir.run(teacher).best();
             (
                 RunKind::Distill,
                 vec![missing.clone()],
@@ -398,19 +398,19 @@ fn train_unit(
         }
     };
     let started = Instant::now();
-    let run_dir = dir.run(&unit.name);
+    let run = dir.run(&unit.name);
+    let run_dir = &run.root;
     let opts = TrainOptions {
         device,
         quiet: true,
     };
-    let run = RunDir::new(&run_dir);
     let summary = if run.spec().exists() && run.last().exists() {
-        trainer::resume(&run_dir, opts)?
+        trainer::resume(run_dir, opts)?
     } else {
         // A folder without run.yaml or without a checkpoint was cut off (or failed) before its
         // first checkpoint: start it again, with the sweep's current settings.
         if run_dir.exists() {
-            std::fs::remove_dir_all(&run_dir)
+            std::fs::remove_dir_all(run_dir)
                 .with_context(|| format!("cannot remove {}", run_dir.display()))?;
         }
         let exp = Experiment::load(&dir.experiment(), &unit.overrides)?;
@@ -420,7 +420,7 @@ fn train_unit(
             scenarios,
             teacher,
         };
-        trainer::start(exp, spec, &run_dir, opts)?
+        trainer::start(exp, spec, run_dir, opts)?
     };
     let record = json!({
         "run": unit.name,
@@ -470,9 +470,9 @@ fn wait_for(
 fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device) -> Result<()> {
     let started = Instant::now();
     let run = dir.run(&job.unit);
-    let config = run.join("config.yaml");
+    let config = run.config();
     let request = EvalRequest {
-        checkpoint: run.join("checkpoints").join("best"),
+        checkpoint: run.best(),
         exp: Experiment::load(&config, &[])?,
         config,
         drop: job.drop.clone(),

@@ -49,6 +49,7 @@ pub struct RunSpec {
     pub teacher: Option<PathBuf>,
 }
 
+#[derive(Debug, PartialEq)]
 pub(crate) struct RunDir {
     pub root: PathBuf,
 }
@@ -83,6 +84,29 @@ impl RunDir {
     }
     pub fn best(&self) -> PathBuf {
         self.checkpoints().join("best")
+    }
+
+    /// The run `path` belongs to: `path` itself, or the nearest of its ancestors down to the
+    /// layout's depth (`RUN/checkpoints/NAME/FILE`), that holds a `run.yaml` and a
+    /// `config.yaml`; `None` for a path outside any run (an imported checkpoint, say).
+    pub(crate) fn containing(path: &Path) -> Option<RunDir> {
+        path.ancestors()
+            .take(4)
+            .map(RunDir::new)
+            .find(|run| run.spec().exists() && run.config().exists())
+    }
+
+    /// The checkpoint `path` names, as `--checkpoint` takes it: the run's `checkpoints/best`
+    /// when `path` is a run directory, else `path` itself (a checkpoint directory or name); with
+    /// the run it belongs to ([`RunDir::containing`]).
+    pub(crate) fn locate_checkpoint(path: &Path) -> (PathBuf, Option<RunDir>) {
+        let as_run = RunDir::new(path);
+        let checkpoint = match as_run.spec().exists() {
+            true => as_run.best(),
+            false => path.to_path_buf(),
+        };
+        let run = RunDir::containing(&checkpoint);
+        (checkpoint, run)
     }
 
     /// A new run: the directory must not hold a run already.
@@ -218,6 +242,40 @@ mod tests {
         let err = run.create().unwrap_err().to_string();
         assert!(err.contains("--resume"), "{err}");
         assert_eq!(run.read_spec().unwrap().kind, RunKind::Teacher);
+    }
+
+    #[test]
+    fn a_checkpoint_anywhere_in_a_run_finds_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(&dir.path().join("run"));
+        run.create().unwrap();
+        std::fs::write(run.spec(), "kind: teacher\n").unwrap();
+        std::fs::write(run.config(), "name: x\n").unwrap();
+        std::fs::create_dir_all(run.step_dir(7)).unwrap();
+        run.point(&run.best(), &run.step_dir(7)).unwrap();
+        let file = run.step_dir(7).join("model.safetensors");
+        for path in [run.root.clone(), run.best(), run.step_dir(7), file] {
+            let found = RunDir::containing(&path).map(|r| r.root);
+            assert_eq!(
+                found.as_deref(),
+                Some(run.root.as_path()),
+                "{}",
+                path.display()
+            );
+        }
+        assert_eq!(
+            RunDir::locate_checkpoint(&run.root),
+            (run.best(), Some(RunDir::new(&run.root)))
+        );
+        assert_eq!(
+            RunDir::locate_checkpoint(&run.step_dir(7)),
+            (run.step_dir(7), Some(RunDir::new(&run.root)))
+        );
+        // Outside a run, or in a folder without its config.yaml: no run.
+        let outside = dir.path().join("imported/ck");
+        assert_eq!(RunDir::locate_checkpoint(&outside), (outside.clone(), None));
+        std::fs::remove_file(run.config()).unwrap();
+        assert!(RunDir::containing(&run.best()).is_none());
     }
 
     #[test]

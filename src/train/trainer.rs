@@ -76,7 +76,7 @@ pub(crate) fn start_with(
     let writes = dp.as_ref().is_none_or(|dp| dp.rank() == 0);
     if writes {
         run.create()?;
-        exp.save_effective(&run.root)?;
+        exp.save_effective(&run.config())?;
     }
     let mut trainer = Trainer::new(exp, spec.clone(), run, opts, dp)?;
     if let Some(teacher) = trainer.spec.teacher.clone() {
