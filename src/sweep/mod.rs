@@ -492,27 +492,28 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
     let report = evaluate(&request);
     tch::set_num_threads(threads);
     let report = report?;
-    let per_class: Vec<serde_json::Value> = report
+    let per_class = report
         .class_names
         .iter()
         .zip(&report.scores.per_class)
-        .map(|(name, c)| json!({"class": name, "iou": c.iou, "f1": c.f1}))
+        .map(|(name, c)| table::ClassDone {
+            class: name.clone(),
+            f1: c.f1,
+            iou: c.iou,
+        })
         .collect();
-    let record = json!({
-        "eval": job.name,
-        "run": job.unit,
-        "dropped": job.drop,
-        "branch": report.branch,
-        "miou": report.scores.miou,
-        "mean_f1": report.scores.mean_f1,
-        "overall_accuracy": report.scores.overall_accuracy,
-        "per_class": per_class,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    crate::fsutil::write_atomic(
-        &dir.done(&job.name),
-        serde_json::to_string_pretty(&record)?.as_bytes(),
-    )
+    let done = table::Done {
+        branch: report.branch,
+        dropped: job.drop.clone(),
+        eval: job.name.clone(),
+        mean_f1: report.scores.mean_f1,
+        miou: report.scores.miou,
+        overall_accuracy: report.scores.overall_accuracy,
+        per_class,
+        run: job.unit.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    done.write(&dir.done(&job.name))
 }
 
 /// Writes the tables and the chart from the evaluations that are done.
