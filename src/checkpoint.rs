@@ -196,67 +196,38 @@ pub fn network_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Ve
     config_differences(&same_students, wanted)
 }
 
-/// How two model configurations differ, one line per key (empty when they are the same model).
+/// How two model configurations differ, one line per key (empty when they are the same model):
+/// `crop: checkpoint has [64, 64], configuration has [64, 32]`. Scenarios are compared as the
+/// lists they resolve to, so an absent `scenarios` key equals every scenario written out.
 pub fn config_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cmp = |key: &str, a: String, b: String| {
-        if a != b {
-            out.push(format!("{key}: checkpoint has {a}, configuration has {b}"));
-        }
-    };
-    cmp(
-        "base_width",
-        checkpoint.base_width.to_string(),
-        wanted.base_width.to_string(),
-    );
-    cmp(
-        "num_classes",
-        checkpoint.num_classes.to_string(),
-        wanted.num_classes.to_string(),
-    );
-    cmp(
-        "crop",
-        format!("{:?}", checkpoint.crop),
-        format!("{:?}", wanted.crop),
-    );
-    cmp(
-        "heads",
-        checkpoint.heads.to_string(),
-        wanted.heads.to_string(),
-    );
-    cmp(
-        "ffn_dim",
-        checkpoint.ffn_dim.to_string(),
-        wanted.ffn_dim.to_string(),
-    );
-    cmp(
-        "depth",
-        checkpoint.depth.to_string(),
-        wanted.depth.to_string(),
-    );
-    cmp(
-        "fusion",
-        checkpoint.fusion.name().to_string(),
-        wanted.fusion.name().to_string(),
-    );
-    cmp(
-        "decoder",
-        checkpoint.decoder.name().to_string(),
-        wanted.decoder.name().to_string(),
-    );
-    let mods = |c: &ModelConfig| {
-        c.modalities
-            .iter()
-            .map(|m| format!("{}({})", m.name, m.channels))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    cmp(
-        "modalities",
-        format!("[{}]", mods(checkpoint)),
-        format!("[{}]", mods(wanted)),
-    );
-    let scen = |c: &ModelConfig| match c.scenario_list() {
+    config_fields(checkpoint)
+        .into_iter()
+        .zip(config_fields(wanted))
+        .filter(|((_, a), (_, b))| a != b)
+        .map(|((key, a), (_, b))| format!("{key}: checkpoint has {a}, configuration has {b}"))
+        .collect()
+}
+
+/// Every field of `c` under its YAML key, as text. The struct is taken apart without `..`, so a
+/// field added to [`ModelConfig`] does not compile until it is compared here.
+fn config_fields(c: &ModelConfig) -> [(&'static str, String); 10] {
+    let ModelConfig {
+        base_width,
+        num_classes,
+        crop,
+        heads,
+        ffn_dim,
+        depth,
+        modalities,
+        scenarios: _,
+        decoder,
+        fusion,
+    } = c;
+    let modalities: Vec<String> = modalities
+        .iter()
+        .map(|m| format!("{}({})", m.name, m.channels))
+        .collect();
+    let scenarios = match c.scenario_list() {
         Ok(list) => list
             .iter()
             .map(|s| format!("[{}]", s.names(c).join(", ")))
@@ -264,8 +235,18 @@ pub fn config_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Vec
             .join(", "),
         Err(e) => format!("invalid ({e})"),
     };
-    cmp("scenarios", scen(checkpoint), scen(wanted));
-    out
+    [
+        ("base_width", base_width.to_string()),
+        ("num_classes", num_classes.to_string()),
+        ("crop", format!("{crop:?}")),
+        ("heads", heads.to_string()),
+        ("ffn_dim", ffn_dim.to_string()),
+        ("depth", depth.to_string()),
+        ("fusion", fusion.name().to_string()),
+        ("decoder", decoder.name().to_string()),
+        ("modalities", format!("[{}]", modalities.join(", "))),
+        ("scenarios", scenarios),
+    ]
 }
 
 /// Loads the safetensors weights of a checkpoint into `vs`. Every variable must be present with
@@ -362,4 +343,89 @@ pub fn load_as(path: &Path, wanted: &ModelConfig, device: Device) -> Result<Load
         );
     }
     load(path, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{DecoderKind, FusionKind, ModalitySpec};
+
+    fn modalities(channels: [i64; 2]) -> Vec<ModalitySpec> {
+        ["a", "b"]
+            .into_iter()
+            .zip(channels)
+            .map(|(name, channels)| ModalitySpec {
+                name: name.into(),
+                channels,
+            })
+            .collect()
+    }
+
+    /// Two models that differ in every field, listed without `..` so that a new field must be
+    /// given here too; none at a default that serialisation leaves out.
+    fn different_in_every_field() -> (ModelConfig, ModelConfig) {
+        let a = ModelConfig {
+            base_width: 8,
+            num_classes: 5,
+            crop: [32, 32],
+            heads: 2,
+            ffn_dim: 64,
+            depth: 1,
+            modalities: modalities([1, 2]),
+            scenarios: Some(vec![vec!["a".into()]]),
+            decoder: DecoderKind::Plain,
+            fusion: FusionKind::Level4,
+        };
+        let b = ModelConfig {
+            base_width: 16,
+            num_classes: 6,
+            crop: [64, 32],
+            heads: 4,
+            ffn_dim: 128,
+            depth: 2,
+            modalities: modalities([3, 2]),
+            scenarios: Some(vec![vec!["b".into()]]),
+            decoder: DecoderKind::ClassWise,
+            fusion: FusionKind::Hierarchical,
+        };
+        (a, b)
+    }
+
+    #[test]
+    fn every_key_of_the_model_configuration_is_compared() {
+        let (a, b) = different_in_every_field();
+        let serde_yaml::Value::Mapping(map) = serde_yaml::to_value(&a).unwrap() else {
+            panic!("a model configuration serialises to a mapping");
+        };
+        let mut keys: Vec<String> = map
+            .keys()
+            .map(|k| k.as_str().unwrap().to_string())
+            .collect();
+        let diffs = config_differences(&a, &b);
+        let mut compared: Vec<String> = diffs
+            .iter()
+            .map(|d| d.split(':').next().unwrap().to_string())
+            .collect();
+        keys.sort();
+        compared.sort();
+        assert_eq!(compared, keys, "{diffs:#?}");
+        assert!(diffs.contains(
+            &"modalities: checkpoint has [a(1), b(2)], configuration has [a(3), b(2)]".into()
+        ));
+        assert!(config_differences(&a, &a.clone()).is_empty());
+    }
+
+    #[test]
+    fn an_absent_scenario_list_is_every_scenario() {
+        let (mut a, _) = different_in_every_field();
+        a.scenarios = None;
+        let mut explicit = a.clone();
+        explicit.scenarios = Some(vec![vec!["a".into()], vec!["b".into()]]);
+        assert!(config_differences(&a, &explicit).is_empty());
+        explicit.scenarios = Some(vec![vec!["b".into()]]);
+        assert_eq!(
+            config_differences(&a, &explicit),
+            ["scenarios: checkpoint has [a], [b], configuration has [b]"]
+        );
+    }
 }

@@ -56,10 +56,10 @@ impl Experiment {
         Ok(experiment)
     }
 
-    /// Writes the effective configuration (after overrides) as `config.yaml` into a run directory.
-    pub(crate) fn save_effective(&self, run_dir: &Path) -> Result<()> {
+    /// Writes the effective configuration (after overrides) to `path` (a run's `config.yaml`).
+    pub(crate) fn save_effective(&self, path: &Path) -> Result<()> {
         let text = serde_yaml::to_string(self).context("cannot serialise the configuration")?;
-        crate::fsutil::write_atomic(&run_dir.join("config.yaml"), text.as_bytes())
+        crate::fsutil::write_atomic(path, text.as_bytes())
     }
 }
 
@@ -290,8 +290,9 @@ mod tests {
     fn effective_config_round_trips() {
         let dir = tempfile::tempdir().unwrap();
         let exp = Experiment::load(&write(dir.path(), GOOD), &["seed=9".into()]).unwrap();
-        exp.save_effective(dir.path()).unwrap();
-        let again = Experiment::load(&dir.path().join("config.yaml"), &[]).unwrap();
+        let path = dir.path().join("config.yaml");
+        exp.save_effective(&path).unwrap();
+        let again = Experiment::load(&path, &[]).unwrap();
         assert_eq!(exp, again);
     }
 }

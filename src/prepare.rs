@@ -5,27 +5,59 @@
 //! the statistics ([`crate::data::stats`]) and writes the rasters ([`crate::data::synth`]).
 
 use anyhow::{anyhow, Context, Result};
+use serde_yaml::Value;
 use std::path::{Path, PathBuf};
 
-use crate::config::{from_yaml_str, load_yaml, Experiment};
+use crate::config::{apply_override, from_yaml_str, load_yaml, Experiment};
 use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
 use crate::data::stats::{self, DatasetStats};
-use crate::data::synth::{self, SynthOptions};
+use crate::data::synth::SynthOptions;
 
 /// Writes `experiment.yaml` for a benchmark generated with `options` into its folder, with the
 /// normalisation of its train split; returns its path.
 ///
 /// Errors: the folder cannot be written, or its train split cannot be read (run
-/// [`synth::generate`] first).
+/// [`crate::data::synth::generate`] first).
 pub fn write_synthetic_experiment(options: &SynthOptions) -> Result<PathBuf> {
-    let root = options.out.to_string_lossy().into_owned();
-    let text = synth::experiment_yaml(&root, options);
+    let text = synthetic_experiment_yaml(options)?;
     let path = options.out.join("experiment.yaml");
     crate::fsutil::write_atomic(&path, text.as_bytes())?;
     update_statistics(&path, false)
         .with_context(|| format!("computing statistics for {}", path.display()))?;
     Ok(path)
+}
+
+/// `experiments/synthetic.yaml`: the synthetic benchmark's experiment, and the one source of the
+/// `experiment.yaml` that `dis2 synth` writes.
+const SYNTHETIC_EXPERIMENT: &str = include_str!("../experiments/synthetic.yaml");
+
+/// The experiment YAML text for a benchmark generated with `options`: `experiments/synthetic.yaml`
+/// with the benchmark's folder and seed, without its normalisation ([`update_statistics`] adds
+/// that) and without the file's comments.
+fn synthetic_experiment_yaml(options: &SynthOptions) -> Result<String> {
+    let mut value: Value = serde_yaml::from_str(SYNTHETIC_EXPERIMENT)
+        .context("experiments/synthetic.yaml, built into dis2")?;
+    let root = serde_yaml::to_string(&options.out)?;
+    for item in [
+        format!("seed={}", options.seed),
+        format!("data.dataset.synthetic.root={}", root.trim_end()),
+    ] {
+        apply_override(&mut value, &item).with_context(|| format!("setting {item}"))?;
+    }
+    if let Some(data) = value.get_mut("data").and_then(Value::as_mapping_mut) {
+        data.remove("normalisation");
+    }
+    let header = format!(
+        "# The synthetic multimodal benchmark, written by\n\
+         # `dis2 synth --out {} --scenes {} --size {} --seed {}`\n\
+         # from experiments/synthetic.yaml with this folder and seed.\n",
+        options.out.display(),
+        options.scenes,
+        options.size,
+        options.seed
+    );
+    Ok(header + &serde_yaml::to_string(&value)?)
 }
 
 /// What [`update_statistics`] computed and which stale entries it replaced.
@@ -109,4 +141,50 @@ fn load_for_statistics(path: &Path, class_weights: bool) -> Result<(Experiment, 
         .validate()
         .with_context(|| format!("{}: key `train`", path.display()))?;
     Ok((exp, replaced))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Removes the key at the dotted path `key` (`data.normalisation`) from `value`.
+    fn remove(value: &mut Value, key: &str) {
+        let (parents, last) = key.rsplit_once('.').unwrap_or(("", key));
+        let mut node = value;
+        for part in parents.split('.').filter(|p| !p.is_empty()) {
+            node = node.get_mut(part).unwrap();
+        }
+        node.as_mapping_mut().unwrap().remove(last).unwrap();
+    }
+
+    #[test]
+    fn synth_writes_experiments_synthetic_yaml_with_its_own_folder_seed_and_statistics() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = SynthOptions {
+            out: dir.path().join("bench"),
+            scenes: 3,
+            size: 64,
+            seed: 7,
+        };
+        crate::data::synth::generate(&options).unwrap();
+        let path = write_synthetic_experiment(&options).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let mut written: Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(written["seed"].as_u64(), Some(7), "{text}");
+        assert_eq!(
+            written["data"]["dataset"]["synthetic"]["root"].as_str(),
+            options.out.to_str(),
+            "{text}"
+        );
+        let exp = Experiment::load(&path, &[]).unwrap();
+        let normalised: Vec<&String> = exp.data.normalisation.keys().collect();
+        assert_eq!(normalised, ["dsm", "optical", "sar"]);
+        // Everything else as in experiments/synthetic.yaml.
+        let mut repository: Value = serde_yaml::from_str(SYNTHETIC_EXPERIMENT).unwrap();
+        for key in ["seed", "data.dataset.synthetic.root", "data.normalisation"] {
+            remove(&mut written, key);
+            remove(&mut repository, key);
+        }
+        assert_eq!(written, repository, "{text}");
+    }
 }

@@ -11,6 +11,7 @@ use crate::data::layouts::Split;
 use crate::eval::{evaluate, EvalOptions, EvalReport, EvalRequest};
 use crate::model::scenario::{join_names, parse_names};
 use crate::precision::PrecisionChoice;
+use crate::train::run::RunDir;
 
 /// `dis2 eval`.
 #[derive(Debug, Args)]
@@ -66,35 +67,19 @@ pub struct EvalArgs {
     pub precision: PrecisionChoice,
 }
 
-/// The checkpoint, the experiment file of `--checkpoint` / `--config`, and the run directory
-/// when the checkpoint belongs to one.
-fn locate(args: &EvalArgs) -> Result<(PathBuf, PathBuf, Option<PathBuf>)> {
-    let given = &args.checkpoint;
-    let checkpoint = if given.join("run.yaml").exists() {
-        given.join("checkpoints").join("best")
-    } else {
-        given.clone()
-    };
-    // A run's checkpoints live in RUN/checkpoints/NAME: look upwards for RUN/run.yaml.
-    let mut run = None;
-    let mut dir = Some(checkpoint.clone());
-    for _ in 0..3 {
-        let Some(d) = dir else { break };
-        if d.join("run.yaml").exists() && d.join("config.yaml").exists() {
-            run = Some(d);
-            break;
-        }
-        dir = d.parent().map(Path::to_path_buf);
-    }
+/// The checkpoint, the experiment file of `--checkpoint` / `--config`, and the run the
+/// checkpoint belongs to, if any.
+fn locate(args: &EvalArgs) -> Result<(PathBuf, PathBuf, Option<RunDir>)> {
+    let (checkpoint, run) = RunDir::locate_checkpoint(&args.checkpoint);
     if let Some(config) = &args.config {
         return Ok((checkpoint, config.clone(), run));
     }
     if let Some(run) = run {
-        return Ok((checkpoint, run.join("config.yaml"), Some(run)));
+        return Ok((checkpoint, run.config(), Some(run)));
     }
     bail!(
         "--checkpoint {}: not inside a run directory; name the experiment with --config",
-        given.display()
+        args.checkpoint.display()
     )
 }
 
@@ -105,7 +90,7 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
     let out = args.out.clone().unwrap_or_else(|| {
         let name = default_out_name(args.split, &drop);
         match &run_dir {
-            Some(run) => run.join(name),
+            Some(run) => run.root.join(name),
             None => checkpoint.parent().unwrap_or(Path::new(".")).join(name),
         }
     });

@@ -11,7 +11,7 @@ use crate::dist::Launch;
 use crate::model::scenario::{join_names, parse_names};
 use crate::precision::PrecisionChoice;
 use crate::train::distributed::DataParallel;
-use crate::train::run::{RunKind, RunSpec};
+use crate::train::run::{RunDir, RunKind, RunSpec};
 use crate::train::trainer::{self, Summary, TrainOptions};
 
 /// Options shared by the training commands.
@@ -213,7 +213,14 @@ fn report(s: &Summary) {
             scores.per_class.len()
         );
     }
-    let dir = s.run_dir.display();
-    println!("  checkpoints: {dir}/checkpoints/best and {dir}/checkpoints/last");
-    println!("  TensorBoard: tensorboard --logdir {dir}/tensorboard");
+    let run = RunDir::new(&s.run_dir);
+    println!(
+        "  checkpoints: {} and {}",
+        run.best().display(),
+        run.last().display()
+    );
+    println!(
+        "  TensorBoard: tensorboard --logdir {}",
+        run.tensorboard().display()
+    );
 }

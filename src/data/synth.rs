@@ -810,24 +810,3 @@ fn box3(v: &[f64], n: usize) -> Vec<f64> {
         })
         .collect()
 }
-
-/// The experiment YAML text for a synthetic benchmark in `root` (width 8, 64 x 64 crops), without
-/// its normalisation (`crate::prepare::write_synthetic_experiment` adds that).
-pub(crate) fn experiment_yaml(root: &str, options: &SynthOptions) -> String {
-    let quoted = serde_yaml::to_string(&root).unwrap_or_else(|_| format!("{root:?}\n"));
-    format!(
-        "# The synthetic multimodal benchmark, written by\n\
-         # `dis2 synth --out {root} --scenes {} --size {} --seed {}`.\n\
-         name: synthetic\n\
-         seed: {}\n\
-         model:\n  base_width: 8\n  num_classes: 6\n  crop: [64, 64]\n  heads: 8\n  ffn_dim: 256\n  depth: 2\n\
-         \x20 modalities:\n    - {{name: optical, channels: 4}}\n    - {{name: dsm, channels: 1}}\n    - {{name: sar, channels: 1}}\n\
-         data:\n  dataset:\n    synthetic: {{root: {}}}\n  ignore_index: 255\n\
-         \x20 sampling: {{batch_size: 8, samples_per_epoch: 512, scale: [0.75, 1.25], prefetch: 2}}\n",
-        options.scenes,
-        options.size,
-        options.seed,
-        options.seed,
-        quoted.trim_end()
-    )
-}

@@ -152,11 +152,11 @@ impl SweepDir {
     fn experiment(&self) -> PathBuf {
         self.root.join("experiment.yaml")
     }
-    fn run(&self, unit: &str) -> PathBuf {
-        self.root.join("runs").join(unit)
+    fn run(&self, unit: &str) -> RunDir {
+        RunDir::new(&self.root.join("runs").join(unit))
     }
     fn finished(&self, unit: &str) -> PathBuf {
-        self.run(unit).join("finished.json")
+        self.run(unit).root.join("finished.json")
     }
     fn eval(&self, eval: &str) -> PathBuf {
         self.root.join("evals").join(eval)
@@ -388,7 +388,7 @@ fn train_unit(
         }
         UnitKind::Student { teacher, missing } => {
             wait_for(dir, plan, teacher, shard, progress)?;
-            let checkpoint = dir.run(teacher).join("checkpoints").join("best");
+            let checkpoint = dir.run(teacher).best();
             (
                 RunKind::Distill,
                 vec![missing.clone()],
@@ -398,19 +398,19 @@ fn train_unit(
         }
     };
     let started = Instant::now();
-    let run_dir = dir.run(&unit.name);
+    let run = dir.run(&unit.name);
+    let run_dir = &run.root;
     let opts = TrainOptions {
         device,
         quiet: true,
     };
-    let run = RunDir::new(&run_dir);
     let summary = if run.spec().exists() && run.last().exists() {
-        trainer::resume(&run_dir, opts)?
+        trainer::resume(run_dir, opts)?
     } else {
         // A folder without run.yaml or without a checkpoint was cut off (or failed) before its
         // first checkpoint: start it again, with the sweep's current settings.
         if run_dir.exists() {
-            std::fs::remove_dir_all(&run_dir)
+            std::fs::remove_dir_all(run_dir)
                 .with_context(|| format!("cannot remove {}", run_dir.display()))?;
         }
         let exp = Experiment::load(&dir.experiment(), &unit.overrides)?;
@@ -420,7 +420,7 @@ fn train_unit(
             scenarios,
             teacher,
         };
-        trainer::start(exp, spec, &run_dir, opts)?
+        trainer::start(exp, spec, run_dir, opts)?
     };
     let record = json!({
         "run": unit.name,
@@ -470,9 +470,9 @@ fn wait_for(
 fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device) -> Result<()> {
     let started = Instant::now();
     let run = dir.run(&job.unit);
-    let config = run.join("config.yaml");
+    let config = run.config();
     let request = EvalRequest {
-        checkpoint: run.join("checkpoints").join("best"),
+        checkpoint: run.best(),
         exp: Experiment::load(&config, &[])?,
         config,
         drop: job.drop.clone(),
@@ -489,27 +489,28 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
     // `evaluate` holds the inference settings (threads, GDAL's cache) for its run and gives them
     // back: the next training run has every thread.
     let report = evaluate(&request)?;
-    let per_class: Vec<serde_json::Value> = report
+    let per_class = report
         .class_names
         .iter()
         .zip(&report.scores.per_class)
-        .map(|(name, c)| json!({"class": name, "iou": c.iou, "f1": c.f1}))
+        .map(|(name, c)| table::ClassDone {
+            class: name.clone(),
+            f1: c.f1,
+            iou: c.iou,
+        })
         .collect();
-    let record = json!({
-        "eval": job.name,
-        "run": job.unit,
-        "dropped": job.drop,
-        "branch": report.branch,
-        "miou": report.scores.miou,
-        "mean_f1": report.scores.mean_f1,
-        "overall_accuracy": report.scores.overall_accuracy,
-        "per_class": per_class,
-        "seconds": started.elapsed().as_secs_f64(),
-    });
-    crate::fsutil::write_atomic(
-        &dir.done(&job.name),
-        serde_json::to_string_pretty(&record)?.as_bytes(),
-    )
+    let done = table::Done {
+        branch: report.branch,
+        dropped: job.drop.clone(),
+        eval: job.name.clone(),
+        mean_f1: report.scores.mean_f1,
+        miou: report.scores.miou,
+        overall_accuracy: report.scores.overall_accuracy,
+        per_class,
+        run: job.unit.clone(),
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    done.write(&dir.done(&job.name))
 }
 
 /// Writes the tables and the chart from the evaluations that are done.

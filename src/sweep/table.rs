@@ -5,7 +5,7 @@
 //! split, as Markdown, CSV and JSON, and a grouped bar chart with the spread over seeds.
 
 use anyhow::{Context, Result};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 
@@ -13,16 +13,53 @@ use super::plan::{Column, Method, Plan, Row};
 use crate::data::layouts::Split;
 use crate::stats::{paired_difference, summarize, PairedDifference, Summary};
 
-/// What `done.json` of an evaluation holds (the parts the tables use).
-#[derive(Debug, Clone, Deserialize)]
-struct Done {
-    miou: Option<f64>,
-    per_class: Vec<ClassIou>,
+/// `done.json`: a sweep evaluation that is complete and what it scored; written by the sweep once
+/// `dis2 eval`'s outputs are in place, read back by the tables. The fields are in alphabetical
+/// order, the order of the keys in the files sweeps have written.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct Done {
+    /// `teacher`, `student[dsm]` or `teacher-fill[dsm]`.
+    pub branch: String,
+    /// The modalities left out.
+    pub dropped: Vec<String>,
+    /// The evaluation's name, `<split>/s<seed>/<run>--<full|drop-...>`.
+    pub eval: String,
+    pub mean_f1: Option<f64>,
+    pub miou: Option<f64>,
+    pub overall_accuracy: Option<f64>,
+    /// One entry per class, in class-id order.
+    pub per_class: Vec<ClassDone>,
+    /// The run scored, `s<seed>/<run>`.
+    pub run: String,
+    /// Wall time of the evaluation, in seconds.
+    pub seconds: f64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct ClassIou {
-    iou: Option<f64>,
+/// One class of [`Done`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(super) struct ClassDone {
+    pub class: String,
+    pub f1: Option<f64>,
+    pub iou: Option<f64>,
+}
+
+impl Done {
+    /// Writes the record to `path`, atomically.
+    pub(super) fn write(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self)?;
+        crate::fsutil::write_atomic(path, text.as_bytes())
+    }
+
+    /// Reads the record at `path`.
+    ///
+    /// # Errors
+    /// The file cannot be read, or is not a `done.json` (names the file).
+    pub(super) fn read(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a sweep result", path.display()))
+    }
 }
 
 /// One cell's scores for one seed, when its evaluation is done.
@@ -615,10 +652,7 @@ struct Difference {
 }
 
 fn read_done(path: &Path) -> Result<CellScores> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let done: Done = serde_json::from_str(&text)
-        .with_context(|| format!("{}: not a sweep result", path.display()))?;
+    let done = Done::read(path)?;
     Ok(CellScores {
         miou: done.miou,
         per_class: done.per_class.iter().map(|c| c.iou).collect(),
@@ -694,12 +728,61 @@ mod tests {
         }
     }
 
-    /// Writes a `done.json` stand-in for `eval` into `dir`.
+    /// Writes a `done.json` for `eval` into `dir`: mIoU `miou`, two classes of IoU `a` and `b`.
     fn write(dir: &Path, eval: &str, miou: f64, a: f64, b: f64) {
-        let text = format!(r#"{{"miou": {miou}, "per_class": [{{"iou": {a}}}, {{"iou": {b}}}]}}"#);
+        let class = |class: &str, iou: f64| ClassDone {
+            class: class.into(),
+            f1: None,
+            iou: Some(iou),
+        };
+        let done = Done {
+            branch: "teacher".into(),
+            dropped: Vec::new(),
+            eval: eval.into(),
+            mean_f1: None,
+            miou: Some(miou),
+            overall_accuracy: None,
+            per_class: vec![class("a", a), class("b", b)],
+            run: "run".into(),
+            seconds: 1.0,
+        };
         let path = dir.join(format!("{eval}.json"));
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, text).unwrap();
+        done.write(&path).unwrap();
+    }
+
+    /// A `done.json` as sweeps have written it (keys sorted) reads, and writes back the same.
+    #[test]
+    fn done_json_reads_and_writes_the_same_keys() {
+        let text = r#"{
+  "branch": "student[dsm]",
+  "dropped": [
+    "dsm"
+  ],
+  "eval": "test/s1/dis2-dsm--drop-dsm",
+  "mean_f1": 0.75,
+  "miou": 0.625,
+  "overall_accuracy": null,
+  "per_class": [
+    {
+      "class": "building",
+      "f1": 0.5,
+      "iou": null
+    }
+  ],
+  "run": "s1/dis2-dsm",
+  "seconds": 2.5
+}"#;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("done.json");
+        std::fs::write(&path, text).unwrap();
+        let done = Done::read(&path).unwrap();
+        assert_eq!((done.miou, done.per_class[0].iou), (Some(0.625), None));
+        done.write(&path).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), text);
+        std::fs::write(&path, r#"{"miou": 0.5}"#).unwrap();
+        let err = format!("{:#}", Done::read(&path).unwrap_err());
+        assert!(err.contains("not a sweep result"), "{err}");
     }
 
     #[test]

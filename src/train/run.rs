@@ -18,6 +18,7 @@
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Which network parts a run trains.
@@ -49,6 +50,51 @@ pub struct RunSpec {
     pub teacher: Option<PathBuf>,
 }
 
+/// What a training checkpoint's sidecar (`checkpoints/step-N/model.yaml`) records under
+/// `metadata`: where the run stood, read back to resume it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub(crate) struct CheckpointMeta {
+    pub kind: RunKind,
+    /// Optimiser steps done.
+    pub step: u64,
+    /// The epoch of the last step.
+    pub epoch: u64,
+    /// The experiment's seed.
+    pub seed: u64,
+    /// Processes of the data-parallel job; absent: one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<u64>,
+    /// The validation score that picks `best`, at this step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_miou: Option<f64>,
+    /// The best such score so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub best_miou: Option<f64>,
+}
+
+impl CheckpointMeta {
+    /// The sidecar's `metadata` map.
+    pub(crate) fn to_metadata(&self) -> Result<BTreeMap<String, serde_yaml::Value>> {
+        let value = serde_yaml::to_value(self).context("cannot serialise checkpoint metadata")?;
+        Ok(serde_yaml::from_value(value)?)
+    }
+
+    /// Reads the record back from the `metadata` map of the sidecar `sidecar`; other keys are
+    /// ignored.
+    ///
+    /// # Errors
+    /// A key missing or of another type, naming the sidecar and the key.
+    pub(crate) fn from_metadata(
+        metadata: &BTreeMap<String, serde_yaml::Value>,
+        sidecar: &Path,
+    ) -> Result<Self> {
+        let value = serde_yaml::to_value(metadata)?;
+        serde_yaml::from_value(value)
+            .map_err(|e| anyhow::anyhow!("{}: metadata: {e}", sidecar.display()))
+    }
+}
+
+#[derive(Debug, PartialEq)]
 pub(crate) struct RunDir {
     pub root: PathBuf,
 }
@@ -83,6 +129,29 @@ impl RunDir {
     }
     pub fn best(&self) -> PathBuf {
         self.checkpoints().join("best")
+    }
+
+    /// The run `path` belongs to: `path` itself, or the nearest of its ancestors down to the
+    /// layout's depth (`RUN/checkpoints/NAME/FILE`), that holds a `run.yaml` and a
+    /// `config.yaml`; `None` for a path outside any run (an imported checkpoint, say).
+    pub(crate) fn containing(path: &Path) -> Option<RunDir> {
+        path.ancestors()
+            .take(4)
+            .map(RunDir::new)
+            .find(|run| run.spec().exists() && run.config().exists())
+    }
+
+    /// The checkpoint `path` names, as `--checkpoint` takes it: the run's `checkpoints/best`
+    /// when `path` is a run directory, else `path` itself (a checkpoint directory or name); with
+    /// the run it belongs to ([`RunDir::containing`]).
+    pub(crate) fn locate_checkpoint(path: &Path) -> (PathBuf, Option<RunDir>) {
+        let as_run = RunDir::new(path);
+        let checkpoint = match as_run.spec().exists() {
+            true => as_run.best(),
+            false => path.to_path_buf(),
+        };
+        let run = RunDir::containing(&checkpoint);
+        (checkpoint, run)
     }
 
     /// A new run: the directory must not hold a run already.
@@ -218,6 +287,80 @@ mod tests {
         let err = run.create().unwrap_err().to_string();
         assert!(err.contains("--resume"), "{err}");
         assert_eq!(run.read_spec().unwrap().kind, RunKind::Teacher);
+    }
+
+    #[test]
+    fn a_checkpoint_anywhere_in_a_run_finds_the_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let run = RunDir::new(&dir.path().join("run"));
+        run.create().unwrap();
+        std::fs::write(run.spec(), "kind: teacher\n").unwrap();
+        std::fs::write(run.config(), "name: x\n").unwrap();
+        std::fs::create_dir_all(run.step_dir(7)).unwrap();
+        run.point(&run.best(), &run.step_dir(7)).unwrap();
+        let file = run.step_dir(7).join("model.safetensors");
+        for path in [run.root.clone(), run.best(), run.step_dir(7), file] {
+            let found = RunDir::containing(&path).map(|r| r.root);
+            assert_eq!(
+                found.as_deref(),
+                Some(run.root.as_path()),
+                "{}",
+                path.display()
+            );
+        }
+        assert_eq!(
+            RunDir::locate_checkpoint(&run.root),
+            (run.best(), Some(RunDir::new(&run.root)))
+        );
+        assert_eq!(
+            RunDir::locate_checkpoint(&run.step_dir(7)),
+            (run.step_dir(7), Some(RunDir::new(&run.root)))
+        );
+        // Outside a run, or in a folder without its config.yaml: no run.
+        let outside = dir.path().join("imported/ck");
+        assert_eq!(RunDir::locate_checkpoint(&outside), (outside.clone(), None));
+        std::fs::remove_file(run.config()).unwrap();
+        assert!(RunDir::containing(&run.best()).is_none());
+    }
+
+    #[test]
+    fn checkpoint_metadata_keeps_its_keys_and_reads_older_checkpoints() {
+        let meta = CheckpointMeta {
+            kind: RunKind::Distill,
+            step: 120,
+            epoch: 3,
+            seed: 42,
+            world_size: Some(2),
+            val_miou: Some(0.5),
+            best_miou: Some(0.625),
+        };
+        let map = meta.to_metadata().unwrap();
+        let text = serde_yaml::to_string(&map).unwrap();
+        assert_eq!(
+            text,
+            "best_miou: 0.625\nepoch: 3\nkind: distill\nseed: 42\nstep: 120\nval_miou: 0.5\n\
+             world_size: 2\n"
+        );
+        let sidecar = Path::new("run/checkpoints/step-000120/model.yaml");
+        assert_eq!(CheckpointMeta::from_metadata(&map, sidecar).unwrap(), meta);
+        // Written before data-parallel training and without a validation score; other keys kept
+        // by later tools are ignored.
+        let old: BTreeMap<String, serde_yaml::Value> =
+            serde_yaml::from_str("epoch: 0\nkind: teacher\nseed: 1\nstep: 4\nsource: x\n").unwrap();
+        let read = CheckpointMeta::from_metadata(&old, sidecar).unwrap();
+        assert_eq!(
+            (read.step, read.world_size, read.best_miou),
+            (4, None, None)
+        );
+        let mut no_step = old.clone();
+        no_step.remove("step");
+        let err = CheckpointMeta::from_metadata(&no_step, sidecar)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("model.yaml: metadata") && err.contains("step"),
+            "{err}"
+        );
     }
 
     #[test]

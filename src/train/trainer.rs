@@ -22,7 +22,7 @@ use super::objective::{
 };
 use super::optim::Optimizer;
 use super::progress::{Progress, StepReport};
-use super::run::{RunDir, RunKind, RunSpec};
+use super::run::{CheckpointMeta, RunDir, RunKind, RunSpec};
 use super::tensorboard::RunLog;
 use super::validate::{confusion_matrices, Share};
 use crate::checkpoint::{self, CheckpointInfo};
@@ -78,7 +78,7 @@ pub(crate) fn start_with(
     let writes = dp.as_ref().is_none_or(|dp| dp.rank() == 0);
     if writes {
         run.create()?;
-        exp.save_effective(&run.root)?;
+        exp.save_effective(&run.config())?;
     }
     let mut trainer = Trainer::new(exp, spec.clone(), run, opts, dp)?;
     if let Some(teacher) = trainer.spec.teacher.clone() {
@@ -241,8 +241,13 @@ impl Trainer {
             last.display(),
             diffs.join("\n  ")
         );
-        let world = meta_u64(&info.metadata, "world_size");
-        DataParallel::check_resumable(world, self.world_size(), &last.display().to_string())?;
+        let meta =
+            CheckpointMeta::from_metadata(&info.metadata, &checkpoint::checkpoint_files(&last).1)?;
+        DataParallel::check_resumable(
+            meta.world_size,
+            self.world_size(),
+            &last.display().to_string(),
+        )?;
         checkpoint::load_weights(&self.vs, &last)?;
         let optim = last.join("optim.safetensors");
         let state = Tensor::read_safetensors(&optim)
@@ -250,11 +255,8 @@ impl Trainer {
         self.optimizer
             .load_state_tensors(state)
             .with_context(|| format!("{}", optim.display()))?;
-        let meta = |key: &str| info.metadata.get(key).cloned();
-        self.step = meta("step")
-            .and_then(|v| v.as_u64())
-            .with_context(|| format!("{}: no step", last.display()))?;
-        self.best_miou = meta("best_miou").and_then(|v| v.as_f64());
+        self.step = meta.step;
+        self.best_miou = meta.best_miou;
         if self.writes() {
             RunDir::truncate_lines(&self.run.metrics(), self.step)?;
             RunDir::truncate_lines(&self.run.validation(), self.step)?;
@@ -631,18 +633,16 @@ impl Trainer {
         std::fs::create_dir_all(&dir)
             .with_context(|| format!("cannot create {}", dir.display()))?;
         let mut info = CheckpointInfo::new(&self.exp.model)?.with_data(&self.exp.data);
-        let meta = &mut info.metadata;
-        meta.insert("kind".into(), kind_name(self.spec.kind).into());
-        meta.insert("step".into(), self.step.into());
-        meta.insert("epoch".into(), epoch.into());
-        meta.insert("seed".into(), self.exp.seed.into());
-        meta.insert("world_size".into(), (self.world_size() as u64).into());
-        if let Some(s) = score {
-            meta.insert("val_miou".into(), s.into());
+        info.metadata = CheckpointMeta {
+            kind: self.spec.kind,
+            step: self.step,
+            epoch,
+            seed: self.exp.seed,
+            world_size: Some(self.world_size() as u64),
+            val_miou: score,
+            best_miou: self.best_miou,
         }
-        if let Some(b) = self.best_miou {
-            meta.insert("best_miou".into(), b.into());
-        }
+        .to_metadata()?;
         let state: Vec<(String, Tensor)> = self
             .optimizer
             .state_tensors()
@@ -762,11 +762,6 @@ fn every_nth_batch(
         .flatten()
         .copied()
         .collect()
-}
-
-/// An optional unsigned metadata value.
-fn meta_u64(metadata: &BTreeMap<String, serde_yaml::Value>, key: &str) -> Option<u64> {
-    metadata.get(key).and_then(|v| v.as_u64())
 }
 
 /// Joint: the normalised probability of each scenario.
