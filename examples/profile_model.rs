@@ -13,8 +13,9 @@ use dis2::model::config::{ModalitySpec, ModelConfig};
 use dis2::model::{Dis2Net, Scenario};
 use dis2::native::{profile, OpTotals};
 use dis2::precision::Precision;
+use dis2::train::dlkd::KdWeights;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target, KdWeights};
+use dis2::train::objective::{joint_objective, masked_target};
 use tch::{nn, Device, Kind, Tensor};
 
 fn config(width: i64, size: i64) -> ModelConfig {

@@ -6,8 +6,9 @@ mod common;
 use common::*;
 use dis2::model::losses::seg_loss;
 use dis2::model::{Dis2Net, Scenario};
+use dis2::train::dlkd::{dlkd, orthogonality, KdWeights};
 use dis2::train::joint_backward::{forward_joint, JointBackward, JointForward};
-use dis2::train::objective::{joint_objective, masked_target, KdWeights, Objective, Target};
+use dis2::train::objective::{joint_objective, masked_target, Objective, Target};
 use tch::{nn, Device, Kind, Tensor};
 
 const B: i64 = 2;
@@ -152,7 +153,10 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
             assert!((terms.total.double_value(&[]) - parts).abs() < 1e-4);
             let total = terms.total.double_value(&[]);
             assert!(total.is_finite() && total > 0.0, "{s:?}: {total}");
-            assert!(out.orth_loss.double_value(&[]) >= 0.0 && out.kd_loss.double_value(&[]) > 0.0);
+            assert!(
+                orthogonality(&out.distill).double_value(&[]) >= 0.0
+                    && dlkd(out).total().double_value(&[]) > 0.0
+            );
         }
     });
 }

@@ -7,8 +7,9 @@ use common::*;
 use dis2::model::import::load_reference_state_dict;
 use dis2::model::losses::{dice_loss, one_hot, seg_losses, softmax_weighted_loss};
 use dis2::model::{Dis2Net, Scenario};
+use dis2::train::dlkd::{dlkd, orthogonality, KdWeights};
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target, KdWeights};
+use dis2::train::objective::{joint_objective, masked_target};
 use tch::{nn, Device, Tensor};
 
 const PROB_TOL: f64 = 1e-4;
@@ -83,8 +84,8 @@ fn check_reference(name: &str) {
                 &out.student.scale_preds[i],
             );
         }
-        losses.push((format!("{p}.kd_loss"), out.kd_loss.shallow_clone()));
-        losses.push((format!("{p}.orth_loss"), out.orth_loss.shallow_clone()));
+        losses.push((format!("{p}.kd_loss"), dlkd(out).total()));
+        losses.push((format!("{p}.orth_loss"), orthogonality(&out.distill)));
         losses.push((
             format!("{p}.wce.missing_pred"),
             softmax_weighted_loss(&out.student.pred, &target),

@@ -8,9 +8,10 @@ use common::*;
 use dis2::checkpoint::{self, CheckpointInfo};
 use dis2::model::config::{DecoderKind, FusionKind, ModelConfig};
 use dis2::model::{Dis2Net, Scenario};
+use dis2::train::dlkd::KdWeights;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
 use dis2::train::objective::{
-    distill_objective, joint_objective, masked_target, teacher_objective, KdWeights, Target,
+    distill_objective, joint_objective, masked_target, teacher_objective, Target,
 };
 use tch::{nn, Device, Kind, Tensor};
 
