@@ -26,11 +26,9 @@
 //! API (inputs are one tensor per modality, `&[Option<&Tensor>]` of length M, in
 //! `ModelConfig::modalities` order; a missing modality may be `None` and is never read):
 //! - [`Dis2Net::new`]`(&vs.root(), &cfg)` builds the model for `cfg.scenario_list()`.
-//! - [`Dis2Net::forward_teacher`]`(&inputs, train)` and
-//!   [`Dis2Net::forward_student`]`(&scenario, &inputs, train)` give softmax probabilities
-//!   `[B, K, H, W]`; [`Dis2Net::forward`] picks one by the set of present inputs' scenario, and
-//!   [`Dis2Net::forward_route`] runs a chosen [`Route`] (teacher, student, or teacher with the
-//!   missing inputs filled).
+//! - [`Dis2Net::forward_route`]`(&route, &inputs, train)`, the one inference forward: softmax
+//!   probabilities `[B, K, H, W]` of the branch a [`Route`] names (the teacher, a student, or the
+//!   teacher with the missing inputs filled).
 //! - [`Dis2Net::attention_maps`]`(scenario, &inputs)` gives a branch's CFLM class-wise spatial
 //!   attention `[B, K, H/16, W/16]` (the paper's qualitative figure, `dis2 eval --attention-maps`).
 //! - The training forwards, one per kind of run, each building one graph over the parts that
@@ -562,22 +560,8 @@ impl Dis2Net {
         })
     }
 
-    /// Teacher (all modalities present) prediction: softmax `[B, K, H, W]`.
-    pub fn forward_teacher(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
-        self.forward_branch(None, inputs, train)
-    }
-
-    /// Student prediction for `scenario`: softmax `[B, K, H, W]`. Inputs of missing modalities
-    /// are never read (they may be `None`).
-    pub fn forward_student(
-        &self,
-        scenario: &Scenario,
-        inputs: &[Option<&Tensor>],
-        train: bool,
-    ) -> Result<Tensor> {
-        self.forward_branch(Some(scenario), inputs, train)
-    }
-
+    /// The prediction of the teacher (`scenario` `None`) or of that student: see
+    /// [`Self::forward_route`].
     fn forward_branch(
         &self,
         scenario: Option<&Scenario>,
@@ -596,8 +580,8 @@ impl Dis2Net {
 
     /// The CFLM class-wise spatial attention of a branch (inference mode, no graph): the
     /// teacher's when `scenario` is `None`, else that student's. `[B, K, h, w]` at the level-4
-    /// resolution (crop / 16); each class's map sums to 1 over its pixels. Inputs as for
-    /// [`Self::forward_student`].
+    /// resolution (crop / 16); each class's map sums to 1 over its pixels. Inputs and errors as
+    /// for [`Self::forward_route`].
     pub fn attention_maps(
         &self,
         scenario: Option<&Scenario>,
@@ -677,18 +661,28 @@ impl Dis2Net {
         })
     }
 
-    /// The teacher when every input is given, otherwise the student of the scenario whose
-    /// missing modalities are the `None` entries ([`Route::of_given`]).
-    pub fn forward(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
-        let given: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-        let route = Route::of_given(&given, self.cfg.modalities.len())?;
-        self.forward_route(&route, inputs, train)
-    }
-
-    /// The prediction of `route`'s branch, softmax `[B, K, H, W]`, from one input per modality
-    /// (`None` where not given); a filled teacher gets zeros for its missing modalities
-    /// ([`Route::inputs`]).
-    pub(crate) fn forward_route(
+    /// The inference forward, the one way to run a branch: the softmax probabilities
+    /// `[B, K, H, W]` (float32, contiguous) of the branch `route` names, from one input
+    /// `[B, C_i, H, W]` (float32, `H x W` the model's crop) per modality in
+    /// `ModelConfig::modalities` order, `None` where not given.
+    ///
+    /// - [`Route::Teacher`]: the full-modality branch, every input needed.
+    /// - [`Route::Student`]: the student of that missing set (reference `DLKD_ver4` with
+    ///   `is_training = False` and the scenario's mask): its compensation encoders read the
+    ///   available inputs concatenated; the missing inputs are never read and may be `None`.
+    /// - [`Route::TeacherFill`]: the teacher with the missing inputs filled with zeros, the
+    ///   training mean (paper section 4, "teacher with missing input filled"; [`Route::inputs`]).
+    ///
+    /// [`Route::choose`] picks the route for the inputs a user has (with or without filling),
+    /// [`Route::of_given`] the one the `None` entries ask for. `train` switches BatchNorm batch
+    /// statistics and dropout; the graph is kept unless the caller runs in `tch::no_grad`.
+    ///
+    /// # Errors
+    /// A wrong number of inputs; a needed input missing, or not `[B, C_i, H, W]` float32 on the
+    /// model's device with the crop's size and one batch size; a student the model does not have
+    /// (the message lists those it has); a filled teacher without any input given; `train` on a
+    /// model prepared for inference.
+    pub fn forward_route(
         &self,
         route: &Route,
         inputs: &[Option<&Tensor>],
