@@ -10,11 +10,12 @@ use anyhow::{bail, Context, Result};
 use std::time::Instant;
 
 use dis2::model::config::{ModalitySpec, ModelConfig};
-use dis2::model::{Dis2Net, Scenario};
+use dis2::model::{Dis2Net, Route, Scenario};
 use dis2::native::{profile, OpTotals};
 use dis2::precision::Precision;
+use dis2::train::dlkd::KdWeights;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target, KdWeights};
+use dis2::train::objective::{joint_objective, masked_target};
 use tch::{nn, Device, Kind, Tensor};
 
 fn config(width: i64, size: i64) -> ModelConfig {
@@ -46,7 +47,7 @@ fn config(width: i64, size: i64) -> ModelConfig {
 fn call(net: &Dis2Net, train: bool, x: &[Tensor], labels: &Tensor) -> Result<()> {
     let given: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     if !train {
-        let _probs = tch::no_grad(|| net.forward_teacher(&given, false))?;
+        let _probs = tch::no_grad(|| net.forward_route(&Route::Teacher, &given, false))?;
         return Ok(());
     }
     let target = masked_target(labels, 255, 5, None)?;

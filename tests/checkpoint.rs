@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use dis2::checkpoint::{self, CheckpointInfo};
 use dis2::import_torch::{import_torch, read_model_config};
-use dis2::model::{Dis2Net, Scenario};
+use dis2::model::{Dis2Net, Route, Scenario};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
@@ -52,8 +52,8 @@ fn import_torch_checkpoint_reproduces_the_reference() {
     let io = read_tensors(&dir.join("small.io.safetensors"));
     let parts = loaded.net.split_input(&io["input"]).unwrap();
     let pred = tch::no_grad(|| {
-        loaded.net.forward_student(
-            &Scenario::new(vec![0], 2).unwrap(),
+        loaded.net.forward_route(
+            &Route::Student(Scenario::new(vec![0], 2).unwrap()),
             &[None, Some(&parts[1])],
             false,
         )
@@ -198,8 +198,14 @@ fn checkpoint_round_trip_keeps_every_variable_and_batchnorm_stats() {
     for (name, t) in &a {
         assert_eq!(max_abs_diff(t, &b[name]), 0.0, "{name}");
     }
-    let p1 = tch::no_grad(|| net.forward_student(&s, &[Some(&x[0]), None], false)).unwrap();
-    let p2 = tch::no_grad(|| loaded.net.forward_student(&s, &[Some(&x[0]), None], false)).unwrap();
+    let student = Route::Student(s.clone());
+    let p1 = tch::no_grad(|| net.forward_route(&student, &[Some(&x[0]), None], false)).unwrap();
+    let p2 = tch::no_grad(|| {
+        loaded
+            .net
+            .forward_route(&student, &[Some(&x[0]), None], false)
+    })
+    .unwrap();
     assert_eq!(max_abs_diff(&p1, &p2), 0.0);
 
     // Another model: the error names each key that differs.

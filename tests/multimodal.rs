@@ -11,9 +11,10 @@ mod common;
 
 use common::*;
 use dis2::model::losses::seg_loss;
-use dis2::model::{Dis2Net, Scenario};
+use dis2::model::{Dis2Net, Route, Scenario};
+use dis2::train::dlkd::{dlkd, orthogonality, KdWeights};
 use dis2::train::joint_backward::{forward_joint, JointBackward, JointForward};
-use dis2::train::objective::{joint_objective, masked_target, KdWeights, Objective, Target};
+use dis2::train::objective::{joint_objective, masked_target, Objective, Target};
 use tch::{nn, Device, Kind, Tensor};
 
 const B: i64 = 2;
@@ -56,7 +57,7 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
     let objective_target = masked_target(&labels, 255, 5, None).unwrap();
     let target = &objective_target.onehot;
     tch::no_grad(|| {
-        let t = net.forward_teacher(&all, false).unwrap();
+        let t = net.forward_route(&Route::Teacher, &all, false).unwrap();
         assert_eq!(t.size(), [B, 5, 64, 64]);
         let sums = t.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
         assert!((sums - 1.0).abs().max().double_value(&[]) < 1e-5);
@@ -64,9 +65,16 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
             let given: Vec<Option<&Tensor>> = (0..3)
                 .map(|i| if s.is_missing(i) { None } else { Some(&x[i]) })
                 .collect();
-            let p = net.forward_student(s, &given, false).unwrap();
+            let p = net
+                .forward_route(&Route::Student(s.clone()), &given, false)
+                .unwrap();
             assert_eq!(p.size(), [B, 5, 64, 64], "{s:?}");
-            assert_eq!(max_abs_diff(&p, &net.forward(&given, false).unwrap()), 0.0);
+            let flags: Vec<bool> = given.iter().map(Option::is_some).collect();
+            let route = Route::of_given(&flags, 3).unwrap();
+            assert_eq!(
+                max_abs_diff(&p, &net.forward_route(&route, &given, false).unwrap()),
+                0.0
+            );
             let step = forward_joint(&net, s, &all, false, strategy(&net)).unwrap();
             let out = &step.outputs;
             assert_eq!(out.aux_preds.len(), 3);
@@ -116,7 +124,10 @@ fn three_modalities_every_scenario_runs_with_right_shapes() {
             assert!((terms.total.double_value(&[]) - parts).abs() < 1e-4);
             let total = terms.total.double_value(&[]);
             assert!(total.is_finite() && total > 0.0, "{s:?}: {total}");
-            assert!(out.orth_loss.double_value(&[]) >= 0.0 && out.kd_loss.double_value(&[]) > 0.0);
+            assert!(
+                orthogonality(&out.distill).double_value(&[]) >= 0.0
+                    && dlkd(out).total().double_value(&[]) > 0.0
+            );
         }
     });
 }
@@ -145,8 +156,12 @@ fn missing_modalities_are_never_read() {
                     }
                 })
                 .collect();
-            let a = net.forward_student(s, &absent, false).unwrap();
-            let b = net.forward_student(s, &poisoned, false).unwrap();
+            let a = net
+                .forward_route(&Route::Student(s.clone()), &absent, false)
+                .unwrap();
+            let b = net
+                .forward_route(&Route::Student(s.clone()), &poisoned, false)
+                .unwrap();
             assert!(
                 b.isfinite().all().int64_value(&[]) == 1,
                 "{s:?}: NaN leaked into the output"
@@ -169,7 +184,9 @@ fn student_inference_gradients_reach_only_its_parameters() {
         let given: Vec<Option<&Tensor>> = (0..3)
             .map(|i| if s.is_missing(i) { None } else { Some(&x[i]) })
             .collect();
-        let p = net.forward_student(&s, &given, false).unwrap();
+        let p = net
+            .forward_route(&Route::Student(s.clone()), &given, false)
+            .unwrap();
         (p * Tensor::randn([B, 5, 64, 64], (Kind::Float, Device::Cpu)))
             .sum(Kind::Float)
             .backward();
@@ -230,7 +247,7 @@ fn bad_inputs_and_configurations_are_clear_errors() {
     let x = random_inputs(&ch, B, 64);
     let big = Tensor::randn([B, 3, 128, 64], (Kind::Float, Device::Cpu));
     let err = net
-        .forward_teacher(&[Some(&big), Some(&x[1])], false)
+        .forward_route(&Route::Teacher, &[Some(&big), Some(&x[1])], false)
         .unwrap_err()
         .to_string();
     assert!(
@@ -238,37 +255,37 @@ fn bad_inputs_and_configurations_are_clear_errors() {
         "{err}"
     );
     let err = net
-        .forward_teacher(&[Some(&x[1]), Some(&x[1])], false)
+        .forward_route(&Route::Teacher, &[Some(&x[1]), Some(&x[1])], false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("\"rgb\": expected [B, 3, H, W]"), "{err}");
     let empty = Tensor::zeros([0, 3, 64, 64], (Kind::Float, Device::Cpu));
     let err = net
-        .forward_teacher(&[Some(&empty), Some(&x[1])], false)
+        .forward_route(&Route::Teacher, &[Some(&empty), Some(&x[1])], false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("B >= 1"), "{err}");
     let ints = Tensor::zeros([B, 1, 64, 64], (Kind::Int64, Device::Cpu));
     let err = net
-        .forward_teacher(&[Some(&x[0]), Some(&ints)], false)
+        .forward_route(&Route::Teacher, &[Some(&x[0]), Some(&ints)], false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("\"ndsm\": expected float32"), "{err}");
     let err = net
-        .forward_teacher(&[Some(&x[0])], false)
+        .forward_route(&Route::Teacher, &[Some(&x[0])], false)
         .unwrap_err()
         .to_string();
     assert!(err.contains("expected 2 entries"), "{err}");
     let err = net
-        .forward_student(
-            &Scenario::new(vec![1], 2).unwrap(),
+        .forward_route(
+            &Route::Student(Scenario::new(vec![1], 2).unwrap()),
             &[None, Some(&x[1])],
             false,
         )
         .unwrap_err()
         .to_string();
     assert!(err.contains("\"rgb\": required"), "{err}");
-    let err = net.forward(&[None, None], false).unwrap_err().to_string();
+    let err = Route::of_given(&[false, false], 2).unwrap_err().to_string();
     assert!(err.contains("at least one modality available"), "{err}");
 
     let mut cfg = small_config(&ch, 5);
@@ -276,8 +293,8 @@ fn bad_inputs_and_configurations_are_clear_errors() {
     let vs = nn::VarStore::new(Device::Cpu);
     let only = Dis2Net::new(&vs.root(), &cfg).unwrap();
     let err = only
-        .forward_student(
-            &Scenario::new(vec![0], 2).unwrap(),
+        .forward_route(
+            &Route::Student(Scenario::new(vec![0], 2).unwrap()),
             &[None, Some(&x[1])],
             false,
         )

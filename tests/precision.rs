@@ -9,8 +9,9 @@ use std::path::PathBuf;
 use dis2::data::synth;
 use dis2::model::{Dis2Net, Scenario};
 use dis2::precision::Precision;
+use dis2::train::dlkd::KdWeights;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target, KdWeights};
+use dis2::train::objective::{joint_objective, masked_target};
 use tch::{nn, Device, Kind, Tensor};
 
 mod common;

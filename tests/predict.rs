@@ -8,6 +8,7 @@ use dis2::data::raster::{
     self, read_window_at, write_geotiff, GeoRef, RasterData, RasterInfo, Window, WriteOptions,
 };
 use dis2::data::synth;
+use dis2::model::Route;
 use dis2::tiling::WindowGrid;
 use tch::{Device, Tensor};
 
@@ -132,7 +133,8 @@ fn blended_scene_equals_single_windows_and_keeps_georeferencing() {
             normalised_window(&files[2], "sar", row, col),
         ];
         let refs: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-        let alone = tch::no_grad(|| loaded.net.forward(&refs, false)).unwrap();
+        let alone =
+            tch::no_grad(|| loaded.net.forward_route(&Route::Teacher, &refs, false)).unwrap();
         let alone: Vec<f32> = Vec::try_from(alone.contiguous().view([-1])).unwrap();
         for y in 0..64 {
             for x in 0..64 {

@@ -6,9 +6,10 @@ mod common;
 use common::*;
 use dis2::model::import::load_reference_state_dict;
 use dis2::model::losses::{dice_loss, one_hot, seg_losses, softmax_weighted_loss};
-use dis2::model::{Dis2Net, Scenario};
+use dis2::model::{Dis2Net, Route, Scenario};
+use dis2::train::dlkd::{dlkd, orthogonality, KdWeights};
 use dis2::train::joint_backward::{forward_joint, JointBackward};
-use dis2::train::objective::{joint_objective, masked_target, KdWeights};
+use dis2::train::objective::{joint_objective, masked_target};
 use tch::{nn, Device, Tensor};
 
 const PROB_TOL: f64 = 1e-4;
@@ -44,18 +45,26 @@ fn check_reference(name: &str) {
     tch::no_grad(|| {
         prob(
             "eval.full.seg_pred",
-            &net.forward_teacher(&[Some(rgb), Some(ndsm)], false)
+            &net.forward_route(&Route::Teacher, &[Some(rgb), Some(ndsm)], false)
                 .unwrap(),
         );
         prob(
             "eval.miss_ndsm.seg_pred",
-            &net.forward_student(&miss_ndsm, &[Some(rgb), None], false)
-                .unwrap(),
+            &net.forward_route(
+                &Route::Student(miss_ndsm.clone()),
+                &[Some(rgb), None],
+                false,
+            )
+            .unwrap(),
         );
         prob(
             "eval.miss_rgb.seg_pred",
-            &net.forward_student(&miss_rgb, &[None, Some(ndsm)], false)
-                .unwrap(),
+            &net.forward_route(
+                &Route::Student(miss_rgb.clone()),
+                &[None, Some(ndsm)],
+                false,
+            )
+            .unwrap(),
         );
     });
     let mut losses = Vec::new();
@@ -83,8 +92,8 @@ fn check_reference(name: &str) {
                 &out.student.scale_preds[i],
             );
         }
-        losses.push((format!("{p}.kd_loss"), out.kd_loss.shallow_clone()));
-        losses.push((format!("{p}.orth_loss"), out.orth_loss.shallow_clone()));
+        losses.push((format!("{p}.kd_loss"), dlkd(out).total()));
+        losses.push((format!("{p}.orth_loss"), orthogonality(&out.distill)));
         losses.push((
             format!("{p}.wce.missing_pred"),
             softmax_weighted_loss(&out.student.pred, &target),

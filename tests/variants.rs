@@ -7,10 +7,11 @@ mod common;
 use common::*;
 use dis2::checkpoint::{self, CheckpointInfo};
 use dis2::model::config::{DecoderKind, FusionKind, ModelConfig};
-use dis2::model::{Dis2Net, Scenario};
+use dis2::model::{Dis2Net, Route, Scenario};
+use dis2::train::dlkd::KdWeights;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
 use dis2::train::objective::{
-    distill_objective, joint_objective, masked_target, teacher_objective, KdWeights, Target,
+    distill_objective, joint_objective, masked_target, teacher_objective, Target,
 };
 use tch::{nn, Device, Kind, Tensor};
 
@@ -131,14 +132,16 @@ fn every_variant_predicts_probabilities_in_every_scenario() {
         let what = format!("{decoder:?}/{fusion:?}");
         tch::no_grad(|| {
             assert_probabilities(
-                &net.forward_teacher(&all, false).unwrap(),
+                &net.forward_route(&Route::Teacher, &all, false).unwrap(),
                 &format!("{what} teacher"),
             );
             for s in net.scenarios() {
                 let given: Vec<Option<&Tensor>> = (0..3)
                     .map(|i| if s.is_missing(i) { None } else { Some(&x[i]) })
                     .collect();
-                let p = net.forward_student(s, &given, false).unwrap();
+                let p = net
+                    .forward_route(&Route::Student(s.clone()), &given, false)
+                    .unwrap();
                 assert_probabilities(&p, &format!("{what} {s:?}"));
             }
             // The CFLM's attention maps exist only where there is a CFLM.
@@ -173,8 +176,12 @@ fn variants_never_read_missing_inputs() {
                 let poisoned: Vec<Option<&Tensor>> = (0..3)
                     .map(|i| Some(if s.is_missing(i) { &nan[i] } else { &x[i] }))
                     .collect();
-                let a = net.forward_student(s, &absent, false).unwrap();
-                let b = net.forward_student(s, &poisoned, false).unwrap();
+                let a = net
+                    .forward_route(&Route::Student(s.clone()), &absent, false)
+                    .unwrap();
+                let b = net
+                    .forward_route(&Route::Student(s.clone()), &poisoned, false)
+                    .unwrap();
                 assert!(
                     b.isfinite().all().int64_value(&[]) == 1,
                     "{decoder:?}/{fusion:?} {s:?}: NaN leaked into the output"
@@ -294,8 +301,11 @@ fn variant_checkpoints_round_trip_and_refuse_another_variant() {
         (DecoderKind::Plain, FusionKind::Level4)
     );
     tch::no_grad(|| {
-        let a = net.forward_teacher(&all, false).unwrap();
-        let b = loaded.net.forward_teacher(&all, false).unwrap();
+        let a = net.forward_route(&Route::Teacher, &all, false).unwrap();
+        let b = loaded
+            .net
+            .forward_route(&Route::Teacher, &all, false)
+            .unwrap();
         assert_eq!(max_abs_diff(&a, &b), 0.0);
     });
 
@@ -362,14 +372,15 @@ fn a_single_modality_model_is_a_teacher_without_students() {
             Some(vec![64, 64, 1, 1])
         );
         tch::no_grad(|| {
-            let p = net.forward_teacher(&[Some(&x[0])], false).unwrap();
+            let p = net
+                .forward_route(&Route::Teacher, &[Some(&x[0])], false)
+                .unwrap();
             assert_probabilities(&p, "single modality");
-            assert_eq!(
-                max_abs_diff(&p, &net.forward(&[Some(&x[0])], false).unwrap()),
-                0.0
-            );
+            let given = Route::of_given(&[true], 1).unwrap();
+            let q = net.forward_route(&given, &[Some(&x[0])], false).unwrap();
+            assert_eq!(max_abs_diff(&p, &q), 0.0);
         });
-        let err = net.forward(&[None], false).unwrap_err().to_string();
+        let err = Route::of_given(&[false], 1).unwrap_err().to_string();
         assert!(err.contains("at least one modality available"), "{err}");
         let out = net.forward_train_teacher(&[Some(&x[0])], true).unwrap();
         assert_eq!(out.aux_preds.len(), 1);

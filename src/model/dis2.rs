@@ -26,28 +26,28 @@
 //! API (inputs are one tensor per modality, `&[Option<&Tensor>]` of length M, in
 //! `ModelConfig::modalities` order; a missing modality may be `None` and is never read):
 //! - [`Dis2Net::new`]`(&vs.root(), &cfg)` builds the model for `cfg.scenario_list()`.
-//! - [`Dis2Net::forward_teacher`]`(&inputs, train)` and
-//!   [`Dis2Net::forward_student`]`(&scenario, &inputs, train)` give softmax probabilities
-//!   `[B, K, H, W]`; [`Dis2Net::forward`] picks one by the set of present inputs' scenario, and
-//!   [`Dis2Net::forward_route`] runs a chosen [`Route`] (teacher, student, or teacher with the
-//!   missing inputs filled).
+//! - [`Dis2Net::forward_route`]`(&route, &inputs, train)`, the one inference forward: softmax
+//!   probabilities `[B, K, H, W]` of the branch a [`Route`] names (the teacher, a student, or the
+//!   teacher with the missing inputs filled).
 //! - [`Dis2Net::attention_maps`]`(scenario, &inputs)` gives a branch's CFLM class-wise spatial
 //!   attention `[B, K, H/16, W/16]` (the paper's qualitative figure, `dis2 eval --attention-maps`).
-//! - [`Dis2Net::forward_train`]`(&scenario, &inputs, train)` runs teacher and student together as
-//!   the reference training does and returns [`TrainOutputs`], from which the training
-//!   objectives (`dis2::train::objective`) are made. It is two stages,
+//! - The training forwards, one per kind of run, each building one graph over the parts that
+//!   kind trains: [`Dis2Net::forward_train_teacher`] (`train-teacher`), [`Dis2Net::forward_distill`]
+//!   (`distill`) and [`Dis2Net::forward_train`] (`distill --joint`: teacher and student together,
+//!   as the reference trains). The last two return [`TrainOutputs`]: both branches' outputs and
+//!   the features DLKD and the orthogonality loss compare ([`DistillFeatures`]); the losses
+//!   themselves are assembled in `dis2::train::dlkd`. [`Dis2Net::forward_train`] is two stages,
 //!   [`Dis2Net::forward_train_encoders`] and [`Dis2Net::forward_train_branches`], which a trainer
 //!   may call apart to give each branch its own copies of the encoder features (the side-by-side
-//!   backward pass of `dis2::train::joint_backward`). [`Dis2Net::forward_train_teacher`] and
-//!   [`Dis2Net::forward_distill`] are the training forwards of `train-teacher` and `distill`.
+//!   backward pass of `dis2::train::joint_backward`).
 //!
 //! Inference outputs are contiguous; the training outputs may be stored channels-last (the
 //! network computes in that layout), so reshape them rather than `view`.
 //!
 //! Precision: every forward computes in [`Dis2Net::precision`], fp32 unless
 //! [`Dis2Net::set_precision`] (training, autocast-style) or [`Dis2Net::prepare_inference`]
-//! (BatchNorm folded, bfloat16 weights, no autograd state) chose bf16. Probabilities, the DLKD and
-//! orthogonality losses and the fusion token are float32 in either.
+//! (BatchNorm folded, bfloat16 weights, no autograd state) chose bf16. Probabilities, the pooled
+//! features of [`DistillFeatures`] and the fusion token are float32 in either.
 //!
 //! Variable names: `encoders.{i}`, `teacher.{fuse,attention,decoder,fuse_pool}`,
 //! `students.{key}.{comp.{i},comp_pool.{i},dist_pool.{a},fuse,attention,decoder,fuse_pool}` with
@@ -65,7 +65,6 @@ use super::config::{DecoderKind, ModelConfig};
 use super::decoder::{ClassWiseDecoder, DecoderOutputs};
 use super::encoder::{Encoder, Features};
 use super::fusion::{Fused, HierarchicalFusion};
-use super::losses::{kd_logits_loss, l2_kd_loss, orthogonality_loss, sum_scalars};
 use super::plain_decoder::PlainDecoder;
 use super::pool::LevelPools;
 use super::route::Route;
@@ -196,25 +195,47 @@ struct BranchFeatures<'n> {
 /// deep-supervision maps, logits, penultimate features).
 pub type BranchOutputs = DecoderOutputs;
 
-/// Everything the training objective needs (reference `dict_results`).
+/// Everything the training objectives need from a forward of teacher and student (reference
+/// `dict_results`); the DLKD and orthogonality losses are made from it in `dis2::train::dlkd`.
 #[derive(Debug)]
 pub struct TrainOutputs {
     /// Auxiliary single-modality predictions, one per modality (softmax).
     pub aux_preds: Vec<Tensor>,
-    /// Teacher (full-modality) branch.
+    /// Teacher (full-modality) branch; its penultimate map and logits are DLKD's targets.
     pub teacher: BranchOutputs,
     /// Student branch of the scenario.
     pub student: BranchOutputs,
-    /// DLKD distillation loss (the reference's `kl_loss`): `kd_features + kd_logits`.
-    pub kd_loss: Tensor,
-    /// The DLKD feature terms: L2 between normalised fused features (pooled levels 1-3, the
-    /// level-4 token) and penultimate maps.
-    pub kd_features: Tensor,
-    /// The DLKD logit term: T² KL divergence of the softened predictions.
-    pub kd_logits: Tensor,
-    /// Orthogonality loss (the reference's `diversity_loss`), summed over levels 1..3 and over
-    /// every (missing, available) modality pair.
-    pub orth_loss: Tensor,
+    /// The fused and pooled features DLKD and the orthogonality loss compare.
+    pub distill: DistillFeatures,
+}
+
+/// A branch's fused features as DLKD compares them: HF's outputs (reference
+/// `HiererchicalFusion`) and their attention pools (reference `HierarchicalAttnPool`).
+#[derive(Debug)]
+pub struct FusedTokens {
+    /// HF's output fusion token `[B, 8w]`, float32.
+    pub global: Tensor,
+    /// The fused levels 1-3 pooled by the branch's `fuse_pool`: `[B, w·2^l]` for l = 0, 1, 2,
+    /// float32.
+    pub pooled: Vec<Tensor>,
+}
+
+/// The features of a training forward that DLKD (teacher against student) and the
+/// orthogonality loss (compensation against available features) compare, pooled by the
+/// student's attention pools (`fuse_pool`, `comp_pool`, `dist_pool`); every pooled feature is
+/// `[B, w·2^l]` for levels l = 0, 1, 2, float32.
+#[derive(Debug)]
+pub struct DistillFeatures {
+    /// The teacher's, pooled without a graph: they are DLKD's targets, which nothing trains.
+    pub teacher: FusedTokens,
+    /// The student's, with their graph.
+    pub student: FusedTokens,
+    /// Per missing modality (in the order of [`Scenario::missing`]), its compensation features
+    /// pooled at levels 1-3.
+    pub compensation: Vec<Vec<Tensor>>,
+    /// Per available modality (in the order of [`Scenario::available`]), its encoder features as
+    /// the student read them, pooled at levels 1-3.
+    pub available: Vec<Vec<Tensor>>,
 }
 
 /// The encoders' part of a training forward ([`Dis2Net::forward_train_encoders`]).
@@ -539,22 +560,8 @@ impl Dis2Net {
         })
     }
 
-    /// Teacher (all modalities present) prediction: softmax `[B, K, H, W]`.
-    pub fn forward_teacher(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
-        self.forward_branch(None, inputs, train)
-    }
-
-    /// Student prediction for `scenario`: softmax `[B, K, H, W]`. Inputs of missing modalities
-    /// are never read (they may be `None`).
-    pub fn forward_student(
-        &self,
-        scenario: &Scenario,
-        inputs: &[Option<&Tensor>],
-        train: bool,
-    ) -> Result<Tensor> {
-        self.forward_branch(Some(scenario), inputs, train)
-    }
-
+    /// The prediction of the teacher (`scenario` `None`) or of that student: see
+    /// [`Self::forward_route`].
     fn forward_branch(
         &self,
         scenario: Option<&Scenario>,
@@ -573,8 +580,8 @@ impl Dis2Net {
 
     /// The CFLM class-wise spatial attention of a branch (inference mode, no graph): the
     /// teacher's when `scenario` is `None`, else that student's. `[B, K, h, w]` at the level-4
-    /// resolution (crop / 16); each class's map sums to 1 over its pixels. Inputs as for
-    /// [`Self::forward_student`].
+    /// resolution (crop / 16); each class's map sums to 1 over its pixels. Inputs and errors as
+    /// for [`Self::forward_route`].
     pub fn attention_maps(
         &self,
         scenario: Option<&Scenario>,
@@ -654,18 +661,28 @@ impl Dis2Net {
         })
     }
 
-    /// The teacher when every input is given, otherwise the student of the scenario whose
-    /// missing modalities are the `None` entries ([`Route::of_given`]).
-    pub fn forward(&self, inputs: &[Option<&Tensor>], train: bool) -> Result<Tensor> {
-        let given: Vec<bool> = inputs.iter().map(Option::is_some).collect();
-        let route = Route::of_given(&given, self.cfg.modalities.len())?;
-        self.forward_route(&route, inputs, train)
-    }
-
-    /// The prediction of `route`'s branch, softmax `[B, K, H, W]`, from one input per modality
-    /// (`None` where not given); a filled teacher gets zeros for its missing modalities
-    /// ([`Route::inputs`]).
-    pub(crate) fn forward_route(
+    /// The inference forward, the one way to run a branch: the softmax probabilities
+    /// `[B, K, H, W]` (float32, contiguous) of the branch `route` names, from one input
+    /// `[B, C_i, H, W]` (float32, `H x W` the model's crop) per modality in
+    /// `ModelConfig::modalities` order, `None` where not given.
+    ///
+    /// - [`Route::Teacher`]: the full-modality branch, every input needed.
+    /// - [`Route::Student`]: the student of that missing set (reference `DLKD_ver4` with
+    ///   `is_training = False` and the scenario's mask): its compensation encoders read the
+    ///   available inputs concatenated; the missing inputs are never read and may be `None`.
+    /// - [`Route::TeacherFill`]: the teacher with the missing inputs filled with zeros, the
+    ///   training mean (paper section 4, "teacher with missing input filled"; [`Route::inputs`]).
+    ///
+    /// [`Route::choose`] picks the route for the inputs a user has (with or without filling),
+    /// [`Route::of_given`] the one the `None` entries ask for. `train` switches BatchNorm batch
+    /// statistics and dropout; the graph is kept unless the caller runs in `tch::no_grad`.
+    ///
+    /// # Errors
+    /// A wrong number of inputs; a needed input missing, or not `[B, C_i, H, W]` float32 on the
+    /// model's device with the crop's size and one batch size; a student the model does not have
+    /// (the message lists those it has); a filled teacher without any input given; `train` on a
+    /// model prepared for inference.
+    pub fn forward_route(
         &self,
         route: &Route,
         inputs: &[Option<&Tensor>],
@@ -676,11 +693,18 @@ impl Dis2Net {
         self.forward_branch(route.student(), &inputs, train)
     }
 
-    /// The training forward of the reference (`is_training = True`): every encoder with its
-    /// auxiliary decoder, the teacher, the student of `scenario`, the DLKD loss and the
-    /// orthogonality loss, as one graph. Needs every input. `train` switches BatchNorm batch
-    /// statistics and dropout. The same as [`Self::forward_train_encoders`] followed by
-    /// [`Self::forward_train_branches`] with both branches reading the encoders' outputs.
+    /// The training forward of the reference (`DLKD_ver4` with `is_training = True`), of
+    /// `dis2 distill --joint`: every encoder with its auxiliary decoder, the teacher, the student
+    /// of `scenario` (both with their deep-supervision maps) and the features DLKD and the
+    /// orthogonality loss compare, as one graph, so that one backward pass trains the encoders
+    /// through both branches. Needs every input (`[B, C_i, H, W]` float32 at the crop's size).
+    /// `train` switches BatchNorm batch statistics and dropout. The same as
+    /// [`Self::forward_train_encoders`] followed by [`Self::forward_train_branches`] with both
+    /// branches reading the encoders' outputs.
+    ///
+    /// # Errors
+    /// An input missing or of the wrong shape, kind or device; a scenario the model has no
+    /// student for; a model prepared for inference.
     pub fn forward_train(
         &self,
         scenario: &Scenario,
@@ -729,8 +753,8 @@ impl Dis2Net {
         }))
     }
 
-    /// The second stage of [`Self::forward_train`]: the teacher, the student of `scenario`, the
-    /// DLKD and the orthogonality losses, given what each branch reads of the encoder features
+    /// The second stage of [`Self::forward_train`]: the teacher, the student of `scenario` and
+    /// their [`DistillFeatures`], given what each branch reads of the encoder features
     /// (one entry per modality, from [`Self::forward_train_encoders`]): the encoders' outputs
     /// themselves, or copies of them when a trainer runs the branches' backward passes apart.
     /// `aux_preds` are passed through to the outputs. Errors for a scenario without a student and
@@ -756,20 +780,13 @@ impl Dis2Net {
             let slots = self.slots(st, student_reads, &comp)?;
             let (s_fused, s_out) = st.branch.forward(&slots, train, true);
 
-            // DLKD: the teacher side is detached, so its pools need no graph.
-            let t_pooled = tch::no_grad(|| self.teacher.fuse_pool.forward(&t_fused.levels));
-            let (kd_features, kd_logits) =
-                Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
-            let orth = self.orthogonality(st, student_reads, &comp);
-
+            let teacher = self.teacher_tokens(t_fused);
+            let distill = self.distill_features(st, teacher, s_fused, student_reads, &comp);
             Ok(TrainOutputs {
                 aux_preds,
                 teacher: t_out,
                 student: s_out,
-                kd_loss: &kd_features + &kd_logits,
-                kd_features,
-                kd_logits,
-                orth_loss: orth,
+                distill,
             })
         })
     }
@@ -804,7 +821,8 @@ pub struct TeacherOutputs {
 
 impl Dis2Net {
     /// Training forward of the teacher alone (`dis2 train-teacher`): every encoder with its
-    /// auxiliary decoder and the full-modality branch with its deep-supervision maps.
+    /// auxiliary decoder and the full-modality branch with its deep-supervision maps, one graph.
+    /// Inputs and errors as for [`Self::forward_train`] (less the scenario).
     pub fn forward_train_teacher(
         &self,
         inputs: &[Option<&Tensor>],
@@ -822,7 +840,8 @@ impl Dis2Net {
     /// Training forward of a student against a frozen teacher (`dis2 distill`): the encoders and
     /// the teacher run in inference mode without a graph and provide the DLKD targets and the
     /// available modalities' features; only the student's parts (compensation encoders, its HF,
-    /// CFLM, decoder and pools) see `train` and receive gradients. `aux_preds` is empty.
+    /// CFLM, decoder and pools) see `train` and receive gradients. `aux_preds` is empty; the
+    /// teacher's outputs have no graph. Inputs and errors as for [`Self::forward_train`].
     pub fn forward_distill(
         &self,
         scenario: &Scenario,
@@ -845,7 +864,7 @@ impl Dis2Net {
         inputs: &[Option<&Tensor>],
         train: bool,
     ) -> Result<TrainOutputs> {
-        let (enc, t_fused, t_out, t_pooled) = tch::no_grad(|| {
+        let (enc, teacher, t_out) = tch::no_grad(|| {
             let enc: Vec<Option<Features>> = self
                 .encoders
                 .iter()
@@ -854,62 +873,60 @@ impl Dis2Net {
                 .collect();
             let teacher_slots: Vec<&Features> = enc.iter().flatten().collect();
             let (t_fused, t_out) = self.teacher.forward(&teacher_slots, false, false);
-            let t_pooled = self.teacher.fuse_pool.forward(&t_fused.levels);
-            (enc, t_fused, t_out, t_pooled)
+            (enc, self.teacher_tokens(t_fused), t_out)
         });
         let comp = self.compensation(st, inputs, train);
         let slots = self.slots(st, &enc, &comp)?;
         let (s_fused, s_out) = st.branch.forward(&slots, train, true);
-        let (kd_features, kd_logits) =
-            Self::dlkd_loss(st, &t_fused, &t_pooled, &t_out, &s_fused, &s_out);
-        let orth = self.orthogonality(st, &enc, &comp);
         Ok(TrainOutputs {
             aux_preds: Vec::new(),
             teacher: t_out,
             student: s_out,
-            kd_loss: &kd_features + &kd_logits,
-            kd_features,
-            kd_logits,
-            orth_loss: orth,
+            distill: self.distill_features(st, teacher, s_fused, &enc, &comp),
         })
     }
 
-    /// The DLKD loss of a student against the teacher's (detached) features, in two parts:
-    /// the feature terms (pooled fused levels 1-3, the level-4 fusion token, the penultimate
-    /// map) and T^2 KL on the logits. Returns `(features, logits)`.
-    fn dlkd_loss(
-        st: &Student,
-        t_fused: &Fused,
-        t_pooled: &[Tensor],
-        t_out: &DecoderOutputs,
-        s_fused: &Fused,
-        s_out: &DecoderOutputs,
-    ) -> (Tensor, Tensor) {
-        let s_pooled = st.branch.fuse_pool.forward(&s_fused.levels);
-        let mut kd_terms = vec![l2_kd_loss(&s_fused.global, &t_fused.global.detach())];
-        kd_terms.extend(s_pooled.iter().zip(t_pooled).map(|(s, t)| l2_kd_loss(s, t)));
-        kd_terms.push(l2_kd_loss(&s_out.penultimate, &t_out.penultimate.detach()));
-        let logits = kd_logits_loss(&s_out.logits, &t_out.logits);
-        (sum_scalars(&kd_terms), logits)
+    /// The teacher's side of [`DistillFeatures`], without a graph: DLKD's targets.
+    fn teacher_tokens(&self, fused: Fused) -> FusedTokens {
+        tch::no_grad(|| FusedTokens {
+            pooled: self.teacher.fuse_pool.forward(&fused.levels),
+            global: fused.global.detach(),
+        })
     }
 
-    /// The orthogonality (disentanglement) loss between each compensation encoder and each
-    /// available modality's encoder, levels 1-3.
-    fn orthogonality(&self, st: &Student, enc: &[Option<Features>], comp: &[Features]) -> Tensor {
+    /// The [`DistillFeatures`] of student `st`: `teacher`'s tokens, then the student's fused
+    /// levels pooled, its pools of the available modalities' features (`enc`, as the student
+    /// read them) and of its compensation features `comp`.
+    fn distill_features(
+        &self,
+        st: &Student,
+        teacher: FusedTokens,
+        s_fused: Fused,
+        enc: &[Option<Features>],
+        comp: &[Features],
+    ) -> DistillFeatures {
+        let student = FusedTokens {
+            pooled: st.branch.fuse_pool.forward(&s_fused.levels),
+            global: s_fused.global,
+        };
         let avail = st.scenario.available(self.cfg.modalities.len());
-        let dist: Vec<Vec<Tensor>> = st
+        let available = st
             .dist_pools
             .iter()
             .zip(&avail)
             .filter_map(|(pool, &a)| enc[a].as_ref().map(|f| pool.forward(f)))
             .collect();
-        let mut orth_terms = Vec::new();
-        for (pool, feats) in st.comp_pools.iter().zip(comp) {
-            let c = pool.forward(feats);
-            for d in &dist {
-                orth_terms.extend(c.iter().zip(d).map(|(x, y)| orthogonality_loss(x, y)));
-            }
+        let compensation = st
+            .comp_pools
+            .iter()
+            .zip(comp)
+            .map(|(pool, f)| pool.forward(f))
+            .collect();
+        DistillFeatures {
+            teacher,
+            student,
+            compensation,
+            available,
         }
-        sum_scalars(&orth_terms)
     }
 }

@@ -1,17 +1,14 @@
-//! Loss functions: the reference's segmentation losses (`softmax_weighted_loss`, `dice_loss`), the
-//! DLKD distillation terms and the orthogonality loss (reference `diversity_loss`). Pure functions
-//! of tensors; the training objectives that combine them (the reference's `cal_train_loss` of
-//! `run_experiment_35.py`) are in `dis2::train::objective`.
+//! Loss functions: the reference's segmentation losses (`softmax_weighted_loss`, `dice_loss` of
+//! `criterion_rs.py`). Pure functions of tensors; the training objectives that combine them (the
+//! reference's `cal_train_loss` of `run_experiment_35.py`) are in `dis2::train::objective`, the
+//! DLKD and orthogonality losses in `dis2::train::dlkd`.
 //!
 //! Segmentation losses take probabilities `[B, K, H, W]` and a one-hot target of the same shape
 //! (see [`one_hot`]). The batched form the objectives use, [`seg_losses`], runs on the CPU as one
 //! fused native op (`csrc/seg_loss.cpp`).
 
 use anyhow::{bail, Result};
-use tch::{Device, Kind, Reduction, Tensor};
-
-/// Temperature of the logit distillation.
-pub(crate) const KD_TEMPERATURE: f64 = 2.0;
+use tch::{Device, Kind, Tensor};
 
 /// Class ids `[B, H, W]` (int64) to a float one-hot `[B, K, H, W]`. Ids outside `0..K` are an
 /// error.
@@ -145,52 +142,6 @@ pub(crate) fn seg_losses_stacked(
     let card = per_class(p.sum_dim_intlist([2i64].as_slice(), false, Kind::Float)) + t_sum;
     let dice = 1.0 - (inter * 2.0 / (card + 1e-7)).mean_dim([1i64].as_slice(), false, Kind::Float);
     wce + dice
-}
-
-fn l2_normalize(x: &Tensor) -> Tensor {
-    // Float32 also for the bfloat16 features of a bf16 forward.
-    let x = x.to_kind(Kind::Float);
-    // sqrt of the sum of squares: the same value as `norm(2, dim=1)`, and much faster than the
-    // norm kernel on maps stored channels-first.
-    let norm = x
-        .square()
-        .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
-        .sqrt()
-        .clamp_min(1e-6);
-    x / norm
-}
-
-/// Reference `l2_kd_loss`: L2-normalise both along dim 1 (eps 1e-6) and take the mean squared
-/// difference (over all elements; for maps `[B, C, H, W]` that is the reference's `spatial`
-/// variant). Computed in float32 whatever the inputs' precision (as every loss here).
-pub(crate) fn l2_kd_loss(student: &Tensor, teacher: &Tensor) -> Tensor {
-    (l2_normalize(student) - l2_normalize(teacher))
-        .square()
-        .mean(Kind::Float)
-}
-
-/// Reference `orthogonality_loss`: mean over the batch of the squared cosine between `a` and
-/// `b` (`[B, D]`).
-pub(crate) fn orthogonality_loss(a: &Tensor, b: &Tensor) -> Tensor {
-    let n = |x: &Tensor| {
-        let x = x.to_kind(Kind::Float);
-        &x / x
-            .norm_scalaropt_dim(2, [-1i64].as_slice(), true)
-            .clamp_min(1e-12)
-    };
-    (n(a) * n(b))
-        .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
-        .square()
-        .mean(Kind::Float)
-}
-
-/// `T² · KL(softmax(teacher/T) || softmax(student/T))` with PyTorch `reduction='mean'` (mean over
-/// every element), T = 2. The teacher logits are detached.
-pub(crate) fn kd_logits_loss(student_logits: &Tensor, teacher_logits: &Tensor) -> Tensor {
-    let t = KD_TEMPERATURE;
-    let p = (teacher_logits.detach().to_kind(Kind::Float) / t).softmax(1, Kind::Float);
-    let log_q = (student_logits.to_kind(Kind::Float) / t).log_softmax(1, Kind::Float);
-    log_q.kl_div(&p, Reduction::Mean, false) * (t * t)
 }
 
 /// The sum of scalar tensors (0 for none), keeping the graph.

@@ -1,6 +1,7 @@
 //! The DIS2 network: encoders, hierarchical hybrid fusion (HF), the class-wise feature learning
-//! module (CFLM), decoders and the loss functions (segmentation, DLKD, orthogonality); the
-//! training objectives built from them are in `dis2::train::objective`. See [`dis2`] for the API.
+//! module (CFLM), decoders, the attention pools DLKD compares features through, and the
+//! segmentation loss functions; the training objectives, DLKD and the orthogonality loss among
+//! them, are in `dis2::train`. See [`dis2`] for the API.
 
 pub(crate) mod cflm;
 pub mod config;
@@ -20,6 +21,8 @@ pub mod scenario;
 #[cfg(test)]
 mod tests;
 
-pub use dis2::{BranchOutputs, Dis2Net, EncoderOutputs, TrainOutputs};
+pub use dis2::{
+    BranchOutputs, Dis2Net, DistillFeatures, EncoderOutputs, FusedTokens, TrainOutputs,
+};
 pub use route::Route;
 pub use scenario::Scenario;

@@ -27,13 +27,14 @@ pub enum Route {
 impl Route {
     /// The branch for the modalities given (`given[i]` for modality `i` of a model with
     /// `num_modalities`), without asking which students the network has: the teacher when all
-    /// are given, otherwise the student of the missing set (whose absence the network reports
-    /// when it runs).
+    /// are given, otherwise the student of the missing set (whose absence
+    /// [`super::Dis2Net::forward_route`] reports). Never a filled teacher: [`Route::choose`] is
+    /// the choice that knows the model's students and can fill.
     ///
     /// # Errors
     /// No modality given ("must leave at least one modality available"); a missing index past
     /// `num_modalities`.
-    pub(crate) fn of_given(given: &[bool], num_modalities: usize) -> Result<Route> {
+    pub fn of_given(given: &[bool], num_modalities: usize) -> Result<Route> {
         let missing: Vec<usize> = (0..given.len()).filter(|&i| !given[i]).collect();
         if missing.is_empty() {
             return Ok(Route::Teacher);

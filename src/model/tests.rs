@@ -8,7 +8,7 @@ use tch::{nn, Device, Kind, Tensor};
 
 use super::config::{ModalitySpec, ModelConfig};
 use super::encoder::Encoder;
-use super::{Dis2Net, Scenario};
+use super::{Dis2Net, Route, Scenario};
 use crate::precision::{with_precision, Precision};
 
 /// Width 8, 32 x 32 crops, modalities 3 + 1 bands, 5 classes.
@@ -76,9 +76,10 @@ fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
 /// Every branch's probabilities `[B, K, H, W]`: the teacher's, then each student's.
 fn branches(net: &Dis2Net, x: &[Tensor]) -> Vec<Tensor> {
     let all: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
-    let mut out = vec![tch::no_grad(|| net.forward_teacher(&all, false)).unwrap()];
+    let mut out = vec![tch::no_grad(|| net.forward_route(&Route::Teacher, &all, false)).unwrap()];
     for s in net.scenarios().to_vec() {
-        out.push(tch::no_grad(|| net.forward_student(&s, &all, false)).unwrap());
+        let student = Route::Student(s);
+        out.push(tch::no_grad(|| net.forward_route(&student, &all, false)).unwrap());
     }
     out
 }
@@ -117,7 +118,7 @@ fn a_prepared_model_has_no_autograd_state_and_refuses_training() {
     let x = inputs(1, 8);
     let given: Vec<Option<&Tensor>> = x.iter().map(Some).collect();
     // Even with gradients enabled, nothing the prepared model computes needs a graph.
-    let p = net.forward_teacher(&given, false).unwrap();
+    let p = net.forward_route(&Route::Teacher, &given, false).unwrap();
     assert!(!p.requires_grad(), "a prepared model built a graph");
     let scenario = Scenario::new(vec![1], 2).unwrap();
     let err = net.forward_train(&scenario, &given, true).unwrap_err();
@@ -125,7 +126,7 @@ fn a_prepared_model_has_no_autograd_state_and_refuses_training() {
         format!("{err:#}").contains("prepared for inference"),
         "{err:#}"
     );
-    assert!(net.forward_teacher(&given, true).is_err());
+    assert!(net.forward_route(&Route::Teacher, &given, true).is_err());
 }
 
 /// Class agreement of two probability maps `[B, K, H, W]` over the pixels where `reference`

@@ -1,6 +1,6 @@
-//! The training objectives of the three ways to train, built on the reference losses
-//! (`model::losses`): weighted cross-entropy + Dice of every prediction, DLKD and orthogonality.
-//! The one copy of each: the trainer, the tests and `make bench-step` use these.
+//! The training objectives of the three ways to train: weighted cross-entropy + Dice of every
+//! prediction (`model::losses`) and, for a student, the weighted DLKD and orthogonality terms of
+//! [`super::dlkd`]. The one copy of each: the trainer, the tests and `make bench-step` use these.
 //!
 //! - `train-teacher`: [`teacher_objective`].
 //! - `distill`, a student against a frozen teacher: [`distill_objective`].
@@ -16,6 +16,7 @@
 use anyhow::Result;
 use tch::{Kind, Tensor};
 
+use super::dlkd::{self, KdWeights};
 use super::joint_backward::{JointForward, JointLoss, SplitInputs};
 use crate::model::dis2::{TeacherOutputs, TrainOutputs};
 use crate::model::losses::{one_hot, seg_losses_weighted, sum_scalars};
@@ -185,24 +186,6 @@ fn student_preds(out: &TrainOutputs) -> Vec<(String, &Tensor)> {
     preds
 }
 
-/// The weights of the two DLKD parts (0 before the warm-up ends and for terms switched off by
-/// `train.kd_terms`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct KdWeights {
-    pub features: f64,
-    pub logits: f64,
-}
-
-impl KdWeights {
-    /// The reference's DLKD: both parts with weight `w`.
-    pub fn both(w: f64) -> Self {
-        KdWeights {
-            features: w,
-            logits: w,
-        }
-    }
-}
-
 /// Segmentation terms of `preds` plus the weighted DLKD and orthogonality terms of `out`.
 fn with_distillation(
     preds: &[(String, &Tensor)],
@@ -215,13 +198,7 @@ fn with_distillation(
         .into_iter()
         .map(|(n, t)| (n, t, 1.0))
         .collect();
-    terms.push((
-        "kd_features".into(),
-        out.kd_features.shallow_clone(),
-        kd.features,
-    ));
-    terms.push(("kd_logits".into(), out.kd_logits.shallow_clone(), kd.logits));
-    terms.push(("orth".into(), out.orth_loss.shallow_clone(), orth_weight));
+    terms.extend(dlkd::weighted_terms(out, kd, orth_weight));
     finish(terms)
 }
 

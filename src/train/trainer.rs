@@ -16,9 +16,10 @@ use tch::{nn, Device, Tensor};
 
 use super::config::TrainConfig;
 use super::distributed::DataParallel;
+use super::dlkd::KdWeights;
 use super::joint_backward::{forward_joint, JointBackward};
 use super::objective::{
-    distill_objective, joint_objective, masked_target, teacher_objective, KdWeights, Objective,
+    distill_objective, joint_objective, masked_target, teacher_objective, Objective,
 };
 use super::optim::Optimizer;
 use super::progress::{Progress, StepReport};
@@ -466,12 +467,7 @@ impl Trainer {
             class_weights,
         )?;
         let train = &self.exp.train;
-        let kd = if epoch >= train.kd_warmup_epochs {
-            let (features, logits) = train.kd_weights();
-            KdWeights { features, logits }
-        } else {
-            KdWeights::both(0.0)
-        };
+        let kd = KdWeights::at_epoch(train, epoch);
         match self.spec.kind {
             RunKind::Teacher => {
                 if self.spec.modality_dropout > 0.0 {

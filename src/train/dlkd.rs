@@ -1,0 +1,220 @@
+//! DLKD, the distillation of the teacher into a student, and the orthogonality
+//! (disentanglement) loss between a student's compensation features and its available
+//! modalities' features: the formulas and their assembly from what a training forward returns
+//! ([`TrainOutputs`], whose [`DistillFeatures`] the model's attention pools made). The reference
+//! computes both inside `DLKD_ver4`'s training forward (`kl_loss`, `diversity_loss`) from
+//! `l2_kd_loss` and `orthogonality_loss`. Their weights come from the `train:` section
+//! (`lambda_kd`, `kd_terms`, `kd_warmup_epochs`, `orth_weight`: [`KdWeights::at_epoch`]); the
+//! objectives of [`super::objective`] add the weighted terms ([`weighted_terms`]).
+//!
+//! Every term is a float32 scalar whatever the forward's precision (each formula casts its
+//! inputs), and the teacher's side is detached: DLKD trains the student only.
+
+use tch::{Kind, Reduction, Tensor};
+
+use super::config::TrainConfig;
+use crate::model::losses::sum_scalars;
+use crate::model::{DistillFeatures, TrainOutputs};
+
+/// Temperature of the logit distillation (the reference's T).
+const KD_TEMPERATURE: f64 = 2.0;
+
+/// The weights of the two DLKD parts in an objective (0 before the warm-up ends and for parts
+/// switched off by `train.kd_terms`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct KdWeights {
+    pub features: f64,
+    pub logits: f64,
+}
+
+impl KdWeights {
+    /// The reference's DLKD: both parts with weight `w`.
+    pub fn both(w: f64) -> Self {
+        KdWeights {
+            features: w,
+            logits: w,
+        }
+    }
+
+    /// The weights `train` gives the parts in `epoch` (counted from 0): 0 for the first
+    /// `kd_warmup_epochs` epochs, then `lambda_kd` for the parts `kd_terms` names and 0 for the
+    /// others.
+    pub(crate) fn at_epoch(train: &TrainConfig, epoch: u64) -> Self {
+        if epoch < train.kd_warmup_epochs {
+            return KdWeights::both(0.0);
+        }
+        let (features, logits) = train.kd_weights();
+        KdWeights { features, logits }
+    }
+}
+
+/// The DLKD loss of a training forward in its two parts, each a float32 scalar with its graph
+/// into the student.
+#[derive(Debug)]
+pub struct DlkdLoss {
+    /// The feature terms: [`l2_kd_loss`] of the level-4 fusion tokens, of the pooled fused
+    /// levels 1-3 and of the penultimate maps, summed.
+    pub features: Tensor,
+    /// The logit term: [`kd_logits_loss`].
+    pub logits: Tensor,
+}
+
+impl DlkdLoss {
+    /// Both parts summed: the reference's `kl_loss`.
+    pub fn total(&self) -> Tensor {
+        &self.features + &self.logits
+    }
+}
+
+/// DLKD of `out`'s student against its teacher.
+pub fn dlkd(out: &TrainOutputs) -> DlkdLoss {
+    let (t, s) = (&out.distill.teacher, &out.distill.student);
+    let mut terms = vec![l2_kd_loss(&s.global, &t.global.detach())];
+    terms.extend(
+        s.pooled
+            .iter()
+            .zip(&t.pooled)
+            .map(|(s, t)| l2_kd_loss(s, t)),
+    );
+    terms.push(l2_kd_loss(
+        &out.student.penultimate,
+        &out.teacher.penultimate.detach(),
+    ));
+    DlkdLoss {
+        features: sum_scalars(&terms),
+        logits: kd_logits_loss(&out.student.logits, &out.teacher.logits),
+    }
+}
+
+/// The orthogonality loss (the reference's `diversity_loss`): [`orthogonality_loss`] of every
+/// (missing, available) modality pair's pooled features at levels 1-3, summed; a float32 scalar.
+/// With two modalities there is one pair.
+pub fn orthogonality(features: &DistillFeatures) -> Tensor {
+    let mut terms = Vec::new();
+    for comp in &features.compensation {
+        for avail in &features.available {
+            terms.extend(
+                comp.iter()
+                    .zip(avail)
+                    .map(|(c, a)| orthogonality_loss(c, a)),
+            );
+        }
+    }
+    sum_scalars(&terms)
+}
+
+/// The terms an objective adds for distillation, as `(name, loss, weight)`: `kd_features` and
+/// `kd_logits` (the [`DlkdLoss`] parts) weighted by `kd`, `orth` weighted by `orth_weight`.
+pub(crate) fn weighted_terms(
+    out: &TrainOutputs,
+    kd: KdWeights,
+    orth_weight: f64,
+) -> Vec<(String, Tensor, f64)> {
+    let DlkdLoss { features, logits } = dlkd(out);
+    vec![
+        ("kd_features".into(), features, kd.features),
+        ("kd_logits".into(), logits, kd.logits),
+        ("orth".into(), orthogonality(&out.distill), orth_weight),
+    ]
+}
+
+/// `x` in float32, divided by its L2 norm along dim 1 (at least 1e-6).
+fn l2_normalize(x: &Tensor) -> Tensor {
+    let x = x.to_kind(Kind::Float);
+    // sqrt of the sum of squares: the same value as `norm(2, dim=1)`, and much faster than the
+    // norm kernel on maps stored channels-first.
+    let norm = x
+        .square()
+        .sum_dim_intlist([1i64].as_slice(), true, Kind::Float)
+        .sqrt()
+        .clamp_min(1e-6);
+    x / norm
+}
+
+/// Reference `l2_kd_loss`: L2-normalise both along dim 1 (eps 1e-6) and take the mean squared
+/// difference (over all elements; for maps `[B, C, H, W]` that is the reference's `spatial`
+/// variant).
+fn l2_kd_loss(student: &Tensor, teacher: &Tensor) -> Tensor {
+    (l2_normalize(student) - l2_normalize(teacher))
+        .square()
+        .mean(Kind::Float)
+}
+
+/// Reference `orthogonality_loss`: mean over the batch of the squared cosine between `a` and
+/// `b` (`[B, D]`).
+fn orthogonality_loss(a: &Tensor, b: &Tensor) -> Tensor {
+    let n = |x: &Tensor| {
+        let x = x.to_kind(Kind::Float);
+        &x / x
+            .norm_scalaropt_dim(2, [-1i64].as_slice(), true)
+            .clamp_min(1e-12)
+    };
+    (n(a) * n(b))
+        .sum_dim_intlist([-1i64].as_slice(), false, Kind::Float)
+        .square()
+        .mean(Kind::Float)
+}
+
+/// `T² · KL(softmax(teacher/T) || softmax(student/T))` of logits `[B, K, H, W]` with PyTorch
+/// `reduction='mean'` (mean over every element), T = 2. The teacher logits are detached.
+fn kd_logits_loss(student_logits: &Tensor, teacher_logits: &Tensor) -> Tensor {
+    let t = KD_TEMPERATURE;
+    let p = (teacher_logits.detach().to_kind(Kind::Float) / t).softmax(1, Kind::Float);
+    let log_q = (student_logits.to_kind(Kind::Float) / t).log_softmax(1, Kind::Float);
+    log_q.kl_div(&p, Reduction::Mean, false) * (t * t)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::Device;
+
+    fn value(t: &Tensor) -> f64 {
+        t.double_value(&[])
+    }
+
+    #[test]
+    fn l2_kd_loss_ignores_scale_and_grows_with_the_angle() {
+        let opts = (Kind::Float, Device::Cpu);
+        let a = Tensor::from_slice(&[1.0f32, 0.0, 2.0, 2.0]).view([2, 2]);
+        assert!(value(&l2_kd_loss(&a, &(&a * 3.0))) < 1e-12);
+        // Rows (1, 0) against (0, 1): squared distance 2 over 2 elements; rows (1, 1) alike: 0.
+        let b = Tensor::from_slice(&[0.0f32, 1.0, 1.0, 1.0]).view([2, 2]);
+        assert!((value(&l2_kd_loss(&a, &b)) - 0.5).abs() < 1e-6);
+        // bfloat16 features give a float32 loss.
+        let loss = l2_kd_loss(&a.to_kind(Kind::BFloat16), &Tensor::ones([2, 2], opts));
+        assert_eq!(loss.kind(), Kind::Float);
+    }
+
+    #[test]
+    fn orthogonality_loss_is_the_mean_squared_cosine() {
+        let a = Tensor::from_slice(&[1.0f32, 0.0, 3.0, 4.0]).view([2, 2]);
+        let b = Tensor::from_slice(&[0.0f32, 5.0, 3.0, 4.0]).view([2, 2]);
+        // Cosines 0 and 1: mean of their squares 0.5.
+        assert!((value(&orthogonality_loss(&a, &b)) - 0.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn kd_logits_loss_is_zero_for_the_teachers_logits_only() {
+        let teacher = Tensor::from_slice(&[2.0f32, -1.0, 0.5, 0.0]).view([1, 2, 2, 1]);
+        assert!(value(&kd_logits_loss(&teacher, &teacher)).abs() < 1e-7);
+        let other = teacher.flip([1]);
+        // By hand: T² · Σ p (log p - log q) over every element, divided by their number (4).
+        let p = (&teacher / KD_TEMPERATURE).softmax(1, Kind::Float);
+        let q = (&other / KD_TEMPERATURE).softmax(1, Kind::Float);
+        let kl_sum = (&p * (p.log() - q.log())).sum(Kind::Float);
+        let want = kl_sum * (KD_TEMPERATURE * KD_TEMPERATURE) / 4.0;
+        assert!((value(&kd_logits_loss(&other, &teacher)) - value(&want)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_dlkd_weights_follow_the_warm_up_and_the_terms() {
+        let mut train: TrainConfig =
+            crate::config::from_yaml_str("lambda_kd: 2\nkd_warmup_epochs: 3\n").unwrap();
+        assert_eq!(KdWeights::at_epoch(&train, 2), KdWeights::both(0.0));
+        assert_eq!(KdWeights::at_epoch(&train, 3), KdWeights::both(2.0));
+        train.kd_terms = vec![super::super::config::KdTerm::Logits];
+        let w = KdWeights::at_epoch(&train, 4);
+        assert_eq!((w.features, w.logits), (0.0, 2.0));
+    }
+}
