@@ -4,14 +4,14 @@
 //! This sits above `data` because it reads and checks the whole [`Experiment`]; `data` computes
 //! the statistics ([`crate::data::stats`]) and writes the rasters ([`crate::data::synth`]).
 
-use anyhow::{anyhow, Context, Result};
+use anyhow::{anyhow, ensure, Context, Result};
 use serde_yaml::Value;
 use std::path::{Path, PathBuf};
 
-use crate::config::{apply_override, from_yaml_str, load_yaml, Experiment};
+use crate::config::{from_yaml_str, load_yaml, Experiment};
 use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
-use crate::data::stats::{self, DatasetStats};
+use crate::data::stats::{self, upsert_data_key, DatasetStats};
 use crate::data::synth::SynthOptions;
 
 /// Writes `experiment.yaml` for a benchmark generated with `options` into its folder, with the
@@ -33,22 +33,13 @@ pub fn write_synthetic_experiment(options: &SynthOptions) -> Result<PathBuf> {
 const SYNTHETIC_EXPERIMENT: &str = include_str!("../experiments/synthetic.yaml");
 
 /// The experiment YAML text for a benchmark generated with `options`: `experiments/synthetic.yaml`
-/// with the benchmark's folder and seed, without its normalisation ([`update_statistics`] adds
-/// that) and without the file's comments.
+/// as written, without its comments, with the benchmark's seed and folder and an empty
+/// normalisation ([`update_statistics`] computes it from the benchmark's train split).
+///
+/// Errors: the built-in file no longer has a top-level `seed:` line or a block `data:` section
+/// (the edits would not take).
 fn synthetic_experiment_yaml(options: &SynthOptions) -> Result<String> {
-    let mut value: Value = serde_yaml::from_str(SYNTHETIC_EXPERIMENT)
-        .context("experiments/synthetic.yaml, built into dis2")?;
-    let root = serde_yaml::to_string(&options.out)?;
-    for item in [
-        format!("seed={}", options.seed),
-        format!("data.dataset.synthetic.root={}", root.trim_end()),
-    ] {
-        apply_override(&mut value, &item).with_context(|| format!("setting {item}"))?;
-    }
-    if let Some(data) = value.get_mut("data").and_then(Value::as_mapping_mut) {
-        data.remove("normalisation");
-    }
-    let header = format!(
+    let mut text = format!(
         "# The synthetic multimodal benchmark, written by\n\
          # `dis2 synth --out {} --scenes {} --size {} --seed {}`\n\
          # from experiments/synthetic.yaml with this folder and seed.\n",
@@ -57,7 +48,30 @@ fn synthetic_experiment_yaml(options: &SynthOptions) -> Result<String> {
         options.size,
         options.seed
     );
-    Ok(header + &serde_yaml::to_string(&value)?)
+    // The file's comments speak of data/synthetic and its statistics, not of this benchmark.
+    for line in SYNTHETIC_EXPERIMENT.lines() {
+        if line.starts_with("seed:") {
+            text.push_str(&format!("seed: {}\n", options.seed));
+        } else if !line.trim_start().starts_with('#') {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    let root = serde_yaml::to_string(&options.out)?;
+    let dataset = format!("dataset:\n  synthetic:\n    root: {}\n", root.trim_end());
+    let text = upsert_data_key(&text, "dataset", &dataset)?;
+    let text = upsert_data_key(&text, "normalisation", "normalisation: {}\n")?;
+    let check: Value = serde_yaml::from_str(&text)?;
+    let set = check["seed"].as_u64() == Some(options.seed)
+        && check["data"]["dataset"]["synthetic"]["root"].as_str() == options.out.to_str();
+    ensure!(
+        set,
+        "experiments/synthetic.yaml (built into dis2): cannot set `seed` and \
+         `data.dataset.synthetic.root` for {}; the file needs a top-level `seed:` line and a \
+         block `data:` section",
+        options.out.display()
+    );
+    Ok(text)
 }
 
 /// What [`update_statistics`] computed and which stale entries it replaced.
