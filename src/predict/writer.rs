@@ -3,6 +3,11 @@
 //! and renamed into place by [`StreamingTiff::finish`]. Dropped unfinished, the temporary file is
 //! removed, so an interrupted run leaves nothing half-written.
 //!
+//! Every GDAL call runs under [`gdal_errors::checked`], on the thread that makes it (predict
+//! writes on its blending thread): a block GDAL could not write (a full disk) fails the call that
+//! wrote it, or [`StreamingTiff::finish`], naming the file and the cause. `finish` flushes and
+//! closes the dataset, syncs the file to disk, and only then renames it.
+//!
 //! GDAL keeps partly written tiles in its block cache until they are complete, so memory stays at
 //! about one row of tiles (256 rows x width) per band, whatever the raster's height.
 //!
@@ -15,6 +20,7 @@ use gdal::Dataset;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
+use crate::data::gdal_errors::{self, checked};
 use crate::data::raster::{check_options, configure, create_gtiff, GeoRef, WriteOptions};
 use crate::fsutil::temp_sibling;
 
@@ -54,7 +60,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
         }
         crate::fsutil::remove_stale_temps(path);
         let tmp = temp_sibling(path);
-        let mut ds = create_gtiff::<T>(&tmp, width, height, bands)?;
+        let mut ds = checked(&tmp, || create_gtiff::<T>(&tmp, width, height, bands))?;
         let mut out = Self {
             ds: None,
             tmp,
@@ -66,7 +72,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             _type: PhantomData,
         };
         // From here on, a failure removes the temporary file (Drop).
-        let setup = configure(&mut ds, bands, georef, options);
+        let setup = checked(&out.tmp, || configure(&mut ds, bands, georef, options));
         out.ds = Some(ds);
         setup.with_context(|| format!("cannot set up {}", out.tmp.display()))?;
         Ok(out)
@@ -89,9 +95,11 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             .as_ref()
             .ok_or_else(|| anyhow!("{}: not open", out.tmp.display()))?;
         gdal::config::set_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK", "YES")?;
-        let made = ds
-            .rasterband(1)
-            .and_then(|mut band| band.create_mask_band(true));
+        let made = checked(&out.tmp, || {
+            Ok(ds
+                .rasterband(1)
+                .and_then(|mut band| band.create_mask_band(true))?)
+        });
         gdal::config::clear_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK")?;
         made.with_context(|| format!("cannot add a mask to {}", out.tmp.display()))?;
         out.masked = true;
@@ -118,12 +126,14 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             .ds
             .as_ref()
             .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
-        let band = ds.rasterband(1)?;
-        let mut mask = band.open_mask_band()?;
         let values: Vec<u8> = valid.iter().map(|&ok| if ok { 255 } else { 0 }).collect();
         let mut buffer = Buffer::new((self.width, rows), values);
-        mask.write((0, first_row as isize), (self.width, rows), &mut buffer)
-            .with_context(|| format!("cannot write the mask of {}", self.tmp.display()))
+        checked(&self.tmp, || {
+            let band = ds.rasterband(1)?;
+            let mut mask = band.open_mask_band()?;
+            Ok(mask.write((0, first_row as isize), (self.width, rows), &mut buffer)?)
+        })
+        .with_context(|| format!("cannot write the mask of {}", self.path.display()))
     }
 
     /// Writes `rows` full-width rows starting at `first_row` of band `band` (0-based); `data` is
@@ -154,35 +164,41 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             .ds
             .as_ref()
             .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
-        let mut raster = ds.rasterband(band + 1)?;
         let mut buffer = Buffer::new((self.width, rows), data.to_vec());
-        raster
-            .write((0, first_row as isize), (self.width, rows), &mut buffer)
-            .with_context(|| format!("cannot write rows of {}", self.tmp.display()))
+        checked(&self.tmp, || {
+            let mut raster = ds.rasterband(band + 1)?;
+            Ok(raster.write((0, first_row as isize), (self.width, rows), &mut buffer)?)
+        })
+        .with_context(|| {
+            format!(
+                "cannot write rows {first_row}..{} of {}",
+                first_row + rows,
+                self.path.display()
+            )
+        })
     }
 
-    /// Flushes and closes the file and renames it to its destination.
+    /// Flushes and closes the file, syncs it to disk and renames it to its destination. On
+    /// failure (a full disk) the temporary file is removed and the destination keeps what it
+    /// held; the error names the destination and the cause.
     pub(crate) fn finish(mut self) -> Result<()> {
         let ds = self
             .ds
             .take()
             .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
-        ds.close()
-            .with_context(|| format!("GDAL cannot finish {}", self.tmp.display()))?;
-        std::fs::rename(&self.tmp, &self.path).with_context(|| {
-            format!(
-                "cannot rename {} to {}",
-                self.tmp.display(),
-                self.path.display()
-            )
-        })
+        let done = gdal_errors::close_checked(ds, &self.tmp)
+            .and_then(|()| crate::fsutil::commit_temp(&self.tmp, &self.path));
+        if done.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        done.with_context(|| format!("cannot finish {}", self.path.display()))
     }
 }
 
 impl<T: GdalType + Copy> Drop for StreamingTiff<T> {
     fn drop(&mut self) {
         if let Some(ds) = self.ds.take() {
-            drop(ds);
+            gdal_errors::discard(ds, &self.tmp);
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
