@@ -419,17 +419,7 @@ impl Preview {
 
     fn write(&self) -> Result<()> {
         let (w, h) = (u32::try_from(self.width)?, u32::try_from(self.height)?);
-        crate::fsutil::write_atomic_with(&self.path, |tmp| {
-            image::save_buffer_with_format(
-                tmp,
-                &self.rgb,
-                w,
-                h,
-                image::ExtendedColorType::Rgb8,
-                image::ImageFormat::Png,
-            )
-            .with_context(|| format!("cannot write {}", tmp.display()))
-        })
+        crate::report::write_png(&self.path, &self.rgb, w, h)
     }
 }
 
