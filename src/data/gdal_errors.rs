@@ -14,6 +14,9 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::io::Write;
 use std::path::Path;
 
+/// How many of GDAL's messages an error quotes: the first says why, the rest where.
+const SHOWN: usize = 3;
+
 /// Runs `work`, GDAL calls on this thread about the file at `path`, and fails when GDAL raised
 /// an error (`CE_Failure` or `CE_Fatal`) meanwhile, even where `work` itself returned `Ok`. The
 /// error names `path` and quotes GDAL's messages (with the system's cause, such as "No space left
@@ -29,10 +32,15 @@ pub(crate) fn checked<R>(path: &Path, work: impl FnOnce() -> Result<R>) -> Resul
     if failures.is_empty() {
         return result;
     }
+    let shown = failures.len().min(SHOWN);
+    let more = match failures.len() - shown {
+        0 => String::new(),
+        n => format!(" (and {n} more)"),
+    };
     let gdal = anyhow!(
-        "GDAL failed writing {}: {}",
+        "GDAL failed writing {}: {}{more}",
         path.display(),
-        failures.join("; ")
+        failures[..shown].join("; ")
     );
     match result {
         Ok(_) => Err(gdal),
@@ -115,7 +123,10 @@ unsafe extern "C" fn record(class: CPLErr::Type, number: c_int, message: *const 
         let failures = unsafe { gdal_sys::CPLGetErrorHandlerUserData() }.cast::<Failures>();
         // SAFETY: see above; `try_borrow_mut` because nothing may panic across the C boundary.
         if let Some(Ok(mut list)) = unsafe { failures.as_ref() }.map(RefCell::try_borrow_mut) {
-            list.push(text);
+            // Each tile that fails says the same: once is enough.
+            if !list.contains(&text) {
+                list.push(text);
+            }
         }
     } else if class == CPLErr::CE_Warning {
         let _ = writeln!(std::io::stderr(), "Warning {number}: {text}");

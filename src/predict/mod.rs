@@ -523,17 +523,19 @@ impl Sink {
         })
     }
 
+    /// Closes the GeoTIFFs, writes the preview, then renames the GeoTIFFs into place: a scene
+    /// whose probabilities or preview cannot be written (a full disk) leaves no class map either.
     fn finish(self) -> Result<()> {
-        self.class_map.finish()?;
+        let mut closed = vec![self.class_map.close()?];
         match self.probs {
-            Some(ProbsOut::U8(t)) => t.finish()?,
-            Some(ProbsOut::F32(t)) => t.finish()?,
+            Some(ProbsOut::U8(t)) => closed.push(t.close()?),
+            Some(ProbsOut::F32(t)) => closed.push(t.close()?),
             None => {}
         }
         if let Some(p) = &self.preview {
             p.write()?;
         }
-        Ok(())
+        closed.into_iter().try_for_each(writer::Closed::commit)
     }
 }
 

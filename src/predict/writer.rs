@@ -1,12 +1,14 @@
 //! A GeoTIFF written by row bands: created as a tiled, DEFLATE-compressed file under a temporary
 //! name beside its destination, filled band of rows by band of rows as prediction finishes them,
-//! and renamed into place by [`StreamingTiff::finish`]. Dropped unfinished, the temporary file is
-//! removed, so an interrupted run leaves nothing half-written.
+//! closed ([`StreamingTiff::close`]) and renamed into place ([`Closed::commit`]). Dropped
+//! before the rename, the temporary file is removed, so an interrupted run leaves nothing
+//! half-written.
 //!
 //! Every GDAL call runs under [`gdal_errors::checked`], on the thread that makes it (predict
 //! writes on its blending thread): a block GDAL could not write (a full disk) fails the call that
-//! wrote it, or [`StreamingTiff::finish`], naming the file and the cause. `finish` flushes and
-//! closes the dataset, syncs the file to disk, and only then renames it.
+//! wrote it, or [`StreamingTiff::close`], naming the file and the cause. `close` flushes and
+//! closes the dataset and syncs the file to disk; only then can it be renamed, so that a scene's
+//! outputs are all closed before any is renamed.
 //!
 //! GDAL keeps partly written tiles in its block cache until they are complete, so memory stays at
 //! about one row of tiles (256 rows x width) per band, whatever the raster's height.
@@ -178,20 +180,55 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
         })
     }
 
-    /// Flushes and closes the file, syncs it to disk and renames it to its destination. On
+    /// Flushes and closes the file and syncs it to disk, ready for [`Closed::commit`]. On
     /// failure (a full disk) the temporary file is removed and the destination keeps what it
     /// held; the error names the destination and the cause.
-    pub(crate) fn finish(mut self) -> Result<()> {
+    pub(crate) fn close(mut self) -> Result<Closed> {
         let ds = self
             .ds
             .take()
             .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
-        let done = gdal_errors::close_checked(ds, &self.tmp)
-            .and_then(|()| crate::fsutil::commit_temp(&self.tmp, &self.path));
-        if done.is_err() {
+        // From here on, a failure removes the temporary file (Closed's Drop).
+        let closed = Closed {
+            tmp: self.tmp.clone(),
+            path: self.path.clone(),
+            renamed: false,
+        };
+        gdal_errors::close_checked(ds, &self.tmp)
+            .and_then(|()| crate::fsutil::sync_file(&self.tmp))
+            .with_context(|| format!("cannot finish {}", self.path.display()))?;
+        Ok(closed)
+    }
+}
+
+/// A GeoTIFF written, closed and synced under its temporary name; dropped before
+/// [`Closed::commit`], it is removed.
+pub(crate) struct Closed {
+    tmp: PathBuf,
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl Closed {
+    /// Renames the file to its destination.
+    pub(crate) fn commit(mut self) -> Result<()> {
+        std::fs::rename(&self.tmp, &self.path).with_context(|| {
+            format!(
+                "cannot rename {} to {}",
+                self.tmp.display(),
+                self.path.display()
+            )
+        })?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        if !self.renamed {
             let _ = std::fs::remove_file(&self.tmp);
         }
-        done.with_context(|| format!("cannot finish {}", self.path.display()))
     }
 }
 
@@ -227,8 +264,9 @@ mod tests {
             tiff.write_rows(0, first, rows, &all[first * w..(first + rows) * w])
                 .unwrap();
         }
-        assert!(!path.exists(), "nothing at the destination before finish");
-        tiff.finish().unwrap();
+        let closed = tiff.close().unwrap();
+        assert!(!path.exists(), "nothing at the destination before the rename");
+        closed.commit().unwrap();
         let ds = open(&path).unwrap();
         let band = ds.rasterband(1).unwrap();
         assert_eq!(band.no_data_value(), Some(255.0));
