@@ -93,7 +93,7 @@ pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Syncs the finished temporary file `tmp` to disk and renames it to `path`; the temporary file
 /// stays where it is when either fails (the caller removes it).
-pub(crate) fn commit_temp(tmp: &Path, path: &Path) -> Result<()> {
+fn commit_temp(tmp: &Path, path: &Path) -> Result<()> {
     sync_file(tmp)?;
     std::fs::rename(tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
@@ -148,7 +148,7 @@ pub(crate) fn append_to(file: &mut File, path: &Path, bytes: &[u8]) -> Result<()
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -188,12 +188,12 @@ mod tests {
     /// A tmpfs of `size` (mount's syntax: `8k`, `2m`) on a temporary directory, unmounted when
     /// dropped, also when the test fails; `None`, with the reason printed, where this process may
     /// not mount one (not root, no CAP_SYS_ADMIN).
-    struct Tmpfs {
-        dir: tempfile::TempDir,
+    pub(crate) struct Tmpfs {
+        pub(crate) dir: tempfile::TempDir,
     }
 
     impl Tmpfs {
-        fn mount(size: &str) -> Option<Self> {
+        pub(crate) fn mount(size: &str) -> Option<Self> {
             let dir = tempfile::tempdir().unwrap();
             let mounted = std::process::Command::new("mount")
                 .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])

@@ -324,6 +324,36 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_fails_the_log_and_leaves_whole_records() {
+        let Some(disk) = crate::fsutil::tests::Tmpfs::mount("8k") else {
+            return;
+        };
+        let mut log = RunLog::create(disk.dir.path()).unwrap();
+        let mut logged = 0u64;
+        let err = loop {
+            match log.scalar("loss/total", 0.5, logged) {
+                Ok(()) => logged += 1,
+                Err(err) => break format!("{err:#}"),
+            }
+            assert!(logged < 10_000, "8 KiB hold fewer than 10 000 scalars");
+        };
+        assert!(
+            err.contains("events.out.tfevents.") && err.contains("No space left on device"),
+            "{err}"
+        );
+        // The record that did not fit is cut off again: every one before it reads back.
+        let steps: Vec<i64> = read_records(disk.dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|r| match r {
+                Record::Scalar { step, .. } => step,
+                Record::Image { .. } => unreachable!("only scalars were logged"),
+            })
+            .collect();
+        assert_eq!(steps, (0..logged as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn corrupt_files_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         {
