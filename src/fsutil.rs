@@ -203,7 +203,10 @@ pub(crate) mod tests {
                 Ok(out) if out.status.success() => Some(Self { dir }),
                 Ok(out) => {
                     let why = String::from_utf8_lossy(&out.stderr);
-                    eprintln!("skipped: cannot mount a {size} tmpfs ({}): {why}", out.status);
+                    eprintln!(
+                        "skipped: cannot mount a {size} tmpfs ({}): {why}",
+                        out.status
+                    );
                     None
                 }
                 Err(e) => {
@@ -258,7 +261,10 @@ pub(crate) mod tests {
                 Ok(()) => appended += 1,
                 Err(err) => break format!("{err:#}"),
             }
-            assert!(appended < 100, "8 KiB hold fewer than 100 lines of 300 bytes");
+            assert!(
+                appended < 100,
+                "8 KiB hold fewer than 100 lines of 300 bytes"
+            );
         };
         assert!(
             err.contains("metrics.jsonl") && err.contains("No space left on device"),
@@ -266,14 +272,20 @@ pub(crate) mod tests {
         );
         assert!(appended > 0);
         // The line that did not fit is cut off again: whole lines only.
-        assert_eq!(std::fs::read_to_string(&path).unwrap(), line.repeat(appended));
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            line.repeat(appended)
+        );
     }
 
     #[test]
     #[cfg(target_os = "linux")]
     fn a_failed_append_names_the_file_and_the_cause() {
         // /dev/full fails every write with ENOSPC.
-        let err = format!("{:#}", append(Path::new("/dev/full"), b"line\n").unwrap_err());
+        let err = format!(
+            "{:#}",
+            append(Path::new("/dev/full"), b"line\n").unwrap_err()
+        );
         assert!(
             err.contains("/dev/full") && err.contains("No space left on device"),
             "{err}"

@@ -34,7 +34,10 @@ impl Tmpfs {
             Ok(out) if out.status.success() => Some(Self { dir }),
             Ok(out) => {
                 let why = String::from_utf8_lossy(&out.stderr);
-                eprintln!("skipped: cannot mount a {size} tmpfs ({}): {why}", out.status);
+                eprintln!(
+                    "skipped: cannot mount a {size} tmpfs ({}): {why}",
+                    out.status
+                );
                 None
             }
             Err(e) => {
@@ -122,7 +125,10 @@ fn a_class_map_that_does_not_fit_fails_and_keeps_the_earlier_file() {
     args.extend(["--out".into(), s(&out).into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let err = failed(&predict(&args));
-    assert!(err.contains("classes.tif") && err.contains(NO_SPACE), "{err}");
+    assert!(
+        err.contains("classes.tif") && err.contains(NO_SPACE),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&out).unwrap(), b"earlier");
     no_temporaries(disk.path());
 }
@@ -166,7 +172,10 @@ fn a_preview_that_does_not_fit_fails_naming_it() {
     args.extend(["--preview".into(), s(&preview).into()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let err = failed(&predict(&args));
-    assert!(err.contains("preview.png") && err.contains(NO_SPACE), "{err}");
+    assert!(
+        err.contains("preview.png") && err.contains(NO_SPACE),
+        "{err}"
+    );
     assert!(!preview.exists() && !classes.exists());
     no_temporaries(disk.path());
 }
@@ -231,7 +240,10 @@ fn stats_that_cannot_be_written_back_leave_the_experiment_as_it_was() {
     let before = std::fs::read(&yaml).unwrap();
     disk.fill();
     let err = failed(&dis2(&["stats", "--config", s(&yaml), "--class-weights"]));
-    assert!(err.contains("experiment.yaml") && err.contains(NO_SPACE), "{err}");
+    assert!(
+        err.contains("experiment.yaml") && err.contains(NO_SPACE),
+        "{err}"
+    );
     assert_eq!(std::fs::read(&yaml).unwrap(), before);
     no_temporaries(disk.path());
 }
@@ -267,12 +279,18 @@ fn a_training_run_whose_checkpoint_does_not_fit_stops_with_whole_logs() {
         "--set",
         "train.image_every=1",
     ]));
-    assert!(err.contains(".safetensors") && err.contains(NO_SPACE), "{err}");
+    assert!(
+        err.contains(".safetensors") && err.contains(NO_SPACE),
+        "{err}"
+    );
     for line in common::metrics_text(&run).lines() {
         serde_json::from_str::<serde_json::Value>(line).expect("whole JSON lines");
     }
     let records = dis2::train::tensorboard::read_records(&run.join("tensorboard")).unwrap();
     assert!(!records.is_empty());
-    assert!(!run.join("checkpoints/last").exists(), "no checkpoint taken");
+    assert!(
+        !run.join("checkpoints/last").exists(),
+        "no checkpoint taken"
+    );
     no_temporaries(disk.path());
 }

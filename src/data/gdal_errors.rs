@@ -155,14 +155,20 @@ mod tests {
         })
         .unwrap_err()
         .to_string();
-        assert!(err.contains("out.tif") && err.contains("disk on fire"), "{err}");
+        assert!(
+            err.contains("out.tif") && err.contains("disk on fire"),
+            "{err}"
+        );
         let warned = checked(path, || {
             raise(CPLErr::CE_Warning, "only a warning");
             Ok(2)
         });
         assert_eq!(warned.unwrap(), 2);
         // Popped: a later failure outside `checked` is not recorded by a stale handler.
-        raise(CPLErr::CE_Failure, "after the trap (printed by GDAL, expected)");
+        raise(
+            CPLErr::CE_Failure,
+            "after the trap (printed by GDAL, expected)",
+        );
         assert_eq!(checked(path, || Ok(3)).unwrap(), 3);
     }
 

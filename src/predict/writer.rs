@@ -265,7 +265,10 @@ mod tests {
                 .unwrap();
         }
         let closed = tiff.close().unwrap();
-        assert!(!path.exists(), "nothing at the destination before the rename");
+        assert!(
+            !path.exists(),
+            "nothing at the destination before the rename"
+        );
         closed.commit().unwrap();
         let ds = open(&path).unwrap();
         let band = ds.rasterband(1).unwrap();
