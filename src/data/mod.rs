@@ -4,7 +4,8 @@
 //! [`validity`] deciding which bands are data and which pixels are valid (GDAL's mask model);
 //! [`grid`] places the files of a scene on one grid, and `warp` resamples the files on other
 //! grids through GDAL's warper (`gdal_warp`: the C functions the gdal crate does not bind),
-//! their validity decided by the same mask model; [`labels`]
+//! their validity decided by the same mask model; `gdal_errors` catches the errors GDAL raises
+//! while a file is written and closed (a full disk); [`labels`]
 //! decodes class maps (ids, codes, ISPRS colours); [`layouts`] turns a dataset folder into
 //! scenes (one type per layout); [`dataset`] checks and reads scenes; [`sampling`] chooses
 //! windows and augmentations; [`loader`] reads batches in parallel into tensors, normalised by [`normalise`] (the one
@@ -13,6 +14,7 @@
 
 pub mod config;
 pub mod dataset;
+pub(crate) mod gdal_errors;
 mod gdal_warp;
 pub mod grid;
 pub mod labels;

@@ -17,6 +17,7 @@ use gdal::Gcp;
 use gdal::{Dataset, DriverManager, Metadata};
 use std::path::{Path, PathBuf};
 
+use super::gdal_errors::{checked, close_checked};
 use super::validity::{BandLayout, MaskReader, NodataRule, Region};
 
 /// Opens a raster read-only; the error names the file.
@@ -512,6 +513,9 @@ pub struct WriteOptions {
 
 /// Writes a tiled, DEFLATE-compressed GeoTIFF with geotransform, CRS, nodata and optional colour
 /// table, through a temporary sibling and a rename. The bytes depend only on the inputs.
+///
+/// Errors: a write GDAL or the file system could not complete (a full disk) names `path` and
+/// the cause, and leaves the file that was at `path`, or nothing, there.
 pub fn write_geotiff<T: GdalType + Copy>(
     path: &Path,
     raster: &RasterData<'_, T>,
@@ -532,7 +536,9 @@ pub fn write_geotiff<T: GdalType + Copy>(
         );
     }
     check_options::<T>(path, options)?;
-    crate::fsutil::write_atomic_with(path, |tmp| write_geotiff_now(tmp, raster, georef, options))
+    crate::fsutil::write_atomic_with(path, |tmp| {
+        checked(tmp, || write_geotiff_now(tmp, raster, georef, options))
+    })
 }
 
 fn write_geotiff_now<T: GdalType + Copy>(
@@ -556,8 +562,7 @@ fn write_geotiff_now<T: GdalType + Copy>(
             gdal::raster::Buffer::new((width, height), data[b * plane..(b + 1) * plane].to_vec());
         band.write((0, 0), (width, height), &mut buffer)?;
     }
-    ds.close()
-        .with_context(|| format!("GDAL cannot finish {}", tmp.display()))
+    close_checked(ds, tmp).with_context(|| format!("GDAL cannot finish {}", tmp.display()))
 }
 
 /// A colour table needs an 8- or 16-bit unsigned raster.

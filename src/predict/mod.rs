@@ -419,17 +419,7 @@ impl Preview {
 
     fn write(&self) -> Result<()> {
         let (w, h) = (u32::try_from(self.width)?, u32::try_from(self.height)?);
-        crate::fsutil::write_atomic_with(&self.path, |tmp| {
-            image::save_buffer_with_format(
-                tmp,
-                &self.rgb,
-                w,
-                h,
-                image::ExtendedColorType::Rgb8,
-                image::ImageFormat::Png,
-            )
-            .with_context(|| format!("cannot write {}", tmp.display()))
-        })
+        crate::report::write_png(&self.path, &self.rgb, w, h)
     }
 }
 
@@ -533,17 +523,19 @@ impl Sink {
         })
     }
 
+    /// Closes the GeoTIFFs, writes the preview, then renames the GeoTIFFs into place: a scene
+    /// whose probabilities or preview cannot be written (a full disk) leaves no class map either.
     fn finish(self) -> Result<()> {
-        self.class_map.finish()?;
+        let mut closed = vec![self.class_map.close()?];
         match self.probs {
-            Some(ProbsOut::U8(t)) => t.finish()?,
-            Some(ProbsOut::F32(t)) => t.finish()?,
+            Some(ProbsOut::U8(t)) => closed.push(t.close()?),
+            Some(ProbsOut::F32(t)) => closed.push(t.close()?),
             None => {}
         }
         if let Some(p) = &self.preview {
             p.write()?;
         }
-        Ok(())
+        closed.into_iter().try_for_each(writer::Closed::commit)
     }
 }
 

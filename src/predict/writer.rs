@@ -1,7 +1,14 @@
 //! A GeoTIFF written by row bands: created as a tiled, DEFLATE-compressed file under a temporary
 //! name beside its destination, filled band of rows by band of rows as prediction finishes them,
-//! and renamed into place by [`StreamingTiff::finish`]. Dropped unfinished, the temporary file is
-//! removed, so an interrupted run leaves nothing half-written.
+//! closed ([`StreamingTiff::close`]) and renamed into place ([`Closed::commit`]). Dropped
+//! before the rename, the temporary file is removed, so an interrupted run leaves nothing
+//! half-written.
+//!
+//! Every GDAL call runs under [`gdal_errors::checked`], on the thread that makes it (predict
+//! writes on its blending thread): a block GDAL could not write (a full disk) fails the call that
+//! wrote it, or [`StreamingTiff::close`], naming the file and the cause. `close` flushes and
+//! closes the dataset and syncs the file to disk; only then can it be renamed, so that a scene's
+//! outputs are all closed before any is renamed.
 //!
 //! GDAL keeps partly written tiles in its block cache until they are complete, so memory stays at
 //! about one row of tiles (256 rows x width) per band, whatever the raster's height.
@@ -15,6 +22,7 @@ use gdal::Dataset;
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
+use crate::data::gdal_errors::{self, checked};
 use crate::data::raster::{check_options, configure, create_gtiff, GeoRef, WriteOptions};
 use crate::fsutil::temp_sibling;
 
@@ -54,7 +62,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
         }
         crate::fsutil::remove_stale_temps(path);
         let tmp = temp_sibling(path);
-        let mut ds = create_gtiff::<T>(&tmp, width, height, bands)?;
+        let mut ds = checked(&tmp, || create_gtiff::<T>(&tmp, width, height, bands))?;
         let mut out = Self {
             ds: None,
             tmp,
@@ -66,7 +74,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             _type: PhantomData,
         };
         // From here on, a failure removes the temporary file (Drop).
-        let setup = configure(&mut ds, bands, georef, options);
+        let setup = checked(&out.tmp, || configure(&mut ds, bands, georef, options));
         out.ds = Some(ds);
         setup.with_context(|| format!("cannot set up {}", out.tmp.display()))?;
         Ok(out)
@@ -89,9 +97,11 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             .as_ref()
             .ok_or_else(|| anyhow!("{}: not open", out.tmp.display()))?;
         gdal::config::set_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK", "YES")?;
-        let made = ds
-            .rasterband(1)
-            .and_then(|mut band| band.create_mask_band(true));
+        let made = checked(&out.tmp, || {
+            Ok(ds
+                .rasterband(1)
+                .and_then(|mut band| band.create_mask_band(true))?)
+        });
         gdal::config::clear_thread_local_config_option("GDAL_TIFF_INTERNAL_MASK")?;
         made.with_context(|| format!("cannot add a mask to {}", out.tmp.display()))?;
         out.masked = true;
@@ -118,12 +128,14 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             .ds
             .as_ref()
             .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
-        let band = ds.rasterband(1)?;
-        let mut mask = band.open_mask_band()?;
         let values: Vec<u8> = valid.iter().map(|&ok| if ok { 255 } else { 0 }).collect();
         let mut buffer = Buffer::new((self.width, rows), values);
-        mask.write((0, first_row as isize), (self.width, rows), &mut buffer)
-            .with_context(|| format!("cannot write the mask of {}", self.tmp.display()))
+        checked(&self.tmp, || {
+            let band = ds.rasterband(1)?;
+            let mut mask = band.open_mask_band()?;
+            Ok(mask.write((0, first_row as isize), (self.width, rows), &mut buffer)?)
+        })
+        .with_context(|| format!("cannot write the mask of {}", self.path.display()))
     }
 
     /// Writes `rows` full-width rows starting at `first_row` of band `band` (0-based); `data` is
@@ -154,35 +166,76 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             .ds
             .as_ref()
             .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
-        let mut raster = ds.rasterband(band + 1)?;
         let mut buffer = Buffer::new((self.width, rows), data.to_vec());
-        raster
-            .write((0, first_row as isize), (self.width, rows), &mut buffer)
-            .with_context(|| format!("cannot write rows of {}", self.tmp.display()))
+        checked(&self.tmp, || {
+            let mut raster = ds.rasterband(band + 1)?;
+            Ok(raster.write((0, first_row as isize), (self.width, rows), &mut buffer)?)
+        })
+        .with_context(|| {
+            format!(
+                "cannot write rows {first_row}..{} of {}",
+                first_row + rows,
+                self.path.display()
+            )
+        })
     }
 
-    /// Flushes and closes the file and renames it to its destination.
-    pub(crate) fn finish(mut self) -> Result<()> {
+    /// Flushes and closes the file and syncs it to disk, ready for [`Closed::commit`]. On
+    /// failure (a full disk) the temporary file is removed and the destination keeps what it
+    /// held; the error names the destination and the cause.
+    pub(crate) fn close(mut self) -> Result<Closed> {
         let ds = self
             .ds
             .take()
             .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
-        ds.close()
-            .with_context(|| format!("GDAL cannot finish {}", self.tmp.display()))?;
+        // From here on, a failure removes the temporary file (Closed's Drop).
+        let closed = Closed {
+            tmp: self.tmp.clone(),
+            path: self.path.clone(),
+            renamed: false,
+        };
+        gdal_errors::close_checked(ds, &self.tmp)
+            .and_then(|()| crate::fsutil::sync_file(&self.tmp))
+            .with_context(|| format!("cannot finish {}", self.path.display()))?;
+        Ok(closed)
+    }
+}
+
+/// A GeoTIFF written, closed and synced under its temporary name; dropped before
+/// [`Closed::commit`], it is removed.
+pub(crate) struct Closed {
+    tmp: PathBuf,
+    path: PathBuf,
+    renamed: bool,
+}
+
+impl Closed {
+    /// Renames the file to its destination.
+    pub(crate) fn commit(mut self) -> Result<()> {
         std::fs::rename(&self.tmp, &self.path).with_context(|| {
             format!(
                 "cannot rename {} to {}",
                 self.tmp.display(),
                 self.path.display()
             )
-        })
+        })?;
+        self.renamed = true;
+        Ok(())
+    }
+}
+
+impl Drop for Closed {
+    fn drop(&mut self) {
+        if !self.renamed {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
     }
 }
 
 impl<T: GdalType + Copy> Drop for StreamingTiff<T> {
     fn drop(&mut self) {
         if let Some(ds) = self.ds.take() {
-            drop(ds);
+            gdal_errors::discard(ds, &self.tmp);
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -211,8 +264,12 @@ mod tests {
             tiff.write_rows(0, first, rows, &all[first * w..(first + rows) * w])
                 .unwrap();
         }
-        assert!(!path.exists(), "nothing at the destination before finish");
-        tiff.finish().unwrap();
+        let closed = tiff.close().unwrap();
+        assert!(
+            !path.exists(),
+            "nothing at the destination before the rename"
+        );
+        closed.commit().unwrap();
         let ds = open(&path).unwrap();
         let band = ds.rasterband(1).unwrap();
         assert_eq!(band.no_data_value(), Some(255.0));

@@ -219,15 +219,21 @@ impl RunDir {
         Ok(())
     }
 
-    /// Appends a JSON line (a run writes few lines; each is flushed).
+    /// Appends a JSON line, checked: a line that cannot be written whole (a full disk) is cut off
+    /// again and fails the run, naming the file and the cause ([`crate::fsutil::append`]).
     pub(crate) fn append_line(path: &Path, value: &serde_json::Value) -> Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open {}", path.display()))?;
-        writeln!(f, "{value}").with_context(|| format!("cannot write {}", path.display()))
+        crate::fsutil::append(path, format!("{value}\n").as_bytes())
+    }
+
+    /// Syncs the JSON-line logs to disk before a checkpoint is taken, so that a write the file
+    /// system failed late (a network or quota-limited file system) stops the run there.
+    pub(crate) fn sync_logs(&self) -> Result<()> {
+        for log in [self.metrics(), self.validation()] {
+            if log.exists() {
+                crate::fsutil::sync_file(&log)?;
+            }
+        }
+        Ok(())
     }
 
     /// Keeps the JSON lines whose `step` is at most `step` (a resumed run redoes later steps).

@@ -1,43 +1,47 @@
-//! TensorBoard event files through `tensorboard-rs`, and a reader that checks what was written
-//! (record framing with its masked CRC-32C, then the `Event` protocol buffers).
+//! TensorBoard event files, written record by record with each append checked (a record that
+//! cannot be written whole, on a full disk, is cut off again and fails the run naming the file
+//! and the cause), and a reader that checks what was written (record framing with its masked
+//! CRC-32C, then the `Event` protocol buffers). `tensorboard-rs` builds the summaries; its own
+//! writer is not used because it panics on a failed write, on a thread of its own.
 
 use anyhow::{bail, Context, Result};
 use protobuf::Message;
+use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
 use tensorboard_proto::event::Event;
-use tensorboard_rs::summary_writer::SummaryWriter;
+use tensorboard_proto::summary::Summary;
+use tensorboard_rs::summary;
 
 /// Scalars and images of one run, under `<run>/tensorboard`.
 pub(crate) struct RunLog {
     /// `None`: a log that writes nothing ([`RunLog::disabled`]).
-    writer: Option<SummaryWriter>,
+    events: Option<EventFile>,
 }
 
 impl RunLog {
     /// Opens a new event file in `dir` (created if needed). A resumed run adds a second file to
     /// the same directory; TensorBoard reads them as one run.
     pub(crate) fn create(dir: &Path) -> Result<Self> {
-        // tensorboard-rs panics on I/O errors; make sure the directory is usable first.
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create TensorBoard directory {}", dir.display()))?;
-        let probe = dir.join(".write-test");
-        std::fs::write(&probe, b"")
-            .with_context(|| format!("TensorBoard directory {} is not writable", dir.display()))?;
-        let _ = std::fs::remove_file(probe);
+        let mut events = EventFile::create(dir)?;
+        let mut version = Event::new();
+        version.set_wall_time(wall_time());
+        version.set_file_version("brain.Event:2".to_string());
+        events.append(&version)?;
         Ok(Self {
-            writer: Some(SummaryWriter::new(dir)),
+            events: Some(events),
         })
     }
 
     /// A log that writes nothing: the other ranks of a data-parallel run (rank 0 writes).
     pub(crate) fn disabled() -> Self {
-        Self { writer: None }
+        Self { events: None }
     }
 
-    pub(crate) fn scalar(&mut self, tag: &str, value: f64, step: u64) {
-        if let Some(w) = &mut self.writer {
-            w.add_scalar(tag, value as f32, step as usize);
-        }
+    pub(crate) fn scalar(&mut self, tag: &str, value: f64, step: u64) -> Result<()> {
+        self.summary(summary::scalar(tag, value as f32), step)
     }
 
     /// An RGB image, `rgb` holding `height * width * 3` bytes row by row.
@@ -55,19 +59,109 @@ impl RunLog {
                 rgb.len()
             );
         }
+        if self.events.is_none() {
+            return Ok(());
+        }
         // tensorboard-rs builds its PNG as `RgbImage::new(dim[1], dim[2])`, i.e. (width, height),
         // so the dimensions go in as [3, width, height] for row-major RGB bytes.
-        if let Some(w) = &mut self.writer {
-            w.add_image(tag, rgb, &[3, width, height], step as usize);
-        }
-        Ok(())
+        self.summary(summary::image(tag, rgb, &[3, width, height]), step)
     }
 
-    pub(crate) fn flush(&mut self) {
-        if let Some(w) = &mut self.writer {
-            w.flush();
+    /// Syncs the event file to disk: a write the file system failed late fails here.
+    pub(crate) fn flush(&mut self) -> Result<()> {
+        match &self.events {
+            Some(events) => crate::fsutil::sync_file(&events.path),
+            None => Ok(()),
         }
     }
+
+    fn summary(&mut self, summary: Summary, step: u64) -> Result<()> {
+        let Some(events) = &mut self.events else {
+            return Ok(());
+        };
+        let mut event = Event::new();
+        event.set_wall_time(wall_time());
+        event.set_step(step as i64);
+        event.set_summary(summary);
+        events.append(&event)
+    }
+}
+
+/// One event file, appended to record by record.
+struct EventFile {
+    path: PathBuf,
+    file: File,
+}
+
+impl EventFile {
+    /// A new file named as TensorBoard's writers name them,
+    /// `events.out.tfevents.SECONDS.HOST.PID.N`, N the first free number.
+    fn create(dir: &Path) -> Result<Self> {
+        let seconds = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let stem = format!(
+            "events.out.tfevents.{seconds:010}.{}.{}",
+            hostname(),
+            std::process::id()
+        );
+        for n in 0.. {
+            let path = dir.join(format!("{stem}.{n}"));
+            match std::fs::OpenOptions::new()
+                .append(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(file) => return Ok(Self { path, file }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(e).with_context(|| {
+                        format!("cannot create TensorBoard event file {}", path.display())
+                    })
+                }
+            }
+        }
+        unreachable!("an unbounded range ends only by returning")
+    }
+
+    /// Appends `event` as one TFRecord ([`frame_record`]), checked ([`crate::fsutil::append_to`]).
+    fn append(&mut self, event: &Event) -> Result<()> {
+        let data = event
+            .write_to_bytes()
+            .context("cannot encode a TensorBoard event")?;
+        crate::fsutil::append_to(&mut self.file, &self.path, &frame_record(&data))
+    }
+}
+
+/// Seconds since 1970 as TensorBoard's events carry them.
+fn wall_time() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// This machine's name, as event file names carry it (`localhost` when it cannot be read).
+fn hostname() -> String {
+    let mut buf = [0u8; 256];
+    // SAFETY: gethostname writes at most `buf.len()` bytes into the buffer.
+    let rc = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len()) };
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    match rc == 0 && end > 0 {
+        true => String::from_utf8_lossy(&buf[..end]).into_owned(),
+        false => "localhost".to_string(),
+    }
+}
+
+/// TFRecord framing of `data`: u64 length, masked CRC of the length, data, masked CRC of the
+/// data (what [`split_records`] reads).
+fn frame_record(data: &[u8]) -> Vec<u8> {
+    let len = (data.len() as u64).to_le_bytes();
+    let mut record = Vec::with_capacity(data.len() + 16);
+    record.extend_from_slice(&len);
+    record.extend_from_slice(&masked_crc32c(&len).to_le_bytes());
+    record.extend_from_slice(data);
+    record.extend_from_slice(&masked_crc32c(data).to_le_bytes());
+    record
 }
 
 /// One value read back from an event file.
@@ -193,15 +287,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut log = RunLog::create(dir.path()).unwrap();
-            log.scalar("loss/total", 1.5, 1);
-            log.scalar("loss/total", 0.25, 2);
-            log.scalar("lr", 0.01, 2);
+            log.scalar("loss/total", 1.5, 1).unwrap();
+            log.scalar("loss/total", 0.25, 2).unwrap();
+            log.scalar("lr", 0.01, 2).unwrap();
             let (h, w) = (2, 3);
             let rgb: Vec<u8> = (0..h * w * 3).map(|i| i as u8 * 10).collect();
             log.image("pred", &rgb, h, w, 2).unwrap();
             assert!(log.image("bad", &rgb, 5, 5, 2).is_err());
-            log.flush();
-        } // dropping the writer joins its thread and flushes the file
+            log.flush().unwrap();
+        }
         let records = read_records(dir.path()).unwrap();
         let scalars: Vec<_> = records
             .iter()
@@ -230,11 +324,41 @@ mod tests {
     }
 
     #[test]
+    fn a_full_disk_fails_the_log_and_leaves_whole_records() {
+        let Some(disk) = crate::fsutil::tests::Tmpfs::mount("8k") else {
+            return;
+        };
+        let mut log = RunLog::create(disk.dir.path()).unwrap();
+        let mut logged = 0u64;
+        let err = loop {
+            match log.scalar("loss/total", 0.5, logged) {
+                Ok(()) => logged += 1,
+                Err(err) => break format!("{err:#}"),
+            }
+            assert!(logged < 10_000, "8 KiB hold fewer than 10 000 scalars");
+        };
+        assert!(
+            err.contains("events.out.tfevents.") && err.contains("No space left on device"),
+            "{err}"
+        );
+        // The record that did not fit is cut off again: every one before it reads back.
+        let steps: Vec<i64> = read_records(disk.dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|r| match r {
+                Record::Scalar { step, .. } => step,
+                Record::Image { .. } => unreachable!("only scalars were logged"),
+            })
+            .collect();
+        assert_eq!(steps, (0..logged as i64).collect::<Vec<_>>());
+    }
+
+    #[test]
     fn corrupt_files_are_reported() {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut log = RunLog::create(dir.path()).unwrap();
-            log.scalar("x", 1.0, 1);
+            log.scalar("x", 1.0, 1).unwrap();
         }
         let file = std::fs::read_dir(dir.path())
             .unwrap()

@@ -328,7 +328,7 @@ impl Trainer {
             }
         }
         progress.finish();
-        log.flush();
+        log.flush()?;
         if let Some(dp) = &self.dp {
             dp.finish()?;
         }
@@ -533,10 +533,10 @@ impl Trainer {
         rate: f64,
     ) -> Result<()> {
         for (name, v) in sums {
-            log.scalar(&format!("loss/{name}"), *v, self.step);
+            log.scalar(&format!("loss/{name}"), *v, self.step)?;
         }
-        log.scalar("lr", lr, self.step);
-        log.scalar("samples_per_s", rate, self.step);
+        log.scalar("lr", lr, self.step)?;
+        log.scalar("samples_per_s", rate, self.step)?;
         if !self.writes() {
             return Ok(());
         }
@@ -573,11 +573,11 @@ impl Trainer {
         for (branch, s) in branches.iter().zip(scores) {
             let label = branch.label(self.net.config());
             if let Some(m) = s.miou {
-                log.scalar(&format!("val/{label}/miou"), m, self.step);
+                log.scalar(&format!("val/{label}/miou"), m, self.step)?;
             }
             for (name, c) in class_names.iter().zip(&s.per_class) {
                 if let Some(iou) = c.iou {
-                    log.scalar(&format!("val/{label}/iou/{name}"), iou, self.step);
+                    log.scalar(&format!("val/{label}/iou/{name}"), iou, self.step)?;
                 }
             }
             let line = json!({"step": self.step, "epoch": epoch, "branch": label, "miou": s.miou,
@@ -601,7 +601,7 @@ impl Trainer {
         if self.writes() {
             self.save(epoch, score, improved)?;
         }
-        log.flush();
+        log.flush()?;
         Ok(labelled)
     }
 
@@ -645,6 +645,7 @@ impl Trainer {
             .into_iter()
             .map(|(k, t)| (k, t.to_device(Device::Cpu).contiguous()))
             .collect();
+        self.run.sync_logs()?;
         let optim = dir.join("optim.safetensors");
         crate::fsutil::write_atomic_with(&optim, |tmp| {
             Tensor::write_safetensors(&state, tmp)
