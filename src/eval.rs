@@ -67,6 +67,10 @@ pub struct EvalOptions {
     pub attention_maps: Option<PathBuf>,
     /// Windows drawn into `attention_maps` (the CLI's default is 4).
     pub attention_windows: usize,
+    /// Score scenes whose inputs lie beyond the refusal bound of the checkpoint's
+    /// normalisation, with a warning, instead of refusing them (see
+    /// [`PredictOptions::accept_input_range`]).
+    pub accept_input_range: bool,
 }
 
 /// What an evaluation found.
@@ -222,6 +226,7 @@ fn score_scenes(
         grid: req.exp.data.grid.clone(),
         // Said when the dataset was opened, in the configuration's terms.
         announce_grid: false,
+        accept_input_range: req.options.accept_input_range,
         ..PredictOptions::default()
     };
     let table = predictor.info().class_table();

@@ -65,6 +65,10 @@ pub struct EvalArgs {
     /// (bf16 where the CPU or GPU computes it in hardware).
     #[arg(long, default_value = "fp32", value_name = "PRECISION")]
     pub precision: PrecisionChoice,
+    /// Score scenes whose inputs lie far outside the checkpoint's normalisation (another bit
+    /// depth, unit or scale than the training data's), with a warning, instead of refusing them.
+    #[arg(long)]
+    pub accept_input_range: bool,
 }
 
 /// The checkpoint, the experiment file of `--checkpoint` / `--config`, and the run the
@@ -112,6 +116,7 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
             overlays: args.overlays,
             attention_maps: args.attention_maps.clone(),
             attention_windows: args.attention_windows,
+            accept_input_range: args.accept_input_range,
         },
     };
     let report = evaluate(&request)?;

@@ -68,6 +68,11 @@ pub struct PredictArgs {
     /// Refuse inputs that are not on the reference grid instead of resampling them.
     #[arg(long)]
     pub strict_grid: bool,
+    /// Classify inputs whose values lie far outside the checkpoint's normalisation (another
+    /// bit depth, unit or scale than the training data's), with a warning, instead of refusing
+    /// them.
+    #[arg(long)]
+    pub accept_input_range: bool,
     /// Resampling of one modality onto the grid (repeatable), e.g. `dsm=cubic`: nearest,
     /// bilinear, cubic, cubic_spline, lanczos, average, mode, min, max, median [default:
     /// average when downsampling 2x or more, nearest for class maps, else bilinear].
@@ -356,6 +361,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         grid: grid_config(&args)?,
         grid_file: None,
         announce_grid: true,
+        accept_input_range: args.accept_input_range,
     };
     if options.batch == 0 {
         bail!("--batch must be at least 1");

@@ -9,7 +9,8 @@
 //! decodes class maps (ids, codes, ISPRS colours); [`layouts`] turns a dataset folder into
 //! scenes (one type per layout); [`dataset`] checks and reads scenes; [`sampling`] chooses
 //! windows and augmentations; [`loader`] reads batches in parallel into tensors, normalised by [`normalise`] (the one
-//! normaliser of training and inference); [`synth`]
+//! normaliser of training and inference), against whose statistics [`input_range`] measures
+//! each scene's inputs as inference reads them; [`synth`]
 //! writes the synthetic benchmark; [`stats`] computes normalisation statistics.
 
 pub mod config;
@@ -17,6 +18,7 @@ pub mod dataset;
 pub(crate) mod gdal_errors;
 mod gdal_warp;
 pub mod grid;
+pub(crate) mod input_range;
 pub mod labels;
 pub mod layouts;
 pub mod loader;

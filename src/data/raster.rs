@@ -7,10 +7,13 @@
 //! reach past the edge). Invalid pixels are reported in [`Pixels::valid`] and their values are
 //! set to 0; the loader later fills them after normalisation and excludes them from the loss.
 //! Alpha bands are masks, not data: [`RasterInfo::bands`] and [`Pixels`] count data bands only.
+//! Values are read with each band's GDAL scale and offset applied, so every reader (and the
+//! warper, which resamples values read here) sees the same units.
 
 use anyhow::{anyhow, bail, Context, Result};
 use gdal::raster::{
-    ColorEntry, ColorInterpretation, ColorTable, GdalDataType, GdalType, RasterCreationOptions,
+    ColorEntry, ColorInterpretation, ColorTable, GdalDataType, GdalType, RasterBand,
+    RasterCreationOptions,
 };
 use gdal::spatial_ref::SpatialRef;
 use gdal::Gcp;
@@ -341,8 +344,10 @@ impl Pixels {
 
 /// Reads `window` of every data band of an open raster as `f32` (from any integer or float
 /// type), with GDAL's mask model deciding validity (see the module documentation): masks,
-/// alpha, nodata, NaN, infinities and out-of-raster pixels become `valid = false`. Only the
-/// window is read, never the whole scene.
+/// alpha, nodata, NaN, infinities and out-of-raster pixels become `valid = false`. Values are
+/// what the pixels mean: each band's GDAL scale and offset applied (`stored x scale + offset`),
+/// after validity was decided on the stored values (a declared nodata is a stored value). Only
+/// the window is read, never the whole scene.
 pub(crate) fn read_window(ds: &Dataset, path: &Path, window: Window) -> Result<Pixels> {
     read_window_with(ds, path, window, NodataRule::Honour)
 }
@@ -386,13 +391,15 @@ pub(crate) fn read_window_with(
             None,
         )
         .with_context(|| format!("{}: cannot read band {b} window {window:?}", path.display()))?;
+        // Validity (nodata included) is decided on the stored values, before the scale.
         masks.apply_band(&band, b, &buf, &mut inside)?;
+        let (scale, offset) = value_scale(&band, path, b)?;
         let dst = &mut out.data[slot * plane..(slot + 1) * plane];
         for r in 0..ch {
             let row = &buf[r * cw..(r + 1) * cw];
             let at = (oy + r) * window.width + ox;
             for (d, &v) in dst[at..at + cw].iter_mut().zip(row) {
-                *d = v as f32;
+                *d = (v * scale + offset) as f32;
             }
         }
     }
@@ -410,6 +417,26 @@ pub(crate) fn read_window_with(
         }
     }
     Ok(out)
+}
+
+/// Band `b`'s scale and offset (`GDALGetRasterScale` / `GDALGetRasterOffset`; 1 and 0 where
+/// unset): the value a pixel means is `stored x scale + offset`, e.g. an Int16 DSM in
+/// centimetres with scale 0.01 means metres.
+///
+/// # Errors
+/// A scale that is 0 or not finite, or an offset that is not finite, naming the file and band.
+fn value_scale(band: &RasterBand, path: &Path, b: usize) -> Result<(f64, f64)> {
+    let scale = band.scale().unwrap_or(1.0);
+    let offset = band.offset().unwrap_or(0.0);
+    if !scale.is_finite() || scale == 0.0 || !offset.is_finite() {
+        bail!(
+            "{}: band {b} declares scale {scale} and offset {offset}; expected a finite, non-zero \
+             scale and a finite offset (the value meant is stored x scale + offset). Fix them \
+             with gdal_edit.py -scale and -offset",
+            path.display()
+        );
+    }
+    Ok((scale, offset))
 }
 
 /// Opens `path` and reads a window of it (see [`read_window`]).
@@ -752,6 +779,85 @@ mod tests {
         band.write((0, 0), (2, 1), &mut buf).unwrap();
         let px = read_window(&ds, Path::new("mem"), Window::new(0, 0, 2, 1)).unwrap();
         assert_eq!(px.valid, vec![false, true]);
+    }
+
+    /// A 4 x 1 Int16 GeoTIFF holding `stored`, with the given scale, offset and nodata.
+    fn scaled_tiff(
+        path: &Path,
+        stored: [i16; 4],
+        scale: Option<f64>,
+        offset: Option<f64>,
+        nodata: Option<f64>,
+    ) {
+        let raster = RasterData {
+            width: 4,
+            height: 1,
+            bands: 1,
+            data: &stored,
+        };
+        let options = WriteOptions {
+            nodata,
+            ..Default::default()
+        };
+        write_geotiff(path, &raster, &georef(), &options).unwrap();
+        let ds = Dataset::open_ex(
+            path,
+            gdal::DatasetOptions {
+                open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut band = ds.rasterband(1).unwrap();
+        if let Some(scale) = scale {
+            band.set_scale(scale).unwrap();
+        }
+        if let Some(offset) = offset {
+            band.set_offset(offset).unwrap();
+        }
+        ds.close().unwrap();
+    }
+
+    #[test]
+    fn scale_and_offset_are_applied_after_nodata_is_compared_on_the_stored_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let read = |name: &str, scale, offset, nodata| {
+            let path = dir.path().join(name);
+            scaled_tiff(&path, [-12, 4, 8, 100], scale, offset, nodata);
+            read_window_at(&path, Window::new(0, 0, 4, 1)).unwrap()
+        };
+        // An offset alone (e.g. temperatures stored in K - 273.15).
+        let px = read("offset.tif", None, Some(100.0), None);
+        assert_eq!(px.data, vec![88.0, 104.0, 108.0, 200.0]);
+        // Scale and offset: stored x scale + offset.
+        let px = read("both.tif", Some(0.5), Some(10.0), None);
+        assert_eq!(px.data, vec![4.0, 12.0, 14.0, 60.0]);
+        assert!(px.valid.iter().all(|&v| v));
+        // Nodata 4 is a stored value: stored 4 is invalid; stored -12 means 4 and is valid.
+        let px = read("nodata.tif", Some(0.5), Some(10.0), Some(4.0));
+        assert_eq!(px.valid, vec![true, false, true, true]);
+        assert_eq!(px.data, vec![4.0, 0.0, 14.0, 60.0]);
+        // A centimetre DSM: the same metres as a float file would hold.
+        let px = read("cm.tif", Some(0.01), None, None);
+        let metres: Vec<f32> = [-12i16, 4, 8, 100]
+            .iter()
+            .map(|&c| (f64::from(c) * 0.01) as f32)
+            .collect();
+        assert_eq!(px.data, metres);
+    }
+
+    #[test]
+    fn a_zero_scale_is_an_error_naming_the_file_and_band() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zero.tif");
+        scaled_tiff(&path, [1, 2, 3, 4], Some(0.0), None, None);
+        let err = read_window_at(&path, Window::new(0, 0, 4, 1))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("zero.tif") && err.contains("band 1 declares scale 0"),
+            "{err}"
+        );
     }
 
     #[test]

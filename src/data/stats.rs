@@ -21,7 +21,7 @@ pub struct Moments {
 }
 
 impl Moments {
-    fn of(values: impl Iterator<Item = f64>) -> Self {
+    pub(crate) fn of(values: impl Iterator<Item = f64>) -> Self {
         let mut m = Moments::default();
         for v in values {
             m.count += 1;
@@ -32,7 +32,7 @@ impl Moments {
         m
     }
 
-    fn merge(self, o: Moments) -> Moments {
+    pub(crate) fn merge(self, o: Moments) -> Moments {
         if self.count == 0 {
             return o;
         }

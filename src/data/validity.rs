@@ -9,7 +9,8 @@
 //!   raster (`GMF_ALPHA`), or nothing (`GMF_ALL_VALID`);
 //! - and it is not the band's declared nodata value, also where a mask file takes the nodata's
 //!   place in GDAL's order (dis2 honours both: a pixel any of them marks is invalid). This one
-//!   comparison is made on the values read rather than through GDAL's nodata mask band: it is
+//!   comparison is made on the stored values read (before the band's scale and offset, as GDAL
+//!   declares nodata) rather than through GDAL's nodata mask band: it is
 //!   the same test without a second read, and it compares in the band's precision (GDAL's mask
 //!   treats a Float32 band's -3.40282346639e+38, which some writers declare for f32::MIN, as
 //!   matching nothing);
@@ -139,8 +140,9 @@ impl<'a> MaskReader<'a> {
         }
     }
 
-    /// Clears `valid` (one flag per pixel of the region) where data band `b`, whose values over
-    /// the region are `values`, is invalid: non-finite, masked, or its declared nodata.
+    /// Clears `valid` (one flag per pixel of the region) where data band `b`, whose stored
+    /// values over the region (before scale and offset) are `values`, is invalid: non-finite,
+    /// masked, or its declared nodata.
     pub(crate) fn apply_band(
         &mut self,
         band: &RasterBand,

@@ -5,7 +5,9 @@
 //! file a window needs is read by [`raster::read_window_with`] (GDAL's mask model: masks, alpha,
 //! nodata, NaN, and the label nodata rule, see [`super::validity`]) and handed to the warper as
 //! an in-memory raster whose per-dataset mask is that validity, so the warper resamples valid
-//! pixels only and applies no rule of its own. The destination starts all NaN with NaN as its
+//! pixels only and applies no rule of its own. That copy holds the values as read (each band's
+//! GDAL scale and offset applied), so the warper resamples what the pixels mean, never stored
+//! counts, and no scale is applied twice. The destination starts all NaN with NaN as its
 //! nodata; [`raster::read_window`] reads it back, so grid pixels the file does not cover, or
 //! covers only with invalid pixels, are invalid.
 

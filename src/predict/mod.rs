@@ -16,6 +16,10 @@
 //! otherwise the student for the missing set, or, with `allow_fill`, the teacher with the
 //! missing modalities filled with zeros in normalised space (the training mean).
 //!
+//! Each scene's inputs are measured against the checkpoint's normalisation as they are read
+//! ([`crate::data::input_range`]): another bit depth, unit or scale is refused unless
+//! `accept_input_range`, a scene merely unlike the training data is named in a warning.
+//!
 //! Stages of [`predict_scene`]: check the inputs and lay the windows (`ScenePlan`), create the
 //! outputs (`Sink`), then per batch read (`reader`), run the branch (`batch_probs`), blend and
 //! write the finished rows (`BlendStage`, inline or behind the model: `Blender`).
@@ -29,7 +33,7 @@ pub use settings::{InferenceSettings, GDAL_CACHE_BYTES};
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{sync_channel, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::Instant;
 use tch::{Device, Kind, Tensor};
@@ -37,6 +41,7 @@ use tch::{Device, Kind, Tensor};
 use crate::checkpoint::{CheckpointInfo, Loaded};
 use crate::data::config::{ClassInfo, GridConfig};
 use crate::data::grid::{self, GridFile, GridKeys, GridSource, SceneGrid};
+use crate::data::input_range::RangeSurvey;
 use crate::data::normalise::Normaliser;
 use crate::data::raster::{GeoRef, RasterInfo, WriteOptions};
 use crate::figures;
@@ -101,6 +106,10 @@ pub struct PredictOptions {
     /// Say once on stderr what is resampled onto the grid (off where the caller said it, as
     /// `dis2 eval` does when it opens its dataset).
     pub announce_grid: bool,
+    /// Classify inputs whose values lie beyond the refusal bound of the checkpoint's
+    /// normalisation (another bit depth, unit or scale; see [`crate::data::input_range`]),
+    /// with a warning, instead of refusing the scene (`--accept-input-range`).
+    pub accept_input_range: bool,
 }
 
 impl Default for PredictOptions {
@@ -116,6 +125,7 @@ impl Default for PredictOptions {
             grid: GridConfig::default(),
             grid_file: None,
             announce_grid: true,
+            accept_input_range: false,
         }
     }
 }
@@ -540,13 +550,15 @@ impl Sink {
 }
 
 /// A scene checked and laid out: its inputs in model order, the grid they are read on (its
-/// header: size and georeferencing), the branch and the windows.
+/// header: size and georeferencing), the branch and the windows, and the survey of the inputs
+/// against the normalisation that the reader fills.
 struct ScenePlan {
     inputs: Vec<Input>,
     norm: Normaliser,
     header: RasterInfo,
     route: Route,
     grid: WindowGrid,
+    survey: Arc<Mutex<RangeSurvey>>,
 }
 
 impl ScenePlan {
@@ -570,12 +582,23 @@ impl ScenePlan {
         let overlap = options.overlap.unwrap_or(crop.0.min(crop.1) / 4);
         let grid = WindowGrid::new((header.height, header.width), crop, overlap)
             .map_err(|e| anyhow!("--overlap {overlap}: {e}"))?;
+        let surveyed: Vec<(usize, String, PathBuf)> = (inputs.iter())
+            .map(|i| {
+                (
+                    i.index,
+                    cfg.modalities[i.index].name.clone(),
+                    i.source.path.clone(),
+                )
+            })
+            .collect();
+        let survey = RangeSurvey::new(&norm, &surveyed, options.accept_input_range);
         Ok(Self {
             inputs,
             norm,
             header,
             route,
             grid,
+            survey: Arc::new(Mutex::new(survey)),
         })
     }
 }
@@ -774,6 +797,7 @@ fn run_windows(
         Arc::new(plan.norm),
         plan.grid,
         options.batch,
+        plan.survey,
     )?;
     let (mut batches, reading) = batches(reader, options.prefetch);
     std::thread::scope(|scope| {
@@ -816,8 +840,10 @@ fn run_windows(
 /// # Errors
 /// Inputs that do not fit the checkpoint or each other (each named by its flag), a missing set
 /// without a student unless `options.allow_fill`, an `--overlap` over half the crop, unreadable
-/// or unwritable files, and a scene where every pixel is nodata in some input (found from the
-/// inputs' masks; the model does not run on it).
+/// or unwritable files, a scene where every pixel is nodata in some input (found from the
+/// inputs' masks; the model does not run on it), and inputs whose values lie beyond the refusal
+/// bound of the checkpoint's normalisation unless `options.accept_input_range` (inputs merely
+/// unlike the training data get a warning on stderr; see [`crate::data::input_range`]).
 pub fn predict_scene(
     predictor: &Predictor,
     job: &SceneJob,
@@ -849,7 +875,11 @@ pub(crate) fn predict_scene_with(
         .iter()
         .map(|i| i.source.path.display().to_string())
         .collect();
+    let survey = plan.survey.clone();
     let timings = run_windows(predictor, plan, &mut sink, options, &label, observe)?;
+    for warning in survey.lock().unwrap_or_else(|e| e.into_inner()).warnings() {
+        eprintln!("warning: {warning}");
+    }
     if sink.valid_pixels == 0 {
         bail!(
             "every pixel is nodata in at least one input ({}): nothing to classify",

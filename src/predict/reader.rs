@@ -1,15 +1,17 @@
 //! Reading a scene's windows for `dis2 predict`: one strip of rows per row of windows from every
 //! input (the inputs in parallel), cut, normalised and padded by reflection per window (in
 //! parallel), handed over in batches, on a background thread ahead of the model or in turn
-//! with it.
+//! with it. Each strip is also measured against the checkpoint's normalisation
+//! ([`RangeSurvey`]): a scene beyond the refusal bound stops at the first strip that shows it.
 
 use anyhow::Result;
 use rayon::prelude::*;
 use std::sync::mpsc::sync_channel;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::data::grid::{GridSource, OpenSource};
+use crate::data::input_range::RangeSurvey;
 use crate::data::normalise::Normaliser;
 use crate::data::raster::{Pixels, Window};
 use crate::tiling::{pad_reflect, WindowGrid};
@@ -109,6 +111,9 @@ pub(super) struct BatchReader {
     batch: usize,
     datasets: Vec<OpenSource>,
     next_row: usize,
+    /// The scene's rows above this one have been measured by `survey`.
+    measured_to: usize,
+    survey: Arc<Mutex<RangeSurvey>>,
     pending: Vec<WindowData>,
     failed: bool,
 }
@@ -119,6 +124,7 @@ impl BatchReader {
         norm: Arc<Normaliser>,
         grid: WindowGrid,
         batch: usize,
+        survey: Arc<Mutex<RangeSurvey>>,
     ) -> Result<Self> {
         let datasets = inputs
             .iter()
@@ -131,6 +137,8 @@ impl BatchReader {
             batch: batch.max(1),
             datasets,
             next_row: 0,
+            measured_to: 0,
+            survey,
             pending: Vec::new(),
             failed: false,
         })
@@ -141,13 +149,13 @@ impl BatchReader {
         let row = self.grid.rows[self.next_row];
         self.next_row += 1;
         let rows = self.grid.window.0.min(height - row);
-        let (inputs, norm) = (&self.inputs, &self.norm);
         let strips: Vec<Pixels> = self
             .datasets
             .par_iter_mut()
             .map(|source| source.read(Window::new(0, row as i64, width, rows)))
             .collect::<Result<_>>()?;
-        let grid = &self.grid;
+        self.measure(&strips, row)?;
+        let (inputs, norm, grid) = (&self.inputs, &self.norm, &self.grid);
         let made: Vec<WindowData> = grid
             .cols
             .par_iter()
@@ -155,6 +163,18 @@ impl BatchReader {
             .collect();
         self.pending.extend(made);
         Ok(())
+    }
+
+    /// Adds the rows of `strips` (starting at scene row `row`) not measured yet to the survey,
+    /// and refuses the scene when it lies beyond the refusal bound.
+    fn measure(&mut self, strips: &[Pixels], row: usize) -> Result<()> {
+        let skip = self.measured_to.saturating_sub(row);
+        let mut survey = self.survey.lock().unwrap_or_else(|e| e.into_inner());
+        for (slot, strip) in strips.iter().enumerate() {
+            survey.add(slot, strip, skip);
+        }
+        self.measured_to = row + strips[0].height;
+        survey.check(self.next_row == self.grid.rows.len())
     }
 }
 
@@ -256,7 +276,12 @@ mod tests {
                 })
                 .collect();
             let grid = WindowGrid::new((scene.height(), scene.width()), crop, 16).unwrap();
-            let reader = BatchReader::open(Arc::new(inputs), norm.clone(), grid, 4).unwrap();
+            let surveyed: Vec<_> = (inputs.iter())
+                .map(|i| (i.index, format!("m{}", i.index), i.source.path.clone()))
+                .collect();
+            let survey = Arc::new(Mutex::new(RangeSurvey::new(&norm, &surveyed, false)));
+            let reader =
+                BatchReader::open(Arc::new(inputs), norm.clone(), grid, 4, survey).unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
                 for (i, window) in batch.windows.iter().enumerate() {
