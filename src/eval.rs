@@ -21,7 +21,7 @@ use crate::data::dataset::{Scene, SceneDataset};
 use crate::data::layouts::Split;
 use crate::data::loader::load_sample;
 use crate::data::raster::{Pixels, Window};
-use crate::data::sampling::GridSampler;
+use crate::data::sampling::SlidingWindowSampler;
 use crate::figures::{self, AttentionData, OverlayData};
 use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
@@ -501,7 +501,7 @@ fn write_attention_maps(
     std::fs::create_dir_all(dir)
         .with_context(|| format!("--attention-maps {}: cannot create it", dir.display()))?;
     let norm = predictor.info().normaliser()?;
-    let specs: Vec<_> = GridSampler {
+    let specs: Vec<_> = SlidingWindowSampler {
         crop: [cfg.crop[0] as usize, cfg.crop[1] as usize],
         stride: [cfg.crop[0] as usize, cfg.crop[1] as usize],
     }

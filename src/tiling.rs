@@ -15,7 +15,7 @@ use crate::data::raster::Window;
 
 /// The windows covering a scene, in row-major order.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WindowGrid {
+pub struct WindowLayout {
     pub scene: (usize, usize),
     pub window: (usize, usize),
     pub overlap: usize,
@@ -23,7 +23,7 @@ pub struct WindowGrid {
     pub cols: Vec<usize>,
 }
 
-impl WindowGrid {
+impl WindowLayout {
     /// `overlap` must leave a positive stride and be at most half a window, so that ramps of
     /// neighbouring windows never meet another window's full-weight centre.
     pub fn new(scene: (usize, usize), window: (usize, usize), overlap: usize) -> Result<Self> {
@@ -58,7 +58,7 @@ impl WindowGrid {
         self.len() == 0
     }
 
-    /// The windows in row-major order, each of the grid's window size (the last row and
+    /// The windows in row-major order, each of the layout's window size (the last row and
     /// column reach past the scene).
     pub fn windows(&self) -> impl Iterator<Item = Window> + '_ {
         self.rows
@@ -146,9 +146,9 @@ pub(crate) struct FinishedRows {
 }
 
 /// Accumulates weighted window predictions over a band of rows and hands back rows once no later
-/// window can reach them. Feed windows in the grid's row-major order.
+/// window can reach them. Feed windows in the layout's row-major order.
 pub(crate) struct BandStitcher {
-    grid: WindowGrid,
+    layout: WindowLayout,
     classes: usize,
     weights: Vec<f32>,
     /// First scene row held in the band.
@@ -161,31 +161,30 @@ pub(crate) struct BandStitcher {
 }
 
 impl BandStitcher {
-    pub fn new(grid: WindowGrid, classes: usize) -> Self {
-        let band_rows = grid.window.0.min(grid.scene.0);
-        let width = grid.scene.1;
+    pub fn new(layout: WindowLayout, classes: usize) -> Self {
+        let band_rows = layout.window.0.min(layout.scene.0);
+        let width = layout.scene.1;
         Self {
-            weights: grid.weights(),
+            weights: layout.weights(),
             classes,
             band_start: 0,
             sums: vec![0.0; classes * band_rows * width],
             weight_sums: vec![0.0; band_rows * width],
             band_rows,
             next_window: 0,
-            grid,
+            layout,
         }
     }
 
     /// Adds the prediction of the next window (`classes x window.0 x window.1`) and returns the
     /// rows that became final (the last window flushes everything).
     pub fn add(&mut self, window: Window, probs: &[f32]) -> Result<Option<FinishedRows>> {
-        let (wh, ww) = self.grid.window;
-        let (sh, sw) = self.grid.scene;
-        let ncols = self.grid.cols.len();
-        let expected =
-            self.grid.windows().nth(self.next_window).ok_or_else(|| {
-                anyhow::anyhow!("all {} windows were already added", self.grid.len())
-            })?;
+        let (wh, ww) = self.layout.window;
+        let (sh, sw) = self.layout.scene;
+        let ncols = self.layout.cols.len();
+        let expected = self.layout.windows().nth(self.next_window).ok_or_else(|| {
+            anyhow::anyhow!("all {} windows were already added", self.layout.len())
+        })?;
         ensure!(
             window == expected,
             "window {window:?} out of order, expected {expected:?}"
@@ -220,7 +219,7 @@ impl BandStitcher {
             return Ok(None);
         }
         // Rows above the next window row are final.
-        let done_until = match self.grid.rows.get(self.next_window / ncols) {
+        let done_until = match self.layout.rows.get(self.next_window / ncols) {
             Some(&next_row) => next_row,
             None => sh,
         };
@@ -228,7 +227,7 @@ impl BandStitcher {
     }
 
     fn take_rows(&mut self, until: usize) -> FinishedRows {
-        let width = self.grid.scene.1;
+        let width = self.layout.scene.1;
         let rows = until.saturating_sub(self.band_start).min(self.band_rows);
         let mut probs = Vec::with_capacity(self.classes * rows * width);
         for c in 0..self.classes {
@@ -259,13 +258,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grid_covers_the_scene_with_regular_strides() {
-        let g = WindowGrid::new((100, 40), (32, 32), 8).unwrap();
+    fn layout_covers_the_scene_with_regular_strides() {
+        let g = WindowLayout::new((100, 40), (32, 32), 8).unwrap();
         assert_eq!(g.rows, vec![0, 24, 48, 72]);
         assert_eq!(g.cols, vec![0, 24]);
-        let small = WindowGrid::new((10, 5), (32, 32), 8).unwrap();
+        let small = WindowLayout::new((10, 5), (32, 32), 8).unwrap();
         assert_eq!(small.len(), 1);
-        assert!(WindowGrid::new((10, 10), (32, 32), 17).is_err());
+        assert!(WindowLayout::new((10, 10), (32, 32), 17).is_err());
     }
 
     #[test]
@@ -287,12 +286,12 @@ mod tests {
     #[test]
     fn stitched_rows_equal_single_windows_where_weights_are_one() {
         let (classes, win, overlap) = (2, (8, 8), 2);
-        let grid = WindowGrid::new((21, 17), win, overlap).unwrap();
-        let weights = grid.weights();
-        let mut stitcher = BandStitcher::new(grid.clone(), classes);
+        let layout = WindowLayout::new((21, 17), win, overlap).unwrap();
+        let weights = layout.weights();
+        let mut stitcher = BandStitcher::new(layout.clone(), classes);
         let mut out = vec![f32::NAN; classes * 21 * 17];
         let mut emitted = 0;
-        for w in grid.windows() {
+        for w in layout.windows() {
             if let Some(done) = stitcher.add(w, &fake_window(classes, win, w)).unwrap() {
                 assert_eq!(done.first_row, emitted, "rows come out in order, once");
                 for c in 0..classes {
@@ -308,7 +307,7 @@ mod tests {
         }
         assert_eq!(emitted, 21);
         assert!(out.iter().all(|v| v.is_finite()));
-        for w in grid.windows() {
+        for w in layout.windows() {
             let own = fake_window(classes, win, w);
             for y in 0..win.0 {
                 for x in 0..win.1 {
@@ -329,9 +328,9 @@ mod tests {
 
     #[test]
     fn constant_predictions_stay_constant_across_seams() {
-        let grid = WindowGrid::new((30, 30), (16, 16), 4).unwrap();
-        let mut stitcher = BandStitcher::new(grid.clone(), 1);
-        for w in grid.windows() {
+        let layout = WindowLayout::new((30, 30), (16, 16), 4).unwrap();
+        let mut stitcher = BandStitcher::new(layout.clone(), 1);
+        for w in layout.windows() {
             if let Some(done) = stitcher.add(w, &vec![0.25; 256]).unwrap() {
                 assert!(done.probs.iter().all(|p| (p - 0.25).abs() < 1e-6));
             }
@@ -340,8 +339,8 @@ mod tests {
 
     #[test]
     fn out_of_order_windows_are_refused() {
-        let grid = WindowGrid::new((30, 30), (16, 16), 4).unwrap();
-        let mut stitcher = BandStitcher::new(grid, 1);
+        let layout = WindowLayout::new((30, 30), (16, 16), 4).unwrap();
+        let mut stitcher = BandStitcher::new(layout, 1);
         let err = stitcher
             .add(Window::new(0, 12, 16, 16), &[0.0; 256])
             .unwrap_err();

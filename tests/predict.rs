@@ -9,7 +9,7 @@ use dis2::data::raster::{
 };
 use dis2::data::synth;
 use dis2::model::Route;
-use dis2::tiling::WindowGrid;
+use dis2::tiling::WindowLayout;
 use tch::{Device, Tensor};
 
 mod common;
@@ -121,11 +121,11 @@ fn blended_scene_equals_single_windows_and_keeps_georeferencing() {
     let loaded = checkpoint::load(&ck, Device::Cpu).unwrap();
     let p = read_all(&probs);
     let class_px = read_all(&classes);
-    let grid = WindowGrid::new((160, 160), (64, 64), 16).unwrap();
-    assert_eq!(grid.len(), 9);
-    let weights = grid.weights();
+    let layout = WindowLayout::new((160, 160), (64, 64), 16).unwrap();
+    assert_eq!(layout.len(), 9);
+    let weights = layout.weights();
     let mut compared = 0;
-    for w in grid.windows() {
+    for w in layout.windows() {
         let (row, col) = (w.y as usize, w.x as usize);
         let inputs = [
             normalised_window(&files[0], "optical", row, col),

@@ -488,7 +488,7 @@ fn validation_scores_each_branch_where_the_modalities_it_reads_have_data() {
     let scores = dis2::train::validate::validate(&net, &exp, &branches, Device::Cpu, None).unwrap();
     // The same windows, counted here from the batches' reference labels and masks.
     let (mut all, mut without_sar, mut loss) = (0u64, 0u64, 0u64);
-    for batch in Loader::grid(&exp.data, &exp.model, Split::Val).unwrap() {
+    for batch in Loader::sliding_windows(&exp.data, &exp.model, Split::Val).unwrap() {
         let batch = batch.unwrap();
         let labelled = batch.reference.ne(exp.data.ignore_index);
         let reads = labelled

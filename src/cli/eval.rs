@@ -47,7 +47,7 @@ pub struct EvalArgs {
     /// heat map per class) of a few windows of the split.
     #[arg(long, value_name = "DIR")]
     pub attention_maps: Option<PathBuf>,
-    /// Windows drawn by `--attention-maps`: the first N of the window grid of the split's scenes.
+    /// Windows drawn by `--attention-maps`: the first N sliding windows over the split's scenes.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub attention_windows: usize,
     /// Output folder for metrics.json, metrics.csv and confusion.png (default: in the run

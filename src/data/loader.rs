@@ -26,7 +26,8 @@ use super::dataset::SceneDataset;
 use super::layouts::Split;
 use super::normalise::Normaliser;
 use super::sampling::{
-    augment_plane, resize_nearest, resize_pixels, GridSampler, RandomCropSampler, SampleSpec,
+    augment_plane, resize_nearest, resize_pixels, RandomCropSampler, SampleSpec,
+    SlidingWindowSampler,
 };
 use crate::model::config::ModelConfig;
 
@@ -273,11 +274,12 @@ impl Loader {
         Ok(Self::new(dataset, specs, norm, options))
     }
 
-    /// Validation or test batches: the window grid over every scene of the split, all windows.
-    pub fn grid(data: &DataConfig, model: &ModelConfig, split: Split) -> Result<Self> {
+    /// Validation or test batches: sliding windows over every scene of the split
+    /// ([`SlidingWindowSampler`]: crop-sized, `data.sampling.val_stride` apart), all of them.
+    pub fn sliding_windows(data: &DataConfig, model: &ModelConfig, split: Split) -> Result<Self> {
         let dataset = Arc::new(SceneDataset::open(data, model, split)?);
         let norm = Arc::new(Normaliser::from_config(data, model)?);
-        let specs = GridSampler::from_config(data, model).windows(&dataset);
+        let specs = SlidingWindowSampler::from_config(data, model).windows(&dataset);
         let options = LoaderOptions {
             batch_size: data.sampling.batch_size,
             prefetch: data.sampling.prefetch,

@@ -134,18 +134,18 @@ fn offset(rng: &mut Rng, size: usize, window: usize) -> i64 {
     }
 }
 
-/// A grid of crop-sized windows over every scene for validation and testing: stride apart, the
+/// Sliding crop-sized windows over every scene for validation and testing: stride apart, the
 /// last one flush with the edge; no scaling, no augmentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct GridSampler {
+pub(crate) struct SlidingWindowSampler {
     /// Window as [height, width].
     pub crop: [usize; 2],
     /// Steps as [rows, columns].
     pub stride: [usize; 2],
 }
 
-impl GridSampler {
-    /// The grid of an experiment: crop from the model, stride from `data.sampling.val_stride`.
+impl SlidingWindowSampler {
+    /// The windows of an experiment: crop from the model, stride from `data.sampling.val_stride`.
     pub(crate) fn from_config(data: &DataConfig, model: &ModelConfig) -> Self {
         let crop = [model.crop[0].max(1) as usize, model.crop[1].max(1) as usize];
         let stride = match data.sampling.val_stride {
@@ -360,7 +360,7 @@ mod tests {
     }
 
     #[test]
-    fn grid_covers_edges_and_small_scenes() {
+    fn sliding_windows_cover_edges_and_small_scenes() {
         assert_eq!(starts(100, 64, 64), vec![0, 36]);
         assert_eq!(starts(128, 64, 64), vec![0, 64]);
         assert_eq!(starts(50, 64, 32), vec![0]);

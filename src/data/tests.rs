@@ -15,7 +15,7 @@ use super::layouts::Split;
 use super::loader::{load_sample, Batch, Loader, LoaderOptions};
 use super::normalise::Normaliser;
 use super::raster::{self, GeoRef, RasterData, RasterInfo, Window, WriteOptions};
-use super::sampling::{Augment, GridSampler, RandomCropSampler, SampleSpec};
+use super::sampling::{Augment, RandomCropSampler, SampleSpec, SlidingWindowSampler};
 use super::synth::{self, SynthOptions};
 use crate::config::Experiment;
 use crate::model::config::{ModalitySpec, ModelConfig};
@@ -733,7 +733,7 @@ fn real_fixture_through_the_loader_with_a_masked_border() {
     }));
     let m = model(&[("vv", 1), ("masked", 1)], 2);
     let ds = Arc::new(SceneDataset::open(&cfg, &m, Split::Train).unwrap());
-    let windows = GridSampler {
+    let windows = SlidingWindowSampler {
         crop: [64, 64],
         stride: [64, 64],
     }
@@ -1098,7 +1098,7 @@ fn loader_batches_are_shaped_normalised_and_deterministic() {
         .collect();
     assert_ne!(next[0].specs, batches[0].specs);
     // Validation grid: 96 px scenes, 64 px windows -> 2 x 2 windows per scene; the val split has 1 scene.
-    let val: Vec<Batch> = Loader::grid(&exp.data, &exp.model, Split::Val)
+    let val: Vec<Batch> = Loader::sliding_windows(&exp.data, &exp.model, Split::Val)
         .unwrap()
         .map(|b| b.unwrap())
         .collect();

@@ -49,7 +49,7 @@ use crate::model::modality::input_flags;
 use crate::model::{Dis2Net, Route};
 use crate::precision::Precision;
 use crate::progress::Progress;
-use crate::tiling::{BandStitcher, FinishedRows, WindowGrid};
+use crate::tiling::{BandStitcher, FinishedRows, WindowLayout};
 use reader::{batches, BatchReader, Input, Prepared};
 use writer::StreamingTiff;
 
@@ -557,13 +557,13 @@ struct ScenePlan {
     norm: Normaliser,
     header: RasterInfo,
     route: Route,
-    grid: WindowGrid,
+    layout: WindowLayout,
     survey: Arc<Mutex<RangeSurvey>>,
 }
 
 impl ScenePlan {
     /// Checks the scene's inputs against the checkpoint, places them on the scene's grid,
-    /// chooses the branch for the modalities given ([`Route::choose`]) and lays the window grid.
+    /// chooses the branch for the modalities given ([`Route::choose`]) and lays the windows out.
     fn new(info: &CheckpointInfo, job: &SceneJob, options: &PredictOptions) -> Result<Self> {
         let cfg = &info.model;
         let checked = check_inputs(info, job)?;
@@ -580,7 +580,7 @@ impl ScenePlan {
         }
         let crop = (cfg.crop[0] as usize, cfg.crop[1] as usize);
         let overlap = options.overlap.unwrap_or(crop.0.min(crop.1) / 4);
-        let grid = WindowGrid::new((header.height, header.width), crop, overlap)
+        let layout = WindowLayout::new((header.height, header.width), crop, overlap)
             .map_err(|e| anyhow!("--overlap {overlap}: {e}"))?;
         let surveyed: Vec<(usize, String, PathBuf)> = (inputs.iter())
             .map(|i| {
@@ -597,7 +597,7 @@ impl ScenePlan {
             norm,
             header,
             route,
-            grid,
+            layout,
             survey: Arc::new(Mutex::new(survey)),
         })
     }
@@ -785,17 +785,17 @@ fn run_windows(
 ) -> Result<Timings> {
     let k = sink.classes;
     let stage = BlendStage {
-        stitcher: BandStitcher::new(plan.grid.clone(), k + 1),
+        stitcher: BandStitcher::new(plan.layout.clone(), k + 1),
         sink,
         observe,
         timings: Timings::default(),
     };
-    let mut progress = window_progress(plan.grid.len(), label, options.quiet);
+    let mut progress = window_progress(plan.layout.len(), label, options.quiet);
     let inputs = Arc::new(plan.inputs);
     let reader = BatchReader::open(
         inputs.clone(),
         Arc::new(plan.norm),
-        plan.grid,
+        plan.layout,
         options.batch,
         plan.survey,
     )?;
@@ -868,7 +868,7 @@ pub(crate) fn predict_scene_with(
     if matches!(plan.route, Route::TeacherFill(_)) && options.announce_fill {
         eprintln!("{label}: {}", plan.route.describe(&info.model));
     }
-    let (width, height, windows) = (plan.header.width, plan.header.height, plan.grid.len());
+    let (width, height, windows) = (plan.header.width, plan.header.height, plan.layout.len());
     let route = plan.route.describe(&info.model);
     let files: Vec<String> = plan
         .inputs

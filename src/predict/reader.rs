@@ -14,7 +14,7 @@ use crate::data::grid::{GridSource, OpenSource};
 use crate::data::input_range::RangeSurvey;
 use crate::data::normalise::Normaliser;
 use crate::data::raster::{Pixels, Window};
-use crate::tiling::{pad_reflect, WindowGrid};
+use crate::tiling::{pad_reflect, WindowLayout};
 
 /// One given input, checked against the model and placed on the scene's grid.
 pub(super) struct Input {
@@ -103,11 +103,11 @@ fn to_batch(windows: Vec<WindowData>, n_inputs: usize) -> Prepared {
 }
 
 /// Reads one strip per row of windows from every input (in parallel) and cuts and normalises
-/// that row's windows (in parallel); yields batches in the grid's row-major order.
+/// that row's windows (in parallel); yields batches in the layout's row-major order.
 pub(super) struct BatchReader {
     inputs: Arc<Vec<Input>>,
     norm: Arc<Normaliser>,
-    grid: WindowGrid,
+    layout: WindowLayout,
     batch: usize,
     datasets: Vec<OpenSource>,
     next_row: usize,
@@ -122,7 +122,7 @@ impl BatchReader {
     pub(super) fn open(
         inputs: Arc<Vec<Input>>,
         norm: Arc<Normaliser>,
-        grid: WindowGrid,
+        layout: WindowLayout,
         batch: usize,
         survey: Arc<Mutex<RangeSurvey>>,
     ) -> Result<Self> {
@@ -133,7 +133,7 @@ impl BatchReader {
         Ok(Self {
             inputs,
             norm,
-            grid,
+            layout,
             batch: batch.max(1),
             datasets,
             next_row: 0,
@@ -145,21 +145,21 @@ impl BatchReader {
     }
 
     fn read_row(&mut self) -> Result<()> {
-        let (height, width) = self.grid.scene;
-        let row = self.grid.rows[self.next_row];
+        let (height, width) = self.layout.scene;
+        let row = self.layout.rows[self.next_row];
         self.next_row += 1;
-        let rows = self.grid.window.0.min(height - row);
+        let rows = self.layout.window.0.min(height - row);
         let strips: Vec<Pixels> = self
             .datasets
             .par_iter_mut()
             .map(|source| source.read(Window::new(0, row as i64, width, rows)))
             .collect::<Result<_>>()?;
         self.measure(&strips, row)?;
-        let (inputs, norm, grid) = (&self.inputs, &self.norm, &self.grid);
-        let made: Vec<WindowData> = grid
+        let (inputs, norm, layout) = (&self.inputs, &self.norm, &self.layout);
+        let made: Vec<WindowData> = layout
             .cols
             .par_iter()
-            .map(|&col| cut_window(&strips, inputs, norm, grid.window_at(row, col)))
+            .map(|&col| cut_window(&strips, inputs, norm, layout.window_at(row, col)))
             .collect();
         self.pending.extend(made);
         Ok(())
@@ -174,7 +174,7 @@ impl BatchReader {
             survey.add(slot, strip, skip);
         }
         self.measured_to = row + strips[0].height;
-        survey.check(self.next_row == self.grid.rows.len())
+        survey.check(self.next_row == self.layout.rows.len())
     }
 }
 
@@ -185,7 +185,7 @@ impl Iterator for BatchReader {
         if self.failed {
             return None;
         }
-        while self.pending.len() < self.batch && self.next_row < self.grid.rows.len() {
+        while self.pending.len() < self.batch && self.next_row < self.layout.rows.len() {
             if let Err(e) = self.read_row() {
                 self.failed = true;
                 return Some(Err(e));
@@ -275,13 +275,13 @@ mod tests {
                     channels: exp.model.modalities[index].channels as usize,
                 })
                 .collect();
-            let grid = WindowGrid::new((scene.height(), scene.width()), crop, 16).unwrap();
+            let layout = WindowLayout::new((scene.height(), scene.width()), crop, 16).unwrap();
             let surveyed: Vec<_> = (inputs.iter())
                 .map(|i| (i.index, format!("m{}", i.index), i.source.path.clone()))
                 .collect();
             let survey = Arc::new(Mutex::new(RangeSurvey::new(&norm, &surveyed, false)));
             let reader =
-                BatchReader::open(Arc::new(inputs), norm.clone(), grid, 4, survey).unwrap();
+                BatchReader::open(Arc::new(inputs), norm.clone(), layout, 4, survey).unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
                 for (i, window) in batch.windows.iter().enumerate() {

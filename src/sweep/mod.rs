@@ -1,17 +1,17 @@
-//! `dis2 sweep`: trains and scores a grid of methods x missing-modality scenarios x seeds and
+//! `dis2 sweep`: trains and scores a matrix of methods x missing-modality scenarios x seeds and
 //! writes the paper-style tables (mIoU per method and scenario as mean ± sd over seeds, `dis2`'s
 //! paired differences with 95 % intervals, per-class IoU) and a grouped bar chart.
 //!
 //! ```text
 //! OUT/
-//!   sweep.yaml            the grid and settings; a restart must match it
+//!   sweep.yaml            the matrix and settings; a restart must match it
 //!   experiment.yaml       the effective base experiment (after --set) every run starts from
 //!   runs/s<seed>/<run>/   training runs (the layout of `dis2 train-teacher` / `dis2 distill`)
 //!     finished.json       written once the run is complete
 //!   evals/<split>/s<seed>/<run>--<full|drop-...>/   `dis2 eval` outputs (metrics.json, ...)
 //!     done.json           written once the evaluation is complete: the cell is done
 //!   results.md, results.csv, differences.csv, results.json, miou.png
-//!   results-val.{csv,json}  with --select-on val: the same grid scored on the validation split
+//!   results-val.{csv,json}  with --select-on val: the same matrix scored on the validation split
 //! ```
 //!
 //! A killed sweep started again skips finished runs and evaluations and resumes an unfinished
@@ -38,8 +38,8 @@ use crate::train::run::{RunDir, RunKind, RunSpec};
 use crate::train::trainer::{self, TrainOptions};
 
 pub use plan::{
-    parse_scenarios, parse_seeds, parse_variants, Column, EvalJob, Grid, Method, Plan, Row, Shard,
-    Unit, UnitKind, Variant,
+    parse_scenarios, parse_seeds, parse_variants, Column, EvalJob, Matrix, Method, Plan, Row,
+    Shard, Unit, UnitKind, Variant,
 };
 
 /// One sweep: what `dis2 sweep` asks for (see `crate::cli`'s `SweepArgs` for each field's flag).
@@ -112,8 +112,8 @@ fn is_fp32(p: &PrecisionChoice) -> bool {
 }
 
 impl SweepSpec {
-    /// The grid this spec asks for, on the experiment `exp`.
-    fn grid(&self, exp: &Experiment) -> Result<Grid> {
+    /// The matrix (methods x scenarios x seeds) this spec asks for, on the experiment `exp`.
+    fn matrix(&self, exp: &Experiment) -> Result<Matrix> {
         let model = &exp.model;
         let methods: Vec<Method> = self
             .methods
@@ -124,7 +124,7 @@ impl SweepSpec {
         if let Some(s) = &self.select_on {
             splits.push(s.parse()?);
         }
-        Ok(Grid {
+        Ok(Matrix {
             methods,
             variants: parse_variants(&self.variants)?,
             scenarios: parse_scenarios(&self.scenarios, model)?,
@@ -183,7 +183,7 @@ pub fn sweep(args: &SweepRequest) -> Result<()> {
     let config = args.config.as_deref().context("--config is required")?;
     let exp = Experiment::load(config, &args.set)?;
     let spec = sweep_spec(args, config, &exp)?;
-    let plan = Plan::new(&spec.grid(&exp)?, &exp.model)?;
+    let plan = Plan::new(&spec.matrix(&exp)?, &exp.model)?;
     let shard = args.shard.unwrap_or_else(Shard::whole);
     if args.list {
         print_plan(&plan, shard);
@@ -284,7 +284,7 @@ fn read_existing(dir: &SweepDir) -> Result<(Plan, Experiment)> {
         )
     })?;
     let exp = Experiment::load(&dir.experiment(), &[])?;
-    let plan = Plan::new(&spec.grid(&exp)?, &exp.model)?;
+    let plan = Plan::new(&spec.matrix(&exp)?, &exp.model)?;
     Ok((plan, exp))
 }
 
@@ -515,7 +515,7 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
 
 /// Writes the tables and the chart from the evaluations that are done.
 fn write_tables(dir: &SweepDir, plan: &Plan, exp: &Experiment) -> Result<()> {
-    let splits = &plan.grid.splits;
+    let splits = &plan.matrix.splits;
     let results = table::Results::read(plan, splits[0], |eval| dir.done(eval))?;
     let selection = match splits.get(1) {
         Some(&split) => Some(table::Results::read(plan, split, |eval| dir.done(eval))?),
@@ -532,7 +532,7 @@ fn write_tables(dir: &SweepDir, plan: &Plan, exp: &Experiment) -> Result<()> {
         results.done_cells(),
         results.done_cells() + missing,
         results.split().as_str(),
-        plan.grid.seeds.len()
+        plan.matrix.seeds.len()
     );
     Ok(())
 }

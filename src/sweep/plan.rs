@@ -1,4 +1,4 @@
-//! The sweep's grid: methods x columns (the full set and each missing scenario), the training
+//! The sweep's matrix: methods x columns (the full set and each missing scenario), the training
 //! runs ("units") the cells need, the evaluations that fill them, and how a `--shard i/n` shares
 //! them out.
 //!
@@ -340,9 +340,10 @@ pub struct Cell {
     pub eval: Option<String>,
 }
 
-/// What a sweep covers: rows, columns, seeds and splits.
+/// What a sweep covers, its methods x scenarios matrix: rows (methods and variants), columns
+/// (the full set and each missing scenario), seeds and splits.
 #[derive(Debug, Clone)]
-pub struct Grid {
+pub struct Matrix {
     pub methods: Vec<Method>,
     /// Extra `dis2` rows.
     pub variants: Vec<Variant>,
@@ -360,7 +361,7 @@ pub struct Grid {
     pub generic: Option<GenericConfig>,
 }
 
-impl Grid {
+impl Matrix {
     /// The rows in table order: the methods, `dis2`'s variants right after it.
     pub fn rows(&self) -> Vec<Row> {
         let mut rows = Vec::new();
@@ -394,28 +395,28 @@ impl Grid {
 /// Everything a sweep does, in the order it is done: seed by seed, teachers before students.
 #[derive(Debug, Clone)]
 pub struct Plan {
-    pub grid: Grid,
+    pub matrix: Matrix,
     pub units: Vec<Unit>,
     pub evals: Vec<EvalJob>,
     pub cells: Vec<Cell>,
 }
 
 impl Plan {
-    /// The plan of `grid` for `model` (the sweep's base network).
-    pub fn new(grid: &Grid, model: &ModelConfig) -> Result<Self> {
-        if grid.seeds.is_empty() || grid.splits.is_empty() {
+    /// The plan of `matrix` for `model` (the sweep's base network).
+    pub fn new(matrix: &Matrix, model: &ModelConfig) -> Result<Self> {
+        if matrix.seeds.is_empty() || matrix.splits.is_empty() {
             bail!("a sweep needs at least one seed and one split");
         }
         let mut plan = Plan {
-            grid: grid.clone(),
+            matrix: matrix.clone(),
             units: Vec::new(),
             evals: Vec::new(),
             cells: Vec::new(),
         };
-        for &seed in &grid.seeds {
-            for &split in &grid.splits {
-                for row in grid.rows() {
-                    for column in grid.columns() {
+        for &seed in &matrix.seeds {
+            for &split in &matrix.splits {
+                for row in matrix.rows() {
+                    for column in matrix.columns() {
                         let eval = plan.cell_eval(&row, &column, seed, split, model)?;
                         plan.cells.push(Cell {
                             row: row.clone(),
@@ -431,7 +432,7 @@ impl Plan {
         // Seed by seed, so that a partial sweep has whole grids; within a seed, teachers first:
         // students wait for them, and a shard trains its teachers before it waits for another's.
         let order = |u: &Unit| {
-            let seed = grid.seeds.iter().position(|s| *s == u.seed);
+            let seed = matrix.seeds.iter().position(|s| *s == u.seed);
             (seed, matches!(u.kind, UnitKind::Student { .. }))
         };
         plan.units.sort_by_key(order);
@@ -449,7 +450,7 @@ impl Plan {
     ) -> Result<Option<String>> {
         let method = row.method;
         let arch = method.architecture();
-        let p = self.grid.modality_dropout;
+        let p = self.matrix.modality_dropout;
         let (unit, drop) = match method {
             Method::TeacherFill => (self.teacher(arch, 0.0, seed), column.missing.clone()),
             Method::ModalityDropout => (self.teacher(arch, p, seed), column.missing.clone()),
@@ -500,7 +501,7 @@ impl Plan {
         let name = if modality_dropout > 0.0 {
             "modality-dropout"
         } else {
-            overrides.extend(self.grid.teacher_set.iter().cloned());
+            overrides.extend(self.matrix.teacher_set.iter().cloned());
             arch.teacher()
         };
         self.add(
@@ -535,7 +536,7 @@ impl Plan {
 
     /// For a generic dataset, overrides that keep only the modalities `names` in every split.
     fn generic_modalities(&self, names: &[&str]) -> Result<Vec<String>> {
-        let Some(g) = &self.grid.generic else {
+        let Some(g) = &self.matrix.generic else {
             return Ok(Vec::new());
         };
         let splits = [
@@ -563,7 +564,7 @@ impl Plan {
         let variant = row
             .variant
             .as_ref()
-            .and_then(|name| self.grid.variants.iter().find(|v| &v.name == name));
+            .and_then(|name| self.matrix.variants.iter().find(|v| &v.name == name));
         let overrides = arch
             .overrides()
             .iter()
@@ -647,8 +648,8 @@ mod tests {
         .unwrap()
     }
 
-    fn grid(methods: &[Method], scenarios: Vec<Column>, seeds: &[u64]) -> Grid {
-        Grid {
+    fn matrix(methods: &[Method], scenarios: Vec<Column>, seeds: &[u64]) -> Matrix {
+        Matrix {
             methods: methods.to_vec(),
             variants: Vec::new(),
             scenarios,
@@ -664,7 +665,7 @@ mod tests {
     fn full_grid_shares_teachers_and_evaluations() {
         let m = model();
         let cols = parse_scenarios(&["dsm,sar".into()], &m).unwrap();
-        let plan = Plan::new(&grid(&Method::ALL, cols, &[7]), &m).unwrap();
+        let plan = Plan::new(&matrix(&Method::ALL, cols, &[7]), &m).unwrap();
         let units: Vec<&str> = plan.units.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(
             &units[..6],
@@ -711,7 +712,7 @@ mod tests {
     fn seeds_variants_splits_and_teacher_overrides() {
         let m = model();
         let cols = parse_scenarios(&["dsm".into()], &m).unwrap();
-        let mut g = grid(&[Method::Unimodal, Method::Dis2], cols, &[1, 2]);
+        let mut g = matrix(&[Method::Unimodal, Method::Dis2], cols, &[1, 2]);
         g.variants = parse_variants(&[
             "kd0.5:train.lambda_kd=0.5".into(),
             "logits:train.kd_terms=[logits]".into(),
@@ -777,7 +778,7 @@ mod tests {
     fn unimodal_runs_of_a_generic_dataset_name_only_their_modalities() {
         let m = model();
         let cols = parse_scenarios(&["dsm".into()], &m).unwrap();
-        let mut g = grid(&[Method::Unimodal], cols, &[1]);
+        let mut g = matrix(&[Method::Unimodal], cols, &[1]);
         g.generic = Some(
             crate::config::from_yaml_str(
                 "train: {modalities: {optical: a/o, dsm: a/d, sar: a/s}, labels: a/l}\n\
@@ -802,7 +803,7 @@ mod tests {
         let m = model();
         let cols = parse_scenarios(&[], &m).unwrap();
         assert_eq!(cols.len(), 6);
-        let plan = Plan::new(&grid(&Method::ALL, cols, &[1, 2]), &m).unwrap();
+        let plan = Plan::new(&matrix(&Method::ALL, cols, &[1, 2]), &m).unwrap();
         let mut seen: Vec<&str> = Vec::new();
         let mut evals = 0;
         for index in 0..3 {

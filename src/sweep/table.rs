@@ -76,7 +76,7 @@ fn miou(c: &CellScores) -> Option<f64> {
     c.miou
 }
 
-/// The grid of one split with the scores found so far.
+/// The matrix of one split with the scores found so far.
 pub(crate) struct Results {
     split: Split,
     rows: Vec<Row>,
@@ -92,9 +92,9 @@ impl Results {
     /// Reads the `done.json` of every evaluation of `split`'s cells (`done_path` maps an
     /// evaluation name to it); cells whose file is absent stay empty.
     pub fn read(plan: &Plan, split: Split, done_path: impl Fn(&str) -> PathBuf) -> Result<Self> {
-        let rows = plan.grid.rows();
-        let columns = plan.grid.columns();
-        let seeds = plan.grid.seeds.clone();
+        let rows = plan.matrix.rows();
+        let columns = plan.matrix.columns();
+        let seeds = plan.matrix.seeds.clone();
         let (n_cols, n_seeds) = (columns.len(), seeds.len());
         let mut evals: Vec<Vec<Vec<Option<String>>>> =
             vec![vec![vec![None; n_seeds]; n_cols]; rows.len()];
@@ -199,7 +199,7 @@ impl Results {
     }
 
     /// `dis2` minus every other row, per column, paired over seeds, with the 95 % t interval;
-    /// empty when the grid has no `dis2` row.
+    /// empty when the matrix has no `dis2` row.
     pub(crate) fn differences_markdown(&self) -> String {
         let Some(d) = self.row_index(&Row::of(Method::Dis2)) else {
             return String::new();
@@ -459,7 +459,7 @@ impl Results {
     }
 
     /// Writes results.md, results.csv, differences.csv, results.json and miou.png into `out`;
-    /// with `selection` (the same grid scored on a validation split), the settings chosen on it
+    /// with `selection` (the same matrix scored on a validation split), the settings chosen on it
     /// go into results.md and results.json, and its own table into `results-<split>.{csv,json}`.
     pub fn write(&self, out: &Path, classes: &[String], selection: Option<&Results>) -> Result<()> {
         let md = self.markdown(classes, selection);
@@ -706,7 +706,7 @@ fn first_of_ties(a: &(usize, f64), b: &(usize, f64)) -> std::cmp::Ordering {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sweep::plan::{parse_scenarios, parse_variants, Grid};
+    use crate::sweep::plan::{parse_scenarios, parse_variants, Matrix};
 
     fn model() -> crate::model::config::ModelConfig {
         crate::config::from_yaml_str(
@@ -715,8 +715,8 @@ mod tests {
         .unwrap()
     }
 
-    fn grid(methods: &[Method], seeds: &[u64]) -> Grid {
-        Grid {
+    fn matrix(methods: &[Method], seeds: &[u64]) -> Matrix {
+        Matrix {
             methods: methods.to_vec(),
             variants: Vec::new(),
             scenarios: parse_scenarios(&["dsm".into()], &model()).unwrap(),
@@ -788,7 +788,7 @@ mod tests {
     #[test]
     fn tables_show_done_missing_and_not_applicable_cells() {
         let methods = [Method::TeacherFill, Method::Unimodal, Method::Dis2];
-        let plan = Plan::new(&grid(&methods, &[1]), &model()).unwrap();
+        let plan = Plan::new(&matrix(&methods, &[1]), &model()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         write(dir.path(), "test/s1/teacher--full", 0.8, 0.9, 0.7);
         write(dir.path(), "test/s1/teacher--drop-dsm", 0.5, 0.8, 0.2);
@@ -842,7 +842,7 @@ mod tests {
     #[test]
     fn three_seeds_give_mean_sd_and_paired_intervals_by_hand() {
         let methods = [Method::Unimodal, Method::Dis2, Method::Dis2NoKd];
-        let plan = Plan::new(&grid(&methods, &[1, 2, 3]), &model()).unwrap();
+        let plan = Plan::new(&matrix(&methods, &[1, 2, 3]), &model()).unwrap();
         let dir = tempfile::tempdir().unwrap();
         // dis2: 0.80, 0.78, 0.83; unimodal: 0.76, 0.77, 0.79 (differences 0.04, 0.01, 0.04);
         // no-kd: 0.75, 0.72, 0.77 (differences 0.05, 0.06, 0.06).
@@ -906,7 +906,7 @@ mod tests {
 
     #[test]
     fn settings_are_chosen_on_validation_and_reported_on_test() {
-        let mut g = grid(&[Method::Unimodal, Method::Dis2], &[1, 2]);
+        let mut g = matrix(&[Method::Unimodal, Method::Dis2], &[1, 2]);
         g.variants = parse_variants(&["kd1:train.lambda_kd=1".into()]).unwrap();
         g.splits = vec![Split::Test, Split::Val];
         let plan = Plan::new(&g, &model()).unwrap();

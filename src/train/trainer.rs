@@ -661,7 +661,9 @@ impl Trainer {
 
     /// Input, label and prediction of the first validation window, side by side.
     fn log_images(&self, log: &mut RunLog) -> Result<()> {
-        let Some(batch) = Loader::grid(&self.exp.data, &self.exp.model, Split::Val)?.next() else {
+        let Some(batch) =
+            Loader::sliding_windows(&self.exp.data, &self.exp.model, Split::Val)?.next()
+        else {
             return Ok(());
         };
         let batch = batch?;

@@ -12,7 +12,7 @@ use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
 use crate::data::loader::{Batch, Loader, LoaderOptions};
 use crate::data::normalise::Normaliser;
-use crate::data::sampling::GridSampler;
+use crate::data::sampling::SlidingWindowSampler;
 use crate::metrics::{warn_absent_classes, ConfusionMatrix, Scores};
 use crate::model::{Dis2Net, Route};
 
@@ -108,14 +108,14 @@ pub(crate) fn confusion_matrices(
 }
 
 /// The loader of `share` of the first `max_batches` batches of the validation grid: the grid's
-/// windows cut into batches as [`Loader::grid`] cuts them, every `share.of`-th batch kept.
+/// windows cut into batches as [`Loader::sliding_windows`] cuts them, every `share.of`-th batch kept.
 fn share_loader(exp: &Experiment, max_batches: Option<usize>, share: Share) -> Result<Loader> {
     if share == Share::WHOLE && max_batches.is_none() {
-        return Loader::grid(&exp.data, &exp.model, Split::Val);
+        return Loader::sliding_windows(&exp.data, &exp.model, Split::Val);
     }
     let dataset = Arc::new(SceneDataset::open(&exp.data, &exp.model, Split::Val)?);
     let norm = Arc::new(Normaliser::from_config(&exp.data, &exp.model)?);
-    let windows = GridSampler::from_config(&exp.data, &exp.model).windows(&dataset);
+    let windows = SlidingWindowSampler::from_config(&exp.data, &exp.model).windows(&dataset);
     let size = exp.data.sampling.batch_size.max(1);
     let specs = windows
         .chunks(size)
