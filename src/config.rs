@@ -62,10 +62,48 @@ impl Experiment {
         Ok(experiment)
     }
 
+    /// The keys whose values differ from `other`'s, as `(key path, value here, value there)`
+    /// with the values as JSON text (`not set` for an absent key); lists are compared whole.
+    pub(crate) fn differences(&self, other: &Experiment) -> Result<Vec<(String, String, String)>> {
+        let (a, b) = (serde_yaml::to_value(self)?, serde_yaml::to_value(other)?);
+        let mut found = Vec::new();
+        value_differences(&mut Vec::new(), &a, &b, &mut found);
+        Ok(found)
+    }
+
     /// Writes the effective configuration (after overrides) to `path` (a run's `config.yaml`).
     pub(crate) fn save_effective(&self, path: &Path) -> Result<()> {
         let text = serde_yaml::to_string(self).context("cannot serialise the configuration")?;
         crate::fsutil::write_atomic(path, text.as_bytes())
+    }
+}
+
+/// Where `a` and `b` differ below the key path `path` (see [`Experiment::differences`]).
+fn value_differences(
+    path: &mut Vec<String>,
+    a: &Value,
+    b: &Value,
+    found: &mut Vec<(String, String, String)>,
+) {
+    if let (Value::Mapping(x), Value::Mapping(y)) = (a, b) {
+        let keys = x.keys().chain(y.keys().filter(|k| !x.contains_key(*k)));
+        for key in keys {
+            path.push(key_text(Some(key)));
+            let (a, b) = (x.get(key), y.get(key));
+            value_differences(
+                path,
+                a.unwrap_or(&Value::Null),
+                b.unwrap_or(&Value::Null),
+                found,
+            );
+            path.pop();
+        }
+    } else if a != b {
+        let text = |v: &Value| match v {
+            Value::Null => "not set".to_string(),
+            v => serde_json::to_string(v).unwrap_or_else(|_| format!("{v:?}")),
+        };
+        found.push((path.join("."), text(a), text(b)));
     }
 }
 
@@ -270,7 +308,7 @@ impl<'de> Visitor<'de> for Node<'_> {
             let Some(key) = map.next_key_seed(seed)? else {
                 return Ok(());
             };
-            self.0.borrow_mut().path.push(key_text(&key));
+            self.0.borrow_mut().path.push(key_text(key.as_ref()));
             map.next_value_seed(self)?;
             self.0.borrow_mut().path.pop();
             keys.push(key);
@@ -300,7 +338,7 @@ impl Key<'_, '_> {
             .as_ref()
             .is_some_and(|r| r.map == self.map && r.key == key);
         if wanted || self.seen.contains(&key) {
-            let path = walk.path_to(&key_text(&key));
+            let path = walk.path_to(&key_text(key.as_ref()));
             walk.stopped = Some(Repeated {
                 map: self.map,
                 key,
@@ -363,8 +401,8 @@ impl<'de> Visitor<'de> for Key<'_, '_> {
     }
 }
 
-/// A key as its path segment: `~` for null, `?` for a sequence or map.
-fn key_text(key: &Option<Value>) -> String {
+/// A key as its path segment: `~` for null, `?` for a sequence or map (or no key).
+fn key_text(key: Option<&Value>) -> String {
     match key {
         Some(Value::String(s)) => s.clone(),
         Some(Value::Number(n)) => n.to_string(),
@@ -561,7 +599,8 @@ mod tests {
             "{GOOD}data:\n  dataset:\n    generic:\n      train: {{modalities: {{optical: o, dsm: d}}, labels: l}}\n      class_codes: {{1: 0, 2: 1, 1: 1}}\n"
         );
         let path = write(dir.path(), &generic);
-        let want = "key `data.dataset.generic.class_codes.1` is given twice: on line 14 (column 21) \
+        let want =
+            "key `data.dataset.generic.class_codes.1` is given twice: on line 14 (column 21) \
                     and line 14 (column 33)";
         for set in [vec![], vec!["seed=3".to_string()]] {
             let err = format!("{:#}", Experiment::load(&path, &set).unwrap_err());
@@ -574,7 +613,10 @@ mod tests {
             err.contains("key `seed` is given twice: on line 2 (column 1) and line 4 (column 1)"),
             "{err}"
         );
-        let item = GOOD.replace("{name: dsm, channels: 1}", "{name: dsm, channels: 1, name: sar}");
+        let item = GOOD.replace(
+            "{name: dsm, channels: 1}",
+            "{name: dsm, channels: 1, name: sar}",
+        );
         let err = from_yaml_str::<Value>(&item).unwrap_err();
         assert!(err.contains("key `model.modalities[1].name`"), "{err}");
         assert!(from_yaml_str::<Value>("a: {x: 1}\nb: {x: 1}\n").is_ok());
@@ -584,13 +626,34 @@ mod tests {
         // Overrides go through the same check.
         let err = format!(
             "{:#}",
-            Experiment::load(&write(dir.path(), GOOD), &["data.class_codes={1: 0, 1: 1}".into()])
-                .unwrap_err()
+            Experiment::load(
+                &write(dir.path(), GOOD),
+                &["data.class_codes={1: 0, 1: 1}".into()]
+            )
+            .unwrap_err()
         );
         assert!(err.contains("key `1` is given twice"), "{err}");
         // Text that is not YAML is left to the parse that reports it.
         let err = from_yaml_str::<Value>("a: [1,\n").unwrap_err();
         assert!(!err.contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn differences_name_each_changed_key_with_both_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write(dir.path(), GOOD);
+        let a = Experiment::load(&path, &[]).unwrap();
+        let set = ["seed=7", "train.max_steps=9", "model.crop=[32, 32]"].map(String::from);
+        let b = Experiment::load(&path, &set).unwrap();
+        let found = a.differences(&b).unwrap();
+        let want = [
+            ("seed", "1", "7"),
+            ("model.crop", "[64,64]", "[32,32]"),
+            ("train.max_steps", "not set", "9"),
+        ]
+        .map(|(k, x, y)| (k.to_string(), x.to_string(), y.to_string()));
+        assert_eq!(found, want);
+        assert!(a.differences(&a).unwrap().is_empty());
     }
 
     #[test]
