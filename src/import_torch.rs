@@ -21,8 +21,7 @@ use crate::model::Dis2Net;
 pub fn read_model_config(path: &Path) -> Result<ModelConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read configuration file {}", path.display()))?;
-    let value: Value =
-        serde_yaml::from_str(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
+    let value = crate::config::yaml_value(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?;
     let (value, prefix) = match value.get("model") {
         Some(model) => (model.clone(), "model."),
         None => (value, ""),

@@ -5,10 +5,9 @@
 //! the statistics ([`crate::data::stats`]) and writes the rasters ([`crate::data::synth`]).
 
 use anyhow::{anyhow, ensure, Context, Result};
-use serde_yaml::Value;
 use std::path::{Path, PathBuf};
 
-use crate::config::{from_yaml_str, load_yaml, Experiment};
+use crate::config::{from_yaml_str, load_yaml, yaml_value, Experiment};
 use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
 use crate::data::stats::{self, upsert_data_key, DatasetStats};
@@ -61,7 +60,8 @@ fn synthetic_experiment_yaml(options: &SynthOptions) -> Result<String> {
     let dataset = format!("dataset:\n  synthetic:\n    root: {}\n", root.trim_end());
     let text = upsert_data_key(&text, "dataset", &dataset)?;
     let text = upsert_data_key(&text, "normalisation", "normalisation: {}\n")?;
-    let check: Value = serde_yaml::from_str(&text)?;
+    let check = yaml_value(&text)
+        .map_err(|e| anyhow!("experiments/synthetic.yaml (built into dis2) after the edit: {e}"))?;
     let set = check["seed"].as_u64() == Some(options.seed)
         && check["data"]["dataset"]["synthetic"]["root"].as_str() == options.out.to_str();
     ensure!(
@@ -160,6 +160,7 @@ fn load_for_statistics(path: &Path, class_weights: bool) -> Result<(Experiment, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_yaml::Value;
 
     /// Removes the key at the dotted path `key` (`data.normalisation`) from `value`.
     fn remove(value: &mut Value, key: &str) {

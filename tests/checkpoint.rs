@@ -162,6 +162,40 @@ fn model_config_from_an_experiment_file_names_bad_keys() {
 }
 
 #[test]
+fn a_sidecar_or_model_file_that_gives_a_key_twice_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cfg = small_config(&[3, 1], 4);
+    let data = dis2::data::config::DataConfig::default();
+    let path = untrained_checkpoint(tmp.path(), "ck", &cfg, &data, 1);
+    let sidecar = tmp.path().join("ck.yaml");
+    let text = std::fs::read_to_string(&sidecar).unwrap();
+    let first = 1 + text
+        .lines()
+        .position(|l| l.starts_with("version:"))
+        .unwrap();
+    let again = 1 + text.lines().count();
+    std::fs::write(&sidecar, format!("{text}version: 1\n")).unwrap();
+    let err = format!("{:#}", checkpoint::read_info(&path).unwrap_err());
+    let want = format!(
+        "key `version` is given twice: on line {first} (column 1) and line {again} (column 1)"
+    );
+    assert!(err.contains("ck.yaml") && err.contains(&want), "{err}");
+
+    let model = tmp.path().join("model.yaml");
+    std::fs::write(
+        &model,
+        "model:\n  num_classes: 5\n  crop: [64, 64]\n  num_classes: 6\n",
+    )
+    .unwrap();
+    let err = format!("{:#}", read_model_config(&model).unwrap_err());
+    assert!(
+        err.contains("model.yaml")
+            && err.contains("key `model.num_classes` is given twice: on line 2 (column 3) and line 4 (column 3)"),
+        "{err}"
+    );
+}
+
+#[test]
 fn checkpoint_round_trip_keeps_every_variable_and_batchnorm_stats() {
     tch::manual_seed(1);
     let cfg = small_config(&[3, 1], 4);

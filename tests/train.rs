@@ -1,5 +1,6 @@
 //! Training end to end through the binary, on a tiny synthetic benchmark: exact resume after a
-//! kill, the NaN stop, incompatible checkpoints, and the TensorBoard records.
+//! kill, the NaN stop, incompatible checkpoints, the TensorBoard records, what a run reads checked
+//! before its first step, and a resume that changes the run's length.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -8,7 +9,7 @@ use std::time::{Duration, Instant};
 use dis2::train::tensorboard::{read_records, Record};
 
 mod common;
-use common::{dis2, metrics_records, ok, tiny_benchmark, BIN};
+use common::{dis2, failed, metrics_records, ok, ok_with_stderr, tiny_benchmark, BIN};
 
 /// Small, quick settings: 16 samples of 4 per epoch, validation on two batches.
 fn settings(epochs: u64, val_every: u64) -> Vec<String> {
@@ -390,4 +391,182 @@ fn models_on_a_subset_of_the_modalities_train_score_and_predict() {
             && stderr.contains("fusion: checkpoint has hierarchical, configuration has level4"),
         "{stderr}"
     );
+}
+
+/// `--set data.dataset=...`: a generic layout over the tiny benchmark's train folders, with the
+/// `val` entry given (YAML) or none.
+fn generic_layout(bench: &Path, val: Option<&str>) -> Vec<String> {
+    let train = bench.join("synthetic/train");
+    let folder = |m: &str| train.join(m).display().to_string();
+    let val = val.map_or(String::new(), |v| format!(", val: {v}"));
+    let dataset = format!(
+        "data.dataset={{generic: {{train: {{modalities: {{optical: {}, dsm: {}, sar: {}}}, \
+         labels: {}}}{val}}}}}",
+        folder("optical"),
+        folder("dsm"),
+        folder("sar"),
+        folder("label")
+    );
+    vec!["--set".into(), dataset]
+}
+
+#[test]
+fn what_a_run_reads_is_checked_before_its_first_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_benchmark(dir.path(), 5);
+    let run = dir.path().join("run");
+
+    // A key given twice: refused with both lines, with and without --set.
+    let text = std::fs::read_to_string(&config).unwrap();
+    let line = 1 + text
+        .lines()
+        .position(|l| l == "  ignore_index: 255")
+        .unwrap();
+    let twice = dir.path().join("twice.yaml");
+    std::fs::write(
+        &twice,
+        text.replace(
+            "  ignore_index: 255\n",
+            "  ignore_index: 255\n  ignore_index: 254\n",
+        ),
+    )
+    .unwrap();
+    let want = format!(
+        "twice.yaml: key `data.ignore_index` is given twice: on line {line} (column 3) and line {} \
+         (column 3)",
+        line + 1
+    );
+    for extra in [vec![], settings(1, 2)] {
+        let stderr = failed(&dis2(&args(&["train-teacher"], &twice, &run, extra)));
+        assert!(stderr.contains(&want), "{stderr}");
+    }
+
+    // A generic dataset without a val split: refused before step 1, naming the file and key,
+    // and leaving no run behind.
+    let mut extra = settings(1, 2);
+    extra.extend(generic_layout(dir.path(), None));
+    let stderr = failed(&dis2(&args(&["train-teacher"], &config, &run, extra)));
+    assert!(
+        stderr.contains(&format!("{}: the val split", config.display()))
+            && stderr.contains("data.dataset.generic.val: not configured"),
+        "{stderr}"
+    );
+    assert!(!run.join("metrics.jsonl").exists() && !run.join("run.yaml").exists());
+    // A val split whose folder is missing: the folder named.
+    let missing = dir.path().join("nowhere");
+    let val = format!(
+        "{{modalities: {{optical: {m}, dsm: {m}, sar: {m}}}, labels: {m}}}",
+        m = missing.display()
+    );
+    let mut extra = settings(1, 2);
+    extra.extend(generic_layout(dir.path(), Some(&val)));
+    let stderr = failed(&dis2(&args(&["train-teacher"], &config, &run, extra)));
+    assert!(
+        stderr.contains("the val split")
+            && stderr.contains(&format!("folder {} does not exist", missing.display())),
+        "{stderr}"
+    );
+    assert!(!run.join("metrics.jsonl").exists());
+    // With a val split the same command trains in the same folder.
+    let train = dir.path().join("synthetic/train").display().to_string();
+    let val = format!(
+        "{{modalities: {{optical: {train}/optical, dsm: {train}/dsm, sar: {train}/sar}}, \
+         labels: {train}/label}}"
+    );
+    let mut extra = settings(1, 2);
+    extra.extend(generic_layout(dir.path(), Some(&val)));
+    extra.extend(["--set".into(), "train.max_steps=1".into()]);
+    ok(&dis2(&args(&["train-teacher"], &config, &run, extra)));
+    assert_eq!(metrics_records(&run).len(), 1);
+}
+
+/// `train-teacher --resume RUN ARGS --device cpu --threads 2 --quiet`.
+fn resume(run: &Path, extra: &[&str]) -> std::process::Output {
+    let mut a = vec!["train-teacher", "--resume", run.to_str().unwrap()];
+    a.extend_from_slice(extra);
+    a.extend(["--device", "cpu", "--threads", "2", "--quiet"]);
+    dis2(&a)
+}
+
+#[test]
+fn a_resumed_run_takes_a_new_length_and_refuses_other_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_benchmark(dir.path(), 5);
+    let steps = |n: u64| vec!["--set".to_string(), format!("train.max_steps={n}")];
+    // A schedule that does not depend on the run's length: a run of 2 steps lengthened to 4 is
+    // the run of 4 steps, loss for loss.
+    let cosine = |n: u64| {
+        let mut a = settings(3, 2);
+        a.extend(steps(n));
+        a.extend([
+            "--set".into(),
+            "train.schedule={lr: 0.002, shape: {kind: cosine_restarts, t0: 3}}".into(),
+        ]);
+        a
+    };
+    let straight = dir.path().join("straight");
+    ok(&dis2(&args(
+        &["train-teacher"],
+        &config,
+        &straight,
+        cosine(4),
+    )));
+    let short = dir.path().join("short");
+    ok(&dis2(&args(&["train-teacher"], &config, &short, cosine(2))));
+    let (_, stderr) = ok_with_stderr(&resume(&short, &["--set", "train.max_steps=4"]));
+    assert!(
+        stderr.contains("now runs to step 4 (from step 2)"),
+        "{stderr}"
+    );
+    assert_eq!(metrics_records(&short), metrics_records(&straight));
+    let saved = std::fs::read_to_string(short.join("config.yaml")).unwrap();
+    assert!(saved.contains("max_steps: 4"), "{saved}");
+
+    // Anything but the length is refused, naming the key, the run's value and the given one;
+    // so are --config, flags run.yaml holds and a length below the steps done.
+    let stderr = failed(&resume(
+        &short,
+        &[
+            "--set",
+            "train.max_steps=6",
+            "--set",
+            "train.schedule.lr=0.01",
+        ],
+    ));
+    assert!(
+        stderr.contains("train.schedule.lr: the run has 0.002, --set gives 0.01"),
+        "{stderr}"
+    );
+    let stderr = failed(&resume(&short, &["--config", config.to_str().unwrap()]));
+    assert!(stderr.contains("reads its own"), "{stderr}");
+    let stderr = failed(&resume(&short, &["--modality-dropout", "0.5"]));
+    assert!(stderr.contains("keeps its own (run.yaml)"), "{stderr}");
+    let stderr = failed(&resume(&short, &["--set", "train.max_steps=3"]));
+    assert!(
+        stderr.contains("would stop after 3 optimiser steps") && stderr.contains("done 4"),
+        "{stderr}"
+    );
+    assert_eq!(metrics_records(&short), metrics_records(&straight));
+
+    // The benchmark's poly schedule decays over the whole run: lengthened from 2 to 3 steps, the
+    // third step's rate is the decay over 3 steps.
+    let poly = dir.path().join("poly");
+    let mut extra = settings(3, 2);
+    extra.extend(steps(2));
+    ok(&dis2(&args(&["train-teacher"], &config, &poly, extra)));
+    let (_, stderr) = ok_with_stderr(&resume(&poly, &["--set", "train.max_steps=3"]));
+    assert!(stderr.contains("poly schedule"), "{stderr}");
+    let lr: Vec<f64> = metrics_records(&poly)
+        .iter()
+        .map(|l| l["lr"].as_f64().unwrap())
+        .collect();
+    let want = [
+        0.002,
+        0.002 * 0.5f64.powf(0.9),
+        0.002 * (1.0f64 / 3.0).powf(0.9),
+    ];
+    assert_eq!(lr.len(), 3);
+    for (got, want) in lr.iter().zip(want) {
+        assert!((got - want).abs() < 1e-12, "{lr:?}");
+    }
 }

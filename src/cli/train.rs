@@ -20,13 +20,14 @@ pub struct CommonTrainArgs {
     /// The experiment YAML (not needed with --resume).
     #[arg(long, value_name = "FILE", required_unless_present = "resume")]
     pub config: Option<PathBuf>,
-    /// Override a configuration value, e.g. `--set train.epochs=5` (repeatable).
+    /// Override a configuration value, e.g. `--set train.epochs=5` (repeatable). With --resume
+    /// only the run's length: `train.max_steps` and `train.epochs`.
     #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
     pub set: Vec<String>,
     /// Run directory (default: runs/<experiment name>-<kind>).
     #[arg(long, value_name = "DIR", conflicts_with = "resume")]
     pub out: Option<PathBuf>,
-    /// Continue the run in DIR from its last checkpoint.
+    /// Continue the run in DIR from its last checkpoint, with its own config.yaml and run.yaml.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
     /// Plain log lines at most once a minute instead of a progress bar.
@@ -71,6 +72,9 @@ pub struct DistillArgs {
 }
 
 pub(crate) fn train_teacher(args: &TrainTeacherArgs) -> Result<()> {
+    if args.common.resume.is_some() && args.modality_dropout != 0.0 {
+        bail!("--modality-dropout with --resume: a resumed run keeps its own (run.yaml)");
+    }
     let spec = RunSpec {
         kind: RunKind::Teacher,
         modality_dropout: args.modality_dropout,
@@ -88,6 +92,9 @@ pub(crate) fn train_teacher(args: &TrainTeacherArgs) -> Result<()> {
 pub(crate) fn distill(args: &DistillArgs) -> Result<()> {
     let scenarios: Vec<Vec<String>> = args.missing.iter().map(|m| parse_names(m)).collect();
     if args.common.resume.is_some() {
+        if args.teacher.is_some() || !args.missing.is_empty() {
+            bail!("--teacher and --missing with --resume: a resumed run keeps its own (run.yaml)");
+        }
         return launch(&args.common, dummy_spec(), "");
     }
     let spec = if args.joint {
@@ -142,7 +149,17 @@ fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()>
         quiet: common.quiet,
     };
     let summary = match &common.resume {
-        Some(dir) => trainer::resume_with(dir, opts, dp)?,
+        Some(dir) => {
+            if let Some(config) = &common.config {
+                bail!(
+                    "--config {} with --resume: a resumed run reads its own {}; change its \
+                     length with --set train.max_steps=N or --set train.epochs=N",
+                    config.display(),
+                    RunDir::new(dir).config().display()
+                );
+            }
+            trainer::resume_with(dir, &common.set, opts, dp)?
+        }
         None => {
             let config = common.config.as_deref().context("--config is required")?;
             let mut set = common.set.clone();
@@ -162,7 +179,7 @@ fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()>
                 .out
                 .clone()
                 .unwrap_or_else(|| Path::new("runs").join(format!("{}-{name}", exp.name)));
-            trainer::start_with(exp, spec, &out, opts, dp)?
+            trainer::start_with(exp, config, spec, &out, opts, dp)?
         }
     };
     if writes {

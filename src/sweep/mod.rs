@@ -420,7 +420,7 @@ fn train_unit(
             scenarios,
             teacher,
         };
-        trainer::start(exp, spec, run_dir, opts)?
+        trainer::start(exp, &dir.experiment(), spec, run_dir, opts)?
     };
     let record = json!({
         "run": unit.name,

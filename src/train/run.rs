@@ -16,10 +16,16 @@
 //! A checkpoint directory is complete before a link points to it, and old ones are removed only
 //! after, so a run killed at any moment resumes from a whole checkpoint.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use crate::config::Experiment;
+
+/// The `--set` keys a resumed run honours: its length. Any other key would make the steps to come
+/// unlike those already taken, so a resume refuses it.
+pub(crate) const RESUME_KEYS: [&str; 2] = ["train.max_steps", "train.epochs"];
 
 /// Which network parts a run trains.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -181,6 +187,37 @@ impl RunDir {
             )
         })?;
         crate::config::from_yaml_str(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    /// The run's experiment (`config.yaml`) with the `--set` overrides of a resume, and whether
+    /// they changed it. They may change the run's length only ([`RESUME_KEYS`]); values equal to
+    /// the saved ones are accepted.
+    ///
+    /// # Errors
+    /// `config.yaml` cannot be read, an override is not a key of the experiment, or one changes
+    /// another key (each such key named with the run's value and the given one).
+    pub(crate) fn resumed_experiment(&self, overrides: &[String]) -> Result<(Experiment, bool)> {
+        let saved = Experiment::load(&self.config(), &[])?;
+        if overrides.is_empty() {
+            return Ok((saved, false));
+        }
+        let given = Experiment::load(&self.config(), overrides)?;
+        let refused: Vec<String> = saved
+            .differences(&given)?
+            .into_iter()
+            .filter(|(key, _, _)| !RESUME_KEYS.contains(&key.as_str()))
+            .map(|(key, was, now)| format!("{key}: the run has {was}, --set gives {now}"))
+            .collect();
+        ensure!(
+            refused.is_empty(),
+            "--resume {}: a resumed run keeps its {} but for its length ({}):\n  {}",
+            self.root.display(),
+            self.config().display(),
+            RESUME_KEYS.join(", "),
+            refused.join("\n  ")
+        );
+        let changed = given != saved;
+        Ok((given, changed))
     }
 
     /// The directory for the checkpoint of `step`.

@@ -24,6 +24,7 @@ use super::objective::{
 use super::optim::Optimizer;
 use super::progress::{Progress, StepReport};
 use super::run::{CheckpointMeta, RunDir, RunKind, RunSpec};
+use super::schedule::ScheduleShape;
 use super::tensorboard::RunLog;
 use super::validate::{confusion_matrices, Share};
 use crate::checkpoint::{self, CheckpointInfo};
@@ -60,15 +61,24 @@ pub struct Summary {
     pub best_miou: Option<f64>,
 }
 
-/// Starts a new run in `out`.
-pub fn start(exp: Experiment, spec: RunSpec, out: &Path, opts: TrainOptions) -> Result<Summary> {
-    start_with(exp, spec, out, opts, None)
+/// Starts a new run in `out` of the experiment `exp`, read from the file `config` (named in
+/// errors). What the run reads is checked before its first step ([`Trainer::open_data`]), and a
+/// run refused there leaves a folder the same command can use again.
+pub fn start(
+    exp: Experiment,
+    config: &Path,
+    spec: RunSpec,
+    out: &Path,
+    opts: TrainOptions,
+) -> Result<Summary> {
+    start_with(exp, config, spec, out, opts, None)
 }
 
 /// Starts a new run in `out`, as one rank of a data-parallel job when `dp` is given (rank 0
 /// writes the run directory; see [`super::distributed`]).
 pub(crate) fn start_with(
     exp: Experiment,
+    config: &Path,
     spec: RunSpec,
     out: &Path,
     opts: TrainOptions,
@@ -85,36 +95,46 @@ pub(crate) fn start_with(
     if let Some(teacher) = trainer.spec.teacher.clone() {
         trainer.load_teacher(&teacher)?;
     }
-    // run.yaml marks the folder as a run: written once the model and its teacher are in place,
-    // so a refused --teacher leaves a folder the same command can use again.
+    let data = trainer.open_data(config)?;
+    // run.yaml marks the folder as a run: written once the model, its teacher and its data are
+    // in place, so a refused --teacher or split leaves a folder the same command can use again.
     if writes {
         trainer.run.write_spec(&spec)?;
     }
-    trainer.run()
+    trainer.run(data)
 }
 
 /// Continues the run in `run_dir` from its last checkpoint (from the start when there is none).
 pub fn resume(run_dir: &Path, opts: TrainOptions) -> Result<Summary> {
-    resume_with(run_dir, opts, None)
+    resume_with(run_dir, &[], opts, None)
 }
 
-/// [`resume`] as one rank of a data-parallel job when `dp` is given: every rank reads the run
-/// directory, which must be the same on every node (a shared file system).
+/// [`resume`] with the `--set` overrides `overrides`, which may change the run's length only
+/// ([`RunDir::resumed_experiment`]; a new length is written into the run's `config.yaml`), as
+/// one rank of a data-parallel job when `dp` is given: every rank reads the run directory, which
+/// must be the same on every node (a shared file system).
 pub(crate) fn resume_with(
     run_dir: &Path,
+    overrides: &[String],
     opts: TrainOptions,
     dp: Option<DataParallel>,
 ) -> Result<Summary> {
     let run = RunDir::new(run_dir);
     let spec = run.read_spec()?;
-    let exp = Experiment::load(&run.config(), &[])?;
+    let (exp, new_length) = run.resumed_experiment(overrides)?;
+    let config = run.config();
     let mut trainer = Trainer::new(exp, spec, run, opts, dp)?;
     if trainer.run.last().exists() {
         trainer.restore()?;
     } else if let Some(teacher) = trainer.spec.teacher.clone() {
         trainer.load_teacher(&teacher)?;
     }
-    trainer.run()
+    let data = trainer.open_data(&config)?;
+    if new_length && trainer.writes() {
+        trainer.note_new_length();
+        trainer.exp.save_effective(&config)?;
+    }
+    trainer.run(data)
 }
 
 /// The experiment with the model's `scenarios` set to what the run trains.
@@ -292,19 +312,75 @@ impl Trainer {
         t.max_steps.map_or(steps, |m| steps.min(m))
     }
 
-    /// The training loop: optimiser steps from `self.step` to the last, each followed by its
-    /// logs and, when due, a validation with checkpoints.
-    fn run(mut self) -> Result<Summary> {
+    /// What the run will read and how long it is, checked before its first step: the number of
+    /// steps (at least one, and not less than a resumed run has done), the train split, opened
+    /// for the loader, and the val split, which validation reads every `train.val_every` steps
+    /// and at the end (the test split is not read). `config` is the experiment file, named in
+    /// the errors.
+    fn open_data(&self, config: &Path) -> Result<TrainingData> {
+        let (at, train) = (config.display(), &self.exp.train);
         let total = self.total_steps();
         ensure!(
             total >= 1,
-            "train.epochs x batches per epoch is less than one optimiser step (accumulate {})",
-            self.exp.train.accumulate
+            "{at}: train.epochs x batches per epoch is less than one optimiser step (accumulate {})",
+            train.accumulate
         );
+        ensure!(
+            total >= self.step,
+            "{at}: the run would stop after {total} optimiser steps (train.epochs {}, \
+             train.max_steps {}), but it has done {} already",
+            train.epochs,
+            train.max_steps.map_or("not set".into(), |m| m.to_string()),
+            self.step
+        );
+        let data = TrainingData::open(&self.exp, self.world_size() as u64)
+            .with_context(|| format!("{at}: the train split"))?;
+        SceneDataset::open(&self.exp.data, &self.exp.model, Split::Val).with_context(|| {
+            format!(
+                "{at}: the val split, which validation reads every train.val_every ({}) steps \
+                 and at the end of the run",
+                train.val_every
+            )
+        })?;
+        Ok(data)
+    }
+
+    /// Says how a resumed run's new length changes the learning rate: a schedule that spans the
+    /// run (poly without `total_steps`) now decays over the new length from this step on.
+    fn note_new_length(&self) {
+        let total = self.total_steps();
+        let schedule = &self.exp.train.schedule;
+        let spans_run = matches!(
+            schedule.shape,
+            ScheduleShape::Poly {
+                total_steps: None,
+                ..
+            }
+        );
+        let lr = match spans_run {
+            true => format!(
+                "; its poly schedule decays over the whole run, so from step {} on the learning \
+                 rate follows the decay over {total} steps ({:.3e} at step {})",
+                self.step + 1,
+                schedule.lr_at(self.step, total),
+                self.step + 1
+            ),
+            false => String::new(),
+        };
+        eprintln!(
+            "note: {} now runs to step {total} (from step {}){lr}",
+            self.run.root.display(),
+            self.step
+        );
+    }
+
+    /// The training loop: optimiser steps from `self.step` to the last, each followed by its
+    /// logs and, when due, a validation with checkpoints.
+    fn run(mut self, mut data: TrainingData) -> Result<Summary> {
+        let total = self.total_steps();
         if let Some(dp) = self.dp.as_mut() {
             dp.attach(&self.vs, self.spec.kind)?;
         }
-        let mut data = TrainingData::open(&self.exp, self.world_size() as u64)?;
         let mut log = match self.writes() {
             true => RunLog::create(&self.run.tensorboard())?,
             false => RunLog::disabled(),
