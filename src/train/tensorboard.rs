@@ -1,8 +1,9 @@
 //! TensorBoard event files, written record by record with each append checked (a record that
 //! cannot be written whole, on a full disk, is cut off again and fails the run naming the file
 //! and the cause), and a reader that checks what was written (record framing with its masked
-//! CRC-32C, then the `Event` protocol buffers). `tensorboard-rs` builds the summaries; its own
-//! writer is not used because it panics on a failed write, on a thread of its own.
+//! CRC-32C, then the `Event` protocol buffers). `tensorboard-rs` builds the summaries and frames
+//! each record (`RecordWriter` into memory, its `masked_crc32c`); its file writer is not used
+//! because it panics on a failed write, on a thread of its own.
 
 use anyhow::{bail, Context, Result};
 use protobuf::Message;
@@ -11,6 +12,8 @@ use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 use tensorboard_proto::event::Event;
 use tensorboard_proto::summary::Summary;
+use tensorboard_rs::masked_crc32c::masked_crc32c;
+use tensorboard_rs::record_writer::RecordWriter;
 use tensorboard_rs::summary;
 
 /// Scalars and images of one run, under `<run>/tensorboard`.
@@ -124,12 +127,17 @@ impl EventFile {
         unreachable!("an unbounded range ends only by returning")
     }
 
-    /// Appends `event` as one TFRecord ([`frame_record`]), checked ([`crate::fsutil::append_to`]).
+    /// Appends `event` as one TFRecord (framed by `tensorboard-rs`'s `RecordWriter` in memory),
+    /// checked ([`crate::fsutil::append_to`]).
     fn append(&mut self, event: &Event) -> Result<()> {
         let data = event
             .write_to_bytes()
             .context("cannot encode a TensorBoard event")?;
-        crate::fsutil::append_to(&mut self.file, &self.path, &frame_record(&data))
+        let mut record = Vec::with_capacity(data.len() + 16);
+        RecordWriter::new(&mut record)
+            .write(&data)
+            .context("cannot frame a TensorBoard record")?;
+        crate::fsutil::append_to(&mut self.file, &self.path, &record)
     }
 }
 
@@ -150,18 +158,6 @@ fn hostname() -> String {
         true => String::from_utf8_lossy(&buf[..end]).into_owned(),
         false => "localhost".to_string(),
     }
-}
-
-/// TFRecord framing of `data`: u64 length, masked CRC of the length, data, masked CRC of the
-/// data (what [`split_records`] reads).
-fn frame_record(data: &[u8]) -> Vec<u8> {
-    let len = (data.len() as u64).to_le_bytes();
-    let mut record = Vec::with_capacity(data.len() + 16);
-    record.extend_from_slice(&len);
-    record.extend_from_slice(&masked_crc32c(&len).to_le_bytes());
-    record.extend_from_slice(data);
-    record.extend_from_slice(&masked_crc32c(data).to_le_bytes());
-    record
 }
 
 /// One value read back from an event file.
@@ -250,23 +246,6 @@ pub(crate) fn split_records(mut bytes: &[u8]) -> Result<Vec<&[u8]>> {
         bytes = &rest[len + 4..];
     }
     Ok(out)
-}
-
-/// CRC-32C (Castagnoli), masked as TFRecord does.
-fn masked_crc32c(data: &[u8]) -> u32 {
-    let mut crc = !0u32;
-    for &byte in data {
-        crc ^= u32::from(byte);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0x82F6_3B78
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    let crc = !crc;
-    crc.rotate_right(15).wrapping_add(0xa282_ead8)
 }
 
 #[cfg(test)]
