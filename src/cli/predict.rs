@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use super::DeviceArgs;
 use crate::data::config::{GridConfig, Resampling};
+use crate::data::vsi;
 use crate::precision::PrecisionChoice;
 use crate::predict::{
     predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob,
@@ -55,7 +56,8 @@ pub struct PredictArgs {
     #[arg(long)]
     pub allow_fill: bool,
     /// Several scenes: one line per scene, `NAME=FILE ... out=FILE [probs=FILE]
-    /// [preview=FILE]`; relative paths are relative to the list's folder; `#` starts a comment.
+    /// [preview=FILE]`; relative paths are relative to the list's folder (also the archive of
+    /// `/vsizip/a.zip/x.tif`); `#` starts a comment.
     #[arg(long, value_name = "FILE")]
     pub list: Option<PathBuf>,
     /// With --list: predict only scenes i, i+n, i+2n, ... (0-based), for job arrays.
@@ -257,14 +259,7 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--list: cannot read {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(""));
-    let resolve = |v: &str| {
-        let p = PathBuf::from(v);
-        if p.is_absolute() {
-            p
-        } else {
-            base.join(p)
-        }
-    };
+    let resolve = |v: &str| vsi::resolve(base, v);
     let mut jobs = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let at = format!("{}:{}", path.display(), n + 1);

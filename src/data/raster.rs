@@ -14,17 +14,32 @@ use gdal::raster::{
 };
 use gdal::spatial_ref::SpatialRef;
 use gdal::Gcp;
-use gdal::{Dataset, DriverManager, Metadata};
+use gdal::{Dataset, DatasetOptions, DriverManager, GdalOpenFlags, Metadata};
 use std::path::{Path, PathBuf};
 
 use super::validity::{BandLayout, MaskReader, NodataRule, Region};
+use super::vsi;
 
-/// Opens a raster read-only; the error names the file.
+/// Opens a raster read-only. The path goes to GDAL as it is, so GDAL's virtual file systems
+/// (`/vsizip/`, `/vsigzip/`, `/vsicurl/`, `/vsis3/`, ...) are read like files ([`super::vsi`]).
+///
+/// Errors: GDAL's, with the file named: `raster PATH does not exist` for a local path that names
+/// nothing, else `GDAL cannot open raster PATH`; a relative path adds the directory it was looked
+/// for in.
 pub fn open(path: &Path) -> Result<Dataset> {
-    if !path.exists() {
-        bail!("raster {} does not exist", path.display());
-    }
-    Dataset::open(path).with_context(|| format!("GDAL cannot open raster {}", path.display()))
+    // Verbose: GDAL says why it cannot open a path (its error is the cause reported).
+    let options = DatasetOptions {
+        open_flags: GdalOpenFlags::GDAL_OF_READONLY | GdalOpenFlags::GDAL_OF_VERBOSE_ERROR,
+        ..Default::default()
+    };
+    Dataset::open_ex(path, options).map_err(|e| {
+        let place = vsi::resolved_against(path);
+        let what = match vsi::is_missing_local(path) {
+            true => format!("raster {} does not exist{place}", path.display()),
+            false => format!("GDAL cannot open raster {}{place}", path.display()),
+        };
+        anyhow::Error::new(e).context(what)
+    })
 }
 
 /// What a raster's header says: size, bands, type, georeferencing and nodata.
