@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use super::DeviceArgs;
 use crate::data::config::{GridConfig, Resampling};
+use crate::data::validity::AlphaRule;
 use crate::data::vsi;
 use crate::precision::PrecisionChoice;
 use crate::predict::{
@@ -70,6 +71,10 @@ pub struct PredictArgs {
     /// Refuse inputs that are not on the reference grid instead of resampling them.
     #[arg(long)]
     pub strict_grid: bool,
+    /// Read bands the inputs mark as alpha as data, not as transparency masks (GDAL's and
+    /// rasterio's defaults mark the NIR band of a 4-band byte RGB + NIR file as alpha).
+    #[arg(long)]
+    pub alpha_as_data: bool,
     /// Resampling of one modality onto the grid (repeatable), e.g. `dsm=cubic`: nearest,
     /// bilinear, cubic, cubic_spline, lanczos, average, mode, min, max, median [default:
     /// average when downsampling 2x or more, nearest for class maps, else bilinear].
@@ -351,6 +356,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         grid: grid_config(&args)?,
         grid_file: None,
         announce_grid: true,
+        alpha: AlphaRule::data_if(args.alpha_as_data),
     };
     if options.batch == 0 {
         bail!("--batch must be at least 1");

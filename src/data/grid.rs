@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::config::{GridConfig, Resampling};
 use super::raster::{self, Pixels, RasterInfo, Window};
-use super::validity::NodataRule;
+use super::validity::{AlphaRule, NodataRule};
 pub use super::warp::Warp;
 use super::warp::{self, Target};
 
@@ -92,6 +92,8 @@ pub struct GridSource {
     pub path: PathBuf,
     /// How it is resampled onto the grid; `None`: it is on the grid.
     pub warp: Option<Arc<Warp>>,
+    /// What its bands marked as alpha are (as its header was read: [`RasterInfo::alpha`]).
+    pub alpha: AlphaRule,
 }
 
 /// Something said once per process about how a scene is read (see [`announce`]).
@@ -130,15 +132,20 @@ pub fn plan(
     let grid = reference_grid(files, reference, &mut notes);
     let mut sources = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
-        let path = file.header.path.clone();
+        let (path, alpha) = (file.header.path.clone(), file.header.alpha);
         if i == reference {
-            sources.push(GridSource { path, warp: None });
+            sources.push(GridSource {
+                path,
+                warp: None,
+                alpha,
+            });
             continue;
         }
         let warp = place(file, &grid, config, keys, &mut notes)?;
         sources.push(GridSource {
             path,
             warp: warp.map(Arc::new),
+            alpha,
         });
     }
     Ok(GridPlan {
@@ -404,11 +411,12 @@ fn has_colour_table(ds: &Dataset) -> Result<bool> {
 }
 
 impl GridSource {
-    /// A file on the grid already.
-    pub(crate) fn on_grid(path: &Path) -> Self {
+    /// A file on the grid already, its bands marked as alpha taken as `alpha` says.
+    pub(crate) fn on_grid(path: &Path, alpha: AlphaRule) -> Self {
         Self {
             path: path.to_path_buf(),
             warp: None,
+            alpha,
         }
     }
 
@@ -449,10 +457,10 @@ impl OpenSource {
     /// [`Self::read`] with a choice of how the file's declared nodata counts (labels whose
     /// nodata value is also a class, see `data.label_nodata`).
     pub(crate) fn read_with(&self, window: Window, rule: NodataRule) -> Result<Pixels> {
-        let path = &self.source.path;
+        let (path, alpha) = (&self.source.path, self.source.alpha);
         match &self.source.warp {
-            None => raster::read_window_with(&self.ds, path, window, rule),
-            Some(warp) => warp.read(&self.ds, path, window, rule),
+            None => raster::read_window_with(&self.ds, path, window, rule, alpha),
+            Some(warp) => warp.read(&self.ds, path, window, rule, alpha),
         }
     }
 

@@ -18,7 +18,7 @@ use std::path::Path;
 use super::config::Resampling;
 use super::gdal_warp::{warp_into, PixelTransformer};
 use super::raster::{self, Pixels, Window};
-use super::validity::NodataRule;
+use super::validity::{AlphaRule, NodataRule};
 
 /// Points per side of the lattice over a destination window mapped into the file to find the
 /// file's pixels it needs.
@@ -56,7 +56,8 @@ impl Warp {
 
     /// Pixels of `window` (grid pixels; the part outside the grid is invalid) from the open
     /// file `src` at `path`, resampled by GDAL's warper; `rule` says how the file's declared
-    /// nodata counts, as in [`raster::read_window_with`].
+    /// nodata counts and `alpha` what its bands marked as alpha are, as in
+    /// [`raster::read_window_with`].
     ///
     /// # Errors
     /// Reading the file (named), or a warp GDAL refuses (with GDAL's message).
@@ -66,6 +67,7 @@ impl Warp {
         path: &Path,
         window: Window,
         rule: NodataRule,
+        alpha: AlphaRule,
     ) -> Result<Pixels> {
         let Some((x, y, w, h)) = window.clip(self.target.width, self.target.height) else {
             return Ok(Pixels::invalid(self.bands, window.width, window.height));
@@ -80,7 +82,7 @@ impl Warp {
         let Some(region) = self.source_region(src, &dst)? else {
             return Ok(Pixels::invalid(self.bands, window.width, window.height));
         };
-        let px = raster::read_window_with(src, path, region, rule)?;
+        let px = raster::read_window_with(src, path, region, rule, alpha)?;
         if px.valid.iter().any(|&ok| ok) {
             let masked = masked_copy(src, &px, region)?;
             let method = self.resampling.gdal_name();
