@@ -63,6 +63,11 @@ impl GridKeys {
         reference: "--grid-reference",
         strict: "--strict-grid",
     };
+    /// The flags of `dis2 blocks`, whose grid is the label raster's.
+    pub const BLOCKS: Self = Self {
+        reference: "--labels",
+        strict: "--strict-grid",
+    };
 }
 
 /// A scene's grid: the header of its reference file, with the georeferencing completed by the
@@ -756,6 +761,110 @@ mod tests {
         assert_eq!(
             GeoRef::of(&plan.grid.info).unwrap().crs.map(|_| ()),
             Some(())
+        );
+    }
+
+    /// 100 x 100 px of 400 m in UTM zone 60 S (EPSG:32760), all 5.0: 179.82°E to 179.80°W and
+    /// 16.98°S to 17.35°S (Fiji, across the antimeridian), placed by a geotransform or by GCPs.
+    fn across_the_antimeridian(path: &Path, by_gcps: bool) -> RasterInfo {
+        let placed = GeoRef::north_up(800_000.0, 8_120_000.0, 400.0, 32760);
+        let georef = match by_gcps {
+            false => placed,
+            true => GeoRef {
+                geo_transform: None,
+                crs: None,
+                gcps: gcps_of(&placed, 100, 100),
+                gcp_crs: Some(Crs::Epsg(32760)),
+            },
+        };
+        let data = vec![5.0f32; 100 * 100];
+        let raster = RasterData {
+            width: 100,
+            height: 100,
+            bands: 1,
+            data: &data,
+        };
+        write_geotiff(path, &raster, &georef, &WriteOptions::default()).unwrap();
+        RasterInfo::read(path).unwrap()
+    }
+
+    #[test]
+    fn files_across_the_antimeridian_are_warped_onto_a_geographic_grid_as_gdalwarp_maps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let utm = across_the_antimeridian(&p("utm.tif"), false);
+        let gcps = across_the_antimeridian(&p("gcps.tif"), true);
+        // Within ±180° in EPSG:4326: 180.0°W to 179.6°W, 16.8°S to 17.2°S (columns 100..140,
+        // rows 30..70 of the grids below).
+        let geographic = GeoRef::north_up(-180.0, -16.8, 0.01, 4326);
+        let data = vec![5.0f32; 40 * 40];
+        let raster = RasterData {
+            width: 40,
+            height: 40,
+            bands: 1,
+            data: &data,
+        };
+        write_geotiff(
+            &p("geo.tif"),
+            &raster,
+            &geographic,
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        let geo = RasterInfo::read(&p("geo.tif")).unwrap();
+        // 200 x 100 px of 0.01° from 179°E eastwards across 180°, in either convention GDAL
+        // reads (179..181 and -181..-179), 16.5°S to 17.5°S.
+        for west in [179.0, -181.0] {
+            let grid = GeoRef::north_up(west, -16.5, 0.01, 4326);
+            let reference = ramp(&p(&format!("grid{west}.tif")), (200, 100), Some(&grid));
+            let covered = [
+                (&utm, (85..=115, 55..=80)),
+                (&gcps, (85..=115, 55..=80)),
+                (&geo, (102..=138, 32..=68)),
+            ];
+            for (file_info, (columns, rows)) in covered {
+                let name = file_info.path.display().to_string();
+                let files = [
+                    file("optical", reference.clone()),
+                    file("sar", file_info.clone()),
+                ];
+                let plan = plan_of(&files, &GridConfig::default())
+                    .unwrap_or_else(|e| panic!("{name} onto {west}: {e:#}"));
+                assert!(plan.sources[1].warp.is_some(), "{name}");
+                let px = plan.sources[1].read(Window::new(0, 0, 200, 100)).unwrap();
+                let at =
+                    |col: usize, row: usize| (px.valid[row * 200 + col], px.data[row * 200 + col]);
+                for col in columns.clone().step_by(5) {
+                    for row in rows.clone().step_by(5) {
+                        assert_eq!(
+                            at(col, row),
+                            (true, 5.0),
+                            "{name} onto {west}: ({col}, {row})"
+                        );
+                    }
+                }
+                let (c0, c1) = (*columns.start(), *columns.end());
+                for col in [10, c0 - 8, c1 + 8, 190] {
+                    assert!(
+                        !at(col, 60).0,
+                        "{name} onto {west}: column {col} has no data"
+                    );
+                }
+                for row in [5, 95] {
+                    assert!(!at(100, row).0, "{name} onto {west}: row {row} has no data");
+                }
+            }
+        }
+        // Whole turns bring a footprint near the grid only where the warper finds the file.
+        let elsewhere = GeoRef::north_up(10.0, -16.5, 0.01, 4326);
+        let reference = ramp(&p("elsewhere.tif"), (200, 100), Some(&elsewhere));
+        let e = err(plan_of(
+            &[file("optical", reference), file("sar", utm)],
+            &GridConfig::default(),
+        ));
+        assert!(
+            e.contains("utm.tif") && e.contains("does not overlap the grid"),
+            "{e}"
         );
     }
 
