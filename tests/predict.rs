@@ -1,5 +1,6 @@
 //! `dis2 predict` end to end: the binary on synthetic and real scenes, its outputs against the
-//! model run directly, and its errors.
+//! model run directly, inputs GDAL reads through its virtual file systems, the checkpoint a run
+//! directory names, and its errors.
 
 use std::io::Write;
 use std::path::Path;
@@ -608,3 +609,71 @@ fn inputs_in_archives_go_to_gdal_as_they_are_in_flags_and_scene_lists() {
     );
 }
 
+#[test]
+fn a_run_directory_names_its_best_checkpoint_and_a_missing_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let step = run.join("checkpoints/step-000001");
+    std::fs::create_dir_all(&step).unwrap();
+    synthetic_checkpoint(&step);
+    std::os::unix::fs::symlink("step-000001", run.join("checkpoints/best")).unwrap();
+    std::fs::write(run.join("run.yaml"), "kind: teacher\n").unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/synthetic.yaml"),
+        run.join("config.yaml"),
+    )
+    .unwrap();
+    let files = common::synthetic_scene(dir.path(), 64);
+    let with = |checkpoint: &Path, out: &str| {
+        let out = dir.path().join(out);
+        predict(&[
+            "--checkpoint",
+            s(checkpoint),
+            "--optical",
+            s(&files[0]),
+            "--dsm",
+            s(&files[1]),
+            "--sar",
+            s(&files[2]),
+            "--out",
+            s(&out),
+        ])
+    };
+    ok(&with(&run, "by_run.tif"));
+    ok(&with(&step.join("model"), "by_file.tif"));
+    assert_eq!(
+        read_all(&dir.path().join("by_run.tif")),
+        read_all(&dir.path().join("by_file.tif"))
+    );
+
+    // A `best` link whose step directory is gone: the link and where it points.
+    std::fs::rename(&step, run.join("checkpoints/moved")).unwrap();
+    let err = failed(&with(&run, "dangling.tif"));
+    assert!(
+        err.contains("checkpoints/best dangles")
+            && err.contains("points to step-000001")
+            && !err.contains("best.yaml"),
+        "{err}"
+    );
+    let eval = |checkpoint: &str| {
+        Command::new(common::BIN)
+            .args(["eval", "--device", "cpu", "--checkpoint", checkpoint])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let err = failed(&eval("run"));
+    assert!(
+        err.contains("--checkpoint run") && err.contains("dangles"),
+        "{err}"
+    );
+    // A path that does not exist is said to be missing, not outside a run.
+    let err = failed(&eval("runs/nope"));
+    assert!(
+        err.contains("checkpoint runs/nope does not exist")
+            && err.contains("runs/nope.safetensors")
+            && err.contains(&format!("current directory {}", s(dir.path())))
+            && !err.contains("not inside a run directory"),
+        "{err}"
+    );
+}

@@ -21,6 +21,7 @@ use crate::precision::PrecisionChoice;
 use crate::predict::{
     predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob,
 };
+use crate::train::run::RunDir;
 
 /// `dis2 predict`.
 #[derive(Debug, Parser)]
@@ -31,7 +32,8 @@ use crate::predict::{
                   with --allow-fill the teacher with that modality filled. See docs/predict.md."
 )]
 pub struct PredictArgs {
-    /// The checkpoint (CHECKPOINT.safetensors + CHECKPOINT.yaml).
+    /// The checkpoint: a checkpoint directory (a run's `checkpoints/best`), a checkpoint name
+    /// (NAME.safetensors + NAME.yaml), or a run directory (its `checkpoints/best` is used).
     #[arg(long, value_name = "CHECKPOINT")]
     pub checkpoint: Option<PathBuf>,
     /// Class map to write (u8 GeoTIFF, 255 = nodata).
@@ -306,10 +308,11 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
 /// Runs `dis2 predict`.
 pub(crate) fn run(args: PredictArgs) -> Result<()> {
     let inputs = parse_inputs(&args.inputs)?;
-    let checkpoint = args
+    let named = args
         .checkpoint
         .clone()
         .ok_or_else(|| anyhow!("--checkpoint is required"))?;
+    let (checkpoint, _) = RunDir::locate_checkpoint(&named);
     let jobs: Vec<SceneJob> = match &args.list {
         Some(list) => {
             if !inputs.is_empty()

@@ -326,12 +326,12 @@ fn resampling_note(file: &GridFile, grid: &SceneGrid, warp: &Warp) -> Note {
     Note { key, text }
 }
 
-/// Pixel size and CRS, for messages: `20 m, EPSG:32631`, `12 GCPs, EPSG:4326`, `no
-/// georeferencing`.
+/// Pixel size and CRS, for messages: `20 m, EPSG:32631`, `0.5 x 1 m, EPSG:32631` (x by y, for
+/// pixels that are not square), `12 GCPs, EPSG:4326`, `no georeferencing`.
 pub fn describe(info: &RasterInfo) -> String {
     match info.geo_transform {
         Some(g) => {
-            let size = (g[1] * g[5] - g[2] * g[4]).abs().sqrt();
+            let size = pixel_size(&g);
             let unit = match info.crs_wkt.as_deref().map(SpatialRef::from_wkt) {
                 None => " (no CRS)".to_string(),
                 Some(Ok(srs)) if srs.is_geographic() => "°".to_string(),
@@ -345,7 +345,7 @@ pub fn describe(info: &RasterInfo) -> String {
                 Some(_) => format!(", {}", info.crs_label()),
                 None => String::new(),
             };
-            format!("{}{unit}{crs}", number(size))
+            format!("{size}{unit}{crs}")
         }
         None if !info.gcps.is_empty() => {
             let crs = match &info.gcp_crs_wkt {
@@ -359,6 +359,17 @@ pub fn describe(info: &RasterInfo) -> String {
             format!("{} GCPs{crs}", info.gcps.len())
         }
         None => "no georeferencing".to_string(),
+    }
+}
+
+/// The pixel size of a geotransform: one number for square pixels, else `x x y` (the lengths of a
+/// pixel's sides along its columns and its rows).
+fn pixel_size(g: &[f64; 6]) -> String {
+    let (x, y) = (g[1].hypot(g[4]), g[2].hypot(g[5]));
+    if (x - y).abs() <= 1e-9 * x.max(y) {
+        number((g[1] * g[5] - g[2] * g[4]).abs().sqrt())
+    } else {
+        format!("{} x {}", number(x), number(y))
     }
 }
 
@@ -761,6 +772,25 @@ mod tests {
         assert_eq!(
             GeoRef::of(&plan.grid.info).unwrap().crs.map(|_| ()),
             Some(())
+        );
+    }
+
+    #[test]
+    fn non_square_pixels_are_described_x_by_y() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let tall = GeoRef {
+            geo_transform: Some([500_000.0, 0.5, 0.0, 5_000_000.0, 0.0, -1.0]),
+            ..GeoRef::north_up(0.0, 0.0, 1.0, EPSG)
+        };
+        assert_eq!(
+            describe(&ramp(&p("tall.tif"), (4, 4), Some(&tall))),
+            "0.5 x 1 m, EPSG:32631"
+        );
+        let square = GeoRef::north_up(500_000.0, 5_000_000.0, 20.0, EPSG);
+        assert_eq!(
+            describe(&ramp(&p("square.tif"), (4, 4), Some(&square))),
+            "20 m, EPSG:32631"
         );
     }
 

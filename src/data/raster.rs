@@ -56,6 +56,8 @@ pub struct RasterInfo {
     /// What bands marked as alpha were taken for when the header was read, and so in every read
     /// of the file on a scene's grid ([`super::grid`]).
     pub alpha: AlphaRule,
+    /// The first data band has a colour table (a paletted raster: one band of palette indices).
+    pub paletted: bool,
     /// GDAL's name of the first data band's type (`Byte`, `UInt16`, `Float32`, ...).
     pub data_type: String,
     /// The affine geotransform, `None` when the file has none (e.g. a plain JPEG).
@@ -88,6 +90,7 @@ impl RasterInfo {
     pub fn of(ds: &Dataset, path: &Path, alpha: AlphaRule) -> Result<Self> {
         let (width, height) = ds.raster_size();
         let layout = BandLayout::of(ds, path, alpha)?;
+        let mut paletted = false;
         let mut nodata = Vec::with_capacity(layout.data.len());
         let mut data_type = String::new();
         for &b in &layout.data {
@@ -96,6 +99,7 @@ impl RasterInfo {
                 .with_context(|| format!("{}: cannot read band {b}", path.display()))?;
             if data_type.is_empty() {
                 data_type = band.band_type().name();
+                paletted = band.color_table().is_some();
             }
             nodata.push(band.no_data_value());
         }
@@ -108,6 +112,7 @@ impl RasterInfo {
             bands: layout.data.len(),
             alpha_bands: layout.alpha,
             alpha,
+            paletted,
             data_type,
             geo_transform: ds.geo_transform().ok(),
             crs_wkt: (!projection.trim().is_empty()).then_some(projection),
@@ -120,7 +125,8 @@ impl RasterInfo {
     /// Checks that the raster has `expected` data bands for `what` (e.g. `modality optical`).
     /// When one more is expected and the file has an alpha band, the error says that band is a
     /// mask, not data, and how to read it as data: [`AlphaRule::Data`]'s option and key, or
-    /// marking the band in the file.
+    /// marking the band in the file. A paletted file where 3 or 4 bands are expected (ISPRS colour
+    /// labels stored with a palette, say) is named as such, with how to expand its palette.
     pub(crate) fn check_bands(&self, expected: usize, what: &str) -> Result<()> {
         if self.bands == expected {
             return Ok(());
@@ -140,6 +146,16 @@ impl RasterInfo {
                     AlphaRule::HOW_TO_READ_AS_DATA
                 );
             }
+        }
+        if self.paletted && self.bands == 1 && (3..=4).contains(&expected) {
+            let expand = if expected == 3 { "rgb" } else { "rgba" };
+            bail!(
+                "{path}: {what} should have {expected} band(s), found 1: the file is paletted \
+                 (one band of palette indices and a colour table). Expand the palette into \
+                 {expected} bands: gdal_translate -expand {expand} {path} OUT.tif, or, without \
+                 copying the pixels, gdal_translate -of VRT -expand {expand} {path} OUT.vrt \
+                 (a small file that reads this one), and use OUT in its place"
+            );
         }
         let alpha = match self.alpha_bands.len() {
             0 => String::new(),

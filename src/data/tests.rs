@@ -482,6 +482,40 @@ fn layouts_read_a_root_inside_a_zip_archive_through_gdal() {
     assert_eq!(ds.read(1, whole).unwrap().labels, vec![1; N * N]);
 }
 
+#[test]
+fn paletted_colour_labels_are_named_with_how_to_expand_them() {
+    let dir = tempfile::tempdir().unwrap();
+    vaihingen_tree(dir.path());
+    let label = dir
+        .path()
+        .join("gts_for_participants/top_mosaic_09cm_area1.tif");
+    let palette: Vec<[u8; 3]> = ISPRS_CLASSES.iter().map(|c| c.1).collect();
+    let raster = RasterData {
+        width: N,
+        height: N,
+        bands: 1,
+        data: &vec![2u8; N * N],
+    };
+    let options = WriteOptions {
+        colour_table: Some(palette),
+        ..Default::default()
+    };
+    raster::write_geotiff(&label, &raster, &georef(), &options).unwrap();
+    let m = model(&[("optical", 3), ("dsm", 1)], 6);
+    let err = err_of(SceneDataset::open(
+        &vaihingen(dir.path(), false),
+        &m,
+        Split::Train,
+    ));
+    assert!(
+        err.contains("top_mosaic_09cm_area1.tif")
+            && err.contains("labels (RGB colours) should have 3 band(s), found 1")
+            && err.contains("the file is paletted")
+            && err.contains("gdal_translate -of VRT -expand rgb"),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // WHU-OPT-SAR
 
