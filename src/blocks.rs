@@ -15,17 +15,24 @@
 //! OUT/blocks.json                                        the grid, each block's split, label counts
 //! ```
 //!
-//! Every block keeps its georeferencing (the geotransform moved to its corner, the CRS).
+//! Every block keeps its georeferencing (the geotransform moved to its corner, the CRS). The
+//! blocks are cut on the label raster's grid: a modality file on another grid is resampled onto
+//! it as every command does ([`crate::data::grid`]; refused with `--strict-grid`). A modality file
+//! with a band marked as alpha is refused unless the request says what that band is
+//! ([`AlphaRule`]: `--alpha-as-data` or `--alpha-as-mask`), so no band is dropped unsaid.
 
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use crate::data::config::GridConfig;
+use crate::data::grid::{self, GridFile, GridKeys, GridSource};
 use crate::data::layouts::Split;
 use crate::data::raster::{
     read_window_at, GeoRef, Pixels, RasterData, RasterInfo, Window, WriteOptions,
 };
+use crate::data::validity::AlphaRule;
 
 /// Label value written where the label raster has no data.
 pub(crate) const LABEL_NODATA: u16 = u16::MAX;
@@ -40,6 +47,11 @@ pub(crate) struct BlocksRequest {
     /// Grid rows and columns.
     pub grid: (usize, usize),
     pub out: PathBuf,
+    /// What the modalities' bands marked as alpha are; `None`: not said, and a modality file
+    /// with such a band is refused.
+    pub alpha: Option<AlphaRule>,
+    /// Refuse modality files off the labels' grid instead of resampling them (`--strict-grid`).
+    pub strict_grid: bool,
 }
 
 /// One block of the grid: its pixel window in the scene and its split.
@@ -116,12 +128,13 @@ pub(crate) fn grid_blocks(
 /// Cuts the scene of `req` into blocks and writes the splits (see the module documentation).
 ///
 /// # Errors
-/// Inputs that do not line up or lack georeferencing, a modality whose file count is neither 1
-/// nor the acquisition count, label values that are not integer codes below 65535, an output
-/// folder holding something else, unwritable outputs.
+/// Inputs that cannot be placed on the labels' grid (see [`grid::plan`]) or labels without
+/// georeferencing, a modality file with an alpha band when [`BlocksRequest::alpha`] is `None`, a
+/// modality whose file count is neither 1 nor the acquisition count, label values that are not
+/// integer codes below 65535, an output folder holding something else, unwritable outputs.
 pub(crate) fn split_blocks(req: &BlocksRequest) -> Result<BlocksReport> {
     let labels_info = RasterInfo::read(&req.labels)?;
-    let acquisitions = check_inputs(req, &labels_info)?;
+    let (acquisitions, sources) = place_inputs(req, &labels_info)?;
     let georef = GeoRef::of(&labels_info).with_context(|| {
         format!(
             "{}: no georeferencing (geotransform or GCPs); the blocks would lose their place",
@@ -132,9 +145,9 @@ pub(crate) fn split_blocks(req: &BlocksRequest) -> Result<BlocksReport> {
     let blocks = grid_blocks(labels_info.width, labels_info.height, rows, cols)?;
     prepare_out(&req.out)?;
     let full = Window::new(0, 0, labels_info.width, labels_info.height);
-    for (name, files) in &req.modalities {
-        for (d, file) in files.iter().enumerate() {
-            let pixels = read_window_at(file, full)?;
+    for (name, files) in &sources {
+        for (d, source) in files.iter().enumerate() {
+            let pixels = source.read(full)?;
             // A single file serves every acquisition.
             let dates: Vec<usize> = if files.len() == 1 {
                 (0..acquisitions).collect()
@@ -161,8 +174,12 @@ pub(crate) fn split_blocks(req: &BlocksRequest) -> Result<BlocksReport> {
     Ok(report)
 }
 
-/// Checks that every input lines up with the labels; returns the acquisition count.
-fn check_inputs(req: &BlocksRequest, labels: &RasterInfo) -> Result<usize> {
+/// Each modality's files (by name) as read on the labels' grid.
+type ModalitySources = Vec<(String, Vec<GridSource>)>;
+
+/// Checks the inputs and places every modality file on the labels' grid (resampled when it is
+/// on another); returns the acquisition count and each modality's files as read on that grid.
+fn place_inputs(req: &BlocksRequest, labels: &RasterInfo) -> Result<(usize, ModalitySources)> {
     if req.modalities.is_empty() {
         bail!("--modality: give at least one, e.g. --modality optical=a.tif");
     }
@@ -172,6 +189,17 @@ fn check_inputs(req: &BlocksRequest, labels: &RasterInfo) -> Result<usize> {
         .map(|(_, f)| f.len())
         .max()
         .unwrap_or(1);
+    let config = GridConfig {
+        strict: req.strict_grid,
+        ..GridConfig::default()
+    };
+    let reference = GridFile {
+        role: "--labels".to_string(),
+        key: "labels".to_string(),
+        header: labels.clone(),
+        categorical: true,
+    };
+    let mut sources = Vec::with_capacity(req.modalities.len());
     for (name, files) in &req.modalities {
         if files.is_empty() || (files.len() != 1 && files.len() != acquisitions) {
             bail!(
@@ -180,11 +208,47 @@ fn check_inputs(req: &BlocksRequest, labels: &RasterInfo) -> Result<usize> {
                 files.len()
             );
         }
+        let mut placed = Vec::with_capacity(files.len());
         for file in files {
-            labels.check_aligned(&RasterInfo::read(file)?)?;
+            let header = modality_header(name, file, req.alpha)?;
+            let grid_file = GridFile {
+                role: format!("--modality {name}"),
+                key: name.clone(),
+                header,
+                categorical: false,
+            };
+            let plan = grid::plan(
+                &[reference.clone(), grid_file],
+                0,
+                &config,
+                &GridKeys::BLOCKS,
+            )?;
+            grid::announce(&plan.notes);
+            placed.extend(plan.sources.into_iter().skip(1));
         }
+        sources.push((name.clone(), placed));
     }
-    Ok(acquisitions)
+    Ok((acquisitions, sources))
+}
+
+/// The header of a modality file; one with a band marked as alpha is refused when `alpha` does
+/// not say what that band is.
+fn modality_header(name: &str, file: &Path, alpha: Option<AlphaRule>) -> Result<RasterInfo> {
+    let header = RasterInfo::read_with(file, alpha.unwrap_or_default())
+        .with_context(|| format!("--modality {name}"))?;
+    if let (None, Some(&band)) = (alpha, header.alpha_bands.first()) {
+        bail!(
+            "--modality {name}: {}: band {band} of {} is marked as alpha, which dis2 reads as a \
+             transparency mask, not as data: the blocks of {name} would have {} band(s). GDAL and \
+             rasterio mark the fourth band of a 4-band byte file as alpha by default. Say what it \
+             is: --alpha-as-data (it holds data, say NIR: every band goes into the blocks, as \
+             data) or --alpha-as-mask (it is transparency: NaN in the blocks where it is 0)",
+            file.display(),
+            header.bands + header.alpha_bands.len(),
+            header.bands
+        );
+    }
+    Ok(header)
 }
 
 /// Creates `out`, or empties the split folders of an earlier `dis2 blocks` run there.

@@ -160,8 +160,47 @@ pub fn save(path: &Path, vs: &nn::VarStore, info: &CheckpointInfo) -> Result<()>
     write_atomic(&sidecar, text.as_bytes())
 }
 
+/// Checks that the checkpoint `path` names is there (see [`checkpoint_files`]).
+///
+/// # Errors
+/// A dangling link (a run's `best` or `last` whose step directory was removed or moved), naming
+/// where it points; a path that is neither a directory nor the name of a checkpoint file, naming
+/// the files looked for and, for a relative path, the directory it was resolved against.
+pub(crate) fn check_present(path: &Path) -> Result<()> {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if meta.file_type().is_symlink() && !path.exists() {
+            let target = std::fs::read_link(path).unwrap_or_default();
+            let resolved = path.parent().unwrap_or(Path::new("")).join(&target);
+            bail!(
+                "checkpoint link {} dangles: it points to {} ({}), which does not exist (removed \
+                 or moved); point it at a checkpoint directory of the run, or name one",
+                path.display(),
+                target.display(),
+                resolved.display()
+            );
+        }
+        return Ok(());
+    }
+    let (weights, sidecar) = checkpoint_files(path);
+    if !weights.exists() && !sidecar.exists() {
+        bail!(
+            "checkpoint {} does not exist: it is no directory, and neither {} nor {} exists{}",
+            path.display(),
+            weights.display(),
+            sidecar.display(),
+            crate::data::vsi::resolved_against(path)
+        );
+    }
+    Ok(())
+}
+
 /// Reads and checks a sidecar.
+///
+/// # Errors
+/// Those of [`check_present`], an unreadable sidecar, another format or version, or a model
+/// configuration that does not hold together.
 pub fn read_info(path: &Path) -> Result<CheckpointInfo> {
+    check_present(path)?;
     let (_, sidecar) = checkpoint_files(path);
     let text = std::fs::read_to_string(&sidecar)
         .with_context(|| format!("cannot read checkpoint sidecar {}", sidecar.display()))?;

@@ -22,6 +22,7 @@ use crate::data::layouts::Split;
 use crate::data::loader::load_sample;
 use crate::data::raster::{Pixels, Window};
 use crate::data::sampling::SlidingWindowSampler;
+use crate::data::validity::AlphaRule;
 use crate::figures::{self, AttentionData, OverlayData};
 use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
@@ -227,6 +228,7 @@ fn score_scenes(
         // Said when the dataset was opened, in the configuration's terms.
         announce_grid: false,
         accept_input_range: req.options.accept_input_range,
+        alpha: AlphaRule::data_if(req.exp.data.alpha_as_data),
         ..PredictOptions::default()
     };
     let table = predictor.info().class_table();

@@ -731,3 +731,54 @@ fn sweep_trains_and_scores_a_dataset_on_different_grids() {
     assert!(cells["full"]["miou"]["mean"].as_f64().is_some(), "{doc}");
     assert!(cells["sar"]["miou"]["mean"].as_f64().is_some(), "{doc}");
 }
+
+#[test]
+fn blocks_resample_modalities_on_other_grids_onto_the_labels_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = synthetic_scene(dir.path(), 96);
+    let labels = RasterInfo::read(&files[3]).unwrap();
+    // A DSM at twice the labels' pixel size over the same area, all 7.
+    let mut coarse = GeoRef::of(&labels).unwrap();
+    let g = coarse.geo_transform.as_mut().unwrap();
+    (g[1], g[5]) = (2.0 * g[1], 2.0 * g[5]);
+    let dsm = dir.path().join("coarse/dsm.tif");
+    write(&dsm, (48, 48), 1, &vec![7.0f32; 48 * 48], &coarse);
+    let blocks = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let optical = format!("optical={}", s(&files[0]));
+        let dsm = format!("dsm={}", s(&dsm));
+        let mut args = vec!["blocks", "--grid", "2x2", "--labels", s(&files[3])];
+        args.extend(["--modality", &optical, "--modality", &dsm, "--out", s(&out)]);
+        args.extend(extra);
+        dis2(&args)
+    };
+    let (_, stderr) = ok_with_stderr(&blocks("resampled", &[]));
+    assert!(
+        stderr.contains("--modality dsm")
+            && stderr.contains("is resampled")
+            && stderr.contains("onto the grid of --labels"),
+        "{stderr}"
+    );
+    let out = dir.path().join("resampled/test");
+    let block = RasterInfo::read(&out.join("dsm/r0c0.tif")).unwrap();
+    let label = RasterInfo::read(&out.join("label/r0c0.tif")).unwrap();
+    assert_eq!((block.width, block.height), (48, 48));
+    assert_eq!(block.geo_transform, label.geo_transform);
+    let px = read_all(&out.join("dsm/r0c0.tif"));
+    for y in 1..47 {
+        for x in 1..47 {
+            assert!(px.valid[y * 48 + x], "({x}, {y})");
+        }
+    }
+    assert!(px
+        .data
+        .iter()
+        .zip(&px.valid)
+        .all(|(&v, &ok)| !ok || v == 7.0));
+    // --strict-grid keeps the refusal.
+    let err = failed(&blocks("strict", &["--strict-grid"]));
+    assert!(
+        err.contains("dsm.tif") && err.contains("do not line up") && err.contains("--strict-grid"),
+        "{err}"
+    );
+}

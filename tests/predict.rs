@@ -1,7 +1,10 @@
 //! `dis2 predict` end to end: the binary on synthetic and real scenes, its outputs against the
-//! model run directly, and its errors.
+//! model run directly, inputs GDAL reads through its virtual file systems, the checkpoint a run
+//! directory names, and its errors.
 
+use std::io::Write;
 use std::path::Path;
+use std::process::Command;
 
 use dis2::checkpoint;
 use dis2::data::raster::{
@@ -521,4 +524,156 @@ fn inference_settings_are_restored_and_not_compounded() {
     }
     assert_eq!(tch::get_num_threads(), threads);
     assert_eq!(cache(), before);
+}
+
+/// `file` as the member `name` of the zip archive `archive`.
+fn zip_one(file: &Path, archive: &Path, name: &str) {
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(archive).unwrap());
+    zip.start_file(name, zip::write::FileOptions::default())
+        .unwrap();
+    zip.write_all(&std::fs::read(file).unwrap()).unwrap();
+    zip.finish().unwrap();
+}
+
+/// `file` gzipped into `gz`.
+fn gzip(file: &Path, gz: &Path) {
+    let out = std::fs::File::create(gz).unwrap();
+    let mut encoder = flate2::write::GzEncoder::new(out, flate2::Compression::default());
+    encoder.write_all(&std::fs::read(file).unwrap()).unwrap();
+    encoder.finish().unwrap();
+}
+
+#[test]
+fn inputs_in_archives_go_to_gdal_as_they_are_in_flags_and_scene_lists() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = synthetic_checkpoint(dir.path());
+    let files = common::synthetic_scene(dir.path(), 64);
+    zip_one(&files[0], &dir.path().join("opt.zip"), "optical.tif");
+    gzip(&files[1], &dir.path().join("dsm.tif.gz"));
+    let zipped = format!("/vsizip/{}/optical.tif", s(&dir.path().join("opt.zip")));
+    let gzipped = format!("/vsigzip/{}", s(&dir.path().join("dsm.tif.gz")));
+    let run = |optical: &str, dsm: &str, out: &str| {
+        let out = dir.path().join(out);
+        let args = ["--checkpoint", s(&ck), "--out", s(&out)];
+        predict(
+            &[
+                &args[..],
+                &["--optical", optical, "--dsm", dsm, "--sar", s(&files[2])],
+            ]
+            .concat(),
+        )
+    };
+    ok(&run(s(&files[0]), s(&files[1]), "plain.tif"));
+    ok(&run(&zipped, &gzipped, "virtual.tif"));
+    let plain = read_all(&dir.path().join("plain.tif"));
+    assert_eq!(read_all(&dir.path().join("virtual.tif")), plain);
+
+    // A scene list resolves a relative archive against its folder, as it does a relative file.
+    let lists = dir.path().join("lists");
+    std::fs::create_dir(&lists).unwrap();
+    std::fs::rename(dir.path().join("opt.zip"), lists.join("opt.zip")).unwrap();
+    let list = lists.join("scenes.txt");
+    std::fs::write(
+        &list,
+        format!(
+            "optical=/vsizip/opt.zip/optical.tif dsm={gzipped} sar={} out=listed.tif\n",
+            s(&files[2])
+        ),
+    )
+    .unwrap();
+    ok(&predict(&["--checkpoint", s(&ck), "--list", s(&list)]));
+    assert_eq!(read_all(&lists.join("listed.tif")), plain);
+
+    // What GDAL cannot open is GDAL's error, with the flag and the file.
+    let missing = format!("/vsizip/{}/nope.tif", s(&lists.join("opt.zip")));
+    let err = failed(&run(&missing, &gzipped, "missing.tif"));
+    assert!(
+        err.contains("--optical")
+            && err.contains(&format!("GDAL cannot open raster {missing}"))
+            && err.contains("does not exist in the file system"),
+        "{err}"
+    );
+    // A relative path that names nothing: where it was looked for.
+    let out = Command::new(common::BIN)
+        .args(["predict", "--device", "cpu", "--checkpoint", s(&ck)])
+        .args(["--optical", "nope.tif", "--out", "x.tif"])
+        .current_dir(&lists)
+        .output()
+        .unwrap();
+    let err = failed(&out);
+    assert!(
+        err.contains("--optical")
+            && err.contains("raster nope.tif does not exist")
+            && err.contains(&format!("current directory {}", s(&lists))),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_run_directory_names_its_best_checkpoint_and_a_missing_one_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run");
+    let step = run.join("checkpoints/step-000001");
+    std::fs::create_dir_all(&step).unwrap();
+    synthetic_checkpoint(&step);
+    std::os::unix::fs::symlink("step-000001", run.join("checkpoints/best")).unwrap();
+    std::fs::write(run.join("run.yaml"), "kind: teacher\n").unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/synthetic.yaml"),
+        run.join("config.yaml"),
+    )
+    .unwrap();
+    let files = common::synthetic_scene(dir.path(), 64);
+    let with = |checkpoint: &Path, out: &str| {
+        let out = dir.path().join(out);
+        predict(&[
+            "--checkpoint",
+            s(checkpoint),
+            "--optical",
+            s(&files[0]),
+            "--dsm",
+            s(&files[1]),
+            "--sar",
+            s(&files[2]),
+            "--out",
+            s(&out),
+        ])
+    };
+    ok(&with(&run, "by_run.tif"));
+    ok(&with(&step.join("model"), "by_file.tif"));
+    assert_eq!(
+        read_all(&dir.path().join("by_run.tif")),
+        read_all(&dir.path().join("by_file.tif"))
+    );
+
+    // A `best` link whose step directory is gone: the link and where it points.
+    std::fs::rename(&step, run.join("checkpoints/moved")).unwrap();
+    let err = failed(&with(&run, "dangling.tif"));
+    assert!(
+        err.contains("checkpoints/best dangles")
+            && err.contains("points to step-000001")
+            && !err.contains("best.yaml"),
+        "{err}"
+    );
+    let eval = |checkpoint: &str| {
+        Command::new(common::BIN)
+            .args(["eval", "--device", "cpu", "--checkpoint", checkpoint])
+            .current_dir(dir.path())
+            .output()
+            .unwrap()
+    };
+    let err = failed(&eval("run"));
+    assert!(
+        err.contains("--checkpoint run") && err.contains("dangles"),
+        "{err}"
+    );
+    // A path that does not exist is said to be missing, not outside a run.
+    let err = failed(&eval("runs/nope"));
+    assert!(
+        err.contains("checkpoint runs/nope does not exist")
+            && err.contains("runs/nope.safetensors")
+            && err.contains(&format!("current directory {}", s(dir.path())))
+            && !err.contains("not inside a run directory"),
+        "{err}"
+    );
 }

@@ -1,6 +1,7 @@
 //! Which pixels count: GDAL's mask model (internal and sidecar masks, per-band masks, alpha,
 //! nodata) in predict, statistics, the loader, validation and eval; values with two meanings
-//! (sentinel collisions); outputs GIS tools read as meant; and the messages of issue 12.
+//! (sentinel collisions); outputs GIS tools read as meant; the messages of issue 12; and a NIR
+//! band marked as alpha read as data when the user says so (issue 23).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -8,7 +9,8 @@ use std::process::Command;
 use dis2::config::Experiment;
 use dis2::data::dataset::SceneDataset;
 use dis2::data::layouts::Split;
-use dis2::data::raster::{RasterInfo, Window};
+use dis2::data::raster::{read_window_at, RasterInfo, Window};
+use dis2::data::validity::AlphaRule;
 use dis2::model::Dis2Net;
 use gdal::raster::Buffer;
 use gdal::{Dataset, DatasetOptions, GdalOpenFlags};
@@ -282,6 +284,147 @@ fn an_alpha_band_is_the_mask_of_rgb_and_never_a_fourth_band() {
             && err.contains("gdal_edit.py -colorinterp_4 undefined"),
         "{err}"
     );
+}
+
+/// `src` (4 u8 bands: R, G, B, NIR) as GDAL's and rasterio's defaults write a 4-band byte
+/// GeoTIFF: RGB, the fourth band (the NIR) marked as alpha.
+fn rgbn_marked_alpha(src: &Path, dst: &Path) {
+    let info = RasterInfo::read(src).unwrap();
+    let (w, h) = (info.width, info.height);
+    let driver = gdal::DriverManager::get_driver_by_name("GTiff").unwrap();
+    let mut options = gdal::raster::RasterCreationOptions::new();
+    options.add_name_value("PHOTOMETRIC", "RGB").unwrap();
+    let mut ds = driver
+        .create_with_band_type_with_options::<u8, _>(dst, w, h, 4, &options)
+        .unwrap();
+    let source = Dataset::open(src).unwrap();
+    ds.set_geo_transform(&source.geo_transform().unwrap())
+        .unwrap();
+    ds.set_spatial_ref(&source.spatial_ref().unwrap()).unwrap();
+    for b in 1..=4 {
+        let values: Vec<u8> = raw_band(src, b).iter().map(|&v| v as u8).collect();
+        let mut band = ds.rasterband(b).unwrap();
+        band.write((0, 0), (w, h), &mut Buffer::new((w, h), values))
+            .unwrap();
+    }
+    ds.rasterband(4)
+        .unwrap()
+        .set_color_interpretation(gdal::raster::ColorInterpretation::AlphaBand)
+        .unwrap();
+}
+
+#[test]
+fn a_nir_band_marked_as_alpha_is_read_as_data_when_told_in_every_command() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = common::synthetic_scene(dir.path(), 96);
+    let marked = dir.path().join("rgbn.tif");
+    rgbn_marked_alpha(&files[0], &marked);
+    let info = RasterInfo::read(&marked).unwrap();
+    assert_eq!((info.bands, info.alpha_bands), (3, vec![4]));
+    let as_data = RasterInfo::read_with(&marked, AlphaRule::Data).unwrap();
+    assert_eq!((as_data.bands, as_data.alpha_bands.len()), (4, 0));
+
+    // predict: refused without the option, naming it and the key; with it, the classes of the
+    // unmarked file (GDAL's alpha mask, which the NIR's zeros would set, is not applied).
+    let model = checkpoint_of(dir.path(), "rgbn", 6, 4);
+    let predict_with = |optical: &Path, out: &str, extra: &[&str]| {
+        let inputs = [
+            ("--optical", optical),
+            ("--dsm", files[1].as_path()),
+            ("--sar", files[2].as_path()),
+        ];
+        let out = dir.path().join(out);
+        let mut args = vec!["predict", "--checkpoint", s(&model), "--device", "cpu"];
+        for (flag, file) in inputs {
+            args.extend([flag, s(file)]);
+        }
+        args.extend(["--out", s(&out)]);
+        args.extend(extra);
+        dis2(&args)
+    };
+    let err = failed(&predict_with(&marked, "refused.tif", &[]));
+    assert!(
+        err.contains("--optical")
+            && err.contains("band 4 of 4 is an alpha band")
+            && err.contains("--alpha-as-data")
+            && err.contains("data.alpha_as_data: true")
+            && err.contains("gdal_edit.py -colorinterp_4 undefined"),
+        "{err}"
+    );
+    ok(&predict_with(&marked, "told.tif", &["--alpha-as-data"]));
+    ok(&predict_with(&files[0], "plain.tif", &[]));
+    let class_map = |name: &str| raw_band(&dir.path().join(name), 1);
+    assert_eq!(class_map("told.tif"), class_map("plain.tif"));
+
+    // blocks: refused until told what band 4 is; 4-band blocks with --alpha-as-data, 3-band
+    // blocks with --alpha-as-mask.
+    let optical = format!("optical={}", s(&marked));
+    let blocks = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec!["blocks", "--grid", "2x2", "--labels", s(&files[3])];
+        args.extend(["--modality", optical.as_str(), "--out", s(&out)]);
+        args.extend(extra);
+        dis2(&args)
+    };
+    let err = failed(&blocks("refused", &[]));
+    assert!(
+        err.contains("--modality optical")
+            && err.contains("rgbn.tif")
+            && err.contains("band 4 of 4 is marked as alpha")
+            && err.contains("--alpha-as-data")
+            && err.contains("--alpha-as-mask"),
+        "{err}"
+    );
+    ok(&blocks("data", &["--alpha-as-data"]));
+    let block = read_all(&dir.path().join("data/test/optical/r0c0.tif"));
+    let original = read_window_at(&files[0], Window::new(0, 0, 48, 48)).unwrap();
+    assert_eq!((block.bands, &block.data), (4, &original.data));
+    ok(&blocks("mask", &["--alpha-as-mask"]));
+    let masked = RasterInfo::read(&dir.path().join("mask/test/optical/r0c0.tif")).unwrap();
+    assert_eq!(masked.bands, 3);
+
+    // The loader's dataset and stats: data.alpha_as_data.
+    let bench = dir.path().join("bench");
+    let config = common::tiny_benchmark(&bench, 3);
+    let optical_dir = bench.join("synthetic/train/optical");
+    let mut originals = Vec::new();
+    for entry in std::fs::read_dir(&optical_dir).unwrap() {
+        let file = entry.unwrap().path();
+        let original = dir.path().join(format!("original-{}", originals.len()));
+        std::fs::rename(&file, &original).unwrap();
+        rgbn_marked_alpha(&original, &file);
+        originals.push((file, original));
+    }
+    let exp = Experiment::load(&config, &[]).unwrap();
+    let err = format!(
+        "{:#}",
+        SceneDataset::open(&exp.data, &exp.model, Split::Train).unwrap_err()
+    );
+    assert!(
+        err.contains("band 4 of 4 is an alpha band") && err.contains("data.alpha_as_data: true"),
+        "{err}"
+    );
+    let told = Experiment::load(&config, &["data.alpha_as_data=true".to_string()]).unwrap();
+    let dataset = SceneDataset::open(&told.data, &told.model, Split::Train).unwrap();
+    for (i, scene) in dataset.scenes.iter().enumerate() {
+        let (_, original) = originals
+            .iter()
+            .find(|(file, _)| *file == scene.modalities[0].path)
+            .unwrap();
+        let sample = dataset.read(i, Window::new(0, 0, 96, 96)).unwrap();
+        assert_eq!(sample.modalities[0], read_all(original), "{}", scene.id);
+    }
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("\ndata:\n"), "{text}");
+    std::fs::write(
+        &config,
+        text.replacen("\ndata:\n", "\ndata:\n  alpha_as_data: true\n", 1),
+    )
+    .unwrap();
+    dis2::prepare::update_statistics(&config, false).unwrap();
+    let updated = Experiment::load(&config, &[]).unwrap();
+    assert!(updated.data.alpha_as_data);
+    assert_eq!(updated.data.normalisation["optical"].mean.len(), 4);
 }
 
 #[test]

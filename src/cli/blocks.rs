@@ -5,6 +5,7 @@ use clap::Args;
 use std::path::PathBuf;
 
 use crate::blocks::{grid_map, split_blocks, BlocksRequest};
+use crate::data::validity::AlphaRule;
 
 /// `dis2 blocks`.
 #[derive(Debug, Args)]
@@ -13,7 +14,8 @@ pub struct BlocksArgs {
     /// (a modality with one file is shared by every acquisition). Repeatable.
     #[arg(long = "modality", value_name = "NAME=FILE[,FILE...]", required = true)]
     pub modalities: Vec<String>,
-    /// The label raster (integer codes), aligned with every modality.
+    /// The label raster (integer codes): the blocks are cut on its grid, and modality files on
+    /// other grids are resampled onto it.
     #[arg(long, value_name = "FILE")]
     pub labels: PathBuf,
     /// Blocks per column and row of the grid, `ROWSxCOLS`.
@@ -22,6 +24,18 @@ pub struct BlocksArgs {
     /// Output folder: `{train,val,test}/<modality>/`, `{...}/label/`, `blocks.json`.
     #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
+    /// Read bands the modality files mark as alpha as data (GDAL's and rasterio's defaults mark
+    /// the NIR band of a 4-band byte RGB + NIR file as alpha). A file with such a band needs
+    /// this or --alpha-as-mask.
+    #[arg(long, conflicts_with = "alpha_as_mask")]
+    pub alpha_as_data: bool,
+    /// Read bands the modality files mark as alpha as transparency masks (NaN in the blocks
+    /// where they are 0), not as data.
+    #[arg(long)]
+    pub alpha_as_mask: bool,
+    /// Refuse modality files that are not on the labels' grid instead of resampling them.
+    #[arg(long)]
+    pub strict_grid: bool,
 }
 
 /// `NAME=FILE[,FILE...]`.
@@ -61,6 +75,12 @@ pub(crate) fn run(args: &BlocksArgs) -> Result<()> {
         labels: args.labels.clone(),
         grid: parse_grid(&args.grid)?,
         out: args.out.clone(),
+        alpha: match (args.alpha_as_data, args.alpha_as_mask) {
+            (true, _) => Some(AlphaRule::Data),
+            (_, true) => Some(AlphaRule::Mask),
+            _ => None,
+        },
+        strict_grid: args.strict_grid,
     };
     let report = split_blocks(&request)?;
     print!("{}", grid_map(&report, request.grid.1));

@@ -75,6 +75,8 @@ pub struct EvalArgs {
 /// checkpoint belongs to, if any.
 fn locate(args: &EvalArgs) -> Result<(PathBuf, PathBuf, Option<RunDir>)> {
     let (checkpoint, run) = RunDir::locate_checkpoint(&args.checkpoint);
+    crate::checkpoint::check_present(&checkpoint)
+        .with_context(|| format!("--checkpoint {}", args.checkpoint.display()))?;
     if let Some(config) = &args.config {
         return Ok((checkpoint, config.clone(), run));
     }

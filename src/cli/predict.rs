@@ -15,10 +15,13 @@ use std::path::{Path, PathBuf};
 
 use super::DeviceArgs;
 use crate::data::config::{GridConfig, Resampling};
+use crate::data::validity::AlphaRule;
+use crate::data::vsi;
 use crate::precision::PrecisionChoice;
 use crate::predict::{
     predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob,
 };
+use crate::train::run::RunDir;
 
 /// `dis2 predict`.
 #[derive(Debug, Parser)]
@@ -29,7 +32,8 @@ use crate::predict::{
                   with --allow-fill the teacher with that modality filled. See docs/predict.md."
 )]
 pub struct PredictArgs {
-    /// The checkpoint (CHECKPOINT.safetensors + CHECKPOINT.yaml).
+    /// The checkpoint: a checkpoint directory (a run's `checkpoints/best`), a checkpoint name
+    /// (NAME.safetensors + NAME.yaml), or a run directory (its `checkpoints/best` is used).
     #[arg(long, value_name = "CHECKPOINT")]
     pub checkpoint: Option<PathBuf>,
     /// Class map to write (u8 GeoTIFF, 255 = nodata).
@@ -55,7 +59,8 @@ pub struct PredictArgs {
     #[arg(long)]
     pub allow_fill: bool,
     /// Several scenes: one line per scene, `NAME=FILE ... out=FILE [probs=FILE]
-    /// [preview=FILE]`; relative paths are relative to the list's folder; `#` starts a comment.
+    /// [preview=FILE]`; relative paths are relative to the list's folder (also the archive of
+    /// `/vsizip/a.zip/x.tif`); `#` starts a comment.
     #[arg(long, value_name = "FILE")]
     pub list: Option<PathBuf>,
     /// With --list: predict only scenes i, i+n, i+2n, ... (0-based), for job arrays.
@@ -73,6 +78,10 @@ pub struct PredictArgs {
     /// them.
     #[arg(long)]
     pub accept_input_range: bool,
+    /// Read bands the inputs mark as alpha as data, not as transparency masks (GDAL's and
+    /// rasterio's defaults mark the NIR band of a 4-band byte RGB + NIR file as alpha).
+    #[arg(long)]
+    pub alpha_as_data: bool,
     /// Resampling of one modality onto the grid (repeatable), e.g. `dsm=cubic`: nearest,
     /// bilinear, cubic, cubic_spline, lanczos, average, mode, min, max, median [default:
     /// average when downsampling 2x or more, nearest for class maps, else bilinear].
@@ -262,14 +271,7 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("--list: cannot read {}", path.display()))?;
     let base = path.parent().unwrap_or(Path::new(""));
-    let resolve = |v: &str| {
-        let p = PathBuf::from(v);
-        if p.is_absolute() {
-            p
-        } else {
-            base.join(p)
-        }
-    };
+    let resolve = |v: &str| vsi::resolve(base, v);
     let mut jobs = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let at = format!("{}:{}", path.display(), n + 1);
@@ -311,10 +313,11 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
 /// Runs `dis2 predict`.
 pub(crate) fn run(args: PredictArgs) -> Result<()> {
     let inputs = parse_inputs(&args.inputs)?;
-    let checkpoint = args
+    let named = args
         .checkpoint
         .clone()
         .ok_or_else(|| anyhow!("--checkpoint is required"))?;
+    let (checkpoint, _) = RunDir::locate_checkpoint(&named);
     let jobs: Vec<SceneJob> = match &args.list {
         Some(list) => {
             if !inputs.is_empty()
@@ -362,6 +365,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         grid_file: None,
         announce_grid: true,
         accept_input_range: args.accept_input_range,
+        alpha: AlphaRule::data_if(args.alpha_as_data),
     };
     if options.batch == 0 {
         bail!("--batch must be at least 1");

@@ -50,6 +50,11 @@ pub struct DataConfig {
     /// The grid each scene is read on, and how files on other grids are resampled onto it.
     #[serde(default, skip_serializing_if = "GridConfig::is_default")]
     pub grid: GridConfig,
+    /// Read bands of the modalities' rasters marked as alpha as data, not as masks (GDAL's and
+    /// rasterio's default 4-band byte layout marks an RGB + NIR file's NIR band as alpha); label
+    /// rasters' alpha bands stay masks. See [`super::validity::AlphaRule`].
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub alpha_as_data: bool,
 }
 
 /// `data.label_nodata`: a label raster declares as nodata a value that is also a class.
@@ -87,6 +92,7 @@ impl Default for DataConfig {
             classes: None,
             label_nodata: LabelNodata::Refuse,
             grid: GridConfig::default(),
+            alpha_as_data: false,
         }
     }
 }

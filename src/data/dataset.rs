@@ -13,7 +13,7 @@ use super::grid::{self, GridFile, GridKeys, GridSource, SceneGrid};
 use super::labels::{LabelDecoder, UnknownLabelValues};
 use super::layouts::{check_modality_names, layout_of, SceneFiles, Split};
 use super::raster::{self, Pixels, RasterInfo, Window};
-use super::validity::NodataRule;
+use super::validity::{AlphaRule, NodataRule};
 use crate::model::config::{ModalitySpec, ModelConfig};
 
 /// Rows of a label raster surveyed at a time when listing the values that are not classes.
@@ -75,6 +75,9 @@ pub(crate) struct LabelRules {
     pub nodata: LabelNodata,
     /// `data.grid`: the reference modality, strict mode, resampling.
     pub grid: GridConfig,
+    /// What the modalities' bands marked as alpha are (`data.alpha_as_data`); label rasters'
+    /// alpha bands are always masks.
+    pub alpha: AlphaRule,
 }
 
 impl SceneDataset {
@@ -100,6 +103,7 @@ impl SceneDataset {
             ignore_index: data.ignore_index,
             nodata: data.label_nodata,
             grid: data.grid.clone(),
+            alpha: AlphaRule::data_if(data.alpha_as_data),
         };
         Self::from_files(layout.key(), split, files, &model.modalities, rules)
     }
@@ -233,7 +237,8 @@ impl SceneDataset {
         let mut counts = BTreeMap::new();
         for y in (0..height).step_by(SURVEY_ROWS) {
             let window = Window::new(0, y as i64, width, SURVEY_ROWS.min(height - y));
-            let px = raster::read_window_with(ds, &path, window, scene.label_rule)?;
+            let px =
+                raster::read_window_with(ds, &path, window, scene.label_rule, AlphaRule::Mask)?;
             let strip =
                 self.decoder
                     .unknown_values(&px, &path, self.num_classes, self.ignore_index)?;
@@ -265,7 +270,7 @@ fn check_scene(
     }
     let mut grid_files = Vec::with_capacity(modalities.len() + 1);
     for (path, spec) in files.modalities.iter().zip(modalities) {
-        let header = RasterInfo::read(path)?;
+        let header = RasterInfo::read_with(path, rules.alpha)?;
         header.check_bands(
             spec.channels.max(0) as usize,
             &format!("modality {} (model.modalities)", spec.name),

@@ -25,7 +25,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use super::config::{GridConfig, Resampling};
 use super::raster::{self, Pixels, RasterInfo, Window};
-use super::validity::NodataRule;
+use super::validity::{AlphaRule, NodataRule};
 pub use super::warp::Warp;
 use super::warp::{self, Target};
 
@@ -63,6 +63,11 @@ impl GridKeys {
         reference: "--grid-reference",
         strict: "--strict-grid",
     };
+    /// The flags of `dis2 blocks`, whose grid is the label raster's.
+    pub const BLOCKS: Self = Self {
+        reference: "--labels",
+        strict: "--strict-grid",
+    };
 }
 
 /// A scene's grid: the header of its reference file, with the georeferencing completed by the
@@ -92,6 +97,8 @@ pub struct GridSource {
     pub path: PathBuf,
     /// How it is resampled onto the grid; `None`: it is on the grid.
     pub warp: Option<Arc<Warp>>,
+    /// What its bands marked as alpha are (as its header was read: [`RasterInfo::alpha`]).
+    pub alpha: AlphaRule,
 }
 
 /// Something said once per process about how a scene is read (see [`announce`]).
@@ -130,15 +137,20 @@ pub fn plan(
     let grid = reference_grid(files, reference, &mut notes);
     let mut sources = Vec::with_capacity(files.len());
     for (i, file) in files.iter().enumerate() {
-        let path = file.header.path.clone();
+        let (path, alpha) = (file.header.path.clone(), file.header.alpha);
         if i == reference {
-            sources.push(GridSource { path, warp: None });
+            sources.push(GridSource {
+                path,
+                warp: None,
+                alpha,
+            });
             continue;
         }
         let warp = place(file, &grid, config, keys, &mut notes)?;
         sources.push(GridSource {
             path,
             warp: warp.map(Arc::new),
+            alpha,
         });
     }
     Ok(GridPlan {
@@ -314,12 +326,12 @@ fn resampling_note(file: &GridFile, grid: &SceneGrid, warp: &Warp) -> Note {
     Note { key, text }
 }
 
-/// Pixel size and CRS, for messages: `20 m, EPSG:32631`, `12 GCPs, EPSG:4326`, `no
-/// georeferencing`.
+/// Pixel size and CRS, for messages: `20 m, EPSG:32631`, `0.5 x 1 m, EPSG:32631` (x by y, for
+/// pixels that are not square), `12 GCPs, EPSG:4326`, `no georeferencing`.
 pub fn describe(info: &RasterInfo) -> String {
     match info.geo_transform {
         Some(g) => {
-            let size = (g[1] * g[5] - g[2] * g[4]).abs().sqrt();
+            let size = pixel_size(&g);
             let unit = match info.crs_wkt.as_deref().map(SpatialRef::from_wkt) {
                 None => " (no CRS)".to_string(),
                 Some(Ok(srs)) if srs.is_geographic() => "°".to_string(),
@@ -333,7 +345,7 @@ pub fn describe(info: &RasterInfo) -> String {
                 Some(_) => format!(", {}", info.crs_label()),
                 None => String::new(),
             };
-            format!("{}{unit}{crs}", number(size))
+            format!("{size}{unit}{crs}")
         }
         None if !info.gcps.is_empty() => {
             let crs = match &info.gcp_crs_wkt {
@@ -347,6 +359,17 @@ pub fn describe(info: &RasterInfo) -> String {
             format!("{} GCPs{crs}", info.gcps.len())
         }
         None => "no georeferencing".to_string(),
+    }
+}
+
+/// The pixel size of a geotransform: one number for square pixels, else `x x y` (the lengths of a
+/// pixel's sides along its columns and its rows).
+fn pixel_size(g: &[f64; 6]) -> String {
+    let (x, y) = (g[1].hypot(g[4]), g[2].hypot(g[5]));
+    if (x - y).abs() <= 1e-9 * x.max(y) {
+        number((g[1] * g[5] - g[2] * g[4]).abs().sqrt())
+    } else {
+        format!("{} x {}", number(x), number(y))
     }
 }
 
@@ -404,11 +427,12 @@ fn has_colour_table(ds: &Dataset) -> Result<bool> {
 }
 
 impl GridSource {
-    /// A file on the grid already.
-    pub(crate) fn on_grid(path: &Path) -> Self {
+    /// A file on the grid already, its bands marked as alpha taken as `alpha` says.
+    pub(crate) fn on_grid(path: &Path, alpha: AlphaRule) -> Self {
         Self {
             path: path.to_path_buf(),
             warp: None,
+            alpha,
         }
     }
 
@@ -449,10 +473,10 @@ impl OpenSource {
     /// [`Self::read`] with a choice of how the file's declared nodata counts (labels whose
     /// nodata value is also a class, see `data.label_nodata`).
     pub(crate) fn read_with(&self, window: Window, rule: NodataRule) -> Result<Pixels> {
-        let path = &self.source.path;
+        let (path, alpha) = (&self.source.path, self.source.alpha);
         match &self.source.warp {
-            None => raster::read_window_with(&self.ds, path, window, rule),
-            Some(warp) => warp.read(&self.ds, path, window, rule),
+            None => raster::read_window_with(&self.ds, path, window, rule, alpha),
+            Some(warp) => warp.read(&self.ds, path, window, rule, alpha),
         }
     }
 
@@ -748,6 +772,129 @@ mod tests {
         assert_eq!(
             GeoRef::of(&plan.grid.info).unwrap().crs.map(|_| ()),
             Some(())
+        );
+    }
+
+    #[test]
+    fn non_square_pixels_are_described_x_by_y() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let tall = GeoRef {
+            geo_transform: Some([500_000.0, 0.5, 0.0, 5_000_000.0, 0.0, -1.0]),
+            ..GeoRef::north_up(0.0, 0.0, 1.0, EPSG)
+        };
+        assert_eq!(
+            describe(&ramp(&p("tall.tif"), (4, 4), Some(&tall))),
+            "0.5 x 1 m, EPSG:32631"
+        );
+        let square = GeoRef::north_up(500_000.0, 5_000_000.0, 20.0, EPSG);
+        assert_eq!(
+            describe(&ramp(&p("square.tif"), (4, 4), Some(&square))),
+            "20 m, EPSG:32631"
+        );
+    }
+
+    /// 100 x 100 px of 400 m in UTM zone 60 S (EPSG:32760), all 5.0: 179.82°E to 179.80°W and
+    /// 16.98°S to 17.35°S (Fiji, across the antimeridian), placed by a geotransform or by GCPs.
+    fn across_the_antimeridian(path: &Path, by_gcps: bool) -> RasterInfo {
+        let placed = GeoRef::north_up(800_000.0, 8_120_000.0, 400.0, 32760);
+        let georef = match by_gcps {
+            false => placed,
+            true => GeoRef {
+                geo_transform: None,
+                crs: None,
+                gcps: gcps_of(&placed, 100, 100),
+                gcp_crs: Some(Crs::Epsg(32760)),
+            },
+        };
+        let data = vec![5.0f32; 100 * 100];
+        let raster = RasterData {
+            width: 100,
+            height: 100,
+            bands: 1,
+            data: &data,
+        };
+        write_geotiff(path, &raster, &georef, &WriteOptions::default()).unwrap();
+        RasterInfo::read(path).unwrap()
+    }
+
+    #[test]
+    fn files_across_the_antimeridian_are_warped_onto_a_geographic_grid_as_gdalwarp_maps_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = |n: &str| dir.path().join(n);
+        let utm = across_the_antimeridian(&p("utm.tif"), false);
+        let gcps = across_the_antimeridian(&p("gcps.tif"), true);
+        // Within ±180° in EPSG:4326: 180.0°W to 179.6°W, 16.8°S to 17.2°S (columns 100..140,
+        // rows 30..70 of the grids below).
+        let geographic = GeoRef::north_up(-180.0, -16.8, 0.01, 4326);
+        let data = vec![5.0f32; 40 * 40];
+        let raster = RasterData {
+            width: 40,
+            height: 40,
+            bands: 1,
+            data: &data,
+        };
+        write_geotiff(
+            &p("geo.tif"),
+            &raster,
+            &geographic,
+            &WriteOptions::default(),
+        )
+        .unwrap();
+        let geo = RasterInfo::read(&p("geo.tif")).unwrap();
+        // 200 x 100 px of 0.01° from 179°E eastwards across 180°, in either convention GDAL
+        // reads (179..181 and -181..-179), 16.5°S to 17.5°S.
+        for west in [179.0, -181.0] {
+            let grid = GeoRef::north_up(west, -16.5, 0.01, 4326);
+            let reference = ramp(&p(&format!("grid{west}.tif")), (200, 100), Some(&grid));
+            let covered = [
+                (&utm, (85..=115, 55..=80)),
+                (&gcps, (85..=115, 55..=80)),
+                (&geo, (102..=138, 32..=68)),
+            ];
+            for (file_info, (columns, rows)) in covered {
+                let name = file_info.path.display().to_string();
+                let files = [
+                    file("optical", reference.clone()),
+                    file("sar", file_info.clone()),
+                ];
+                let plan = plan_of(&files, &GridConfig::default())
+                    .unwrap_or_else(|e| panic!("{name} onto {west}: {e:#}"));
+                assert!(plan.sources[1].warp.is_some(), "{name}");
+                let px = plan.sources[1].read(Window::new(0, 0, 200, 100)).unwrap();
+                let at =
+                    |col: usize, row: usize| (px.valid[row * 200 + col], px.data[row * 200 + col]);
+                for col in columns.clone().step_by(5) {
+                    for row in rows.clone().step_by(5) {
+                        assert_eq!(
+                            at(col, row),
+                            (true, 5.0),
+                            "{name} onto {west}: ({col}, {row})"
+                        );
+                    }
+                }
+                let (c0, c1) = (*columns.start(), *columns.end());
+                for col in [10, c0 - 8, c1 + 8, 190] {
+                    assert!(
+                        !at(col, 60).0,
+                        "{name} onto {west}: column {col} has no data"
+                    );
+                }
+                for row in [5, 95] {
+                    assert!(!at(100, row).0, "{name} onto {west}: row {row} has no data");
+                }
+            }
+        }
+        // Whole turns bring a footprint near the grid only where the warper finds the file.
+        let elsewhere = GeoRef::north_up(10.0, -16.5, 0.01, 4326);
+        let reference = ramp(&p("elsewhere.tif"), (200, 100), Some(&elsewhere));
+        let e = err(plan_of(
+            &[file("optical", reference), file("sar", utm)],
+            &GridConfig::default(),
+        ));
+        assert!(
+            e.contains("utm.tif") && e.contains("does not overlap the grid"),
+            "{e}"
         );
     }
 

@@ -14,6 +14,7 @@ use super::config::{
     VaihingenConfig, VaihingenProduct, WhuOptSarConfig,
 };
 use super::labels::LabelDecoder;
+use super::vsi::{self, resolved_against};
 
 /// A part of a dataset.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -117,24 +118,12 @@ pub(crate) fn check_modality_names(layout: &dyn Layout, model: &[String]) -> Res
     Ok(())
 }
 
-/// For messages about a path from the configuration: where a relative path was looked for
-/// (`dis2` resolves relative paths against the directory it runs in); empty for absolute paths.
-pub(crate) fn resolved_against(path: &Path) -> String {
-    if path.is_absolute() {
-        return String::new();
-    }
-    let cwd = std::env::current_dir()
-        .map(|d| d.display().to_string())
-        .unwrap_or_else(|_| "(unknown)".to_string());
-    format!(" (relative paths are resolved against the current directory {cwd})")
-}
-
 /// Errors listing missing files (at most 10 named), under the layout's `root`.
 fn check_exist(key: &str, root: &Path, files: &[SceneFiles]) -> Result<()> {
     let missing: Vec<String> = files
         .iter()
         .flat_map(|s| s.modalities.iter().chain(s.label.iter()))
-        .filter(|p| !p.is_file())
+        .filter(|p| !vsi::is_file(p))
         .map(|p| p.display().to_string())
         .collect();
     if !missing.is_empty() {
@@ -149,7 +138,7 @@ fn check_exist(key: &str, root: &Path, files: &[SceneFiles]) -> Result<()> {
         } else {
             String::new()
         };
-        if !root.is_dir() {
+        if !vsi::is_dir(root) {
             bail!(
                 "data.dataset.{key}.root: folder {} does not exist{}",
                 root.display(),
@@ -187,7 +176,7 @@ fn products_of<P: Copy>(
 fn product_path(root: &Path, dir: &str, name: &str) -> PathBuf {
     let flat = root.join(dir).join(name);
     let nested = root.join(dir).join(dir).join(name);
-    if !flat.exists() && nested.exists() {
+    if !vsi::exists(&flat) && vsi::exists(&nested) {
         nested
     } else {
         flat
@@ -409,21 +398,21 @@ pub(crate) fn list_rasters(key: &str, pattern: &str) -> Result<BTreeMap<String, 
     if dir.to_string_lossy().contains(['*', '?']) {
         bail!("{key}: {pattern}: only the last path component may hold * or ?");
     }
-    if !dir.is_dir() {
+    if !vsi::is_dir(&dir) {
         bail!(
             "{key}: folder {} does not exist{}",
             dir.display(),
             resolved_against(&dir)
         );
     }
-    let entries = std::fs::read_dir(&dir)
-        .with_context(|| format!("{key}: cannot list folder {}", dir.display()))?;
+    let entries = vsi::read_dir(&dir).with_context(|| format!("{key}: {pattern}"))?;
     let mut out = BTreeMap::new();
-    for entry in entries {
-        let entry = entry.with_context(|| format!("cannot list folder {}", dir.display()))?;
-        let file = entry.path();
-        let fname = entry.file_name().to_string_lossy().into_owned();
-        if fname.starts_with('.') || !file.is_file() {
+    for file in entries {
+        let fname = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if fname.starts_with('.') || !vsi::is_file(&file) {
             continue;
         }
         let keep = match &glob {
@@ -578,7 +567,7 @@ impl Layout for SyntheticConfig {
     }
     fn scenes(&self, split: Split, modalities: &[String]) -> Result<Vec<SceneFiles>> {
         let dir = self.root.join(split.as_str());
-        if !dir.is_dir() {
+        if !vsi::is_dir(&dir) {
             bail!(
                 "data.dataset.synthetic.root: {} has no {split}/ folder{}; write the benchmark with `dis2 synth --out {}`",
                 self.root.display(),

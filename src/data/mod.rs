@@ -1,6 +1,7 @@
 //! Rasters, dataset layouts, sampling and the synthetic benchmark.
 //!
-//! The pieces, torchgeo-style: [`raster`] reads and writes GeoTIFFs through GDAL, with
+//! The pieces, torchgeo-style: [`raster`] reads and writes GeoTIFFs through GDAL (any path GDAL
+//! opens, its virtual file systems included: `vsi`), with
 //! [`validity`] deciding which bands are data and which pixels are valid (GDAL's mask model);
 //! [`grid`] places the files of a scene on one grid, and `warp` resamples the files on other
 //! grids through GDAL's warper (`gdal_warp`: the C functions the gdal crate does not bind),
@@ -29,6 +30,7 @@ pub mod sampling;
 pub mod stats;
 pub mod synth;
 pub mod validity;
+pub(crate) mod vsi;
 mod warp;
 
 #[cfg(test)]

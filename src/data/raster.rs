@@ -6,7 +6,8 @@
 //! declared nodata value, NaN or an infinity, or when it lies outside the raster (a window may
 //! reach past the edge). Invalid pixels are reported in [`Pixels::valid`] and their values are
 //! set to 0; the loader later fills them after normalisation and excludes them from the loss.
-//! Alpha bands are masks, not data: [`RasterInfo::bands`] and [`Pixels`] count data bands only.
+//! Alpha bands are masks, not data: [`RasterInfo::bands`] and [`Pixels`] count data bands only
+//! (unless the user says they are data: [`AlphaRule::Data`]).
 //! Values are read with each band's GDAL scale and offset applied, so every reader (and the
 //! warper, which resamples values read here) sees the same units.
 
@@ -17,18 +18,33 @@ use gdal::raster::{
 };
 use gdal::spatial_ref::SpatialRef;
 use gdal::Gcp;
-use gdal::{Dataset, DriverManager, Metadata};
+use gdal::{Dataset, DatasetOptions, DriverManager, GdalOpenFlags, Metadata};
 use std::path::{Path, PathBuf};
 
 use super::gdal_errors::{checked, close_checked};
-use super::validity::{BandLayout, MaskReader, NodataRule, Region};
+use super::validity::{AlphaRule, BandLayout, MaskReader, NodataRule, Region};
+use super::vsi;
 
-/// Opens a raster read-only; the error names the file.
+/// Opens a raster read-only. The path goes to GDAL as it is, so GDAL's virtual file systems
+/// (`/vsizip/`, `/vsigzip/`, `/vsicurl/`, `/vsis3/`, ...) are read like files ([`super::vsi`]).
+///
+/// Errors: GDAL's, with the file named: `raster PATH does not exist` for a local path that names
+/// nothing, else `GDAL cannot open raster PATH`; a relative path adds the directory it was looked
+/// for in.
 pub fn open(path: &Path) -> Result<Dataset> {
-    if !path.exists() {
-        bail!("raster {} does not exist", path.display());
-    }
-    Dataset::open(path).with_context(|| format!("GDAL cannot open raster {}", path.display()))
+    // Verbose: GDAL says why it cannot open a path (its error is the cause reported).
+    let options = DatasetOptions {
+        open_flags: GdalOpenFlags::GDAL_OF_READONLY | GdalOpenFlags::GDAL_OF_VERBOSE_ERROR,
+        ..Default::default()
+    };
+    Dataset::open_ex(path, options).map_err(|e| {
+        let place = vsi::resolved_against(path);
+        let what = match vsi::is_missing_local(path) {
+            true => format!("raster {} does not exist{place}", path.display()),
+            false => format!("GDAL cannot open raster {}{place}", path.display()),
+        };
+        anyhow::Error::new(e).context(what)
+    })
 }
 
 /// What a raster's header says: size, bands, type, georeferencing and nodata.
@@ -37,10 +53,15 @@ pub struct RasterInfo {
     pub path: PathBuf,
     pub width: usize,
     pub height: usize,
-    /// Data bands: every band but the alpha bands.
+    /// Data bands: every band but the alpha bands (every band with [`AlphaRule::Data`]).
     pub bands: usize,
-    /// The alpha bands (1-based band numbers): masks, not data.
+    /// The alpha bands (1-based band numbers): masks, not data (none with [`AlphaRule::Data`]).
     pub alpha_bands: Vec<usize>,
+    /// What bands marked as alpha were taken for when the header was read, and so in every read
+    /// of the file on a scene's grid ([`super::grid`]).
+    pub alpha: AlphaRule,
+    /// The first data band has a colour table (a paletted raster: one band of palette indices).
+    pub paletted: bool,
     /// GDAL's name of the first data band's type (`Byte`, `UInt16`, `Float32`, ...).
     pub data_type: String,
     /// The affine geotransform, `None` when the file has none (e.g. a plain JPEG).
@@ -56,18 +77,24 @@ pub struct RasterInfo {
 }
 
 impl RasterInfo {
-    /// Reads the header of `path` (no pixels).
+    /// Reads the header of `path` (no pixels); alpha bands are masks.
     pub fn read(path: &Path) -> Result<Self> {
-        Self::of(&open(path)?, path)
+        Self::read_with(path, AlphaRule::Mask)
     }
 
-    /// The header of an open dataset.
+    /// Reads the header of `path` (no pixels), bands marked as alpha taken as `alpha` says.
+    pub fn read_with(path: &Path, alpha: AlphaRule) -> Result<Self> {
+        Self::of(&open(path)?, path, alpha)
+    }
+
+    /// The header of an open dataset, bands marked as alpha taken as `alpha` says.
     ///
     /// Errors: a band of a pixel type dis2 cannot read (complex types are named, with the hint
     /// to convert to amplitude or dB).
-    pub fn of(ds: &Dataset, path: &Path) -> Result<Self> {
+    pub fn of(ds: &Dataset, path: &Path, alpha: AlphaRule) -> Result<Self> {
         let (width, height) = ds.raster_size();
-        let layout = BandLayout::of(ds, path)?;
+        let layout = BandLayout::of(ds, path, alpha)?;
+        let mut paletted = false;
         let mut nodata = Vec::with_capacity(layout.data.len());
         let mut data_type = String::new();
         for &b in &layout.data {
@@ -76,6 +103,7 @@ impl RasterInfo {
                 .with_context(|| format!("{}: cannot read band {b}", path.display()))?;
             if data_type.is_empty() {
                 data_type = band.band_type().name();
+                paletted = band.color_table().is_some();
             }
             nodata.push(band.no_data_value());
         }
@@ -87,6 +115,8 @@ impl RasterInfo {
             height,
             bands: layout.data.len(),
             alpha_bands: layout.alpha,
+            alpha,
+            paletted,
             data_type,
             geo_transform: ds.geo_transform().ok(),
             crs_wkt: (!projection.trim().is_empty()).then_some(projection),
@@ -98,7 +128,9 @@ impl RasterInfo {
 
     /// Checks that the raster has `expected` data bands for `what` (e.g. `modality optical`).
     /// When one more is expected and the file has an alpha band, the error says that band is a
-    /// mask, not data, and how to mark it as data if it is one.
+    /// mask, not data, and how to read it as data: [`AlphaRule::Data`]'s option and key, or
+    /// marking the band in the file. A paletted file where 3 or 4 bands are expected (ISPRS colour
+    /// labels stored with a palette, say) is named as such, with how to expand its palette.
     pub(crate) fn check_bands(&self, expected: usize, what: &str) -> Result<()> {
         if self.bands == expected {
             return Ok(());
@@ -109,12 +141,25 @@ impl RasterInfo {
                 bail!(
                     "{path}: {what} expects {expected} band(s), but band {alpha} of {} is an \
                      alpha band (a transparency mask, used as the validity mask and never read \
-                     as data), which leaves {} data band(s). If band {alpha} holds data (say \
-                     NIR), mark it as such: gdal_edit.py -colorinterp_{alpha} undefined {path}",
+                     as data), which leaves {} data band(s). GDAL and rasterio mark the fourth \
+                     band of a 4-band byte file as alpha by default. If band {alpha} holds data \
+                     (say NIR), read it as data without editing the file: {}; or mark it as \
+                     data in the file: gdal_edit.py -colorinterp_{alpha} undefined {path}",
                     self.bands + self.alpha_bands.len(),
-                    self.bands
+                    self.bands,
+                    AlphaRule::HOW_TO_READ_AS_DATA
                 );
             }
+        }
+        if self.paletted && self.bands == 1 && (3..=4).contains(&expected) {
+            let expand = if expected == 3 { "rgb" } else { "rgba" };
+            bail!(
+                "{path}: {what} should have {expected} band(s), found 1: the file is paletted \
+                 (one band of palette indices and a colour table). Expand the palette into \
+                 {expected} bands: gdal_translate -expand {expand} {path} OUT.tif, or, without \
+                 copying the pixels, gdal_translate -of VRT -expand {expand} {path} OUT.vrt \
+                 (a small file that reads this one), and use OUT in its place"
+            );
         }
         let alpha = match self.alpha_bands.len() {
             0 => String::new(),
@@ -349,18 +394,20 @@ impl Pixels {
 /// after validity was decided on the stored values (a declared nodata is a stored value). Only
 /// the window is read, never the whole scene.
 pub(crate) fn read_window(ds: &Dataset, path: &Path, window: Window) -> Result<Pixels> {
-    read_window_with(ds, path, window, NodataRule::Honour)
+    read_window_with(ds, path, window, NodataRule::Honour, AlphaRule::Mask)
 }
 
-/// [`read_window`] with a choice of how declared nodata values count.
+/// [`read_window`] with a choice of how declared nodata values count and of what bands marked
+/// as alpha are.
 pub(crate) fn read_window_with(
     ds: &Dataset,
     path: &Path,
     window: Window,
     rule: NodataRule,
+    alpha: AlphaRule,
 ) -> Result<Pixels> {
     let (rw, rh) = ds.raster_size();
-    let layout = BandLayout::of(ds, path)?;
+    let layout = BandLayout::of(ds, path, alpha)?;
     let mut out = Pixels::invalid(layout.data.len(), window.width, window.height);
     let Some((cx, cy, cw, ch)) = window.clip(rw, rh) else {
         return Ok(out);
@@ -375,7 +422,7 @@ pub(crate) fn read_window_with(
         (cx as i64 - window.x) as usize,
         (cy as i64 - window.y) as usize,
     );
-    let mut masks = MaskReader::new(ds, path, region, rule);
+    let mut masks = MaskReader::new(ds, path, region, rule, alpha);
     let mut inside = vec![true; cw * ch];
     let mut buf = vec![0f64; cw * ch];
     let plane = window.width * window.height;

@@ -414,6 +414,108 @@ fn vaihingen_tree_loads_and_misaligned_modalities_are_named() {
         .all(|(&v, &ok)| !ok || v == 1.0));
 }
 
+/// `tree`'s files written into the zip archive `archive`, under the folder `prefix`.
+fn zip_tree(tree: &Path, archive: &Path, prefix: &str) {
+    use std::io::Write;
+    let mut zip = zip::ZipWriter::new(std::fs::File::create(archive).unwrap());
+    let mut folders = vec![tree.to_path_buf()];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+                continue;
+            }
+            let name = format!("{prefix}/{}", path.strip_prefix(tree).unwrap().display());
+            zip.start_file(name, zip::write::FileOptions::default())
+                .unwrap();
+            zip.write_all(&std::fs::read(&path).unwrap()).unwrap();
+        }
+    }
+    zip.finish().unwrap();
+}
+
+#[test]
+fn layouts_read_a_root_inside_a_zip_archive_through_gdal() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("tree");
+    vaihingen_tree(&tree);
+    let archive = dir.path().join("vaihingen.zip");
+    zip_tree(&tree, &archive, "Vaihingen");
+    let root = PathBuf::from(format!("/vsizip/{}/Vaihingen", archive.display()));
+    let m = model(&[("optical", 3), ("dsm", 1)], 6);
+    let zipped = SceneDataset::open(&vaihingen(&root, false), &m, Split::Train).unwrap();
+    let on_disk = SceneDataset::open(&vaihingen(&tree, false), &m, Split::Train).unwrap();
+    assert_eq!(zipped.len(), 16);
+    assert!(zipped.scenes[0].modalities[0].path.starts_with(&root));
+    let whole = Window::new(0, 0, N, N);
+    assert_eq!(
+        zipped.read(0, whole).unwrap(),
+        on_disk.read(0, whole).unwrap()
+    );
+    let wrong = PathBuf::from(format!("/vsizip/{}/Potsdam", archive.display()));
+    let err = err_of(SceneDataset::open(
+        &vaihingen(&wrong, false),
+        &m,
+        Split::Train,
+    ));
+    assert!(
+        err.contains("data.dataset.vaihingen.root: folder /vsizip/") && err.contains("/Potsdam"),
+        "{err}"
+    );
+
+    // A layout that lists folders: generic entries inside the archive.
+    let generic_tree = dir.path().join("generic");
+    for stem in ["a", "b"] {
+        let g = |p: &str| generic_tree.join(format!("{p}/{stem}.tif"));
+        tif(&g("img"), 3, &vec![7u16; 3 * N * N], None);
+        tif(&g("height"), 1, &vec![2.0f32; N * N], None);
+        tif(&g("gt"), 1, &vec![1u8; N * N], None);
+    }
+    let archive = dir.path().join("generic.zip");
+    zip_tree(&generic_tree, &archive, "g");
+    let root = PathBuf::from(format!("/vsizip/{}/g", archive.display()));
+    let m = model(&[("optical", 3), ("height", 1)], 3);
+    let ds = SceneDataset::open(&generic(&root, "gt"), &m, Split::Train).unwrap();
+    let ids: Vec<&str> = ds.scenes.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(ids, ["a", "b"]);
+    assert_eq!(ds.read(1, whole).unwrap().labels, vec![1; N * N]);
+}
+
+#[test]
+fn paletted_colour_labels_are_named_with_how_to_expand_them() {
+    let dir = tempfile::tempdir().unwrap();
+    vaihingen_tree(dir.path());
+    let label = dir
+        .path()
+        .join("gts_for_participants/top_mosaic_09cm_area1.tif");
+    let palette: Vec<[u8; 3]> = ISPRS_CLASSES.iter().map(|c| c.1).collect();
+    let raster = RasterData {
+        width: N,
+        height: N,
+        bands: 1,
+        data: &vec![2u8; N * N],
+    };
+    let options = WriteOptions {
+        colour_table: Some(palette),
+        ..Default::default()
+    };
+    raster::write_geotiff(&label, &raster, &georef(), &options).unwrap();
+    let m = model(&[("optical", 3), ("dsm", 1)], 6);
+    let err = err_of(SceneDataset::open(
+        &vaihingen(dir.path(), false),
+        &m,
+        Split::Train,
+    ));
+    assert!(
+        err.contains("top_mosaic_09cm_area1.tif")
+            && err.contains("labels (RGB colours) should have 3 band(s), found 1")
+            && err.contains("the file is paletted")
+            && err.contains("gdal_translate -of VRT -expand rgb"),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // WHU-OPT-SAR
 

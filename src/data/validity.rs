@@ -19,6 +19,11 @@
 //! e.g. the fifth band of RGB + NIR + alpha, are applied too). An alpha band is a mask, never a
 //! data band: [`BandLayout`] leaves it out of the bands a model reads.
 //!
+//! Unless the user says it is data ([`AlphaRule::Data`]: `--alpha-as-data`, `data.alpha_as_data`):
+//! GDAL and rasterio write a 4-band byte GeoTIFF as RGB + alpha by default, so the NIR band of an
+//! RGB + NIR file often comes marked as alpha. Then every band is data and no band is a mask
+//! (GDAL's alpha mask included); this is the one place that decides it, for every command.
+//!
 //! A file on another grid than its scene's is read the same way before it is resampled
 //! (`super::warp`): the warper gets this validity as the file's mask and applies no rule of
 //! its own, and the grid pixels the file does not cover are invalid.
@@ -40,8 +45,38 @@ pub enum NodataRule {
     Disregard,
 }
 
+/// What a band whose colour interpretation is `Alpha` is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AlphaRule {
+    /// A transparency mask (GDAL's mask model): it decides which pixels are valid and is not
+    /// read as data.
+    #[default]
+    Mask,
+    /// Data like any other band, and no band is a mask (`--alpha-as-data`,
+    /// `data.alpha_as_data: true`): for files whose fourth band (NIR, say) GDAL's or rasterio's
+    /// defaults marked as alpha, read without editing them.
+    Data,
+}
+
+impl AlphaRule {
+    /// The rule of `--alpha-as-data` / `data.alpha_as_data`.
+    pub(crate) fn data_if(alpha_as_data: bool) -> Self {
+        match alpha_as_data {
+            true => Self::Data,
+            false => Self::Mask,
+        }
+    }
+
+    /// Where messages about an alpha band send the user: the option and the key that read it as
+    /// data.
+    pub(crate) const HOW_TO_READ_AS_DATA: &'static str = "--alpha-as-data (dis2 predict, dis2 \
+         blocks) or data.alpha_as_data: true in the experiment file (training, stats, eval; \
+         also --set data.alpha_as_data=true)";
+}
+
 /// The bands of a raster by role, 1-based as in GDAL: data bands in file order, and the alpha
-/// bands (colour interpretation `Alpha`), which are masks.
+/// bands (colour interpretation `Alpha`), which are masks; with [`AlphaRule::Data`] every band is
+/// data.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct BandLayout {
     pub data: Vec<usize>,
@@ -49,9 +84,9 @@ pub(crate) struct BandLayout {
 }
 
 impl BandLayout {
-    /// The roles of `ds`'s bands; a band of a pixel type dis2 cannot read (complex, unknown) is
-    /// an error naming the file, the band and the type.
-    pub fn of(ds: &Dataset, path: &Path) -> Result<Self> {
+    /// The roles of `ds`'s bands under `rule`; a band of a pixel type dis2 cannot read (complex,
+    /// unknown) is an error naming the file, the band and the type.
+    pub fn of(ds: &Dataset, path: &Path, rule: AlphaRule) -> Result<Self> {
         let mut layout = Self {
             data: Vec::new(),
             alpha: Vec::new(),
@@ -61,7 +96,7 @@ impl BandLayout {
                 .rasterband(b)
                 .with_context(|| format!("{}: cannot read band {b}", path.display()))?;
             check_pixel_type(&band, path, b)?;
-            if is_alpha(&band) {
+            if rule == AlphaRule::Mask && is_alpha(&band) {
                 layout.alpha.push(b);
             } else {
                 layout.data.push(b);
@@ -120,6 +155,7 @@ pub(crate) struct MaskReader<'a> {
     path: &'a Path,
     region: Region,
     rule: NodataRule,
+    alpha: AlphaRule,
     /// The per-dataset mask was applied (it is shared by every band).
     shared_done: bool,
     /// GDAL uses the alpha band as the bands' mask (so it was applied with them).
@@ -128,12 +164,19 @@ pub(crate) struct MaskReader<'a> {
 }
 
 impl<'a> MaskReader<'a> {
-    pub(crate) fn new(ds: &'a Dataset, path: &'a Path, region: Region, rule: NodataRule) -> Self {
+    pub(crate) fn new(
+        ds: &'a Dataset,
+        path: &'a Path,
+        region: Region,
+        rule: NodataRule,
+        alpha: AlphaRule,
+    ) -> Self {
         Self {
             ds,
             path,
             region,
             rule,
+            alpha,
             shared_done: false,
             alpha_by_gdal: false,
             buf: vec![0; region.width * region.height],
@@ -165,7 +208,8 @@ impl<'a> MaskReader<'a> {
             }
             return Ok(());
         }
-        if !flags.is_nodata() && !flags.is_all_valid() {
+        let alpha_is_data = flags.is_alpha() && self.alpha == AlphaRule::Data;
+        if !flags.is_nodata() && !flags.is_all_valid() && !alpha_is_data {
             // A mask file (per dataset or per band) or the alpha band.
             self.alpha_by_gdal |= flags.is_alpha();
             if !(flags.is_per_dataset() && self.shared_done) {
@@ -382,8 +426,9 @@ mod tests {
             vec![false, false, true, true, false, false, true, false]
         );
         let ds = Dataset::open(&path).unwrap();
+        let window = Window::new(0, 0, 4, 2);
         let px =
-            read_window_with(&ds, &path, Window::new(0, 0, 4, 2), NodataRule::Disregard).unwrap();
+            read_window_with(&ds, &path, window, NodataRule::Disregard, AlphaRule::Mask).unwrap();
         assert_eq!(px.valid, LEFT_HALF_OUT, "the mask still applies");
         assert_eq!(px.band(0)[7], 9.0);
     }

@@ -13,14 +13,14 @@
 
 use anyhow::{bail, Context, Result};
 use gdal::raster::Buffer;
-use gdal::spatial_ref::SpatialRef;
+use gdal::spatial_ref::{AxisMappingStrategy, SpatialRef};
 use gdal::{Dataset, DriverManager, Gcp};
 use std::path::Path;
 
 use super::config::Resampling;
 use super::gdal_warp::{warp_into, PixelTransformer};
 use super::raster::{self, Pixels, Window};
-use super::validity::NodataRule;
+use super::validity::{AlphaRule, NodataRule};
 
 /// Points per side of the lattice over a destination window mapped into the file to find the
 /// file's pixels it needs.
@@ -58,7 +58,8 @@ impl Warp {
 
     /// Pixels of `window` (grid pixels; the part outside the grid is invalid) from the open
     /// file `src` at `path`, resampled by GDAL's warper; `rule` says how the file's declared
-    /// nodata counts, as in [`raster::read_window_with`].
+    /// nodata counts and `alpha` what its bands marked as alpha are, as in
+    /// [`raster::read_window_with`].
     ///
     /// # Errors
     /// Reading the file (named), or a warp GDAL refuses (with GDAL's message).
@@ -68,6 +69,7 @@ impl Warp {
         path: &Path,
         window: Window,
         rule: NodataRule,
+        alpha: AlphaRule,
     ) -> Result<Pixels> {
         let Some((x, y, w, h)) = window.clip(self.target.width, self.target.height) else {
             return Ok(Pixels::invalid(self.bands, window.width, window.height));
@@ -82,7 +84,7 @@ impl Warp {
         let Some(region) = self.source_region(src, &dst)? else {
             return Ok(Pixels::invalid(self.bands, window.width, window.height));
         };
-        let px = raster::read_window_with(src, path, region, rule)?;
+        let px = raster::read_window_with(src, path, region, rule, alpha)?;
         if px.valid.iter().any(|&ok| ok) {
             let masked = masked_copy(src, &px, region)?;
             let method = self.resampling.gdal_name();
@@ -127,7 +129,7 @@ impl Warp {
 
 /// How many source pixels one grid pixel of `target` spans along a side: sqrt(source pixels /
 /// area of the source's footprint in grid pixels), the footprint from GDAL's transformer along
-/// the source's outline.
+/// the source's outline ([`footprint`]).
 ///
 /// # Errors
 /// When GDAL cannot relate the two, or the footprint misses the grid.
@@ -135,19 +137,12 @@ pub(crate) fn downsampling(src: &Dataset, target: &Target) -> Result<f64> {
     let dst = destination(target, (0, 0, target.width, target.height), 0)?;
     let transformer = PixelTransformer::new(src, &dst)?;
     let (w, h) = src.raster_size();
-    let mut outline = outline_points(w as f64, h as f64, 16);
-    let ok = transformer.src_to_dst(&mut outline);
-    let ring: Vec<(f64, f64)> = outline
-        .into_iter()
-        .zip(ok)
-        .filter(|(p, ok)| *ok && p.0.is_finite() && p.1.is_finite())
-        .map(|(p, _)| p)
-        .collect();
-    if ring.len() < 3 {
-        bail!("GDAL cannot transform its outline into the grid's pixels");
-    }
+    let (ring, turned) = footprint(&transformer, (w, h), target)?;
     let (x0, x1, y0, y1) = bounds(&ring);
-    if x1 <= 0.0 || y1 <= 0.0 || x0 >= target.width as f64 || y0 >= target.height as f64 {
+    let misses = x1 <= 0.0 || y1 <= 0.0 || x0 >= target.width as f64 || y0 >= target.height as f64;
+    // A footprint moved by whole turns of longitude counts only where the warper, which maps the
+    // grid's pixels into the file, finds the file there too.
+    if misses || (turned && !reaches_source(&transformer, &ring, (w, h), target)) {
         bail!(
             "it does not overlap the grid: its footprint spans grid columns {x0:.0}..{x1:.0} \
              and rows {y0:.0}..{y1:.0}, the grid is {}x{} px",
@@ -157,6 +152,85 @@ pub(crate) fn downsampling(src: &Dataset, target: &Target) -> Result<f64> {
     }
     let area = shoelace(&ring).max(1e-12);
     Ok(((w * h) as f64 / area).sqrt())
+}
+
+/// The outline of a `size` source in the grid's pixels, as GDAL's transformer maps it. GDAL
+/// gives longitudes within ±180°, so on a geographic grid across the antimeridian (179°E to
+/// 181°E, say) part of an outline lands a whole turn away; such points are moved by whole turns
+/// (the grid's width of 360° in pixels) to keep the outline continuous and near the grid, as the
+/// warper, which maps the grid into the file, sees it. Returns the outline and whether any point
+/// was moved.
+///
+/// # Errors
+/// When GDAL cannot transform three points of the outline.
+fn footprint(
+    transformer: &PixelTransformer,
+    size: (usize, usize),
+    target: &Target,
+) -> Result<(Vec<(f64, f64)>, bool)> {
+    let mut outline = outline_points(size.0 as f64, size.1 as f64, 16);
+    let ok = transformer.src_to_dst(&mut outline);
+    let mut ring: Vec<(f64, f64)> = outline
+        .into_iter()
+        .zip(ok)
+        .filter(|(p, ok)| *ok && p.0.is_finite() && p.1.is_finite())
+        .map(|(p, _)| p)
+        .collect();
+    if ring.len() < 3 {
+        bail!("GDAL cannot transform its outline into the grid's pixels");
+    }
+    let Some(turn) = longitude_turn(target) else {
+        return Ok((ring, false));
+    };
+    let before = ring.clone();
+    for i in 1..ring.len() {
+        let previous = ring[i - 1].0;
+        ring[i].0 -= turn * ((ring[i].0 - previous) / turn).round();
+    }
+    let (x0, x1, _, _) = bounds(&ring);
+    let centre = target.width as f64 / 2.0;
+    let shift = turn * (((x0 + x1) / 2.0 - centre) / turn).round();
+    for p in &mut ring {
+        p.0 -= shift;
+    }
+    let turned = ring.iter().zip(&before).any(|(a, b)| a.0 != b.0);
+    Ok((ring, turned))
+}
+
+/// One turn of longitude (360°) in pixels of a north-up grid in a geographic CRS; `None` for any
+/// other grid.
+fn longitude_turn(target: &Target) -> Option<f64> {
+    let srs = SpatialRef::from_wkt(target.crs_wkt.as_deref()?).ok()?;
+    let g = target.geo_transform;
+    let radians_per_unit = srs.angular_units();
+    let north_up = g[2] == 0.0 && g[4] == 0.0 && g[1] != 0.0;
+    (srs.is_geographic() && north_up && radians_per_unit > 0.0)
+        .then(|| std::f64::consts::TAU / radians_per_unit / g[1].abs())
+}
+
+/// Some point of the grid inside the footprint `ring` maps, through the warper's direction
+/// (grid to file), into the file of `size`: a lattice over the part of the footprint's box
+/// within the grid.
+fn reaches_source(
+    transformer: &PixelTransformer,
+    ring: &[(f64, f64)],
+    size: (usize, usize),
+    target: &Target,
+) -> bool {
+    let (x0, x1, y0, y1) = bounds(ring);
+    let (left, top) = (x0.max(0.0), y0.max(0.0));
+    let right = x1.min(target.width as f64);
+    let bottom = y1.min(target.height as f64);
+    let mut points: Vec<(f64, f64)> = lattice(right - left, bottom - top, LATTICE)
+        .into_iter()
+        .map(|(x, y)| (x + left, y + top))
+        .collect();
+    let ok = transformer.dst_to_src(&mut points);
+    let (w, h) = (size.0 as f64, size.1 as f64);
+    points
+        .iter()
+        .zip(ok)
+        .any(|(&(x, y), ok)| ok && (0.0..=w).contains(&x) && (0.0..=h).contains(&y))
 }
 
 /// An all-NaN destination of the `(x, y, w, h)` part of `target`: Float32 bands with NaN as
@@ -172,7 +246,12 @@ fn destination(
     let mut ds = mem.create_with_band_type::<f32, _>("", w, h, bands)?;
     ds.set_geo_transform(&shifted(&target.geo_transform, x as f64, y as f64))?;
     if let Some(wkt) = &target.crs_wkt {
-        ds.set_spatial_ref(&SpatialRef::from_wkt(wkt)?)?;
+        // The geotransform's x is the first axis GIS software uses (longitude, easting), as in a
+        // file GDAL reads; a CRS made from WKT would otherwise follow the authority's order
+        // (latitude first for EPSG:4326) and swap the grid's axes.
+        let mut srs = SpatialRef::from_wkt(wkt)?;
+        srs.set_axis_mapping_strategy(AxisMappingStrategy::TraditionalGisOrder);
+        ds.set_spatial_ref(&srs)?;
     }
     for b in 1..=bands {
         let mut band = ds.rasterband(b)?;

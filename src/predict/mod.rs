@@ -44,6 +44,7 @@ use crate::data::grid::{self, GridFile, GridKeys, GridSource, SceneGrid};
 use crate::data::input_range::RangeSurvey;
 use crate::data::normalise::Normaliser;
 use crate::data::raster::{GeoRef, RasterInfo, WriteOptions};
+use crate::data::validity::AlphaRule;
 use crate::figures;
 use crate::model::modality::input_flags;
 use crate::model::{Dis2Net, Route};
@@ -110,6 +111,8 @@ pub struct PredictOptions {
     /// normalisation (another bit depth, unit or scale; see [`crate::data::input_range`]),
     /// with a warning, instead of refusing the scene (`--accept-input-range`).
     pub accept_input_range: bool,
+    /// What the inputs' bands marked as alpha are: masks, or data (`--alpha-as-data`).
+    pub alpha: AlphaRule,
 }
 
 impl Default for PredictOptions {
@@ -126,6 +129,7 @@ impl Default for PredictOptions {
             grid_file: None,
             announce_grid: true,
             accept_input_range: false,
+            alpha: AlphaRule::Mask,
         }
     }
 }
@@ -216,9 +220,13 @@ pub(crate) struct ClassRows<'a> {
     pub valid: &'a [bool],
 }
 
-/// Checks the inputs of a scene against the checkpoint; returns them in model order with their
-/// headers.
-fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<Vec<(Input, RasterInfo)>> {
+/// Checks the inputs of a scene against the checkpoint, their bands marked as alpha taken as
+/// `alpha` says; returns them in model order with their headers.
+fn check_inputs(
+    info: &CheckpointInfo,
+    job: &SceneJob,
+    alpha: AlphaRule,
+) -> Result<Vec<(Input, RasterInfo)>> {
     let cfg = &info.model;
     let mut inputs: Vec<(Input, RasterInfo)> = Vec::new();
     for (name, path) in &job.inputs {
@@ -232,14 +240,14 @@ fn check_inputs(info: &CheckpointInfo, job: &SceneJob) -> Result<Vec<(Input, Ras
         if inputs.iter().any(|(i, _)| i.index == index) {
             bail!("--{name} is given twice");
         }
-        let header = RasterInfo::read(path).with_context(|| format!("--{name}"))?;
+        let header = RasterInfo::read_with(path, alpha).with_context(|| format!("--{name}"))?;
         let channels = cfg.modalities[index].channels as usize;
         header
             .check_bands(channels, &format!("modality {name} of the checkpoint"))
             .with_context(|| format!("--{name}"))?;
         let input = Input {
             index,
-            source: GridSource::on_grid(path),
+            source: GridSource::on_grid(path, alpha),
             channels,
         };
         inputs.push((input, header));
@@ -279,7 +287,8 @@ fn place_inputs(
                 files.push(GridFile {
                     role: "the grid reference".to_string(),
                     key: String::new(),
-                    header: RasterInfo::read(path).context("the grid reference")?,
+                    header: RasterInfo::read_with(path, options.alpha)
+                        .context("the grid reference")?,
                     categorical: false,
                 });
                 files.len() - 1
@@ -566,7 +575,7 @@ impl ScenePlan {
     /// chooses the branch for the modalities given ([`Route::choose`]) and lays the windows out.
     fn new(info: &CheckpointInfo, job: &SceneJob, options: &PredictOptions) -> Result<Self> {
         let cfg = &info.model;
-        let checked = check_inputs(info, job)?;
+        let checked = check_inputs(info, job, options.alpha)?;
         let norm = info.normaliser()?;
         let (inputs, scene_grid) = place_inputs(info, checked, options)?;
         let header = scene_grid.info;
