@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use dis2::train::tensorboard::{read_records, Record};
 
 mod common;
-use common::{dis2, failed, metrics_records, ok, ok_with_stderr, tiny_benchmark, BIN};
+use common::{dis2, failed, metrics_records, ok, ok_with_stderr, s, tiny_benchmark, BIN};
 
 /// Small, quick settings: 16 samples of 4 per epoch, validation on two batches.
 fn settings(epochs: u64, val_every: u64) -> Vec<String> {
@@ -452,6 +452,40 @@ fn what_a_run_reads_is_checked_before_its_first_step() {
         "{stderr}"
     );
     assert!(!run.join("metrics.jsonl").exists() && !run.join("run.yaml").exists());
+    // A sweep over a dataset without the split it scores (test): refused before any training.
+    let sweep = dir.path().join("sweep");
+    let mut cmd: Vec<String> = ["sweep", "--config", s(&config), "--out", s(&sweep)]
+        .map(String::from)
+        .into();
+    cmd.extend(
+        [
+            "--methods",
+            "unimodal",
+            "--scenarios",
+            "dsm",
+            "--seeds",
+            "1",
+        ]
+        .map(String::from),
+    );
+    let train = dir.path().join("synthetic/train").display().to_string();
+    let split = format!(
+        "{{modalities: {{optical: {train}/optical, dsm: {train}/dsm, sar: {train}/sar}}, \
+         labels: {train}/label}}"
+    );
+    cmd.extend(generic_layout(dir.path(), Some(&split)));
+    let refs: Vec<&str> = cmd.iter().map(String::as_str).collect();
+    let stderr = failed(&dis2(&refs));
+    assert!(
+        stderr.contains(&format!("{}: the test split", config.display()))
+            && stderr.contains("data.dataset.generic.test: not configured"),
+        "{stderr}"
+    );
+    assert!(
+        !sweep.exists(),
+        "the sweep wrote {} before refusing",
+        sweep.display()
+    );
     // A val split whose folder is missing: the folder named.
     let missing = dir.path().join("nowhere");
     let val = format!(

@@ -29,6 +29,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::config::Experiment;
+use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
 use crate::device::DeviceChoice;
 use crate::eval::{evaluate, EvalOptions, EvalRequest};
@@ -195,6 +196,7 @@ pub fn sweep(args: &SweepRequest) -> Result<()> {
             .clone()
             .unwrap_or_else(|| Path::new("runs").join(format!("sweep-{}", exp.name))),
     };
+    check_scored_splits(&plan, &exp, config)?;
     claim(&dir, &spec, &exp)?;
     let device = args.device.resolve()?;
     let started = Instant::now();
@@ -206,6 +208,22 @@ pub fn sweep(args: &SweepRequest) -> Result<()> {
         shard.count,
         started.elapsed().as_secs_f64() / 60.0
     );
+    Ok(())
+}
+
+/// Opens every split the sweep scores before anything is trained, so that a dataset without
+/// one (a generic layout without `test`) is refused at once, not after the first teacher. The
+/// training runs check their own train and val splits before their first step.
+fn check_scored_splits(plan: &Plan, exp: &Experiment, config: &Path) -> Result<()> {
+    for &split in &plan.matrix.splits {
+        SceneDataset::open(&exp.data, &exp.model, split).with_context(|| {
+            format!(
+                "{}: the {} split, which the sweep scores every run on",
+                config.display(),
+                split.as_str()
+            )
+        })?;
+    }
     Ok(())
 }
 
