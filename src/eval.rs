@@ -10,6 +10,8 @@
 //! for the first N scenes, and `--attention-maps DIR` draws the CFLM class-wise attention of the
 //! teacher and of the evaluated branch for a few windows (the paper's qualitative figure).
 
+mod groups;
+
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -31,6 +33,8 @@ use crate::precision::Precision;
 use crate::predict::{
     predict_scene_with, ClassRows, InferenceSettings, PredictOptions, Predictor, SceneJob,
 };
+pub use groups::Group;
+use groups::{data_pattern, pattern_label, Groups};
 
 /// One evaluation: the library form of `dis2 eval`, also run by `dis2 sweep`.
 #[derive(Debug)]
@@ -92,6 +96,10 @@ pub struct EvalReport {
     pub scenes: usize,
     /// Attention figures written.
     pub attention_maps: Vec<PathBuf>,
+    /// The split's labelled pixels grouped by the modalities without data there (whatever the
+    /// run was given, so a run with `--drop sar` reports the pixels that lack SAR in the data):
+    /// `complete`, `missing sar`, ..., `no input`.
+    pub by_data: Vec<Group>,
 }
 
 /// Scores `req.checkpoint` on every scene of the split and writes the reports into `req.out`.
@@ -126,7 +134,11 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
             route.describe(&info.model)
         );
     }
-    let (confusion, labelled, overlays) = score_scenes(req, &predictor, &dataset, &given)?;
+    let scored = score_scenes(req, &predictor, &dataset, &given)?;
+    let by_data = scored
+        .by_data
+        .report(&exclude, |bits| pattern_label(bits, &info.model.modalities));
+    let (confusion, labelled, overlays) = (scored.confusion, scored.labelled, scored.overlays);
     let attention_maps = match &req.options.attention_maps {
         Some(dir) => write_attention_maps(
             &predictor,
@@ -158,6 +170,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         overlays,
         scenes: dataset.len(),
         attention_maps,
+        by_data,
     };
     write_reports(req, &report)?;
     Ok(report)
@@ -205,19 +218,27 @@ fn excluded_classes(table: &[ClassInfo], names: &[String]) -> Result<Vec<usize>>
         .collect()
 }
 
+/// What [`score_scenes`] found: the confusion matrix, the split's reference pixels of each
+/// class (labels as scored, also where an input has no data), the groups by what the data
+/// lacks, and the overlay files.
+struct Scored {
+    confusion: ConfusionMatrix,
+    labelled: Vec<u64>,
+    by_data: Groups,
+    overlays: Vec<PathBuf>,
+}
+
 /// Predicts every scene of `dataset` with the `given` modalities (blended windows, as
 /// `dis2 predict`, into a scratch folder of `req.out`) and scores the class map's rows as
-/// prediction writes them: a pixel counts where its label is a class and every given input has
-/// data (the validity prediction used, never decoded from the class map's nodata value). Draws
-/// the overlays of the first `req.options.overlays` scenes. Returns the confusion matrix, the
-/// split's reference pixels of each class (labels as scored, also where an input has no data)
-/// and the overlay files.
+/// prediction writes them: a pixel counts where its label is a class and the prediction
+/// classified it (the validity prediction used, never decoded from the class map's nodata
+/// value). Draws the overlays of the first `req.options.overlays` scenes.
 fn score_scenes(
     req: &EvalRequest,
     predictor: &Predictor,
     dataset: &SceneDataset,
     given: &[bool],
-) -> Result<(ConfusionMatrix, Vec<u64>, Vec<PathBuf>)> {
+) -> Result<Scored> {
     let mut options = PredictOptions {
         overlap: req.overlap,
         allow_fill: true,
@@ -236,6 +257,7 @@ fn score_scenes(
     let mut overlays = Vec::new();
     let mut cm = ConfusionMatrix::new(table.len());
     let mut labelled = ConfusionMatrix::new(table.len());
+    let mut by_data = Groups::new(table.len());
     for (index, scene) in dataset.scenes.iter().enumerate() {
         if scene.label.is_none() {
             bail!("scene {}: no labels to score against", scene.id);
@@ -249,6 +271,7 @@ fn score_scenes(
             erode: req.options.erode,
             cm: &mut cm,
             labelled: &mut labelled,
+            by_data: &mut by_data,
             overlay: (index < req.options.overlays)
                 .then(|| OverlaySampler::new(scene.width(), scene.height())),
         };
@@ -266,7 +289,12 @@ fn score_scenes(
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
-    Ok((cm, labelled.support(), overlays))
+    Ok(Scored {
+        confusion: cm,
+        labelled: labelled.support(),
+        by_data,
+        overlays,
+    })
 }
 
 /// Scores one scene's class map, band of rows by band of rows as prediction finishes them.
@@ -278,6 +306,8 @@ struct SceneScorer<'a> {
     cm: &'a mut ConfusionMatrix,
     /// Every labelled pixel against itself: the split's class counts.
     labelled: &'a mut ConfusionMatrix,
+    /// Pixels by the modalities without data there.
+    by_data: &'a mut Groups,
     overlay: Option<OverlaySampler>,
 }
 
@@ -304,6 +334,16 @@ impl SceneScorer<'_> {
         self.cm
             .add_pairs(&scored, &preds, self.dataset.ignore_index)
             .with_context(|| format!("scene {}", scene.id))?;
+        let patterns = self.data_patterns(rows)?;
+        (self.by_data)
+            .add_band(
+                &patterns,
+                &labels,
+                &preds,
+                rows.valid,
+                self.dataset.ignore_index,
+            )
+            .with_context(|| format!("scene {}", scene.id))?;
         if let Some(o) = self.overlay.as_mut() {
             let window = Window::new(0, rows.first_row as i64, w, rows.rows);
             let image = self.dataset.read_modality(self.index, 0, window)?;
@@ -317,6 +357,22 @@ impl SceneScorer<'_> {
             );
         }
         Ok(())
+    }
+}
+
+impl SceneScorer<'_> {
+    /// Each pixel's data pattern ([`data_pattern`]) over the band of `rows`: every modality's
+    /// validity read from the dataset, also those the run was not given.
+    fn data_patterns(&self, rows: &ClassRows) -> Result<Vec<u8>> {
+        let window = Window::new(0, rows.first_row as i64, rows.width, rows.rows);
+        let modalities = self.dataset.modalities.len();
+        let read: Vec<Pixels> = (0..modalities)
+            .map(|m| self.dataset.read_modality(self.index, m, window))
+            .collect::<Result<_>>()?;
+        let valid: Vec<&[bool]> = read.iter().map(|p| p.valid.as_slice()).collect();
+        Ok((0..window.width * window.height)
+            .map(|i| data_pattern(&valid, i))
+            .collect())
     }
 }
 
@@ -597,6 +653,27 @@ fn tempfile_dir(out: &Path) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The groups of [`EvalReport::by_data`] as `metrics.json` lists them.
+fn groups_json(groups: &[Group], names: &[String]) -> serde_json::Value {
+    let group = |g: &Group| {
+        let iou: serde_json::Map<String, serde_json::Value> = (names.iter())
+            .zip(&g.scores.per_class)
+            .map(|(n, c)| (n.clone(), json!(c.iou)))
+            .collect();
+        json!({
+            "pixels": g.label,
+            "labelled": g.labelled,
+            "scored": g.scores.pixels,
+            "miou": g.scores.miou,
+            "mean_f1": g.scores.mean_f1,
+            "overall_accuracy": g.scores.overall_accuracy,
+            "classes_in_means": g.scores.mean_classes.iter().map(|&c| &names[c]).collect::<Vec<_>>(),
+            "iou": iou,
+        })
+    };
+    groups.iter().map(group).collect()
+}
+
 fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
     let (out, label, names, cm, s) = (&req.out, &r.branch, &r.class_names, &r.confusion, &r.scores);
     let per_class: Vec<serde_json::Value> = names
@@ -620,6 +697,7 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "pixels": s.pixels,
         "per_class": per_class,
         "confusion_matrix": cm.rows(),
+        "by_data": groups_json(&r.by_data, names),
     });
     let text = serde_json::to_string_pretty(&doc)?;
     crate::fsutil::write_atomic(&out.join("metrics.json"), text.as_bytes())?;
@@ -645,6 +723,15 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "{label},overall_accuracy,{},,,,\n",
         cell(s.overall_accuracy)
     ));
+    for g in &r.by_data {
+        csv.push_str(&format!(
+            "{label},mean of {} pixels,{},{},,,{}\n",
+            g.label,
+            cell(g.scores.miou),
+            cell(g.scores.mean_f1),
+            g.scores.pixels
+        ));
+    }
     crate::fsutil::write_atomic(&out.join("metrics.csv"), csv.as_bytes())?;
     crate::report::confusion_matrix_png(&out.join("confusion.png"), cm, names)
 }

@@ -11,9 +11,9 @@ fn quiet_on_cpu(args: &[&str]) -> Output {
     common::dis2(&[args, &["--device", "cpu", "--quiet"][..]].concat())
 }
 
-/// Pixels of the test split that are scored: labelled, and with data in every input (the
-/// tiny benchmark has SAR nodata at swath edges), counted from the rasters themselves.
-fn scored_test_pixels(config: &Path) -> u64 {
+/// Labelled pixels of the test split: with data in every input (the tiny benchmark has SAR
+/// nodata at swath edges), and in all, counted from the rasters themselves.
+fn labelled_test_pixels(config: &Path) -> (u64, u64) {
     let exp = dis2::config::Experiment::load(config, &[]).unwrap();
     let data = dis2::data::dataset::SceneDataset::open(
         &exp.data,
@@ -21,17 +21,34 @@ fn scored_test_pixels(config: &Path) -> u64 {
         dis2::data::layouts::Split::Test,
     )
     .unwrap();
-    let mut n = 0;
+    let (mut complete, mut all) = (0, 0);
     for (i, scene) in data.scenes.iter().enumerate() {
         let window = dis2::data::raster::Window::new(0, 0, scene.width(), scene.height());
         let raw = data.read(i, window).unwrap();
-        n += (0..window.width * window.height)
-            .filter(|&p| {
-                raw.labels[p] != data.ignore_index && raw.modalities.iter().all(|m| m.valid[p])
-            })
-            .count() as u64;
+        for p in 0..window.width * window.height {
+            if raw.labels[p] != data.ignore_index {
+                all += 1;
+                complete += u64::from(raw.modalities.iter().all(|m| m.valid[p]));
+            }
+        }
     }
-    n
+    (complete, all)
+}
+
+/// `metrics.json`'s `by_data` groups as (name, labelled, scored).
+fn data_groups(doc: &serde_json::Value) -> Vec<(String, u64, u64)> {
+    let groups = doc["by_data"].as_array().expect("by_data");
+    groups
+        .iter()
+        .map(|g| {
+            let n = |k: &str| g[k].as_u64().unwrap();
+            (
+                g["pixels"].as_str().unwrap().to_string(),
+                n("labelled"),
+                n("scored"),
+            )
+        })
+        .collect()
 }
 
 #[test]
@@ -61,12 +78,26 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     let doc = read_json(&run.join("eval-test/metrics.json"));
     let cm: Vec<Vec<u64>> = serde_json::from_value(doc["confusion_matrix"].clone()).unwrap();
     let total: u64 = cm.iter().flatten().sum();
+    let (complete, labelled) = labelled_test_pixels(Path::new(&config));
     assert_eq!(
-        total,
-        scored_test_pixels(Path::new(&config)),
+        total, complete,
         "every labelled test pixel with data in every input is scored once"
     );
     assert_eq!(doc["pixels"].as_u64(), Some(total));
+    // The groups by what the data lacks split the labelled pixels: every complete one scored.
+    let groups = data_groups(&doc);
+    assert_eq!(
+        groups.iter().map(|g| g.1).sum::<u64>(),
+        labelled,
+        "{groups:?}"
+    );
+    assert_eq!(groups.iter().map(|g| g.2).sum::<u64>(), total, "{groups:?}");
+    assert_eq!((groups[0].0.as_str(), groups[0].1), ("complete", complete));
+    assert!(groups.iter().any(|g| g.0 == "missing sar"), "{groups:?}");
+    assert!(
+        stdout.contains("pixels by what the data lacks:"),
+        "{stdout}"
+    );
     let correct: u64 = (0..cm.len()).map(|i| cm[i][i]).sum();
     let oa = doc["overall_accuracy"].as_f64().unwrap();
     assert!((oa - correct as f64 / total as f64).abs() < 1e-12);
@@ -88,6 +119,12 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     assert!(stdout.contains("(not in means)"), "{stdout}");
     let doc = read_json(&run.join("eval-test-drop-dsm/metrics.json"));
     assert_eq!(doc["branch"], "teacher-fill[dsm]");
+    // A dropped modality is not a gap in the data: the groups are those of the full run.
+    let dropped = data_groups(&doc);
+    assert_eq!(
+        (dropped.iter().map(|g| (&g.0, g.1)).collect::<Vec<_>>()),
+        (groups.iter().map(|g| (&g.0, g.1)).collect::<Vec<_>>())
+    );
 
     for (args, expected) in [
         (vec!["--drop", "lidar"], "unknown modality \"lidar\""),
@@ -157,7 +194,7 @@ fn eval_erodes_boundaries_and_draws_overlays() {
             })
             .count() as u64;
     }
-    let total = scored_test_pixels(Path::new(&config));
+    let total = labelled_test_pixels(Path::new(&config)).0;
     assert!(kept < total, "the synthetic scenes have class boundaries");
 
     let eroded = dir.path().join("eroded");

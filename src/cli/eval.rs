@@ -198,4 +198,25 @@ fn print_table(r: &EvalReport) {
             c.support
         );
     }
+    print_groups("pixels by what the data lacks", &r.by_data);
+}
+
+/// One line per group: its scored and labelled pixels, mIoU, mean F1 and OA.
+fn print_groups(title: &str, groups: &[crate::eval::Group]) {
+    if groups.len() < 2 {
+        return;
+    }
+    println!("{title}:");
+    for g in groups {
+        let s = &g.scores;
+        println!(
+            "  {:<20} mIoU {:>6} | mean F1 {:>6} | OA {:>6} | {} of {} labelled pixels scored",
+            g.label,
+            fmt(s.miou),
+            fmt(s.mean_f1),
+            fmt(s.overall_accuracy),
+            s.pixels,
+            g.labelled
+        );
+    }
 }
