@@ -525,6 +525,7 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
         miou: report.scores.miou,
         overall_accuracy: report.scores.overall_accuracy,
         per_class,
+        pixels: Some(report.scores.pixels),
         run: job.unit.clone(),
         seconds: started.elapsed().as_secs_f64(),
     };

@@ -29,6 +29,9 @@ pub(super) struct Done {
     pub overall_accuracy: Option<f64>,
     /// One entry per class, in class-id order.
     pub per_class: Vec<ClassDone>,
+    /// Pixels scored (absent in sweeps written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixels: Option<u64>,
     /// The run scored, `s<seed>/<run>`.
     pub run: String,
     /// Wall time of the evaluation, in seconds.
@@ -67,6 +70,7 @@ impl Done {
 struct CellScores {
     miou: Option<f64>,
     per_class: Vec<Option<f64>>,
+    pixels: Option<u64>,
 }
 
 /// Picks a value out of one seed's scores.
@@ -184,6 +188,39 @@ impl Results {
         }
         self.summary(r, k, &miou)
             .map_or("…".to_string(), |s| fmt_summary(&s))
+    }
+
+    /// The pixels each cell was scored on, when they differ between the cells of a seed (a
+    /// branch that cannot classify some pixels scores fewer): a note naming each cell's count.
+    /// Empty when every cell of each seed was scored on as many pixels, or none recorded them.
+    fn pixels_markdown(&self) -> String {
+        let mut lines = Vec::new();
+        for (s, seed) in self.seeds.iter().enumerate() {
+            let mut counts: Vec<(usize, usize, u64)> = Vec::new();
+            for (r, k) in
+                (0..self.rows.len()).flat_map(|r| (0..self.columns.len()).map(move |k| (r, k)))
+            {
+                if let Some(n) = self.cells[r][k][s].as_ref().and_then(|c| c.pixels) {
+                    counts.push((r, k, n));
+                }
+            }
+            if counts.iter().all(|c| c.2 == counts[0].2) {
+                continue;
+            }
+            let cells: Vec<String> = (counts.iter())
+                .map(|&(r, k, n)| format!("{} {}: {n}", self.rows[r], self.columns[k].header()))
+                .collect();
+            lines.push(format!("- seed {seed}: {}\n", cells.join("; ")));
+        }
+        if lines.is_empty() {
+            return String::new();
+        }
+        format!(
+            "\n**Cells scored on different pixel sets** (pixels scored per cell; a branch scores \
+             only the labelled pixels some branch of its checkpoint can classify, see \
+             docs/eval.md):\n\n{}",
+            lines.concat()
+        )
     }
 
     /// The mIoU table as Markdown.
@@ -493,6 +530,7 @@ impl Results {
             "\n`n/a`: the method has no such cell (a unimodal model needs a missing modality); \
              `…`: not done yet; (n): the seeds done.\n",
         );
+        md.push_str(&self.pixels_markdown());
         let diffs = self.differences_markdown();
         if !diffs.is_empty() {
             md.push_str(&format!(
@@ -656,6 +694,7 @@ fn read_done(path: &Path) -> Result<CellScores> {
     Ok(CellScores {
         miou: done.miou,
         per_class: done.per_class.iter().map(|c| c.iou).collect(),
+        pixels: done.pixels,
     })
 }
 
@@ -728,8 +767,14 @@ mod tests {
         }
     }
 
-    /// Writes a `done.json` for `eval` into `dir`: mIoU `miou`, two classes of IoU `a` and `b`.
+    /// Writes a `done.json` for `eval` into `dir`: mIoU `miou`, two classes of IoU `a` and `b`,
+    /// 1000 pixels scored.
     fn write(dir: &Path, eval: &str, miou: f64, a: f64, b: f64) {
+        write_scored(dir, eval, (miou, a, b), 1000);
+    }
+
+    /// [`write`] with `pixels` scored.
+    fn write_scored(dir: &Path, eval: &str, (miou, a, b): (f64, f64, f64), pixels: u64) {
         let class = |class: &str, iou: f64| ClassDone {
             class: class.into(),
             f1: None,
@@ -743,6 +788,7 @@ mod tests {
             miou: Some(miou),
             overall_accuracy: None,
             per_class: vec![class("a", a), class("b", b)],
+            pixels: Some(pixels),
             run: "run".into(),
             seconds: 1.0,
         };
@@ -783,6 +829,34 @@ mod tests {
         std::fs::write(&path, r#"{"miou": 0.5}"#).unwrap();
         let err = format!("{:#}", Done::read(&path).unwrap_err());
         assert!(err.contains("not a sweep result"), "{err}");
+    }
+
+    #[test]
+    fn cells_scored_on_different_pixels_are_named() {
+        let methods = [Method::TeacherFill, Method::Dis2];
+        let plan = Plan::new(&matrix(&methods, &[1]), &model()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let done = |e: &str| dir.path().join(format!("{e}.json"));
+        write(dir.path(), "test/s1/teacher--full", 0.8, 0.9, 0.7);
+        write(dir.path(), "test/s1/teacher--drop-dsm", 0.5, 0.8, 0.2);
+        let md = Results::read(&plan, Split::Test, done)
+            .unwrap()
+            .pixels_markdown();
+        assert_eq!(md, "", "the same pixels everywhere: no note");
+        write_scored(
+            dir.path(),
+            "test/s1/dis2-dsm--drop-dsm",
+            (0.7, 0.8, 0.6),
+            990,
+        );
+        let md = Results::read(&plan, Split::Test, done)
+            .unwrap()
+            .pixels_markdown();
+        assert!(md.contains("Cells scored on different pixel sets"), "{md}");
+        assert!(
+            md.contains("teacher-fill full: 1000; ") && md.contains("dis2 -dsm: 990"),
+            "{md}"
+        );
     }
 
     #[test]
