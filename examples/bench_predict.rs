@@ -463,8 +463,7 @@ fn child(args: &[String]) -> Result<()> {
             ("sar".to_string(), scene.join(sar_file(sar)?)),
         ],
         out: scene.join(format!("classes-{mode}-{precision}-{sar}.tif")),
-        probs: None,
-        preview: None,
+        ..Default::default()
     };
     let options = PredictOptions {
         quiet: true,
