@@ -209,10 +209,17 @@ fn every_route_and_fallback_follows_the_rule_pixel_by_pixel() {
             kinds,
             [Fallback::Exact, Fallback::Superset, Fallback::NoModality]
         );
-        assert!(summary.route.starts_with("routes per pixel: teacher "), "{}", summary.route);
+        assert!(
+            summary.route.starts_with("routes per pixel: teacher "),
+            "{}",
+            summary.route
+        );
         maps.push(map);
     }
-    assert_eq!(maps[0], maps[1], "the windows do not change a pixel's route");
+    assert_eq!(
+        maps[0], maps[1],
+        "the windows do not change a pixel's route"
+    );
 }
 
 /// A checkpoint without any student for a missing DSM: nodata there without `allow_fill`
@@ -282,14 +289,29 @@ fn the_composite_equals_each_route_run_alone_on_its_pixels() {
             ..Default::default()
         };
         predict_scene(&predictor, &job, &options).unwrap();
-        (read_all(job.probs.as_ref().unwrap()), codes(job.routes.as_ref().unwrap()))
+        (
+            read_all(job.probs.as_ref().unwrap()),
+            codes(job.routes.as_ref().unwrap()),
+        )
     };
     let (composite, map) = with_probs(&["optical", "dsm", "sar"], "composite", true);
     let alone = [
-        ("teacher", with_probs(&["optical", "dsm", "sar"], "teacher", false).0),
-        ("student[sar]", with_probs(&["optical", "dsm", ""], "no_sar", false).0),
-        ("student[dsm]", with_probs(&["optical", "", "sar"], "no_dsm", false).0),
-        ("student[dsm+sar]", with_probs(&["optical", "", ""], "optical", false).0),
+        (
+            "teacher",
+            with_probs(&["optical", "dsm", "sar"], "teacher", false).0,
+        ),
+        (
+            "student[sar]",
+            with_probs(&["optical", "dsm", ""], "no_sar", false).0,
+        ),
+        (
+            "student[dsm]",
+            with_probs(&["optical", "", "sar"], "no_dsm", false).0,
+        ),
+        (
+            "student[dsm+sar]",
+            with_probs(&["optical", "", ""], "optical", false).0,
+        ),
     ];
     let plane = SIZE * SIZE;
     for (label, probs) in &alone {
@@ -300,7 +322,10 @@ fn the_composite_equals_each_route_run_alone_on_its_pixels() {
             }
             for c in 0..composite.bands {
                 let (a, b) = (composite.data[c * plane + i], probs.data[c * plane + i]);
-                assert!((a - b).abs() < 1e-4, "{label}, pixel {i}, class {c}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "{label}, pixel {i}, class {c}: {a} vs {b}"
+                );
             }
             compared += 1;
         }
@@ -361,13 +386,23 @@ fn a_cloud_mask_on_another_grid_and_the_route_map_as_gdal_reads_it() {
     let (stdout, stderr) = ok_with_stderr(&predict(&["--checkpoint", s(&ck), "--list", s(&list)]));
     assert!(stdout.contains("routes per pixel: teacher"), "{stdout}");
     assert!(stdout.contains("student[optical]"), "{stdout}");
-    let notes: Vec<&str> = stderr.lines().filter(|l| l.contains("lack optical:")).collect();
+    let notes: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("lack optical:"))
+        .collect();
     assert_eq!(notes.len(), 1, "{stderr}");
-    assert!(notes[0].contains("% of pixels lack optical: student[optical]"), "{stderr}");
+    assert!(
+        notes[0].contains("% of pixels lack optical: student[optical]"),
+        "{stderr}"
+    );
 
     let routes = dir.path().join("r.tif");
     let table = RouteTable::of(&synthetic_experiment().model).unwrap();
-    let student = table.labels().iter().position(|l| l == "student[optical]").unwrap() as u8;
+    let student = table
+        .labels()
+        .iter()
+        .position(|l| l == "student[optical]")
+        .unwrap() as u8;
     let map = codes(&routes);
     // The cloud covers fine pixels 20-59 x 40-99; with the margin, 28-51 x 48-91 are surely
     // inside and pixels 12 or more outside surely not (the synthetic SAR may have gaps: only
@@ -402,7 +437,10 @@ fn a_cloud_mask_on_another_grid_and_the_route_map_as_gdal_reads_it() {
         (e.r, e.g, e.b)
     };
     assert_eq!(rgb(0), (44, 160, 44), "the teacher is green");
-    assert!((1..table.len()).all(|c| rgb(c) != rgb(0)), "every other route has its colour");
+    assert!(
+        (1..table.len()).all(|c| rgb(c) != rgb(0)),
+        "every other route has its colour"
+    );
     let names = category_names(&band);
     assert_eq!(names, table.labels());
     assert_eq!(names[0], "teacher");
@@ -420,7 +458,10 @@ fn a_cloud_mask_on_another_grid_and_the_route_map_as_gdal_reads_it() {
         "--out",
         s(&out),
     ]));
-    assert!(err.contains("--missing-mask sar=") && err.contains("no --sar input"), "{err}");
+    assert!(
+        err.contains("--missing-mask sar=") && err.contains("no --sar input"),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 
@@ -481,11 +522,17 @@ fn a_real_sentinel1_scene_covering_part_of_an_optical_grid() {
         s(&routes),
     ];
     let (stdout, _) = ok_with_stderr(&predict(&args));
-    assert!(stdout.contains("student[dsm]") && stdout.contains("student[dsm+sar]"), "{stdout}");
+    assert!(
+        stdout.contains("student[dsm]") && stdout.contains("student[dsm+sar]"),
+        "{stdout}"
+    );
     let table = RouteTable::of(&synthetic_experiment().model).unwrap();
     let code = |l: &str| table.labels().iter().position(|x| x == l).unwrap() as u8;
     let map = codes(&routes);
-    assert!(read_all(&out).valid.iter().all(|&v| v), "every pixel classified");
+    assert!(
+        read_all(&out).valid.iter().all(|&v| v),
+        "every pixel classified"
+    );
     for y in 0..h {
         for x in 0..w {
             let want = match x {
@@ -504,7 +551,10 @@ fn a_real_sentinel1_scene_covering_part_of_an_optical_grid() {
     let mut one = args.to_vec();
     one.push("--one-route");
     let (stdout, _) = ok_with_stderr(&predict(&one));
-    assert!(stdout.contains("student (missing: dsm)") && stdout.contains("nodata"), "{stdout}");
+    assert!(
+        stdout.contains("student (missing: dsm)") && stdout.contains("nodata"),
+        "{stdout}"
+    );
     let px = read_all(&out);
     assert!((0..h).all(|y| (0..100).all(|x| !px.valid[y * w + x])));
 }

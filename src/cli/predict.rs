@@ -231,7 +231,9 @@ fn parse_masks(items: &[String]) -> Result<Vec<(String, PathBuf)>> {
                 .filter(|(n, f)| !n.is_empty() && !f.is_empty())
                 .map(|(n, f)| (n.to_string(), PathBuf::from(f)))
                 .ok_or_else(|| {
-                    anyhow!("--missing-mask {item:?}: expected MODALITY=FILE, e.g. optical=clouds.tif")
+                    anyhow!(
+                        "--missing-mask {item:?}: expected MODALITY=FILE, e.g. optical=clouds.tif"
+                    )
                 })
         })
         .collect()

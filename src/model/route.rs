@@ -449,6 +449,69 @@ mod tests {
         assert!(Route::of_given(&[false, false], 2).is_err());
     }
 
+    /// Codes: teacher, students in the checkpoint's order, teacher-fill for every missing set
+    /// without its own student. Patterns: exact, else the smallest superset (the first of equal
+    /// size in the checkpoint's order), else fill when allowed, else nodata.
+    #[test]
+    fn the_route_table_numbers_routes_and_resolves_patterns_by_the_rule() {
+        let cfg = config(&[&["sar", "dsm"], &["optical", "sar"], &["sar"]]);
+        let table = RouteTable::of(&cfg).unwrap();
+        assert_eq!(
+            table.labels(),
+            [
+                "teacher",
+                "student[dsm+sar]",
+                "student[optical+sar]",
+                "student[sar]",
+                "teacher-fill[optical]",
+                "teacher-fill[dsm]",
+                "teacher-fill[optical+dsm]",
+            ]
+        );
+        let (optical, dsm, sar) = (1u8, 2u8, 4u8);
+        let resolve = |p, fill| {
+            let r = table.resolve(p, fill);
+            (table.label(r.code).to_string(), r.fallback)
+        };
+        assert_eq!(resolve(0, false), ("teacher".into(), Fallback::Exact));
+        assert_eq!(
+            resolve(sar, false),
+            ("student[sar]".into(), Fallback::Exact)
+        );
+        assert_eq!(
+            resolve(dsm, false),
+            ("student[dsm+sar]".into(), Fallback::Superset)
+        );
+        // optical: student[optical+sar] is the only student without it.
+        assert_eq!(
+            resolve(optical, false),
+            ("student[optical+sar]".into(), Fallback::Superset)
+        );
+        assert_eq!(
+            resolve(optical | dsm, false),
+            ("nodata".into(), Fallback::NoStudent)
+        );
+        assert_eq!(
+            resolve(optical | dsm, true),
+            ("teacher-fill[optical+dsm]".into(), Fallback::Fill)
+        );
+        assert_eq!(
+            resolve(optical | dsm | sar, true),
+            ("nodata".into(), Fallback::NoModality)
+        );
+        assert_eq!(
+            RouteTable::pattern_of(Some(&Scenario::parse("dsm,sar", &cfg).unwrap())),
+            6
+        );
+        // Ties between supersets of equal size: the first in the checkpoint's order.
+        let tie = config(&[&["optical", "sar"], &["dsm", "sar"]]);
+        let table = RouteTable::of(&tie).unwrap();
+        assert_eq!(
+            table.label(table.resolve(sar, false).code),
+            "student[optical+sar]"
+        );
+    }
+
     #[test]
     fn a_filled_teacher_reads_zeros_and_a_student_never_reads_its_missing_inputs() {
         let cfg = config(&[]);

@@ -875,12 +875,19 @@ fn composed_probs(
             .collect();
         let index = Tensor::from_slice(&needed.iter().map(|&i| i as i64).collect::<Vec<_>>());
         let sub: Vec<Option<Tensor>> = (tensors.iter())
-            .map(|t| t.as_ref().map(|t| t.index_select(0, &index.to_device(t.device()))))
+            .map(|t| {
+                t.as_ref()
+                    .map(|t| t.index_select(0, &index.to_device(t.device())))
+            })
             .collect();
         let probs = route_probs(predictor, route, &sub, k)?;
         for (j, &i) in needed.iter().enumerate() {
             let (src, dst) = (&probs[j * k * plane..], &mut out[i * k * plane..]);
-            for (p, _) in batch.codes[i].iter().enumerate().filter(|(_, &c)| c == code) {
+            for (p, _) in batch.codes[i]
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c == code)
+            {
                 for c in 0..k {
                     dst[c * plane + p] = src[c * plane + p];
                 }
@@ -1000,7 +1007,12 @@ fn batch_probs(
             let route = table
                 .route(*code)
                 .ok_or_else(|| anyhow!("route code {code} is not in the checkpoint's table"))?;
-            route_probs(predictor, route, &batch_tensors(predictor, inputs, batch), k)
+            route_probs(
+                predictor,
+                route,
+                &batch_tensors(predictor, inputs, batch),
+                k,
+            )
         }
         _ => {
             let tensors = batch_tensors(predictor, inputs, batch);
@@ -1079,10 +1091,12 @@ fn run_windows(
 /// Predicts one scene and writes its outputs. Nothing is left at the output paths on error.
 ///
 /// # Errors
-/// Inputs that do not fit the checkpoint or each other (each named by its flag), a missing set
-/// without a student unless `options.allow_fill`, an `--overlap` over half the crop, unreadable
-/// or unwritable files, a scene where every pixel is nodata in some input (found from the
-/// inputs' masks; the model does not run on it), and inputs whose values lie beyond the refusal
+/// Inputs or `--missing-mask`s that do not fit the checkpoint or each other (each named by its
+/// flag; a mask of a modality not given), modalities given whose missing set no student serves
+/// (not even a superset's) unless `options.allow_fill`, an `--overlap` over half the crop,
+/// unreadable or unwritable files, a scene where no pixel can be classified (naming the given
+/// input without any data, found from the inputs' masks; the model does not run on it; with
+/// `per_pixel` off, every pixel nodata in some input), and inputs whose values lie beyond the refusal
 /// bound of the checkpoint's normalisation unless `options.accept_input_range` (inputs merely
 /// unlike the training data get a warning on stderr; see [`crate::data::input_range`]).
 pub fn predict_scene(
@@ -1133,26 +1147,8 @@ pub(crate) fn predict_scene_with(
     }
     let valid_pixels = sink.valid_pixels;
     sink.finish()?;
-    let per_code = patterns.per_code(&routing);
-    let routes: Vec<(String, u64)> = (0..routing.table.len())
-        .filter(|&c| per_code[c] > 0)
-        .map(|c| (routing.table.label(c as u8).to_string(), per_code[c]))
-        .collect();
-    let route = match (one_route, routes.as_slice()) {
-        (Some(text), _) => text,
-        (None, [(_, _)]) => {
-            let code = (0..routing.table.len()).find(|&c| per_code[c] > 0);
-            let route = code.and_then(|c| routing.table.route(c as u8));
-            route.map_or_else(String::new, |r| r.describe(&info.model))
-        }
-        (None, many) => {
-            let total = valid_pixels.max(1) as f64;
-            let shares: Vec<String> = (many.iter())
-                .map(|(l, n)| format!("{l} {:.1} %", 100.0 * *n as f64 / total))
-                .collect();
-            format!("routes per pixel: {}", shares.join(", "))
-        }
-    };
+    let (route, routes, nodata_pixels) =
+        route_shares(&patterns, &routing, &info.model, one_route, valid_pixels);
     Ok(Summary {
         width,
         height,
@@ -1161,10 +1157,43 @@ pub(crate) fn predict_scene_with(
         valid_pixels,
         route,
         routes,
-        nodata_pixels: per_code[usize::from(ROUTE_NODATA)],
+        nodata_pixels,
         fallbacks: patterns.per_fallback(&routing),
         route_table: routing.table.clone(),
         precision: predictor.precision(),
         timings,
     })
+}
+
+/// The summary's routes: the branch as [`Summary::route`] says it (`one_route`'s text, the one
+/// route that classified every pixel, or each route's share of the `valid_pixels`), the pixels
+/// per route in code order, and the nodata pixels.
+fn route_shares(
+    patterns: &PatternCounts,
+    routing: &Routing,
+    cfg: &crate::model::config::ModelConfig,
+    one_route: Option<String>,
+    valid_pixels: u64,
+) -> (String, Vec<(String, u64)>, u64) {
+    let per_code = patterns.per_code(routing);
+    let codes: Vec<u8> = (0..routing.table.len() as u8)
+        .filter(|&c| per_code[usize::from(c)] > 0)
+        .collect();
+    let routes: Vec<(String, u64)> = (codes.iter())
+        .map(|&c| (routing.table.label(c).to_string(), per_code[usize::from(c)]))
+        .collect();
+    let route = match (one_route, codes.as_slice()) {
+        (Some(text), _) => text,
+        (None, [code]) => {
+            (routing.table.route(*code)).map_or_else(String::new, |r| r.describe(cfg))
+        }
+        (None, _) => {
+            let total = valid_pixels.max(1) as f64;
+            let shares: Vec<String> = (routes.iter())
+                .map(|(l, n)| format!("{l} {:.1} %", 100.0 * *n as f64 / total))
+                .collect();
+            format!("routes per pixel: {}", shares.join(", "))
+        }
+    };
+    (route, routes, per_code[usize::from(ROUTE_NODATA)])
 }

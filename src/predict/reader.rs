@@ -65,7 +65,13 @@ fn pad_codes(plane: &[u8], rows: usize, cols: usize, crop: (usize, usize)) -> Ve
 
 /// Cuts `window` (of the model's crop size) from `strips`, normalises it (0 where an input is
 /// nodata) and pads it to the crop by reflection, with its patterns and route codes.
-fn cut_window(strips: &Strips, inputs: &[Input], routing: &Routing, norm: &Normaliser, window: Window) -> WindowData {
+fn cut_window(
+    strips: &Strips,
+    inputs: &[Input],
+    routing: &Routing,
+    norm: &Normaliser,
+    window: Window,
+) -> WindowData {
     let width = strips.pixels[0].width;
     let (rows, top) = (strips.rows, strips.top_pad);
     let (col, crop) = (window.x as usize, (window.height, window.width));
@@ -184,7 +190,12 @@ impl BatchReader {
         let rows = self.layout.window.0.min(height - row);
         let margin = self.routing.margin;
         let top = row.saturating_sub(margin);
-        let read = Window::new(0, top as i64, width, (row + rows + margin).min(height) - top);
+        let read = Window::new(
+            0,
+            top as i64,
+            width,
+            (row + rows + margin).min(height) - top,
+        );
         let strips: Vec<Pixels> = self
             .datasets
             .par_iter_mut()

@@ -260,7 +260,8 @@ impl PatternCounts {
         given: &[(usize, PathBuf)],
         allow_fill: bool,
     ) -> Result<()> {
-        let everywhere = |i: usize| (self.0.iter().enumerate()).all(|(p, &n)| n == 0 || p & (1 << i) != 0);
+        let everywhere =
+            |i: usize| (self.0.iter().enumerate()).all(|(p, &n)| n == 0 || p & (1 << i) != 0);
         let empty: Vec<String> = (given.iter())
             .filter(|(i, _)| everywhere(*i))
             .map(|(i, path)| format!("--{} {}", cfg.modalities[*i].name, path.display()))
@@ -304,7 +305,9 @@ pub(super) fn codes_present(codes: &[Vec<u8>]) -> Vec<u8> {
             seen[usize::from(c)] = true;
         }
     }
-    (0..ROUTE_NODATA).filter(|&c| seen[usize::from(c)]).collect()
+    (0..ROUTE_NODATA)
+        .filter(|&c| seen[usize::from(c)])
+        .collect()
 }
 
 #[cfg(test)]

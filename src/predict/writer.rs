@@ -260,7 +260,11 @@ impl Closed {
         let aux = aux_xml(&self.tmp);
         if aux.exists() {
             std::fs::rename(&aux, aux_xml(&self.path)).with_context(|| {
-                format!("cannot rename {} beside {}", aux.display(), self.path.display())
+                format!(
+                    "cannot rename {} beside {}",
+                    aux.display(),
+                    self.path.display()
+                )
             })?;
         }
         Ok(())
