@@ -58,6 +58,9 @@ struct Strips {
 
 /// A `u8` plane padded by reflection like the inputs.
 fn pad_codes(plane: &[u8], rows: usize, cols: usize, crop: (usize, usize)) -> Vec<u8> {
+    if (rows, cols) == crop {
+        return plane.to_vec();
+    }
     let values: Vec<f32> = plane.iter().map(|&c| f32::from(c)).collect();
     let padded = pad_reflect(&values, 1, rows, cols, crop.0, crop.1);
     padded.into_iter().map(|v| v as u8).collect()

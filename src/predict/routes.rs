@@ -161,6 +161,10 @@ pub(super) fn strip_patterns(
     let (width, height) = (strips[0].width, strips[0].height);
     let mut patterns = vec![routing.absent; width * height];
     for (strip, &index) in strips.iter().zip(indices) {
+        let masked = masks.iter().any(|(m, _)| *m == index);
+        if !masked && strip.valid.iter().all(|&v| v) {
+            continue;
+        }
         let mut available = strip.valid.clone();
         for (_, mask) in masks.iter().filter(|(m, _)| *m == index) {
             let flags = mask.band(0);
