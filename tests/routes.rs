@@ -588,4 +588,16 @@ fn one_route_leaves_nodata_where_any_input_lacks_data() {
     let (many, _) = run(true, "many.tif");
     assert_eq!(many.nodata_pixels, 0);
     assert!(one.nodata_pixels > (SIZE * SIZE / 3) as u64);
+
+    // Nothing to classify: the error names the given input without data, not every file.
+    let empty = dir.path().join("sar_empty.tif");
+    with_gap(&files[2], &empty, |_, _| true, -99.0);
+    let only = job(&[empty], &["sar"], &dir.path().join("empty.tif"));
+    let err = predict_scene(&predictor, &only, &PredictOptions::default()).unwrap_err();
+    let err = format!("{err:#}");
+    assert!(
+        err.contains("every pixel is nodata in --sar") && err.contains("sar_empty.tif"),
+        "{err}"
+    );
+    assert!(!dir.path().join("empty.tif").exists());
 }
