@@ -494,6 +494,9 @@ mod tests {
             ("resampling", "dsm=cubic"),
             ("device", "cpu"),
             ("precision", "bf16"),
+            ("missing-mask", "optical=m.tif"),
+            ("routes", "r.tif"),
+            ("context-margin", "4"),
         ]
         .into();
         let command = crate::cli::Cli::command();
