@@ -131,7 +131,8 @@ clean:
 bench-loader: setup
 	$(CARGO) run --release --locked --example bench_loader
 
-# dis2 predict: megapixels/s (parallel vs one thread) and peak memory at two scene sizes.
+# dis2 predict: megapixels/s (parallel vs one thread, one route vs two) and peak memory at two
+# scene sizes.
 bench-predict: setup
 	$(CARGO) run --release --locked --example bench_predict
 

@@ -28,7 +28,7 @@ use crate::data::validity::AlphaRule;
 use crate::figures::{self, AttentionData, OverlayData};
 use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
-use crate::model::{Route, Scenario};
+use crate::model::{Route, Scenario, ROUTE_NODATA};
 use crate::precision::Precision;
 use crate::predict::{
     predict_scene_with, ClassRows, InferenceSettings, PredictOptions, Predictor, SceneJob,
@@ -250,6 +250,9 @@ fn score_scenes(
         announce_grid: false,
         accept_input_range: req.options.accept_input_range,
         alpha: AlphaRule::data_if(req.exp.data.alpha_as_data),
+        // Scored as before routes per pixel: one branch per scene, pixels where every given
+        // input has data.
+        per_pixel: false,
         ..PredictOptions::default()
     };
     let table = predictor.info().class_table();
@@ -326,6 +329,10 @@ impl SceneScorer<'_> {
             rows.rows,
             self.erode,
         )?;
+        debug_assert!(
+            (rows.routes.iter().zip(rows.valid)).all(|(&r, &v)| v == (r != ROUTE_NODATA)),
+            "the route codes are nodata exactly where no branch classified"
+        );
         let scored = scored_labels(&labels, rows.valid, self.dataset.ignore_index);
         self.labelled
             .add_pairs(&labels, &labels, self.dataset.ignore_index)
@@ -395,8 +402,7 @@ fn class_map_job(
             .map(|((m, source), _)| (m.name.clone(), source.path.clone()))
             .collect(),
         out: scratch.join(format!("{index}.tif")),
-        probs: None,
-        preview: None,
+        ..SceneJob::default()
     }
 }
 

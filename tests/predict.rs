@@ -196,6 +196,7 @@ fn nodata_of_any_input_is_nodata_in_the_class_map() {
         s(&dir.path().join("p8.tif")),
         "--probs-type",
         "u8",
+        "--one-route",
     ]));
     let (d, sar, out) = (read_all(&dsm), read_all(&files[2]), read_all(&classes));
     let mut nodata = 0;
@@ -232,6 +233,7 @@ fn real_sentinel1_scene_runs_the_students_and_keeps_its_crs() {
         s(&masked),
         "--out",
         s(&classes),
+        "--one-route",
     ]));
     assert!(
         stdout.contains("student (missing: optical, dsm)"),
@@ -377,7 +379,13 @@ fn bad_inputs_are_reported_with_files_and_expectations() {
 
     let nodata = dir.path().join("all_nodata.tif");
     with_nodata_border(&files[2], &nodata, 64, -99.0);
-    let err = failed(&with(&["--optical", s(&files[0]), "--sar", s(&nodata)]));
+    let err = failed(&with(&[
+        "--optical",
+        s(&files[0]),
+        "--sar",
+        s(&nodata),
+        "--one-route",
+    ]));
     assert!(
         err.contains("every pixel is nodata") && err.contains("all_nodata.tif"),
         "{err}"
@@ -474,6 +482,7 @@ fn inline_and_background_reading_give_the_same_bytes() {
             out: dir.path().join(format!("c{prefetch}.tif")),
             probs: Some(dir.path().join(format!("p{prefetch}.tif"))),
             preview: None,
+            ..Default::default()
         };
         let options = PredictOptions {
             prefetch,

@@ -20,6 +20,7 @@ use crate::data::vsi;
 use crate::precision::PrecisionChoice;
 use crate::predict::{
     predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob,
+    DEFAULT_CONTEXT_MARGIN,
 };
 use crate::train::run::RunDir;
 
@@ -28,8 +29,9 @@ use crate::train::run::RunDir;
 #[command(
     name = "predict",
     after_help = "Inputs: one `--NAME FILE` per modality of the checkpoint (e.g. --optical a.tif \
-                  --dsm b.tif --sar c.tif). A modality left out is missing: its student runs, or \
-                  with --allow-fill the teacher with that modality filled. See docs/predict.md."
+                  --dsm b.tif --sar c.tif). A modality left out, or without data at a pixel, is \
+                  missing there: its student runs, or a student of more missing modalities, or \
+                  with --allow-fill the teacher with it filled. See docs/predict.md."
 )]
 pub struct PredictArgs {
     /// The checkpoint: a checkpoint directory (a run's `checkpoints/best`), a checkpoint name
@@ -58,9 +60,25 @@ pub struct PredictArgs {
     /// training mean.
     #[arg(long)]
     pub allow_fill: bool,
+    /// Where a modality is missing (repeatable), e.g. `optical=clouds.tif`: any raster on any
+    /// grid (resampled by nearest); nonzero = missing, its nodata = not missing.
+    #[arg(long, value_name = "MODALITY=FILE")]
+    pub missing_mask: Vec<String>,
+    /// Also write the route map: which branch classified each pixel (u8 codes with a colour
+    /// table and category names, 255 = nodata).
+    #[arg(long, value_name = "FILE.tif")]
+    pub routes: Option<PathBuf>,
+    /// One branch for the whole scene from the inputs given, nodata wherever any given input
+    /// lacks data (the behaviour before routes per pixel).
+    #[arg(long)]
+    pub one_route: bool,
+    /// A modality counts as available at a pixel only where it is available within this many
+    /// pixels around it [default: 8].
+    #[arg(long, value_name = "PX")]
+    pub context_margin: Option<usize>,
     /// Several scenes: one line per scene, `NAME=FILE ... out=FILE [probs=FILE]
-    /// [preview=FILE]`; relative paths are relative to the list's folder (also the archive of
-    /// `/vsizip/a.zip/x.tif`); `#` starts a comment.
+    /// [preview=FILE] [routes=FILE] [missing.NAME=FILE ...]`; relative paths are relative to
+    /// the list's folder (also the archive of `/vsizip/a.zip/x.tif`); `#` starts a comment.
     #[arg(long, value_name = "FILE")]
     pub list: Option<PathBuf>,
     /// With --list: predict only scenes i, i+n, i+2n, ... (0-based), for job arrays.
@@ -204,6 +222,23 @@ fn predict_position(args: &[OsString]) -> Option<usize> {
     None
 }
 
+/// The `MODALITY=FILE` pairs of `--missing-mask`.
+fn parse_masks(items: &[String]) -> Result<Vec<(String, PathBuf)>> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .filter(|(n, f)| !n.is_empty() && !f.is_empty())
+                .map(|(n, f)| (n.to_string(), PathBuf::from(f)))
+                .ok_or_else(|| {
+                    anyhow!(
+                        "--missing-mask {item:?}: expected MODALITY=FILE, e.g. optical=clouds.tif"
+                    )
+                })
+        })
+        .collect()
+}
+
 /// The `--NAME FILE` pairs of [`PredictArgs::inputs`].
 fn parse_inputs(tokens: &[String]) -> Result<Vec<(String, PathBuf)>> {
     let mut inputs: Vec<(String, PathBuf)> = Vec::new();
@@ -279,12 +314,7 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
         if line.is_empty() {
             continue;
         }
-        let mut job = SceneJob {
-            inputs: Vec::new(),
-            out: PathBuf::new(),
-            probs: None,
-            preview: None,
-        };
+        let mut job = SceneJob::default();
         let mut out = None;
         for item in line.split_whitespace() {
             let (key, value) = item
@@ -295,7 +325,11 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
                 "out" => out = Some(resolve(value)),
                 "probs" => job.probs = Some(resolve(value)),
                 "preview" => job.preview = Some(resolve(value)),
-                name => job.inputs.push((name.to_string(), resolve(value))),
+                "routes" => job.routes = Some(resolve(value)),
+                key => match key.strip_prefix("missing.") {
+                    Some(name) => job.missing_masks.push((name.to_string(), resolve(value))),
+                    None => job.inputs.push((key.to_string(), resolve(value))),
+                },
             }
         }
         job.out = out.ok_or_else(|| anyhow!("{at}: no out=FILE"))?;
@@ -324,8 +358,10 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
                 || args.out.is_some()
                 || args.probs.is_some()
                 || args.preview.is_some()
+                || args.routes.is_some()
+                || !args.missing_mask.is_empty()
             {
-                bail!("--list names inputs and outputs per scene: leave out --NAME FILE, --out, --probs and --preview");
+                bail!("--list names inputs, masks and outputs per scene: leave out --NAME FILE, --missing-mask, --out, --probs, --routes and --preview");
             }
             let jobs = parse_list(list)?;
             match &args.shard {
@@ -347,9 +383,11 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
                 .ok_or_else(|| anyhow!("--out is required (or --list)"))?;
             vec![SceneJob {
                 inputs,
+                missing_masks: parse_masks(&args.missing_mask)?,
                 out,
                 probs: args.probs.clone(),
                 preview: args.preview.clone(),
+                routes: args.routes.clone(),
             }]
         }
     };
@@ -366,9 +404,14 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         announce_grid: true,
         accept_input_range: args.accept_input_range,
         alpha: AlphaRule::data_if(args.alpha_as_data),
+        per_pixel: !args.one_route,
+        margin: args.context_margin.unwrap_or(DEFAULT_CONTEXT_MARGIN),
     };
     if options.batch == 0 {
         bail!("--batch must be at least 1");
+    }
+    if args.one_route && args.context_margin.is_some() {
+        bail!("--context-margin has no effect with --one-route, which classifies only pixels where every given input has data");
     }
     let device = args.device.device.resolve()?;
     let precision = args.precision.unwrap_or_default().resolve(device);
@@ -382,8 +425,15 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
     for (n, job) in jobs.iter().enumerate() {
         let summary = predict_scene(&predictor, job, &options)
             .with_context(|| format!("scene {} of {count} ({})", n + 1, job.out.display()))?;
+        let nodata = match summary.nodata_pixels {
+            0 => String::new(),
+            n => format!(
+                ", nodata {:.1} %",
+                100.0 * n as f64 / (summary.width * summary.height) as f64
+            ),
+        };
         println!(
-            "{}: {}x{} px, {} windows, {}, {}, {:.1} s, {:.2} MP/s",
+            "{}: {}x{} px, {} windows, {}{nodata}, {}, {:.1} s, {:.2} MP/s",
             job.out.display(),
             summary.width,
             summary.height,
@@ -444,6 +494,9 @@ mod tests {
             ("resampling", "dsm=cubic"),
             ("device", "cpu"),
             ("precision", "bf16"),
+            ("missing-mask", "optical=m.tif"),
+            ("routes", "r.tif"),
+            ("context-margin", "4"),
         ]
         .into();
         let command = crate::cli::Cli::command();

@@ -24,5 +24,5 @@ mod tests;
 pub use dis2::{
     BranchOutputs, Dis2Net, DistillFeatures, EncoderOutputs, FusedTokens, TrainOutputs,
 };
-pub use route::Route;
+pub use route::{Fallback, Resolution, Route, RouteTable, ROUTE_NODATA};
 pub use scenario::Scenario;

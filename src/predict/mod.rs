@@ -12,9 +12,12 @@
 //! depends on the scene's width, never on its height. [`Summary::timings`] says where the time
 //! went.
 //!
-//! Which branch runs follows from the inputs given ([`Route::choose`]): all of them, the teacher;
-//! otherwise the student for the missing set, or, with `allow_fill`, the teacher with the
-//! missing modalities filled with zeros in normalised space (the training mean).
+//! Which branch runs is chosen per pixel ([`routes`]): from the modalities available there
+//! (given, valid, not marked missing by a `--missing-mask`, also within the context margin), by
+//! the fallback rule of [`RouteTable`]. A batch runs each route its windows need once, on the
+//! windows that need it, and each pixel takes its route's probabilities; a batch of one route
+//! runs one forward. With `per_pixel` off, one branch per scene follows from the inputs given
+//! ([`Route::choose`]) and pixels where any given input lacks data are nodata.
 //!
 //! Each scene's inputs are measured against the checkpoint's normalisation as they are read
 //! ([`crate::data::input_range`]): another bit depth, unit or scale is refused unless
@@ -25,9 +28,11 @@
 //! write the finished rows (`BlendStage`, inline or behind the model: `Blender`).
 
 mod reader;
+mod routes;
 mod settings;
 pub(crate) mod writer;
 
+pub use routes::DEFAULT_CONTEXT_MARGIN;
 pub use settings::{InferenceSettings, GDAL_CACHE_BYTES};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -47,11 +52,12 @@ use crate::data::raster::{GeoRef, RasterInfo, WriteOptions};
 use crate::data::validity::AlphaRule;
 use crate::figures;
 use crate::model::modality::input_flags;
-use crate::model::{Dis2Net, Route};
+use crate::model::{Dis2Net, Fallback, Route, RouteTable, ROUTE_NODATA};
 use crate::precision::Precision;
 use crate::progress::Progress;
 use crate::tiling::{BandStitcher, FinishedRows, WindowLayout};
 use reader::{batches, BatchReader, Input, Prepared};
+use routes::{codes_present, MaskInput, PatternCounts, Routing};
 use writer::StreamingTiff;
 
 /// Class value of unclassified pixels in a class map (any given input is nodata there); the
@@ -71,12 +77,18 @@ pub enum ProbsType {
 }
 
 /// One scene to predict: its input file per modality (by name) and its outputs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SceneJob {
     pub inputs: Vec<(String, PathBuf)>,
+    /// Per modality (by name), rasters marking where it is missing (`--missing-mask`): any
+    /// grid, resampled onto the scene's by nearest; nonzero = missing, their nodata and
+    /// outside their coverage = not missing.
+    pub missing_masks: Vec<(String, PathBuf)>,
     pub out: PathBuf,
     pub probs: Option<PathBuf>,
     pub preview: Option<PathBuf>,
+    /// The route map to write (`--routes`): u8 route codes of [`RouteTable`], 255 nodata.
+    pub routes: Option<PathBuf>,
 }
 
 /// How to predict.
@@ -113,6 +125,12 @@ pub struct PredictOptions {
     pub accept_input_range: bool,
     /// What the inputs' bands marked as alpha are: masks, or data (`--alpha-as-data`).
     pub alpha: AlphaRule,
+    /// Routes per pixel (the default); `false` (`--one-route`): one branch per scene from the
+    /// inputs given, nodata wherever any given input lacks data.
+    pub per_pixel: bool,
+    /// Context margin in pixels (`--context-margin`): a modality is available at a pixel only
+    /// where it is also available at every pixel within this distance (square neighbourhood).
+    pub margin: usize,
 }
 
 impl Default for PredictOptions {
@@ -130,6 +148,8 @@ impl Default for PredictOptions {
             announce_grid: true,
             accept_input_range: false,
             alpha: AlphaRule::Mask,
+            per_pixel: true,
+            margin: DEFAULT_CONTEXT_MARGIN,
         }
     }
 }
@@ -178,7 +198,18 @@ pub struct Summary {
     pub windows: usize,
     pub seconds: f64,
     pub valid_pixels: u64,
+    /// The branch that ran ([`Route::describe`]) when one route covers every classified pixel;
+    /// otherwise `routes per pixel: ` and the share of each.
     pub route: String,
+    /// Pixels per route that covers any, in code order ([`RouteTable`] labels).
+    pub routes: Vec<(String, u64)>,
+    /// Pixels no branch classified (the class map's nodata).
+    pub nodata_pixels: u64,
+    /// Pixels per fallback kind of the route rule, those with pixels only, in [`Fallback`] order.
+    pub fallbacks: Vec<(Fallback, u64)>,
+    /// The checkpoint's route codes and labels (those of the route map and of
+    /// [`ClassRows::routes`]).
+    pub route_table: RouteTable,
     /// The precision the model computed in.
     pub precision: Precision,
     pub timings: Timings,
@@ -215,9 +246,12 @@ pub(crate) struct ClassRows<'a> {
     pub width: usize,
     /// `rows x width` class ids; meaningful where `valid`.
     pub classes: &'a [u8],
-    /// `rows x width`: every given input has data (elsewhere the class map holds
+    /// `rows x width`: some branch classified the pixel (elsewhere the class map holds
     /// [`NODATA_CLASS`] and the f32 probabilities NaN).
     pub valid: &'a [bool],
+    /// `rows x width` route codes of [`Summary::route_table`] ([`ROUTE_NODATA`] where not
+    /// `valid`).
+    pub routes: &'a [u8],
 }
 
 /// Checks the inputs of a scene against the checkpoint, their bands marked as alpha taken as
@@ -262,14 +296,47 @@ fn check_inputs(
     Ok(inputs)
 }
 
-/// Places the inputs on the scene's grid: that of `options.grid_file`, else of the
-/// `--grid-reference` modality, else of the first input in model order. Inputs on other grids
-/// are resampled onto it (or refused with `--strict-grid`); says once what is resampled.
+/// Checks the `--missing-mask` rasters of a scene: each names a modality of the checkpoint that
+/// the scene gives (a mask of a modality not given would change nothing); returns them with
+/// their modality index and header.
+fn check_masks(
+    info: &CheckpointInfo,
+    job: &SceneJob,
+    inputs: &[(Input, RasterInfo)],
+    alpha: AlphaRule,
+) -> Result<Vec<(usize, RasterInfo)>> {
+    let cfg = &info.model;
+    let mut masks = Vec::new();
+    for (name, path) in &job.missing_masks {
+        let flag = format!("--missing-mask {name}={}", path.display());
+        let index = cfg.modality_index(name).map_err(|_| {
+            anyhow!(
+                "{flag}: the checkpoint has no modality {name:?}; it knows {}",
+                input_flags(&cfg.modalities)
+            )
+        })?;
+        if !inputs.iter().any(|(i, _)| i.index == index) {
+            bail!(
+                "{flag}: no --{name} input is given, so {name} is missing everywhere already; \
+                 give --{name} FILE or leave the mask out"
+            );
+        }
+        let header = RasterInfo::read_with(path, alpha).with_context(|| flag.clone())?;
+        masks.push((index, header));
+    }
+    Ok(masks)
+}
+
+/// Places the inputs and the missing masks on the scene's grid: that of `options.grid_file`,
+/// else of the `--grid-reference` modality, else of the first input in model order. Inputs on
+/// other grids are resampled onto it (or refused with `--strict-grid`), masks by nearest; says
+/// once what is resampled.
 fn place_inputs(
     info: &CheckpointInfo,
     checked: Vec<(Input, RasterInfo)>,
+    masks: Vec<(usize, RasterInfo)>,
     options: &PredictOptions,
-) -> Result<(Vec<Input>, SceneGrid)> {
+) -> Result<(Vec<Input>, Vec<MaskInput>, SceneGrid)> {
     let names = &info.model.modalities;
     let mut files: Vec<GridFile> = checked
         .iter()
@@ -299,30 +366,94 @@ fn place_inputs(
         })?,
         (None, None) => 0,
     };
+    let first_mask = files.len();
+    files.extend(masks.iter().map(|(index, header)| GridFile {
+        role: format!("--missing-mask {}", names[*index].name),
+        key: format!("missing.{}", names[*index].name),
+        header: header.clone(),
+        categorical: true,
+    }));
     let plan = grid::plan(&files, reference, &options.grid, &GridKeys::PREDICT)?;
     if options.announce_grid {
         grid::announce(&plan.notes);
     }
+    let mask_sources = plan.sources[first_mask..].to_vec();
+    let masks = (masks.iter().zip(mask_sources))
+        .map(|((index, _), source)| MaskInput {
+            index: *index,
+            source,
+        })
+        .collect();
     let inputs = checked
         .into_iter()
         .zip(plan.sources)
         .map(|((input, _), source)| Input { source, ..input })
         .collect();
-    Ok((inputs, plan.grid))
+    Ok((inputs, masks, plan.grid))
 }
 
 /// What [`predict_scene_with`] calls with each band of finished rows: on the blending thread
 /// when reading and blending run in the background (`PredictOptions::prefetch` > 0), hence `Send`.
 pub(crate) type RowObserver<'o> = dyn FnMut(&ClassRows) -> Result<()> + Send + 'o;
 
-/// Where finished rows go: the class map, the probabilities, the preview.
+/// Where finished rows go: the class map, the probabilities, the route map, the preview; and
+/// the pixels of each pattern.
 struct Sink {
     classes: usize,
     width: usize,
     class_map: StreamingTiff<u8>,
     probs: Option<ProbsOut>,
+    route_map: Option<StreamingTiff<u8>>,
     preview: Option<Preview>,
+    routing: Arc<Routing>,
+    patterns: PatternCounts,
     valid_pixels: u64,
+}
+
+/// Colours of the route map: the teacher green, students in distinct hues, teacher-fill codes in
+/// shades of red.
+fn route_colours(table: &RouteTable) -> Vec<[u8; 3]> {
+    const STUDENTS: [[u8; 3]; 8] = [
+        [31, 119, 180],
+        [255, 127, 14],
+        [148, 103, 189],
+        [23, 190, 207],
+        [188, 189, 34],
+        [140, 86, 75],
+        [227, 119, 194],
+        [127, 127, 127],
+    ];
+    let (mut student, mut fill) = (0, 0usize);
+    (0..table.len())
+        .map(|code| match table.route(code as u8) {
+            Some(Route::Student(_)) => {
+                student += 1;
+                STUDENTS[(student - 1) % STUDENTS.len()]
+            }
+            Some(Route::TeacherFill(_)) => {
+                fill += 1;
+                [214, (40 + 25 * (fill % 6)) as u8, 40]
+            }
+            _ => [44, 160, 44],
+        })
+        .collect()
+}
+
+/// The route map at `path`: one u8 band of route codes with the table's colours and labels.
+fn create_route_map(
+    path: &Path,
+    size: (usize, usize),
+    georef: Option<&GeoRef>,
+    table: &RouteTable,
+) -> Result<StreamingTiff<u8>> {
+    let options = WriteOptions {
+        nodata: Some(f64::from(ROUTE_NODATA)),
+        colour_table: Some(route_colours(table)),
+        band_names: vec!["route".to_string()],
+    };
+    let mut tiff = StreamingTiff::<u8>::create(path, size.0, size.1, 1, georef, &options)?;
+    tiff.set_category_names(table.labels())?;
+    Ok(tiff)
 }
 
 enum ProbsOut {
@@ -451,6 +582,7 @@ impl Sink {
         job: &SceneJob,
         probs_type: ProbsType,
         header: &RasterInfo,
+        routing: Arc<Routing>,
     ) -> Result<Self> {
         let (width, height) = (header.width, header.height);
         let georef = GeoRef::of(header);
@@ -483,6 +615,15 @@ impl Sink {
                 names,
             )?),
         };
+        let route_map = match &job.routes {
+            None => None,
+            Some(path) => Some(create_route_map(
+                path,
+                (width, height),
+                georef.as_ref(),
+                &routing.table,
+            )?),
+        };
         let preview = job
             .preview
             .as_ref()
@@ -492,23 +633,29 @@ impl Sink {
             width,
             class_map,
             probs,
+            route_map,
             preview,
+            routing,
+            patterns: PatternCounts::default(),
             valid_pixels: 0,
         })
     }
 
-    /// Writes finished rows: the class map (argmax where every given input has data,
-    /// [`NODATA_CLASS`] elsewhere), the probabilities and the preview; then hands them to
+    /// Writes finished rows: the class map (argmax where a branch ran, [`NODATA_CLASS`]
+    /// elsewhere), the probabilities, the route map and the preview; then hands them to
     /// `observe`.
     fn rows(&mut self, done: &FinishedRows, observe: &mut RowObserver) -> Result<()> {
         let (k, w, rows) = (self.classes, self.width, done.rows);
         let plane = rows * w;
-        // The blended validity plane: every window covering a pixel agrees on it (it is the
-        // pixel's own), so the blend is 0 or 1 up to rounding.
-        let valid: Vec<bool> = done.probs[k * plane..(k + 1) * plane]
-            .iter()
-            .map(|&v| v >= 0.5)
-            .collect();
+        // The blended pattern plane: every window covering a pixel agrees on it (it is the
+        // pixel's own), so the blend is the pattern up to rounding.
+        let mut routes = Vec::with_capacity(plane);
+        for &v in &done.probs[k * plane..(k + 1) * plane] {
+            let pattern = v.round().clamp(0.0, 255.0) as u8;
+            self.patterns.0[usize::from(pattern)] += 1;
+            routes.push(self.routing.code(pattern));
+        }
+        let valid: Vec<bool> = routes.iter().map(|&c| c != ROUTE_NODATA).collect();
         let mut classes = vec![NODATA_CLASS; plane];
         for (i, class) in classes.iter_mut().enumerate() {
             if !valid[i] {
@@ -528,6 +675,9 @@ impl Sink {
         if let Some(probs) = &mut self.probs {
             probs.write_rows(done, k, &valid)?;
         }
+        if let Some(map) = &mut self.route_map {
+            map.write_rows(0, done.first_row, rows, &routes)?;
+        }
         if let Some(preview) = &mut self.preview {
             for r in 0..rows {
                 preview.add_row(done.first_row + r, &classes[r * w..(r + 1) * w]);
@@ -539,6 +689,7 @@ impl Sink {
             width: w,
             classes: &classes,
             valid: &valid,
+            routes: &routes,
         })
     }
 
@@ -550,6 +701,9 @@ impl Sink {
             Some(ProbsOut::U8(t)) => closed.push(t.close()?),
             Some(ProbsOut::F32(t)) => closed.push(t.close()?),
             None => {}
+        }
+        if let Some(t) = self.route_map {
+            closed.push(t.close()?);
         }
         if let Some(p) = &self.preview {
             p.write()?;
@@ -563,27 +717,42 @@ impl Sink {
 /// against the normalisation that the reader fills.
 struct ScenePlan {
     inputs: Vec<Input>,
+    masks: Vec<MaskInput>,
     norm: Normaliser,
     header: RasterInfo,
-    route: Route,
+    /// The scene's one branch (`--one-route`); `None` with routes per pixel.
+    route: Option<Route>,
+    routing: Arc<Routing>,
     layout: WindowLayout,
     survey: Arc<Mutex<RangeSurvey>>,
 }
 
 impl ScenePlan {
-    /// Checks the scene's inputs against the checkpoint, places them on the scene's grid,
-    /// chooses the branch for the modalities given ([`Route::choose`]) and lays the windows out.
+    /// Checks the scene's inputs and masks against the checkpoint, places them on the scene's
+    /// grid, sets up the routes (per pixel, or the branch for the modalities given:
+    /// [`Route::choose`]) and lays the windows out.
     fn new(info: &CheckpointInfo, job: &SceneJob, options: &PredictOptions) -> Result<Self> {
         let cfg = &info.model;
         let checked = check_inputs(info, job, options.alpha)?;
+        let masks = check_masks(info, job, &checked, options.alpha)?;
         let norm = info.normaliser()?;
-        let (inputs, scene_grid) = place_inputs(info, checked, options)?;
+        let (inputs, masks, scene_grid) = place_inputs(info, checked, masks, options)?;
         let header = scene_grid.info;
         let mut given = vec![false; cfg.modalities.len()];
         for i in &inputs {
             given[i.index] = true;
         }
-        let route = Route::choose(cfg, &given, options.allow_fill)?;
+        let (route, routing) = match options.per_pixel {
+            true => {
+                let routing = Routing::per_pixel(cfg, &given, options.allow_fill, options.margin)?;
+                (None, routing)
+            }
+            false => {
+                let route = Route::choose(cfg, &given, options.allow_fill)?;
+                let routing = Routing::one_route(cfg, &given, &route)?;
+                (Some(route), routing)
+            }
+        };
         if options.batch == 0 {
             bail!("--batch must be at least 1");
         }
@@ -603,9 +772,11 @@ impl ScenePlan {
         let survey = RangeSurvey::new(&norm, &surveyed, options.accept_input_range);
         Ok(Self {
             inputs,
+            masks,
             norm,
             header,
             route,
+            routing: Arc::new(routing),
             layout,
             survey: Arc::new(Mutex::new(survey)),
         })
@@ -638,14 +809,9 @@ fn windows_done(progress: &mut Progress, label: &str, n: usize) {
     }
 }
 
-/// The branch's probabilities for one batch of windows: `B x K x H x W` values, row-major.
-fn window_probs(
-    predictor: &Predictor,
-    route: &Route,
-    inputs: &[Input],
-    batch: &Prepared,
-    k: usize,
-) -> Result<Vec<f32>> {
+/// The batch's inputs on the device: one `[B, C, H, W]` tensor per model modality, `None`
+/// where not given.
+fn batch_tensors(predictor: &Predictor, inputs: &[Input], batch: &Prepared) -> Vec<Option<Tensor>> {
     let cfg = &predictor.info().model;
     let (b, h, w) = (batch.windows.len(), cfg.crop[0], cfg.crop[1]);
     let mut tensors: Vec<Option<Tensor>> = (0..cfg.modalities.len()).map(|_| None).collect();
@@ -655,7 +821,20 @@ fn window_probs(
             .to_device(predictor.device);
         tensors[input.index] = Some(t);
     }
+    tensors
+}
+
+/// `route`'s probabilities for the windows of `tensors`: `B x K x H x W` values, row-major.
+fn route_probs(
+    predictor: &Predictor,
+    route: &Route,
+    tensors: &[Option<Tensor>],
+    k: usize,
+) -> Result<Vec<f32>> {
     let refs: Vec<Option<&Tensor>> = tensors.iter().map(Option::as_ref).collect();
+    let Some(size) = tensors.iter().flatten().next().map(Tensor::size) else {
+        bail!("a batch without inputs");
+    };
     let probs = tch::no_grad(|| predictor.net().forward_route(route, &refs, false))?;
     let probs: Vec<f32> = Vec::<f32>::try_from(
         probs
@@ -664,13 +843,58 @@ fn window_probs(
             .contiguous()
             .view([-1]),
     )?;
-    if probs.len() != b * k * (h * w) as usize {
+    let (b, plane) = (size[0] as usize, (size[2] * size[3]) as usize);
+    if probs.len() != b * k * plane {
         bail!(
             "the model returned {} values for {b} windows of {k} classes",
             probs.len()
         );
     }
     Ok(probs)
+}
+
+/// The batch's probabilities composed per pixel from the routes its pixels take (`codes`):
+/// each route runs once, on the windows that hold one of its pixels, and each pixel takes its
+/// route's probabilities (0 where no route runs). `B x K x H x W` values.
+fn composed_probs(
+    predictor: &Predictor,
+    table: &RouteTable,
+    tensors: &[Option<Tensor>],
+    batch: &Prepared,
+    routes: &[u8],
+    k: usize,
+) -> Result<Vec<f32>> {
+    let plane = batch.codes.first().map_or(0, Vec::len);
+    let mut out = vec![0.0f32; batch.windows.len() * k * plane];
+    for &code in routes {
+        let route = table
+            .route(code)
+            .ok_or_else(|| anyhow!("route code {code} is not in the checkpoint's table"))?;
+        let needed: Vec<usize> = (0..batch.windows.len())
+            .filter(|&i| batch.codes[i].contains(&code))
+            .collect();
+        let index = Tensor::from_slice(&needed.iter().map(|&i| i as i64).collect::<Vec<_>>());
+        let sub: Vec<Option<Tensor>> = (tensors.iter())
+            .map(|t| {
+                t.as_ref()
+                    .map(|t| t.index_select(0, &index.to_device(t.device())))
+            })
+            .collect();
+        let probs = route_probs(predictor, route, &sub, k)?;
+        for (j, &i) in needed.iter().enumerate() {
+            let (src, dst) = (&probs[j * k * plane..], &mut out[i * k * plane..]);
+            for (p, _) in batch.codes[i]
+                .iter()
+                .enumerate()
+                .filter(|(_, &c)| c == code)
+            {
+                for c in 0..k {
+                    dst[c * plane + p] = src[c * plane + p];
+                }
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Blending and writing: the stitcher, the outputs and the observer of finished rows, with the
@@ -683,16 +907,16 @@ struct BlendStage<'a, 'o> {
 }
 
 impl BlendStage<'_, '_> {
-    /// Adds a batch's window probabilities (`probs`, `K` classes each) and validity to the
+    /// Adds a batch's window probabilities (`probs`, `K` classes each) and patterns to the
     /// stitcher and writes (and hands to the observer) the rows that became final.
     fn add(&mut self, batch: &Prepared, probs: &[f32]) -> Result<()> {
         let k = self.sink.classes;
-        for (i, (window, valid)) in batch.windows.iter().zip(&batch.valid).enumerate() {
+        for (i, (window, patterns)) in batch.windows.iter().zip(&batch.patterns).enumerate() {
             let started = Instant::now();
-            let plane = valid.len();
+            let plane = patterns.len();
             let mut values = Vec::with_capacity((k + 1) * plane);
             values.extend_from_slice(&probs[i * k * plane..(i + 1) * k * plane]);
-            values.extend_from_slice(valid);
+            values.extend(patterns.iter().map(|&p| f32::from(p)));
             let done = self.stitcher.add(*window, &values)?;
             self.timings.blend_s += started.elapsed().as_secs_f64();
             if let Some(done) = done {
@@ -764,20 +988,37 @@ impl<'scope, 'a: 'scope, 'o: 'scope> Blender<'scope, 'a, 'o> {
     }
 }
 
-/// The branch's probabilities for a batch; a batch whose windows hold no valid pixel does not
-/// run the model (its pixels are all nodata, so an all-nodata scene never reaches it).
+/// The probabilities of a batch: one route for every window when its pixels take one (the
+/// whole batch in one forward), else composed per pixel ([`composed_probs`]); a batch whose
+/// windows hold no pixel any branch classifies does not run the model (so an all-nodata scene
+/// never reaches it).
 fn batch_probs(
     predictor: &Predictor,
-    route: &Route,
+    table: &RouteTable,
     inputs: &[Input],
     batch: &Prepared,
     k: usize,
 ) -> Result<Vec<f32>> {
-    if batch.valid.iter().flatten().any(|&v| v > 0.0) {
-        return window_probs(predictor, route, inputs, batch, k);
+    let routes = codes_present(&batch.codes);
+    let plane = batch.codes.first().map_or(0, Vec::len);
+    match routes.as_slice() {
+        [] => Ok(vec![0.0; batch.windows.len() * k * plane]),
+        [code] => {
+            let route = table
+                .route(*code)
+                .ok_or_else(|| anyhow!("route code {code} is not in the checkpoint's table"))?;
+            route_probs(
+                predictor,
+                route,
+                &batch_tensors(predictor, inputs, batch),
+                k,
+            )
+        }
+        _ => {
+            let tensors = batch_tensors(predictor, inputs, batch);
+            composed_probs(predictor, table, &tensors, batch, &routes, k)
+        }
     }
-    let plane = batch.valid.first().map_or(0, Vec::len);
-    Ok(vec![0.0; batch.windows.len() * k * plane])
 }
 
 /// Runs the plan's branch over every window, blends the windows and writes the finished rows
@@ -801,8 +1042,11 @@ fn run_windows(
     };
     let mut progress = window_progress(plan.layout.len(), label, options.quiet);
     let inputs = Arc::new(plan.inputs);
+    let routing = plan.routing.clone();
     let reader = BatchReader::open(
         inputs.clone(),
+        plan.masks,
+        plan.routing,
         Arc::new(plan.norm),
         plan.layout,
         options.batch,
@@ -817,7 +1061,7 @@ fn run_windows(
                 let started = Instant::now();
                 let batch = batch?;
                 let read = Instant::now();
-                let probs = batch_probs(predictor, &plan.route, &inputs, &batch, k)?;
+                let probs = batch_probs(predictor, &routing.table, &inputs, &batch, k)?;
                 timings.read_s += (read - started).as_secs_f64();
                 timings.model_s += read.elapsed().as_secs_f64();
                 let n = batch.windows.len();
@@ -847,10 +1091,12 @@ fn run_windows(
 /// Predicts one scene and writes its outputs. Nothing is left at the output paths on error.
 ///
 /// # Errors
-/// Inputs that do not fit the checkpoint or each other (each named by its flag), a missing set
-/// without a student unless `options.allow_fill`, an `--overlap` over half the crop, unreadable
-/// or unwritable files, a scene where every pixel is nodata in some input (found from the
-/// inputs' masks; the model does not run on it), and inputs whose values lie beyond the refusal
+/// Inputs or `--missing-mask`s that do not fit the checkpoint or each other (each named by its
+/// flag; a mask of a modality not given), modalities given whose missing set no student serves
+/// (not even a superset's) unless `options.allow_fill`, an `--overlap` over half the crop,
+/// unreadable or unwritable files, a scene where no pixel can be classified (naming the given
+/// input without any data, found from the inputs' masks; the model does not run on it; with
+/// `per_pixel` off, every pixel nodata in some input), and inputs whose values lie beyond the refusal
 /// bound of the checkpoint's normalisation unless `options.accept_input_range` (inputs merely
 /// unlike the training data get a warning on stderr; see [`crate::data::input_range`]).
 pub fn predict_scene(
@@ -861,8 +1107,8 @@ pub fn predict_scene(
     predict_scene_with(predictor, job, options, &mut |_| Ok(()))
 }
 
-/// [`predict_scene`], handing every band of finished rows (class ids and validity, as
-/// written) to `observe`: `dis2 eval` scores them without reading the class map back.
+/// [`predict_scene`], handing every band of finished rows (class ids, validity and route
+/// codes, as written) to `observe`: `dis2 eval` scores them without reading the class map back.
 pub(crate) fn predict_scene_with(
     predictor: &Predictor,
     job: &SceneJob,
@@ -872,31 +1118,37 @@ pub(crate) fn predict_scene_with(
     let started = Instant::now();
     let info = predictor.info();
     let plan = ScenePlan::new(info, job, options)?;
-    let mut sink = Sink::create(info, job, options.probs_type, &plan.header)?;
+    let routing = plan.routing.clone();
+    let mut sink = Sink::create(info, job, options.probs_type, &plan.header, routing.clone())?;
     let label = job.out.display().to_string();
-    if matches!(plan.route, Route::TeacherFill(_)) && options.announce_fill {
-        eprintln!("{label}: {}", plan.route.describe(&info.model));
+    if let Some(route @ Route::TeacherFill(_)) = &plan.route {
+        if options.announce_fill {
+            eprintln!("{label}: {}", route.describe(&info.model));
+        }
     }
     let (width, height, windows) = (plan.header.width, plan.header.height, plan.layout.len());
-    let route = plan.route.describe(&info.model);
-    let files: Vec<String> = plan
-        .inputs
-        .iter()
-        .map(|i| i.source.path.display().to_string())
+    let one_route = plan.route.as_ref().map(|r| r.describe(&info.model));
+    let given: Vec<(usize, PathBuf)> = (plan.inputs.iter())
+        .map(|i| (i.index, i.source.path.clone()))
         .collect();
     let survey = plan.survey.clone();
     let timings = run_windows(predictor, plan, &mut sink, options, &label, observe)?;
     for warning in survey.lock().unwrap_or_else(|e| e.into_inner()).warnings() {
         eprintln!("warning: {warning}");
     }
+    let patterns = sink.patterns.clone();
     if sink.valid_pixels == 0 {
-        bail!(
-            "every pixel is nodata in at least one input ({}): nothing to classify",
-            files.join(", ")
-        );
+        patterns.nothing_classified(&routing, &info.model, &given, options.allow_fill)?;
+    }
+    if routing.per_pixel && options.announce_fill {
+        for note in patterns.notes(&routing, &info.model) {
+            eprintln!("note: {label}: {note}");
+        }
     }
     let valid_pixels = sink.valid_pixels;
     sink.finish()?;
+    let (route, routes, nodata_pixels) =
+        route_shares(&patterns, &routing, &info.model, one_route, valid_pixels);
     Ok(Summary {
         width,
         height,
@@ -904,7 +1156,44 @@ pub(crate) fn predict_scene_with(
         seconds: started.elapsed().as_secs_f64(),
         valid_pixels,
         route,
+        routes,
+        nodata_pixels,
+        fallbacks: patterns.per_fallback(&routing),
+        route_table: routing.table.clone(),
         precision: predictor.precision(),
         timings,
     })
+}
+
+/// The summary's routes: the branch as [`Summary::route`] says it (`one_route`'s text, the one
+/// route that classified every pixel, or each route's share of the `valid_pixels`), the pixels
+/// per route in code order, and the nodata pixels.
+fn route_shares(
+    patterns: &PatternCounts,
+    routing: &Routing,
+    cfg: &crate::model::config::ModelConfig,
+    one_route: Option<String>,
+    valid_pixels: u64,
+) -> (String, Vec<(String, u64)>, u64) {
+    let per_code = patterns.per_code(routing);
+    let codes: Vec<u8> = (0..routing.table.len() as u8)
+        .filter(|&c| per_code[usize::from(c)] > 0)
+        .collect();
+    let routes: Vec<(String, u64)> = (codes.iter())
+        .map(|&c| (routing.table.label(c).to_string(), per_code[usize::from(c)]))
+        .collect();
+    let route = match (one_route, codes.as_slice()) {
+        (Some(text), _) => text,
+        (None, [code]) => {
+            (routing.table.route(*code)).map_or_else(String::new, |r| r.describe(cfg))
+        }
+        (None, _) => {
+            let total = valid_pixels.max(1) as f64;
+            let shares: Vec<String> = (routes.iter())
+                .map(|(l, n)| format!("{l} {:.1} %", 100.0 * *n as f64 / total))
+                .collect();
+            format!("routes per pixel: {}", shares.join(", "))
+        }
+    };
+    (route, routes, per_code[usize::from(ROUTE_NODATA)])
 }

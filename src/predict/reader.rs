@@ -3,6 +3,9 @@
 //! parallel), handed over in batches, on a background thread ahead of the model or in turn
 //! with it. Each strip is also measured against the checkpoint's normalisation
 //! ([`RangeSurvey`]): a scene beyond the refusal bound stops at the first strip that shows it.
+//! Strips are read with the context margin's rows above and below (clamped to the scene), so
+//! each pixel's pattern of available modalities ([`super::routes`]) is its own, whichever
+//! window covers it.
 
 use anyhow::Result;
 use rayon::prelude::*;
@@ -16,6 +19,8 @@ use crate::data::normalise::Normaliser;
 use crate::data::raster::{Pixels, Window};
 use crate::tiling::{pad_reflect, WindowLayout};
 
+use super::routes::{strip_patterns, MaskInput, Routing};
+
 /// One given input, checked against the model and placed on the scene's grid.
 pub(super) struct Input {
     pub(super) index: usize,
@@ -24,50 +29,65 @@ pub(super) struct Input {
 }
 
 /// Windows ready for the model: per given input, `B x C x H x W` normalised values; per
-/// window, its `H x W` validity (1 where every given input is valid).
+/// window, its `H x W` patterns (bitmask of the modalities unavailable at each pixel) and route
+/// codes ([`crate::model::ROUTE_NODATA`] where no branch runs), padded like the inputs.
 pub(super) struct Prepared {
     pub(super) windows: Vec<Window>,
     pub(super) inputs: Vec<Vec<f32>>,
-    pub(super) valid: Vec<Vec<f32>>,
+    pub(super) patterns: Vec<Vec<u8>>,
+    pub(super) codes: Vec<Vec<u8>>,
 }
 
 /// One window cut from the strips of its row.
 struct WindowData {
     window: Window,
     inputs: Vec<Vec<f32>>,
-    valid: Vec<f32>,
+    patterns: Vec<u8>,
+    codes: Vec<u8>,
 }
 
-/// Cuts `window` (of the model's crop size) from `strips` (one per input, full width, starting
-/// at the window's row), normalises it (0 where an input is nodata) and pads it to the crop by
-/// reflection.
+/// The strips of one row of windows: every input's pixels (full width) from scene row `top`,
+/// `top_pad` context rows above the windows' first row, and the patterns of the `rows` rows of
+/// the windows.
+struct Strips {
+    pixels: Vec<Pixels>,
+    top_pad: usize,
+    rows: usize,
+    patterns: Vec<u8>,
+}
+
+/// A `u8` plane padded by reflection like the inputs.
+fn pad_codes(plane: &[u8], rows: usize, cols: usize, crop: (usize, usize)) -> Vec<u8> {
+    if (rows, cols) == crop {
+        return plane.to_vec();
+    }
+    let values: Vec<f32> = plane.iter().map(|&c| f32::from(c)).collect();
+    let padded = pad_reflect(&values, 1, rows, cols, crop.0, crop.1);
+    padded.into_iter().map(|v| v as u8).collect()
+}
+
+/// Cuts `window` (of the model's crop size) from `strips`, normalises it (0 where an input is
+/// nodata) and pads it to the crop by reflection, with its patterns and route codes.
 fn cut_window(
-    strips: &[Pixels],
+    strips: &Strips,
     inputs: &[Input],
+    routing: &Routing,
     norm: &Normaliser,
     window: Window,
 ) -> WindowData {
-    let width = strips[0].width;
-    let rows = strips[0].height;
+    let width = strips.pixels[0].width;
+    let (rows, top) = (strips.rows, strips.top_pad);
     let (col, crop) = (window.x as usize, (window.height, window.width));
     let cols = crop.1.min(width - col);
-    let mut valid = vec![1.0f32; rows * cols];
     let mut out = Vec::with_capacity(inputs.len());
-    for (strip, input) in strips.iter().zip(inputs) {
+    for (strip, input) in strips.pixels.iter().zip(inputs) {
         let mut block = Vec::with_capacity(input.channels * rows * cols);
         for b in 0..input.channels {
             let plane = strip.band(b);
             for y in 0..rows {
-                let at = y * width + col;
+                let at = (top + y) * width + col;
                 let (values, ok) = (&plane[at..at + cols], &strip.valid[at..at + cols]);
                 norm.extend_band(input.index, b, &mut block, values, ok);
-            }
-        }
-        for y in 0..rows {
-            for x in 0..cols {
-                if !strip.valid[y * width + col + x] {
-                    valid[y * cols + x] = 0.0;
-                }
             }
         }
         out.push(pad_reflect(
@@ -79,10 +99,16 @@ fn cut_window(
             crop.1,
         ));
     }
+    let mut patterns = Vec::with_capacity(rows * cols);
+    for y in 0..rows {
+        patterns.extend_from_slice(&strips.patterns[y * width + col..][..cols]);
+    }
+    let codes: Vec<u8> = patterns.iter().map(|&p| routing.code(p)).collect();
     WindowData {
         window,
         inputs: out,
-        valid: pad_reflect(&valid, 1, rows, cols, crop.0, crop.1),
+        patterns: pad_codes(&patterns, rows, cols, crop),
+        codes: pad_codes(&codes, rows, cols, crop),
     }
 }
 
@@ -90,14 +116,16 @@ fn to_batch(windows: Vec<WindowData>, n_inputs: usize) -> Prepared {
     let mut p = Prepared {
         windows: Vec::with_capacity(windows.len()),
         inputs: vec![Vec::new(); n_inputs],
-        valid: Vec::with_capacity(windows.len()),
+        patterns: Vec::with_capacity(windows.len()),
+        codes: Vec::with_capacity(windows.len()),
     };
     for w in windows {
         p.windows.push(w.window);
         for (dst, src) in p.inputs.iter_mut().zip(w.inputs) {
             dst.extend(src);
         }
-        p.valid.push(w.valid);
+        p.patterns.push(w.patterns);
+        p.codes.push(w.codes);
     }
     p
 }
@@ -106,10 +134,13 @@ fn to_batch(windows: Vec<WindowData>, n_inputs: usize) -> Prepared {
 /// that row's windows (in parallel); yields batches in the layout's row-major order.
 pub(super) struct BatchReader {
     inputs: Arc<Vec<Input>>,
+    masks: Vec<MaskInput>,
+    routing: Arc<Routing>,
     norm: Arc<Normaliser>,
     layout: WindowLayout,
     batch: usize,
     datasets: Vec<OpenSource>,
+    mask_datasets: Vec<OpenSource>,
     next_row: usize,
     /// The scene's rows above this one have been measured by `survey`.
     measured_to: usize,
@@ -119,8 +150,12 @@ pub(super) struct BatchReader {
 }
 
 impl BatchReader {
+    /// A reader of `layout`'s windows from `inputs`, with the missing `masks`, routed by
+    /// `routing`, in batches of `batch`.
     pub(super) fn open(
         inputs: Arc<Vec<Input>>,
+        masks: Vec<MaskInput>,
+        routing: Arc<Routing>,
         norm: Arc<Normaliser>,
         layout: WindowLayout,
         batch: usize,
@@ -130,12 +165,19 @@ impl BatchReader {
             .iter()
             .map(|i| i.source.open())
             .collect::<Result<_>>()?;
+        let mask_datasets = masks
+            .iter()
+            .map(|m| m.source.open())
+            .collect::<Result<_>>()?;
         Ok(Self {
             inputs,
+            masks,
+            routing,
             norm,
             layout,
             batch: batch.max(1),
             datasets,
+            mask_datasets,
             next_row: 0,
             measured_to: 0,
             survey,
@@ -149,17 +191,38 @@ impl BatchReader {
         let row = self.layout.rows[self.next_row];
         self.next_row += 1;
         let rows = self.layout.window.0.min(height - row);
+        let margin = self.routing.margin;
+        let top = row.saturating_sub(margin);
+        let read = Window::new(
+            0,
+            top as i64,
+            width,
+            (row + rows + margin).min(height) - top,
+        );
         let strips: Vec<Pixels> = self
             .datasets
             .par_iter_mut()
-            .map(|source| source.read(Window::new(0, row as i64, width, rows)))
+            .map(|source| source.read(read))
             .collect::<Result<_>>()?;
-        self.measure(&strips, row)?;
+        let masks: Vec<(usize, Pixels)> = (self.masks.iter().zip(&self.mask_datasets))
+            .map(|(m, source)| Ok((m.index, source.read(read)?)))
+            .collect::<Result<_>>()?;
+        self.measure(&strips, top)?;
+        let indices: Vec<usize> = self.inputs.iter().map(|i| i.index).collect();
+        let patterns = strip_patterns(&strips, &indices, &masks, &self.routing);
+        let top_pad = row - top;
+        let strips = Strips {
+            pixels: strips,
+            top_pad,
+            rows,
+            patterns: patterns[top_pad * width..(top_pad + rows) * width].to_vec(),
+        };
         let (inputs, norm, layout) = (&self.inputs, &self.norm, &self.layout);
+        let routing = &self.routing;
         let made: Vec<WindowData> = layout
             .cols
             .par_iter()
-            .map(|&col| cut_window(&strips, inputs, norm, layout.window_at(row, col)))
+            .map(|&col| cut_window(&strips, inputs, routing, norm, layout.window_at(row, col)))
             .collect();
         self.pending.extend(made);
         Ok(())
@@ -280,8 +343,18 @@ mod tests {
                 .map(|i| (i.index, format!("m{}", i.index), i.source.path.clone()))
                 .collect();
             let survey = Arc::new(Mutex::new(RangeSurvey::new(&norm, &surveyed, false)));
-            let reader =
-                BatchReader::open(Arc::new(inputs), norm.clone(), layout, 4, survey).unwrap();
+            let given = vec![true; inputs.len()];
+            let routing = Routing::per_pixel(&exp.model, &given, false, 0).unwrap();
+            let reader = BatchReader::open(
+                Arc::new(inputs),
+                Vec::new(),
+                Arc::new(routing),
+                norm.clone(),
+                layout,
+                4,
+                survey,
+            )
+            .unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
                 for (i, window) in batch.windows.iter().enumerate() {
@@ -306,8 +379,8 @@ mod tests {
                             "scene {s}, window {window:?}, modality {m}"
                         );
                     }
-                    let valid: Vec<f32> = sample.valid.iter().map(|&v| f32::from(v)).collect();
-                    assert_eq!(batch.valid[i], valid);
+                    let valid: Vec<bool> = batch.patterns[i].iter().map(|&p| p == 0).collect();
+                    assert_eq!(valid, sample.valid);
                     compared += 1;
                     with_nodata += usize::from(sample.valid.contains(&false));
                 }

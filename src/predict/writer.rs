@@ -108,6 +108,35 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
         Ok(out)
     }
 
+    /// Names band 1's values (`names[v]` for value `v`: GDAL's category names, which GIS tools
+    /// show in place of the value). GeoTIFF keeps them in the `.aux.xml` file beside it, written
+    /// when the file is closed and renamed with it.
+    pub(crate) fn set_category_names(&mut self, names: &[String]) -> Result<()> {
+        let ds = self
+            .ds
+            .as_ref()
+            .ok_or_else(|| anyhow!("{}: already finished", self.path.display()))?;
+        let owned = (names.iter())
+            .map(|n| std::ffi::CString::new(n.as_str()))
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let mut list: Vec<*mut std::ffi::c_char> =
+            owned.iter().map(|n| n.as_ptr().cast_mut()).collect();
+        list.push(std::ptr::null_mut());
+        checked(&self.tmp, || {
+            let band = ds.rasterband(1)?;
+            // SAFETY: the band is open for writing; GDAL copies the null-terminated list of
+            // C strings, which outlive the call.
+            let err = unsafe {
+                gdal_sys::GDALSetRasterCategoryNames(band.c_rasterband(), list.as_mut_ptr())
+            };
+            if err != gdal_sys::CPLErr::CE_None {
+                bail!("GDAL refused the category names");
+            }
+            Ok(())
+        })
+        .with_context(|| format!("cannot name the values of {}", self.path.display()))
+    }
+
     /// Writes `rows` full-width rows of the mask from `first_row` (255 where `valid`, else 0).
     pub(crate) fn write_mask_rows(
         &mut self,
@@ -209,8 +238,16 @@ pub(crate) struct Closed {
     renamed: bool,
 }
 
+/// GDAL's sidecar of `path` (`path.aux.xml`), where GeoTIFF keeps category names.
+fn aux_xml(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".aux.xml");
+    PathBuf::from(name)
+}
+
 impl Closed {
-    /// Renames the file to its destination.
+    /// Renames the file to its destination, with the `.aux.xml` sidecar GDAL wrote beside it if
+    /// any.
     pub(crate) fn commit(mut self) -> Result<()> {
         std::fs::rename(&self.tmp, &self.path).with_context(|| {
             format!(
@@ -220,6 +257,16 @@ impl Closed {
             )
         })?;
         self.renamed = true;
+        let aux = aux_xml(&self.tmp);
+        if aux.exists() {
+            std::fs::rename(&aux, aux_xml(&self.path)).with_context(|| {
+                format!(
+                    "cannot rename {} beside {}",
+                    aux.display(),
+                    self.path.display()
+                )
+            })?;
+        }
         Ok(())
     }
 }
@@ -229,6 +276,7 @@ impl Drop for Closed {
         if !self.renamed {
             let _ = std::fs::remove_file(&self.tmp);
         }
+        let _ = std::fs::remove_file(aux_xml(&self.tmp));
     }
 }
 
@@ -237,6 +285,7 @@ impl<T: GdalType + Copy> Drop for StreamingTiff<T> {
         if let Some(ds) = self.ds.take() {
             gdal_errors::discard(ds, &self.tmp);
             let _ = std::fs::remove_file(&self.tmp);
+            let _ = std::fs::remove_file(aux_xml(&self.tmp));
         }
     }
 }

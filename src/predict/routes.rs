@@ -1,0 +1,346 @@
+//! Routes per pixel: which modalities each pixel of a scene has, and which branch classifies it.
+//!
+//! A modality is available at a pixel where its input is valid (GDAL's mask model: nodata,
+//! masks, alpha, NaN, outside the input's coverage of the grid), where no `--missing-mask` of
+//! that modality marks it, and where both hold at every pixel within `margin` pixels (a square
+//! neighbourhood; pixels outside the scene do not count), so the teacher never reads filled
+//! pixels near a pixel it classifies. The reader reads each strip with `margin` extra rows above
+//! and below, so a pixel's availability is its own, whichever window covers it. A pixel's
+//! pattern is the bitmask of its unavailable modalities (those not given included); the
+//! checkpoint's [`RouteTable`] resolves it to a route code ([`Routing`]). The stitcher carries
+//! the pattern as one more channel; the sink turns it back into the pixel's route, counts the
+//! pixels of each pattern and writes the route map.
+
+use anyhow::{anyhow, bail, Result};
+use std::path::PathBuf;
+
+use crate::data::grid::GridSource;
+use crate::data::raster::Pixels;
+use crate::model::config::ModelConfig;
+use crate::model::route::{Fallback, Resolution, Route, RouteTable, ROUTE_NODATA};
+
+/// The default of [`super::PredictOptions::margin`] (`--context-margin`), in pixels:
+/// provisional, to be set from a measurement on trained models (docs/predict.md).
+pub const DEFAULT_CONTEXT_MARGIN: usize = 8;
+
+/// A `--missing-mask` placed on the scene's grid: nonzero where its modality is missing.
+pub(super) struct MaskInput {
+    /// The model modality it masks.
+    pub(super) index: usize,
+    pub(super) source: GridSource,
+}
+
+/// How a scene's pixels find their route: the table of the checkpoint and the route of every
+/// pattern.
+pub(super) struct Routing {
+    pub(super) table: RouteTable,
+    /// Per pattern (the index): its route.
+    pub(super) lookup: Vec<Resolution>,
+    /// Bits of the modalities not given (unavailable at every pixel).
+    pub(super) absent: u8,
+    /// Context margin in pixels (0 for one route per scene).
+    pub(super) margin: usize,
+    /// Routes per pixel (`false`: one route per scene, nodata where any given input lacks data).
+    pub(super) per_pixel: bool,
+}
+
+/// Bits of the modalities not `given`.
+fn absent_bits(given: &[bool]) -> u8 {
+    (given.iter().enumerate())
+        .filter(|(_, &g)| !g)
+        .fold(0, |p, (i, _)| p | (1u8 << i))
+}
+
+impl Routing {
+    /// Routes per pixel by the table's fallback rule.
+    ///
+    /// # Errors
+    /// As [`RouteTable::of`]; the error of [`Route::choose`] when no pixel could have a route
+    /// (the modalities given already lack a student and `allow_fill` is off).
+    pub(super) fn per_pixel(
+        cfg: &ModelConfig,
+        given: &[bool],
+        allow_fill: bool,
+        margin: usize,
+    ) -> Result<Self> {
+        let table = RouteTable::of(cfg)?;
+        let absent = absent_bits(given);
+        let lookup = table.lookup(allow_fill);
+        // A pixel lacking more than the absent set has no route either (its supersets are
+        // among the absent set's): the scene would be nodata everywhere.
+        if lookup[usize::from(absent)].code == ROUTE_NODATA {
+            Route::choose(cfg, given, allow_fill)?;
+        }
+        Ok(Self {
+            table,
+            lookup,
+            absent,
+            margin,
+            per_pixel: true,
+        })
+    }
+
+    /// One route for the whole scene: `route` where every given input has data, nodata
+    /// elsewhere.
+    pub(super) fn one_route(cfg: &ModelConfig, given: &[bool], route: &Route) -> Result<Self> {
+        let table = RouteTable::of(cfg)?;
+        let absent = absent_bits(given);
+        let code = table
+            .code_of(route)
+            .ok_or_else(|| anyhow!("the route {} has no code", route.label(cfg)))?;
+        let lookup = (0..=u8::MAX)
+            .map(|p| match p == absent {
+                true => Resolution {
+                    code,
+                    fallback: Fallback::Exact,
+                },
+                false => Resolution {
+                    code: ROUTE_NODATA,
+                    fallback: Fallback::NoStudent,
+                },
+            })
+            .collect();
+        Ok(Self {
+            table,
+            lookup,
+            absent,
+            margin: 0,
+            per_pixel: false,
+        })
+    }
+
+    /// The route code of `pattern`.
+    pub(super) fn code(&self, pattern: u8) -> u8 {
+        self.lookup[usize::from(pattern)].code
+    }
+}
+
+/// Sets every pixel of `available` (`height x width`, row-major) that has an unavailable pixel
+/// within `margin` pixels (a square neighbourhood, clamped to the plane) to unavailable: a
+/// separable minimum filter from prefix counts, linear in the plane's size.
+pub(super) fn erode(available: &mut [bool], width: usize, height: usize, margin: usize) {
+    if margin == 0 || available.iter().all(|&a| a) {
+        return;
+    }
+    let mut counts = vec![0u32; width + 1];
+    let mut rows_ok = vec![true; available.len()];
+    for y in 0..height {
+        let row = &available[y * width..(y + 1) * width];
+        for x in 0..width {
+            counts[x + 1] = counts[x] + u32::from(!row[x]);
+        }
+        for x in 0..width {
+            let (lo, hi) = (x.saturating_sub(margin), (x + margin + 1).min(width));
+            rows_ok[y * width + x] = counts[hi] == counts[lo];
+        }
+    }
+    let mut below = vec![0u32; (height + 1) * width];
+    for y in 0..height {
+        for x in 0..width {
+            below[(y + 1) * width + x] = below[y * width + x] + u32::from(!rows_ok[y * width + x]);
+        }
+    }
+    for y in 0..height {
+        let (lo, hi) = (y.saturating_sub(margin), (y + margin + 1).min(height));
+        for x in 0..width {
+            available[y * width + x] = below[hi * width + x] == below[lo * width + x];
+        }
+    }
+}
+
+/// The pattern of every pixel of a strip: the absent bits, and bit `index` where a given input
+/// is not available (invalid, or nonzero in one of its `masks`, or either within the margin).
+/// `strips` are the given inputs' (model modality `indices[i]`), `masks` the masks' (modality,
+/// pixels), all of the same rows.
+pub(super) fn strip_patterns(
+    strips: &[Pixels],
+    indices: &[usize],
+    masks: &[(usize, Pixels)],
+    routing: &Routing,
+) -> Vec<u8> {
+    let (width, height) = (strips[0].width, strips[0].height);
+    let mut patterns = vec![routing.absent; width * height];
+    for (strip, &index) in strips.iter().zip(indices) {
+        let masked = masks.iter().any(|(m, _)| *m == index);
+        if !masked && strip.valid.iter().all(|&v| v) {
+            continue;
+        }
+        let mut available = strip.valid.clone();
+        for (_, mask) in masks.iter().filter(|(m, _)| *m == index) {
+            let flags = mask.band(0);
+            for (a, (&v, &ok)) in available.iter_mut().zip(flags.iter().zip(&mask.valid)) {
+                *a &= !(ok && v != 0.0);
+            }
+        }
+        erode(&mut available, width, height, routing.margin);
+        for (p, &a) in patterns.iter_mut().zip(&available) {
+            if !a {
+                *p |= 1u8 << index;
+            }
+        }
+    }
+    patterns
+}
+
+/// Pixels of each pattern in a scene's output (index: the pattern).
+#[derive(Debug, Clone)]
+pub(super) struct PatternCounts(pub(super) Vec<u64>);
+
+impl Default for PatternCounts {
+    fn default() -> Self {
+        Self(vec![0; 256])
+    }
+}
+
+impl PatternCounts {
+    fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Pixels per route code (index: the code, [`ROUTE_NODATA`] last at 255).
+    pub(super) fn per_code(&self, routing: &Routing) -> Vec<u64> {
+        let mut codes = vec![0u64; 256];
+        for (p, &n) in self.0.iter().enumerate() {
+            codes[usize::from(routing.lookup[p].code)] += n;
+        }
+        codes
+    }
+
+    /// Pixels per fallback kind, in [`Fallback`] order, those with pixels only.
+    pub(super) fn per_fallback(&self, routing: &Routing) -> Vec<(Fallback, u64)> {
+        let mut kinds: Vec<(Fallback, u64)> = Vec::new();
+        for (p, &n) in self.0.iter().enumerate().filter(|(_, &n)| n > 0) {
+            let kind = routing.lookup[p].fallback;
+            match kinds.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, m)) => *m += n,
+                None => kinds.push((kind, n)),
+            }
+        }
+        kinds.sort();
+        kinds
+    }
+
+    /// One line per pattern that covers pixels and does not get the teacher: its share, what it
+    /// lacks and the route or fallback that took it (`31.2 % of pixels lack sar: student[sar]`).
+    pub(super) fn notes(&self, routing: &Routing, cfg: &ModelConfig) -> Vec<String> {
+        let total = self.total().max(1) as f64;
+        let mut lines = Vec::new();
+        for (p, &n) in self.0.iter().enumerate().filter(|(p, &n)| n > 0 && *p != 0) {
+            let share = format!("{:.1} %", 100.0 * n as f64 / total);
+            let lacks: Vec<&str> = (cfg.modalities.iter().enumerate())
+                .filter(|(i, _)| p & (1 << i) != 0)
+                .map(|(_, m)| m.name.as_str())
+                .collect();
+            let lacks = lacks.join("+");
+            let resolution = routing.lookup[p];
+            let label = routing.table.label(resolution.code);
+            lines.push(match resolution.fallback {
+                Fallback::Exact => format!("{share} of pixels lack {lacks}: {label}"),
+                Fallback::Superset => format!(
+                    "{share} of pixels lack {lacks} and the checkpoint has no student for them: \
+                     {label}, which ignores the inputs it was not trained with"
+                ),
+                Fallback::Fill => {
+                    let route = routing.table.route(resolution.code);
+                    let said = route.map(|r| r.describe(cfg)).unwrap_or_default();
+                    format!("{share} of pixels lack {lacks}: {label}, the {said}")
+                }
+                Fallback::NoStudent => format!(
+                    "{share} of pixels lack {lacks} and the checkpoint has no student for them: \
+                     nodata (--allow-fill runs the teacher with them filled)"
+                ),
+                Fallback::NoModality => format!("{share} of pixels have no modality: nodata"),
+            });
+        }
+        lines
+    }
+
+    /// Why a scene with no classified pixel has none: the given inputs without data anywhere
+    /// (nodata, masked or outside their coverage), else the route the pixels lack.
+    pub(super) fn nothing_classified(
+        &self,
+        routing: &Routing,
+        cfg: &ModelConfig,
+        given: &[(usize, PathBuf)],
+        allow_fill: bool,
+    ) -> Result<()> {
+        let everywhere =
+            |i: usize| (self.0.iter().enumerate()).all(|(p, &n)| n == 0 || p & (1 << i) != 0);
+        let empty: Vec<String> = (given.iter())
+            .filter(|(i, _)| everywhere(*i))
+            .map(|(i, path)| format!("--{} {}", cfg.modalities[*i].name, path.display()))
+            .collect();
+        let all: Vec<String> = (given.iter())
+            .map(|(_, path)| path.display().to_string())
+            .collect();
+        if !empty.is_empty() && (empty.len() == given.len() || !routing.per_pixel) {
+            bail!(
+                "every pixel is nodata in {} (nodata, masked or outside its coverage of the \
+                 grid): nothing to classify",
+                empty.join(" and ")
+            );
+        }
+        if !routing.per_pixel {
+            bail!(
+                "every pixel is nodata in at least one input ({}): nothing to classify",
+                all.join(", ")
+            );
+        }
+        let most = (self.0.iter().enumerate())
+            .max_by_key(|(_, &n)| n)
+            .map_or(routing.absent, |(p, _)| p as u8);
+        let lacking: Vec<bool> = (0..cfg.modalities.len())
+            .map(|i| most & (1 << i) == 0)
+            .collect();
+        let reason = match Route::choose(cfg, &lacking, allow_fill) {
+            Err(e) => e.to_string(),
+            Ok(_) => "no route".to_string(),
+        };
+        bail!("no pixel can be classified: {reason}")
+    }
+}
+
+/// The route codes present among a batch's windows (`codes`, one plane per window), ascending,
+/// nodata left out.
+pub(super) fn codes_present(codes: &[Vec<u8>]) -> Vec<u8> {
+    let mut seen = [false; 256];
+    for plane in codes {
+        for &c in plane {
+            seen[usize::from(c)] = true;
+        }
+    }
+    (0..ROUTE_NODATA)
+        .filter(|&c| seen[usize::from(c)])
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The separable filter equals the square neighbourhood computed by brute force, borders
+    /// clamped (outside the plane is not a gap).
+    #[test]
+    fn erosion_is_a_square_minimum_filter_clamped_at_the_borders() {
+        let (w, h) = (13, 9);
+        let plane: Vec<bool> = (0..w * h).map(|i| (i * 7919) % 23 != 0).collect();
+        for margin in 0..4 {
+            let mut fast = plane.clone();
+            erode(&mut fast, w, h, margin);
+            for y in 0..h {
+                for x in 0..w {
+                    let mut ok = true;
+                    for yy in y.saturating_sub(margin)..(y + margin + 1).min(h) {
+                        for xx in x.saturating_sub(margin)..(x + margin + 1).min(w) {
+                            ok &= plane[yy * w + xx];
+                        }
+                    }
+                    assert_eq!(fast[y * w + x], ok, "margin {margin}, ({y}, {x})");
+                }
+            }
+        }
+        let mut full = vec![true; w * h];
+        erode(&mut full, w, h, 3);
+        assert!(full.iter().all(|&a| a), "scene borders are not gaps");
+    }
+}
