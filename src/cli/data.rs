@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
+use crate::data::stats::Gaps;
 use crate::data::synth::{self, SynthOptions};
 
 /// `dis2 synth`.
@@ -82,11 +83,34 @@ pub(crate) fn stats(args: &StatsArgs) -> Result<()> {
         "ignored pixels (unlabelled, ignored, or without data in the labels or a modality): {}",
         stats.ignored
     );
+    let names: Vec<&str> = exp.model.modalities.iter().map(|m| m.name.as_str()).collect();
+    print!("{}", gaps_table(&names, &stats.gaps));
     if args.class_weights {
         println!("class weights: {:?}", stats.class_weights());
     }
     println!("updated {}", args.config.display());
     Ok(())
+}
+
+/// The labelled pixels of the train split each modality's gaps (nodata, masks, user masks)
+/// remove, and those any modality's remove, as a table.
+fn gaps_table(modalities: &[&str], gaps: &Gaps) -> String {
+    let mut out = format!(
+        "train split: {} labelled pixels; without data in\n{:<10} {:>12} {:>9}\n",
+        gaps.labelled, "modality", "pixels", "share"
+    );
+    let rows = modalities
+        .iter()
+        .zip(&gaps.unavailable)
+        .map(|(name, &n)| (*name, n))
+        .chain([("any", gaps.any)]);
+    for (name, n) in rows {
+        out.push_str(&format!(
+            "{name:<10} {n:>12} {:>7.2} %\n",
+            gaps.share(n)
+        ));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -125,6 +149,22 @@ mod tests {
             Cli::try_parse_from(["dis2", "stats"]).is_err(),
             "--config is required"
         );
+    }
+
+    #[test]
+    fn the_gaps_table_has_a_row_per_modality_and_one_for_any() {
+        let gaps = crate::data::stats::Gaps {
+            labelled: 200,
+            unavailable: vec![0, 50],
+            any: 50,
+        };
+        let table = super::gaps_table(&["optical", "sar"], &gaps);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        assert!(lines[0].contains("200 labelled pixels"), "{table}");
+        assert!(lines[2].starts_with("optical") && lines[2].ends_with("0.00 %"));
+        assert!(lines[3].starts_with("sar") && lines[3].contains(" 50 ") && lines[3].ends_with("25.00 %"));
+        assert!(lines[4].starts_with("any") && lines[4].ends_with("25.00 %"));
     }
 
     #[test]
