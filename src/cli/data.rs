@@ -83,7 +83,12 @@ pub(crate) fn stats(args: &StatsArgs) -> Result<()> {
         "ignored pixels (unlabelled, ignored, or without data in the labels or a modality): {}",
         stats.ignored
     );
-    let names: Vec<&str> = exp.model.modalities.iter().map(|m| m.name.as_str()).collect();
+    let names: Vec<&str> = exp
+        .model
+        .modalities
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
     print!("{}", gaps_table(&names, &stats.gaps));
     if args.class_weights {
         println!("class weights: {:?}", stats.class_weights());
@@ -105,10 +110,7 @@ fn gaps_table(modalities: &[&str], gaps: &Gaps) -> String {
         .map(|(name, &n)| (*name, n))
         .chain([("any", gaps.any)]);
     for (name, n) in rows {
-        out.push_str(&format!(
-            "{name:<10} {n:>12} {:>7.2} %\n",
-            gaps.share(n)
-        ));
+        out.push_str(&format!("{name:<10} {n:>12} {:>7.2} %\n", gaps.share(n)));
     }
     out
 }
@@ -163,7 +165,11 @@ mod tests {
         assert_eq!(lines.len(), 5, "{table}");
         assert!(lines[0].contains("200 labelled pixels"), "{table}");
         assert!(lines[2].starts_with("optical") && lines[2].ends_with("0.00 %"));
-        assert!(lines[3].starts_with("sar") && lines[3].contains(" 50 ") && lines[3].ends_with("25.00 %"));
+        assert!(
+            lines[3].starts_with("sar")
+                && lines[3].contains(" 50 ")
+                && lines[3].ends_with("25.00 %")
+        );
         assert!(lines[4].starts_with("any") && lines[4].ends_with("25.00 %"));
     }
 

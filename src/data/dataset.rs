@@ -354,7 +354,10 @@ fn check_scene(
         .with_context(|| format!("scene {}", files.id))?;
     let mut sources = plan.sources;
     let mut missing_masks = vec![None; modalities.len()];
-    for (&m, source) in masks.iter().zip(sources.split_off(modalities.len() + label_count)) {
+    for (&m, source) in masks
+        .iter()
+        .zip(sources.split_off(modalities.len() + label_count))
+    {
         missing_masks[m] = Some(source);
     }
     let label = files.label.as_ref().and_then(|_| sources.pop());

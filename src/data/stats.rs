@@ -239,7 +239,10 @@ fn count_labels(labels: &[i64], validity: &[Vec<bool>], num_classes: i64) -> (Ve
         ..Gaps::default()
     };
     for (i, &id) in labels.iter().enumerate() {
-        let Some(count) = (id >= 0).then(|| class_counts.get_mut(id as usize)).flatten() else {
+        let Some(count) = (id >= 0)
+            .then(|| class_counts.get_mut(id as usize))
+            .flatten()
+        else {
             ignored += 1;
             continue;
         };
@@ -429,8 +432,14 @@ mod tests {
         let sar = vec![true, false, true, true, true, false];
         let (counts, ignored, gaps) = count_labels(&labels, &[optical, sar], 3);
         assert_eq!(counts, vec![2, 0, 0]);
-        assert_eq!(ignored, 4, "unlabelled, unknown, and the two labelled pixels with gaps");
-        assert_eq!((gaps.labelled, gaps.unavailable.clone(), gaps.any), (4, vec![2, 1], 2));
+        assert_eq!(
+            ignored, 4,
+            "unlabelled, unknown, and the two labelled pixels with gaps"
+        );
+        assert_eq!(
+            (gaps.labelled, gaps.unavailable.clone(), gaps.any),
+            (4, vec![2, 1], 2)
+        );
         assert_eq!(gaps.share(1), 25.0);
         assert_eq!(
             gaps_comment(&["optical", "sar"], &gaps),

@@ -1351,18 +1351,33 @@ fn missing_masks_mark_their_modality_missing_on_the_scene_grid() {
     let scene = &plain.scenes[0];
     let (w, h) = (scene.width(), scene.height());
     let masks = dir.path().join("clouds");
-    coarse_mask(&masks.join("train").join(format!("{}.tif", scene.id)), &scene.grid.info);
+    coarse_mask(
+        &masks.join("train").join(format!("{}.tif", scene.id)),
+        &scene.grid.info,
+    );
     std::fs::create_dir_all(masks.join("val")).unwrap();
     let folder = format!("{}/{{split}}", masks.display());
     exp.data.missing_masks = BTreeMap::from([("sar".to_string(), folder)]);
     let ds = SceneDataset::open(&exp.data, &exp.model, Split::Train).unwrap();
-    let sar = exp.model.modalities.iter().position(|m| m.name == "sar").unwrap();
-    assert!(ds.scenes[0].missing_masks[sar].as_ref().unwrap().warp.is_some());
+    let sar = exp
+        .model
+        .modalities
+        .iter()
+        .position(|m| m.name == "sar")
+        .unwrap();
+    assert!(ds.scenes[0].missing_masks[sar]
+        .as_ref()
+        .unwrap()
+        .warp
+        .is_some());
     assert!(ds.scenes[1].missing_masks.iter().all(Option::is_none));
     let whole = Window::new(0, 0, w, h);
     let before = plain.read_modality(0, sar, whole).unwrap();
     let after = ds.read_modality(0, sar, whole).unwrap();
-    assert!(before.valid.iter().all(|&v| v), "the synthetic SAR is whole");
+    assert!(
+        before.valid.iter().all(|&v| v),
+        "the synthetic SAR is whole"
+    );
     assert_eq!(after.data, before.data, "values are untouched");
     for (i, &ok) in after.valid.iter().enumerate() {
         let (col, row) = (i % w, i / w);
@@ -1379,7 +1394,10 @@ fn missing_masks_mark_their_modality_missing_on_the_scene_grid() {
     // The loader's sample and the statistics see the mask as a gap.
     let raw = ds.read(0, whole).unwrap();
     let gone = (w / 2) * (h - h / 4);
-    assert_eq!(raw.modalities[sar].valid.iter().filter(|&&v| !v).count(), gone);
+    assert_eq!(
+        raw.modalities[sar].valid.iter().filter(|&&v| !v).count(),
+        gone
+    );
     let stats = super::stats::compute(&ds).unwrap();
     let plain_stats = super::stats::compute(&plain).unwrap();
     assert_eq!(plain_stats.gaps.any, 0);
