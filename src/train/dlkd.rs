@@ -71,9 +71,15 @@ impl DlkdLoss {
     }
 }
 
+/// DLKD of `out`'s student against its teacher over every pixel: the reference's.
+pub fn dlkd(out: &TrainOutputs) -> DlkdLoss {
+    dlkd_over(out, None)
+}
+
 /// DLKD of `out`'s student against its teacher, over the pixels `valid` (`[B, 1, H, W]` float,
-/// 1 where every input of the teacher has data, at the labels' resolution; `None`: every pixel).
-pub fn dlkd(out: &TrainOutputs, valid: Option<&Tensor>) -> DlkdLoss {
+/// 1 where every input of the teacher has data, at the labels' resolution; `None`: every pixel,
+/// [`dlkd`]).
+pub fn dlkd_over(out: &TrainOutputs, valid: Option<&Tensor>) -> DlkdLoss {
     let (t, s) = (&out.distill.teacher, &out.distill.student);
     // The tokens pool the whole window: one cell each.
     let window = valid.map(|v| cells(v, [1, 1]).flatten(1, -1));
@@ -139,7 +145,7 @@ pub fn orthogonality(features: &DistillFeatures) -> Tensor {
 }
 
 /// The terms an objective adds for distillation, as `(name, loss, weight)`: `kd_features` and
-/// `kd_logits` (the [`DlkdLoss`] parts over the pixels `valid`, see [`dlkd`]) weighted by `kd`,
+/// `kd_logits` (the [`DlkdLoss`] parts over the pixels `valid`, see [`dlkd_over`]) weighted by `kd`,
 /// `orth` weighted by `orth_weight`.
 pub(crate) fn weighted_terms(
     out: &TrainOutputs,
@@ -147,7 +153,7 @@ pub(crate) fn weighted_terms(
     orth_weight: f64,
     valid: Option<&Tensor>,
 ) -> Vec<(String, Tensor, f64)> {
-    let DlkdLoss { features, logits } = dlkd(out, valid);
+    let DlkdLoss { features, logits } = dlkd_over(out, valid);
     vec![
         ("kd_features".into(), features, kd.features),
         ("kd_logits".into(), logits, kd.logits),

@@ -41,7 +41,7 @@ pub struct Target {
     /// not read lacks data somewhere); `None`: the teacher's.
     pub student: Option<Labels>,
     /// `[B, 1, H, W]` float, 1 where every input of the teacher has data: the pixels DLKD
-    /// compares ([`dlkd::dlkd`]); `None`: every pixel.
+    /// compares ([`dlkd::dlkd_over`]); `None`: every pixel.
     pub distill: Option<Tensor>,
 }
 
