@@ -366,10 +366,12 @@ pub(crate) fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> 
 
 /// Colours of the gaps figure's cloud mask: cloud, shadow.
 const CLOUD_COLOURS: [[u8; 3]; 2] = [[0, 200, 255], [255, 140, 0]];
+/// Colour of the gaps figure's nodata (black would hide among low heights and dark SAR).
+const GAP_NODATA: [u8; 3] = [220, 0, 0];
 
 /// One scene of `dis2 synth --gaps` ([`crate::data::synth_gaps::draw_gaps`]) as a PNG: the
 /// optical R, G, B with its clouds | the cloud mask (cloud cyan, shadow orange over the grey
-/// image) | the SAR (dB, stretched) | the DSM (viridis over 0 to the highest metre), nodata black;
+/// image) | the SAR (dB, stretched) | the DSM (viridis over 0 to the highest metre), nodata red;
 /// small scenes enlarged as overlays are (see [`overlay_scale`]).
 ///
 /// # Errors
@@ -393,7 +395,11 @@ pub fn gaps_png(path: &Path, scene: &SceneRasters) -> Result<()> {
         })
         .collect();
     let sar_valid: Vec<bool> = scene.sar.iter().map(|&v| v != SAR_NODATA).collect();
-    let sar = stretch_rgb(&[scene.sar.clone()], &sar_valid);
+    let sar: Vec<[u8; 3]> = stretch_rgb(&[scene.sar.clone()], &sar_valid)
+        .into_iter()
+        .zip(&sar_valid)
+        .map(|(c, &ok)| if ok { c } else { GAP_NODATA })
+        .collect();
     let top = scene
         .dsm
         .iter()
@@ -404,7 +410,7 @@ pub fn gaps_png(path: &Path, scene: &SceneRasters) -> Result<()> {
         .iter()
         .map(|&v| {
             if v == DSM_NODATA {
-                NONE_COLOUR
+                GAP_NODATA
             } else {
                 viridis(v / top)
             }
@@ -428,7 +434,7 @@ pub fn gaps_png(path: &Path, scene: &SceneRasters) -> Result<()> {
     let legend = [
         ("cloud", CLOUD_COLOURS[0]),
         ("cloud shadow", CLOUD_COLOURS[1]),
-        ("nodata", NONE_COLOUR),
+        ("nodata", GAP_NODATA),
     ];
     let (mut x, y) = (GAP, HEADER + pw + GAP);
     for (name, colour) in legend {
@@ -713,5 +719,38 @@ mod tests {
             ..data
         };
         assert!(overlay_png(&path, &bad, &table(3)).is_err());
+    }
+
+    #[test]
+    fn gaps_figure_shows_the_mask_and_the_nodata_in_their_colours() {
+        use crate::data::synth::generate_scene;
+        use crate::data::synth_gaps::{draw_gaps, CLOUD};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.png");
+        let clean = generate_scene(42, 1, 64);
+        let err = gaps_png(&path, &clean).unwrap_err().to_string();
+        assert!(err.contains("no cloud mask"), "{err}");
+        let mut scene = clean;
+        let gaps = draw_gaps(&mut scene, 42, 1);
+        assert!(gaps.cloud_cover > 0.0 && gaps.sar_edge_fraction > 0.0);
+        gaps_png(&path, &scene).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let k = overlay_scale(64, 64);
+        let pw = 64 * k;
+        assert_eq!(
+            (img.width() as usize, img.height() as usize),
+            (GAP + 4 * (pw + GAP), HEADER + pw + GAP + LINE)
+        );
+        let at = |panel: usize, i: usize| {
+            let (x, y) = (
+                GAP + panel * (pw + GAP) + (i % 64) * k,
+                HEADER + (i / 64) * k,
+            );
+            img.get_pixel(x as u32 + 1, y as u32 + 1).0
+        };
+        let cloud = gaps.cloud_mask.iter().position(|&m| m == CLOUD).unwrap();
+        assert_eq!(at(1, cloud), CLOUD_COLOURS[0]);
+        let edge = scene.sar.iter().position(|&v| v == SAR_NODATA).unwrap();
+        assert_eq!(at(2, edge), GAP_NODATA);
     }
 }

@@ -77,8 +77,8 @@ fn synthetic_experiment_yaml(options: &SynthOptions) -> Result<String> {
         text = upsert_data_key(&text, "missing_masks", &masks)?;
     }
     let text = upsert_data_key(&text, "normalisation", "normalisation: {}\n")?;
-    let check = yaml_value(&text)
-        .map_err(|e| anyhow!("{file} (built into dis2) after the edit: {e}"))?;
+    let check =
+        yaml_value(&text).map_err(|e| anyhow!("{file} (built into dis2) after the edit: {e}"))?;
     let set = check["seed"].as_u64() == Some(options.seed)
         && check["data"]["dataset"]["synthetic"]["root"].as_str() == options.out.to_str()
         && (!options.gaps
@@ -242,7 +242,10 @@ mod tests {
         };
         let text = synthetic_experiment_yaml(&options).unwrap();
         assert!(text.contains("--seed 9 --gaps"), "{text}");
-        assert!(text.contains("from experiments/synthetic-gaps.yaml"), "{text}");
+        assert!(
+            text.contains("from experiments/synthetic-gaps.yaml"),
+            "{text}"
+        );
         let mut written: Value = serde_yaml::from_str(&text).unwrap();
         assert_eq!(written["seed"].as_u64(), Some(9));
         assert_eq!(
@@ -259,7 +262,9 @@ mod tests {
             repository["data"]["missing_masks"]["optical"].as_str(),
             Some("data/synthetic-gaps/{split}/clouds")
         );
-        let normalisation = written["data"]["normalisation"].as_mapping().map(|m| m.len());
+        let normalisation = written["data"]["normalisation"]
+            .as_mapping()
+            .map(|m| m.len());
         assert_eq!(normalisation, Some(0), "left for the statistics: {text}");
         for key in [
             "seed",

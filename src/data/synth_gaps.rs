@@ -147,13 +147,13 @@ fn dsm_voids(rng: &mut Rng, scene: &SceneRasters) -> Vec<bool> {
     let n = scene.size;
     let fraction = rng.range_f64(DSM_VOID_FRACTION.0, DSM_VOID_FRACTION.1);
     let key = rng.next_u64();
-    let cell = rng.range_f64(5.0, 10.0);
+    let cell = rng.range_f64(6.0, 14.0);
     let score: Vec<f64> = (0..n * n)
         .map(|i| {
             let (x, y) = (i % n, i / n);
-            let water = if scene.label[i] == WATER { 0.25 } else { 0.0 };
+            let water = if scene.label[i] == WATER { 0.15 } else { 0.0 };
             let occluded = if below_a_step(&scene.dsm, n, x, y, 3.0) {
-                0.3
+                0.1
             } else {
                 0.0
             };
@@ -205,7 +205,10 @@ fn draw_clouds(rng: &mut Rng, scene: &mut SceneRasters, gaps: &mut SceneGaps) {
         let (x, y) = ((i % n) as f64, (i / n) as f64);
         let a = opacity(values[i]);
         // The shadow at a pixel is cast by the cloud towards the sun from it.
-        let s = opacity(field(x + toward_sun.0 * distance, y + toward_sun.1 * distance));
+        let s = opacity(field(
+            x + toward_sun.0 * distance,
+            y + toward_sun.1 * distance,
+        ));
         let bright = 215.0 + 40.0 * fbm(texture, x, y, 6.0, 3) as f32;
         let cloud = [bright, bright, bright + 4.0, bright - 12.0];
         for (b, &top) in cloud.iter().enumerate() {
@@ -363,7 +366,10 @@ mod tests {
         assert_eq!(written.len(), 12, "no cloud masks without --gaps");
         assert!(!dir.path().join("train/clouds").exists());
         let dsm = RasterInfo::read(&dir.path().join("train/dsm/scene_0000.tif")).unwrap();
-        assert_eq!(dsm.nodata[0], None, "the DSM declares no nodata without --gaps");
+        assert_eq!(
+            dsm.nodata[0], None,
+            "the DSM declares no nodata without --gaps"
+        );
     }
 
     fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -402,7 +408,9 @@ mod tests {
         gaps_into(b.path(), 5);
         gaps_into(c.path(), 6);
         assert_eq!(written.len(), 5 * 5);
-        let clouds = written.iter().filter(|p| p.parent().unwrap().ends_with("clouds"));
+        let clouds = written
+            .iter()
+            .filter(|p| p.parent().unwrap().ends_with("clouds"));
         assert_eq!(clouds.count(), 5, "one mask per scene, clouds or not");
         let files = files_under(a.path());
         assert_eq!(files.len(), 25);
@@ -410,10 +418,18 @@ mod tests {
         for f in &files {
             let rel = f.strip_prefix(a.path()).unwrap();
             let bytes = std::fs::read(f).unwrap();
-            assert_eq!(bytes, std::fs::read(b.path().join(rel)).unwrap(), "{}", rel.display());
+            assert_eq!(
+                bytes,
+                std::fs::read(b.path().join(rel)).unwrap(),
+                "{}",
+                rel.display()
+            );
             differs += usize::from(bytes != std::fs::read(c.path().join(rel)).unwrap());
         }
-        assert!(differs >= 20, "another seed gives other scenes ({differs} of 25 differ)");
+        assert!(
+            differs >= 20,
+            "another seed gives other scenes ({differs} of 25 differ)"
+        );
         // Written again without gaps into the same folder: the masks go with the gaps.
         synth::generate(&SynthOptions {
             out: a.path().to_path_buf(),
@@ -461,9 +477,18 @@ mod tests {
             }
         }
         let share = |k: usize| k as f64 / scenes as f64;
-        assert!((0.3..=0.5).contains(&share(sar)), "SAR edges in {sar} of {scenes}");
-        assert!((0.4..=0.6).contains(&share(dsm)), "DSM voids in {dsm} of {scenes}");
-        assert!((0.3..=0.5).contains(&share(cloud)), "clouds in {cloud} of {scenes}");
+        assert!(
+            (0.3..=0.5).contains(&share(sar)),
+            "SAR edges in {sar} of {scenes}"
+        );
+        assert!(
+            (0.4..=0.6).contains(&share(dsm)),
+            "DSM voids in {dsm} of {scenes}"
+        );
+        assert!(
+            (0.3..=0.5).contains(&share(cloud)),
+            "clouds in {cloud} of {scenes}"
+        );
         assert!(overlap > 0, "clouds over a scene with a SAR edge");
     }
 
@@ -493,7 +518,9 @@ mod tests {
                 let brightness = |o: &[u8]| (0..3).map(|b| f64::from(o[b * npx + p])).sum::<f64>();
                 let change = brightness(&s.optical) - brightness(&clean.optical);
                 match expected {
-                    0 => assert!((0..4).all(|b| s.optical[b * npx + p] == clean.optical[b * npx + p])),
+                    0 => {
+                        assert!((0..4).all(|b| s.optical[b * npx + p] == clean.optical[b * npx + p]))
+                    }
                     CLOUD if a >= 0.5 => {
                         cloud_lift += change;
                         clouds += 1;
@@ -507,7 +534,10 @@ mod tests {
                 }
             }
             assert_eq!(s.cloud_mask.as_deref(), Some(&g.cloud_mask[..]));
-            assert!(clouds > 0 && cloud_lift / clouds as f64 > 150.0, "clouds are bright");
+            assert!(
+                clouds > 0 && cloud_lift / clouds as f64 > 150.0,
+                "clouds are bright"
+            );
             if shadows > 0 {
                 assert!(shadow_drop / shadows as f64 > 20.0, "shadows are dark");
             }
@@ -563,6 +593,10 @@ mod tests {
         assert_eq!(counts.pixels.iter().sum::<u64>(), 1024);
         assert_eq!(PatternCounts::pattern_name(0b101), "optical+sar");
         assert_eq!(PatternCounts::pattern_name(0), "none");
-        assert!(counts.lines()[5].starts_with("missing optical+sar:"), "{:?}", counts.lines());
+        assert!(
+            counts.lines()[5].starts_with("missing optical+sar:"),
+            "{:?}",
+            counts.lines()
+        );
     }
 }
