@@ -395,7 +395,7 @@ pub fn gaps_png(path: &Path, scene: &SceneRasters) -> Result<()> {
         })
         .collect();
     let sar_valid: Vec<bool> = scene.sar.iter().map(|&v| v != SAR_NODATA).collect();
-    let sar: Vec<[u8; 3]> = stretch_rgb(&[scene.sar.clone()], &sar_valid)
+    let sar: Vec<[u8; 3]> = stretch_rgb(std::slice::from_ref(&scene.sar), &sar_valid)
         .into_iter()
         .zip(&sar_valid)
         .map(|(c, &ok)| if ok { c } else { GAP_NODATA })

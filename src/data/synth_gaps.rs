@@ -201,9 +201,9 @@ fn draw_clouds(rng: &mut Rng, scene: &mut SceneRasters, gaps: &mut SceneGaps) {
         }
     };
     let npx = n * n;
-    for i in 0..npx {
+    for (i, &v) in values.iter().enumerate() {
         let (x, y) = ((i % n) as f64, (i / n) as f64);
-        let a = opacity(values[i]);
+        let a = opacity(v);
         // The shadow at a pixel is cast by the cloud towards the sun from it.
         let s = opacity(field(
             x + toward_sun.0 * distance,
