@@ -10,9 +10,10 @@ use crate::data::synth::{self, SynthOptions};
 /// `dis2 synth`.
 #[derive(Debug, Args)]
 pub struct SynthArgs {
-    /// Output folder (gets train/, val/, test/ and experiment.yaml).
-    #[arg(long, default_value = "data/synthetic", value_name = "DIR")]
-    pub out: PathBuf,
+    /// Output folder (gets train/, val/, test/ and experiment.yaml) [default: data/synthetic,
+    /// with --gaps data/synthetic-gaps].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Number of scenes (about 70 % train, 15 % val, 15 % test).
     #[arg(long, default_value_t = 40, value_name = "N")]
     pub scenes: usize,
@@ -22,6 +23,11 @@ pub struct SynthArgs {
     /// Seed: the same seed writes the same bytes.
     #[arg(long, default_value_t = 42, value_name = "K")]
     pub seed: u64,
+    /// Draw partial coverage as real scenes have it: SAR swath edges, DSM voids (nodata), and
+    /// clouds with shadows in the optical image, their masks in {split}/clouds/ (0 clear,
+    /// 1 cloud, 2 shadow); the experiment is built from experiments/synthetic-gaps.yaml.
+    #[arg(long)]
+    pub gaps: bool,
 }
 
 /// `dis2 stats`.
@@ -37,14 +43,19 @@ pub struct StatsArgs {
 
 /// Writes the benchmark and its experiment YAML, and says where.
 pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
+    let default_out = if args.gaps {
+        "data/synthetic-gaps"
+    } else {
+        "data/synthetic"
+    };
     let options = SynthOptions {
-        out: args.out.clone(),
+        out: args.out.clone().unwrap_or_else(|| default_out.into()),
         scenes: args.scenes,
         size: args.size,
         seed: args.seed,
+        gaps: args.gaps,
     };
-    let files = synth::generate(&options)?;
-    let yaml = crate::prepare::write_synthetic_experiment(&options)?;
+    let (files, test_patterns) = synth::generate_counted(&options)?;
     println!(
         "wrote {} rasters of {} scenes ({}x{} px, 0.5 m, EPSG:{}) under {}",
         files.len(),
@@ -52,8 +63,18 @@ pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
         args.size,
         args.size,
         synth::EPSG,
-        args.out.display()
+        options.out.display()
     );
+    if args.gaps {
+        println!(
+            "test split ({} scenes), pixels per missing-modality pattern:",
+            test_patterns.scenes
+        );
+        for line in test_patterns.lines() {
+            println!("  {line}");
+        }
+    }
+    let yaml = crate::prepare::write_synthetic_experiment(&options)?;
     println!("experiment: {}", yaml.display());
     Ok(())
 }
@@ -130,6 +151,12 @@ mod tests {
             panic!("not synth")
         };
         assert_eq!((args.scenes, args.size, args.seed), (5, 64, 3));
+        assert!(!args.gaps);
+        let cli = Cli::try_parse_from(["dis2", "synth", "--gaps"]).unwrap();
+        let Command::Synth(args) = cli.command else {
+            panic!("not synth")
+        };
+        assert!(args.gaps && args.out.is_none(), "--gaps, out by default");
         let dir = tempfile::tempdir().unwrap();
         let err = crate::cli::run(
             Cli::try_parse_from(["dis2", "synth", "--out", "x", "--scenes", "2"]).unwrap(),

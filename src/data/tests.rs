@@ -902,6 +902,7 @@ fn synth_into(dir: &Path, seed: u64, size: usize) -> SynthOptions {
         scenes: 4,
         size,
         seed,
+        gaps: false,
     };
     synth::generate(&options).unwrap();
     options
@@ -959,6 +960,7 @@ fn synth_rerun_with_fewer_scenes_leaves_only_its_own_files() {
         scenes: 7,
         size: 32,
         seed: 1,
+        gaps: false,
     })
     .unwrap();
     let keep = dir.path().join("train/optical/notes.txt");
@@ -969,6 +971,7 @@ fn synth_rerun_with_fewer_scenes_leaves_only_its_own_files() {
         scenes: 3,
         size: 32,
         seed: 1,
+        gaps: false,
     })
     .unwrap();
     let mut expected = written.clone();
@@ -1123,6 +1126,7 @@ fn synthetic_experiment(dir: &Path) -> Experiment {
         scenes: 4,
         size: 96,
         seed: 9,
+        gaps: false,
     };
     synth::generate(&options).unwrap();
     let yaml = crate::prepare::write_synthetic_experiment(&options).unwrap();
@@ -1269,6 +1273,7 @@ fn stats_write_back_matches_a_direct_computation_and_keeps_the_file() {
         scenes: 4,
         size: 64,
         seed: 2,
+        gaps: false,
     };
     synth::generate(&options).unwrap();
     let yaml = crate::prepare::write_synthetic_experiment(&options).unwrap();
