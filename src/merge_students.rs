@@ -43,6 +43,10 @@ pub struct MergeReport {
     pub duplicates: Vec<String>,
 }
 
+/// A student of the merged checkpoint: its scenario and the index of the input whose weights it
+/// takes.
+type Sourced = (Scenario, usize);
+
 /// One input checkpoint, read and checked against its own sidecar.
 struct Input {
     /// The checkpoint as given.
@@ -148,7 +152,11 @@ fn check_sidecars(first: &Input, other: &Input) -> Result<()> {
         listed(&x.class_colours),
         listed(&y.class_colours),
     );
-    let mut names: Vec<&String> = x.normalisation.keys().chain(y.normalisation.keys()).collect();
+    let mut names: Vec<&String> = x
+        .normalisation
+        .keys()
+        .chain(y.normalisation.keys())
+        .collect();
     names.sort();
     names.dedup();
     for name in names {
@@ -237,9 +245,9 @@ fn check_teachers(first: &Input, other: &Input) -> Result<()> {
 
 /// The merged students in order, each with the index of the input that gives its weights, and
 /// a line per student given again with identical weights.
-fn union_of_students(inputs: &[Input]) -> Result<(Vec<(Scenario, usize)>, Vec<String>)> {
+fn union_of_students(inputs: &[Input]) -> Result<(Vec<Sourced>, Vec<String>)> {
     let model = &inputs[0].info.model;
-    let mut students: Vec<(Scenario, usize)> = Vec::new();
+    let mut students: Vec<Sourced> = Vec::new();
     let mut duplicates = Vec::new();
     for (i, input) in inputs.iter().enumerate() {
         for s in &input.scenarios {
@@ -274,7 +282,7 @@ fn union_of_students(inputs: &[Input]) -> Result<(Vec<(Scenario, usize)>, Vec<St
 
 /// A variable store of the merged model, every variable copied from the input that owns it:
 /// the shared part from the first, each student's from its input.
-fn assemble(inputs: &[Input], students: &[(Scenario, usize)]) -> Result<nn::VarStore> {
+fn assemble(inputs: &[Input], students: &[Sourced]) -> Result<nn::VarStore> {
     let mut model = inputs[0].info.model.clone();
     model.scenarios = Some(students.iter().map(|(s, _)| s.names(&model)).collect());
     let vs = nn::VarStore::new(Device::Cpu);
@@ -301,7 +309,7 @@ fn assemble(inputs: &[Input], students: &[(Scenario, usize)]) -> Result<nn::VarS
 
 /// The merged sidecar: the first input's model with the merged scenarios, its class table and
 /// normalisation (the same in every input), and the provenance.
-fn merged_info(inputs: &[Input], students: &[(Scenario, usize)]) -> Result<CheckpointInfo> {
+fn merged_info(inputs: &[Input], students: &[Sourced]) -> Result<CheckpointInfo> {
     let first = &inputs[0].info;
     let mut model = first.model.clone();
     model.scenarios = Some(students.iter().map(|(s, _)| s.names(&model)).collect());

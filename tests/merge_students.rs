@@ -171,7 +171,10 @@ fn merged_students_and_teacher_give_their_checkpoints_probabilities() {
     for text in order {
         let route = Route::Student(Scenario::parse(text, &m.info.model).unwrap());
         let own = checkpoint::load(owner(text), Device::Cpu).unwrap();
-        let (got, want) = (probabilities(&m.net, &route, &x), probabilities(&own.net, &route, &x));
+        let (got, want) = (
+            probabilities(&m.net, &route, &x),
+            probabilities(&own.net, &route, &x),
+        );
         assert!(got.equal(&want), "student[{text}]: not bit-identical");
     }
     for input in [&sar, &dsm, &optical] {
@@ -221,7 +224,10 @@ fn the_command_merges_and_predict_finds_every_student() {
             );
             classes.push(read_all(&out).data);
         }
-        assert_eq!(classes[0], classes[1], "student[{missing}]: class maps differ");
+        assert_eq!(
+            classes[0], classes[1],
+            "student[{missing}]: class maps differ"
+        );
     }
 }
 
