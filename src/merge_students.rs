@@ -234,7 +234,7 @@ fn check_teachers(first: &Input, other: &Input) -> Result<()> {
     if let Some((name, diff)) = first_diff {
         bail!(
             "{} and {} hold different teachers: {differ} of the {compared} tensors of the \
-             encoders and the teacher branch differ, the first {name} by up to {diff:e}; merge \
+             encoders and the teacher branch differ, the first {name} by up to {diff:.3e}; merge \
              only students distilled from one teacher checkpoint (`dis2 distill --teacher`)",
             other.weights.display(),
             first.weights.display()
@@ -263,7 +263,7 @@ fn union_of_students(inputs: &[Input]) -> Result<(Vec<Sourced>, Vec<String>)> {
             if let Some((name, diff)) = first_diff {
                 bail!(
                     "{label} is in both {} and {} with different weights: {differ} of its \
-                     {compared} tensors differ, the first {name} by up to {diff:e}; leave one of \
+                     {compared} tensors differ, the first {name} by up to {diff:.3e}; leave one of \
                      the two checkpoints out",
                     kept.weights.display(),
                     input.weights.display()
