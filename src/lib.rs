@@ -18,6 +18,7 @@ pub mod figures;
 pub mod fsutil;
 pub mod import_torch;
 pub mod info;
+pub mod merge_students;
 pub mod metrics;
 pub mod model;
 pub mod native;

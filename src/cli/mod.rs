@@ -11,6 +11,7 @@ mod data;
 mod eval;
 mod import_torch;
 mod info;
+mod merge_students;
 mod predict;
 mod sweep;
 mod train;
@@ -25,6 +26,7 @@ pub use data::{StatsArgs, SynthArgs};
 pub use eval::EvalArgs;
 pub use import_torch::ImportTorchArgs;
 pub use info::InfoArgs;
+pub use merge_students::MergeStudentsArgs;
 pub use predict::PredictArgs;
 pub use sweep::SweepArgs;
 pub use train::{CommonTrainArgs, DistillArgs, TrainTeacherArgs};
@@ -60,6 +62,9 @@ pub enum Command {
     TrainTeacher(TrainTeacherArgs),
     /// Distil a student for a missing-modality scenario from a trained teacher (DLKD).
     Distill(DistillArgs),
+    /// Merge student checkpoints distilled from one teacher into one checkpoint holding the
+    /// teacher once and every student; see docs/train.md.
+    MergeStudents(MergeStudentsArgs),
     /// Score a checkpoint on whole scenes of a split (sliding window), optionally with
     /// modalities dropped: IoU, F1, overall accuracy, confusion matrix.
     Eval(EvalArgs),
@@ -99,6 +104,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => data::stats(&args),
         Command::TrainTeacher(args) => train::train_teacher(&args),
         Command::Distill(args) => train::distill(&args),
+        Command::MergeStudents(args) => merge_students::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Sweep(args) => sweep::run(args),
         Command::ImportTorch(args) => import_torch::run(&args),

@@ -37,7 +37,7 @@ use crate::data::rng::Rng;
 use crate::data::sampling::{RandomCropSampler, SampleSpec};
 use crate::figures;
 use crate::metrics::Scores;
-use crate::model::{Dis2Net, Route, Scenario};
+use crate::model::{student_key, Dis2Net, Route, Scenario};
 
 /// Streams of the run's own random numbers (apart from the data sampler's).
 const STREAM_MODALITY_DROPOUT: u64 = 0xD809;
@@ -193,7 +193,7 @@ impl Trainer {
         net.set_precision(precision.context("train.precision")?);
         let scenarios = net.scenarios().to_vec();
         // What trains: everything but, for a student, the frozen teacher and encoders.
-        let trainable = |name: &str| spec.kind != RunKind::Distill || name.starts_with("students.");
+        let trainable = |name: &str| spec.kind != RunKind::Distill || student_key(name).is_some();
         let mut params: Vec<(String, Tensor)> = Vec::new();
         for (name, t) in vs.variables() {
             if !t.requires_grad() {
@@ -247,7 +247,7 @@ impl Trainer {
                 diffs.join("\n  ")
             );
         }
-        checkpoint::load_weights_where(&self.vs, path, |name| !name.starts_with("students."))
+        checkpoint::load_weights_where(&self.vs, path, |name| student_key(name).is_none())
             .with_context(|| format!("--teacher {}", path.display()))
     }
 
