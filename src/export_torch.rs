@@ -140,8 +140,14 @@ fn write_state_dict(
         let shape = t.size().iter().map(|&d| d as usize).collect();
         let flat = t.reshape([-1]);
         let (dtype, bytes) = match t.kind() {
-            Kind::Float => (Dtype::F32, le_bytes(Vec::<f32>::try_from(&flat)?, f32::to_le_bytes)),
-            Kind::Int64 => (Dtype::I64, le_bytes(Vec::<i64>::try_from(&flat)?, i64::to_le_bytes)),
+            Kind::Float => (
+                Dtype::F32,
+                le_bytes(Vec::<f32>::try_from(&flat)?, f32::to_le_bytes),
+            ),
+            Kind::Int64 => (
+                Dtype::I64,
+                le_bytes(Vec::<i64>::try_from(&flat)?, i64::to_le_bytes),
+            ),
             other => bail!("{name}: cannot export a tensor of {other:?}"),
         };
         data.push((name, dtype, shape, bytes));

@@ -328,7 +328,11 @@ fn random_checkpoint(dir: &Path, name: &str, cfg: &ModelConfig) -> std::path::Pa
     tch::no_grad(|| {
         for (name, mut t) in vs.variables() {
             let r = t.randn_like();
-            t.copy_(&if name.ends_with("running_var") { r.abs() } else { r });
+            t.copy_(&if name.ends_with("running_var") {
+                r.abs()
+            } else {
+                r
+            });
         }
     });
     let path = dir.join(name);
@@ -437,12 +441,17 @@ fn export_torch_refuses_what_the_reference_cannot_hold_and_writes_nothing() {
                 && err.contains("cannot hold this checkpoint"),
             "{err}"
         );
-        assert!(!tmp.path().join("out").exists(), "{name}: something written");
+        assert!(
+            !tmp.path().join("out").exists(),
+            "{name}: something written"
+        );
         err
     };
     let err = refused(&small_config(&[3, 1, 1], 5), "three");
     assert!(
-        err.contains("modalities: the reference has exactly two (its rgb and ndsm), this model has 3"),
+        err.contains(
+            "modalities: the reference has exactly two (its rgb and ndsm), this model has 3"
+        ),
         "{err}"
     );
     let mut ablation = small_config(&[3, 1], 5);
@@ -451,7 +460,9 @@ fn export_torch_refuses_what_the_reference_cannot_hold_and_writes_nothing() {
     let err = refused(&ablation, "ablation");
     assert!(
         err.contains("fusion: the reference has only `hierarchical` (HF), this model has `level4`")
-            && err.contains("decoder: the reference has only `classwise` (CFLM), this model has `plain`"),
+            && err.contains(
+                "decoder: the reference has only `classwise` (CFLM), this model has `plain`"
+            ),
         "{err}"
     );
     let mut teacher = small_config(&[3, 1], 5);
@@ -464,7 +475,10 @@ fn export_torch_refuses_what_the_reference_cannot_hold_and_writes_nothing() {
     let mut one_student = small_config(&[3, 1], 5);
     one_student.scenarios = Some(vec![vec!["ndsm".into()]]);
     let err = refused(&one_student, "one-student");
-    assert!(err.contains("none for rgb missing (train one"), "{err}");
+    assert!(
+        err.contains("none for rgb missing (`dis2 distill --joint`"),
+        "{err}"
+    );
 
     // The checkpoint's own weights are not overwritten.
     let named = tmp.path().join("named");
@@ -482,7 +496,10 @@ fn export_torch_refuses_what_the_reference_cannot_hold_and_writes_nothing() {
         "{:#}",
         export_torch(&tmp.path().join("nowhere"), &out).unwrap_err()
     );
-    assert!(err.contains("--checkpoint") && err.contains("nowhere"), "{err}");
+    assert!(
+        err.contains("--checkpoint") && err.contains("nowhere"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -497,7 +514,10 @@ fn export_torch_command_line() {
         "--out",
         s(&out),
     ]));
-    assert!(stdout.contains("load_state_dict") && stdout.contains("DLKD_ver4("), "{stdout}");
+    assert!(
+        stdout.contains("load_state_dict") && stdout.contains("DLKD_ver4("),
+        "{stdout}"
+    );
     assert!(out.is_file());
     let bad = dis2(&[
         "export-torch",

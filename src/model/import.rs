@@ -214,7 +214,7 @@ pub fn reference_cannot_hold(cfg: &ModelConfig) -> Vec<String> {
         if !lacking.is_empty() {
             found.push(format!(
                 "scenarios: the reference holds a student for each modality missing, this model \
-                 has none for {} (train one with `dis2 distill`)",
+                 has none for {} (`dis2 distill --joint` trains one for each)",
                 lacking.join(" and ")
             ));
         }
@@ -283,11 +283,17 @@ fn reference_unread(named: &BTreeMap<String, Tensor>, base_width: i64) -> Vec<(S
     }
     // `ClassWiseDecoder.seg_d4` (8w -> 1, 1x1) and `e1_conv_up` (w/4 -> w/8, 3x3).
     let w = base_width;
-    for (r, _) in PREFIXES.iter().filter(|(r, _)| r.ends_with("_classwise_decoder.")) {
+    for (r, _) in PREFIXES
+        .iter()
+        .filter(|(r, _)| r.ends_with("_classwise_decoder."))
+    {
         if named.keys().any(|n| n.starts_with(r)) {
             out.push((format!("{r}seg_d4.weight"), zeros(&[1, 8 * w, 1, 1])));
             out.push((format!("{r}seg_d4.bias"), zeros(&[1])));
-            out.push((format!("{r}e1_conv_up.conv.weight"), zeros(&[w / 8, w / 4, 3, 3])));
+            out.push((
+                format!("{r}e1_conv_up.conv.weight"),
+                zeros(&[w / 8, w / 4, 3, 3]),
+            ));
             out.push((format!("{r}e1_conv_up.conv.bias"), zeros(&[w / 8])));
         }
     }
