@@ -184,7 +184,7 @@ pub fn load_reference_state_dict(
 /// it has exactly two modalities, a student for each of them missing, HF fusion and the
 /// class-wise decoder (CFLM). Widths, classes, crop, band counts and the transformer's sizes are
 /// its constructor arguments and module constants, so any value is representable.
-pub fn reference_cannot_hold(cfg: &ModelConfig) -> Vec<String> {
+pub(crate) fn reference_cannot_hold(cfg: &ModelConfig) -> Vec<String> {
     let mut found = Vec::new();
     let m = cfg.modalities.len();
     if m != 2 {
@@ -230,7 +230,10 @@ pub fn reference_cannot_hold(cfg: &ModelConfig) -> Vec<String> {
 ///
 /// # Errors
 /// What [`reference_cannot_hold`] lists, and a variable of `vs` without a reference name.
-pub fn reference_state_dict(vs: &nn::VarStore, cfg: &ModelConfig) -> Result<Vec<(String, Tensor)>> {
+pub(crate) fn reference_state_dict(
+    vs: &nn::VarStore,
+    cfg: &ModelConfig,
+) -> Result<Vec<(String, Tensor)>> {
     let cannot = reference_cannot_hold(cfg);
     if !cannot.is_empty() {
         bail!(
