@@ -14,6 +14,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 pub mod eval;
+pub mod export_torch;
 pub mod figures;
 pub mod fsutil;
 pub mod import_torch;

@@ -9,6 +9,7 @@
 mod blocks;
 mod data;
 mod eval;
+mod export_torch;
 mod import_torch;
 mod info;
 mod merge_students;
@@ -24,6 +25,7 @@ use crate::device::DeviceChoice;
 pub use blocks::BlocksArgs;
 pub use data::{StatsArgs, SynthArgs};
 pub use eval::EvalArgs;
+pub use export_torch::ExportTorchArgs;
 pub use import_torch::ImportTorchArgs;
 pub use info::InfoArgs;
 pub use merge_students::MergeStudentsArgs;
@@ -73,6 +75,9 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Convert a state_dict of the authors' PyTorch DIS2 (safetensors) into a dis2 checkpoint.
     ImportTorch(ImportTorchArgs),
+    /// Write a checkpoint as a state_dict of the authors' PyTorch DIS2 (safetensors, their
+    /// parameter names); two modalities with both students, HF and CFLM; see docs/model.md.
+    ExportTorch(ExportTorchArgs),
     /// Classify whole scenes with a checkpoint: `--NAME FILE` per modality of the checkpoint
     /// (missing ones use their student), `--out classes.tif`; see docs/predict.md.
     Predict(PredictArgs),
@@ -108,6 +113,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Eval(args) => eval::run(&args),
         Command::Sweep(args) => sweep::run(args),
         Command::ImportTorch(args) => import_torch::run(&args),
+        Command::ExportTorch(args) => export_torch::run(&args),
         Command::Predict(args) => predict::run(args),
     }
 }
