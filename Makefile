@@ -125,7 +125,7 @@ dlkd-study: setup
 clean:
 	$(CARGO) clean
 
-.PHONY: bench-loader bench-predict synth
+.PHONY: bench-loader bench-predict synth synth-gaps
 
 # Loader throughput on the synthetic benchmark (written to target/bench-synthetic when absent).
 bench-loader: setup
@@ -139,3 +139,8 @@ bench-predict: setup
 # The synthetic benchmark with its experiment YAML, in data/synthetic.
 synth: setup
 	$(BIN) synth --out data/synthetic
+
+# The synthetic benchmark with SAR swath edges, DSM voids and clouds (their masks in
+# {split}/clouds/), in data/synthetic-gaps.
+synth-gaps: setup
+	$(BIN) synth --gaps --out data/synthetic-gaps

@@ -33,6 +33,7 @@ fn main() -> Result<()> {
         scenes: 24,
         size: 256,
         seed: 42,
+        gaps: false,
     };
     let yaml = dir.join("experiment.yaml");
     if !yaml.is_file() {

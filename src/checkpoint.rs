@@ -11,7 +11,8 @@
 //! model: { base_width: 8, num_classes: 5, crop: [64, 64], ..., modalities: [...],
 //!          scenarios: [[ndsm], [rgb]] }     # always written out in full
 //! class_names: [...]                          # optional
-//! metadata: { source: import-torch, ... }     # free-form: step, metrics, ...
+//! metadata: { source: import-torch, ... }     # free-form: step, metrics, source; a merge
+//!                                             # lists its inputs under `merged_from`
 //! ```
 //!
 //! Both files are written through a temporary file and a rename, weights first. The name may be
@@ -239,11 +240,19 @@ pub fn network_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Ve
 /// `crop: checkpoint has [64, 64], configuration has [64, 32]`. Scenarios are compared as the
 /// lists they resolve to, so an absent `scenarios` key equals every scenario written out.
 pub fn config_differences(checkpoint: &ModelConfig, wanted: &ModelConfig) -> Vec<String> {
-    config_fields(checkpoint)
+    labelled_differences([("checkpoint", checkpoint), ("configuration", wanted)])
+}
+
+/// [`config_differences`] with the two sides named: `crop: a.yaml has [64, 64], b.yaml has
+/// [64, 32]`.
+pub(crate) fn labelled_differences(
+    [(label_a, a), (label_b, b)]: [(&str, &ModelConfig); 2],
+) -> Vec<String> {
+    config_fields(a)
         .into_iter()
-        .zip(config_fields(wanted))
+        .zip(config_fields(b))
         .filter(|((_, a), (_, b))| a != b)
-        .map(|((key, a), (_, b))| format!("{key}: checkpoint has {a}, configuration has {b}"))
+        .map(|((key, a), (_, b))| format!("{key}: {label_a} has {a}, {label_b} has {b}"))
         .collect()
 }
 

@@ -10,6 +10,8 @@ use std::path::Path;
 use tch::{Kind, Tensor};
 
 use crate::data::config::ClassInfo;
+use crate::data::synth::{SceneRasters, SAR_NODATA};
+use crate::data::synth_gaps::DSM_NODATA;
 use crate::report::text_width;
 
 /// Pixels between panels.
@@ -362,6 +364,88 @@ pub(crate) fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> 
     canvas.write(path)
 }
 
+/// Colours of the gaps figure's cloud mask: cloud, shadow.
+const CLOUD_COLOURS: [[u8; 3]; 2] = [[0, 200, 255], [255, 140, 0]];
+/// Colour of the gaps figure's nodata (black would hide among low heights and dark SAR).
+const GAP_NODATA: [u8; 3] = [220, 0, 0];
+
+/// One scene of `dis2 synth --gaps` ([`crate::data::synth_gaps::draw_gaps`]) as a PNG: the
+/// optical R, G, B with its clouds | the cloud mask (cloud cyan, shadow orange over the grey
+/// image) | the SAR (dB, stretched) | the DSM (viridis over 0 to the highest metre), nodata red;
+/// small scenes enlarged as overlays are (see [`overlay_scale`]).
+///
+/// # Errors
+/// A scene without a cloud mask (drawn without gaps), or a file that cannot be written.
+pub fn gaps_png(path: &Path, scene: &SceneRasters) -> Result<()> {
+    let n = scene.size;
+    let npx = n * n;
+    let mask = scene
+        .cloud_mask
+        .as_ref()
+        .ok_or_else(|| anyhow!("the scene has no cloud mask: draw its gaps first"))?;
+    let image: Vec<[u8; 3]> = (0..npx)
+        .map(|i| std::array::from_fn(|b| scene.optical[b * npx + i]))
+        .collect();
+    let masked: Vec<[u8; 3]> = grey(&image)
+        .into_iter()
+        .zip(mask)
+        .map(|(g, &m)| match m {
+            0 => g,
+            m => CLOUD_COLOURS[usize::from(m.min(2)) - 1],
+        })
+        .collect();
+    let sar_valid: Vec<bool> = scene.sar.iter().map(|&v| v != SAR_NODATA).collect();
+    let sar: Vec<[u8; 3]> = stretch_rgb(std::slice::from_ref(&scene.sar), &sar_valid)
+        .into_iter()
+        .zip(&sar_valid)
+        .map(|(c, &ok)| if ok { c } else { GAP_NODATA })
+        .collect();
+    let top = scene
+        .dsm
+        .iter()
+        .filter(|&&v| v != DSM_NODATA)
+        .fold(1.0f32, |a, &v| a.max(v));
+    let dsm: Vec<[u8; 3]> = scene
+        .dsm
+        .iter()
+        .map(|&v| {
+            if v == DSM_NODATA {
+                GAP_NODATA
+            } else {
+                viridis(v / top)
+            }
+        })
+        .collect();
+    let k = overlay_scale(n, n);
+    let pw = n * k;
+    let mut canvas = Canvas::new(GAP + 4 * (pw + GAP), HEADER + pw + GAP + LINE);
+    let panels = [
+        ("optical (R, G, B)", image),
+        ("cloud mask", masked),
+        ("SAR (dB)", sar),
+        ("DSM (m)", dsm),
+    ];
+    let mut text = Vec::new();
+    for (i, (title, panel)) in panels.iter().enumerate() {
+        let x = GAP + i * (pw + GAP);
+        canvas.paste(x, HEADER, pw, pw, &resize_nearest(panel, n, n, pw, pw));
+        text.push((title.to_string(), x, 5, 15));
+    }
+    let legend = [
+        ("cloud", CLOUD_COLOURS[0]),
+        ("cloud shadow", CLOUD_COLOURS[1]),
+        ("nodata", GAP_NODATA),
+    ];
+    let (mut x, y) = (GAP, HEADER + pw + GAP);
+    for (name, colour) in legend {
+        canvas.swatch(x, y + 3, 14, colour);
+        text.push((name.to_string(), x + 18, y + 3, NAME_SIZE));
+        x += 18 + text_width(name, NAME_SIZE) + 14;
+    }
+    canvas.text(&text)?;
+    canvas.write(path)
+}
+
 /// One window of an attention figure.
 pub(crate) struct AttentionData<'a> {
     /// Panel size (the crop).
@@ -635,5 +719,38 @@ mod tests {
             ..data
         };
         assert!(overlay_png(&path, &bad, &table(3)).is_err());
+    }
+
+    #[test]
+    fn gaps_figure_shows_the_mask_and_the_nodata_in_their_colours() {
+        use crate::data::synth::generate_scene;
+        use crate::data::synth_gaps::{draw_gaps, CLOUD};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.png");
+        let clean = generate_scene(42, 1, 64);
+        let err = gaps_png(&path, &clean).unwrap_err().to_string();
+        assert!(err.contains("no cloud mask"), "{err}");
+        let mut scene = clean;
+        let gaps = draw_gaps(&mut scene, 42, 1);
+        assert!(gaps.cloud_cover > 0.0 && gaps.sar_edge_fraction > 0.0);
+        gaps_png(&path, &scene).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let k = overlay_scale(64, 64);
+        let pw = 64 * k;
+        assert_eq!(
+            (img.width() as usize, img.height() as usize),
+            (GAP + 4 * (pw + GAP), HEADER + pw + GAP + LINE)
+        );
+        let at = |panel: usize, i: usize| {
+            let (x, y) = (
+                GAP + panel * (pw + GAP) + (i % 64) * k,
+                HEADER + (i / 64) * k,
+            );
+            img.get_pixel(x as u32 + 1, y as u32 + 1).0
+        };
+        let cloud = gaps.cloud_mask.iter().position(|&m| m == CLOUD).unwrap();
+        assert_eq!(at(1, cloud), CLOUD_COLOURS[0]);
+        let edge = scene.sar.iter().position(|&v| v == SAR_NODATA).unwrap();
+        assert_eq!(at(2, edge), GAP_NODATA);
     }
 }

@@ -31,24 +31,35 @@ pub fn write_synthetic_experiment(options: &SynthOptions) -> Result<PathBuf> {
 /// `experiment.yaml` that `dis2 synth` writes.
 const SYNTHETIC_EXPERIMENT: &str = include_str!("../experiments/synthetic.yaml");
 
+/// `experiments/synthetic-gaps.yaml`: the benchmark with gaps (`dis2 synth --gaps`), the one
+/// source of the `experiment.yaml` it writes.
+const SYNTHETIC_GAPS_EXPERIMENT: &str = include_str!("../experiments/synthetic-gaps.yaml");
+
 /// The experiment YAML text for a benchmark generated with `options`: `experiments/synthetic.yaml`
-/// as written, without its comments, with the benchmark's seed and folder and an empty
-/// normalisation ([`update_statistics`] computes it from the benchmark's train split).
+/// (with gaps `experiments/synthetic-gaps.yaml`) as written, without its comments, with the
+/// benchmark's seed and folder (and with gaps its cloud masks, `data.missing_masks.optical`) and
+/// an empty normalisation ([`update_statistics`] computes it from the benchmark's train split).
 ///
 /// Errors: the built-in file no longer has a top-level `seed:` line or a block `data:` section
 /// (the edits would not take).
 fn synthetic_experiment_yaml(options: &SynthOptions) -> Result<String> {
+    let (source, file) = if options.gaps {
+        (SYNTHETIC_GAPS_EXPERIMENT, "experiments/synthetic-gaps.yaml")
+    } else {
+        (SYNTHETIC_EXPERIMENT, "experiments/synthetic.yaml")
+    };
     let mut text = format!(
         "# The synthetic multimodal benchmark, written by\n\
-         # `dis2 synth --out {} --scenes {} --size {} --seed {}`\n\
-         # from experiments/synthetic.yaml with this folder and seed.\n",
+         # `dis2 synth --out {} --scenes {} --size {} --seed {}{}`\n\
+         # from {file} with this folder and seed.\n",
         options.out.display(),
         options.scenes,
         options.size,
-        options.seed
+        options.seed,
+        if options.gaps { " --gaps" } else { "" }
     );
     // The file's comments speak of data/synthetic and its statistics, not of this benchmark.
-    for line in SYNTHETIC_EXPERIMENT.lines() {
+    for line in source.lines() {
         if line.starts_with("seed:") {
             text.push_str(&format!("seed: {}\n", options.seed));
         } else if !line.trim_start().starts_with('#') {
@@ -58,20 +69,33 @@ fn synthetic_experiment_yaml(options: &SynthOptions) -> Result<String> {
     }
     let root = serde_yaml::to_string(&options.out)?;
     let dataset = format!("dataset:\n  synthetic:\n    root: {}\n", root.trim_end());
-    let text = upsert_data_key(&text, "dataset", &dataset)?;
+    let mut text = upsert_data_key(&text, "dataset", &dataset)?;
+    let clouds = cloud_mask_folder(&options.out);
+    if options.gaps {
+        let folder = serde_yaml::to_string(&clouds)?;
+        let masks = format!("missing_masks:\n  optical: {}\n", folder.trim_end());
+        text = upsert_data_key(&text, "missing_masks", &masks)?;
+    }
     let text = upsert_data_key(&text, "normalisation", "normalisation: {}\n")?;
-    let check = yaml_value(&text)
-        .map_err(|e| anyhow!("experiments/synthetic.yaml (built into dis2) after the edit: {e}"))?;
+    let check =
+        yaml_value(&text).map_err(|e| anyhow!("{file} (built into dis2) after the edit: {e}"))?;
     let set = check["seed"].as_u64() == Some(options.seed)
-        && check["data"]["dataset"]["synthetic"]["root"].as_str() == options.out.to_str();
+        && check["data"]["dataset"]["synthetic"]["root"].as_str() == options.out.to_str()
+        && (!options.gaps
+            || check["data"]["missing_masks"]["optical"].as_str() == Some(clouds.as_str()));
     ensure!(
         set,
-        "experiments/synthetic.yaml (built into dis2): cannot set `seed` and \
-         `data.dataset.synthetic.root` for {}; the file needs a top-level `seed:` line and a \
-         block `data:` section",
+        "{file} (built into dis2): cannot set `seed` and `data.dataset.synthetic.root` for {}; \
+         the file needs a top-level `seed:` line and a block `data:` section",
         options.out.display()
     );
     Ok(text)
+}
+
+/// Where the experiment of a benchmark with gaps in `out` finds the cloud masks: `out/{split}/clouds`
+/// (`{split}` stands for the split's name).
+fn cloud_mask_folder(out: &Path) -> String {
+    format!("{}/{{split}}/clouds", out.display())
 }
 
 /// What [`update_statistics`] computed and which stale entries it replaced.
@@ -180,6 +204,7 @@ mod tests {
             scenes: 3,
             size: 64,
             seed: 7,
+            gaps: false,
         };
         crate::data::synth::generate(&options).unwrap();
         let path = write_synthetic_experiment(&options).unwrap();
@@ -201,5 +226,62 @@ mod tests {
             remove(&mut repository, key);
         }
         assert_eq!(written, repository, "{text}");
+    }
+
+    #[test]
+    fn synth_gaps_writes_experiments_synthetic_gaps_yaml_with_its_own_folder_and_masks() {
+        // The text only: `data.missing_masks` is read by the parser of the dataset key, checked
+        // in a test of its own once both are in one tree.
+        let out = PathBuf::from("bench dir/gaps");
+        let options = SynthOptions {
+            out: out.clone(),
+            scenes: 3,
+            size: 64,
+            seed: 9,
+            gaps: true,
+        };
+        let text = synthetic_experiment_yaml(&options).unwrap();
+        assert!(text.contains("--seed 9 --gaps"), "{text}");
+        assert!(
+            text.contains("from experiments/synthetic-gaps.yaml"),
+            "{text}"
+        );
+        let mut written: Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(written["seed"].as_u64(), Some(9));
+        assert_eq!(
+            written["data"]["dataset"]["synthetic"]["root"].as_str(),
+            Some("bench dir/gaps")
+        );
+        assert_eq!(
+            written["data"]["missing_masks"]["optical"].as_str(),
+            Some("bench dir/gaps/{split}/clouds"),
+            "{text}"
+        );
+        let mut repository: Value = serde_yaml::from_str(SYNTHETIC_GAPS_EXPERIMENT).unwrap();
+        assert_eq!(
+            repository["data"]["missing_masks"]["optical"].as_str(),
+            Some("data/synthetic-gaps/{split}/clouds")
+        );
+        let normalisation = written["data"]["normalisation"]
+            .as_mapping()
+            .map(|m| m.len());
+        assert_eq!(normalisation, Some(0), "left for the statistics: {text}");
+        for key in [
+            "seed",
+            "data.dataset.synthetic.root",
+            "data.normalisation",
+            "data.missing_masks.optical",
+        ] {
+            remove(&mut written, key);
+            remove(&mut repository, key);
+        }
+        assert_eq!(written, repository, "{text}");
+        // Without gaps, the file of the benchmark without them.
+        let plain = synthetic_experiment_yaml(&SynthOptions {
+            gaps: false,
+            ..options
+        })
+        .unwrap();
+        assert!(!plain.contains("missing_masks"), "{plain}");
     }
 }

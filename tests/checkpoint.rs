@@ -1,11 +1,13 @@
-//! Checkpoints and `dis2 import-torch`: round trips, BatchNorm statistics, and errors that name
-//! what does not fit without writing anything.
+//! Checkpoints, `dis2 import-torch` and `dis2 export-torch`: round trips, BatchNorm statistics,
+//! and errors that name what does not fit without writing anything.
 
 mod common;
 
 use common::*;
 use dis2::checkpoint::{self, CheckpointInfo};
+use dis2::export_torch::export_torch;
 use dis2::import_torch::{import_torch, read_model_config};
+use dis2::model::config::{DecoderKind, FusionKind, ModelConfig};
 use dis2::model::{Dis2Net, Route, Scenario};
 use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
@@ -314,4 +316,216 @@ fn import_torch_command_line() {
     assert_eq!(files_in(tmp.path()), ["cli.safetensors", "cli.yaml"]);
     let info = checkpoint::read_info(&out).unwrap();
     assert_eq!(info.model.scenario_list().unwrap().len(), 2);
+}
+
+/// An untrained model of `cfg` with every variable (BatchNorm statistics included) drawn at
+/// random, so that a wrong name or a transposed tensor shows, saved as the checkpoint directory
+/// `dir/name` (`model.safetensors` and `model.yaml` inside).
+fn random_checkpoint(dir: &Path, name: &str, cfg: &ModelConfig) -> std::path::PathBuf {
+    tch::manual_seed(3);
+    let vs = nn::VarStore::new(Device::Cpu);
+    Dis2Net::new(&vs.root(), cfg).unwrap();
+    tch::no_grad(|| {
+        for (name, mut t) in vs.variables() {
+            let r = t.randn_like();
+            t.copy_(&if name.ends_with("running_var") {
+                r.abs()
+            } else {
+                r
+            });
+        }
+    });
+    let path = dir.join(name);
+    std::fs::create_dir_all(&path).unwrap();
+    checkpoint::save(&path, &vs, &CheckpointInfo::new(cfg).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn export_torch_then_import_gives_every_variable_bit_for_bit() {
+    let mut cfg = small_config(&[4, 1], 6);
+    cfg.crop = [64, 32];
+    cfg.modalities[0].name = "optical".into();
+    cfg.modalities[1].name = "dsm".into();
+    let tmp = tempfile::tempdir().unwrap();
+    let original = random_checkpoint(tmp.path(), "original", &cfg);
+    let exported = tmp.path().join("torch/weights.safetensors");
+    let done = export_torch(&original, &exported).unwrap();
+    assert_eq!(files_in(&tmp.path().join("torch")), ["weights.safetensors"]);
+    assert!(
+        done.constructor.contains(
+            "DLKD_ver4(num_classes=6, image_size=(64, 32), rgb_encoder_channels=4, \
+             ndsm_encoder_channels=1)"
+        ) && done.constructor.contains("= 8, 32, 8, 1"),
+        "{}",
+        done.constructor
+    );
+    let meta = metadata(&exported);
+    assert_eq!(meta["rgb_modality"], "optical");
+    assert_eq!(meta["ndsm_modality"], "dsm");
+    let mut back = reference_config(&exported);
+    back.modalities = cfg.modalities.clone();
+    assert_eq!(back, cfg);
+
+    let config = tmp.path().join("model.yaml");
+    std::fs::write(&config, serde_yaml::to_string(&cfg).unwrap()).unwrap();
+    let reimported = tmp.path().join("reimported");
+    import_torch(&exported, &config, &reimported).unwrap();
+    let a = read_tensors(&original.join("model.safetensors"));
+    let b = read_tensors(&reimported.with_extension("safetensors"));
+    let mut names: Vec<&String> = a.keys().collect();
+    names.sort();
+    assert_eq!(names, {
+        let mut n: Vec<&String> = b.keys().collect();
+        n.sort();
+        n
+    });
+    for name in names {
+        let (x, y) = (&a[name], &b[name]);
+        assert_eq!(x.kind(), y.kind(), "{name}");
+        assert!(x.equal(y), "{name} differs after export and import");
+    }
+}
+
+#[test]
+fn export_torch_writes_exactly_the_reference_state_dict() {
+    let Some(dir) = reference_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let config =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments/models/reference-small.yaml");
+    let weights = dir.join("small.weights.safetensors");
+    import_torch(&weights, &config, &tmp.path().join("ref")).unwrap();
+    let out = tmp.path().join("back.safetensors");
+    let done = export_torch(&tmp.path().join("ref"), &out).unwrap();
+    let want = read_tensors(&weights);
+    let got = read_tensors(&out);
+    assert_eq!(done.tensors, want.len());
+    let mut names: Vec<&String> = want.keys().collect();
+    names.sort();
+    let mut ours: Vec<&String> = got.keys().collect();
+    ours.sort();
+    assert_eq!(ours, names, "the key sets differ");
+    // What the reference forward never reads comes back as zeros; everything else as it was.
+    let unread = |n: &str| {
+        n.ends_with(".num_batches_tracked")
+            || n.ends_with(".query")
+            || n.contains("_classwise_decoder.seg_d4.")
+            || n.contains("_classwise_decoder.e1_conv_up.")
+    };
+    for name in names {
+        let (w, g) = (&want[name], &got[name]);
+        assert_eq!((g.kind(), g.size()), (w.kind(), w.size()), "{name}");
+        if unread(name) {
+            assert!(g.equal(&g.zeros_like()), "{name} is not zero");
+        } else {
+            assert!(g.equal(w), "{name} differs");
+        }
+    }
+    let (meta, want_meta) = (metadata(&out), metadata(&weights));
+    for (key, value) in &want_meta {
+        if key != "batch" {
+            assert_eq!(meta.get(key), Some(value), "metadata {key}");
+        }
+    }
+}
+
+#[test]
+fn export_torch_refuses_what_the_reference_cannot_hold_and_writes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out/w.safetensors");
+    let refused = |cfg: &ModelConfig, name: &str| {
+        let ck = random_checkpoint(tmp.path(), name, cfg);
+        let err = format!("{:#}", export_torch(&ck, &out).unwrap_err());
+        assert!(
+            err.contains(&format!("--checkpoint {}", ck.display()))
+                && err.contains("cannot hold this checkpoint"),
+            "{err}"
+        );
+        assert!(
+            !tmp.path().join("out").exists(),
+            "{name}: something written"
+        );
+        err
+    };
+    let err = refused(&small_config(&[3, 1, 1], 5), "three");
+    assert!(
+        err.contains(
+            "modalities: the reference has exactly two (its rgb and ndsm), this model has 3"
+        ),
+        "{err}"
+    );
+    let mut ablation = small_config(&[3, 1], 5);
+    ablation.decoder = DecoderKind::Plain;
+    ablation.fusion = FusionKind::Level4;
+    let err = refused(&ablation, "ablation");
+    assert!(
+        err.contains("fusion: the reference has only `hierarchical` (HF), this model has `level4`")
+            && err.contains(
+                "decoder: the reference has only `classwise` (CFLM), this model has `plain`"
+            ),
+        "{err}"
+    );
+    let mut teacher = small_config(&[3, 1], 5);
+    teacher.scenarios = Some(vec![]);
+    let err = refused(&teacher, "teacher");
+    assert!(
+        err.contains("scenarios:") && err.contains("none for rgb missing and ndsm missing"),
+        "{err}"
+    );
+    let mut one_student = small_config(&[3, 1], 5);
+    one_student.scenarios = Some(vec![vec!["ndsm".into()]]);
+    let err = refused(&one_student, "one-student");
+    assert!(
+        err.contains("none for rgb missing (`dis2 distill --joint`"),
+        "{err}"
+    );
+
+    // The checkpoint's own weights are not overwritten.
+    let named = tmp.path().join("named");
+    let vs = nn::VarStore::new(Device::Cpu);
+    let cfg = small_config(&[3, 1], 5);
+    Dis2Net::new(&vs.root(), &cfg).unwrap();
+    checkpoint::save(&named, &vs, &CheckpointInfo::new(&cfg).unwrap()).unwrap();
+    let own = named.with_extension("safetensors");
+    let before = std::fs::read(&own).unwrap();
+    let err = export_torch(&named, &own).unwrap_err().to_string();
+    assert!(err.contains("checkpoint's own"), "{err}");
+    assert_eq!(std::fs::read(&own).unwrap(), before);
+
+    let err = format!(
+        "{:#}",
+        export_torch(&tmp.path().join("nowhere"), &out).unwrap_err()
+    );
+    assert!(
+        err.contains("--checkpoint") && err.contains("nowhere"),
+        "{err}"
+    );
+}
+
+#[test]
+fn export_torch_command_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = random_checkpoint(tmp.path(), "ck", &small_config(&[3, 1], 5));
+    let out = tmp.path().join("w.safetensors");
+    let stdout = ok(&dis2(&[
+        "export-torch",
+        "--checkpoint",
+        s(&ck),
+        "--out",
+        s(&out),
+    ]));
+    assert!(
+        stdout.contains("load_state_dict") && stdout.contains("DLKD_ver4("),
+        "{stdout}"
+    );
+    assert!(out.is_file());
+    let bad = dis2(&[
+        "export-torch",
+        "--checkpoint",
+        s(&tmp.path().join("nope")),
+        "--out",
+        s(&tmp.path().join("x.safetensors")),
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(!tmp.path().join("x.safetensors").exists());
 }

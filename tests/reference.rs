@@ -1,5 +1,6 @@
 //! The Rust model against the authors' PyTorch reference (`../shared/reference`): same weights
-//! in, the same probabilities (1e-4 absolute) and losses (1e-4 relative) out.
+//! in, the same probabilities (1e-4 absolute) and losses (1e-4 relative) out; also from weights
+//! that went through `dis2 import-torch` and `dis2 export-torch` and back.
 
 mod common;
 
@@ -10,6 +11,7 @@ use dis2::model::{Dis2Net, Route, Scenario};
 use dis2::train::dlkd::{dlkd, orthogonality, KdWeights};
 use dis2::train::joint_backward::{forward_joint, JointBackward};
 use dis2::train::objective::{joint_objective, masked_target};
+use std::path::{Path, PathBuf};
 use tch::{nn, Device, Tensor};
 
 const PROB_TOL: f64 = 1e-4;
@@ -17,11 +19,40 @@ const LOSS_TOL: f64 = 1e-4;
 
 fn check_reference(name: &str) {
     let Some(dir) = reference_dir() else { return };
+    check_weights(name, &dir, &dir.join(format!("{name}.weights.safetensors")));
+}
+
+/// The reference weights `name` imported into a dis2 checkpoint and exported again, in `tmp`:
+/// the state_dict a PyTorch user gets back from `dis2 export-torch`.
+fn exported_reference(name: &str, dir: &Path, tmp: &Path) -> PathBuf {
     let weights = dir.join(format!("{name}.weights.safetensors"));
-    let cfg = reference_config(&weights);
+    let config = tmp.join("model.yaml");
+    std::fs::write(
+        &config,
+        serde_yaml::to_string(&reference_config(&weights)).unwrap(),
+    )
+    .unwrap();
+    let checkpoint = tmp.join("imported");
+    dis2::import_torch::import_torch(&weights, &config, &checkpoint).unwrap();
+    let out = tmp.join("exported.safetensors");
+    dis2::export_torch::export_torch(&checkpoint, &out).unwrap();
+    out
+}
+
+fn check_exported(name: &str) {
+    let Some(dir) = reference_dir() else { return };
+    let tmp = tempfile::tempdir().unwrap();
+    let exported = exported_reference(name, &dir, tmp.path());
+    check_weights(name, &dir, &exported);
+}
+
+/// The reference vectors `dir/{name}.io.safetensors` from the reference state_dict `weights`
+/// (the settings read from its header metadata).
+fn check_weights(name: &str, dir: &Path, weights: &Path) {
+    let cfg = reference_config(weights);
     let vs = nn::VarStore::new(Device::Cpu);
     let net = Dis2Net::new(&vs.root(), &cfg).unwrap();
-    let state = Tensor::read_safetensors(&weights).unwrap();
+    let state = Tensor::read_safetensors(weights).unwrap();
     load_reference_state_dict(&vs, &state, &weights.display().to_string()).unwrap();
 
     let io = read_tensors(&dir.join(format!("{name}.io.safetensors")));
@@ -155,6 +186,16 @@ fn small_reference_every_tensor() {
 #[test]
 fn wide_reference_every_tensor() {
     check_reference("wide");
+}
+
+#[test]
+fn small_reference_from_exported_weights() {
+    check_exported("small");
+}
+
+#[test]
+fn wide_reference_from_exported_weights() {
+    check_exported("wide");
 }
 
 /// Layer by layer against `small.trace.safetensors` (inference path, teacher and the student with

@@ -266,7 +266,7 @@ const LAYERS: &[&[&str]] = &[
     &["train", "predict"],
     &["eval"],
     &["sweep"],
-    &["info", "import_torch"],
+    &["info", "import_torch", "export_torch", "merge_students"],
     &["cli"],
 ];
 

@@ -4,14 +4,16 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
+use crate::data::stats::Gaps;
 use crate::data::synth::{self, SynthOptions};
 
 /// `dis2 synth`.
 #[derive(Debug, Args)]
 pub struct SynthArgs {
-    /// Output folder (gets train/, val/, test/ and experiment.yaml).
-    #[arg(long, default_value = "data/synthetic", value_name = "DIR")]
-    pub out: PathBuf,
+    /// Output folder (gets train/, val/, test/ and experiment.yaml) [default: data/synthetic,
+    /// with --gaps data/synthetic-gaps].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
     /// Number of scenes (about 70 % train, 15 % val, 15 % test).
     #[arg(long, default_value_t = 40, value_name = "N")]
     pub scenes: usize,
@@ -21,6 +23,11 @@ pub struct SynthArgs {
     /// Seed: the same seed writes the same bytes.
     #[arg(long, default_value_t = 42, value_name = "K")]
     pub seed: u64,
+    /// Draw partial coverage as real scenes have it: SAR swath edges, DSM voids (nodata), and
+    /// clouds with shadows in the optical image, their masks in {split}/clouds/ (0 clear,
+    /// 1 cloud, 2 shadow); the experiment is built from experiments/synthetic-gaps.yaml.
+    #[arg(long)]
+    pub gaps: bool,
 }
 
 /// `dis2 stats`.
@@ -36,14 +43,19 @@ pub struct StatsArgs {
 
 /// Writes the benchmark and its experiment YAML, and says where.
 pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
+    let default_out = if args.gaps {
+        "data/synthetic-gaps"
+    } else {
+        "data/synthetic"
+    };
     let options = SynthOptions {
-        out: args.out.clone(),
+        out: args.out.clone().unwrap_or_else(|| default_out.into()),
         scenes: args.scenes,
         size: args.size,
         seed: args.seed,
+        gaps: args.gaps,
     };
-    let files = synth::generate(&options)?;
-    let yaml = crate::prepare::write_synthetic_experiment(&options)?;
+    let (files, test_patterns) = synth::generate_counted(&options)?;
     println!(
         "wrote {} rasters of {} scenes ({}x{} px, 0.5 m, EPSG:{}) under {}",
         files.len(),
@@ -51,8 +63,18 @@ pub(crate) fn synth(args: &SynthArgs) -> Result<()> {
         args.size,
         args.size,
         synth::EPSG,
-        args.out.display()
+        options.out.display()
     );
+    if args.gaps {
+        println!(
+            "test split ({} scenes), pixels per missing-modality pattern:",
+            test_patterns.scenes
+        );
+        for line in test_patterns.lines() {
+            println!("  {line}");
+        }
+    }
+    let yaml = crate::prepare::write_synthetic_experiment(&options)?;
     println!("experiment: {}", yaml.display());
     Ok(())
 }
@@ -82,11 +104,36 @@ pub(crate) fn stats(args: &StatsArgs) -> Result<()> {
         "ignored pixels (unlabelled, ignored, or without data in the labels or a modality): {}",
         stats.ignored
     );
+    let names: Vec<&str> = exp
+        .model
+        .modalities
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    print!("{}", gaps_table(&names, &stats.gaps));
     if args.class_weights {
         println!("class weights: {:?}", stats.class_weights());
     }
     println!("updated {}", args.config.display());
     Ok(())
+}
+
+/// The labelled pixels of the train split each modality's gaps (nodata, masks, user masks)
+/// remove, and those any modality's remove, as a table.
+fn gaps_table(modalities: &[&str], gaps: &Gaps) -> String {
+    let mut out = format!(
+        "train split: {} labelled pixels; without data in\n{:<10} {:>12} {:>9}\n",
+        gaps.labelled, "modality", "pixels", "share"
+    );
+    let rows = modalities
+        .iter()
+        .zip(&gaps.unavailable)
+        .map(|(name, &n)| (*name, n))
+        .chain([("any", gaps.any)]);
+    for (name, n) in rows {
+        out.push_str(&format!("{name:<10} {n:>12} {:>7.2} %\n", gaps.share(n)));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -104,6 +151,12 @@ mod tests {
             panic!("not synth")
         };
         assert_eq!((args.scenes, args.size, args.seed), (5, 64, 3));
+        assert!(!args.gaps);
+        let cli = Cli::try_parse_from(["dis2", "synth", "--gaps"]).unwrap();
+        let Command::Synth(args) = cli.command else {
+            panic!("not synth")
+        };
+        assert!(args.gaps && args.out.is_none(), "--gaps, out by default");
         let dir = tempfile::tempdir().unwrap();
         let err = crate::cli::run(
             Cli::try_parse_from(["dis2", "synth", "--out", "x", "--scenes", "2"]).unwrap(),
@@ -125,6 +178,26 @@ mod tests {
             Cli::try_parse_from(["dis2", "stats"]).is_err(),
             "--config is required"
         );
+    }
+
+    #[test]
+    fn the_gaps_table_has_a_row_per_modality_and_one_for_any() {
+        let gaps = crate::data::stats::Gaps {
+            labelled: 200,
+            unavailable: vec![0, 50],
+            any: 50,
+        };
+        let table = super::gaps_table(&["optical", "sar"], &gaps);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 5, "{table}");
+        assert!(lines[0].contains("200 labelled pixels"), "{table}");
+        assert!(lines[2].starts_with("optical") && lines[2].ends_with("0.00 %"));
+        assert!(
+            lines[3].starts_with("sar")
+                && lines[3].contains(" 50 ")
+                && lines[3].ends_with("25.00 %")
+        );
+        assert!(lines[4].starts_with("any") && lines[4].ends_with("25.00 %"));
     }
 
     #[test]

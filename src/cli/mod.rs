@@ -9,8 +9,10 @@
 mod blocks;
 mod data;
 mod eval;
+mod export_torch;
 mod import_torch;
 mod info;
+mod merge_students;
 mod predict;
 mod sweep;
 mod train;
@@ -23,8 +25,10 @@ use crate::device::DeviceChoice;
 pub use blocks::BlocksArgs;
 pub use data::{StatsArgs, SynthArgs};
 pub use eval::EvalArgs;
+pub use export_torch::ExportTorchArgs;
 pub use import_torch::ImportTorchArgs;
 pub use info::InfoArgs;
+pub use merge_students::MergeStudentsArgs;
 pub use predict::PredictArgs;
 pub use sweep::SweepArgs;
 pub use train::{CommonTrainArgs, DistillArgs, TrainTeacherArgs};
@@ -60,6 +64,9 @@ pub enum Command {
     TrainTeacher(TrainTeacherArgs),
     /// Distil a student for a missing-modality scenario from a trained teacher (DLKD).
     Distill(DistillArgs),
+    /// Merge student checkpoints distilled from one teacher into one checkpoint holding the
+    /// teacher once and every student; see docs/train.md.
+    MergeStudents(MergeStudentsArgs),
     /// Score a checkpoint on whole scenes of a split (sliding window), optionally with
     /// modalities dropped: IoU, F1, overall accuracy, confusion matrix.
     Eval(EvalArgs),
@@ -68,6 +75,9 @@ pub enum Command {
     Sweep(SweepArgs),
     /// Convert a state_dict of the authors' PyTorch DIS2 (safetensors) into a dis2 checkpoint.
     ImportTorch(ImportTorchArgs),
+    /// Write a checkpoint as a state_dict of the authors' PyTorch DIS2 (safetensors, their
+    /// parameter names); two modalities with both students, HF and CFLM; see docs/model.md.
+    ExportTorch(ExportTorchArgs),
     /// Classify whole scenes with a checkpoint: `--NAME FILE` per modality of the checkpoint
     /// (missing ones use their student), `--out classes.tif`; see docs/predict.md.
     Predict(PredictArgs),
@@ -99,9 +109,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Stats(args) => data::stats(&args),
         Command::TrainTeacher(args) => train::train_teacher(&args),
         Command::Distill(args) => train::distill(&args),
+        Command::MergeStudents(args) => merge_students::run(&args),
         Command::Eval(args) => eval::run(&args),
         Command::Sweep(args) => sweep::run(args),
         Command::ImportTorch(args) => import_torch::run(&args),
+        Command::ExportTorch(args) => export_torch::run(&args),
         Command::Predict(args) => predict::run(args),
     }
 }

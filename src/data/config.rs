@@ -55,6 +55,12 @@ pub struct DataConfig {
     /// rasters' alpha bands stay masks. See [`super::validity::AlphaRule`].
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub alpha_as_data: bool,
+    /// `data.missing_masks`: model modality name -> folder (or glob) of rasters marking where
+    /// that modality is missing (nonzero = missing), matched to a scene by the file stem of the
+    /// scene's file of that modality; `{split}` in the folder becomes `train`, `val` or `test`.
+    /// Read by [`super::dataset::SceneDataset`] (docs/data.md, "Missing masks").
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub missing_masks: BTreeMap<String, String>,
 }
 
 /// `data.label_nodata`: a label raster declares as nodata a value that is also a class.
@@ -93,6 +99,7 @@ impl Default for DataConfig {
             label_nodata: LabelNodata::Refuse,
             grid: GridConfig::default(),
             alpha_as_data: false,
+            missing_masks: BTreeMap::new(),
         }
     }
 }
@@ -547,8 +554,26 @@ impl DataConfig {
         }
         self.grid
             .validate(model, ["grid.reference", "grid.resampling"])?;
+        check_missing_mask_names(&self.missing_masks, model, "")?;
         self.sampling.validate()
     }
+}
+
+/// Every key of `data.missing_masks` is a model modality; the error names the key (after
+/// `prefix`, `data.` or nothing) and lists the modalities.
+pub(crate) fn check_missing_mask_names(
+    masks: &BTreeMap<String, String>,
+    model: &ModelConfig,
+    prefix: &str,
+) -> Result<()> {
+    let names: Vec<&str> = model.modalities.iter().map(|m| m.name.as_str()).collect();
+    if let Some(unknown) = masks.keys().find(|k| !names.contains(&k.as_str())) {
+        bail!(
+            "{prefix}missing_masks.{unknown}: not a modality of the model; model.modalities names [{}]",
+            names.join(", ")
+        );
+    }
+    Ok(())
 }
 
 impl SamplingConfig {

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use super::config::{DataConfig, GridConfig, LabelNodata};
 use super::grid::{self, GridFile, GridKeys, GridSource, SceneGrid};
 use super::labels::{LabelDecoder, UnknownLabelValues};
-use super::layouts::{check_modality_names, layout_of, SceneFiles, Split};
+use super::layouts::{attach_missing_masks, check_modality_names, layout_of, SceneFiles, Split};
 use super::raster::{self, Pixels, RasterInfo, Window};
 use super::validity::{AlphaRule, NodataRule};
 use crate::model::config::{ModalitySpec, ModelConfig};
@@ -30,6 +30,10 @@ pub struct Scene {
     pub label_rule: NodataRule,
     /// The grid every file is read on: the reference modality's size and georeferencing.
     pub grid: SceneGrid,
+    /// Per model modality (model order), its user mask of missing pixels (`data.missing_masks`)
+    /// as read on the grid (resampled by nearest when it is on another grid): the modality is
+    /// missing where the mask is valid and nonzero. Empty, or `None`, where there is none.
+    pub missing_masks: Vec<Option<GridSource>>,
 }
 
 impl Scene {
@@ -90,7 +94,8 @@ impl SceneDataset {
         let names: Vec<String> = model.modalities.iter().map(|m| m.name.clone()).collect();
         check_modality_names(layout, &names)?;
         layout.check_labels(model.num_classes, data.ignore_index)?;
-        let files = layout.scenes(split, &names)?;
+        let mut files = layout.scenes(split, &names)?;
+        attach_missing_masks(&mut files, &data.missing_masks, &names, split)?;
         if files.is_empty() {
             bail!(
                 "data.dataset.{}: the {split} split has no scenes",
@@ -167,7 +172,8 @@ impl SceneDataset {
     }
 
     /// Reads `window` (of the scene's grid) of modality `m` (model order) of scene `index`, with
-    /// its validity.
+    /// its validity: invalid where the file has no data (GDAL's mask model) and where the
+    /// modality's user mask ([`Scene::missing_masks`]) marks it missing.
     pub(crate) fn read_modality(&self, index: usize, m: usize, window: Window) -> Result<Pixels> {
         let scene = self.scene(index)?;
         let source = scene.modalities.get(m).with_context(|| {
@@ -177,7 +183,14 @@ impl SceneDataset {
                 scene.modalities.len()
             )
         })?;
-        source.read(window)
+        let mut px = source.read(window)?;
+        if let Some(Some(mask)) = scene.missing_masks.get(m) {
+            let marked = missing_pixels(&mask.read(window)?);
+            for (ok, missing) in px.valid.iter_mut().zip(marked) {
+                *ok &= !missing;
+            }
+        }
+        Ok(px)
     }
 
     /// The decoded labels of `window` (of the scene's grid) of scene `index`: class ids,
@@ -252,6 +265,37 @@ impl SceneDataset {
     }
 }
 
+/// Where a mask of missing pixels marks its modality missing: valid (its nodata and the places
+/// it does not cover are not missing) and nonzero in any band.
+fn missing_pixels(mask: &Pixels) -> Vec<bool> {
+    (0..mask.width * mask.height)
+        .map(|i| mask.valid[i] && (0..mask.bands).any(|b| mask.band(b)[i] != 0.0))
+        .collect()
+}
+
+/// The scene's masks of missing pixels as files to place on its grid (categorical: nearest),
+/// with the model index of the modality each one masks.
+fn missing_mask_files(
+    files: &SceneFiles,
+    modalities: &[ModalitySpec],
+) -> Result<(Vec<usize>, Vec<GridFile>)> {
+    let mut masks = Vec::new();
+    let mut grid_files = Vec::new();
+    for (m, path) in files.missing_masks.iter().enumerate() {
+        let (Some(path), Some(spec)) = (path, modalities.get(m)) else {
+            continue;
+        };
+        masks.push(m);
+        grid_files.push(GridFile {
+            role: format!("missing mask of modality {}", spec.name),
+            key: format!("missing_masks.{}", spec.name),
+            header: RasterInfo::read(path)?,
+            categorical: true,
+        });
+    }
+    Ok((masks, grid_files))
+}
+
 /// Checks the band counts and label nodata of a scene's files and places them on the grid of
 /// the reference modality (`data.grid.reference`, default the model's first); returns the scene
 /// and what to say about it.
@@ -283,6 +327,7 @@ fn check_scene(
         });
     }
     let mut label_rule = NodataRule::Honour;
+    let label_count = usize::from(files.label.is_some());
     if let Some(path) = &files.label {
         let header = RasterInfo::read(path)?;
         let what = if rules.decoder.bands() == 3 {
@@ -299,6 +344,8 @@ fn check_scene(
             categorical: true,
         });
     }
+    let (masks, mask_files) = missing_mask_files(&files, modalities)?;
+    grid_files.extend(mask_files);
     let reference = match &rules.grid.reference {
         Some(name) => modalities.iter().position(|m| &m.name == name).unwrap_or(0),
         None => 0,
@@ -306,6 +353,13 @@ fn check_scene(
     let plan = grid::plan(&grid_files, reference, &rules.grid, &GridKeys::CONFIG)
         .with_context(|| format!("scene {}", files.id))?;
     let mut sources = plan.sources;
+    let mut missing_masks = vec![None; modalities.len()];
+    for (&m, source) in masks
+        .iter()
+        .zip(sources.split_off(modalities.len() + label_count))
+    {
+        missing_masks[m] = Some(source);
+    }
     let label = files.label.as_ref().and_then(|_| sources.pop());
     let scene = Scene {
         id: files.id,
@@ -313,6 +367,7 @@ fn check_scene(
         label,
         label_rule,
         grid: plan.grid,
+        missing_masks,
     };
     Ok((scene, plan.notes))
 }

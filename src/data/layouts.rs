@@ -58,6 +58,9 @@ pub(crate) struct SceneFiles {
     pub id: String,
     pub modalities: Vec<PathBuf>,
     pub label: Option<PathBuf>,
+    /// Per model modality, its mask of user-declared missing pixels (`data.missing_masks`,
+    /// filled in by [`attach_missing_masks`]); empty: none.
+    pub missing_masks: Vec<Option<PathBuf>>,
 }
 
 /// A dataset layout: where the files of each split are and how labels are coded.
@@ -114,6 +117,52 @@ pub(crate) fn check_modality_names(layout: &dyn Layout, model: &[String]) -> Res
             p.join(", "),
             w.join(", ")
         );
+    }
+    Ok(())
+}
+
+/// Gives each scene of `split` its user masks of missing pixels (`data.missing_masks`: model
+/// modality name -> folder or glob, `{split}` replaced by the split): in the folder of modality
+/// `m`, the raster whose file stem is the stem of the scene's file of `m` (the same rule for every
+/// layout); a scene without one has none. `modalities` are the model's, in the order of the
+/// scenes' files.
+///
+/// Errors: a key that is not a model modality (listing them), a folder that does not exist
+/// (naming the key, the split and the path), two rasters with one stem in a folder.
+pub(crate) fn attach_missing_masks(
+    files: &mut [SceneFiles],
+    masks: &BTreeMap<String, String>,
+    modalities: &[String],
+    split: Split,
+) -> Result<()> {
+    for (name, folder) in masks {
+        let m = modalities.iter().position(|n| n == name).ok_or_else(|| {
+            anyhow!(
+                "data.missing_masks.{name}: not a modality of the model; model.modalities names [{}]",
+                modalities.join(", ")
+            )
+        })?;
+        let pattern = folder.replace("{split}", split.as_str());
+        let key = format!("data.missing_masks.{name} (the {split} split)");
+        let found = list_rasters(&key, &pattern)?;
+        let mut matched = 0;
+        for scene in files.iter_mut() {
+            scene.missing_masks.resize(modalities.len(), None);
+            let stem = scene.modalities[m]
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            scene.missing_masks[m] = found.get(&stem).cloned();
+            matched += usize::from(scene.missing_masks[m].is_some());
+        }
+        if matched == 0 && !found.is_empty() {
+            eprintln!(
+                "warning: {key}: none of the {} raster(s) in {pattern} is named like a file of \
+                 modality {name} of the {split} split (a mask takes the file stem of the scene's \
+                 {name} file), so no pixel is marked missing",
+                found.len()
+            );
+        }
     }
     Ok(())
 }
@@ -269,6 +318,7 @@ impl Layout for PotsdamConfig {
                     .map(|&p| self.product_file(p, &tile))
                     .collect(),
                 label: Some(self.label_file(&tile)),
+                missing_masks: Vec::new(),
                 id: tile,
             })
             .collect();
@@ -363,6 +413,7 @@ impl Layout for VaihingenConfig {
                     .map(|&p| self.product_file(p, area))
                     .collect(),
                 label: Some(self.label_file(area)),
+                missing_masks: Vec::new(),
             })
             .collect();
         check_exist(self.key(), &self.root, &files)?;
@@ -550,6 +601,7 @@ fn stem_scenes(
                 id,
                 modalities: files,
                 label,
+                missing_masks: Vec::new(),
             }
         })
         .collect())

@@ -30,6 +30,7 @@ use super::sampling::{
     SlidingWindowSampler,
 };
 use crate::model::config::ModelConfig;
+use crate::model::Scenario;
 
 /// `data.class_weights` as a float tensor of `num_classes` values, for a weighted loss.
 pub(crate) fn class_weights(data: &DataConfig) -> Option<Tensor> {
@@ -112,8 +113,8 @@ pub struct Batch {
     pub inputs: Vec<Tensor>,
     /// One `[B, H, W]` bool tensor per modality: where that modality has data.
     pub masks: Vec<Tensor>,
-    /// `[B, H, W]` int64 class ids, `ignore_index` for ignored or invalid pixels (the loss's
-    /// target).
+    /// `[B, H, W]` int64 class ids, `ignore_index` for ignored pixels and wherever a modality
+    /// has no data: the teacher's pixels, `Batch::branch_labels(None, ..)`.
     pub labels: Tensor,
     /// `[B, H, W]` int64 class ids of the label rasters alone (see [`Sample::reference`]):
     /// scoring combines them with the masks of the modalities a branch reads.
@@ -125,6 +126,23 @@ pub struct Batch {
 }
 
 impl Batch {
+    /// The labels a branch learns from and is scored on, `[B, H, W]` int64 on the CPU: the
+    /// reference labels where every modality the branch reads has data, `ignore_index`
+    /// elsewhere. `missing`: the scenario of a student (or of the filled teacher), whose missing
+    /// modalities it never reads, so their gaps do not matter; `None`: the teacher, which reads
+    /// every modality. The one definition of which pixels train and score which branch
+    /// (docs/train.md, "Which pixels train which branch").
+    pub(crate) fn branch_labels(&self, missing: Option<&Scenario>, ignore_index: i64) -> Tensor {
+        let mut read = self.reference.ones_like().to_kind(tch::Kind::Bool);
+        for (i, mask) in self.masks.iter().enumerate() {
+            if !missing.is_some_and(|s| s.is_missing(i)) {
+                read = read.logical_and(mask);
+            }
+        }
+        self.reference
+            .where_self(&read, &self.reference.full_like(ignore_index))
+    }
+
     /// Stacks samples of equal size into tensors.
     pub(crate) fn from_samples(samples: &[Sample]) -> Result<Self> {
         let first = samples

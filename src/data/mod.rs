@@ -12,7 +12,7 @@
 //! windows and augmentations; [`loader`] reads batches in parallel into tensors, normalised by [`normalise`] (the one
 //! normaliser of training and inference), against whose statistics [`input_range`] measures
 //! each scene's inputs as inference reads them; [`synth`]
-//! writes the synthetic benchmark; [`stats`] computes normalisation statistics.
+//! writes the synthetic benchmark, [`synth_gaps`] its gaps (`--gaps`); [`stats`] computes normalisation statistics.
 
 pub mod config;
 pub mod dataset;
@@ -29,6 +29,7 @@ pub(crate) mod rng;
 pub mod sampling;
 pub mod stats;
 pub mod synth;
+pub mod synth_gaps;
 pub mod validity;
 pub(crate) mod vsi;
 mod warp;

@@ -69,6 +69,38 @@ pub struct DatasetStats {
     /// Pixels the loader leaves out of the loss: unlabelled, ignored, or invalid (nodata, NaN,
     /// masks) in the labels or in any modality.
     pub ignored: u64,
+    /// Gaps: how many labelled pixels each modality's missing data removes.
+    pub gaps: Gaps,
+}
+
+/// How many labelled pixels (a class in the labels, whatever the inputs) the modalities' gaps
+/// take: a modality is unavailable at a pixel where its file has no data (nodata, masks, alpha,
+/// NaN, outside its footprint) or its user mask (`data.missing_masks`) marks it missing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Gaps {
+    /// Pixels whose label is a class.
+    pub labelled: u64,
+    /// Per model modality (model order), the labelled pixels where it is unavailable.
+    pub unavailable: Vec<u64>,
+    /// The labelled pixels where at least one modality is unavailable: those the teacher's
+    /// losses leave out.
+    pub any: u64,
+}
+
+impl Gaps {
+    fn merge(mut self, o: Gaps) -> Gaps {
+        self.labelled += o.labelled;
+        for (a, b) in self.unavailable.iter_mut().zip(o.unavailable) {
+            *a += b;
+        }
+        self.any += o.any;
+        self
+    }
+
+    /// `n` as a percentage of the labelled pixels.
+    pub fn share(&self, n: u64) -> f64 {
+        100.0 * n as f64 / self.labelled.max(1) as f64
+    }
 }
 
 impl DatasetStats {
@@ -117,6 +149,7 @@ impl DatasetStats {
             *a += b;
         }
         self.ignored += o.ignored;
+        self.gaps = self.gaps.merge(o.gaps);
         self
     }
 }
@@ -138,6 +171,10 @@ pub fn compute(dataset: &SceneDataset) -> Result<DatasetStats> {
             .collect(),
         class_counts: vec![0; dataset.num_classes.max(0) as usize],
         ignored: 0,
+        gaps: Gaps {
+            unavailable: vec![0; dataset.modalities.len()],
+            ..Gaps::default()
+        },
     };
     Ok(per_scene.into_iter().fold(empty, DatasetStats::merge))
 }
@@ -164,7 +201,7 @@ fn scene_stats(dataset: &SceneDataset, index: usize) -> Result<DatasetStats> {
 fn strip_stats(dataset: &SceneDataset, index: usize, window: Window) -> Result<DatasetStats> {
     let scene = &dataset.scenes[index];
     let mut bands = Vec::new();
-    let mut valid = vec![true; window.width * window.height];
+    let mut validity = Vec::new();
     for m in 0..scene.modalities.len() {
         let px = dataset.read_modality(index, m, window)?;
         bands.push(
@@ -180,24 +217,52 @@ fn strip_stats(dataset: &SceneDataset, index: usize, window: Window) -> Result<D
                 })
                 .collect(),
         );
-        for (all, &ok) in valid.iter_mut().zip(&px.valid) {
-            *all &= ok;
-        }
+        validity.push(px.valid);
     }
-    let mut class_counts = vec![0u64; dataset.num_classes.max(0) as usize];
-    let mut ignored = 0;
     let labels = dataset.read_labels(index, window)?;
-    for (&id, &ok) in labels.iter().zip(&valid) {
-        match class_counts.get_mut(id as usize) {
-            Some(c) if id >= 0 && ok => *c += 1,
-            _ => ignored += 1,
-        }
-    }
+    let (class_counts, ignored, gaps) = count_labels(&labels, &validity, dataset.num_classes);
     Ok(DatasetStats {
         bands,
         class_counts,
         ignored,
+        gaps,
     })
+}
+
+/// The class counts where every modality has data, the pixels left out, and the gaps, of
+/// `labels` (class ids, anything else unlabelled) and each modality's validity.
+fn count_labels(labels: &[i64], validity: &[Vec<bool>], num_classes: i64) -> (Vec<u64>, u64, Gaps) {
+    let mut class_counts = vec![0u64; num_classes.max(0) as usize];
+    let mut ignored = 0;
+    let mut gaps = Gaps {
+        unavailable: vec![0; validity.len()],
+        ..Gaps::default()
+    };
+    for (i, &id) in labels.iter().enumerate() {
+        let Some(count) = (id >= 0)
+            .then(|| class_counts.get_mut(id as usize))
+            .flatten()
+        else {
+            ignored += 1;
+            continue;
+        };
+        gaps.labelled += 1;
+        let mut all = true;
+        for (lost, valid) in gaps.unavailable.iter_mut().zip(validity) {
+            if !valid[i] {
+                *lost += 1;
+                all = false;
+            }
+        }
+        match all {
+            true => *count += 1,
+            false => {
+                gaps.any += 1;
+                ignored += 1;
+            }
+        }
+    }
+    (class_counts, ignored, gaps)
 }
 
 /// `text`, an experiment YAML, with `data.normalisation` set from `stats` (one entry per name of
@@ -212,6 +277,7 @@ pub(crate) fn yaml_with_statistics(
     class_weights: bool,
 ) -> Result<String> {
     let mut block = String::from("normalisation:\n");
+    block.push_str(&gaps_comment(modalities, &stats.gaps));
     for (name, norm) in modalities.iter().zip(stats.normalisation()) {
         block.push_str(&format!(
             "  {name}: {{mean: {}, std: {}}}\n",
@@ -225,6 +291,22 @@ pub(crate) fn yaml_with_statistics(
         updated = upsert_data_key(&updated, "class_weights", &line)?;
     }
     Ok(updated)
+}
+
+/// The gaps as YAML comment lines under `normalisation:` (replaced with it by the next run):
+/// `  # train split: 4096 labelled pixels; unavailable at: optical 0 (0.00 %), ...`.
+fn gaps_comment(modalities: &[&str], gaps: &Gaps) -> String {
+    let mut parts: Vec<String> = modalities
+        .iter()
+        .zip(&gaps.unavailable)
+        .map(|(name, &n)| format!("{name} {n} ({:.2} %)", gaps.share(n)))
+        .collect();
+    parts.push(format!("any {} ({:.2} %)", gaps.any, gaps.share(gaps.any)));
+    format!(
+        "  # dis2 stats, train split: {} labelled pixels; of them without data in: {}\n",
+        gaps.labelled,
+        parts.join(", ")
+    )
 }
 
 /// `[1.5, 2.0]` with enough digits to round-trip to f32 precision.
@@ -334,10 +416,36 @@ mod tests {
             bands: vec![],
             class_counts: vec![100, 300, 0, 50],
             ignored: 0,
+            gaps: Gaps::default(),
         };
         let w = stats.class_weights();
         assert_eq!(w[1], 1.0 / 3.0);
         assert_eq!((w[0], w[2], w[3]), (1.0, 0.0, 2.0));
+    }
+
+    #[test]
+    fn gaps_count_labelled_pixels_each_modality_lacks() {
+        // 6 pixels: one unlabelled (255), one of an unknown id; optical lacks pixel 1 (also
+        // lacked by sar) and 2, sar lacks 1 and the unlabelled pixel 5.
+        let labels = [0i64, 1, 2, 0, 7, 255];
+        let optical = vec![true, false, false, true, true, true];
+        let sar = vec![true, false, true, true, true, false];
+        let (counts, ignored, gaps) = count_labels(&labels, &[optical, sar], 3);
+        assert_eq!(counts, vec![2, 0, 0]);
+        assert_eq!(
+            ignored, 4,
+            "unlabelled, unknown, and the two labelled pixels with gaps"
+        );
+        assert_eq!(
+            (gaps.labelled, gaps.unavailable.clone(), gaps.any),
+            (4, vec![2, 1], 2)
+        );
+        assert_eq!(gaps.share(1), 25.0);
+        assert_eq!(
+            gaps_comment(&["optical", "sar"], &gaps),
+            "  # dis2 stats, train split: 4 labelled pixels; of them without data in: optical 2 \
+             (50.00 %), sar 1 (25.00 %), any 2 (50.00 %)\n"
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@
 //! - cars are small and coloured in optical, slightly raised in the DSM and bright in SAR.
 //!
 //! Layout: `OUT/{train,val,test}/{optical,dsm,sar,label}/scene_NNNN.tif` and
-//! `OUT/experiment.yaml`. Everything is a function of the seed, so the same seed gives the same
+//! `OUT/experiment.yaml`; with [`SynthOptions::gaps`] also `OUT/{split}/clouds/scene_NNNN.tif`
+//! (the gaps: [`super::synth_gaps`]). Everything is a function of the seed, so the same seed gives the same
 //! bytes; scenes are generated in parallel.
 
 use anyhow::{bail, Context, Result};
@@ -23,6 +24,7 @@ use std::path::{Path, PathBuf};
 use super::layouts::Split;
 use super::raster::{write_geotiff, GeoRef, RasterData, WriteOptions};
 use super::rng::Rng;
+use super::synth_gaps::{self, PatternCounts, DSM_NODATA};
 
 /// Class ids of the synthetic benchmark (names and colours: [`CLASSES`]).
 pub(crate) const IMPERVIOUS: u8 = 0;
@@ -50,6 +52,9 @@ pub struct SynthOptions {
     /// Side of a square scene in pixels.
     pub size: usize,
     pub seed: u64,
+    /// Draw real-looking gaps over the scenes ([`synth_gaps::draw_gaps`]: SAR swath edges, DSM
+    /// voids, clouds and shadows with their masks); `false` writes the benchmark as before.
+    pub gaps: bool,
 }
 
 /// The rasters of one generated scene (row-major planes of `size * size`).
@@ -65,6 +70,11 @@ pub struct SceneRasters {
     pub label: Vec<u8>,
     /// Optical shadow mask (for tests and inspection; not written).
     pub shadow: Vec<bool>,
+    /// Sun azimuth in radians, clockwise from north (the building shadows' and clouds').
+    pub sun_azimuth: f64,
+    /// With gaps ([`synth_gaps::draw_gaps`]): the cloud mask (0 clear, 1 cloud, 2 shadow),
+    /// written to `clouds/`, and the DSM written with its nodata [`DSM_NODATA`] declared.
+    pub cloud_mask: Option<Vec<u8>>,
     pub georef: GeoRef,
 }
 
@@ -81,7 +91,15 @@ pub(crate) fn split_of(index: usize, count: usize) -> Split {
 }
 
 /// Writes the benchmark (scenes in parallel). Returns the scene files written.
+///
+/// Errors: fewer than 3 scenes, a size outside 32..=8192 (naming the flag), or a file that
+/// cannot be written or removed.
 pub fn generate(options: &SynthOptions) -> Result<Vec<PathBuf>> {
+    Ok(generate_counted(options)?.0)
+}
+
+/// [`generate`], also returning the pixels of the test split per missing-modality pattern.
+pub(crate) fn generate_counted(options: &SynthOptions) -> Result<(Vec<PathBuf>, PatternCounts)> {
     if options.scenes < 3 {
         bail!(
             "--scenes: need at least 3 (train, val and test), got {}",
@@ -94,24 +112,36 @@ pub fn generate(options: &SynthOptions) -> Result<Vec<PathBuf>> {
             options.size
         );
     }
-    let written: Vec<Vec<PathBuf>> = (0..options.scenes)
+    let written: Vec<(Vec<PathBuf>, PatternCounts)> = (0..options.scenes)
         .into_par_iter()
         .map(|i| {
-            let scene = generate_scene(options.seed, i, options.size);
-            let dir = options.out.join(split_of(i, options.scenes).as_str());
-            write_scene(&dir, &format!("scene_{i:04}"), &scene)
+            let mut scene = generate_scene(options.seed, i, options.size);
+            if options.gaps {
+                synth_gaps::draw_gaps(&mut scene, options.seed, i);
+            }
+            let split = split_of(i, options.scenes);
+            let mut counts = PatternCounts::default();
+            if split == Split::Test {
+                counts.add(&scene);
+            }
+            let dir = options.out.join(split.as_str());
+            Ok((write_scene(&dir, &format!("scene_{i:04}"), &scene)?, counts))
         })
         .collect::<Result<_>>()?;
-    let written: Vec<PathBuf> = written.into_iter().flatten().collect();
+    let mut test = PatternCounts::default();
+    for (_, counts) in &written {
+        test.merge(counts);
+    }
+    let written: Vec<PathBuf> = written.into_iter().flat_map(|(files, _)| files).collect();
     remove_stale_scenes(&options.out, &written)?;
-    Ok(written)
+    Ok((written, test))
 }
 
 /// Removes `scene_NNNN.tif` files of an earlier run (more scenes, another split) from the
 /// benchmark's own folders, so that the folder holds exactly this run. Nothing else is touched.
 fn remove_stale_scenes(out: &Path, written: &[PathBuf]) -> Result<()> {
     for split in Split::ALL {
-        for modality in ["optical", "dsm", "sar", "label"] {
+        for modality in ["optical", "dsm", "sar", "label", "clouds"] {
             let dir = out.join(split.as_str()).join(modality);
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
@@ -138,12 +168,16 @@ fn is_scene_file(path: &Path) -> bool {
         .is_some_and(|digits| !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()))
 }
 
-/// Writes the four rasters of a scene under `dir/{optical,dsm,sar,label}/STEM.tif`.
+/// Writes the four rasters of a scene under `dir/{optical,dsm,sar,label}/STEM.tif`, and with a
+/// cloud mask ([`SceneRasters::cloud_mask`]) `dir/clouds/STEM.tif` (u8, 0 clear, 1 cloud,
+/// 2 shadow) and the DSM's nodata [`DSM_NODATA`].
+///
+/// Errors: a file that cannot be written (naming it).
 pub fn write_scene(dir: &Path, stem: &str, s: &SceneRasters) -> Result<Vec<PathBuf>> {
     let n = s.size;
     let file = |m: &str| dir.join(m).join(format!("{stem}.tif"));
     let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
-    let paths = [file("optical"), file("dsm"), file("sar"), file("label")];
+    let mut paths = vec![file("optical"), file("dsm"), file("sar"), file("label")];
     write_geotiff(
         &paths[0],
         &RasterData {
@@ -168,6 +202,7 @@ pub fn write_scene(dir: &Path, stem: &str, s: &SceneRasters) -> Result<Vec<PathB
         },
         &s.georef,
         &WriteOptions {
+            nodata: s.cloud_mask.as_ref().map(|_| f64::from(DSM_NODATA)),
             band_names: names(&["height above ground (m)"]),
             ..Default::default()
         },
@@ -202,7 +237,24 @@ pub fn write_scene(dir: &Path, stem: &str, s: &SceneRasters) -> Result<Vec<PathB
             band_names: names(&["class"]),
         },
     )?;
-    Ok(paths.to_vec())
+    if let Some(mask) = &s.cloud_mask {
+        paths.push(file("clouds"));
+        write_geotiff(
+            &paths[4],
+            &RasterData {
+                width: n,
+                height: n,
+                bands: 1,
+                data: mask,
+            },
+            &s.georef,
+            &WriteOptions {
+                band_names: names(&["cloud mask (0 clear, 1 cloud, 2 shadow)"]),
+                ..Default::default()
+            },
+        )?;
+    }
+    Ok(paths)
 }
 
 /// Generates scene `index` under `seed` (pure function of its arguments).
@@ -697,6 +749,8 @@ impl Gen {
             sar,
             label: self.class,
             shadow,
+            sun_azimuth: azimuth,
+            cloud_mask: None,
             georef: GeoRef::north_up(x0, y0, PIXEL_SIZE, EPSG),
         }
     }

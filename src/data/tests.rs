@@ -902,6 +902,7 @@ fn synth_into(dir: &Path, seed: u64, size: usize) -> SynthOptions {
         scenes: 4,
         size,
         seed,
+        gaps: false,
     };
     synth::generate(&options).unwrap();
     options
@@ -959,6 +960,7 @@ fn synth_rerun_with_fewer_scenes_leaves_only_its_own_files() {
         scenes: 7,
         size: 32,
         seed: 1,
+        gaps: false,
     })
     .unwrap();
     let keep = dir.path().join("train/optical/notes.txt");
@@ -969,6 +971,7 @@ fn synth_rerun_with_fewer_scenes_leaves_only_its_own_files() {
         scenes: 3,
         size: 32,
         seed: 1,
+        gaps: false,
     })
     .unwrap();
     let mut expected = written.clone();
@@ -1123,6 +1126,7 @@ fn synthetic_experiment(dir: &Path) -> Experiment {
         scenes: 4,
         size: 96,
         seed: 9,
+        gaps: false,
     };
     synth::generate(&options).unwrap();
     let yaml = crate::prepare::write_synthetic_experiment(&options).unwrap();
@@ -1269,6 +1273,7 @@ fn stats_write_back_matches_a_direct_computation_and_keeps_the_file() {
         scenes: 4,
         size: 64,
         seed: 2,
+        gaps: false,
     };
     synth::generate(&options).unwrap();
     let yaml = crate::prepare::write_synthetic_experiment(&options).unwrap();
@@ -1310,5 +1315,131 @@ fn stats_write_back_matches_a_direct_computation_and_keeps_the_file() {
     assert_eq!(
         stats.class_counts.iter().sum::<u64>() + stats.ignored,
         2 * 64 * 64
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Missing masks (data.missing_masks)
+
+/// A 0/1 mask at twice the pixel size of `scene`'s grid (so it is resampled by nearest), over
+/// the scene's extent: 1 in the left half, 0 in the right, nodata (255) in the top quarter.
+fn coarse_mask(path: &Path, grid: &RasterInfo) {
+    let gt = grid.geo_transform.unwrap();
+    let (w, h) = (grid.width / 2, grid.height / 2);
+    let data: Vec<u8> = (0..w * h)
+        .map(|i| match (i % w < w / 2, i / w < h / 4) {
+            (_, true) => 255,
+            (true, false) => 1,
+            (false, false) => 0,
+        })
+        .collect();
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let raster = RasterData {
+        width: w,
+        height: h,
+        bands: 1,
+        data: &data,
+    };
+    let georef = GeoRef::north_up(gt[0], gt[3], 2.0 * gt[1], synth::EPSG);
+    let options = WriteOptions {
+        nodata: Some(255.0),
+        ..Default::default()
+    };
+    raster::write_geotiff(path, &raster, &georef, &options).unwrap();
+}
+
+#[test]
+fn missing_masks_mark_their_modality_missing_on_the_scene_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut exp = synthetic_experiment(dir.path());
+    let plain = SceneDataset::open(&exp.data, &exp.model, Split::Train).unwrap();
+    let scene = &plain.scenes[0];
+    let (w, h) = (scene.width(), scene.height());
+    let masks = dir.path().join("clouds");
+    coarse_mask(
+        &masks.join("train").join(format!("{}.tif", scene.id)),
+        &scene.grid.info,
+    );
+    std::fs::create_dir_all(masks.join("val")).unwrap();
+    let folder = format!("{}/{{split}}", masks.display());
+    exp.data.missing_masks = BTreeMap::from([("sar".to_string(), folder)]);
+    let ds = SceneDataset::open(&exp.data, &exp.model, Split::Train).unwrap();
+    let sar = exp
+        .model
+        .modalities
+        .iter()
+        .position(|m| m.name == "sar")
+        .unwrap();
+    assert!(ds.scenes[0].missing_masks[sar]
+        .as_ref()
+        .unwrap()
+        .warp
+        .is_some());
+    assert!(ds.scenes[1].missing_masks.iter().all(Option::is_none));
+    let whole = Window::new(0, 0, w, h);
+    let before = plain.read_modality(0, sar, whole).unwrap();
+    let after = ds.read_modality(0, sar, whole).unwrap();
+    assert!(
+        before.valid.iter().all(|&v| v),
+        "the synthetic SAR is whole"
+    );
+    assert_eq!(after.data, before.data, "values are untouched");
+    for (i, &ok) in after.valid.iter().enumerate() {
+        let (col, row) = (i % w, i / w);
+        let missing = col < w / 2 && row >= h / 4;
+        assert_eq!(ok, !missing, "pixel ({col}, {row})");
+    }
+    // Other modalities and other scenes read as before.
+    let other = (sar + 1) % exp.model.modalities.len();
+    assert_eq!(
+        ds.read_modality(0, other, whole).unwrap(),
+        plain.read_modality(0, other, whole).unwrap()
+    );
+    assert_eq!(ds.read(1, whole).unwrap(), plain.read(1, whole).unwrap());
+    // The loader's sample and the statistics see the mask as a gap.
+    let raw = ds.read(0, whole).unwrap();
+    let gone = (w / 2) * (h - h / 4);
+    assert_eq!(
+        raw.modalities[sar].valid.iter().filter(|&&v| !v).count(),
+        gone
+    );
+    let stats = super::stats::compute(&ds).unwrap();
+    let plain_stats = super::stats::compute(&plain).unwrap();
+    assert_eq!(plain_stats.gaps.any, 0);
+    assert_eq!(stats.gaps.labelled, plain_stats.gaps.labelled);
+    assert_eq!(stats.gaps.unavailable[sar], gone as u64);
+    assert_eq!(stats.gaps.any, gone as u64);
+    assert_eq!(
+        stats.class_counts.iter().sum::<u64>() + stats.gaps.any,
+        plain_stats.class_counts.iter().sum::<u64>()
+    );
+}
+
+#[test]
+fn missing_masks_errors_name_the_key_the_split_and_the_modalities() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut exp = synthetic_experiment(dir.path());
+    let folder = dir.path().join("masks/{split}").display().to_string();
+    exp.data.missing_masks = BTreeMap::from([("sar".to_string(), folder)]);
+    std::fs::create_dir_all(dir.path().join("masks/train")).unwrap();
+    assert!(SceneDataset::open(&exp.data, &exp.model, Split::Train).is_ok());
+    let err = err_of(SceneDataset::open(&exp.data, &exp.model, Split::Val));
+    assert!(
+        err.contains("data.missing_masks.sar")
+            && err.contains("val split")
+            && err.contains("masks/val")
+            && err.contains("does not exist"),
+        "{err}"
+    );
+    exp.data.missing_masks = BTreeMap::from([("clouds".to_string(), "x".to_string())]);
+    let err = err_of(SceneDataset::open(&exp.data, &exp.model, Split::Train));
+    assert!(
+        err.contains("data.missing_masks.clouds") && err.contains("optical"),
+        "{err}"
+    );
+    let err = err_of(exp.data.validate(&exp.model));
+    assert!(
+        err.contains("missing_masks.clouds") && err.contains("dsm"),
+        "{err}"
     );
 }

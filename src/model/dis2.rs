@@ -248,6 +248,18 @@ pub struct EncoderOutputs {
     pub aux_preds: Vec<Tensor>,
 }
 
+/// The variable-store folder of the students: `students.{key}.…` (see [`student_key`]).
+const STUDENTS: &str = "students";
+
+/// The scenario key ([`Scenario::key`]) of the student a variable of [`Dis2Net`] belongs to:
+/// `Some("m2")` for `students.m2.fuse.…`, `None` for the shared part (the encoders and the
+/// teacher branch), which distillation freezes and every student of one teacher holds bit for
+/// bit. The one rule that splits a model's variables into teacher and students.
+pub fn student_key(variable: &str) -> Option<&str> {
+    let rest = variable.strip_prefix(STUDENTS)?.strip_prefix('.')?;
+    Some(rest.split('.').next().unwrap_or(rest))
+}
+
 /// The DIS2 network. See the module documentation.
 #[derive(Debug)]
 pub struct Dis2Net {
@@ -282,7 +294,7 @@ impl Dis2Net {
         let students = scenarios
             .iter()
             .map(|s| {
-                let sp = p / "students" / s.key();
+                let sp = p / STUDENTS / s.key();
                 let avail = s.available(m);
                 let c_in: i64 = avail.iter().map(|&a| cfg.modalities[a].channels).sum();
                 Student {

@@ -22,7 +22,7 @@ pub mod scenario;
 mod tests;
 
 pub use dis2::{
-    BranchOutputs, Dis2Net, DistillFeatures, EncoderOutputs, FusedTokens, TrainOutputs,
+    student_key, BranchOutputs, Dis2Net, DistillFeatures, EncoderOutputs, FusedTokens, TrainOutputs,
 };
 pub use route::{Fallback, Resolution, Route, RouteTable, ROUTE_NODATA};
 pub use scenario::Scenario;

@@ -308,6 +308,7 @@ mod tests {
             scenes: 6,
             size: 96,
             seed: 9,
+            gaps: false,
         };
         synth::generate(&options).unwrap();
         let yaml = crate::prepare::write_synthetic_experiment(&options).unwrap();

@@ -9,6 +9,11 @@
 //!
 //! Every term is a float32 scalar whatever the forward's precision (each formula casts its
 //! inputs), and the teacher's side is detached: DLKD trains the student only.
+//!
+//! Where a teacher input has no data (its features there come from filled inputs), DLKD compares
+//! nothing: given the pixels where every teacher input has data, each term is the mean over the
+//! cells of its feature that count, a cell counting when every pixel under it does (a min-pool of
+//! the pixel mask to the feature's size; the pooled and global tokens are one cell per window).
 
 use tch::{Kind, Reduction, Tensor};
 
@@ -66,24 +71,60 @@ impl DlkdLoss {
     }
 }
 
-/// DLKD of `out`'s student against its teacher.
+/// DLKD of `out`'s student against its teacher over every pixel: the reference's.
 pub fn dlkd(out: &TrainOutputs) -> DlkdLoss {
+    dlkd_over(out, None)
+}
+
+/// DLKD of `out`'s student against its teacher, over the pixels `valid` (`[B, 1, H, W]` float,
+/// 1 where every input of the teacher has data, at the labels' resolution; `None`: every pixel,
+/// [`dlkd`]).
+pub fn dlkd_over(out: &TrainOutputs, valid: Option<&Tensor>) -> DlkdLoss {
     let (t, s) = (&out.distill.teacher, &out.distill.student);
-    let mut terms = vec![l2_kd_loss(&s.global, &t.global.detach())];
+    // The tokens pool the whole window: one cell each.
+    let window = valid.map(|v| cells(v, [1, 1]).flatten(1, -1));
+    let mut terms = vec![l2_kd_loss(&s.global, &t.global.detach(), window.as_ref())];
     terms.extend(
         s.pooled
             .iter()
             .zip(&t.pooled)
-            .map(|(s, t)| l2_kd_loss(s, t)),
+            .map(|(s, t)| l2_kd_loss(s, t, window.as_ref())),
     );
+    let at = |x: &Tensor| {
+        let size = x.size();
+        valid.map(|v| cells(v, [size[2], size[3]]))
+    };
     terms.push(l2_kd_loss(
         &out.student.penultimate,
         &out.teacher.penultimate.detach(),
+        at(&out.student.penultimate).as_ref(),
     ));
     DlkdLoss {
         features: sum_scalars(&terms),
-        logits: kd_logits_loss(&out.student.logits, &out.teacher.logits),
+        logits: kd_logits_loss(
+            &out.student.logits,
+            &out.teacher.logits,
+            at(&out.student.logits).as_ref(),
+        ),
     }
+}
+
+/// The pixel mask `valid` (`[B, 1, H, W]`, 0/1) at a feature's `size`: a cell is 1 when every
+/// pixel under it is (a min-pool; the mask itself at its own size).
+fn cells(valid: &Tensor, size: [i64; 2]) -> Tensor {
+    let own = valid.size();
+    if own[2..] == size {
+        return valid.shallow_clone();
+    }
+    let (holes, _) = (valid.ones_like() - valid).adaptive_max_pool2d(size);
+    holes.ones_like() - holes
+}
+
+/// Mean of `x` (`[B, C, ...]`) over the elements of the cells that count: `cells` is `x`'s
+/// shape with one channel, 0/1; 0 when none counts.
+fn masked_mean(x: &Tensor, cells: &Tensor) -> Tensor {
+    let channels = x.size()[1] as f64;
+    (x * cells).sum(Kind::Float) / (cells.sum(Kind::Float) * channels).clamp_min(1.0)
 }
 
 /// The orthogonality loss (the reference's `diversity_loss`): [`orthogonality_loss`] of every
@@ -104,13 +145,15 @@ pub fn orthogonality(features: &DistillFeatures) -> Tensor {
 }
 
 /// The terms an objective adds for distillation, as `(name, loss, weight)`: `kd_features` and
-/// `kd_logits` (the [`DlkdLoss`] parts) weighted by `kd`, `orth` weighted by `orth_weight`.
+/// `kd_logits` (the [`DlkdLoss`] parts over the pixels `valid`, see [`dlkd_over`]) weighted by `kd`,
+/// `orth` weighted by `orth_weight`.
 pub(crate) fn weighted_terms(
     out: &TrainOutputs,
     kd: KdWeights,
     orth_weight: f64,
+    valid: Option<&Tensor>,
 ) -> Vec<(String, Tensor, f64)> {
-    let DlkdLoss { features, logits } = dlkd(out);
+    let DlkdLoss { features, logits } = dlkd_over(out, valid);
     vec![
         ("kd_features".into(), features, kd.features),
         ("kd_logits".into(), logits, kd.logits),
@@ -133,11 +176,13 @@ fn l2_normalize(x: &Tensor) -> Tensor {
 
 /// Reference `l2_kd_loss`: L2-normalise both along dim 1 (eps 1e-6) and take the mean squared
 /// difference (over all elements; for maps `[B, C, H, W]` that is the reference's `spatial`
-/// variant).
-fn l2_kd_loss(student: &Tensor, teacher: &Tensor) -> Tensor {
-    (l2_normalize(student) - l2_normalize(teacher))
-        .square()
-        .mean(Kind::Float)
+/// variant), or over the elements of the `cells` that count ([`masked_mean`]).
+fn l2_kd_loss(student: &Tensor, teacher: &Tensor, cells: Option<&Tensor>) -> Tensor {
+    let squared = (l2_normalize(student) - l2_normalize(teacher)).square();
+    match cells {
+        None => squared.mean(Kind::Float),
+        Some(c) => masked_mean(&squared, c),
+    }
 }
 
 /// Reference `orthogonality_loss`: mean over the batch of the squared cosine between `a` and
@@ -156,12 +201,20 @@ fn orthogonality_loss(a: &Tensor, b: &Tensor) -> Tensor {
 }
 
 /// `T² · KL(softmax(teacher/T) || softmax(student/T))` of logits `[B, K, H, W]` with PyTorch
-/// `reduction='mean'` (mean over every element), T = 2. The teacher logits are detached.
-fn kd_logits_loss(student_logits: &Tensor, teacher_logits: &Tensor) -> Tensor {
+/// `reduction='mean'` (mean over every element), T = 2, or the mean over the elements of the
+/// `cells` (`[B, 1, H, W]`) that count. The teacher logits are detached.
+fn kd_logits_loss(
+    student_logits: &Tensor,
+    teacher_logits: &Tensor,
+    cells: Option<&Tensor>,
+) -> Tensor {
     let t = KD_TEMPERATURE;
     let p = (teacher_logits.detach().to_kind(Kind::Float) / t).softmax(1, Kind::Float);
     let log_q = (student_logits.to_kind(Kind::Float) / t).log_softmax(1, Kind::Float);
-    log_q.kl_div(&p, Reduction::Mean, false) * (t * t)
+    match cells {
+        None => log_q.kl_div(&p, Reduction::Mean, false) * (t * t),
+        Some(c) => masked_mean(&log_q.kl_div(&p, Reduction::None, false), c) * (t * t),
+    }
 }
 
 #[cfg(test)]
@@ -177,12 +230,16 @@ mod tests {
     fn l2_kd_loss_ignores_scale_and_grows_with_the_angle() {
         let opts = (Kind::Float, Device::Cpu);
         let a = Tensor::from_slice(&[1.0f32, 0.0, 2.0, 2.0]).view([2, 2]);
-        assert!(value(&l2_kd_loss(&a, &(&a * 3.0))) < 1e-12);
+        assert!(value(&l2_kd_loss(&a, &(&a * 3.0), None)) < 1e-12);
         // Rows (1, 0) against (0, 1): squared distance 2 over 2 elements; rows (1, 1) alike: 0.
         let b = Tensor::from_slice(&[0.0f32, 1.0, 1.0, 1.0]).view([2, 2]);
-        assert!((value(&l2_kd_loss(&a, &b)) - 0.5).abs() < 1e-6);
+        assert!((value(&l2_kd_loss(&a, &b, None)) - 0.5).abs() < 1e-6);
         // bfloat16 features give a float32 loss.
-        let loss = l2_kd_loss(&a.to_kind(Kind::BFloat16), &Tensor::ones([2, 2], opts));
+        let loss = l2_kd_loss(
+            &a.to_kind(Kind::BFloat16),
+            &Tensor::ones([2, 2], opts),
+            None,
+        );
         assert_eq!(loss.kind(), Kind::Float);
     }
 
@@ -197,14 +254,60 @@ mod tests {
     #[test]
     fn kd_logits_loss_is_zero_for_the_teachers_logits_only() {
         let teacher = Tensor::from_slice(&[2.0f32, -1.0, 0.5, 0.0]).view([1, 2, 2, 1]);
-        assert!(value(&kd_logits_loss(&teacher, &teacher)).abs() < 1e-7);
+        assert!(value(&kd_logits_loss(&teacher, &teacher, None)).abs() < 1e-7);
         let other = teacher.flip([1]);
         // By hand: T² · Σ p (log p - log q) over every element, divided by their number (4).
         let p = (&teacher / KD_TEMPERATURE).softmax(1, Kind::Float);
         let q = (&other / KD_TEMPERATURE).softmax(1, Kind::Float);
         let kl_sum = (&p * (p.log() - q.log())).sum(Kind::Float);
         let want = kl_sum * (KD_TEMPERATURE * KD_TEMPERATURE) / 4.0;
-        assert!((value(&kd_logits_loss(&other, &teacher)) - value(&want)).abs() < 1e-6);
+        assert!((value(&kd_logits_loss(&other, &teacher, None)) - value(&want)).abs() < 1e-6);
+    }
+
+    #[test]
+    fn masked_terms_compare_only_the_cells_that_count() {
+        // Two samples of 2x4 logits; the teacher's inputs lack data in the right half of the
+        // second sample.
+        let valid = Tensor::from_slice(&[
+            1.0f32, 1., 1., 1., 1., 1., 1., 1., 1., 1., 0., 0., 1., 1., 0., 0.,
+        ])
+        .view([2, 1, 2, 4]);
+        let teacher = Tensor::randn([2, 3, 2, 4], (Kind::Float, Device::Cpu));
+        let half = valid.expand([2, 3, 2, 4], false);
+        let noise = Tensor::randn([2, 3, 2, 4], (Kind::Float, Device::Cpu));
+        // A student that differs from the teacher only where the inputs lack data.
+        let student = &teacher + &noise * (half.ones_like() - &half);
+        assert!(value(&kd_logits_loss(&student, &teacher, Some(&valid))).abs() < 1e-7);
+        assert!(value(&kd_logits_loss(&student, &teacher, None)) > 1e-4);
+        assert!(value(&l2_kd_loss(&student, &teacher, Some(&valid))) < 1e-12);
+        // Where it counts, the masked mean is the mean over the counted elements.
+        let other = &teacher + &noise;
+        let all = value(&l2_kd_loss(&other, &teacher, None));
+        let first = value(&l2_kd_loss(
+            &other.get(0).unsqueeze(0),
+            &teacher.get(0).unsqueeze(0),
+            None,
+        ));
+        let masked = value(&l2_kd_loss(&other, &teacher, Some(&valid)));
+        assert!(
+            (all - masked).abs() > 1e-6,
+            "the masked mean leaves cells out"
+        );
+        let left = other.get(1).narrow(2, 0, 2).unsqueeze(0);
+        let left_t = teacher.get(1).narrow(2, 0, 2).unsqueeze(0);
+        let second = value(&l2_kd_loss(&left, &left_t, None));
+        assert!(
+            (masked - (2.0 * first + second) / 3.0).abs() < 1e-6,
+            "{masked}"
+        );
+        // Coarser features: a cell counts when all its pixels do; a token per window.
+        let coarse = cells(&valid, [1, 2]);
+        assert_eq!(
+            Vec::<f32>::try_from(coarse.flatten(0, -1)).unwrap(),
+            vec![1.0, 1.0, 1.0, 0.0]
+        );
+        let window = cells(&valid, [1, 1]).flatten(0, -1);
+        assert_eq!(Vec::<f32>::try_from(window).unwrap(), vec![1.0, 0.0]);
     }
 
     #[test]

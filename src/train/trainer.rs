@@ -19,7 +19,7 @@ use super::distributed::DataParallel;
 use super::dlkd::KdWeights;
 use super::joint_backward::{forward_joint, JointBackward};
 use super::objective::{
-    distill_objective, joint_objective, masked_target, teacher_objective, Objective,
+    batch_target, distill_objective, joint_objective, teacher_objective, Objective,
 };
 use super::optim::Optimizer;
 use super::progress::{Progress, StepReport};
@@ -37,7 +37,7 @@ use crate::data::rng::Rng;
 use crate::data::sampling::{RandomCropSampler, SampleSpec};
 use crate::figures;
 use crate::metrics::Scores;
-use crate::model::{Dis2Net, Route, Scenario};
+use crate::model::{student_key, Dis2Net, Route, Scenario};
 
 /// Streams of the run's own random numbers (apart from the data sampler's).
 const STREAM_MODALITY_DROPOUT: u64 = 0xD809;
@@ -193,7 +193,7 @@ impl Trainer {
         net.set_precision(precision.context("train.precision")?);
         let scenarios = net.scenarios().to_vec();
         // What trains: everything but, for a student, the frozen teacher and encoders.
-        let trainable = |name: &str| spec.kind != RunKind::Distill || name.starts_with("students.");
+        let trainable = |name: &str| spec.kind != RunKind::Distill || student_key(name).is_some();
         let mut params: Vec<(String, Tensor)> = Vec::new();
         for (name, t) in vs.variables() {
             if !t.requires_grad() {
@@ -247,7 +247,7 @@ impl Trainer {
                 diffs.join("\n  ")
             );
         }
-        checkpoint::load_weights_where(&self.vs, path, |name| !name.starts_with("students."))
+        checkpoint::load_weights_where(&self.vs, path, |name| student_key(name).is_none())
             .with_context(|| format!("--teacher {}", path.display()))
     }
 
@@ -530,22 +530,31 @@ impl Trainer {
         }
     }
 
-    /// The loss of one batch for the run's kind.
+    /// The loss of one batch for the run's kind, each branch on its own pixels
+    /// ([`batch_target`]).
     fn batch_objective(&self, batch: &Batch, epoch: u64, b: u64) -> Result<Objective> {
         let device = self.opts.device;
         let mut inputs: Vec<Tensor> = batch.inputs.iter().map(|t| t.to_device(device)).collect();
-        let labels = batch.labels.to_device(device);
-        let class_weights = crate::data::loader::class_weights(&self.exp.data);
-        let target = masked_target(
-            &labels,
+        let student = match self.spec.kind {
+            RunKind::Teacher => None,
+            RunKind::Distill => Some(&self.scenarios[0]),
+            RunKind::Joint => {
+                let mut rng = Rng::derive(self.exp.seed, STREAM_JOINT_SCENARIO, b);
+                Some(&self.scenarios[draw(&self.scenario_weights, &mut rng)])
+            }
+        };
+        let target = batch_target(
+            batch,
+            student,
             self.exp.data.ignore_index,
             self.exp.model.num_classes,
-            class_weights,
+            crate::data::loader::class_weights(&self.exp.data),
+            device,
         )?;
         let train = &self.exp.train;
         let kd = KdWeights::at_epoch(train, epoch);
-        match self.spec.kind {
-            RunKind::Teacher => {
+        match (self.spec.kind, student) {
+            (RunKind::Teacher, _) | (_, None) => {
                 if self.spec.modality_dropout > 0.0 {
                     let mut rng = Rng::derive(self.exp.seed, STREAM_MODALITY_DROPOUT, b);
                     inputs = modality_dropout(&inputs, self.spec.modality_dropout, &mut rng);
@@ -554,14 +563,12 @@ impl Trainer {
                 let out = self.net.forward_train_teacher(&given, true)?;
                 Ok(teacher_objective(&out, &self.modality_names, &target))
             }
-            RunKind::Distill => {
+            (RunKind::Distill, Some(scenario)) => {
                 let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
-                let out = self.net.forward_distill(&self.scenarios[0], &given, true)?;
+                let out = self.net.forward_distill(scenario, &given, true)?;
                 Ok(distill_objective(&out, &target, kd, train.orth_weight))
             }
-            RunKind::Joint => {
-                let mut rng = Rng::derive(self.exp.seed, STREAM_JOINT_SCENARIO, b);
-                let scenario = &self.scenarios[draw(&self.scenario_weights, &mut rng)];
+            (RunKind::Joint, Some(scenario)) => {
                 let given: Vec<Option<&Tensor>> = inputs.iter().map(Some).collect();
                 let step = forward_joint(&self.net, scenario, &given, true, self.joint_backward)?;
                 Ok(joint_objective(

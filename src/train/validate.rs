@@ -1,7 +1,10 @@
 //! Validation during training: one confusion matrix over the validation windows for each branch
 //! being trained. A branch is scored where the label is a class and every modality it reads has
-//! data (the teacher: all of them; a student or the filled teacher: all but the missing ones),
-//! as `dis2 eval` scores it.
+//! data (the teacher: all of them; a student or the filled teacher: all but the missing ones,
+//! whatever those hold there): the pixels it learns from ([`Batch::branch_labels`], the one
+//! definition), as `dis2 eval` scores it.
+//!
+//! [`Batch::branch_labels`]: crate::data::loader::Batch::branch_labels
 
 use anyhow::Result;
 use std::sync::Arc;
@@ -10,7 +13,7 @@ use tch::{Device, Tensor};
 use crate::config::Experiment;
 use crate::data::dataset::SceneDataset;
 use crate::data::layouts::Split;
-use crate::data::loader::{Batch, Loader, LoaderOptions};
+use crate::data::loader::{Loader, LoaderOptions};
 use crate::data::normalise::Normaliser;
 use crate::data::sampling::SlidingWindowSampler;
 use crate::metrics::{warn_absent_classes, ConfusionMatrix, Scores};
@@ -97,7 +100,9 @@ pub(crate) fn confusion_matrices(
         for (branch, cm) in branches.iter().zip(matrices.iter_mut()) {
             let probs = tch::no_grad(|| net.forward_route(branch, &given, false))?;
             let pred = probs.argmax(1, false);
-            let labels = branch_labels(&batch, branch, exp.data.ignore_index).to_device(device);
+            let labels = batch
+                .branch_labels(branch.scenario(), exp.data.ignore_index)
+                .to_device(device);
             cm.add_tensors(&labels, &pred, exp.data.ignore_index)?;
         }
     }
@@ -130,18 +135,4 @@ fn share_loader(exp: &Experiment, max_batches: Option<usize>, share: Share) -> R
         drop_last: false,
     };
     Ok(Loader::new(dataset, specs, norm, options))
-}
-
-/// The batch's reference labels where every modality `branch` reads has data, `ignore_index`
-/// elsewhere: `[B, H, W]` int64 on the CPU.
-pub(crate) fn branch_labels(batch: &Batch, branch: &Route, ignore_index: i64) -> Tensor {
-    let mut read = batch.reference.ones_like().to_kind(tch::Kind::Bool);
-    for (i, mask) in batch.masks.iter().enumerate() {
-        if !branch.scenario().is_some_and(|s| s.is_missing(i)) {
-            read = read.logical_and(mask);
-        }
-    }
-    batch
-        .reference
-        .where_self(&read, &batch.reference.full_like(ignore_index))
 }

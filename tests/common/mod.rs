@@ -230,6 +230,7 @@ pub fn tiny_benchmark(dir: &Path, seed: u64) -> PathBuf {
         scenes: 6,
         size: 96,
         seed,
+        gaps: false,
     };
     dis2::data::synth::generate(&options).expect("synth");
     dis2::prepare::write_synthetic_experiment(&options).expect("experiment")
