@@ -28,7 +28,7 @@ use crate::data::validity::AlphaRule;
 use crate::figures::{self, AttentionData, OverlayData};
 use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
-use crate::model::{Route, Scenario, ROUTE_NODATA};
+use crate::model::{Route, RouteTable, Scenario, ROUTE_NODATA};
 use crate::precision::Precision;
 use crate::predict::{
     predict_scene_with, ClassRows, InferenceSettings, PredictOptions, Predictor, SceneJob,
@@ -76,6 +76,13 @@ pub struct EvalOptions {
     /// normalisation, with a warning, instead of refusing them (see
     /// [`PredictOptions::accept_input_range`]).
     pub accept_input_range: bool,
+    /// One branch per scene from the modalities given, scoring only the pixels where every
+    /// given input has data (`--one-route`: the scoring before routes per pixel); default: the
+    /// per-pixel composite of `dis2 predict` over every labelled pixel some branch reaches.
+    pub one_route: bool,
+    /// The context margin of the routes per pixel (`--context-margin`, pixels); `None`:
+    /// predict's default.
+    pub context_margin: Option<usize>,
 }
 
 /// What an evaluation found.
@@ -100,6 +107,10 @@ pub struct EvalReport {
     /// run was given, so a run with `--drop sar` reports the pixels that lack SAR in the data):
     /// `complete`, `missing sar`, ..., `no input`.
     pub by_data: Vec<Group>,
+    /// The split's labelled pixels grouped by the branch that classified them (its route label:
+    /// `teacher`, `student[sar]`, `teacher-fill[dsm]`); pixels no branch classified are left
+    /// out (they are in [`Self::by_data`]'s unscored counts).
+    pub by_route: Vec<Group>,
 }
 
 /// Scores `req.checkpoint` on every scene of the split and writes the reports into `req.out`.
@@ -138,6 +149,10 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
     let by_data = scored
         .by_data
         .report(&exclude, |bits| pattern_label(bits, &info.model.modalities));
+    let routes = RouteTable::of(&info.model)?;
+    let by_route = scored
+        .by_route
+        .report(&exclude, |code| routes.label(code).to_string());
     let (confusion, labelled, overlays) = (scored.confusion, scored.labelled, scored.overlays);
     let attention_maps = match &req.options.attention_maps {
         Some(dir) => write_attention_maps(
@@ -171,6 +186,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         scenes: dataset.len(),
         attention_maps,
         by_data,
+        by_route,
     };
     write_reports(req, &report)?;
     Ok(report)
@@ -225,6 +241,7 @@ struct Scored {
     confusion: ConfusionMatrix,
     labelled: Vec<u64>,
     by_data: Groups,
+    by_route: Groups,
     overlays: Vec<PathBuf>,
 }
 
@@ -250,17 +267,19 @@ fn score_scenes(
         announce_grid: false,
         accept_input_range: req.options.accept_input_range,
         alpha: AlphaRule::data_if(req.exp.data.alpha_as_data),
-        // Scored as before routes per pixel: one branch per scene, pixels where every given
-        // input has data.
-        per_pixel: false,
+        per_pixel: !req.options.one_route,
         ..PredictOptions::default()
     };
+    if let Some(margin) = req.options.context_margin {
+        options.margin = margin;
+    }
     let table = predictor.info().class_table();
     let scratch = tempfile_dir(&req.out)?;
     let mut overlays = Vec::new();
     let mut cm = ConfusionMatrix::new(table.len());
     let mut labelled = ConfusionMatrix::new(table.len());
     let mut by_data = Groups::new(table.len());
+    let mut by_route = Groups::new(table.len());
     for (index, scene) in dataset.scenes.iter().enumerate() {
         if scene.label.is_none() {
             bail!("scene {}: no labels to score against", scene.id);
@@ -275,6 +294,7 @@ fn score_scenes(
             cm: &mut cm,
             labelled: &mut labelled,
             by_data: &mut by_data,
+            by_route: &mut by_route,
             overlay: (index < req.options.overlays)
                 .then(|| OverlaySampler::new(scene.width(), scene.height())),
         };
@@ -296,6 +316,7 @@ fn score_scenes(
         confusion: cm,
         labelled: labelled.support(),
         by_data,
+        by_route,
         overlays,
     })
 }
@@ -311,6 +332,8 @@ struct SceneScorer<'a> {
     labelled: &'a mut ConfusionMatrix,
     /// Pixels by the modalities without data there.
     by_data: &'a mut Groups,
+    /// Pixels by the route code that classified them.
+    by_route: &'a mut Groups,
     overlay: Option<OverlaySampler>,
 }
 
@@ -340,6 +363,15 @@ impl SceneScorer<'_> {
         let preds: Vec<i64> = rows.classes.iter().map(|&p| i64::from(p)).collect();
         self.cm
             .add_pairs(&scored, &preds, self.dataset.ignore_index)
+            .with_context(|| format!("scene {}", scene.id))?;
+        (self.by_route)
+            .add_band(
+                rows.routes,
+                &scored,
+                &preds,
+                rows.valid,
+                self.dataset.ignore_index,
+            )
             .with_context(|| format!("scene {}", scene.id))?;
         let patterns = self.data_patterns(rows)?;
         (self.by_data)
@@ -400,6 +432,11 @@ fn class_map_job(
             .zip(given)
             .filter(|(_, g)| **g)
             .map(|((m, source), _)| (m.name.clone(), source.path.clone()))
+            .collect(),
+        missing_masks: (cfg.modalities.iter().zip(&scene.missing_masks).zip(given))
+            .filter_map(|((m, mask), g)| {
+                Some((m.name.clone(), mask.as_ref()?.path.clone())).filter(|_| *g)
+            })
             .collect(),
         out: scratch.join(format!("{index}.tif")),
         ..SceneJob::default()
@@ -704,6 +741,8 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "per_class": per_class,
         "confusion_matrix": cm.rows(),
         "by_data": groups_json(&r.by_data, names),
+        "by_route": groups_json(&r.by_route, names),
+        "routes": if req.options.one_route { "one per scene" } else { "per pixel" },
     });
     let text = serde_json::to_string_pretty(&doc)?;
     crate::fsutil::write_atomic(&out.join("metrics.json"), text.as_bytes())?;
@@ -729,10 +768,14 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "{label},overall_accuracy,{},,,,\n",
         cell(s.overall_accuracy)
     ));
-    for g in &r.by_data {
+    let route_rows = r
+        .by_route
+        .iter()
+        .map(|g| (format!("pixels of {}", g.label), g));
+    let data_rows = r.by_data.iter().map(|g| (format!("{} pixels", g.label), g));
+    for (what, g) in route_rows.chain(data_rows) {
         csv.push_str(&format!(
-            "{label},mean of {} pixels,{},{},,,{}\n",
-            g.label,
+            "{label},mean of {what},{},{},,,{}\n",
             cell(g.scores.miou),
             cell(g.scores.mean_f1),
             g.scores.pixels

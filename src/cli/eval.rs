@@ -69,6 +69,13 @@ pub struct EvalArgs {
     /// depth, unit or scale than the training data's), with a warning, instead of refusing them.
     #[arg(long)]
     pub accept_input_range: bool,
+    /// One branch per scene from the modalities given, scoring only pixels where every given
+    /// input has data (the scoring before routes per pixel, for comparison).
+    #[arg(long)]
+    pub one_route: bool,
+    /// Context margin of the routes per pixel, in pixels (as `dis2 predict --context-margin`).
+    #[arg(long, value_name = "PX")]
+    pub context_margin: Option<usize>,
 }
 
 /// The checkpoint, the experiment file of `--checkpoint` / `--config`, and the run the
@@ -119,6 +126,8 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
             attention_maps: args.attention_maps.clone(),
             attention_windows: args.attention_windows,
             accept_input_range: args.accept_input_range,
+            one_route: args.one_route,
+            context_margin: args.context_margin,
         },
     };
     let report = evaluate(&request)?;
@@ -198,7 +207,25 @@ fn print_table(r: &EvalReport) {
             c.support
         );
     }
+    print_groups("pixels by the branch that classified them", &r.by_route);
     print_groups("pixels by what the data lacks", &r.by_data);
+    print_unscored(&r.by_data);
+}
+
+/// The labelled pixels no branch classified, by what the data lacks there.
+fn print_unscored(by_data: &[crate::eval::Group]) {
+    let left: Vec<String> = (by_data.iter())
+        .filter(|g| g.labelled > g.scores.pixels)
+        .map(|g| format!("{} where {}", g.labelled - g.scores.pixels, g.label))
+        .collect();
+    if left.is_empty() {
+        return;
+    }
+    let total: u64 = by_data.iter().map(|g| g.labelled - g.scores.pixels).sum();
+    println!(
+        "left unscored: {total} labelled pixels that no branch classified ({})",
+        left.join(", ")
+    );
 }
 
 /// One line per group: its scored and labelled pixels, mIoU, mean F1 and OA.

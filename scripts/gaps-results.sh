@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The gaps benchmark's models (docs/results.md, "Routes per pixel on the gaps benchmark"): per
+# seed a teacher, the students of the missing sets that cover most pixels of `dis2 synth --gaps`
+# (optical under clouds, SAR beyond swath edges, both, DSM voids), distilled from it and merged
+# into one checkpoint that serves every pattern; then the evaluations of the table.
+#
+#   scripts/gaps-results.sh OUT            # BIN, CONFIG, SEEDS, STUDENTS, JOBS from the environment
+#
+# Seeds run JOBS at a time, each process on one libtorch thread. A finished run is kept: run it
+# again after an interruption and it goes on with what is missing (an unfinished run directory
+# is started afresh).
+set -euo pipefail
+OUT=${1:?usage: scripts/gaps-results.sh OUT}
+BIN=${BIN:-target/release/dis2}
+CONFIG=${CONFIG:-data/synthetic-gaps/experiment.yaml}
+SEEDS=${SEEDS:-"42 43 44"}
+STUDENTS=${STUDENTS:-"optical sar optical,sar dsm"}
+JOBS=${JOBS:-$(nproc)}
+export BIN CONFIG OUT STUDENTS
+
+# One training run into $2 unless it finished ($2/checkpoints/best exists).
+train() {
+    local what=$1 dir=$2; shift 2
+    [ -e "$dir/checkpoints/best" ] && return 0
+    rm -rf "$dir"
+    "$BIN" --threads 1 "$what" --config "$CONFIG" --out "$dir" --quiet "$@" > "$dir.log" 2>&1 \
+        || { echo "failed: $what $dir (see $dir.log)" >&2; return 1; }
+}
+
+seed() {
+    local s=$1 d=$OUT/s$1
+    mkdir -p "$d"
+    train train-teacher "$d/teacher" --set "seed=$s"
+    local students=()
+    for m in $STUDENTS; do
+        local name=student-${m//,/+}
+        train distill "$d/$name" --set "seed=$s" --teacher "$d/teacher/checkpoints/best" --missing "$m"
+        students+=("$d/$name")
+    done
+    [ -e "$d/all.safetensors" ] || "$BIN" merge-students --out "$d/all" "${students[@]}" > "$d/merge.log"
+    echo "seed $s: trained ($d)"
+}
+export -f train seed
+
+started=$(date +%s)
+printf '%s\n' $SEEDS | xargs -P "$JOBS" -I{} bash -c 'seed {}'
+echo "trained in $(( ($(date +%s) - started) / 60 )) min"
