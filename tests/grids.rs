@@ -184,6 +184,7 @@ fn predict_resamples_sar_and_a_dsm_in_another_crs_onto_the_optical_grid() {
         s(&scene.dsm),
         "--out",
         s(&classes),
+        "--one-route",
     ]));
     assert!(
         stdout.contains("400x300 px") && stdout.contains("teacher"),
@@ -253,6 +254,7 @@ fn predict_resamples_sar_and_a_dsm_in_another_crs_onto_the_optical_grid() {
         s(&on_sar),
         "--grid-reference",
         "sar",
+        "--one-route",
     ]));
     assert!(
         stderr.contains("--optical (5 m, EPSG:32631) is resampled (average) onto the grid of --sar (20 m, EPSG:32631)"),
@@ -339,6 +341,7 @@ fn a_pre_aligned_pair_is_read_as_it_is_and_gives_the_same_result_bit_for_bit() {
             s(&classes),
             "--probs",
             s(&probs),
+            "--one-route",
         ];
         args.extend_from_slice(extra);
         let (_, stderr) = ok_with_stderr(&predict(&args));

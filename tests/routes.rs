@@ -596,7 +596,8 @@ fn one_route_leaves_nodata_where_any_input_lacks_data() {
     let err = predict_scene(&predictor, &only, &PredictOptions::default()).unwrap_err();
     let err = format!("{err:#}");
     assert!(
-        err.contains("every pixel is nodata in --sar") && err.contains("sar_empty.tif"),
+        err.contains("every pixel is nodata in at least one input: --sar")
+            && err.contains("sar_empty.tif"),
         "{err}"
     );
     assert!(!dir.path().join("empty.tif").exists());

@@ -103,7 +103,8 @@ fn predict(ck: &Path, inputs: &[(&str, &Path)], out: &Path, extra: &[&str]) -> V
         args.push(name);
         args.push(s(file));
     }
-    args.extend(["--out", s(out)]);
+    // One branch per scene: nodata wherever an input lacks data, as these tests check.
+    args.extend(["--out", s(out), "--one-route"]);
     args.extend(extra);
     ok(&dis2(&args));
     raw_band(out, 1)
@@ -454,6 +455,7 @@ fn an_all_nodata_scene_is_refused_and_stale_temporaries_are_cleaned() {
         s(&files[2]),
         "--out",
         s(&out),
+        "--one-route",
     ]));
     assert!(
         err.contains("every pixel is nodata in at least one input") && err.contains("sar"),

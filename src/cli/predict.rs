@@ -19,7 +19,7 @@ use crate::data::validity::AlphaRule;
 use crate::data::vsi;
 use crate::precision::PrecisionChoice;
 use crate::predict::{
-    predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob,
+    predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob, Summary,
     DEFAULT_CONTEXT_MARGIN,
 };
 use crate::train::run::RunDir;
@@ -425,26 +425,32 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
     for (n, job) in jobs.iter().enumerate() {
         let summary = predict_scene(&predictor, job, &options)
             .with_context(|| format!("scene {} of {count} ({})", n + 1, job.out.display()))?;
-        let nodata = match summary.nodata_pixels {
-            0 => String::new(),
-            n => format!(
-                ", nodata {:.1} %",
-                100.0 * n as f64 / (summary.width * summary.height) as f64
-            ),
-        };
-        println!(
-            "{}: {}x{} px, {} windows, {}{nodata}, {}, {:.1} s, {:.2} MP/s",
-            job.out.display(),
-            summary.width,
-            summary.height,
-            summary.windows,
-            summary.route,
-            summary.precision,
-            summary.seconds,
-            summary.megapixels_per_s()
-        );
+        println!("{}", summary_line(job, &summary));
     }
     Ok(())
+}
+
+/// A scene's summary line: size, windows, the branch or each route's share, the nodata share
+/// when there is any, precision, time and speed.
+fn summary_line(job: &SceneJob, summary: &Summary) -> String {
+    let nodata = match summary.nodata_pixels {
+        0 => String::new(),
+        n => format!(
+            ", nodata {:.1} %",
+            100.0 * n as f64 / (summary.width * summary.height) as f64
+        ),
+    };
+    format!(
+        "{}: {}x{} px, {} windows, {}{nodata}, {}, {:.1} s, {:.2} MP/s",
+        job.out.display(),
+        summary.width,
+        summary.height,
+        summary.windows,
+        summary.route,
+        summary.precision,
+        summary.seconds,
+        summary.megapixels_per_s()
+    )
 }
 
 #[cfg(test)]

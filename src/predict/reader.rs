@@ -19,7 +19,7 @@ use crate::data::normalise::Normaliser;
 use crate::data::raster::{Pixels, Window};
 use crate::tiling::{pad_reflect, WindowLayout};
 
-use super::routes::{strip_patterns, MaskInput, Routing};
+use super::routes::{apply_masks, strip_patterns, MaskInput, Routing};
 
 /// One given input, checked against the model and placed on the scene's grid.
 pub(super) struct Input {
@@ -199,7 +199,7 @@ impl BatchReader {
             width,
             (row + rows + margin).min(height) - top,
         );
-        let strips: Vec<Pixels> = self
+        let mut strips: Vec<Pixels> = self
             .datasets
             .par_iter_mut()
             .map(|source| source.read(read))
@@ -207,9 +207,10 @@ impl BatchReader {
         let masks: Vec<(usize, Pixels)> = (self.masks.iter().zip(&self.mask_datasets))
             .map(|(m, source)| Ok((m.index, source.read(read)?)))
             .collect::<Result<_>>()?;
-        self.measure(&strips, top)?;
         let indices: Vec<usize> = self.inputs.iter().map(|i| i.index).collect();
-        let patterns = strip_patterns(&strips, &indices, &masks, &self.routing);
+        apply_masks(&mut strips, &indices, &masks);
+        self.measure(&strips, top)?;
+        let patterns = strip_patterns(&strips, &indices, &self.routing);
         let top_pad = row - top;
         let strips = Strips {
             pixels: strips,

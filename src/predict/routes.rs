@@ -148,30 +148,32 @@ pub(super) fn erode(available: &mut [bool], width: usize, height: usize, margin:
     }
 }
 
+/// Marks the pixels of `strips` (the given inputs', model modality `indices[i]`) that one of
+/// `masks` (modality, pixels of the same rows) flags as missing (nonzero where the mask is
+/// valid) as invalid: a masked pixel is missing like a nodata one, filled with the training
+/// mean where a branch reads it.
+pub(super) fn apply_masks(strips: &mut [Pixels], indices: &[usize], masks: &[(usize, Pixels)]) {
+    for (strip, &index) in strips.iter_mut().zip(indices) {
+        for (_, mask) in masks.iter().filter(|(m, _)| *m == index) {
+            let flags = mask.band(0);
+            for (valid, (&v, &ok)) in strip.valid.iter_mut().zip(flags.iter().zip(&mask.valid)) {
+                *valid &= !(ok && v != 0.0);
+            }
+        }
+    }
+}
+
 /// The pattern of every pixel of a strip: the absent bits, and bit `index` where a given input
-/// is not available (invalid, or nonzero in one of its `masks`, or either within the margin).
-/// `strips` are the given inputs' (model modality `indices[i]`), `masks` the masks' (modality,
-/// pixels), all of the same rows.
-pub(super) fn strip_patterns(
-    strips: &[Pixels],
-    indices: &[usize],
-    masks: &[(usize, Pixels)],
-    routing: &Routing,
-) -> Vec<u8> {
+/// is not available (invalid, or an invalid pixel within the margin). `strips` are the given
+/// inputs' (model modality `indices[i]`), masks applied ([`apply_masks`]).
+pub(super) fn strip_patterns(strips: &[Pixels], indices: &[usize], routing: &Routing) -> Vec<u8> {
     let (width, height) = (strips[0].width, strips[0].height);
     let mut patterns = vec![routing.absent; width * height];
     for (strip, &index) in strips.iter().zip(indices) {
-        let masked = masks.iter().any(|(m, _)| *m == index);
-        if !masked && strip.valid.iter().all(|&v| v) {
+        if strip.valid.iter().all(|&v| v) {
             continue;
         }
         let mut available = strip.valid.clone();
-        for (_, mask) in masks.iter().filter(|(m, _)| *m == index) {
-            let flags = mask.band(0);
-            for (a, (&v, &ok)) in available.iter_mut().zip(flags.iter().zip(&mask.valid)) {
-                *a &= !(ok && v != 0.0);
-            }
-        }
         erode(&mut available, width, height, routing.margin);
         for (p, &a) in patterns.iter_mut().zip(&available) {
             if !a {
@@ -275,8 +277,8 @@ impl PatternCounts {
             .collect();
         if !empty.is_empty() && (empty.len() == given.len() || !routing.per_pixel) {
             bail!(
-                "every pixel is nodata in {} (nodata, masked or outside its coverage of the \
-                 grid): nothing to classify",
+                "every pixel is nodata in at least one input: {} has no data on the grid \
+                 (nodata, masked or outside its coverage): nothing to classify",
                 empty.join(" and ")
             );
         }
