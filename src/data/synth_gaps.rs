@@ -167,7 +167,7 @@ fn dsm_voids(rng: &mut Rng, scene: &ScenePlanes) -> Vec<bool> {
         .map(|i| {
             let (x, y) = (i % n, i / n);
             let water = if scene.water[i] { 0.15 } else { 0.0 };
-            let occluded = if below_a_step(&scene.dsm, n, x, y, 3.0) {
+            let occluded = if below_a_step(scene.dsm, n, x, y, 3.0) {
                 0.1
             } else {
                 0.0
