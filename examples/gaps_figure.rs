@@ -5,7 +5,6 @@
 
 use anyhow::{Context, Result};
 use dis2::data::synth;
-use dis2::data::synth_gaps;
 
 fn main() -> Result<()> {
     let out = std::env::args()
@@ -14,7 +13,7 @@ fn main() -> Result<()> {
     let (seed, size) = (42, 256);
     for index in 0..40 {
         let mut scene = synth::generate_scene(seed, index, size);
-        let gaps = synth_gaps::draw_gaps(&mut scene, seed, index);
+        let gaps = scene.draw_gaps(seed, index);
         if gaps.sar_edge_fraction > 0.0 && gaps.dsm_void_fraction > 0.0 && gaps.cloud_cover > 0.0 {
             dis2::figures::gaps_png(out.as_ref(), &scene)
                 .with_context(|| format!("cannot write {out}"))?;

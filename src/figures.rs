@@ -369,7 +369,7 @@ const CLOUD_COLOURS: [[u8; 3]; 2] = [[0, 200, 255], [255, 140, 0]];
 /// Colour of the gaps figure's nodata (black would hide among low heights and dark SAR).
 const GAP_NODATA: [u8; 3] = [220, 0, 0];
 
-/// One scene of `dis2 synth --gaps` ([`crate::data::synth_gaps::draw_gaps`]) as a PNG: the
+/// One scene of `dis2 synth --gaps` ([`SceneRasters::draw_gaps`]) as a PNG: the
 /// optical R, G, B with its clouds | the cloud mask (cloud cyan, shadow orange over the grey
 /// image) | the SAR (dB, stretched) | the DSM (viridis over 0 to the highest metre), nodata red;
 /// small scenes enlarged as overlays are (see [`overlay_scale`]).
@@ -724,14 +724,14 @@ mod tests {
     #[test]
     fn gaps_figure_shows_the_mask_and_the_nodata_in_their_colours() {
         use crate::data::synth::generate_scene;
-        use crate::data::synth_gaps::{draw_gaps, CLOUD};
+        use crate::data::synth_gaps::CLOUD;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.png");
         let clean = generate_scene(42, 1, 64);
         let err = gaps_png(&path, &clean).unwrap_err().to_string();
         assert!(err.contains("no cloud mask"), "{err}");
         let mut scene = clean;
-        let gaps = draw_gaps(&mut scene, 42, 1);
+        let gaps = scene.draw_gaps(42, 1);
         assert!(gaps.cloud_cover > 0.0 && gaps.sar_edge_fraction > 0.0);
         gaps_png(&path, &scene).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();

@@ -92,8 +92,8 @@ fn synthetic_experiment_yaml(options: &SynthOptions) -> Result<String> {
     Ok(text)
 }
 
-/// Where the experiment of a benchmark with gaps in `out` finds the cloud masks: `out/{split}/clouds`
-/// (`{split}` stands for the split's name).
+/// Where the experiment of a benchmark with gaps in `out` finds the cloud masks:
+/// `out/{split}/clouds` (`{split}` stands for the split's name).
 fn cloud_mask_folder(out: &Path) -> String {
     format!("{}/{{split}}/clouds", out.display())
 }

@@ -14,8 +14,8 @@
 //!
 //! Layout: `OUT/{train,val,test}/{optical,dsm,sar,label}/scene_NNNN.tif` and
 //! `OUT/experiment.yaml`; with [`SynthOptions::gaps`] also `OUT/{split}/clouds/scene_NNNN.tif`
-//! (the gaps: [`super::synth_gaps`]). Everything is a function of the seed, so the same seed gives the same
-//! bytes; scenes are generated in parallel.
+//! (the gaps: [`super::synth_gaps`]). Everything is a function of the seed, so the same seed
+//! gives the same bytes; scenes are generated in parallel.
 
 use anyhow::{bail, Context, Result};
 use rayon::prelude::*;
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use super::layouts::Split;
 use super::raster::{write_geotiff, GeoRef, RasterData, WriteOptions};
 use super::rng::Rng;
-use super::synth_gaps::{self, PatternCounts, DSM_NODATA};
+use super::synth_gaps::{self, PatternCounts, SceneGaps, ScenePlanes, DSM_NODATA};
 
 /// Class ids of the synthetic benchmark (names and colours: [`CLASSES`]).
 pub(crate) const IMPERVIOUS: u8 = 0;
@@ -42,7 +42,7 @@ pub const PIXEL_SIZE: f64 = 0.5;
 /// UTM zone 32N (WGS 84).
 pub const EPSG: u32 = 32632;
 /// Nodata value of the SAR rasters (swath edges).
-pub const SAR_NODATA: f32 = -99.0;
+pub use super::synth_gaps::SAR_NODATA;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +52,7 @@ pub struct SynthOptions {
     /// Side of a square scene in pixels.
     pub size: usize,
     pub seed: u64,
-    /// Draw real-looking gaps over the scenes ([`synth_gaps::draw_gaps`]: SAR swath edges, DSM
+    /// Draw real-looking gaps over the scenes ([`SceneRasters::draw_gaps`]: SAR swath edges, DSM
     /// voids, clouds and shadows with their masks); `false` writes the benchmark as before.
     pub gaps: bool,
 }
@@ -72,10 +72,30 @@ pub struct SceneRasters {
     pub shadow: Vec<bool>,
     /// Sun azimuth in radians, clockwise from north (the building shadows' and clouds').
     pub sun_azimuth: f64,
-    /// With gaps ([`synth_gaps::draw_gaps`]): the cloud mask (0 clear, 1 cloud, 2 shadow),
+    /// With gaps ([`SceneRasters::draw_gaps`]): the cloud mask (0 clear, 1 cloud, 2 shadow),
     /// written to `clouds/`, and the DSM written with its nodata [`DSM_NODATA`] declared.
     pub cloud_mask: Option<Vec<u8>>,
     pub georef: GeoRef,
+}
+
+impl SceneRasters {
+    /// Draws the gaps of scene `index` under `seed` into these rasters
+    /// ([`synth_gaps::draw_gaps`]) and keeps the cloud mask, so that [`write_scene`] writes it
+    /// and declares the DSM's nodata.
+    pub fn draw_gaps(&mut self, seed: u64, index: usize) -> SceneGaps {
+        let water: Vec<bool> = self.label.iter().map(|&c| c == WATER).collect();
+        let planes = ScenePlanes {
+            size: self.size,
+            optical: &mut self.optical,
+            dsm: &mut self.dsm,
+            sar: &mut self.sar,
+            water: &water,
+            sun_azimuth: self.sun_azimuth,
+        };
+        let gaps = synth_gaps::draw_gaps(planes, seed, index);
+        self.cloud_mask = Some(gaps.cloud_mask.clone());
+        gaps
+    }
 }
 
 /// The split of scene `index` of `count`: about 70 % train, 15 % val, 15 % test (each >= 1).
@@ -117,12 +137,12 @@ pub(crate) fn generate_counted(options: &SynthOptions) -> Result<(Vec<PathBuf>, 
         .map(|i| {
             let mut scene = generate_scene(options.seed, i, options.size);
             if options.gaps {
-                synth_gaps::draw_gaps(&mut scene, options.seed, i);
+                scene.draw_gaps(options.seed, i);
             }
             let split = split_of(i, options.scenes);
             let mut counts = PatternCounts::default();
             if split == Split::Test {
-                counts.add(&scene);
+                counts.add(scene.cloud_mask.as_deref(), &scene.dsm, &scene.sar);
             }
             let dir = options.out.join(split.as_str());
             Ok((write_scene(&dir, &format!("scene_{i:04}"), &scene)?, counts))

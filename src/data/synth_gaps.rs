@@ -9,8 +9,9 @@
 //! default benchmark included, gets about its share of each kind.
 
 use super::rng::{splitmix64, Rng};
-use super::synth::{SceneRasters, SAR_NODATA};
 
+/// Nodata value of the SAR rasters of the benchmark (swath edges, with or without gaps).
+pub const SAR_NODATA: f32 = -99.0;
 /// Nodata value of the DSM rasters written with `--gaps` (voids).
 pub const DSM_NODATA: f32 = -9999.0;
 /// Cloud mask value of a cloud pixel (any opacity).
@@ -55,12 +56,28 @@ pub struct SceneGaps {
     pub shadow_opacity: Vec<f32>,
 }
 
+/// The planes of one scene that gaps are drawn into (row-major, `size * size` per band).
+pub struct ScenePlanes<'a> {
+    pub size: usize,
+    /// R, G, B, NIR, band-major.
+    pub optical: &'a mut [u8],
+    /// Height above ground in metres.
+    pub dsm: &'a mut [f32],
+    /// Backscatter in dB.
+    pub sar: &'a mut [f32],
+    /// Where the ground is water (no DSM there more often).
+    pub water: &'a [bool],
+    /// Sun azimuth in radians, clockwise from north (the cloud shadows fall away from it).
+    pub sun_azimuth: f64,
+}
+
 /// Draws the gaps of scene `index` under `seed` into `scene` (a pure function of its
 /// arguments): SAR beyond a straight swath edge set to [`SAR_NODATA`], DSM voids set to
 /// [`DSM_NODATA`], clouds and their shadows painted into the optical image (which keeps values
-/// there, as an L2A product does). `scene.cloud_mask` is set to the cloud mask either way, so that
-/// [`super::synth::write_scene`] writes the mask and declares the DSM nodata.
-pub fn draw_gaps(scene: &mut SceneRasters, seed: u64, index: usize) -> SceneGaps {
+/// there, as an L2A product does). Through `SceneRasters::draw_gaps`, which also keeps the
+/// cloud mask for the writer.
+pub fn draw_gaps(mut scene: ScenePlanes<'_>, seed: u64, index: usize) -> SceneGaps {
+    let scene = &mut scene;
     let n = scene.size;
     let mut rng = Rng::derive(seed, GAPS_STREAM, index as u64);
     let mut order = Rng::derive(seed, AFFECTED_STREAM, 0);
@@ -95,7 +112,6 @@ pub fn draw_gaps(scene: &mut SceneRasters, seed: u64, index: usize) -> SceneGaps
     if affected(2, CLOUD_SHARE) {
         draw_clouds(&mut rng, scene, &mut gaps);
     }
-    scene.cloud_mask = Some(gaps.cloud_mask.clone());
     gaps
 }
 
@@ -142,8 +158,7 @@ fn swath_edge(rng: &mut Rng, n: usize) -> Vec<bool> {
 /// DSM voids as stereo matching and LiDAR leave them: blobs of a smooth noise field, more
 /// likely over water (no texture to match, no return) and at the foot of walls and trees
 /// (occlusion), covering a share drawn from [`DSM_VOID_FRACTION`].
-fn dsm_voids(rng: &mut Rng, scene: &SceneRasters) -> Vec<bool> {
-    use super::synth::WATER;
+fn dsm_voids(rng: &mut Rng, scene: &ScenePlanes) -> Vec<bool> {
     let n = scene.size;
     let fraction = rng.range_f64(DSM_VOID_FRACTION.0, DSM_VOID_FRACTION.1);
     let key = rng.next_u64();
@@ -151,8 +166,8 @@ fn dsm_voids(rng: &mut Rng, scene: &SceneRasters) -> Vec<bool> {
     let score: Vec<f64> = (0..n * n)
         .map(|i| {
             let (x, y) = (i % n, i / n);
-            let water = if scene.label[i] == WATER { 0.15 } else { 0.0 };
-            let occluded = if below_a_step(&scene.dsm, n, x, y, 3.0) {
+            let water = if scene.water[i] { 0.15 } else { 0.0 };
+            let occluded = if below_a_step(scene.dsm, n, x, y, 3.0) {
                 0.1
             } else {
                 0.0
@@ -178,7 +193,7 @@ fn below_a_step(height: &[f32], n: usize, x: usize, y: usize, step: f32) -> bool
 /// textured by finer noise; and their shadows, the same shapes moved away from the sun of the
 /// scene's building shadows and darkening the ground. The offset is scaled to the scene (128 m
 /// across by default), where a real cloud's shadow lands up to kilometres away.
-fn draw_clouds(rng: &mut Rng, scene: &mut SceneRasters, gaps: &mut SceneGaps) {
+fn draw_clouds(rng: &mut Rng, scene: &mut ScenePlanes, gaps: &mut SceneGaps) {
     let n = scene.size;
     let cover = rng.range_f64(CLOUD_COVER.0, CLOUD_COVER.1);
     let (shape, texture) = (rng.next_u64(), rng.next_u64());
@@ -271,12 +286,12 @@ pub struct PatternCounts {
 }
 
 impl PatternCounts {
-    /// Adds the pixels of one scene (after [`draw_gaps`], or without gaps).
-    pub fn add(&mut self, scene: &SceneRasters) {
-        for i in 0..scene.size * scene.size {
-            let optical = scene.cloud_mask.as_ref().is_some_and(|m| m[i] != 0);
-            let dsm = scene.dsm[i] == DSM_NODATA;
-            let sar = scene.sar[i] == SAR_NODATA;
+    /// Adds the pixels of one scene: its cloud mask (none without gaps), DSM and SAR planes.
+    pub fn add(&mut self, cloud_mask: Option<&[u8]>, dsm: &[f32], sar: &[f32]) {
+        for i in 0..dsm.len() {
+            let optical = cloud_mask.is_some_and(|m| m[i] != 0);
+            let dsm = dsm[i] == DSM_NODATA;
+            let sar = sar[i] == SAR_NODATA;
             self.pixels[usize::from(optical) | usize::from(dsm) << 1 | usize::from(sar) << 2] += 1;
         }
         self.scenes += 1;
@@ -325,8 +340,12 @@ impl PatternCounts {
 mod tests {
     use super::*;
     use crate::data::raster::{read_window_at, RasterInfo, Window};
-    use crate::data::synth::{self, generate_scene, SynthOptions};
+    use crate::data::synth::{self, generate_scene, SceneRasters, SynthOptions};
     use std::path::Path;
+
+    fn draw_gaps(scene: &mut SceneRasters, seed: u64, index: usize) -> SceneGaps {
+        scene.draw_gaps(seed, index)
+    }
 
     /// FNV-1a over bytes: a fingerprint of generated rasters.
     fn fnv(hash: &mut u64, bytes: &[u8]) {
@@ -586,7 +605,7 @@ mod tests {
         s.sar[1] = SAR_NODATA;
         s.dsm[2] = DSM_NODATA;
         let mut counts = PatternCounts::default();
-        counts.add(&s);
+        counts.add(s.cloud_mask.as_deref(), &s.dsm, &s.sar);
         assert_eq!(counts.pixels[0b101], 1, "optical+sar");
         assert_eq!(counts.pixels[0b100], 1, "sar only");
         assert_eq!(counts.pixels[0b010], 1, "dsm");
