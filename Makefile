@@ -144,3 +144,16 @@ synth: setup
 # {split}/clouds/), in data/synthetic-gaps.
 synth-gaps: setup
 	$(BIN) synth --gaps --out data/synthetic-gaps
+
+# Routes per pixel on the gaps benchmark (docs/results.md, "Routes per pixel on the gaps
+# benchmark"): per seed a teacher on data/synthetic-gaps and the students of the missing sets that
+# cover most of its pixels (optical, SAR, both, DSM), distilled and merged into one checkpoint;
+# then the composite (context margin chosen on val), each student with its modality dropped from
+# every scene, the teacher alone and one branch per scene, scored on the same pixels. About
+# 25 min on 2 cores. Tables: $(GAPS_OUT)/results.md.
+GAPS_OUT ?= runs/gaps
+GAPS_SEEDS ?= 42 43 44
+.PHONY: reproduce-gaps
+reproduce-gaps: synth-gaps
+	BIN=$(BIN) CONFIG=data/synthetic-gaps/experiment.yaml SEEDS="$(GAPS_SEEDS)" JOBS=$(JOBS) \
+		PYTHON=$(DIS2_VENV)/bin/python bash scripts/gaps-results.sh $(GAPS_OUT)

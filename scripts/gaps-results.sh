@@ -42,6 +42,40 @@ seed() {
 }
 export -f train seed
 
+# One evaluation into $OUT/evals/s$SEED/$name unless done; the other arguments go to dis2 eval.
+evaluate() {
+    local s=$1 name=$2; shift 2
+    local out=$OUT/evals/s$s/$name
+    [ -e "$out/metrics.json" ] && return 0
+    "$BIN" --threads 1 eval --config "$CONFIG" --out "$out" --overlays 0 --quiet "$@" \
+        > "$out.log" 2>&1 || { echo "failed: eval $out (see $out.log)" >&2; return 1; }
+}
+
+# The evaluations of seed $1: the composite with every margin on val and test, each student with
+# its missing set dropped from every scene, the teacher alone (teacher-fill wherever an input
+# lacks data) and one branch per scene (the output before routes per pixel).
+evaluations() {
+    local s=$1 d=$OUT/s$1
+    mkdir -p "$OUT/evals/s$s"
+    for m in $MARGINS; do
+        evaluate "$s" "val-composite-m$m" --checkpoint "$d/all" --split val --context-margin "$m"
+        evaluate "$s" "test-composite-m$m" --checkpoint "$d/all" --context-margin "$m"
+    done
+    for m in $STUDENTS; do
+        evaluate "$s" "test-drop-${m//,/+}" --checkpoint "$d/all" --drop "$m"
+    done
+    evaluate "$s" test-teacher --checkpoint "$d/teacher"
+    evaluate "$s" test-one-route --checkpoint "$d/all" --one-route
+    echo "seed $s: evaluated"
+}
+MARGINS=${MARGINS:-"0 2 4 8 16"}
+export MARGINS
+export -f evaluate evaluations
+
 started=$(date +%s)
 printf '%s\n' $SEEDS | xargs -P "$JOBS" -I{} bash -c 'seed {}'
 echo "trained in $(( ($(date +%s) - started) / 60 )) min"
+started=$(date +%s)
+printf '%s\n' $SEEDS | xargs -P "$JOBS" -I{} bash -c 'evaluations {}'
+echo "evaluated in $(( ($(date +%s) - started) / 60 )) min"
+"${PYTHON:-python3}" "$(dirname "$0")/gaps-table.py" "$OUT" $SEEDS | tee "$OUT/results.md"

@@ -31,7 +31,8 @@ use crate::model::config::ModelConfig;
 use crate::model::{Route, RouteTable, Scenario, ROUTE_NODATA};
 use crate::precision::Precision;
 use crate::predict::{
-    predict_scene_with, ClassRows, InferenceSettings, PredictOptions, Predictor, SceneJob,
+    predict_scene_with, ClassRows, InferenceSettings, NothingToClassify, PredictOptions, Predictor,
+    SceneJob,
 };
 pub use groups::Group;
 use groups::{data_pattern, pattern_label, Groups};
@@ -111,6 +112,9 @@ pub struct EvalReport {
     /// `teacher`, `student[sar]`, `teacher-fill[dsm]`); pixels no branch classified are left
     /// out (they are in [`Self::by_data`]'s unscored counts).
     pub by_route: Vec<Group>,
+    /// Scenes no branch could classify a pixel of (every input empty there, or no route for
+    /// what they have), skipped with a line on stderr; their labelled pixels count as unscored.
+    pub skipped: Vec<String>,
 }
 
 /// Scores `req.checkpoint` on every scene of the split and writes the reports into `req.out`.
@@ -187,6 +191,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         attention_maps,
         by_data,
         by_route,
+        skipped: scored.skipped,
     };
     write_reports(req, &report)?;
     Ok(report)
@@ -243,6 +248,8 @@ struct Scored {
     by_data: Groups,
     by_route: Groups,
     overlays: Vec<PathBuf>,
+    /// Scenes where no branch could classify a pixel.
+    skipped: Vec<String>,
 }
 
 /// Predicts every scene of `dataset` with the `given` modalities (blended windows, as
@@ -280,6 +287,7 @@ fn score_scenes(
     let mut labelled = ConfusionMatrix::new(table.len());
     let mut by_data = Groups::new(table.len());
     let mut by_route = Groups::new(table.len());
+    let mut skipped = Vec::new();
     for (index, scene) in dataset.scenes.iter().enumerate() {
         if scene.label.is_none() {
             bail!("scene {}: no labels to score against", scene.id);
@@ -298,8 +306,18 @@ fn score_scenes(
             overlay: (index < req.options.overlays)
                 .then(|| OverlaySampler::new(scene.width(), scene.height())),
         };
-        predict_scene_with(predictor, &job, &options, &mut |rows| scorer.rows(rows))
-            .with_context(|| format!("scene {}", scene.id))?;
+        let predicted =
+            predict_scene_with(predictor, &job, &options, &mut |rows| scorer.rows(rows));
+        match predicted {
+            Err(e) if e.downcast_ref::<NothingToClassify>().is_some() => {
+                // Its labelled pixels stay counted, as unscored, in the groups by data.
+                eprintln!("skipped scene {}: {e}", scene.id);
+                skipped.push(scene.id.clone());
+            }
+            other => {
+                other.with_context(|| format!("scene {}", scene.id))?;
+            }
+        }
         let _ = std::fs::remove_file(&job.out);
         if let Some(o) = scorer.overlay {
             let path = req
@@ -318,6 +336,7 @@ fn score_scenes(
         by_data,
         by_route,
         overlays,
+        skipped,
     })
 }
 
@@ -742,6 +761,7 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "confusion_matrix": cm.rows(),
         "by_data": groups_json(&r.by_data, names),
         "by_route": groups_json(&r.by_route, names),
+        "skipped_scenes": r.skipped,
         "routes": if req.options.one_route { "one per scene" } else { "per pixel" },
     });
     let text = serde_json::to_string_pretty(&doc)?;

@@ -79,12 +79,15 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     let cm: Vec<Vec<u64>> = serde_json::from_value(doc["confusion_matrix"].clone()).unwrap();
     let total: u64 = cm.iter().flatten().sum();
     let (complete, labelled) = labelled_test_pixels(Path::new(&config));
+    assert!(complete < labelled, "the tiny benchmark has SAR gaps");
     assert_eq!(
-        total, complete,
-        "every labelled test pixel with data in every input is scored once"
+        total, labelled,
+        "every labelled test pixel is scored once: where SAR has no data, by the teacher with \
+         SAR filled (a teacher run has no student)"
     );
     assert_eq!(doc["pixels"].as_u64(), Some(total));
-    // The groups by what the data lacks split the labelled pixels: every complete one scored.
+    assert_eq!(doc["routes"], "per pixel");
+    // The groups by what the data lacks split the labelled pixels, every one scored.
     let groups = data_groups(&doc);
     assert_eq!(
         groups.iter().map(|g| g.1).sum::<u64>(),
@@ -93,11 +96,61 @@ fn eval_scores_whole_scenes_and_labels_the_filled_teacher() {
     );
     assert_eq!(groups.iter().map(|g| g.2).sum::<u64>(), total, "{groups:?}");
     assert_eq!((groups[0].0.as_str(), groups[0].1), ("complete", complete));
-    assert!(groups.iter().any(|g| g.0 == "missing sar"), "{groups:?}");
+    let gap = groups
+        .iter()
+        .find(|g| g.0 == "missing sar")
+        .expect("SAR gaps");
+    assert_eq!(gap.1, gap.2, "{groups:?}");
     assert!(
         stdout.contains("pixels by what the data lacks:"),
         "{stdout}"
     );
+    // By branch: the teacher, and the filled teacher over the SAR gaps and their margin.
+    let mut routes: Vec<(String, u64, u64)> = doc["by_route"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| {
+            let n = |k: &str| g[k].as_u64().unwrap();
+            (
+                g["pixels"].as_str().unwrap().to_string(),
+                n("labelled"),
+                n("scored"),
+            )
+        })
+        .collect();
+    routes.sort();
+    assert_eq!(routes.len(), 2, "{routes:?}");
+    assert_eq!(
+        (routes[0].0.as_str(), routes[1].0.as_str()),
+        ("teacher", "teacher-fill[sar]")
+    );
+    assert_eq!(routes[0].2 + routes[1].2, total);
+    assert!(
+        routes[1].2 >= gap.1 && routes[0].2 <= complete,
+        "{routes:?}"
+    );
+    assert!(
+        stdout.contains("pixels by the branch that classified them:"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("left unscored"), "{stdout}");
+
+    // One branch per scene, as before routes per pixel: only complete pixels are scored.
+    let one = dir.path().join("one-route");
+    let stdout = ok(&quiet_on_cpu(&[
+        "eval",
+        "--checkpoint",
+        &run_s,
+        "--one-route",
+        "--out",
+        &one.display().to_string(),
+    ]));
+    let one_doc = read_json(&one.join("metrics.json"));
+    assert_eq!(one_doc["pixels"].as_u64(), Some(complete));
+    assert_eq!(one_doc["routes"], "one per scene");
+    let unscored = format!("left unscored: {} labelled pixels", labelled - complete);
+    assert!(stdout.contains(&unscored), "{stdout}");
     let correct: u64 = (0..cm.len()).map(|i| cm[i][i]).sum();
     let oa = doc["overall_accuracy"].as_f64().unwrap();
     assert!((oa - correct as f64 / total as f64).abs() < 1e-12);
@@ -190,11 +243,11 @@ fn eval_erodes_boundaries_and_draws_overlays() {
         let eroded = dis2::metrics::erode_boundaries(&raw.labels, w, h, 2, data.ignore_index);
         kept += (0..w * h)
             .filter(|&p| {
-                eroded[p] != data.ignore_index && raw.modalities.iter().all(|m| m.valid[p])
+                eroded[p] != data.ignore_index && raw.modalities.iter().any(|m| m.valid[p])
             })
             .count() as u64;
     }
-    let total = labelled_test_pixels(Path::new(&config)).0;
+    let total = labelled_test_pixels(Path::new(&config)).1;
     assert!(kept < total, "the synthetic scenes have class boundaries");
 
     let eroded = dir.path().join("eroded");

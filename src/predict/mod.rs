@@ -32,7 +32,7 @@ mod routes;
 mod settings;
 pub(crate) mod writer;
 
-pub use routes::DEFAULT_CONTEXT_MARGIN;
+pub use routes::{NothingToClassify, DEFAULT_CONTEXT_MARGIN};
 pub use settings::{InferenceSettings, GDAL_CACHE_BYTES};
 
 use anyhow::{anyhow, bail, Context, Result};

@@ -11,7 +11,7 @@
 //! the pattern as one more channel; the sink turns it back into the pixel's route, counts the
 //! pixels of each pattern and writes the route map.
 
-use anyhow::{anyhow, bail, Result};
+use anyhow::{anyhow, Result};
 use std::path::PathBuf;
 
 use crate::data::grid::GridSource;
@@ -164,11 +164,14 @@ pub(super) fn apply_masks(strips: &mut [Pixels], indices: &[usize], masks: &[(us
 }
 
 /// The pattern of every pixel of a strip: the absent bits, and bit `index` where a given input
-/// is not available (invalid, or an invalid pixel within the margin). `strips` are the given
-/// inputs' (model modality `indices[i]`), masks applied ([`apply_masks`]).
+/// is not available (invalid, or an invalid pixel within the margin). The margin never takes a
+/// pixel's last branch away: where the pattern with the margin has no route, the pixel's own
+/// availability (the pattern without the margin) decides. `strips` are the given inputs'
+/// (model modality `indices[i]`), masks applied ([`apply_masks`]).
 pub(super) fn strip_patterns(strips: &[Pixels], indices: &[usize], routing: &Routing) -> Vec<u8> {
     let (width, height) = (strips[0].width, strips[0].height);
     let mut patterns = vec![routing.absent; width * height];
+    let mut own = patterns.clone();
     for (strip, &index) in strips.iter().zip(indices) {
         if strip.valid.iter().all(|&v| v) {
             continue;
@@ -179,6 +182,16 @@ pub(super) fn strip_patterns(strips: &[Pixels], indices: &[usize], routing: &Rou
             if !a {
                 *p |= 1u8 << index;
             }
+        }
+        for (p, &v) in own.iter_mut().zip(&strip.valid) {
+            if !v {
+                *p |= 1u8 << index;
+            }
+        }
+    }
+    for (p, &o) in patterns.iter_mut().zip(&own) {
+        if routing.code(*p) == ROUTE_NODATA {
+            *p = o;
         }
     }
     patterns
@@ -276,17 +289,19 @@ impl PatternCounts {
             .map(|(_, path)| path.display().to_string())
             .collect();
         if !empty.is_empty() && (empty.len() == given.len() || !routing.per_pixel) {
-            bail!(
+            return Err(NothingToClassify(format!(
                 "every pixel is nodata in at least one input: {} has no data on the grid \
                  (nodata, masked or outside its coverage): nothing to classify",
                 empty.join(" and ")
-            );
+            ))
+            .into());
         }
         if !routing.per_pixel {
-            bail!(
+            return Err(NothingToClassify(format!(
                 "every pixel is nodata in at least one input ({}): nothing to classify",
                 all.join(", ")
-            );
+            ))
+            .into());
         }
         let most = (self.0.iter().enumerate())
             .max_by_key(|(_, &n)| n)
@@ -298,9 +313,22 @@ impl PatternCounts {
             Err(e) => e.to_string(),
             Ok(_) => "no route".to_string(),
         };
-        bail!("no pixel can be classified: {reason}")
+        Err(NothingToClassify(format!("no pixel can be classified: {reason}")).into())
     }
 }
+
+/// A scene where no branch can classify any pixel (its message names the empty input or the
+/// route the pixels lack): `dis2 eval` skips such a scene where `dis2 predict` stops.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NothingToClassify(pub String);
+
+impl std::fmt::Display for NothingToClassify {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NothingToClassify {}
 
 /// The route codes present among a batch's windows (`codes`, one plane per window), ascending,
 /// nodata left out.
