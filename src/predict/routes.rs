@@ -23,6 +23,11 @@ use crate::model::route::{Fallback, Resolution, Route, RouteTable, ROUTE_NODATA}
 /// provisional, to be set from a measurement on trained models (docs/predict.md).
 pub const DEFAULT_CONTEXT_MARGIN: usize = 8;
 
+/// The default of [`super::PredictOptions::route_blend`] (`--route-blend`), in pixels: the
+/// width of the band on the richer route's side of a route boundary over which the two
+/// routes' probabilities are mixed (measured in docs/predict.md, "Route boundaries").
+pub const DEFAULT_ROUTE_BLEND: usize = 16;
+
 /// A `--missing-mask` placed on the scene's grid: nonzero where its modality is missing.
 pub(super) struct MaskInput {
     /// The model modality it masks.
@@ -40,6 +45,9 @@ pub(super) struct Routing {
     pub(super) absent: u8,
     /// Context margin in pixels (0 for one route per scene).
     pub(super) margin: usize,
+    /// Width in pixels of the band where a richer route is mixed with a poorer neighbour
+    /// ([`strip_blend`]); 0: routes switch hard (and for one route per scene).
+    pub(super) blend: usize,
     /// Routes per pixel (`false`: one route per scene, nodata where any given input lacks data).
     pub(super) per_pixel: bool,
 }
@@ -62,6 +70,7 @@ impl Routing {
         given: &[bool],
         allow_fill: bool,
         margin: usize,
+        blend: usize,
     ) -> Result<Self> {
         let table = RouteTable::of(cfg)?;
         let absent = absent_bits(given);
@@ -76,6 +85,7 @@ impl Routing {
             lookup,
             absent,
             margin,
+            blend,
             per_pixel: true,
         })
     }
@@ -105,6 +115,7 @@ impl Routing {
             lookup,
             absent,
             margin: 0,
+            blend: 0,
             per_pixel: false,
         })
     }
@@ -182,6 +193,128 @@ pub(super) fn strip_patterns(strips: &[Pixels], indices: &[usize], routing: &Rou
         }
     }
     patterns
+}
+
+/// How the pixels of a strip or window near a poorer route mix it in (row-major planes): the
+/// poorer route's code ([`ROUTE_NODATA`] where the pixel takes its own route alone) and the
+/// weight `w` of the pixel's own route, so its probabilities are `w P_own + (1 - w) P_poorer`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Blend {
+    pub(super) partners: Vec<u8>,
+    pub(super) weights: Vec<f32>,
+}
+
+/// The weight of the richer route at Chebyshev distance `d` (pixels, >= 1) from the nearest
+/// pixel of a poorer pattern: a raised cosine rising from 0 at the boundary to 1 at `band`
+/// pixels in, the ramp windows are blended by.
+pub(super) fn blend_weight(d: usize, band: usize) -> f32 {
+    if d >= band {
+        return 1.0;
+    }
+    0.5 - 0.5 * (std::f32::consts::PI * d as f32 / band as f32).cos()
+}
+
+/// Chebyshev distance (pixels, at most `cap`) from each pixel of a `height x width` plane to
+/// the nearest pixel where `target` holds (`cap` where none is that near): a two-pass chamfer
+/// with unit steps over the 8 neighbours, exact for this metric. Pixels outside the plane are
+/// not targets.
+pub(super) fn chebyshev_distance(
+    target: &[bool],
+    width: usize,
+    height: usize,
+    cap: usize,
+) -> Vec<usize> {
+    let mut d: Vec<usize> = target.iter().map(|&t| if t { 0 } else { cap }).collect();
+    for y in 0..height {
+        for x in 0..width {
+            let mut best = d[y * width + x];
+            if x > 0 {
+                best = best.min(d[y * width + x - 1] + 1);
+            }
+            if y > 0 {
+                let up = (y - 1) * width;
+                for xx in x.saturating_sub(1)..(x + 2).min(width) {
+                    best = best.min(d[up + xx] + 1);
+                }
+            }
+            d[y * width + x] = best;
+        }
+    }
+    for y in (0..height).rev() {
+        for x in (0..width).rev() {
+            let mut best = d[y * width + x];
+            if x + 1 < width {
+                best = best.min(d[y * width + x + 1] + 1);
+            }
+            if y + 1 < height {
+                let down = (y + 1) * width;
+                for xx in x.saturating_sub(1)..(x + 2).min(width) {
+                    best = best.min(d[down + xx] + 1);
+                }
+            }
+            d[y * width + x] = best;
+        }
+    }
+    d
+}
+
+/// The mix of routes near their boundaries in a strip of `patterns` (`height x width`): a
+/// pixel of pattern P whose route runs (not nodata) is mixed with the route of the nearest
+/// pixel (Chebyshev distance d < `routing.blend`) of a pattern Q that lacks strictly more
+/// (Q a superset of P) and takes another route that runs, with weight [`blend_weight`]`(d)` on
+/// its own route. That route reads only modalities outside Q, all available at the pixel, so
+/// no branch ever reads a missing input. Patterns neither of which contains the other (SAR
+/// missing next to optical missing) switch hard. `None` when no pixel mixes (a strip of one
+/// pattern costs nothing). Exact for rows at least `blend` rows inside the strip, which the
+/// reader's context rows ensure.
+pub(super) fn strip_blend(
+    patterns: &[u8],
+    width: usize,
+    height: usize,
+    routing: &Routing,
+) -> Option<Blend> {
+    let band = routing.blend;
+    let first = *patterns.first()?;
+    if band == 0 || patterns.iter().all(|&p| p == first) {
+        return None;
+    }
+    let mut seen = [false; 256];
+    for &p in patterns {
+        seen[usize::from(p)] = true;
+    }
+    let present: Vec<u8> = (0..=u8::MAX).filter(|&p| seen[usize::from(p)]).collect();
+    let runs = |p: u8| routing.code(p) != ROUTE_NODATA;
+    // Distances to each pattern that some other present pattern could mix in.
+    let distances: Vec<(u8, Vec<usize>)> = (present.iter())
+        .filter(|&&q| runs(q) && present.iter().any(|&p| poorer(q, p, routing)))
+        .map(|&q| {
+            let target: Vec<bool> = patterns.iter().map(|&p| p == q).collect();
+            (q, chebyshev_distance(&target, width, height, band))
+        })
+        .collect();
+    let mut blend = Blend {
+        partners: vec![ROUTE_NODATA; patterns.len()],
+        weights: vec![1.0; patterns.len()],
+    };
+    let mut any = false;
+    for (i, &p) in patterns.iter().enumerate() {
+        let nearest = (distances.iter())
+            .filter(|(q, d)| d[i] < band && poorer(*q, p, routing))
+            .min_by_key(|(_, d)| d[i]);
+        if let Some((q, d)) = nearest {
+            blend.partners[i] = routing.code(*q);
+            blend.weights[i] = blend_weight(d[i], band);
+            any = true;
+        }
+    }
+    any.then_some(blend)
+}
+
+/// Whether pattern `q` may be mixed into a pixel of pattern `p`: it lacks strictly more
+/// modalities, both routes run and they differ.
+fn poorer(q: u8, p: u8, routing: &Routing) -> bool {
+    let (own, other) = (routing.code(p), routing.code(q));
+    q != p && q & p == p && own != ROUTE_NODATA && other != ROUTE_NODATA && own != other
 }
 
 /// Pixels of each pattern in a scene's output (index: the pattern).
@@ -302,12 +435,17 @@ impl PatternCounts {
     }
 }
 
-/// The route codes present among a batch's windows (`codes`, one plane per window), ascending,
-/// nodata left out.
-pub(super) fn codes_present(codes: &[Vec<u8>]) -> Vec<u8> {
+/// The route codes present among a batch's windows (`codes`, one plane per window, and the
+/// poorer routes their `blends` mix in), ascending, nodata left out.
+pub(super) fn codes_present(codes: &[Vec<u8>], blends: &[Option<Blend>]) -> Vec<u8> {
     let mut seen = [false; 256];
     for plane in codes {
         for &c in plane {
+            seen[usize::from(c)] = true;
+        }
+    }
+    for blend in blends.iter().flatten() {
+        for &c in &blend.partners {
             seen[usize::from(c)] = true;
         }
     }
