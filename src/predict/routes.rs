@@ -483,4 +483,87 @@ mod tests {
         erode(&mut full, w, h, 3);
         assert!(full.iter().all(|&a| a), "scene borders are not gaps");
     }
+
+    /// The chamfer equals the Chebyshev distance to the nearest target by brute force, capped.
+    #[test]
+    fn chamfer_is_the_chebyshev_distance_capped() {
+        let (w, h, cap) = (17, 11, 6);
+        let target: Vec<bool> = (0..w * h).map(|i| (i * 7919) % 37 == 0).collect();
+        let fast = chebyshev_distance(&target, w, h, cap);
+        for y in 0..h {
+            for x in 0..w {
+                let mut best = cap;
+                for (i, _) in target.iter().enumerate().filter(|(_, &t)| t) {
+                    let (tx, ty) = (i % w, i / w);
+                    best = best.min(tx.abs_diff(x).max(ty.abs_diff(y)));
+                }
+                assert_eq!(fast[y * w + x], best, "({x}, {y})");
+            }
+        }
+    }
+
+    fn routing(blend: usize) -> Routing {
+        let modality = |name: &str, channels| crate::model::modality::ModalitySpec {
+            name: name.to_string(),
+            channels,
+        };
+        let cfg = ModelConfig {
+            base_width: 8,
+            num_classes: 2,
+            crop: [16, 16],
+            heads: 8,
+            ffn_dim: 16,
+            depth: 1,
+            modalities: vec![modality("optical", 4), modality("sar", 1)],
+            scenarios: Some(vec![vec!["optical".to_string()], vec!["sar".to_string()]]),
+            decoder: Default::default(),
+            fusion: Default::default(),
+        };
+        Routing::per_pixel(&cfg, &[true, true], false, 0, blend).unwrap()
+    }
+
+    /// Left half: every modality (the teacher); right half: the SAR missing (bit 1), or the
+    /// optical image missing (bit 0) in the bottom rows. The teacher mixes in the nearer
+    /// student within the band, weight from the distance; students[sar] and [optical] (neither
+    /// missing set contains the other) switch hard; a blend of 0 or one pattern mixes nothing.
+    #[test]
+    fn the_richer_route_mixes_in_the_nearest_poorer_one_within_the_band() {
+        let (w, h, band) = (12, 10, 4);
+        let routing = routing(band);
+        let patterns: Vec<u8> = (0..w * h)
+            .map(|i| match (i % w < 6, i / w >= 8) {
+                (true, _) => 0,
+                (false, false) => 0b10,
+                (false, true) => 0b01,
+            })
+            .collect();
+        let blend = strip_blend(&patterns, w, h, &routing).unwrap();
+        for y in 0..h {
+            for x in 0..w {
+                let i = y * w + x;
+                let (partner, weight) = (blend.partners[i], blend.weights[i]);
+                if x >= 6 {
+                    assert_eq!(partner, ROUTE_NODATA, "({x}, {y}): students do not mix");
+                    continue;
+                }
+                let d = 6 - x;
+                // Chebyshev distances to the SAR-missing rows (< 8) and the optical-missing
+                // ones; ties go to the lower pattern.
+                let to_sar = d.max(y.saturating_sub(7));
+                let to_optical = d.max(8usize.saturating_sub(y));
+                let nearest = if to_optical <= to_sar { 0b01 } else { 0b10 };
+                match d < band {
+                    true => {
+                        assert_eq!(partner, routing.code(nearest), "({x}, {y})");
+                        assert_eq!(weight, blend_weight(d, band), "({x}, {y})");
+                    }
+                    false => assert_eq!((partner, weight), (ROUTE_NODATA, 1.0), "({x}, {y})"),
+                }
+            }
+        }
+        assert!(blend_weight(1, band) > 0.0 && blend_weight(band - 1, band) < 1.0);
+        assert_eq!(blend_weight(band, band), 1.0);
+        assert!(strip_blend(&patterns, w, h, &super::tests::routing(0)).is_none());
+        assert!(strip_blend(&vec![0b10; w * h], w, h, &routing).is_none());
+    }
 }
