@@ -7,7 +7,9 @@
 //! pixels near a pixel it classifies. The reader reads each strip with `margin` extra rows above
 //! and below, so a pixel's availability is its own, whichever window covers it. A pixel's
 //! pattern is the bitmask of its unavailable modalities (those not given included); the
-//! checkpoint's [`RouteTable`] resolves it to a route code ([`Routing`]). The stitcher carries
+//! checkpoint's [`RouteTable`] resolves it to a route code ([`Routing`]). Near a pattern that
+//! lacks strictly more, a pixel mixes that pattern's route into its own over a raised-cosine
+//! band ([`strip_blend`]), so route boundaries do not show as seams. The stitcher carries
 //! the pattern as one more channel; the sink turns it back into the pixel's route, counts the
 //! pixels of each pattern and writes the route map.
 
