@@ -741,4 +741,25 @@ fn one_route_leaves_nodata_where_any_input_lacks_data() {
         "{err}"
     );
     assert!(!dir.path().join("empty.tif").exists());
+
+    // The per-pixel options have no effect with one route, and are refused naming the flag.
+    for (flag, value) in [("--route-blend", "4"), ("--context-margin", "4")] {
+        let out = dir.path().join("refused.tif");
+        let err = failed(&predict(&[
+            "--checkpoint",
+            s(&ck),
+            "--optical",
+            s(&files[0]),
+            "--out",
+            s(&out),
+            "--one-route",
+            flag,
+            value,
+        ]));
+        assert!(
+            err.contains(&format!("{flag} has no effect with --one-route")),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
 }
