@@ -271,8 +271,9 @@ fn without_a_student_the_pixels_are_nodata_or_filled_when_allowed() {
     }
 }
 
-/// Each pixel of the composite holds its own route's probabilities: equal to a run of that
-/// route alone (`--one-route` with the inputs the route reads) on the pixels it took.
+/// With `--route-blend 0` (the hard switch) each pixel of the composite holds its own route's
+/// probabilities: equal to a run of that route alone (`--one-route` with the inputs the route
+/// reads) on the pixels it took.
 #[test]
 fn the_composite_equals_each_route_run_alone_on_its_pixels() {
     let dir = tempfile::tempdir().unwrap();
@@ -286,6 +287,7 @@ fn the_composite_equals_each_route_run_alone_on_its_pixels() {
         let options = PredictOptions {
             per_pixel,
             announce_fill: false,
+            route_blend: 0,
             ..Default::default()
         };
         predict_scene(&predictor, &job, &options).unwrap();
@@ -331,6 +333,144 @@ fn the_composite_equals_each_route_run_alone_on_its_pixels() {
         }
         assert!(compared > 500, "{label}: only {compared} pixels");
     }
+}
+
+/// Probabilities and route map of one prediction of `names` (empty: not given) from `files`
+/// with `options`, written as `dir/name.tif`.
+fn probs_of(
+    predictor: &Predictor,
+    files: &[PathBuf],
+    names: &[&str],
+    dir: &Path,
+    name: &str,
+    options: &PredictOptions,
+) -> (dis2::data::raster::Pixels, Vec<u8>) {
+    let mut job = job(files, names, &dir.join(format!("{name}.tif")));
+    job.probs = Some(dir.join(format!("{name}.probs.tif")));
+    predict_scene(predictor, &job, options).unwrap();
+    (
+        read_all(job.probs.as_ref().unwrap()),
+        codes(job.routes.as_ref().unwrap()),
+    )
+}
+
+/// Route blending at the boundary of a SAR cut off from column 96 (student[sar] from column 88
+/// with the margin): on the teacher's side, a pixel at Chebyshev distance d < B from the
+/// student's pixels holds `w P_teacher + (1 - w) P_student`, w = 0.5 - 0.5 cos(pi d / B), each
+/// route's probabilities those of the route run alone on the same scene; farther in, the
+/// teacher's own; on the student's side (where the teacher's inputs lack) the student's own,
+/// so the teacher never contributes there. `--route-blend 0` is the hard switch. The route map
+/// does not change with the blend.
+#[test]
+fn routes_mix_by_a_raised_cosine_on_the_richer_side_of_a_boundary() {
+    const BLEND: usize = 12;
+    let dir = tempfile::tempdir().unwrap();
+    let ck = synthetic_checkpoint(dir.path());
+    let files = gapped_scene(dir.path());
+    let files = vec![
+        files[0].clone(),
+        common::synthetic_scene(dir.path(), SIZE)[1].clone(),
+        files[2].clone(),
+    ];
+    let predictor = Predictor::load(&ck, Device::Cpu).unwrap();
+    let table = RouteTable::of(&predictor.info().model).unwrap();
+    let all = ["optical", "dsm", "sar"];
+    let per_pixel = |blend: usize| PredictOptions {
+        margin: MARGIN,
+        route_blend: blend,
+        announce_fill: false,
+        ..Default::default()
+    };
+    let one_route = PredictOptions {
+        per_pixel: false,
+        announce_fill: false,
+        ..Default::default()
+    };
+    let d = dir.path();
+    let (blended, map) = probs_of(&predictor, &files, &all, d, "blended", &per_pixel(BLEND));
+    let (hard, hard_map) = probs_of(&predictor, &files, &all, d, "hard", &per_pixel(0));
+    let (teacher, _) = probs_of(&predictor, &files, &all, d, "teacher", &one_route);
+    let no_sar = ["optical", "dsm", ""];
+    let (student, _) = probs_of(&predictor, &files, &no_sar, d, "student", &one_route);
+    assert_eq!(map, hard_map, "the route map is each pixel's own route");
+    let edge = 96 - MARGIN;
+    let plane = SIZE * SIZE;
+    let mut mixed = 0;
+    for y in 0..SIZE {
+        for x in 0..SIZE {
+            let i = y * SIZE + x;
+            let want = if x < edge { "teacher" } else { "student[sar]" };
+            assert_eq!(table.label(map[i]), want, "pixel ({x}, {y})");
+            let w = match edge.saturating_sub(x) {
+                0 => 0.0,
+                dist if dist >= BLEND => 1.0,
+                dist => 0.5 - 0.5 * (std::f32::consts::PI * dist as f32 / BLEND as f32).cos(),
+            };
+            let hard_w = if x < edge { 1.0 } else { 0.0 };
+            mixed += usize::from(w > 0.0 && w < 1.0);
+            for c in 0..blended.bands {
+                let (t, s) = (teacher.data[c * plane + i], student.data[c * plane + i]);
+                let at = c * plane + i;
+                for (got, w, what) in [
+                    (blended.data[at], w, "blended"),
+                    (hard.data[at], hard_w, "hard"),
+                ] {
+                    let expected = w * t + (1.0 - w) * s;
+                    assert!(
+                        (got - expected).abs() < 1e-4,
+                        "{what}, pixel ({x}, {y}), class {c}: {got} vs {expected} (w {w})"
+                    );
+                }
+            }
+        }
+    }
+    assert_eq!(mixed, (BLEND - 1) * SIZE, "pixels in the band");
+}
+
+/// Where the DSM lacks (student[dsm+sar], whose missing set contains every other route's),
+/// no richer route contributes: the composite equals that student run alone there, with a
+/// route blend wider than the margin.
+#[test]
+fn the_richer_route_never_contributes_where_its_inputs_lack() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = synthetic_checkpoint(dir.path());
+    let files = gapped_scene(dir.path());
+    let predictor = Predictor::load(&ck, Device::Cpu).unwrap();
+    let table = RouteTable::of(&predictor.info().model).unwrap();
+    let options = PredictOptions {
+        margin: MARGIN,
+        route_blend: 24,
+        announce_fill: false,
+        ..Default::default()
+    };
+    let one_route = PredictOptions {
+        per_pixel: false,
+        announce_fill: false,
+        ..Default::default()
+    };
+    let d = dir.path();
+    let (composite, map) = probs_of(
+        &predictor,
+        &files,
+        &["optical", "dsm", "sar"],
+        d,
+        "c",
+        &options,
+    );
+    let (poorest, _) = probs_of(&predictor, &files, &["optical", "", ""], d, "o", &one_route);
+    let plane = SIZE * SIZE;
+    let mut compared = 0;
+    for (i, &code) in map.iter().enumerate() {
+        if table.label(code) != "student[dsm+sar]" {
+            continue;
+        }
+        for c in 0..composite.bands {
+            let (a, b) = (composite.data[c * plane + i], poorest.data[c * plane + i]);
+            assert!((a - b).abs() < 1e-4, "pixel {i}, class {c}: {a} vs {b}");
+        }
+        compared += 1;
+    }
+    assert!(compared > 1000, "only {compared} pixels");
 }
 
 /// A cloud mask on a grid twice as coarse, given in a scene list (`missing.optical=`), routes
@@ -601,4 +741,25 @@ fn one_route_leaves_nodata_where_any_input_lacks_data() {
         "{err}"
     );
     assert!(!dir.path().join("empty.tif").exists());
+
+    // The per-pixel options have no effect with one route, and are refused naming the flag.
+    for (flag, value) in [("--route-blend", "4"), ("--context-margin", "4")] {
+        let out = dir.path().join("refused.tif");
+        let err = failed(&predict(&[
+            "--checkpoint",
+            s(&ck),
+            "--optical",
+            s(&files[0]),
+            "--out",
+            s(&out),
+            "--one-route",
+            flag,
+            value,
+        ]));
+        assert!(
+            err.contains(&format!("{flag} has no effect with --one-route")),
+            "{err}"
+        );
+        assert!(!out.exists());
+    }
 }

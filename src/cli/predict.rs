@@ -20,7 +20,7 @@ use crate::data::vsi;
 use crate::precision::PrecisionChoice;
 use crate::predict::{
     predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob, Summary,
-    DEFAULT_CONTEXT_MARGIN,
+    DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND,
 };
 use crate::train::run::RunDir;
 
@@ -76,6 +76,10 @@ pub struct PredictArgs {
     /// pixels around it [default: 8].
     #[arg(long, value_name = "PX")]
     pub context_margin: Option<usize>,
+    /// Mix a richer route into a poorer neighbour's over this many pixels on the richer side of
+    /// a route boundary, by a raised cosine (0 = switch hard) [default: 16].
+    #[arg(long, value_name = "PX")]
+    pub route_blend: Option<usize>,
     /// Several scenes: one line per scene, `NAME=FILE ... out=FILE [probs=FILE]
     /// [preview=FILE] [routes=FILE] [missing.NAME=FILE ...]`; relative paths are relative to
     /// the list's folder (also the archive of `/vsizip/a.zip/x.tif`); `#` starts a comment.
@@ -406,12 +410,16 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         alpha: AlphaRule::data_if(args.alpha_as_data),
         per_pixel: !args.one_route,
         margin: args.context_margin.unwrap_or(DEFAULT_CONTEXT_MARGIN),
+        route_blend: args.route_blend.unwrap_or(DEFAULT_ROUTE_BLEND),
     };
     if options.batch == 0 {
         bail!("--batch must be at least 1");
     }
     if args.one_route && args.context_margin.is_some() {
         bail!("--context-margin has no effect with --one-route, which classifies only pixels where every given input has data");
+    }
+    if args.one_route && args.route_blend.is_some() {
+        bail!("--route-blend has no effect with --one-route, which runs one branch per scene");
     }
     let device = args.device.device.resolve()?;
     let precision = args.precision.unwrap_or_default().resolve(device);
@@ -503,6 +511,7 @@ mod tests {
             ("missing-mask", "optical=m.tif"),
             ("routes", "r.tif"),
             ("context-margin", "4"),
+            ("route-blend", "4"),
         ]
         .into();
         let command = crate::cli::Cli::command();

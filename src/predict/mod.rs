@@ -32,7 +32,7 @@ mod routes;
 mod settings;
 pub(crate) mod writer;
 
-pub use routes::{NothingToClassify, DEFAULT_CONTEXT_MARGIN};
+pub use routes::{NothingToClassify, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND};
 pub use settings::{InferenceSettings, GDAL_CACHE_BYTES};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -57,7 +57,7 @@ use crate::precision::Precision;
 use crate::progress::Progress;
 use crate::tiling::{BandStitcher, FinishedRows, WindowLayout};
 use reader::{batches, BatchReader, Input, Prepared};
-use routes::{codes_present, MaskInput, PatternCounts, Routing};
+use routes::{codes_present, Blend, MaskInput, PatternCounts, Routing};
 use writer::StreamingTiff;
 
 /// Class value of unclassified pixels in a class map (any given input is nodata there); the
@@ -131,6 +131,14 @@ pub struct PredictOptions {
     /// Context margin in pixels (`--context-margin`): a modality is available at a pixel only
     /// where it is also available at every pixel within this distance (square neighbourhood).
     pub margin: usize,
+    /// Route blend in pixels (`--route-blend`): on the side of the richer of two routes at a
+    /// boundary (the one whose pattern lacks fewer modalities), pixels within this Chebyshev
+    /// distance of the poorer route's pixels take `w P_rich + (1 - w) P_poor`, `w` a raised
+    /// cosine of the distance (0 at the boundary, 1 at this many pixels); the poorer route
+    /// never reads a missing input there, the richer one never runs on the poorer side. Routes
+    /// neither of which lacks a superset of the other's modalities switch hard. 0: every
+    /// boundary switches hard. No effect with `per_pixel` off.
+    pub route_blend: usize,
 }
 
 impl Default for PredictOptions {
@@ -150,6 +158,7 @@ impl Default for PredictOptions {
             alpha: AlphaRule::Mask,
             per_pixel: true,
             margin: DEFAULT_CONTEXT_MARGIN,
+            route_blend: DEFAULT_ROUTE_BLEND,
         }
     }
 }
@@ -744,7 +753,13 @@ impl ScenePlan {
         }
         let (route, routing) = match options.per_pixel {
             true => {
-                let routing = Routing::per_pixel(cfg, &given, options.allow_fill, options.margin)?;
+                let routing = Routing::per_pixel(
+                    cfg,
+                    &given,
+                    options.allow_fill,
+                    options.margin,
+                    options.route_blend,
+                )?;
                 (None, routing)
             }
             false => {
@@ -853,9 +868,10 @@ fn route_probs(
     Ok(probs)
 }
 
-/// The batch's probabilities composed per pixel from the routes its pixels take (`codes`):
-/// each route runs once, on the windows that hold one of its pixels, and each pixel takes its
-/// route's probabilities (0 where no route runs). `B x K x H x W` values.
+/// The batch's probabilities composed per pixel from the routes its pixels take (`codes`) and
+/// mix in (`blends`): each route runs once, on the windows that hold one of its pixels or mix it
+/// in, and each pixel takes its route's probabilities, or `w P_own + (1 - w) P_poorer` near a
+/// boundary (0 where no route runs). `B x K x H x W` values.
 fn composed_probs(
     predictor: &Predictor,
     table: &RouteTable,
@@ -871,7 +887,10 @@ fn composed_probs(
             .route(code)
             .ok_or_else(|| anyhow!("route code {code} is not in the checkpoint's table"))?;
         let needed: Vec<usize> = (0..batch.windows.len())
-            .filter(|&i| batch.codes[i].contains(&code))
+            .filter(|&i| {
+                batch.codes[i].contains(&code)
+                    || (batch.blends[i].as_ref()).is_some_and(|b| b.partners.contains(&code))
+            })
             .collect();
         let index = Tensor::from_slice(&needed.iter().map(|&i| i as i64).collect::<Vec<_>>());
         let sub: Vec<Option<Tensor>> = (tensors.iter())
@@ -883,18 +902,42 @@ fn composed_probs(
         let probs = route_probs(predictor, route, &sub, k)?;
         for (j, &i) in needed.iter().enumerate() {
             let (src, dst) = (&probs[j * k * plane..], &mut out[i * k * plane..]);
-            for (p, _) in batch.codes[i]
-                .iter()
-                .enumerate()
-                .filter(|(_, &c)| c == code)
-            {
-                for c in 0..k {
-                    dst[c * plane + p] = src[c * plane + p];
-                }
-            }
+            add_route_share(src, dst, code, &batch.codes[i], batch.blends[i].as_ref(), k);
         }
     }
     Ok(out)
+}
+
+/// Adds route `code`'s probabilities of one window (`src`, `K x H x W`) to `dst` with each
+/// pixel's share of it: 1 where the pixel takes it alone, `w` where it is the pixel's own route
+/// mixed with a poorer one, `1 - w` where it is the poorer route mixed in, else 0 (untouched).
+fn add_route_share(
+    src: &[f32],
+    dst: &mut [f32],
+    code: u8,
+    codes: &[u8],
+    blend: Option<&Blend>,
+    k: usize,
+) {
+    let plane = codes.len();
+    for p in 0..plane {
+        let share = match blend {
+            None => f32::from(u8::from(codes[p] == code)),
+            Some(b) if b.partners[p] == ROUTE_NODATA => f32::from(u8::from(codes[p] == code)),
+            Some(b) if codes[p] == code => b.weights[p],
+            Some(b) if b.partners[p] == code => 1.0 - b.weights[p],
+            Some(_) => 0.0,
+        };
+        if share == 1.0 {
+            for c in 0..k {
+                dst[c * plane + p] = src[c * plane + p];
+            }
+        } else if share > 0.0 {
+            for c in 0..k {
+                dst[c * plane + p] += share * src[c * plane + p];
+            }
+        }
+    }
 }
 
 /// Blending and writing: the stitcher, the outputs and the observer of finished rows, with the
@@ -999,7 +1042,7 @@ fn batch_probs(
     batch: &Prepared,
     k: usize,
 ) -> Result<Vec<f32>> {
-    let routes = codes_present(&batch.codes);
+    let routes = codes_present(&batch.codes, &batch.blends);
     let plane = batch.codes.first().map_or(0, Vec::len);
     match routes.as_slice() {
         [] => Ok(vec![0.0; batch.windows.len() * k * plane]),

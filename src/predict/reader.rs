@@ -3,9 +3,9 @@
 //! parallel), handed over in batches, on a background thread ahead of the model or in turn
 //! with it. Each strip is also measured against the checkpoint's normalisation
 //! ([`RangeSurvey`]): a scene beyond the refusal bound stops at the first strip that shows it.
-//! Strips are read with the context margin's rows above and below (clamped to the scene), so
-//! each pixel's pattern of available modalities ([`super::routes`]) is its own, whichever
-//! window covers it.
+//! Strips are read with the context margin's and the route blend's rows above and below
+//! (clamped to the scene), so each pixel's pattern of available modalities and its mix of
+//! routes near a boundary ([`super::routes`]) are its own, whichever window covers it.
 
 use anyhow::Result;
 use rayon::prelude::*;
@@ -17,9 +17,10 @@ use crate::data::grid::{GridSource, OpenSource};
 use crate::data::input_range::RangeSurvey;
 use crate::data::normalise::Normaliser;
 use crate::data::raster::{Pixels, Window};
+use crate::model::ROUTE_NODATA;
 use crate::tiling::{pad_reflect, WindowLayout};
 
-use super::routes::{apply_masks, strip_patterns, MaskInput, Routing};
+use super::routes::{apply_masks, strip_blend, strip_patterns, Blend, MaskInput, Routing};
 
 /// One given input, checked against the model and placed on the scene's grid.
 pub(super) struct Input {
@@ -30,12 +31,14 @@ pub(super) struct Input {
 
 /// Windows ready for the model: per given input, `B x C x H x W` normalised values; per
 /// window, its `H x W` patterns (bitmask of the modalities unavailable at each pixel) and route
-/// codes ([`crate::model::ROUTE_NODATA`] where no branch runs), padded like the inputs.
+/// codes ([`crate::model::ROUTE_NODATA`] where no branch runs), padded like the inputs, and
+/// the mix with a poorer route near a route boundary (`None` for a window without one).
 pub(super) struct Prepared {
     pub(super) windows: Vec<Window>,
     pub(super) inputs: Vec<Vec<f32>>,
     pub(super) patterns: Vec<Vec<u8>>,
     pub(super) codes: Vec<Vec<u8>>,
+    pub(super) blends: Vec<Option<Blend>>,
 }
 
 /// One window cut from the strips of its row.
@@ -44,16 +47,18 @@ struct WindowData {
     inputs: Vec<Vec<f32>>,
     patterns: Vec<u8>,
     codes: Vec<u8>,
+    blend: Option<Blend>,
 }
 
 /// The strips of one row of windows: every input's pixels (full width) from scene row `top`,
 /// `top_pad` context rows above the windows' first row, and the patterns of the `rows` rows of
-/// the windows.
+/// the windows, and their mix of routes near a boundary.
 struct Strips {
     pixels: Vec<Pixels>,
     top_pad: usize,
     rows: usize,
     patterns: Vec<u8>,
+    blend: Option<Blend>,
 }
 
 /// A `u8` plane padded by reflection like the inputs.
@@ -109,7 +114,39 @@ fn cut_window(
         inputs: out,
         patterns: pad_codes(&patterns, rows, cols, crop),
         codes: pad_codes(&codes, rows, cols, crop),
+        blend: strips
+            .blend
+            .as_ref()
+            .and_then(|b| cut_blend(b, width, rows, col, cols, crop)),
     }
+}
+
+/// The window's part (`rows x cols` from column `col` of a strip `width` wide) of a strip's
+/// `blend`, padded to the crop like the inputs; `None` when none of its pixels mixes.
+fn cut_blend(
+    blend: &Blend,
+    width: usize,
+    rows: usize,
+    col: usize,
+    cols: usize,
+    crop: (usize, usize),
+) -> Option<Blend> {
+    let mut partners = Vec::with_capacity(rows * cols);
+    let mut weights = Vec::with_capacity(rows * cols);
+    for y in 0..rows {
+        partners.extend_from_slice(&blend.partners[y * width + col..][..cols]);
+        weights.extend_from_slice(&blend.weights[y * width + col..][..cols]);
+    }
+    if partners.iter().all(|&c| c == ROUTE_NODATA) {
+        return None;
+    }
+    if (rows, cols) != crop {
+        weights = pad_reflect(&weights, 1, rows, cols, crop.0, crop.1);
+    }
+    Some(Blend {
+        partners: pad_codes(&partners, rows, cols, crop),
+        weights,
+    })
 }
 
 fn to_batch(windows: Vec<WindowData>, n_inputs: usize) -> Prepared {
@@ -118,6 +155,7 @@ fn to_batch(windows: Vec<WindowData>, n_inputs: usize) -> Prepared {
         inputs: vec![Vec::new(); n_inputs],
         patterns: Vec::with_capacity(windows.len()),
         codes: Vec::with_capacity(windows.len()),
+        blends: Vec::with_capacity(windows.len()),
     };
     for w in windows {
         p.windows.push(w.window);
@@ -126,6 +164,7 @@ fn to_batch(windows: Vec<WindowData>, n_inputs: usize) -> Prepared {
         }
         p.patterns.push(w.patterns);
         p.codes.push(w.codes);
+        p.blends.push(w.blend);
     }
     p
 }
@@ -191,13 +230,14 @@ impl BatchReader {
         let row = self.layout.rows[self.next_row];
         self.next_row += 1;
         let rows = self.layout.window.0.min(height - row);
-        let margin = self.routing.margin;
-        let top = row.saturating_sub(margin);
+        // Context for the margin's erosion, then for the blend's distances to other patterns.
+        let context = self.routing.margin + self.routing.blend;
+        let top = row.saturating_sub(context);
         let read = Window::new(
             0,
             top as i64,
             width,
-            (row + rows + margin).min(height) - top,
+            (row + rows + context).min(height) - top,
         );
         let mut strips: Vec<Pixels> = self
             .datasets
@@ -212,11 +252,18 @@ impl BatchReader {
         self.measure(&strips, top)?;
         let patterns = strip_patterns(&strips, &indices, &self.routing);
         let top_pad = row - top;
+        let read_rows = patterns.len() / width;
+        let window_rows = top_pad * width..(top_pad + rows) * width;
+        let blend = strip_blend(&patterns, width, read_rows, &self.routing).map(|b| Blend {
+            partners: b.partners[window_rows.clone()].to_vec(),
+            weights: b.weights[window_rows.clone()].to_vec(),
+        });
         let strips = Strips {
             pixels: strips,
             top_pad,
             rows,
-            patterns: patterns[top_pad * width..(top_pad + rows) * width].to_vec(),
+            patterns: patterns[window_rows].to_vec(),
+            blend,
         };
         let (inputs, norm, layout) = (&self.inputs, &self.norm, &self.layout);
         let routing = &self.routing;
@@ -346,7 +393,7 @@ mod tests {
                 .collect();
             let survey = Arc::new(Mutex::new(RangeSurvey::new(&norm, &surveyed, false)));
             let given = vec![true; inputs.len()];
-            let routing = Routing::per_pixel(&exp.model, &given, false, 0).unwrap();
+            let routing = Routing::per_pixel(&exp.model, &given, false, 0, 0).unwrap();
             let reader = BatchReader::open(
                 Arc::new(inputs),
                 Vec::new(),

@@ -7,7 +7,9 @@
 //! pixels near a pixel it classifies. The reader reads each strip with `margin` extra rows above
 //! and below, so a pixel's availability is its own, whichever window covers it. A pixel's
 //! pattern is the bitmask of its unavailable modalities (those not given included); the
-//! checkpoint's [`RouteTable`] resolves it to a route code ([`Routing`]). The stitcher carries
+//! checkpoint's [`RouteTable`] resolves it to a route code ([`Routing`]). Near a pattern that
+//! lacks strictly more, a pixel mixes that pattern's route into its own over a raised-cosine
+//! band ([`strip_blend`]), so route boundaries do not show as seams. The stitcher carries
 //! the pattern as one more channel; the sink turns it back into the pixel's route, counts the
 //! pixels of each pattern and writes the route map.
 
@@ -22,6 +24,11 @@ use crate::model::route::{Fallback, Resolution, Route, RouteTable, ROUTE_NODATA}
 /// The default of [`super::PredictOptions::margin`] (`--context-margin`), in pixels:
 /// provisional, to be set from a measurement on trained models (docs/predict.md).
 pub const DEFAULT_CONTEXT_MARGIN: usize = 8;
+
+/// The default of [`super::PredictOptions::route_blend`] (`--route-blend`), in pixels: the
+/// width of the band on the richer route's side of a route boundary over which the two
+/// routes' probabilities are mixed (measured in docs/predict.md, "Route boundaries").
+pub const DEFAULT_ROUTE_BLEND: usize = 16;
 
 /// A `--missing-mask` placed on the scene's grid: nonzero where its modality is missing.
 pub(super) struct MaskInput {
@@ -40,6 +47,9 @@ pub(super) struct Routing {
     pub(super) absent: u8,
     /// Context margin in pixels (0 for one route per scene).
     pub(super) margin: usize,
+    /// Width in pixels of the band where a richer route is mixed with a poorer neighbour
+    /// ([`strip_blend`]); 0: routes switch hard (and for one route per scene).
+    pub(super) blend: usize,
     /// Routes per pixel (`false`: one route per scene, nodata where any given input lacks data).
     pub(super) per_pixel: bool,
 }
@@ -62,6 +72,7 @@ impl Routing {
         given: &[bool],
         allow_fill: bool,
         margin: usize,
+        blend: usize,
     ) -> Result<Self> {
         let table = RouteTable::of(cfg)?;
         let absent = absent_bits(given);
@@ -76,6 +87,7 @@ impl Routing {
             lookup,
             absent,
             margin,
+            blend,
             per_pixel: true,
         })
     }
@@ -105,6 +117,7 @@ impl Routing {
             lookup,
             absent,
             margin: 0,
+            blend: 0,
             per_pixel: false,
         })
     }
@@ -195,6 +208,128 @@ pub(super) fn strip_patterns(strips: &[Pixels], indices: &[usize], routing: &Rou
         }
     }
     patterns
+}
+
+/// How the pixels of a strip or window near a poorer route mix it in (row-major planes): the
+/// poorer route's code ([`ROUTE_NODATA`] where the pixel takes its own route alone) and the
+/// weight `w` of the pixel's own route, so its probabilities are `w P_own + (1 - w) P_poorer`.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Blend {
+    pub(super) partners: Vec<u8>,
+    pub(super) weights: Vec<f32>,
+}
+
+/// The weight of the richer route at Chebyshev distance `d` (pixels, >= 1) from the nearest
+/// pixel of a poorer pattern: a raised cosine rising from 0 at the boundary to 1 at `band`
+/// pixels in, the ramp windows are blended by.
+pub(super) fn blend_weight(d: usize, band: usize) -> f32 {
+    if d >= band {
+        return 1.0;
+    }
+    0.5 - 0.5 * (std::f32::consts::PI * d as f32 / band as f32).cos()
+}
+
+/// Chebyshev distance (pixels, at most `cap`) from each pixel of a `height x width` plane to
+/// the nearest pixel where `target` holds (`cap` where none is that near): a two-pass chamfer
+/// with unit steps over the 8 neighbours, exact for this metric. Pixels outside the plane are
+/// not targets.
+pub(super) fn chebyshev_distance(
+    target: &[bool],
+    width: usize,
+    height: usize,
+    cap: usize,
+) -> Vec<usize> {
+    let mut d: Vec<usize> = target.iter().map(|&t| if t { 0 } else { cap }).collect();
+    for y in 0..height {
+        for x in 0..width {
+            let mut best = d[y * width + x];
+            if x > 0 {
+                best = best.min(d[y * width + x - 1] + 1);
+            }
+            if y > 0 {
+                let up = (y - 1) * width;
+                for xx in x.saturating_sub(1)..(x + 2).min(width) {
+                    best = best.min(d[up + xx] + 1);
+                }
+            }
+            d[y * width + x] = best;
+        }
+    }
+    for y in (0..height).rev() {
+        for x in (0..width).rev() {
+            let mut best = d[y * width + x];
+            if x + 1 < width {
+                best = best.min(d[y * width + x + 1] + 1);
+            }
+            if y + 1 < height {
+                let down = (y + 1) * width;
+                for xx in x.saturating_sub(1)..(x + 2).min(width) {
+                    best = best.min(d[down + xx] + 1);
+                }
+            }
+            d[y * width + x] = best;
+        }
+    }
+    d
+}
+
+/// The mix of routes near their boundaries in a strip of `patterns` (`height x width`): a
+/// pixel of pattern P whose route runs (not nodata) is mixed with the route of the nearest
+/// pixel (Chebyshev distance d < `routing.blend`) of a pattern Q that lacks strictly more
+/// (Q a superset of P) and takes another route that runs, with weight [`blend_weight`]`(d)` on
+/// its own route. That route reads only modalities outside Q, all available at the pixel, so
+/// no branch ever reads a missing input. Patterns neither of which contains the other (SAR
+/// missing next to optical missing) switch hard. `None` when no pixel mixes (a strip of one
+/// pattern costs nothing). Exact for rows at least `blend` rows inside the strip, which the
+/// reader's context rows ensure.
+pub(super) fn strip_blend(
+    patterns: &[u8],
+    width: usize,
+    height: usize,
+    routing: &Routing,
+) -> Option<Blend> {
+    let band = routing.blend;
+    let first = *patterns.first()?;
+    if band == 0 || patterns.iter().all(|&p| p == first) {
+        return None;
+    }
+    let mut seen = [false; 256];
+    for &p in patterns {
+        seen[usize::from(p)] = true;
+    }
+    let present: Vec<u8> = (0..=u8::MAX).filter(|&p| seen[usize::from(p)]).collect();
+    let runs = |p: u8| routing.code(p) != ROUTE_NODATA;
+    // Distances to each pattern that some other present pattern could mix in.
+    let distances: Vec<(u8, Vec<usize>)> = (present.iter())
+        .filter(|&&q| runs(q) && present.iter().any(|&p| poorer(q, p, routing)))
+        .map(|&q| {
+            let target: Vec<bool> = patterns.iter().map(|&p| p == q).collect();
+            (q, chebyshev_distance(&target, width, height, band))
+        })
+        .collect();
+    let mut blend = Blend {
+        partners: vec![ROUTE_NODATA; patterns.len()],
+        weights: vec![1.0; patterns.len()],
+    };
+    let mut any = false;
+    for (i, &p) in patterns.iter().enumerate() {
+        let nearest = (distances.iter())
+            .filter(|(q, d)| d[i] < band && poorer(*q, p, routing))
+            .min_by_key(|(_, d)| d[i]);
+        if let Some((q, d)) = nearest {
+            blend.partners[i] = routing.code(*q);
+            blend.weights[i] = blend_weight(d[i], band);
+            any = true;
+        }
+    }
+    any.then_some(blend)
+}
+
+/// Whether pattern `q` may be mixed into a pixel of pattern `p`: it lacks strictly more
+/// modalities, both routes run and they differ.
+fn poorer(q: u8, p: u8, routing: &Routing) -> bool {
+    let (own, other) = (routing.code(p), routing.code(q));
+    q != p && q & p == p && own != ROUTE_NODATA && other != ROUTE_NODATA && own != other
 }
 
 /// Pixels of each pattern in a scene's output (index: the pattern).
@@ -330,12 +465,17 @@ impl std::fmt::Display for NothingToClassify {
 
 impl std::error::Error for NothingToClassify {}
 
-/// The route codes present among a batch's windows (`codes`, one plane per window), ascending,
-/// nodata left out.
-pub(super) fn codes_present(codes: &[Vec<u8>]) -> Vec<u8> {
+/// The route codes present among a batch's windows (`codes`, one plane per window, and the
+/// poorer routes their `blends` mix in), ascending, nodata left out.
+pub(super) fn codes_present(codes: &[Vec<u8>], blends: &[Option<Blend>]) -> Vec<u8> {
     let mut seen = [false; 256];
     for plane in codes {
         for &c in plane {
+            seen[usize::from(c)] = true;
+        }
+    }
+    for blend in blends.iter().flatten() {
+        for &c in &blend.partners {
             seen[usize::from(c)] = true;
         }
     }
@@ -372,5 +512,88 @@ mod tests {
         let mut full = vec![true; w * h];
         erode(&mut full, w, h, 3);
         assert!(full.iter().all(|&a| a), "scene borders are not gaps");
+    }
+
+    /// The chamfer equals the Chebyshev distance to the nearest target by brute force, capped.
+    #[test]
+    fn chamfer_is_the_chebyshev_distance_capped() {
+        let (w, h, cap) = (17, 11, 6);
+        let target: Vec<bool> = (0..w * h).map(|i| (i * 7919) % 37 == 0).collect();
+        let fast = chebyshev_distance(&target, w, h, cap);
+        for y in 0..h {
+            for x in 0..w {
+                let mut best = cap;
+                for (i, _) in target.iter().enumerate().filter(|(_, &t)| t) {
+                    let (tx, ty) = (i % w, i / w);
+                    best = best.min(tx.abs_diff(x).max(ty.abs_diff(y)));
+                }
+                assert_eq!(fast[y * w + x], best, "({x}, {y})");
+            }
+        }
+    }
+
+    fn routing(blend: usize) -> Routing {
+        let modality = |name: &str, channels| crate::model::modality::ModalitySpec {
+            name: name.to_string(),
+            channels,
+        };
+        let cfg = ModelConfig {
+            base_width: 8,
+            num_classes: 2,
+            crop: [16, 16],
+            heads: 8,
+            ffn_dim: 16,
+            depth: 1,
+            modalities: vec![modality("optical", 4), modality("sar", 1)],
+            scenarios: Some(vec![vec!["optical".to_string()], vec!["sar".to_string()]]),
+            decoder: Default::default(),
+            fusion: Default::default(),
+        };
+        Routing::per_pixel(&cfg, &[true, true], false, 0, blend).unwrap()
+    }
+
+    /// Left half: every modality (the teacher); right half: the SAR missing (bit 1), or the
+    /// optical image missing (bit 0) in the bottom rows. The teacher mixes in the nearer
+    /// student within the band, weight from the distance; students[sar] and [optical] (neither
+    /// missing set contains the other) switch hard; a blend of 0 or one pattern mixes nothing.
+    #[test]
+    fn the_richer_route_mixes_in_the_nearest_poorer_one_within_the_band() {
+        let (w, h, band) = (12, 10, 4);
+        let routing = routing(band);
+        let patterns: Vec<u8> = (0..w * h)
+            .map(|i| match (i % w < 6, i / w >= 8) {
+                (true, _) => 0,
+                (false, false) => 0b10,
+                (false, true) => 0b01,
+            })
+            .collect();
+        let blend = strip_blend(&patterns, w, h, &routing).unwrap();
+        for y in 0..h {
+            for x in 0..w {
+                let i = y * w + x;
+                let (partner, weight) = (blend.partners[i], blend.weights[i]);
+                if x >= 6 {
+                    assert_eq!(partner, ROUTE_NODATA, "({x}, {y}): students do not mix");
+                    continue;
+                }
+                let d = 6 - x;
+                // Chebyshev distances to the SAR-missing rows (< 8) and the optical-missing
+                // ones; ties go to the lower pattern.
+                let to_sar = d.max(y.saturating_sub(7));
+                let to_optical = d.max(8usize.saturating_sub(y));
+                let nearest = if to_optical <= to_sar { 0b01 } else { 0b10 };
+                match d < band {
+                    true => {
+                        assert_eq!(partner, routing.code(nearest), "({x}, {y})");
+                        assert_eq!(weight, blend_weight(d, band), "({x}, {y})");
+                    }
+                    false => assert_eq!((partner, weight), (ROUTE_NODATA, 1.0), "({x}, {y})"),
+                }
+            }
+        }
+        assert!(blend_weight(1, band) > 0.0 && blend_weight(band - 1, band) < 1.0);
+        assert_eq!(blend_weight(band, band), 1.0);
+        assert!(strip_blend(&patterns, w, h, &super::tests::routing(0)).is_none());
+        assert!(strip_blend(&vec![0b10; w * h], w, h, &routing).is_none());
     }
 }
