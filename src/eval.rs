@@ -84,6 +84,9 @@ pub struct EvalOptions {
     /// The context margin of the routes per pixel (`--context-margin`, pixels); `None`:
     /// predict's default.
     pub context_margin: Option<usize>,
+    /// The band over which a richer route fades into a poorer neighbour (`--route-blend`,
+    /// pixels); `None`: predict's default.
+    pub route_blend: Option<usize>,
 }
 
 /// What an evaluation found.
@@ -279,6 +282,9 @@ fn score_scenes(
     };
     if let Some(margin) = req.options.context_margin {
         options.margin = margin;
+    }
+    if let Some(blend) = req.options.route_blend {
+        options.route_blend = blend;
     }
     let table = predictor.info().class_table();
     let scratch = tempfile_dir(&req.out)?;

@@ -76,6 +76,10 @@ pub struct EvalArgs {
     /// Context margin of the routes per pixel, in pixels (as `dis2 predict --context-margin`).
     #[arg(long, value_name = "PX")]
     pub context_margin: Option<usize>,
+    /// Band in pixels over which a richer route fades into a poorer neighbouring route (as
+    /// `dis2 predict --route-blend`; 0: a hard switch).
+    #[arg(long, value_name = "PX")]
+    pub route_blend: Option<usize>,
 }
 
 /// The checkpoint, the experiment file of `--checkpoint` / `--config`, and the run the
@@ -97,6 +101,11 @@ fn locate(args: &EvalArgs) -> Result<(PathBuf, PathBuf, Option<RunDir>)> {
 }
 
 pub(crate) fn run(args: &EvalArgs) -> Result<()> {
+    if args.one_route && (args.context_margin.is_some() || args.route_blend.is_some()) {
+        bail!(
+            "--context-margin and --route-blend shape the routes per pixel; --one-route has none"
+        );
+    }
     let (checkpoint, config, run_dir) = locate(args)?;
     let exp = Experiment::load(&config, &args.set)?;
     let drop = parse_modalities(args.drop.as_deref());
@@ -128,6 +137,7 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
             accept_input_range: args.accept_input_range,
             one_route: args.one_route,
             context_margin: args.context_margin,
+            route_blend: args.route_blend,
         },
     };
     let report = evaluate(&request)?;
