@@ -51,31 +51,48 @@ evaluate() {
         > "$out.log" 2>&1 || { echo "failed: eval $out (see $out.log)" >&2; return 1; }
 }
 
-# The evaluations of seed $1: the composite with every margin on val and test, each student with
-# its missing set dropped from every scene, the teacher alone (teacher-fill wherever an input
-# lacks data) and one branch per scene (the output before routes per pixel).
-evaluations() {
+# The composite of seed $1 with every context margin and route blend, on val (where they are
+# chosen) and test.
+settings() {
     local s=$1 d=$OUT/s$1
     mkdir -p "$OUT/evals/s$s"
     for m in $MARGINS; do
-        evaluate "$s" "val-composite-m$m" --checkpoint "$d/all" --split val --context-margin "$m"
-        evaluate "$s" "test-composite-m$m" --checkpoint "$d/all" --context-margin "$m"
+        for b in $BLENDS; do
+            local routes=(--context-margin "$m" --route-blend "$b")
+            evaluate "$s" "val-composite-m$m-b$b" --checkpoint "$d/all" --split val "${routes[@]}"
+            evaluate "$s" "test-composite-m$m-b$b" --checkpoint "$d/all" "${routes[@]}"
+        done
     done
+}
+
+# The test evaluations of seed $1 with the chosen $ROUTES: each student with its missing set
+# dropped from every scene, the teacher alone (teacher-fill wherever an input lacks data) and
+# one branch per scene (the output before routes per pixel).
+evaluations() {
+    local s=$1 d=$OUT/s$1 routes
+    read -r -a routes <<< "$ROUTES"
     for m in $STUDENTS; do
-        evaluate "$s" "test-drop-${m//,/+}" --checkpoint "$d/all" --drop "$m"
+        evaluate "$s" "test-drop-${m//,/+}-$TAG" --checkpoint "$d/all" --drop "$m" "${routes[@]}"
     done
-    evaluate "$s" test-teacher --checkpoint "$d/teacher"
+    evaluate "$s" "test-teacher-$TAG" --checkpoint "$d/teacher" "${routes[@]}"
     evaluate "$s" test-one-route --checkpoint "$d/all" --one-route
     echo "seed $s: evaluated"
 }
 MARGINS=${MARGINS:-"0 2 4 8 16"}
-export MARGINS
-export -f evaluate evaluations
+BLENDS=${BLENDS:-"0 8 16"}
+export MARGINS BLENDS
+export -f evaluate settings evaluations
 
 started=$(date +%s)
 printf '%s\n' $SEEDS | xargs -P "$JOBS" -I{} bash -c 'seed {}'
 echo "trained in $(( ($(date +%s) - started) / 60 )) min"
 started=$(date +%s)
+printf '%s\n' $SEEDS | xargs -P "$JOBS" -I{} bash -c 'settings {}'
+PYTHON=${PYTHON:-python3}
+read -r MARGIN BLEND < <("$PYTHON" "$(dirname "$0")/gaps-table.py" --choose "$OUT" $SEEDS)
+ROUTES="--context-margin $MARGIN --route-blend $BLEND" TAG="m$MARGIN-b$BLEND"
+export ROUTES TAG
+echo "chosen on val: context margin $MARGIN px, route blend $BLEND px"
 printf '%s\n' $SEEDS | xargs -P "$JOBS" -I{} bash -c 'evaluations {}'
 echo "evaluated in $(( ($(date +%s) - started) / 60 )) min"
-"${PYTHON:-python3}" "$(dirname "$0")/gaps-table.py" "$OUT" $SEEDS | tee "$OUT/results.md"
+"$PYTHON" "$(dirname "$0")/gaps-table.py" "$OUT" $SEEDS | tee "$OUT/results.md"

@@ -6,6 +6,7 @@ context margin is chosen on the validation split (best mean composite mIoU; ties
 and every test figure uses it."""
 import json
 import math
+import os
 import statistics
 import sys
 
@@ -48,23 +49,44 @@ def paired(a, b):
     return f"{100 * mean:+.1f} [{100 * (mean - h):+.1f}, {100 * (mean + h):+.1f}]{mark}"
 
 
+def settings_of(out, seeds):
+    """(margin, blend) of every val composite evaluated."""
+    found = set()
+    for n in os.listdir(f"{out}/evals/s{seeds[0]}"):
+        if n.startswith("val-composite-m") and not n.endswith(".log"):
+            m, b = n[len("val-composite-m"):].split("-b")
+            found.add((int(m), int(b)))
+    return sorted(found)
+
+
+def choose(out, seeds):
+    """The (margin, blend) of the best mean composite mIoU on val (ties: the smaller margin,
+    then the smaller blend), and every setting's val and test figures."""
+    settings = settings_of(out, seeds)
+    name = lambda split, m, b: f"{split}-composite-m{m}-b{b}"
+    val = {k: [load(out, s, name("val", *k))["miou"] for s in seeds] for k in settings}
+    test = {k: [load(out, s, name("test", *k))["miou"] for s in seeds] for k in settings}
+    best = max(settings, key=lambda k: (statistics.mean(val[k]), -k[0], -k[1]))
+    return best, settings, val, test
+
+
 def main():
+    if sys.argv[1] == "--choose":
+        print(*choose(sys.argv[2], sys.argv[3:])[0])
+        return
     out, seeds = sys.argv[1], sys.argv[2:]
-    margins = sorted({int(n.split("-m")[1]) for n in __import__("os").listdir(f"{out}/evals/s{seeds[0]}")
-                      if n.startswith("val-composite-m") and not n.endswith(".log")})
-    val = {m: [load(out, s, f"val-composite-m{m}")["miou"] for s in seeds] for m in margins}
-    test = {m: [load(out, s, f"test-composite-m{m}")["miou"] for s in seeds] for m in margins}
-    chosen = max(margins, key=lambda m: (statistics.mean(val[m]), -m))
+    (m, b), settings, val, test = choose(out, seeds)
+    tag = f"m{m}-b{b}"
     print(f"Seeds {', '.join(seeds)}; test split; mIoU (%) mean ± sd (n).\n")
-    print("#### The context margin, chosen on the validation split\n")
-    print("| margin (px) | val: composite | test: composite |\n|---:|---:|---:|")
-    for m in margins:
-        mark = " (chosen)" if m == chosen else ""
-        print(f"| {m}{mark} | {summary(val[m])} | {summary(test[m])} |")
-    comp = [load(out, s, f"test-composite-m{chosen}") for s in seeds]
-    teacher = [load(out, s, "test-teacher") for s in seeds]
+    print("#### The context margin and route blend, chosen on the validation split\n")
+    print("| margin (px) | blend (px) | val: composite | test: composite |\n|---:|---:|---:|---:|")
+    for k in settings:
+        mark = " (chosen)" if k == (m, b) else ""
+        print(f"| {k[0]} | {k[1]}{mark} | {summary(val[k])} | {summary(test[k])} |")
+    comp = [load(out, s, f"test-composite-{tag}") for s in seeds]
+    teacher = [load(out, s, f"test-teacher-{tag}") for s in seeds]
     one = [load(out, s, "test-one-route") for s in seeds]
-    print(f"\n#### By what the data lacks (margin {chosen})\n")
+    print(f"\n#### By what the data lacks (margin {m} px, blend {b} px)\n")
     print("| pixels | labelled (seed 1) | composite | same branch, modality dropped from every scene "
           "| composite minus it | teacher-fill everywhere | today's output: scored |")
     print("|---|---:|---:|---:|---:|---:|---:|")
@@ -76,7 +98,7 @@ def main():
         elif label.startswith("missing "):
             drop = label[len("missing "):].replace("+", "+")
             try:
-                docs = [load(out, s, f"test-drop-{drop}") for s in seeds]
+                docs = [load(out, s, f"test-drop-{drop}-{tag}") for s in seeds]
                 ref_name, ref = f"student[{drop}]", [(group(d, label) or {}).get("miou") for d in docs]
             except FileNotFoundError:
                 ref_name, ref = "(no student trained)", [None] * len(seeds)

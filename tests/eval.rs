@@ -408,3 +408,85 @@ fn eval_draws_attention_maps_of_teacher_and_student() {
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("--attention-windows 0"), "{stderr}");
 }
+
+/// Fills every band of the raster at `path` with `nodata` (0, which every pixel type holds) and
+/// declares it: a scene outside that input's footprint.
+fn blank(path: &Path) {
+    let nodata = 0.0;
+    use gdal::raster::Buffer;
+    let ds = gdal::Dataset::open_ex(
+        path,
+        gdal::DatasetOptions {
+            open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE | gdal::GdalOpenFlags::GDAL_OF_RASTER,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (w, h) = ds.raster_size();
+    for b in 1..=ds.raster_count() {
+        let mut band = ds.rasterband(b).unwrap();
+        band.set_no_data_value(Some(nodata)).unwrap();
+        let mut buf = Buffer::new((w, h), vec![nodata as f32; w * h]);
+        band.write((0, 0), (w, h), &mut buf).unwrap();
+    }
+}
+
+/// A split with a scene outside the SAR footprint is scored through the branch without SAR,
+/// and a scene where every input is empty is skipped with a line naming it, not an error.
+#[test]
+fn eval_scores_a_scene_outside_a_footprint_and_skips_one_without_any_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_benchmark(dir.path(), 7);
+    let exp = dis2::config::Experiment::load(&config, &[]).unwrap();
+    let data = dis2::data::dataset::SceneDataset::open(
+        &exp.data,
+        &exp.model,
+        dis2::data::layouts::Split::Train,
+    )
+    .unwrap();
+    assert!(
+        data.scenes.len() >= 2,
+        "the tiny benchmark has two test scenes"
+    );
+    let (outside, empty) = (&data.scenes[0], &data.scenes[1]);
+    blank(&outside.modalities[2].path);
+    for source in &empty.modalities {
+        blank(&source.path);
+    }
+    let checkpoint = common::untrained_checkpoint(dir.path(), "model", &exp.model, &exp.data, 3);
+    let out = dir.path().join("eval");
+    let run = quiet_on_cpu(&[
+        "eval",
+        "--checkpoint",
+        &checkpoint.display().to_string(),
+        "--config",
+        &config.display().to_string(),
+        "--split",
+        "train",
+        "--out",
+        &out.display().to_string(),
+    ]);
+    let (stdout, stderr) = common::ok_with_stderr(&run);
+    assert!(
+        stderr.contains(&format!(
+            "skipped scene {}: every pixel is nodata",
+            empty.id
+        )),
+        "{stderr}"
+    );
+    let doc = read_json(&out.join("metrics.json"));
+    assert_eq!(doc["skipped_scenes"][0], empty.id.as_str(), "{doc}");
+    let groups = data_groups(&doc);
+    let sar = groups
+        .iter()
+        .find(|g| g.0 == "missing sar")
+        .expect("{groups:?}");
+    let pixels = (outside.width() * outside.height()) as u64;
+    assert!(sar.1 >= pixels && sar.2 == sar.1, "{groups:?}");
+    let none = groups
+        .iter()
+        .find(|g| g.0 == "no input")
+        .expect("{groups:?}");
+    assert!(none.1 > 0 && none.2 == 0, "{groups:?}");
+    assert!(stdout.contains("left unscored:"), "{stdout}");
+}

@@ -311,3 +311,62 @@ fn local_shards_give_the_numbers_of_one_sweep() {
     assert_eq!(jobs.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&jobs.stderr).contains("JOBS=two"));
 }
+
+/// A test scene outside the SAR footprint (its SAR all nodata) is scored through the branch
+/// without SAR, every pixel of it, and the sweep finishes: before routes per pixel it stopped
+/// with "every pixel is nodata in at least one input".
+#[test]
+fn a_scene_outside_the_sar_footprint_never_stops_a_sweep() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_benchmark(dir.path(), 13);
+    let exp = dis2::config::Experiment::load(&config, &[]).unwrap();
+    let split = dis2::data::layouts::Split::Test;
+    let data = dis2::data::dataset::SceneDataset::open(&exp.data, &exp.model, split).unwrap();
+    let sar = &data.scenes[0].modalities[2].path;
+    let ds = gdal::Dataset::open_ex(
+        sar,
+        gdal::DatasetOptions {
+            open_flags: gdal::GdalOpenFlags::GDAL_OF_UPDATE | gdal::GdalOpenFlags::GDAL_OF_RASTER,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let (w, h) = ds.raster_size();
+    let mut band = ds.rasterband(1).unwrap();
+    let nodata = band
+        .no_data_value()
+        .expect("the synthetic SAR declares its nodata") as f32;
+    let mut blank = gdal::raster::Buffer::new((w, h), vec![nodata; w * h]);
+    band.write((0, 0), (w, h), &mut blank).unwrap();
+    drop(ds);
+
+    let out = dir.path().join("sweep");
+    let mut args = sweep_args(&config, &out);
+    let seeds = args.iter().position(|a| a == "3,4").unwrap();
+    args[seeds] = "1".to_string(); // the experiment's own seed
+
+    let methods = args.iter().position(|a| a == "teacher-fill,dis2").unwrap();
+    args[methods] = "teacher-fill".to_string();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    ok_all(&dis2(&args));
+    let seed_dir = std::fs::read_dir(out.join("evals/test"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let done = read_json(&seed_dir.join("teacher--full/done.json"));
+    let labelled: u64 = (0..data.scenes.len())
+        .map(|i| {
+            let s = &data.scenes[i];
+            let window = dis2::data::raster::Window::new(0, 0, s.width(), s.height());
+            let raw = data.read(i, window).unwrap();
+            raw.labels
+                .iter()
+                .filter(|&&l| l != data.ignore_index)
+                .count() as u64
+        })
+        .sum();
+    assert_eq!(done["pixels"].as_u64(), Some(labelled), "{done}");
+    assert_eq!(done["branch"], "teacher");
+}
