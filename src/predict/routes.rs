@@ -21,14 +21,17 @@ use crate::data::raster::Pixels;
 use crate::model::config::ModelConfig;
 use crate::model::route::{Fallback, Resolution, Route, RouteTable, ROUTE_NODATA};
 
-/// The default of [`super::PredictOptions::margin`] (`--context-margin`), in pixels:
-/// provisional, to be set from a measurement on trained models (docs/predict.md).
-pub const DEFAULT_CONTEXT_MARGIN: usize = 8;
+/// The default of [`super::PredictOptions::margin`] (`--context-margin`), in pixels: chosen on
+/// the validation split of the gaps benchmark over 3 seeds, where every margin above 0 scored
+/// lower (docs/results.md, "Routes per pixel on the gaps benchmark").
+pub const DEFAULT_CONTEXT_MARGIN: usize = 0;
 
 /// The default of [`super::PredictOptions::route_blend`] (`--route-blend`), in pixels: the
 /// width of the band on the richer route's side of a route boundary over which the two
-/// routes' probabilities are mixed (measured in docs/predict.md, "Route boundaries").
-pub const DEFAULT_ROUTE_BLEND: usize = 16;
+/// routes' probabilities are mixed: the narrowest band that removes the seam (docs/predict.md,
+/// "The route blend, measured") at the validation mIoU of the hard switch on the gaps
+/// benchmark (docs/results.md).
+pub const DEFAULT_ROUTE_BLEND: usize = 8;
 
 /// A `--missing-mask` placed on the scene's grid: nonzero where its modality is missing.
 pub(super) struct MaskInput {
