@@ -32,7 +32,7 @@ use crate::model::{Route, RouteTable, Scenario, ROUTE_NODATA};
 use crate::precision::Precision;
 use crate::predict::{
     predict_scene_with, ClassRows, InferenceSettings, NothingToClassify, PredictOptions, Predictor,
-    SceneJob,
+    SceneJob, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND,
 };
 pub use groups::Group;
 use groups::{data_pattern, pattern_label, Groups};
@@ -61,9 +61,9 @@ pub struct EvalRequest {
     pub options: EvalOptions,
 }
 
-/// The optional parts of an evaluation. The default is all off: every labelled pixel scored, no
-/// figures besides the confusion matrix.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The optional parts of an evaluation. The default is all off: every labelled pixel some branch
+/// reaches scored with predict's routes per pixel, no figures besides the confusion matrix.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EvalOptions {
     /// Radius in pixels of the ISPRS eroded boundaries (disk); 0: off.
     pub erode: usize,
@@ -77,16 +77,27 @@ pub struct EvalOptions {
     /// normalisation, with a warning, instead of refusing them (see
     /// [`PredictOptions::accept_input_range`]).
     pub accept_input_range: bool,
-    /// One branch per scene from the modalities given, scoring only the pixels where every
-    /// given input has data (`--one-route`: the scoring before routes per pixel); default: the
-    /// per-pixel composite of `dis2 predict` over every labelled pixel some branch reaches.
-    pub one_route: bool,
-    /// The context margin of the routes per pixel (`--context-margin`, pixels); `None`:
-    /// predict's default.
-    pub context_margin: Option<usize>,
-    /// The band over which a richer route fades into a poorer neighbour (`--route-blend`,
-    /// pixels); `None`: predict's default.
-    pub route_blend: Option<usize>,
+    /// Routes per pixel (`false`, `--one-route`: one branch per scene from the modalities
+    /// given, scoring only the pixels where every given input has data, as before routes per
+    /// pixel), and their context margin and blend in pixels (see [`PredictOptions`]).
+    pub per_pixel: bool,
+    pub margin: usize,
+    pub route_blend: usize,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            erode: 0,
+            overlays: 0,
+            attention_maps: None,
+            attention_windows: 0,
+            accept_input_range: false,
+            per_pixel: true,
+            margin: DEFAULT_CONTEXT_MARGIN,
+            route_blend: DEFAULT_ROUTE_BLEND,
+        }
+    }
 }
 
 /// What an evaluation found.
@@ -277,15 +288,11 @@ fn score_scenes(
         announce_grid: false,
         accept_input_range: req.options.accept_input_range,
         alpha: AlphaRule::data_if(req.exp.data.alpha_as_data),
-        per_pixel: !req.options.one_route,
+        per_pixel: req.options.per_pixel,
+        margin: req.options.margin,
+        route_blend: req.options.route_blend,
         ..PredictOptions::default()
     };
-    if let Some(margin) = req.options.context_margin {
-        options.margin = margin;
-    }
-    if let Some(blend) = req.options.route_blend {
-        options.route_blend = blend;
-    }
     let table = predictor.info().class_table();
     let scratch = tempfile_dir(&req.out)?;
     let mut overlays = Vec::new();
@@ -768,7 +775,7 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "by_data": groups_json(&r.by_data, names),
         "by_route": groups_json(&r.by_route, names),
         "skipped_scenes": r.skipped,
-        "routes": if req.options.one_route { "one per scene" } else { "per pixel" },
+        "routes": if req.options.per_pixel { "per pixel" } else { "one per scene" },
     });
     let text = serde_json::to_string_pretty(&doc)?;
     crate::fsutil::write_atomic(&out.join("metrics.json"), text.as_bytes())?;

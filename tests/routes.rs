@@ -780,7 +780,8 @@ fn one_route_leaves_nodata_where_any_input_lacks_data() {
             value,
         ]));
         assert!(
-            err.contains(&format!("{flag} has no effect with --one-route")),
+            err.contains("--context-margin and --route-blend shape the routes per pixel")
+                && err.contains("--one-route runs one branch per scene"),
             "{err}"
         );
         assert!(!out.exists());

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use super::DeviceArgs;
+use super::{DeviceArgs, RouteArgs};
 use crate::config::Experiment;
 use crate::data::layouts::Split;
 use crate::eval::{evaluate, EvalOptions, EvalReport, EvalRequest};
@@ -69,17 +69,8 @@ pub struct EvalArgs {
     /// depth, unit or scale than the training data's), with a warning, instead of refusing them.
     #[arg(long)]
     pub accept_input_range: bool,
-    /// One branch per scene from the modalities given, scoring only pixels where every given
-    /// input has data (the scoring before routes per pixel, for comparison).
-    #[arg(long)]
-    pub one_route: bool,
-    /// Context margin of the routes per pixel, in pixels (as `dis2 predict --context-margin`).
-    #[arg(long, value_name = "PX")]
-    pub context_margin: Option<usize>,
-    /// Band in pixels over which a richer route fades into a poorer neighbouring route (as
-    /// `dis2 predict --route-blend`; 0: a hard switch).
-    #[arg(long, value_name = "PX")]
-    pub route_blend: Option<usize>,
+    #[command(flatten)]
+    pub routes_per_pixel: RouteArgs,
 }
 
 /// The checkpoint, the experiment file of `--checkpoint` / `--config`, and the run the
@@ -101,11 +92,6 @@ fn locate(args: &EvalArgs) -> Result<(PathBuf, PathBuf, Option<RunDir>)> {
 }
 
 pub(crate) fn run(args: &EvalArgs) -> Result<()> {
-    if args.one_route && (args.context_margin.is_some() || args.route_blend.is_some()) {
-        bail!(
-            "--context-margin and --route-blend shape the routes per pixel; --one-route has none"
-        );
-    }
     let (checkpoint, config, run_dir) = locate(args)?;
     let exp = Experiment::load(&config, &args.set)?;
     let drop = parse_modalities(args.drop.as_deref());
@@ -116,6 +102,7 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
             None => checkpoint.parent().unwrap_or(Path::new(".")).join(name),
         }
     });
+    let (per_pixel, margin, route_blend) = args.routes_per_pixel.resolve()?;
     let device = args.device.device.resolve()?;
     let request = EvalRequest {
         checkpoint,
@@ -135,9 +122,9 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
             attention_maps: args.attention_maps.clone(),
             attention_windows: args.attention_windows,
             accept_input_range: args.accept_input_range,
-            one_route: args.one_route,
-            context_margin: args.context_margin,
-            route_blend: args.route_blend,
+            per_pixel,
+            margin,
+            route_blend,
         },
     };
     let report = evaluate(&request)?;

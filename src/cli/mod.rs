@@ -91,6 +91,55 @@ pub struct DeviceArgs {
     pub device: DeviceChoice,
 }
 
+/// How pixels find their branch, shared by `dis2 predict` and `dis2 eval` (docs/predict.md,
+/// "Routes per pixel").
+#[derive(Debug, Clone, Args)]
+pub struct RouteArgs {
+    /// One branch for the whole scene from the inputs given, classifying only pixels where
+    /// every given input has data (dis2 before routes per pixel, for comparison).
+    #[arg(long)]
+    pub one_route: bool,
+    /// A modality counts as available at a pixel only where it is available within this many
+    /// pixels around it [default: 0].
+    #[arg(long, value_name = "PX")]
+    pub context_margin: Option<usize>,
+    /// Mix a poorer neighbouring route into a richer one over this many pixels on the richer
+    /// side of a route boundary, by a raised cosine (0 = switch hard) [default: 8].
+    #[arg(long, value_name = "PX")]
+    pub route_blend: Option<usize>,
+}
+
+impl RouteArgs {
+    /// Writes the choice into `options` (per pixel, margin, blend).
+    ///
+    /// # Errors
+    /// `--context-margin` or `--route-blend` with `--one-route`, which has neither.
+    pub(crate) fn apply(&self, options: &mut crate::predict::PredictOptions) -> Result<()> {
+        (options.per_pixel, options.margin, options.route_blend) = self.resolve()?;
+        Ok(())
+    }
+
+    /// Routes per pixel or not, the margin and the blend, with predict's defaults.
+    ///
+    /// # Errors
+    /// `--context-margin` or `--route-blend` with `--one-route`, which has neither.
+    pub(crate) fn resolve(&self) -> Result<(bool, usize, usize)> {
+        if self.one_route && (self.context_margin.is_some() || self.route_blend.is_some()) {
+            anyhow::bail!(
+                "--context-margin and --route-blend shape the routes per pixel; --one-route runs \
+                 one branch per scene and classifies only pixels where every given input has data"
+            );
+        }
+        Ok((
+            !self.one_route,
+            self.context_margin
+                .unwrap_or(crate::predict::DEFAULT_CONTEXT_MARGIN),
+            self.route_blend
+                .unwrap_or(crate::predict::DEFAULT_ROUTE_BLEND),
+        ))
+    }
+}
+
 /// Parses the process's command line, with `dis2 predict`'s `--NAME FILE` inputs split off
 /// first ([`predict::inputs_last`]); exits with clap's message on an error.
 pub fn parse() -> Cli {
@@ -126,4 +175,26 @@ fn set_threads(threads: usize) -> Result<()> {
         .num_threads(threads)
         .build_global()
         .map_err(|e| anyhow::anyhow!("--threads {threads}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The defaults the help of `--context-margin` and `--route-blend` states are predict's.
+    #[test]
+    fn the_route_options_state_predicts_defaults() {
+        let margin = format!("[default: {}]", crate::predict::DEFAULT_CONTEXT_MARGIN);
+        let blend = format!("[default: {}]", crate::predict::DEFAULT_ROUTE_BLEND);
+        for command in ["predict", "eval"] {
+            let mut cli = Cli::command();
+            let sub = cli.find_subcommand_mut(command).unwrap();
+            let help = sub.render_long_help().to_string();
+            let at = |flag: &str| help.find(flag).unwrap_or_else(|| panic!("{flag}: {help}"));
+            let (m, b) = (at("--context-margin"), at("--route-blend"));
+            assert!(help[m..b].contains(&margin), "{command}: {help}");
+            assert!(help[b..].contains(&blend), "{command}: {help}");
+        }
+    }
 }

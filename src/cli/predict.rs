@@ -13,14 +13,13 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::DeviceArgs;
+use super::{DeviceArgs, RouteArgs};
 use crate::data::config::{GridConfig, Resampling};
 use crate::data::validity::AlphaRule;
 use crate::data::vsi;
 use crate::precision::PrecisionChoice;
 use crate::predict::{
     predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob, Summary,
-    DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND,
 };
 use crate::train::run::RunDir;
 
@@ -68,18 +67,8 @@ pub struct PredictArgs {
     /// table and category names, 255 = nodata).
     #[arg(long, value_name = "FILE.tif")]
     pub routes: Option<PathBuf>,
-    /// One branch for the whole scene from the inputs given, nodata wherever any given input
-    /// lacks data (the behaviour before routes per pixel).
-    #[arg(long)]
-    pub one_route: bool,
-    /// A modality counts as available at a pixel only where it is available within this many
-    /// pixels around it [default: 8].
-    #[arg(long, value_name = "PX")]
-    pub context_margin: Option<usize>,
-    /// Mix a richer route into a poorer neighbour's over this many pixels on the richer side of
-    /// a route boundary, by a raised cosine (0 = switch hard) [default: 16].
-    #[arg(long, value_name = "PX")]
-    pub route_blend: Option<usize>,
+    #[command(flatten)]
+    pub routes_per_pixel: RouteArgs,
     /// Several scenes: one line per scene, `NAME=FILE ... out=FILE [probs=FILE]
     /// [preview=FILE] [routes=FILE] [missing.NAME=FILE ...]`; relative paths are relative to
     /// the list's folder (also the archive of `/vsizip/a.zip/x.tif`); `#` starts a comment.
@@ -395,7 +384,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
             }]
         }
     };
-    let options = PredictOptions {
+    let mut options = PredictOptions {
         overlap: args.overlap,
         batch: args.batch.unwrap_or(8),
         allow_fill: args.allow_fill,
@@ -408,18 +397,11 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         announce_grid: true,
         accept_input_range: args.accept_input_range,
         alpha: AlphaRule::data_if(args.alpha_as_data),
-        per_pixel: !args.one_route,
-        margin: args.context_margin.unwrap_or(DEFAULT_CONTEXT_MARGIN),
-        route_blend: args.route_blend.unwrap_or(DEFAULT_ROUTE_BLEND),
+        ..PredictOptions::default()
     };
+    args.routes_per_pixel.apply(&mut options)?;
     if options.batch == 0 {
         bail!("--batch must be at least 1");
-    }
-    if args.one_route && args.context_margin.is_some() {
-        bail!("--context-margin has no effect with --one-route, which classifies only pixels where every given input has data");
-    }
-    if args.one_route && args.route_blend.is_some() {
-        bail!("--route-blend has no effect with --one-route, which runs one branch per scene");
     }
     let device = args.device.device.resolve()?;
     let precision = args.precision.unwrap_or_default().resolve(device);
