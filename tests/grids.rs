@@ -621,7 +621,8 @@ fn datasets_loader_stats_and_eval_read_every_file_on_the_reference_grid() {
         .unwrap();
     assert_eq!(batch.inputs[2].size(), vec![8, 1, 64, 64]);
 
-    // eval scores the class map on the optical grid, also with the optical dropped.
+    // eval scores the class map on the optical grid, also with the optical dropped (one branch
+    // per scene: the pixels where every given input has data; routes per pixel: tests/eval.rs).
     let ck = synthetic_checkpoint(dir.path());
     let all_valid = |drop_optical: bool| -> u64 {
         (0..OPTICAL.0 * OPTICAL.1)
@@ -645,6 +646,7 @@ fn datasets_loader_stats_and_eval_read_every_file_on_the_reference_grid() {
             s(&out),
             "--overlays",
             "1",
+            "--one-route",
             "--device",
             "cpu",
             "--quiet",

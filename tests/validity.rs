@@ -553,7 +553,7 @@ fn metrics(dir: &Path) -> serde_json::Value {
 }
 
 #[test]
-fn eval_scores_only_pixels_where_every_given_input_has_data() {
+fn eval_scores_every_pixel_a_branch_reaches_and_one_route_only_where_every_input_has_data() {
     // The reproducer: `dis2 synth` with its defaults; 7607 labelled test pixels have
     // SAR = -99 (nodata).
     let dir = tempfile::tempdir().unwrap();
@@ -564,25 +564,37 @@ fn eval_scores_only_pixels_where_every_given_input_has_data() {
     let (kept, labelled) = labelled_and_valid(&exp, Split::Test);
     assert_eq!((kept, labelled), (385_609, 393_216));
     let ck = checkpoint_of(dir.path(), "model", 6, 4);
-    let out = dir.path().join("eval");
-    ok(&dis2(&[
-        "eval",
-        "--checkpoint",
-        s(&ck),
-        "--config",
-        s(&config),
-        "--overlays",
-        "0",
-        "--out",
-        s(&out),
-        "--device",
-        "cpu",
-        "--quiet",
-    ]));
-    let doc = metrics(&out);
-    assert_eq!(doc["pixels"].as_u64(), Some(385_609));
-    let cm: Vec<Vec<u64>> = serde_json::from_value(doc["confusion_matrix"].clone()).unwrap();
-    assert_eq!(cm.iter().flatten().sum::<u64>(), 385_609);
+    // Routes per pixel (the default): the SAR-nodata pixels by the branch without SAR too.
+    // One branch per scene: only where every given input has data.
+    for (one_route, scored) in [(false, 393_216), (true, 385_609)] {
+        let out = dir.path().join(format!("eval-{one_route}"));
+        let mut args = vec![
+            "eval",
+            "--checkpoint",
+            s(&ck),
+            "--config",
+            s(&config),
+            "--overlays",
+            "0",
+            "--out",
+            s(&out),
+            "--device",
+            "cpu",
+            "--quiet",
+        ];
+        if one_route {
+            args.push("--one-route");
+        }
+        ok(&dis2(&args));
+        let doc = metrics(&out);
+        assert_eq!(
+            doc["pixels"].as_u64(),
+            Some(scored),
+            "--one-route {one_route}"
+        );
+        let cm: Vec<Vec<u64>> = serde_json::from_value(doc["confusion_matrix"].clone()).unwrap();
+        assert_eq!(cm.iter().flatten().sum::<u64>(), scored);
+    }
 
     // Without SAR, the pixels where only SAR has no data are predicted and scored.
     let out = dir.path().join("eval-drop");
