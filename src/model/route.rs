@@ -203,6 +203,14 @@ pub enum Fallback {
     NoModality,
 }
 
+impl Fallback {
+    /// A trained branch classifies the pattern: the teacher, or a student (its own or a
+    /// superset's); not the filled teacher, not nodata.
+    pub fn is_trained(self) -> bool {
+        matches!(self, Fallback::Exact | Fallback::Superset)
+    }
+}
+
 /// A pattern's route: its code in the [`RouteTable`] ([`ROUTE_NODATA`] for none) and how it
 /// was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -206,10 +206,7 @@ pub(super) fn strip_patterns(strips: &[Pixels], indices: &[usize], routing: &Rou
             }
         }
     }
-    let trained = |p: u8| {
-        let fallback = routing.lookup[usize::from(p)].fallback;
-        matches!(fallback, Fallback::Exact | Fallback::Superset)
-    };
+    let trained = |p: u8| routing.lookup[usize::from(p)].fallback.is_trained();
     for (p, &o) in patterns.iter_mut().zip(&own) {
         let lost = routing.code(*p) == ROUTE_NODATA;
         if lost || (!trained(*p) && trained(o)) {
@@ -340,10 +337,7 @@ pub(super) fn strip_blend(
 /// the student pixels beside it), so it meets its neighbours at a hard switch.
 fn poorer(q: u8, p: u8, routing: &Routing) -> bool {
     let (own, other) = (routing.code(p), routing.code(q));
-    let student = matches!(
-        routing.lookup[usize::from(q)].fallback,
-        Fallback::Exact | Fallback::Superset
-    );
+    let student = routing.lookup[usize::from(q)].fallback.is_trained();
     q != p && q & p == p && own != ROUTE_NODATA && other != ROUTE_NODATA && own != other && student
 }
 
