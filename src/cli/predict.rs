@@ -69,6 +69,11 @@ pub struct PredictArgs {
     pub routes: Option<PathBuf>,
     #[command(flatten)]
     pub routes_per_pixel: RouteArgs,
+    /// Write every raster output (class map, probabilities, route map) as a Cloud-Optimized
+    /// GeoTIFF by GDAL's COG driver: tiled, with overviews (MODE for class and route maps,
+    /// AVERAGE for probabilities).
+    #[arg(long)]
+    pub cog: bool,
     /// Several scenes: one line per scene, `NAME=FILE ... out=FILE [probs=FILE]
     /// [preview=FILE] [routes=FILE] [missing.NAME=FILE ...]`; relative paths are relative to
     /// the list's folder (also the archive of `/vsizip/a.zip/x.tif`); `#` starts a comment.
@@ -397,6 +402,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         announce_grid: true,
         accept_input_range: args.accept_input_range,
         alpha: AlphaRule::data_if(args.alpha_as_data),
+        cog: args.cog,
         ..PredictOptions::default()
     };
     args.routes_per_pixel.apply(&mut options)?;

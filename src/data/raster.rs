@@ -732,6 +732,40 @@ pub(crate) fn configure(
     Ok(())
 }
 
+/// Copies the GeoTIFF at `src` into a Cloud-Optimized GeoTIFF at `dst` by GDAL's COG driver
+/// (GDAL 3.1+), which lays out the tiles, the overviews and the internal mask: tiles of the size
+/// [`create_gtiff`] uses (so a raster larger than one tile gets overviews), DEFLATE with the
+/// predictor for the data type, overviews computed by `overview_resampling` (a GDAL method name:
+/// `MODE`, `AVERAGE`, ...) from `src`'s values under its nodata and mask. GDAL reads `src` by
+/// blocks, so memory stays within its block cache whatever the size. The colour table, band
+/// descriptions, nodata and georeferencing go into the file; category names into the `.aux.xml`
+/// beside `dst`, written when it is closed.
+///
+/// Errors: GDAL's (no COG driver, a failed read or write), caught with [`checked`] and naming
+/// `dst`; a partly written `dst` is left for the caller to remove.
+pub(crate) fn copy_as_cog(src: &Path, dst: &Path, overview_resampling: &str) -> Result<()> {
+    let driver = DriverManager::get_driver_by_name("COG")
+        .context("GDAL has no COG driver (GDAL 3.1 or later is needed for --cog)")?;
+    checked(dst, || {
+        let source = open(src)?;
+        let side = source.raster_size();
+        let mut create = RasterCreationOptions::new();
+        for (key, value) in [
+            ("BLOCKSIZE", tile_size(side.0.max(side.1)).to_string()),
+            ("COMPRESS", "DEFLATE".to_string()),
+            ("PREDICTOR", "YES".to_string()),
+            ("OVERVIEW_RESAMPLING", overview_resampling.to_string()),
+            ("BIGTIFF", "IF_SAFER".to_string()),
+        ] {
+            create.add_name_value(key, &value)?;
+        }
+        let copy = source
+            .create_copy(&driver, dst, &create)
+            .with_context(|| format!("GDAL cannot copy {} as a COG", src.display()))?;
+        close_checked(copy, dst)
+    })
+}
+
 /// GeoTIFF tiles must be multiples of 16; 256 for large rasters, smaller for small ones.
 fn tile_size(side: usize) -> usize {
     side.div_ceil(16).clamp(1, 16) * 16

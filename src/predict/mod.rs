@@ -58,7 +58,7 @@ use crate::progress::Progress;
 use crate::tiling::{BandStitcher, FinishedRows, WindowLayout};
 use reader::{batches, BatchReader, Input, Prepared};
 use routes::{codes_present, Blend, MaskInput, PatternCounts, Routing};
-use writer::StreamingTiff;
+use writer::{Layout, StreamingTiff, Values};
 
 /// Class value of unclassified pixels in a class map (any given input is nodata there); the
 /// class map's nodata value, which `dis2 eval` leaves out of its scores.
@@ -139,6 +139,10 @@ pub struct PredictOptions {
     /// neither of which lacks a superset of the other's modalities switch hard. 0: every
     /// boundary switches hard. No effect with `per_pixel` off.
     pub route_blend: usize,
+    /// Write every raster output (class map, probabilities, route map) as a Cloud-Optimized
+    /// GeoTIFF, with overviews suited to its values (`--cog`; docs/predict.md, "Cloud-Optimized
+    /// GeoTIFF").
+    pub cog: bool,
 }
 
 impl Default for PredictOptions {
@@ -159,6 +163,7 @@ impl Default for PredictOptions {
             per_pixel: true,
             margin: DEFAULT_CONTEXT_MARGIN,
             route_blend: DEFAULT_ROUTE_BLEND,
+            cog: false,
         }
     }
 }
@@ -448,19 +453,25 @@ fn route_colours(table: &RouteTable) -> Vec<[u8; 3]> {
         .collect()
 }
 
-/// The route map at `path`: one u8 band of route codes with the table's colours and labels.
+/// The route map at `path`: one u8 band of route codes with the table's colours and labels; a
+/// COG's overviews are those of categories.
 fn create_route_map(
     path: &Path,
     size: (usize, usize),
     georef: Option<&GeoRef>,
     table: &RouteTable,
+    cog: bool,
 ) -> Result<StreamingTiff<u8>> {
     let options = WriteOptions {
         nodata: Some(f64::from(ROUTE_NODATA)),
         colour_table: Some(route_colours(table)),
         band_names: vec!["route".to_string()],
     };
-    let mut tiff = StreamingTiff::<u8>::create(path, size.0, size.1, 1, georef, &options)?;
+    let layout = Layout {
+        values: Values::Categorical,
+        cog,
+    };
+    let mut tiff = StreamingTiff::<u8>::create(path, size, 1, georef, &options, layout)?;
     tiff.set_category_names(table.labels())?;
     Ok(tiff)
 }
@@ -471,15 +482,21 @@ enum ProbsOut {
 }
 
 impl ProbsOut {
-    /// The probability raster at `path`: `names.len()` bands (one per class) of `probs_type`.
+    /// The probability raster at `path`: `names.len()` bands (one per class) of `probs_type`; a
+    /// COG's overviews are means.
     fn create(
         path: &Path,
         probs_type: ProbsType,
         size: (usize, usize),
         georef: Option<&GeoRef>,
         names: Vec<String>,
+        cog: bool,
     ) -> Result<Self> {
-        let ((width, height), k) = (size, names.len());
+        let k = names.len();
+        let layout = Layout {
+            values: Values::Continuous,
+            cog,
+        };
         Ok(match probs_type {
             ProbsType::U8 => {
                 let options = WriteOptions {
@@ -487,7 +504,7 @@ impl ProbsOut {
                     ..Default::default()
                 };
                 Self::U8(StreamingTiff::create_masked(
-                    path, width, height, k, georef, &options,
+                    path, size, k, georef, &options, layout,
                 )?)
             }
             ProbsType::F32 => {
@@ -497,7 +514,7 @@ impl ProbsOut {
                     ..Default::default()
                 };
                 Self::F32(StreamingTiff::create(
-                    path, width, height, k, georef, &options,
+                    path, size, k, georef, &options, layout,
                 )?)
             }
         })
@@ -584,12 +601,12 @@ impl Preview {
 
 impl Sink {
     /// Creates the outputs of `job` for a scene with `header`'s size and georeferencing (that of
-    /// the scene's grid): the class map (with the checkpoint's colours), the probabilities and
-    /// the preview when asked.
+    /// the scene's grid): the class map (with the checkpoint's colours), the probabilities, the
+    /// route map and the preview when asked; the rasters as COGs with `options.cog`.
     fn create(
         info: &CheckpointInfo,
         job: &SceneJob,
-        probs_type: ProbsType,
+        options: &PredictOptions,
         header: &RasterInfo,
         routing: Arc<Routing>,
     ) -> Result<Self> {
@@ -603,8 +620,7 @@ impl Sink {
         let colours: Vec<[u8; 3]> = table.iter().map(|c| c.colour).collect();
         let class_map = StreamingTiff::<u8>::create(
             &job.out,
-            width,
-            height,
+            (width, height),
             1,
             georef.as_ref(),
             &WriteOptions {
@@ -612,16 +628,21 @@ impl Sink {
                 colour_table: Some(colours),
                 band_names: vec!["class".to_string()],
             },
+            Layout {
+                values: Values::Categorical,
+                cog: options.cog,
+            },
         )?;
         let names: Vec<String> = table.iter().map(|c| c.name.clone()).collect();
         let probs = match &job.probs {
             None => None,
             Some(path) => Some(ProbsOut::create(
                 path,
-                probs_type,
+                options.probs_type,
                 (width, height),
                 georef.as_ref(),
                 names,
+                options.cog,
             )?),
         };
         let route_map = match &job.routes {
@@ -631,6 +652,7 @@ impl Sink {
                 (width, height),
                 georef.as_ref(),
                 &routing.table,
+                options.cog,
             )?),
         };
         let preview = job
@@ -1162,7 +1184,7 @@ pub(crate) fn predict_scene_with(
     let info = predictor.info();
     let plan = ScenePlan::new(info, job, options)?;
     let routing = plan.routing.clone();
-    let mut sink = Sink::create(info, job, options.probs_type, &plan.header, routing.clone())?;
+    let mut sink = Sink::create(info, job, options, &plan.header, routing.clone())?;
     let label = job.out.display().to_string();
     if let Some(route @ Route::TeacherFill(_)) = &plan.route {
         if options.announce_fill {

@@ -15,6 +15,12 @@
 //!
 //! A temporary file left by a run that was killed (its process is gone) is removed when the same
 //! destination is written again ([`crate::fsutil::remove_stale_temps`]).
+//!
+//! With `--cog` ([`Layout::cog`]), `close` then copies the streamed file into a Cloud-Optimized
+//! GeoTIFF by GDAL's COG driver (a second temporary, `.NAME.tmp-PID.cog`), with overviews
+//! computed as each output's [`Values`] ask, and removes the streamed one: the one place where
+//! any raster output becomes a COG. GDAL reads the streamed file by blocks, so memory stays
+//! within its block cache.
 
 use anyhow::{anyhow, bail, Context, Result};
 use gdal::raster::{Buffer, GdalType};
@@ -23,8 +29,41 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use crate::data::gdal_errors::{self, checked};
-use crate::data::raster::{check_options, configure, create_gtiff, GeoRef, WriteOptions};
+use crate::data::raster::{
+    check_options, configure, copy_as_cog, create_gtiff, GeoRef, WriteOptions,
+};
 use crate::fsutil::temp_sibling;
+
+/// What a raster output's values are, declared where the output is created: it decides how its
+/// overviews are computed when it is written as a COG.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Values {
+    /// Categories (class ids, route codes): an overview pixel is the most frequent valid value
+    /// of the pixels it covers (GDAL's `MODE`), always one of the categories; a mean would be
+    /// another category, and one pixel picked (`NEAREST`) breaks areas into noise.
+    Categorical,
+    /// Quantities (probabilities, confidences): the mean of the valid pixels it covers
+    /// (`AVERAGE`).
+    Continuous,
+}
+
+impl Values {
+    /// GDAL's name of the overview resampling.
+    fn overview_resampling(self) -> &'static str {
+        match self {
+            Self::Categorical => "MODE",
+            Self::Continuous => "AVERAGE",
+        }
+    }
+}
+
+/// How a raster output is written: a tiled GeoTIFF, or with `cog` (`--cog`) a Cloud-Optimized
+/// GeoTIFF whose overviews suit its `values`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) values: Values,
+    pub(crate) cog: bool,
+}
 
 /// An open GeoTIFF being written by rows (see the module documentation).
 pub(crate) struct StreamingTiff<T: GdalType + Copy> {
@@ -36,18 +75,20 @@ pub(crate) struct StreamingTiff<T: GdalType + Copy> {
     bands: usize,
     /// The file has an internal per-dataset mask ([`Self::create_masked`]).
     masked: bool,
+    layout: Layout,
     _type: PhantomData<T>,
 }
 
 impl<T: GdalType + Copy> StreamingTiff<T> {
-    /// Creates the temporary file for a `width` x `height` raster of `bands` bands.
+    /// Creates the temporary file for a `width` x `height` raster of `bands` bands, finished as
+    /// `layout` says.
     pub(crate) fn create(
         path: &Path,
-        width: usize,
-        height: usize,
+        (width, height): (usize, usize),
         bands: usize,
         georef: Option<&GeoRef>,
         options: &WriteOptions,
+        layout: Layout,
     ) -> Result<Self> {
         if width == 0 || height == 0 || bands == 0 {
             bail!(
@@ -71,6 +112,7 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             height,
             bands,
             masked: false,
+            layout,
             _type: PhantomData,
         };
         // From here on, a failure removes the temporary file (Drop).
@@ -85,13 +127,13 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
     /// says where it has no data.
     pub(crate) fn create_masked(
         path: &Path,
-        width: usize,
-        height: usize,
+        size: (usize, usize),
         bands: usize,
         georef: Option<&GeoRef>,
         options: &WriteOptions,
+        layout: Layout,
     ) -> Result<Self> {
-        let mut out = Self::create(path, width, height, bands, georef, options)?;
+        let mut out = Self::create(path, size, bands, georef, options, layout)?;
         let ds = out
             .ds
             .as_ref()
@@ -209,9 +251,10 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
         })
     }
 
-    /// Flushes and closes the file and syncs it to disk, ready for [`Closed::commit`]. On
-    /// failure (a full disk) the temporary file is removed and the destination keeps what it
-    /// held; the error names the destination and the cause.
+    /// Flushes and closes the file, copies it into a COG when its [`Layout`] says so, and syncs
+    /// the result to disk, ready for [`Closed::commit`]. On failure (a full disk) the temporary
+    /// files are removed and the destination keeps what it held; the error names the
+    /// destination and the cause.
     pub(crate) fn close(mut self) -> Result<Closed> {
         let ds = self
             .ds
@@ -224,7 +267,12 @@ impl<T: GdalType + Copy> StreamingTiff<T> {
             renamed: false,
         };
         gdal_errors::close_checked(ds, &self.tmp)
-            .and_then(|()| crate::fsutil::sync_file(&self.tmp))
+            .with_context(|| format!("cannot finish {}", self.path.display()))?;
+        let closed = match self.layout.cog {
+            true => closed.into_cog(self.layout.values)?,
+            false => closed,
+        };
+        crate::fsutil::sync_file(&closed.tmp)
             .with_context(|| format!("cannot finish {}", self.path.display()))?;
         Ok(closed)
     }
@@ -246,8 +294,25 @@ fn aux_xml(path: &Path) -> PathBuf {
 }
 
 impl Closed {
+    /// This file copied into a Cloud-Optimized GeoTIFF ([`copy_as_cog`]) under a second
+    /// temporary name, overviews computed as `values` ask; this one is removed, also on failure.
+    fn into_cog(self, values: Values) -> Result<Closed> {
+        let mut name = self.tmp.as_os_str().to_owned();
+        name.push(".cog");
+        let cog = Closed {
+            tmp: PathBuf::from(name),
+            path: self.path.clone(),
+            renamed: false,
+        };
+        // From here on, a failure removes both temporaries (their Drop).
+        copy_as_cog(&self.tmp, &cog.tmp, values.overview_resampling())
+            .with_context(|| format!("cannot write {} as a COG", self.path.display()))?;
+        Ok(cog)
+    }
+
     /// Renames the file to its destination, with the `.aux.xml` sidecar GDAL wrote beside it if
-    /// any.
+    /// any; a sidecar of an earlier file at the destination is removed when this one has none
+    /// (its category names would otherwise be read as this file's).
     pub(crate) fn commit(mut self) -> Result<()> {
         std::fs::rename(&self.tmp, &self.path).with_context(|| {
             format!(
@@ -257,15 +322,21 @@ impl Closed {
             )
         })?;
         self.renamed = true;
-        let aux = aux_xml(&self.tmp);
+        let (aux, stale) = (aux_xml(&self.tmp), aux_xml(&self.path));
         if aux.exists() {
-            std::fs::rename(&aux, aux_xml(&self.path)).with_context(|| {
+            std::fs::rename(&aux, &stale).with_context(|| {
                 format!(
                     "cannot rename {} beside {}",
                     aux.display(),
                     self.path.display()
                 )
             })?;
+        } else if let Err(e) = std::fs::remove_file(&stale) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e).with_context(|| {
+                    format!("cannot remove the earlier sidecar {}", stale.display())
+                });
+            }
         }
         Ok(())
     }
@@ -295,6 +366,11 @@ mod tests {
     use super::*;
     use crate::data::raster::{open, read_window, Window};
 
+    const PLAIN: Layout = Layout {
+        values: Values::Categorical,
+        cog: false,
+    };
+
     #[test]
     fn rows_written_in_bands_read_back_with_colours_and_georef() {
         let dir = tempfile::tempdir().unwrap();
@@ -306,7 +382,8 @@ mod tests {
             band_names: vec!["class".into()],
         };
         let (w, h) = (37usize, 300usize);
-        let mut tiff = StreamingTiff::<u8>::create(&path, w, h, 1, Some(&georef), &opts).unwrap();
+        let mut tiff =
+            StreamingTiff::<u8>::create(&path, (w, h), 1, Some(&georef), &opts, PLAIN).unwrap();
         let all: Vec<u8> = (0..w * h).map(|i| (i % 2) as u8).collect();
         for first in (0..h).step_by(48) {
             let rows = 48.min(h - first);
@@ -336,11 +413,57 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("p.tif");
         let mut tiff =
-            StreamingTiff::<f32>::create(&path, 4, 4, 2, None, &WriteOptions::default()).unwrap();
+            StreamingTiff::<f32>::create(&path, (4, 4), 2, None, &WriteOptions::default(), PLAIN)
+                .unwrap();
         let err = tiff.write_rows(2, 0, 1, &[0.0; 4]).unwrap_err().to_string();
         assert!(err.contains("p.tif") && err.contains("band 3"), "{err}");
         assert!(tiff.write_rows(0, 3, 2, &[0.0; 8]).is_err());
         drop(tiff);
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn a_cog_that_cannot_be_written_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.tif");
+        let layout = Layout {
+            values: Values::Categorical,
+            cog: true,
+        };
+        let opts = WriteOptions::default();
+        let mut tiff =
+            StreamingTiff::<u8>::create(&path, (300, 300), 1, None, &opts, layout).unwrap();
+        tiff.write_rows(0, 0, 300, &[1; 300 * 300]).unwrap();
+        // A folder where the COG's temporary file goes: GDAL cannot create the file.
+        let mut blocker = temp_sibling(&path).into_os_string();
+        blocker.push(".cog");
+        std::fs::create_dir(&blocker).unwrap();
+        let err = format!("{:#}", tiff.close().err().unwrap());
+        assert!(err.contains("c.tif") && err.contains("as a COG"), "{err}");
+        std::fs::remove_dir(&blocker).unwrap();
+        let left: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert!(left.is_empty(), "{left:?}");
+    }
+
+    #[test]
+    fn a_sidecar_of_an_earlier_file_does_not_survive_a_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.tif");
+        let write = |names: &[String]| {
+            let opts = WriteOptions::default();
+            let mut tiff =
+                StreamingTiff::<u8>::create(&path, (4, 4), 1, None, &opts, PLAIN).unwrap();
+            if !names.is_empty() {
+                tiff.set_category_names(names).unwrap();
+            }
+            tiff.write_rows(0, 0, 4, &[0; 16]).unwrap();
+            tiff.close().unwrap().commit().unwrap();
+        };
+        write(&["water".to_string()]);
+        let sidecar = aux_xml(&path);
+        assert!(std::fs::read_to_string(&sidecar).unwrap().contains("water"));
+        write(&[]);
+        assert!(!sidecar.exists(), "the earlier category names are gone");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 }
