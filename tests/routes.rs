@@ -11,7 +11,7 @@ use tch::Device;
 
 mod common;
 use common::{
-    failed, ok_with_stderr, predict, read_all, real_sar, s, synthetic_checkpoint,
+    category_names, failed, ok_with_stderr, predict, read_all, real_sar, s, synthetic_checkpoint,
     synthetic_checkpoint_with, synthetic_experiment,
 };
 
@@ -626,25 +626,6 @@ fn a_cloud_mask_on_another_grid_and_the_route_map_as_gdal_reads_it() {
         "{err}"
     );
     assert!(!out.exists());
-}
-
-/// GDAL's category names of a band (the gdal crate does not bind them).
-fn category_names(band: &gdal::raster::RasterBand) -> Vec<String> {
-    let mut names = Vec::new();
-    // SAFETY: the band is open; GDAL returns a null-terminated list it owns.
-    unsafe {
-        let list = gdal_sys::GDALGetRasterCategoryNames(band.c_rasterband());
-        if list.is_null() {
-            return names;
-        }
-        let mut i = 0;
-        while !(*list.add(i)).is_null() {
-            let name = std::ffi::CStr::from_ptr(*list.add(i));
-            names.push(name.to_string_lossy().into_owned());
-            i += 1;
-        }
-    }
-    names
 }
 
 /// The real Sentinel-1 scene covering the right part of a wider optical grid (100 columns of

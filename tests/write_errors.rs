@@ -155,6 +155,37 @@ fn probabilities_that_do_not_fit_leave_no_output_of_the_scene() {
     assert!(files_under(&dir.path().join("out")).is_empty());
 }
 
+/// With `--cog` the streamed probabilities fit but not their COG copy beside them: the run
+/// fails naming the file and the cause, and leaves nothing of the scene, temporaries included.
+#[test]
+fn a_cog_that_does_not_fit_leaves_no_output_of_the_scene() {
+    let dir = tempfile::tempdir().unwrap();
+    let ck = synthetic_checkpoint(dir.path());
+    let files = synthetic_scene(dir.path(), 320);
+    let run = |classes: &Path, probs: &Path, cog: bool| {
+        let mut args = vec!["--checkpoint".to_string(), s(&ck).into()];
+        args.extend(inputs(&files));
+        args.extend(["--out".into(), s(classes).into()]);
+        args.extend(["--probs".into(), s(probs).into()]);
+        if cog {
+            args.push("--cog".into());
+        }
+        predict(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let plain = dir.path().join("plain/probs.tif");
+    common::ok(&run(&dir.path().join("plain/classes.tif"), &plain, false));
+    let bytes = std::fs::metadata(&plain).unwrap().len();
+    // Room for the streamed file, not for it and its copy with overviews.
+    let Some(disk) = Tmpfs::mount(&format!("{}k", bytes * 3 / 2 / 1024)) else {
+        return;
+    };
+    let probs = disk.path().join("probs.tif");
+    let err = failed(&run(&dir.path().join("out/classes.tif"), &probs, true));
+    assert!(err.contains("probs.tif") && err.contains(NO_SPACE), "{err}");
+    assert!(files_under(disk.path()).is_empty());
+    assert!(files_under(&dir.path().join("out")).is_empty());
+}
+
 #[test]
 fn a_preview_that_does_not_fit_fails_naming_it() {
     let Some(disk) = Tmpfs::mount("8k") else {

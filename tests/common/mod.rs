@@ -87,6 +87,25 @@ pub fn read_all(path: &Path) -> Pixels {
     read_window_at(path, Window::new(0, 0, info.width, info.height)).unwrap()
 }
 
+/// GDAL's category names of a band (the gdal crate does not bind them).
+pub fn category_names(band: &gdal::raster::RasterBand) -> Vec<String> {
+    let mut names = Vec::new();
+    // SAFETY: the band is open; GDAL returns a null-terminated list it owns.
+    unsafe {
+        let list = gdal_sys::GDALGetRasterCategoryNames(band.c_rasterband());
+        if list.is_null() {
+            return names;
+        }
+        let mut i = 0;
+        while !(*list.add(i)).is_null() {
+            let name = std::ffi::CStr::from_ptr(*list.add(i));
+            names.push(name.to_string_lossy().into_owned());
+            i += 1;
+        }
+    }
+    names
+}
+
 /// A JSON file (metrics.json, results.json, done.json, ...) as a value; panics naming the file
 /// when it cannot be read or parsed.
 pub fn read_json(path: &Path) -> serde_json::Value {
