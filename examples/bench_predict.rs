@@ -13,7 +13,9 @@
 //!    (the SAR read in predict's strips, aligned against warped).
 //! 3. Peak resident memory (VmHWM) of the width-8 model with the warped SAR cut off over 30 % of
 //!    the scene (`warped-cut`: a resampled input and a second route) on 2048 x 2048 and
-//!    8192 x 8192 scenes, one thread: memory must not grow with the scene's height.
+//!    8192 x 8192 scenes, one thread, writing the class map, the f32 probabilities and the route
+//!    map as plain GeoTIFFs and as COGs (`--cog`): memory must not grow with the scene's height
+//!    either way; what `--cog` costs in time and in bytes written, beside the plain files.
 //!
 //! Models are freshly initialised (speed does not depend on the weights). "one thread" is a rayon
 //! pool of 1, one libtorch thread and no background threads (each batch is read, run, then
@@ -22,9 +24,11 @@
 //!
 //! Usage: `bench_predict [DIR [ROUNDS [THROUGHPUT_SIZE SMALL_SIZE LARGE_SIZE]]]` (defaults:
 //! target/bench-predict, 2, 2048, 2048, 8192; the warping runs use THROUGHPUT_SIZE). A child:
-//! `bench_predict --child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP`, MODE `pipeline`,
-//! `single`, `read` (the SAR alone) or `threads:T:R:P` (libtorch threads, rayon threads, batches
-//! read ahead; for trying other splits), SAR `aligned`, `warped`, `cut` or `warped-cut`.
+//! `bench_predict --child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP OUTPUTS`, MODE
+//! `pipeline`, `single`, `read` (the SAR alone) or `threads:T:R:P` (libtorch threads, rayon
+//! threads, batches read ahead; for trying other splits), SAR `aligned`, `warped`, `cut` or
+//! `warped-cut`, OUTPUTS `classes` (the class map), `all` (with the f32 probabilities and the
+//! route map) or `cog` (those three as COGs).
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -50,6 +54,8 @@ struct Figures {
     seconds: f64,
     mps: f64,
     peak_kb: f64,
+    /// Bytes of the files the run wrote (sidecars included).
+    bytes: f64,
     timings: Timings,
 }
 
@@ -128,7 +134,7 @@ fn throughput(dir: &Path, size: usize, rounds: usize) -> Result<()> {
         };
         for i in order {
             let (precision, mode) = configs[i];
-            let f = run_child(mode, precision, "aligned", &ck, &scene, 0)?;
+            let f = run_child(mode, precision, "aligned", &ck, &scene, 0, "classes")?;
             let t = f.timings;
             println!(
                 "{round:>5} {precision:>9} {mode:>9} {:>8.1} {:>8.3} |             {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>7.1}",
@@ -166,7 +172,7 @@ fn warping(dir: &Path, size: usize) -> Result<()> {
         ("read", "aligned"),
         ("read", "warped"),
     ] {
-        let f = run_child(mode, "fp32", sar, &ck, &scene, 16)?;
+        let f = run_child(mode, "fp32", sar, &ck, &scene, 16, "classes")?;
         println!(
             "  {mode:>6} {sar:>7} {:>6} {} {:>7.1} s {:>8.3} MP/s",
             f.windows,
@@ -178,31 +184,49 @@ fn warping(dir: &Path, size: usize) -> Result<()> {
     Ok(())
 }
 
-/// Part 3: peak memory of the width-8 model with the warped SAR at two scene sizes, one thread.
+/// Part 3: peak memory of the width-8 model with the warped SAR at two scene sizes, one thread,
+/// every raster output written plain and as COGs (alternated).
 fn memory(dir: &Path, small: usize, large: usize) -> Result<()> {
     let ck = dir.join("model-w8");
     write_checkpoint(&ck, "experiments/synthetic.yaml")?;
     println!(
         "\nwidth 8, 64 x 64 windows, overlap 16, one thread, fp32, SAR warped and cut off over \
-         30 % of the scene (a second route): peak memory"
+         30 % of the scene (a second route); class map, f32 probabilities and route map written \
+         plain or as COGs: peak memory, time and bytes written"
     );
-    let mut peaks = Vec::new();
+    let mut peaks = [Vec::new(), Vec::new()];
     for size in [small, large] {
         let scene = scene(dir, size)?;
-        let f = run_child("single", "fp32", "warped-cut", &ck, &scene, 16)?;
-        println!(
-            "  {size:>5} x {size:<5} {:>6} windows {:>7.1} s {:>7.3} MP/s   peak RSS {:>5.0} MiB",
-            f.windows,
-            f.seconds,
-            f.mps,
-            f.peak_kb / 1024.0
-        );
-        peaks.push(f.peak_kb);
+        let mut plain: Option<Figures> = None;
+        for (i, outputs) in ["all", "cog"].into_iter().enumerate() {
+            let f = run_child("single", "fp32", "warped-cut", &ck, &scene, 16, outputs)?;
+            let cost = match &plain {
+                None => String::new(),
+                Some(p) => format!(
+                    "   --cog: {:+.1} s ({:+.1} %), bytes x {:.3}",
+                    f.seconds - p.seconds,
+                    100.0 * (f.seconds / p.seconds - 1.0),
+                    f.bytes / p.bytes
+                ),
+            };
+            println!(
+                "  {size:>5} x {size:<5} {outputs:>4} {:>6} windows {:>7.1} s {:>7.3} MP/s   peak RSS {:>5.0} MiB   {:>7.1} MiB written{cost}",
+                f.windows,
+                f.seconds,
+                f.mps,
+                f.peak_kb / 1024.0,
+                f.bytes / (1024.0 * 1024.0)
+            );
+            peaks[i].push(f.peak_kb);
+            plain.get_or_insert(f);
+        }
     }
-    println!(
-        "peak RSS {large}x{large} / {small}x{small} with a second route = {:.3} (must be <= 1.3)",
-        peaks[1] / peaks[0]
-    );
+    for (peaks, outputs) in peaks.iter().zip(["plain", "--cog"]) {
+        println!(
+            "peak RSS {large}x{large} / {small}x{small} with a second route, {outputs} = {:.3} (must be <= 1.3)",
+            peaks[1] / peaks[0]
+        );
+    }
     Ok(())
 }
 
@@ -214,12 +238,14 @@ fn run_child(
     ck: &Path,
     scene: &Path,
     overlap: usize,
+    outputs: &str,
 ) -> Result<Figures> {
     let out = Command::new(std::env::current_exe()?)
         .args(["--child", mode, precision, sar])
         .arg(ck)
         .arg(scene)
         .arg(overlap.to_string())
+        .arg(outputs)
         .output()
         .context("cannot start the child process")?;
     if !out.status.success() {
@@ -237,7 +263,8 @@ fn run_child(
         .split_whitespace()
         .map(|v| v.parse::<f64>())
         .collect::<Result<_, _>>()?;
-    let [windows, seconds, mps, peak_kb, read_s, model_s, blend_s, write_s, handoff_s] = f[..]
+    let [windows, seconds, mps, peak_kb, bytes, read_s, model_s, blend_s, write_s, handoff_s] =
+        f[..]
     else {
         bail!("bad RESULT line {line:?}");
     };
@@ -246,6 +273,7 @@ fn run_child(
         seconds,
         mps,
         peak_kb,
+        bytes,
         timings: Timings {
             read_s,
             model_s,
@@ -404,7 +432,7 @@ fn average_4x4(plane: &[f32], size: usize) -> Vec<f32> {
 
 /// `--child read PRECISION aligned|warped CHECKPOINT SCENE_DIR OVERLAP`: reads the SAR input alone
 /// on the optical grid, in full-width strips of 64 rows as predict does, and prints `RESULT
-/// strips seconds megapixels_per_s peak_rss_kb` and five zeros (no model, blending or writing).
+/// strips seconds megapixels_per_s peak_rss_kb` and six zeros (no model, blending or writing).
 fn read_child(sar: &str, scene: &Path) -> Result<()> {
     let header = |name: &str| RasterInfo::read(&scene.join(name));
     let files = [
@@ -433,7 +461,7 @@ fn read_child(sar: &str, scene: &Path) -> Result<()> {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "RESULT {strips} {secs:.3} {:.4} {} 0 0 0 0 0",
+        "RESULT {strips} {secs:.3} {:.4} {} 0 0 0 0 0 0",
         (w * h) as f64 / 1e6 / secs,
         peak_rss_kb()?
     );
@@ -480,12 +508,12 @@ fn threads_for(mode: &str) -> Result<usize> {
     }
 }
 
-/// `--child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP`: predicts the scene (with the SAR
-/// on its grid, or 4x coarser) and prints
-/// `RESULT windows seconds megapixels_per_s peak_rss_kb read model blend write handoff`.
+/// `--child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP OUTPUTS`: predicts the scene (with
+/// the SAR on its grid, or 4x coarser) into the OUTPUTS and prints `RESULT windows seconds
+/// megapixels_per_s peak_rss_kb bytes_written read model blend write handoff`.
 fn child(args: &[String]) -> Result<()> {
-    let [mode, precision, sar, ck, scene, overlap] = args else {
-        bail!("usage: --child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP");
+    let [mode, precision, sar, ck, scene, overlap, outputs] = args else {
+        bail!("usage: --child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP OUTPUTS");
     };
     // `dis2 predict`'s inference settings (GDAL's cache, libtorch's threads); the modes other
     // than `pipeline` then set their own threads.
@@ -498,25 +526,41 @@ fn child(args: &[String]) -> Result<()> {
     let scene = PathBuf::from(scene);
     let device = tch::Device::Cpu;
     let predictor = Predictor::load_in(Path::new(ck), device, precision.resolve(device)?)?;
+    let name = |what: &str| scene.join(format!("{what}-{mode}-{precision}-{sar}-{outputs}.tif"));
+    let (all, cog) = match outputs.as_str() {
+        "classes" => (false, false),
+        "all" => (true, false),
+        "cog" => (true, true),
+        other => bail!("unknown OUTPUTS {other:?} (classes, all or cog)"),
+    };
     let job = SceneJob {
         inputs: vec![
             ("optical".to_string(), scene.join("optical.tif")),
             ("dsm".to_string(), scene.join("dsm.tif")),
             ("sar".to_string(), scene.join(sar_file(sar)?)),
         ],
-        out: scene.join(format!("classes-{mode}-{precision}-{sar}.tif")),
+        out: name("classes"),
+        probs: all.then(|| name("probs")),
+        routes: all.then(|| name("routes")),
         ..Default::default()
     };
     let options = PredictOptions {
         quiet: true,
         prefetch,
         overlap: Some(overlap.parse()?),
+        cog,
         ..Default::default()
     };
     let summary = dis2::predict::predict_scene(&predictor, &job, &options)?;
     let t = summary.timings;
+    let written = [Some(&job.out), job.probs.as_ref(), job.routes.as_ref()];
+    let bytes: u64 = (written.into_iter().flatten())
+        .flat_map(|p| [p.clone(), PathBuf::from(format!("{}.aux.xml", p.display()))])
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
     println!(
-        "RESULT {} {:.3} {:.4} {} {:.3} {:.3} {:.3} {:.3} {:.3}",
+        "RESULT {} {:.3} {:.4} {} {bytes} {:.3} {:.3} {:.3} {:.3} {:.3}",
         summary.windows,
         summary.seconds,
         summary.megapixels_per_s(),
