@@ -25,6 +25,7 @@ pub mod model;
 pub mod native;
 pub mod precision;
 pub mod predict;
+pub mod preempt;
 pub mod prepare;
 pub(crate) mod progress;
 pub mod report;

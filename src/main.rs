@@ -5,11 +5,16 @@ fn main() {
     dis2::alloc::tune_allocator();
     let cli = dis2::cli::parse();
     if let Err(err) = dis2::cli::run(cli) {
-        eprintln!("error: {err}");
+        // Stopped on a signal with its work saved: a status a requeue understands.
+        let (prefix, status) = match dis2::preempt::is_stop(&err) {
+            true => ("stopped", dis2::preempt::EXIT_STATUS),
+            false => ("error", 1),
+        };
+        eprintln!("{prefix}: {err}");
         for cause in err.chain().skip(1) {
             eprintln!("  caused by: {cause}");
         }
-        std::process::exit(1);
+        std::process::exit(status);
     }
 }
 

@@ -254,7 +254,7 @@ fn modules_import_each_other_without_cycles() {
 /// that reads them, and so below the trainer).
 const LAYERS: &[&[&str]] = &[
     &[
-        "fsutil", "native", "alloc", "device", "progress", "metrics", "stats",
+        "fsutil", "native", "alloc", "device", "progress", "metrics", "stats", "preempt",
     ],
     &["precision"],
     &["model", "dist"],

@@ -6,8 +6,10 @@
 #     byte for byte, those of one unsharded `dis2 predict --list`;
 #   - a 2-task sweep array (sweep-array.sbatch) then `dis2 sweep --collect`: the tables must
 #     equal those of one unsharded `dis2 sweep`;
-#   - a data-parallel training job of 2 tasks (train-ddp.sbatch, srun): its logs must equal those
-#     of the same 2 ranks started with torchrun's variables.
+#   - a data-parallel training job of 2 tasks (train-ddp.sbatch, srun), sent the warning signal
+#     (USR1 to the batch shell) after its second step: it must stop with a checkpoint, requeue
+#     itself and resume; its logs and final checkpoint must equal, byte for byte, those of the
+#     same 2 ranks started with torchrun's variables and never stopped.
 # Needs root and Debian's slurmctld, slurmd, slurm-client and munge (installed when missing).
 # `make test-slurm` runs it; it prints `N passed, M failed` and exits non-zero on a failure.
 # DIS2_SLURM_KEEP=1 keeps the temporary directory (jobs' output, cluster logs).
@@ -111,12 +113,34 @@ check "2-task sweep array + --collect = unsharded sweep (results.csv)" \
     cmp -s sweep-array/results.csv sweep-whole/results.csv
 check "the sweep array's tables are complete" grep -q '"cells_missing": 0' sweep-array/results.json
 
-# --- data-parallel training: 2 tasks under srun ------------------------------------------------------
-train=(train-teacher --config "$work/bench/experiment.yaml" "${short[@]}" --set train.val_every=2
-    --device cpu)
-sbatch --wait --nodes=1 --ntasks=2 --ntasks-per-node=2 --cpus-per-task=1 --mem=2G \
+# --- data-parallel training: 2 tasks under srun, preempted once -----------------------------------
+# 16 steps (2 an epoch on 2 ranks): the warning signal comes after step 2, long before the end.
+train=(train-teacher --config "$work/bench/experiment.yaml" "${short[@]/train.epochs=1/train.epochs=8}"
+    --set train.val_every=4 --device cpu)
+job=$(sbatch --parsable --nodes=1 --ntasks=2 --ntasks-per-node=2 --cpus-per-task=1 --mem=2G \
     --gpus-per-node=0 --output="$work/train-%j.out" \
-    "$ROOT/scripts/slurm/train-ddp.sbatch" "${train[@]}" --out "$work/ddp-slurm" >/dev/null
+    "$ROOT/scripts/slurm/train-ddp.sbatch" "${train[@]}" --out "$work/ddp-slurm")
+job_state() { scontrol show job "$job" -o | grep -o 'JobState=[A-Z_]*' | cut -d= -f2; }
+steps_logged() { [ "$(cat ddp-slurm/metrics.jsonl 2>/dev/null | wc -l)" -ge "$1" ]; }
+deadline=$((SECONDS + 300))
+until steps_logged 2 || ((SECONDS > deadline)); do sleep 0.1; done
+# What --signal=B:USR1@120 sends before the time limit: USR1 to the batch shell only.
+scancel --signal=USR1 --batch "$job"
+requeued=""
+while ((SECONDS < deadline)); do
+    state=$(job_state)
+    case $state in
+        COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY) break ;;
+        # A requeued job waits (BeginTime) before it may start again: no need to here.
+        PENDING) scontrol update JobId="$job" StartTime=now 2>/dev/null && requeued=1 ;;
+    esac
+    sleep 0.5
+done
+check "the training job stopped on USR1 with a checkpoint" \
+    grep -q "stopped: SIGUSR1 received: training stopped after step" "train-$job.out"
+check "the stopped job requeued itself and finished" \
+    bash -c "[ -n '$requeued' ] && [ '$(job_state)' = COMPLETED ] && grep -q 'Restarts=1' <(scontrol show job $job -o)"
+check "the requeued job resumed the run" grep -q "from step [1-9]" "train-$job.out"
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 for rank in 0 1; do
     WORLD_SIZE=2 RANK=$rank LOCAL_RANK=$rank MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
@@ -127,6 +151,9 @@ check "srun's 2 ranks = torchrun's variables' 2 ranks (metrics.jsonl)" \
     cmp -s ddp-slurm/metrics.jsonl ddp-env/metrics.jsonl
 check "srun's 2 ranks = torchrun's variables' 2 ranks (validation.jsonl)" \
     cmp -s ddp-slurm/validation.jsonl ddp-env/validation.jsonl
+check "the preempted run's final checkpoint = the uninterrupted run's (weights, optimiser)" \
+    bash -c "cmp ddp-slurm/checkpoints/last/model.safetensors ddp-env/checkpoints/last/model.safetensors \
+        && cmp ddp-slurm/checkpoints/last/optim.safetensors ddp-env/checkpoints/last/optim.safetensors"
 check "the job ran 2 processes" grep -q "x 2 processes" train-*.out
 
 echo "$passed passed, $failed failed"

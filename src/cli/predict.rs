@@ -82,6 +82,11 @@ pub struct PredictArgs {
     /// With --list: predict only scenes i, i+n, i+2n, ... (0-based), for job arrays.
     #[arg(long, value_name = "i/n")]
     pub shard: Option<String>,
+    /// With --list: leave out the scenes whose outputs (`out=`, and `probs=`, `routes=`,
+    /// `preview=` where given) all exist, so that a rerun of a stopped or requeued task goes on
+    /// where it stopped (outputs appear only when complete).
+    #[arg(long)]
+    pub skip_existing: bool,
     /// The modality whose grid the outputs take; inputs on other grids are resampled onto it
     /// [default: the first input in the checkpoint's modality order].
     #[arg(long, value_name = "NAME")]
@@ -375,6 +380,9 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
                 parse_shard(s)?;
                 bail!("--shard needs --list");
             }
+            if args.skip_existing {
+                bail!("--skip-existing needs --list");
+            }
             let out = args
                 .out
                 .clone()
@@ -418,12 +426,35 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         ["--grid-reference", "--resampling"],
     )?;
     let count = jobs.len();
+    if args.list.is_some() {
+        crate::preempt::install()?;
+    }
     for (n, job) in jobs.iter().enumerate() {
+        if args.skip_existing && outputs(job).iter().all(|p| p.exists()) {
+            println!("{}: exists, skipped", job.out.display());
+            continue;
+        }
+        // A stop signal ends a list between scenes: every output written so far is complete.
+        crate::preempt::check(|| {
+            format!(
+                "predict stopped before scene {} of {count} ({}); the scenes before it are \
+                 written, --skip-existing goes on from there",
+                n + 1,
+                job.out.display()
+            )
+        })?;
         let summary = predict_scene(&predictor, job, &options)
             .with_context(|| format!("scene {} of {count} ({})", n + 1, job.out.display()))?;
         println!("{}", summary_line(job, &summary));
     }
     Ok(())
+}
+
+/// The files a scene writes.
+fn outputs(job: &SceneJob) -> Vec<&Path> {
+    let optional = [&job.probs, &job.routes, &job.preview];
+    let named = optional.into_iter().flatten().map(PathBuf::as_path);
+    std::iter::once(job.out.as_path()).chain(named).collect()
 }
 
 /// A scene's summary line: size, windows, the branch or each route's share, the nodata share

@@ -98,5 +98,8 @@ impl From<SweepArgs> for SweepRequest {
 }
 
 pub(crate) fn run(args: SweepArgs) -> Result<()> {
+    if !args.collect && !args.list {
+        crate::preempt::install()?;
+    }
     crate::sweep::sweep(&args.into())
 }

@@ -30,6 +30,10 @@ pub struct CommonTrainArgs {
     /// Continue the run in DIR from its last checkpoint, with its own config.yaml and run.yaml.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
+    /// With --out: when DIR already holds a run (a requeued job), continue it as --resume DIR
+    /// does, after checking that it is the run this command starts; otherwise start it.
+    #[arg(long, requires = "out")]
+    pub resume_if_present: bool,
     /// Plain log lines at most once a minute instead of a progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -142,6 +146,13 @@ fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()>
              (train.precision in its config.yaml)"
         );
     }
+    crate::preempt::install()?;
+    // Decided before the ranks meet: rank 0 may write run.yaml as soon as they have.
+    let existing = common.resume_if_present
+        && common
+            .out
+            .as_ref()
+            .is_some_and(|out| RunDir::new(out).spec().exists());
     let (device, dp) = data_parallel(common)?;
     let writes = dp.as_ref().is_none_or(|dp| dp.rank() == 0);
     let opts = TrainOptions {
@@ -179,7 +190,12 @@ fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()>
                 .out
                 .clone()
                 .unwrap_or_else(|| Path::new("runs").join(format!("{}-{name}", exp.name)));
-            trainer::start_with(exp, config, spec, &out, opts, dp)?
+            if existing {
+                RunDir::new(&out).check_same_run(&spec, &exp, config)?;
+                trainer::resume_with(&out, &set, opts, dp)?
+            } else {
+                trainer::start_with(exp, config, spec, &out, opts, dp)?
+            }
         }
     };
     if writes {

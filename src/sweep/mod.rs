@@ -34,6 +34,7 @@ use crate::data::layouts::Split;
 use crate::device::DeviceChoice;
 use crate::eval::{evaluate, EvalOptions, EvalRequest};
 use crate::precision::PrecisionChoice;
+use crate::preempt;
 use crate::progress::Progress;
 use crate::train::run::{RunDir, RunKind, RunSpec};
 use crate::train::trainer::{self, TrainOptions};
@@ -367,10 +368,21 @@ fn run_shard(
     let evals = plan.shard_evals(shard);
     let mut progress = sweep_progress(units.len() + evals.len());
     // Each run is scored as soon as it is trained, so the tables fill in as the sweep goes.
+    // A stop signal ends the shard between runs and evaluations (a run stops at its step).
+    let stop = |next: &str| {
+        preempt::check(|| {
+            format!(
+                "sweep shard {}/{} stopped before {next}; its finished runs and evaluations are \
+                 kept and the same command continues it",
+                shard.index, shard.count
+            )
+        })
+    };
     for unit in units {
         if dir.finished(&unit.name).exists() {
             progress.println(&format!("run {} is finished, skipped", unit.name));
         } else {
+            stop(&format!("training {}", unit.name))?;
             start(&progress, &format!("training {}", unit.name));
             train_unit(dir, plan, unit, shard, device, &progress)
                 .with_context(|| format!("sweep run {}", unit.name))?;
@@ -380,6 +392,7 @@ fn run_shard(
             if dir.done(&job.name).exists() {
                 progress.println(&format!("evaluation {} is done, skipped", job.name));
             } else {
+                stop(&format!("scoring {}", job.name))?;
                 start(&progress, &format!("scoring {}", job.name));
                 eval_job(dir, job, spec, device)
                     .with_context(|| format!("sweep evaluation {}", job.name))?;
@@ -478,6 +491,12 @@ fn wait_for(
         dir.finished(unit).display()
     ));
     while !dir.finished(unit).exists() {
+        preempt::check(|| {
+            format!(
+                "sweep shard {}/{} stopped waiting for {unit}",
+                shard.index, shard.count
+            )
+        })?;
         std::thread::sleep(Duration::from_secs(2));
     }
     Ok(())

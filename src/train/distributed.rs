@@ -148,6 +148,14 @@ impl DataParallel {
         Ok(())
     }
 
+    /// Whether any rank `asks` (this rank's answer): one all-reduced scalar, so every rank gets
+    /// the same answer at the same step (a stop signal may reach the ranks at different steps).
+    pub(crate) fn any_rank(&self, asks: bool) -> Result<bool> {
+        let t = Tensor::from_slice(&[i64::from(asks)]);
+        self.group.all_reduce_sum(&t)?;
+        Ok(t.int64_value(&[0]) > 0)
+    }
+
     /// Each rank's confusion matrices replaced by their sums over the ranks.
     pub(crate) fn sum_matrices(&self, matrices: &mut [ConfusionMatrix]) -> Result<()> {
         let counts: Vec<i64> = matrices

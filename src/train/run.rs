@@ -220,6 +220,47 @@ impl RunDir {
         Ok((given, changed))
     }
 
+    /// Refuses to continue this run as the one that `spec` and the experiment `exp` (read from
+    /// `config`, after `--set`) would start (`--resume-if-present`): the same `run.yaml` and the
+    /// same experiment, but for its length ([`RESUME_KEYS`]).
+    ///
+    /// # Errors
+    /// `run.yaml` or `config.yaml` cannot be read, or they differ from the command's (each
+    /// differing key named with the run's value and the command's).
+    pub(crate) fn check_same_run(
+        &self,
+        spec: &RunSpec,
+        exp: &Experiment,
+        config: &Path,
+    ) -> Result<()> {
+        let at = self.root.display();
+        let found = self.read_spec()?;
+        ensure!(
+            &found == spec,
+            "--resume-if-present: {at} holds another run ({}: {found:?}) than this command \
+             starts ({spec:?}); choose another --out",
+            self.spec().display()
+        );
+        let mut given = exp.clone();
+        given.model.scenarios = Some(spec.scenarios.clone());
+        let saved = Experiment::load(&self.config(), &[])?;
+        let differ: Vec<String> = saved
+            .differences(&given)?
+            .into_iter()
+            .filter(|(key, _, _)| !RESUME_KEYS.contains(&key.as_str()))
+            .map(|(key, was, now)| {
+                format!("{key}: the run has {was}, {} gives {now}", config.display())
+            })
+            .collect();
+        ensure!(
+            differ.is_empty(),
+            "--resume-if-present: {at} holds a run of another experiment ({}):\n  {}",
+            self.config().display(),
+            differ.join("\n  ")
+        );
+        Ok(())
+    }
+
     /// The directory for the checkpoint of `step`.
     pub(crate) fn step_dir(&self, step: u64) -> PathBuf {
         self.checkpoints().join(format!("step-{step:06}"))

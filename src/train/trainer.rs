@@ -38,6 +38,7 @@ use crate::data::sampling::{RandomCropSampler, SampleSpec};
 use crate::figures;
 use crate::metrics::Scores;
 use crate::model::{student_key, Dis2Net, Route, Scenario};
+use crate::preempt;
 
 /// Streams of the run's own random numbers (apart from the data sampler's).
 const STREAM_MODALITY_DROPOUT: u64 = 0xD809;
@@ -398,9 +399,15 @@ impl Trainer {
                 (self.exp.train.accumulate as usize * data.batch_size * self.world_size()) as f64;
             let rate = samples / started.elapsed().as_secs_f64();
             self.report_step(&mut log, &mut progress, epoch, lr, &sums, rate)?;
-            if self.step.is_multiple_of(self.exp.train.val_every) || self.step == total {
+            let due = self.step.is_multiple_of(self.exp.train.val_every) || self.step == total;
+            if due {
                 last_validation = self.validate_and_save(&mut log, epoch)?;
                 self.print_validation(&mut progress, &last_validation);
+            }
+            if self.step < total {
+                if let Some(reason) = self.stop_requested()? {
+                    return self.stop(&reason, epoch, total, due, &mut log, &progress);
+                }
             }
         }
         progress.finish();
@@ -414,6 +421,57 @@ impl Trainer {
             validation: last_validation,
             best_miou: self.best_miou,
         })
+    }
+
+    /// What asks this run to stop at this step boundary: a signal this process received
+    /// ([`preempt`]) or, in a data-parallel job, one another rank received (every rank takes the
+    /// same answer at the same step: one all-reduced flag).
+    fn stop_requested(&self) -> Result<Option<String>> {
+        let local = preempt::requested();
+        let Some(dp) = &self.dp else {
+            return Ok(local.map(str::to_string));
+        };
+        let any = dp.any_rank(local.is_some())?;
+        Ok(match (local, any) {
+            (Some(signal), _) => Some(signal.to_string()),
+            (None, true) => Some("a stop signal to another rank".to_string()),
+            (None, false) => None,
+        })
+    }
+
+    /// Ends the run after step `self.step` of `total` (of `epoch`) on a stop request: writes the
+    /// exact-resume checkpoint of this step (unless validation wrote it, `saved`; rank 0, as
+    /// always), waits for every rank and returns a [`preempt::Stopped`] error saying so (`dis2`
+    /// prints it and exits with [`preempt::EXIT_STATUS`]).
+    fn stop(
+        &self,
+        reason: &str,
+        epoch: u64,
+        total: u64,
+        saved: bool,
+        log: &mut RunLog,
+        progress: &Progress,
+    ) -> Result<Summary> {
+        if self.writes() && !saved {
+            self.save(epoch, None, false)?;
+        }
+        log.flush()?;
+        if let Some(dp) = &self.dp {
+            dp.finish()?;
+        }
+        let root = self.run.root.display();
+        let detail = format!(
+            "training stopped after step {} of {total}, checkpoint {} written; a resume \
+             (`--resume {root}`) goes on from it exactly",
+            self.step,
+            self.run.step_dir(self.step).display(),
+        );
+        progress.finish();
+        Err(preempt::Stopped {
+            reason: reason.to_string(),
+            detail,
+        }
+        .into())
     }
 
     /// The first line a run prints: its kind, folder, size, device and starting step.
