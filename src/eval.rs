@@ -32,7 +32,7 @@ use crate::model::{Route, RouteTable, Scenario, ROUTE_NODATA};
 use crate::precision::Precision;
 use crate::predict::{
     predict_scene_with, ClassRows, InferenceSettings, NothingToClassify, PredictOptions, Predictor,
-    SceneJob, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND,
+    SceneJob, Tta, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND,
 };
 pub use groups::Group;
 use groups::{data_pattern, pattern_label, Groups};
@@ -83,6 +83,8 @@ pub struct EvalOptions {
     pub per_pixel: bool,
     pub margin: usize,
     pub route_blend: usize,
+    /// Test-time augmentation of the class maps scored (`--tta`, see [`PredictOptions::tta`]).
+    pub tta: Tta,
 }
 
 impl Default for EvalOptions {
@@ -96,6 +98,7 @@ impl Default for EvalOptions {
             per_pixel: true,
             margin: DEFAULT_CONTEXT_MARGIN,
             route_blend: DEFAULT_ROUTE_BLEND,
+            tta: Tta::None,
         }
     }
 }
@@ -291,6 +294,7 @@ fn score_scenes(
         per_pixel: req.options.per_pixel,
         margin: req.options.margin,
         route_blend: req.options.route_blend,
+        tta: req.options.tta,
         ..PredictOptions::default()
     };
     let table = predictor.info().class_table();
@@ -776,6 +780,7 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "by_route": groups_json(&r.by_route, names),
         "skipped_scenes": r.skipped,
         "routes": if req.options.per_pixel { "per pixel" } else { "one per scene" },
+        "tta": req.options.tta.as_str(),
     });
     let text = serde_json::to_string_pretty(&doc)?;
     crate::fsutil::write_atomic(&out.join("metrics.json"), text.as_bytes())?;

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use super::{DeviceArgs, RouteArgs};
+use super::{DeviceArgs, RouteArgs, TtaArgs};
 use crate::config::Experiment;
 use crate::data::layouts::Split;
 use crate::eval::{evaluate, EvalOptions, EvalReport, EvalRequest};
@@ -71,6 +71,8 @@ pub struct EvalArgs {
     pub accept_input_range: bool,
     #[command(flatten)]
     pub routes_per_pixel: RouteArgs,
+    #[command(flatten)]
+    pub tta: TtaArgs,
 }
 
 /// The checkpoint, the experiment file of `--checkpoint` / `--config`, and the run the
@@ -125,6 +127,7 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
             per_pixel,
             margin,
             route_blend,
+            tta: args.tta.tta,
         },
     };
     let report = evaluate(&request)?;

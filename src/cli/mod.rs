@@ -18,7 +18,8 @@ mod sweep;
 mod train;
 
 use anyhow::Result;
-use clap::{Args, Parser, Subcommand};
+use clap::builder::PossibleValue;
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::device::DeviceChoice;
 
@@ -137,6 +138,34 @@ impl RouteArgs {
             self.route_blend
                 .unwrap_or(crate::predict::DEFAULT_ROUTE_BLEND),
         ))
+    }
+}
+
+/// Test-time augmentation, shared by `dis2 predict` and `dis2 eval` (docs/predict.md,
+/// "Test-time augmentation").
+#[derive(Debug, Clone, Args)]
+pub struct TtaArgs {
+    /// Classify each window in several views and average their probabilities: none, flips
+    /// (the window, its two mirror images and its half turn: 4 views) or d8 (every rotation and
+    /// mirror image of the square: 8 views); costs that many times the model's time.
+    #[arg(long, value_enum, value_name = "VIEWS", default_value = "none")]
+    pub tta: crate::predict::Tta,
+}
+
+/// `--tta none|flips|d8`.
+impl ValueEnum for crate::predict::Tta {
+    fn value_variants<'a>() -> &'a [Self] {
+        use crate::predict::Tta;
+        &[Tta::None, Tta::Flips, Tta::D8]
+    }
+
+    fn to_possible_value(&self) -> Option<PossibleValue> {
+        use crate::predict::Tta;
+        Some(PossibleValue::new(self.as_str()).help(match self {
+            Tta::None => "each window once",
+            Tta::Flips => "4 views: as it is, mirrored left-right and top-bottom, half turn",
+            Tta::D8 => "8 views: 4 quarter turns, each also mirrored (square windows)",
+        }))
     }
 }
 

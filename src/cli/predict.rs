@@ -13,13 +13,13 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::{DeviceArgs, RouteArgs};
+use super::{DeviceArgs, RouteArgs, TtaArgs};
 use crate::data::config::{GridConfig, Resampling};
 use crate::data::validity::AlphaRule;
 use crate::data::vsi;
 use crate::precision::PrecisionChoice;
 use crate::predict::{
-    predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob, Summary,
+    predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob, Summary, Tta,
 };
 use crate::train::run::RunDir;
 
@@ -74,8 +74,14 @@ pub struct PredictArgs {
     /// AVERAGE for probabilities).
     #[arg(long)]
     pub cog: bool,
+    #[command(flatten)]
+    pub tta: TtaArgs,
+    /// Also write the spread across the views of --tta (flips or d8): the standard deviation
+    /// over the views of the probability of the predicted class (float32, NaN = nodata).
+    #[arg(long, value_name = "FILE.tif")]
+    pub tta_spread: Option<PathBuf>,
     /// Several scenes: one line per scene, `NAME=FILE ... out=FILE [probs=FILE]
-    /// [preview=FILE] [routes=FILE] [missing.NAME=FILE ...]`; relative paths are relative to
+    /// [preview=FILE] [routes=FILE] [tta-spread=FILE] [missing.NAME=FILE ...]`; relative paths are relative to
     /// the list's folder (also the archive of `/vsizip/a.zip/x.tif`); `#` starts a comment.
     #[arg(long, value_name = "FILE")]
     pub list: Option<PathBuf>,
@@ -329,6 +335,7 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
                 "probs" => job.probs = Some(resolve(value)),
                 "preview" => job.preview = Some(resolve(value)),
                 "routes" => job.routes = Some(resolve(value)),
+                "tta-spread" => job.tta_spread = Some(resolve(value)),
                 key => match key.strip_prefix("missing.") {
                     Some(name) => job.missing_masks.push((name.to_string(), resolve(value))),
                     None => job.inputs.push((key.to_string(), resolve(value))),
@@ -362,9 +369,10 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
                 || args.probs.is_some()
                 || args.preview.is_some()
                 || args.routes.is_some()
+                || args.tta_spread.is_some()
                 || !args.missing_mask.is_empty()
             {
-                bail!("--list names inputs, masks and outputs per scene: leave out --NAME FILE, --missing-mask, --out, --probs, --routes and --preview");
+                bail!("--list names inputs, masks and outputs per scene: leave out --NAME FILE, --missing-mask, --out, --probs, --routes, --tta-spread and --preview");
             }
             let jobs = parse_list(list)?;
             match &args.shard {
@@ -394,6 +402,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
                 probs: args.probs.clone(),
                 preview: args.preview.clone(),
                 routes: args.routes.clone(),
+                tta_spread: args.tta_spread.clone(),
             }]
         }
     };
@@ -411,6 +420,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         accept_input_range: args.accept_input_range,
         alpha: AlphaRule::data_if(args.alpha_as_data),
         cog: args.cog,
+        tta: args.tta.tta,
         ..PredictOptions::default()
     };
     args.routes_per_pixel.apply(&mut options)?;
@@ -445,21 +455,21 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         })?;
         let summary = predict_scene(&predictor, job, &options)
             .with_context(|| format!("scene {} of {count} ({})", n + 1, job.out.display()))?;
-        println!("{}", summary_line(job, &summary));
+        println!("{}", summary_line(job, &summary, options.tta));
     }
     Ok(())
 }
 
 /// The files a scene writes.
 fn outputs(job: &SceneJob) -> Vec<&Path> {
-    let optional = [&job.probs, &job.routes, &job.preview];
+    let optional = [&job.probs, &job.routes, &job.tta_spread, &job.preview];
     let named = optional.into_iter().flatten().map(PathBuf::as_path);
     std::iter::once(job.out.as_path()).chain(named).collect()
 }
 
 /// A scene's summary line: size, windows, the branch or each route's share, the nodata share
-/// when there is any, precision, time and speed.
-fn summary_line(job: &SceneJob, summary: &Summary) -> String {
+/// when there is any, precision, the TTA views when there are several, time and speed.
+fn summary_line(job: &SceneJob, summary: &Summary, tta: Tta) -> String {
     let nodata = match summary.nodata_pixels {
         0 => String::new(),
         n => format!(
@@ -467,8 +477,12 @@ fn summary_line(job: &SceneJob, summary: &Summary) -> String {
             100.0 * n as f64 / (summary.width * summary.height) as f64
         ),
     };
+    let tta = match tta {
+        Tta::None => String::new(),
+        tta => format!(", tta {tta}"),
+    };
     format!(
-        "{}: {}x{} px, {} windows, {}{nodata}, {}, {:.1} s, {:.2} MP/s",
+        "{}: {}x{} px, {} windows, {}{nodata}, {}{tta}, {:.1} s, {:.2} MP/s",
         job.out.display(),
         summary.width,
         summary.height,
@@ -531,6 +545,8 @@ mod tests {
             ("routes", "r.tif"),
             ("context-margin", "4"),
             ("route-blend", "4"),
+            ("tta", "d8"),
+            ("tta-spread", "s.tif"),
         ]
         .into();
         let command = crate::cli::Cli::command();

@@ -30,10 +30,12 @@
 mod reader;
 mod routes;
 mod settings;
+mod tta;
 pub(crate) mod writer;
 
 pub use routes::{NothingToClassify, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND};
 pub use settings::{InferenceSettings, GDAL_CACHE_BYTES};
+pub use tta::Tta;
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
@@ -58,6 +60,7 @@ use crate::progress::Progress;
 use crate::tiling::{BandStitcher, FinishedRows, WindowLayout};
 use reader::{batches, BatchReader, Input, Prepared};
 use routes::{codes_present, Blend, MaskInput, PatternCounts, Routing};
+use tta::TtaRun;
 use writer::{Layout, StreamingTiff, Values};
 
 /// Class value of unclassified pixels in a class map (any given input is nodata there); the
@@ -89,6 +92,11 @@ pub struct SceneJob {
     pub preview: Option<PathBuf>,
     /// The route map to write (`--routes`): u8 route codes of [`RouteTable`], 255 nodata.
     pub routes: Option<PathBuf>,
+    /// The spread across the views of [`PredictOptions::tta`] to write (`--tta-spread`):
+    /// float32, the standard deviation over the views of the probability of the class each
+    /// window's mean predicts, blended like the probabilities; NaN where the class map is
+    /// nodata. Needs a `tta` other than [`Tta::None`].
+    pub tta_spread: Option<PathBuf>,
 }
 
 /// How to predict.
@@ -143,6 +151,10 @@ pub struct PredictOptions {
     /// GeoTIFF, with overviews suited to its values (`--cog`; docs/predict.md, "Cloud-Optimized
     /// GeoTIFF").
     pub cog: bool,
+    /// Test-time augmentation (`--tta`): the views of each window classified and averaged
+    /// (mean of the probabilities) per window and route before blending; [`Tta::None`] by
+    /// default. `d8` needs square windows.
+    pub tta: Tta,
 }
 
 impl Default for PredictOptions {
@@ -164,6 +176,7 @@ impl Default for PredictOptions {
             margin: DEFAULT_CONTEXT_MARGIN,
             route_blend: DEFAULT_ROUTE_BLEND,
             cog: false,
+            tta: Tta::None,
         }
     }
 }
@@ -418,6 +431,8 @@ struct Sink {
     class_map: StreamingTiff<u8>,
     probs: Option<ProbsOut>,
     route_map: Option<StreamingTiff<u8>>,
+    /// `--tta-spread`: one float32 band, NaN at nodata.
+    tta_spread: Option<StreamingTiff<f32>>,
     preview: Option<Preview>,
     routing: Arc<Routing>,
     patterns: PatternCounts,
@@ -474,6 +489,25 @@ fn create_route_map(
     let mut tiff = StreamingTiff::<u8>::create(path, size, 1, georef, &options, layout)?;
     tiff.set_category_names(table.labels())?;
     Ok(tiff)
+}
+
+/// The `--tta-spread` raster at `path`: one float32 band, NaN its nodata.
+fn create_tta_spread(
+    path: &Path,
+    size: (usize, usize),
+    georef: Option<&GeoRef>,
+    cog: bool,
+) -> Result<StreamingTiff<f32>> {
+    let options = WriteOptions {
+        nodata: Some(f64::NAN),
+        band_names: vec!["tta_spread".to_string()],
+        ..Default::default()
+    };
+    let layout = Layout {
+        values: Values::Continuous,
+        cog,
+    };
+    StreamingTiff::<f32>::create(path, size, 1, georef, &options, layout)
 }
 
 enum ProbsOut {
@@ -655,6 +689,15 @@ impl Sink {
                 options.cog,
             )?),
         };
+        let tta_spread = match &job.tta_spread {
+            None => None,
+            Some(path) => Some(create_tta_spread(
+                path,
+                (width, height),
+                georef.as_ref(),
+                options.cog,
+            )?),
+        };
         let preview = job
             .preview
             .as_ref()
@@ -665,6 +708,7 @@ impl Sink {
             class_map,
             probs,
             route_map,
+            tta_spread,
             preview,
             routing,
             patterns: PatternCounts::default(),
@@ -673,8 +717,8 @@ impl Sink {
     }
 
     /// Writes finished rows: the class map (argmax where a branch ran, [`NODATA_CLASS`]
-    /// elsewhere), the probabilities, the route map and the preview; then hands them to
-    /// `observe`.
+    /// elsewhere), the probabilities, the route map, the TTA spread and the preview; then hands
+    /// them to `observe`.
     fn rows(&mut self, done: &FinishedRows, observe: &mut RowObserver) -> Result<()> {
         let (k, w, rows) = (self.classes, self.width, done.rows);
         let plane = rows * w;
@@ -709,6 +753,13 @@ impl Sink {
         if let Some(map) = &mut self.route_map {
             map.write_rows(0, done.first_row, rows, &routes)?;
         }
+        if let Some(spread) = &mut self.tta_spread {
+            let values: Vec<f32> = (done.probs[(k + 1) * plane..(k + 2) * plane].iter())
+                .zip(&valid)
+                .map(|(&v, &ok)| if ok { v } else { f32::NAN })
+                .collect();
+            spread.write_rows(0, done.first_row, rows, &values)?;
+        }
         if let Some(preview) = &mut self.preview {
             for r in 0..rows {
                 preview.add_row(done.first_row + r, &classes[r * w..(r + 1) * w]);
@@ -736,6 +787,9 @@ impl Sink {
         if let Some(t) = self.route_map {
             closed.push(t.close()?);
         }
+        if let Some(t) = self.tta_spread {
+            closed.push(t.close()?);
+        }
         if let Some(p) = &self.preview {
             p.write()?;
         }
@@ -756,6 +810,8 @@ struct ScenePlan {
     routing: Arc<Routing>,
     layout: WindowLayout,
     survey: Arc<Mutex<RangeSurvey>>,
+    /// The views each window is classified in, and whether their spread is written.
+    tta: TtaRun,
 }
 
 impl ScenePlan {
@@ -794,6 +850,7 @@ impl ScenePlan {
             bail!("--batch must be at least 1");
         }
         let crop = (cfg.crop[0] as usize, cfg.crop[1] as usize);
+        let tta = TtaRun::new(options.tta, crop, job.tta_spread.as_deref())?;
         let overlap = options.overlap.unwrap_or(crop.0.min(crop.1) / 4);
         let layout = WindowLayout::new((header.height, header.width), crop, overlap)
             .map_err(|e| anyhow!("--overlap {overlap}: {e}"))?;
@@ -816,6 +873,7 @@ impl ScenePlan {
             routing: Arc::new(routing),
             layout,
             survey: Arc::new(Mutex::new(survey)),
+            tta,
         })
     }
 }
@@ -861,18 +919,24 @@ fn batch_tensors(predictor: &Predictor, inputs: &[Input], batch: &Prepared) -> V
     tensors
 }
 
-/// `route`'s probabilities for the windows of `tensors`: `B x K x H x W` values, row-major.
+/// `route`'s probabilities for the windows of `tensors`, averaged over `tta`'s views:
+/// `B x C x H x W` values, row-major, `C` = [`TtaRun::channels`] (the `K` probabilities, then
+/// the spread when asked for).
 fn route_probs(
     predictor: &Predictor,
     route: &Route,
     tensors: &[Option<Tensor>],
     k: usize,
+    tta: TtaRun,
 ) -> Result<Vec<f32>> {
-    let refs: Vec<Option<&Tensor>> = tensors.iter().map(Option::as_ref).collect();
     let Some(size) = tensors.iter().flatten().next().map(Tensor::size) else {
         bail!("a batch without inputs");
     };
-    let probs = tch::no_grad(|| predictor.net().forward_route(route, &refs, false))?;
+    let probs = tch::no_grad(|| {
+        tta.probs(tensors, |refs| {
+            predictor.net().forward_route(route, refs, false)
+        })
+    })?;
     let probs: Vec<f32> = Vec::<f32>::try_from(
         probs
             .to_device(Device::Cpu)
@@ -881,7 +945,7 @@ fn route_probs(
             .view([-1]),
     )?;
     let (b, plane) = (size[0] as usize, (size[2] * size[3]) as usize);
-    if probs.len() != b * k * plane {
+    if probs.len() != b * tta.channels(k) * plane {
         bail!(
             "the model returned {} values for {b} windows of {k} classes",
             probs.len()
@@ -893,17 +957,19 @@ fn route_probs(
 /// The batch's probabilities composed per pixel from the routes its pixels take (`codes`) and
 /// mix in (`blends`): each route runs once, on the windows that hold one of its pixels or mix it
 /// in, and each pixel takes its route's probabilities, or `w P_own + (1 - w) P_poorer` near a
-/// boundary (0 where no route runs). `B x K x H x W` values.
+/// boundary (0 where no route runs). `B x C x H x W` values, `C` = [`TtaRun::channels`]: the
+/// spread, when asked for, is composed with the same shares.
 fn composed_probs(
     predictor: &Predictor,
     table: &RouteTable,
     tensors: &[Option<Tensor>],
     batch: &Prepared,
     routes: &[u8],
-    k: usize,
+    (k, tta): (usize, TtaRun),
 ) -> Result<Vec<f32>> {
     let plane = batch.codes.first().map_or(0, Vec::len);
-    let mut out = vec![0.0f32; batch.windows.len() * k * plane];
+    let c = tta.channels(k);
+    let mut out = vec![0.0f32; batch.windows.len() * c * plane];
     for &code in routes {
         let route = table
             .route(code)
@@ -921,16 +987,16 @@ fn composed_probs(
                     .map(|t| t.index_select(0, &index.to_device(t.device())))
             })
             .collect();
-        let probs = route_probs(predictor, route, &sub, k)?;
+        let probs = route_probs(predictor, route, &sub, k, tta)?;
         for (j, &i) in needed.iter().enumerate() {
-            let (src, dst) = (&probs[j * k * plane..], &mut out[i * k * plane..]);
-            add_route_share(src, dst, code, &batch.codes[i], batch.blends[i].as_ref(), k);
+            let (src, dst) = (&probs[j * c * plane..], &mut out[i * c * plane..]);
+            add_route_share(src, dst, code, &batch.codes[i], batch.blends[i].as_ref(), c);
         }
     }
     Ok(out)
 }
 
-/// Adds route `code`'s probabilities of one window (`src`, `K x H x W`) to `dst` with each
+/// Adds route `code`'s probabilities of one window (`src`, `k x H x W`) to `dst` with each
 /// pixel's share of it: 1 where the pixel takes it alone, `w` where it is the pixel's own route
 /// mixed with a poorer one, `1 - w` where it is the poorer route mixed in, else 0 (untouched).
 fn add_route_share(
@@ -972,16 +1038,21 @@ struct BlendStage<'a, 'o> {
 }
 
 impl BlendStage<'_, '_> {
-    /// Adds a batch's window probabilities (`probs`, `K` classes each) and patterns to the
-    /// stitcher and writes (and hands to the observer) the rows that became final.
+    /// Adds a batch's window probabilities (`probs`, `K` classes each, then the TTA spread when
+    /// the sink writes it) and patterns to the stitcher and writes (and hands to the observer)
+    /// the rows that became final. The stitcher's channels: `K` probabilities, the pattern,
+    /// the spread.
     fn add(&mut self, batch: &Prepared, probs: &[f32]) -> Result<()> {
         let k = self.sink.classes;
+        let c = k + usize::from(self.sink.tta_spread.is_some());
         for (i, (window, patterns)) in batch.windows.iter().zip(&batch.patterns).enumerate() {
             let started = Instant::now();
             let plane = patterns.len();
-            let mut values = Vec::with_capacity((k + 1) * plane);
-            values.extend_from_slice(&probs[i * k * plane..(i + 1) * k * plane]);
+            let window_probs = &probs[i * c * plane..(i + 1) * c * plane];
+            let mut values = Vec::with_capacity((c + 1) * plane);
+            values.extend_from_slice(&window_probs[..k * plane]);
             values.extend(patterns.iter().map(|&p| f32::from(p)));
+            values.extend_from_slice(&window_probs[k * plane..]);
             let done = self.stitcher.add(*window, &values)?;
             self.timings.blend_s += started.elapsed().as_secs_f64();
             if let Some(done) = done {
@@ -1056,18 +1127,18 @@ impl<'scope, 'a: 'scope, 'o: 'scope> Blender<'scope, 'a, 'o> {
 /// The probabilities of a batch: one route for every window when its pixels take one (the
 /// whole batch in one forward), else composed per pixel ([`composed_probs`]); a batch whose
 /// windows hold no pixel any branch classifies does not run the model (so an all-nodata scene
-/// never reaches it).
+/// never reaches it). Each route's probabilities are averaged over `tta`'s views first.
 fn batch_probs(
     predictor: &Predictor,
     table: &RouteTable,
     inputs: &[Input],
     batch: &Prepared,
-    k: usize,
+    (k, tta): (usize, TtaRun),
 ) -> Result<Vec<f32>> {
     let routes = codes_present(&batch.codes, &batch.blends);
     let plane = batch.codes.first().map_or(0, Vec::len);
     match routes.as_slice() {
-        [] => Ok(vec![0.0; batch.windows.len() * k * plane]),
+        [] => Ok(vec![0.0; batch.windows.len() * tta.channels(k) * plane]),
         [code] => {
             let route = table
                 .route(*code)
@@ -1077,11 +1148,12 @@ fn batch_probs(
                 route,
                 &batch_tensors(predictor, inputs, batch),
                 k,
+                tta,
             )
         }
         _ => {
             let tensors = batch_tensors(predictor, inputs, batch);
-            composed_probs(predictor, table, &tensors, batch, &routes, k)
+            composed_probs(predictor, table, &tensors, batch, &routes, (k, tta))
         }
     }
 }
@@ -1098,9 +1170,9 @@ fn run_windows(
     label: &str,
     observe: &mut RowObserver,
 ) -> Result<Timings> {
-    let k = sink.classes;
+    let (k, tta) = (sink.classes, plan.tta);
     let stage = BlendStage {
-        stitcher: BandStitcher::new(plan.layout.clone(), k + 1),
+        stitcher: BandStitcher::new(plan.layout.clone(), tta.channels(k) + 1),
         sink,
         observe,
         timings: Timings::default(),
@@ -1126,7 +1198,7 @@ fn run_windows(
                 let started = Instant::now();
                 let batch = batch?;
                 let read = Instant::now();
-                let probs = batch_probs(predictor, &routing.table, &inputs, &batch, k)?;
+                let probs = batch_probs(predictor, &routing.table, &inputs, &batch, (k, tta))?;
                 timings.read_s += (read - started).as_secs_f64();
                 timings.model_s += read.elapsed().as_secs_f64();
                 let n = batch.windows.len();
