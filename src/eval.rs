@@ -776,10 +776,17 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "by_route": groups_json(&r.by_route, names),
         "skipped_scenes": r.skipped,
         "routes": if req.options.per_pixel { "per pixel" } else { "one per scene" },
+        "score_unit": crate::metrics::SCORE_UNIT,
     });
     let text = serde_json::to_string_pretty(&doc)?;
     crate::fsutil::write_atomic(&out.join("metrics.json"), text.as_bytes())?;
-    let mut csv = String::from("branch,class,iou,f1,precision,recall,support\n");
+    let mut csv = format!(
+        "branch,class,{}\n",
+        ["iou", "f1", "precision", "recall"]
+            .map(crate::metrics::score_column)
+            .join(",")
+            + ",support"
+    );
     let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for (n, c) in names.iter().zip(&s.per_class) {
         csv.push_str(&format!(

@@ -173,21 +173,25 @@ fn default_out_name(split: Split, drop: &[String]) -> String {
     name
 }
 
+/// A score in percent (the headers say `%`), `-` where there is none.
 fn fmt(v: Option<f64>) -> String {
-    v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v))
+    v.map_or("-".to_string(), crate::metrics::percent)
 }
 
 fn print_table(r: &EvalReport) {
     let s = &r.scores;
     println!(
-        "{}: mIoU {} | mean F1 {} | OA {} | {} pixels",
+        "{}: mIoU {} % | mean F1 {} % | OA {} % | {} pixels",
         r.branch,
         fmt(s.miou),
         fmt(s.mean_f1),
         fmt(s.overall_accuracy),
         s.pixels
     );
-    println!("{:<22} {:>7} {:>7} {:>12}", "class", "IoU", "F1", "pixels");
+    println!(
+        "{:<22} {:>7} {:>7} {:>12}",
+        "class", "IoU %", "F1 %", "pixels"
+    );
     for (i, (name, c)) in r.class_names.iter().zip(&s.per_class).enumerate() {
         let note = if r.excluded.contains(&i) {
             " (not in means)"
@@ -234,7 +238,7 @@ fn print_groups(title: &str, groups: &[crate::eval::Group]) {
     for g in groups {
         let s = &g.scores;
         println!(
-            "  {:<20} mIoU {:>6} | mean F1 {:>6} | OA {:>6} | {} of {} labelled pixels scored",
+            "  {:<20} mIoU {:>6} % | mean F1 {:>6} % | OA {:>6} % | {} of {} labelled pixels scored",
             g.label,
             fmt(s.miou),
             fmt(s.mean_f1),

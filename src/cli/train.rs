@@ -219,7 +219,9 @@ fn data_parallel(common: &CommonTrainArgs) -> Result<(tch::Device, Option<DataPa
 fn report(s: &Summary) {
     println!("finished {} steps in {}", s.steps, s.run_dir.display());
     for (label, scores) in &s.validation {
-        let miou = scores.miou.map_or("n/a".into(), |m| format!("{m:.4}"));
+        let miou = scores.miou.map_or("n/a".into(), |m| {
+            format!("{} %", crate::metrics::percent(m))
+        });
         println!("  validation {label:<24} mIoU {miou}");
     }
     if let Some((_, scores)) = s.validation.first() {

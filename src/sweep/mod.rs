@@ -444,6 +444,7 @@ fn train_unit(
         "run": unit.name,
         "steps": summary.steps,
         "best_val_miou": summary.best_miou,
+        "score_unit": crate::metrics::SCORE_UNIT,
         "seconds_last_session": started.elapsed().as_secs_f64(),
     });
     crate::fsutil::write_atomic(
@@ -527,6 +528,7 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
         per_class,
         pixels: Some(report.scores.pixels),
         run: job.unit.clone(),
+        score_unit: Some(crate::metrics::SCORE_UNIT.into()),
         seconds: started.elapsed().as_secs_f64(),
     };
     done.write(&dir.done(&job.name))
