@@ -684,7 +684,7 @@ impl Results {
         })
     }
 
-    /// The grouped bar chart: each row's mean mIoU per column, with its spread over seeds.
+    /// The grouped bar chart: each row's mean mIoU (%) per column, with its spread over seeds.
     fn chart(&self, path: &Path) -> Result<()> {
         let groups: Vec<String> = self.columns.iter().map(Column::header).collect();
         let series: Vec<(String, Vec<Vec<f64>>)> = self
@@ -693,16 +693,19 @@ impl Results {
             .enumerate()
             .map(|(r, row)| {
                 let values = (0..self.columns.len())
-                    .map(|k| self.values(r, k, &miou).into_iter().flatten().collect())
+                    .map(|k| {
+                        let values = self.values(r, k, &miou).into_iter().flatten();
+                        values.map(|v| 100.0 * v).collect()
+                    })
                     .collect();
                 (row.name(), values)
             })
             .collect();
         let title = format!(
-            "mIoU by missing modality ({} split; bars: mean, whiskers: ± sd, dots: seeds)",
+            "mIoU (%) by missing modality ({} split; bars: mean, whiskers: ± sd, dots: seeds)",
             self.split.as_str()
         );
-        crate::report::grouped_bars_png(path, &title, &groups, &series, "mIoU")
+        crate::report::grouped_bars_png(path, &title, &groups, &series, "mIoU (%)")
     }
 }
 
