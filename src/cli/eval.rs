@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use super::{DeviceArgs, RouteArgs};
+use super::{DeviceArgs, ProgressArgs, RouteArgs};
 use crate::config::Experiment;
 use crate::data::layouts::Split;
 use crate::eval::{evaluate, EvalOptions, EvalReport, EvalRequest};
@@ -57,8 +57,8 @@ pub struct EvalArgs {
     /// Override a configuration value (repeatable).
     #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
     pub set: Vec<String>,
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// fp32, bf16 (bfloat16 convolutions and matrix products, float32 probabilities) or auto
@@ -115,7 +115,7 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
         out,
         device,
         precision: args.precision.resolve(device).context("--precision")?,
-        quiet: args.quiet,
+        quiet: args.progress.quiet,
         options: EvalOptions {
             erode: args.erode,
             overlays: args.overlays,

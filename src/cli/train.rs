@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use super::DeviceArgs;
+use super::{DeviceArgs, ProgressArgs};
 use crate::config::Experiment;
 use crate::dist::Launch;
 use crate::model::scenario::{join_names, parse_names};
@@ -30,9 +30,8 @@ pub struct CommonTrainArgs {
     /// Continue the run in DIR from its last checkpoint, with its own config.yaml and run.yaml.
     #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-    /// Plain log lines at most once a minute instead of a progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// fp32, bf16 (bfloat16 convolutions and matrix products, float32 weights and losses) or auto
@@ -146,7 +145,7 @@ fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()>
     let writes = dp.as_ref().is_none_or(|dp| dp.rank() == 0);
     let opts = TrainOptions {
         device,
-        quiet: common.quiet,
+        quiet: common.progress.quiet,
     };
     let summary = match &common.resume {
         Some(dir) => {
