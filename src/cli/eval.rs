@@ -39,8 +39,9 @@ pub struct EvalArgs {
     /// (pixels) are not scored; 0: every labelled pixel is scored (ISPRS used 3).
     #[arg(long, value_name = "PX", default_value_t = 0)]
     pub erode: usize,
-    /// Overlay figures (image | reference | prediction | errors) of the first N scenes in
-    /// `overlays/`; 0: none.
+    /// Overlay figures (image | reference | prediction | errors) of N scenes in `overlays/`:
+    /// different places first (the acquisitions of one block are one place), spread over the
+    /// split; 0: none.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub overlays: usize,
     /// Folder for CFLM class-wise attention figures (teacher and the evaluated branch, one
