@@ -926,7 +926,7 @@ mod tests {
         );
         let csv = results.csv(&classes);
         assert!(
-            csv.starts_with("method,scenario,class,n,mean,sd,seed_1\n"),
+            csv.starts_with("method,scenario,class,n,mean_fraction,sd_fraction,seed_1_fraction\n"),
             "{csv}"
         );
         assert!(csv.contains("dis2,dsm,b,1,0.550000,,0.550000\n"), "{csv}");
