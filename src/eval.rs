@@ -7,7 +7,7 @@
 //!
 //! Options: `--erode R` scores with the ISPRS eroded-boundary labels (a disk of radius R around
 //! every class boundary left out), `--overlays N` draws image | reference | prediction | errors
-//! for the first N scenes, and `--attention-maps DIR` draws the CFLM class-wise attention of the
+//! for N scenes of different places ([`overlay_scenes`]), and `--attention-maps DIR` draws the CFLM class-wise attention of the
 //! teacher and of the evaluated branch for a few windows (the paper's qualitative figure).
 
 mod groups;
@@ -67,7 +67,7 @@ pub struct EvalRequest {
 pub struct EvalOptions {
     /// Radius in pixels of the ISPRS eroded boundaries (disk); 0: off.
     pub erode: usize,
-    /// Overlay figures of the first N scenes in `out/overlays/`; 0: none.
+    /// Overlay figures of N scenes ([`overlay_scenes`]) in `out/overlays/`; 0: none.
     pub overlays: usize,
     /// Folder for the CFLM attention figures; `None`: none.
     pub attention_maps: Option<PathBuf>,
@@ -115,7 +115,7 @@ pub struct EvalReport {
     pub scores: Scores,
     /// Radius of the eroded boundaries the scores were computed with (0: none).
     pub erode: usize,
-    /// Overlay figures written (of the first `--overlays` scenes).
+    /// Overlay figures written (of the `--overlays` scenes [`overlay_scenes`] picks).
     pub overlays: Vec<PathBuf>,
     /// Scenes scored.
     pub scenes: usize,
@@ -273,7 +273,7 @@ struct Scored {
 /// `dis2 predict`, into a scratch folder of `req.out`) and scores the class map's rows as
 /// prediction writes them: a pixel counts where its label is a class and the prediction
 /// classified it (the validity prediction used, never decoded from the class map's nodata
-/// value). Draws the overlays of the first `req.options.overlays` scenes.
+/// value). Draws the overlays of the `req.options.overlays` scenes [`overlay_scenes`] picks.
 fn score_scenes(
     req: &EvalRequest,
     predictor: &Predictor,
@@ -305,6 +305,8 @@ fn score_scenes(
     let mut by_data = Groups::new(table.len());
     let mut by_route = Groups::new(table.len());
     let mut skipped = Vec::new();
+    let places: Vec<String> = dataset.scenes.iter().map(place).collect();
+    let drawn = overlay_scenes(&places, req.options.overlays);
     for (index, scene) in dataset.scenes.iter().enumerate() {
         if scene.label.is_none() {
             bail!("scene {}: no labels to score against", scene.id);
@@ -320,7 +322,8 @@ fn score_scenes(
             labelled: &mut labelled,
             by_data: &mut by_data,
             by_route: &mut by_route,
-            overlay: (index < req.options.overlays)
+            overlay: drawn
+                .contains(&index)
                 .then(|| OverlaySampler::new(scene.width(), scene.height())),
         };
         let predicted =
@@ -725,6 +728,38 @@ fn attention(
         .collect()
 }
 
+/// Where a scene lies: its grid's size and geotransform, so that the acquisitions of one block
+/// (`dis2 blocks`) are one place; a scene without a geotransform is a place of its own.
+fn place(scene: &crate::data::dataset::Scene) -> String {
+    let info = &scene.grid.info;
+    match info.geo_transform {
+        Some(gt) => format!("{}x{} {gt:?}", info.width, info.height),
+        None => format!("scene {}", scene.id),
+    }
+}
+
+/// The scenes (indices, ascending) `--overlays n` draws from a split whose scenes lie at
+/// `places`: different places first, spread evenly over the split's order, so that four
+/// acquisitions of one block never fill the figures while other blocks have none; when the
+/// split has fewer places than `n`, further scenes in split order. Deterministic.
+pub(crate) fn overlay_scenes(places: &[String], n: usize) -> Vec<usize> {
+    let mut firsts: Vec<usize> = Vec::new();
+    for (i, p) in places.iter().enumerate() {
+        if !firsts.iter().any(|&f| places[f] == *p) {
+            firsts.push(i);
+        }
+    }
+    let mut picked: Vec<usize> = if firsts.len() >= n {
+        (0..n).map(|i| firsts[i * firsts.len() / n]).collect()
+    } else {
+        let more = (0..places.len()).filter(|i| !firsts.contains(i));
+        let extra = n.min(places.len()) - firsts.len();
+        firsts.iter().copied().chain(more.take(extra)).collect()
+    };
+    picked.sort_unstable();
+    picked
+}
+
 /// A scratch folder for the predicted class maps, inside the output folder.
 fn tempfile_dir(out: &Path) -> Result<PathBuf> {
     let dir = out.join(format!(".scratch-{}", std::process::id()));
@@ -781,10 +816,17 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "skipped_scenes": r.skipped,
         "routes": if req.options.per_pixel { "per pixel" } else { "one per scene" },
         "tta": req.options.tta.as_str(),
+        "score_unit": crate::metrics::SCORE_UNIT,
     });
     let text = serde_json::to_string_pretty(&doc)?;
     crate::fsutil::write_atomic(&out.join("metrics.json"), text.as_bytes())?;
-    let mut csv = String::from("branch,class,iou,f1,precision,recall,support\n");
+    let mut csv = format!(
+        "branch,class,{}\n",
+        ["iou", "f1", "precision", "recall"]
+            .map(crate::metrics::score_column)
+            .join(",")
+            + ",support"
+    );
     let cell = |v: Option<f64>| v.map_or(String::new(), |v| format!("{v:.6}"));
     for (n, c) in names.iter().zip(&s.per_class) {
         csv.push_str(&format!(
@@ -875,5 +917,22 @@ mod tests {
         // With predictions there, the same pixels are errors.
         let (n, _) = magenta_pixels([true; 4]);
         assert!(n >= 2, "{n}");
+    }
+
+    /// Four acquisitions per block: the overlays take one scene of each of four blocks, spread
+    /// over the split, not the four acquisitions of the first; fewer places than asked: every
+    /// place, then further scenes.
+    #[test]
+    fn overlays_pick_different_places_first() {
+        let places: Vec<String> = (0..6)
+            .flat_map(|b| (0..4).map(move |_| format!("block {b}")))
+            .collect();
+        assert_eq!(overlay_scenes(&places, 4), vec![0, 4, 12, 16]);
+        assert_eq!(overlay_scenes(&places, 6), vec![0, 4, 8, 12, 16, 20]);
+        assert_eq!(overlay_scenes(&places, 7), vec![0, 1, 4, 8, 12, 16, 20]);
+        assert_eq!(overlay_scenes(&places, 0), Vec::<usize>::new());
+        assert_eq!(overlay_scenes(&places, 99).len(), 24);
+        let distinct: Vec<String> = (0..3).map(|i| format!("scene {i}")).collect();
+        assert_eq!(overlay_scenes(&distinct, 4), vec![0, 1, 2]);
     }
 }

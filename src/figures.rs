@@ -34,6 +34,9 @@ pub(crate) const ERROR_COLOUR: [u8; 3] = [255, 0, 255];
 /// Colour of unlabelled / unpredicted pixels.
 const NONE_COLOUR: [u8; 3] = [0, 0, 0];
 
+/// A text to draw: the text, x, y (top-left, pixels) and font size.
+type TextItem = (String, usize, usize, u32);
+
 /// An RGB image being composed.
 pub(crate) struct Canvas {
     pub width: usize,
@@ -67,8 +70,21 @@ impl Canvas {
         self.paste(x + 1, y + 1, inner, inner, &vec![colour; inner * inner]);
     }
 
+    /// Draws the swatches of a class legend flowing over the canvas's width from row `top`;
+    /// returns the names as text items for [`Canvas::text`].
+    fn legend(&mut self, entries: &[ClassInfo], top: usize) -> Vec<TextItem> {
+        let (at, _) = legend_layout(entries, self.width);
+        let mut text = Vec::with_capacity(entries.len());
+        for (class, (x, y)) in entries.iter().zip(at) {
+            let y = top + y;
+            self.swatch(x, y + 3, 14, class.colour);
+            text.push((class.name.clone(), x + 18, y + 3, NAME_SIZE));
+        }
+        text
+    }
+
     /// Draws text items `(text, x, y, size)` in black.
-    fn text(&mut self, items: &[(String, usize, usize, u32)]) -> Result<()> {
+    fn text(&mut self, items: &[TextItem]) -> Result<()> {
         let (w, h) = (u32::try_from(self.width)?, u32::try_from(self.height)?);
         let root = BitMapBackend::with_buffer(&mut self.rgb, (w, h)).into_drawing_area();
         for (text, x, y, size) in items {
@@ -262,6 +278,52 @@ fn legend_layout(table: &[ClassInfo], width: usize) -> (Vec<(usize, usize)>, usi
     (at, if table.is_empty() { 0 } else { line + 1 })
 }
 
+/// `table` and, last, black with what it means in the figure (`no label or no prediction`,
+/// `nodata`): the entries of a class legend.
+pub(crate) fn with_black(table: &[ClassInfo], black: &str) -> Vec<ClassInfo> {
+    let mut entries = table.to_vec();
+    entries.push(ClassInfo {
+        name: black.to_string(),
+        colour: NONE_COLOUR,
+    });
+    entries
+}
+
+/// What black means in an overlay's reference and prediction panels.
+const OVERLAY_BLACK: &str = "black: no label / no prediction";
+/// What black means in a predict preview.
+const PREVIEW_BLACK: &str = "nodata (no branch had data)";
+
+/// The size of a class map preview of `w x h` pixels with its legend below ([`preview_png`]).
+pub fn preview_size(w: usize, h: usize, table: &[ClassInfo]) -> (usize, usize) {
+    let entries = with_black(table, PREVIEW_BLACK);
+    let width = w.max(widest_entry(&entries) + 2 * GAP);
+    let (_, lines) = legend_layout(&entries, width);
+    (width, h + GAP + lines * LINE + GAP)
+}
+
+/// A class map (`w x h` pixels, already coloured; black where no branch classified) with a
+/// legend below it: each class's colour and name from the checkpoint's `table`, and black as
+/// nodata. The map sits at the top-left corner, at its own size.
+///
+/// # Errors
+/// `rgb` not `w x h` pixels; drawing or writing failures (naming `path`).
+pub(crate) fn preview_png(
+    path: &Path,
+    rgb: &[[u8; 3]],
+    (w, h): (usize, usize),
+    table: &[ClassInfo],
+) -> Result<()> {
+    ensure!(rgb.len() == w * h, "a preview of {w}x{h} pixels expected");
+    let entries = with_black(table, PREVIEW_BLACK);
+    let (width, height) = preview_size(w, h, table);
+    let mut canvas = Canvas::new(width, height);
+    canvas.paste(0, 0, w, h, rgb);
+    let text = canvas.legend(&entries, h + GAP);
+    canvas.text(&text)?;
+    canvas.write(path)
+}
+
 /// The width of the widest legend entry (a swatch and the whole name).
 fn widest_entry(table: &[ClassInfo]) -> usize {
     table
@@ -311,13 +373,15 @@ pub(crate) struct OverlayData<'a> {
 /// with a legend of `table`'s classes.
 pub fn overlay_size(w: usize, h: usize, table: &[ClassInfo]) -> (usize, usize) {
     let k = overlay_scale(w, h);
-    let width = (4 * w * k + 5 * GAP).max(widest_entry(table) + 2 * GAP);
-    let (_, lines) = legend_layout(table, width);
+    let entries = with_black(table, OVERLAY_BLACK);
+    let width = (4 * w * k + 5 * GAP).max(widest_entry(&entries) + 2 * GAP);
+    let (_, lines) = legend_layout(&entries, width);
     (width, HEADER + h * k + GAP + lines * LINE + GAP)
 }
 
 /// Image | reference | prediction | errors (wrong pixels in magenta over the grey image), with
-/// a legend of the class colours; panels of small scenes enlarged (see [`overlay_scale`]).
+/// a legend of the class colours and of black (no label in the reference, no prediction where no
+/// branch had data); panels of small scenes enlarged (see [`overlay_scale`]).
 pub(crate) fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> Result<()> {
     let (w, h) = (d.width, d.height);
     let n = w * h;
@@ -353,13 +417,7 @@ pub(crate) fn overlay_png(path: &Path, d: &OverlayData, table: &[ClassInfo]) -> 
         canvas.paste(x, HEADER, pw, ph, &resize_nearest(panel, w, h, pw, ph));
         text.push((title.to_string(), x, 5, 15));
     }
-    let legend_top = HEADER + ph + GAP;
-    let (at, _) = legend_layout(table, width);
-    for (class, (x, y)) in table.iter().zip(at) {
-        let y = legend_top + y;
-        canvas.swatch(x, y + 3, 14, class.colour);
-        text.push((class.name.clone(), x + 18, y + 3, NAME_SIZE));
-    }
+    text.extend(canvas.legend(&with_black(table, OVERLAY_BLACK), HEADER + ph + GAP));
     canvas.text(&text)?;
     canvas.write(path)
 }
@@ -719,6 +777,74 @@ mod tests {
             ..data
         };
         assert!(overlay_png(&path, &bad, &table(3)).is_err());
+    }
+
+    /// The swatch colours of a legend drawn from row `top` of `img`, in entry order.
+    fn swatches(img: &image::RgbImage, entries: &[ClassInfo], top: usize) -> Vec<[u8; 3]> {
+        let (at, _) = legend_layout(entries, img.width() as usize);
+        at.iter()
+            .map(|&(x, y)| img.get_pixel((x + 7) as u32, (top + y + 10) as u32).0)
+            .collect()
+    }
+
+    /// The preview: the map at the top-left at its own size, a legend below with every class's
+    /// swatch and black explained as nodata, its names drawn beside the swatches.
+    #[test]
+    fn preview_has_the_map_and_a_legend_of_classes_and_nodata() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.png");
+        let t = table(3);
+        let (w, h) = (40, 20);
+        let rgb: Vec<[u8; 3]> = (0..w * h)
+            .map(|i| if i % w < 20 { t[2].colour } else { NONE_COLOUR })
+            .collect();
+        preview_png(&path, &rgb, (w, h), &t).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let (width, height) = preview_size(w, h, &t);
+        assert_eq!(
+            (img.width() as usize, img.height() as usize),
+            (width, height)
+        );
+        assert!(width > w && height > h + LINE, "{width}x{height}");
+        assert_eq!(img.get_pixel(0, 0).0, t[2].colour);
+        assert_eq!(img.get_pixel(39, 19).0, NONE_COLOUR);
+        let entries = with_black(&t, PREVIEW_BLACK);
+        assert_eq!(entries.last().unwrap().name, PREVIEW_BLACK);
+        let colours: Vec<[u8; 3]> = entries.iter().map(|c| c.colour).collect();
+        assert_eq!(swatches(&img, &entries, h + GAP), colours);
+        // The names: dark text right of the first swatch.
+        let (at, _) = legend_layout(&entries, width);
+        let (x, y) = (at[0].0 + 18, h + GAP + at[0].1);
+        let dark = (x..x + 40)
+            .flat_map(|x| (y..y + LINE).map(move |y| (x, y)))
+            .filter(|&(x, y)| img.get_pixel(x as u32, y as u32).0.iter().all(|&c| c < 100))
+            .count();
+        assert!(dark > 20, "{dark} dark pixels where the first name is");
+        assert!(preview_png(&path, &rgb[1..], (w, h), &t).is_err());
+    }
+
+    /// The overlay's legend ends with black, explained.
+    #[test]
+    fn overlay_legend_explains_black() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("o.png");
+        let image = vec![[100u8; 3]; 4];
+        let data = OverlayData {
+            width: 2,
+            height: 2,
+            image: &image,
+            labels: &[0, 1, 255, 1],
+            preds: &[0, 0, 1, 1],
+            scored: &[0, 1, 255, 1],
+        };
+        let t = table(3);
+        overlay_png(&path, &data, &t).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let entries = with_black(&t, OVERLAY_BLACK);
+        let top = HEADER + 2 * overlay_scale(2, 2) + GAP;
+        let colours: Vec<[u8; 3]> = entries.iter().map(|c| c.colour).collect();
+        assert_eq!(swatches(&img, &entries, top), colours);
+        assert!(OVERLAY_BLACK.contains("no label") && OVERLAY_BLACK.contains("no prediction"));
     }
 
     #[test]

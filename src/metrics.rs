@@ -10,6 +10,10 @@
 //! absent from the labels keeps its row: no IoU (`None`) when never predicted, IoU 0 when
 //! predicted somewhere, and stays out of the means either way (docs/eval.md compares this with
 //! mmsegmentation's and the ISPRS benchmark's conventions). Overall accuracy counts every class.
+//!
+//! Units (docs/eval.md, "Units"): scores are fractions in [0, 1] here and in every file written
+//! for programs (which says so by [`SCORE_UNIT`]); whatever a person reads (logs, tables, charts,
+//! TensorBoard) shows them in percent through [`percent`].
 
 use anyhow::{ensure, Result};
 use serde::Serialize;
@@ -338,6 +342,21 @@ pub(crate) fn erode_band(
     let eroded = erode_boundaries(context, width, context_rows, radius, ignore_index);
     let start = (first - top) * width;
     eroded[start..start + rows * width].to_vec()
+}
+
+/// The unit of the scores in files written for programs (JSON, CSV, JSONL): the value of their
+/// `score_unit` key, the suffix of their CSV score columns.
+pub(crate) const SCORE_UNIT: &str = "fraction";
+
+/// The header of a CSV column of scores: its name with the unit (`iou` -> `iou_fraction`).
+pub(crate) fn score_column(name: &str) -> String {
+    format!("{name}_{SCORE_UNIT}")
+}
+
+/// A score in [0, 1] as people read it: percent with two decimals, no sign (`0.1794` ->
+/// `17.94`); the caller's header or label says `%`.
+pub(crate) fn percent(v: f64) -> String {
+    format!("{:.2}", 100.0 * v)
 }
 
 #[cfg(test)]

@@ -142,14 +142,54 @@ pub(crate) fn confusion_matrix_png(
     write_png(path, &rgb, width, height)
 }
 
-/// Width of the legend column right of a bar chart.
-const BAR_LEGEND: u32 = 230;
+/// Height of a bar chart's title line, drawn over the whole width.
+const BAR_TITLE: u32 = 34;
+/// Font size of a bar chart's title.
+const BAR_TITLE_SIZE: u32 = 17;
+/// Font sizes of a bar chart's legend: the series names, the key to the marks.
+const LEGEND_SIZE: u32 = 14;
+const LEGEND_KEY_SIZE: u32 = 13;
+/// The key to a bar chart's marks, below the series names.
+const BAR_KEY: [&str; 3] = ["bar: mean over seeds", "whisker: ± 1 sd", "dot: one seed"];
+
+/// The width of the legend column right of a bar chart: the swatch and the longest name or key
+/// line, with a small margin, so that the column holds every name whole and nothing more.
+fn bar_legend_width(series: &[(String, Vec<Vec<f64>>)]) -> u32 {
+    let names = series.iter().map(|(n, _)| 26 + text_width(n, LEGEND_SIZE));
+    let keys = BAR_KEY.iter().map(|k| 6 + text_width(k, LEGEND_KEY_SIZE));
+    names.chain(keys).max().unwrap_or(0) as u32 + 12
+}
+
+/// The value axis of a bar chart fitted to `series` (percent): from below the lowest dot or
+/// whisker to above the highest, with a margin of a sixth of their range (at least 2 points),
+/// on multiples of 5 within [0, 100]; [0, 100] when there is no value.
+pub(crate) fn bar_axis(series: &[(String, Vec<Vec<f64>>)]) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for v in series.iter().flat_map(|(_, groups)| groups) {
+        let Some(stat) = crate::stats::summarize(v) else {
+            continue;
+        };
+        let sd = stat.sd.unwrap_or(0.0);
+        for x in v.iter().copied().chain([stat.mean - sd, stat.mean + sd]) {
+            (lo, hi) = (lo.min(x), hi.max(x));
+        }
+    }
+    if !lo.is_finite() {
+        return (0.0, 100.0);
+    }
+    let margin = ((hi - lo) / 6.0).max(2.0);
+    let bottom = (5.0 * ((lo - margin) / 5.0).floor()).clamp(0.0, 95.0);
+    let top = (5.0 * ((hi + margin) / 5.0).ceil()).clamp(bottom + 5.0, 100.0);
+    (bottom, top)
+}
 
 /// A grouped bar chart: one group per entry of `groups` (for instance scenarios), one bar per
 /// series (for instance methods) at the mean of its values (for instance one per seed), a
 /// whisker of ± one sample standard deviation when there are two or more, and a dot per value;
-/// a group without values leaves a gap. Values in [0, 1]. The legend sits in its own column
-/// right of the plot, names in full.
+/// a group without values leaves a gap. Values in percent; the value axis is fitted to them
+/// ([`bar_axis`]), so that differences of a few points show. The title spans the whole width
+/// (the figure widens for a long one); the legend sits in its own column right of the plot,
+/// as wide as its longest name.
 ///
 /// # Errors
 /// No group or no series, a series whose group count differs, drawing or writing failures.
@@ -169,14 +209,20 @@ pub(crate) fn grouped_bars_png(
             groups.len()
         );
     }
+    let legend = bar_legend_width(series);
     let plot_w = (110 * groups.len() as u32 * (series.len() as u32).max(2) / 2).max(300);
-    let (width, height) = (160 + plot_w + BAR_LEGEND, 480u32);
+    let title_w = 20 + text_width(title, BAR_TITLE_SIZE) as u32;
+    let (width, height) = ((80 + plot_w + legend).max(title_w), 480u32);
     let mut rgb = vec![255u8; (width * height * 3) as usize];
     {
         let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
         root.fill(&WHITE).map_err(draw_err)?;
-        let (left, right) = root.split_horizontally(width - BAR_LEGEND);
-        draw_bars(&left, title, groups, series, y_label)?;
+        let title_font = ("sans-serif", BAR_TITLE_SIZE).into_font();
+        root.draw(&Text::new(title, (10, 10), title_font))
+            .map_err(draw_err)?;
+        let (_, body) = root.split_vertically(BAR_TITLE);
+        let (left, right) = body.split_horizontally(width - legend);
+        draw_bars(&left, groups, series, y_label)?;
         draw_bar_legend(&right, series)?;
         root.present().map_err(draw_err)?;
     }
@@ -186,18 +232,17 @@ pub(crate) fn grouped_bars_png(
 /// The bars, whiskers and dots of [`grouped_bars_png`] on `area`.
 fn draw_bars(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
-    title: &str,
     groups: &[String],
     series: &[(String, Vec<Vec<f64>>)],
     y_label: &str,
 ) -> Result<()> {
     let n = groups.len() as f64;
+    let (bottom, top) = bar_axis(series);
     let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 17))
         .margin(12)
         .x_label_area_size(40)
         .y_label_area_size(50)
-        .build_cartesian_2d(0.0..n, 0.0..1.0)
+        .build_cartesian_2d(0.0..n, bottom..top)
         .map_err(draw_err)?;
     let labels = groups.to_vec();
     chart
@@ -216,6 +261,7 @@ fn draw_bars(
         .draw()
         .map_err(draw_err)?;
     let bar_w = 0.8 / series.len() as f64;
+    let clamp = |y: f64| y.clamp(bottom, top);
     for (s, (_, values)) in series.iter().enumerate() {
         let colour = Palette99::pick(s).to_rgba();
         for (g, v) in values.iter().enumerate() {
@@ -224,15 +270,15 @@ fn draw_bars(
             };
             let x = g as f64 + 0.1 + s as f64 * bar_w;
             let centre = x + bar_w * 0.475;
-            let top = stat.mean.clamp(0.0, 1.0);
+            let mean = clamp(stat.mean);
             chart
                 .draw_series([Rectangle::new(
-                    [(x, 0.0), (x + bar_w * 0.95, top)],
+                    [(x, bottom), (x + bar_w * 0.95, mean)],
                     colour.filled(),
                 )])
                 .map_err(draw_err)?;
             if let Some(sd) = stat.sd {
-                let (lo, hi) = ((top - sd).max(0.0), (top + sd).min(1.0));
+                let (lo, hi) = (clamp(stat.mean - sd), clamp(stat.mean + sd));
                 let cap = bar_w * 0.2;
                 let whisker = [
                     vec![(centre, lo), (centre, hi)],
@@ -250,7 +296,7 @@ fn draw_bars(
             let spread = bar_w * 0.5 / v.len().max(1) as f64;
             let dots = v.iter().enumerate().map(|(i, &y)| {
                 let dx = (i as f64 - (v.len() - 1) as f64 / 2.0) * spread;
-                Circle::new((centre + dx, y.clamp(0.0, 1.0)), 3, BLACK.filled())
+                Circle::new((centre + dx, clamp(y)), 3, BLACK.filled())
             });
             chart.draw_series(dots).map_err(draw_err)?;
         }
@@ -264,8 +310,8 @@ fn draw_bar_legend(
     area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
     series: &[(String, Vec<Vec<f64>>)],
 ) -> Result<()> {
-    let font = ("sans-serif", 14).into_font();
-    let mut y = 50i32;
+    let font = ("sans-serif", LEGEND_SIZE).into_font();
+    let mut y = 16i32;
     for (s, (name, _)) in series.iter().enumerate() {
         let colour = Palette99::pick(s).to_rgba();
         area.draw(&Rectangle::new([(6, y), (20, y + 14)], colour.filled()))
@@ -275,8 +321,9 @@ fn draw_bar_legend(
         y += 22;
     }
     y += 12;
-    for line in ["bar: mean over seeds", "whisker: ± 1 sd", "dot: one seed"] {
-        area.draw(&Text::new(line, (6, y), ("sans-serif", 13).into_font()))
+    for line in BAR_KEY {
+        let key_font = ("sans-serif", LEGEND_KEY_SIZE).into_font();
+        area.draw(&Text::new(line, (6, y), key_font))
             .map_err(draw_err)?;
         y += 18;
     }
@@ -332,11 +379,11 @@ mod tests {
         let series = vec![
             (
                 "teacher".to_string(),
-                vec![vec![0.8, 0.78, 0.83], vec![0.5]],
+                vec![vec![80.0, 78.0, 83.0], vec![50.0]],
             ),
             (
                 "dis2@a-long-variant-name".to_string(),
-                vec![vec![0.8], vec![]],
+                vec![vec![80.0], vec![]],
             ),
         ];
         grouped_bars_png(&path, "mIoU", &groups, &series, "mIoU").unwrap();
@@ -351,5 +398,59 @@ mod tests {
         );
         let bad = vec![("x".to_string(), vec![vec![0.1]])];
         assert!(grouped_bars_png(&path, "t", &groups, &bad, "y").is_err());
+    }
+
+    /// Dark pixels of `img` in the columns `x0..x1` and rows `y0..y1`.
+    fn dark(img: &image::RgbImage, (x0, x1): (u32, u32), (y0, y1): (u32, u32)) -> usize {
+        let dark = |x, y| img.get_pixel(x, y).0.iter().all(|&c| c < 128);
+        (x0..x1)
+            .flat_map(|x| (y0..y1).map(move |y| (x, y)))
+            .filter(|&(x, y)| dark(x, y))
+            .count()
+    }
+
+    /// One narrow group with a long title: the figure widens to hold the whole title from its
+    /// left edge, the axis fits the data (a few points apart, not 0 to 100) and the legend column
+    /// ends close to the longest name.
+    #[test]
+    fn bar_chart_title_is_whole_axis_fits_and_no_empty_margin() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bars.png");
+        let title = "mIoU (%) by missing modality (test split; bars: mean, whiskers: ± sd, dots: \
+                     seeds)";
+        let series = vec![
+            ("teacher-fill".to_string(), vec![vec![76.1, 77.0, 76.4]]),
+            ("dis2".to_string(), vec![vec![78.9, 79.3, 79.0]]),
+        ];
+        grouped_bars_png(&path, title, &["-dsm".into()], &series, "mIoU (%)").unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let title_w = text_width(title, BAR_TITLE_SIZE) as u32;
+        assert!(img.width() >= title_w + 20, "{} < {title_w}", img.width());
+        // The title's first letters are drawn right of the left edge, in its line.
+        assert!(dark(&img, (0, 10), (0, BAR_TITLE)) == 0);
+        assert!(
+            dark(&img, (10, 40), (0, BAR_TITLE)) > 20,
+            "the title starts at x = 10"
+        );
+        assert!(
+            dark(&img, (title_w - 30, title_w + 10), (0, BAR_TITLE)) > 10,
+            "its end"
+        );
+        let (lo, hi) = bar_axis(&series);
+        assert!(
+            (70.0..76.0).contains(&lo) && (80.0..=85.0).contains(&hi),
+            "{lo} {hi}"
+        );
+        assert_eq!(bar_axis(&[("x".into(), vec![vec![]])]), (0.0, 100.0));
+        assert_eq!(
+            bar_axis(&[("x".into(), vec![vec![1.0, 99.5]])]),
+            (0.0, 100.0)
+        );
+        // Nothing but white in the last 8 columns, and something drawn just before them in the
+        // legend: the right margin is small.
+        let w = img.width();
+        assert_eq!(dark(&img, (w - 8, w), (0, img.height())), 0);
+        let names = bar_legend_width(&series);
+        assert!(names < 200, "{names}");
     }
 }

@@ -94,7 +94,7 @@ fn closed_pipe_ends_quietly() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
-    assert_eq!(first.trim(), "shard 0/1:");
+    assert_eq!(first.trim(), "# shard 0/1:");
     let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!stderr.contains("panicked"), "stderr: {stderr}");

@@ -117,8 +117,17 @@ fn blended_scene_equals_single_windows_and_keeps_georeferencing() {
     }
     let pinfo = RasterInfo::read(&probs).unwrap();
     assert_eq!((pinfo.bands, pinfo.data_type.as_str()), (6, "Float32"));
-    let preview_img = image::open(&preview).unwrap();
-    assert_eq!((preview_img.width(), preview_img.height()), (160, 160));
+    // The 160 x 160 map at the top-left, the legend of the checkpoint's classes and nodata below.
+    let preview_img = image::open(&preview).unwrap().to_rgb8();
+    let classes_table = checkpoint::read_info(&ck).unwrap().class_table();
+    let size = dis2::figures::preview_size(160, 160, &classes_table);
+    assert_eq!(
+        (preview_img.width() as usize, preview_img.height() as usize),
+        size
+    );
+    assert!(size.0 >= 160 && size.1 > 160, "{size:?}");
+    let first = read_all(&classes).data[0] as usize;
+    assert_eq!(preview_img.get_pixel(0, 0).0, synth::CLASSES[first].1);
 
     // Inside each window, where its blend weight is 1, the result is that window run alone.
     let loaded = checkpoint::load(&ck, Device::Cpu).unwrap();

@@ -213,7 +213,7 @@ fn shards_share_the_grid_and_collect_merges_them() {
         list.contains("shard 0/2:") && list.contains("shard 1/2:"),
         "{list}"
     );
-    assert!(list.contains("run  s4/dis2-dsm"), "{list}");
+    assert!(list.contains("/runs/s4/dis2-dsm "), "{list}");
 
     // The student's shard waits for the teacher's shard.
     let children: Vec<_> = ["1/2", "0/2"]
@@ -255,6 +255,69 @@ fn shards_share_the_grid_and_collect_merges_them() {
     ]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a sweep folder"));
+}
+
+/// The words a POSIX shell makes of `line`.
+fn shell_words(line: &str) -> Vec<String> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("printf '%s\\0' {line}")])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{line}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    text.split_terminator('\0').map(String::from).collect()
+}
+
+/// Every line of `--list` is a shell command: the binary, a subcommand and its arguments; a
+/// teacher's line and its evaluation's line, run by the shell, write the run and the scores
+/// where the sweep would.
+#[test]
+fn listed_lines_are_commands_that_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_benchmark(dir.path(), 12);
+    let out = dir.path().join("sweep");
+    let mut args = sweep_args(&config, &out);
+    args.extend(["--list".into()]);
+    let list = ok_all(&dis2(&args));
+    let lines: Vec<&str> = list.lines().filter(|l| !l.starts_with('#')).collect();
+    // Teacher and student per seed; teacher full, teacher-fill -dsm, student -dsm per seed.
+    assert_eq!(lines.len(), 2 * 2 + 3 * 2, "{list}");
+    for line in &lines {
+        let words = shell_words(line);
+        assert_eq!(words[0], BIN, "{line}");
+        assert!(
+            ["train-teacher", "distill", "eval"].contains(&words[1].as_str()),
+            "{line}"
+        );
+        let at = words.iter().position(|w| w == "--out").unwrap();
+        assert!(Path::new(&words[at + 1]).starts_with(&out), "{line}");
+        assert!(words.ends_with(&["--device".into(), "cpu".into(), "--quiet".into()]));
+    }
+    let teacher = lines
+        .iter()
+        .find(|l| l.contains("/runs/s3/teacher "))
+        .unwrap();
+    assert!(
+        shell_words(teacher).contains(&"seed=3".to_string()),
+        "{teacher}"
+    );
+    let eval = (lines.iter())
+        .find(|l| l.contains("/evals/test/s3/teacher--full "))
+        .unwrap();
+    for line in [teacher, eval] {
+        let run = Command::new("sh").args(["-c", line]).output().unwrap();
+        assert!(
+            run.status.success(),
+            "{line}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+    assert!(out.join("runs/s3/teacher/checkpoints/best").exists());
+    let scores = read_json(&out.join("evals/test/s3/teacher--full/metrics.json"));
+    assert_eq!(scores["score_unit"], "fraction");
+    assert!(scores["miou"]
+        .as_f64()
+        .is_some_and(|m| (0.0..=1.0).contains(&m)));
 }
 
 /// Runs `scripts/sweep-local.sh OUT ARGS...` with `JOBS` shards of one thread each.

@@ -134,7 +134,7 @@ fn a_killed_run_resumes_exactly_and_distills_a_student() {
     assert_eq!(totals, expected);
     assert!(records
         .iter()
-        .any(|r| matches!(r, Record::Scalar { tag, .. } if tag == "val/teacher/miou")));
+        .any(|r| matches!(r, Record::Scalar { tag, .. } if tag == "val/teacher/miou_percent")));
     let image = records.iter().find_map(|r| match r {
         Record::Image { png, .. } => Some(png.clone()),
         _ => None,

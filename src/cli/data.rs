@@ -4,6 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
+use crate::data::config::ClassInfo;
 use crate::data::stats::Gaps;
 use crate::data::synth::{self, SynthOptions};
 
@@ -93,13 +94,8 @@ pub(crate) fn stats(args: &StatsArgs) -> Result<()> {
             m.name, norm.mean, "", norm.std
         );
     }
-    let total: u64 = stats.class_counts.iter().sum();
-    for (c, count) in stats.class_counts.iter().enumerate() {
-        println!(
-            "class {c}: {:.2} % of labelled pixels",
-            100.0 * *count as f64 / total.max(1) as f64
-        );
-    }
+    let classes = exp.data.class_table(exp.model.num_classes as usize);
+    print!("{}", class_shares(&classes, &stats.class_counts));
     println!(
         "ignored pixels (unlabelled, ignored, or without data in the labels or a modality): {}",
         stats.ignored
@@ -112,10 +108,34 @@ pub(crate) fn stats(args: &StatsArgs) -> Result<()> {
         .collect();
     print!("{}", gaps_table(&names, &stats.gaps));
     if args.class_weights {
-        println!("class weights: {:?}", stats.class_weights());
+        println!("class weights:");
+        let width = name_width(&classes);
+        for (c, (class, weight)) in classes.iter().zip(stats.class_weights()).enumerate() {
+            println!("  {c:>3} {:<width$} {weight:.4}", class.name);
+        }
     }
     println!("updated {}", args.config.display());
     Ok(())
+}
+
+/// The width of the longest class name, for aligned columns.
+fn name_width(classes: &[ClassInfo]) -> usize {
+    classes
+        .iter()
+        .map(|c| c.name.chars().count())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Each class's id, name and share of the labelled pixels (%), one line each.
+fn class_shares(classes: &[ClassInfo], counts: &[u64]) -> String {
+    let total: u64 = counts.iter().sum();
+    let mut out = String::from("labelled pixels per class (id name: share):\n");
+    for (c, (class, &count)) in classes.iter().zip(counts).enumerate() {
+        let share = 100.0 * count as f64 / total.max(1) as f64;
+        out.push_str(&format!("  {c:>3} {}: {share:.2} %\n", class.name));
+    }
+    out
 }
 
 /// The labelled pixels of the train split each modality's gaps (nodata, masks, user masks)
@@ -198,6 +218,25 @@ mod tests {
                 && lines[3].ends_with("25.00 %")
         );
         assert!(lines[4].starts_with("any") && lines[4].ends_with("25.00 %"));
+    }
+
+    /// `dis2 stats` names the classes of the configuration, with their ids.
+    #[test]
+    fn class_shares_name_each_class_with_its_id() {
+        let class = |name: &str| crate::data::config::ClassInfo {
+            name: name.into(),
+            colour: [0, 0, 0],
+        };
+        let table = super::class_shares(&[class("building"), class("low vegetation")], &[1, 3]);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(lines[0].contains("per class"), "{table}");
+        assert_eq!(lines[1].trim_start(), "0 building: 25.00 %", "{table}");
+        assert_eq!(
+            lines[2].trim_start(),
+            "1 low vegetation: 75.00 %",
+            "{table}"
+        );
     }
 
     #[test]

@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use super::{DeviceArgs, RouteArgs, TtaArgs};
+use super::{DeviceArgs, ProgressArgs, RouteArgs, TtaArgs};
 use crate::config::Experiment;
 use crate::data::layouts::Split;
 use crate::eval::{evaluate, EvalOptions, EvalReport, EvalRequest};
@@ -39,8 +39,9 @@ pub struct EvalArgs {
     /// (pixels) are not scored; 0: every labelled pixel is scored (ISPRS used 3).
     #[arg(long, value_name = "PX", default_value_t = 0)]
     pub erode: usize,
-    /// Overlay figures (image | reference | prediction | errors) of the first N scenes in
-    /// `overlays/`; 0: none.
+    /// Overlay figures (image | reference | prediction | errors) of N scenes in `overlays/`:
+    /// different places first (the acquisitions of one block are one place), spread over the
+    /// split; 0: none.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub overlays: usize,
     /// Folder for CFLM class-wise attention figures (teacher and the evaluated branch, one
@@ -57,8 +58,8 @@ pub struct EvalArgs {
     /// Override a configuration value (repeatable).
     #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
     pub set: Vec<String>,
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// fp32, bf16 (bfloat16 convolutions and matrix products, float32 probabilities) or auto
@@ -117,7 +118,7 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
         out,
         device,
         precision: args.precision.resolve(device).context("--precision")?,
-        quiet: args.quiet,
+        quiet: args.progress.quiet,
         options: EvalOptions {
             erode: args.erode,
             overlays: args.overlays,
@@ -176,21 +177,25 @@ fn default_out_name(split: Split, drop: &[String]) -> String {
     name
 }
 
+/// A score in percent (the headers say `%`), `-` where there is none.
 fn fmt(v: Option<f64>) -> String {
-    v.map_or("-".to_string(), |v| format!("{:.2}", 100.0 * v))
+    v.map_or("-".to_string(), crate::metrics::percent)
 }
 
 fn print_table(r: &EvalReport) {
     let s = &r.scores;
     println!(
-        "{}: mIoU {} | mean F1 {} | OA {} | {} pixels",
+        "{}: mIoU {} % | mean F1 {} % | OA {} % | {} pixels",
         r.branch,
         fmt(s.miou),
         fmt(s.mean_f1),
         fmt(s.overall_accuracy),
         s.pixels
     );
-    println!("{:<22} {:>7} {:>7} {:>12}", "class", "IoU", "F1", "pixels");
+    println!(
+        "{:<22} {:>7} {:>7} {:>12}",
+        "class", "IoU %", "F1 %", "pixels"
+    );
     for (i, (name, c)) in r.class_names.iter().zip(&s.per_class).enumerate() {
         let note = if r.excluded.contains(&i) {
             " (not in means)"
@@ -237,7 +242,7 @@ fn print_groups(title: &str, groups: &[crate::eval::Group]) {
     for g in groups {
         let s = &g.scores;
         println!(
-            "  {:<20} mIoU {:>6} | mean F1 {:>6} | OA {:>6} | {} of {} labelled pixels scored",
+            "  {:<20} mIoU {:>6} % | mean F1 {:>6} % | OA {:>6} % | {} of {} labelled pixels scored",
             g.label,
             fmt(s.miou),
             fmt(s.mean_f1),

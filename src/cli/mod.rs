@@ -92,6 +92,16 @@ pub struct DeviceArgs {
     pub device: DeviceChoice,
 }
 
+/// `--quiet`, shared by every command that runs long (training, eval, predict, sweep): one
+/// flag, one help text.
+#[derive(Debug, Clone, Args)]
+pub struct ProgressArgs {
+    /// Progress as a plain line at most once a minute instead of a bar (without a terminal,
+    /// plain lines come every 10 s).
+    #[arg(long)]
+    pub quiet: bool,
+}
+
 /// How pixels find their branch, shared by `dis2 predict` and `dis2 eval` (docs/predict.md,
 /// "Routes per pixel").
 #[derive(Debug, Clone, Args)]
@@ -210,6 +220,45 @@ fn set_threads(threads: usize) -> Result<()> {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    /// Every long command takes `--quiet`, with the one help text of [`ProgressArgs`].
+    #[test]
+    fn every_long_command_takes_quiet_with_one_help() {
+        let lines = [
+            ["train-teacher", "--config", "e.yaml"],
+            ["distill", "--config", "e.yaml"],
+            ["eval", "--checkpoint", "run"],
+            ["predict", "--checkpoint", "run"],
+            ["sweep", "--config", "e.yaml"],
+        ];
+        let cli = Cli::command();
+        let help = |command: &str| {
+            let sub = cli.find_subcommand(command).unwrap();
+            let quiet = sub.get_arguments().find(|a| a.get_id() == "quiet");
+            quiet.and_then(|a| a.get_help()).map(|h| h.to_string())
+        };
+        let first = help("train-teacher").expect("train-teacher --quiet has help");
+        for line in lines {
+            assert_eq!(
+                help(line[0]).as_deref(),
+                Some(first.as_str()),
+                "{}",
+                line[0]
+            );
+            let quiet = |cli: Cli| match cli.command {
+                Command::TrainTeacher(a) => a.common.progress.quiet,
+                Command::Distill(a) => a.common.progress.quiet,
+                Command::Eval(a) => a.progress.quiet,
+                Command::Predict(a) => a.progress.quiet,
+                Command::Sweep(a) => a.progress.quiet,
+                _ => panic!("{}: another command", line[0]),
+            };
+            let with = Cli::try_parse_from(["dis2"].into_iter().chain(line).chain(["--quiet"]));
+            assert!(quiet(with.unwrap()), "{}", line[0]);
+            let without = Cli::try_parse_from(["dis2"].into_iter().chain(line));
+            assert!(!quiet(without.unwrap()), "{}", line[0]);
+        }
+    }
 
     /// The defaults the help of `--context-margin` and `--route-blend` states are predict's.
     #[test]

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
-use super::{DeviceArgs, RouteArgs, TtaArgs};
+use super::{DeviceArgs, ProgressArgs, RouteArgs, TtaArgs};
 use crate::data::config::{GridConfig, Resampling};
 use crate::data::validity::AlphaRule;
 use crate::data::vsi;
@@ -114,9 +114,8 @@ pub struct PredictArgs {
     /// average when downsampling 2x or more, nearest for class maps, else bilinear].
     #[arg(long, value_name = "NAME=METHOD")]
     pub resampling: Vec<String>,
-    /// Progress as a plain line at most once a minute, no bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// fp32, bf16 (bfloat16 convolutions and matrix products, float32 probabilities and
@@ -412,7 +411,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         allow_fill: args.allow_fill,
         probs_type: args.probs_type.unwrap_or(ProbsType::F32),
         prefetch: 2,
-        quiet: args.quiet,
+        quiet: args.progress.quiet,
         announce_fill: true,
         grid: grid_config(&args)?,
         grid_file: None,

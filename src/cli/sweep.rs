@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
-use super::DeviceArgs;
+use super::{DeviceArgs, ProgressArgs};
 use crate::data::layouts::Split;
 use crate::precision::PrecisionChoice;
 use crate::sweep::{Method, Shard, SweepRequest};
@@ -65,6 +65,8 @@ pub struct SweepArgs {
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     #[command(flatten)]
+    pub progress: ProgressArgs,
+    #[command(flatten)]
     pub device: DeviceArgs,
     /// The precision the cells are scored in: fp32, bf16 or auto (training follows
     /// `train.precision`, e.g. `--set train.precision=bf16`). Recorded in the sweep folder: every
@@ -92,6 +94,7 @@ impl From<SweepArgs> for SweepRequest {
             list: args.list,
             out: args.out,
             device: args.device.device,
+            quiet: args.progress.quiet,
             precision: args.precision,
         }
     }

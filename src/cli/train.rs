@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use super::DeviceArgs;
+use super::{DeviceArgs, ProgressArgs};
 use crate::config::Experiment;
 use crate::dist::Launch;
 use crate::model::scenario::{join_names, parse_names};
@@ -34,9 +34,8 @@ pub struct CommonTrainArgs {
     /// does, after checking that it is the run this command starts; otherwise start it.
     #[arg(long, requires = "out")]
     pub resume_if_present: bool,
-    /// Plain log lines at most once a minute instead of a progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     #[command(flatten)]
     pub device: DeviceArgs,
     /// fp32, bf16 (bfloat16 convolutions and matrix products, float32 weights and losses) or auto
@@ -157,7 +156,7 @@ fn launch(common: &CommonTrainArgs, mut spec: RunSpec, name: &str) -> Result<()>
     let writes = dp.as_ref().is_none_or(|dp| dp.rank() == 0);
     let opts = TrainOptions {
         device,
-        quiet: common.quiet,
+        quiet: common.progress.quiet,
     };
     let summary = match &common.resume {
         Some(dir) => {
@@ -235,7 +234,9 @@ fn data_parallel(common: &CommonTrainArgs) -> Result<(tch::Device, Option<DataPa
 fn report(s: &Summary) {
     println!("finished {} steps in {}", s.steps, s.run_dir.display());
     for (label, scores) in &s.validation {
-        let miou = scores.miou.map_or("n/a".into(), |m| format!("{m:.4}"));
+        let miou = scores.miou.map_or("n/a".into(), |m| {
+            format!("{} %", crate::metrics::percent(m))
+        });
         println!("  validation {label:<24} mIoU {miou}");
     }
     if let Some((_, scores)) = s.validation.first() {

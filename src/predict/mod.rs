@@ -627,9 +627,12 @@ impl Preview {
         }
     }
 
+    /// The map with its legend (class colours and names, black as nodata).
     fn write(&self) -> Result<()> {
-        let (w, h) = (u32::try_from(self.width)?, u32::try_from(self.height)?);
-        crate::report::write_png(&self.path, &self.rgb, w, h)
+        let pixels: Vec<[u8; 3]> = (self.rgb.chunks_exact(3))
+            .map(|p| [p[0], p[1], p[2]])
+            .collect();
+        figures::preview_png(&self.path, &pixels, (self.width, self.height), &self.table)
     }
 }
 

@@ -84,6 +84,8 @@ pub struct SweepRequest {
     pub device: DeviceChoice,
     /// The precision the cells are scored in (training follows `train.precision`).
     pub precision: PrecisionChoice,
+    /// Progress as a plain line at most once a minute, no bar.
+    pub quiet: bool,
 }
 
 /// `sweep.yaml`: what a sweep folder holds; a restart or another shard must ask for the same.
@@ -187,21 +189,21 @@ pub fn sweep(args: &SweepRequest) -> Result<()> {
     let spec = sweep_spec(args, config, &exp)?;
     let plan = Plan::new(&spec.matrix(&exp)?, &exp.model)?;
     let shard = args.shard.unwrap_or_else(Shard::whole);
-    if args.list {
-        print_plan(&plan, shard);
-        return Ok(());
-    }
     let dir = SweepDir {
         root: args
             .out
             .clone()
             .unwrap_or_else(|| Path::new("runs").join(format!("sweep-{}", exp.name))),
     };
+    if args.list {
+        print_plan(&plan, shard, args, config, &dir);
+        return Ok(());
+    }
     check_scored_splits(&plan, &exp, config)?;
     claim(&dir, &spec, &exp)?;
     let device = args.device.resolve()?;
     let started = Instant::now();
-    run_shard(&dir, &plan, shard, &spec, device)?;
+    run_shard(&dir, &plan, shard, &spec, (device, args.quiet))?;
     write_tables(&dir, &plan, &exp)?;
     eprintln!(
         "sweep shard {}/{} finished in {:.1} min",
@@ -307,41 +309,97 @@ fn read_existing(dir: &SweepDir) -> Result<(Plan, Experiment)> {
     Ok((plan, exp))
 }
 
-fn print_plan(plan: &Plan, shard: Shard) {
+/// `--list`: each shard's runs and evaluations as the shell commands that do the same work, one
+/// a line (`# shard i/n:` before each shard's), ready to paste. The sweep's own records
+/// (`finished.json`, `done.json`) are written only by `dis2 sweep`.
+fn print_plan(plan: &Plan, shard: Shard, args: &SweepRequest, config: &Path, dir: &SweepDir) {
+    let bin = std::env::current_exe().map_or("dis2".into(), |p| p.display().to_string());
     let count = if shard.count > 1 { shard.count } else { 1 };
     for index in 0..count {
         let s = Shard { index, count };
-        println!("shard {index}/{count}:");
+        println!("# shard {index}/{count}:");
         for u in plan.shard_units(s) {
-            let what = match &u.kind {
-                UnitKind::Teacher { modality_dropout } if *modality_dropout > 0.0 => {
-                    format!("train-teacher --modality-dropout {modality_dropout}")
-                }
-                UnitKind::Teacher { .. } => "train-teacher".to_string(),
-                UnitKind::Student { teacher, missing } => {
-                    format!(
-                        "distill --teacher {teacher} --missing {}",
-                        missing.join(",")
-                    )
-                }
-            };
-            let sets: Vec<String> = u.overrides.iter().map(|o| format!(" --set {o}")).collect();
-            println!("  run  {:<40} {what}{}", u.name, sets.concat());
+            println!("{}", shell_line(&bin, &train_command(u, args, config, dir)));
         }
         for e in plan.shard_evals(s) {
-            let drop = if e.drop.is_empty() {
-                String::new()
-            } else {
-                format!(" --drop {}", e.drop.join(","))
-            };
-            println!("  eval {:<40} {}{drop}", e.name, e.unit);
+            println!("{}", shell_line(&bin, &eval_command(e, args, dir)));
         }
     }
 }
 
+/// The `dis2` arguments that train `unit` as the sweep does, into its run folder.
+fn train_command(unit: &Unit, args: &SweepRequest, config: &Path, dir: &SweepDir) -> Vec<String> {
+    let mut c: Vec<String> = match &unit.kind {
+        UnitKind::Teacher { modality_dropout } if *modality_dropout > 0.0 => vec![
+            "train-teacher".into(),
+            "--modality-dropout".into(),
+            modality_dropout.to_string(),
+        ],
+        UnitKind::Teacher { .. } => vec!["train-teacher".into()],
+        UnitKind::Student { teacher, missing } => vec![
+            "distill".into(),
+            "--teacher".into(),
+            dir.run(teacher).best().display().to_string(),
+            "--missing".into(),
+            missing.join(","),
+        ],
+    };
+    c.extend(["--config".into(), config.display().to_string()]);
+    for o in args.set.iter().chain(&unit.overrides) {
+        c.extend(["--set".into(), o.clone()]);
+    }
+    let out = dir.run(&unit.name).root.display().to_string();
+    c.extend([
+        "--out".into(),
+        out,
+        "--device".into(),
+        args.device.to_string(),
+    ]);
+    c.push("--quiet".into());
+    c
+}
+
+/// The `dis2 eval` arguments that score `job` as the sweep does (no figures), into its folder.
+fn eval_command(job: &EvalJob, args: &SweepRequest, dir: &SweepDir) -> Vec<String> {
+    let best = dir.run(&job.unit).best().display().to_string();
+    let mut c = vec!["eval".into(), "--checkpoint".into(), best];
+    c.extend(["--split".into(), job.split.as_str().into()]);
+    if !job.drop.is_empty() {
+        c.extend(["--drop".into(), job.drop.join(",")]);
+    }
+    for class in &args.exclude {
+        c.extend(["--exclude".into(), class.clone()]);
+    }
+    let out = dir.eval(&job.name).display().to_string();
+    c.extend(["--out".into(), out, "--overlays".into(), "0".into()]);
+    c.extend(["--precision".into(), args.precision.to_string()]);
+    c.extend(["--device".into(), args.device.to_string(), "--quiet".into()]);
+    c
+}
+
+/// `bin` and `args` as one POSIX shell command line.
+fn shell_line(bin: &str, args: &[String]) -> String {
+    let words: Vec<String> = std::iter::once(bin)
+        .chain(args.iter().map(String::as_str))
+        .map(shell_quote)
+        .collect();
+    words.join(" ")
+}
+
+/// `word` as one word of a POSIX shell: as it is when every character is one no shell treats
+/// specially, else in single quotes (a `'` inside written `'\''`).
+fn shell_quote(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_-./:=,+@%^".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
 /// Progress over a shard's `total` runs and evaluations: a bar on a terminal, else plain lines.
-fn sweep_progress(total: usize) -> Progress {
-    Progress::new(total as u64, 0, false).with_style(
+fn sweep_progress(total: usize, quiet: bool) -> Progress {
+    Progress::new(total as u64, 0, quiet).with_style(
         "sweep [{bar:30}] {pos}/{len} {elapsed_precise} {msg}",
         Some("=> "),
     )
@@ -362,11 +420,11 @@ fn run_shard(
     plan: &Plan,
     shard: Shard,
     spec: &SweepSpec,
-    device: tch::Device,
+    (device, quiet): (tch::Device, bool),
 ) -> Result<()> {
     let units = plan.shard_units(shard);
     let evals = plan.shard_evals(shard);
-    let mut progress = sweep_progress(units.len() + evals.len());
+    let mut progress = sweep_progress(units.len() + evals.len(), quiet);
     // Each run is scored as soon as it is trained, so the tables fill in as the sweep goes.
     // A stop signal ends the shard between runs and evaluations (a run stops at its step).
     let stop = |next: &str| {
@@ -457,6 +515,7 @@ fn train_unit(
         "run": unit.name,
         "steps": summary.steps,
         "best_val_miou": summary.best_miou,
+        "score_unit": crate::metrics::SCORE_UNIT,
         "seconds_last_session": started.elapsed().as_secs_f64(),
     });
     crate::fsutil::write_atomic(
@@ -546,6 +605,7 @@ fn eval_job(dir: &SweepDir, job: &EvalJob, spec: &SweepSpec, device: tch::Device
         per_class,
         pixels: Some(report.scores.pixels),
         run: job.unit.clone(),
+        score_unit: Some(crate::metrics::SCORE_UNIT.into()),
         seconds: started.elapsed().as_secs_f64(),
     };
     done.write(&dir.done(&job.name))
@@ -573,4 +633,40 @@ fn write_tables(dir: &SweepDir, plan: &Plan, exp: &Experiment) -> Result<()> {
         plan.matrix.seeds.len()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A listed line, split back by a POSIX shell, gives the words it was made of: plain words
+    /// stay bare, the others (spaces, quotes, braces, `$`, an empty word) are quoted.
+    #[test]
+    fn shell_lines_split_back_into_their_words() {
+        let words: Vec<String> = [
+            "--set",
+            r#"model.modalities=[{"name":"dsm","channels":1}]"#,
+            "it's a $HOME `x` \\ path",
+            "",
+            "seed=3",
+        ]
+        .map(String::from)
+        .to_vec();
+        let line = shell_line("/opt/dis2 bin/dis2", &words);
+        assert!(
+            line.contains(" --set ") && line.ends_with(" seed=3"),
+            "{line}"
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &format!("printf '%s\\0' {line}")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8(out.stdout).unwrap();
+        let back: Vec<&str> = text.split_terminator('\0').collect();
+        assert_eq!(back[0], "/opt/dis2 bin/dis2");
+        assert_eq!(
+            back[1..],
+            words.iter().map(String::as_str).collect::<Vec<_>>()[..]
+        );
+    }
 }

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use super::plan::{Column, Method, Plan, Row};
 use crate::data::layouts::Split;
+use crate::metrics::score_column;
 use crate::stats::{paired_difference, summarize, PairedDifference, Summary};
 
 /// `done.json`: a sweep evaluation that is complete and what it scored; written by the sweep once
@@ -34,6 +35,10 @@ pub(super) struct Done {
     pub pixels: Option<u64>,
     /// The run scored, `s<seed>/<run>`.
     pub run: String,
+    /// The unit of the scores, [`crate::metrics::SCORE_UNIT`] (absent in sweeps written before
+    /// it was recorded, whose scores are fractions too).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub score_unit: Option<String>,
     /// Wall time of the evaluation, in seconds.
     pub seconds: f64,
 }
@@ -60,8 +65,17 @@ impl Done {
     pub(super) fn read(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read {}", path.display()))?;
-        serde_json::from_str(&text)
-            .with_context(|| format!("{}: not a sweep result", path.display()))
+        let done: Self = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a sweep result", path.display()))?;
+        if let Some(unit) = done.score_unit.as_deref() {
+            anyhow::ensure!(
+                unit == crate::metrics::SCORE_UNIT,
+                "{}: score_unit {unit:?}, expected {:?}",
+                path.display(),
+                crate::metrics::SCORE_UNIT
+            );
+        }
+        Ok(done)
     }
 }
 
@@ -322,7 +336,7 @@ impl Results {
             let diff =
                 paired_difference(&self.values(a.0, a.1, pick), &self.values(b.0, b.1, pick));
             diff.map_or("-".to_string(), |d| {
-                format!("{:+.1}", 100.0 * d.summary.mean)
+                format!("{:+.2}", 100.0 * d.summary.mean)
             })
         };
         let cells: Vec<String> = (0..classes)
@@ -331,16 +345,22 @@ impl Results {
         format!("| *{name}* | {} | {} |\n", cells.join(" | "), d(&miou))
     }
 
-    /// The CSV header's per-seed columns: `seed_<s>` for every seed.
+    /// The CSV header's per-seed columns: `seed_<s>_fraction` for every seed.
     fn seed_columns(&self) -> String {
-        let names: Vec<String> = self.seeds.iter().map(|s| format!("seed_{s}")).collect();
+        let names: Vec<String> = (self.seeds.iter())
+            .map(|s| score_column(&format!("seed_{s}")))
+            .collect();
         names.join(",")
     }
 
     /// Long CSV: method, scenario, class (or `mIoU`), n, mean, sd and each seed's IoU in [0, 1];
     /// empty where not done.
     pub fn csv(&self, classes: &[String]) -> String {
-        let mut csv = format!("method,scenario,class,n,mean,sd,{}\n", self.seed_columns());
+        let mut csv = format!(
+            "method,scenario,class,n,{},{}\n",
+            ["mean", "sd"].map(score_column).join(","),
+            self.seed_columns()
+        );
         for (r, row) in self.rows.iter().enumerate() {
             for (k, col) in self.columns.iter().enumerate() {
                 if !self.applicable(r, k) {
@@ -371,7 +391,10 @@ impl Results {
     /// interval, whether it excludes 0, and each seed's difference.
     pub(crate) fn differences_csv(&self) -> String {
         let mut csv = format!(
-            "method,minus,scenario,n,mean,sd,ci_low,ci_high,distinguishable,{}\n",
+            "method,minus,scenario,n,{},distinguishable,{}\n",
+            ["mean", "sd", "ci_low", "ci_high"]
+                .map(score_column)
+                .join(","),
             self.seed_columns()
         );
         for d in self.differences() {
@@ -455,6 +478,7 @@ impl Results {
             "interval": "95 % Student t interval of the mean difference, paired over seeds",
             "cells_done": self.done_cells(),
             "cells_missing": self.missing_cells(),
+            "score_unit": crate::metrics::SCORE_UNIT,
         })
     }
 
@@ -534,7 +558,7 @@ impl Results {
         let diffs = self.differences_markdown();
         if !diffs.is_empty() {
             md.push_str(&format!(
-                "\n### dis2 minus each method (mIoU points, paired over seeds, 95 % t interval)\n\n\
+                "\n### dis2 minus each method (mIoU, percentage points, paired over seeds, 95 % t interval)\n\n\
                  {diffs}\n`≈`: the interval contains 0, not distinguishable; `same model`: both \
                  rows are the same evaluation; without an interval, fewer than two seeds are \
                  done.\n"
@@ -593,7 +617,7 @@ impl Results {
             .collect();
         let mut md = format!(
             "\n### Settings chosen on the {vs} split, scored on {}\n\n\
-             | scenario | chosen on {vs} ({vs} mIoU) | {} mIoU | {} |\n|---|---|---:|{}\n",
+             | scenario | chosen on {vs} ({vs} mIoU %) | {} mIoU % | {} (points) |\n|---|---|---:|{}\n",
             self.split.as_str(),
             self.split.as_str(),
             names.join(" | "),
@@ -625,8 +649,8 @@ impl Results {
         if let Some((r, mean)) = self.overall_choice(val) {
             md.push_str(&format!(
                 "\nOne setting for every scenario (best mean {vs} mIoU over the missing \
-                 scenarios, {:.1}): **{}**.\n",
-                100.0 * mean,
+                 scenarios, {} %): **{}**.\n",
+                crate::metrics::percent(mean),
                 self.rows[r]
             ));
         }
@@ -660,7 +684,7 @@ impl Results {
         })
     }
 
-    /// The grouped bar chart: each row's mean mIoU per column, with its spread over seeds.
+    /// The grouped bar chart: each row's mean mIoU (%) per column, with its spread over seeds.
     fn chart(&self, path: &Path) -> Result<()> {
         let groups: Vec<String> = self.columns.iter().map(Column::header).collect();
         let series: Vec<(String, Vec<Vec<f64>>)> = self
@@ -669,16 +693,19 @@ impl Results {
             .enumerate()
             .map(|(r, row)| {
                 let values = (0..self.columns.len())
-                    .map(|k| self.values(r, k, &miou).into_iter().flatten().collect())
+                    .map(|k| {
+                        let values = self.values(r, k, &miou).into_iter().flatten();
+                        values.map(|v| 100.0 * v).collect()
+                    })
                     .collect();
                 (row.name(), values)
             })
             .collect();
         let title = format!(
-            "mIoU by missing modality ({} split; bars: mean, whiskers: ± sd, dots: seeds)",
+            "mIoU (%) by missing modality ({} split; bars: mean, whiskers: ± sd, dots: seeds)",
             self.split.as_str()
         );
-        crate::report::grouped_bars_png(path, &title, &groups, &series, "mIoU")
+        crate::report::grouped_bars_png(path, &title, &groups, &series, "mIoU (%)")
     }
 }
 
@@ -698,19 +725,21 @@ fn read_done(path: &Path) -> Result<CellScores> {
     })
 }
 
+/// A score in percent (the table's header says `%`), `-` where there is none.
 fn pct(v: Option<f64>) -> String {
-    v.map_or("-".to_string(), |v| format!("{:.1}", 100.0 * v))
+    v.map_or("-".to_string(), crate::metrics::percent)
 }
 
-/// `78.1 ± 0.8 (3)`, or `78.1 (1)` for one seed, in percent.
+/// `78.12 ± 0.80 (3)`, or `78.12 (1)` for one seed, in percent.
 fn fmt_summary(s: &Summary) -> String {
+    use crate::metrics::percent;
     match s.sd {
-        Some(sd) => format!("{:.1} ± {:.1} ({})", 100.0 * s.mean, 100.0 * sd, s.n),
-        None => format!("{:.1} ({})", 100.0 * s.mean, s.n),
+        Some(sd) => format!("{} ± {} ({})", percent(s.mean), percent(sd), s.n),
+        None => format!("{} ({})", percent(s.mean), s.n),
     }
 }
 
-/// `+1.7 [-0.5, +3.9] (3) ≈` (`≈`: the interval contains 0), or `+1.7 (1)`, in points.
+/// `+1.70 [-0.50, +3.90] (3) ≈` (`≈`: the interval contains 0), or `+1.70 (1)`, in points.
 fn fmt_difference(d: &PairedDifference) -> String {
     let mean = 100.0 * d.summary.mean;
     match d.ci {
@@ -721,13 +750,13 @@ fn fmt_difference(d: &PairedDifference) -> String {
                 ""
             };
             format!(
-                "{mean:+.1} [{:+.1}, {:+.1}] ({}){mark}",
+                "{mean:+.2} [{:+.2}, {:+.2}] ({}){mark}",
                 100.0 * lo,
                 100.0 * hi,
                 d.summary.n
             )
         }
-        None => format!("{mean:+.1} ({})", d.summary.n),
+        None => format!("{mean:+.2} ({})", d.summary.n),
     }
 }
 
@@ -790,6 +819,7 @@ mod tests {
             per_class: vec![class("a", a), class("b", b)],
             pixels: Some(pixels),
             run: "run".into(),
+            score_unit: Some(crate::metrics::SCORE_UNIT.into()),
             seconds: 1.0,
         };
         let path = dir.join(format!("{eval}.json"));
@@ -874,29 +904,29 @@ mod tests {
         let md = results.miou_markdown();
         assert!(md.contains("| method | full | -dsm |"), "{md}");
         assert!(
-            md.contains("| teacher-fill | 80.0 (1) | 50.0 (1) |"),
+            md.contains("| teacher-fill | 80.00 (1) | 50.00 (1) |"),
             "{md}"
         );
         assert!(md.contains("| unimodal | n/a | … |"), "{md}");
-        assert!(md.contains("| dis2 | 80.0 (1) | 70.0 (1) |"), "{md}");
+        assert!(md.contains("| dis2 | 80.00 (1) | 70.00 (1) |"), "{md}");
         let diffs = results.differences_markdown();
         assert!(
-            diffs.contains("| teacher-fill | same model | +20.0 (1) |"),
+            diffs.contains("| teacher-fill | same model | +20.00 (1) |"),
             "{diffs}"
         );
         let classes = ["a".to_string(), "b".to_string()];
         let pc = results.per_class_markdown(&classes);
         assert!(
-            pc.contains("| *cost of the loss (fill - all)* | -10.0 | -50.0 | -30.0 |"),
+            pc.contains("| *cost of the loss (fill - all)* | -10.00 | -50.00 | -30.00 |"),
             "{pc}"
         );
         assert!(
-            pc.contains("| *recovered by dis2 (dis2 - fill)* | +5.0 | +35.0 | +20.0 |"),
+            pc.contains("| *recovered by dis2 (dis2 - fill)* | +5.00 | +35.00 | +20.00 |"),
             "{pc}"
         );
         let csv = results.csv(&classes);
         assert!(
-            csv.starts_with("method,scenario,class,n,mean,sd,seed_1\n"),
+            csv.starts_with("method,scenario,class,n,mean_fraction,sd_fraction,seed_1_fraction\n"),
             "{csv}"
         );
         assert!(csv.contains("dis2,dsm,b,1,0.550000,,0.550000\n"), "{csv}");
@@ -944,20 +974,20 @@ mod tests {
         let md = results.miou_markdown();
         // dis2: mean 0.80333, sd sqrt(((-0.00333)^2 + (-0.02333)^2 + 0.02667^2) / 2) = 0.025166.
         assert!(
-            md.contains("| dis2 | 90.0 ± 0.0 (2) | 80.3 ± 2.5 (3) |"),
+            md.contains("| dis2 | 90.00 ± 0.00 (2) | 80.33 ± 2.52 (3) |"),
             "{md}"
         );
-        assert!(md.contains("| unimodal | n/a | 77.3 ± 1.5 (3) |"), "{md}");
+        assert!(md.contains("| unimodal | n/a | 77.33 ± 1.53 (3) |"), "{md}");
         let diffs = results.differences_markdown();
         // unimodal: mean 3.0, half-width 4.3027 x 1.7321 / sqrt(3) = 4.30 points: [-1.3, +7.3].
         assert!(
-            diffs.contains("| unimodal | n/a | +3.0 [-1.3, +7.3] (3) ≈ |"),
+            diffs.contains("| unimodal | n/a | +3.00 [-1.30, +7.30] (3) ≈ |"),
             "{diffs}"
         );
         // no-kd: 0.05, 0.06, 0.06: mean 5.667, sd 0.5774, half-width 4.3027 x 0.5774 / 1.7321
         // = 1.434 points: [+4.2, +7.1], distinguishable.
         assert!(
-            diffs.contains("| dis2-no-kd | same model | +5.7 [+4.2, +7.1] (3) |"),
+            diffs.contains("| dis2-no-kd | same model | +5.67 [+4.23, +7.10] (3) |"),
             "{diffs}"
         );
         let csv = results.differences_csv();
@@ -1017,11 +1047,11 @@ mod tests {
         let val = Results::read(&plan, Split::Val, done).unwrap();
         let md = test.selection_markdown(&val);
         assert!(
-            md.contains("| -dsm | dis2@kd1 (76.5 ± 0.7 (2)) | 72.5 ± 0.7 (2) |"),
+            md.contains("| -dsm | dis2@kd1 (76.50 ± 0.71 (2)) | 72.50 ± 0.71 (2) |"),
             "{md}"
         );
         assert!(
-            md.contains("best mean val mIoU over the missing scenarios, 76.5): **dis2@kd1**"),
+            md.contains("best mean val mIoU over the missing scenarios, 76.50 %): **dis2@kd1**"),
             "{md}"
         );
         let sel = test.selection_json(&val);

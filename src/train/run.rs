@@ -5,7 +5,7 @@
 //!   config.yaml          the effective experiment (after --set), model scenarios written out
 //!   run.yaml             what is trained: teacher, distill (scenario, teacher) or joint
 //!   metrics.jsonl        one line per optimiser step: step, epoch, lr, every loss term
-//!   validation.jsonl     one line per validation: step, branch, mIoU, per-class IoU
+//!   validation.jsonl     one line per validation: step, branch, mIoU, per-class IoU (fractions)
 //!   tensorboard/         event files
 //!   checkpoints/
 //!     step-000120/       model.safetensors, model.yaml, optim.safetensors

@@ -713,16 +713,23 @@ impl Trainer {
         let mut labelled = Vec::new();
         for (branch, s) in branches.iter().zip(scores) {
             let label = branch.label(self.net.config());
+            // People read TensorBoard: percent, the unit in the tag; validation.jsonl is for
+            // programs and keeps fractions, as every file for programs does.
             if let Some(m) = s.miou {
-                log.scalar(&format!("val/{label}/miou"), m, self.step)?;
+                log.scalar(&format!("val/{label}/miou_percent"), 100.0 * m, self.step)?;
             }
             for (name, c) in class_names.iter().zip(&s.per_class) {
                 if let Some(iou) = c.iou {
-                    log.scalar(&format!("val/{label}/iou/{name}"), iou, self.step)?;
+                    log.scalar(
+                        &format!("val/{label}/iou_percent/{name}"),
+                        100.0 * iou,
+                        self.step,
+                    )?;
                 }
             }
             let line = json!({"step": self.step, "epoch": epoch, "branch": label, "miou": s.miou,
-                "iou": s.per_class.iter().map(|c| c.iou).collect::<Vec<_>>(), "overall_accuracy": s.overall_accuracy});
+                "iou": s.per_class.iter().map(|c| c.iou).collect::<Vec<_>>(), "overall_accuracy": s.overall_accuracy,
+                "score_unit": crate::metrics::SCORE_UNIT});
             if self.writes() {
                 RunDir::append_line(&self.run.validation(), &line)?;
             }
@@ -981,8 +988,11 @@ fn kind_name(kind: RunKind) -> &'static str {
     }
 }
 
+/// A score as the progress lines show it: percent with its unit, or `n/a`.
 fn fmt_opt(v: Option<f64>) -> String {
-    v.map_or("n/a".into(), |v| format!("{v:.4}"))
+    v.map_or("n/a".into(), |v| {
+        format!("{} %", crate::metrics::percent(v))
+    })
 }
 
 #[cfg(test)]
