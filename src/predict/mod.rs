@@ -89,7 +89,19 @@ pub struct SceneJob {
     pub preview: Option<PathBuf>,
     /// The route map to write (`--routes`): u8 route codes of [`RouteTable`], 255 nodata.
     pub routes: Option<PathBuf>,
+    /// The confidence raster to write (`--confidence`): one Float32 band, each pixel's
+    /// confidence ([`CONFIDENCE_MEASURE`]), NaN (the band's nodata) where the class map is
+    /// nodata.
+    pub confidence: Option<PathBuf>,
 }
+
+/// What a pixel's confidence is, as the confidence raster's band description says: the largest
+/// of its `K` blended class probabilities (that of the class the class map holds), from 1/K to
+/// 1. The maximum rather than the margin between the two best or the normalised entropy
+/// because the expected calibration error and the reliability diagram of `dis2 eval` are
+/// defined on it (Guo et al., ICML 2017), so the raster reads against them directly
+/// (docs/predict.md, "Confidence").
+pub const CONFIDENCE_MEASURE: &str = "confidence: maximum blended class probability";
 
 /// How to predict.
 #[derive(Debug, Clone, PartialEq)]
@@ -261,6 +273,8 @@ pub(crate) struct ClassRows<'a> {
     /// `rows x width` route codes of [`Summary::route_table`] ([`ROUTE_NODATA`] where not
     /// `valid`).
     pub routes: &'a [u8],
+    /// `rows x width` confidences ([`CONFIDENCE_MEASURE`], 0 to 1); NaN where not `valid`.
+    pub confidence: &'a [f32],
 }
 
 /// Checks the inputs of a scene against the checkpoint, their bands marked as alpha taken as
@@ -405,14 +419,15 @@ fn place_inputs(
 /// when reading and blending run in the background (`PredictOptions::prefetch` > 0), hence `Send`.
 pub(crate) type RowObserver<'o> = dyn FnMut(&ClassRows) -> Result<()> + Send + 'o;
 
-/// Where finished rows go: the class map, the probabilities, the route map, the preview; and
-/// the pixels of each pattern.
+/// Where finished rows go: the class map, the probabilities, the route map, the confidence,
+/// the preview; and the pixels of each pattern.
 struct Sink {
     classes: usize,
     width: usize,
     class_map: StreamingTiff<u8>,
     probs: Option<ProbsOut>,
     route_map: Option<StreamingTiff<u8>>,
+    confidence: Option<StreamingTiff<f32>>,
     preview: Option<Preview>,
     routing: Arc<Routing>,
     patterns: PatternCounts,
@@ -463,6 +478,20 @@ fn create_route_map(
     let mut tiff = StreamingTiff::<u8>::create(path, size.0, size.1, 1, georef, &options)?;
     tiff.set_category_names(table.labels())?;
     Ok(tiff)
+}
+
+/// The confidence raster at `path`: one Float32 band ([`CONFIDENCE_MEASURE`]), NaN its nodata.
+fn create_confidence(
+    path: &Path,
+    size: (usize, usize),
+    georef: Option<&GeoRef>,
+) -> Result<StreamingTiff<f32>> {
+    let options = WriteOptions {
+        nodata: Some(f64::NAN),
+        band_names: vec![CONFIDENCE_MEASURE.to_string()],
+        ..Default::default()
+    };
+    StreamingTiff::create(path, size.0, size.1, 1, georef, &options)
 }
 
 enum ProbsOut {
@@ -633,6 +662,9 @@ impl Sink {
                 &routing.table,
             )?),
         };
+        let confidence = (job.confidence.as_ref())
+            .map(|path| create_confidence(path, (width, height), georef.as_ref()))
+            .transpose()?;
         let preview = job
             .preview
             .as_ref()
@@ -643,6 +675,7 @@ impl Sink {
             class_map,
             probs,
             route_map,
+            confidence,
             preview,
             routing,
             patterns: PatternCounts::default(),
@@ -651,8 +684,8 @@ impl Sink {
     }
 
     /// Writes finished rows: the class map (argmax where a branch ran, [`NODATA_CLASS`]
-    /// elsewhere), the probabilities, the route map and the preview; then hands them to
-    /// `observe`.
+    /// elsewhere), the probabilities, the route map, the confidence (the winning class's
+    /// probability, NaN where no branch ran) and the preview; then hands them to `observe`.
     fn rows(&mut self, done: &FinishedRows, observe: &mut RowObserver) -> Result<()> {
         let (k, w, rows) = (self.classes, self.width, done.rows);
         let plane = rows * w;
@@ -666,6 +699,7 @@ impl Sink {
         }
         let valid: Vec<bool> = routes.iter().map(|&c| c != ROUTE_NODATA).collect();
         let mut classes = vec![NODATA_CLASS; plane];
+        let mut confidence = vec![f32::NAN; plane];
         for (i, class) in classes.iter_mut().enumerate() {
             if !valid[i] {
                 continue;
@@ -677,6 +711,7 @@ impl Sink {
                 }
             }
             *class = best as u8;
+            confidence[i] = done.probs[best * plane + i];
             self.valid_pixels += 1;
         }
         self.class_map
@@ -686,6 +721,9 @@ impl Sink {
         }
         if let Some(map) = &mut self.route_map {
             map.write_rows(0, done.first_row, rows, &routes)?;
+        }
+        if let Some(tiff) = &mut self.confidence {
+            tiff.write_rows(0, done.first_row, rows, &confidence)?;
         }
         if let Some(preview) = &mut self.preview {
             for r in 0..rows {
@@ -699,6 +737,7 @@ impl Sink {
             classes: &classes,
             valid: &valid,
             routes: &routes,
+            confidence: &confidence,
         })
     }
 
@@ -712,6 +751,9 @@ impl Sink {
             None => {}
         }
         if let Some(t) = self.route_map {
+            closed.push(t.close()?);
+        }
+        if let Some(t) = self.confidence {
             closed.push(t.close()?);
         }
         if let Some(p) = &self.preview {
