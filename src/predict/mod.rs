@@ -96,8 +96,8 @@ pub struct SceneJob {
 }
 
 /// What a pixel's confidence is, as the confidence raster's band description says: the largest
-/// of its `K` blended class probabilities (that of the class the class map holds), from 1/K to
-/// 1. The maximum rather than the margin between the two best or the normalised entropy
+/// of its `K` blended class probabilities (that of the class the class map holds), between 1/K
+/// and 1. The maximum rather than the margin between the two best or the normalised entropy
 /// because the expected calibration error and the reliability diagram of `dis2 eval` are
 /// defined on it (Guo et al., ICML 2017), so the raster reads against them directly
 /// (docs/predict.md, "Confidence").
