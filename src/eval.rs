@@ -5,6 +5,11 @@
 //! checkpoint has one; otherwise the teacher with the dropped modalities filled with the
 //! training mean, labelled `teacher-fill` in every output.
 //!
+//! Beside the scores, the calibration of the prediction's confidence (the maximum blended class
+//! probability, [`crate::predict::CONFIDENCE_MEASURE`]) over the scored pixels: the expected
+//! calibration error in `metrics.json` and the table, and the reliability diagram
+//! ([`RELIABILITY_PNG`]).
+//!
 //! Options: `--erode R` scores with the ISPRS eroded-boundary labels (a disk of radius R around
 //! every class boundary left out), `--overlays N` draws image | reference | prediction | errors
 //! for N scenes of different places ([`overlay_scenes`]), and `--attention-maps DIR` draws the CFLM class-wise attention of the
@@ -26,16 +31,19 @@ use crate::data::raster::{Pixels, Window};
 use crate::data::sampling::SlidingWindowSampler;
 use crate::data::validity::AlphaRule;
 use crate::figures::{self, AttentionData, OverlayData};
-use crate::metrics::{erode_band, erosion_context, ConfusionMatrix, Scores};
+use crate::metrics::{erode_band, erosion_context, Calibration, ConfusionMatrix, Scores};
 use crate::model::config::ModelConfig;
 use crate::model::{Route, RouteTable, Scenario, ROUTE_NODATA};
 use crate::precision::Precision;
 use crate::predict::{
     predict_scene_with, ClassRows, InferenceSettings, NothingToClassify, PredictOptions, Predictor,
-    SceneJob, Tta, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND,
+    SceneJob, Tta, CONFIDENCE_MEASURE, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND,
 };
 pub use groups::Group;
 use groups::{data_pattern, pattern_label, Groups};
+
+/// The reliability diagram in the eval folder ([`crate::report::reliability_png`]).
+pub const RELIABILITY_PNG: &str = "reliability.png";
 
 /// One evaluation: the library form of `dis2 eval`, also run by `dis2 sweep`.
 #[derive(Debug)]
@@ -51,7 +59,7 @@ pub struct EvalRequest {
     pub overlap: Option<usize>,
     /// Class names reported but left out of the means.
     pub exclude: Vec<String>,
-    /// Folder for metrics.json, metrics.csv and confusion.png.
+    /// Folder for metrics.json, metrics.csv, confusion.png and reliability.png.
     pub out: PathBuf,
     pub device: tch::Device,
     /// The precision the model computes in (the checkpoint stays float32).
@@ -113,6 +121,9 @@ pub struct EvalReport {
     pub excluded: Vec<usize>,
     pub confusion: ConfusionMatrix,
     pub scores: Scores,
+    /// The confidence (maximum blended class probability) of the scored pixels against their
+    /// accuracy: the reliability bins and the expected calibration error.
+    pub calibration: Calibration,
     /// Radius of the eroded boundaries the scores were computed with (0: none).
     pub erode: usize,
     /// Overlay figures written (of the `--overlays` scenes [`overlay_scenes`] picks).
@@ -175,6 +186,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         .by_route
         .report(&exclude, |code| routes.label(code).to_string());
     let (confusion, labelled, overlays) = (scored.confusion, scored.labelled, scored.overlays);
+    let calibration = scored.calibration;
     let attention_maps = match &req.options.attention_maps {
         Some(dir) => write_attention_maps(
             &predictor,
@@ -202,6 +214,7 @@ pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
         scores,
         excluded: exclude,
         confusion,
+        calibration,
         erode: req.options.erode,
         overlays,
         scenes: dataset.len(),
@@ -261,6 +274,7 @@ fn excluded_classes(table: &[ClassInfo], names: &[String]) -> Result<Vec<usize>>
 /// lacks, and the overlay files.
 struct Scored {
     confusion: ConfusionMatrix,
+    calibration: Calibration,
     labelled: Vec<u64>,
     by_data: Groups,
     by_route: Groups,
@@ -301,6 +315,7 @@ fn score_scenes(
     let scratch = tempfile_dir(&req.out)?;
     let mut overlays = Vec::new();
     let mut cm = ConfusionMatrix::new(table.len());
+    let mut calibration = Calibration::default();
     let mut labelled = ConfusionMatrix::new(table.len());
     let mut by_data = Groups::new(table.len());
     let mut by_route = Groups::new(table.len());
@@ -319,6 +334,7 @@ fn score_scenes(
             index,
             erode: req.options.erode,
             cm: &mut cm,
+            calibration: &mut calibration,
             labelled: &mut labelled,
             by_data: &mut by_data,
             by_route: &mut by_route,
@@ -352,6 +368,7 @@ fn score_scenes(
     let _ = std::fs::remove_dir_all(&scratch);
     Ok(Scored {
         confusion: cm,
+        calibration,
         labelled: labelled.support(),
         by_data,
         by_route,
@@ -367,6 +384,8 @@ struct SceneScorer<'a> {
     /// Radius of the eroded boundaries (0: none).
     erode: usize,
     cm: &'a mut ConfusionMatrix,
+    /// The scored pixels' confidence against their accuracy.
+    calibration: &'a mut Calibration,
     /// Every labelled pixel against itself: the split's class counts.
     labelled: &'a mut ConfusionMatrix,
     /// Pixels by the modalities without data there.
@@ -377,9 +396,9 @@ struct SceneScorer<'a> {
 }
 
 impl SceneScorer<'_> {
-    /// Adds finished rows to the confusion matrix (labels eroded by `erode` pixels; pixels
-    /// without a prediction, where a given input has no data, are not scored) and samples them
-    /// into the overlay.
+    /// Adds finished rows to the confusion matrix and the calibration (labels eroded by `erode`
+    /// pixels; pixels without a prediction, where a given input has no data, are not scored)
+    /// and samples them into the overlay.
     fn rows(&mut self, rows: &ClassRows) -> Result<()> {
         let scene = &self.dataset.scenes[self.index];
         let (w, h) = (rows.width, scene.height());
@@ -403,11 +422,15 @@ impl SceneScorer<'_> {
         self.cm
             .add_pairs(&scored, &preds, self.dataset.ignore_index)
             .with_context(|| format!("scene {}", scene.id))?;
+        (self.calibration)
+            .add_pixels(rows.confidence, &scored, &preds, self.dataset.ignore_index)
+            .with_context(|| format!("scene {}", scene.id))?;
         (self.by_route)
             .add_band(
                 rows.routes,
                 &scored,
                 &preds,
+                rows.confidence,
                 rows.valid,
                 self.dataset.ignore_index,
             )
@@ -418,6 +441,7 @@ impl SceneScorer<'_> {
                 &patterns,
                 &labels,
                 &preds,
+                rows.confidence,
                 rows.valid,
                 self.dataset.ignore_index,
             )
@@ -781,6 +805,7 @@ fn groups_json(groups: &[Group], names: &[String]) -> serde_json::Value {
             "miou": g.scores.miou,
             "mean_f1": g.scores.mean_f1,
             "overall_accuracy": g.scores.overall_accuracy,
+            "ece": g.calibration.ece(),
             "classes_in_means": g.scores.mean_classes.iter().map(|&c| &names[c]).collect::<Vec<_>>(),
             "iou": iou,
         })
@@ -817,6 +842,12 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "routes": if req.options.per_pixel { "per pixel" } else { "one per scene" },
         "tta": req.options.tta.as_str(),
         "score_unit": crate::metrics::SCORE_UNIT,
+        "calibration": {
+            "measure": CONFIDENCE_MEASURE,
+            "ece": r.calibration.ece(),
+            "pixels": r.calibration.pixels(),
+            "bins": r.calibration.bins(),
+        },
     });
     let text = serde_json::to_string_pretty(&doc)?;
     crate::fsutil::write_atomic(&out.join("metrics.json"), text.as_bytes())?;
@@ -848,6 +879,11 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         "{label},overall_accuracy,{},,,,\n",
         cell(s.overall_accuracy)
     ));
+    csv.push_str(&format!(
+        "{label},expected_calibration_error,{},,,,{}\n",
+        cell(r.calibration.ece()),
+        r.calibration.pixels()
+    ));
     let route_rows = r
         .by_route
         .iter()
@@ -862,7 +898,13 @@ fn write_reports(req: &EvalRequest, r: &EvalReport) -> Result<()> {
         ));
     }
     crate::fsutil::write_atomic(&out.join("metrics.csv"), csv.as_bytes())?;
-    crate::report::confusion_matrix_png(&out.join("confusion.png"), cm, names)
+    crate::report::confusion_matrix_png(&out.join("confusion.png"), cm, names)?;
+    let title = format!(
+        "{} ({label}), {} split",
+        req.checkpoint.display(),
+        req.split.as_str()
+    );
+    crate::report::reliability_png(&out.join(RELIABILITY_PNG), &title, &r.calibration)
 }
 
 #[cfg(test)]

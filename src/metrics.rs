@@ -1,5 +1,6 @@
 //! Segmentation metrics from one confusion matrix accumulated over a whole split: per-class IoU,
-//! F1, precision and recall, mean IoU, mean F1 and overall accuracy.
+//! F1, precision and recall, mean IoU, mean F1 and overall accuracy; and the calibration of the
+//! predictions' confidence ([`Calibration`]: reliability bins, expected calibration error).
 //!
 //! Conventions: rows are reference labels, columns predictions; pixels whose label is the ignore
 //! index are not counted. The means (mIoU, mean F1) average one fixed set of classes: those
@@ -359,6 +360,139 @@ pub(crate) fn percent(v: f64) -> String {
     format!("{:.2}", 100.0 * v)
 }
 
+/// Bins of [`Calibration`]: 15 equal-width bins of the confidence, as in Guo et al., "On
+/// Calibration of Modern Neural Networks" (ICML 2017), whose expected calibration error dis2
+/// reports.
+pub const CALIBRATION_BINS: usize = 15;
+
+/// How well a branch's confidence (the maximum class probability of each pixel) matches its
+/// accuracy, accumulated over scored pixels in [`CALIBRATION_BINS`] equal-width bins of the
+/// confidence: bin `b` holds confidences in `(b / 15, (b + 1) / 15]` (the first also 0, the
+/// last also values a float rounding above 1). Pixels whose label is the ignore index are not
+/// counted, as in [`ConfusionMatrix::add_pairs`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Calibration {
+    pixels: [u64; CALIBRATION_BINS],
+    correct: [u64; CALIBRATION_BINS],
+    /// Sum of the confidences of each bin's pixels.
+    confidence: [f64; CALIBRATION_BINS],
+}
+
+/// One bin of a [`Calibration`], as reports list it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CalibrationBin {
+    /// The bin's confidences lie in `(lower, upper]` (probabilities, 0 to 1).
+    pub lower: f64,
+    pub upper: f64,
+    /// Scored pixels in the bin.
+    pub pixels: u64,
+    /// Mean confidence of those pixels; `None` for an empty bin.
+    pub confidence: Option<f64>,
+    /// Share of those pixels classified correctly; `None` for an empty bin.
+    pub accuracy: Option<f64>,
+}
+
+impl Default for Calibration {
+    fn default() -> Self {
+        Self {
+            pixels: [0; CALIBRATION_BINS],
+            correct: [0; CALIBRATION_BINS],
+            confidence: [0.0; CALIBRATION_BINS],
+        }
+    }
+}
+
+impl Calibration {
+    /// The bin of `confidence` (see [`Calibration`]).
+    fn bin(confidence: f32) -> usize {
+        let upper = (f64::from(confidence) * CALIBRATION_BINS as f64).ceil();
+        (upper.max(1.0) as usize - 1).min(CALIBRATION_BINS - 1)
+    }
+
+    /// Adds a band of pixels: `confidence[i]` (the maximum class probability, 0 to 1) of the
+    /// prediction `preds[i]` of a pixel labelled `labels[i]`; pixels labelled `ignore_index`
+    /// are left out.
+    ///
+    /// # Errors
+    /// Slices of different lengths; a counted pixel whose confidence is not a number in [0, 1]
+    /// (up to float rounding).
+    pub fn add_pixels(
+        &mut self,
+        confidence: &[f32],
+        labels: &[i64],
+        preds: &[i64],
+        ignore_index: i64,
+    ) -> Result<()> {
+        ensure!(
+            confidence.len() == labels.len() && preds.len() == labels.len(),
+            "{} confidences and {} predictions for {} labels",
+            confidence.len(),
+            preds.len(),
+            labels.len()
+        );
+        for ((&c, &label), &pred) in confidence.iter().zip(labels).zip(preds) {
+            if label == ignore_index {
+                continue;
+            }
+            ensure!(
+                (0.0..=1.0 + 1e-5).contains(&c),
+                "a scored pixel has confidence {c}; expected a probability in [0, 1]"
+            );
+            let b = Self::bin(c);
+            self.pixels[b] += 1;
+            self.correct[b] += u64::from(label == pred);
+            self.confidence[b] += f64::from(c);
+        }
+        Ok(())
+    }
+
+    /// Adds the counts of `other`.
+    pub fn merge(&mut self, other: &Calibration) {
+        for b in 0..CALIBRATION_BINS {
+            self.pixels[b] += other.pixels[b];
+            self.correct[b] += other.correct[b];
+            self.confidence[b] += other.confidence[b];
+        }
+    }
+
+    /// Pixels counted.
+    pub fn pixels(&self) -> u64 {
+        self.pixels.iter().sum()
+    }
+
+    /// The bins, lowest confidence first.
+    pub fn bins(&self) -> Vec<CalibrationBin> {
+        (0..CALIBRATION_BINS)
+            .map(|b| {
+                let n = self.pixels[b];
+                let share = |v: f64| (n > 0).then(|| v / n as f64);
+                CalibrationBin {
+                    lower: b as f64 / CALIBRATION_BINS as f64,
+                    upper: (b + 1) as f64 / CALIBRATION_BINS as f64,
+                    pixels: n,
+                    confidence: share(self.confidence[b]),
+                    accuracy: share(self.correct[b] as f64),
+                }
+            })
+            .collect()
+    }
+
+    /// The expected calibration error, a fraction (0 to 1): `sum_b n_b / N |acc_b - conf_b|`,
+    /// the gap between each bin's accuracy and mean confidence weighted by its share of the
+    /// pixels (Guo et al. 2017, Eq. 3); `None` when no pixel was counted.
+    pub fn ece(&self) -> Option<f64> {
+        let total = self.pixels();
+        if total == 0 {
+            return None;
+        }
+        let gaps = self.bins().into_iter().filter_map(|b| {
+            let gap = (b.accuracy? - b.confidence?).abs();
+            Some(b.pixels as f64 / total as f64 * gap)
+        });
+        Some(gaps.sum())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -590,5 +724,53 @@ mod tests {
                     > labels.iter().filter(|&&l| l == 9).count()
             );
         }
+    }
+
+    #[test]
+    fn ece_of_a_hand_made_case_is_the_weighted_gap() {
+        // Bin 13 (0.867, 0.933]: confidences 0.9, 0.9, 0.9, 0.9, 3 of 4 correct.
+        // Bin 8 (0.533, 0.6]: 0.55, 0.58, 2 correct. Bin 0: 0.0 counts in the first bin, wrong.
+        // One ignored pixel (label 9) and its NaN confidence are left out.
+        let confidence = [0.9, 0.9, 0.9, 0.9, 0.55, 0.58, 0.0, f32::NAN];
+        let labels = [1, 1, 1, 1, 2, 2, 0, 9];
+        let preds = [1, 1, 1, 0, 2, 2, 1, 1];
+        let mut cal = Calibration::default();
+        cal.add_pixels(&confidence, &labels, &preds, 9).unwrap();
+        assert_eq!(cal.pixels(), 7);
+        let bins = cal.bins();
+        assert_eq!(bins.len(), 15);
+        assert_eq!((bins[13].pixels, bins[8].pixels, bins[0].pixels), (4, 2, 1));
+        assert_eq!(bins[13].accuracy, Some(0.75));
+        assert!(bins[1].confidence.is_none() && bins[1].accuracy.is_none());
+        let conf = |values: &[f32]| {
+            values.iter().map(|&v| f64::from(v)).sum::<f64>() / values.len() as f64
+        };
+        let want = 4.0 / 7.0 * (0.75 - conf(&[0.9; 4])).abs()
+            + 2.0 / 7.0 * (1.0 - conf(&[0.55, 0.58])).abs()
+            + 1.0 / 7.0 * (0.0 - 0.0f64).abs();
+        assert!(
+            (cal.ece().unwrap() - want).abs() < 1e-12,
+            "{:?} vs {want}",
+            cal.ece()
+        );
+        // Merging two halves gives the whole.
+        let mut halves = Calibration::default();
+        for range in [0..3, 3..8] {
+            let mut part = Calibration::default();
+            (part.add_pixels(
+                &confidence[range.clone()],
+                &labels[range.clone()],
+                &preds[range],
+                9,
+            ))
+            .unwrap();
+            halves.merge(&part);
+        }
+        assert_eq!(halves, cal);
+        assert_eq!(Calibration::default().ece(), None);
+        // A scored pixel without a confidence is an error, not a silent bin.
+        let err = cal.add_pixels(&[f32::NAN], &[1], &[1], 9).unwrap_err();
+        assert!(err.to_string().contains("confidence NaN"), "{err}");
+        assert!(cal.add_pixels(&[0.5], &[1, 2], &[1], 9).is_err());
     }
 }

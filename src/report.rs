@@ -1,12 +1,15 @@
-//! PNG figures for reports: the confusion matrix and the grouped bar chart of a sweep.
+//! PNG figures for reports: the confusion matrix and the reliability diagram of an evaluation,
+//! and the grouped bar chart of a sweep.
 //! Drawn with plotters into memory, encoded with `image`, and written atomically.
 
 use anyhow::{anyhow, ensure, Context, Result};
 use image::ImageEncoder;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
 
-use crate::metrics::ConfusionMatrix;
+use crate::metrics::{Calibration, CalibrationBin, ConfusionMatrix, CALIBRATION_BINS};
 
 /// Encodes `width x height` RGB bytes as PNG and writes them through a temporary file.
 pub(crate) fn write_png(path: &Path, rgb: &[u8], width: u32, height: u32) -> Result<()> {
@@ -181,6 +184,190 @@ pub(crate) fn bar_axis(series: &[(String, Vec<Vec<f64>>)]) -> (f64, f64) {
     let bottom = (5.0 * ((lo - margin) / 5.0).floor()).clamp(0.0, 95.0);
     let top = (5.0 * ((hi + margin) / 5.0).ceil()).clamp(bottom + 5.0, 100.0);
     (bottom, top)
+}
+
+/// Heights of the reliability diagram's parts: the two title lines, the accuracy chart and the
+/// histogram of pixels beneath it.
+const RELIABILITY_TITLE: u32 = 62;
+const RELIABILITY_CHART: u32 = 470;
+const RELIABILITY_HISTOGRAM: u32 = 230;
+/// Smallest width of the reliability diagram (wider for a longer title).
+const RELIABILITY_WIDTH: u32 = 760;
+/// The x axis of both charts of the reliability diagram.
+const CONFIDENCE_AXIS: &str = "confidence: maximum class probability (%)";
+/// Colours of the reliability diagram: accuracy bars, their outline, the gap to the confidence.
+const ACCURACY_BAR: RGBColor = RGBColor(31, 119, 180);
+const ACCURACY_EDGE: RGBColor = RGBColor(16, 60, 110);
+const CALIBRATION_GAP: RGBColor = RGBColor(214, 39, 40);
+
+/// The size of [`reliability_png`]'s figure for these title lines: wide enough for both.
+pub(crate) fn reliability_size(title: &str, subtitle: &str) -> (u32, u32) {
+    let text = text_width(title, 17).max(text_width(subtitle, 15)) as u32;
+    (
+        RELIABILITY_WIDTH.max(text + 40),
+        RELIABILITY_TITLE + RELIABILITY_CHART + RELIABILITY_HISTOGRAM,
+    )
+}
+
+/// The second title line of [`reliability_png`]: the ECE in percent, the pixels and bins.
+pub(crate) fn reliability_subtitle(calibration: &Calibration) -> String {
+    let ece = (calibration.ece()).map_or("-".to_string(), |e| format!("{:.2} %", 100.0 * e));
+    format!(
+        "expected calibration error (ECE) {ece} over {} scored pixels, {CALIBRATION_BINS} bins",
+        calibration.pixels()
+    )
+}
+
+/// The reliability diagram of `calibration` (Guo et al., ICML 2017, Fig. 1): per bin of the
+/// confidence, the accuracy of its pixels as a bar against the diagonal of perfect calibration,
+/// the gap to the bin's mean confidence shaded red; beneath, each bin's share of the scored
+/// pixels. Both axes in percent. `title` (the model and split) heads the figure, the ECE the
+/// line below it; the size is [`reliability_size`].
+///
+/// # Errors
+/// Drawing or writing failures.
+pub(crate) fn reliability_png(path: &Path, title: &str, calibration: &Calibration) -> Result<()> {
+    let subtitle = reliability_subtitle(calibration);
+    let (width, height) = reliability_size(title, &subtitle);
+    let mut rgb = vec![255u8; (width * height * 3) as usize];
+    {
+        let root = BitMapBackend::with_buffer(&mut rgb, (width, height)).into_drawing_area();
+        root.fill(&WHITE).map_err(draw_err)?;
+        root.draw(&Text::new(title, (20, 12), ("sans-serif", 17).into_font()))
+            .map_err(draw_err)?;
+        let line = Text::new(subtitle.as_str(), (20, 38), ("sans-serif", 15).into_font());
+        root.draw(&line).map_err(draw_err)?;
+        let (_, body) = root.split_vertically(RELIABILITY_TITLE);
+        let (top, bottom) = body.split_vertically(RELIABILITY_CHART);
+        let bins = calibration.bins();
+        draw_reliability(&top, &bins)?;
+        draw_bin_shares(&bottom, &bins)?;
+        root.present().map_err(draw_err)?;
+    }
+    write_png(path, &rgb, width, height)
+}
+
+/// A chart of both reliability panels: x the confidence in percent, y `0..y_max` described by
+/// `y_desc`; the same margins, so that the two x axes line up.
+fn confidence_chart<'a, 'b>(
+    area: &'a DrawingArea<BitMapBackend<'b>, plotters::coord::Shift>,
+    y_max: f64,
+    y_desc: &str,
+) -> Result<ChartContext<'a, BitMapBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>> {
+    let mut chart = ChartBuilder::on(area)
+        .margin(14)
+        .margin_right(24)
+        .x_label_area_size(44)
+        .y_label_area_size(64)
+        .build_cartesian_2d(0.0..100.0, 0.0..y_max)
+        .map_err(draw_err)?;
+    chart
+        .configure_mesh()
+        .x_labels(11)
+        .y_labels(6)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .light_line_style(WHITE)
+        .x_desc(CONFIDENCE_AXIS)
+        .y_desc(y_desc)
+        .axis_desc_style(("sans-serif", 15))
+        .label_style(("sans-serif", 13))
+        .draw()
+        .map_err(draw_err)?;
+    Ok(chart)
+}
+
+/// The upper panel of [`reliability_png`]: accuracy bars, the gap to each bin's mean
+/// confidence, the diagonal, and their legend.
+fn draw_reliability(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    bins: &[CalibrationBin],
+) -> Result<()> {
+    let mut chart = confidence_chart(area, 100.0, "accuracy: pixels classified correctly (%)")?;
+    let filled: Vec<(f64, f64, f64, f64)> = (bins.iter())
+        .filter_map(|b| {
+            Some((
+                100.0 * b.lower,
+                100.0 * b.upper,
+                100.0 * b.accuracy?,
+                100.0 * b.confidence?,
+            ))
+        })
+        .collect();
+    let bars = (filled.iter())
+        .map(|&(x0, x1, acc, _)| Rectangle::new([(x0, 0.0), (x1, acc)], ACCURACY_BAR.filled()));
+    chart
+        .draw_series(bars)
+        .map_err(draw_err)?
+        .label("accuracy of the bin's pixels")
+        .legend(|(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], ACCURACY_BAR.filled()));
+    let edges = (filled.iter()).map(|&(x0, x1, acc, _)| {
+        Rectangle::new([(x0, 0.0), (x1, acc)], ACCURACY_EDGE.stroke_width(1))
+    });
+    chart.draw_series(edges).map_err(draw_err)?;
+    let gaps = (filled.iter()).map(|&(x0, x1, acc, conf)| {
+        Rectangle::new(
+            [(x0, acc.min(conf)), (x1, acc.max(conf))],
+            CALIBRATION_GAP.mix(0.35).filled(),
+        )
+    });
+    let gap_legend = CALIBRATION_GAP.mix(0.35).filled();
+    chart
+        .draw_series(gaps)
+        .map_err(draw_err)?
+        .label("gap to the bin's mean confidence")
+        .legend(move |(x, y)| Rectangle::new([(x, y - 6), (x + 16, y + 6)], gap_legend));
+    let diagonal = DashedLineSeries::new([(0.0, 0.0), (100.0, 100.0)], 8, 5, BLACK.stroke_width(2));
+    chart
+        .draw_series(diagonal)
+        .map_err(draw_err)?
+        .label("perfect calibration: accuracy = confidence")
+        .legend(|(x, y)| PathElement::new([(x, y), (x + 16, y)], BLACK.stroke_width(2)));
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font(("sans-serif", 14))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK)
+        .draw()
+        .map_err(draw_err)
+}
+
+/// The lower panel of [`reliability_png`]: each bin's share of the scored pixels, printed
+/// above its bar.
+fn draw_bin_shares(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    bins: &[CalibrationBin],
+) -> Result<()> {
+    let total = bins.iter().map(|b| b.pixels).sum::<u64>().max(1) as f64;
+    let shares: Vec<f64> = bins
+        .iter()
+        .map(|b| 100.0 * b.pixels as f64 / total)
+        .collect();
+    // Room above the highest bar for its printed share.
+    let y_max = (shares.iter().copied().fold(0.0, f64::max) * 1.25).clamp(1.0, 100.0);
+    let mut chart = confidence_chart(area, y_max, "pixels (% of scored)")?;
+    let bars = (bins.iter().zip(&shares)).map(|(b, &share)| {
+        Rectangle::new(
+            [(100.0 * b.lower, 0.0), (100.0 * b.upper, share)],
+            RGBColor(150, 150, 150).filled(),
+        )
+    });
+    chart.draw_series(bars).map_err(draw_err)?;
+    let labels = (bins.iter().zip(&shares))
+        .filter(|(b, _)| b.pixels > 0)
+        .map(|(b, &share)| {
+            let text = format!("{share:.1}");
+            let style = TextStyle::from(("sans-serif", 12).into_font())
+                .pos(Pos::new(HPos::Center, VPos::Bottom));
+            Text::new(
+                text,
+                (50.0 * (b.lower + b.upper), share + 0.02 * y_max),
+                style,
+            )
+        });
+    chart.draw_series(labels).map_err(draw_err)?;
+    Ok(())
 }
 
 /// A grouped bar chart: one group per entry of `groups` (for instance scenarios), one bar per
@@ -369,6 +556,38 @@ mod tests {
         let p = img.get_pixel(180 + 2, 70 + 2).0;
         assert_eq!(p, [127, 127, 255]);
         assert!(confusion_matrix_png(&path, &cm, &names[..2]).is_err());
+    }
+
+    #[test]
+    fn reliability_diagram_is_a_png_of_its_size_with_bars_where_pixels_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reliability.png");
+        let mut cal = Calibration::default();
+        // 0.95: 10 pixels, 6 correct (over-confident); 0.5: 4 pixels, all correct.
+        let confidence: Vec<f32> = [vec![0.95; 10], vec![0.5; 4]].concat();
+        let labels = vec![1i64; 14];
+        let preds: Vec<i64> = (0..14)
+            .map(|i| if (6..10).contains(&i) { 0 } else { 1 })
+            .collect();
+        cal.add_pixels(&confidence, &labels, &preds, 255).unwrap();
+        let title = "runs/demo/teacher/checkpoints/best (teacher), test split";
+        reliability_png(&path, title, &cal).unwrap();
+        let img = image::open(&path).unwrap().to_rgb8();
+        let want = reliability_size(title, &reliability_subtitle(&cal));
+        assert_eq!((img.width(), img.height()), want);
+        let blue = |p: &image::Rgb<u8>| p.0 == [31, 119, 180];
+        assert!(
+            img.pixels().filter(|p| blue(p)).count() > 1000,
+            "accuracy bars drawn"
+        );
+        // A title too long for the smallest width widens the figure.
+        let long = "x".repeat(200);
+        assert!(reliability_size(&long, "").0 > RELIABILITY_WIDTH);
+        assert!(
+            reliability_subtitle(&cal).contains("(ECE) 39.29 %"),
+            "{}",
+            reliability_subtitle(&cal)
+        );
     }
 
     #[test]

@@ -490,3 +490,165 @@ fn eval_scores_a_scene_outside_a_footprint_and_skips_one_without_any_input() {
     assert!(none.1 > 0 && none.2 == 0, "{groups:?}");
     assert!(stdout.contains("left unscored:"), "{stdout}");
 }
+
+/// The inputs, in model order, of the first test scene whose SAR has gaps.
+fn scene_with_sar_gaps(config: &Path) -> Vec<std::path::PathBuf> {
+    let exp = dis2::config::Experiment::load(config, &[]).unwrap();
+    let data = dis2::data::dataset::SceneDataset::open(
+        &exp.data,
+        &exp.model,
+        dis2::data::layouts::Split::Test,
+    )
+    .unwrap();
+    let sar = (exp.model.modalities.iter())
+        .position(|m| m.name == "sar")
+        .unwrap();
+    let index = (0..data.scenes.len())
+        .find(|&i| {
+            let scene = &data.scenes[i];
+            let window = dis2::data::raster::Window::new(0, 0, scene.width(), scene.height());
+            let valid = &data.read(i, window).unwrap().modalities[sar].valid;
+            valid.iter().any(|v| !v) && valid.iter().any(|&v| v)
+        })
+        .expect("a test scene with SAR gaps");
+    (data.scenes[index].modalities.iter())
+        .map(|m| m.path.clone())
+        .collect()
+}
+
+#[test]
+fn a_trained_teacher_reports_its_confidence_and_calibration() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_root, config, run) = tiny_teacher(dir.path());
+    let run_s = run.display().to_string();
+
+    // Eval: the calibration bins hold exactly the scored pixels, and the ECE is the formula
+    // over them.
+    let out = dir.path().join("eval");
+    let stdout = ok(&quiet_on_cpu(&[
+        "eval",
+        "--checkpoint",
+        &run_s,
+        "--overlays",
+        "0",
+        "--out",
+        &out.display().to_string(),
+    ]));
+    assert!(stdout.contains("calibration: ECE "), "{stdout}");
+    let doc = read_json(&out.join("metrics.json"));
+    let cal = &doc["calibration"];
+    assert_eq!(cal["measure"], dis2::predict::CONFIDENCE_MEASURE);
+    let bins = cal["bins"].as_array().unwrap();
+    assert_eq!(bins.len(), dis2::metrics::CALIBRATION_BINS);
+    let scored = doc["pixels"].as_u64().unwrap();
+    assert_eq!(cal["pixels"].as_u64(), Some(scored));
+    let (mut ece, mut correct, mut counted) = (0.0, 0.0, 0u64);
+    for (i, bin) in bins.iter().enumerate() {
+        let (lower, upper) = (i as f64 / 15.0, (i + 1) as f64 / 15.0);
+        assert!((bin["lower"].as_f64().unwrap() - lower).abs() < 1e-12);
+        assert!((bin["upper"].as_f64().unwrap() - upper).abs() < 1e-12);
+        let n = bin["pixels"].as_u64().unwrap();
+        counted += n;
+        if n == 0 {
+            assert!(bin["accuracy"].is_null() && bin["confidence"].is_null());
+            continue;
+        }
+        let (acc, conf) = (
+            bin["accuracy"].as_f64().unwrap(),
+            bin["confidence"].as_f64().unwrap(),
+        );
+        assert!(
+            conf > lower - 1e-6 && conf <= upper + 1e-6,
+            "bin {i}: {conf}"
+        );
+        ece += n as f64 / scored as f64 * (acc - conf).abs();
+        correct += acc * n as f64;
+    }
+    assert_eq!(counted, scored);
+    assert!((ece - cal["ece"].as_f64().unwrap()).abs() < 1e-9, "{cal}");
+    // The bins' correct pixels are the confusion matrix's diagonal.
+    let oa = doc["overall_accuracy"].as_f64().unwrap();
+    assert!((correct / scored as f64 - oa).abs() < 1e-9);
+    for group in doc["by_route"].as_array().unwrap() {
+        assert!(group["ece"].as_f64().is_some(), "{group}");
+    }
+    let png = image::open(out.join("reliability.png")).unwrap();
+    // The title fits the smallest width: 760 x (62 + 470 + 230).
+    assert_eq!(png.height(), 762);
+    assert!(png.width() >= 760, "{}", png.width());
+
+    // Predict on a scene whose SAR has gaps: a teacher without students leaves them nodata.
+    let files = scene_with_sar_gaps(Path::new(&config));
+    let (classes, probs, confidence) = (
+        dir.path().join("classes.tif"),
+        dir.path().join("probs.tif"),
+        dir.path().join("confidence.tif"),
+    );
+    let path = |p: &Path| p.display().to_string();
+    ok(&common::predict(&[
+        "--checkpoint",
+        &run_s,
+        "--optical",
+        &path(&files[0]),
+        "--dsm",
+        &path(&files[1]),
+        "--sar",
+        &path(&files[2]),
+        "--out",
+        &path(&classes),
+        "--probs",
+        &path(&probs),
+        "--confidence",
+        &path(&confidence),
+    ]));
+    let info = dis2::data::raster::RasterInfo::read(&confidence).unwrap();
+    let class_info = dis2::data::raster::RasterInfo::read(&classes).unwrap();
+    assert_eq!((info.bands, info.data_type.as_str()), (1, "Float32"));
+    assert_eq!(
+        (info.width, info.height, &info.geo_transform),
+        (
+            class_info.width,
+            class_info.height,
+            &class_info.geo_transform
+        )
+    );
+    assert!(info.nodata[0].is_some_and(f64::is_nan), "{:?}", info.nodata);
+    use gdal::Metadata;
+    let ds = dis2::data::raster::open(&confidence).unwrap();
+    let band = ds.rasterband(1).unwrap();
+    assert_eq!(
+        band.description().unwrap(),
+        dis2::predict::CONFIDENCE_MEASURE
+    );
+    // The values as stored (reading through the mask model fills nodata pixels).
+    let (w, h) = (info.width, info.height);
+    let stored: Vec<f32> = (band.read_as::<f32>((0, 0), (w, h), (w, h), None))
+        .unwrap()
+        .data()
+        .to_vec();
+    let (k, c, p) = (
+        common::read_all(&classes),
+        common::read_all(&confidence),
+        common::read_all(&probs),
+    );
+    let plane = k.valid.len();
+    let nodata = k.valid.iter().filter(|v| !**v).count();
+    assert!(nodata > 0 && nodata < plane, "{nodata} of {plane}");
+    for (i, &value) in stored.iter().enumerate() {
+        // NaN, and masked for GDAL, exactly where the class map is nodata.
+        assert_eq!(c.valid[i], k.valid[i], "pixel {i}");
+        assert_eq!(value.is_nan(), !k.valid[i], "pixel {i}");
+        if !k.valid[i] {
+            continue;
+        }
+        let max = (0..p.bands)
+            .map(|b| p.data[b * plane + i])
+            .fold(f32::NEG_INFINITY, f32::max);
+        assert_eq!(value, max, "pixel {i}");
+        assert_eq!(c.data[i], max, "pixel {i}");
+        assert!(
+            (1.0 / 6.0 - 1e-6..=1.0 + 1e-6).contains(&value),
+            "pixel {i}: {value}"
+        );
+    }
+}

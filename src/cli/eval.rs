@@ -51,8 +51,9 @@ pub struct EvalArgs {
     /// Windows drawn by `--attention-maps`: the first N sliding windows over the split's scenes.
     #[arg(long, value_name = "N", default_value_t = 4)]
     pub attention_windows: usize,
-    /// Output folder for metrics.json, metrics.csv and confusion.png (default: in the run
-    /// directory, or next to the checkpoint, `eval-<split>[-drop-<modalities>]`).
+    /// Output folder for metrics.json, metrics.csv, confusion.png and reliability.png
+    /// (default: in the run directory, or next to the checkpoint,
+    /// `eval-<split>[-drop-<modalities>]`).
     #[arg(long, value_name = "DIR")]
     pub out: Option<PathBuf>,
     /// Override a configuration value (repeatable).
@@ -134,7 +135,7 @@ pub(crate) fn run(args: &EvalArgs) -> Result<()> {
     let report = evaluate(&request)?;
     print_table(&report);
     println!(
-        "wrote {}/metrics.json, metrics.csv and confusion.png",
+        "wrote {}/metrics.json, metrics.csv, confusion.png and reliability.png",
         request.out.display()
     );
     if !report.overlays.is_empty() {
@@ -212,6 +213,12 @@ fn print_table(r: &EvalReport) {
             c.support
         );
     }
+    println!(
+        "calibration: ECE {} % over {} scored pixels ({} bins of the maximum class probability)",
+        fmt(r.calibration.ece()),
+        r.calibration.pixels(),
+        crate::metrics::CALIBRATION_BINS
+    );
     print_groups("pixels by the branch that classified them", &r.by_route);
     print_groups("pixels by what the data lacks", &r.by_data);
     print_unscored(&r.by_data);
@@ -233,7 +240,7 @@ fn print_unscored(by_data: &[crate::eval::Group]) {
     );
 }
 
-/// One line per group: its scored and labelled pixels, mIoU, mean F1 and OA.
+/// One line per group: its scored and labelled pixels, mIoU, mean F1, OA and ECE.
 fn print_groups(title: &str, groups: &[crate::eval::Group]) {
     if groups.len() < 2 {
         return;
@@ -242,11 +249,12 @@ fn print_groups(title: &str, groups: &[crate::eval::Group]) {
     for g in groups {
         let s = &g.scores;
         println!(
-            "  {:<20} mIoU {:>6} % | mean F1 {:>6} % | OA {:>6} % | {} of {} labelled pixels scored",
+            "  {:<20} mIoU {:>6} % | mean F1 {:>6} % | OA {:>6} % | ECE {:>6} % | {} of {} labelled pixels scored",
             g.label,
             fmt(s.miou),
             fmt(s.mean_f1),
             fmt(s.overall_accuracy),
+            fmt(g.calibration.ece()),
             s.pixels,
             g.labelled
         );

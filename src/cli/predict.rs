@@ -67,6 +67,10 @@ pub struct PredictArgs {
     /// table and category names, 255 = nodata).
     #[arg(long, value_name = "FILE.tif")]
     pub routes: Option<PathBuf>,
+    /// Also write each pixel's confidence: the maximum blended class probability (Float32, one
+    /// band, NaN = nodata where the class map is).
+    #[arg(long, value_name = "FILE.tif")]
+    pub confidence: Option<PathBuf>,
     #[command(flatten)]
     pub routes_per_pixel: RouteArgs,
     /// Write every raster output (class map, probabilities, route map) as a Cloud-Optimized
@@ -81,8 +85,9 @@ pub struct PredictArgs {
     #[arg(long, value_name = "FILE.tif")]
     pub tta_spread: Option<PathBuf>,
     /// Several scenes: one line per scene, `NAME=FILE ... out=FILE [probs=FILE]
-    /// [preview=FILE] [routes=FILE] [tta-spread=FILE] [missing.NAME=FILE ...]`; relative paths are relative to
-    /// the list's folder (also the archive of `/vsizip/a.zip/x.tif`); `#` starts a comment.
+    /// [preview=FILE] [routes=FILE] [tta-spread=FILE] [confidence=FILE] [missing.NAME=FILE ...]`;
+    /// relative paths are relative to the list's folder (also the archive of
+    /// `/vsizip/a.zip/x.tif`); `#` starts a comment.
     #[arg(long, value_name = "FILE")]
     pub list: Option<PathBuf>,
     /// With --list: predict only scenes i, i+n, i+2n, ... (0-based), for job arrays.
@@ -335,6 +340,7 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
                 "preview" => job.preview = Some(resolve(value)),
                 "routes" => job.routes = Some(resolve(value)),
                 "tta-spread" => job.tta_spread = Some(resolve(value)),
+                "confidence" => job.confidence = Some(resolve(value)),
                 key => match key.strip_prefix("missing.") {
                     Some(name) => job.missing_masks.push((name.to_string(), resolve(value))),
                     None => job.inputs.push((key.to_string(), resolve(value))),
@@ -369,9 +375,10 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
                 || args.preview.is_some()
                 || args.routes.is_some()
                 || args.tta_spread.is_some()
+                || args.confidence.is_some()
                 || !args.missing_mask.is_empty()
             {
-                bail!("--list names inputs, masks and outputs per scene: leave out --NAME FILE, --missing-mask, --out, --probs, --routes, --tta-spread and --preview");
+                bail!("--list names inputs, masks and outputs per scene: leave out --NAME FILE, --missing-mask, --out, --probs, --routes, --tta-spread, --confidence and --preview");
             }
             let jobs = parse_list(list)?;
             match &args.shard {
@@ -402,6 +409,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
                 preview: args.preview.clone(),
                 routes: args.routes.clone(),
                 tta_spread: args.tta_spread.clone(),
+                confidence: args.confidence.clone(),
             }]
         }
     };
@@ -461,7 +469,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
 
 /// The files a scene writes.
 fn outputs(job: &SceneJob) -> Vec<&Path> {
-    let optional = [&job.probs, &job.routes, &job.tta_spread, &job.preview];
+    let optional = [&job.probs, &job.routes, &job.tta_spread, &job.confidence, &job.preview];
     let named = optional.into_iter().flatten().map(PathBuf::as_path);
     std::iter::once(job.out.as_path()).chain(named).collect()
 }
@@ -542,6 +550,7 @@ mod tests {
             ("precision", "bf16"),
             ("missing-mask", "optical=m.tif"),
             ("routes", "r.tif"),
+            ("confidence", "k.tif"),
             ("context-margin", "4"),
             ("route-blend", "4"),
             ("tta", "d8"),
@@ -679,7 +688,7 @@ mod tests {
         let list = dir.path().join("scenes.txt");
         std::fs::write(
             &list,
-            "# comment\noptical=a.tif dsm=/abs/b.tif out=o/c.tif probs=p.tif\n\n sar=s.tif out=x.tif # tail\n",
+            "# comment\noptical=a.tif dsm=/abs/b.tif out=o/c.tif probs=p.tif confidence=k.tif\n\n sar=s.tif out=x.tif # tail\n",
         )
         .unwrap();
         let jobs = parse_list(&list).unwrap();
@@ -691,6 +700,8 @@ mod tests {
         assert_eq!(jobs[0].inputs[1].1, PathBuf::from("/abs/b.tif"));
         assert_eq!(jobs[0].out, dir.path().join("o/c.tif"));
         assert_eq!(jobs[0].probs, Some(dir.path().join("p.tif")));
+        assert_eq!(jobs[0].confidence, Some(dir.path().join("k.tif")));
+        assert_eq!(jobs[1].confidence, None);
         assert_eq!(
             jobs[1].inputs,
             vec![("sar".into(), dir.path().join("s.tif"))]

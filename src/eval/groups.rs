@@ -7,7 +7,7 @@
 use anyhow::{ensure, Result};
 use std::collections::BTreeMap;
 
-use crate::metrics::{ConfusionMatrix, Scores};
+use crate::metrics::{Calibration, ConfusionMatrix, Scores};
 use crate::model::modality::ModalitySpec;
 use crate::model::scenario::join_names;
 
@@ -37,12 +37,16 @@ pub(crate) fn pattern_label(bits: u8, modalities: &[ModalitySpec]) -> String {
     format!("missing {}", join_names(&missing))
 }
 
-/// One confusion matrix per group, and the labelled pixels of each class in each group (also
-/// those not scored), keyed by a small code (a data pattern, or a route code).
+/// A group's scored pixels in a band: labels, predictions and confidences.
+type ScoredPixels = (Vec<i64>, Vec<i64>, Vec<f32>);
+
+/// One confusion matrix and calibration per group, and the labelled pixels of each class in
+/// each group (also those not scored), keyed by a small code (a data pattern, or a route code).
 #[derive(Debug, Clone)]
 pub(crate) struct Groups {
     classes: usize,
     scored: BTreeMap<u8, ConfusionMatrix>,
+    calibration: BTreeMap<u8, Calibration>,
     labelled: BTreeMap<u8, Vec<u64>>,
 }
 
@@ -51,31 +55,38 @@ impl Groups {
         Self {
             classes,
             scored: BTreeMap::new(),
+            calibration: BTreeMap::new(),
             labelled: BTreeMap::new(),
         }
     }
 
     /// Adds a band of pixels: `keys[i]` is pixel `i`'s group, `labels[i]` its label
-    /// (`ignore_index`: not labelled, left out), `preds[i]` its class where `scored[i]`.
+    /// (`ignore_index`: not labelled, left out), `preds[i]` its class and `confidence[i]` the
+    /// class's probability where `scored[i]`.
     ///
     /// # Errors
-    /// Slices of different lengths; a label or prediction out of range.
+    /// Slices of different lengths; a label or prediction out of range, a scored pixel without
+    /// a confidence in [0, 1].
     pub(crate) fn add_band(
         &mut self,
         keys: &[u8],
         labels: &[i64],
         preds: &[i64],
+        confidence: &[f32],
         scored: &[bool],
         ignore_index: i64,
     ) -> Result<()> {
         ensure!(
-            keys.len() == labels.len() && scored.len() == labels.len(),
-            "{} group keys and {} scored flags for {} labels",
+            keys.len() == labels.len()
+                && scored.len() == labels.len()
+                && confidence.len() == labels.len(),
+            "{} group keys, {} scored flags and {} confidences for {} labels",
             keys.len(),
             scored.len(),
+            confidence.len(),
             labels.len()
         );
-        let mut by_key: BTreeMap<u8, (Vec<i64>, Vec<i64>)> = BTreeMap::new();
+        let mut by_key: BTreeMap<u8, ScoredPixels> = BTreeMap::new();
         for (i, &label) in labels.iter().enumerate() {
             if label == ignore_index {
                 continue;
@@ -86,16 +97,18 @@ impl Groups {
                 *n += 1;
             }
             if scored[i] {
-                let (l, p) = by_key.entry(keys[i]).or_default();
+                let (l, p, c) = by_key.entry(keys[i]).or_default();
                 l.push(label);
                 p.push(preds[i]);
+                c.push(confidence[i]);
             }
         }
-        for (key, (l, p)) in by_key {
+        for (key, (l, p, c)) in by_key {
             let classes = self.classes;
             (self.scored.entry(key))
                 .or_insert_with(|| ConfusionMatrix::new(classes))
                 .add_pairs(&l, &p, ignore_index)?;
+            (self.calibration.entry(key).or_default()).add_pixels(&c, &l, &p, ignore_index)?;
         }
         Ok(())
     }
@@ -111,6 +124,7 @@ impl Groups {
                     label: label(key),
                     labelled: support.iter().sum(),
                     scores: cm.scores_over(support, exclude),
+                    calibration: self.calibration.get(&key).cloned().unwrap_or_default(),
                 }
             })
             .collect()
@@ -128,6 +142,8 @@ pub struct Group {
     /// Labelled pixels of the group, scored or not (`scores.pixels` were scored).
     pub labelled: u64,
     pub scores: Scores,
+    /// The calibration of the group's scored pixels (its expected calibration error).
+    pub calibration: Calibration,
 }
 
 #[cfg(test)]
@@ -162,10 +178,11 @@ mod tests {
         let mut g = Groups::new(2);
         let (keys, labels) = ([0, 0, 4, 4, 4], [0, 1, 1, 1, 255]);
         let (preds, scored) = ([0, 1, 0, 255, 0], [true, true, true, false, true]);
-        g.add_band(&keys, &labels, &preds, &scored, 255).unwrap();
+        let confidence = [0.9, 0.6, 0.8, f32::NAN, 0.7];
+        (g.add_band(&keys, &labels, &preds, &confidence, &scored, 255)).unwrap();
         let wrong = [0, 1, 7, 0, 0];
         assert!(Groups::new(2)
-            .add_band(&keys, &labels, &wrong, &scored, 255)
+            .add_band(&keys, &labels, &wrong, &confidence, &scored, 255)
             .is_err());
         let r = g.report(&[], |k| format!("g{k}"));
         assert_eq!(r.len(), 2);
@@ -175,5 +192,10 @@ mod tests {
         // Only class 1 is in group 4's labels: its IoU is 0, class 0 is not averaged.
         assert_eq!(r[1].scores.mean_classes, [1]);
         assert_eq!(r[1].scores.miou, Some(0.0));
+        // Each group's calibration holds its own scored pixels: group 4's one pixel, wrong at
+        // confidence 0.8, is off by 0.8.
+        assert_eq!(r[0].calibration.pixels(), 2);
+        assert_eq!(r[1].calibration.pixels(), 1);
+        assert!((r[1].calibration.ece().unwrap() - 0.8).abs() < 1e-6);
     }
 }

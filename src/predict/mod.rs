@@ -97,7 +97,19 @@ pub struct SceneJob {
     /// window's mean predicts, blended like the probabilities; NaN where the class map is
     /// nodata. Needs a `tta` other than [`Tta::None`].
     pub tta_spread: Option<PathBuf>,
+    /// The confidence raster to write (`--confidence`): one Float32 band, each pixel's
+    /// confidence ([`CONFIDENCE_MEASURE`]), NaN (the band's nodata) where the class map is
+    /// nodata.
+    pub confidence: Option<PathBuf>,
 }
+
+/// What a pixel's confidence is, as the confidence raster's band description says: the largest
+/// of its `K` blended class probabilities (that of the class the class map holds), between 1/K
+/// and 1. The maximum rather than the margin between the two best or the normalised entropy
+/// because the expected calibration error and the reliability diagram of `dis2 eval` are
+/// defined on it (Guo et al., ICML 2017), so the raster reads against them directly
+/// (docs/predict.md, "Confidence").
+pub const CONFIDENCE_MEASURE: &str = "confidence: maximum blended class probability";
 
 /// How to predict.
 #[derive(Debug, Clone, PartialEq)]
@@ -279,6 +291,8 @@ pub(crate) struct ClassRows<'a> {
     /// `rows x width` route codes of [`Summary::route_table`] ([`ROUTE_NODATA`] where not
     /// `valid`).
     pub routes: &'a [u8],
+    /// `rows x width` confidences ([`CONFIDENCE_MEASURE`], 0 to 1); NaN where not `valid`.
+    pub confidence: &'a [f32],
 }
 
 /// Checks the inputs of a scene against the checkpoint, their bands marked as alpha taken as
@@ -423,8 +437,8 @@ fn place_inputs(
 /// when reading and blending run in the background (`PredictOptions::prefetch` > 0), hence `Send`.
 pub(crate) type RowObserver<'o> = dyn FnMut(&ClassRows) -> Result<()> + Send + 'o;
 
-/// Where finished rows go: the class map, the probabilities, the route map, the preview; and
-/// the pixels of each pattern.
+/// Where finished rows go: the class map, the probabilities, the route map, the confidence,
+/// the preview; and the pixels of each pattern.
 struct Sink {
     classes: usize,
     width: usize,
@@ -433,6 +447,7 @@ struct Sink {
     route_map: Option<StreamingTiff<u8>>,
     /// `--tta-spread`: one float32 band, NaN at nodata.
     tta_spread: Option<StreamingTiff<f32>>,
+    confidence: Option<StreamingTiff<f32>>,
     preview: Option<Preview>,
     routing: Arc<Routing>,
     patterns: PatternCounts,
@@ -491,16 +506,18 @@ fn create_route_map(
     Ok(tiff)
 }
 
-/// The `--tta-spread` raster at `path`: one float32 band, NaN its nodata.
-fn create_tta_spread(
+/// A one-band float32 raster at `path` named `band_name` (the confidence, the TTA spread):
+/// NaN its nodata; a COG's overviews are means.
+fn create_float_band(
     path: &Path,
     size: (usize, usize),
     georef: Option<&GeoRef>,
+    band_name: &str,
     cog: bool,
 ) -> Result<StreamingTiff<f32>> {
     let options = WriteOptions {
         nodata: Some(f64::NAN),
-        band_names: vec!["tta_spread".to_string()],
+        band_names: vec![band_name.to_string()],
         ..Default::default()
     };
     let layout = Layout {
@@ -692,15 +709,15 @@ impl Sink {
                 options.cog,
             )?),
         };
-        let tta_spread = match &job.tta_spread {
-            None => None,
-            Some(path) => Some(create_tta_spread(
-                path,
-                (width, height),
-                georef.as_ref(),
-                options.cog,
-            )?),
+        let float_band = |path: &PathBuf, name: &str| {
+            create_float_band(path, (width, height), georef.as_ref(), name, options.cog)
         };
+        let tta_spread = (job.tta_spread.as_ref())
+            .map(|path| float_band(path, "tta_spread"))
+            .transpose()?;
+        let confidence = (job.confidence.as_ref())
+            .map(|path| float_band(path, CONFIDENCE_MEASURE))
+            .transpose()?;
         let preview = job
             .preview
             .as_ref()
@@ -712,6 +729,7 @@ impl Sink {
             probs,
             route_map,
             tta_spread,
+            confidence,
             preview,
             routing,
             patterns: PatternCounts::default(),
@@ -720,8 +738,9 @@ impl Sink {
     }
 
     /// Writes finished rows: the class map (argmax where a branch ran, [`NODATA_CLASS`]
-    /// elsewhere), the probabilities, the route map, the TTA spread and the preview; then hands
-    /// them to `observe`.
+    /// elsewhere), the probabilities, the route map, the TTA spread, the confidence (the winning
+    /// class's probability, NaN where no branch ran) and the preview; then hands them to
+    /// `observe`.
     fn rows(&mut self, done: &FinishedRows, observe: &mut RowObserver) -> Result<()> {
         let (k, w, rows) = (self.classes, self.width, done.rows);
         let plane = rows * w;
@@ -735,6 +754,7 @@ impl Sink {
         }
         let valid: Vec<bool> = routes.iter().map(|&c| c != ROUTE_NODATA).collect();
         let mut classes = vec![NODATA_CLASS; plane];
+        let mut confidence = vec![f32::NAN; plane];
         for (i, class) in classes.iter_mut().enumerate() {
             if !valid[i] {
                 continue;
@@ -746,6 +766,7 @@ impl Sink {
                 }
             }
             *class = best as u8;
+            confidence[i] = done.probs[best * plane + i];
             self.valid_pixels += 1;
         }
         self.class_map
@@ -763,6 +784,9 @@ impl Sink {
                 .collect();
             spread.write_rows(0, done.first_row, rows, &values)?;
         }
+        if let Some(tiff) = &mut self.confidence {
+            tiff.write_rows(0, done.first_row, rows, &confidence)?;
+        }
         if let Some(preview) = &mut self.preview {
             for r in 0..rows {
                 preview.add_row(done.first_row + r, &classes[r * w..(r + 1) * w]);
@@ -775,6 +799,7 @@ impl Sink {
             classes: &classes,
             valid: &valid,
             routes: &routes,
+            confidence: &confidence,
         })
     }
 
@@ -791,6 +816,9 @@ impl Sink {
             closed.push(t.close()?);
         }
         if let Some(t) = self.tta_spread {
+            closed.push(t.close()?);
+        }
+        if let Some(t) = self.confidence {
             closed.push(t.close()?);
         }
         if let Some(p) = &self.preview {
