@@ -133,6 +133,7 @@ impl SweepSpec {
             splits,
             modality_dropout: self.modality_dropout,
             teacher_set: self.teacher_set.clone(),
+            joint_probabilities: exp.train.joint_probabilities.clone(),
             generic: match &exp.data.dataset {
                 crate::data::config::DatasetConfig::Generic(g) => Some(g.clone()),
                 _ => None,
@@ -323,6 +324,13 @@ fn print_plan(plan: &Plan, shard: Shard) {
                         missing.join(",")
                     )
                 }
+                UnitKind::Joint { scenarios } => {
+                    let missing: Vec<String> = scenarios
+                        .iter()
+                        .map(|s| format!(" --missing {}", s.join(",")))
+                        .collect();
+                    format!("distill --joint{}", missing.concat())
+                }
             };
             let sets: Vec<String> = u.overrides.iter().map(|o| format!(" --set {o}")).collect();
             println!("  run  {:<40} {what}{}", u.name, sets.concat());
@@ -414,6 +422,7 @@ fn train_unit(
                 0.0,
             )
         }
+        UnitKind::Joint { scenarios } => (RunKind::Joint, scenarios.clone(), None, 0.0),
     };
     let started = Instant::now();
     let run = dir.run(&unit.name);
