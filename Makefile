@@ -56,8 +56,8 @@ demo: setup
 	@echo "  logs:        tensorboard --logdir $(DEMO_RUNS)   (and metrics.jsonl, validation.jsonl)"
 
 # The ablation sweep on the synthetic benchmark: every method (teacher-fill, unimodal,
-# modality-dropout, dis2 and its four ablations) x full and every missing scenario x $(SEEDS)
-# seeds. Killed, it continues where it stopped. Tables (mean ± sd over seeds, dis2's paired
+# modality-dropout, dis2 and its four ablations, dis2-joint: the authors' joint training) x full
+# and every missing scenario x $(SEEDS) seeds. Killed, it continues where it stopped. Tables (mean ± sd over seeds, dis2's paired
 # differences with 95 % intervals): $(REPRODUCE_OUT)/results.{md,csv,json}, differences.csv;
 # chart: miou.png. 2 h 21 min on 2 cores with JOBS=2 (docs/eval.md).
 REPRODUCE_CONFIG ?= experiments/synthetic.yaml
@@ -77,9 +77,10 @@ reproduce: setup
 	@cat $(REPRODUCE_OUT)/results.md
 
 # The reduced grid of docs/results.md: the baselines, dis2 and its loss ablations (not the
-# architecture ablations, which need teachers of their own) on the three single-modality losses,
-# 12-epoch runs as in `make reproduce`, $(SEEDS) seeds; 47 min 48 s on 2 cores.
-REPRODUCE_QUICK_METHODS ?= teacher-fill,unimodal,modality-dropout,dis2,dis2-no-kd,dis2-no-orth
+# architecture ablations, which need teachers of their own) and dis2-joint (teacher and students
+# trained together, one run per seed) on the three single-modality losses, 12-epoch runs as in
+# `make reproduce`, $(SEEDS) seeds.
+REPRODUCE_QUICK_METHODS ?= teacher-fill,unimodal,modality-dropout,dis2,dis2-no-kd,dis2-no-orth,dis2-joint
 reproduce-quick: setup
 	$(BIN) synth --out data/synthetic
 	$(SWEEP_LOCAL) $(REPRODUCE_QUICK_OUT) --config $(REPRODUCE_CONFIG) --set train.epochs=12 \

@@ -375,6 +375,89 @@ fn local_shards_give_the_numbers_of_one_sweep() {
     assert!(String::from_utf8_lossy(&jobs.stderr).contains("JOBS=two"));
 }
 
+/// `dis2-joint` beside `dis2` in a tiny grid, as two local shards: one joint run per seed
+/// (the teacher and both scenarios' students, drawn uniformly), scored like `dis2` (its students
+/// per scenario, its own teacher in the `full` column), paired with `dis2` and with the other
+/// rows; a second start trains and scores nothing.
+#[test]
+fn dis2_joint_is_one_run_per_seed_scored_and_paired_like_dis2() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = tiny_benchmark(dir.path(), 11);
+    let out = dir.path().join("sweep");
+    let mut args = sweep_args(&config, &out);
+    let methods = args.iter().position(|a| a == "teacher-fill,dis2").unwrap();
+    args[methods] = "teacher-fill,dis2,dis2-joint".to_string();
+    let scenarios = args.iter().position(|a| a == "dsm").unwrap();
+    args[scenarios] = "dsm,sar".to_string();
+    ok_all(&sweep_local("2", &out, &without_out(args.clone())));
+
+    let run = out.join("runs/s4/dis2-joint");
+    let spec = std::fs::read_to_string(run.join("run.yaml")).unwrap();
+    assert!(spec.contains("kind: joint"), "{spec}");
+    let exp = dis2::config::Experiment::load(&run.join("config.yaml"), &[]).unwrap();
+    let draw: Vec<(&str, f64)> = exp
+        .train
+        .joint_probabilities
+        .iter()
+        .map(|(k, p)| (k.as_str(), *p))
+        .collect();
+    assert_eq!(draw, [("dsm", 1.0), ("sar", 1.0)]);
+    assert_eq!(
+        exp.model.scenarios,
+        Some(vec![vec!["dsm".into()], vec!["sar".into()]])
+    );
+    for (eval, branch) in [
+        ("full", "teacher"),
+        ("drop-dsm", "student[dsm]"),
+        ("drop-sar", "student[sar]"),
+    ] {
+        let done = read_json(&out.join(format!("evals/test/s3/dis2-joint--{eval}/done.json")));
+        assert_eq!(done["branch"], branch, "{done}");
+        assert_eq!(done["run"], "s3/dis2-joint", "{done}");
+    }
+
+    let doc = results(&out);
+    assert_eq!(doc["cells_missing"], 0, "{doc}");
+    let row = &doc["methods"][2];
+    assert_eq!(row["method"], "dis2-joint", "{row}");
+    let joint = [3, 4].map(|s| cell_miou(&out, &format!("test/s{s}/dis2-joint--drop-sar")));
+    let cell = &row["cells"]["sar"];
+    assert_eq!(cell["n"], 2, "{cell}");
+    assert!(
+        close(&cell["miou"]["mean"], (joint[0] + joint[1]) / 2.0),
+        "{cell}"
+    );
+    let pairs: Vec<(&str, &str, &str)> = doc["differences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| {
+            let s = |k: &str| d[k].as_str().unwrap();
+            (s("method"), s("minus"), s("scenario"))
+        })
+        .collect();
+    // Its teacher is its own: dis2 minus dis2-joint has a full column.
+    for pair in [
+        ("dis2", "dis2-joint", "full"),
+        ("dis2", "dis2-joint", "sar"),
+        ("dis2-joint", "teacher-fill", "dsm"),
+    ] {
+        assert!(pairs.contains(&pair), "{pair:?} in {pairs:?}");
+    }
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(md.contains("### dis2-joint minus each method"), "{md}");
+
+    let log = ok_all(&dis2(&args));
+    assert!(
+        log.contains("run s4/dis2-joint is finished, skipped"),
+        "{log}"
+    );
+    assert!(
+        !log.contains("training ") && !log.contains("scoring "),
+        "{log}"
+    );
+}
+
 /// A test scene outside the SAR footprint (its SAR all nodata) is scored through the branch
 /// without SAR, every pixel of it, and the sweep finishes: before routes per pixel it stopped
 /// with "every pixel is nodata in at least one input".

@@ -19,7 +19,7 @@ pub struct SweepArgs {
     #[arg(long = "set", value_name = "KEY.PATH=VALUE")]
     pub set: Vec<String>,
     /// Methods (rows), comma-separated; default all: teacher-fill, unimodal, modality-dropout,
-    /// dis2, dis2-no-kd, dis2-no-orth, dis2-no-cflm, dis2-no-hf.
+    /// dis2, dis2-no-kd, dis2-no-orth, dis2-no-cflm, dis2-no-hf, dis2-joint.
     #[arg(long, value_name = "METHODS", value_delimiter = ',')]
     pub methods: Vec<Method>,
     /// Missing-modality scenarios (columns besides `full`), comma-separated, several missing

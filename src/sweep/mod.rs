@@ -136,6 +136,7 @@ impl SweepSpec {
             splits,
             modality_dropout: self.modality_dropout,
             teacher_set: self.teacher_set.clone(),
+            joint_probabilities: exp.train.joint_probabilities.clone(),
             generic: match &exp.data.dataset {
                 crate::data::config::DatasetConfig::Generic(g) => Some(g.clone()),
                 _ => None,
@@ -343,6 +344,13 @@ fn train_command(unit: &Unit, args: &SweepRequest, config: &Path, dir: &SweepDir
             "--missing".into(),
             missing.join(","),
         ],
+        UnitKind::Joint { scenarios } => {
+            let mut c = vec!["distill".into(), "--joint".into()];
+            for missing in scenarios {
+                c.extend(["--missing".into(), missing.join(",")]);
+            }
+            c
+        }
     };
     c.extend(["--config".into(), config.display().to_string()]);
     for o in args.set.iter().chain(&unit.overrides) {
@@ -485,6 +493,7 @@ fn train_unit(
                 0.0,
             )
         }
+        UnitKind::Joint { scenarios } => (RunKind::Joint, scenarios.clone(), None, 0.0),
     };
     let started = Instant::now();
     let run = dir.run(&unit.name);

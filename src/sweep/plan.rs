@@ -8,6 +8,7 @@
 //! planned once per seed (`--seeds`); a shard's share is a set of (method, scenario, seed) runs.
 
 use anyhow::{bail, Context, Result};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 
@@ -35,10 +36,15 @@ pub enum Method {
     Dis2NoCflm,
     /// DIS2 with fusion only at level 4 instead of HF (`model.fusion: level4`).
     Dis2NoHf,
+    /// DIS2 trained the authors' way (`dis2 distill --joint`): per seed one run trains the
+    /// teacher and the students of every sweep scenario together, a scenario drawn per batch
+    /// (`train.joint_probabilities`, see [`Matrix::joint_probabilities`]). Scored like `dis2`:
+    /// its students per scenario, its own teacher in the `full` column.
+    Dis2Joint,
 }
 
 impl Method {
-    pub(crate) const ALL: [Method; 8] = [
+    pub(crate) const ALL: [Method; 9] = [
         Method::TeacherFill,
         Method::Unimodal,
         Method::ModalityDropout,
@@ -47,6 +53,7 @@ impl Method {
         Method::Dis2NoOrth,
         Method::Dis2NoCflm,
         Method::Dis2NoHf,
+        Method::Dis2Joint,
     ];
 
     pub fn name(self) -> &'static str {
@@ -59,6 +66,7 @@ impl Method {
             Method::Dis2NoOrth => "dis2-no-orth",
             Method::Dis2NoCflm => "dis2-no-cflm",
             Method::Dis2NoHf => "dis2-no-hf",
+            Method::Dis2Joint => "dis2-joint",
         }
     }
 
@@ -307,6 +315,8 @@ pub enum UnitKind {
         teacher: String,
         missing: Vec<String>,
     },
+    /// `dis2 distill --joint --missing <each of scenarios>`: teacher and students together.
+    Joint { scenarios: Vec<Vec<String>> },
 }
 
 /// One training run of the sweep, in `runs/<name>`; names are `s<seed>/<run>`.
@@ -354,8 +364,12 @@ pub struct Matrix {
     /// The split the tables report, then any split scored for choosing settings (`val`).
     pub splits: Vec<Split>,
     pub modality_dropout: f64,
-    /// `--set` overrides of the DIS2 teachers only (a stronger teacher).
+    /// `--set` overrides of the DIS2 teachers only (a stronger teacher); not of `dis2-joint`,
+    /// whose teacher trains in the same run as its students.
     pub teacher_set: Vec<String>,
+    /// The experiment's `train.joint_probabilities` (keys as [`Column::key`]): the `dis2-joint`
+    /// runs' scenario draw, restricted to the sweep's scenarios; empty: uniform over them.
+    pub joint_probabilities: BTreeMap<String, f64>,
     /// The dataset when it is a generic one, whose modalities are named per split and must
     /// match the model's: a unimodal model's runs name only its own.
     pub generic: Option<GenericConfig>,
@@ -456,6 +470,8 @@ impl Plan {
             Method::ModalityDropout => (self.teacher(arch, p, seed), column.missing.clone()),
             Method::Unimodal if column.is_full() => return Ok(None),
             Method::Unimodal => (self.unimodal(column, model, seed)?, Vec::new()),
+            // One joint run holds its own teacher and every scenario's student.
+            Method::Dis2Joint => (self.joint(seed)?, column.missing.clone()),
             // Every DIS2 variant's full-modality branch is its teacher.
             _ if column.is_full() => (self.teacher(arch, 0.0, seed), Vec::new()),
             _ => (self.student(row, column, seed), column.missing.clone()),
@@ -580,6 +596,17 @@ impl Plan {
         self.add(&name, seed, kind, overrides)
     }
 
+    /// The `dis2-joint` run of `seed`: one `distill --joint` over every scenario of the sweep.
+    fn joint(&mut self, seed: u64) -> Result<String> {
+        let scenarios = self.matrix.scenarios.iter().map(|c| c.missing.clone());
+        let kind = UnitKind::Joint {
+            scenarios: scenarios.collect(),
+        };
+        let draw = serde_json::to_string(&joint_draw(&self.matrix)?)?;
+        let overrides = vec![format!("train.joint_probabilities={draw}")];
+        Ok(self.add(Method::Dis2Joint.name(), seed, kind, overrides))
+    }
+
     /// The units shard `index` of `count` trains: every `count`-th, teachers first.
     pub(crate) fn shard_units(&self, shard: Shard) -> Vec<&Unit> {
         self.units
@@ -608,6 +635,40 @@ impl Plan {
     pub(crate) fn unit(&self, name: &str) -> Option<&Unit> {
         self.units.iter().find(|u| u.name == name)
     }
+}
+
+/// The scenario draw of the `dis2-joint` runs, written into each run's config: the experiment's
+/// `train.joint_probabilities` of the sweep's scenarios (those of other scenarios left out; the
+/// draw normalises the rest), or 1 for each when it names none of them: uniform. The teacher's
+/// terms are in every batch's objective either way, as in the authors' script.
+///
+/// # Errors
+/// `train.joint_probabilities` names some of the sweep's scenarios but gives another none (or
+/// 0): that student would never train.
+fn joint_draw(matrix: &Matrix) -> Result<BTreeMap<String, f64>> {
+    let keys: Vec<String> = matrix.scenarios.iter().map(Column::key).collect();
+    let configured: BTreeMap<String, f64> = keys
+        .iter()
+        .filter_map(|k| Some((k.clone(), *matrix.joint_probabilities.get(k)?)))
+        .collect();
+    if configured.is_empty() {
+        return Ok(keys.into_iter().map(|k| (k, 1.0)).collect());
+    }
+    if let Some(k) = keys
+        .iter()
+        .find(|k| configured.get(*k).is_none_or(|p| *p <= 0.0))
+    {
+        bail!(
+            "train.joint_probabilities: the sweep's scenario {k:?} has {}, so dis2-joint would \
+             never train its student; give every --scenarios entry a positive probability, or \
+             none of them (uniform draw)",
+            match configured.get(k) {
+                Some(p) => format!("probability {p}"),
+                None => "no probability".to_string(),
+            }
+        );
+    }
+    Ok(configured)
 }
 
 /// `--shard i/n`: the share `index` (0-based) of `count`.
@@ -657,6 +718,7 @@ mod tests {
             splits: vec![Split::Test],
             modality_dropout: 0.3,
             teacher_set: Vec::new(),
+            joint_probabilities: Default::default(),
             generic: None,
         }
     }
@@ -665,7 +727,12 @@ mod tests {
     fn full_grid_shares_teachers_and_evaluations() {
         let m = model();
         let cols = parse_scenarios(&["dsm,sar".into()], &m).unwrap();
-        let plan = Plan::new(&matrix(&Method::ALL, cols, &[7]), &m).unwrap();
+        // The two-stage methods: dis2-joint's own run is the next test's.
+        let methods: Vec<Method> = Method::ALL
+            .into_iter()
+            .filter(|&m| m != Method::Dis2Joint)
+            .collect();
+        let plan = Plan::new(&matrix(&methods, cols, &[7]), &m).unwrap();
         let units: Vec<&str> = plan.units.iter().map(|u| u.name.as_str()).collect();
         assert_eq!(
             &units[..6],
@@ -706,6 +773,77 @@ mod tests {
         assert_eq!(nokd.overrides, ["train.lambda_kd=0", "seed=7"]);
         let uni = plan.unit("s7/unimodal-optical+dsm").unwrap();
         assert!(uni.overrides[0].starts_with("model.modalities=[{\"name\":\"optical\""));
+    }
+
+    #[test]
+    fn dis2_joint_is_one_run_per_seed_scored_like_dis2() {
+        let m = model();
+        let cols = parse_scenarios(&["dsm,sar".into()], &m).unwrap();
+        let mut g = matrix(&[Method::Dis2, Method::Dis2Joint], cols, &[1, 2]);
+        g.teacher_set = vec!["train.epochs=24".into()];
+        let plan = Plan::new(&g, &m).unwrap();
+        let units: Vec<&str> = plan.units.iter().map(|u| u.name.as_str()).collect();
+        // It waits for no teacher, so it trains with the teachers, before the students.
+        assert_eq!(
+            &units[..4],
+            ["s1/teacher", "s1/dis2-joint", "s1/dis2-dsm", "s1/dis2-sar"]
+        );
+        assert_eq!(plan.units.len(), 2 * 4);
+        let joint = plan.unit("s2/dis2-joint").unwrap();
+        assert_eq!(
+            joint.kind,
+            UnitKind::Joint {
+                scenarios: vec![vec!["dsm".to_string()], vec!["sar".to_string()]]
+            }
+        );
+        // Uniform over the sweep's scenarios; the stronger-teacher overrides are not its own.
+        assert_eq!(
+            joint.overrides,
+            [
+                r#"train.joint_probabilities={"dsm":1.0,"sar":1.0}"#,
+                "seed=2"
+            ]
+        );
+        // Its full column is its own teacher, each scenario its own student.
+        let eval = |column: &str, seed: u64| {
+            let cell = plan.cells.iter().find(|c| {
+                c.row.method == Method::Dis2Joint && c.column.key() == column && c.seed == seed
+            });
+            cell.and_then(|c| c.eval.clone()).unwrap()
+        };
+        assert_eq!(eval("full", 2), "test/s2/dis2-joint--full");
+        assert_eq!(eval("sar", 1), "test/s1/dis2-joint--drop-sar");
+        let job = plan
+            .evals
+            .iter()
+            .find(|e| e.name == eval("dsm", 2))
+            .unwrap();
+        assert_eq!(
+            (job.unit.as_str(), &job.drop[..]),
+            ("s2/dis2-joint", &["dsm".to_string()][..])
+        );
+        // Per seed: the teacher's full, 2 students, the joint run's full and 2 scenarios.
+        assert_eq!(plan.evals.len(), 2 * 6);
+
+        // The configured draw, restricted to the sweep's scenarios.
+        g.joint_probabilities = [("sar", 0.6), ("dsm", 0.4), ("optical", 1.0)]
+            .map(|(k, p)| (k.to_string(), p))
+            .into();
+        let plan = Plan::new(&g, &m).unwrap();
+        assert_eq!(
+            plan.unit("s1/dis2-joint").unwrap().overrides[0],
+            r#"train.joint_probabilities={"dsm":0.4,"sar":0.6}"#
+        );
+        // A scenario the configured draw leaves out would never train its student.
+        for p in [vec![("sar", 0.6)], vec![("sar", 0.6), ("dsm", 0.0)]] {
+            g.joint_probabilities = p.into_iter().map(|(k, p)| (k.to_string(), p)).collect();
+            let e = Plan::new(&g, &m).unwrap_err();
+            assert!(
+                format!("{e:#}")
+                    .contains("train.joint_probabilities: the sweep's scenario \"dsm\""),
+                "{e:#}"
+            );
+        }
     }
 
     #[test]

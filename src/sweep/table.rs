@@ -1,8 +1,9 @@
 //! The sweep's results: the paper-style mIoU table (rows: methods; columns: full and every
-//! missing scenario) as mean ± standard deviation over seeds with their count, `dis2`'s paired
-//! difference to every other row with its 95 % interval, per-class IoU tables that show what
-//! each dropped modality costs and how much DIS2 recovers, the settings chosen on a validation
-//! split, as Markdown, CSV and JSON, and a grouped bar chart with the spread over seeds.
+//! missing scenario) as mean ± standard deviation over seeds with their count, the paired
+//! differences of `dis2` (and of `dis2-joint`) to every other row with their 95 % intervals,
+//! per-class IoU tables that show what each dropped modality costs and how much DIS2 recovers,
+//! the settings chosen on a validation split, as Markdown, CSV and JSON, and a grouped bar chart
+//! with the spread over seeds.
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,11 @@ use super::plan::{Column, Method, Plan, Row};
 use crate::data::layouts::Split;
 use crate::metrics::score_column;
 use crate::stats::{paired_difference, summarize, PairedDifference, Summary};
+
+/// The rows whose paired differences to every other row the tables give: `dis2`, the paper's
+/// method as two stages, then `dis2-joint`, the authors' joint protocol (without its pair with
+/// `dis2`, which `dis2`'s table holds).
+const REFERENCES: [Method; 2] = [Method::Dis2, Method::Dis2Joint];
 
 /// `done.json`: a sweep evaluation that is complete and what it scored; written by the sweep once
 /// `dis2 eval`'s outputs are in place, read back by the tables. The fields are in alphabetical
@@ -249,18 +255,47 @@ impl Results {
         md
     }
 
-    /// `dis2` minus every other row, per column, paired over seeds, with the 95 % t interval;
-    /// empty when the matrix has no `dis2` row.
+    /// The [`REFERENCES`] rows of the matrix, each with the rows it is compared with.
+    fn comparisons(&self) -> Vec<(usize, Vec<usize>)> {
+        let mut out: Vec<(usize, Vec<usize>)> = Vec::new();
+        for method in REFERENCES {
+            let Some(a) = self.row_index(&Row::of(method)) else {
+                continue;
+            };
+            let others = (0..self.rows.len())
+                .filter(|&r| r != a && !out.iter().any(|(earlier, _)| *earlier == r))
+                .collect();
+            out.push((a, others));
+        }
+        out
+    }
+
+    /// `dis2` minus every other row, then `dis2-joint` minus the others, per column, paired over
+    /// seeds, with the 95 % t interval: one headed table for each of these rows the matrix has.
     pub(crate) fn differences_markdown(&self) -> String {
-        let Some(d) = self.row_index(&Row::of(Method::Dis2)) else {
-            return String::new();
-        };
+        let mut md = String::new();
+        for (a, others) in self.comparisons() {
+            md.push_str(&format!(
+                "\n### {} minus each method (mIoU, percentage points, paired over seeds, 95 % t interval)\n\n\
+                 {}\n`≈`: the interval contains 0, not distinguishable; `same model`: both \
+                 rows are the same evaluation; without an interval, fewer than two seeds are \
+                 done.\n",
+                self.rows[a],
+                self.differences_markdown_of(a, &others),
+            ));
+        }
+        md
+    }
+
+    /// Row `a` minus each of the rows `others`, per column, paired over seeds.
+    fn differences_markdown_of(&self, a: usize, others: &[usize]) -> String {
         let headers: Vec<String> = self.columns.iter().map(Column::header).collect();
-        let mut md = format!("| dis2 minus | {} |\n", headers.join(" | "));
+        let mut md = format!("| {} minus | {} |\n", self.rows[a], headers.join(" | "));
         md.push_str(&format!("|---|{}\n", "---:|".repeat(headers.len())));
-        for (r, row) in self.rows.iter().enumerate().filter(|(r, _)| *r != d) {
+        for &r in others {
+            let row = &self.rows[r];
             let cells: Vec<String> = (0..self.columns.len())
-                .map(|k| self.show_difference(d, r, k))
+                .map(|k| self.show_difference(a, r, k))
                 .collect();
             md.push_str(&format!("| {row} | {} |\n", cells.join(" | ")));
         }
@@ -387,8 +422,8 @@ impl Results {
         csv
     }
 
-    /// `dis2` minus every other row per scenario (mIoU in [0, 1]): n, mean, sd, the 95 %
-    /// interval, whether it excludes 0, and each seed's difference.
+    /// `dis2` (and `dis2-joint`) minus every other row per scenario (mIoU in [0, 1]): n, mean,
+    /// sd, the 95 % interval, whether it excludes 0, and each seed's difference.
     pub(crate) fn differences_csv(&self) -> String {
         let mut csv = format!(
             "method,minus,scenario,n,{},distinguishable,{}\n",
@@ -401,7 +436,8 @@ impl Results {
             let (lo, hi) = (d.diff.ci.map(|c| c.0), d.diff.ci.map(|c| c.1));
             let seeds: Vec<String> = d.diff.per_seed.iter().copied().map(num).collect();
             csv.push_str(&format!(
-                "dis2,{},{},{},{},{},{},{},{},{}\n",
+                "{},{},{},{},{},{},{},{},{},{}\n",
+                d.method,
                 d.minus,
                 d.scenario,
                 d.diff.summary.n,
@@ -418,24 +454,24 @@ impl Results {
         csv
     }
 
-    /// Every `dis2` minus other-row difference that has at least one pair (same-model cells
-    /// left out).
+    /// Every reference row minus other-row difference (see [`REFERENCES`]) that has at least
+    /// one pair (same-model cells left out).
     fn differences(&self) -> Vec<Difference> {
-        let Some(d) = self.row_index(&Row::of(Method::Dis2)) else {
-            return Vec::new();
-        };
         let mut out = Vec::new();
-        for (r, row) in self.rows.iter().enumerate().filter(|(r, _)| *r != d) {
-            for (k, col) in self.columns.iter().enumerate() {
-                if self.same_model(d, r, k) {
-                    continue;
-                }
-                if let Some(diff) = self.difference(d, r, k, &miou) {
-                    out.push(Difference {
-                        minus: row.name(),
-                        scenario: col.key(),
-                        diff,
-                    });
+        for (d, others) in self.comparisons() {
+            for r in others {
+                for (k, col) in self.columns.iter().enumerate() {
+                    if self.same_model(d, r, k) {
+                        continue;
+                    }
+                    if let Some(diff) = self.difference(d, r, k, &miou) {
+                        out.push(Difference {
+                            method: self.rows[d].name(),
+                            minus: self.rows[r].name(),
+                            scenario: col.key(),
+                            diff,
+                        });
+                    }
                 }
             }
         }
@@ -460,7 +496,7 @@ impl Results {
             .iter()
             .map(|d| {
                 json!({
-                    "method": "dis2", "minus": d.minus, "scenario": d.scenario,
+                    "method": d.method, "minus": d.minus, "scenario": d.scenario,
                     "n": d.diff.summary.n, "mean": d.diff.summary.mean, "sd": d.diff.summary.sd,
                     "ci95": d.diff.ci.map(|(lo, hi)| [lo, hi]),
                     "distinguishable": d.diff.distinguishable(),
@@ -555,15 +591,7 @@ impl Results {
              `…`: not done yet; (n): the seeds done.\n",
         );
         md.push_str(&self.pixels_markdown());
-        let diffs = self.differences_markdown();
-        if !diffs.is_empty() {
-            md.push_str(&format!(
-                "\n### dis2 minus each method (mIoU, percentage points, paired over seeds, 95 % t interval)\n\n\
-                 {diffs}\n`≈`: the interval contains 0, not distinguishable; `same model`: both \
-                 rows are the same evaluation; without an interval, fewer than two seeds are \
-                 done.\n"
-            ));
-        }
+        md.push_str(&self.differences_markdown());
         if let Some(val) = selection {
             md.push_str(&self.selection_markdown(val));
         }
@@ -711,6 +739,8 @@ impl Results {
 
 /// One `dis2` minus other-row difference.
 struct Difference {
+    /// The reference row: `dis2` or `dis2-joint`.
+    method: String,
     minus: String,
     scenario: String,
     diff: PairedDifference,
@@ -792,6 +822,7 @@ mod tests {
             splits: vec![Split::Test],
             modality_dropout: 0.3,
             teacher_set: Vec::new(),
+            joint_probabilities: Default::default(),
             generic: None,
         }
     }
@@ -1006,6 +1037,72 @@ mod tests {
         assert_eq!(doc["methods"][1]["cells"]["full"]["n"], 2);
         // Seed 3's teacher is not scored: the full cells of dis2 and dis2-no-kd.
         assert_eq!(results.missing_cells(), 2);
+    }
+
+    #[test]
+    fn dis2_joint_is_paired_with_every_row_and_its_full_column_is_its_teacher() {
+        let methods = [Method::Unimodal, Method::Dis2, Method::Dis2Joint];
+        let plan = Plan::new(&matrix(&methods, &[1, 2]), &model()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        // joint - dis2 with the DSM missing: 0.02, 0.04; joint - unimodal: 0.05, 0.05.
+        let values = [
+            ("teacher--full", [0.90, 0.92]),
+            ("dis2-dsm--drop-dsm", [0.80, 0.78]),
+            ("unimodal-optical--full", [0.77, 0.77]),
+            ("dis2-joint--full", [0.88, 0.89]),
+            ("dis2-joint--drop-dsm", [0.82, 0.82]),
+        ];
+        for (eval, v) in values {
+            for (s, x) in v.iter().enumerate() {
+                write(dir.path(), &format!("test/s{}/{eval}", s + 1), *x, *x, 0.5);
+            }
+        }
+        let done = |e: &str| dir.path().join(format!("{e}.json"));
+        let results = Results::read(&plan, Split::Test, done).unwrap();
+        assert_eq!(results.missing_cells(), 0);
+        let md = results.miou_markdown();
+        assert!(
+            md.contains("| dis2-joint | 88.5 ± 0.7 (2) | 82.0 ± 0.0 (2) |"),
+            "{md}"
+        );
+        let diffs = results.differences_markdown();
+        // dis2 minus dis2-joint: its own teacher, so the full column is a difference too.
+        // Full: 0.02, 0.03: mean 2.5, sd 0.7071, half-width 12.706 x 0.7071 / 1.4142 = 6.35.
+        assert!(
+            diffs.contains("| dis2-joint | +2.5 [-3.9, +8.9] (2) ≈ | -3.0 [-15.7, +9.7] (2) ≈ |"),
+            "{diffs}"
+        );
+        // dis2-joint's own table: every row but itself and dis2 (dis2's table has that pair).
+        let joint = diffs.split("### dis2-joint minus").nth(1).expect("{diffs}");
+        assert!(
+            joint.contains("| unimodal | n/a | +5.0 [+5.0, +5.0] (2) |"),
+            "{joint}"
+        );
+        assert!(!joint.contains("| dis2 |"), "{joint}");
+        let csv = results.differences_csv();
+        assert!(
+            csv.contains("dis2-joint,unimodal,dsm,2,0.050000,0.000000,0.050000,0.050000,true,"),
+            "{csv}"
+        );
+        let doc = results.json(&["a".to_string(), "b".to_string()]);
+        let pairs: Vec<(&str, &str, &str)> = doc["differences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| {
+                let s = |k: &str| d[k].as_str().unwrap();
+                (s("method"), s("minus"), s("scenario"))
+            })
+            .collect();
+        assert_eq!(
+            pairs,
+            [
+                ("dis2", "unimodal", "dsm"),
+                ("dis2", "dis2-joint", "full"),
+                ("dis2", "dis2-joint", "dsm"),
+                ("dis2-joint", "unimodal", "dsm"),
+            ]
+        );
     }
 
     #[test]
