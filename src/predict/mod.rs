@@ -33,7 +33,9 @@ mod settings;
 pub(crate) mod writer;
 
 pub use routes::{NothingToClassify, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND};
-pub use settings::{InferenceSettings, GDAL_CACHE_BYTES};
+pub use settings::{
+    cores, InferenceSettings, InferenceWork, ThreadSplit, COARSE_WORK, GDAL_CACHE_BYTES,
+};
 
 use anyhow::{anyhow, bail, Context, Result};
 use std::path::{Path, PathBuf};
