@@ -509,12 +509,12 @@ fn inline_and_background_reading_give_the_same_bytes() {
 }
 
 /// The inference settings guard splits the threads once, by the work (a nested guard changes
-/// nothing): width 32 at 128² gives libtorch every core, width 8 at 64² half of them; it
-/// bounds GDAL's block cache, and leaves both as it found them when dropped: a library call
-/// (eval inside a sweep) does not change the process for what follows.
+/// nothing; `ThreadSplit::choose`'s own cases are unit tests), bounds GDAL's block cache, and
+/// leaves both as it found them when dropped: a library call (eval inside a sweep) does not
+/// change the process for what follows.
 #[test]
 fn inference_settings_are_restored_and_not_compounded() {
-    use dis2::predict::{cores, InferenceSettings, InferenceWork, GDAL_CACHE_BYTES};
+    use dis2::predict::{cores, InferenceSettings, InferenceWork, ThreadSplit, GDAL_CACHE_BYTES};
     let threads = tch::get_num_threads();
     // SAFETY: getters of GDAL's global cache size.
     let cache = || unsafe { gdal_sys::GDALGetCacheMax64() };
@@ -524,8 +524,9 @@ fn inference_settings_are_restored_and_not_compounded() {
         window: [side, side],
         batch: 8,
     };
-    let cores = i32::try_from(cores()).unwrap();
-    for (work, model) in [(work(32, 128), cores), (work(8, 64), (cores / 2).max(1))] {
+    let cores = cores();
+    for work in [work(32, 128), work(8, 64)] {
+        let model = i32::try_from(ThreadSplit::choose(cores, &work).model).unwrap();
         {
             let outer = InferenceSettings::enter(Device::Cpu, &work);
             let inside = tch::get_num_threads();

@@ -35,6 +35,7 @@ pub(crate) mod writer;
 pub use routes::{NothingToClassify, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND};
 pub use settings::{
     cores, InferenceSettings, InferenceWork, ThreadSplit, COARSE_WORK, GDAL_CACHE_BYTES,
+    SHARED_CORES,
 };
 
 use anyhow::{anyhow, bail, Context, Result};

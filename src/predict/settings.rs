@@ -27,6 +27,14 @@ pub const GDAL_CACHE_BYTES: i64 = 64 << 20;
 /// as the training step's `JointBackward::choose`.
 pub const COARSE_WORK: i64 = 1 << 23;
 
+/// The most cores coarse work shares with the pipeline. Reading, blending and writing cost
+/// about 1 ms per 128² window, 1-2 % of the 85 ms one core takes to run the width-32 model on
+/// it (docs/predict.md); a burst that takes a core from libtorch stalls all of its threads, so
+/// with N cores that costs about N times the share, while a core kept free costs 1/N of the
+/// model's speed: beyond 8 cores the core kept free is the cheaper (an estimate; measured on 2
+/// cores only).
+pub const SHARED_CORES: usize = 8;
+
 /// Whether a guard holds the settings now: an inference run inside another (the sweep's scoring
 /// inside a test's, a scene inside a run) keeps the outer run's settings instead of splitting
 /// the threads again.
@@ -76,17 +84,19 @@ pub struct ThreadSplit {
 
 impl ThreadSplit {
     /// The split of `cores` for `work`: coarse work ([`InferenceWork::size`] at least
-    /// [`COARSE_WORK`]) gives libtorch every core and the reader one thread (it reads windows
-    /// over 20 times faster than one core runs even the width-8 model, so one thread keeps
-    /// ahead, taking a core only in short bursts); finer work gives libtorch half of the cores
-    /// (at least one) and the reader the rest.
+    /// [`COARSE_WORK`]) gives libtorch every core up to [`SHARED_CORES`], one less beyond, and
+    /// the reader one thread (it reads windows over 20 times faster than one core runs even the
+    /// width-8 model, so one thread keeps ahead, taking a core only in short bursts); finer work
+    /// gives libtorch half of the cores (at least one) and the reader the rest.
     pub fn choose(cores: usize, work: &InferenceWork) -> Self {
         let cores = cores.max(1);
         if work.size() >= COARSE_WORK {
-            return Self {
-                model: cores,
-                pipeline: 1,
+            let model = if cores > SHARED_CORES {
+                cores - 1
+            } else {
+                cores
             };
+            return Self { model, pipeline: 1 };
         }
         let model = (cores / 2).max(1);
         Self {
@@ -205,14 +215,16 @@ mod tests {
         }
     }
 
-    /// Width 32 at 128² takes every core with one reader thread; width 8 at 64² half of them,
-    /// the reader the rest; on 2 cores and on 16, and never zero threads.
+    /// Width 32 at 128² takes every core with one reader thread (one core less beyond 8);
+    /// width 8 at 64² half of them, the reader the rest; on 2 cores and on 16, and never zero
+    /// threads.
     #[test]
     fn coarse_work_gets_every_core_fine_work_half() {
         let (w32, w8) = (work(32, 128, 8), work(8, 64, 8));
         let split = |model, pipeline| ThreadSplit { model, pipeline };
         assert_eq!(ThreadSplit::choose(2, &w32), split(2, 1));
-        assert_eq!(ThreadSplit::choose(16, &w32), split(16, 1));
+        assert_eq!(ThreadSplit::choose(8, &w32), split(8, 1));
+        assert_eq!(ThreadSplit::choose(16, &w32), split(15, 1));
         assert_eq!(ThreadSplit::choose(2, &w8), split(1, 1));
         assert_eq!(ThreadSplit::choose(16, &w8), split(8, 8));
         assert_eq!(ThreadSplit::choose(1, &w32), split(1, 1));
