@@ -22,7 +22,7 @@ use std::time::Instant;
 use anyhow::Result;
 use dis2::model::config::{ModalitySpec, ModelConfig};
 use dis2::model::{Dis2Net, Scenario};
-use dis2::native::profile;
+use dis2::native::{gemm_gflops, matrix_flops, profile};
 use dis2::precision::Precision;
 use dis2::train::dlkd::KdWeights;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
@@ -66,22 +66,6 @@ fn config(s: &Setting) -> ModelConfig {
         decoder: Default::default(),
         fusion: Default::default(),
     }
-}
-
-/// GFLOP/s of an `n x n` matrix product in `kind`, median of 5 after a warm-up.
-fn gemm_gflops(kind: Kind, n: i64) -> f64 {
-    let a = Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(kind);
-    let b = Tensor::randn([n, n], (Kind::Float, Device::Cpu)).to_kind(kind);
-    let _ = a.matmul(&b);
-    let mut times: Vec<f64> = (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            let _ = a.matmul(&b);
-            t.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    2.0 * (n as f64).powi(3) / times[2] / 1e9
 }
 
 /// The peak of each precision: (fp32, bf16) GFLOP/s of a 2048 x 2048 matrix product.
@@ -149,18 +133,7 @@ impl Bench {
             })
         })?;
         out?;
-        let matrix_ops = [
-            "aten::conv2d",
-            "aten::mm",
-            "aten::addmm",
-            "aten::bmm",
-            "aten::baddbmm",
-        ];
-        let flops: u64 = ops
-            .iter()
-            .filter(|o| matrix_ops.contains(&o.name.as_str()))
-            .map(|o| o.flops)
-            .sum();
+        let flops = matrix_flops(&ops);
         Ok(3.0 * flops as f64 / 1e9)
     }
 

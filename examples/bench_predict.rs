@@ -2,10 +2,17 @@
 //! the GeoTIFFs), each measurement in a fresh child process.
 //!
 //! 1. Throughput of the width-32 model of experiments/synthetic-w32.yaml (128 x 128 windows, no
-//!    overlap, batch 8, the teacher with optical + dsm + sar) on a 2048 x 2048 scene, in fp32 and
-//!    bf16, with the pipeline `dis2 predict` runs and with everything in one thread; rounds
-//!    alternate the four, so that each ratio (bf16 over fp32, pipeline over one thread) comes from
-//!    runs minutes apart at most. Each run also says where its time went ([`Timings`]).
+//!    overlap) and of the width-8 model of experiments/synthetic.yaml (64 x 64 windows, overlap
+//!    16), batch 8, the teacher with optical + dsm + sar, on a 2048 x 2048 scene, in fp32 and
+//!    bf16, with the pipeline `dis2 predict` runs (its `InferenceSettings` split the threads)
+//!    and with everything in one thread; rounds alternate the four, so that each ratio (bf16
+//!    over fp32, pipeline over one thread) comes from runs minutes apart at most. Each run also
+//!    says where its time went ([`Timings`]) and how many threads libtorch had. Then, per
+//!    configuration (its fastest round), GFLOP/s of the whole job and of the model's seconds
+//!    alone, from the GFLOP per window that libtorch's profiler counts (convolutions and matrix
+//!    products of the fp32 teacher, as `make bench-step` counts them), and the model's share of
+//!    the GEMM peak (a 2048² matrix product in that precision, before and after the rounds, the
+//!    faster) measured with the threads the model had.
 //! 2. Warping and routes: the width-8 model (64 x 64 windows, one thread) with the SAR on the
 //!    scene's grid (aligned), at 4x coarser resolution (warped onto the optical grid window by
 //!    window), and cut off over the right 30 % of the scene (`cut`: those pixels take a second
@@ -41,9 +48,12 @@ use dis2::data::config::GridConfig;
 use dis2::data::grid::{self, GridFile, GridKeys};
 use dis2::data::raster::{write_geotiff, GeoRef, RasterData, RasterInfo, Window, WriteOptions};
 use dis2::data::synth;
-use dis2::model::Dis2Net;
-use dis2::precision::PrecisionChoice;
-use dis2::predict::{PredictOptions, Predictor, SceneJob, Timings};
+use dis2::model::{Dis2Net, Route};
+use dis2::native::{gemm_gflops, matrix_flops, profile};
+use dis2::precision::{Precision, PrecisionChoice};
+use dis2::predict::{
+    cores, InferenceWork, PredictOptions, Predictor, SceneJob, ThreadSplit, Timings,
+};
 use dis2::tiling::reflect_index;
 
 const TILE: usize = 1024;
@@ -56,6 +66,8 @@ struct Figures {
     peak_kb: f64,
     /// Bytes of the files the run wrote (sidecars included).
     bytes: f64,
+    /// libtorch's threads in the run (0 for a read alone).
+    threads: usize,
     timings: Timings,
 }
 
@@ -88,8 +100,8 @@ fn main() -> Result<()> {
     };
     std::fs::create_dir_all(&dir)?;
     println!(
-        "bench-predict: {} CPU threads; CPU bf16: {}",
-        tch::get_num_threads(),
+        "bench-predict: {} cores (dis2::predict::cores); CPU bf16: {}",
+        cores(),
         dis2::precision::CpuBf16::detect().describe()
     );
     throughput(&dir, big, rounds)?;
@@ -97,19 +109,77 @@ fn main() -> Result<()> {
     memory(&dir, small, large)
 }
 
-/// Part 1: width 32, fp32 and bf16, pipeline and one thread, `rounds` alternating rounds.
+/// A model of part 1: its experiment file, checkpoint folder and windows' overlap.
+struct Model {
+    label: &'static str,
+    config: &'static str,
+    folder: &'static str,
+    overlap: usize,
+}
+
+const MODELS: [Model; 2] = [
+    Model {
+        label: "width 32, 128 x 128 windows, no overlap",
+        config: "experiments/synthetic-w32.yaml",
+        folder: "model-w32",
+        overlap: 0,
+    },
+    Model {
+        label: "width 8, 64 x 64 windows, overlap 16",
+        config: "experiments/synthetic.yaml",
+        folder: "model-w8",
+        overlap: 16,
+    },
+];
+
+/// Part 1: widths 32 and 8, fp32 and bf16, pipeline and one thread, `rounds` alternating
+/// rounds; then GFLOP/s and the share of the GEMM peak of the model's threads.
 fn throughput(dir: &Path, size: usize, rounds: usize) -> Result<()> {
-    let ck = dir.join("model-w32");
-    write_checkpoint(&ck, "experiments/synthetic-w32.yaml")?;
     let scene = scene(dir, size)?;
+    for model in &MODELS {
+        let ck = dir.join(model.folder);
+        write_checkpoint(&ck, model.config)?;
+        let gflop = window_gflop(&ck)?;
+        println!(
+            "\n{}, batch 8, {size} x {size} scene, whole job; {gflop:.3} GFLOP per window \
+             (libtorch's profiler: convolutions and matrix products)",
+            model.label
+        );
+        let before = peaks()?;
+        let all = throughput_rounds(&ck, &scene, model.overlap, rounds)?;
+        let after = peaks()?;
+        let peak = |threads: usize, bf16: bool| -> f64 {
+            let pick = |p: &[(usize, f64, f64)]| {
+                (p.iter().find(|q| q.0 == threads))
+                    .map_or(f64::NAN, |q| if bf16 { q.2 } else { q.1 })
+            };
+            pick(&before).max(pick(&after))
+        };
+        share_of_peak(&all, gflop, &peak);
+    }
+    Ok(())
+}
+
+const CONFIGS: [(&str, &str); 4] = [
+    ("fp32", "pipeline"),
+    ("bf16", "pipeline"),
+    ("fp32", "single"),
+    ("bf16", "single"),
+];
+
+/// The rounds of part 1 for one model: every configuration's figures, in [`CONFIGS`] order.
+fn throughput_rounds(
+    ck: &Path,
+    scene: &Path,
+    overlap: usize,
+    rounds: usize,
+) -> Result<Vec<Vec<Figures>>> {
     println!(
-        "\nwidth 32, 128 x 128 windows, no overlap, batch 8, {size} x {size} scene, whole job"
-    );
-    println!(
-        "{:>5} {:>9} {:>9} {:>8} {:>8} | seconds in: {:>6} {:>6} {:>6} {:>6} {:>7}",
+        "{:>5} {:>9} {:>9} {:>7} {:>8} {:>8} | seconds in: {:>6} {:>6} {:>6} {:>6} {:>7}",
         "round",
         "precision",
         "mode",
+        "threads",
         "seconds",
         "MP/s",
         "read",
@@ -118,31 +188,25 @@ fn throughput(dir: &Path, size: usize, rounds: usize) -> Result<()> {
         "write",
         "handoff"
     );
-    let configs = [
-        ("fp32", "pipeline"),
-        ("bf16", "pipeline"),
-        ("fp32", "single"),
-        ("bf16", "single"),
-    ];
-    let mut all: Vec<Vec<f64>> = vec![Vec::new(); configs.len()];
+    let mut all: Vec<Vec<Figures>> = (0..CONFIGS.len()).map(|_| Vec::new()).collect();
     for round in 0..rounds {
         // Alternate the order, so that no configuration always runs first.
         let order: Vec<usize> = if round % 2 == 0 {
-            (0..configs.len()).collect()
+            (0..CONFIGS.len()).collect()
         } else {
-            (0..configs.len()).rev().collect()
+            (0..CONFIGS.len()).rev().collect()
         };
         for i in order {
-            let (precision, mode) = configs[i];
-            let f = run_child(mode, precision, "aligned", &ck, &scene, 0, "classes")?;
+            let (precision, mode) = CONFIGS[i];
+            let f = run_child(mode, precision, "aligned", ck, scene, overlap, "classes")?;
             let t = f.timings;
             println!(
-                "{round:>5} {precision:>9} {mode:>9} {:>8.1} {:>8.3} |             {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>7.1}",
-                f.seconds, f.mps, t.read_s, t.model_s, t.blend_s, t.write_s, t.handoff_s
+                "{round:>5} {precision:>9} {mode:>9} {:>7} {:>8.1} {:>8.3} |             {:>6.1} {:>6.1} {:>6.1} {:>6.1} {:>7.1}",
+                f.threads, f.seconds, f.mps, t.read_s, t.model_s, t.blend_s, t.write_s, t.handoff_s
             );
-            all[i].push(f.mps);
+            all[i].push(f);
         }
-        let mps = |i: usize| all[i][round];
+        let mps = |i: usize| all[i][round].mps;
         println!(
             "      round {round}: bf16 / fp32 = {:.2}x (pipeline), {:.2}x (one thread); \
              pipeline / one thread = {:.2}x (fp32), {:.2}x (bf16)",
@@ -152,7 +216,72 @@ fn throughput(dir: &Path, size: usize, rounds: usize) -> Result<()> {
             mps(1) / mps(3)
         );
     }
-    Ok(())
+    Ok(all)
+}
+
+/// Prints each configuration's best round as GFLOP/s (whole job, and the model's seconds alone)
+/// and as a share of the GEMM peak (`peak(threads, bf16)`) of the threads the model used.
+fn share_of_peak(all: &[Vec<Figures>], gflop: f64, peak: &dyn Fn(usize, bool) -> f64) {
+    println!(
+        "  {:>9} {:>9} {:>7} {:>12} {:>12} {:>11} {:>13}",
+        "precision", "mode", "threads", "GFLOP/s job", "GFLOP/s model", "GEMM peak", "model / peak"
+    );
+    for (i, (precision, mode)) in CONFIGS.iter().enumerate() {
+        let Some(f) = all[i].iter().max_by(|a, b| a.mps.total_cmp(&b.mps)) else {
+            continue;
+        };
+        let work = f.windows * gflop;
+        let model = work / f.timings.model_s;
+        let peak = peak(f.threads, *precision == "bf16");
+        println!(
+            "  {precision:>9} {mode:>9} {:>7} {:>12.1} {:>13.1} {:>11.1} {:>12.1} %",
+            f.threads,
+            work / f.seconds,
+            model,
+            peak,
+            100.0 * model / peak
+        );
+    }
+}
+
+/// GFLOP of one window of the teacher prepared for inference in fp32 (a batch of 8 random
+/// windows through libtorch's profiler: convolutions and matrix products, as bench-step counts).
+fn window_gflop(ck: &Path) -> Result<f64> {
+    let predictor = Predictor::load_in(ck, tch::Device::Cpu, Precision::Fp32)?;
+    let cfg = &predictor.info().model;
+    let (h, w) = (cfg.crop[0], cfg.crop[1]);
+    let inputs: Vec<tch::Tensor> = (cfg.modalities.iter())
+        .map(|m| tch::Tensor::randn([8, m.channels, h, w], (tch::Kind::Float, tch::Device::Cpu)))
+        .collect();
+    let refs: Vec<Option<&tch::Tensor>> = inputs.iter().map(Some).collect();
+    let net = predictor.net();
+    let (out, ops) = profile(|| tch::no_grad(|| net.forward_route(&Route::Teacher, &refs, false)))?;
+    let _probs = out?;
+    Ok(matrix_flops(&ops) as f64 / 8.0 / 1e9)
+}
+
+/// The GEMM peak (2048², GFLOP/s in fp32 and bf16) for 1 thread and for the threads the
+/// pipeline gives the models of [`MODELS`]: `(threads, fp32, bf16)`.
+fn peaks() -> Result<Vec<(usize, f64, f64)>> {
+    let before = tch::get_num_threads();
+    let mut threads: Vec<usize> = vec![1];
+    for model in &MODELS {
+        let exp = Experiment::load(Path::new(model.config), &[])?;
+        let work = InferenceWork::of(&exp.model, PredictOptions::default().batch);
+        threads.push(ThreadSplit::choose(cores(), &work).model);
+    }
+    threads.sort_unstable();
+    threads.dedup();
+    let peaks = threads
+        .into_iter()
+        .map(|t| {
+            tch::set_num_threads(i32::try_from(t).unwrap_or(1));
+            let fp32 = gemm_gflops(tch::Kind::Float, 2048);
+            (t, fp32, gemm_gflops(tch::Kind::BFloat16, 2048))
+        })
+        .collect();
+    tch::set_num_threads(before);
+    Ok(peaks)
 }
 
 /// Part 2: the width-8 model in one thread with the SAR aligned and warped, and the SAR alone
@@ -263,7 +392,7 @@ fn run_child(
         .split_whitespace()
         .map(|v| v.parse::<f64>())
         .collect::<Result<_, _>>()?;
-    let [windows, seconds, mps, peak_kb, bytes, read_s, model_s, blend_s, write_s, handoff_s] =
+    let [windows, seconds, mps, peak_kb, bytes, read_s, model_s, blend_s, write_s, handoff_s, threads] =
         f[..]
     else {
         bail!("bad RESULT line {line:?}");
@@ -274,6 +403,7 @@ fn run_child(
         mps,
         peak_kb,
         bytes,
+        threads: threads as usize,
         timings: Timings {
             read_s,
             model_s,
@@ -432,7 +562,8 @@ fn average_4x4(plane: &[f32], size: usize) -> Vec<f32> {
 
 /// `--child read PRECISION aligned|warped CHECKPOINT SCENE_DIR OVERLAP`: reads the SAR input alone
 /// on the optical grid, in full-width strips of 64 rows as predict does, and prints `RESULT
-/// strips seconds megapixels_per_s peak_rss_kb` and six zeros (no model, blending or writing).
+/// strips seconds megapixels_per_s peak_rss_kb` and seven zeros (no bytes written, model,
+/// blending, writing or libtorch threads).
 fn read_child(sar: &str, scene: &Path) -> Result<()> {
     let header = |name: &str| RasterInfo::read(&scene.join(name));
     let files = [
@@ -461,7 +592,7 @@ fn read_child(sar: &str, scene: &Path) -> Result<()> {
     }
     let secs = t.elapsed().as_secs_f64();
     println!(
-        "RESULT {strips} {secs:.3} {:.4} {} 0 0 0 0 0 0",
+        "RESULT {strips} {secs:.3} {:.4} {} 0 0 0 0 0 0 0",
         (w * h) as f64 / 1e6 / secs,
         peak_rss_kb()?
     );
@@ -478,8 +609,10 @@ fn sar_file(sar: &str) -> Result<&'static str> {
     }
 }
 
-/// Sets the threads and read-ahead of `mode`; returns the batches read ahead (0: none).
-fn threads_for(mode: &str) -> Result<usize> {
+/// Sets rayon's global pool of `mode`; returns the batches read ahead (0: none) and the
+/// libtorch threads `mode` asks for (`None`: those of `dis2 predict`'s `InferenceSettings`,
+/// which decide from rayon's pool: 1 for `single`).
+fn threads_for(mode: &str) -> Result<(usize, Option<i32>)> {
     let pool = |n: usize| {
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -487,12 +620,10 @@ fn threads_for(mode: &str) -> Result<usize> {
     };
     match mode {
         "single" => {
-            tch::set_num_threads(1);
             pool(1)?;
-            Ok(0)
+            Ok((0, None))
         }
-        // What `dis2 predict` does: the threads of its `InferenceSettings` (held by `child`).
-        "pipeline" => Ok(2),
+        "pipeline" | "read" => Ok((2, None)),
         custom => {
             let parts: Vec<usize> = custom
                 .strip_prefix("threads:")
@@ -501,31 +632,35 @@ fn threads_for(mode: &str) -> Result<usize> {
             let [torch, rayon, prefetch] = parts[..] else {
                 bail!("unknown mode {custom:?}: pipeline, single or threads:T:R:P");
             };
-            tch::set_num_threads(i32::try_from(torch)?);
             pool(rayon)?;
-            Ok(prefetch)
+            Ok((prefetch, Some(i32::try_from(torch)?)))
         }
     }
 }
 
 /// `--child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP OUTPUTS`: predicts the scene (with
 /// the SAR on its grid, or 4x coarser) into the OUTPUTS and prints `RESULT windows seconds
-/// megapixels_per_s peak_rss_kb bytes_written read model blend write handoff`.
+/// megapixels_per_s peak_rss_kb bytes_written read model blend write handoff threads`
+/// (`threads`: libtorch's, the model's).
 fn child(args: &[String]) -> Result<()> {
     let [mode, precision, sar, ck, scene, overlap, outputs] = args else {
         bail!("usage: --child MODE PRECISION SAR CHECKPOINT SCENE_DIR OVERLAP OUTPUTS");
     };
-    // `dis2 predict`'s inference settings (GDAL's cache, libtorch's threads); the modes other
-    // than `pipeline` then set their own threads.
-    let _settings = dis2::predict::InferenceSettings::enter(tch::Device::Cpu);
+    let (prefetch, torch) = threads_for(mode)?;
+    let precision: PrecisionChoice = precision.parse().map_err(anyhow::Error::msg)?;
+    let device = tch::Device::Cpu;
+    let predictor = Predictor::load_in(Path::new(ck), device, precision.resolve(device)?)?;
+    // `dis2 predict`'s inference settings (GDAL's cache, the threads); `threads:T:R:P` then
+    // sets libtorch's own.
+    let work = InferenceWork::of(&predictor.info().model, PredictOptions::default().batch);
+    let _settings = dis2::predict::InferenceSettings::enter(device, &work);
+    if let Some(torch) = torch {
+        tch::set_num_threads(torch);
+    }
     if mode == "read" {
         return read_child(sar, Path::new(scene));
     }
-    let prefetch = threads_for(mode)?;
-    let precision: PrecisionChoice = precision.parse().map_err(anyhow::Error::msg)?;
     let scene = PathBuf::from(scene);
-    let device = tch::Device::Cpu;
-    let predictor = Predictor::load_in(Path::new(ck), device, precision.resolve(device)?)?;
     let name = |what: &str| scene.join(format!("{what}-{mode}-{precision}-{sar}-{outputs}.tif"));
     let (all, cog) = match outputs.as_str() {
         "classes" => (false, false),
@@ -560,7 +695,7 @@ fn child(args: &[String]) -> Result<()> {
         .map(|m| m.len())
         .sum();
     println!(
-        "RESULT {} {:.3} {:.4} {} {bytes} {:.3} {:.3} {:.3} {:.3} {:.3}",
+        "RESULT {} {:.3} {:.4} {} {bytes} {:.3} {:.3} {:.3} {:.3} {:.3} {}",
         summary.windows,
         summary.seconds,
         summary.megapixels_per_s(),
@@ -569,7 +704,8 @@ fn child(args: &[String]) -> Result<()> {
         t.model_s,
         t.blend_s,
         t.write_s,
-        t.handoff_s
+        t.handoff_s,
+        tch::get_num_threads()
     );
     Ok(())
 }

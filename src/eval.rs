@@ -36,8 +36,9 @@ use crate::model::config::ModelConfig;
 use crate::model::{Route, RouteTable, Scenario, ROUTE_NODATA};
 use crate::precision::Precision;
 use crate::predict::{
-    predict_scene_with, ClassRows, InferenceSettings, NothingToClassify, PredictOptions, Predictor,
-    SceneJob, Tta, CONFIDENCE_MEASURE, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND,
+    predict_scene_with, ClassRows, InferenceSettings, InferenceWork, NothingToClassify,
+    PredictOptions, Predictor, SceneJob, Tta, CONFIDENCE_MEASURE, DEFAULT_CONTEXT_MARGIN,
+    DEFAULT_ROUTE_BLEND,
 };
 pub use groups::Group;
 use groups::{data_pattern, pattern_label, Groups};
@@ -151,8 +152,9 @@ pub struct EvalReport {
 /// A checkpoint made for another model than `req.exp`, an unknown `--drop` modality or
 /// `--exclude` class, a split without scenes or labels, unreadable inputs, unwritable outputs.
 pub fn evaluate(req: &EvalRequest) -> Result<EvalReport> {
-    let _settings = InferenceSettings::enter(req.device);
     let predictor = load_for(req)?;
+    let work = InferenceWork::of(&predictor.info().model, PredictOptions::default().batch);
+    let _settings = InferenceSettings::enter(req.device, &work);
     let info = predictor.info();
     let (given, route) = branch(&info.model, &req.drop)?;
     let label = route.label(&info.model);

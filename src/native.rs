@@ -373,6 +373,46 @@ pub fn profile<T>(f: impl FnOnce() -> T) -> Result<(T, Vec<OpTotals>)> {
     Ok((value, ops))
 }
 
+/// The ops whose FLOPs [`matrix_flops`] counts: convolutions and matrix products, the work a
+/// GEMM peak bounds.
+const MATRIX_OPS: [&str; 5] = [
+    "aten::conv2d",
+    "aten::mm",
+    "aten::addmm",
+    "aten::bmm",
+    "aten::baddbmm",
+];
+
+/// The floating-point operations of the convolutions and matrix products among `ops` (a
+/// [`profile`]'s totals), as libtorch's profiler counts them (2 per multiply-add); the rest
+/// (element-wise work, normalisations) is left out. Used by `make bench-step` and
+/// `make bench-predict` to give their GFLOP/s.
+pub fn matrix_flops(ops: &[OpTotals]) -> u64 {
+    ops.iter()
+        .filter(|o| MATRIX_OPS.contains(&o.name.as_str()))
+        .map(|o| o.flops)
+        .sum()
+}
+
+/// GFLOP/s of an `n x n` matrix product in `kind` on the CPU with libtorch's current threads,
+/// the median of 5 after a warm-up: the GEMM peak the benchmarks give their GFLOP/s as a share
+/// of (`n` = 2048).
+pub fn gemm_gflops(kind: tch::Kind, n: i64) -> f64 {
+    let opts = (tch::Kind::Float, tch::Device::Cpu);
+    let a = Tensor::randn([n, n], opts).to_kind(kind);
+    let b = Tensor::randn([n, n], opts).to_kind(kind);
+    let _ = a.matmul(&b);
+    let mut times: Vec<f64> = (0..5)
+        .map(|_| {
+            let t = std::time::Instant::now();
+            let _ = a.matmul(&b);
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    2.0 * (n as f64).powi(3) / times[2] / 1e9
+}
+
 /// AdamW hyper-parameters for [`adamw_step`].
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct AdamW {

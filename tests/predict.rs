@@ -517,31 +517,43 @@ fn inline_and_background_reading_give_the_same_bytes() {
     assert!(max_diff < 1e-5, "probabilities differ by {max_diff}");
 }
 
-/// The inference settings guard halves libtorch's threads once (a nested guard changes
-/// nothing), bounds GDAL's block cache, and leaves both as it found them when dropped: a library
-/// call (eval inside a sweep) does not change the process for what follows.
+/// The inference settings guard splits the threads once, by the work (a nested guard changes
+/// nothing; `ThreadSplit::choose`'s own cases are unit tests), bounds GDAL's block cache, and
+/// leaves both as it found them when dropped: a library call (eval inside a sweep) does not
+/// change the process for what follows.
 #[test]
 fn inference_settings_are_restored_and_not_compounded() {
-    use dis2::predict::{InferenceSettings, GDAL_CACHE_BYTES};
+    use dis2::predict::{cores, InferenceSettings, InferenceWork, ThreadSplit, GDAL_CACHE_BYTES};
     let threads = tch::get_num_threads();
     // SAFETY: getters of GDAL's global cache size.
     let cache = || unsafe { gdal_sys::GDALGetCacheMax64() };
     let before = cache();
-    {
-        let _outer = InferenceSettings::enter(Device::Cpu);
-        let inside = tch::get_num_threads();
-        assert_eq!(inside, (threads / 2).max(1));
+    let work = |base_width, side| InferenceWork {
+        base_width,
+        window: [side, side],
+        batch: 8,
+    };
+    let cores = cores();
+    for work in [work(32, 128), work(8, 64)] {
+        let model = i32::try_from(ThreadSplit::choose(cores, &work).model).unwrap();
         {
-            let _inner = InferenceSettings::enter(Device::Cpu);
+            let outer = InferenceSettings::enter(Device::Cpu, &work);
+            let inside = tch::get_num_threads();
+            assert_eq!(inside, model, "{work:?}");
+            assert_eq!(outer.split().map(|s| s.model as i32), Some(model));
+            {
+                let inner = InferenceSettings::enter(Device::Cpu, &work);
+                assert_eq!(tch::get_num_threads(), inside);
+                assert_eq!(inner.split(), None);
+            }
             assert_eq!(tch::get_num_threads(), inside);
+            if std::env::var_os("GDAL_CACHEMAX").is_none() {
+                assert_eq!(cache(), before.min(GDAL_CACHE_BYTES));
+            }
         }
-        assert_eq!(tch::get_num_threads(), inside);
-        if std::env::var_os("GDAL_CACHEMAX").is_none() {
-            assert_eq!(cache(), before.min(GDAL_CACHE_BYTES));
-        }
+        assert_eq!(tch::get_num_threads(), threads);
+        assert_eq!(cache(), before);
     }
-    assert_eq!(tch::get_num_threads(), threads);
-    assert_eq!(cache(), before);
 }
 
 /// `file` as the member `name` of the zip archive `archive`.

@@ -19,7 +19,8 @@ use crate::data::validity::AlphaRule;
 use crate::data::vsi;
 use crate::precision::PrecisionChoice;
 use crate::predict::{
-    predict_scene, InferenceSettings, PredictOptions, Predictor, ProbsType, SceneJob, Summary, Tta,
+    predict_scene, InferenceSettings, InferenceWork, PredictOptions, Predictor, ProbsType,
+    SceneJob, Summary, Tta,
 };
 use crate::train::run::RunDir;
 
@@ -436,8 +437,9 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
     }
     let device = args.device.device.resolve()?;
     let precision = args.precision.unwrap_or_default().resolve(device);
-    let _settings = InferenceSettings::enter(device);
     let predictor = Predictor::load_in(&checkpoint, device, precision.context("--precision")?)?;
+    let work = InferenceWork::of(&predictor.info().model, options.batch);
+    let _settings = InferenceSettings::enter(device, &work);
     options.grid.validate(
         &predictor.info().model,
         ["--grid-reference", "--resampling"],

@@ -34,7 +34,10 @@ mod tta;
 pub(crate) mod writer;
 
 pub use routes::{NothingToClassify, DEFAULT_CONTEXT_MARGIN, DEFAULT_ROUTE_BLEND};
-pub use settings::{InferenceSettings, GDAL_CACHE_BYTES};
+pub use settings::{
+    cores, InferenceSettings, InferenceWork, ThreadSplit, COARSE_WORK, GDAL_CACHE_BYTES,
+    SHARED_CORES,
+};
 pub use tta::Tta;
 
 use anyhow::{anyhow, bail, Context, Result};

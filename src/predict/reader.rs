@@ -311,8 +311,9 @@ impl Iterator for BatchReader {
     }
 }
 
-/// Batches from `reader`: on a background thread through a queue of `prefetch` batches, or,
-/// with `prefetch` 0, read in turn with the model on the calling thread.
+/// Batches from `reader`: on a background thread through a queue of `prefetch` batches (cutting
+/// windows in the pipeline's pool of the inference settings, when held), or, with `prefetch`
+/// 0, read in turn with the model on the calling thread.
 pub(super) fn batches(
     reader: BatchReader,
     prefetch: usize,
@@ -324,12 +325,21 @@ pub(super) fn batches(
         return (Box::new(reader), None);
     }
     let (tx, rx) = sync_channel::<Result<Prepared>>(prefetch);
+    let pool = super::settings::pipeline_pool();
     let handle = std::thread::spawn(move || {
-        for batch in reader {
-            let failed = batch.is_err();
-            if tx.send(batch).is_err() || failed {
-                return;
+        let read = move || {
+            for batch in reader {
+                let failed = batch.is_err();
+                if tx.send(batch).is_err() || failed {
+                    return;
+                }
             }
+        };
+        // Within the inference settings' own pool, so the reader keeps to its share of the
+        // cores (`settings::ThreadSplit`).
+        match pool {
+            Some(pool) => pool.install(read),
+            None => read(),
         }
     });
     (Box::new(rx.into_iter()), Some(handle))
