@@ -471,7 +471,13 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
 
 /// The files a scene writes.
 fn outputs(job: &SceneJob) -> Vec<&Path> {
-    let optional = [&job.probs, &job.routes, &job.tta_spread, &job.confidence, &job.preview];
+    let optional = [
+        &job.probs,
+        &job.routes,
+        &job.tta_spread,
+        &job.confidence,
+        &job.preview,
+    ];
     let named = optional.into_iter().flatten().map(PathBuf::as_path);
     std::iter::once(job.out.as_path()).chain(named).collect()
 }
