@@ -1062,20 +1062,20 @@ mod tests {
         assert_eq!(results.missing_cells(), 0);
         let md = results.miou_markdown();
         assert!(
-            md.contains("| dis2-joint | 88.5 ± 0.7 (2) | 82.0 ± 0.0 (2) |"),
+            md.contains("| dis2-joint | 88.50 ± 0.71 (2) | 82.00 ± 0.00 (2) |"),
             "{md}"
         );
         let diffs = results.differences_markdown();
         // dis2 minus dis2-joint: its own teacher, so the full column is a difference too.
         // Full: 0.02, 0.03: mean 2.5, sd 0.7071, half-width 12.706 x 0.7071 / 1.4142 = 6.35.
         assert!(
-            diffs.contains("| dis2-joint | +2.5 [-3.9, +8.9] (2) ≈ | -3.0 [-15.7, +9.7] (2) ≈ |"),
+            diffs.contains("| dis2-joint | +2.50 [-3.85, +8.85] (2) ≈ | -3.00 [-15.71, +9.71] (2) ≈ |"),
             "{diffs}"
         );
         // dis2-joint's own table: every row but itself and dis2 (dis2's table has that pair).
         let joint = diffs.split("### dis2-joint minus").nth(1).expect("{diffs}");
         assert!(
-            joint.contains("| unimodal | n/a | +5.0 [+5.0, +5.0] (2) |"),
+            joint.contains("| unimodal | n/a | +5.00 [+5.00, +5.00] (2) |"),
             "{joint}"
         );
         assert!(!joint.contains("| dis2 |"), "{joint}");
