@@ -362,58 +362,77 @@ fn parse_list(path: &Path) -> Result<Vec<SceneJob>> {
 
 /// Runs `dis2 predict`.
 pub(crate) fn run(args: PredictArgs) -> Result<()> {
-    let inputs = parse_inputs(&args.inputs)?;
     let named = args
         .checkpoint
         .clone()
         .ok_or_else(|| anyhow!("--checkpoint is required"))?;
     let (checkpoint, _) = RunDir::locate_checkpoint(&named);
-    let jobs: Vec<SceneJob> = match &args.list {
-        Some(list) => {
-            if !inputs.is_empty()
-                || args.out.is_some()
-                || args.probs.is_some()
-                || args.preview.is_some()
-                || args.routes.is_some()
-                || args.tta_spread.is_some()
-                || args.confidence.is_some()
-                || !args.missing_mask.is_empty()
-            {
-                bail!("--list names inputs, masks and outputs per scene: leave out --NAME FILE, --missing-mask, --out, --probs, --routes, --tta-spread, --confidence and --preview");
-            }
-            let jobs = parse_list(list)?;
-            match &args.shard {
-                None => jobs,
-                Some(s) => {
-                    let (i, n) = parse_shard(s)?;
-                    jobs.into_iter().skip(i).step_by(n).collect()
-                }
-            }
+    let jobs = scene_jobs(&args)?;
+    let options = predict_options(&args)?;
+    let device = args.device.device.resolve()?;
+    let precision = args.precision.unwrap_or_default().resolve(device);
+    let predictor = Predictor::load_in(&checkpoint, device, precision.context("--precision")?)?;
+    let work = InferenceWork::of(&predictor.info().model, options.batch);
+    let _settings = InferenceSettings::enter(device, &work);
+    options.grid.validate(
+        &predictor.info().model,
+        ["--grid-reference", "--resampling"],
+    )?;
+    if args.list.is_some() {
+        crate::preempt::install()?;
+    }
+    run_jobs(&predictor, &jobs, &options, args.skip_existing)
+}
+
+/// The scenes to predict: those of `--list` (this shard's), or the one of the command line.
+fn scene_jobs(args: &PredictArgs) -> Result<Vec<SceneJob>> {
+    let inputs = parse_inputs(&args.inputs)?;
+    if let Some(list) = &args.list {
+        if !inputs.is_empty()
+            || args.out.is_some()
+            || args.probs.is_some()
+            || args.preview.is_some()
+            || args.routes.is_some()
+            || args.tta_spread.is_some()
+            || args.confidence.is_some()
+            || !args.missing_mask.is_empty()
+        {
+            bail!("--list names inputs, masks and outputs per scene: leave out --NAME FILE, --missing-mask, --out, --probs, --routes, --tta-spread, --confidence and --preview");
         }
-        None => {
-            if let Some(s) = &args.shard {
-                parse_shard(s)?;
-                bail!("--shard needs --list");
+        let jobs = parse_list(list)?;
+        return Ok(match &args.shard {
+            None => jobs,
+            Some(s) => {
+                let (i, n) = parse_shard(s)?;
+                jobs.into_iter().skip(i).step_by(n).collect()
             }
-            if args.skip_existing {
-                bail!("--skip-existing needs --list");
-            }
-            let out = args
-                .out
-                .clone()
-                .ok_or_else(|| anyhow!("--out is required (or --list)"))?;
-            vec![SceneJob {
-                inputs,
-                missing_masks: parse_masks(&args.missing_mask)?,
-                out,
-                probs: args.probs.clone(),
-                preview: args.preview.clone(),
-                routes: args.routes.clone(),
-                tta_spread: args.tta_spread.clone(),
-                confidence: args.confidence.clone(),
-            }]
-        }
-    };
+        });
+    }
+    if let Some(s) = &args.shard {
+        parse_shard(s)?;
+        bail!("--shard needs --list");
+    }
+    if args.skip_existing {
+        bail!("--skip-existing needs --list");
+    }
+    let out = args
+        .out
+        .clone()
+        .ok_or_else(|| anyhow!("--out is required (or --list)"))?;
+    Ok(vec![SceneJob {
+        inputs,
+        missing_masks: parse_masks(&args.missing_mask)?,
+        out,
+        probs: args.probs.clone(),
+        preview: args.preview.clone(),
+        routes: args.routes.clone(),
+        tta_spread: args.tta_spread.clone(),
+        confidence: args.confidence.clone(),
+    }])
+}
+
+/// The options of every scene, from the command line.
+fn predict_options(args: &PredictArgs) -> Result<PredictOptions> {
     let mut options = PredictOptions {
         overlap: args.overlap,
         batch: args.batch.unwrap_or(8),
@@ -422,7 +441,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
         prefetch: 2,
         quiet: args.progress.quiet,
         announce_fill: true,
-        grid: grid_config(&args)?,
+        grid: grid_config(args)?,
         grid_file: None,
         announce_grid: true,
         accept_input_range: args.accept_input_range,
@@ -435,21 +454,20 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
     if options.batch == 0 {
         bail!("--batch must be at least 1");
     }
-    let device = args.device.device.resolve()?;
-    let precision = args.precision.unwrap_or_default().resolve(device);
-    let predictor = Predictor::load_in(&checkpoint, device, precision.context("--precision")?)?;
-    let work = InferenceWork::of(&predictor.info().model, options.batch);
-    let _settings = InferenceSettings::enter(device, &work);
-    options.grid.validate(
-        &predictor.info().model,
-        ["--grid-reference", "--resampling"],
-    )?;
+    Ok(options)
+}
+
+/// Predicts the scenes in turn, a summary line each; with `skip_existing`, a scene whose
+/// outputs all exist is left out. A stop signal ends the run between scenes.
+fn run_jobs(
+    predictor: &Predictor,
+    jobs: &[SceneJob],
+    options: &PredictOptions,
+    skip_existing: bool,
+) -> Result<()> {
     let count = jobs.len();
-    if args.list.is_some() {
-        crate::preempt::install()?;
-    }
     for (n, job) in jobs.iter().enumerate() {
-        if args.skip_existing && outputs(job).iter().all(|p| p.exists()) {
+        if skip_existing && outputs(job).iter().all(|p| p.exists()) {
             println!("{}: exists, skipped", job.out.display());
             continue;
         }
@@ -462,7 +480,7 @@ pub(crate) fn run(args: PredictArgs) -> Result<()> {
                 job.out.display()
             )
         })?;
-        let summary = predict_scene(&predictor, job, &options)
+        let summary = predict_scene(predictor, job, options)
             .with_context(|| format!("scene {} of {count} ({})", n + 1, job.out.display()))?;
         println!("{}", summary_line(job, &summary, options.tta));
     }

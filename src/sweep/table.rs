@@ -1069,7 +1069,9 @@ mod tests {
         // dis2 minus dis2-joint: its own teacher, so the full column is a difference too.
         // Full: 0.02, 0.03: mean 2.5, sd 0.7071, half-width 12.706 x 0.7071 / 1.4142 = 6.35.
         assert!(
-            diffs.contains("| dis2-joint | +2.50 [-3.85, +8.85] (2) ≈ | -3.00 [-15.71, +9.71] (2) ≈ |"),
+            diffs.contains(
+                "| dis2-joint | +2.50 [-3.85, +8.85] (2) ≈ | -3.00 [-15.71, +9.71] (2) ≈ |"
+            ),
             "{diffs}"
         );
         // dis2-joint's own table: every row but itself and dis2 (dis2's table has that pair).
