@@ -360,6 +360,11 @@ pub(crate) fn percent(v: f64) -> String {
     format!("{:.2}", 100.0 * v)
 }
 
+/// [`percent`] of a score that may be missing: `-` where there is none.
+pub(crate) fn percent_or_dash(v: Option<f64>) -> String {
+    v.map_or("-".to_string(), percent)
+}
+
 /// Bins of [`Calibration`]: 15 equal-width bins of the confidence, as in Guo et al., "On
 /// Calibration of Modern Neural Networks" (ICML 2017), whose expected calibration error dis2
 /// reports.

@@ -211,7 +211,9 @@ pub(crate) fn reliability_size(title: &str, subtitle: &str) -> (u32, u32) {
 
 /// The second title line of [`reliability_png`]: the ECE in percent, the pixels and bins.
 pub(crate) fn reliability_subtitle(calibration: &Calibration) -> String {
-    let ece = (calibration.ece()).map_or("-".to_string(), |e| format!("{:.2} %", 100.0 * e));
+    let ece = (calibration.ece()).map_or("-".to_string(), |e| {
+        format!("{} %", crate::metrics::percent(e))
+    });
     format!(
         "expected calibration error (ECE) {ece} over {} scored pixels, {CALIBRATION_BINS} bins",
         calibration.pixels()

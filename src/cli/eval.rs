@@ -9,6 +9,7 @@ use super::{DeviceArgs, ProgressArgs, RouteArgs, TtaArgs};
 use crate::config::Experiment;
 use crate::data::layouts::Split;
 use crate::eval::{evaluate, EvalOptions, EvalReport, EvalRequest};
+use crate::metrics::percent_or_dash;
 use crate::model::scenario::{join_names, parse_names};
 use crate::precision::PrecisionChoice;
 use crate::train::run::RunDir;
@@ -178,19 +179,14 @@ fn default_out_name(split: Split, drop: &[String]) -> String {
     name
 }
 
-/// A score in percent (the headers say `%`), `-` where there is none.
-fn fmt(v: Option<f64>) -> String {
-    v.map_or("-".to_string(), crate::metrics::percent)
-}
-
 fn print_table(r: &EvalReport) {
     let s = &r.scores;
     println!(
         "{}: mIoU {} % | mean F1 {} % | OA {} % | {} pixels",
         r.branch,
-        fmt(s.miou),
-        fmt(s.mean_f1),
-        fmt(s.overall_accuracy),
+        percent_or_dash(s.miou),
+        percent_or_dash(s.mean_f1),
+        percent_or_dash(s.overall_accuracy),
         s.pixels
     );
     println!(
@@ -208,14 +204,14 @@ fn print_table(r: &EvalReport) {
         println!(
             "{:<22} {:>7} {:>7} {:>12}{note}",
             name,
-            fmt(c.iou),
-            fmt(c.f1),
+            percent_or_dash(c.iou),
+            percent_or_dash(c.f1),
             c.support
         );
     }
     println!(
         "calibration: ECE {} % over {} scored pixels ({} bins of the maximum class probability)",
-        fmt(r.calibration.ece()),
+        percent_or_dash(r.calibration.ece()),
         r.calibration.pixels(),
         crate::metrics::CALIBRATION_BINS
     );
@@ -251,10 +247,10 @@ fn print_groups(title: &str, groups: &[crate::eval::Group]) {
         println!(
             "  {:<20} mIoU {:>6} % | mean F1 {:>6} % | OA {:>6} % | ECE {:>6} % | {} of {} labelled pixels scored",
             g.label,
-            fmt(s.miou),
-            fmt(s.mean_f1),
-            fmt(s.overall_accuracy),
-            fmt(g.calibration.ece()),
+            percent_or_dash(s.miou),
+            percent_or_dash(s.mean_f1),
+            percent_or_dash(s.overall_accuracy),
+            percent_or_dash(g.calibration.ece()),
             s.pixels,
             g.labelled
         );

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::plan::{Column, Method, Plan, Row};
 use crate::data::layouts::Split;
-use crate::metrics::score_column;
+use crate::metrics::{percent_or_dash, score_column};
 use crate::stats::{paired_difference, summarize, PairedDifference, Summary};
 
 /// The rows whose paired differences to every other row the tables give: `dis2`, the paper's
@@ -356,12 +356,12 @@ impl Results {
     fn mean_row(&self, name: &str, r: usize, k: usize, classes: usize) -> String {
         let mean = |pick: Pick| self.summary(r, k, pick).map(|s| s.mean);
         let cells: Vec<String> = (0..classes)
-            .map(|i| pct(mean(&|c| c.per_class.get(i).copied().flatten())))
+            .map(|i| percent_or_dash(mean(&|c| c.per_class.get(i).copied().flatten())))
             .collect();
         format!(
             "| {name} | {} | {} |\n",
             cells.join(" | "),
-            pct(mean(&miou))
+            percent_or_dash(mean(&miou))
         )
     }
 
@@ -753,11 +753,6 @@ fn read_done(path: &Path) -> Result<CellScores> {
         per_class: done.per_class.iter().map(|c| c.iou).collect(),
         pixels: done.pixels,
     })
-}
-
-/// A score in percent (the table's header says `%`), `-` where there is none.
-fn pct(v: Option<f64>) -> String {
-    v.map_or("-".to_string(), crate::metrics::percent)
 }
 
 /// `78.12 ± 0.80 (3)`, or `78.12 (1)` for one seed, in percent.
