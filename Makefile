@@ -13,7 +13,7 @@ unexport LIBTORCH LIBTORCH_USE_PYTORCH
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/dis2
 
-.PHONY: setup build test test-slurm demo clean bench-step reproduce reproduce-quick reproduce-smoke real-data reproduce-real dlkd-study
+.PHONY: setup build test test-slurm demo clean bench-step bench-step-profile reproduce reproduce-quick reproduce-smoke real-data reproduce-real dlkd-study
 
 setup:
 	@bash scripts/setup.sh
@@ -39,6 +39,11 @@ test-slurm: build
 
 bench-step: setup
 	$(CARGO) bench --locked --bench step
+
+# Where a width-32 training step's time goes, fp32 beside bf16, by kind of op and by op
+# (libtorch's profiler; docs/model.md reads it). Under a minute on 2 cores.
+bench-step-profile: setup
+	DIS2_BENCH_PROFILE=1 $(CARGO) bench --locked --bench step
 
 # The main job end to end on the synthetic benchmark: a teacher on optical + DSM + SAR, then the
 # student for a lost DSM, distilled from it. A few minutes on 2 cores; starts afresh each time.

@@ -16,13 +16,17 @@
 //! forward). GFLOP/s is then given as a share of the machine's peak measured in the same run: a
 //! 2048 x 2048 matrix product in each precision, before and after the steps (the faster).
 //! Threads: libtorch's default (all cores; `OMP_NUM_THREADS` sets another number).
+//!
+//! `make bench-step-profile` (`DIS2_BENCH_PROFILE=1`) times nothing: it profiles whole width-32
+//! steps (forward, loss, backward, optimiser) in each precision with libtorch's profiler and
+//! prints where each precision's step goes, by kind of op and by op (self times), side by side.
 
 use std::time::Instant;
 
 use anyhow::Result;
 use dis2::model::config::{ModalitySpec, ModelConfig};
 use dis2::model::{Dis2Net, Scenario};
-use dis2::native::{gemm_gflops, matrix_flops, profile};
+use dis2::native::{gemm_gflops, matrix_flops, profile, OpTotals};
 use dis2::precision::Precision;
 use dis2::train::dlkd::KdWeights;
 use dis2::train::joint_backward::{forward_joint, JointBackward};
@@ -288,6 +292,230 @@ fn summary(rows: &[Row], peak: (f64, f64)) {
     }
 }
 
+/// The two settings timed: width 32 (the paper's width) and width 8 (the synthetic benchmark's).
+const SETTINGS: [Setting; 2] = [
+    Setting {
+        width: 32,
+        size: 128,
+        batch: 4,
+        warmup: 2,
+        block: 3,
+        blocks: 3,
+        target_s: Some((0.6, 0.5)),
+    },
+    Setting {
+        width: 8,
+        size: 64,
+        batch: 8,
+        warmup: 3,
+        block: 8,
+        blocks: 4,
+        target_s: None,
+    },
+];
+
+/// Steps timed, then profiled, per precision by `make bench-step-profile` (after a warm-up).
+const PROFILED_STEPS: usize = 4;
+
+/// Kinds of op whose work is a matrix product (what the GEMM peak bounds).
+const GEMM_KINDS: [&str; 3] = [
+    "convolution forward",
+    "convolution backward",
+    "matrix products",
+];
+
+/// The kind of work an op of the profile does, for the per-kind table. Ops are told apart by
+/// libtorch's names; self times are summed, so a wrapper (`aten::conv2d`) and the kernel it
+/// calls (`aten::mkldnn_convolution`) are not counted twice.
+fn op_kind(name: &str) -> &'static str {
+    let n = name.to_ascii_lowercase();
+    let is = |names: &[&str]| names.contains(&n.as_str());
+    if n.contains("conv") && n.contains("backward") {
+        "convolution backward"
+    } else if n.contains("conv") {
+        "convolution forward"
+    } else if is(&[
+        "aten::mm",
+        "aten::addmm",
+        "aten::bmm",
+        "aten::baddbmm",
+        "aten::matmul",
+    ]) || n.contains("linear")
+        || n.contains("scaled_dot_product")
+    {
+        "matrix products"
+    } else if is(&["aten::to", "aten::_to_copy", "aten::copy_", "aten::clone"]) {
+        "casts and copies"
+    } else if n.contains("norm") {
+        "normalisations"
+    } else if n.starts_with("aten::") {
+        "element-wise and other aten ops"
+    } else {
+        "autograd nodes and dis2's own ops"
+    }
+}
+
+/// One precision's profile: each kind's self milliseconds per step, the median step without the
+/// profiler and the ops' self milliseconds per step by name.
+struct StepProfile {
+    kinds: std::collections::BTreeMap<&'static str, f64>,
+    step_ms: f64,
+    ops: Vec<(String, f64)>,
+}
+
+impl StepProfile {
+    /// Times `PROFILED_STEPS` steps in `precision`, then profiles as many.
+    fn measure(bench: &mut Bench, precision: Precision) -> Result<Self> {
+        let mut times = Measured::default();
+        for i in 0..2 + PROFILED_STEPS {
+            let (secs, _) = bench.step(precision, i, &mut [0.0; 4])?;
+            if i >= 2 {
+                times.times.push(secs);
+            }
+        }
+        let (out, ops): (Result<()>, Vec<OpTotals>) = profile(|| {
+            for i in 0..PROFILED_STEPS {
+                bench.step(precision, i, &mut [0.0; 4])?;
+            }
+            Ok(())
+        })?;
+        out?;
+        let per_step = |ns: u64| ns as f64 / 1e6 / PROFILED_STEPS as f64;
+        let mut kinds = std::collections::BTreeMap::new();
+        for o in &ops {
+            *kinds.entry(op_kind(&o.name)).or_insert(0.0) += per_step(o.self_ns);
+        }
+        Ok(StepProfile {
+            kinds,
+            step_ms: times.median() * 1e3,
+            ops: ops
+                .iter()
+                .map(|o| (o.name.clone(), per_step(o.self_ns)))
+                .collect(),
+        })
+    }
+
+    /// Milliseconds per step outside the matrix-product kernels: the unprofiled step minus the
+    /// profiled GEMM-class self times (those kernels are long, so the profiler adds little to
+    /// them; its overhead falls on the rest, which this leaves out).
+    fn outside_gemm_ms(&self) -> f64 {
+        self.step_ms
+            - GEMM_KINDS
+                .iter()
+                .map(|k| self.kinds.get(k).unwrap_or(&0.0))
+                .sum::<f64>()
+    }
+}
+
+/// `make bench-step-profile`: width-32 steps in fp32 and in bf16, where each step's time goes
+/// (by kind of op, then the slowest ops), and what share of the bf16 GEMM peak the step could
+/// reach if its matrix products ran at that peak while the rest kept its measured time.
+fn profile_report(peak: (f64, f64)) -> Result<()> {
+    let s = &SETTINGS[0];
+    let mut bench = Bench::new(s)?;
+    let gflop = bench.step_gflop()?;
+    let fp32 = StepProfile::measure(&mut bench, Precision::Fp32)?;
+    let bf16 = StepProfile::measure(&mut bench, Precision::Bf16)?;
+    println!(
+        "width {}, {}x{}, batch {}: {gflop:.1} GFLOP per step; GEMM peak fp32 {:.0}, bf16 {:.0} \
+         GFLOP/s; profiled steps' self times (ms per step, profiler on), the step unprofiled",
+        s.width, s.size, s.size, s.batch, peak.0, peak.1
+    );
+    let mut kinds: Vec<(String, (f64, f64))> = fp32
+        .kinds
+        .keys()
+        .chain(bf16.kinds.keys())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .map(|k| {
+            (
+                k.to_string(),
+                (
+                    fp32.kinds.get(k).copied().unwrap_or(0.0),
+                    bf16.kinds.get(k).copied().unwrap_or(0.0),
+                ),
+            )
+        })
+        .collect();
+    kinds.push((
+        "*outside the matrix products (step minus them)*".into(),
+        (fp32.outside_gemm_ms(), bf16.outside_gemm_ms()),
+    ));
+    print_rows(
+        "kind of op",
+        kinds.into_iter(),
+        (fp32.step_ms, bf16.step_ms),
+        usize::MAX,
+    );
+    let fp32_ops: std::collections::HashMap<_, _> = fp32.ops.iter().cloned().collect();
+    let mut ops: Vec<(String, (f64, f64))> = bf16
+        .ops
+        .iter()
+        .map(|(n, b)| (n.clone(), (fp32_ops.get(n).copied().unwrap_or(0.0), *b)))
+        .collect();
+    ops.sort_by(|a, b| b.1 .1.total_cmp(&a.1 .1));
+    print_rows(
+        "op (the 20 slowest in bf16)",
+        ops.into_iter(),
+        (fp32.step_ms, bf16.step_ms),
+        20,
+    );
+    print_bound(gflop, peak.0, Precision::Fp32, &fp32);
+    print_bound(gflop, peak.1, Precision::Bf16, &bf16);
+    Ok(())
+}
+
+/// A precision's step as a share of that precision's GEMM peak now, and at best: its matrix
+/// products at the peak, everything else as measured.
+fn print_bound(gflop: f64, peak: f64, precision: Precision, p: &StepProfile) {
+    let gemm_ms = p.step_ms - p.outside_gemm_ms();
+    let ideal_ms = 1e3 * gflop / peak + p.outside_gemm_ms();
+    println!(
+        "\n{precision}: step {:.0} ms = {:.0} % of the {precision} GEMM peak; its matrix products {:.0} ms \
+         ({:.0} % of the peak inside them), the rest {:.0} ms.\nWith the matrix products at \
+         the peak and the rest unchanged: {:.0} ms = {:.0} % of the peak at most; 70 % needs \
+         the rest under {:.0} ms.",
+        p.step_ms,
+        100.0 * gflop / p.step_ms * 1e3 / peak,
+        gemm_ms,
+        100.0 * gflop / gemm_ms * 1e3 / peak,
+        p.outside_gemm_ms(),
+        ideal_ms,
+        100.0 * gflop / ideal_ms * 1e3 / peak,
+        1e3 * gflop / peak * (1.0 / 0.7 - 1.0),
+    );
+}
+
+/// One table of the profile report: fp32 and bf16 milliseconds per step, their ratio and shares
+/// of each step; the rows in the order given (the first `limit`), then the step.
+fn print_rows(
+    title: &str,
+    rows: impl Iterator<Item = (String, (f64, f64))>,
+    wall: (f64, f64),
+    limit: usize,
+) {
+    println!("\n| {title} | fp32 ms | share | bf16 ms | share | bf16 / fp32 |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, (f, b)) in rows.take(limit) {
+        let ratio = if f > 0.0 {
+            format!("{:.2}", b / f)
+        } else {
+            "-".into()
+        };
+        println!(
+            "| {name} | {f:.1} | {:.1} % | {b:.1} | {:.1} % | {ratio} |",
+            100.0 * f / wall.0,
+            100.0 * b / wall.1
+        );
+    }
+    println!(
+        "| **the step** | {:.1} | 100 % | {:.1} | 100 % | {:.2} |",
+        wall.0,
+        wall.1,
+        wall.1 / wall.0
+    );
+}
+
 fn main() -> Result<()> {
     dis2::alloc::tune_allocator();
     println!(
@@ -302,28 +530,11 @@ fn main() -> Result<()> {
         before.1,
         before.1 / before.0
     );
-    let settings = [
-        Setting {
-            width: 32,
-            size: 128,
-            batch: 4,
-            warmup: 2,
-            block: 3,
-            blocks: 3,
-            target_s: Some((0.6, 0.5)),
-        },
-        Setting {
-            width: 8,
-            size: 64,
-            batch: 8,
-            warmup: 3,
-            block: 8,
-            blocks: 4,
-            target_s: None,
-        },
-    ];
+    if std::env::var_os("DIS2_BENCH_PROFILE").is_some() {
+        return profile_report(before);
+    }
     let mut rows = Vec::new();
-    for s in &settings {
+    for s in &SETTINGS {
         rows.extend(run(s)?);
     }
     let after = peaks();
