@@ -13,7 +13,7 @@ unexport LIBTORCH LIBTORCH_USE_PYTORCH
 CARGO ?= cargo
 BIN := $(or $(CARGO_TARGET_DIR),target)/release/dis2
 
-.PHONY: setup build test test-slurm demo clean bench-step bench-step-profile reproduce reproduce-quick reproduce-smoke real-data reproduce-real dlkd-study
+.PHONY: setup build test test-slurm demo clean bench-step bench-step-profile reproduce reproduce-quick cflm-width joint-equal-updates reproduce-smoke real-data reproduce-real dlkd-study
 
 setup:
 	@bash scripts/setup.sh
@@ -91,6 +91,31 @@ reproduce-quick: setup
 	$(SWEEP_LOCAL) $(REPRODUCE_QUICK_OUT) --config $(REPRODUCE_CONFIG) --set train.epochs=12 \
 		--methods $(REPRODUCE_QUICK_METHODS) --scenarios dsm,sar,optical --seeds $(SEEDS)
 	@cat $(REPRODUCE_QUICK_OUT)/results.md
+
+# The class-wise decoder's width (docs/results.md, issue 26): the teacher, dis2 and dis2-no-cflm
+# (each with a teacher of its own) for a lost DSM at each of $(CFLM_WIDTHS), 12-epoch runs,
+# $(SEEDS) seeds, one sweep folder per width (runs/cflm-width/w<width>). About 45 min on 2 cores
+# for widths 8 and 16; width 32 takes several times longer.
+CFLM_WIDTHS ?= 8 16
+CFLM_WIDTH_OUT ?= runs/cflm-width
+cflm-width: setup
+	$(BIN) synth --out data/synthetic
+	for w in $(CFLM_WIDTHS); do \
+		$(SWEEP_LOCAL) $(CFLM_WIDTH_OUT)/w$$w --config $(REPRODUCE_CONFIG) --set train.epochs=12 \
+			--set model.base_width=$$w --methods teacher-fill,dis2,dis2-no-cflm --scenarios dsm \
+			--seeds $(SEEDS) || exit 1; \
+	done
+	@for w in $(CFLM_WIDTHS); do echo "== base width $$w"; cat $(CFLM_WIDTH_OUT)/w$$w/results.md; done
+
+# The joint protocol with as many updates per student as a two-stage student gets (docs/results.md,
+# issue 26): 36-epoch dis2-joint runs (a third of the batches each for three students), $(SEEDS)
+# seeds. About 35 min on 2 cores.
+JOINT_EQUAL_OUT ?= runs/joint-36
+joint-equal-updates: setup
+	$(BIN) synth --out data/synthetic
+	$(SWEEP_LOCAL) $(JOINT_EQUAL_OUT) --config $(REPRODUCE_CONFIG) --set train.epochs=36 \
+		--methods dis2-joint --scenarios dsm,sar,optical --seeds $(SEEDS)
+	@cat $(JOINT_EQUAL_OUT)/results.md
 
 # The smallest end-to-end check of the seeded tables, under 30 minutes on 2 cores: the filled
 # teacher, the unimodal model, dis2 and dis2-no-kd for a lost DSM, 6-epoch runs, $(SEEDS) seeds.
