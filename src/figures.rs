@@ -739,19 +739,23 @@ mod tests {
         );
     }
 
+    /// A 2 x 2 overlay: two correct pixels, one error and one unscored (ignore index) pixel.
+    fn two_by_two_overlay() -> OverlayData<'static> {
+        OverlayData {
+            width: 2,
+            height: 2,
+            image: &[[100u8; 3]; 4],
+            labels: &[0, 1, 255, 1],
+            preds: &[0, 0, 1, 1],
+            scored: &[0, 1, 255, 1],
+        }
+    }
+
     #[test]
     fn overlay_marks_errors_and_has_the_documented_size() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.png");
-        let image = vec![[100u8; 3]; 4];
-        let data = OverlayData {
-            width: 2,
-            height: 2,
-            image: &image,
-            labels: &[0, 1, 255, 1],
-            preds: &[0, 0, 1, 1],
-            scored: &[0, 1, 255, 1],
-        };
+        let data = two_by_two_overlay();
         overlay_png(&path, &data, &table(3)).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
         let (w, h) = overlay_size(2, 2, &table(3));
@@ -828,15 +832,7 @@ mod tests {
     fn overlay_legend_explains_black() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("o.png");
-        let image = vec![[100u8; 3]; 4];
-        let data = OverlayData {
-            width: 2,
-            height: 2,
-            image: &image,
-            labels: &[0, 1, 255, 1],
-            preds: &[0, 0, 1, 1],
-            scored: &[0, 1, 255, 1],
-        };
+        let data = two_by_two_overlay();
         let t = table(3);
         overlay_png(&path, &data, &t).unwrap();
         let img = image::open(&path).unwrap().to_rgb8();
