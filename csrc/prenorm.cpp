@@ -36,7 +36,7 @@
 
 // The row loops in an AVX2 version besides the baseline x86-64 one, picked at load time.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define DIS2_HOT __attribute__((target_clones("avx2", "default")))
+#define DIS2_HOT __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
 #define DIS2_HOT
 #endif

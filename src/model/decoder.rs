@@ -128,7 +128,8 @@ pub(super) struct UpPath {
     out_size: [i64; 2],
 }
 
-/// The maps of the up path: decoded levels 3, 2, 1 and level 1 brought to the crop size.
+/// The maps of the up path: decoded levels 3, 2, 1 and level 1, rearranged by the decoder,
+/// brought to the crop size.
 pub(super) struct UpMaps {
     pub d3: Tensor,
     pub d2: Tensor,
@@ -150,12 +151,16 @@ impl UpPath {
         }
     }
 
-    /// `x4`: the level-4 input; `with_skip(skip, x)` joins a fused level with the path's map.
+    /// `x4`: the level-4 input; `with_skip(skip, x)` joins a fused level with the path's map;
+    /// `arrange` rearranges decoded level 1's channels before it is brought to the crop size
+    /// (bilinear resizing treats each channel alone, so before is the same as after, on a
+    /// quarter of the pixels).
     pub(super) fn forward(
         &self,
         x4: &Tensor,
         fused: &Features,
         with_skip: impl Fn(&Tensor, Tensor) -> Tensor,
+        arrange: impl Fn(&Tensor) -> Tensor,
     ) -> UpMaps {
         let e4_up = self.e4_conv_up.forward(&up2(x4));
         let d3 = self.e3_conv.forward(&with_skip(&fused[2], e4_up));
@@ -165,7 +170,7 @@ impl UpPath {
         let d1 = self.e1_conv.forward(&with_skip(&fused[0], e2_up));
         // In float32 also in a bf16 forward: for so few channels (w/8 in the class-wise decoder)
         // PyTorch's bilinear kernel takes twice as long on bfloat16 as on float32.
-        let mut full = up2(&d1.to_kind(Kind::Float)).to_kind(d1.kind());
+        let mut full = up2(&arrange(&d1).to_kind(Kind::Float)).to_kind(d1.kind());
         let fs = full.size();
         if [fs[2], fs[3]] != self.out_size {
             full = full.upsample_bilinear2d(self.out_size, false, None, None);
@@ -230,17 +235,22 @@ impl ClassWiseDecoder {
                 .reshape([b * k, t[2], t[3], t[1] + u[1]])
                 .permute([0, 3, 1, 2])
         };
-        let UpMaps { d3, d2, d1, full } = self.path.forward(&x4, fused, with_skip);
-        let fs = full.size();
-        // [B·K, c1, H, W] to [B, K·c1, H, W] with the class blocks in order (the reference's
-        // concatenation), channels-last.
-        let [oh, ow] = self.out_size;
-        let unified = full
-            .permute([0, 2, 3, 1])
-            .reshape([b, k, oh, ow, fs[1]])
-            .permute([0, 2, 3, 1, 4])
-            .reshape([b, oh, ow, k * fs[1]])
-            .permute([0, 3, 1, 2]);
+        // [B·K, c1, h, w] to [B, K·c1, h, w] with the class blocks in order (the reference's
+        // concatenation at full size), channels-last.
+        let unify = |d1: &Tensor| {
+            let s = d1.size();
+            d1.permute([0, 2, 3, 1])
+                .reshape([b, k, s[2], s[3], s[1]])
+                .permute([0, 2, 3, 1, 4])
+                .reshape([b, s[2], s[3], k * s[1]])
+                .permute([0, 3, 1, 2])
+        };
+        let UpMaps {
+            d3,
+            d2,
+            d1,
+            full: unified,
+        } = self.path.forward(&x4, fused, with_skip, unify);
         let penultimate = self.combine[1].forward(&self.combine[0].forward(&unified));
         let scale_maps = if scales {
             [(&x4, 0), (&d3, 1), (&d2, 2), (&d1, 3)]
