@@ -142,6 +142,26 @@ DIS2_HOT void normalise_row(const bf16 *x, bf16 *out, int64_t len, float mean, f
   normalise_row_of(x, out, len, mean, rstd, slope);
 }
 
+// `normalise_row` over the `w` pixels of a row joined per pixel from two sources: `a` (`ea`
+// elements a pixel) then `b` (`eb`), into `out` (`ea + eb` a pixel).
+template <typename T>
+inline void normalise_joined_row_of(const T *__restrict a, int64_t ea, const T *__restrict b,
+                                    int64_t eb, T *__restrict out, int64_t w, float mean,
+                                    float rstd, float slope) {
+  for (int64_t x = 0; x < w; ++x) {
+    normalise_row_of(a + x * ea, out + x * (ea + eb), ea, mean, rstd, slope);
+    normalise_row_of(b + x * eb, out + x * (ea + eb) + ea, eb, mean, rstd, slope);
+  }
+}
+DIS2_HOT void normalise_joined_row(const float *a, int64_t ea, const float *b, int64_t eb,
+                                   float *out, int64_t w, float mean, float rstd, float slope) {
+  normalise_joined_row_of(a, ea, b, eb, out, w, mean, rstd, slope);
+}
+DIS2_HOT void normalise_joined_row(const bf16 *a, int64_t ea, const bf16 *b, int64_t eb,
+                                   bf16 *out, int64_t w, float mean, float rstd, float slope) {
+  normalise_joined_row_of(a, ea, b, eb, out, w, mean, rstd, slope);
+}
+
 // Runs `f(image, first_row, end_row, unit)` over every chunk of rows of every image.
 template <typename F> void for_each_chunk(const Geometry &g, F f) {
   int64_t chunks = chunks_per_image(g);
@@ -163,9 +183,8 @@ template <typename T> T *mutable_elements(at::Tensor &t) {
   return static_cast<T *>(t.mutable_data_ptr());
 }
 
-// Per-image mean and 1/sqrt(var + eps) (biased variance), as float tensors [N].
-template <typename T>
-std::pair<at::Tensor, at::Tensor> image_stats(const at::Tensor &x, const Geometry &g, double eps) {
+// Per-image moments of all elements, merged in a fixed order (not depending on the threads).
+template <typename T> std::vector<Moments> image_moments(const at::Tensor &x, const Geometry &g) {
   int64_t chunks = chunks_per_image(g);
   std::vector<Moments> partial(g.n * chunks);
   const T *data = elements<T>(x);
@@ -176,20 +195,47 @@ std::pair<at::Tensor, at::Tensor> image_stats(const at::Tensor &x, const Geometr
     }
     partial[unit] = m;
   });
-  auto mean = at::empty({g.n}, x.options().dtype(at::kFloat));
-  auto rstd = at::empty({g.n}, x.options().dtype(at::kFloat));
-  float *mean_p = mean.data_ptr<float>(), *rstd_p = rstd.data_ptr<float>();
+  std::vector<Moments> images(g.n);
   for (int64_t i = 0; i < g.n; ++i) {
-    Moments m;
-    for (int64_t c = 0; c < chunks; ++c) m.merge(partial[i * chunks + c]);
-    mean_p[i] = static_cast<float>(m.mean);
-    rstd_p[i] = static_cast<float>(1.0 / std::sqrt(m.m2 / m.count + eps));
+    for (int64_t c = 0; c < chunks; ++c) images[i].merge(partial[i * chunks + c]);
+  }
+  return images;
+}
+
+// Mean and 1/sqrt(var + eps) (biased variance) of each image's moments, as float tensors [N].
+std::pair<at::Tensor, at::Tensor> stats_of(const std::vector<Moments> &images, double eps,
+                                           const at::TensorOptions &options) {
+  int64_t n = static_cast<int64_t>(images.size());
+  auto mean = at::empty({n}, options.dtype(at::kFloat));
+  auto rstd = at::empty({n}, options.dtype(at::kFloat));
+  float *mean_p = mean.data_ptr<float>(), *rstd_p = rstd.data_ptr<float>();
+  for (int64_t i = 0; i < n; ++i) {
+    mean_p[i] = static_cast<float>(images[i].mean);
+    rstd_p[i] = static_cast<float>(1.0 / std::sqrt(images[i].m2 / images[i].count + eps));
   }
   return {mean, rstd};
 }
 
+// Per-image mean and 1/sqrt(var + eps) (biased variance), as float tensors [N].
+template <typename T>
+std::pair<at::Tensor, at::Tensor> image_stats(const at::Tensor &x, const Geometry &g, double eps) {
+  return stats_of(image_moments<T>(x, g), eps, x.options());
+}
+
 // Reflect index for a one-pixel pad: -1 -> 1, len -> len - 2.
 inline int64_t reflect(int64_t i, int64_t len) { return i < 0 ? -i : (i >= len ? 2 * len - 2 - i : i); }
+
+// Completes the reflect padding around padded row y + 1 of a plane (`plane_out`, its padded
+// rows), whose pixels 1..w are written: its left and right border pixels, and the top or bottom
+// border row when y is row 1 or row h - 2.
+template <typename T> void reflect_borders(T *plane_out, int64_t y, const Geometry &g) {
+  const int64_t e = g.e, w = g.w, h = g.h, prl = g.padded_row_len();
+  T *own = plane_out + (y + 1) * prl;
+  std::copy(own + 2 * e, own + 3 * e, own);                       // left: pixel 1
+  std::copy(own + (w - 1) * e, own + w * e, own + (w + 1) * e);  // right: pixel w - 2
+  if (y == 1) std::copy(own, own + prl, plane_out);
+  if (y == h - 2) std::copy(own, own + prl, plane_out + (h + 1) * prl);
+}
 
 template <typename T>
 at::Tensor forward_kernel(const at::Tensor &x, const Geometry &g, const at::Tensor &mean,
@@ -218,18 +264,46 @@ at::Tensor forward_kernel(const at::Tensor &x, const Geometry &g, const at::Tens
     for (int64_t row = first; row < last; ++row) {
       int64_t plane = row / h, y = row % h;
       T *plane_out = dst + plane * (h + 2) * prl;
-      // The padded rows this source row fills: its own, and the top or bottom border when it is
-      // row 1 or row h - 2.
-      int64_t targets[3] = {y + 1, -1, -1};
-      if (y == 1) targets[1] = 0;
-      if (y == h - 2) targets[2] = h + 1;
       T *own = plane_out + (y + 1) * prl;
       normalise_row(src + row * g.row_len(), own + e, w * e, mu, r, slope);
-      std::copy(own + 2 * e, own + 3 * e, own);                        // left: pixel 1
-      std::copy(own + (w - 1) * e, own + w * e, own + (w + 1) * e);   // right: pixel w - 2
-      for (int t = 1; t < 3; ++t) {
-        if (targets[t] >= 0) std::copy(own, own + prl, plane_out + targets[t] * prl);
-      }
+      reflect_borders(plane_out, y, g);
+    }
+  });
+  return out;
+}
+
+// leaky(normalise(x)) of x = cat([skip[i / k], own[i]], channels) per image i of `own`,
+// reflect-padded by one pixel when `pad`, without writing x out: `skip` [N, Cs, H, W] and `own`
+// [N·k, Co, H, W] channels-last, the output [N·k, Cs + Co, H (+2), W (+2)] channels-last. The
+// skip's moments are taken once per image of `skip`, then merged with each own image's.
+template <typename T>
+at::Tensor joined_forward(const at::Tensor &skip, const at::Tensor &own, int64_t k, double eps,
+                          float slope, bool pad) {
+  auto s = skip.sizes(), o = own.sizes();
+  Geometry gs{s[0], 1, s[2], s[3], s[1], true}, go{o[0], 1, o[2], o[3], o[1], true};
+  auto skip_m = image_moments<T>(skip, gs);
+  auto own_m = image_moments<T>(own, go);
+  std::vector<Moments> joined(go.n);
+  for (int64_t i = 0; i < go.n; ++i) {
+    joined[i] = skip_m[i / k];
+    joined[i].merge(own_m[i]);
+  }
+  auto [mean, rstd] = stats_of(joined, eps, own.options());
+  const float *mean_p = mean.const_data_ptr<float>(), *rstd_p = rstd.const_data_ptr<float>();
+  Geometry g{go.n, 1, go.h, go.w, gs.e + go.e, true};
+  const int64_t p = pad ? 1 : 0, out_row = (g.w + 2 * p) * g.e;
+  auto out = at::empty({g.n, g.e, g.h + 2 * p, g.w + 2 * p},
+                       own.options().memory_format(at::MemoryFormat::ChannelsLast));
+  const T *skip_in = elements<T>(skip), *own_in = elements<T>(own);
+  T *o_out = mutable_elements<T>(out);
+  for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t) {
+    T *dst = o_out + image * (g.h + 2 * p) * out_row;
+    for (int64_t y = first; y < last; ++y) {
+      normalise_joined_row(skip_in + ((image / k) * gs.h + y) * gs.row_len(), gs.e,
+                           own_in + (image * go.h + y) * go.row_len(), go.e,
+                           dst + (y + p) * out_row + p * g.e, g.w, mean_p[image], rstd_p[image],
+                           slope);
+      if (pad) reflect_borders(dst, y, g);
     }
   });
   return out;
@@ -401,6 +475,29 @@ struct PreNormLeaky : public torch::autograd::Function<PreNormLeaky> {
   }
 };
 
+at::Tensor prenorm_leaky_joined(const at::Tensor &skip, const at::Tensor &own, int64_t k,
+                                double slope, double eps, bool pad) {
+  bool bf16_input = skip.scalar_type() == at::kBFloat16;
+  TORCH_CHECK(skip.dim() == 4 && own.dim() == 4 && skip.is_cpu() && own.is_cpu() &&
+                  (skip.scalar_type() == at::kFloat || bf16_input) &&
+                  own.scalar_type() == skip.scalar_type(),
+              "prenorm_leaky_joined: expected float32 or bfloat16 CPU tensors [N, Cs, H, W] and "
+              "[N·k, Co, H, W] of one kind, got ",
+              skip.sizes(), " ", skip.scalar_type(), " and ", own.sizes(), " ", own.scalar_type());
+  TORCH_CHECK(k > 0 && own.size(0) == skip.size(0) * k && own.size(2) == skip.size(2) &&
+                  own.size(3) == skip.size(3),
+              "prenorm_leaky_joined: ", own.sizes(), " is not ", k, " images per image of ",
+              skip.sizes());
+  TORCH_CHECK(!pad || (own.size(2) >= 2 && own.size(3) >= 2),
+              "prenorm_leaky_joined: reflect padding needs at least 2x2 pixels, got ", own.sizes());
+  TORCH_CHECK(!skip.requires_grad() && !own.requires_grad(),
+              "prenorm_leaky_joined: inference only (no backward); the inputs require gradients");
+  auto cl = at::MemoryFormat::ChannelsLast;
+  auto s = skip.contiguous(cl), o = own.contiguous(cl);
+  return bf16_input ? joined_forward<bf16>(s, o, k, eps, static_cast<float>(slope), pad)
+                    : joined_forward<float>(s, o, k, eps, static_cast<float>(slope), pad);
+}
+
 }  // namespace
 
 extern "C" {
@@ -409,5 +506,14 @@ extern "C" {
 void *dis2_prenorm_leaky(void *x, double slope, double eps, bool pad, char **error) {
   return dis2::new_tensor_or_error(
       error, [&] { return PreNormLeaky::apply(dis2::tensor(x), slope, eps, pad); });
+}
+
+// leaky(normalise(cat([skip[i / k], own[i]]))) per image i of `own`, reflect-padded by one pixel
+// when `pad`, without the concatenation; inference only.
+void *dis2_prenorm_leaky_joined(void *skip, void *own, int64_t k, double slope, double eps,
+                                bool pad, char **error) {
+  return dis2::new_tensor_or_error(error, [&] {
+    return prenorm_leaky_joined(dis2::tensor(skip), dis2::tensor(own), k, slope, eps, pad);
+  });
 }
 }

@@ -44,6 +44,15 @@ extern "C" {
         pad: bool,
         error: *mut *mut c_char,
     ) -> *mut c_void;
+    fn dis2_prenorm_leaky_joined(
+        skip: *mut c_void,
+        own: *mut c_void,
+        k: i64,
+        slope: f64,
+        eps: f64,
+        pad: bool,
+        error: *mut *mut c_char,
+    ) -> *mut c_void;
     fn dis2_backward(
         roots: *const *mut c_void,
         grads: *const *mut c_void,
@@ -142,6 +151,39 @@ pub(crate) fn prenorm_leaky(x: &Tensor, slope: f64, eps: f64, pad: bool) -> Resu
     // SAFETY: `x` is a valid tensor handle for the duration of the call.
     let out = unsafe { dis2_prenorm_leaky(x.as_ptr() as *mut c_void, slope, eps, pad, &mut error) };
     tensor_or_error(out, error, "prenorm_leaky")
+}
+
+/// [`prenorm_leaky`] of `cat([skip[i / k], own[i]], 1)` for every image `i` of `own`, without
+/// writing the concatenation out: `skip` `[N, Cs, H, W]` and `own` `[N·k, Co, H, W]`, float32
+/// or bfloat16 CPU tensors of one kind (read channels-last, copied once when not), give
+/// `[N·k, Cs + Co, H, W]` (`+ 2` each side's pixels when `pad`), channels-last. The skip's sums
+/// are taken once per skip image. No backward: inference only.
+///
+/// # Errors
+/// Other kinds, devices or ranks, sizes that do not pair `k` own images with each skip image,
+/// a reflect pad of less than 2 x 2 pixels, or inputs that require gradients.
+pub(crate) fn prenorm_leaky_joined(
+    skip: &Tensor,
+    own: &Tensor,
+    k: i64,
+    slope: f64,
+    eps: f64,
+    pad: bool,
+) -> Result<Tensor> {
+    let mut error: *mut c_char = std::ptr::null_mut();
+    // SAFETY: `skip` and `own` are valid tensor handles for the duration of the call.
+    let out = unsafe {
+        dis2_prenorm_leaky_joined(
+            skip.as_ptr() as *mut c_void,
+            own.as_ptr() as *mut c_void,
+            k,
+            slope,
+            eps,
+            pad,
+            &mut error,
+        )
+    };
+    tensor_or_error(out, error, "prenorm_leaky_joined")
 }
 
 /// The weighted cross-entropy + Dice losses `[N]` of N probability maps `preds` (float32 on the

@@ -151,7 +151,8 @@ impl UpPath {
         }
     }
 
-    /// `x4`: the level-4 input; `with_skip(skip, x)` joins a fused level with the path's map;
+    /// `x4`: the level-4 input; `with_skip(conv, skip, x)` runs `conv` on a fused level joined
+    /// with the path's map;
     /// `arrange` rearranges decoded level 1's channels before it is brought to the crop size
     /// (bilinear resizing treats each channel alone, so before is the same as after, on a
     /// quarter of the pixels).
@@ -159,15 +160,15 @@ impl UpPath {
         &self,
         x4: &Tensor,
         fused: &Features,
-        with_skip: impl Fn(&Tensor, Tensor) -> Tensor,
+        with_skip: impl Fn(&PreNormConv, &Tensor, Tensor) -> Tensor,
         arrange: impl Fn(&Tensor) -> Tensor,
     ) -> UpMaps {
         let e4_up = self.e4_conv_up.forward(&up2(x4));
-        let d3 = self.e3_conv.forward(&with_skip(&fused[2], e4_up));
+        let d3 = with_skip(&self.e3_conv, &fused[2], e4_up);
         let e3_up = self.e3_conv_up.forward(&up2(&d3));
-        let d2 = self.e2_conv.forward(&with_skip(&fused[1], e3_up));
+        let d2 = with_skip(&self.e2_conv, &fused[1], e3_up);
         let e2_up = self.e2_conv_up.forward(&up2(&d2));
-        let d1 = self.e1_conv.forward(&with_skip(&fused[0], e2_up));
+        let d1 = with_skip(&self.e1_conv, &fused[0], e2_up);
         // In float32 also in a bf16 forward: for so few channels (w/8 in the class-wise decoder)
         // PyTorch's bilinear kernel takes twice as long on bfloat16 as on float32.
         let mut full = up2(&arrange(&d1).to_kind(Kind::Float)).to_kind(d1.kind());
@@ -221,20 +222,9 @@ impl ClassWiseDecoder {
         let s = classwise.size();
         let (b, k) = (s[0], self.classes);
         let x4 = channels_last(&classwise.reshape([b * k, s[2], s[3], s[4]]));
-        // A skip feature `[B, C_s, h, w]` repeated for every class and concatenated with the
-        // class-path features `[B·K, C, h, w]`: `[B·K, C_s + C, h, w]`, channels-last, written
-        // in one copy (the repeated skip is a broadcast view).
-        let with_skip = |e: &Tensor, x: Tensor| {
-            let (t, u) = (e.size(), x.size());
-            let skip = e
-                .permute([0, 2, 3, 1])
-                .unsqueeze(1)
-                .expand([b, k, t[2], t[3], t[1]], false);
-            let own = x.permute([0, 2, 3, 1]).reshape([b, k, u[2], u[3], u[1]]);
-            Tensor::cat(&[skip, own], 4)
-                .reshape([b * k, t[2], t[3], t[1] + u[1]])
-                .permute([0, 3, 1, 2])
-        };
+        // A skip feature `[B, C_s, h, w]` repeated for every class and joined with the
+        // class-path features `[B·K, C, h, w]`.
+        let with_skip = |conv: &PreNormConv, e: &Tensor, x: Tensor| conv.forward_joined(e, &x, k);
         // [B·K, c1, h, w] to [B, K·c1, h, w] with the class blocks in order (the reference's
         // concatenation at full size), channels-last.
         let unify = |d1: &Tensor| {

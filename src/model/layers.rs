@@ -296,8 +296,35 @@ impl PreNormConv {
         // smaller than 2x2, which the crop-size check rules out).
         let y = crate::native::prenorm_leaky(x, LEAKY_SLOPE, NORM_EPS, self.reflect)
             .unwrap_or_else(|e| panic!("{e:#}"));
+        self.conv_normalised(&y)
+    }
+
+    /// The convolution of `cat([skip repeated k times, own], 1)`: `skip` `[B, Cs, H, W]` (one
+    /// map per window) and `own` `[B·k, Co, H, W]` (k maps per window, window-major) give
+    /// `[B·k, C_out, H, W]`. In an inference forward on the CPU (no gradients) the pre-norm
+    /// reads both where they lie ([`crate::native::prenorm_leaky_joined`]); otherwise the joined
+    /// input is written out once, channels-last (the repeated skip a broadcast view), and
+    /// [`Self::forward`] runs.
+    pub fn forward_joined(&self, skip: &Tensor, own: &Tensor, k: i64) -> Tensor {
+        let kind = own.kind();
+        let native = own.device() == tch::Device::Cpu
+            && matches!(kind, Kind::Float | Kind::BFloat16)
+            && skip.kind() == kind
+            && !(skip.requires_grad() || own.requires_grad());
+        if !native {
+            return self.forward(&join_repeated(skip, own, k));
+        }
+        // Only fails on inputs the network never builds (see `forward`).
+        let y =
+            crate::native::prenorm_leaky_joined(skip, own, k, LEAKY_SLOPE, NORM_EPS, self.reflect)
+                .unwrap_or_else(|e| panic!("{e:#}"));
+        self.conv_normalised(&y)
+    }
+
+    /// The convolution of the pre-normalised input `y` (the padding already in it when
+    /// `reflect`).
+    fn conv_normalised(&self, y: &Tensor) -> Tensor {
         if self.reflect {
-            // The padding is already in `y`.
             let c = &self.conv;
             y.conv2d(&c.ws, c.bs.as_ref(), [1, 1], [0, 0], [1, 1], 1)
         } else {
@@ -309,6 +336,22 @@ impl PreNormConv {
     pub(crate) fn prepare_inference(&mut self, kind: Kind) {
         freeze_conv(&mut self.conv, kind);
     }
+}
+
+/// `cat([skip repeated k times, own], 1)` for `skip` `[B, Cs, H, W]` and `own`
+/// `[B·k, Co, H, W]`: `[B·k, Cs + Co, H, W]`, channels-last, written in one copy (the repeated
+/// skip is a broadcast view).
+pub(crate) fn join_repeated(skip: &Tensor, own: &Tensor, k: i64) -> Tensor {
+    let (t, u) = (skip.size(), own.size());
+    let b = t[0];
+    let skip = skip
+        .permute([0, 2, 3, 1])
+        .unsqueeze(1)
+        .expand([b, k, t[2], t[3], t[1]], false);
+    let own = own.permute([0, 2, 3, 1]).reshape([b, k, u[2], u[3], u[1]]);
+    Tensor::cat(&[skip, own], 4)
+        .reshape([b * k, t[2], t[3], t[1] + u[1]])
+        .permute([0, 3, 1, 2])
 }
 
 /// What [`crate::native::prenorm_leaky`] computes, as PyTorch's separate ops (the path off the
@@ -545,5 +588,75 @@ mod tests {
         assert!(format!("{err:#}").contains("2x2"), "{err:#}");
         let doubles = Tensor::zeros([1, 2, 4, 4], (Kind::Double, Device::Cpu));
         assert!(crate::native::prenorm_leaky(&doubles, 0.2, 1e-5, false).is_err());
+    }
+
+    /// The joined pre-norm convolution (the skip read once per window, never repeated in
+    /// memory) equals the convolution of the written-out join, in float32 and bfloat16, with
+    /// reflect and zero padding, for channels-last and NCHW inputs; with gradients it takes the
+    /// written-out join and keeps the graph.
+    #[test]
+    fn joined_prenorm_conv_equals_the_written_out_join() {
+        tch::manual_seed(14);
+        let vs = nn::VarStore::new(Device::Cpu);
+        let opts = (Kind::Float, Device::Cpu);
+        let (b, k, cs, co, h, w) = (3, 4, 5, 6, 7, 9);
+        for reflect in [true, false] {
+            let conv = if reflect {
+                PreNormConv::k3(&(vs.root() / "r"), cs + co, 8, true)
+            } else {
+                PreNormConv::k1(&(vs.root() / "z"), cs + co, 8)
+            };
+            let skip = Tensor::randn([b, cs, h, w], opts) * 2.0 + 0.5;
+            let own = Tensor::randn([b * k, co, h, w], opts) - 1.0;
+            for (kind, tolerance) in [(Kind::Float, 1e-5), (Kind::BFloat16, 2e-2)] {
+                for cl in [true, false] {
+                    let layout = |t: &Tensor| {
+                        let t = t.to_kind(kind);
+                        if cl {
+                            channels_last(&t)
+                        } else {
+                            t
+                        }
+                    };
+                    let (skip, own) = (layout(&skip), layout(&own));
+                    let (joined, want) = tch::no_grad(|| {
+                        let joined = crate::precision::with_precision(
+                            Device::Cpu,
+                            precision_of(kind),
+                            || conv.forward_joined(&skip, &own, k),
+                        );
+                        let want = crate::precision::with_precision(
+                            Device::Cpu,
+                            precision_of(kind),
+                            || conv.forward(&join_repeated(&skip, &own, k)),
+                        );
+                        (joined, want)
+                    });
+                    assert_eq!(joined.size(), [b * k, 8, h, w]);
+                    let d = max_rel_diff(&joined.to_kind(Kind::Float), &want.to_kind(Kind::Float));
+                    assert!(d < tolerance, "{kind:?}, reflect {reflect}, cl {cl}: {d}");
+                }
+            }
+        }
+        let conv = PreNormConv::k3(&(vs.root() / "g"), cs + co, 8, true);
+        let skip = Tensor::randn([b, cs, h, w], opts).set_requires_grad(true);
+        let own = Tensor::randn([b * k, co, h, w], opts);
+        let y = conv.forward_joined(&skip, &own, k);
+        y.sum(Kind::Float).backward();
+        assert_eq!(skip.grad().size(), [b, cs, h, w]);
+        let err = crate::native::prenorm_leaky_joined(&skip, &own, k, 0.2, 1e-5, true).unwrap_err();
+        assert!(format!("{err:#}").contains("inference only"), "{err:#}");
+        let wrong = Tensor::zeros([b * k + 1, co, h, w], opts);
+        let err = crate::native::prenorm_leaky_joined(&skip.detach(), &wrong, k, 0.2, 1e-5, true)
+            .unwrap_err();
+        assert!(format!("{err:#}").contains("images per image"), "{err:#}");
+    }
+
+    fn precision_of(kind: Kind) -> crate::precision::Precision {
+        if kind == Kind::Float {
+            crate::precision::Precision::Fp32
+        } else {
+            crate::precision::Precision::Bf16
+        }
     }
 }

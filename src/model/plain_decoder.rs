@@ -51,9 +51,13 @@ impl PlainDecoder {
 
     /// `fused`: the fused levels 1..4 of HF. `scales`: also compute the deep-supervision maps.
     pub fn forward(&self, fused: &Features, scales: bool) -> DecoderOutputs {
-        let with_skip = |e: &Tensor, x: Tensor| Tensor::cat(&[e.shallow_clone(), x], 1);
+        let with_skip = |conv: &PreNormConv, e: &Tensor, x: Tensor| {
+            conv.forward(&Tensor::cat(&[e.shallow_clone(), x], 1))
+        };
         let x4 = &fused[3];
-        let UpMaps { d3, d2, d1, full } = self.path.forward(x4, fused, with_skip, Tensor::shallow_clone);
+        let UpMaps { d3, d2, d1, full } =
+            self.path
+                .forward(x4, fused, with_skip, Tensor::shallow_clone);
         let penultimate = self.out_conv[1].forward(&self.out_conv[0].forward(&full));
         let scale_maps = if scales {
             [x4, &d3, &d2, &d1]
