@@ -34,7 +34,8 @@
 #include <type_traits>
 #include <vector>
 
-// The row loops in an AVX2 version besides the baseline x86-64 one, picked at load time.
+// The row loops in AVX-512 (x86-64-v4) and AVX2 versions besides the baseline x86-64 one, picked
+// at load time.
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define DIS2_HOT __attribute__((target_clones("arch=x86-64-v4", "avx2", "default")))
 #else
@@ -483,7 +484,8 @@ at::Tensor prenorm_leaky_joined(const at::Tensor &skip, const at::Tensor &own, i
                   own.scalar_type() == skip.scalar_type(),
               "prenorm_leaky_joined: expected float32 or bfloat16 CPU tensors [N, Cs, H, W] and "
               "[N·k, Co, H, W] of one kind, got ",
-              skip.sizes(), " ", skip.scalar_type(), " and ", own.sizes(), " ", own.scalar_type());
+              skip.sizes(), " ", skip.scalar_type(), " on ", skip.device(), " and ", own.sizes(),
+              " ", own.scalar_type(), " on ", own.device());
   TORCH_CHECK(k > 0 && own.size(0) == skip.size(0) * k && own.size(2) == skip.size(2) &&
                   own.size(3) == skip.size(3),
               "prenorm_leaky_joined: ", own.sizes(), " is not ", k, " images per image of ",

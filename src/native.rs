@@ -156,8 +156,8 @@ pub(crate) fn prenorm_leaky(x: &Tensor, slope: f64, eps: f64, pad: bool) -> Resu
 /// [`prenorm_leaky`] of `cat([skip[i / k], own[i]], 1)` for every image `i` of `own`, without
 /// writing the concatenation out: `skip` `[N, Cs, H, W]` and `own` `[N·k, Co, H, W]`, float32
 /// or bfloat16 CPU tensors of one kind (read channels-last, copied once when not), give
-/// `[N·k, Cs + Co, H, W]` (`+ 2` each side's pixels when `pad`), channels-last. The skip's sums
-/// are taken once per skip image. No backward: inference only.
+/// `[N·k, Cs + Co, H, W]` (`[N·k, Cs + Co, H + 2, W + 2]` when `pad`), channels-last. The skip's
+/// sums are taken once per skip image. No backward: inference only.
 ///
 /// # Errors
 /// Other kinds, devices or ranks, sizes that do not pair `k` own images with each skip image,

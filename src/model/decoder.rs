@@ -169,8 +169,9 @@ impl UpPath {
         let d2 = with_skip(&self.e2_conv, &fused[1], e3_up);
         let e2_up = self.e2_conv_up.forward(&up2(&d2));
         let d1 = with_skip(&self.e1_conv, &fused[0], e2_up);
-        // In float32 also in a bf16 forward: for so few channels (w/8 in the class-wise decoder)
-        // PyTorch's bilinear kernel takes twice as long on bfloat16 as on float32.
+        // In float32 also in a bf16 forward: for few channels PyTorch's bilinear kernel is no
+        // faster on bfloat16 (twice as slow at w/8 = 4 channels, as fast at K·w/8 = 24), and in
+        // float32 the resized map is rounded to bfloat16 once, at the end.
         let mut full = up2(&arrange(&d1).to_kind(Kind::Float)).to_kind(d1.kind());
         let fs = full.size();
         if [fs[2], fs[3]] != self.out_size {

@@ -305,13 +305,12 @@ impl PreNormConv {
     /// reads both where they lie ([`crate::native::prenorm_leaky_joined`]); otherwise the joined
     /// input is written out once, channels-last (the repeated skip a broadcast view), and
     /// [`Self::forward`] runs.
+    ///
+    /// # Panics
+    /// If `own` is not `k` maps per map of `skip` of the same height and width (the decoders
+    /// always build it so).
     pub fn forward_joined(&self, skip: &Tensor, own: &Tensor, k: i64) -> Tensor {
-        let kind = own.kind();
-        let native = own.device() == tch::Device::Cpu
-            && matches!(kind, Kind::Float | Kind::BFloat16)
-            && skip.kind() == kind
-            && !(skip.requires_grad() || own.requires_grad());
-        if !native {
+        if !joins_natively(skip, own) {
             return self.forward(&join_repeated(skip, own, k));
         }
         // Only fails on inputs the network never builds (see `forward`).
@@ -338,10 +337,20 @@ impl PreNormConv {
     }
 }
 
+/// Whether [`PreNormConv::forward_joined`] normalises `skip` and `own` in place: float32 or
+/// bfloat16 of one kind on the CPU, neither needing gradients (the joined kernel has no backward).
+fn joins_natively(skip: &Tensor, own: &Tensor) -> bool {
+    let kind = own.kind();
+    own.device() == tch::Device::Cpu
+        && matches!(kind, Kind::Float | Kind::BFloat16)
+        && skip.kind() == kind
+        && !(skip.requires_grad() || own.requires_grad())
+}
+
 /// `cat([skip repeated k times, own], 1)` for `skip` `[B, Cs, H, W]` and `own`
 /// `[B·k, Co, H, W]`: `[B·k, Cs + Co, H, W]`, channels-last, written in one copy (the repeated
 /// skip is a broadcast view).
-pub(crate) fn join_repeated(skip: &Tensor, own: &Tensor, k: i64) -> Tensor {
+fn join_repeated(skip: &Tensor, own: &Tensor, k: i64) -> Tensor {
     let (t, u) = (skip.size(), own.size());
     let b = t[0];
     let skip = skip
@@ -590,57 +599,101 @@ mod tests {
         assert!(crate::native::prenorm_leaky(&doubles, 0.2, 1e-5, false).is_err());
     }
 
-    /// The joined pre-norm convolution (the skip read once per window, never repeated in
-    /// memory) equals the convolution of the written-out join, in float32 and bfloat16, with
-    /// reflect and zero padding, for channels-last and NCHW inputs; with gradients it takes the
-    /// written-out join and keeps the graph.
+    /// The joined pre-norm kernel equals the pre-norm of the written-out join (values, size,
+    /// channels-last output) in float32 and bfloat16, with and without padding, from
+    /// channels-last and NCHW inputs, for 2 x 2 maps, one row per chunk and several rows per
+    /// chunk, and gives the same bits with one thread and with two.
+    #[test]
+    fn joined_prenorm_equals_the_prenorm_of_the_written_out_join() {
+        tch::manual_seed(14);
+        let opts = (Kind::Float, Device::Cpu);
+        for (b, k, cs, co, h, w) in [(3, 4, 5, 6, 7, 9), (2, 3, 4, 4, 2, 2), (1, 1, 3, 5, 40, 18)] {
+            let skip = Tensor::randn([b, cs, h, w], opts) * 2.0 + 0.5;
+            let own = Tensor::randn([b * k, co, h, w], opts) - 1.0;
+            for ((kind, tolerance), pad, cl) in
+                kernel_cases(&[(Kind::Float, 1e-5), (Kind::BFloat16, 1e-2)])
+            {
+                let layout = |t: &Tensor| channels_last_or_not(&t.to_kind(kind), cl);
+                let (skip, own) = (layout(&skip), layout(&own));
+                let joined =
+                    crate::native::prenorm_leaky_joined(&skip, &own, k, 0.2, 1e-5, pad).unwrap();
+                let join = join_repeated(&skip, &own, k);
+                let want = crate::native::prenorm_leaky(&join, 0.2, 1e-5, pad).unwrap();
+                let case = format!("{:?} {kind:?} pad={pad} cl={cl}", own.size());
+                assert_eq!(joined.size(), want.size(), "{case}");
+                assert_eq!(joined.stride(), channels_last(&want).stride(), "{case}");
+                let d = max_rel_diff(&joined.to_kind(Kind::Float), &want.to_kind(Kind::Float));
+                assert!(d < tolerance, "{case}: {d}");
+
+                let threads = crate::native::set_thread_local_threads(1);
+                let one = crate::native::prenorm_leaky_joined(&skip, &own, k, 0.2, 1e-5, pad);
+                crate::native::set_thread_local_threads(threads);
+                assert!(
+                    one.unwrap().equal(&joined),
+                    "{case}: thread count changed the numbers"
+                );
+            }
+        }
+    }
+
+    /// The cases of [`joined_prenorm_equals_the_prenorm_of_the_written_out_join`]: each
+    /// (kind, tolerance) with and without padding, channels-last and not.
+    fn kernel_cases(kinds: &[(Kind, f64)]) -> Vec<((Kind, f64), bool, bool)> {
+        let mut out = Vec::new();
+        for &kt in kinds {
+            for pad in [true, false] {
+                for cl in [true, false] {
+                    out.push((kt, pad, cl));
+                }
+            }
+        }
+        out
+    }
+
+    /// The joined pre-norm convolution equals the convolution of the written-out join, in
+    /// float32 and bfloat16 (autocast), with reflect and zero padding, and takes the joined
+    /// kernel exactly when it may: without gradients on the CPU. With gradients it takes the
+    /// written-out join and keeps the graph; the kernel refuses inputs needing gradients and
+    /// sizes that do not pair.
     #[test]
     fn joined_prenorm_conv_equals_the_written_out_join() {
-        tch::manual_seed(14);
+        tch::manual_seed(15);
         let vs = nn::VarStore::new(Device::Cpu);
         let opts = (Kind::Float, Device::Cpu);
         let (b, k, cs, co, h, w) = (3, 4, 5, 6, 7, 9);
+        let skip = Tensor::randn([b, cs, h, w], opts) * 2.0 + 0.5;
+        let own = Tensor::randn([b * k, co, h, w], opts) - 1.0;
         for reflect in [true, false] {
             let conv = if reflect {
                 PreNormConv::k3(&(vs.root() / "r"), cs + co, 8, true)
             } else {
                 PreNormConv::k1(&(vs.root() / "z"), cs + co, 8)
             };
-            let skip = Tensor::randn([b, cs, h, w], opts) * 2.0 + 0.5;
-            let own = Tensor::randn([b * k, co, h, w], opts) - 1.0;
             for (kind, tolerance) in [(Kind::Float, 1e-5), (Kind::BFloat16, 2e-2)] {
-                for cl in [true, false] {
-                    let layout = |t: &Tensor| {
-                        let t = t.to_kind(kind);
-                        if cl {
-                            channels_last(&t)
-                        } else {
-                            t
-                        }
-                    };
-                    let (skip, own) = (layout(&skip), layout(&own));
-                    let (joined, want) = tch::no_grad(|| {
-                        let joined = crate::precision::with_precision(
-                            Device::Cpu,
-                            precision_of(kind),
-                            || conv.forward_joined(&skip, &own, k),
-                        );
-                        let want = crate::precision::with_precision(
-                            Device::Cpu,
-                            precision_of(kind),
-                            || conv.forward(&join_repeated(&skip, &own, k)),
-                        );
-                        (joined, want)
-                    });
-                    assert_eq!(joined.size(), [b * k, 8, h, w]);
-                    let d = max_rel_diff(&joined.to_kind(Kind::Float), &want.to_kind(Kind::Float));
-                    assert!(d < tolerance, "{kind:?}, reflect {reflect}, cl {cl}: {d}");
-                }
+                let (skip, own) = (
+                    channels_last(&skip.to_kind(kind)),
+                    channels_last(&own.to_kind(kind)),
+                );
+                assert!(joins_natively(&skip, &own));
+                let run = |f: &dyn Fn() -> Tensor| {
+                    tch::no_grad(|| {
+                        crate::precision::with_precision(Device::Cpu, precision_of(kind), f)
+                    })
+                };
+                let joined = run(&|| conv.forward_joined(&skip, &own, k));
+                let want = run(&|| conv.forward(&join_repeated(&skip, &own, k)));
+                assert_eq!(joined.size(), [b * k, 8, h, w]);
+                let d = max_rel_diff(&joined.to_kind(Kind::Float), &want.to_kind(Kind::Float));
+                assert!(d < tolerance, "{kind:?}, reflect {reflect}: {d}");
             }
         }
         let conv = PreNormConv::k3(&(vs.root() / "g"), cs + co, 8, true);
-        let skip = Tensor::randn([b, cs, h, w], opts).set_requires_grad(true);
-        let own = Tensor::randn([b * k, co, h, w], opts);
+        let skip = skip.set_requires_grad(true);
+        assert!(!joins_natively(&skip, &own));
+        assert!(!joins_natively(
+            &skip.detach(),
+            &own.to_kind(Kind::BFloat16)
+        ));
         let y = conv.forward_joined(&skip, &own, k);
         y.sum(Kind::Float).backward();
         assert_eq!(skip.grad().size(), [b, cs, h, w]);
