@@ -223,9 +223,6 @@ std::pair<at::Tensor, at::Tensor> image_stats(const at::Tensor &x, const Geometr
   return stats_of(image_moments<T>(x, g), eps, x.options());
 }
 
-// Reflect index for a one-pixel pad: -1 -> 1, len -> len - 2.
-inline int64_t reflect(int64_t i, int64_t len) { return i < 0 ? -i : (i >= len ? 2 * len - 2 - i : i); }
-
 // Completes the reflect padding around padded row y + 1 of a plane (`plane_out`, its padded
 // rows), whose pixels 1..w are written: its left and right border pixels, and the top or bottom
 // border row when y is row 1 or row h - 2.
@@ -292,13 +289,15 @@ at::Tensor joined_forward(const at::Tensor &skip, const at::Tensor &own, int64_t
   auto [mean, rstd] = stats_of(joined, eps, own.options());
   const float *mean_p = mean.const_data_ptr<float>(), *rstd_p = rstd.const_data_ptr<float>();
   Geometry g{go.n, 1, go.h, go.w, gs.e + go.e, true};
-  const int64_t p = pad ? 1 : 0, out_row = (g.w + 2 * p) * g.e;
+  const int64_t p = pad ? 1 : 0;
+  const int64_t out_row = pad ? g.padded_row_len() : g.row_len();
+  const int64_t out_image = pad ? g.padded_image_len() : g.image_len();
   auto out = at::empty({g.n, g.e, g.h + 2 * p, g.w + 2 * p},
                        own.options().memory_format(at::MemoryFormat::ChannelsLast));
   const T *skip_in = elements<T>(skip), *own_in = elements<T>(own);
   T *o_out = mutable_elements<T>(out);
   for_each_chunk(g, [&](int64_t image, int64_t first, int64_t last, int64_t) {
-    T *dst = o_out + image * (g.h + 2 * p) * out_row;
+    T *dst = o_out + image * out_image;
     for (int64_t y = first; y < last; ++y) {
       normalise_joined_row(skip_in + ((image / k) * gs.h + y) * gs.row_len(), gs.e,
                            own_in + (image * go.h + y) * go.row_len(), go.e,
